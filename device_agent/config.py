@@ -1,0 +1,214 @@
+"""Agent configuration: one TOML file, command-line flags override it.
+
+```toml
+[agent]
+listen = "127.0.0.1:50051"
+execution_provider = "auto"      # auto | cpu | cuda | tensorrt
+intra_op_threads = 0             # 0: the number of physical cores
+
+[profile]                        # measurement defaults of Profile (per kernel)
+target_rel_ci = 0.02
+
+[benchmark]                      # measurement defaults of Benchmark (whole models)
+max_time_s = 10.0
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A config file or flag that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class MeasurementDefaults:
+    """Measurement settings used when a request leaves them unset (see common.proto)."""
+
+    warmup_runs: int = 10
+    min_runs: int = 20
+    max_runs: int = 5000
+    max_time_s: float = 1.0
+    target_rel_ci: float = 0.02
+    max_attempts: int = 3
+    interference_max_cores: float = 0.35
+
+    def __post_init__(self) -> None:
+        if self.min_runs < 5:
+            raise ConfigError(f"min_runs = {self.min_runs}: at least 5 timed runs are needed")
+        if self.max_runs < self.min_runs:
+            raise ConfigError(f"max_runs = {self.max_runs} is below min_runs = {self.min_runs}")
+        if not 0 < self.max_time_s <= 3600:
+            raise ConfigError(f"max_time_s = {self.max_time_s} must be in (0, 3600]")
+        if not 0 < self.target_rel_ci < 1:
+            raise ConfigError(f"target_rel_ci = {self.target_rel_ci} must be in (0, 1)")
+        if not 1 <= self.max_attempts <= 20:
+            raise ConfigError(f"max_attempts = {self.max_attempts} must be in 1..20")
+        if self.interference_max_cores <= 0:
+            raise ConfigError("interference_max_cores must be > 0")
+        if self.warmup_runs < 0:
+            raise ConfigError("warmup_runs must be >= 0")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything `hadmc agent serve` needs; see the module docstring for the file layout."""
+
+    listen: str = "127.0.0.1:50051"
+    token_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Allow listening beyond loopback without TLS (a token is still required).
+    insecure: bool = False
+    execution_provider: str = "auto"
+    provider_options: dict[str, str] = field(default_factory=dict)
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+    max_model_mib: float = 1024.0
+    max_keys_per_request: int = 10000
+    max_tensor_elements: int = 1 << 26
+    max_queued_jobs: int = 8
+    key_timeout_s: float = 60.0
+    job_timeout_s: float = 600.0
+    shutdown_grace_s: float = 10.0
+    profile: MeasurementDefaults = MeasurementDefaults()
+    benchmark: MeasurementDefaults = MeasurementDefaults(max_time_s=10.0, target_rel_ci=0.01)
+
+    def __post_init__(self) -> None:
+        host, _ = split_address(self.listen)
+        if self.execution_provider not in ("auto", "cpu", "cuda", "tensorrt"):
+            raise ConfigError(
+                f"execution_provider = {self.execution_provider!r}; "
+                "allowed: 'auto', 'cpu', 'cuda', 'tensorrt'"
+            )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key must be given together")
+        if self.intra_op_threads < 0 or self.inter_op_threads < 1:
+            raise ConfigError("intra_op_threads must be >= 0 and inter_op_threads >= 1")
+        for name in ("max_model_mib", "key_timeout_s", "job_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0")
+        if self.max_queued_jobs < 0 or self.max_keys_per_request < 1 or self.max_tensor_elements < 1:
+            raise ConfigError("max_queued_jobs >= 0, max_keys_per_request >= 1 and "
+                              "max_tensor_elements >= 1 are required")
+        if not is_loopback(host):
+            if self.token_file is None:
+                raise ConfigError(
+                    f"refusing to listen on {self.listen} beyond loopback without a token: "
+                    "pass --token-file (and --tls-cert/--tls-key, or --insecure)"
+                )
+            if self.tls_cert is None and not self.insecure:
+                raise ConfigError(
+                    f"refusing to listen on {self.listen} beyond loopback without TLS: "
+                    "pass --tls-cert and --tls-key, or --insecure to send the token in clear"
+                )
+
+    @property
+    def max_model_bytes(self) -> int:
+        return int(self.max_model_mib * 1024 * 1024)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """'127.0.0.1:0' -> ('127.0.0.1', 0); '[::1]:50051' -> ('::1', 50051)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"address {address!r} is not HOST:PORT")
+    host = host.strip("[]")
+    try:
+        port_no = int(port)
+    except ValueError:
+        raise ConfigError(f"address {address!r}: port {port!r} is not a number") from None
+    if not 0 <= port_no <= 65535:
+        raise ConfigError(f"address {address!r}: port {port_no} is out of range")
+    return host, port_no
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Check a TOML value against a dataclass field type; build nested dataclasses."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a table")
+        return from_mapping(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _coerce(args[0], value, where)
+    if tp is Path:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{where} must be a path string")
+        return Path(value)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a table")
+        return {str(k): str(v) for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise ConfigError(f"{where} = {value!r} must be of type {tp.__name__}")
+    return value
+
+
+def from_mapping(cls: Any, data: Mapping[str, Any], where: str = "") -> Any:
+    """Build dataclass `cls` from a mapping; unknown keys are errors naming the nearest key."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            near = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key {path!r}{hint}")
+        kwargs[key] = _coerce(hints[key], value, path)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
+
+
+def load_agent_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> AgentConfig:
+    """Read `path` (TOML: [agent], [profile], [benchmark]), then apply flag overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+        for section, table in raw.items():
+            if section not in ("agent", "profile", "benchmark"):
+                near = difflib.get_close_matches(section, ["agent", "profile", "benchmark"], n=1)
+                hint = f"; did you mean [{near[0]}]?" if near else ""
+                raise ConfigError(f"unknown config section [{section}] in {path}{hint}")
+            if section == "agent":
+                data.update(table)
+            else:
+                data[section] = table
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return from_mapping(AgentConfig, data)

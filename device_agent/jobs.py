@@ -1,0 +1,89 @@
+"""Records that cross the pipe between the daemon and its measurement worker.
+
+Light on purpose: the daemon imports this module, never numpy or onnxruntime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from protos.hadmc.v1 import common_pb2
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved measurement settings (all fields set); mirrors common.MeasurementSettings."""
+
+    warmup_runs: int
+    min_runs: int
+    max_runs: int
+    max_time_s: float
+    target_rel_ci: float
+    max_attempts: int
+    interference_max_cores: float
+
+    def to_proto(self) -> common_pb2.MeasurementSettings:
+        return common_pb2.MeasurementSettings(**self.__dict__)
+
+
+# Error codes a job can end with (mapped to KeyError codes / gRPC status codes by the server).
+INVALID, UNSUPPORTED, FAILED, INTERFERENCE, CANCELLED = (
+    "invalid", "unsupported", "failed", "interference", "cancelled")
+# Set by the daemon's runner: past the hard timeout; the worker process died.
+TIMEOUT, CRASHED = "timeout", "crashed"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How the worker sets up onnxruntime; fixed for the worker's life."""
+
+    execution_provider: str
+    provider_options: dict[str, str]
+    intra_op_threads: int
+    inter_op_threads: int
+    max_tensor_elements: int
+    own_pids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ProbeJob:
+    """Report runtime facts and which precisions run."""
+
+
+@dataclass(frozen=True)
+class ProfileJob:
+    key_json: str
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class BenchmarkJob:
+    model_path: str
+    batch_size: int
+    settings: Settings
+    input_batches: tuple[bytes, ...] = ()
+    output_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobFailure:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    onnxruntime_version: str
+    available_providers: list[str]
+    execution_provider: str
+    provider_options: dict[str, str]
+    # (precision, supported, note)
+    precisions: list[tuple[str, bool, str]] = field(default_factory=list)
+
+
+class JobError(Exception):
+    """A job that ended without a result; `code` is one of the codes above."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

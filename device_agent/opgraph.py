@@ -1,0 +1,270 @@
+"""Build the ONNX graph for an op key, at the key's precision.
+
+fp32 builds the operators as given. fp16 turns float activations and weights into float16 (the
+provider may insert casts around fp32 kernels: that is measured, not hidden). int8 runs
+onnxruntime's own static quantizer (QDQ, uint8 activations x per-channel int8 weights). int4 is
+weight-only: int4 initializers through DequantizeLinear (opset 21) in front of the operator.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper, shape_inference
+
+from lut_store.opkey import OpKey, TensorSpec, parse_ref
+
+INT4_OPSET = 21
+_NP_TYPES = {
+    "float32": np.float32, "float16": np.float16, "float64": np.float64, "int64": np.int64,
+    "int32": np.int32, "int16": np.int16, "int8": np.int8, "uint8": np.uint8, "bool": np.bool_,
+}
+
+
+class KeyInvalid(ValueError):
+    """The key cannot describe a valid ONNX graph."""
+
+
+class KeyUnsupported(ValueError):
+    """The key is valid but cannot be built or run at its precision here."""
+
+
+def _ref_name(ref: str) -> str:
+    kind, idx, out = parse_ref(ref)
+    if kind == "i":
+        return f"i{idx}"
+    return f"n{idx}" if out == 0 else f"n{idx}.{out}"
+
+
+def _effective_dtype(spec: TensorSpec, precision: str) -> str:
+    if precision == "fp16" and spec.role != "constant" and spec.dtype == "float32":
+        return "float16"
+    return spec.dtype
+
+
+def random_array(shape: tuple[int, ...], dtype: str, rng: np.random.Generator,
+                 role: str = "activation") -> np.ndarray:
+    """Random data that keeps kernels on their normal path (no NaN, no denormals).
+
+    Float weights are positive (a batch-norm variance stays valid); integer tensors are zero,
+    a safe index for Gather-like operators.
+    """
+    np_type = _NP_TYPES[dtype]
+    if dtype.startswith("float"):
+        if role == "weight":
+            return rng.uniform(0.05, 0.5, size=shape).astype(np_type)
+        return rng.standard_normal(size=shape).astype(np_type)
+    return np.zeros(shape, dtype=np_type)
+
+
+def check_limits(key: OpKey, max_tensor_elements: int) -> None:
+    """Refuse tensors beyond the agent's element cap before anything is allocated."""
+    for k, spec in enumerate(key.inputs):
+        if spec.elements > max_tensor_elements:
+            raise KeyInvalid(
+                f"input i{k} of shape {list(spec.shape)} has {spec.elements:,} elements, over the "
+                f"agent's max_tensor_elements of {max_tensor_elements:,}"
+            )
+    for node in key.nodes:
+        if node.domain != "com.microsoft" and not onnx.defs.has(node.op_type, node.domain):
+            raise KeyInvalid(
+                f"unknown op kind {node.op_type!r}: not an ONNX operator in domain "
+                f"{node.domain or 'ai.onnx'!r}"
+            )
+
+
+def build_float_model(key: OpKey, rng: np.random.Generator) -> onnx.ModelProto:
+    """The key's operators at fp32 (or fp16 for precision 'fp16'), outputs typed by inference."""
+    precision = "fp16" if key.precision == "fp16" else "fp32"
+    graph_inputs, initializers = [], []
+    for k, spec in enumerate(key.inputs):
+        dtype = _effective_dtype(spec, precision)
+        name = f"i{k}"
+        if spec.role == "activation":
+            elem = helper.np_dtype_to_tensor_dtype(np.dtype(_NP_TYPES[dtype]))
+            graph_inputs.append(helper.make_tensor_value_info(name, elem, list(spec.shape)))
+        elif spec.role == "weight":
+            initializers.append(numpy_helper.from_array(random_array(spec.shape, dtype, rng, "weight"), name))
+        else:
+            values = np.asarray(spec.values, dtype=_NP_TYPES[dtype]).reshape(spec.shape)
+            initializers.append(numpy_helper.from_array(values, name))
+    nodes = []
+    for j, n in enumerate(key.nodes):
+        outputs = [f"n{j}" if m == 0 else f"n{j}.{m}" for m in range(n.num_outputs)]
+        inputs = [_ref_name(r) if r else "" for r in n.inputs]
+        attrs = {k: list(v) if isinstance(v, tuple) else v for k, v in n.attrs.items()}
+        nodes.append(helper.make_node(n.op_type, inputs, outputs, name=f"node{j}",
+                                      domain=n.domain, **attrs))
+    placeholder = [helper.make_tensor_value_info(_ref_name(r), TensorProto.UNDEFINED, None)
+                   for r in key.output_refs()]
+    graph = helper.make_graph(nodes, "kernel", graph_inputs, placeholder, initializers)
+    opsets = [helper.make_opsetid("", key.opset)]
+    for domain in sorted({n.domain for n in key.nodes} - {""}):
+        opsets.append(helper.make_opsetid(domain, 1))
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="hadmc-agent")
+    model.ir_version = min(model.ir_version, 10)
+    return _typed_outputs(model)
+
+
+def _typed_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give the graph outputs the types shape inference finds; an error names the node."""
+    try:
+        inferred = shape_inference.infer_shapes(model, check_type=True, strict_mode=True,
+                                                data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
+        raise KeyInvalid(f"the operators reject these inputs or attributes: {_first_line(exc)}") from None
+    known = {vi.name: vi for vi in inferred.graph.value_info}
+    known.update({vi.name: vi for vi in inferred.graph.output if vi.type.tensor_type.elem_type})
+    outputs = []
+    for out in model.graph.output:
+        vi = known.get(out.name)
+        if vi is None or not vi.type.tensor_type.elem_type:
+            if any(n.domain == "com.microsoft" for n in model.graph.node):
+                outputs.append(helper.make_tensor_value_info(out.name, TensorProto.FLOAT, None))
+                continue
+            raise KeyInvalid(f"cannot infer the type of kernel output {out.name}")
+        outputs.append(vi)
+    del model.graph.output[:]
+    model.graph.output.extend(outputs)
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _calibration(model: onnx.ModelProto, rng: np.random.Generator) -> Iterator[dict[str, np.ndarray]]:
+    for _ in range(2):
+        feeds = {}
+        for vi in model.graph.input:
+            shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)).name
+            feeds[vi.name] = random_array(tuple(shape), dtype, rng)
+        yield feeds
+
+
+def quantize_int8(model: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto:
+    """QDQ int8 with onnxruntime's static quantizer (uint8 activations, per-channel int8 weights)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(_calibration(model, rng))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+    with tempfile.TemporaryDirectory(prefix="hadmc-q-") as tmp:
+        src, dst = Path(tmp) / "f32.onnx", Path(tmp) / "q.onnx"
+        onnx.save(model, src)
+        quantize_static(
+            str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+        )
+        quantized = onnx.load(dst)
+    originals = {n.name for n in model.graph.node}
+    dq_outputs = {o for n in quantized.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    covered = [n for n in quantized.graph.node
+               if n.name in originals and any(i in dq_outputs for i in n.input)]
+    if not covered:
+        ops = sorted({n.op_type for n in model.graph.node})
+        raise KeyUnsupported(f"int8: onnxruntime's quantizer has no QDQ form for {', '.join(ops)}")
+    return quantized
+
+
+def _int4_axis(node: onnx.NodeProto, input_index: int, rank: int) -> int:
+    """The output-channel axis of a weight, for per-channel scales."""
+    if node.op_type == "MatMul":
+        return rank - 1
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    if node.op_type == "ConvTranspose":
+        return 1
+    return 0
+
+
+def quantize_int4_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace every float weight of rank >= 2 by int4 + per-channel scale + DequantizeLinear."""
+    from onnx import version_converter
+
+    if model.opset_import[0].version < INT4_OPSET:
+        try:
+            model = version_converter.convert_version(model, INT4_OPSET)
+        except Exception as exc:  # the converter raises bare RuntimeErrors of several kinds
+            raise KeyUnsupported(f"int4: cannot move the graph to opset {INT4_OPSET}: {_first_line(exc)}") from None
+    inits = {t.name: t for t in model.graph.initializer}
+    new_nodes, replaced = [], {}
+    for node in model.graph.node:
+        for idx, name in enumerate(node.input):
+            t = inits.get(name)
+            if t is None or name in replaced or t.data_type != TensorProto.FLOAT or len(t.dims) < 2:
+                continue
+            w = numpy_helper.to_array(t)
+            axis = _int4_axis(node, idx, w.ndim)
+            reduce_axes = tuple(a for a in range(w.ndim) if a != axis)
+            scale = np.maximum(np.abs(w).max(axis=reduce_axes), 1e-8) / 7.0
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            q = np.clip(np.round(w / scale.reshape(shape)), -8, 7).astype(ml_dtypes.int4)
+            model.graph.initializer.remove(t)
+            model.graph.initializer.extend([
+                numpy_helper.from_array(q, f"{name}_q4"),
+                numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"),
+            ])
+            new_nodes.append(helper.make_node(
+                "DequantizeLinear", [f"{name}_q4", f"{name}_scale"], [f"{name}_dq"],
+                name=f"{name}_dequant", axis=axis))
+            replaced[name] = f"{name}_dq"
+    if not replaced:
+        raise KeyUnsupported("int4 is weight-only, and this kernel has no float weight of rank >= 2")
+    for node in model.graph.node:
+        for idx, name in enumerate(node.input):
+            if name in replaced:
+                node.input[idx] = replaced[name]
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes + nodes)
+    return model
+
+
+def build_model(key: OpKey, max_tensor_elements: int, seed: int = 0) -> onnx.ModelProto:
+    """The runnable ONNX model of a key at its precision."""
+    check_limits(key, max_tensor_elements)
+    rng = np.random.default_rng(seed)
+    model = build_float_model(key, rng)
+    if key.precision == "int8":
+        return quantize_int8(model, rng)
+    if key.precision == "int4":
+        return quantize_int4_weights(model)
+    return model
+
+
+def activation_feeds(model: onnx.ModelProto, rng: np.random.Generator,
+                     batch_size: int | None = None) -> dict[str, np.ndarray]:
+    """Random inputs for every graph input; `batch_size` fills a symbolic batch axis."""
+    init_names = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in init_names:
+            continue
+        tt = vi.type.tensor_type
+        shape = []
+        for axis, d in enumerate(tt.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                shape.append(d.dim_value)
+            elif axis == 0 and batch_size is not None:
+                shape.append(batch_size)
+            else:
+                raise KeyInvalid(f"input {vi.name!r} has an unknown dimension at axis {axis}")
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
+        if dtype not in _NP_TYPES:
+            raise KeyInvalid(f"input {vi.name!r} has element type {dtype}, which the agent cannot fill")
+        feeds[vi.name] = random_array(tuple(shape), dtype, rng)
+    return feeds

@@ -1,0 +1,426 @@
+"""The gRPC daemon: DeviceAgent service, health service, token auth, per-RPC logging."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import os
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from device_agent import fingerprint
+from device_agent.config import AgentConfig, MeasurementDefaults
+from device_agent.jobs import (
+    CANCELLED, CRASHED, FAILED, INTERFERENCE, INVALID, TIMEOUT, UNSUPPORTED, BenchmarkJob,
+    JobError, ProbeJob, ProbeResult, ProfileJob, Settings, WorkerSettings,
+)
+from device_agent.runner import MeasurementRunner, QueueFull, RunnerClosed
+from lut_store.opkey import OpKey, OpKeyError, precision_to_proto
+from protos.hadmc.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["DeviceAgent"].full_name
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_HEALTH_PREFIX = "/grpc.health.v1.Health/"
+_KEY_CODES = {
+    INVALID: agent_pb2.KeyError.CODE_INVALID,
+    UNSUPPORTED: agent_pb2.KeyError.CODE_UNSUPPORTED,
+    FAILED: agent_pb2.KeyError.CODE_FAILED,
+    CRASHED: agent_pb2.KeyError.CODE_FAILED,
+    TIMEOUT: agent_pb2.KeyError.CODE_TIMEOUT,
+    INTERFERENCE: agent_pb2.KeyError.CODE_INTERFERENCE,
+}
+_STATUS = {
+    INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    UNSUPPORTED: grpc.StatusCode.FAILED_PRECONDITION,
+    FAILED: grpc.StatusCode.FAILED_PRECONDITION,
+    CRASHED: grpc.StatusCode.INTERNAL,
+    TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    INTERFERENCE: grpc.StatusCode.UNAVAILABLE,
+    CANCELLED: grpc.StatusCode.CANCELLED,
+}
+# Bounds a request may ask for, whatever the agent's defaults.
+_SETTING_BOUNDS = {
+    "warmup_runs": (0, 100_000), "min_runs": (5, 1_000_000), "max_runs": (5, 10_000_000),
+    "max_time_s": (0.001, 600.0), "target_rel_ci": (1e-4, 0.5), "max_attempts": (1, 20),
+    "interference_max_cores": (0.01, 1024.0),
+}
+
+
+class BadRequest(ValueError):
+    """A request the agent refuses as a whole (INVALID_ARGUMENT)."""
+
+
+def resolve_settings(requested: common_pb2.MeasurementSettings, defaults: MeasurementDefaults) -> Settings:
+    """Fill unset fields from the agent's defaults and check every value's range."""
+    values = {}
+    for f in dataclasses.fields(Settings):
+        value = getattr(requested, f.name) if requested.HasField(f.name) else getattr(defaults, f.name)
+        lo, hi = _SETTING_BOUNDS[f.name]
+        if not lo <= value <= hi:
+            raise BadRequest(f"settings.{f.name} = {value:g} is outside {lo:g}..{hi:g}")
+        values[f.name] = value
+    if values["max_runs"] < values["min_runs"]:
+        raise BadRequest(f"settings.max_runs = {values['max_runs']} is below min_runs = {values['min_runs']}")
+    return Settings(**values)
+
+
+class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
+    def __init__(self, config: AgentConfig, runner: MeasurementRunner, info: agent_pb2.DeviceInfo,
+                 work_dir: Path) -> None:
+        self._config = config
+        self._runner = runner
+        self._info = info
+        self._work_dir = work_dir
+
+    def GetDeviceInfo(self, request: agent_pb2.GetDeviceInfoRequest, context: grpc.ServicerContext) -> agent_pb2.DeviceInfo:
+        return self._info
+
+    def _abort_job_error(self, context: grpc.ServicerContext, exc: JobError) -> None:
+        context.abort(_STATUS.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
+
+    def Profile(self, request: agent_pb2.ProfileRequest, context: grpc.ServicerContext) -> Iterator[agent_pb2.ProfileResult]:
+        limit = self._config.max_keys_per_request
+        if not request.keys:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no keys: a ProfileRequest needs at least one OpKey")
+        if len(request.keys) > limit:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"{len(request.keys)} keys is over the agent's max_keys_per_request of {limit}; split the batch")
+        try:
+            settings = resolve_settings(request.settings, self._config.profile)
+        except BadRequest as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            with self._runner.slot(context.is_active):
+                for index, msg in enumerate(request.keys):
+                    if not context.is_active():
+                        return
+                    yield self._profile_one(index, msg, settings, context)
+        except QueueFull as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except RunnerClosed:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the agent is shutting down")
+        except JobError as exc:
+            if exc.code != CANCELLED:
+                raise
+            return
+
+    def _profile_one(self, index: int, msg: common_pb2.OpKey, settings: Settings,
+                     context: grpc.ServicerContext) -> agent_pb2.ProfileResult:
+        result = agent_pb2.ProfileResult(index=index)
+        try:
+            key = OpKey.from_proto(msg)
+        except OpKeyError as exc:
+            result.error.code = agent_pb2.KeyError.CODE_INVALID
+            result.error.message = f"key {index}: {exc}"
+            return result
+        result.key_hash = key.hash
+        try:
+            stats, env = self._runner.call(ProfileJob(key.canonical_json(), settings),
+                                           self._config.key_timeout_s, context.is_active)
+        except JobError as exc:
+            if exc.code == CANCELLED:
+                raise
+            result.error.code = _KEY_CODES.get(exc.code, agent_pb2.KeyError.CODE_FAILED)
+            result.error.message = f"key {index} ({key.describe()}): {exc}"
+            return result
+        result.stats.ParseFromString(stats)
+        result.environment.ParseFromString(env)
+        return result
+
+    def Benchmark(self, request_iterator: Iterator[agent_pb2.BenchmarkRequest], context: grpc.ServicerContext) -> agent_pb2.BenchmarkResponse:
+        cap = self._config.max_model_bytes
+        fd, path = tempfile.mkstemp(prefix="upload-", suffix=".onnx", dir=self._work_dir)
+        try:
+            with os.fdopen(fd, "wb") as sink:
+                header, batches = self._receive(request_iterator, context, sink, cap)
+            if header is None:
+                return agent_pb2.BenchmarkResponse()  # the client left; nobody reads this
+            try:
+                settings = resolve_settings(header.settings, self._config.benchmark)
+            except BadRequest as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            job = BenchmarkJob(path, header.batch_size, settings, tuple(batches), tuple(header.output_names))
+            try:
+                with self._runner.slot(context.is_active):
+                    reply = self._runner.call(job, self._config.job_timeout_s, context.is_active)
+            except QueueFull as exc:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            except RunnerClosed:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "the agent is shutting down")
+            except JobError as exc:
+                self._abort_job_error(context, exc)
+            response = agent_pb2.BenchmarkResponse.FromString(reply)
+            response.fingerprint_hash = self._info.fingerprint_hash
+            return response
+        finally:
+            Path(path).unlink(missing_ok=True)
+
+    def _receive(self, requests: Iterator[agent_pb2.BenchmarkRequest], context: grpc.ServicerContext,
+                 sink: Any, cap: int) -> tuple[agent_pb2.BenchmarkHeader | None, list[bytes]]:
+        """Stream the upload to `sink`; abort with a precise status on any bad part.
+
+        Returns (None, []) when the client went away mid-upload.
+        """
+        header: agent_pb2.BenchmarkHeader | None = None
+        received = 0
+        digest = hashlib.sha256()
+        batches: list[bytes] = []
+        try:
+            for part in requests:
+                which = part.WhichOneof("part")
+                if header is None:
+                    if which != "header":
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                      f"the first message must be a header, got {which or 'an empty message'}")
+                    header = part.header
+                    if header.model_size_bytes == 0:
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "header.model_size_bytes is 0: no model to benchmark")
+                    if header.model_size_bytes > cap:
+                        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                      f"model of {header.model_size_bytes / 2**20:.1f} MiB is over the agent's cap of "
+                                      f"{cap / 2**20:.1f} MiB (max_model_mib)")
+                elif which == "header":
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a second header in one upload")
+                elif which == "model_chunk":
+                    if batches:
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model bytes after input batches")
+                    received += len(part.model_chunk)
+                    if received > header.model_size_bytes:
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                      f"received more model bytes ({received:,}) than the header declared "
+                                      f"({header.model_size_bytes:,})")
+                    digest.update(part.model_chunk)
+                    sink.write(part.model_chunk)
+                elif which == "inputs":
+                    batches.append(part.inputs.SerializeToString())
+        except grpc.RpcError:
+            return None, []
+        if not context.is_active():
+            return None, []
+        if header is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty upload: send a header, then the model bytes")
+        if received < header.model_size_bytes:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"upload truncated: received {received:,} of {header.model_size_bytes:,} declared bytes")
+        if header.model_sha256 and not hmac.compare_digest(header.model_sha256.lower(), digest.hexdigest()):
+            context.abort(grpc.StatusCode.DATA_LOSS,
+                          f"the model bytes hash to {digest.hexdigest()}, not the declared {header.model_sha256}")
+        return header, batches
+
+
+def _abort_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that only aborts."""
+    def deny(request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(code, details)
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(deny, handler.request_deserializer, handler.response_serializer)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(deny, handler.request_deserializer, handler.response_serializer)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(deny, handler.request_deserializer, handler.response_serializer)
+    return grpc.unary_unary_rpc_method_handler(deny, handler.request_deserializer, handler.response_serializer)
+
+
+class TokenAuthInterceptor(grpc.ServerInterceptor):
+    """Requires `authorization: Bearer <token>` on every RPC but the health service."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None or details.method.startswith(_HEALTH_PREFIX):
+            return handler
+        metadata = dict(details.invocation_metadata or ())
+        value = metadata.get("authorization")
+        if value is None:
+            return _abort_handler(handler, grpc.StatusCode.UNAUTHENTICATED,
+                                  "missing 'authorization: Bearer <token>' metadata")
+        scheme, _, token = str(value).partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._token):
+            return _abort_handler(handler, grpc.StatusCode.UNAUTHENTICATED, "invalid token")
+        return handler
+
+
+class LoggingInterceptor(grpc.ServerInterceptor):
+    """Logs every RPC with its duration and status code."""
+
+    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+
+        def done(context: grpc.ServicerContext, t0: float, exc: BaseException | None) -> None:
+            code = context.code() or (grpc.StatusCode.UNKNOWN if exc else grpc.StatusCode.OK)
+            if not context.is_active() and code == grpc.StatusCode.OK and exc is None:
+                code = grpc.StatusCode.CANCELLED
+            fields = {"method": method, "code": code.name, "duration_ms": round((time.perf_counter() - t0) * 1000, 3),
+                      "peer": context.peer()}
+            details = context.details()
+            if code != grpc.StatusCode.OK and details:
+                fields["details"] = details.decode(errors="replace") if isinstance(details, bytes) else details
+            (log.info if code == grpc.StatusCode.OK else log.warning)("rpc", **fields)
+
+        def wrap_unary(fn: Callable) -> Callable:
+            def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+                t0, exc = time.perf_counter(), None
+                try:
+                    return fn(request, context)
+                except BaseException as e:
+                    exc = e
+                    raise
+                finally:
+                    done(context, t0, exc)
+            return wrapped
+
+        def wrap_stream(fn: Callable) -> Callable:
+            def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+                t0, exc = time.perf_counter(), None
+                try:
+                    yield from fn(request, context)
+                except BaseException as e:
+                    exc = e
+                    raise
+                finally:
+                    done(context, t0, exc)
+            return wrapped
+
+        if handler.response_streaming:
+            factory = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
+                       else grpc.unary_stream_rpc_method_handler)
+            fn = handler.stream_stream if handler.request_streaming else handler.unary_stream
+            return factory(wrap_stream(fn), handler.request_deserializer, handler.response_serializer)
+        factory = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
+                   else grpc.unary_unary_rpc_method_handler)
+        fn = handler.stream_unary if handler.request_streaming else handler.unary_unary
+        return factory(wrap_unary(fn), handler.request_deserializer, handler.response_serializer)
+
+
+def _device_info(config: AgentConfig, probe: ProbeResult, threads: int) -> agent_pb2.DeviceInfo:
+    fp = fingerprint.collect(probe, threads, config.inter_op_threads)
+    info = agent_pb2.DeviceInfo(fingerprint=fp, fingerprint_hash=fingerprint.hash_of(fp))
+    for precision, supported, note in probe.precisions:
+        info.precisions.add(precision=precision_to_proto(precision), supported=supported, note=note)
+    info.limits.CopyFrom(agent_pb2.AgentLimits(
+        max_model_bytes=config.max_model_bytes, max_keys_per_request=config.max_keys_per_request,
+        max_tensor_elements=config.max_tensor_elements, max_queued_jobs=config.max_queued_jobs,
+        job_timeout_s=config.job_timeout_s,
+    ))
+    info.default_settings.CopyFrom(resolve_settings(common_pb2.MeasurementSettings(), config.profile).to_proto())
+    return info
+
+
+class Agent:
+    """A running agent: gRPC server, health service and measurement worker.
+
+    `Agent(config).start()` binds, probes the device and serves; `.port` is the bound port.
+    """
+
+    def __init__(self, config: AgentConfig, worker_target: Callable[..., None] | None = None) -> None:
+        self.config = config
+        threads = config.intra_op_threads or psutil.cpu_count(logical=False) or 1
+        self.intra_op_threads = threads
+        ws = WorkerSettings(
+            execution_provider=config.execution_provider, provider_options=dict(config.provider_options),
+            intra_op_threads=threads, inter_op_threads=config.inter_op_threads,
+            max_tensor_elements=config.max_tensor_elements, own_pids=(os.getpid(),),
+        )
+        kwargs = {"target": worker_target} if worker_target is not None else {}
+        self.runner = MeasurementRunner(ws, config.max_queued_jobs, **kwargs)
+        self._work_dir = tempfile.TemporaryDirectory(prefix="hadmc-agent-")
+        self.health = health.HealthServicer()
+        self.server: grpc.Server | None = None
+        self.port = 0
+        self.info: agent_pb2.DeviceInfo | None = None
+
+    @property
+    def address(self) -> str:
+        host = self.config.listen.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    def start(self) -> Agent:
+        probe = self.runner.call(ProbeJob(), self.config.job_timeout_s, lambda: True)
+        self.info = _device_info(self.config, probe, self.intra_op_threads)
+        interceptors: list[grpc.ServerInterceptor] = [LoggingInterceptor()]
+        if self.config.token_file is not None:
+            interceptors.append(TokenAuthInterceptor(read_token(self.config.token_file)))
+        # Threads: the queue, the running job, and headroom for info/health calls.
+        workers = self.config.max_queued_jobs + 8
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
+            interceptors=interceptors,
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=workers,
+        )
+        agent_pb2_grpc.add_DeviceAgentServicer_to_server(
+            DeviceAgentService(self.config, self.runner, self.info, Path(self._work_dir.name)), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if self.config.tls_cert is not None:
+            creds = grpc.ssl_server_credentials([(Path(self.config.tls_key).read_bytes(),
+                                                  Path(self.config.tls_cert).read_bytes())])
+            self.port = server.add_secure_port(self.config.listen, creds)
+        else:
+            self.port = server.add_insecure_port(self.config.listen)
+        server.start()
+        self.server = server
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("agent.serving", address=self.address, fingerprint=self.info.fingerprint_hash[:16],
+                 provider=self.info.fingerprint.execution_provider, threads=self.intra_op_threads,
+                 tls=self.config.tls_cert is not None, auth=self.config.token_file is not None)
+        return self
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stop accepting RPCs, let the current ones finish within the grace period, stop the worker."""
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            self.server.stop(grace).wait()
+        self.runner.close()
+        self._work_dir.cleanup()
+        log.info("agent.stopped")
+
+
+def read_token(path: Path) -> str:
+    token = Path(path).read_text().strip()
+    if len(token) < 16:
+        raise ValueError(f"token in {path} is shorter than 16 characters; use e.g. `openssl rand -hex 32`")
+    return token
+
+
+def serve(config: AgentConfig, ready_file: Path | None = None) -> int:
+    """Run the agent until SIGTERM or SIGINT; write the bound host:port to `ready_file`."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    agent = Agent(config).start()
+    if ready_file is not None:
+        tmp = Path(f"{ready_file}.tmp")
+        tmp.write_text(agent.address + "\n")
+        tmp.replace(ready_file)
+    try:
+        stop.wait()
+    finally:
+        log.info("agent.stopping")
+        agent.stop()
+        if ready_file is not None:
+            Path(ready_file).unlink(missing_ok=True)
+    return 0

@@ -1,0 +1,366 @@
+"""The measurement worker: a child process that owns onnxruntime and runs one job at a time.
+
+The daemon never imports onnxruntime itself; a model that crashes the runtime kills only this
+process, and the daemon starts a fresh one (see runner.py). Jobs and replies are small typed
+records sent over a pipe; measurement results travel as serialized protobuf messages.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from device_agent.jobs import (
+    CANCELLED, FAILED, INTERFERENCE, INVALID, UNSUPPORTED, BenchmarkJob, JobError, JobFailure,
+    ProbeJob, ProbeResult, ProfileJob, Settings, WorkerSettings,
+)
+
+_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+              "tensorrt": "TensorrtExecutionProvider"}
+
+
+class Runtime:
+    """onnxruntime set up for this device: provider, threads, IOBinding device."""
+
+    def __init__(self, ws: WorkerSettings) -> None:
+        import onnxruntime as ort
+
+        self.ort = ort
+        self.ws = ws
+        available = ort.get_available_providers()
+        choice = ws.execution_provider
+        if choice == "auto":
+            choice = "cuda" if "CUDAExecutionProvider" in available else "cpu"
+        provider = _PROVIDERS[choice]
+        if provider not in available:
+            raise RuntimeError(
+                f"execution provider {provider} is not available in this onnxruntime "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu or choose 'cpu'"
+            )
+        self.provider = provider
+        self.available = available
+        self.device_type = "cpu" if provider == "CPUExecutionProvider" else "cuda"
+        self.device_id = int(ws.provider_options.get("device_id", 0))
+        self.providers: list[Any] = [(provider, dict(ws.provider_options))]
+        if provider != "CPUExecutionProvider":
+            self.providers.append("CPUExecutionProvider")
+        self.nvml_handle = _nvml_handle(self.device_id)
+
+    def session_options(self, optimized_path: Path | None = None) -> Any:
+        so = self.ort.SessionOptions()
+        so.intra_op_num_threads = self.ws.intra_op_threads
+        so.inter_op_num_threads = self.ws.inter_op_threads
+        so.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        if optimized_path is not None:
+            so.optimized_model_filepath = str(optimized_path)
+        return so
+
+    def session(self, model: bytes | str, optimized_path: Path | None = None) -> Any:
+        """Create a session; runtime errors become JobErrors with the right code."""
+        from onnxruntime.capi import onnxruntime_pybind11_state as st
+
+        try:
+            return self.ort.InferenceSession(model, self.session_options(optimized_path),
+                                             providers=self.providers)
+        except (st.NotImplemented, st.EPFail) as exc:
+            raise JobError(UNSUPPORTED, f"{self.provider} cannot run it: {_short(exc)}") from None
+        except (st.InvalidGraph, st.InvalidArgument, st.InvalidProtobuf, st.NoModel) as exc:
+            raise JobError(INVALID, f"onnxruntime rejects the graph: {_short(exc)}") from None
+        except (st.Fail, st.RuntimeException) as exc:
+            raise JobError(FAILED, f"onnxruntime could not load it: {_short(exc)}") from None
+
+    def runner(self, sess: Any, feeds: dict[str, Any]) -> Callable[[], None]:
+        """A closure running the session once with device-resident, pre-bound inputs."""
+        ort = self.ort
+        io = sess.io_binding()
+        for name, arr in feeds.items():
+            io.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr, self.device_type, self.device_id))
+        for out in sess.get_outputs():
+            io.bind_output(out.name, self.device_type, self.device_id)
+        if self.device_type == "cpu":
+            return lambda: sess.run_with_iobinding(io)
+
+        def run_and_sync() -> None:
+            sess.run_with_iobinding(io)
+            io.synchronize_outputs()
+
+        return run_and_sync
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().replace("\n", " ")
+    return text[:500]
+
+
+def _nvml_handle(index: int) -> Any | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml.nvmlDeviceGetHandleByIndex(index)
+    except Exception:  # no NVML library, no driver, no GPU: all normal on a CPU box
+        return None
+
+
+class PeakRss:
+    """Peak resident memory of this process over a span (Linux: VmHWM after clear_refs)."""
+
+    def __init__(self) -> None:
+        self.baseline: int | None = None
+        self.readable = True
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.baseline = self._status("VmRSS")
+        except OSError:
+            self.readable = False
+
+    @staticmethod
+    def _status(field_name: str) -> int | None:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+        return None
+
+    def peak(self) -> int | None:
+        return self._status("VmHWM") if self.readable else None
+
+
+class Worker:
+    def __init__(self, ws: WorkerSettings, cancelled: Callable[[], bool]) -> None:
+        from device_agent.measure import EnvironmentReader
+        from device_agent.fingerprint import read_power_mode
+
+        self.ws = ws
+        self.rt = Runtime(ws)
+        self.cancelled = cancelled
+        self.env = EnvironmentReader(self.rt.nvml_handle, read_power_mode())
+
+    def handle(self, job: Any) -> Any:
+        if isinstance(job, ProbeJob):
+            return self.probe()
+        if isinstance(job, ProfileJob):
+            return self.profile(job)
+        if isinstance(job, BenchmarkJob):
+            return self.benchmark(job)
+        raise JobError(INVALID, f"unknown job {type(job).__name__}")
+
+    def _measure(self, run_once: Callable[[], None], settings: Settings) -> Any:
+        from device_agent.measure import InterferenceError, MeasurementCancelled, measure
+
+        try:
+            return measure(run_once, settings, (*self.ws.own_pids, os.getpid()), self.cancelled)
+        except MeasurementCancelled:
+            raise JobError(CANCELLED, "cancelled") from None
+        except InterferenceError as exc:
+            raise JobError(INTERFERENCE, str(exc)) from None
+
+    def profile(self, job: ProfileJob) -> tuple[bytes, bytes]:
+        import numpy as np
+
+        from device_agent.opgraph import KeyInvalid, KeyUnsupported, activation_feeds, build_model
+        from lut_store.opkey import OpKey, OpKeyError
+
+        try:
+            key = OpKey.from_json(job.key_json)
+            model = build_model(key, self.ws.max_tensor_elements)
+        except (KeyInvalid, OpKeyError) as exc:
+            raise JobError(INVALID, str(exc)) from None
+        except KeyUnsupported as exc:
+            raise JobError(UNSUPPORTED, str(exc)) from None
+        sess = self.rt.session(model.SerializeToString())
+        feeds = activation_feeds(model, np.random.default_rng(1))
+        run_once = self.rt.runner(sess, feeds)
+        try:
+            run_once()
+        except Exception as exc:  # onnxruntime raises its own exception types at run time
+            raise JobError(FAILED, f"the kernel failed to run: {_short(exc)}") from None
+        stats = self._measure(run_once, job.settings)
+        return stats.SerializeToString(), self.env.read().SerializeToString()
+
+    def probe(self) -> ProbeResult:
+        from lut_store import kernels
+
+        precisions = []
+        for precision in ("fp32", "fp16", "int8", "int4"):
+            key = kernels.conv(1, 16, 8, 8, 16, 3, fuse=("relu",), precision=precision)
+            precisions.append((precision, *self._probe_precision(key)))
+        return ProbeResult(
+            onnxruntime_version=self.rt.ort.__version__,
+            available_providers=list(self.rt.available),
+            execution_provider=self.rt.provider,
+            provider_options={k: str(v) for k, v in self.ws.provider_options.items()},
+            precisions=precisions,
+        )
+
+    def _probe_precision(self, key: Any) -> tuple[bool, str]:
+        """Run a small conv at the key's precision; say what the runtime made of it."""
+        import numpy as np
+        import onnx
+
+        from device_agent.opgraph import KeyInvalid, KeyUnsupported, activation_feeds, build_model
+
+        try:
+            model = build_model(key, self.ws.max_tensor_elements)
+        except (KeyUnsupported, KeyInvalid) as exc:
+            return False, str(exc)
+        with tempfile.TemporaryDirectory(prefix="hadmc-probe-") as tmp:
+            optimized = Path(tmp) / "optimized.onnx"
+            try:
+                sess = self.rt.session(model.SerializeToString(), optimized)
+                sess.run(None, activation_feeds(model, np.random.default_rng(0)))
+            except JobError as exc:
+                return False, str(exc)
+            except Exception as exc:  # a run-time failure means the precision does not run
+                return False, f"fails to run: {_short(exc)}"
+            ops = sorted({n.op_type for n in onnx.load(optimized).graph.node}) if optimized.exists() else []
+        return True, f"runs on {self.rt.provider} as: {', '.join(ops) or 'unknown (no optimized graph)'}"
+
+    def benchmark(self, job: BenchmarkJob) -> bytes:
+        import numpy as np
+
+        from device_agent import modelcheck
+        from device_agent.opgraph import KeyInvalid, activation_feeds
+        from protos.hadmc.v1 import agent_pb2
+
+        path = Path(job.model_path)
+        data = path.read_bytes()
+        try:
+            model = modelcheck.load_checked(data)
+            batch = modelcheck.resolve_batch(model, job.batch_size)
+            batches = self._decode_inputs(model, job.input_batches)
+            feeds = activation_feeds(model, np.random.default_rng(0), batch)
+        except (modelcheck.ModelInvalid, KeyInvalid) as exc:
+            raise JobError(INVALID, str(exc)) from None
+        summary = modelcheck.summary(model, data)
+        del model, data
+        rss = PeakRss()
+        t0 = time.perf_counter()
+        sess = self.rt.session(str(path))
+        load_ms = (time.perf_counter() - t0) * 1000
+        run_once = self.rt.runner(sess, feeds)
+        try:
+            run_once()
+        except Exception as exc:  # onnxruntime raises its own exception types at run time
+            raise JobError(FAILED, f"the model failed to run at batch {batch}: {_short(exc)}") from None
+        stats = self._measure(run_once, job.settings)
+        response = agent_pb2.BenchmarkResponse(
+            latency=stats, throughput_per_s=batch * 1000.0 / stats.median_ms,
+            session_load_ms=load_ms, model=summary, batch_size=batch,
+            environment=self.env.read(), execution_provider=self.rt.provider,
+        )
+        peak = rss.peak()
+        if peak is not None and rss.baseline is not None:
+            response.memory.peak_rss_bytes = peak
+            response.memory.baseline_rss_bytes = rss.baseline
+        else:
+            response.memory.unreadable.extend(["peak_rss_bytes", "baseline_rss_bytes"])
+        gpu = self._gpu_used_bytes()
+        if gpu is not None:
+            response.memory.gpu_used_bytes = gpu
+        else:
+            response.memory.unreadable.append("gpu_used_bytes")
+        names = list(job.output_names) or [o.name for o in sess.get_outputs()]
+        known = {o.name for o in sess.get_outputs()}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise JobError(INVALID, f"unknown output names {unknown}; the model has {sorted(known)}")
+        for feeds_k in batches:
+            try:
+                values = sess.run(names, feeds_k)
+            except Exception as exc:  # onnxruntime raises its own exception types at run time
+                raise JobError(INVALID, f"running an uploaded input batch failed: {_short(exc)}") from None
+            out = response.outputs.add()
+            for name, value in zip(names, values):
+                from onnx import numpy_helper
+
+                out.tensors.add(name=name, tensor_proto=numpy_helper.from_array(
+                    np.asarray(value), name).SerializeToString())
+        return response.SerializeToString()
+
+    @staticmethod
+    def _decode_inputs(model: Any, raw_batches: tuple[bytes, ...]) -> list[dict[str, Any]]:
+        import numpy as np
+        from onnx import TensorProto, helper, numpy_helper
+
+        from device_agent import modelcheck
+        from protos.hadmc.v1 import agent_pb2
+
+        expected = {vi.name: vi.type.tensor_type for vi in modelcheck.graph_inputs(model)}
+        batches = []
+        for k, raw in enumerate(raw_batches):
+            batch = agent_pb2.InputBatch.FromString(raw)
+            feeds = {}
+            for nt in batch.tensors:
+                if nt.name not in expected:
+                    raise modelcheck.ModelInvalid(
+                        f"input batch {k}: the model has no input {nt.name!r} (inputs: {sorted(expected)})")
+                try:
+                    arr = numpy_helper.to_array(TensorProto.FromString(nt.tensor_proto))
+                except Exception as exc:  # protobuf/onnx raise several types on bad bytes
+                    raise modelcheck.ModelInvalid(
+                        f"input batch {k}: tensor {nt.name!r} is not a serialized TensorProto ({exc})") from None
+                tt = expected[nt.name]
+                want = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
+                if arr.dtype != want:
+                    raise modelcheck.ModelInvalid(
+                        f"input batch {k}: {nt.name!r} is {arr.dtype}, the model wants {want}")
+                dims = list(tt.shape.dim)
+                bad_rank = arr.ndim != len(dims)
+                bad_dim = any(d.HasField("dim_value") and d.dim_value > 0 and a != 0 and arr.shape[a] != d.dim_value
+                              for a, d in enumerate(dims[:arr.ndim]))
+                if bad_rank or bad_dim:
+                    want_shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+                    raise modelcheck.ModelInvalid(
+                        f"input batch {k}: {nt.name!r} has shape {list(arr.shape)}, the model wants {want_shape}")
+                feeds[nt.name] = arr
+            missing = sorted(set(expected) - set(feeds))
+            if missing:
+                raise modelcheck.ModelInvalid(f"input batch {k} lacks inputs {missing}")
+            batches.append(feeds)
+        return batches
+
+    def _gpu_used_bytes(self) -> int | None:
+        if self.rt.nvml_handle is None:
+            return None
+        import pynvml
+
+        try:
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(self.rt.nvml_handle):
+                if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
+                    return int(proc.usedGpuMemory)
+        except pynvml.NVMLError:
+            return None
+        return None
+
+
+def worker_main(conn: Connection, cancel_event: Any, ws: WorkerSettings) -> None:
+    """Process entry point: serve jobs from `conn` until it closes."""
+    import logging
+
+    # onnxruntime's quantizer advises on the root logger at WARNING; its advice is not for users.
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        worker = Worker(ws, cancel_event.is_set)
+    except Exception as exc:  # report any set-up failure to the daemon, then exit
+        conn.send(JobFailure(FAILED, f"worker set-up failed: {exc}"))
+        return
+    conn.send("ready")
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            reply: Any = worker.handle(job)
+        except JobError as exc:
+            reply = JobFailure(exc.code, str(exc))
+        except Exception as exc:  # any other failure ends this job, not the worker
+            reply = JobFailure(FAILED, f"{type(exc).__name__}: {_short(exc)}")
+        conn.send(reply)

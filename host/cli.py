@@ -1,0 +1,168 @@
+"""The `hadmc` command. Subcommands import their stack lazily: `hadmc agent ...` and
+`hadmc bench` run on a device with only the agent's dependencies (no torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """An error to print as `hadmc: error: ...` with a non-zero exit."""
+
+
+def _emit(doc: Any, as_json: bool, text: str) -> None:
+    print(json.dumps(doc, indent=2, sort_keys=True) if as_json else text)
+
+
+def _target(args: argparse.Namespace) -> Any:
+    from host.agent_client import AgentTarget
+
+    return AgentTarget.from_files(args.device, getattr(args, "token_file", None),
+                                  getattr(args, "tls_ca", None), getattr(args, "tls_server_name", None))
+
+
+def _add_device_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--device", required=required, metavar="HOST:PORT",
+                   help="agent address" + ("" if required else "; without it an embedded agent starts on 127.0.0.1"))
+    p.add_argument("--token-file", type=Path, help="file holding the agent's token")
+    p.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) to verify the agent's TLS certificate")
+    p.add_argument("--tls-server-name", help="name the agent's certificate is checked against")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="per-call timeout in seconds")
+
+
+def cmd_agent_serve(args: argparse.Namespace) -> int:
+    from device_agent.config import load_agent_config
+    from device_agent.server import serve
+
+    overrides = {
+        "listen": args.listen, "token_file": args.token_file, "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key, "insecure": True if args.insecure else None,
+        "execution_provider": args.execution_provider, "intra_op_threads": args.threads,
+    }
+    config = load_agent_config(args.config, overrides)
+    return serve(config, args.ready_file)
+
+
+def cmd_agent_info(args: argparse.Namespace) -> int:
+    from host.agent_client import AgentClient, message_dict
+
+    with AgentClient(_target(args), timeout_s=args.timeout) as client:
+        info = client.info()
+    fp = info.fingerprint
+    lines = [
+        f"fingerprint  {info.fingerprint_hash[:16]}",
+        f"cpu          {fp.cpu.model} ({fp.cpu.physical_cores} cores / {fp.cpu.logical_cores} threads)",
+        f"gpus         {', '.join(g.name for g in fp.gpus) or 'none'}",
+        f"runtime      onnxruntime {fp.onnxruntime_version}, {fp.execution_provider}, {fp.intra_op_threads} threads",
+    ]
+    from lut_store.opkey import precision_from_proto
+
+    for p in info.precisions:
+        lines.append(f"{precision_from_proto(p.precision):<12} {'yes' if p.supported else 'no '}  {p.note}")
+    _emit(message_dict(info), args.json, "\n".join(lines))
+    return 0
+
+
+def _bench_text(resp: Any) -> str:
+    s = resp.latency
+    return (f"batch {resp.batch_size} on {resp.execution_provider}: median {s.median_ms:.3f} ms, "
+            f"p90 {s.p90_ms:.3f} ms, p99 {s.p99_ms:.3f} ms (n={s.n}, CI +-{s.rel_ci95 * 100:.1f}%"
+            f"{'' if s.stable else ', NOT stable'}), {resp.throughput_per_s:.1f} samples/s, "
+            f"session load {resp.session_load_ms:.1f} ms")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from host.agent_client import AgentClient, message_dict
+
+    if not args.model.is_file():
+        raise CliError(f"model file {args.model} does not exist")
+    with _agent(args) as target, AgentClient(target, timeout_s=args.timeout) as client:
+        resp = client.benchmark(args.model, batch_size=args.batch)
+    _emit(message_dict(resp, drop=("outputs",)), args.json, _bench_text(resp))
+    return 0
+
+
+def _agent(args: argparse.Namespace) -> Any:
+    """The named agent, or an embedded one when --device is absent."""
+    from contextlib import nullcontext
+
+    if args.device:
+        return nullcontext(_target(args))
+    from host.embedded import embedded_agent
+
+    return embedded_agent()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from host.demo import run_demo
+
+    summary = run_demo(args.out, progress=not args.json)
+    _emit(summary, args.json, f"summary written to {args.out / 'summary.json'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hadmc", description="Hardware-aware model compression.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    agent = sub.add_parser("agent", help="the device agent daemon").add_subparsers(dest="agent_command", required=True)
+    serve = agent.add_parser("serve", help="run the agent on this device")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="address to bind (default 127.0.0.1:50051; port 0 picks one)")
+    serve.add_argument("--config", type=Path, help="TOML config file (flags override it)")
+    serve.add_argument("--token-file", type=Path, help="require this token from clients")
+    serve.add_argument("--tls-cert", type=Path, help="TLS certificate chain (PEM)")
+    serve.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
+    serve.add_argument("--insecure", action="store_true", help="allow a non-loopback listen address without TLS")
+    serve.add_argument("--execution-provider", choices=("auto", "cpu", "cuda", "tensorrt"))
+    serve.add_argument("--threads", type=int, help="onnxruntime intra-op threads (0: physical cores)")
+    serve.add_argument("--ready-file", type=Path, help="write the bound HOST:PORT here once serving")
+    serve.set_defaults(func=cmd_agent_serve)
+
+    info = agent.add_parser("info", help="the device fingerprint and capabilities")
+    _add_device_args(info, required=True)
+    info.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    info.set_defaults(func=cmd_agent_info)
+
+    bench = sub.add_parser("bench", help="benchmark an ONNX model on a device")
+    bench.add_argument("model", type=Path, metavar="MODEL.onnx")
+    _add_device_args(bench, required=False)
+    bench.add_argument("--batch", type=int, default=0, help="batch size (0: the model's own, else 1)")
+    bench.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    bench.set_defaults(func=cmd_bench)
+
+    demo = sub.add_parser("demo", help="the main job on the built-in default, with an embedded agent")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
+    demo.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from host import logs
+
+    args = build_parser().parse_args(argv)
+    logs.configure(args.verbose + 1 if args.command == "agent" and args.agent_command == "serve" else args.verbose)
+    from device_agent.config import ConfigError
+    from host.agent_client import AgentError
+
+    try:
+        return args.func(args)
+    except (CliError, ConfigError, AgentError, OSError, ValueError) as exc:
+        print(f"hadmc: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

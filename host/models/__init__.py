@@ -1,0 +1,1 @@
+"""Model zoo (PyTorch; no torchvision)."""

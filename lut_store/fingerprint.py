@@ -1,0 +1,53 @@
+"""The device fingerprint hash: which facts about a device change its measured latencies."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+# Fields of the fingerprint document (agent.proto Fingerprint) that change measured latency.
+# Hostname, memory size and kernel release are descriptive only, so identical devices share a
+# fingerprint and can split one LUT build between them.
+HASHED_FIELDS = (
+    "profiler_version",
+    "cpu.model",
+    "cpu.architecture",
+    "cpu.physical_cores",
+    "cpu.logical_cores",
+    "cpu.flags",
+    "gpus",
+    "gpu_driver_version",
+    "cuda_version",
+    "onnxruntime_version",
+    "execution_provider",
+    "provider_options",
+    "intra_op_threads",
+    "inter_op_threads",
+    "power_mode",
+)
+
+
+def _get(doc: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = doc
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
+
+
+def hashed_subset(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The latency-relevant fields of a fingerprint document, by dotted name."""
+    return {name: _get(doc, name) for name in HASHED_FIELDS}
+
+
+def fingerprint_hash(doc: Mapping[str, Any]) -> str:
+    """Hex SHA-256 of the canonical JSON of the hashed fields."""
+    canonical = json.dumps(hashed_subset(doc), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Hashed fields whose values differ between two documents: name -> (old, new)."""
+    a, b = hashed_subset(old), hashed_subset(new)
+    return {k: (a[k], b[k]) for k in HASHED_FIELDS if a[k] != b[k]}
