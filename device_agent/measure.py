@@ -94,28 +94,32 @@ class Window:
 
 def _window(run_once: Callable[[], None], s: Settings, monitor: CpuMonitor,
             cancelled: Callable[[], bool]) -> Window:
+    """Timed runs until the median's CI meets the target, or max_time_s / max_runs once
+    min_runs are done. Cancellation is checked after every run (outside the timed span)."""
     samples: list[float] = []
     started = monitor.start()
-    deadline = time.perf_counter() + s.max_time_s
-    check_every = s.min_runs
+    deadline_ns = time.perf_counter_ns() + int(s.max_time_s * 1e9)
+    next_check = s.min_runs
     rel_ci, stable = math.inf, False
     while True:
-        for _ in range(check_every):
-            t0 = time.perf_counter_ns()
-            run_once()
-            samples.append((time.perf_counter_ns() - t0) / 1e6)
+        t0 = time.perf_counter_ns()
+        run_once()
+        t1 = time.perf_counter_ns()
+        samples.append((t1 - t0) / 1e6)
         if cancelled():
             raise MeasurementCancelled()
-        arr = np.sort(np.asarray(samples))
-        rel_ci = median_rel_ci95(arr)
-        if rel_ci <= s.target_rel_ci:
-            stable = True
-            break
-        if len(samples) >= s.max_runs or time.perf_counter() >= deadline:
-            break
-        # Grow the next chunk with n so that CI checks stay cheap, within the caps.
-        remaining_runs = s.max_runs - len(samples)
-        check_every = max(1, min(remaining_runs, max(s.min_runs // 2, len(samples) // 4)))
+        n = len(samples)
+        capped = n >= s.max_runs or (n >= s.min_runs and t1 >= deadline_ns)
+        if n >= next_check or capped:
+            arr = np.sort(np.asarray(samples))
+            rel_ci = median_rel_ci95(arr)
+            if rel_ci <= s.target_rel_ci:
+                stable = True
+                break
+            if capped:
+                break
+            # Check again after a quarter more runs: CI checks stay cheap as n grows.
+            next_check = n + max(s.min_runs // 2, n // 4, 1)
     return Window(arr, rel_ci, stable, monitor.other_cores(started))
 
 

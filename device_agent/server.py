@@ -334,6 +334,7 @@ class Agent:
 
     def __init__(self, config: AgentConfig, worker_target: Callable[..., None] | None = None) -> None:
         self.config = config
+        self._token = read_token(config.token_file) if config.token_file is not None else None
         threads = config.intra_op_threads or psutil.cpu_count(logical=False) or 1
         self.intra_op_threads = threads
         ws = WorkerSettings(
@@ -355,11 +356,19 @@ class Agent:
         return f"{host}:{self.port}"
 
     def start(self) -> Agent:
+        try:
+            return self._start()
+        except BaseException:
+            self.runner.close()
+            self._work_dir.cleanup()
+            raise
+
+    def _start(self) -> Agent:
         probe = self.runner.call(ProbeJob(), self.config.job_timeout_s, lambda: True)
         self.info = _device_info(self.config, probe, self.intra_op_threads)
         interceptors: list[grpc.ServerInterceptor] = [LoggingInterceptor()]
-        if self.config.token_file is not None:
-            interceptors.append(TokenAuthInterceptor(read_token(self.config.token_file)))
+        if self._token is not None:
+            interceptors.append(TokenAuthInterceptor(self._token))
         # Threads: the queue, the running job, and headroom for info/health calls.
         workers = self.config.max_queued_jobs + 8
         server = grpc.server(
@@ -373,12 +382,16 @@ class Agent:
         agent_pb2_grpc.add_DeviceAgentServicer_to_server(
             DeviceAgentService(self.config, self.runner, self.info, Path(self._work_dir.name)), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        if self.config.tls_cert is not None:
-            creds = grpc.ssl_server_credentials([(Path(self.config.tls_key).read_bytes(),
-                                                  Path(self.config.tls_cert).read_bytes())])
-            self.port = server.add_secure_port(self.config.listen, creds)
-        else:
-            self.port = server.add_insecure_port(self.config.listen)
+        try:
+            if self.config.tls_cert is not None:
+                creds = grpc.ssl_server_credentials([(Path(self.config.tls_key).read_bytes(),
+                                                      Path(self.config.tls_cert).read_bytes())])
+                self.port = server.add_secure_port(self.config.listen, creds)
+            else:
+                self.port = server.add_insecure_port(self.config.listen)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {self.config.listen} (in use, or not an address of this "
+                          f"machine): {exc}") from None
         server.start()
         self.server = server
         for name in ("", SERVICE_NAME):
@@ -400,7 +413,10 @@ class Agent:
 
 
 def read_token(path: Path) -> str:
-    token = Path(path).read_text().strip()
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read token file {path}: {exc.strerror}") from None
     if len(token) < 16:
         raise ValueError(f"token in {path} is shorter than 16 characters; use e.g. `openssl rand -hex 32`")
     return token

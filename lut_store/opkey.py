@@ -396,6 +396,8 @@ class OpKey:
                 which = a.WhichOneof("value")
                 if which is None:
                     raise OpKeyError(f"{n.op_type}: attribute {a.name!r} has no value")
+                if a.name in attrs:
+                    raise OpKeyError(f"{n.op_type}: attribute {a.name!r} is given twice")
                 v = getattr(a, which)
                 attrs[a.name] = tuple(v.values) if which in ("ints", "floats") else v
             nodes.append(OpNode(n.op_type, tuple(n.inputs), attrs, n.domain, n.num_outputs or 1))
@@ -412,6 +414,6 @@ def precision_to_proto(precision: str) -> int:
 def precision_from_proto(value: int) -> str:
     """common_pb2.PRECISION_INT8 -> 'int8'."""
     if value not in _PROTO_TO_PRECISION:
-        names = sorted(common_pb2.Precision.Name(v) for v in _PROTO_TO_PRECISION.values())
+        names = sorted(common_pb2.Precision.Name(v) for v in _PRECISION_TO_PROTO.values())
         raise OpKeyError(f"precision enum value {value} is unset or unknown; allowed: {names}")
     return _PROTO_TO_PRECISION[value]

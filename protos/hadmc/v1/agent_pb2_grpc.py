@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class DeviceAgentStub:
-    """Missing associated documentation comment in .proto file."""
+    """The daemon on one target device (see the file comment for auth and common errors).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -52,7 +53,8 @@ class DeviceAgentStub:
 
 
 class DeviceAgentServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The daemon on one target device (see the file comment for auth and common errors).
+    """
 
     def GetDeviceInfo(self, request, context):
         """The device fingerprint, its hash and what the device can run. Never queued.
@@ -115,7 +117,8 @@ def add_DeviceAgentServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class DeviceAgent:
-    """Missing associated documentation comment in .proto file."""
+    """The daemon on one target device (see the file comment for auth and common errors).
+    """
 
     @staticmethod
     def GetDeviceInfo(request,

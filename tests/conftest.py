@@ -1,0 +1,37 @@
+"""Shared fixtures: a real agent on 127.0.0.1:0 with quick measurement settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from device_agent.config import AgentConfig, MeasurementDefaults
+from device_agent.server import Agent
+from host.agent_client import AgentClient, AgentTarget
+
+# Quick but real measurement settings. A high interference limit keeps these tests independent
+# of what else runs on a CI machine; test_measure.py tests the interference check itself.
+QUICK = MeasurementDefaults(warmup_runs=3, min_runs=10, max_runs=2000, max_time_s=0.3,
+                            target_rel_ci=0.05, max_attempts=3, interference_max_cores=64.0)
+
+
+def quick_config(**overrides: object) -> AgentConfig:
+    base = dict(listen="127.0.0.1:0", intra_op_threads=1, profile=QUICK, benchmark=QUICK,
+                shutdown_grace_s=2.0)
+    base.update(overrides)
+    return AgentConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def agent() -> Iterator[Agent]:
+    """One real agent for the whole session (worker start and device probe take seconds)."""
+    running = Agent(quick_config()).start()
+    yield running
+    running.stop(grace_s=1.0)
+
+
+@pytest.fixture()
+def client(agent: Agent) -> Iterator[AgentClient]:
+    with AgentClient(AgentTarget(agent.address), timeout_s=60.0) as c:
+        yield c

@@ -1,0 +1,74 @@
+"""Small real ONNX models and worker targets for the tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def small_cnn(batch: int | str = "batch", channels: int = 8, size: int = 16, classes: int = 4,
+              seed: int = 0) -> onnx.ModelProto:
+    """Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm, with a (by default) dynamic batch."""
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.standard_normal((channels, 3, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "b")
+    fw = numpy_helper.from_array(rng.standard_normal((classes, channels)).astype(np.float32), "fw")
+    fb = numpy_helper.from_array(rng.standard_normal(classes).astype(np.float32), "fb")
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "small_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, classes])],
+        [w, b, fw, fb],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def slow_matmul_chain(n: int = 2048, depth: int = 8) -> onnx.ModelProto:
+    """A model whose single run takes a noticeable fraction of a second on one core."""
+    rng = np.random.default_rng(0)
+    inits, nodes, prev = [], [], "x"
+    for i in range(depth):
+        inits.append(numpy_helper.from_array((rng.standard_normal((n, n)) * 0.01).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]))
+        prev = f"m{i}"
+    graph = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])],
+                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [n, n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def crash_on_benchmark(conn: Any, cancel_event: Any, ws: Any) -> None:
+    """A worker that behaves like the real one, but dies by SIGSEGV on any Benchmark job:
+    stands in for a model that crashes the runtime."""
+    from device_agent.jobs import BenchmarkJob, JobError, JobFailure
+    from device_agent.worker import Worker
+
+    worker = Worker(ws, cancel_event.is_set)
+    conn.send("ready")
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if isinstance(job, BenchmarkJob):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        try:
+            conn.send(worker.handle(job))
+        except JobError as exc:
+            conn.send(JobFailure(exc.code, str(exc)))

@@ -1,0 +1,79 @@
+"""Agents with tight limits: a full queue, a hard job timeout, a crashing runtime."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+
+from device_agent.server import Agent
+from host.agent_client import AgentClient, AgentError, AgentTarget
+from lut_store import kernels
+from protos.hadmc.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+from tests.conftest import quick_config
+from tests.helpers import crash_on_benchmark, slow_matmul_chain, small_cnn
+
+# min_runs = 10^6 keeps a kernel measuring for tens of seconds, until cancelled.
+LONG = common_pb2.MeasurementSettings(min_runs=1_000_000, max_runs=1_000_000)
+
+
+@pytest.fixture(scope="module")
+def tight_agent():
+    running = Agent(quick_config(max_queued_jobs=1, job_timeout_s=3.0, max_model_mib=1.0)).start()
+    yield running
+    running.stop(grace_s=1.0)
+
+
+def test_queue_beyond_its_bound_is_resource_exhausted(tight_agent):
+    target = AgentTarget(tight_agent.address)
+    long_job = agent_pb2.ProfileRequest(keys=[kernels.conv(1, 16, 16, 16, 16, 3).to_proto()], settings=LONG)
+    with grpc.insecure_channel(tight_agent.address) as channel, AgentClient(target) as waiting, \
+            AgentClient(target, retries=1) as third:
+        running = agent_pb2_grpc.DeviceAgentStub(channel).Profile(long_job, timeout=60)
+        time.sleep(1.0)
+        queued = waiting.profile([kernels.elementwise("Relu", (1, 8))], timeout_s=60)
+        queued_results: list = []
+        waiter = threading.Thread(target=lambda: queued_results.extend(queued), daemon=True)
+        waiter.start()
+        time.sleep(0.5)
+        with pytest.raises(AgentError, match="max_queued_jobs = 1") as exc:
+            list(third.profile([kernels.elementwise("Relu", (1, 8))]))
+        assert exc.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert third.info().fingerprint_hash  # info is never queued
+        running.cancel()  # cancel the long job: the queued one runs next
+        waiter.join(20)
+        assert len(queued_results) == 1 and queued_results[0].WhichOneof("outcome") == "stats"
+
+
+def test_job_past_its_hard_timeout_is_killed_and_the_agent_serves_on(tight_agent, tmp_path):
+    model = slow_matmul_chain(n=1024, depth=2).SerializeToString()
+    assert len(model) > 1024 * 1024  # over max_model_mib = 1
+    with AgentClient(AgentTarget(tight_agent.address)) as client:
+        with pytest.raises(AgentError, match="over the agent's cap") as exc:
+            client.benchmark(model)
+        assert exc.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        heavy = slow_matmul_chain(n=256, depth=3).SerializeToString()  # 0.75 MiB
+        t0 = time.monotonic()
+        with pytest.raises(AgentError, match="3 s timeout") as exc:
+            client.benchmark(heavy, settings=LONG)
+        assert exc.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - t0 < 15
+        assert client.benchmark(small_cnn().SerializeToString()).latency.n >= 10
+
+
+def test_a_runtime_crash_does_not_take_the_daemon_down():
+    crashing = Agent(quick_config(), worker_target=crash_on_benchmark).start()
+    try:
+        with AgentClient(AgentTarget(crashing.address)) as client:
+            first_pid = crashing.runner.worker_pid
+            with pytest.raises(AgentError, match="runtime crashed .*SIGSEGV") as exc:
+                client.benchmark(small_cnn().SerializeToString())
+            assert exc.value.code == grpc.StatusCode.INTERNAL
+            assert client.health() == "SERVING"
+            (r,) = client.profile([kernels.elementwise("Relu", (1, 8))])
+            assert r.WhichOneof("outcome") == "stats"
+            assert crashing.runner.worker_pid not in (None, first_pid)
+    finally:
+        crashing.stop(grace_s=1.0)
