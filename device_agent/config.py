@@ -41,13 +41,14 @@ class ConfigError(ValueError):
 class MeasurementDefaults:
     """Measurement settings used when a request leaves them unset (see common.proto)."""
 
-    warmup_runs: int = 10
+    warmup_runs: int = 20
     min_runs: int = 20
-    max_runs: int = 5000
+    max_runs: int = 100_000
     max_time_s: float = 1.0
     target_rel_ci: float = 0.02
     max_attempts: int = 3
     interference_max_cores: float = 0.35
+    min_window_s: float = 0.1
 
     def __post_init__(self) -> None:
         if self.min_runs < 5:
@@ -64,6 +65,8 @@ class MeasurementDefaults:
             raise ConfigError("interference_max_cores must be > 0")
         if self.warmup_runs < 0:
             raise ConfigError("warmup_runs must be >= 0")
+        if not 0 <= self.min_window_s <= self.max_time_s:
+            raise ConfigError(f"min_window_s = {self.min_window_s} must be in [0, max_time_s]")
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ class AgentConfig:
     job_timeout_s: float = 600.0
     shutdown_grace_s: float = 10.0
     profile: MeasurementDefaults = MeasurementDefaults()
-    benchmark: MeasurementDefaults = MeasurementDefaults(max_time_s=10.0, target_rel_ci=0.01)
+    benchmark: MeasurementDefaults = MeasurementDefaults(max_time_s=10.0, target_rel_ci=0.01, min_window_s=1.0)
 
     def __post_init__(self) -> None:
         host, _ = split_address(self.listen)

@@ -21,6 +21,7 @@ class Settings:
     target_rel_ci: float
     max_attempts: int
     interference_max_cores: float
+    min_window_s: float
 
     def to_proto(self) -> common_pb2.MeasurementSettings:
         return common_pb2.MeasurementSettings(**self.__dict__)

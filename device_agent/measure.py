@@ -19,6 +19,9 @@ import psutil
 from device_agent.jobs import Settings
 from protos.hadmc.v1 import common_pb2
 
+# CPU times are counted in clock ticks (10 ms at the usual 100 Hz): a few ticks of rounding
+# between the system-wide and the per-process counters are not another process's work.
+_ACCOUNTING_SLACK_S = 2.0 / os.sysconf("SC_CLK_TCK")
 _TEMP_SENSORS = ("coretemp", "k10temp", "cpu_thermal", "cpu-thermal", "soc_thermal", "acpitz")
 
 
@@ -76,12 +79,13 @@ class CpuMonitor:
         return time.monotonic(), self._busy_s(), self._own_cpu_s()
 
     def other_cores(self, started: tuple[float, float, float]) -> float:
+        """Average cores other processes used since `started`, less the accounting slack."""
         t0, busy0, own0 = started
         wall = time.monotonic() - t0
         if wall <= 0:
             return 0.0
         other = (self._busy_s() - busy0) - (self._own_cpu_s() - own0)
-        return max(0.0, other / wall)
+        return max(0.0, other - _ACCOUNTING_SLACK_S) / wall
 
 
 @dataclass(frozen=True)
@@ -94,11 +98,14 @@ class Window:
 
 def _window(run_once: Callable[[], None], s: Settings, monitor: CpuMonitor,
             cancelled: Callable[[], bool]) -> Window:
-    """Timed runs until the median's CI meets the target, or max_time_s / max_runs once
-    min_runs are done. Cancellation is checked after every run (outside the timed span)."""
+    """Timed runs until the median's CI meets the target (after min_runs and min_window_s), or
+    max_time_s / max_runs once min_runs are done. Cancellation is checked after every run
+    (outside the timed span)."""
     samples: list[float] = []
     started = monitor.start()
-    deadline_ns = time.perf_counter_ns() + int(s.max_time_s * 1e9)
+    start_ns = time.perf_counter_ns()
+    deadline_ns = start_ns + int(s.max_time_s * 1e9)
+    window_ns = start_ns + int(s.min_window_s * 1e9)
     next_check = s.min_runs
     rel_ci, stable = math.inf, False
     while True:
@@ -113,10 +120,8 @@ def _window(run_once: Callable[[], None], s: Settings, monitor: CpuMonitor,
         if n >= next_check or capped:
             arr = np.sort(np.asarray(samples))
             rel_ci = median_rel_ci95(arr)
-            if rel_ci <= s.target_rel_ci:
-                stable = True
-                break
-            if capped:
+            stable = rel_ci <= s.target_rel_ci
+            if (stable and t1 >= window_ns) or capped:
                 break
             # Check again after a quarter more runs: CI checks stay cheap as n grows.
             next_check = n + max(s.min_runs // 2, n // 4, 1)

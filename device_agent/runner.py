@@ -8,18 +8,21 @@ worker that crashes or times out is replaced on the next job; the daemon keeps s
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from multiprocessing.connection import Connection
 from typing import Any
 
 import structlog
 
 from device_agent.jobs import CANCELLED, CRASHED, FAILED, TIMEOUT, JobError, JobFailure, WorkerSettings
-from device_agent.worker import worker_main
 
 log = structlog.get_logger(__name__)
 
@@ -40,22 +43,21 @@ class MeasurementRunner:
     """The daemon's handle on its measurement worker process."""
 
     def __init__(self, settings: WorkerSettings, max_queued: int,
-                 target: Callable[..., None] = worker_main) -> None:
+                 target: str = "device_agent.worker:worker_main") -> None:
+        """`target` names the worker's entry function as 'module:function'."""
         self._settings = settings
         self._max_queued = max_queued
         self._target = target
-        self._ctx = mp.get_context("spawn")
         self._cond = threading.Condition()
         self._busy = False
         self._waiting = 0
         self._closed = False
-        self._proc: Any = None
-        self._conn: Any = None
-        self._cancel = self._ctx.Event()
+        self._proc: subprocess.Popen | None = None
+        self._conn: Connection | None = None
 
     @property
     def worker_pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None and self._proc.is_alive() else None
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
     @contextmanager
     def slot(self, is_active: Callable[[], bool]) -> Iterator[None]:
@@ -92,27 +94,32 @@ class MeasurementRunner:
                 self._cond.notify_all()
 
     def _ensure_worker(self) -> None:
-        if self._proc is not None and self._proc.is_alive():
+        """Start a worker process unless one is alive. A fresh interpreter (not a fork, not
+        multiprocessing's spawn, which re-runs the caller's __main__) keeps embedding safe."""
+        if self._proc is not None and self._proc.poll() is None:
             return
         self._discard_worker()
-        parent_conn, child_conn = self._ctx.Pipe()
-        self._cancel.clear()
-        proc = self._ctx.Process(target=self._target, args=(child_conn, self._cancel, self._settings),
-                                 name="hadmc-measure", daemon=True)
-        proc.start()
-        child_conn.close()
-        if not parent_conn.poll(_START_TIMEOUT_S):
+        parent_sock, child_sock = socket.socketpair()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p or os.getcwd() for p in sys.path))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "device_agent.worker", self._target, str(child_sock.fileno())],
+            pass_fds=(child_sock.fileno(),), env=env, stdin=subprocess.DEVNULL)
+        child_sock.close()
+        conn = Connection(parent_sock.detach())
+        conn.send(self._settings)
+        if not conn.poll(_START_TIMEOUT_S):
             proc.kill()
+            proc.wait()
             raise JobError(FAILED, f"the measurement worker did not start within {_START_TIMEOUT_S:.0f} s")
         try:
-            hello = parent_conn.recv()
-        except EOFError:
-            proc.join(1)
-            raise JobError(CRASHED, f"the measurement worker died while starting ({_exit_text(proc.exitcode)})") from None
+            hello = conn.recv()
+        except (EOFError, OSError):
+            proc.wait(5)
+            raise JobError(CRASHED, f"the measurement worker died while starting ({_exit_text(proc.returncode)})") from None
         if isinstance(hello, JobFailure):
-            proc.join(5)
+            proc.wait(5)
             raise JobError(hello.code, hello.message)
-        self._proc, self._conn = proc, parent_conn
+        self._proc, self._conn = proc, conn
         log.info("worker.started", pid=proc.pid)
 
     def _discard_worker(self) -> None:
@@ -121,9 +128,9 @@ class MeasurementRunner:
         if conn is not None:
             conn.close()
         if proc is not None:
-            if proc.is_alive():
+            if proc.poll() is None:
                 proc.kill()
-            proc.join(5)
+            proc.wait(5)
 
     def call(self, job: Any, timeout_s: float, is_active: Callable[[], bool]) -> Any:
         """Run one job (inside `slot`) and return the worker's reply.
@@ -134,7 +141,7 @@ class MeasurementRunner:
         if self._closed:
             raise RunnerClosed()
         self._ensure_worker()
-        self._cancel.clear()
+        assert self._conn is not None and self._proc is not None
         self._conn.send(job)
         deadline = time.monotonic() + timeout_s
         cancel_deadline: float | None = None
@@ -143,9 +150,8 @@ class MeasurementRunner:
                 ready = self._conn.poll(_POLL_S)
                 reply = self._conn.recv() if ready else None
             except (EOFError, OSError):
-                code = self._proc.exitcode if self._proc else None
-                self._proc.join(2) if self._proc else None
-                exit_text = _exit_text(self._proc.exitcode if self._proc else code)
+                proc = self._proc
+                exit_text = _exit_text(proc.wait(5) if proc is not None else None)
                 self._discard_worker()
                 raise JobError(CRASHED, f"the runtime crashed ({exit_text}); the agent started a fresh worker") from None
             if ready:
@@ -154,7 +160,7 @@ class MeasurementRunner:
                 return reply
             now = time.monotonic()
             if cancel_deadline is None and (self._closed or not is_active()):
-                self._cancel.set()
+                self._signal_cancel()
                 cancel_deadline = now + _CANCEL_GRACE_S
             if cancel_deadline is not None and now >= cancel_deadline:
                 log.warning("worker.killed", reason="cancelled job did not stop in time")
@@ -165,12 +171,17 @@ class MeasurementRunner:
                 self._discard_worker()
                 raise JobError(TIMEOUT, f"the job ran past its {timeout_s:g} s timeout and was killed")
 
+    def _signal_cancel(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGUSR1)
+
     def close(self) -> None:
         """Cancel the running job, stop the worker, refuse new jobs."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._cancel.set()
+        self._signal_cancel()
         deadline = time.monotonic() + _CANCEL_GRACE_S
         while self._busy and time.monotonic() < deadline:
             time.sleep(_POLL_S)

@@ -56,7 +56,7 @@ _STATUS = {
 _SETTING_BOUNDS = {
     "warmup_runs": (0, 100_000), "min_runs": (5, 1_000_000), "max_runs": (5, 10_000_000),
     "max_time_s": (0.001, 600.0), "target_rel_ci": (1e-4, 0.5), "max_attempts": (1, 20),
-    "interference_max_cores": (0.01, 1024.0),
+    "interference_max_cores": (0.01, 1024.0), "min_window_s": (0.0, 600.0),
 }
 
 
@@ -75,6 +75,8 @@ def resolve_settings(requested: common_pb2.MeasurementSettings, defaults: Measur
         values[f.name] = value
     if values["max_runs"] < values["min_runs"]:
         raise BadRequest(f"settings.max_runs = {values['max_runs']} is below min_runs = {values['min_runs']}")
+    if values["min_window_s"] > values["max_time_s"]:
+        raise BadRequest(f"settings.min_window_s = {values['min_window_s']:g} is over max_time_s = {values['max_time_s']:g}")
     return Settings(**values)
 
 
@@ -332,7 +334,7 @@ class Agent:
     `Agent(config).start()` binds, probes the device and serves; `.port` is the bound port.
     """
 
-    def __init__(self, config: AgentConfig, worker_target: Callable[..., None] | None = None) -> None:
+    def __init__(self, config: AgentConfig, worker_target: str | None = None) -> None:
         self.config = config
         self._token = read_token(config.token_file) if config.token_file is not None else None
         threads = config.intra_op_threads or psutil.cpu_count(logical=False) or 1

@@ -8,6 +8,8 @@ records sent over a pipe; measurement results travel as serialized protobuf mess
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,6 +32,7 @@ class Runtime:
     def __init__(self, ws: WorkerSettings) -> None:
         import onnxruntime as ort
 
+        ort.set_default_logger_severity(4)
         self.ort = ort
         self.ws = ws
         available = ort.get_available_providers()
@@ -57,7 +60,7 @@ class Runtime:
         so.inter_op_num_threads = self.ws.inter_op_threads
         so.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # failures are reported in results, not on the daemon's stderr
         if optimized_path is not None:
             so.optimized_model_filepath = str(optimized_path)
         return so
@@ -340,14 +343,28 @@ class Worker:
         return None
 
 
-def worker_main(conn: Connection, cancel_event: Any, ws: WorkerSettings) -> None:
-    """Process entry point: serve jobs from `conn` until it closes."""
-    import logging
+class CancelFlag:
+    """Set by SIGUSR1 from the daemon, or when the daemon is gone; cleared for each job."""
 
-    # onnxruntime's quantizer advises on the root logger at WARNING; its advice is not for users.
-    logging.getLogger().setLevel(logging.ERROR)
+    def __init__(self) -> None:
+        self._set = False
+        self._parent = os.getppid()
+        signal.signal(signal.SIGUSR1, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._set = True
+
+    def clear(self) -> None:
+        self._set = False
+
+    def __call__(self) -> bool:
+        return self._set or os.getppid() != self._parent
+
+
+def worker_main(conn: Connection, cancelled: CancelFlag, ws: WorkerSettings) -> None:
+    """Serve jobs from `conn` until it closes."""
     try:
-        worker = Worker(ws, cancel_event.is_set)
+        worker = Worker(ws, cancelled)
     except Exception as exc:  # report any set-up failure to the daemon, then exit
         conn.send(JobFailure(FAILED, f"worker set-up failed: {exc}"))
         return
@@ -357,6 +374,7 @@ def worker_main(conn: Connection, cancel_event: Any, ws: WorkerSettings) -> None
             job = conn.recv()
         except (EOFError, OSError):
             return
+        cancelled.clear()
         try:
             reply: Any = worker.handle(job)
         except JobError as exc:
@@ -364,3 +382,27 @@ def worker_main(conn: Connection, cancel_event: Any, ws: WorkerSettings) -> None
         except Exception as exc:  # any other failure ends this job, not the worker
             reply = JobFailure(FAILED, f"{type(exc).__name__}: {_short(exc)}")
         conn.send(reply)
+
+
+def main() -> None:
+    """`python -m device_agent.worker MODULE:FUNCTION FD`: the process the runner starts.
+
+    Reads WorkerSettings from the connection on FD, then hands over to the named function
+    (device_agent.worker:worker_main, or a stand-in in tests).
+    """
+    import importlib
+    import logging
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the daemon's to handle
+    # onnxruntime's quantizer advises on the root logger at WARNING; its advice is not for users.
+    logging.getLogger().setLevel(logging.ERROR)
+    target, fd = sys.argv[1], int(sys.argv[2])
+    module, _, function = target.partition(":")
+    entry = getattr(importlib.import_module(module), function)
+    conn = Connection(fd)
+    ws = conn.recv()
+    entry(conn, CancelFlag(), ws)
+
+
+if __name__ == "__main__":
+    main()

@@ -53,19 +53,20 @@ def slow_matmul_chain(n: int = 2048, depth: int = 8) -> onnx.ModelProto:
     return model
 
 
-def crash_on_benchmark(conn: Any, cancel_event: Any, ws: Any) -> None:
+def crash_on_benchmark(conn: Any, cancelled: Any, ws: Any) -> None:
     """A worker that behaves like the real one, but dies by SIGSEGV on any Benchmark job:
     stands in for a model that crashes the runtime."""
     from device_agent.jobs import BenchmarkJob, JobError, JobFailure
     from device_agent.worker import Worker
 
-    worker = Worker(ws, cancel_event.is_set)
+    worker = Worker(ws, cancelled)
     conn.send("ready")
     while True:
         try:
             job = conn.recv()
         except EOFError:
             return
+        cancelled.clear()
         if isinstance(job, BenchmarkJob):
             os.kill(os.getpid(), signal.SIGSEGV)
         try:

@@ -13,7 +13,7 @@ from host.agent_client import AgentClient, AgentError, AgentTarget
 from lut_store import kernels
 from protos.hadmc.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from tests.conftest import quick_config
-from tests.helpers import crash_on_benchmark, slow_matmul_chain, small_cnn
+from tests.helpers import slow_matmul_chain, small_cnn
 
 # min_runs = 10^6 keeps a kernel measuring for tens of seconds, until cancelled.
 LONG = common_pb2.MeasurementSettings(min_runs=1_000_000, max_runs=1_000_000)
@@ -64,7 +64,7 @@ def test_job_past_its_hard_timeout_is_killed_and_the_agent_serves_on(tight_agent
 
 
 def test_a_runtime_crash_does_not_take_the_daemon_down():
-    crashing = Agent(quick_config(), worker_target=crash_on_benchmark).start()
+    crashing = Agent(quick_config(), worker_target="tests.helpers:crash_on_benchmark").start()
     try:
         with AgentClient(AgentTarget(crashing.address)) as client:
             first_pid = crashing.runner.worker_pid

@@ -12,7 +12,7 @@ from device_agent.measure import InterferenceError, MeasurementCancelled, measur
 
 def settings(**kw):
     base = dict(warmup_runs=2, min_runs=20, max_runs=400, max_time_s=2.0, target_rel_ci=0.02,
-                max_attempts=2, interference_max_cores=64.0)
+                max_attempts=2, interference_max_cores=64.0, min_window_s=0.0)
     base.update(kw)
     return Settings(**base)
 
@@ -39,6 +39,13 @@ def test_time_cap_reports_an_unstable_median():
     stats = measure(noisy, settings(max_time_s=0.2, target_rel_ci=0.0001), (), lambda: False)
     assert not stats.stable
     assert stats.rel_ci95 > 0.0001 and math.isfinite(stats.rel_ci95)
+
+
+def test_min_window_holds_a_fast_kernel_long_enough_to_judge_interference():
+    t0 = time.perf_counter()
+    stats = measure(lambda: None, settings(min_window_s=0.2, target_rel_ci=0.5, max_runs=10**7), (), lambda: False)
+    assert time.perf_counter() - t0 >= 0.2
+    assert stats.stable and stats.n > 1000 and stats.settings.min_window_s == 0.2
 
 
 def test_cancellation_stops_between_runs():

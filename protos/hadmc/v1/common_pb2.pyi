@@ -100,7 +100,7 @@ class OpKey(_message.Message):
     def __init__(self, inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[OpNode, _Mapping]]] = ..., precision: _Optional[_Union[Precision, str]] = ..., opset: _Optional[int] = ...) -> None: ...
 
 class MeasurementSettings(_message.Message):
-    __slots__ = ("warmup_runs", "min_runs", "max_runs", "max_time_s", "target_rel_ci", "max_attempts", "interference_max_cores")
+    __slots__ = ("warmup_runs", "min_runs", "max_runs", "max_time_s", "target_rel_ci", "max_attempts", "interference_max_cores", "min_window_s")
     WARMUP_RUNS_FIELD_NUMBER: _ClassVar[int]
     MIN_RUNS_FIELD_NUMBER: _ClassVar[int]
     MAX_RUNS_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +108,7 @@ class MeasurementSettings(_message.Message):
     TARGET_REL_CI_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     INTERFERENCE_MAX_CORES_FIELD_NUMBER: _ClassVar[int]
+    MIN_WINDOW_S_FIELD_NUMBER: _ClassVar[int]
     warmup_runs: int
     min_runs: int
     max_runs: int
@@ -115,7 +116,8 @@ class MeasurementSettings(_message.Message):
     target_rel_ci: float
     max_attempts: int
     interference_max_cores: float
-    def __init__(self, warmup_runs: _Optional[int] = ..., min_runs: _Optional[int] = ..., max_runs: _Optional[int] = ..., max_time_s: _Optional[float] = ..., target_rel_ci: _Optional[float] = ..., max_attempts: _Optional[int] = ..., interference_max_cores: _Optional[float] = ...) -> None: ...
+    min_window_s: float
+    def __init__(self, warmup_runs: _Optional[int] = ..., min_runs: _Optional[int] = ..., max_runs: _Optional[int] = ..., max_time_s: _Optional[float] = ..., target_rel_ci: _Optional[float] = ..., max_attempts: _Optional[int] = ..., interference_max_cores: _Optional[float] = ..., min_window_s: _Optional[float] = ...) -> None: ...
 
 class LatencyStats(_message.Message):
     __slots__ = ("median_ms", "mean_ms", "p90_ms", "p99_ms", "std_ms", "min_ms", "max_ms", "n", "rel_ci95", "stable", "attempts", "other_cpu_cores", "settings")
