@@ -52,3 +52,10 @@ def test_beyond_loopback_needs_token_and_tls(tmp_path):
 def test_bad_addresses(address):
     with pytest.raises(ConfigError):
         split_address(address)
+
+
+def test_shipped_example_config_loads_and_matches_the_defaults():
+    from pathlib import Path
+
+    shipped = load_agent_config(Path(__file__).resolve().parent.parent / "deploy" / "agent.toml")
+    assert shipped == AgentConfig()

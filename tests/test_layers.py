@@ -1,0 +1,75 @@
+"""The dependency floors of DESIGN.md: protos < lut_store < device_agent < host, and an agent
+that installs and runs without the training stack."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FORBIDDEN = {
+    "protos": {"lut_store", "device_agent", "host", "torch"},
+    "lut_store": {"device_agent", "host", "torch", "onnx", "onnxruntime", "numpy"},
+    "device_agent": {"host", "torch", "torch_pruning"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_lower_floors_do_not_import_upper_ones(package):
+    bad = {}
+    for path in (ROOT / package).rglob("*.py"):
+        hits = _imports(path) & FORBIDDEN[package]
+        if hits:
+            bad[str(path.relative_to(ROOT))] = sorted(hits)
+    assert not bad
+
+
+def test_agent_commands_do_not_load_torch():
+    code = ("import sys; from host import cli; cli.build_parser(); import host.agent_client, host.embedded, "
+            "device_agent.server, device_agent.worker; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'onnxruntime')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    # The daemon process stays light: onnxruntime and numpy live in the measurement worker.
+    assert out.stdout.strip() == "[]"
+
+
+def test_agent_installs_and_runs_without_the_training_stack(tmp_path):
+    """pip install . (no extras) into a fresh venv: no torch, and `hadmc agent` works."""
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    py = env_dir / "bin" / "python"
+    subprocess.run([py, "-m", "pip", "install", "-q", str(ROOT)], check=True, timeout=900)
+    probe = subprocess.run([py, "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"],
+                           capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "True"
+    ready = tmp_path / "ready"
+    agent = subprocess.Popen([env_dir / "bin" / "hadmc", "agent", "serve", "--listen", "127.0.0.1:0",
+                              "--ready-file", str(ready)], cwd=tmp_path)
+    try:
+        for _ in range(600):
+            if ready.exists() or agent.poll() is not None:
+                break
+            subprocess.run(["sleep", "0.1"])
+        info = subprocess.run([env_dir / "bin" / "hadmc", "agent", "info", "--device", ready.read_text().strip(),
+                               "--json"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert info.returncode == 0, info.stderr
+        assert '"execution_provider": "CPUExecutionProvider"' in info.stdout
+    finally:
+        agent.terminate()
+        agent.wait(30)
