@@ -305,6 +305,16 @@ def test_cancelling_a_profile_frees_the_worker(client, agent):
     assert time.monotonic() - t0 < 8
 
 
+def test_deadline_mid_profile_frees_the_worker(client):
+    slow = common_pb2.MeasurementSettings(min_runs=1_000_000, max_runs=1_000_000)
+    with pytest.raises(AgentError) as exc:
+        list(client.profile([kernels.conv(1, 16, 16, 16, 16, 3)] * 3, settings=slow, timeout_s=1.5))
+    assert exc.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    t0 = time.monotonic()
+    (r,) = client.profile([kernels.elementwise("Relu", (1, 8))])
+    assert r.WhichOneof("outcome") == "stats" and time.monotonic() - t0 < 8
+
+
 def test_deadline_mid_upload_is_reported_and_the_agent_serves_on(client, agent):
     data = small_cnn().SerializeToString()
 
