@@ -36,3 +36,30 @@ def agent() -> Iterator[Agent]:
 def client(agent: Agent) -> Iterator[AgentClient]:
     with AgentClient(AgentTarget(agent.address), timeout_s=60.0) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL started for this test run (initdb in a temp dir, free port)."""
+    from tests.pg import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    """The same store tests run against both SQL backends."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'lut.sqlite'}"
+    return request.getfixturevalue("postgres_server").new_database()
+
+
+@pytest.fixture()
+def store(store_url):
+    from lut_store.store import open_store
+
+    s = open_store(store_url)
+    yield s
+    s.close()

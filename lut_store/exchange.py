@@ -1,0 +1,158 @@
+"""Moving LUT versions between sites (JSON lines with a checksummed header) and diffing them."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lut_store.records import CorruptExport, Device, Entry, StoreError, Version
+from lut_store.store import LutStore
+
+EXPORT_FORMAT = "hadmc-lut"
+EXPORT_FORMAT_VERSION = 1
+
+
+def _entry_line(e: Entry) -> str:
+    return json.dumps(dataclasses.asdict(e), sort_keys=True, separators=(",", ":"))
+
+
+def export_version(store: LutStore, version_id: int, path: Path) -> dict[str, Any]:
+    """Write a sealed version as JSON lines: a header, then one entry per line. Returns the header."""
+    version = store.version(version_id)
+    if version.status != "sealed":
+        raise StoreError(f"LUT version {version_id} is {version.status}; only sealed versions are exported")
+    device = store.device(version.fingerprint_hash)
+    lines = [_entry_line(e) for e in store.entries(version_id)]
+    digest = hashlib.sha256()
+    for line in lines:
+        digest.update(line.encode() + b"\n")
+    parent_uid = store.version(version.parent_id).uid if version.parent_id is not None else None
+    header = {
+        "format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION,
+        "fingerprint_hash": version.fingerprint_hash, "fingerprint": device.fingerprint,
+        "version": {"uid": version.uid, "source": version.source, "created_at_unix_s": version.created_at_unix_s,
+                    "sealed_at_unix_s": version.sealed_at_unix_s, "settings": version.settings,
+                    "note": version.note, "parent_uid": parent_uid, "exported_from_id": version.id},
+        "entries": len(lines), "sha256": digest.hexdigest(),
+    }
+    tmp = Path(f"{path}.tmp")
+    with tmp.open("w") as f:
+        f.write(json.dumps(header, sort_keys=True) + "\n")
+        for line in lines:
+            f.write(line + "\n")
+    tmp.replace(path)
+    return header
+
+
+def read_export(path: Path) -> tuple[dict[str, Any], list[Entry]]:
+    """Parse and verify an export; CorruptExport when truncated, altered or not an export."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CorruptExport(f"cannot read {path}: {exc}") from None
+    lines = text.split("\n")
+    if not text.endswith("\n"):
+        raise CorruptExport(f"{path} is truncated: its last line is incomplete")
+    lines = lines[:-1]
+    try:
+        header = json.loads(lines[0]) if lines else None
+    except json.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
+        raise CorruptExport(f"{path} is not a hadmc LUT export (no '{EXPORT_FORMAT}' header)")
+    if header.get("format_version") != EXPORT_FORMAT_VERSION:
+        raise CorruptExport(f"{path} has export format v{header.get('format_version')}, this hadmc reads "
+                            f"v{EXPORT_FORMAT_VERSION}")
+    body = lines[1:]
+    if len(body) != header.get("entries"):
+        raise CorruptExport(f"{path} is truncated or padded: {len(body)} entries, the header says {header.get('entries')}")
+    digest = hashlib.sha256()
+    for line in body:
+        digest.update(line.encode() + b"\n")
+    if digest.hexdigest() != header.get("sha256"):
+        raise CorruptExport(f"{path} fails its checksum: the entries were altered or damaged")
+    try:
+        entries = [Entry(**json.loads(line)) for line in body]
+    except (TypeError, json.JSONDecodeError, StoreError) as exc:
+        raise CorruptExport(f"{path} has a malformed entry: {exc}") from None
+    return header, entries
+
+
+def import_version(store: LutStore, path: Path) -> Version:
+    """Import a verified export as a sealed version (same uid); nothing is written on error."""
+    header, entries = read_export(path)
+    v = header["version"]
+    device = Device(header["fingerprint_hash"], header["fingerprint"], v["created_at_unix_s"])
+    version = Version(id=0, uid=v["uid"], fingerprint_hash=header["fingerprint_hash"], parent_id=None,
+                      status="sealed", source="import", created_at_unix_s=v["created_at_unix_s"],
+                      sealed_at_unix_s=v["sealed_at_unix_s"], settings=v["settings"], note=v["note"])
+    return store.import_version(device, version, entries, v.get("parent_uid"))
+
+
+@dataclass(frozen=True)
+class KeyChange:
+    key_hash: str
+    kernel: str
+    median_a_ms: float
+    median_b_ms: float
+    ratio: float
+
+
+@dataclass(frozen=True)
+class Diff:
+    """Per-key ratio of medians (b / a) over keys measured ok in both versions."""
+
+    version_a: int
+    version_b: int
+    common: int
+    median_ratio: float | None
+    p5_ratio: float | None
+    p95_ratio: float | None
+    most_changed: list[KeyChange]
+    only_in_a: int
+    only_in_b: int
+    not_ok_in_either: int
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    pos = q * (len(sorted_values) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def _kernel_name(key_json: str) -> str:
+    from lut_store.opkey import OpKey, OpKeyError
+
+    try:
+        return OpKey.from_json(key_json).describe()
+    except (OpKeyError, ValueError):
+        return "?"
+
+
+def diff_versions(store: LutStore, a: int, b: int, top: int = 10) -> Diff:
+    ea = {e.key_hash: e for e in store.entries(a)}
+    eb = {e.key_hash: e for e in store.entries(b)}
+    common = sorted(set(ea) & set(eb))
+    changes = []
+    not_ok = 0
+    for k in common:
+        x, y = ea[k], eb[k]
+        if x.status != "ok" or y.status != "ok":
+            not_ok += 1
+            continue
+        changes.append(KeyChange(k, _kernel_name(x.key_json), x.median_ms, y.median_ms, y.median_ms / x.median_ms))
+    ratios = sorted(c.ratio for c in changes)
+    most = sorted(changes, key=lambda c: abs(math.log(c.ratio)), reverse=True)[:top]
+    return Diff(
+        version_a=a, version_b=b, common=len(changes),
+        median_ratio=_quantile(ratios, 0.5) if ratios else None,
+        p5_ratio=_quantile(ratios, 0.05) if ratios else None,
+        p95_ratio=_quantile(ratios, 0.95) if ratios else None,
+        most_changed=most, only_in_a=len(set(ea) - set(eb)), only_in_b=len(set(eb) - set(ea)),
+        not_ok_in_either=not_ok,
+    )

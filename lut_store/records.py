@@ -1,0 +1,117 @@
+"""Records that cross the store's boundary, and the store's errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+VERSION_STATUSES = ("open", "sealed", "abandoned")
+VERSION_SOURCES = ("manual", "nightly", "search", "import")
+ENTRY_STATUSES = ("ok", "unsupported", "failed")
+
+
+class StoreError(RuntimeError):
+    """A store operation that cannot be done; the message says why and what to do."""
+
+
+class UnknownDevice(StoreError):
+    """No device with that fingerprint hash is in the store."""
+
+
+class UnknownVersion(StoreError):
+    """No version with that id."""
+
+
+class NoSealedVersion(StoreError):
+    """The device has no sealed version yet."""
+
+
+class VersionNotOpen(StoreError):
+    """A write to a sealed or abandoned version (sealed versions are immutable)."""
+
+
+class BuildInProgress(StoreError):
+    """Another build holds the open version of this fingerprint."""
+
+
+class LeaseLost(StoreError):
+    """This builder's lease on the open version expired and another builder took it."""
+
+
+class CorruptExport(StoreError):
+    """An export file that fails its checksum, is truncated or is not an export."""
+
+
+class FingerprintMismatch(StoreError):
+    """A version made under another fingerprint than the device's current one."""
+
+
+@dataclass(frozen=True)
+class Device:
+    fingerprint_hash: str
+    fingerprint: dict[str, Any]
+    first_seen_unix_s: float
+
+
+@dataclass(frozen=True)
+class Version:
+    id: int
+    uid: str
+    fingerprint_hash: str
+    parent_id: int | None
+    status: str
+    source: str
+    created_at_unix_s: float
+    sealed_at_unix_s: float | None
+    settings: dict[str, Any]
+    note: str
+    lease_owner: str | None = None
+    lease_expires_unix_s: float | None = None
+    entry_count: int = 0
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One kernel's latency in one version. Status 'ok' carries stats; others carry a reason."""
+
+    key_hash: str
+    key_json: str
+    status: str
+    measured_at_unix_s: float
+    median_ms: float | None = None
+    mean_ms: float | None = None
+    p90_ms: float | None = None
+    std_ms: float | None = None
+    min_ms: float | None = None
+    n: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status not in ENTRY_STATUSES:
+            raise StoreError(f"entry status {self.status!r} is not one of {ENTRY_STATUSES}")
+        if self.status == "ok":
+            if self.median_ms is None or not self.median_ms > 0:
+                raise StoreError(f"entry {self.key_hash[:12]}: an ok entry needs a median > 0 ms, got {self.median_ms}")
+            if self.n is None or self.n < 2:
+                raise StoreError(f"entry {self.key_hash[:12]}: an ok entry needs n >= 2 runs, got {self.n}")
+        elif not self.reason:
+            raise StoreError(f"entry {self.key_hash[:12]}: a {self.status} entry needs a reason")
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """Entries found for some keys in one version; keys not found are absent."""
+
+    version_id: int
+    entries: dict[str, Entry]
+
+
+@dataclass(frozen=True)
+class Build:
+    """An open version held by one builder (see LutStore.acquire_build)."""
+
+    version: Version
+    owner: str
+    resumed: bool

@@ -1,0 +1,258 @@
+"""The LUT store, run against SQLite and a real PostgreSQL started by the test run."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from lut_store import kernels
+from lut_store.exchange import diff_versions, export_version, import_version, read_export
+from lut_store.records import (
+    BuildInProgress, CorruptExport, Entry, LeaseLost, NoSealedVersion, StoreError, UnknownDevice, UnknownVersion,
+    VersionNotOpen,
+)
+from lut_store.store import open_store
+
+ROOT = Path(__file__).resolve().parent.parent
+FP = "a" * 64
+FP2 = "b" * 64
+
+
+def ok_entry(key, median_ms=1.0, n=20):
+    return Entry(key_hash=key.hash, key_json=key.canonical_json(), status="ok", measured_at_unix_s=time.time(),
+                 median_ms=median_ms, mean_ms=median_ms * 1.01, p90_ms=median_ms * 1.1, std_ms=0.01,
+                 min_ms=median_ms * 0.95, n=n, settings={"target_rel_ci": 0.02}, environment={"cpu_freq_mhz": 2000.0})
+
+
+KEYS = [kernels.conv(1, 8 * i, 16, 16, 8 * i, 3) for i in range(1, 6)]
+
+
+def sealed_version(store, fp=FP, medians=(1.0, 2.0, 3.0, 4.0, 5.0), owner="builder"):
+    store.ensure_device(fp, {"cpu": {"model": "test"}})
+    build = store.acquire_build(fp, "manual", owner, lease_s=60)
+    store.add_entries(build.version.id, [ok_entry(k, m) for k, m in zip(KEYS, medians)], owner)
+    return store.seal(build.version.id)
+
+
+def test_migrations_are_recorded_and_applied_once(store_url):
+    with open_store(store_url) as first:
+        assert first.applied_migrations() == ["0001_initial"]
+    with open_store(store_url) as again:
+        assert again.applied_migrations() == ["0001_initial"]
+
+
+def test_build_seal_latest_and_lookup(store):
+    v = sealed_version(store)
+    assert v.status == "sealed" and v.entry_count == 5 and v.parent_id is None and v.sealed_at_unix_s
+    assert store.latest(FP).id == v.id
+    hits = store.lookup(v.id, [k.hash for k in KEYS[:3]] + ["missing"])
+    assert hits.version_id == v.id
+    assert set(hits.entries) == {k.hash for k in KEYS[:3]}
+    assert hits.entries[KEYS[1].hash].median_ms == 2.0
+    assert hits.entries[KEYS[1].hash].environment == {"cpu_freq_mhz": 2000.0}
+    second = sealed_version(store, medians=(1.1, 2.2, 3.3, 4.4, 5.5))
+    assert second.parent_id == v.id and store.latest(FP).id == second.id
+
+
+def test_sealed_versions_are_immutable(store, store_url):
+    v = sealed_version(store)
+    with pytest.raises(VersionNotOpen, match="sealed"):
+        store.add_entries(v.id, [ok_entry(KEYS[0], 9.0)])
+    with pytest.raises(VersionNotOpen):
+        store.abandon(v.id)
+    # The database refuses too, whoever writes.
+    raw_update = "UPDATE entries SET median_ms = 9 WHERE version_id = %d" % v.id
+    if store_url.startswith("sqlite"):
+        conn = sqlite3.connect(store_url[len("sqlite:///"):])
+        with pytest.raises(sqlite3.DatabaseError, match="immutable"):
+            conn.execute(raw_update)
+        conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(store_url, autocommit=True) as conn, pytest.raises(psycopg.Error, match="immutable"):
+            conn.execute(raw_update)
+    assert store.lookup(v.id, [KEYS[0].hash]).entries[KEYS[0].hash].median_ms == 1.0
+
+
+def test_open_and_abandoned_versions_are_never_latest(store):
+    store.ensure_device(FP, {})
+    with pytest.raises(NoSealedVersion, match="no sealed LUT version"):
+        store.latest(FP)
+    build = store.acquire_build(FP, "manual", "crashed-builder", lease_s=60)
+    store.add_entries(build.version.id, [ok_entry(KEYS[0])])
+    with pytest.raises(NoSealedVersion):
+        store.latest(FP)
+    store.abandon(build.version.id)
+    with pytest.raises(NoSealedVersion):
+        store.latest(FP)
+
+
+def test_unknown_fingerprint_lists_known_devices(store):
+    sealed_version(store)
+    with pytest.raises(UnknownDevice, match=f"known: {FP[:16]}"):
+        store.latest("f" * 64)
+    with pytest.raises(UnknownVersion):
+        store.version(12345)
+    with pytest.raises(UnknownVersion):
+        store.lookup(12345, ["x"])
+
+
+def test_second_builder_is_refused_then_resumes_after_lease_expiry(store):
+    store.ensure_device(FP, {})
+    first = store.acquire_build(FP, "manual", "host-a:1", lease_s=0.5)
+    store.add_entries(first.version.id, [ok_entry(KEYS[0])], "host-a:1")
+    with pytest.raises(BuildInProgress, match="held by host-a:1"):
+        store.acquire_build(FP, "manual", "host-b:2", lease_s=60)
+    time.sleep(0.6)
+    second = store.acquire_build(FP, "manual", "host-b:2", lease_s=60)
+    assert second.resumed and second.version.id == first.version.id
+    with pytest.raises(LeaseLost, match="held by host-b:2"):
+        store.add_entries(first.version.id, [ok_entry(KEYS[1])], "host-a:1")
+    store.add_entries(second.version.id, [ok_entry(KEYS[1])], "host-b:2")
+    assert store.version(second.version.id).entry_count == 2
+
+
+def test_same_builder_resumes_its_open_version(store):
+    store.ensure_device(FP, {})
+    first = store.acquire_build(FP, "manual", "me", lease_s=60)
+    store.add_entries(first.version.id, [ok_entry(KEYS[0])], "me")
+    again = store.acquire_build(FP, "manual", "me", lease_s=60)
+    assert again.resumed and again.version.id == first.version.id
+    store.add_entries(again.version.id, [ok_entry(KEYS[0], 7.0)], "me")  # re-measured: replaced
+    assert store.lookup(again.version.id, [KEYS[0].hash]).entries[KEYS[0].hash].median_ms == 7.0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"median_ms": 0.0}, "median > 0"),
+    ({"median_ms": None}, "median > 0"),
+    ({"n": 1}, "n >= 2"),
+])
+def test_entries_never_store_zeros_or_single_runs(kwargs, message):
+    base = dict(key_hash="k", key_json="{}", status="ok", measured_at_unix_s=0.0, median_ms=1.0, n=10)
+    with pytest.raises(StoreError, match=message):
+        Entry(**{**base, **kwargs})
+    with pytest.raises(StoreError, match="needs a reason"):
+        Entry(key_hash="k", key_json="{}", status="failed", measured_at_unix_s=0.0)
+
+
+def test_failed_and_unsupported_entries_are_stored_with_reasons(store):
+    store.ensure_device(FP, {})
+    build = store.acquire_build(FP, "manual", "me", lease_s=60)
+    store.add_entries(build.version.id, [
+        Entry(KEYS[0].hash, KEYS[0].canonical_json(), "unsupported", time.time(), reason="int4 is weight-only"),
+        Entry(KEYS[1].hash, KEYS[1].canonical_json(), "failed", time.time(), reason="agent died"),
+    ])
+    got = store.lookup(build.version.id, [KEYS[0].hash, KEYS[1].hash]).entries
+    assert got[KEYS[0].hash].status == "unsupported" and got[KEYS[0].hash].median_ms is None
+    assert got[KEYS[1].hash].reason == "agent died"
+
+
+def test_four_writer_processes_lose_no_entry(store, store_url):
+    store.ensure_device(FP, {})
+    build = store.acquire_build(FP, "manual", "shared", lease_s=600)
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.store_writer", store_url, str(build.version.id),
+                               f"w{i}", "25", "8"], cwd=ROOT) for i in range(4)]
+    assert [p.wait(120) for p in procs] == [0, 0, 0, 0]
+    assert store.version(build.version.id).entry_count == 4 * 25 * 8
+
+
+def test_diff_summarises_per_key_ratios(store):
+    a = sealed_version(store)
+    b = sealed_version(store, medians=(1.0, 2.0, 3.0, 8.0, 2.5))
+    d = diff_versions(store, a.id, b.id)
+    assert d.common == 5 and d.only_in_a == 0 and d.only_in_b == 0
+    assert d.median_ratio == pytest.approx(1.0)
+    assert d.most_changed[0].ratio == pytest.approx(2.0) and d.most_changed[1].ratio == pytest.approx(0.5)
+    assert d.most_changed[0].kernel.startswith("conv fp32")
+
+
+def test_export_then_import_elsewhere(store, tmp_path):
+    v = sealed_version(store)
+    path = tmp_path / "lut.jsonl"
+    header = export_version(store, v.id, path)
+    assert header["entries"] == 5 and header["fingerprint_hash"] == FP
+    with open_store(f"sqlite:///{tmp_path / 'other.sqlite'}") as other:
+        imported = import_version(other, path)
+        assert imported.status == "sealed" and imported.uid == v.uid and imported.entry_count == 5
+        assert other.latest(FP).id == imported.id
+        assert [e.median_ms for e in other.entries(imported.id)] == [e.median_ms for e in store.entries(v.id)]
+        with pytest.raises(StoreError, match="already in"):
+            import_version(other, path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda t: t[: len(t) // 2], "truncated"),
+    (lambda t: t.rsplit("\n", 2)[0] + "\n", "truncated or padded"),
+    (lambda t: t.replace('"median_ms":3.0', '"median_ms":0.3'), "checksum"),
+    (lambda t: "garbage\n" + t, "not a hadmc LUT export"),
+])
+def test_corrupt_exports_are_refused_and_nothing_is_written(store, tmp_path, damage, message):
+    v = sealed_version(store)
+    path = tmp_path / "lut.jsonl"
+    export_version(store, v.id, path)
+    path.write_text(damage(path.read_text()))
+    with open_store(f"sqlite:///{tmp_path / 'other.sqlite'}") as other:
+        with pytest.raises(CorruptExport, match=message):
+            import_version(other, path)
+        assert other.versions() == [] and other.devices() == []
+
+
+def test_only_sealed_versions_are_exported(store, tmp_path):
+    store.ensure_device(FP, {})
+    build = store.acquire_build(FP, "manual", "me", lease_s=60)
+    with pytest.raises(StoreError, match="only sealed"):
+        export_version(store, build.version.id, tmp_path / "x.jsonl")
+
+
+def test_unwritable_sqlite_location_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    with pytest.raises(StoreError, match="cannot open the SQLite store"):
+        open_store(f"sqlite:///{blocker / 'lut.sqlite'}")
+
+
+def test_unreachable_postgres_fails_within_its_timeout():
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts the TCP connection, never speaks PostgreSQL
+    port = silent.getsockname()[1]
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(StoreError, match="cannot connect to PostgreSQL"):
+            open_store(f"postgresql://u:secret@127.0.0.1:{port}/db", timeout_s=2)
+        assert time.monotonic() - t0 < 10
+        with pytest.raises(StoreError) as exc:
+            open_store("postgresql://u:secret@127.0.0.1:1/db", timeout_s=2)
+        assert "secret" not in str(exc.value)
+    finally:
+        silent.close()
+
+
+def test_bad_store_url():
+    with pytest.raises(StoreError, match="expected sqlite"):
+        open_store("mysql://x")
+
+
+def test_concurrent_threads_share_one_store(store):
+    store.ensure_device(FP, {})
+    build = store.acquire_build(FP, "manual", "me", lease_s=60)
+    errors = []
+
+    def write(i):
+        try:
+            store.add_entries(build.version.id, [ok_entry(kernels.elementwise("Relu", (1, i + 1)))])
+        except Exception as exc:  # asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors and store.version(build.version.id).entry_count == 8
