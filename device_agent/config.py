@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import ipaddress
 import sys
 import types
 import typing
@@ -26,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from lut_store.rpc import check_exposure
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -94,14 +95,11 @@ class AgentConfig:
     benchmark: MeasurementDefaults = MeasurementDefaults(max_time_s=10.0, target_rel_ci=0.01, min_window_s=1.0)
 
     def __post_init__(self) -> None:
-        host, _ = split_address(self.listen)
         if self.execution_provider not in ("auto", "cpu", "cuda", "tensorrt"):
             raise ConfigError(
                 f"execution_provider = {self.execution_provider!r}; "
                 "allowed: 'auto', 'cpu', 'cuda', 'tensorrt'"
             )
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ConfigError("tls_cert and tls_key must be given together")
         if self.intra_op_threads < 0 or self.inter_op_threads < 1:
             raise ConfigError("intra_op_threads must be >= 0 and inter_op_threads >= 1")
         for name in ("max_model_mib", "key_timeout_s", "job_timeout_s"):
@@ -110,45 +108,14 @@ class AgentConfig:
         if self.max_queued_jobs < 0 or self.max_keys_per_request < 1 or self.max_tensor_elements < 1:
             raise ConfigError("max_queued_jobs >= 0, max_keys_per_request >= 1 and "
                               "max_tensor_elements >= 1 are required")
-        if not is_loopback(host):
-            if self.token_file is None:
-                raise ConfigError(
-                    f"refusing to listen on {self.listen} beyond loopback without a token: "
-                    "pass --token-file (and --tls-cert/--tls-key, or --insecure)"
-                )
-            if self.tls_cert is None and not self.insecure:
-                raise ConfigError(
-                    f"refusing to listen on {self.listen} beyond loopback without TLS: "
-                    "pass --tls-cert and --tls-key, or --insecure to send the token in clear"
-                )
+        try:
+            check_exposure(self.listen, self.token_file, self.tls_cert, self.tls_key, self.insecure)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     @property
     def max_model_bytes(self) -> int:
         return int(self.max_model_mib * 1024 * 1024)
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """'127.0.0.1:0' -> ('127.0.0.1', 0); '[::1]:50051' -> ('::1', 50051)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host:
-        raise ConfigError(f"address {address!r} is not HOST:PORT")
-    host = host.strip("[]")
-    try:
-        port_no = int(port)
-    except ValueError:
-        raise ConfigError(f"address {address!r}: port {port!r} is not a number") from None
-    if not 0 <= port_no <= 65535:
-        raise ConfigError(f"address {address!r}: port {port_no} is out of range")
-    return host, port_no
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

@@ -9,8 +9,7 @@ import os
 import signal
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,13 @@ from device_agent.jobs import (
 )
 from device_agent.runner import MeasurementRunner, QueueFull, RunnerClosed
 from lut_store.opkey import OpKey, OpKeyError, precision_to_proto
+from lut_store.rpc import LoggingInterceptor, TokenAuthInterceptor, bind, read_token
 from protos.hadmc.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 log = structlog.get_logger(__name__)
 
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["DeviceAgent"].full_name
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-_HEALTH_PREFIX = "/grpc.health.v1.Health/"
 _KEY_CODES = {
     INVALID: agent_pb2.KeyError.CODE_INVALID,
     UNSUPPORTED: agent_pb2.KeyError.CODE_UNSUPPORTED,
@@ -224,96 +223,6 @@ class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
         return header, batches
 
 
-def _abort_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as `handler` that only aborts."""
-    def deny(request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(code, details)
-
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(deny, handler.request_deserializer, handler.response_serializer)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(deny, handler.request_deserializer, handler.response_serializer)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(deny, handler.request_deserializer, handler.response_serializer)
-    return grpc.unary_unary_rpc_method_handler(deny, handler.request_deserializer, handler.response_serializer)
-
-
-class TokenAuthInterceptor(grpc.ServerInterceptor):
-    """Requires `authorization: Bearer <token>` on every RPC but the health service."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token.encode()
-
-    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
-        if handler is None or details.method.startswith(_HEALTH_PREFIX):
-            return handler
-        metadata = dict(details.invocation_metadata or ())
-        value = metadata.get("authorization")
-        if value is None:
-            return _abort_handler(handler, grpc.StatusCode.UNAUTHENTICATED,
-                                  "missing 'authorization: Bearer <token>' metadata")
-        scheme, _, token = str(value).partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._token):
-            return _abort_handler(handler, grpc.StatusCode.UNAUTHENTICATED, "invalid token")
-        return handler
-
-
-class LoggingInterceptor(grpc.ServerInterceptor):
-    """Logs every RPC with its duration and status code."""
-
-    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
-        if handler is None:
-            return None
-        method = details.method
-
-        def done(context: grpc.ServicerContext, t0: float, exc: BaseException | None) -> None:
-            code = context.code() or (grpc.StatusCode.UNKNOWN if exc else grpc.StatusCode.OK)
-            if not context.is_active() and code == grpc.StatusCode.OK and exc is None:
-                code = grpc.StatusCode.CANCELLED
-            fields = {"method": method, "code": code.name, "duration_ms": round((time.perf_counter() - t0) * 1000, 3),
-                      "peer": context.peer()}
-            details = context.details()
-            if code != grpc.StatusCode.OK and details:
-                fields["details"] = details.decode(errors="replace") if isinstance(details, bytes) else details
-            (log.info if code == grpc.StatusCode.OK else log.warning)("rpc", **fields)
-
-        def wrap_unary(fn: Callable) -> Callable:
-            def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-                t0, exc = time.perf_counter(), None
-                try:
-                    return fn(request, context)
-                except BaseException as e:
-                    exc = e
-                    raise
-                finally:
-                    done(context, t0, exc)
-            return wrapped
-
-        def wrap_stream(fn: Callable) -> Callable:
-            def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-                t0, exc = time.perf_counter(), None
-                try:
-                    yield from fn(request, context)
-                except BaseException as e:
-                    exc = e
-                    raise
-                finally:
-                    done(context, t0, exc)
-            return wrapped
-
-        if handler.response_streaming:
-            factory = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
-                       else grpc.unary_stream_rpc_method_handler)
-            fn = handler.stream_stream if handler.request_streaming else handler.unary_stream
-            return factory(wrap_stream(fn), handler.request_deserializer, handler.response_serializer)
-        factory = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
-                   else grpc.unary_unary_rpc_method_handler)
-        fn = handler.stream_unary if handler.request_streaming else handler.unary_unary
-        return factory(wrap_unary(fn), handler.request_deserializer, handler.response_serializer)
-
-
 def _device_info(config: AgentConfig, probe: ProbeResult, threads: int) -> agent_pb2.DeviceInfo:
     fp = fingerprint.collect(probe, threads, config.inter_op_threads)
     info = agent_pb2.DeviceInfo(fingerprint=fp, fingerprint_hash=fingerprint.hash_of(fp))
@@ -384,16 +293,7 @@ class Agent:
         agent_pb2_grpc.add_DeviceAgentServicer_to_server(
             DeviceAgentService(self.config, self.runner, self.info, Path(self._work_dir.name)), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        try:
-            if self.config.tls_cert is not None:
-                creds = grpc.ssl_server_credentials([(Path(self.config.tls_key).read_bytes(),
-                                                      Path(self.config.tls_cert).read_bytes())])
-                self.port = server.add_secure_port(self.config.listen, creds)
-            else:
-                self.port = server.add_insecure_port(self.config.listen)
-        except RuntimeError as exc:
-            raise OSError(f"cannot listen on {self.config.listen} (in use, or not an address of this "
-                          f"machine): {exc}") from None
+        self.port = bind(server, self.config.listen, self.config.tls_cert, self.config.tls_key)
         server.start()
         self.server = server
         for name in ("", SERVICE_NAME):
@@ -412,16 +312,6 @@ class Agent:
         self.runner.close()
         self._work_dir.cleanup()
         log.info("agent.stopped")
-
-
-def read_token(path: Path) -> str:
-    try:
-        token = Path(path).read_text().strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read token file {path}: {exc.strerror}") from None
-    if len(token) < 16:
-        raise ValueError(f"token in {path} is shorter than 16 characters; use e.g. `openssl rand -hex 32`")
-    return token
 
 
 def serve(config: AgentConfig, ready_file: Path | None = None) -> int:

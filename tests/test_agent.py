@@ -8,10 +8,9 @@ import time
 
 import grpc
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 
 from device_agent import fingerprint
 from host.agent_client import AgentClient, AgentError, AgentTarget

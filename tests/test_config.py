@@ -1,6 +1,7 @@
 import pytest
 
-from device_agent.config import AgentConfig, ConfigError, load_agent_config, split_address
+from device_agent.config import AgentConfig, ConfigError, load_agent_config
+from lut_store.rpc import split_address
 
 
 def test_toml_then_flags(tmp_path):
@@ -50,7 +51,7 @@ def test_beyond_loopback_needs_token_and_tls(tmp_path):
 
 @pytest.mark.parametrize("address", ["nocolon", ":80", "host:port", "host:70000"])
 def test_bad_addresses(address):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError):
         split_address(address)
 
 

@@ -4,6 +4,7 @@ that installs and runs without the training stack."""
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import venv
@@ -54,7 +55,10 @@ def test_agent_installs_and_runs_without_the_training_stack(tmp_path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
-    subprocess.run([py, "-m", "pip", "install", "-q", str(ROOT)], check=True, timeout=900)
+    source = tmp_path / "src"  # pip builds in the source tree: never in the working directory
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info",
+                                                                  "__pycache__", "runs"))
+    subprocess.run([py, "-m", "pip", "install", "-q", str(source)], check=True, timeout=900)
     probe = subprocess.run([py, "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"],
                            capture_output=True, text=True, check=True)
     assert probe.stdout.strip() == "True"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lut_store import kernels
-from lut_store.exchange import diff_versions, export_version, import_version, read_export
+from lut_store.exchange import diff_versions, export_version, import_version
 from lut_store.records import (
     BuildInProgress, CorruptExport, Entry, LeaseLost, NoSealedVersion, StoreError, UnknownDevice, UnknownVersion,
     VersionNotOpen,
