@@ -24,15 +24,17 @@ def _emit(doc: Any, as_json: bool, text: str) -> None:
 
 
 def _target(args: argparse.Namespace) -> Any:
-    from host.agent_client import AgentTarget
+    from host.fleet import resolve
 
-    return AgentTarget.from_files(args.device, getattr(args, "token_file", None),
-                                  getattr(args, "tls_ca", None), getattr(args, "tls_server_name", None))
+    return resolve(args.device, args.devices_file, args.token_file, args.tls_ca, args.tls_server_name).target()
 
 
-def _add_device_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--device", required=required, metavar="HOST:PORT",
-                   help="agent address" + ("" if required else "; without it an embedded agent starts on 127.0.0.1"))
+def _add_device_args(p: argparse.ArgumentParser, required: bool, many: bool = False) -> None:
+    p.add_argument("--device", required=required, metavar="HOST:PORT|NAME", action="append" if many else "store",
+                   help="agent address or a name in the devices file"
+                   + ("; repeat for several devices of one fingerprint" if many else "")
+                   + ("" if required else "; without it an embedded agent starts on 127.0.0.1"))
+    p.add_argument("--devices-file", type=Path, help="TOML file naming devices (default: $HADMC_HOME/devices.toml)")
     p.add_argument("--token-file", type=Path, help="file holding the agent's token")
     p.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) to verify the agent's TLS certificate")
     p.add_argument("--tls-server-name", help="name the agent's certificate is checked against")
@@ -140,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="one JSON document on stdout")
     bench.set_defaults(func=cmd_bench)
 
+    from host import lut_cli
+
+    lut_cli.add_parsers(sub, _add_device_args)
+
     demo = sub.add_parser("demo", help="the main job on the built-in default, with an embedded agent")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
     demo.add_argument("--json", action="store_true", help="one JSON document on stdout")
@@ -154,10 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(args.verbose + 1 if args.command == "agent" and args.agent_command == "serve" else args.verbose)
     from device_agent.config import ConfigError
     from host.agent_client import AgentError
+    from lut_store.records import StoreError
 
     try:
         return args.func(args)
-    except (CliError, ConfigError, AgentError, OSError, ValueError) as exc:
+    except (CliError, ConfigError, AgentError, StoreError, OSError, ValueError) as exc:
         print(f"hadmc: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

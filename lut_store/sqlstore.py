@@ -231,7 +231,7 @@ class SqlStore(LutStore):
 
     def acquire_build(self, fingerprint_hash: str, source: str, owner: str, lease_s: float,
                       settings: Mapping[str, Any] | None = None, note: str = "",
-                      parent_id: int | None = None) -> Build:
+                      parent_id: int | None = None, take_over_from: str | None = None) -> Build:
         if source not in VERSION_SOURCES:
             raise StoreError(f"version source {source!r} is not one of {VERSION_SOURCES}")
         now = time.time()
@@ -242,7 +242,8 @@ class SqlStore(LutStore):
             row = cur.fetchone()
             if row is not None:
                 v = _version(row)
-                if v.lease_owner not in (None, owner) and (v.lease_expires_unix_s or 0) > now:
+                held = v.lease_owner not in (None, owner, take_over_from)
+                if held and (v.lease_expires_unix_s or 0) > now:
                     raise BuildInProgress(
                         f"a build for device {fingerprint_hash[:16]} is in progress: version {v.id} held by "
                         f"{v.lease_owner} for {v.lease_expires_unix_s - now:.0f} s more; wait or retry later")

@@ -36,10 +36,11 @@ class LutStore(ABC):
     @abstractmethod
     def acquire_build(self, fingerprint_hash: str, source: str, owner: str, lease_s: float,
                       settings: Mapping[str, Any] | None = None, note: str = "",
-                      parent_id: int | None = None) -> Build:
-        """Hold the fingerprint's open version for `owner`: resume one whose lease expired (or
-        that `owner` already holds), else open a new one whose parent is `parent_id` or the
-        latest sealed version. Raises BuildInProgress when another builder holds it."""
+                      parent_id: int | None = None, take_over_from: str | None = None) -> Build:
+        """Hold the fingerprint's open version for `owner`: resume one whose lease expired, that
+        `owner` already holds, or that `take_over_from` holds (a builder known to be dead);
+        else open a new one whose parent is `parent_id` or the latest sealed version.
+        Raises BuildInProgress when another builder holds it."""
 
     @abstractmethod
     def renew_lease(self, version_id: int, owner: str, lease_s: float) -> None:

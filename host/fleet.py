@@ -1,0 +1,97 @@
+"""A fleet of devices named in a TOML file, so `--device NAME` works everywhere.
+
+```toml
+[devices.jetson-1]
+address = "jetson-1.lab:50051"
+token_file = "/etc/hadmc/jetson.token"
+tls_ca = "/etc/hadmc/ca.pem"          # omit for a plaintext agent on loopback
+tls_server_name = "jetson-1"          # optional: the name the certificate carries
+```
+The file is `--devices-file`, else $HADMC_HOME/devices.toml, else ~/.config/hadmc/devices.toml.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from host.agent_client import AgentTarget
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+_FIELDS = ("address", "token_file", "tls_ca", "tls_server_name")
+
+
+class FleetError(ValueError):
+    """A devices file or device name that cannot be used."""
+
+
+@dataclass(frozen=True)
+class DeviceEntry:
+    name: str
+    address: str
+    token_file: Path | None = None
+    tls_ca: Path | None = None
+    tls_server_name: str | None = None
+
+    def target(self) -> AgentTarget:
+        try:
+            return AgentTarget.from_files(self.address, self.token_file, self.tls_ca, self.tls_server_name)
+        except OSError as exc:
+            raise FleetError(f"device {self.name}: cannot read {exc.filename}: {exc.strerror}") from None
+
+
+def default_devices_file() -> Path:
+    home = os.environ.get("HADMC_HOME")
+    if home:
+        return Path(home) / "devices.toml"
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "hadmc" / "devices.toml"
+
+
+def load_devices(path: Path | None = None) -> dict[str, DeviceEntry]:
+    """Devices by name; an absent default file is an empty fleet, an absent named file an error."""
+    explicit = path is not None
+    path = path or default_devices_file()
+    if not path.exists():
+        if explicit:
+            raise FleetError(f"devices file {path} does not exist")
+        return {}
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise FleetError(f"devices file {path} is not valid TOML: {exc}") from None
+    extra = set(doc) - {"devices"}
+    if extra:
+        raise FleetError(f"devices file {path}: unknown top-level keys {sorted(extra)}; expected [devices.NAME] tables")
+    devices = {}
+    for name, table in doc.get("devices", {}).items():
+        for key in table:
+            if key not in _FIELDS:
+                near = difflib.get_close_matches(key, _FIELDS, n=1)
+                raise FleetError(f"devices file {path}: device {name}: unknown key {key!r}"
+                                 + (f"; did you mean {near[0]!r}?" if near else f"; valid: {', '.join(_FIELDS)}"))
+        if "address" not in table:
+            raise FleetError(f"devices file {path}: device {name} has no address")
+        devices[name] = DeviceEntry(
+            name, table["address"], Path(table["token_file"]) if "token_file" in table else None,
+            Path(table["tls_ca"]) if "tls_ca" in table else None, table.get("tls_server_name"))
+    return devices
+
+
+def resolve(device: str, devices_file: Path | None = None, token_file: Path | None = None,
+            tls_ca: Path | None = None, tls_server_name: str | None = None) -> DeviceEntry:
+    """A device by name from the devices file, else `device` as HOST:PORT with the given auth."""
+    fleet = load_devices(devices_file)
+    if device in fleet:
+        return fleet[device]
+    if ":" not in device:
+        near = difflib.get_close_matches(device, list(fleet), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else f"; known: {', '.join(sorted(fleet)) or 'none'}"
+        raise FleetError(f"device {device!r} is neither HOST:PORT nor a name in the devices file{hint}")
+    return DeviceEntry(device, device, token_file, tls_ca, tls_server_name)
