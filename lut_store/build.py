@@ -153,41 +153,47 @@ def build_lut(store: LutStore, fingerprint_hash: str, fingerprint: Mapping[str, 
                 store.renew_lease(vid, owner, lease_s)
                 last_renew[0] = time.monotonic()
 
-    def run(profiler: Profiler, share: list[OpKey], missing: dict[str, str]) -> None:
-        for start in range(0, len(share), chunk_keys):
-            chunk = share[start:start + chunk_keys]
-            got: dict[str, agent_pb2.ProfileResult] = {}
-            try:
-                for result in profiler.profile(chunk, settings=settings, timeout_s=max(600.0, 60.0 * len(chunk))):
-                    got[chunk[result.index].hash] = result
-            except Exception as exc:  # the device went away mid-chunk: every unmeasured key is missing
-                reason = f"device error: {exc}"
-                for k in chunk:
-                    if k.hash not in got:
-                        missing[k.hash] = reason
-            batch = []
-            for k in chunk:
-                result = got.get(k.hash)
-                if result is None:
-                    continue
-                entry = entry_from_result(k, result)
-                if entry is None:
-                    missing[k.hash] = f"{agent_pb2.KeyError.Code.Name(result.error.code)}: {result.error.message}"
-                else:
-                    batch.append(entry)
-            write(batch)
-            bar.step(len(batch))
+    def run(profiler: Profiler, share: list[OpKey], missing: dict[str, str], errors: list[BaseException]) -> None:
+        """Profile a share of the keys; each result is stored as soon as it arrives."""
+        try:
+            for start in range(0, len(share), chunk_keys):
+                chunk = share[start:start + chunk_keys]
+                seen: set[str] = set()
+                stream = iter(profiler.profile(chunk, settings=settings, timeout_s=max(600.0, 60.0 * len(chunk))))
+                while True:
+                    try:
+                        result = next(stream)
+                    except StopIteration:
+                        break
+                    except Exception as exc:  # the device went away mid-chunk: the rest is missing
+                        for k in chunk:
+                            if k.hash not in seen:
+                                missing[k.hash] = f"device error: {exc}"
+                        break
+                    key = chunk[result.index]
+                    seen.add(key.hash)
+                    entry = entry_from_result(key, result)
+                    if entry is None:
+                        missing[key.hash] = f"{agent_pb2.KeyError.Code.Name(result.error.code)}: {result.error.message}"
+                    else:
+                        write([entry])
+                        bar.step()
+        except BaseException as exc:  # a store failure ends the build; re-raised by the caller
+            errors.append(exc)
 
     missing: dict[str, str] = {}
     for attempt in range(retries + 1):
         shares = [todo[i::len(profilers)] for i in range(len(profilers))]
         round_missing: list[dict[str, str]] = [{} for _ in profilers]
-        threads = [threading.Thread(target=run, args=(p, s, m), daemon=True)
+        errors: list[BaseException] = []
+        threads = [threading.Thread(target=run, args=(p, s, m, errors), daemon=True)
                    for p, s, m in zip(profilers, shares, round_missing) if s]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        if errors:
+            raise errors[0]
         missing = {k: v for m in round_missing for k, v in m.items()}
         if not missing:
             break
