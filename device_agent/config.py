@@ -71,6 +71,30 @@ class MeasurementDefaults:
 
 
 @dataclass(frozen=True)
+class NightlyConfig:
+    """Keeping this device's LUT fresh: a daily re-profile into a store (see nightly.py)."""
+
+    # Local time of day "HH:MM"; empty disables the schedule (Reprofile still works with a store).
+    at: str = ""
+    store: str = ""
+    store_token_file: Path | None = None
+    store_tls_ca: Path | None = None
+    # Grid files whose keys are kept fresh besides those of the last version.
+    grids: list[str] = field(default_factory=list)
+    # Where the last run is remembered (default: under $HADMC_HOME or the user data directory).
+    state_file: Path | None = None
+    lease_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.at:
+            hour, sep, minute = self.at.partition(":")
+            if not (sep and hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60):
+                raise ConfigError(f"nightly.at = {self.at!r} is not a time of day HH:MM")
+            if not self.store:
+                raise ConfigError("nightly.at is set but nightly.store is not: name the LUT store URL")
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Everything `hadmc agent serve` needs; see the module docstring for the file layout."""
 
@@ -93,6 +117,7 @@ class AgentConfig:
     shutdown_grace_s: float = 10.0
     profile: MeasurementDefaults = MeasurementDefaults()
     benchmark: MeasurementDefaults = MeasurementDefaults(max_time_s=10.0, target_rel_ci=0.01, min_window_s=1.0)
+    nightly: NightlyConfig = NightlyConfig()
 
     def __post_init__(self) -> None:
         if self.execution_provider not in ("auto", "cpu", "cuda", "tensorrt"):
@@ -132,6 +157,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, (str, Path)):
             raise ConfigError(f"{where} must be a path string")
         return Path(value)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list")
+        return [_coerce(typing.get_args(tp)[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where} must be a table")
@@ -161,8 +190,11 @@ def from_mapping(cls: Any, data: Mapping[str, Any], where: str = "") -> Any:
         raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
 
 
+_SECTIONS = ("agent", "profile", "benchmark", "nightly")
+
+
 def load_agent_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> AgentConfig:
-    """Read `path` (TOML: [agent], [profile], [benchmark]), then apply flag overrides."""
+    """Read `path` (TOML: [agent], [profile], [benchmark], [nightly]), then apply flag overrides."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -172,8 +204,8 @@ def load_agent_config(path: Path | None, overrides: Mapping[str, Any] | None = N
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
         for section, table in raw.items():
-            if section not in ("agent", "profile", "benchmark"):
-                near = difflib.get_close_matches(section, ["agent", "profile", "benchmark"], n=1)
+            if section not in _SECTIONS:
+                near = difflib.get_close_matches(section, list(_SECTIONS), n=1)
                 hint = f"; did you mean [{near[0]}]?" if near else ""
                 raise ConfigError(f"unknown config section [{section}] in {path}{hint}")
             if section == "agent":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import hmac
 import os
@@ -20,13 +19,16 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from device_agent import fingerprint
-from device_agent.config import AgentConfig, MeasurementDefaults
+from device_agent.config import AgentConfig
 from device_agent.jobs import (
     CANCELLED, CRASHED, FAILED, INTERFERENCE, INVALID, TIMEOUT, UNSUPPORTED, BenchmarkJob,
-    JobError, ProbeJob, ProbeResult, ProfileJob, Settings, WorkerSettings,
+    JobError, ProbeJob, ProbeResult, WorkerSettings,
 )
+from device_agent.nightly import Nightly
+from device_agent.profiling import BadRequest, profile_one, resolve_settings
 from device_agent.runner import MeasurementRunner, QueueFull, RunnerClosed
-from lut_store.opkey import OpKey, OpKeyError, precision_to_proto
+from lut_store.opkey import precision_to_proto
+from lut_store.records import BuildInProgress, StoreError
 from lut_store.rpc import LoggingInterceptor, TokenAuthInterceptor, bind, read_token
 from protos.hadmc.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
@@ -34,14 +36,6 @@ log = structlog.get_logger(__name__)
 
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["DeviceAgent"].full_name
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-_KEY_CODES = {
-    INVALID: agent_pb2.KeyError.CODE_INVALID,
-    UNSUPPORTED: agent_pb2.KeyError.CODE_UNSUPPORTED,
-    FAILED: agent_pb2.KeyError.CODE_FAILED,
-    CRASHED: agent_pb2.KeyError.CODE_FAILED,
-    TIMEOUT: agent_pb2.KeyError.CODE_TIMEOUT,
-    INTERFERENCE: agent_pb2.KeyError.CODE_INTERFERENCE,
-}
 _STATUS = {
     INVALID: grpc.StatusCode.INVALID_ARGUMENT,
     UNSUPPORTED: grpc.StatusCode.FAILED_PRECONDITION,
@@ -51,41 +45,25 @@ _STATUS = {
     INTERFERENCE: grpc.StatusCode.UNAVAILABLE,
     CANCELLED: grpc.StatusCode.CANCELLED,
 }
-# Bounds a request may ask for, whatever the agent's defaults.
-_SETTING_BOUNDS = {
-    "warmup_runs": (0, 100_000), "min_runs": (5, 1_000_000), "max_runs": (5, 10_000_000),
-    "max_time_s": (0.001, 600.0), "target_rel_ci": (1e-4, 0.5), "max_attempts": (1, 20),
-    "interference_max_cores": (0.01, 1024.0), "min_window_s": (0.0, 600.0),
-}
-
-
-class BadRequest(ValueError):
-    """A request the agent refuses as a whole (INVALID_ARGUMENT)."""
-
-
-def resolve_settings(requested: common_pb2.MeasurementSettings, defaults: MeasurementDefaults) -> Settings:
-    """Fill unset fields from the agent's defaults and check every value's range."""
-    values = {}
-    for f in dataclasses.fields(Settings):
-        value = getattr(requested, f.name) if requested.HasField(f.name) else getattr(defaults, f.name)
-        lo, hi = _SETTING_BOUNDS[f.name]
-        if not lo <= value <= hi:
-            raise BadRequest(f"settings.{f.name} = {value:g} is outside {lo:g}..{hi:g}")
-        values[f.name] = value
-    if values["max_runs"] < values["min_runs"]:
-        raise BadRequest(f"settings.max_runs = {values['max_runs']} is below min_runs = {values['min_runs']}")
-    if values["min_window_s"] > values["max_time_s"]:
-        raise BadRequest(f"settings.min_window_s = {values['min_window_s']:g} is over max_time_s = {values['max_time_s']:g}")
-    return Settings(**values)
-
-
 class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
     def __init__(self, config: AgentConfig, runner: MeasurementRunner, info: agent_pb2.DeviceInfo,
-                 work_dir: Path) -> None:
+                 work_dir: Path, nightly: Nightly) -> None:
         self._config = config
         self._runner = runner
         self._info = info
         self._work_dir = work_dir
+        self._nightly = nightly
+
+    def Reprofile(self, request: agent_pb2.ReprofileRequest, context: grpc.ServicerContext) -> agent_pb2.ReprofileResponse:
+        try:
+            _, response = self._nightly.run_once(request.reason or "manual")
+        except QueueFull as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except BuildInProgress as exc:
+            context.abort(grpc.StatusCode.ABORTED, str(exc))
+        except (StoreError, OSError, ValueError) as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return response
 
     def GetDeviceInfo(self, request: agent_pb2.GetDeviceInfoRequest, context: grpc.ServicerContext) -> agent_pb2.DeviceInfo:
         return self._info
@@ -109,7 +87,8 @@ class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
                 for index, msg in enumerate(request.keys):
                     if not context.is_active():
                         return
-                    yield self._profile_one(index, msg, settings, context)
+                    yield profile_one(self._runner, index, msg, settings, self._config.key_timeout_s,
+                                      context.is_active)
         except QueueFull as exc:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except RunnerClosed:
@@ -118,29 +97,6 @@ class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
             if exc.code != CANCELLED:
                 raise
             return
-
-    def _profile_one(self, index: int, msg: common_pb2.OpKey, settings: Settings,
-                     context: grpc.ServicerContext) -> agent_pb2.ProfileResult:
-        result = agent_pb2.ProfileResult(index=index)
-        try:
-            key = OpKey.from_proto(msg)
-        except OpKeyError as exc:
-            result.error.code = agent_pb2.KeyError.CODE_INVALID
-            result.error.message = f"key {index}: {exc}"
-            return result
-        result.key_hash = key.hash
-        try:
-            stats, env = self._runner.call(ProfileJob(key.canonical_json(), settings),
-                                           self._config.key_timeout_s, context.is_active)
-        except JobError as exc:
-            if exc.code == CANCELLED:
-                raise
-            result.error.code = _KEY_CODES.get(exc.code, agent_pb2.KeyError.CODE_FAILED)
-            result.error.message = f"key {index} ({key.describe()}): {exc}"
-            return result
-        result.stats.ParseFromString(stats)
-        result.environment.ParseFromString(env)
-        return result
 
     def Benchmark(self, request_iterator: Iterator[agent_pb2.BenchmarkRequest], context: grpc.ServicerContext) -> agent_pb2.BenchmarkResponse:
         cap = self._config.max_model_bytes
@@ -260,6 +216,7 @@ class Agent:
         self.server: grpc.Server | None = None
         self.port = 0
         self.info: agent_pb2.DeviceInfo | None = None
+        self.nightly: Nightly | None = None
 
     @property
     def address(self) -> str:
@@ -277,6 +234,7 @@ class Agent:
     def _start(self) -> Agent:
         probe = self.runner.call(ProbeJob(), self.config.job_timeout_s, lambda: True)
         self.info = _device_info(self.config, probe, self.intra_op_threads)
+        self.nightly = Nightly(self.config, self.runner, self.info)
         interceptors: list[grpc.ServerInterceptor] = [LoggingInterceptor()]
         if self._token is not None:
             interceptors.append(TokenAuthInterceptor(self._token))
@@ -291,13 +249,14 @@ class Agent:
             maximum_concurrent_rpcs=workers,
         )
         agent_pb2_grpc.add_DeviceAgentServicer_to_server(
-            DeviceAgentService(self.config, self.runner, self.info, Path(self._work_dir.name)), server)
+            DeviceAgentService(self.config, self.runner, self.info, Path(self._work_dir.name), self.nightly), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.port = bind(server, self.config.listen, self.config.tls_cert, self.config.tls_key)
         server.start()
         self.server = server
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.nightly.start()
         log.info("agent.serving", address=self.address, fingerprint=self.info.fingerprint_hash[:16],
                  provider=self.info.fingerprint.execution_provider, threads=self.intra_op_threads,
                  tls=self.config.tls_cert is not None, auth=self.config.token_file is not None)
@@ -307,6 +266,8 @@ class Agent:
         """Stop accepting RPCs, let the current ones finish within the grace period, stop the worker."""
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         self.health.enter_graceful_shutdown()
+        if self.nightly is not None:
+            self.nightly.stop()
         if self.server is not None:
             self.server.stop(grace).wait()
         self.runner.close()

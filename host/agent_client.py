@@ -103,6 +103,12 @@ class AgentClient:
         return self._call(lambda: self._stub.GetDeviceInfo(
             agent_pb2.GetDeviceInfoRequest(), timeout=timeout_s or self.timeout_s, metadata=self._metadata))
 
+    def reprofile(self, reason: str = "manual", timeout_s: float | None = None) -> agent_pb2.ReprofileResponse:
+        """Ask the agent to re-profile its LUT into a new version now (may take minutes)."""
+        req = agent_pb2.ReprofileRequest(reason=reason)
+        return self._call(lambda: self._stub.Reprofile(req, timeout=timeout_s or max(self.timeout_s, 3600.0),
+                                                        metadata=self._metadata))
+
     def profile(self, keys: Sequence[OpKey | common_pb2.OpKey],
                 settings: common_pb2.MeasurementSettings | None = None,
                 timeout_s: float | None = None) -> Iterator[agent_pb2.ProfileResult]:

@@ -74,6 +74,23 @@ def cmd_agent_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent_reprofile(args: argparse.Namespace) -> int:
+    from host.agent_client import AgentClient, message_dict
+
+    if not args.now:
+        raise CliError("say --now to re-profile now (the agent's [nightly] schedule runs by itself)")
+    with AgentClient(_target(args), timeout_s=args.timeout) as client:
+        resp = client.reprofile(args.reason)
+    drift = (f", drift: median x{resp.drift_median_ratio:.3f} (p5 x{resp.drift_p5_ratio:.3f}, "
+             f"p95 x{resp.drift_p95_ratio:.3f}) against version {resp.parent_version_id}"
+             if resp.HasField("drift_median_ratio") else "")
+    text = (f"version {resp.version_id} in {resp.store_url}: {'sealed' if resp.sealed else 'left OPEN'}, "
+            f"{resp.measured_ok}/{resp.keys_total} measured, {resp.unsupported} unsupported, {resp.failed} failed, "
+            f"{resp.missing} missing{drift}")
+    _emit(message_dict(resp), args.json, text)
+    return 0 if resp.sealed else 3
+
+
 def _bench_text(resp: Any) -> str:
     s = resp.latency
     return (f"batch {resp.batch_size} on {resp.execution_provider}: median {s.median_ms:.3f} ms, "
@@ -134,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_args(info, required=True)
     info.add_argument("--json", action="store_true", help="one JSON document on stdout")
     info.set_defaults(func=cmd_agent_info)
+
+    reprofile = agent.add_parser("reprofile", help="re-profile the device's LUT into a new version now")
+    _add_device_args(reprofile, required=True)
+    reprofile.add_argument("--now", action="store_true", help="run now (for cron or a systemd timer)")
+    reprofile.add_argument("--reason", default="manual", help="stored as the new version's note")
+    reprofile.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    reprofile.set_defaults(func=cmd_agent_reprofile, timeout=3600.0)
 
     bench = sub.add_parser("bench", help="benchmark an ONNX model on a device")
     bench.add_argument("model", type=Path, metavar="MODEL.onnx")

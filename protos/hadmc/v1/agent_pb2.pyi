@@ -279,3 +279,39 @@ class BenchmarkResponse(_message.Message):
     fingerprint_hash: str
     execution_provider: str
     def __init__(self, latency: _Optional[_Union[_common_pb2.LatencyStats, _Mapping]] = ..., throughput_per_s: _Optional[float] = ..., session_load_ms: _Optional[float] = ..., memory: _Optional[_Union[MemoryUsage, _Mapping]] = ..., model: _Optional[_Union[ModelSummary, _Mapping]] = ..., batch_size: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[OutputBatch, _Mapping]]] = ..., environment: _Optional[_Union[_common_pb2.MeasurementEnvironment, _Mapping]] = ..., fingerprint_hash: _Optional[str] = ..., execution_provider: _Optional[str] = ...) -> None: ...
+
+class ReprofileRequest(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class ReprofileResponse(_message.Message):
+    __slots__ = ("version_id", "parent_version_id", "sealed", "keys_total", "measured_ok", "unsupported", "failed", "missing", "drift_median_ratio", "drift_p5_ratio", "drift_p95_ratio", "store_url", "reason")
+    VERSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_VERSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    KEYS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_OK_FIELD_NUMBER: _ClassVar[int]
+    UNSUPPORTED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_MEDIAN_RATIO_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_P5_RATIO_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_P95_RATIO_FIELD_NUMBER: _ClassVar[int]
+    STORE_URL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    version_id: int
+    parent_version_id: int
+    sealed: bool
+    keys_total: int
+    measured_ok: int
+    unsupported: int
+    failed: int
+    missing: int
+    drift_median_ratio: float
+    drift_p5_ratio: float
+    drift_p95_ratio: float
+    store_url: str
+    reason: str
+    def __init__(self, version_id: _Optional[int] = ..., parent_version_id: _Optional[int] = ..., sealed: _Optional[bool] = ..., keys_total: _Optional[int] = ..., measured_ok: _Optional[int] = ..., unsupported: _Optional[int] = ..., failed: _Optional[int] = ..., missing: _Optional[int] = ..., drift_median_ratio: _Optional[float] = ..., drift_p5_ratio: _Optional[float] = ..., drift_p95_ratio: _Optional[float] = ..., store_url: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...

@@ -50,6 +50,11 @@ class DeviceAgentStub:
                 request_serializer=protos_dot_hadmc_dot_v1_dot_agent__pb2.BenchmarkRequest.SerializeToString,
                 response_deserializer=protos_dot_hadmc_dot_v1_dot_agent__pb2.BenchmarkResponse.FromString,
                 _registered_method=True)
+        self.Reprofile = channel.unary_unary(
+                '/hadmc.v1.DeviceAgent/Reprofile',
+                request_serializer=protos_dot_hadmc_dot_v1_dot_agent__pb2.ReprofileRequest.SerializeToString,
+                response_deserializer=protos_dot_hadmc_dot_v1_dot_agent__pb2.ReprofileResponse.FromString,
+                _registered_method=True)
 
 
 class DeviceAgentServicer:
@@ -90,6 +95,16 @@ class DeviceAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reprofile(self, request, context):
+        """Re-profiles the keys of the last LUT version this agent made (plus its configured grids)
+        into a new sealed version of its current fingerprint in its [nightly] store, the previous
+        version as parent, and reports the drift. Runs through the job queue like any job.
+        FAILED_PRECONDITION when no store is configured or there is nothing to re-profile.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeviceAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +122,11 @@ def add_DeviceAgentServicer_to_server(servicer, server):
                     servicer.Benchmark,
                     request_deserializer=protos_dot_hadmc_dot_v1_dot_agent__pb2.BenchmarkRequest.FromString,
                     response_serializer=protos_dot_hadmc_dot_v1_dot_agent__pb2.BenchmarkResponse.SerializeToString,
+            ),
+            'Reprofile': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reprofile,
+                    request_deserializer=protos_dot_hadmc_dot_v1_dot_agent__pb2.ReprofileRequest.FromString,
+                    response_serializer=protos_dot_hadmc_dot_v1_dot_agent__pb2.ReprofileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -191,6 +211,33 @@ class DeviceAgent:
             '/hadmc.v1.DeviceAgent/Benchmark',
             protos_dot_hadmc_dot_v1_dot_agent__pb2.BenchmarkRequest.SerializeToString,
             protos_dot_hadmc_dot_v1_dot_agent__pb2.BenchmarkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reprofile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hadmc.v1.DeviceAgent/Reprofile',
+            protos_dot_hadmc_dot_v1_dot_agent__pb2.ReprofileRequest.SerializeToString,
+            protos_dot_hadmc_dot_v1_dot_agent__pb2.ReprofileResponse.FromString,
             options,
             channel_credentials,
             insecure,

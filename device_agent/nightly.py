@@ -1,0 +1,224 @@
+"""Keeping the device's LUT fresh: re-profile daily, after a missed run and after a fingerprint
+change (driver, runtime, provider...), into a new version whose parent is the previous one.
+
+The last run is remembered in a small JSON state file: the store, the version made and the
+fingerprint it was made under. At start the agent compares that fingerprint with its current
+one and checks whether a scheduled run was missed while the machine was off. Alternatively,
+leave `at` empty and call `hadmc agent reprofile --now` from a systemd timer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from device_agent.config import AgentConfig, NightlyConfig
+from device_agent.fingerprint import document
+from device_agent.jobs import CANCELLED, JobError
+from device_agent.runner import MeasurementRunner
+from device_agent.profiling import profile_one, resolve_settings
+from lut_store.build import BuildReport, build_lut
+from lut_store.exchange import diff_versions
+from lut_store.fingerprint import differences
+from lut_store.grid import load_grid
+from lut_store.opkey import OpKey, precision_from_proto
+from lut_store.records import StoreError, UnknownVersion
+from lut_store.store import LutStore, open_store
+from protos.hadmc.v1 import agent_pb2, common_pb2
+
+log = structlog.get_logger(__name__)
+
+
+class NothingToReprofile(StoreError):
+    """No earlier version and no grid: no keys to keep fresh."""
+
+
+@dataclass(frozen=True)
+class State:
+    store_url: str
+    version_id: int
+    fingerprint_hash: str
+    fingerprint: dict[str, Any]
+    last_run_unix_s: float
+
+
+def default_state_file() -> Path:
+    home = os.environ.get("HADMC_HOME")
+    base = Path(home) if home else Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "hadmc"
+    return base / "nightly.json"
+
+
+def read_state(path: Path) -> State | None:
+    try:
+        return State(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("nightly.state_unreadable", path=str(path), error=str(exc))
+        return None
+
+
+def write_state(path: Path, state: State) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state.__dict__, sort_keys=True))
+    tmp.replace(path)
+
+
+def last_scheduled(at: str, now: dt.datetime) -> dt.datetime:
+    """The most recent scheduled time at or before `now` (local time)."""
+    hour, minute = (int(x) for x in at.split(":"))
+    today = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    return today if today <= now else today - dt.timedelta(days=1)
+
+
+class LocalProfiler:
+    """Profiles through the daemon's own job queue (the Profiler protocol of lut_store.build)."""
+
+    def __init__(self, runner: MeasurementRunner, config: AgentConfig, stop: threading.Event) -> None:
+        self._runner, self._config, self._stop = runner, config, stop
+
+    def profile(self, keys: Sequence[OpKey], settings: common_pb2.MeasurementSettings | None = None,
+                timeout_s: float | None = None) -> Iterator[agent_pb2.ProfileResult]:
+        resolved = resolve_settings(settings or common_pb2.MeasurementSettings(), self._config.profile)
+        active = lambda: not self._stop.is_set()  # noqa: E731
+        with self._runner.slot(active):
+            for index, key in enumerate(keys):
+                try:
+                    yield profile_one(self._runner, index, key.to_proto(), resolved, self._config.key_timeout_s,
+                                      active)
+                except JobError as exc:
+                    if exc.code == CANCELLED:
+                        return
+                    raise
+
+
+class Nightly:
+    """The re-profiling schedule of one agent."""
+
+    def __init__(self, config: AgentConfig, runner: MeasurementRunner, info: agent_pb2.DeviceInfo,
+                 clock: Callable[[], dt.datetime] = dt.datetime.now) -> None:
+        self.config: NightlyConfig = config.nightly
+        self._agent_config = config
+        self._runner = runner
+        self._info = info
+        self._clock = clock
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.state_file = self.config.state_file or default_state_file()
+
+    def _open_store(self) -> LutStore:
+        if not self.config.store:
+            raise StoreError("no LUT store configured for re-profiling: set [nightly] store in the agent config")
+        token = Path(self.config.store_token_file).read_text().strip() if self.config.store_token_file else None
+        ca = Path(self.config.store_tls_ca).read_bytes() if self.config.store_tls_ca else None
+        return open_store(self.config.store, token=token, tls_ca=ca)
+
+    def due_at_start(self) -> str | None:
+        """Why a run is due now that the agent starts, or None."""
+        state = read_state(self.state_file)
+        if state is None:
+            return "first start with re-profiling configured" if self.config.grids else None
+        if state.fingerprint_hash != self._info.fingerprint_hash:
+            changed = differences(state.fingerprint, document(self._info.fingerprint))
+            return "fingerprint changed: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        if self.config.at:
+            missed = last_scheduled(self.config.at, self._clock())
+            if state.last_run_unix_s < missed.timestamp():
+                return f"missed the run scheduled at {missed.isoformat(timespec='minutes')}"
+        return None
+
+    def _keys(self, store: LutStore, state: State | None) -> tuple[list[OpKey], int | None]:
+        keys: dict[str, OpKey] = {}
+        parent: int | None = None
+        if state is not None and state.store_url == store.url:
+            try:
+                parent = store.version(state.version_id).id
+            except UnknownVersion:
+                parent = None
+        if parent is None:
+            try:
+                parent = store.latest(self._info.fingerprint_hash).id
+            except StoreError:
+                parent = None
+        if parent is not None:
+            for entry in store.entries(parent):
+                key = OpKey.from_json(entry.key_json)
+                keys.setdefault(key.hash, key)
+        precisions = [precision_from_proto(p.precision) for p in self._info.precisions if p.supported]
+        for grid in self.config.grids:
+            for key in load_grid(Path(grid), precisions):
+                keys.setdefault(key.hash, key)
+        return list(keys.values()), parent
+
+    def run_once(self, reason: str) -> tuple[BuildReport, agent_pb2.ReprofileResponse]:
+        """Re-profile now; one run at a time."""
+        with self._lock, self._open_store() as store:
+            state = read_state(self.state_file)
+            keys, parent = self._keys(store, state)
+            if not keys:
+                raise NothingToReprofile("nothing to re-profile: no earlier LUT version of this device in "
+                                         f"{store.url} and no [nightly] grids")
+            log.info("nightly.start", reason=reason, keys=len(keys), parent=parent, store=store.url)
+            report = build_lut(store, self._info.fingerprint_hash, document(self._info.fingerprint), keys,
+                               [LocalProfiler(self._runner, self._agent_config, self._stop)], source="nightly",
+                               note=reason, lease_s=self.config.lease_s, parent_id=parent)
+            response = agent_pb2.ReprofileResponse(
+                version_id=report.version_id, sealed=report.sealed, keys_total=report.keys_total,
+                measured_ok=report.measured_ok + report.already_stored, unsupported=report.unsupported,
+                failed=report.failed, missing=len(report.missing), store_url=store.url, reason=reason)
+            if parent is not None:
+                response.parent_version_id = parent
+            if report.sealed:
+                write_state(self.state_file, State(store.url, report.version_id, self._info.fingerprint_hash,
+                                                   document(self._info.fingerprint), time.time()))
+                if parent is not None:
+                    drift = diff_versions(store, parent, report.version_id)
+                    for name in ("median_ratio", "p5_ratio", "p95_ratio"):
+                        value = getattr(drift, name)
+                        if value is not None:
+                            setattr(response, f"drift_{name}", value)
+                    log.info("nightly.drift", parent=parent, version=report.version_id, keys=drift.common,
+                             median_ratio=drift.median_ratio, p5_ratio=drift.p5_ratio, p95_ratio=drift.p95_ratio,
+                             most_changed=[f"{c.kernel} x{c.ratio:.3f}" for c in drift.most_changed[:5]])
+            else:
+                log.warning("nightly.incomplete", version=report.version_id, missing=len(report.missing))
+            return report, response
+
+    def _run_logged(self, reason: str) -> None:
+        try:
+            self.run_once(reason)
+        except (StoreError, OSError, ValueError) as exc:
+            log.error("nightly.failed", reason=reason, error=str(exc))
+
+    def _loop(self) -> None:
+        reason = self.due_at_start()
+        if reason:
+            self._run_logged(reason)
+        while self.config.at and not self._stop.is_set():
+            now = self._clock()
+            following = last_scheduled(self.config.at, now) + dt.timedelta(days=1)
+            if self._stop.wait(max(1.0, (following - now).total_seconds())):
+                return
+            self._run_logged(f"scheduled run at {self.config.at}")
+
+    def start(self) -> None:
+        if not self.config.store:
+            return
+        self._thread = threading.Thread(target=self._loop, name="nightly", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
