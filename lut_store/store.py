@@ -17,7 +17,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lut_store.records import Build, Device, Entry, Lookup, NoSealedVersion, StoreError, UnknownDevice, Version
+import structlog
+
+from lut_store.records import (
+    Build, Device, Entry, FingerprintMismatch, Lookup, NoSealedVersion, StoreError, UnknownDevice, Version,
+)
+
+log = structlog.get_logger(__name__)
 
 
 class LutStore(ABC):
@@ -108,6 +114,30 @@ class LutStore(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def resolve_version(store: LutStore, fingerprint_hash: str, fingerprint: Mapping[str, Any],
+                    pinned: int | None = None, force: bool = False) -> Version:
+    """The version a search uses: `pinned`, else the latest sealed one of this fingerprint.
+
+    A pinned version made under another fingerprint is refused with the fields that differ,
+    unless `force`, which logs a loud warning instead.
+    """
+    if pinned is None:
+        return store.latest(fingerprint_hash)
+    version = store.version(pinned)
+    if version.fingerprint_hash == fingerprint_hash:
+        return version
+    from lut_store.fingerprint import differences
+
+    changed = differences(store.device(version.fingerprint_hash).fingerprint, fingerprint)
+    what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()) or "fields outside this hadmc's list"
+    message = (f"LUT version {pinned} was measured under fingerprint {version.fingerprint_hash[:16]}, the device "
+               f"is now {fingerprint_hash[:16]} ({what}); its latencies may be stale")
+    if not force:
+        raise FingerprintMismatch(message + ": re-profile (hadmc agent reprofile --now) or pass --force-lut")
+    log.warning("lut.fingerprint_mismatch", version=pinned, detail=message + "; used anyway (forced)")
+    return version
 
 
 def default_store_url() -> str:

@@ -21,7 +21,8 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self) -> None:
+    def __init__(self, fsync: bool = False) -> None:
+        """`fsync=False` (tests) trades durability for speed; benchmarks keep it on."""
         self.dir = Path(tempfile.mkdtemp(prefix="hadmc-pg-"))
         self.port = _free_port()
         self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
@@ -30,7 +31,7 @@ class PostgresServer:
         data = self.dir / "data"
         self._run("initdb", "-A", "trust", "-U", "postgres", "-D", str(data))
         self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(data), "-l", str(self.dir / "log"),
-                  "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off")
+                  "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync={'on' if fsync else 'off'}")
         self.data = data
 
     def _run(self, *cmd: str) -> None:

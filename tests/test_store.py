@@ -256,3 +256,19 @@ def test_concurrent_threads_share_one_store(store):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert not errors and store.version(build.version.id).entry_count == 8
+
+
+def test_a_version_of_another_fingerprint_is_refused_unless_forced(store):
+    from lut_store.records import FingerprintMismatch
+    from lut_store.store import resolve_version
+
+    old_doc = {"onnxruntime_version": "1.31.0", "intra_op_threads": 2}
+    new_doc = {"onnxruntime_version": "1.32.0", "intra_op_threads": 2}
+    store.ensure_device(FP, old_doc)
+    build = store.acquire_build(FP, "manual", "me", lease_s=60)
+    store.add_entries(build.version.id, [ok_entry(KEYS[0])], "me")
+    old = store.seal(build.version.id)
+    with pytest.raises(FingerprintMismatch, match="onnxruntime_version: '1.31.0' -> '1.32.0'"):
+        resolve_version(store, FP2, new_doc, pinned=old.id)
+    assert resolve_version(store, FP2, new_doc, pinned=old.id, force=True).id == old.id
+    assert resolve_version(store, FP, old_doc).id == old.id
