@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -135,30 +134,41 @@ def test_two_devices_of_one_fingerprint_split_the_keys(tmp_path, grid):
             p.wait(30)
 
 
-def test_kill_9_of_the_builder_leaves_no_sealed_partial_and_a_rerun_completes(tmp_path, env, grid):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def build_store(request, env):
+    """Where `hadmc lut build` writes: the default SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{Path(env['HADMC_HOME']) / 'lut.sqlite'}"
+    return request.getfixturevalue("postgres_server").new_database()
+
+
+def _entry_count(url: str) -> int:
+    try:
+        with open_store(url) as store:
+            return sum(v.entry_count for v in store.versions())
+    except Exception:  # the builder may not have created the store yet
+        return 0
+
+
+def test_kill_9_of_the_builder_leaves_no_sealed_partial_and_a_rerun_completes(tmp_path, env, grid, build_store):
     slow = "[profile]\nmin_window_s = 0.4\nmax_time_s = 1.0\ninterference_max_cores = 64.0\n"
     proc, address = start_agent(tmp_path, profile=slow)
     try:
         builder = subprocess.Popen([sys.executable, "-m", "host.cli", "lut", "build", "--device", address,
-                                    "--grid", str(grid)], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
-        db = Path(env["HADMC_HOME"]) / "lut.sqlite"
+                                    "--grid", str(grid), "--store", build_store], cwd=ROOT, env=env,
+                                   stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # wait until some entries are written
-            if db.exists():
-                with sqlite3.connect(db) as conn:
-                    try:
-                        if conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0] >= 3:
-                            break
-                    except sqlite3.OperationalError:
-                        pass
+        while _entry_count(build_store) < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
         builder.send_signal(signal.SIGKILL)
         builder.wait(10)
-        with open_store(f"sqlite:///{db}") as store:
-            assert store.integrity_check() == "ok"
+        with open_store(build_store) as store:
+            if build_store.startswith("sqlite"):
+                assert store.integrity_check() == "ok"
             (version,) = store.versions()
             assert version.status == "open" and 3 <= version.entry_count < 20
-        rerun = hadmc("lut", "build", "--device", address, "--grid", str(grid), "--json", env=env)
+        rerun = hadmc("lut", "build", "--device", address, "--grid", str(grid), "--store", build_store, "--json",
+                      env=env)
         assert rerun.returncode == 0, rerun.stderr
         report = json.loads(rerun.stdout)
         assert report["resumed"] and report["version_id"] == version.id and report["sealed"]
@@ -176,12 +186,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_kill_9_of_the_agent_reports_missing_keys_and_a_rerun_retries_them(tmp_path, env, grid):
+def test_kill_9_of_the_agent_reports_missing_keys_and_a_rerun_retries_them(tmp_path, env, grid, build_store):
     port = _free_port()
     slow = "[profile]\nmin_window_s = 0.3\nmax_time_s = 1.0\ninterference_max_cores = 64.0\n"
     proc, address = start_agent(tmp_path, port=port, profile=slow)
     builder = subprocess.Popen([sys.executable, "-m", "host.cli", "lut", "build", "--device", address, "--grid",
-                                str(grid), "--retries", "0", "--json"], cwd=ROOT, env=env,
+                                str(grid), "--retries", "0", "--store", build_store, "--json"], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(4.0)
     proc.send_signal(signal.SIGKILL)
@@ -193,7 +203,8 @@ def test_kill_9_of_the_agent_reports_missing_keys_and_a_rerun_retries_them(tmp_p
     assert all("device error" in m["reason"] for m in report["missing"])
     proc, address = start_agent(tmp_path, port=port, profile=slow)
     try:
-        rerun = hadmc("lut", "build", "--device", address, "--grid", str(grid), "--json", env=env)
+        rerun = hadmc("lut", "build", "--device", address, "--grid", str(grid), "--store", build_store, "--json",
+                      env=env)
         assert rerun.returncode == 0, rerun.stderr
         again = json.loads(rerun.stdout)
         assert again["resumed"] and again["version_id"] == report["version_id"] and again["sealed"]
