@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import sys
 import types
 import typing
 from collections.abc import Mapping
@@ -27,11 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lut_store.rpc import check_exposure
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from lut_store.tomlfile import read_toml
 
 
 class ConfigError(ValueError):
@@ -197,12 +192,7 @@ def load_agent_config(path: Path | None, overrides: Mapping[str, Any] | None = N
     """Read `path` (TOML: [agent], [profile], [benchmark], [nightly]), then apply flag overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+        raw = read_toml(path, "config", ConfigError)
         for section, table in raw.items():
             if section not in _SECTIONS:
                 near = difflib.get_close_matches(section, list(_SECTIONS), n=1)

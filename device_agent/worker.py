@@ -164,6 +164,15 @@ class Worker:
         except InterferenceError as exc:
             raise JobError(INTERFERENCE, str(exc)) from None
 
+    def _first_run(self, sess: Any, feeds: dict[str, Any], what: str) -> Callable[[], None]:
+        """Bind the inputs and run once; a failure here is the job's, reported as FAILED."""
+        run_once = self.rt.runner(sess, feeds)
+        try:
+            run_once()
+        except Exception as exc:  # onnxruntime raises its own exception types at run time
+            raise JobError(FAILED, f"{what} failed to run: {_short(exc)}") from None
+        return run_once
+
     def profile(self, job: ProfileJob) -> tuple[bytes, bytes]:
         import numpy as np
 
@@ -178,12 +187,7 @@ class Worker:
         except KeyUnsupported as exc:
             raise JobError(UNSUPPORTED, str(exc)) from None
         sess = self.rt.session(model.SerializeToString())
-        feeds = activation_feeds(model, np.random.default_rng(1))
-        run_once = self.rt.runner(sess, feeds)
-        try:
-            run_once()
-        except Exception as exc:  # onnxruntime raises its own exception types at run time
-            raise JobError(FAILED, f"the kernel failed to run: {_short(exc)}") from None
+        run_once = self._first_run(sess, activation_feeds(model, np.random.default_rng(1)), "the kernel")
         stats = self._measure(run_once, job.settings)
         return stats.SerializeToString(), self.env.read().SerializeToString()
 
@@ -247,11 +251,7 @@ class Worker:
         t0 = time.perf_counter()
         sess = self.rt.session(str(path))
         load_ms = (time.perf_counter() - t0) * 1000
-        run_once = self.rt.runner(sess, feeds)
-        try:
-            run_once()
-        except Exception as exc:  # onnxruntime raises its own exception types at run time
-            raise JobError(FAILED, f"the model failed to run at batch {batch}: {_short(exc)}") from None
+        run_once = self._first_run(sess, feeds, f"the model at batch {batch}")
         stats = self._measure(run_once, job.settings)
         response = agent_pb2.BenchmarkResponse(
             latency=stats, throughput_per_s=batch * 1000.0 / stats.median_ms,

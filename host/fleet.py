@@ -14,16 +14,11 @@ from __future__ import annotations
 
 import difflib
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from host.agent_client import AgentTarget
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from lut_store.tomlfile import read_toml
 
 _FIELDS = ("address", "token_file", "tls_ca", "tls_server_name")
 
@@ -62,10 +57,7 @@ def load_devices(path: Path | None = None) -> dict[str, DeviceEntry]:
         if explicit:
             raise FleetError(f"devices file {path} does not exist")
         return {}
-    try:
-        doc = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise FleetError(f"devices file {path} is not valid TOML: {exc}") from None
+    doc = read_toml(path, "devices file", FleetError)
     extra = set(doc) - {"devices"}
     if extra:
         raise FleetError(f"devices file {path}: unknown top-level keys {sorted(extra)}; expected [devices.NAME] tables")

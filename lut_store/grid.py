@@ -28,18 +28,13 @@ from __future__ import annotations
 
 import difflib
 import itertools
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from lut_store import kernels
 from lut_store.opkey import PRECISIONS, OpKey, OpKeyError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from lut_store.tomlfile import read_toml
 
 
 class GridError(ValueError):
@@ -116,10 +111,4 @@ def expand_grid(doc: dict[str, Any], device_precisions: Sequence[str]) -> list[O
 
 
 def load_grid(path: Path, device_precisions: Sequence[str]) -> list[OpKey]:
-    try:
-        doc = tomllib.loads(Path(path).read_text())
-    except OSError as exc:
-        raise GridError(f"cannot read grid {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise GridError(f"grid {path} is not valid TOML: {exc}") from None
-    return expand_grid(doc, device_precisions)
+    return expand_grid(read_toml(path, "grid", GridError), device_precisions)
