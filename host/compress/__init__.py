@@ -1,0 +1,1 @@
+"""Policy -> pruned + quantized model; distillation; ONNX export."""

@@ -1,0 +1,94 @@
+"""Physical channel pruning through Torch-Pruning's dependency graph.
+
+Channels are ranked by L1 norm (as in the paper), removed from every coupled layer at once
+(residual groups stay consistent) and the kept counts are rounded to a multiple of `round_to`.
+The pruning history, by module name, replays the same structure on a fresh model, so a
+pruned checkpoint can be reloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from host.compress.policy import LayerLimits, Policy
+
+PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
+
+
+def classifier_of(model: nn.Module) -> nn.Module:
+    """The last Linear layer: its output width is the number of classes and never pruned."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no Linear classifier")
+    return linears[-1]
+
+
+def _graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+
+
+def layer_limits(model: nn.Module, example_inputs: torch.Tensor, min_keep_ratio: float = 0.1) -> list[LayerLimits]:
+    """Every Conv2d/Linear by name, with the root of the group its output channels prune with."""
+    names = {m: n for n, m in model.named_modules()}
+    head = classifier_of(model)
+    graph = _graph(model, example_inputs)
+    group_of: dict[str, str] = {}
+    for group in graph.get_all_groups(ignored_layers=[head], root_module_types=list(PRUNABLE_TYPES)):
+        root = names[group[0].dep.target.module]
+        for dep, _ in group:
+            module = dep.target.module
+            if isinstance(module, PRUNABLE_TYPES) and dep.handler in (tp.prune_conv_out_channels,
+                                                                       tp.prune_linear_out_channels):
+                group_of.setdefault(names[module], root)
+    limits = []
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE_TYPES):
+            width = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+            group = None if module is head else group_of.get(name)
+            limits.append(LayerLimits(name, width, group, min_keep_ratio))
+    return limits
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    model: nn.Module
+    history: list[Any]
+    params_before: int
+    params_after: int
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def prune(model: nn.Module, policy: Policy, example_inputs: torch.Tensor, round_to: int = 8) -> PruneResult:
+    """Remove channels in place per the policy's keep-ratios (policy already validated)."""
+    names = dict(model.named_modules())
+    limits = {lim.name: lim for lim in layer_limits(model, example_inputs)}
+    ratios: dict[nn.Module, float] = {}
+    for name, action in policy.layers.items():
+        lim = limits[name]
+        if lim.group is not None and action.keep_ratio < 1.0:
+            ratios[names[lim.group]] = 1.0 - action.keep_ratio
+    before = count_params(model)
+    if not ratios:
+        return PruneResult(model, [], before, before)
+    pruner = tp.pruner.MetaPruner(
+        model, example_inputs, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=0.0,
+        pruning_ratio_dict=ratios, ignored_layers=[classifier_of(model)], round_to=round_to,
+    )
+    pruner.step()
+    return PruneResult(model, pruner.pruning_history(), before, count_params(model))
+
+
+def replay(model: nn.Module, history: Sequence[Any], example_inputs: torch.Tensor) -> nn.Module:
+    """Apply a pruning history to a fresh model of the same architecture (to load a checkpoint)."""
+    graph = _graph(model, example_inputs)
+    graph.load_pruning_history(list(history))
+    return model

@@ -1,0 +1,148 @@
+"""Policy, physical pruning, BN folding and fake quantization that exports as fusable QDQ."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from host.compress.fold import fold_batchnorm
+from host.compress.policy import LayerAction, Policy, PolicyError, validate
+from host.compress.prune import count_params, layer_limits, prune, replay
+from host.compress.quant import apply_fake_quant
+from host.models import build_model
+from host.models.resnet import export_onnx
+
+EX = torch.zeros(1, 3, 64, 64)
+
+
+def uniform(name: str, keep: float, bits: int, model=None) -> tuple[Policy, list]:
+    model = model or build_model(name, 6, (3, 64, 64))
+    limits = layer_limits(model, EX)
+    head = [lim.name for lim in limits if lim.group is None]
+    return Policy.uniform(name, [lim.name for lim in limits], keep, bits,
+                          {h: LayerAction(1.0, bits) for h in head}), limits
+
+
+def test_resnet18_has_the_papers_size_and_half_width_removes_three_quarters():
+    model = build_model("resnet18", 6, (3, 64, 64))
+    assert count_params(model) == 11_179_590
+    policy, limits = uniform("resnet18", 0.5, 32, model)
+    validate(policy, "resnet18", limits)
+    result = prune(model, policy, EX)
+    assert result.params_after == 2_800_422  # -74.95%, FACTS.md
+    assert model.layer1[0].conv1.out_channels == 32 and model.layer4[1].conv2.out_channels == 256
+    assert model.fc.in_features == 256 and model.fc.out_features == 6
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 6)
+
+
+def test_residual_groups_prune_together_and_round_to_a_multiple():
+    model = build_model("resnet18", 6, (3, 64, 64))
+    limits = {lim.name: lim for lim in layer_limits(model, EX)}
+    assert limits["layer1.0.conv2"].group == limits["conv1"].group  # joined by the residual add
+    assert limits["layer1.0.conv1"].group != limits["conv1"].group
+    policy, _ = uniform("resnet18", 1.0, 32, model)
+    layers = dict(policy.layers)
+    layers["layer1.0.conv1"] = LayerAction(0.3, 32)
+    prune(model, Policy("resnet18", layers), EX, round_to=8)
+    assert model.layer1[0].conv1.out_channels == 16  # 64 * 0.3 = 19.2 -> rounded to a multiple of 8
+    assert model.layer1[0].conv2.in_channels == 16 and model.layer1[0].conv2.out_channels == 64
+
+
+def test_mobilenetv2_prunes_and_runs():
+    model = build_model("mobilenetv2", 6, (3, 64, 64))
+    policy, limits = uniform("mobilenetv2", 0.5, 32, model)
+    validate(policy, "mobilenetv2", limits)
+    result = prune(model, policy, EX)
+    assert result.params_after < 0.5 * result.params_before
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 6)
+
+
+def test_pruning_history_replays_on_a_fresh_model():
+    model = build_model("resnet18", 6, (3, 64, 64))
+    policy, _ = uniform("resnet18", 0.5, 32, model)
+    result = prune(model, policy, EX)
+    fresh = replay(build_model("resnet18", 6, (3, 64, 64)), result.history, EX)
+    fresh.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    model.eval(), fresh.eval()
+    torch.testing.assert_close(fresh(x), model(x))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: Policy("mobilenetv2", p.layers), "not 'resnet18'"),
+    (lambda p: Policy(p.model, {**p.layers, "layer9.conv": LayerAction()}), "unknown layers"),
+    (lambda p: Policy(p.model, {k: v for k, v in p.layers.items() if k != "conv1"}), "no action for layers"),
+    (lambda p: Policy(p.model, {**p.layers, "layer1.0.conv1": LayerAction(0.05, 8)}), "layer1.0.conv1: keep_ratio"),
+    (lambda p: Policy(p.model, {**p.layers, "layer1.0.conv1": LayerAction(1.0, 3)}), "bits = 3"),
+    (lambda p: Policy(p.model, {**p.layers, "fc": LayerAction(0.5, 8)}), "width is fixed"),
+    (lambda p: Policy(p.model, {**p.layers, "layer1.0.conv2": LayerAction(0.5, 8)}), "same keep_ratio"),
+])
+def test_policy_errors_name_the_layer(edit, message):
+    policy, limits = uniform("resnet18", 1.0, 8)
+    with pytest.raises(PolicyError, match=message):
+        validate(edit(policy), "resnet18", limits)
+
+
+def test_policy_round_trips_through_json(tmp_path):
+    policy, _ = uniform("resnet18", 0.5, 8)
+    path = tmp_path / "p.json"
+    path.write_text(policy.to_json())
+    assert Policy.load(path) == policy
+    path.write_text('{"model": "resnet18"}')
+    with pytest.raises(PolicyError, match="not a policy document"):
+        Policy.load(path)
+
+
+def test_folding_batchnorm_keeps_the_function():
+    model = build_model("resnet18", 6, (3, 64, 64))
+    model.train()
+    model(torch.randn(8, 3, 64, 64))  # non-trivial running statistics
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    before = model(x)
+    assert fold_batchnorm(model) == 20
+    torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-5)
+
+
+def test_int8_fake_quant_exports_as_qlinearconv_and_matches_onnxruntime(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("resnet18", 6, (3, 64, 64))
+    policy, _ = uniform("resnet18", 0.5, 8, model)
+    prune(model, policy, EX)
+    fold_batchnorm(model)
+    apply_fake_quant(model, policy)
+    model.train()
+    for _ in range(3):
+        model(torch.randn(16, 3, 64, 64))
+    model.eval()
+    path, optimized = tmp_path / "q.onnx", tmp_path / "q_opt.onnx"
+    export_onnx(model, str(path), (1, 3, 64, 64))
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(optimized)
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(optimized).graph.node)
+    assert ops["QLinearConv"] == 20 and ops["QGemm"] == 1 and ops["Conv"] == 0
+    x = torch.randn(4, 3, 64, 64)
+    expected = model(x).detach().numpy()
+    got = session.run(None, {"input": x.numpy()})[0]
+    assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
+
+
+def test_weight_only_int4_and_fp16_fake_quant():
+    model = build_model("resnet18", 6, (3, 64, 64))
+    policy, _ = uniform("resnet18", 1.0, 4, model)
+    apply_fake_quant(model, policy)
+    w = model.layer1[0].conv1.weight
+    levels = (w / (w.abs().amax(dim=(1, 2, 3), keepdim=True) / 7)).round()
+    assert levels.min() >= -8 and levels.max() <= 7
+    assert torch.allclose(w / (w.abs().amax(dim=(1, 2, 3), keepdim=True) / 7), levels, atol=1e-4)
+    half, _ = uniform("resnet18", 1.0, 16)
+    m16 = apply_fake_quant(build_model("resnet18", 6, (3, 64, 64)), half)
+    w16 = m16.conv1.weight
+    assert torch.equal(w16, w16.half().float())
