@@ -146,3 +146,24 @@ def test_weight_only_int4_and_fp16_fake_quant():
     m16 = apply_fake_quant(build_model("resnet18", 6, (3, 64, 64)), half)
     w16 = m16.conv1.weight
     assert torch.equal(w16, w16.half().float())
+
+
+def test_distillation_reduces_the_loss_and_leaves_no_adapter_in_the_student():
+    from host.compress.distill import DistillConfig, distill
+
+    torch.manual_seed(0)
+    teacher = build_model("resnet18", 6, (3, 64, 64))
+    student = build_model("resnet18", 6, (3, 64, 64))
+    student.load_state_dict(teacher.state_dict())
+    policy, _ = uniform("resnet18", 0.5, 8, student)
+    prune(student, policy, EX)
+    fold_batchnorm(student)
+    apply_fake_quant(student, policy)
+    names_before = {n for n, _ in student.named_modules()}
+    data = torch.utils.data.TensorDataset(torch.randn(64, 3, 64, 64), torch.randint(0, 6, (64,)))
+    report = distill(student, teacher, "resnet18", torch.utils.data.DataLoader(data, batch_size=32),
+                     DistillConfig(epochs=3, lr=1e-3))
+    assert report.epoch_loss[-1] < 0.9 * report.epoch_loss[0]
+    assert report.epoch_feature[-1] < report.epoch_feature[0]
+    assert {n for n, _ in student.named_modules()} == names_before
+    assert all(not p.requires_grad for p in teacher.parameters())

@@ -1,0 +1,132 @@
+"""Feature-aligned knowledge distillation from the FP32 teacher into the compressed student.
+
+loss = alpha * CE(student, y) + (1 - alpha) * T^2 * KL(teacher_T || student_T)
+       + beta * sum over stages of MSE(adapter(student_stage), teacher_stage)
+
+Adapters are 1x1 convolutions (a Linear for flat features) from the student's pruned widths to
+the teacher's; they live only during training and are never part of the exported model.
+Paper defaults: T = 2, alpha = 0.5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Modules whose outputs are the stage features, per model.
+STAGES: dict[str, tuple[str, ...]] = {
+    "resnet18": ("layer1", "layer2", "layer3", "layer4"),
+    "mobilenetv2": ("features.3", "features.6", "features.13", "features.18"),
+    "mlp": ("body",),
+}
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    epochs: int = 5
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 2.0
+    alpha: float = 0.5
+    beta: float = 1.0
+
+
+@dataclass
+class DistillReport:
+    epoch_loss: list[float] = field(default_factory=list)
+    epoch_ce: list[float] = field(default_factory=list)
+    epoch_kd: list[float] = field(default_factory=list)
+    epoch_feature: list[float] = field(default_factory=list)
+
+
+class _Capture:
+    """Forward hooks that keep the latest output of each named module."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+        modules = dict(model.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise ValueError(f"stage modules {missing} not in {type(model).__name__}")
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles = [modules[n].register_forward_hook(self._keep(n)) for n in names]
+
+    def _keep(self, name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            self.outputs[name] = out
+        return hook
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def _adapter(student_shape: torch.Size, teacher_shape: torch.Size) -> nn.Module:
+    if len(student_shape) == 4:
+        return nn.Conv2d(student_shape[1], teacher_shape[1], 1, bias=False)
+    return nn.Linear(student_shape[1], teacher_shape[1], bias=False)
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      temperature: float, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy, T^2-scaled KL) of one batch."""
+    ce = F.cross_entropy(student_logits, labels)
+    kd = F.kl_div(F.log_softmax(student_logits / temperature, dim=1), F.softmax(teacher_logits / temperature, dim=1),
+                  reduction="batchmean") * temperature ** 2
+    return ce, kd
+
+
+def distill(student: nn.Module, teacher: nn.Module, model_name: str, loader: torch.utils.data.DataLoader,
+            config: DistillConfig, progress: Callable[[int, int, float], None] | None = None) -> DistillReport:
+    """Train `student` in place from the frozen `teacher`; returns the per-epoch mean losses."""
+    stages = STAGES[model_name]
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    t_cap, s_cap = _Capture(teacher, stages), _Capture(student, stages)
+    try:
+        x0, _ = next(iter(loader))
+        student.eval()
+        with torch.no_grad():
+            teacher(x0[:2])
+            student(x0[:2])
+        adapters = nn.ModuleDict({n.replace(".", "_"): _adapter(s_cap.outputs[n].shape, t_cap.outputs[n].shape)
+                                  for n in stages})
+        params = list(student.parameters()) + list(adapters.parameters())
+        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs * len(loader)))
+        report = DistillReport()
+        student.train()
+        for epoch in range(config.epochs):
+            sums = [0.0, 0.0, 0.0, 0.0]
+            count = 0
+            for x, y in loader:
+                with torch.no_grad():
+                    t_logits = teacher(x)
+                s_logits = student(x)
+                ce, kd = distillation_loss(s_logits, t_logits, y, config.temperature, config.alpha)
+                feat = sum(F.mse_loss(adapters[n.replace(".", "_")](s_cap.outputs[n]), t_cap.outputs[n])
+                           for n in stages)
+                loss = config.alpha * ce + (1 - config.alpha) * kd + config.beta * feat
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                n = len(y)
+                count += n
+                for i, v in enumerate((loss, ce, kd, feat)):
+                    sums[i] += float(v.detach()) * n
+            report.epoch_loss.append(sums[0] / count)
+            report.epoch_ce.append(sums[1] / count)
+            report.epoch_kd.append(sums[2] / count)
+            report.epoch_feature.append(sums[3] / count)
+            if progress:
+                progress(epoch + 1, config.epochs, report.epoch_loss[-1])
+        student.eval()
+        return report
+    finally:
+        t_cap.close()
+        s_cap.close()
