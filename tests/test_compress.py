@@ -167,3 +167,21 @@ def test_distillation_reduces_the_loss_and_leaves_no_adapter_in_the_student():
     assert report.epoch_feature[-1] < report.epoch_feature[0]
     assert {n for n, _ in student.named_modules()} == names_before
     assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def test_size_accounting_counts_each_layer_at_its_bits():
+    from host.compress.size import size_report
+
+    model = build_model("resnet18", 6, (3, 64, 64))
+    baseline = count_params(model)
+    policy, _ = uniform("resnet18", 0.5, 8, model)
+    prune(model, policy, EX)
+    fold_batchnorm(model)
+    apply_fake_quant(model, policy)
+    report = size_report(model, policy, baseline)
+    weights = sum(m.parametrizations.weight.original.numel() for m in model.modules()
+                  if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    others = report.params - weights  # folded biases stay at 32 bits
+    assert report.effective_bytes == weights + 4 * others
+    assert report.fp32_bytes == 4 * report.params and report.baseline_fp32_bytes == 4 * baseline
+    assert 0.74 < report.params_reduction < 0.76 and report.compression > 0.93
