@@ -185,3 +185,22 @@ def test_size_accounting_counts_each_layer_at_its_bits():
     assert report.effective_bytes == weights + 4 * others
     assert report.fp32_bytes == 4 * report.params and report.baseline_fp32_bytes == 4 * baseline
     assert 0.74 < report.params_reduction < 0.76 and report.compression > 0.93
+
+
+def test_baseline_is_trained_once_then_cached_and_a_corrupt_checkpoint_is_named(tmp_path, monkeypatch):
+    from host.compress.train import CheckpointError, TrainConfig, accuracy, baseline_path, trained_baseline
+
+    monkeypatch.setenv("HADMC_HOME", str(tmp_path))
+    torch.manual_seed(0)
+    x = torch.randn(96, 30)
+    y = (x[:, 0] > 0).long()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    config = TrainConfig(epochs=20, lr=1e-2)
+    build = lambda: build_model("mlp", 2, (30,))  # noqa: E731
+    model, cached = trained_baseline(build, "mlp", "toy", loader, config)
+    assert not cached and accuracy(model, loader) > 0.9
+    again, cached = trained_baseline(build, "mlp", "toy", loader, config)
+    assert cached and accuracy(again, loader) == accuracy(model, loader)
+    baseline_path("mlp", "toy", config).write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="delete it to retrain"):
+        trained_baseline(build, "mlp", "toy", loader, config)

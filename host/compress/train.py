@@ -1,0 +1,106 @@
+"""Training and evaluating the FP32 baseline (the teacher), cached per (model, data, seed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A cached checkpoint that cannot be loaded; the message says which file and what to do."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 15
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    seed: int = 0
+
+
+def accuracy(model: nn.Module, loader: torch.utils.data.DataLoader) -> float:
+    """Top-1 accuracy in [0, 1]."""
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in loader:
+            correct += int((model(x).argmax(dim=1) == y).sum())
+            total += len(y)
+    return correct / total
+
+
+def train(model: nn.Module, loader: torch.utils.data.DataLoader, config: TrainConfig,
+          progress: Callable[[int, int, float], None] | None = None) -> list[float]:
+    """Plain supervised training (AdamW, cosine schedule); returns the mean loss per epoch."""
+    torch.manual_seed(config.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs * len(loader)))
+    losses = []
+    for epoch in range(config.epochs):
+        model.train()
+        total = count = 0.0
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(y)
+            count += len(y)
+        losses.append(total / count)
+        if progress:
+            progress(epoch + 1, config.epochs, losses[-1])
+    model.eval()
+    return losses
+
+
+def cache_dir() -> Path:
+    home = os.environ.get("HADMC_HOME")
+    base = Path(home) if home else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hadmc"
+    return base / "baselines"
+
+
+def baseline_path(model_name: str, data_id: str, config: TrainConfig) -> Path:
+    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:10]
+    return cache_dir() / f"{model_name}-{data_id}-seed{config.seed}-{digest}.pt"
+
+
+def load_checkpoint(model: nn.Module, path: Path) -> nn.Module:
+    """Load weights saved by `save_checkpoint` (tensors only: weights_only=True)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be loaded ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:200]}); delete it to retrain the baseline") from None
+    return model
+
+
+def save_checkpoint(model: nn.Module, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)
+
+
+def trained_baseline(build: Callable[[], nn.Module], model_name: str, data_id: str,
+                     loader: torch.utils.data.DataLoader, config: TrainConfig,
+                     progress: Callable[[int, int, float], None] | None = None) -> tuple[nn.Module, bool]:
+    """The FP32 baseline from the cache, or trained and cached; returns (model, was_cached)."""
+    path = baseline_path(model_name, data_id, config)
+    model = build()
+    if path.exists():
+        return load_checkpoint(model, path), True
+    train(model, loader, config, progress)
+    save_checkpoint(model, path)
+    return model, False
