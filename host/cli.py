@@ -121,6 +121,47 @@ def _agent(args: argparse.Namespace) -> Any:
     return embedded_agent()
 
 
+def cmd_compress(args: argparse.Namespace) -> int:
+    from dataclasses import asdict, replace
+
+    from host.compress.pipeline import load_compress_config, run_compress
+    from host.compress.policy import Policy
+
+    config = load_compress_config(args.config)
+    if args.device:
+        config = replace(config, device=args.device)
+    summary = run_compress(config, Policy.load(args.policy), args.out, progress=not args.json)
+    a, lat, size = summary.accuracy, summary.latency, summary.size
+    text = (f"test accuracy {a['baseline_test_torch']:.4f} -> {a['compressed_test_torch']:.4f} (torch), "
+            f"{a['compressed_test_onnxruntime']:.4f} in onnxruntime on the device; parameters "
+            f"{size['baseline_params']:,} -> {size['params']:,} (-{size['params_reduction'] * 100:.1f}%), "
+            f"effective size -{size['compression'] * 100:.1f}%; latency at batch {lat['batch_size']}: "
+            f"{lat['baseline']['latency']['median_ms']:.3f} -> {lat['compressed']['latency']['median_ms']:.3f} ms "
+            f"(x{lat['speedup']:.2f}); summary in {args.out / 'summary.json'}")
+    _emit(asdict(summary), args.json, text)
+    return 0
+
+
+def cmd_policy_init(args: argparse.Namespace) -> int:
+    import torch
+
+    from host.compress.policy import LayerAction, Policy
+    from host.compress.prune import layer_limits
+    from host.models import build_model
+
+    shape = tuple(int(d) for d in args.input_shape.split(","))
+    limits = layer_limits(build_model(args.model, args.classes, shape), torch.zeros((1, *shape)))
+    names = [lim.name for lim in limits]
+    overrides = {lim.name: LayerAction(1.0, args.bits) for lim in limits if lim.group is None}
+    if args.edge_bits:
+        overrides[names[0]] = LayerAction(args.keep, args.edge_bits)
+        overrides[names[-1]] = LayerAction(1.0, args.edge_bits)
+    policy = Policy.uniform(args.model, names, args.keep, args.bits, overrides)
+    args.output.write_text(policy.to_json())
+    print(f"policy for {len(names)} layers of {args.model} written to {args.output}", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from host.demo import run_demo
 
@@ -169,6 +210,25 @@ def build_parser() -> argparse.ArgumentParser:
     from host import lut_cli
 
     lut_cli.add_parsers(sub, _add_device_args)
+
+    compress = sub.add_parser("compress", help="apply one policy: prune, quantize, distill, export, verify, benchmark")
+    compress.add_argument("--config", type=Path, help="TOML config (model, [data], [baseline], [distill], device)")
+    compress.add_argument("--policy", type=Path, required=True, help="policy JSON (hadmc policy init writes one)")
+    compress.add_argument("--out", type=Path, required=True, help="output directory")
+    compress.add_argument("--device", metavar="HOST:PORT", help="agent to verify and benchmark on (default: embedded)")
+    compress.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    compress.set_defaults(func=cmd_compress)
+
+    policy = sub.add_parser("policy", help="compression policies").add_subparsers(dest="policy_command", required=True)
+    init = policy.add_parser("init", help="write a uniform policy for a model")
+    init.add_argument("--model", default="resnet18")
+    init.add_argument("--classes", type=int, default=6)
+    init.add_argument("--input-shape", default="3,64,64", help="without the batch axis, e.g. 3,64,64 or 30")
+    init.add_argument("--keep", type=float, default=0.5, help="keep-ratio of every prunable layer")
+    init.add_argument("--bits", type=int, default=8, choices=(4, 8, 16, 32))
+    init.add_argument("--edge-bits", type=int, choices=(4, 8, 16, 32), help="bits of the first and last layer")
+    init.add_argument("-o", "--output", type=Path, required=True)
+    init.set_defaults(func=cmd_policy_init)
 
     demo = sub.add_parser("demo", help="the main job on the built-in default, with an embedded agent")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")

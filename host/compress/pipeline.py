@@ -1,0 +1,181 @@
+"""`hadmc compress`: one given policy, end to end.
+
+baseline (cached) -> prune -> fold BN -> fake-quant -> distill -> export ONNX -> accuracy in
+onnxruntime on the device -> benchmark on the device against the FP32 baseline exported and
+measured the same way -> summary.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from onnx import TensorProto, numpy_helper
+
+from host.compress.distill import DistillConfig, distill
+from host.compress.fold import fold_batchnorm
+from host.compress.policy import Policy, validate
+from host.compress.prune import layer_limits, prune
+from host.compress.quant import apply_fake_quant, calibrate
+from host.compress.size import size_report
+from host.compress.train import TrainConfig, accuracy, trained_baseline
+from lut_store.tomlfile import ConfigError, from_mapping, read_toml
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "synthetic-neu-det"
+    path: str = ""
+    label_column: str = ""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """`[model]`-less flat layout: top-level keys plus [data], [baseline], [distill] tables."""
+
+    model: str = "resnet18"
+    data: DataConfig = DataConfig()
+    baseline: TrainConfig = TrainConfig()
+    distill: DistillConfig = DistillConfig()
+    batch_size: int = 32
+    calibration_batches: int = 4
+    round_to: int = 8
+    # Agent address (HOST:PORT); empty starts an embedded agent with `threads` intra-op threads.
+    device: str = ""
+    threads: int = 1
+    benchmark_batch: int = 1
+    opset: int = 17
+
+
+def load_compress_config(path: Path | None) -> CompressConfig:
+    if path is None:
+        return CompressConfig()
+    return from_mapping(CompressConfig, read_toml(path, "config", ConfigError))
+
+
+@dataclass
+class Summary:
+    model: str
+    data: str
+    policy: dict[str, Any]
+    baseline_cached: bool
+    accuracy: dict[str, float] = field(default_factory=dict)
+    size: dict[str, Any] = field(default_factory=dict)
+    latency: dict[str, Any] = field(default_factory=dict)
+    distill_loss: list[float] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def export_onnx(model: torch.nn.Module, path: Path, input_shape: tuple[int, ...], opset: int = 17) -> None:
+    """ONNX with a dynamic batch axis (TorchScript exporter: one file; fake-quant becomes QDQ)."""
+    model.eval()
+    torch.onnx.export(model, (torch.zeros((1, *input_shape)),), str(path), opset_version=opset, dynamo=False,
+                      input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def _batches(x: np.ndarray, size: int) -> Iterator[dict[str, bytes]]:
+    for start in range(0, len(x), size):
+        yield {"input": numpy_helper.from_array(np.ascontiguousarray(x[start:start + size])).SerializeToString()}
+
+
+def device_accuracy_and_latency(client: Any, model_path: Path, x: np.ndarray, y: np.ndarray,
+                                batch: int) -> tuple[float, dict[str, Any]]:
+    """Benchmark on the device and score its own outputs for the test inputs."""
+    from host.agent_client import message_dict
+
+    resp = client.benchmark(model_path, batch_size=batch, inputs=list(_batches(x, 64)))
+    logits = np.concatenate([numpy_helper.to_array(TensorProto.FromString(out.tensors[0].tensor_proto))
+                             for out in resp.outputs])
+    return float((logits.argmax(axis=1) == y).mean()), message_dict(resp, drop=("outputs",))
+
+
+@contextmanager
+def _device(config: CompressConfig) -> Iterator[Any]:
+    from device_agent.config import AgentConfig
+    from host.agent_client import AgentClient, AgentTarget
+    from host.embedded import embedded_agent
+
+    context = (nullcontext(AgentTarget(config.device)) if config.device
+               else embedded_agent(AgentConfig(listen="127.0.0.1:0", intra_op_threads=config.threads)))
+    with context as target, AgentClient(target, timeout_s=60) as client:
+        yield client
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(text, file=sys.stderr, flush=True)
+
+
+def run_compress(config: CompressConfig, policy: Policy, out: Path, progress: bool = True,
+                 client: Any = None) -> Summary:
+    """The whole pipeline for one policy; writes ONNX files and summary.json into `out`."""
+    from host.data import load_dataset, make_loaders
+    from host.models import build_model
+
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    t0 = time.monotonic()
+    options = {k: v for k, v in asdict(config.data).items() if k != "name" and v != ""}
+    data = load_dataset(config.data.name, **options)
+    loaders = make_loaders(data, batch_size=config.batch_size, seed=config.data.seed)
+    num_classes, shape = len(data.classes), tuple(data.input_shape)
+    build: Callable[[], torch.nn.Module] = lambda: build_model(config.model, num_classes, shape)  # noqa: E731
+    data_id = f"{data.name}-s{config.data.seed}"
+    step = lambda e, n, loss: _say(progress, f"  epoch {e}/{n}: loss {loss:.4f}")  # noqa: E731
+    _say(progress, f"baseline {config.model} on {data.name} ...")
+    teacher, cached = trained_baseline(build, config.model, data_id, loaders.train, config.baseline, step)
+    times["baseline_s"] = time.monotonic() - t0
+
+    example = torch.zeros((1, *shape))
+    limits = layer_limits(build(), example)
+    validate(policy, config.model, limits)
+    student = copy.deepcopy(teacher)
+    pruned = prune(student, policy, example, config.round_to)
+    fold_batchnorm(student)
+    apply_fake_quant(student, policy)
+    calibrate(student, config.calibration_batches, loaders.train)
+    _say(progress, f"distilling the compressed student ({config.distill.epochs} epochs) ...")
+    t1 = time.monotonic()
+    report = distill(student, teacher, config.model, loaders.train, config.distill, step)
+    times["distill_s"] = time.monotonic() - t1
+
+    baseline_onnx, compressed_onnx = out / "baseline_fp32.onnx", out / "compressed.onnx"
+    export_onnx(teacher, baseline_onnx, shape, config.opset)
+    export_onnx(student, compressed_onnx, shape, config.opset)
+    summary = Summary(config.model, data.name, json.loads(policy.to_json()), cached)
+    summary.accuracy = {
+        "baseline_val_torch": accuracy(teacher, loaders.val), "baseline_test_torch": accuracy(teacher, loaders.test),
+        "compressed_val_torch": accuracy(student, loaders.val), "compressed_test_torch": accuracy(student, loaders.test),
+    }
+    sizes = size_report(student, policy, pruned.params_before)
+    summary.size = {**asdict(sizes), "params_reduction": sizes.params_reduction, "compression": sizes.compression}
+    _say(progress, "verifying accuracy and measuring latency on the device ...")
+    with (nullcontext(client) if client is not None else _device(config)) as device:
+        acc_b, lat_b = device_accuracy_and_latency(device, baseline_onnx, data.x_test, data.y_test,
+                                                   config.benchmark_batch)
+        acc_c, lat_c = device_accuracy_and_latency(device, compressed_onnx, data.x_test, data.y_test,
+                                                   config.benchmark_batch)
+    summary.accuracy.update(baseline_test_onnxruntime=acc_b, compressed_test_onnxruntime=acc_c)
+    speedup = lat_b["latency"]["median_ms"] / lat_c["latency"]["median_ms"]
+    summary.latency = {"baseline": lat_b, "compressed": lat_c, "speedup": speedup,
+                       "batch_size": config.benchmark_batch}
+    summary.distill_loss = report.epoch_loss
+    summary.files = {"baseline_onnx": str(baseline_onnx), "compressed_onnx": str(compressed_onnx)}
+    times["total_s"] = time.monotonic() - t0
+    summary.seconds = times
+    (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2, sort_keys=True))
+    (out / "policy.json").write_text(policy.to_json())
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=2, sort_keys=True))
+    return summary
