@@ -48,12 +48,23 @@ def postgres_server():
     server.stop()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path) -> str:
-    """The same store tests run against both SQL backends."""
+@pytest.fixture(params=["sqlite", "postgresql", "grpc"])
+def store_url(request, tmp_path) -> Iterator[str]:
+    """The same store tests run against both SQL backends and the gRPC front (over SQLite)."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'lut.sqlite'}"
-    return request.getfixturevalue("postgres_server").new_database()
+        yield f"sqlite:///{tmp_path / 'lut.sqlite'}"
+    elif request.param == "postgresql":
+        yield request.getfixturevalue("postgres_server").new_database()
+    else:
+        from lut_store.grpc_front import LutServer
+        from lut_store.sqlstore import SqliteStore
+
+        with SqliteStore(tmp_path / "served.sqlite") as backing:
+            server = LutServer(backing).start()
+            try:
+                yield f"grpc://{server.address}"
+            finally:
+                server.stop(grace_s=1.0)
 
 
 @pytest.fixture()

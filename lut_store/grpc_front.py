@@ -1,0 +1,219 @@
+"""The gRPC front of a LUT store (`hadmc lut serve`): LutStoreService over any LutStore, with the
+health service, token auth, per-RPC logging and the agent's exposure rule."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from lut_store.grpc_store import (
+    BATCH_ENTRIES, ERROR_METADATA_KEY, MAX_MESSAGE_BYTES, WireError, device_from_proto, device_to_proto,
+    entry_from_proto, entry_to_proto, enum_name, json_object, required, version_from_proto, version_to_proto,
+)
+from lut_store.records import (
+    VERSION_SOURCES, BuildInProgress, CorruptExport, LeaseLost, NoSealedVersion, StoreError, UnknownDevice,
+    UnknownVersion, VersionNotOpen,
+)
+from lut_store.rpc import LoggingInterceptor, TokenAuthInterceptor, bind, check_exposure, read_token
+from lut_store.sqlstore import _redact
+from lut_store.store import LutStore, open_store
+from protos.hadmc.v1 import lut_pb2, lut_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = lut_pb2.DESCRIPTOR.services_by_name["LutStoreService"].full_name
+_WORKERS = 16
+_STATUS: dict[type[StoreError], grpc.StatusCode] = {
+    UnknownDevice: grpc.StatusCode.NOT_FOUND,
+    UnknownVersion: grpc.StatusCode.NOT_FOUND,
+    NoSealedVersion: grpc.StatusCode.NOT_FOUND,
+    VersionNotOpen: grpc.StatusCode.FAILED_PRECONDITION,
+    BuildInProgress: grpc.StatusCode.ABORTED,
+    LeaseLost: grpc.StatusCode.ABORTED,
+    CorruptExport: grpc.StatusCode.INVALID_ARGUMENT,
+    WireError: grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+
+class LutStoreServicer(lut_pb2_grpc.LutStoreServiceServicer):
+    """One RPC per LutStore operation; store errors become status codes (see lut.proto)."""
+
+    def __init__(self, store: LutStore) -> None:
+        self._store = store
+
+    @contextmanager
+    def _store_errors(self, context: grpc.ServicerContext) -> Iterator[None]:
+        """Abort the RPC on a StoreError with its status code, its class in the trailing metadata,
+        and its message (the backing store's credentials redacted)."""
+        try:
+            yield
+        except StoreError as exc:
+            context.set_trailing_metadata(((ERROR_METADATA_KEY, type(exc).__name__),))
+            message = str(exc).replace(self._store.url, _redact(self._store.url))
+            context.abort(_STATUS.get(type(exc), grpc.StatusCode.FAILED_PRECONDITION), message)
+
+    def EnsureDevice(self, request: lut_pb2.EnsureDeviceRequest, context: grpc.ServicerContext) -> lut_pb2.LutDevice:
+        with self._store_errors(context):
+            return device_to_proto(self._store.ensure_device(
+                required(request.fingerprint_hash, "fingerprint_hash"),
+                json_object(request.fingerprint_json, "fingerprint_json")))
+
+    def ListDevices(self, request: lut_pb2.ListDevicesRequest,
+                    context: grpc.ServicerContext) -> lut_pb2.ListDevicesResponse:
+        with self._store_errors(context):
+            return lut_pb2.ListDevicesResponse(devices=[device_to_proto(d) for d in self._store.devices()])
+
+    def AcquireBuild(self, request: lut_pb2.AcquireBuildRequest,
+                     context: grpc.ServicerContext) -> lut_pb2.AcquireBuildResponse:
+        with self._store_errors(context):
+            build = self._store.acquire_build(
+                required(request.fingerprint_hash, "fingerprint_hash"),
+                enum_name(lut_pb2.LutVersionSource, "LUT_VERSION_SOURCE_", VERSION_SOURCES, request.source, "source"),
+                required(request.owner, "owner"), request.lease_s,
+                settings=json_object(request.settings_json, "settings_json"), note=request.note,
+                parent_id=request.parent_id if request.HasField("parent_id") else None,
+                take_over_from=request.take_over_from if request.HasField("take_over_from") else None)
+            return lut_pb2.AcquireBuildResponse(version=version_to_proto(build.version), owner=build.owner,
+                                                resumed=build.resumed)
+
+    def RenewLease(self, request: lut_pb2.RenewLeaseRequest,
+                   context: grpc.ServicerContext) -> lut_pb2.RenewLeaseResponse:
+        with self._store_errors(context):
+            self._store.renew_lease(request.version_id, required(request.owner, "owner"), request.lease_s)
+            return lut_pb2.RenewLeaseResponse()
+
+    def AddEntries(self, request: lut_pb2.AddEntriesRequest,
+                   context: grpc.ServicerContext) -> lut_pb2.AddEntriesResponse:
+        with self._store_errors(context):
+            entries = [entry_from_proto(e, f"entries[{i}]") for i, e in enumerate(request.entries)]
+            owner = request.owner if request.HasField("owner") else None
+            written = self._store.add_entries(request.version_id, entries, owner)
+            return lut_pb2.AddEntriesResponse(written_entries=written)
+
+    def Seal(self, request: lut_pb2.SealRequest, context: grpc.ServicerContext) -> lut_pb2.LutVersion:
+        with self._store_errors(context):
+            return version_to_proto(self._store.seal(request.version_id))
+
+    def Abandon(self, request: lut_pb2.AbandonRequest, context: grpc.ServicerContext) -> lut_pb2.LutVersion:
+        with self._store_errors(context):
+            return version_to_proto(self._store.abandon(request.version_id))
+
+    def GetVersion(self, request: lut_pb2.GetVersionRequest, context: grpc.ServicerContext) -> lut_pb2.LutVersion:
+        with self._store_errors(context):
+            return version_to_proto(self._store.version(request.version_id))
+
+    def ListVersions(self, request: lut_pb2.ListVersionsRequest,
+                     context: grpc.ServicerContext) -> lut_pb2.ListVersionsResponse:
+        with self._store_errors(context):
+            versions = self._store.versions(request.fingerprint_hash or None)
+            return lut_pb2.ListVersionsResponse(versions=[version_to_proto(v) for v in versions])
+
+    def Entries(self, request: lut_pb2.EntriesRequest, context: grpc.ServicerContext) -> Iterator[lut_pb2.EntriesChunk]:
+        with self._store_errors(context):
+            chunk: list[lut_pb2.LutEntry] = []
+            for entry in self._store.entries(request.version_id):
+                chunk.append(entry_to_proto(entry))
+                if len(chunk) == BATCH_ENTRIES:
+                    yield lut_pb2.EntriesChunk(entries=chunk)
+                    chunk = []
+            if chunk:
+                yield lut_pb2.EntriesChunk(entries=chunk)
+
+    def Lookup(self, request: lut_pb2.LookupRequest, context: grpc.ServicerContext) -> lut_pb2.LookupResponse:
+        with self._store_errors(context):
+            found = self._store.lookup(request.version_id, list(request.key_hashes))
+            return lut_pb2.LookupResponse(version_id=found.version_id,
+                                          entries=[entry_to_proto(e) for e in found.entries.values()])
+
+    def ImportVersion(self, request: lut_pb2.ImportVersionRequest,
+                      context: grpc.ServicerContext) -> lut_pb2.LutVersion:
+        with self._store_errors(context):
+            entries = [entry_from_proto(e, f"entries[{i}]") for i, e in enumerate(request.entries)]
+            version = self._store.import_version(
+                device_from_proto(request.device), version_from_proto(request.version), entries,
+                request.parent_uid if request.HasField("parent_uid") else None)
+            return version_to_proto(version)
+
+
+class LutServer:
+    """A LutStore served over gRPC, with the standard health service.
+
+    `LutServer(store).start()` binds (port 0 picks a free one) and serves; `.address` is where.
+    Beyond loopback it needs a token, and TLS unless `insecure`. The store stays the caller's.
+    """
+
+    def __init__(self, store: LutStore, listen: str = "127.0.0.1:0", token_file: Path | None = None,
+                 tls_cert: Path | None = None, tls_key: Path | None = None, insecure: bool = False) -> None:
+        check_exposure(listen, token_file, tls_cert, tls_key, insecure)
+        self.store = store
+        self.listen = listen
+        self._token = read_token(token_file) if token_file is not None else None
+        self._tls_cert = tls_cert
+        self._tls_key = tls_key
+        self.health = health.HealthServicer()
+        self.server: grpc.Server | None = None
+        self.port = 0
+
+    @property
+    def address(self) -> str:
+        return f"{self.listen.rpartition(':')[0]}:{self.port}"
+
+    def start(self) -> LutServer:
+        interceptors: list[grpc.ServerInterceptor] = [LoggingInterceptor()]
+        if self._token is not None:
+            interceptors.append(TokenAuthInterceptor(self._token))
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="lut-rpc"),
+            interceptors=interceptors,
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.so_reuseport", 0)],
+        )
+        lut_pb2_grpc.add_LutStoreServiceServicer_to_server(LutStoreServicer(self.store), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.port = bind(server, self.listen, self._tls_cert, self._tls_key)
+        server.start()
+        self.server = server
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("lut.serving", address=self.address, store=_redact(self.store.url),
+                 tls=self._tls_cert is not None, auth=self._token is not None)
+        return self
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting RPCs and let the current ones finish within the grace period."""
+        self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            self.server.stop(grace_s).wait()
+        log.info("lut.stopped", address=self.address)
+
+
+def serve_store(store_url: str | None, listen: str, token_file: Path | None = None, tls_cert: Path | None = None,
+                tls_key: Path | None = None, insecure: bool = False, ready_file: Path | None = None) -> int:
+    """Serve the store at `store_url` (None: the default) until SIGTERM or SIGINT; write the bound
+    host:port to `ready_file` once serving."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with open_store(store_url) as store:
+        server = LutServer(store, listen, token_file, tls_cert, tls_key, insecure).start()
+        try:
+            if ready_file is not None:
+                tmp = Path(f"{ready_file}.tmp")
+                tmp.write_text(server.address + "\n")
+                tmp.replace(ready_file)
+            stop.wait()
+        finally:
+            log.info("lut.stopping", address=server.address)
+            server.stop()
+            if ready_file is not None:
+                Path(ready_file).unlink(missing_ok=True)
+    return 0
