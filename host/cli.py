@@ -116,9 +116,10 @@ def _agent(args: argparse.Namespace) -> Any:
 
     if args.device:
         return nullcontext(_target(args))
+    from device_agent.config import load_agent_config
     from host.embedded import embedded_agent
 
-    return embedded_agent()
+    return embedded_agent(load_agent_config(args.agent_config, {"listen": "127.0.0.1:0"}))
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("model", type=Path, metavar="MODEL.onnx")
     _add_device_args(bench, required=False)
     bench.add_argument("--batch", type=int, default=0, help="batch size (0: the model's own, else 1)")
+    bench.add_argument("--agent-config", type=Path, help="agent TOML config of the embedded agent (no --device)")
     bench.add_argument("--json", action="store_true", help="one JSON document on stdout")
     bench.set_defaults(func=cmd_bench)
 

@@ -134,7 +134,9 @@ def test_bench_missing_file():
 def test_bench_with_an_embedded_agent(tmp_path):
     model = tmp_path / "m.onnx"
     model.write_bytes(small_cnn(batch=1).SerializeToString())
-    result = _run("bench", str(model), "--json")
+    config = tmp_path / "agent.toml"
+    config.write_text("[agent]\nintra_op_threads = 1\n" + QUICK_BENCH)
+    result = _run("bench", str(model), "--agent-config", str(config), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["latency"]["n"] >= 5
 
