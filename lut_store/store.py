@@ -135,7 +135,7 @@ def resolve_version(store: LutStore, fingerprint_hash: str, fingerprint: Mapping
     message = (f"LUT version {pinned} was measured under fingerprint {version.fingerprint_hash[:16]}, the device "
                f"is now {fingerprint_hash[:16]} ({what}); its latencies may be stale")
     if not force:
-        raise FingerprintMismatch(message + ": re-profile (hadmc agent reprofile --now) or pass --force-lut")
+        raise FingerprintMismatch(message + ": re-profile it (hadmc agent reprofile --now), or force its use")
     log.warning("lut.fingerprint_mismatch", version=pinned, detail=message + "; used anyway (forced)")
     return version
 

@@ -269,3 +269,25 @@ def test_devices_list_reports_health_and_fingerprints(tmp_path, env, agent):
     assert rows["gone"]["health"] == "UNREACHABLE" and "127.0.0.1:1" in rows["gone"]["error"]
     info = hadmc("agent", "info", "--device", "here", "--devices-file", str(path), "--json", env=env)
     assert json.loads(info.stdout)["fingerprint_hash"] == rows["here"]["fingerprint_hash"]
+
+
+def test_lut_serve_then_a_grpc_store_url_from_the_cli(tmp_path, env, grid, agent):
+    ready = tmp_path / "store.ready"
+    server = subprocess.Popen([sys.executable, "-m", "host.cli", "lut", "serve", "--listen", "127.0.0.1:0", "--store",
+                               f"sqlite:///{tmp_path / 'served.sqlite'}", "--ready-file", str(ready)], cwd=ROOT,
+                              env=env, stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = "grpc://" + _wait_ready(server, ready)
+        built = hadmc("lut", "build", "--device", agent.address, "--grid", str(grid), "--store", url, "--json", env=env)
+        assert built.returncode == 0, built.stderr
+        assert json.loads(built.stdout)["sealed"]
+        listed = json.loads(hadmc("lut", "list", "--store", url, "--json", env=env).stdout)
+        assert [v["entry_count"] for v in listed] == [20]
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(20) == 0 and not ready.exists()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    with open_store(f"sqlite:///{tmp_path / 'served.sqlite'}") as store:
+        assert store.versions()[0].entry_count == 20
