@@ -291,3 +291,20 @@ def test_lut_serve_then_a_grpc_store_url_from_the_cli(tmp_path, env, grid, agent
             server.wait()
     with open_store(f"sqlite:///{tmp_path / 'served.sqlite'}") as store:
         assert store.versions()[0].entry_count == 20
+
+
+def test_model_keys_sweep_channel_widths_as_the_runtime_fuses():
+    import collections
+
+    from host.lut_keys import model_keys
+
+    keys = model_keys("resnet18", ["fp32", "int8"])
+    kinds = collections.Counter(k.kind for k in keys)
+    assert set(kinds) == {"conv+relu", "conv+add+relu", "conv", "maxpool", "globalaveragepool", "gemm"}
+    assert len(keys) == 2 * 240 and len({k.hash for k in keys}) == len(keys)
+    stem = [k for k in keys if len(k.inputs) > 1 and k.inputs[1].shape[2:] == (7, 7)]
+    assert {k.inputs[0].shape for k in stem} == {(1, 3, 64, 64)}  # the image input is never pruned
+    widths = {k.inputs[1].shape[0] for k in keys if k.kind == "conv+add+relu"}
+    assert {16, 32, 48, 64, 128, 256, 384, 512} <= widths
+    with pytest.raises(ValueError, match="choices: resnet18"):
+        model_keys("vgg", ["fp32"])
