@@ -204,3 +204,30 @@ def test_baseline_is_trained_once_then_cached_and_a_corrupt_checkpoint_is_named(
     baseline_path("mlp", "toy", config).write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="delete it to retrain"):
         trained_baseline(build, "mlp", "toy", loader, config)
+
+
+def test_mixed_precision_export_runs_each_layer_at_its_precision(tmp_path):
+    from host.compress.export import export_policy_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 6, (3, 64, 64))
+    names = [lim.name for lim in layer_limits(model, EX)]
+    policy = Policy("resnet18", {n: LayerAction(1.0, (4, 16, 8, 32)[i % 4]) for i, n in enumerate(names)})
+    fold_batchnorm(model)
+    apply_fake_quant(model, policy)
+    model.train()
+    model(torch.randn(8, 3, 64, 64))
+    model.eval()
+    path = tmp_path / "mixed.onnx"
+    counts = export_policy_model(model, policy, path, (3, 64, 64))
+    assert counts == {4: 6, 8: 5, 16: 5, 32: 5}
+    graph = onnx.load(path)
+    types = collections.Counter(t.data_type for t in graph.graph.initializer)
+    assert types[onnx.TensorProto.INT4] == 6 and graph.opset_import[0].version == 21
+    assert types[onnx.TensorProto.FLOAT16] >= 5
+    assert sum(n.op_type == "Cast" and n.name.endswith(("_to_fp16", "_to_fp32")) for n in graph.graph.node) == 2 * 5
+    assert model.conv1.weight.shape == (64, 3, 7, 7)  # the torch model is left as it was
+    x = torch.randn(4, 3, 64, 64)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    expected = model(x).detach().numpy()
+    assert np.abs(got - expected).max() < 0.02 * np.abs(expected).max()

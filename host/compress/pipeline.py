@@ -22,6 +22,7 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 from host.compress.distill import DistillConfig, distill
+from host.compress.export import export_policy_model
 from host.compress.fold import fold_batchnorm
 from host.compress.policy import Policy, validate
 from host.compress.prune import layer_limits, prune
@@ -153,7 +154,7 @@ def run_compress(config: CompressConfig, policy: Policy, out: Path, progress: bo
 
     baseline_onnx, compressed_onnx = out / "baseline_fp32.onnx", out / "compressed.onnx"
     export_onnx(teacher, baseline_onnx, shape, config.opset)
-    export_onnx(student, compressed_onnx, shape, config.opset)
+    layers_per_bits = export_policy_model(student, policy, compressed_onnx, shape, config.opset)
     summary = Summary(config.model, data.name, json.loads(policy.to_json()), cached)
     summary.accuracy = {
         "baseline_val_torch": accuracy(teacher, loaders.val), "baseline_test_torch": accuracy(teacher, loaders.test),
@@ -173,6 +174,7 @@ def run_compress(config: CompressConfig, policy: Policy, out: Path, progress: bo
                        "batch_size": config.benchmark_batch}
     summary.distill_loss = report.epoch_loss
     summary.files = {"baseline_onnx": str(baseline_onnx), "compressed_onnx": str(compressed_onnx)}
+    summary.size["layers_per_bits"] = {str(b): n for b, n in layers_per_bits.items()}
     times["total_s"] = time.monotonic() - t0
     summary.seconds = times
     (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2, sort_keys=True))

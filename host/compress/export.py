@@ -1,0 +1,157 @@
+"""ONNX export at the policy's real precisions.
+
+- 32 bits: float32.
+- 8 bits: the fake-quant exports as QuantizeLinear/DequantizeLinear (uint8 activations, int8
+  per-channel weights), which onnxruntime fuses into QLinearConv / QGemm.
+- 16 bits: float16 weights and a float16 kernel between Casts (CPU provider: it inserts casts
+  to fp32 kernels, no gain; CUDA / TensorRT: fp16 kernels).
+- 4 bits: int4 weights (per-channel, opset-21 DequantizeLinear) in front of a float kernel:
+  a quarter of the int8 storage; the CPU provider dequantizes them every run.
+The torch model is exported with its 16- and 4-bit weights already rounded (parametrizations
+baked), then those layers are rewritten in the ONNX graph.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper, version_converter
+
+from host.compress.policy import Policy
+
+INT4_OPSET = 21
+
+
+def _plain(module: torch.nn.Module) -> torch.nn.Module:
+    """A plain Conv2d/Linear carrying `module`'s current (rounded) weight and bias, no hooks."""
+    if isinstance(module, torch.nn.Conv2d):
+        plain: torch.nn.Module = torch.nn.Conv2d(
+            module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+            module.dilation, module.groups, module.bias is not None, module.padding_mode)
+    else:
+        plain = torch.nn.Linear(module.in_features, module.out_features, module.bias is not None)
+    with torch.no_grad():
+        plain.weight.copy_(module.weight)
+        if module.bias is not None:
+            plain.bias.copy_(module.bias)
+    return plain.eval()
+
+
+def _export_copy(model: torch.nn.Module, policy: Policy) -> torch.nn.Module:
+    """A copy whose 16/4-bit layers are plain modules with their rounded weights. (Removing a
+    parametrization from a deep copy would remove it from the original's shared class too.)"""
+    clone = copy.deepcopy(model).eval()
+    for name, action in policy.layers.items():
+        if action.bits in (4, 16):
+            parent_name, _, attr = name.rpartition(".")
+            parent = clone.get_submodule(parent_name) if parent_name else clone
+            setattr(parent, attr, _plain(getattr(parent, attr)))
+    return clone
+
+
+def _torch_export(model: torch.nn.Module, path: Path, input_shape: tuple[int, ...], opset: int) -> None:
+    torch.onnx.export(model, (torch.zeros((1, *input_shape)),), str(path), opset_version=opset, dynamo=False,
+                      input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def _layer_nodes(model: onnx.ModelProto, layers: set[str]) -> dict[str, onnx.NodeProto]:
+    """The Conv/Gemm/MatMul node of each named layer, found by its weight initializer name."""
+    found = {}
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1:
+            name = node.input[1].removesuffix(".weight")
+            if name in layers:
+                node.name = node.name or f"{name}.op"
+                found[name] = node
+    missing = layers - set(found)
+    if missing:
+        raise ValueError(f"layers {sorted(missing)[:5]} have no weight initializer in the exported graph")
+    return found
+
+
+def _constant(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+    """The value behind `name`: an initializer, possibly through Identity nodes (the exporter
+    shares equal tensors that way)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    while name not in inits and name in producers and producers[name].op_type == "Identity":
+        name = producers[name].input[0]
+    return numpy_helper.to_array(inits[name]) if name in inits else None
+
+
+def _prune_unused(model: onnx.ModelProto) -> None:
+    """Drop Identity nodes and initializers nothing reads any more."""
+    while True:
+        used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+        dead = [n for n in model.graph.node if n.op_type == "Identity" and not set(n.output) & used]
+        if not dead:
+            break
+        for n in dead:
+            model.graph.node.remove(n)
+    used = {i for n in model.graph.node for i in n.input}
+    for t in [t for t in model.graph.initializer if t.name not in used]:
+        model.graph.initializer.remove(t)
+
+
+def _to_fp16(model: onnx.ModelProto, node: onnx.NodeProto) -> None:
+    for idx in range(1, len(node.input)):
+        value = _constant(model, node.input[idx])
+        if value is not None and value.dtype == np.float32:
+            name = f"{node.name}_param{idx}_fp16"
+            model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float16), name))
+            node.input[idx] = name
+    x, y = node.input[0], node.output[0]
+    node.input[0], node.output[0] = f"{x}__fp16_{node.name}", f"{y}__fp16"
+    index = list(model.graph.node).index(node)
+    model.graph.node.insert(index, helper.make_node("Cast", [x], [node.input[0]], to=TensorProto.FLOAT16,
+                                                    name=f"{node.name}_to_fp16"))
+    model.graph.node.insert(index + 2, helper.make_node("Cast", [node.output[0]], [y], to=TensorProto.FLOAT,
+                                                        name=f"{node.name}_to_fp32"))
+
+
+def _to_int4(model: onnx.ModelProto, node: onnx.NodeProto) -> None:
+    w = _constant(model, node.input[1])
+    if w is None:
+        raise ValueError(f"node {node.name}: its weight is not a constant of the graph")
+    axis = 0 if node.op_type != "MatMul" else w.ndim - 1
+    if node.op_type == "Gemm" and not next((a.i for a in node.attribute if a.name == "transB"), 0):
+        axis = 1
+    reduce = tuple(a for a in range(w.ndim) if a != axis)
+    scale = np.maximum(np.abs(w).max(axis=reduce), 1e-8) / 7.0
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(w / scale.reshape(shape)), -8, 7).astype(ml_dtypes.int4)
+    base = f"{node.name}_weight"
+    model.graph.initializer.extend([numpy_helper.from_array(q, f"{base}_int4"),
+                                    numpy_helper.from_array(scale.astype(np.float32), f"{base}_scale")])
+    index = list(model.graph.node).index(node)
+    model.graph.node.insert(index, helper.make_node("DequantizeLinear", [f"{base}_int4", f"{base}_scale"],
+                                                    [f"{base}_dq"], axis=axis, name=f"{node.name}_dequant_int4"))
+    node.input[1] = f"{base}_dq"
+
+
+def export_policy_model(model: torch.nn.Module, policy: Policy, path: Path, input_shape: tuple[int, ...],
+                        opset: int = 17) -> dict[str, int]:
+    """Export the compressed model at its real precisions; returns the count of layers per bits."""
+    by_bits = {b: {n for n, a in policy.layers.items() if a.bits == b} for b in (4, 8, 16, 32)}
+    _torch_export(_export_copy(model, policy), path, input_shape, opset)
+    if not by_bits[4] and not by_bits[16]:
+        return {b: len(n) for b, n in by_bits.items()}
+    graph = onnx.load(path)
+    if by_bits[4] and graph.opset_import[0].version < INT4_OPSET:
+        graph = version_converter.convert_version(graph, INT4_OPSET)
+    nodes = _layer_nodes(graph, by_bits[4] | by_bits[16])
+    for name in by_bits[16]:
+        _to_fp16(graph, nodes[name])
+    for name in by_bits[4]:
+        _to_int4(graph, nodes[name])
+    _prune_unused(graph)
+    onnx.checker.check_model(graph)
+    onnx.save(graph, path)
+    return {b: len(n) for b, n in by_bits.items()}
