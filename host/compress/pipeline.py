@@ -134,14 +134,13 @@ def run_compress(config: CompressConfig, policy: Policy, out: Path, progress: bo
     num_classes, shape = len(data.classes), tuple(data.input_shape)
     build: Callable[[], torch.nn.Module] = lambda: build_model(config.model, num_classes, shape)  # noqa: E731
     data_id = f"{data.name}-s{config.data.seed}"
+    example = torch.zeros((1, *shape))
+    validate(policy, config.model, layer_limits(build(), example))  # before any training
     step = lambda e, n, loss: _say(progress, f"  epoch {e}/{n}: loss {loss:.4f}")  # noqa: E731
     _say(progress, f"baseline {config.model} on {data.name} ...")
     teacher, cached = trained_baseline(build, config.model, data_id, loaders.train, config.baseline, step)
     times["baseline_s"] = time.monotonic() - t0
 
-    example = torch.zeros((1, *shape))
-    limits = layer_limits(build(), example)
-    validate(policy, config.model, limits)
     student = copy.deepcopy(teacher)
     pruned = prune(student, policy, example, config.round_to)
     fold_batchnorm(student)
