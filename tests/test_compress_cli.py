@@ -58,3 +58,74 @@ def test_unknown_config_key_and_unknown_data_set(tmp_path):
     result = hadmc("compress", "--config", str(config), "--policy", str(policy), "--out", str(tmp_path / "o"),
                    tmp_path=tmp_path)
     assert result.returncode == 1 and "imagenet" in result.stderr and "synthetic-neu-det" in result.stderr
+
+
+def test_compress_end_to_end_on_real_digits_with_onnxruntime_parity(tmp_path, agent, monkeypatch):
+    """MLP on scikit-learn's digits: prune half, int8, distill; accuracy in onnxruntime on the device
+    matches torch within 0.5 points; the speedup is measured against the FP32 export."""
+    from host.agent_client import AgentClient, AgentTarget
+    from host.compress.distill import DistillConfig
+    from host.compress.pipeline import CompressConfig, DataConfig, run_compress
+    from host.compress.policy import LayerAction, Policy
+    from host.compress.train import TrainConfig
+
+    monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
+    config = CompressConfig(model="mlp", data=DataConfig(name="digits"), baseline=TrainConfig(epochs=15, lr=3e-3),
+                            distill=DistillConfig(epochs=10, lr=1e-3))
+    policy = Policy("mlp", {"body.0": LayerAction(0.5, 8), "body.2": LayerAction(0.5, 8), "head": LayerAction(1.0, 8)})
+    with AgentClient(AgentTarget(agent.address)) as client:
+        summary = run_compress(config, policy, tmp_path / "out", progress=False, client=client)
+    a = summary.accuracy
+    assert a["baseline_test_torch"] > 0.9
+    assert abs(a["compressed_test_onnxruntime"] - a["compressed_test_torch"]) <= 0.005
+    assert abs(a["baseline_test_onnxruntime"] - a["baseline_test_torch"]) <= 0.005
+    assert a["compressed_test_torch"] > a["baseline_test_torch"] - 0.05
+    assert 0.6 < summary.size["params_reduction"] < 0.8  # the 64-wide input and the head stay
+    assert summary.latency["speedup"] > 0 and summary.latency["compressed"]["latency"]["n"] >= 10
+    assert summary.distill_loss[-1] < summary.distill_loss[0]
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert written["accuracy"] == a and (tmp_path / "out" / "compressed.onnx").exists()
+
+
+def _policy(tmp_path: Path, model: str = "mlp", shape: str = "1,8,8", classes: int = 10) -> Path:
+    path = tmp_path / "p.json"
+    result = hadmc("policy", "init", "--model", model, "--input-shape", shape, "--classes", str(classes),
+                   "-o", str(path), tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def test_bad_data_fails_with_a_clear_message(tmp_path):
+    (tmp_path / "empty").mkdir()
+    table = tmp_path / "t.csv"
+    table.write_text("a,b,label\n1,2,0\n3,4,1\n")
+    cases = [
+        (f'model = "resnet18"\n[data]\nname = "neu-det-folder"\npath = "{tmp_path / "empty"}"\n', "no images"),
+        (f'model = "mlp"\n[data]\nname = "csv"\npath = "{table}"\nlabel_column = "class"\n', "no column 'class'"),
+    ]
+    policy = _policy(tmp_path)
+    for text, message in cases:
+        config = tmp_path / "c.toml"
+        config.write_text(text)
+        result = hadmc("compress", "--config", str(config), "--policy", str(policy), "--out", str(tmp_path / "o"),
+                       tmp_path=tmp_path)
+        assert result.returncode == 1 and message in result.stderr, result.stderr
+
+
+def test_corrupt_cached_baseline_is_named(tmp_path):
+    from dataclasses import replace
+
+    from host.compress.pipeline import CompressConfig, DataConfig
+    from host.compress.train import baseline_path
+
+    config_file = tmp_path / "c.toml"
+    config_file.write_text('model = "mlp"\n[data]\nname = "digits"\n')
+    config = replace(CompressConfig(), model="mlp", data=DataConfig(name="digits"))
+    cache = tmp_path / "home"
+    path = baseline_path("mlp", "digits-s0", config.baseline)
+    target = cache / "baselines" / path.name
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"\x80\x04garbage")
+    result = hadmc("compress", "--config", str(config_file), "--policy", str(_policy(tmp_path)), "--out",
+                   str(tmp_path / "o"), tmp_path=tmp_path)
+    assert result.returncode == 1 and f"checkpoint {target} cannot be loaded" in result.stderr, result.stderr
