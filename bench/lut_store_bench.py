@@ -1,7 +1,7 @@
 """LUT store benchmark: prints one JSON document.
 
-For SQLite (a temp file, WAL, synchronous=NORMAL) and PostgreSQL (a throwaway cluster started
-here as the tests do, but with fsync on):
+For SQLite (a temp file, WAL, synchronous=NORMAL), the gRPC front over SQLite (loopback), and
+PostgreSQL (a throwaway cluster started here as the tests do, but with fsync on):
   - insert rate in batches of 500 entries, and one entry per transaction (as a build writes);
   - batched lookups of 1,000 keys in a version of 10,000: lookups per second and keys per second.
 
@@ -73,10 +73,22 @@ def main() -> int:
     parser.add_argument("--entries", type=int, default=10_000)
     parser.add_argument("--lookup-batches", type=int, default=50)
     args = parser.parse_args()
+    from host import logs
+
+    logs.configure()  # logs to stderr: stdout is the JSON document
     result = {}
     with tempfile.TemporaryDirectory(prefix="hadmc-lutbench-") as tmp:
         with open_store(f"sqlite:///{Path(tmp) / 'lut.sqlite'}") as store:
             result["sqlite"] = bench_store(store, args.entries, args.lookup_batches)
+        from lut_store.grpc_front import LutServer
+
+        with open_store(f"sqlite:///{Path(tmp) / 'served.sqlite'}") as served:
+            server = LutServer(served).start()
+            try:
+                with open_store(f"grpc://{server.address}") as store:
+                    result["grpc_over_sqlite"] = bench_store(store, args.entries, args.lookup_batches)
+            finally:
+                server.stop(1.0)
     from tests.pg import PostgresServer
 
     server = PostgresServer(fsync=True)

@@ -103,6 +103,9 @@ class AgentConfig:
     key_timeout_s: float = 60.0
     job_timeout_s: float = 600.0
     shutdown_grace_s: float = 10.0
+    # The measurement worker (onnxruntime loaded, ~100 MB) exits after this long without jobs and
+    # restarts (about a second) for the next one; 0 keeps it.
+    worker_idle_exit_s: float = 60.0
     profile: MeasurementDefaults = MeasurementDefaults()
     benchmark: MeasurementDefaults = MeasurementDefaults(max_time_s=10.0, target_rel_ci=0.01, min_window_s=1.0)
     nightly: NightlyConfig = NightlyConfig()

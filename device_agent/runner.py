@@ -43,9 +43,12 @@ class MeasurementRunner:
     """The daemon's handle on its measurement worker process."""
 
     def __init__(self, settings: WorkerSettings, max_queued: int,
-                 target: str = "device_agent.worker:worker_main") -> None:
-        """`target` names the worker's entry function as 'module:function'."""
+                 target: str = "device_agent.worker:worker_main", idle_exit_s: float = 60.0) -> None:
+        """`target` names the worker's entry function as 'module:function'. The worker exits
+        after `idle_exit_s` without jobs (0: it stays) and is restarted for the next job."""
         self._settings = settings
+        self._idle_exit_s = idle_exit_s
+        self._idle_timer: threading.Timer | None = None
         self._max_queued = max_queued
         self._target = target
         self._cond = threading.Condition()
@@ -86,12 +89,32 @@ class MeasurementRunner:
                 if self._closed:
                     raise RunnerClosed()
             self._busy = True
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
         try:
             yield
         finally:
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
+                self.schedule_idle_exit()
+
+    def schedule_idle_exit(self) -> None:
+        """(Re)start the countdown after which an idle worker exits, freeing its memory."""
+        if self._idle_exit_s <= 0 or self._closed:
+            return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = threading.Timer(self._idle_exit_s, self._retire_if_idle)
+        self._idle_timer.daemon = True
+        self._idle_timer.start()
+
+    def _retire_if_idle(self) -> None:
+        with self._cond:
+            if self._busy or self._waiting or self._closed or self._proc is None:
+                return
+            log.info("worker.retired", idle_s=self._idle_exit_s)
+            self._discard_worker()
 
     def _ensure_worker(self) -> None:
         """Start a worker process unless one is alive. A fresh interpreter (not a fork, not
@@ -181,6 +204,8 @@ class MeasurementRunner:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
         self._signal_cancel()
         deadline = time.monotonic() + _CANCEL_GRACE_S
         while self._busy and time.monotonic() < deadline:

@@ -210,7 +210,7 @@ class Agent:
             max_tensor_elements=config.max_tensor_elements, own_pids=(os.getpid(),),
         )
         kwargs = {"target": worker_target} if worker_target is not None else {}
-        self.runner = MeasurementRunner(ws, config.max_queued_jobs, **kwargs)
+        self.runner = MeasurementRunner(ws, config.max_queued_jobs, idle_exit_s=config.worker_idle_exit_s, **kwargs)
         self._work_dir = tempfile.TemporaryDirectory(prefix="hadmc-agent-")
         self.health = health.HealthServicer()
         self.server: grpc.Server | None = None
@@ -234,6 +234,7 @@ class Agent:
     def _start(self) -> Agent:
         probe = self.runner.call(ProbeJob(), self.config.job_timeout_s, lambda: True)
         self.info = _device_info(self.config, probe, self.intra_op_threads)
+        self.runner.schedule_idle_exit()
         self.nightly = Nightly(self.config, self.runner, self.info)
         interceptors: list[grpc.ServerInterceptor] = [LoggingInterceptor()]
         if self._token is not None:

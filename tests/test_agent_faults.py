@@ -77,3 +77,17 @@ def test_a_runtime_crash_does_not_take_the_daemon_down():
             assert crashing.runner.worker_pid not in (None, first_pid)
     finally:
         crashing.stop(grace_s=1.0)
+
+
+def test_an_idle_worker_exits_and_comes_back_for_the_next_job():
+    quick_exit = Agent(quick_config(worker_idle_exit_s=0.5)).start()
+    try:
+        deadline = time.monotonic() + 10
+        while quick_exit.runner.worker_pid is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert quick_exit.runner.worker_pid is None  # the idle daemon holds no onnxruntime
+        with AgentClient(AgentTarget(quick_exit.address)) as client:
+            (r,) = client.profile([kernels.elementwise("Relu", (1, 8))])
+            assert r.WhichOneof("outcome") == "stats"
+    finally:
+        quick_exit.stop(grace_s=1.0)
