@@ -9,7 +9,6 @@ import signal
 import tempfile
 import threading
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,12 @@ from device_agent.profiling import BadRequest, profile_one, resolve_settings
 from device_agent.runner import MeasurementRunner, QueueFull, RunnerClosed
 from lut_store.opkey import precision_to_proto
 from lut_store.records import BuildInProgress, StoreError
-from lut_store.rpc import LoggingInterceptor, TokenAuthInterceptor, bind, read_token
+from lut_store.rpc import bind, make_server, read_token
 from protos.hadmc.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 log = structlog.get_logger(__name__)
 
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["DeviceAgent"].full_name
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _STATUS = {
     INVALID: grpc.StatusCode.INVALID_ARGUMENT,
     UNSUPPORTED: grpc.StatusCode.FAILED_PRECONDITION,
@@ -236,19 +234,9 @@ class Agent:
         self.info = _device_info(self.config, probe, self.intra_op_threads)
         self.runner.schedule_idle_exit()
         self.nightly = Nightly(self.config, self.runner, self.info)
-        interceptors: list[grpc.ServerInterceptor] = [LoggingInterceptor()]
-        if self._token is not None:
-            interceptors.append(TokenAuthInterceptor(self._token))
         # Threads: the queue, the running job, and headroom for info/health calls.
         workers = self.config.max_queued_jobs + 8
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
-            interceptors=interceptors,
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.so_reuseport", 0)],
-            maximum_concurrent_rpcs=workers,
-        )
+        server = make_server(workers, self._token, "rpc", max_concurrent_rpcs=workers)
         agent_pb2_grpc.add_DeviceAgentServicer_to_server(
             DeviceAgentService(self.config, self.runner, self.info, Path(self._work_dir.name), self.nightly), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

@@ -13,10 +13,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lut_store.opkey import OpKey
+from lut_store.rpc import MAX_MESSAGE_BYTES
 from protos.hadmc.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 CHUNK_BYTES = 1024 * 1024
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 T = TypeVar("T")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Iterator
-from concurrent import futures
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,14 +14,14 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from lut_store.grpc_store import (
-    BATCH_ENTRIES, ERROR_METADATA_KEY, MAX_MESSAGE_BYTES, WireError, device_from_proto, device_to_proto,
+    BATCH_ENTRIES, ERROR_METADATA_KEY, WireError, device_from_proto, device_to_proto,
     entry_from_proto, entry_to_proto, enum_name, json_object, required, version_from_proto, version_to_proto,
 )
 from lut_store.records import (
     VERSION_SOURCES, BuildInProgress, CorruptExport, LeaseLost, NoSealedVersion, StoreError, UnknownDevice,
     UnknownVersion, VersionNotOpen,
 )
-from lut_store.rpc import LoggingInterceptor, TokenAuthInterceptor, bind, check_exposure, read_token
+from lut_store.rpc import bind, check_exposure, make_server, read_token
 from lut_store.sqlstore import _redact
 from lut_store.store import LutStore, open_store
 from protos.hadmc.v1 import lut_pb2, lut_pb2_grpc
@@ -167,16 +166,7 @@ class LutServer:
         return f"{self.listen.rpartition(':')[0]}:{self.port}"
 
     def start(self) -> LutServer:
-        interceptors: list[grpc.ServerInterceptor] = [LoggingInterceptor()]
-        if self._token is not None:
-            interceptors.append(TokenAuthInterceptor(self._token))
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="lut-rpc"),
-            interceptors=interceptors,
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.so_reuseport", 0)],
-        )
+        server = make_server(_WORKERS, self._token, "lut-rpc")
         lut_pb2_grpc.add_LutStoreServiceServicer_to_server(LutStoreServicer(self.store), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.port = bind(server, self.listen, self._tls_cert, self._tls_key)

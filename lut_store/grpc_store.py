@@ -21,11 +21,11 @@ from lut_store.records import (
     FingerprintMismatch, LeaseLost, Lookup, NoSealedVersion, StoreError, UnknownDevice, UnknownVersion, Version,
     VersionNotOpen,
 )
+from lut_store.rpc import MAX_MESSAGE_BYTES
 from lut_store.store import LutStore
 from protos.hadmc.v1 import lut_pb2, lut_pb2_grpc
 
 ERROR_METADATA_KEY = "hadmc-error"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 BATCH_ENTRIES = 500
 _ATTEMPTS = 3
 _BACKOFF_S = 0.5

@@ -68,6 +68,27 @@ def read_token(path: Path) -> str:
     return token
 
 
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def make_server(workers: int, token: str | None, thread_prefix: str,
+                max_concurrent_rpcs: int | None = None) -> grpc.Server:
+    """A gRPC server with per-RPC logging, token auth when a token is given, 64 MiB messages."""
+    from concurrent import futures
+
+    interceptors: list[grpc.ServerInterceptor] = [LoggingInterceptor()]
+    if token is not None:
+        interceptors.append(TokenAuthInterceptor(token))
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_prefix),
+        interceptors=interceptors,
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                 ("grpc.so_reuseport", 0)],
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
+    )
+
+
 def bind(server: grpc.Server, listen: str, tls_cert: Path | None, tls_key: Path | None) -> int:
     """Add the listening port (TLS when a certificate is given); return the bound port."""
     try:
