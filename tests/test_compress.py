@@ -231,3 +231,15 @@ def test_mixed_precision_export_runs_each_layer_at_its_precision(tmp_path):
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
     expected = model(x).detach().numpy()
     assert np.abs(got - expected).max() < 0.02 * np.abs(expected).max()
+
+
+def test_augmentation_keeps_shapes_and_passes_tables_through():
+    from host.compress.train import augment_images
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    outs = [augment_images(x, g) for _ in range(8)]
+    assert all(o.shape == x.shape for o in outs)
+    assert any(not torch.equal(o, x) for o in outs)
+    table = torch.randn(4, 30)
+    assert augment_images(table, g) is table

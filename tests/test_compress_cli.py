@@ -87,10 +87,11 @@ def test_compress_end_to_end_on_real_digits_with_onnxruntime_parity(tmp_path, ag
     assert written["accuracy"] == a and (tmp_path / "out" / "compressed.onnx").exists()
 
 
-def _policy(tmp_path: Path, model: str = "mlp", shape: str = "1,8,8", classes: int = 10) -> Path:
+def _policy(tmp_path: Path, model: str = "mlp", shape: str = "1,8,8", classes: int = 10,
+            keep: float = 0.5) -> Path:
     path = tmp_path / "p.json"
     result = hadmc("policy", "init", "--model", model, "--input-shape", shape, "--classes", str(classes),
-                   "-o", str(path), tmp_path=tmp_path)
+                   "--keep", str(keep), "-o", str(path), tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr
     return path
 
@@ -129,3 +130,25 @@ def test_corrupt_cached_baseline_is_named(tmp_path):
     result = hadmc("compress", "--config", str(config_file), "--policy", str(_policy(tmp_path)), "--out",
                    str(tmp_path / "o"), tmp_path=tmp_path)
     assert result.returncode == 1 and f"checkpoint {target} cannot be loaded" in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+def test_mobilenetv2_int8_onnxruntime_parity_on_synthetic_neu_det(tmp_path, agent, monkeypatch):
+    """About 4 minutes on 2 cores: run with `pytest -m slow`."""
+    from host.agent_client import AgentClient, AgentTarget
+    from host.compress.distill import DistillConfig
+    from host.compress.pipeline import CompressConfig, DataConfig, run_compress
+    from host.compress.train import TrainConfig
+
+    monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
+    config = CompressConfig(model="mobilenetv2", data=DataConfig(name="synthetic-neu-det"),
+                            baseline=TrainConfig(epochs=15, lr=2e-3, weight_decay=5e-4, augment=True),
+                            distill=DistillConfig(epochs=10, augment=True))
+    from host.compress.policy import Policy
+
+    policy = Policy.load(_policy(tmp_path, model="mobilenetv2", shape="3,64,64", classes=6, keep=0.75))
+    with AgentClient(AgentTarget(agent.address)) as client:
+        summary = run_compress(config, policy, tmp_path / "out", progress=False, client=client)
+    a = summary.accuracy
+    assert a["baseline_test_torch"] > 0.85
+    assert abs(a["compressed_test_onnxruntime"] - a["compressed_test_torch"]) <= 0.005

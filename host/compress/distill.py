@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from host.compress.train import augment_images
+
 # Modules whose outputs are the stage features, per model.
 STAGES: dict[str, tuple[str, ...]] = {
     "resnet18": ("layer1", "layer2", "layer3", "layer4"),
@@ -33,6 +35,8 @@ class DistillConfig:
     temperature: float = 2.0
     alpha: float = 0.5
     beta: float = 1.0
+    augment: bool = False  # see TrainConfig.augment
+    seed: int = 0
 
 
 @dataclass
@@ -99,11 +103,14 @@ def distill(student: nn.Module, teacher: nn.Module, model_name: str, loader: tor
         opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs * len(loader)))
         report = DistillReport()
+        generator = torch.Generator().manual_seed(config.seed)
         student.train()
         for epoch in range(config.epochs):
             sums = [0.0, 0.0, 0.0, 0.0]
             count = 0
             for x, y in loader:
+                if config.augment:
+                    x = augment_images(x, generator)
                 with torch.no_grad():
                     t_logits = teacher(x)
                 s_logits = student(x)

@@ -26,6 +26,23 @@ class TrainConfig:
     weight_decay: float = 1e-4
     batch_size: int = 32
     seed: int = 0
+    # Random flips and shifted crops of image batches (4-D inputs only). Right for textures and
+    # defects (synthetic NEU-DET), wrong for digits: off unless the config turns it on.
+    augment: bool = False
+
+
+def augment_images(x: torch.Tensor, generator: torch.Generator, shift: int = 4) -> torch.Tensor:
+    """Flip each batch left-right / up-down at random and crop it from a reflect-padded copy."""
+    if x.dim() != 4:
+        return x
+    if torch.rand(1, generator=generator) < 0.5:
+        x = x.flip(3)
+    if torch.rand(1, generator=generator) < 0.5:
+        x = x.flip(2)
+    h, w = x.shape[2:]
+    padded = F.pad(x, (shift, shift, shift, shift), mode="reflect")
+    i, j = (int(v) for v in torch.randint(0, 2 * shift + 1, (2,), generator=generator))
+    return padded[:, :, i:i + h, j:j + w]
 
 
 def accuracy(model: nn.Module, loader: torch.utils.data.DataLoader) -> float:
@@ -43,6 +60,7 @@ def train(model: nn.Module, loader: torch.utils.data.DataLoader, config: TrainCo
           progress: Callable[[int, int, float], None] | None = None) -> list[float]:
     """Plain supervised training (AdamW, cosine schedule); returns the mean loss per epoch."""
     torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs * len(loader)))
     losses = []
@@ -50,6 +68,8 @@ def train(model: nn.Module, loader: torch.utils.data.DataLoader, config: TrainCo
         model.train()
         total = count = 0.0
         for x, y in loader:
+            if config.augment:
+                x = augment_images(x, generator)
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
