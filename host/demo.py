@@ -27,12 +27,13 @@ def _say(progress: bool, text: str) -> None:
 
 
 def run_demo(out: Path, progress: bool = True) -> dict[str, Any]:
-    from host.models.resnet import ResNet18, export_onnx
+    from host.compress.export import export_onnx
+    from host.models.resnet import ResNet18
 
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / "resnet18_fp32.onnx"
     _say(progress, "exporting ResNet18 (64x64, 6 classes) to ONNX ...")
-    export_onnx(ResNet18(num_classes=6), str(model_path), (1, 3, 64, 64))
+    export_onnx(ResNet18(num_classes=6), model_path, (3, 64, 64))
     _say(progress, "starting an embedded agent on 127.0.0.1 (probing the device) ...")
     with embedded_agent() as target, AgentClient(target) as client:
         info = client.info()

@@ -100,7 +100,7 @@ def cmd_lut_list(args: argparse.Namespace) -> int:
 
 
 def cmd_lut_show(args: argparse.Namespace) -> int:
-    from lut_store.exchange import _kernel_name
+    from lut_store.exchange import kernel_name
 
     with _store(args) as store:
         v = store.version(args.version)
@@ -109,7 +109,7 @@ def cmd_lut_show(args: argparse.Namespace) -> int:
              f"{len(entries)} entries, parent {v.parent_id}"]
     for e in entries:
         value = f"{e.median_ms:10.4f} ms  n={e.n}" if e.status == "ok" else f"{e.status}: {e.reason}"
-        lines.append(f"  {e.key_hash[:12]}  {_kernel_name(e.key_json):<48} {value}")
+        lines.append(f"  {e.key_hash[:12]}  {kernel_name(e.key_json):<48} {value}")
     doc = {"version": _version_doc(v), "entries": [dataclasses.asdict(e) for e in entries]}
     _emit(doc, args.json, "\n".join(lines))
     return 0

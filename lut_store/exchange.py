@@ -125,7 +125,7 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
-def _kernel_name(key_json: str) -> str:
+def kernel_name(key_json: str) -> str:
     from lut_store.opkey import OpKey, OpKeyError
 
     try:
@@ -145,7 +145,7 @@ def diff_versions(store: LutStore, a: int, b: int, top: int = 10) -> Diff:
         if x.status != "ok" or y.status != "ok":
             not_ok += 1
             continue
-        changes.append(KeyChange(k, _kernel_name(x.key_json), x.median_ms, y.median_ms, y.median_ms / x.median_ms))
+        changes.append(KeyChange(k, kernel_name(x.key_json), x.median_ms, y.median_ms, y.median_ms / x.median_ms))
     ratios = sorted(c.ratio for c in changes)
     most = sorted(changes, key=lambda c: abs(math.log(c.ratio)), reverse=True)[:top]
     return Diff(

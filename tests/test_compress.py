@@ -15,7 +15,7 @@ from host.compress.policy import LayerAction, Policy, PolicyError, validate
 from host.compress.prune import count_params, layer_limits, prune, replay
 from host.compress.quant import apply_fake_quant
 from host.models import build_model
-from host.models.resnet import export_onnx
+from host.compress.export import export_onnx
 
 EX = torch.zeros(1, 3, 64, 64)
 
@@ -121,7 +121,7 @@ def test_int8_fake_quant_exports_as_qlinearconv_and_matches_onnxruntime(tmp_path
         model(torch.randn(16, 3, 64, 64))
     model.eval()
     path, optimized = tmp_path / "q.onnx", tmp_path / "q_opt.onnx"
-    export_onnx(model, str(path), (1, 3, 64, 64))
+    export_onnx(model, path, (3, 64, 64))
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(optimized)
     options.log_severity_level = 3

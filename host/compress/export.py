@@ -54,7 +54,10 @@ def _export_copy(model: torch.nn.Module, policy: Policy) -> torch.nn.Module:
     return clone
 
 
-def _torch_export(model: torch.nn.Module, path: Path, input_shape: tuple[int, ...], opset: int) -> None:
+def export_onnx(model: torch.nn.Module, path: Path, input_shape: tuple[int, ...], opset: int = 17) -> None:
+    """ONNX with a dynamic batch axis; `input_shape` without the batch (TorchScript exporter:
+    one file; fake quantization becomes QDQ)."""
+    model.eval()
     torch.onnx.export(model, (torch.zeros((1, *input_shape)),), str(path), opset_version=opset, dynamo=False,
                       input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
@@ -140,7 +143,7 @@ def export_policy_model(model: torch.nn.Module, policy: Policy, path: Path, inpu
                         opset: int = 17) -> dict[str, int]:
     """Export the compressed model at its real precisions; returns the count of layers per bits."""
     by_bits = {b: {n for n, a in policy.layers.items() if a.bits == b} for b in (4, 8, 16, 32)}
-    _torch_export(_export_copy(model, policy), path, input_shape, opset)
+    export_onnx(_export_copy(model, policy), path, input_shape, opset)
     if not by_bits[4] and not by_bits[16]:
         return {b: len(n) for b, n in by_bits.items()}
     graph = onnx.load(path)

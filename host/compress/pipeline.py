@@ -22,7 +22,7 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 from host.compress.distill import DistillConfig, distill
-from host.compress.export import export_policy_model
+from host.compress.export import export_onnx, export_policy_model
 from host.compress.fold import fold_batchnorm
 from host.compress.policy import Policy, validate
 from host.compress.prune import layer_limits, prune
@@ -76,14 +76,6 @@ class Summary:
     distill_loss: list[float] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def export_onnx(model: torch.nn.Module, path: Path, input_shape: tuple[int, ...], opset: int = 17) -> None:
-    """ONNX with a dynamic batch axis (TorchScript exporter: one file; fake-quant becomes QDQ)."""
-    model.eval()
-    torch.onnx.export(model, (torch.zeros((1, *input_shape)),), str(path), opset_version=opset, dynamo=False,
-                      input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
 
 
 def _batches(x: np.ndarray, size: int) -> Iterator[dict[str, bytes]]:

@@ -52,11 +52,3 @@ class ResNet18(nn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
-
-def export_onnx(model: nn.Module, path: str, input_shape: tuple[int, ...], opset: int = 17) -> None:
-    """Export with a dynamic batch axis (TorchScript exporter: one file, BN folded)."""
-    model.eval()
-    dummy = torch.zeros(input_shape)
-    torch.onnx.export(model, (dummy,), path, opset_version=opset, dynamo=False,
-                      input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
