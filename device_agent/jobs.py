@@ -64,6 +64,7 @@ class BenchmarkJob:
     settings: Settings
     input_batches: tuple[bytes, ...] = ()
     output_names: tuple[str, ...] = ()
+    per_kernel: bool = False
 
 
 @dataclass(frozen=True)

@@ -154,7 +154,8 @@ class Nightly:
         if parent is not None:
             for entry in store.entries(parent):
                 key = OpKey.from_json(entry.key_json)
-                keys.setdefault(key.hash, key)
+                if key.context == "isolated":  # in-model keys are re-measured in their models, on demand
+                    keys.setdefault(key.hash, key)
         precisions = [precision_from_proto(p.precision) for p in self._info.precisions if p.supported]
         for grid in self.config.grids:
             for key in load_grid(Path(grid), precisions):

@@ -64,6 +64,11 @@ def profile_one(runner: MeasurementRunner, index: int, msg: common_pb2.OpKey, se
         result.error.message = f"key {index}: {exc}"
         return result
     result.key_hash = key.hash
+    if key.context != "isolated":
+        result.error.code = agent_pb2.KeyError.CODE_INVALID
+        result.error.message = (f"key {index} ({key.describe()}): {key.context} keys are measured inside whole "
+                                "models (Benchmark with per_kernel), not alone")
+        return result
     try:
         stats, env = runner.call(ProfileJob(key.canonical_json(), settings), key_timeout_s, is_active)
     except JobError as exc:

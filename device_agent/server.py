@@ -108,7 +108,8 @@ class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
                 settings = resolve_settings(header.settings, self._config.benchmark)
             except BadRequest as exc:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            job = BenchmarkJob(path, header.batch_size, settings, tuple(batches), tuple(header.output_names))
+            job = BenchmarkJob(path, header.batch_size, settings, tuple(batches), tuple(header.output_names),
+                               header.per_kernel)
             try:
                 with self._runner.slot(context.is_active):
                     reply = self._runner.call(job, self._config.job_timeout_s, context.is_active)

@@ -65,13 +65,13 @@ class Runtime:
             so.optimized_model_filepath = str(optimized_path)
         return so
 
-    def session(self, model: bytes | str, optimized_path: Path | None = None) -> Any:
-        """Create a session; runtime errors become JobErrors with the right code."""
+    def session(self, model: bytes | str, options: Any = None) -> Any:
+        """Create a session (default options: `session_options()`); runtime errors become
+        JobErrors with the right code."""
         from onnxruntime.capi import onnxruntime_pybind11_state as st
 
         try:
-            return self.ort.InferenceSession(model, self.session_options(optimized_path),
-                                             providers=self.providers)
+            return self.ort.InferenceSession(model, options or self.session_options(), providers=self.providers)
         except (st.NotImplemented, st.EPFail) as exc:
             raise JobError(UNSUPPORTED, f"{self.provider} cannot run it: {_short(exc)}") from None
         except (st.InvalidGraph, st.InvalidArgument, st.InvalidProtobuf, st.NoModel) as exc:
@@ -220,7 +220,7 @@ class Worker:
         with tempfile.TemporaryDirectory(prefix="hadmc-probe-") as tmp:
             optimized = Path(tmp) / "optimized.onnx"
             try:
-                sess = self.rt.session(model.SerializeToString(), optimized)
+                sess = self.rt.session(model.SerializeToString(), self.rt.session_options(optimized))
                 sess.run(None, activation_feeds(model, np.random.default_rng(0)))
             except JobError as exc:
                 return False, str(exc)
@@ -245,6 +245,14 @@ class Worker:
             feeds = activation_feeds(model, np.random.default_rng(0), batch)
         except (modelcheck.ModelInvalid, KeyInvalid) as exc:
             raise JobError(INVALID, str(exc)) from None
+        kernels = None
+        if job.per_kernel:
+            from lut_store.modelkeys import UnsupportedModel, model_kernels
+
+            try:
+                kernels = model_kernels(model, batch)
+            except UnsupportedModel as exc:
+                raise JobError(UNSUPPORTED, str(exc)) from None
         summary = modelcheck.summary(model, data)
         del model, data
         rss = PeakRss()
@@ -269,6 +277,8 @@ class Worker:
             response.memory.gpu_used_bytes = gpu
         else:
             response.memory.unreadable.append("gpu_used_bytes")
+        if kernels is not None:
+            response.kernel_profile.CopyFrom(self._kernel_profile(kernels, str(path), feeds, stats, job.settings))
         names = list(job.output_names) or [o.name for o in sess.get_outputs()]
         known = {o.name for o in sess.get_outputs()}
         unknown = [n for n in names if n not in known]
@@ -286,6 +296,21 @@ class Worker:
                 out.tensors.add(name=name, tensor_proto=numpy_helper.from_array(
                     np.asarray(value), name).SerializeToString())
         return response.SerializeToString()
+
+    def _kernel_profile(self, kernels: Any, model_path: str, feeds: dict[str, Any], whole: Any,
+                        settings: Settings) -> Any:
+        from device_agent.kernelprofile import profile_kernels
+        from lut_store.modelkeys import UnsupportedModel
+
+        try:
+            return profile_kernels(
+                kernels, lambda so: self.rt.session(model_path, so),
+                lambda sess: self._first_run(sess, feeds, "the model under the profiler"),
+                self.rt.session_options(), whole, settings.warmup_runs, self.cancelled)
+        except InterruptedError:
+            raise JobError(CANCELLED, "cancelled") from None
+        except UnsupportedModel as exc:
+            raise JobError(UNSUPPORTED, str(exc)) from None
 
     @staticmethod
     def _decode_inputs(model: Any, raw_batches: tuple[bytes, ...]) -> list[dict[str, Any]]:

@@ -126,18 +126,19 @@ class AgentClient:
     def benchmark(self, model: bytes | Path, batch_size: int = 0,
                   settings: common_pb2.MeasurementSettings | None = None,
                   inputs: Iterable[dict[str, bytes]] = (), output_names: Sequence[str] = (),
-                  timeout_s: float | None = None) -> agent_pb2.BenchmarkResponse:
+                  timeout_s: float | None = None, per_kernel: bool = False) -> agent_pb2.BenchmarkResponse:
         """Upload a model, time it at `batch_size` (0: the model's own), return latency stats.
 
         `inputs`: batches mapping input names to serialized onnx.TensorProto bytes; the response
-        then carries the outputs for each batch.
+        then carries the outputs for each batch. `per_kernel`: also split the latency over the
+        model's kernels (response.kernel_profile).
         """
         data = Path(model).read_bytes() if isinstance(model, Path) else bytes(model)
         batches = [agent_pb2.InputBatch(tensors=[agent_pb2.NamedTensor(name=n, tensor_proto=t) for n, t in b.items()])
                    for b in inputs]
         header = agent_pb2.BenchmarkHeader(
             model_size_bytes=len(data), model_sha256=hashlib.sha256(data).hexdigest(),
-            batch_size=batch_size, settings=settings, output_names=list(output_names))
+            batch_size=batch_size, settings=settings, output_names=list(output_names), per_kernel=per_kernel)
 
         def stream() -> Iterator[agent_pb2.BenchmarkRequest]:
             yield agent_pb2.BenchmarkRequest(header=header)

@@ -110,6 +110,42 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_text(pred: Any, top: int = 12) -> str:
+    lines = [f"{'kernel':<48} {'kind':<16} {'prec':<5} {'ms':>9}  source"]
+    for k in sorted(pred.kernels, key=lambda k: -k.latency_ms)[:top]:
+        lines.append(f"{k.name[-48:]:<48} {k.kind[:16]:<16} {k.precision:<5} {k.latency_ms:>9.4f}  {k.source}"
+                     + (f" v{k.version_id}" if k.version_id is not None else ""))
+    if len(pred.kernels) > top:
+        lines.append(f"... {len(pred.kernels) - top} more kernels")
+    lines.append(f"predicted {pred.latency_ms:.3f} ms at batch {pred.batch_size} from {len(pred.kernels)} kernels; "
+                 f"LUT versions {list(pred.version_ids)}; {pred.profiled_kernels} profiled on demand"
+                 + (f" (the device measured {pred.measured_ms:.3f} ms meanwhile)" if pred.measured_ms else ""))
+    return "\n".join(lines)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from host.agent_client import AgentClient
+    from host.latency.predict import LatencyPredictor
+    from lut_store.store import open_store
+
+    if not args.model.is_file():
+        raise CliError(f"model file {args.model} does not exist")
+    if args.batch < 1:
+        raise CliError(f"--batch must be >= 1, got {args.batch}")
+    with _agent(args) as target, AgentClient(target, timeout_s=args.timeout) as client, \
+            open_store(args.store) as store:
+        predictor = LatencyPredictor.for_device(store, client, pinned=args.version, force=args.force,
+                                                batch_size=args.batch)
+        if args.no_profile:
+            predictor.client = None
+        with predictor if not args.no_profile else nullcontext(predictor):
+            pred = predictor.predict(args.model)
+    _emit(pred.to_dict(), args.json, _predict_text(pred))
+    return 0
+
+
 def _agent(args: argparse.Namespace) -> Any:
     """The named agent, or an embedded one when --device is absent."""
     from contextlib import nullcontext
@@ -209,6 +245,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="one JSON document on stdout")
     bench.set_defaults(func=cmd_bench)
 
+    predict = sub.add_parser("predict", help="predicted latency of any ONNX model on a device, per kernel, from the LUT")
+    predict.add_argument("model", type=Path, metavar="MODEL.onnx")
+    _add_device_args(predict, required=False)
+    predict.add_argument("--store", help="LUT store URL (default: the SQLite file under $HADMC_HOME)")
+    predict.add_argument("--version", type=int, help="pin a LUT version (default: the newest sealed one)")
+    predict.add_argument("--force", action="store_true", help="use a pinned version of another fingerprint (warns)")
+    predict.add_argument("--batch", type=int, default=1, help="batch size")
+    predict.add_argument("--no-profile", action="store_true", help="LUT only: a missing kernel is an error")
+    predict.add_argument("--agent-config", type=Path, help="agent TOML config of the embedded agent (no --device)")
+    predict.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    predict.set_defaults(func=cmd_predict, timeout=120.0)
+
     from host import lut_cli
 
     lut_cli.add_parsers(sub, _add_device_args)
@@ -246,11 +294,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(args.verbose + 1 if args.command == "agent" and args.agent_command == "serve" else args.verbose)
     from device_agent.config import ConfigError
     from host.agent_client import AgentError
+    from host.latency import LatencyError
     from lut_store.records import StoreError
 
     try:
         return args.func(args)
-    except (CliError, ConfigError, AgentError, StoreError, OSError, ValueError) as exc:
+    except (CliError, ConfigError, AgentError, StoreError, LatencyError, OSError, ValueError) as exc:
         print(f"hadmc: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -23,6 +23,9 @@ from protos.hadmc.v1 import common_pb2
 DEFAULT_OPSET = 17
 KEY_FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
+# How a key's latency is measured: alone in a graph the agent builds ("isolated"), or as the sum of
+# the runtime nodes it became inside whole models, scaled to the measured model ("in-model").
+CONTEXTS = ("isolated", "in-model")
 DTYPES = frozenset(
     {"float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"}
 )
@@ -41,6 +44,8 @@ _PRECISION_TO_PROTO = {
     "int4": common_pb2.PRECISION_INT4,
 }
 _PROTO_TO_PRECISION = {v: k for k, v in _PRECISION_TO_PROTO.items()}
+_CONTEXT_TO_PROTO = {"isolated": common_pb2.KEY_CONTEXT_ISOLATED, "in-model": common_pb2.KEY_CONTEXT_IN_MODEL}
+_PROTO_TO_CONTEXT = {v: k for k, v in _CONTEXT_TO_PROTO.items()}
 _ROLE_TO_PROTO = {
     "activation": common_pb2.TENSOR_ROLE_ACTIVATION,
     "weight": common_pb2.TENSOR_ROLE_WEIGHT,
@@ -235,17 +240,21 @@ def _with_defaults(node: OpNode, inputs: Sequence[TensorSpec]) -> OpNode:
 
 @dataclass(frozen=True)
 class OpKey:
-    """A kernel: input tensors, operators in topological order, precision, opset."""
+    """A kernel: input tensors, operators in topological order, precision, opset, and how its
+    latency is measured (`context`, part of its identity: see CONTEXTS)."""
 
     inputs: tuple[TensorSpec, ...]
     nodes: tuple[OpNode, ...]
     precision: str = "fp32"
     opset: int = DEFAULT_OPSET
+    context: str = "isolated"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
         if self.precision not in PRECISIONS:
             raise OpKeyError(f"unknown precision {self.precision!r}; allowed: {list(PRECISIONS)}")
+        if self.context not in CONTEXTS:
+            raise OpKeyError(f"unknown measurement context {self.context!r}; allowed: {list(CONTEXTS)}")
         if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not 7 <= self.opset <= 99:
             raise OpKeyError(f"opset {self.opset!r} must be an integer in 7..99")
         if not self.nodes:
@@ -297,13 +306,20 @@ class OpKey:
         return outs
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "v": KEY_FORMAT_VERSION,
             "precision": self.precision,
             "opset": self.opset,
             "inputs": [t.to_dict() for t in self.inputs],
             "nodes": [n.to_dict() for n in self.nodes],
         }
+        if self.context != "isolated":  # isolated keys hash as they did before contexts existed
+            d["context"] = self.context
+        return d
+
+    def with_context(self, context: str) -> OpKey:
+        """The same kernel measured the other way."""
+        return OpKey(self.inputs, self.nodes, self.precision, self.opset, context)
 
     def canonical_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -315,7 +331,7 @@ class OpKey:
 
     def describe(self) -> str:
         """Short human summary: kind, precision and activation shapes."""
-        parts = [self.kind, self.precision]
+        parts = [self.kind, self.precision] + ([self.context] if self.context != "isolated" else [])
         parts += ["x".join(map(str, t.shape)) for t in self.inputs if t.role == "activation"]
         weights = [t for t in self.inputs if t.role == "weight" and len(t.shape) >= 2]
         if weights:
@@ -346,7 +362,8 @@ class OpKey:
                 )
                 for n in d["nodes"]
             )
-            return cls(inputs, nodes, d.get("precision", "fp32"), d.get("opset", DEFAULT_OPSET))
+            return cls(inputs, nodes, d.get("precision", "fp32"), d.get("opset", DEFAULT_OPSET),
+                       d.get("context", "isolated"))
         except (KeyError, TypeError) as exc:
             raise OpKeyError(f"malformed key dict: {exc!r}") from exc
 
@@ -355,7 +372,8 @@ class OpKey:
         return cls.from_dict(json.loads(text))
 
     def to_proto(self) -> common_pb2.OpKey:
-        msg = common_pb2.OpKey(precision=_PRECISION_TO_PROTO[self.precision], opset=self.opset)
+        msg = common_pb2.OpKey(precision=_PRECISION_TO_PROTO[self.precision], opset=self.opset,
+                               context=_CONTEXT_TO_PROTO[self.context])
         for t in self.inputs:
             spec = msg.inputs.add(shape=t.shape, dtype=t.dtype, role=_ROLE_TO_PROTO[t.role])
             if t.role == "constant":
@@ -401,7 +419,9 @@ class OpKey:
                 v = getattr(a, which)
                 attrs[a.name] = tuple(v.values) if which in ("ints", "floats") else v
             nodes.append(OpNode(n.op_type, tuple(n.inputs), attrs, n.domain, n.num_outputs or 1))
-        return cls(tuple(inputs), tuple(nodes), precision, msg.opset or DEFAULT_OPSET)
+        if msg.context not in _PROTO_TO_CONTEXT:
+            raise OpKeyError(f"key context enum value {msg.context} is unknown")
+        return cls(tuple(inputs), tuple(nodes), precision, msg.opset or DEFAULT_OPSET, _PROTO_TO_CONTEXT[msg.context])
 
 
 def precision_to_proto(precision: str) -> int:

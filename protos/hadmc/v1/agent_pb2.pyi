@@ -189,18 +189,20 @@ class InputBatch(_message.Message):
     def __init__(self, tensors: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ...) -> None: ...
 
 class BenchmarkHeader(_message.Message):
-    __slots__ = ("model_size_bytes", "model_sha256", "batch_size", "settings", "output_names")
+    __slots__ = ("model_size_bytes", "model_sha256", "batch_size", "settings", "output_names", "per_kernel")
     MODEL_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    PER_KERNEL_FIELD_NUMBER: _ClassVar[int]
     model_size_bytes: int
     model_sha256: str
     batch_size: int
     settings: _common_pb2.MeasurementSettings
     output_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model_size_bytes: _Optional[int] = ..., model_sha256: _Optional[str] = ..., batch_size: _Optional[int] = ..., settings: _Optional[_Union[_common_pb2.MeasurementSettings, _Mapping]] = ..., output_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    per_kernel: bool
+    def __init__(self, model_size_bytes: _Optional[int] = ..., model_sha256: _Optional[str] = ..., batch_size: _Optional[int] = ..., settings: _Optional[_Union[_common_pb2.MeasurementSettings, _Mapping]] = ..., output_names: _Optional[_Iterable[str]] = ..., per_kernel: _Optional[bool] = ...) -> None: ...
 
 class BenchmarkRequest(_message.Message):
     __slots__ = ("header", "model_chunk", "inputs")
@@ -257,7 +259,7 @@ class OutputBatch(_message.Message):
     def __init__(self, tensors: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ...) -> None: ...
 
 class BenchmarkResponse(_message.Message):
-    __slots__ = ("latency", "throughput_per_s", "session_load_ms", "memory", "model", "batch_size", "outputs", "environment", "fingerprint_hash", "execution_provider")
+    __slots__ = ("latency", "throughput_per_s", "session_load_ms", "memory", "model", "batch_size", "outputs", "environment", "fingerprint_hash", "execution_provider", "kernel_profile")
     LATENCY_FIELD_NUMBER: _ClassVar[int]
     THROUGHPUT_PER_S_FIELD_NUMBER: _ClassVar[int]
     SESSION_LOAD_MS_FIELD_NUMBER: _ClassVar[int]
@@ -268,6 +270,7 @@ class BenchmarkResponse(_message.Message):
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_HASH_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_PROFILE_FIELD_NUMBER: _ClassVar[int]
     latency: _common_pb2.LatencyStats
     throughput_per_s: float
     session_load_ms: float
@@ -278,7 +281,32 @@ class BenchmarkResponse(_message.Message):
     environment: _common_pb2.MeasurementEnvironment
     fingerprint_hash: str
     execution_provider: str
-    def __init__(self, latency: _Optional[_Union[_common_pb2.LatencyStats, _Mapping]] = ..., throughput_per_s: _Optional[float] = ..., session_load_ms: _Optional[float] = ..., memory: _Optional[_Union[MemoryUsage, _Mapping]] = ..., model: _Optional[_Union[ModelSummary, _Mapping]] = ..., batch_size: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[OutputBatch, _Mapping]]] = ..., environment: _Optional[_Union[_common_pb2.MeasurementEnvironment, _Mapping]] = ..., fingerprint_hash: _Optional[str] = ..., execution_provider: _Optional[str] = ...) -> None: ...
+    kernel_profile: KernelProfile
+    def __init__(self, latency: _Optional[_Union[_common_pb2.LatencyStats, _Mapping]] = ..., throughput_per_s: _Optional[float] = ..., session_load_ms: _Optional[float] = ..., memory: _Optional[_Union[MemoryUsage, _Mapping]] = ..., model: _Optional[_Union[ModelSummary, _Mapping]] = ..., batch_size: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[OutputBatch, _Mapping]]] = ..., environment: _Optional[_Union[_common_pb2.MeasurementEnvironment, _Mapping]] = ..., fingerprint_hash: _Optional[str] = ..., execution_provider: _Optional[str] = ..., kernel_profile: _Optional[_Union[KernelProfile, _Mapping]] = ...) -> None: ...
+
+class KernelLatency(_message.Message):
+    __slots__ = ("name", "key", "latency", "runtime_nodes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_NODES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    key: _common_pb2.OpKey
+    latency: _common_pb2.LatencyStats
+    runtime_nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., key: _Optional[_Union[_common_pb2.OpKey, _Mapping]] = ..., latency: _Optional[_Union[_common_pb2.LatencyStats, _Mapping]] = ..., runtime_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class KernelProfile(_message.Message):
+    __slots__ = ("kernels", "runs", "profiled_sum_ms", "scale")
+    KERNELS_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    PROFILED_SUM_MS_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    kernels: _containers.RepeatedCompositeFieldContainer[KernelLatency]
+    runs: int
+    profiled_sum_ms: float
+    scale: float
+    def __init__(self, kernels: _Optional[_Iterable[_Union[KernelLatency, _Mapping]]] = ..., runs: _Optional[int] = ..., profiled_sum_ms: _Optional[float] = ..., scale: _Optional[float] = ...) -> None: ...
 
 class ReprofileRequest(_message.Message):
     __slots__ = ("reason",)

@@ -21,6 +21,11 @@ class TensorRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TENSOR_ROLE_ACTIVATION: _ClassVar[TensorRole]
     TENSOR_ROLE_WEIGHT: _ClassVar[TensorRole]
     TENSOR_ROLE_CONSTANT: _ClassVar[TensorRole]
+
+class KeyContext(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KEY_CONTEXT_ISOLATED: _ClassVar[KeyContext]
+    KEY_CONTEXT_IN_MODEL: _ClassVar[KeyContext]
 PRECISION_UNSPECIFIED: Precision
 PRECISION_FP32: Precision
 PRECISION_FP16: Precision
@@ -30,6 +35,8 @@ TENSOR_ROLE_UNSPECIFIED: TensorRole
 TENSOR_ROLE_ACTIVATION: TensorRole
 TENSOR_ROLE_WEIGHT: TensorRole
 TENSOR_ROLE_CONSTANT: TensorRole
+KEY_CONTEXT_ISOLATED: KeyContext
+KEY_CONTEXT_IN_MODEL: KeyContext
 
 class TensorSpec(_message.Message):
     __slots__ = ("shape", "dtype", "role", "int_values", "float_values")
@@ -88,16 +95,18 @@ class OpNode(_message.Message):
     def __init__(self, op_type: _Optional[str] = ..., domain: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., attributes: _Optional[_Iterable[_Union[Attribute, _Mapping]]] = ..., num_outputs: _Optional[int] = ...) -> None: ...
 
 class OpKey(_message.Message):
-    __slots__ = ("inputs", "nodes", "precision", "opset")
+    __slots__ = ("inputs", "nodes", "precision", "opset", "context")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     OPSET_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     nodes: _containers.RepeatedCompositeFieldContainer[OpNode]
     precision: Precision
     opset: int
-    def __init__(self, inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[OpNode, _Mapping]]] = ..., precision: _Optional[_Union[Precision, str]] = ..., opset: _Optional[int] = ...) -> None: ...
+    context: KeyContext
+    def __init__(self, inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[OpNode, _Mapping]]] = ..., precision: _Optional[_Union[Precision, str]] = ..., opset: _Optional[int] = ..., context: _Optional[_Union[KeyContext, str]] = ...) -> None: ...
 
 class MeasurementSettings(_message.Message):
     __slots__ = ("warmup_runs", "min_runs", "max_runs", "max_time_s", "target_rel_ci", "max_attempts", "interference_max_cores", "min_window_s")

@@ -1,0 +1,249 @@
+"""Latency of an ONNX model on a device, from the LUT: model -> kernels -> keys -> lookup.
+
+Kernels come from `lut_store.modelkeys` (the agent splits models with the same function). Their
+keys are in-model keys: what the kernel costs inside a whole model, as the agent measured it
+(Benchmark with per_kernel; see device_agent/kernelprofile.py). A prediction is the sum of the
+kernels' mean in-model latencies, each traceable to the LUT version it came from.
+
+Keys missing from the pinned version are profiled on the device at once, one candidate model per
+call, and written into this predictor's open version of the device's fingerprint (whose parent
+is the pinned version); `close()` copies the parent's other entries into it and seals it, so the
+newest sealed version holds everything known. With no device a miss is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import structlog
+from google.protobuf import json_format
+
+from host.latency import LatencyError
+from lut_store.modelkeys import Kernel, UnsupportedModel, model_kernels
+from lut_store.opkey import OpKey
+from lut_store.records import BuildInProgress, Entry, NoSealedVersion, StoreError, UnknownDevice, Version
+from lut_store.store import LutStore, resolve_version
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class KernelEstimate:
+    """One kernel's share of a prediction. `source`: 'lut' (found), 'profiled' (measured on
+    demand for this prediction) or 'elided' (the runtime removed it: 0 ms, measured)."""
+
+    name: str
+    kind: str
+    precision: str
+    key_hash: str
+    latency_ms: float
+    version_id: int | None
+    source: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    latency_ms: float
+    kernels: tuple[KernelEstimate, ...]
+    version_ids: tuple[int, ...]
+    profiled_kernels: int
+    fingerprint_hash: str
+    batch_size: int
+    model_sha256: str
+    seconds: float = 0.0
+    measured_ms: float | None = None  # the device's whole-model median, when profiled for this call
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Known:
+    entry: Entry
+    version_id: int
+
+
+@dataclass
+class LatencyPredictor:
+    """Predicts latencies for one device (fingerprint) from one store.
+
+    `client`: an AgentClient for on-demand profiling, or None (misses are errors). `pinned`: a
+    LUT version id; default the newest sealed version of the fingerprint. A pinned version of
+    another fingerprint is refused unless `force`.
+    """
+
+    store: LutStore
+    fingerprint_hash: str
+    fingerprint: Mapping[str, Any]
+    client: Any = None
+    pinned: int | None = None
+    force: bool = False
+    batch_size: int = 1
+    lease_s: float = 600.0
+    owner: str = field(default_factory=lambda: f"predict:{socket.gethostname()}:{os.getpid()}:{time.time_ns()}")
+    base: Version | None = field(init=False, default=None)
+    open_version: Version | None = field(init=False, default=None)
+    _cache: dict[str, _Known] = field(init=False, default_factory=dict)
+    _elided: set[str] = field(init=False, default_factory=set)
+
+    def __post_init__(self) -> None:
+        try:
+            self.base = resolve_version(self.store, self.fingerprint_hash, self.fingerprint, self.pinned, self.force)
+        except (NoSealedVersion, UnknownDevice):
+            if self.pinned is not None:
+                raise
+            self.base = None  # a device seen for the first time: everything is profiled on demand
+
+    @classmethod
+    def for_device(cls, store: LutStore, client: Any, **kwargs: Any) -> LatencyPredictor:
+        """A predictor for the device behind `client` (its fingerprint read over gRPC)."""
+        info = client.info()
+        fingerprint = json_format.MessageToDict(info.fingerprint, preserving_proto_field_name=True)
+        store.ensure_device(info.fingerprint_hash, fingerprint)
+        return cls(store, info.fingerprint_hash, fingerprint, client, **kwargs)
+
+    def kernels(self, model: onnx.ModelProto) -> tuple[Kernel, ...]:
+        try:
+            return model_kernels(model, self.batch_size).kernels
+        except UnsupportedModel as exc:
+            raise LatencyError(str(exc)) from None
+
+    def predict(self, model: onnx.ModelProto | bytes | Path) -> Prediction:
+        """Predicted latency of one model at `batch_size`, with its per-kernel breakdown."""
+        t0 = time.perf_counter()
+        data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else (
+            Path(model).read_bytes() if isinstance(model, (str, Path)) else bytes(model))
+        proto = model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(data)
+        kernels = self.kernels(proto)
+        self._lookup({k.key.hash for k in kernels} - set(self._cache) - self._elided)
+        missing = list({k.key.hash: k for k in kernels
+                        if k.key.hash not in self._cache and k.key.hash not in self._elided}.values())
+        profiled: set[str] = set()
+        measured_ms = None
+        if missing:
+            profiled, measured_ms = self._profile(data, kernels, missing)
+        estimates = []
+        for k in kernels:
+            if k.key.hash in self._elided:
+                estimates.append(KernelEstimate(k.name, k.key.kind, k.key.precision, k.key.hash, 0.0, None, "elided"))
+                continue
+            known = self._cache[k.key.hash]
+            if known.entry.status != "ok":
+                raise LatencyError(f"kernel {k.name} ({k.key.describe()}) cannot run on this device: "
+                                   f"{known.entry.reason} (LUT version {known.version_id})")
+            source = "profiled" if k.key.hash in profiled else "lut"
+            estimates.append(KernelEstimate(k.name, k.key.kind, k.key.precision, k.key.hash,
+                                            float(known.entry.mean_ms or known.entry.median_ms), known.version_id,
+                                            source))
+        versions = tuple(sorted({e.version_id for e in estimates if e.version_id is not None}))
+        return Prediction(sum(e.latency_ms for e in estimates), tuple(estimates), versions, len(profiled),
+                          self.fingerprint_hash, self.batch_size, hashlib.sha256(data).hexdigest(),
+                          time.perf_counter() - t0, measured_ms)
+
+    def _lookup(self, hashes: set[str]) -> None:
+        for version in (self.open_version, self.base):
+            if version is None or not hashes:
+                continue
+            found = self.store.lookup(version.id, hashes).entries
+            for h, entry in found.items():
+                self._cache[h] = _Known(entry, version.id)
+            hashes = hashes - set(found)
+
+    def _profile(self, data: bytes, kernels: tuple[Kernel, ...], missing: list[Kernel]) -> tuple[set[str], float]:
+        """Measure the model's kernels on the device; store the missing ones; all or nothing."""
+        if self.client is None:
+            names = ", ".join(f"{k.name} ({k.key.describe()})" for k in missing[:5])
+            where = f"LUT version {self.base.id}" if self.base else "the store (no sealed version for this device)"
+            raise LatencyError(f"{len(missing)} kernel(s) are not in {where} and no device is connected to profile "
+                               f"them: {names}{' ...' if len(missing) > 5 else ''}")
+        from host.agent_client import AgentError
+
+        try:
+            resp = self.client.benchmark(data, batch_size=self.batch_size, per_kernel=True)
+        except AgentError as exc:
+            raise LatencyError(f"profiling {len(missing)} missing kernel(s) on the device failed; nothing was "
+                               f"stored: {exc}") from None
+        if resp.fingerprint_hash != self.fingerprint_hash:
+            raise LatencyError(f"the device's fingerprint is now {resp.fingerprint_hash[:16]}, not "
+                               f"{self.fingerprint_hash[:16]}: its runtime changed; start a new prediction session")
+        measured = {}
+        for item in resp.kernel_profile.kernels:
+            measured.setdefault(OpKey.from_proto(item.key).hash, item)
+        ours = {k.key.hash for k in kernels}
+        if set(measured) != ours:
+            raise LatencyError(f"the agent split the model into {len(measured)} distinct kernels and this host into "
+                               f"{len(ours)} with other keys: agent and host run different hadmc versions")
+        env = json_format.MessageToDict(resp.environment, preserving_proto_field_name=True)
+        entries, elided = [], set()
+        for k in missing:
+            item = measured[k.key.hash]
+            if not item.HasField("latency"):
+                elided.add(k.key.hash)
+                continue
+            s = item.latency
+            settings = json_format.MessageToDict(s.settings, preserving_proto_field_name=True)
+            settings.update(method="in-model", model_sha256=resp.model.sha256, scale=resp.kernel_profile.scale,
+                            profiled_runs=resp.kernel_profile.runs, runtime_nodes=list(item.runtime_nodes),
+                            p99_ms=s.p99_ms, max_ms=s.max_ms, stable=s.stable, other_cpu_cores=s.other_cpu_cores)
+            entries.append(Entry(k.key.hash, k.key.canonical_json(), "ok",
+                                 env.get("measured_at_unix_s", time.time()), median_ms=s.median_ms,
+                                 mean_ms=s.mean_ms, p90_ms=s.p90_ms, std_ms=s.std_ms, min_ms=s.min_ms, n=s.n,
+                                 settings=settings, environment=env))
+        if entries:
+            version = self._writable()
+            self.store.add_entries(version.id, entries, owner=self.owner)
+            for e in entries:
+                self._cache[e.key_hash] = _Known(e, version.id)
+        self._elided |= elided
+        log.info("latency.profiled", kernels=len(entries), elided=len(elided), model_ms=resp.latency.median_ms)
+        return {e.key_hash for e in entries}, resp.latency.median_ms
+
+    def _writable(self) -> Version:
+        """This predictor's open version (acquired on first write; its lease renewed)."""
+        if self.open_version is None:
+            try:
+                build = self.store.acquire_build(
+                    self.fingerprint_hash, "search", self.owner, self.lease_s,
+                    settings={"method": "in-model", "batch_size": self.batch_size},
+                    note="kernels profiled on demand", parent_id=self.base.id if self.base else None)
+            except BuildInProgress as exc:
+                raise LatencyError(f"cannot store profiled kernels: {exc}") from None
+            self.open_version = build.version
+        else:
+            self.store.renew_lease(self.open_version.id, self.owner, self.lease_s)
+        return self.open_version
+
+    def close(self) -> Version | None:
+        """Seal the open version after copying in the parent's entries it lacks; return it."""
+        if self.open_version is None:
+            return None
+        version, self.open_version = self.open_version, None
+        try:
+            have = {e.key_hash for e in self.store.entries(version.id)}
+            if not have:
+                self.store.abandon(version.id)
+                return None
+            if self.base is not None:
+                inherited = [e for e in self.store.entries(self.base.id) if e.key_hash not in have]
+                if inherited:
+                    self.store.add_entries(version.id, inherited, owner=self.owner)
+            sealed = self.store.seal(version.id)
+        except StoreError as exc:
+            log.warning("latency.seal_failed", version=version.id, error=str(exc))
+            raise
+        log.info("latency.sealed", version=sealed.id, parent=sealed.parent_id, entries=sealed.entry_count)
+        return sealed
+
+    def __enter__(self) -> LatencyPredictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
