@@ -41,8 +41,25 @@ def _ref_name(ref: str) -> str:
     return f"n{idx}" if out == 0 else f"n{idx}.{out}"
 
 
-def _effective_dtype(spec: TensorSpec, precision: str) -> str:
-    if precision == "fp16" and spec.role != "constant" and spec.dtype == "float32":
+# Float inputs that stay float32 in a float16 graph (ONNX types them apart from the data).
+_FLOAT32_ONLY_INPUTS = {"Resize": (1, 2), "Upsample": (1,)}
+
+
+def _float32_only(key: OpKey) -> set[int]:
+    """Key inputs (by index) that an operator requires as float32 whatever the data type."""
+    keep = set()
+    for node in key.nodes:
+        for pos in _FLOAT32_ONLY_INPUTS.get(node.op_type, ()):
+            if pos < len(node.inputs) and node.inputs[pos]:
+                kind, idx, _ = parse_ref(node.inputs[pos])
+                if kind == "i":
+                    keep.add(idx)
+    return keep
+
+
+def _effective_dtype(spec: TensorSpec, precision: str, float32_only: bool = False) -> str:
+    """fp16 graphs hold float16 activations, weights and float constants (Clip bounds, ...)."""
+    if precision == "fp16" and spec.dtype == "float32" and not float32_only:
         return "float16"
     return spec.dtype
 
@@ -82,8 +99,9 @@ def build_float_model(key: OpKey, rng: np.random.Generator) -> onnx.ModelProto:
     """The key's operators at fp32 (or fp16 for precision 'fp16'), outputs typed by inference."""
     precision = "fp16" if key.precision == "fp16" else "fp32"
     graph_inputs, initializers = [], []
+    float32_only = _float32_only(key)
     for k, spec in enumerate(key.inputs):
-        dtype = _effective_dtype(spec, precision)
+        dtype = _effective_dtype(spec, precision, k in float32_only)
         name = f"i{k}"
         if spec.role == "activation":
             elem = helper.np_dtype_to_tensor_dtype(np.dtype(_NP_TYPES[dtype]))
@@ -151,7 +169,12 @@ def _calibration(model: onnx.ModelProto, rng: np.random.Generator) -> Iterator[d
 
 def quantize_int8(model: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto:
     """QDQ int8 with onnxruntime's static quantizer (uint8 activations, per-channel int8 weights)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -18,8 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from device_agent.jobs import (
-    CANCELLED, FAILED, INTERFERENCE, INVALID, UNSUPPORTED, BenchmarkJob, JobError, JobFailure,
-    ProbeJob, ProbeResult, ProfileJob, Settings, WorkerSettings,
+    CANCELLED,
+    FAILED,
+    INTERFERENCE,
+    INVALID,
+    UNSUPPORTED,
+    BenchmarkJob,
+    JobError,
+    JobFailure,
+    ProbeJob,
+    ProbeResult,
+    ProfileJob,
+    Settings,
+    WorkerSettings,
 )
 
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -137,13 +148,14 @@ class PeakRss:
 
 class Worker:
     def __init__(self, ws: WorkerSettings, cancelled: Callable[[], bool]) -> None:
-        from device_agent.measure import EnvironmentReader
         from device_agent.fingerprint import read_power_mode
+        from device_agent.measure import EnvironmentReader
 
         self.ws = ws
         self.rt = Runtime(ws)
         self.cancelled = cancelled
         self.env = EnvironmentReader(self.rt.nvml_handle, read_power_mode())
+        self._node_overhead_ms: float | None = None  # the profiler's cost per node, measured on first use
 
     def handle(self, job: Any) -> Any:
         if isinstance(job, ProbeJob):
@@ -155,7 +167,11 @@ class Worker:
         raise JobError(INVALID, f"unknown job {type(job).__name__}")
 
     def _measure(self, run_once: Callable[[], None], settings: Settings) -> Any:
-        from device_agent.measure import InterferenceError, MeasurementCancelled, measure
+        from device_agent.measure import (
+            InterferenceError,
+            MeasurementCancelled,
+            measure,
+        )
 
         try:
             return measure(run_once, settings, (*self.ws.own_pids, os.getpid()), self.cancelled)
@@ -176,7 +192,12 @@ class Worker:
     def profile(self, job: ProfileJob) -> tuple[bytes, bytes]:
         import numpy as np
 
-        from device_agent.opgraph import KeyInvalid, KeyUnsupported, activation_feeds, build_model
+        from device_agent.opgraph import (
+            KeyInvalid,
+            KeyUnsupported,
+            activation_feeds,
+            build_model,
+        )
         from lut_store.opkey import OpKey, OpKeyError
 
         try:
@@ -211,7 +232,12 @@ class Worker:
         import numpy as np
         import onnx
 
-        from device_agent.opgraph import KeyInvalid, KeyUnsupported, activation_feeds, build_model
+        from device_agent.opgraph import (
+            KeyInvalid,
+            KeyUnsupported,
+            activation_feeds,
+            build_model,
+        )
 
         try:
             model = build_model(key, self.ws.max_tensor_elements)
@@ -299,14 +325,18 @@ class Worker:
 
     def _kernel_profile(self, kernels: Any, model_path: str, feeds: dict[str, Any], whole: Any,
                         settings: Settings) -> Any:
-        from device_agent.kernelprofile import profile_kernels
+        from device_agent.kernelprofile import node_overhead_ms, profile_kernels
         from lut_store.modelkeys import UnsupportedModel
 
         try:
+            if self._node_overhead_ms is None:
+                self._node_overhead_ms = node_overhead_ms(
+                    self.rt.session, self.rt.session_options, self.rt.runner,
+                    lambda run_once: self._measure(run_once, settings).median_ms, self.cancelled)
             return profile_kernels(
-                kernels, lambda so: self.rt.session(model_path, so),
+                kernels, model_path, self.rt.session, self.rt.session_options,
                 lambda sess: self._first_run(sess, feeds, "the model under the profiler"),
-                self.rt.session_options(), whole, settings.warmup_runs, self.cancelled)
+                whole, self._node_overhead_ms, settings.warmup_runs, self.cancelled)
         except InterruptedError:
             raise JobError(CANCELLED, "cancelled") from None
         except UnsupportedModel as exc:

@@ -296,10 +296,9 @@ def _float32(dtype: str, precision: str) -> str:
     return "float32" if precision == "fp16" and dtype == "float16" else dtype
 
 
-def _key(g: _Graph, unit: list[int]) -> OpKey:
+def _key(g: _Graph, unit: list[int], precision: str, neighbors: str) -> OpKey:
     members = set(unit)
     anchor = g.nodes[unit_anchor(g, unit)]
-    precision = _precision(g, unit, anchor)
     chain = [i for i in unit if not g.constant[i] and g.nodes[i].op_type not in _PRECISION_OPS | _NO_OPS]
     if not chain:  # a lone quantizer, cast or no-op: the key is that node itself
         chain = [i for i in unit if not g.constant[i]]
@@ -350,7 +349,7 @@ def _key(g: _Graph, unit: list[int]) -> OpKey:
         outputs = len([o for o in node.output if o]) or 1
         nodes.append(OpNode(node.op_type, tuple(refs), _attrs(node), domain, outputs))
     try:
-        return OpKey(tuple(inputs), tuple(nodes), precision, g.opset, context="in-model")
+        return OpKey(tuple(inputs), tuple(nodes), precision, g.opset, context="in-model", neighbors=neighbors)
     except OpKeyError as exc:
         raise UnsupportedModel(f"kernel of {anchor.op_type} node {anchor.name!r}: {exc}") from None
 
@@ -374,17 +373,46 @@ def model_kernels(model: onnx.ModelProto, batch_size: int = 1) -> ModelKernels:
                                    "control flow and data-dependent shapes cannot be keyed")
     units = [u for u in _assign_units(g) if any(not g.constant[i] for i in u)]
     units.sort(key=lambda u: unit_anchor(g, u))
+    unit_of = {i: k for k, u in enumerate(units) for i in u}
+    precisions = [_precision(g, u, g.nodes[unit_anchor(g, u)]) for u in units]
     kernels, tensor_kernel, node_kernel = [], {}, {}
     for k, unit in enumerate(units):
         anchor = g.nodes[unit_anchor(g, unit)]
         names = [anchor.name] + [g.nodes[i].name for i in unit if g.nodes[i] is not anchor]
-        kernels.append(Kernel(anchor.name, _key(g, unit), tuple(names)))
+        key = _key(g, unit, precisions[k], _neighbors(g, unit, unit_of, precisions))
+        kernels.append(Kernel(anchor.name, key, tuple(names)))
         for i in unit:
             node_kernel[g.nodes[i].name] = k
             for o in g.nodes[i].output:
                 if o:
                     tensor_kernel[o] = k
     return ModelKernels(tuple(kernels), tensor_kernel, node_kernel, batch_size)
+
+
+def _neighbors(g: _Graph, unit: list[int], unit_of: Mapping[int, int], precisions: Sequence[str]) -> str:
+    """'in:P,..|out:P,..': precisions of the kernels feeding and fed by this one ('io': the
+    model's own inputs and outputs)."""
+    members = set(unit)
+    feeding, fed = set(), set()
+    for i in unit:
+        node = g.nodes[i]
+        for t in node.input:
+            if not t or t in g.const_tensors:
+                continue
+            p = g.producer.get(t)
+            if p is None:
+                feeding.add("io")
+            elif p not in members and p in unit_of:
+                feeding.add(precisions[unit_of[p]])
+        for t in node.output:
+            if t in g.outputs:
+                fed.add("io")
+            for c in g.consumers.get(t, []):
+                if c not in members and c in unit_of:
+                    fed.add(precisions[unit_of[c]])
+    if not feeding and not fed:
+        return ""
+    return f"in:{','.join(sorted(feeding)) or 'io'}|out:{','.join(sorted(fed)) or 'io'}"
 
 
 def _name_candidates(name: str) -> list[str]:
@@ -401,26 +429,28 @@ def _name_candidates(name: str) -> list[str]:
 def attribute_runtime_nodes(mk: ModelKernels, optimized: onnx.ModelProto) -> dict[str, int]:
     """Kernel index of every node of the runtime's optimized graph (by node name).
 
-    A node belongs to the kernel that produced one of its outputs in the original graph, else to
-    the kernel its name derives from; inserted nodes (layout reorders, transposes, requantizers)
+    A node belongs to the kernel its name derives from, else to the kernel that produced one of
+    its outputs in the original graph; inserted nodes (layout reorders, transposes, requantizers)
     go to the kernel they feed, or failing that the one feeding them. Raises UnsupportedModel
     naming the nodes that fit nowhere.
     """
     nodes = list(optimized.graph.node)
     owner: dict[int, int] = {}
     for i, n in enumerate(nodes):
-        for t in n.output:
-            clean = t.removeprefix("InsertedPrecisionFreeCast_")
-            if clean in mk.tensor_kernel:
-                owner[i] = mk.tensor_kernel[clean]
+        # The name first: a fused node keeps its compute node's name (or output's, for NCHWc)
+        # even when it also absorbed a neighbour's add and activation and writes their output.
+        for c in _name_candidates(n.name):
+            if c in mk.node_kernel:
+                owner[i] = mk.node_kernel[c]
+                break
+            if c in mk.tensor_kernel:
+                owner[i] = mk.tensor_kernel[c]
                 break
         else:
-            for c in _name_candidates(n.name):
-                if c in mk.tensor_kernel:
-                    owner[i] = mk.tensor_kernel[c]
-                    break
-                if c in mk.node_kernel:
-                    owner[i] = mk.node_kernel[c]
+            for t in n.output:
+                clean = t.removeprefix("InsertedPrecisionFreeCast_")
+                if clean in mk.tensor_kernel:
+                    owner[i] = mk.tensor_kernel[clean]
                     break
     producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
     consumers: dict[str, list[int]] = {}

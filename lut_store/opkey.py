@@ -54,6 +54,8 @@ _ROLE_TO_PROTO = {
 _PROTO_TO_ROLE = {v: k for k, v in _ROLE_TO_PROTO.items()}
 _REF = re.compile(r"^(?:i(\d+)|n(\d+)(?:\.(\d+))?)$")
 _OP_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_NEIGHBOR = r"(?:fp32|fp16|int8|int4|io)"
+_NEIGHBORS = re.compile(rf"^(?:in:{_NEIGHBOR}(?:,{_NEIGHBOR})*\|out:{_NEIGHBOR}(?:,{_NEIGHBOR})*)?$")
 
 # Attribute defaults the canonical form fills in when absent (ONNX semantics). Spatial defaults
 # (strides, dilations, pads, kernel_shape) depend on rank and are filled in `_spatial_defaults`.
@@ -110,7 +112,7 @@ class TensorSpec:
     shape: tuple[int, ...]
     dtype: str = "float32"
     role: str = "activation"
-    values: tuple[Union[int, float], ...] = ()
+    values: tuple[int | float, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(self.shape))
@@ -241,13 +243,17 @@ def _with_defaults(node: OpNode, inputs: Sequence[TensorSpec]) -> OpNode:
 @dataclass(frozen=True)
 class OpKey:
     """A kernel: input tensors, operators in topological order, precision, opset, and how its
-    latency is measured (`context`, part of its identity: see CONTEXTS)."""
+    latency is measured (`context`, part of its identity: see CONTEXTS). In-model keys also
+    name the precisions of the kernels around them (`neighbors`, e.g. "in:int8|out:fp32"): the
+    layout conversions and requantizers a runtime inserts between kernels are charged to one of
+    them, so the same kernel costs more between kernels of other precisions."""
 
     inputs: tuple[TensorSpec, ...]
     nodes: tuple[OpNode, ...]
     precision: str = "fp32"
     opset: int = DEFAULT_OPSET
     context: str = "isolated"
+    neighbors: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
@@ -255,6 +261,10 @@ class OpKey:
             raise OpKeyError(f"unknown precision {self.precision!r}; allowed: {list(PRECISIONS)}")
         if self.context not in CONTEXTS:
             raise OpKeyError(f"unknown measurement context {self.context!r}; allowed: {list(CONTEXTS)}")
+        if self.neighbors and self.context != "in-model":
+            raise OpKeyError("only in-model keys name their neighbors' precisions")
+        if not _NEIGHBORS.match(self.neighbors):
+            raise OpKeyError(f"neighbors {self.neighbors!r} is not 'in:P,P|out:P,P'")
         if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not 7 <= self.opset <= 99:
             raise OpKeyError(f"opset {self.opset!r} must be an integer in 7..99")
         if not self.nodes:
@@ -315,11 +325,14 @@ class OpKey:
         }
         if self.context != "isolated":  # isolated keys hash as they did before contexts existed
             d["context"] = self.context
+        if self.neighbors:
+            d["neighbors"] = self.neighbors
         return d
 
     def with_context(self, context: str) -> OpKey:
-        """The same kernel measured the other way."""
-        return OpKey(self.inputs, self.nodes, self.precision, self.opset, context)
+        """The same kernel measured the other way (isolated keys have no neighbors)."""
+        return OpKey(self.inputs, self.nodes, self.precision, self.opset, context,
+                     self.neighbors if context == "in-model" else "")
 
     def canonical_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -332,6 +345,7 @@ class OpKey:
     def describe(self) -> str:
         """Short human summary: kind, precision and activation shapes."""
         parts = [self.kind, self.precision] + ([self.context] if self.context != "isolated" else [])
+        parts += [self.neighbors] if self.neighbors else []
         parts += ["x".join(map(str, t.shape)) for t in self.inputs if t.role == "activation"]
         weights = [t for t in self.inputs if t.role == "weight" and len(t.shape) >= 2]
         if weights:
@@ -363,7 +377,7 @@ class OpKey:
                 for n in d["nodes"]
             )
             return cls(inputs, nodes, d.get("precision", "fp32"), d.get("opset", DEFAULT_OPSET),
-                       d.get("context", "isolated"))
+                       d.get("context", "isolated"), d.get("neighbors", ""))
         except (KeyError, TypeError) as exc:
             raise OpKeyError(f"malformed key dict: {exc!r}") from exc
 
@@ -373,7 +387,7 @@ class OpKey:
 
     def to_proto(self) -> common_pb2.OpKey:
         msg = common_pb2.OpKey(precision=_PRECISION_TO_PROTO[self.precision], opset=self.opset,
-                               context=_CONTEXT_TO_PROTO[self.context])
+                               context=_CONTEXT_TO_PROTO[self.context], neighbors=self.neighbors)
         for t in self.inputs:
             spec = msg.inputs.add(shape=t.shape, dtype=t.dtype, role=_ROLE_TO_PROTO[t.role])
             if t.role == "constant":
@@ -405,7 +419,7 @@ class OpKey:
         for t in msg.inputs:
             if t.role not in _PROTO_TO_ROLE:
                 raise OpKeyError(f"tensor role {t.role} is unset or unknown")
-            values: tuple[Union[int, float], ...] = tuple(t.float_values) or tuple(t.int_values)
+            values: tuple[int | float, ...] = tuple(t.float_values) or tuple(t.int_values)
             inputs.append(TensorSpec(tuple(t.shape), t.dtype or "float32", _PROTO_TO_ROLE[t.role], values))
         nodes = []
         for n in msg.nodes:
@@ -421,7 +435,8 @@ class OpKey:
             nodes.append(OpNode(n.op_type, tuple(n.inputs), attrs, n.domain, n.num_outputs or 1))
         if msg.context not in _PROTO_TO_CONTEXT:
             raise OpKeyError(f"key context enum value {msg.context} is unknown")
-        return cls(tuple(inputs), tuple(nodes), precision, msg.opset or DEFAULT_OPSET, _PROTO_TO_CONTEXT[msg.context])
+        return cls(tuple(inputs), tuple(nodes), precision, msg.opset or DEFAULT_OPSET, _PROTO_TO_CONTEXT[msg.context],
+                   msg.neighbors)
 
 
 def precision_to_proto(precision: str) -> int:

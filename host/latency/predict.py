@@ -29,7 +29,14 @@ from google.protobuf import json_format
 from host.latency import LatencyError
 from lut_store.modelkeys import Kernel, UnsupportedModel, model_kernels
 from lut_store.opkey import OpKey
-from lut_store.records import BuildInProgress, Entry, NoSealedVersion, StoreError, UnknownDevice, Version
+from lut_store.records import (
+    BuildInProgress,
+    Entry,
+    NoSealedVersion,
+    StoreError,
+    UnknownDevice,
+    Version,
+)
 from lut_store.store import LutStore, resolve_version
 
 log = structlog.get_logger(__name__)

@@ -297,16 +297,18 @@ class KernelLatency(_message.Message):
     def __init__(self, name: _Optional[str] = ..., key: _Optional[_Union[_common_pb2.OpKey, _Mapping]] = ..., latency: _Optional[_Union[_common_pb2.LatencyStats, _Mapping]] = ..., runtime_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class KernelProfile(_message.Message):
-    __slots__ = ("kernels", "runs", "profiled_sum_ms", "scale")
+    __slots__ = ("kernels", "runs", "profiled_sum_ms", "scale", "node_overhead_ms")
     KERNELS_FIELD_NUMBER: _ClassVar[int]
     RUNS_FIELD_NUMBER: _ClassVar[int]
     PROFILED_SUM_MS_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
+    NODE_OVERHEAD_MS_FIELD_NUMBER: _ClassVar[int]
     kernels: _containers.RepeatedCompositeFieldContainer[KernelLatency]
     runs: int
     profiled_sum_ms: float
     scale: float
-    def __init__(self, kernels: _Optional[_Iterable[_Union[KernelLatency, _Mapping]]] = ..., runs: _Optional[int] = ..., profiled_sum_ms: _Optional[float] = ..., scale: _Optional[float] = ...) -> None: ...
+    node_overhead_ms: float
+    def __init__(self, kernels: _Optional[_Iterable[_Union[KernelLatency, _Mapping]]] = ..., runs: _Optional[int] = ..., profiled_sum_ms: _Optional[float] = ..., scale: _Optional[float] = ..., node_overhead_ms: _Optional[float] = ...) -> None: ...
 
 class ReprofileRequest(_message.Message):
     __slots__ = ("reason",)

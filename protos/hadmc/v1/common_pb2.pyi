@@ -95,18 +95,20 @@ class OpNode(_message.Message):
     def __init__(self, op_type: _Optional[str] = ..., domain: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., attributes: _Optional[_Iterable[_Union[Attribute, _Mapping]]] = ..., num_outputs: _Optional[int] = ...) -> None: ...
 
 class OpKey(_message.Message):
-    __slots__ = ("inputs", "nodes", "precision", "opset", "context")
+    __slots__ = ("inputs", "nodes", "precision", "opset", "context", "neighbors")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     OPSET_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBORS_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     nodes: _containers.RepeatedCompositeFieldContainer[OpNode]
     precision: Precision
     opset: int
     context: KeyContext
-    def __init__(self, inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[OpNode, _Mapping]]] = ..., precision: _Optional[_Union[Precision, str]] = ..., opset: _Optional[int] = ..., context: _Optional[_Union[KeyContext, str]] = ...) -> None: ...
+    neighbors: str
+    def __init__(self, inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[OpNode, _Mapping]]] = ..., precision: _Optional[_Union[Precision, str]] = ..., opset: _Optional[int] = ..., context: _Optional[_Union[KeyContext, str]] = ..., neighbors: _Optional[str] = ...) -> None: ...
 
 class MeasurementSettings(_message.Message):
     __slots__ = ("warmup_runs", "min_runs", "max_runs", "max_time_s", "target_rel_ci", "max_attempts", "interference_max_cores", "min_window_s")
