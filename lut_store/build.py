@@ -22,7 +22,7 @@ import structlog
 from google.protobuf import json_format
 
 from lut_store.opkey import OpKey
-from lut_store.records import BuildInProgress, Entry, StoreError
+from lut_store.records import Build, BuildInProgress, Entry, StoreError
 from lut_store.store import LutStore
 from protos.hadmc.v1 import agent_pb2
 
@@ -74,6 +74,21 @@ def holder_is_dead(owner: str) -> bool:
     return False
 
 
+def acquire(store: LutStore, fingerprint_hash: str, source: str, owner: str, lease_s: float,
+            settings: Mapping[str, Any] | None = None, note: str = "", parent_id: int | None = None) -> Build:
+    """store.acquire_build, taking the open version over at once when its holder is a dead
+    process of this host; BuildInProgress when a live builder holds it."""
+    try:
+        return store.acquire_build(fingerprint_hash, source, owner, lease_s, settings, note, parent_id)
+    except BuildInProgress:
+        holder = next((v.lease_owner for v in store.versions(fingerprint_hash) if v.status == "open"), None)
+        if holder is None or not holder_is_dead(holder):
+            raise
+        log.warning("lut.build.takeover", holder=holder, reason="its process is gone from this host")
+        return store.acquire_build(fingerprint_hash, source, owner, lease_s, settings, note, parent_id,
+                                   take_over_from=holder)
+
+
 def entry_from_result(key: OpKey, result: agent_pb2.ProfileResult) -> Entry | None:
     """The stored form of one profile result; None for a passing failure (not stored)."""
     env = json_format.MessageToDict(result.environment, preserving_proto_field_name=True)
@@ -122,15 +137,7 @@ def build_lut(store: LutStore, fingerprint_hash: str, fingerprint: Mapping[str, 
     unique = list({k.hash: k for k in keys}.values())
     store.ensure_device(fingerprint_hash, fingerprint)
     settings_doc = json_format.MessageToDict(settings, preserving_proto_field_name=True) if settings else {}
-    try:
-        build = store.acquire_build(fingerprint_hash, source, owner, lease_s, settings_doc, note, parent_id)
-    except BuildInProgress:
-        holder = next((v.lease_owner for v in store.versions(fingerprint_hash) if v.status == "open"), None)
-        if holder is None or not holder_is_dead(holder):
-            raise
-        log.warning("lut.build.takeover", holder=holder, reason="its process is gone from this host")
-        build = store.acquire_build(fingerprint_hash, source, owner, lease_s, settings_doc, note, parent_id,
-                                    take_over_from=holder)
+    build = acquire(store, fingerprint_hash, source, owner, lease_s, settings_doc, note, parent_id)
     vid = build.version.id
     stored = store.lookup(vid, [k.hash for k in unique]).entries if build.resumed else {}
     todo = [k for k in unique if k.hash not in stored]

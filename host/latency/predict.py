@@ -14,8 +14,6 @@ newest sealed version holds everything known. With no device a miss is an error.
 from __future__ import annotations
 
 import hashlib
-import os
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -27,6 +25,7 @@ import structlog
 from google.protobuf import json_format
 
 from host.latency import LatencyError
+from lut_store.build import acquire, default_owner
 from lut_store.modelkeys import Kernel, UnsupportedModel, model_kernels
 from lut_store.opkey import OpKey
 from lut_store.records import (
@@ -95,7 +94,7 @@ class LatencyPredictor:
     force: bool = False
     batch_size: int = 1
     lease_s: float = 600.0
-    owner: str = field(default_factory=lambda: f"predict:{socket.gethostname()}:{os.getpid()}:{time.time_ns()}")
+    owner: str = field(default_factory=default_owner)
     base: Version | None = field(init=False, default=None)
     open_version: Version | None = field(init=False, default=None)
     _cache: dict[str, _Known] = field(init=False, default_factory=dict)
@@ -217,10 +216,9 @@ class LatencyPredictor:
         """This predictor's open version (acquired on first write; its lease renewed)."""
         if self.open_version is None:
             try:
-                build = self.store.acquire_build(
-                    self.fingerprint_hash, "search", self.owner, self.lease_s,
-                    settings={"method": "in-model", "batch_size": self.batch_size},
-                    note="kernels profiled on demand", parent_id=self.base.id if self.base else None)
+                build = acquire(self.store, self.fingerprint_hash, "search", self.owner, self.lease_s,
+                                settings={"method": "in-model", "batch_size": self.batch_size},
+                                note="kernels profiled on demand", parent_id=self.base.id if self.base else None)
             except BuildInProgress as exc:
                 raise LatencyError(f"cannot store profiled kernels: {exc}") from None
             self.open_version = build.version
