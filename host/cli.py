@@ -199,11 +199,40 @@ def cmd_policy_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_text(summary: dict[str, Any], out: Path) -> str:
+    base = summary["baseline"]
+    header = (f"{'':<10} {'val acc':>8} {'test acc':>9} {'onnxrt':>8} {'params':>11} {'pred ms':>8} "
+              f"{'meas ms':>8} {'speedup':>8} {'reward':>7}")
+    rows = [header, (f"{'baseline':<10} {base['val_accuracy']:>8.4f} {base['test_accuracy']:>9.4f} "
+                     f"{base['test_accuracy_onnxruntime']:>8.4f} {base['params']:>11,} "
+                     f"{base['predicted_latency_ms']:>8.3f} {base['measured_latency']['median_ms']:>8.3f} "
+                     f"{1.0:>8.2f} {'':>7}")]
+    for name, c in summary["controllers"].items():
+        rows.append(f"{name:<10} {c['val_accuracy']:>8.4f} {c['test_accuracy']:>9.4f} "
+                    f"{c['test_accuracy_onnxruntime']:>8.4f} {c['params']:>11,} {c['predicted_latency_ms']:>8.3f} "
+                    f"{c['measured_latency']['median_ms']:>8.3f} {c['speedup']:>8.2f} {c['reward']:>7.4f}")
+    rows.append(f"run directory {out} ({summary['wall_s'] / 60:.1f} min); summary in {out / 'summary.json'}")
+    return "\n".join(rows)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from host.search.run import load_search_config, run_search
+
+    if args.episodes is not None and args.episodes < 1:
+        raise CliError(f"--episodes {args.episodes}: a search needs at least one episode")
+    overrides = {"device": args.device, "store": args.store, "episodes": args.episodes,
+                 "controllers": args.controllers.split(",") if args.controllers else None}
+    config = load_search_config(args.config, overrides)
+    summary = run_search(config, args.out, resume=args.resume, progress=not args.json)
+    _emit(summary, args.json, _search_text(summary, args.out))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from host.demo import run_demo
 
-    summary = run_demo(args.out, progress=not args.json)
-    _emit(summary, args.json, f"summary written to {args.out / 'summary.json'}")
+    summary = run_demo(args.out, progress=not args.json, resume=args.resume)
+    _emit(summary, args.json, _search_text(summary, args.out))
     return 0
 
 
@@ -280,8 +309,20 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("-o", "--output", type=Path, required=True)
     init.set_defaults(func=cmd_policy_init)
 
+    search = sub.add_parser("search", help="the main job: search per-layer keep-ratios and precisions for a device")
+    search.add_argument("--config", type=Path, help="TOML config (model, [data], controllers, episodes, ...)")
+    search.add_argument("--device", metavar="HOST:PORT", help="agent of the target device (default: embedded)")
+    search.add_argument("--store", help="LUT store URL (default: the SQLite file under $HADMC_HOME)")
+    search.add_argument("--controllers", help="comma-separated, e.g. ppo,random,uniform")
+    search.add_argument("--episodes", type=int, help="episodes per controller")
+    search.add_argument("--out", type=Path, required=True, help="run directory")
+    search.add_argument("--resume", action="store_true", help="continue a killed run in --out")
+    search.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    search.set_defaults(func=cmd_search)
+
     demo = sub.add_parser("demo", help="the main job on the built-in default, with an embedded agent")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
+    demo.add_argument("--resume", action="store_true", help="continue a killed demo run in --out")
     demo.add_argument("--json", action="store_true", help="one JSON document on stdout")
     demo.set_defaults(func=cmd_demo)
     return parser

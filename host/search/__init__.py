@@ -1,0 +1,1 @@
+"""The search: controllers over joint (keep-ratio, precision) actions, episodes, final models."""

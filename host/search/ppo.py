@@ -1,0 +1,192 @@
+"""PPO with a hybrid action: a Gaussian head for the keep-ratio, a categorical head for the
+precision (Schulman et al. 2017, https://arxiv.org/abs/1707.06347; GAE: Schulman et al. 2016,
+https://arxiv.org/abs/1506.02438). One episode walks the layers, one step per layer; the reward
+arrives at the last step.
+
+The ratio is sampled as u ~ N(mu, sigma) and squashed: keep = lo + (hi - lo) * sigmoid(u). PPO's
+probability ratio is taken in u-space, where it equals the ratio in keep-space (the squash's
+Jacobian cancels). Steps whose ratio is not free (a residual group's followers, the classifier)
+leave the Gaussian out of the loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Paper defaults: actor 1e-4, critic 3e-4, gamma 0.99, lambda 0.95, clip 0.2, 10 epochs,
+    mini-batch 64."""
+
+    actor_lr: float = 1e-4
+    critic_lr: float = 3e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip: float = 0.2
+    epochs: int = 10
+    minibatch: int = 64
+    hidden: int = 64
+    init_log_std: float = -0.5
+    entropy_coef: float = 0.01
+    update_every: int = 1  # episodes per update
+
+
+def gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last_value: float,
+        gamma: float, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """Generalised advantage estimates and returns of one trajectory (dones[t]: step t ends an
+    episode, so nothing flows back across it)."""
+    adv = np.zeros(len(rewards), dtype=np.float64)
+    running = 0.0
+    for t in reversed(range(len(rewards))):
+        next_value = last_value if t == len(rewards) - 1 else values[t + 1]
+        live = 1.0 - float(dones[t])
+        delta = rewards[t] + gamma * next_value * live - values[t]
+        running = delta + gamma * lam * live * running
+        adv[t] = running
+    return adv, adv + values
+
+
+def clipped_surrogate(logp_new: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
+                      clip: float) -> torch.Tensor:
+    """PPO's clipped objective as a loss (negated, averaged)."""
+    ratio = torch.exp(logp_new - logp_old)
+    return -torch.min(ratio * advantages, torch.clamp(ratio, 1 - clip, 1 + clip) * advantages).mean()
+
+
+class ActorCritic(nn.Module):
+    def __init__(self, state_dim: int, n_bits: int, config: PPOConfig) -> None:
+        super().__init__()
+        h = config.hidden
+        self.actor = nn.Sequential(nn.Linear(state_dim, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh())
+        self.mu = nn.Linear(h, 1)
+        self.bits_logits = nn.Linear(h, n_bits)
+        self.log_std = nn.Parameter(torch.full((1,), config.init_log_std))
+        self.critic = nn.Sequential(nn.Linear(state_dim, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh(), nn.Linear(h, 1))
+
+    def dists(self, states: torch.Tensor) -> tuple[torch.distributions.Normal, torch.distributions.Categorical]:
+        z = self.actor(states)
+        return (torch.distributions.Normal(self.mu(z).squeeze(-1), self.log_std.exp()),
+                torch.distributions.Categorical(logits=self.bits_logits(z)))
+
+    def value(self, states: torch.Tensor) -> torch.Tensor:
+        return self.critic(states).squeeze(-1)
+
+
+@dataclass
+class Rollout:
+    """Transitions of whole episodes, in order."""
+
+    states: list[np.ndarray] = field(default_factory=list)
+    u: list[float] = field(default_factory=list)
+    bit_index: list[int] = field(default_factory=list)
+    logp: list[float] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    free: list[bool] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    dones: list[bool] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+
+class HybridPPO:
+    """Acts step by step and learns from finished episodes."""
+
+    def __init__(self, state_dim: int, n_bits: int, config: PPOConfig, seed: int) -> None:
+        self.config = config
+        torch.manual_seed(seed)
+        self.net = ActorCritic(state_dim, n_bits, config)
+        actor_params = [p for n, p in self.net.named_parameters() if not n.startswith("critic")]
+        self.actor_opt = torch.optim.Adam(actor_params, lr=config.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.net.critic.parameters(), lr=config.critic_lr)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.rollout = Rollout()
+        self.episodes_in_rollout = 0
+        self.last_stats: dict[str, float] = {}
+
+    def act(self, state: np.ndarray, free: bool) -> tuple[float, int]:
+        """Sample (u, bit index) for one step and record it."""
+        s = torch.as_tensor(state).unsqueeze(0)
+        with torch.no_grad():
+            normal, cat = self.net.dists(s)
+            u = normal.mean + normal.stddev * torch.randn(1, generator=self.generator)
+            probs = cat.probs.squeeze(0)
+            b = int(torch.multinomial(probs, 1, generator=self.generator))
+            logp = float(cat.log_prob(torch.tensor([b]))) + (float(normal.log_prob(u)) if free else 0.0)
+            value = float(self.net.value(s))
+        r = self.rollout
+        r.states.append(state)
+        r.u.append(float(u))
+        r.bit_index.append(b)
+        r.logp.append(logp)
+        r.values.append(value)
+        r.free.append(free)
+        r.rewards.append(0.0)
+        r.dones.append(False)
+        return float(u), b
+
+    def finish_episode(self, reward: float) -> None:
+        """The episode's reward on its last step; update every `update_every` episodes."""
+        self.rollout.rewards[-1] = reward
+        self.rollout.dones[-1] = True
+        self.episodes_in_rollout += 1
+        if self.episodes_in_rollout >= self.config.update_every:
+            self.update()
+
+    def update(self) -> None:
+        c, r = self.config, self.rollout
+        adv, ret = gae(np.array(r.rewards), np.array(r.values), np.array(r.dones), 0.0, c.gamma, c.gae_lambda)
+        states = torch.as_tensor(np.stack(r.states))
+        u = torch.tensor(r.u)
+        bits = torch.tensor(r.bit_index)
+        logp_old = torch.tensor(r.logp)
+        free = torch.tensor(r.free, dtype=torch.float32)
+        adv_t = torch.as_tensor(adv, dtype=torch.float32)
+        if len(adv_t) > 1:
+            adv_t = (adv_t - adv_t.mean()) / (adv_t.std() + 1e-8)
+        ret_t = torch.as_tensor(ret, dtype=torch.float32)
+        n = len(r)
+        losses = []
+        for _ in range(c.epochs):
+            order = torch.randperm(n, generator=self.generator)
+            for start in range(0, n, c.minibatch):
+                idx = order[start:start + c.minibatch]
+                normal, cat = self.net.dists(states[idx])
+                logp = cat.log_prob(bits[idx]) + normal.log_prob(u[idx]) * free[idx]
+                entropy = (cat.entropy() + normal.entropy() * free[idx]).mean()
+                actor_loss = clipped_surrogate(logp, logp_old[idx], adv_t[idx], c.clip) - c.entropy_coef * entropy
+                self.actor_opt.zero_grad()
+                actor_loss.backward()
+                self.actor_opt.step()
+                critic_loss = ((self.net.value(states[idx]) - ret_t[idx]) ** 2).mean()
+                self.critic_opt.zero_grad()
+                critic_loss.backward()
+                self.critic_opt.step()
+                losses.append((float(actor_loss.detach()), float(critic_loss.detach())))
+        self.last_stats = {"train/actor_loss": float(np.mean([a for a, _ in losses])),
+                           "train/critic_loss": float(np.mean([b for _, b in losses])),
+                           "train/log_std": float(self.net.log_std)}
+        self.rollout = Rollout()
+        self.episodes_in_rollout = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"net": self.net.state_dict(), "actor_opt": self.actor_opt.state_dict(),
+                "critic_opt": self.critic_opt.state_dict(), "generator": self.generator.get_state(),
+                "rollout": {**self.rollout.__dict__, "states": [x.tolist() for x in self.rollout.states]},
+                "episodes_in_rollout": self.episodes_in_rollout}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.generator.set_state(state["generator"])
+        rollout = dict(state["rollout"])
+        rollout["states"] = [np.asarray(x, dtype=np.float32) for x in rollout["states"]]
+        self.rollout = Rollout(**rollout)
+        self.episodes_in_rollout = state["episodes_in_rollout"]

@@ -1,0 +1,309 @@
+"""`hadmc search`: controllers propose policies, each is compressed, fine-tuned briefly, scored
+by validation accuracy and LUT latency; the best policy of each controller is then trained
+longer, exported, verified in onnxruntime on the device and benchmarked there.
+
+The run directory holds everything (DESIGN.md): config.json, device.json, baseline.json,
+episodes.jsonl, checkpoints/ (controller state after every episode: `--resume` continues with
+no episode lost or repeated), final/<controller>/ (policy, ONNX, benchmark), summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from host.compress.distill import DistillConfig, distill
+from host.compress.export import export_onnx, export_policy_model
+from host.compress.pipeline import DataConfig, device_accuracy_and_latency
+from host.compress.policy import Policy
+from host.compress.prune import layer_limits
+from host.compress.size import size_report
+from host.compress.train import TrainConfig, accuracy, trained_baseline
+from host.search.controllers import CONTROLLERS, Controller, make_controller
+from host.search.evaluate import EpisodeResult, Evaluator, compressed
+from host.search.ppo import PPOConfig
+from host.search.space import SearchSpace, describe_layers
+from lut_store.tomlfile import ConfigError, from_mapping, read_toml
+
+BITS_OF = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """R = acc * (L_base / L)^latency_weight * (S_base / S)^size_weight (HAD-MC 2.0's form)."""
+
+    latency_weight: float = 0.1
+    size_weight: float = 0.05
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    model: str = "resnet18"
+    data: DataConfig = DataConfig()
+    baseline: TrainConfig = TrainConfig()
+    controllers: list[str] = field(default_factory=lambda: ["ppo"])
+    episodes: int = 15
+    episode_samples: int = 384  # training images per episode's fine-tune
+    episode_distill: DistillConfig = DistillConfig(epochs=1)
+    final_distill: DistillConfig = DistillConfig(epochs=10)
+    bits: list[int] = field(default_factory=list)  # empty: every precision the device runs
+    min_keep: float = 0.2  # pruning ratio at most 0.8
+    max_keep: float = 0.9  # pruning ratio at least 0.1
+    reward: RewardConfig = RewardConfig()
+    ppo: PPOConfig = PPOConfig()
+    batch_size: int = 32
+    round_to: int = 8
+    calibration_batches: int = 2
+    device: str = ""  # agent address; empty starts an embedded agent
+    store: str = ""  # LUT store URL; empty: the SQLite file under $HADMC_HOME
+    threads: int = 1  # intra-op threads of an embedded agent
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.episodes < 1:
+            raise ConfigError(f"episodes = {self.episodes}: a search needs at least one episode")
+        unknown = [c for c in self.controllers if c not in CONTROLLERS]
+        if unknown or not self.controllers:
+            raise ConfigError(f"controllers {unknown or '[]'}: choose among {', '.join(CONTROLLERS)}")
+        if self.episode_samples < self.batch_size:
+            raise ConfigError(f"episode_samples = {self.episode_samples} is below batch_size {self.batch_size}")
+
+
+def load_search_config(path: Path | None, overrides: dict[str, Any] | None = None) -> SearchConfig:
+    doc = read_toml(path, "config", ConfigError) if path is not None else {}
+    doc.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    config = from_mapping(SearchConfig, doc)
+    config.check()
+    return config
+
+
+def reward(acc: float, latency_ms: float, size_bytes: int, base_latency_ms: float, base_size_bytes: int,
+           weights: RewardConfig) -> float:
+    return acc * (base_latency_ms / latency_ms) ** weights.latency_weight * (
+        base_size_bytes / size_bytes) ** weights.size_weight
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _device(config: SearchConfig) -> Iterator[Any]:
+    from device_agent.config import AgentConfig
+    from host.agent_client import AgentClient, AgentTarget
+    from host.embedded import embedded_agent
+
+    context = (nullcontext(AgentTarget(config.device)) if config.device
+               else embedded_agent(AgentConfig(listen="127.0.0.1:0", intra_op_threads=config.threads)))
+    with context as target, AgentClient(target, timeout_s=60, retries=3) as client:
+        yield client
+
+
+def _layer_latency_share(space_layers: Any, prediction: Any) -> tuple[float, ...]:
+    """Each layer's share of the baseline's predicted latency: the conv/gemm kernels in graph
+    order are the layers in execution order (zeros when the counts differ)."""
+    compute = [k for k in prediction.kernels if k.kind.split("+")[0] in ("conv", "gemm", "matmul")]
+    if len(compute) != len(space_layers):
+        return ()
+    return tuple(k.latency_ms / prediction.latency_ms for k in compute)
+
+
+class _Episodes:
+    """episodes.jsonl, kept consistent with the checkpoints on resume."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self, done: dict[str, int]) -> list[dict[str, Any]]:
+        """Episodes the checkpoints account for; a later or torn line (killed mid-write) goes."""
+        rows = []
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if row["episode"] < done.get(row["controller"], 0):
+                    rows.append(row)
+        self.path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        return rows
+
+    def append(self, row: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """The whole search; returns summary.json's document."""
+    from host.data import load_dataset, make_loaders
+    from host.data.loaders import tensor_dataset
+    from host.latency.predict import LatencyPredictor
+    from host.models import build_model
+    from lut_store.store import open_store
+
+    t_start = time.monotonic()
+    if resume:
+        if not (out / "config.json").exists():
+            raise ConfigError(f"--resume: {out} has no config.json; it is not a search run directory")
+        config = from_mapping(SearchConfig, json.loads((out / "config.json").read_text()))
+    elif (out / "episodes.jsonl").exists():
+        raise ConfigError(f"{out} already holds a search; pass --resume to continue it or choose another --out")
+    config.check()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "checkpoints").mkdir(exist_ok=True)
+    _write_json(out / "config.json", asdict(config))
+
+    with _device(config) as client, open_store(config.store or None) as store:
+        predictor = LatencyPredictor.for_device(store, client)  # the device answers before any training
+        options = {k: v for k, v in asdict(config.data).items() if k != "name" and v != ""}
+        data = load_dataset(config.data.name, **options)
+        loaders = make_loaders(data, batch_size=config.batch_size, seed=config.data.seed)
+        shape = tuple(data.input_shape)
+        example = torch.zeros((1, *shape))
+        step = lambda e, n, loss: _say(progress, f"  epoch {e}/{n}: loss {loss:.4f}")  # noqa: E731
+        _say(progress, f"baseline {config.model} on {data.name} ...")
+        teacher, _ = trained_baseline(lambda: build_model(config.model, len(data.classes), shape), config.model,
+                                      f"{data.name}-s{config.data.seed}", loaders.train, config.baseline, step)
+        teacher.eval()
+
+        info = client.info()
+        from host.agent_client import message_dict
+
+        device_doc = {"fingerprint_hash": info.fingerprint_hash, "fingerprint": message_dict(info.fingerprint),
+                      "precisions": [{"precision": p["precision"].removeprefix("PRECISION_").lower(),
+                                      "supported": p["supported"], "note": p["note"]}
+                                     for p in message_dict(info)["precisions"]],
+                      "address": config.device or "embedded"}
+        _write_json(out / "device.json", device_doc)
+        runs = {p["precision"] for p in device_doc["precisions"] if p["supported"]}
+        bits = tuple(config.bits) or tuple(sorted((BITS_OF[p] for p in runs if p in BITS_OF), reverse=True))
+
+        final_dir = out / "final"
+        final_dir.mkdir(exist_ok=True)
+        base_onnx = final_dir / "baseline_fp32.onnx"
+        export_onnx(teacher, base_onnx, shape)
+        base_pred = predictor.predict(base_onnx)
+        if (out / "baseline.json").exists():
+            baseline = json.loads((out / "baseline.json").read_text())
+        else:
+            _say(progress, "measuring the FP32 baseline on the device ...")
+            acc_onnx, bench = device_accuracy_and_latency(client, base_onnx, data.x_test, data.y_test, 1)
+            params = sum(p.numel() for p in teacher.parameters())
+            baseline = {"model": config.model, "data": data.name, "val_accuracy": accuracy(teacher, loaders.val),
+                        "test_accuracy": accuracy(teacher, loaders.test), "test_accuracy_onnxruntime": acc_onnx,
+                        "params": params, "fp32_size_bytes": 4 * params, "predicted_latency_ms": base_pred.latency_ms,
+                        "measured_latency": bench["latency"]}
+            _write_json(out / "baseline.json", baseline)
+
+        layers = describe_layers(teacher, example, layer_limits(teacher, example))
+        space = SearchSpace(config.model, layers, bits, config.min_keep, config.max_keep,
+                            _layer_latency_share(layers, base_pred))
+        evaluator = Evaluator(config.model, teacher, tensor_dataset(data, "train"), loaders.val, predictor, shape,
+                              out / "checkpoints", config.episode_distill, config.episode_samples,
+                              config.batch_size, config.round_to, config.calibration_batches)
+        controllers: dict[str, Controller] = {}
+        done: dict[str, int] = {}
+        for i, name in enumerate(config.controllers):
+            controllers[name] = make_controller(name, space, config.ppo, config.seed + 1000 * i)
+            ckpt = out / "checkpoints" / f"{name}.pt"
+            if resume and ckpt.exists():
+                state = torch.load(ckpt, weights_only=True)
+                controllers[name].load_state_dict(state["controller"])
+                done[name] = state["episodes_done"]
+        episodes = _Episodes(out / "episodes.jsonl")
+        rows = episodes.load(done) if resume else []
+        if not resume:
+            episodes.path.write_text("")
+
+        for name, controller in controllers.items():
+            best = max((r["reward"] for r in rows if r["controller"] == name), default=None)
+            for ep in range(done.get(name, 0), config.episodes):
+                t0 = time.monotonic()
+                policy = controller.propose(ep)
+                result: EpisodeResult = evaluator(policy, ep)
+                r = reward(result.val_accuracy, result.latency_ms, result.size_bytes, baseline["predicted_latency_ms"],
+                           baseline["fp32_size_bytes"], config.reward)
+                controller.observe(r)
+                best = r if best is None else max(best, r)
+                row = {"controller": name, "episode": ep, "policy": json.loads(policy.to_json()),
+                       "predicted_latency_ms": result.latency_ms, "val_accuracy": result.val_accuracy,
+                       "params": result.params, "size_bytes": result.size_bytes, "reward": r,
+                       "lut_version_ids": list(result.lut_version_ids), "wall_s": time.monotonic() - t0,
+                       "profiled_kernels": result.profiled_kernels, "seconds": result.seconds}
+                episodes.append(row)
+                rows.append(row)
+                tmp = out / "checkpoints" / f"{name}.pt.tmp"
+                torch.save({"controller": controller.state_dict(), "episodes_done": ep + 1}, tmp)
+                os.replace(tmp, out / "checkpoints" / f"{name}.pt")
+                _say(progress, f"[{name}] episode {ep + 1}/{config.episodes}: reward {r:.4f} (best {best:.4f}), "
+                               f"val acc {result.val_accuracy:.4f}, {result.latency_ms:.3f} ms predicted, "
+                               f"{result.params:,} params, {row['wall_s']:.1f} s")
+
+        summary_controllers = {}
+        for name in controllers:
+            summary_controllers[name] = _final_model(name, config, rows, teacher, data, loaders, evaluator, client,
+                                                     final_dir, baseline, progress)
+        sealed = predictor.close()
+    versions = sorted({v for r in rows for v in r["lut_version_ids"]} | ({sealed.id} if sealed else set()))
+    summary = {"baseline": baseline, "controllers": summary_controllers, "lut_version_ids": versions,
+               "wall_s": time.monotonic() - t_start, "episodes": config.episodes}
+    _write_json(out / "summary.json", summary)
+    return summary
+
+
+def _final_model(name: str, config: SearchConfig, rows: list[dict[str, Any]], teacher: torch.nn.Module, data: Any,
+                 loaders: Any, evaluator: Evaluator, client: Any, final_dir: Path, baseline: dict[str, Any],
+                 progress: bool) -> dict[str, Any]:
+    """The controller's best policy, fine-tuned fully, exported, verified and benchmarked."""
+    directory = final_dir / name
+    directory.mkdir(exist_ok=True)
+    if (directory / "result.json").exists():
+        return json.loads((directory / "result.json").read_text())
+    best = max((r for r in rows if r["controller"] == name), key=lambda r: r["reward"])
+    policy = Policy.from_json(json.dumps(best["policy"]))
+    (directory / "policy.json").write_text(policy.to_json())
+    _say(progress, f"[{name}] final model: episode {best['episode']}, fine-tuning {config.final_distill.epochs} epochs ...")
+    example = torch.zeros((1, *data.input_shape))
+    student, before = compressed(teacher, policy, example, config.round_to, loaders.train, config.calibration_batches)
+    step = lambda e, n, loss: _say(progress, f"  epoch {e}/{n}: loss {loss:.4f}")  # noqa: E731
+    distill(student, teacher, config.model, loaders.train, replace(config.final_distill, seed=config.seed), step)
+    onnx_path = directory / "model.onnx"
+    export_policy_model(student, policy, onnx_path, tuple(data.input_shape))
+    prediction = evaluator.predictor.predict(onnx_path)
+    acc_onnx, bench = device_accuracy_and_latency(client, onnx_path, data.x_test, data.y_test, 1)
+    (directory / "benchmark.json").write_text(json.dumps(bench, indent=2, sort_keys=True))
+    sizes = size_report(student, policy, before)
+    measured = bench["latency"]
+    base_measured = baseline["measured_latency"]
+    val_acc = accuracy(student, loaders.val)
+    result = {
+        "policy": json.loads(policy.to_json()), "episode": best["episode"], "episodes": config.episodes,
+        "val_accuracy": val_acc, "test_accuracy": accuracy(student, loaders.test),
+        "test_accuracy_onnxruntime": acc_onnx, "params": sizes.params, "params_reduction": sizes.params_reduction,
+        "fp32_size_bytes": sizes.fp32_bytes, "effective_size_bytes": sizes.effective_bytes,
+        "compression": sizes.compression, "predicted_latency_ms": prediction.latency_ms, "measured_latency": measured,
+        "speedup": base_measured["median_ms"] / measured["median_ms"],
+        "reward": reward(val_acc, prediction.latency_ms, sizes.effective_bytes, baseline["predicted_latency_ms"],
+                         baseline["fp32_size_bytes"], config.reward),
+        "onnx": str(onnx_path.relative_to(final_dir.parent)),
+    }
+    _write_json(directory / "result.json", result)
+    return result

@@ -1,0 +1,132 @@
+"""The search space: one joint action (keep-ratio, precision) per prunable layer, and the
+paper's per-layer state the controller sees.
+
+Layers of one residual group prune the same channels, so only the group's first layer (in
+execution order) decides its keep-ratio; the others follow it (their ratio step is not free)
+while every layer still picks its own precision. The classifier's width is fixed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from host.compress.policy import LayerAction, LayerLimits, Policy
+from host.compress.prune import layer_limits
+
+KINDS = ("conv", "depthwise", "linear")
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One prunable layer as the state describes it (execution order)."""
+
+    name: str
+    kind: str
+    kernel: int
+    stride: int
+    in_channels: int
+    out_channels: int
+    fmap: int  # output height x width (1 for Linear)
+    flops: int
+    params: int
+    group: str | None  # pruning group root; None: fixed width
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    model: str
+    layers: tuple[LayerInfo, ...]
+    bits: tuple[int, ...]
+    min_keep: float = 0.2
+    max_keep: float = 0.9
+    latency_share: tuple[float, ...] = ()  # per layer, from the baseline's LUT prediction
+
+    def __post_init__(self) -> None:
+        if not self.bits or any(b not in (4, 8, 16, 32) for b in self.bits):
+            raise ValueError(f"precisions {list(self.bits)}: choose among 4, 8, 16, 32 bits")
+        if not 0.0 < self.min_keep <= self.max_keep <= 1.0:
+            raise ValueError(f"keep-ratio range {self.min_keep}..{self.max_keep} must lie in (0, 1]")
+
+    @property
+    def state_dim(self) -> int:
+        return 11 + len(KINDS) + len(self.bits)
+
+    def ratio_free(self) -> list[bool]:
+        """Whether each layer's step decides a keep-ratio (the first layer of its group)."""
+        seen: set[str] = set()
+        free = []
+        for layer in self.layers:
+            free.append(layer.group is not None and layer.group not in seen)
+            if layer.group is not None:
+                seen.add(layer.group)
+        return free
+
+    def state(self, t: int, prev_keep: float, prev_bits: int | None) -> np.ndarray:
+        """Layer t's features in ~[0, 1]: index, kind, kernel, stride, channels, feature map,
+        shares of FLOPs, parameters and latency, and the previous action."""
+        layer = self.layers[t]
+        n = len(self.layers)
+        max_ch = max(max(x.in_channels, x.out_channels) for x in self.layers)
+        max_fmap = max(x.fmap for x in self.layers)
+        flops = sum(x.flops for x in self.layers) or 1
+        params = sum(x.params for x in self.layers) or 1
+        kind = [1.0 if layer.kind == k else 0.0 for k in KINDS]
+        prev = [1.0 if prev_bits == b else 0.0 for b in self.bits]
+        latency = self.latency_share[t] if self.latency_share else 0.0
+        return np.array([
+            t / max(n - 1, 1), layer.kernel / 7.0, layer.stride / 2.0, layer.in_channels / max_ch,
+            layer.out_channels / max_ch, layer.fmap / max_fmap, layer.flops / flops, layer.params / params,
+            latency, float(layer.group is None), prev_keep, *kind, *prev,
+        ], dtype=np.float32)
+
+    def policy(self, keeps: Sequence[float], bits: Sequence[int]) -> Policy:
+        """The policy of one episode's actions (follower layers take their group's ratio)."""
+        group_keep: dict[str, float] = {}
+        layers = {}
+        for layer, keep, b in zip(self.layers, keeps, bits):
+            if layer.group is None:
+                ratio = 1.0
+            else:
+                ratio = group_keep.setdefault(layer.group, round(float(keep), 4))
+            layers[layer.name] = LayerAction(ratio, int(b))
+        return Policy(self.model, layers)
+
+
+def describe_layers(model: nn.Module, example: torch.Tensor, limits: Sequence[LayerLimits] | None = None) -> tuple[LayerInfo, ...]:
+    """Conv2d/Linear layers in execution order with their shapes, FLOPs and pruning groups."""
+    limits = list(limits) if limits is not None else layer_limits(model, example)
+    group = {lim.name: lim.group for lim in limits}
+    names = {m: n for n, m in model.named_modules()}
+    seen: list[LayerInfo] = []
+    hooks = []
+
+    def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        name = names[module]
+        if any(x.name == name for x in seen):
+            return
+        if isinstance(module, nn.Conv2d):
+            k, s = module.kernel_size[0], module.stride[0]
+            fmap = int(out.shape[2] * out.shape[3])
+            depthwise = module.groups > 1 and module.groups == module.in_channels
+            flops = fmap * module.out_channels * module.in_channels // module.groups * k * k
+            seen.append(LayerInfo(name, "depthwise" if depthwise else "conv", k, s, module.in_channels,
+                                  module.out_channels, fmap, flops, module.weight.numel(), group.get(name)))
+        else:
+            seen.append(LayerInfo(name, "linear", 1, 1, module.in_features, module.out_features, 1,
+                                  module.in_features * module.out_features, module.weight.numel(), group.get(name)))
+
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and names[module] in group:
+            hooks.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return tuple(seen)

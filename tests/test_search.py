@@ -1,0 +1,156 @@
+"""The search: PPO maths in closed form, the action space, controllers, and whole runs on a real
+agent (MLP on breast-cancer: seconds per episode)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from host.compress.policy import validate
+from host.compress.prune import layer_limits
+from host.models import build_model
+from host.search.controllers import make_controller
+from host.search.ppo import PPOConfig, clipped_surrogate, gae
+from host.search.run import RewardConfig, load_search_config, reward, run_search
+from host.search.space import SearchSpace, describe_layers
+from lut_store.tomlfile import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_gae_closed_form():
+    # Constant value v, one reward R at the end of a 3-step episode: delta_t = -v + gamma v for
+    # t < 2, delta_2 = R - v; A_t = sum_k (gamma lambda)^k delta_{t+k}.
+    gamma, lam, v, r = 0.9, 0.8, 0.5, 2.0
+    adv, ret = gae(np.array([0.0, 0.0, r]), np.full(3, v), np.array([False, False, True]), 123.0, gamma, lam)
+    d = [gamma * v - v, gamma * v - v, r - v]
+    gl = gamma * lam
+    expected = [d[0] + gl * d[1] + gl ** 2 * d[2], d[1] + gl * d[2], d[2]]
+    assert np.allclose(adv, expected) and np.allclose(ret, np.array(expected) + v)
+    # Nothing flows back across an episode's end (the 123.0 bootstrap is never used either).
+    adv2, _ = gae(np.array([1.0, 0.0]), np.zeros(2), np.array([True, True]), 5.0, gamma, lam)
+    assert np.allclose(adv2, [1.0, 0.0])
+
+
+def test_clipped_surrogate_closed_form():
+    logp_old = torch.zeros(3)
+    logp_new = torch.log(torch.tensor([1.5, 0.5, 1.1]))
+    adv = torch.tensor([1.0, -1.0, 2.0])
+    # ratio 1.5 with A>0 clips to 1.2; ratio 0.5 with A<0 clips to 0.8 (min picks -0.8); 1.1 stays.
+    expected = -np.mean([1.2 * 1.0, min(0.5 * -1.0, 0.8 * -1.0), 1.1 * 2.0])
+    assert float(clipped_surrogate(logp_new, logp_old, adv, 0.2)) == pytest.approx(expected)
+
+
+def _space(model: str, bits=(32, 16, 8, 4)) -> tuple[SearchSpace, list]:
+    net = build_model(model, 6, (3, 64, 64))
+    example = torch.zeros((1, 3, 64, 64))
+    limits = layer_limits(net, example)
+    return SearchSpace(model, describe_layers(net, example, limits), tuple(bits)), limits
+
+
+@pytest.mark.parametrize("model", ["resnet18", "mobilenetv2"])
+@pytest.mark.parametrize("name", ["ppo", "random", "uniform"])
+def test_controllers_propose_valid_policies(model, name):
+    space, limits = _space(model, bits=(32, 8))
+    assert len(space.layers) == len(limits) and space.state(0, 1.0, None).shape == (space.state_dim,)
+    controller = make_controller(name, space, PPOConfig(), seed=0)
+    for episode in range(3):
+        policy = controller.propose(episode)
+        validate(policy, model, limits)  # groups share a ratio, the classifier keeps its width
+        free = [a.keep_ratio for lim, a in ((lim, policy.layers[lim.name]) for lim in limits) if lim.group]
+        assert all(space.min_keep <= k <= space.max_keep for k in free)
+        assert {a.bits for a in policy.layers.values()} <= {32, 8}
+        controller.observe(1.0 + 0.1 * episode)
+
+
+def test_controller_state_resumes_exactly():
+    space, _ = _space("resnet18")
+
+    def rewards(policy):
+        return sum(a.keep_ratio for a in policy.layers.values()) / len(policy.layers)
+
+    for name in ("ppo", "random"):
+        straight = make_controller(name, space, PPOConfig(), seed=3)
+        first = make_controller(name, space, PPOConfig(), seed=3)
+        for ep in range(3):
+            straight.observe(rewards(straight.propose(ep)))
+            first.observe(rewards(first.propose(ep)))
+        saved = first.state_dict()
+        torch.save(saved, "/dev/null")  # it serialises
+        resumed = make_controller(name, space, PPOConfig(), seed=99)
+        resumed.load_state_dict(saved)
+        for ep in range(3, 5):
+            a, b = straight.propose(ep), resumed.propose(ep)
+            assert a == b
+            straight.observe(rewards(a))
+            resumed.observe(rewards(b))
+
+
+def test_reward_form():
+    w = RewardConfig(latency_weight=0.5, size_weight=1.0)
+    assert reward(0.9, 1.0, 100, 4.0, 400, w) == pytest.approx(0.9 * 2.0 * 4.0)
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="at least one episode"):
+        load_search_config(None, {"episodes": 0})
+    with pytest.raises(ConfigError, match="choose among ppo, random, uniform"):
+        load_search_config(None, {"controllers": ["ppo", "grid"]})
+    with pytest.raises(ValueError, match="unknown controller"):
+        make_controller("grid", _space("resnet18")[0], PPOConfig(), 0)
+
+
+MLP = {"model": "mlp", "data": {"name": "breast-cancer"}, "controllers": ["ppo", "random", "uniform"],
+       "episodes": 2, "episode_samples": 64, "baseline": {"epochs": 2}, "final_distill": {"epochs": 1}}
+
+
+def test_search_run_directory(agent, tmp_path, monkeypatch):
+    monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
+    config = load_search_config(None, {**MLP, "device": agent.address, "store": f"sqlite:///{tmp_path / 'lut.sqlite'}"})
+    out = tmp_path / "run"
+    summary = run_search(config, out, progress=False)
+    rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert sorted((r["controller"], r["episode"]) for r in rows) == sorted(
+        (c, e) for c in MLP["controllers"] for e in range(2))
+    for r in rows:
+        assert r["predicted_latency_ms"] > 0 and 0 <= r["val_accuracy"] <= 1 and r["lut_version_ids"]
+    for name, c in summary["controllers"].items():
+        assert (out / c["onnx"]).exists() and (out / "final" / name / "benchmark.json").exists()
+        assert abs(c["test_accuracy"] - c["test_accuracy_onnxruntime"]) <= 0.02
+        assert c["measured_latency"]["median_ms"] > 0 and c["speedup"] > 0
+    for f in ("config.json", "device.json", "baseline.json", "summary.json"):
+        assert json.loads((out / f).read_text())
+    with pytest.raises(ConfigError, match="--resume"):
+        run_search(config, out, progress=False)
+
+
+def test_a_killed_search_resumes_with_no_episode_lost_or_repeated(agent, tmp_path):
+    config = tmp_path / "search.toml"
+    config.write_text('model = "mlp"\ncontrollers = ["ppo", "random"]\nepisodes = 4\nepisode_samples = 64\n'
+                      '[data]\nname = "breast-cancer"\n[baseline]\nepochs = 2\n[final_distill]\nepochs = 1\n')
+    out = tmp_path / "run"
+    env = {"HADMC_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
+    argv = [sys.executable, "-m", "host.cli", "search", "--config", str(config), "--device", agent.address,
+            "--store", f"sqlite:///{tmp_path / 'lut.sqlite'}", "--out", str(out)]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        lines = (out / "episodes.jsonl").read_text().splitlines() if (out / "episodes.jsonl").exists() else []
+        if len(lines) >= 3:
+            break
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    assert len(lines) >= 3, "the search made too little progress to test resuming"
+    done = subprocess.run([*argv, "--resume", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert sorted((r["controller"], r["episode"]) for r in rows) == [(c, e) for c in ("ppo", "random") for e in range(4)]
+    assert set(json.loads(done.stdout)["controllers"]) == {"ppo", "random"}
