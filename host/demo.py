@@ -10,13 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from host.compress.distill import DistillConfig
 from host.search.run import SearchConfig, run_search
 
-DEMO = SearchConfig(
-    model="resnet18", controllers=["ppo", "random", "uniform"], episodes=8, episode_samples=1152,
-    episode_distill=DistillConfig(epochs=1), final_distill=DistillConfig(epochs=8),
-)
+DEMO = SearchConfig(model="resnet18", controllers=["ppo", "random", "uniform"], episodes=10, episode_samples=1152)
 
 
 def run_demo(out: Path, progress: bool = True, resume: bool = False) -> dict[str, Any]:
