@@ -8,6 +8,16 @@ import sys
 import structlog
 
 
+class _CurrentStderr:
+    """Whatever sys.stderr is at write time (a test or an embedding program may swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(verbosity: int = 0, json_lines: bool | None = None) -> None:
     """structlog to stderr: JSON lines when stderr is not a terminal, readable text otherwise."""
     level = logging.WARNING - 10 * verbosity if verbosity < 2 else logging.DEBUG
@@ -24,6 +34,6 @@ def configure(verbosity: int = 0, json_lines: bool | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),
         cache_logger_on_first_use=True,
     )

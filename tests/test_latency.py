@@ -119,7 +119,8 @@ def test_on_demand_profiling_fills_the_store_and_seals(agent, client, models, st
         distinct = {k.key_hash for k in first.kernels}
         assert first.profiled_kernels == len(distinct) and first.measured_ms is not None
         assert {k.source for k in first.kernels} <= {"profiled", "lut"}
-        assert first.latency_ms == pytest.approx(first.measured_ms, rel=0.02)  # its own profile, re-summed
+        # Its own profile re-summed; a kernel repeated in the model takes its first occurrence's time.
+        assert first.latency_ms == pytest.approx(first.measured_ms, rel=0.05)
         second = predictor.predict(path)
         assert second.profiled_kernels == 0 and {k.source for k in second.kernels} == {"lut"}
         assert second.latency_ms == pytest.approx(first.latency_ms)
