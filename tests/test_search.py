@@ -154,3 +154,15 @@ def test_a_killed_search_resumes_with_no_episode_lost_or_repeated(agent, tmp_pat
     rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert sorted((r["controller"], r["episode"]) for r in rows) == [(c, e) for c in ("ppo", "random") for e in range(4)]
     assert set(json.loads(done.stdout)["controllers"]) == {"ppo", "random"}
+
+
+def test_an_unreachable_device_fails_fast_naming_it(tmp_path, monkeypatch):
+    from host.agent_client import AgentError
+
+    monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
+    config = load_search_config(None, {**MLP, "device": "127.0.0.1:1", "store": f"sqlite:///{tmp_path / 'l.sqlite'}"})
+    t0 = time.monotonic()
+    with pytest.raises(AgentError, match=r"127\.0\.0\.1:1.*after 3 attempts"):
+        run_search(config, tmp_path / "run", progress=False)
+    assert time.monotonic() - t0 < 60
+    assert not (tmp_path / "home" / "baselines").exists()  # nothing was trained first

@@ -95,14 +95,16 @@ def device_accuracy_and_latency(client: Any, model_path: Path, x: np.ndarray, y:
 
 
 @contextmanager
-def _device(config: CompressConfig) -> Iterator[Any]:
+def device_client(address: str, threads: int) -> Iterator[Any]:
+    """A client of the agent at `address`, or of an embedded one with `threads` intra-op threads
+    when `address` is empty (calls time out after 60 s, with bounded retries)."""
     from device_agent.config import AgentConfig
     from host.agent_client import AgentClient, AgentTarget
     from host.embedded import embedded_agent
 
-    context = (nullcontext(AgentTarget(config.device)) if config.device
-               else embedded_agent(AgentConfig(listen="127.0.0.1:0", intra_op_threads=config.threads)))
-    with context as target, AgentClient(target, timeout_s=60) as client:
+    context = (nullcontext(AgentTarget(address)) if address
+               else embedded_agent(AgentConfig(listen="127.0.0.1:0", intra_op_threads=threads)))
+    with context as target, AgentClient(target, timeout_s=60, retries=3) as client:
         yield client
 
 
@@ -154,7 +156,7 @@ def run_compress(config: CompressConfig, policy: Policy, out: Path, progress: bo
     sizes = size_report(student, policy, pruned.params_before)
     summary.size = {**asdict(sizes), "params_reduction": sizes.params_reduction, "compression": sizes.compression}
     _say(progress, "verifying accuracy and measuring latency on the device ...")
-    with (nullcontext(client) if client is not None else _device(config)) as device:
+    with (nullcontext(client) if client is not None else device_client(config.device, config.threads)) as device:
         acc_b, lat_b = device_accuracy_and_latency(device, baseline_onnx, data.x_test, data.y_test,
                                                    config.benchmark_batch)
         acc_c, lat_c = device_accuracy_and_latency(device, compressed_onnx, data.x_test, data.y_test,

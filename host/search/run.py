@@ -13,8 +13,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,11 @@ import torch
 
 from host.compress.distill import DistillConfig, distill
 from host.compress.export import export_onnx, export_policy_model
-from host.compress.pipeline import DataConfig, device_accuracy_and_latency
+from host.compress.pipeline import (
+    DataConfig,
+    device_accuracy_and_latency,
+    device_client,
+)
 from host.compress.policy import Policy
 from host.compress.prune import layer_limits
 from host.compress.size import size_report
@@ -105,18 +107,6 @@ def _write_json(path: Path, doc: Any) -> None:
     os.replace(tmp, path)
 
 
-@contextmanager
-def _device(config: SearchConfig) -> Iterator[Any]:
-    from device_agent.config import AgentConfig
-    from host.agent_client import AgentClient, AgentTarget
-    from host.embedded import embedded_agent
-
-    context = (nullcontext(AgentTarget(config.device)) if config.device
-               else embedded_agent(AgentConfig(listen="127.0.0.1:0", intra_op_threads=config.threads)))
-    with context as target, AgentClient(target, timeout_s=60, retries=3) as client:
-        yield client
-
-
 def _layer_latency_share(space_layers: Any, prediction: Any) -> tuple[float, ...]:
     """Each layer's share of the baseline's predicted latency: the conv/gemm kernels in graph
     order are the layers in execution order (zeros when the counts differ)."""
@@ -173,14 +163,14 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
     (out / "checkpoints").mkdir(exist_ok=True)
     _write_json(out / "config.json", asdict(config))
 
-    with _device(config) as client, open_store(config.store or None) as store:
+    with device_client(config.device, config.threads) as client, open_store(config.store or None) as store:
         predictor = LatencyPredictor.for_device(store, client)  # the device answers before any training
         options = {k: v for k, v in asdict(config.data).items() if k != "name" and v != ""}
         data = load_dataset(config.data.name, **options)
         loaders = make_loaders(data, batch_size=config.batch_size, seed=config.data.seed)
         shape = tuple(data.input_shape)
         example = torch.zeros((1, *shape))
-        step = lambda e, n, loss: _say(progress, f"  epoch {e}/{n}: loss {loss:.4f}")  # noqa: E731
+        step = lambda e, n, loss: _say(progress, f"  epoch {e}/{n}: loss {loss:.4f}")
         _say(progress, f"baseline {config.model} on {data.name} ...")
         teacher, _ = trained_baseline(lambda: build_model(config.model, len(data.classes), shape), config.model,
                                       f"{data.name}-s{config.data.seed}", loaders.train, config.baseline, step)
@@ -285,7 +275,7 @@ def _final_model(name: str, config: SearchConfig, rows: list[dict[str, Any]], te
     _say(progress, f"[{name}] final model: episode {best['episode']}, fine-tuning {config.final_distill.epochs} epochs ...")
     example = torch.zeros((1, *data.input_shape))
     student, before = compressed(teacher, policy, example, config.round_to, loaders.train, config.calibration_batches)
-    step = lambda e, n, loss: _say(progress, f"  epoch {e}/{n}: loss {loss:.4f}")  # noqa: E731
+    step = lambda e, n, loss: _say(progress, f"  epoch {e}/{n}: loss {loss:.4f}")
     distill(student, teacher, config.model, loaders.train, replace(config.final_distill, seed=config.seed), step)
     onnx_path = directory / "model.onnx"
     export_policy_model(student, policy, onnx_path, tuple(data.input_shape))
