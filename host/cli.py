@@ -211,7 +211,7 @@ def _search_text(summary: dict[str, Any], out: Path) -> str:
         rows.append(f"{name:<10} {c['val_accuracy']:>8.4f} {c['test_accuracy']:>9.4f} "
                     f"{c['test_accuracy_onnxruntime']:>8.4f} {c['params']:>11,} {c['predicted_latency_ms']:>8.3f} "
                     f"{c['measured_latency']['median_ms']:>8.3f} {c['speedup']:>8.2f} {c['reward']:>7.4f}")
-    rows.append(f"run directory {out} ({summary['wall_s'] / 60:.1f} min); summary in {out / 'summary.json'}")
+    rows.append(f"run directory {out} ({summary['wall_s'] / 60:.1f} min); report in {out / 'report.html'}")
     return "\n".join(rows)
 
 
@@ -225,6 +225,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     config = load_search_config(args.config, overrides)
     summary = run_search(config, args.out, resume=args.resume, progress=not args.json)
     _emit(summary, args.json, _search_text(summary, args.out))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from host.report import build_report
+
+    path = build_report(args.run)
+    _emit({"report": str(path)}, args.json, f"report written to {path}")
     return 0
 
 
@@ -319,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     search.add_argument("--json", action="store_true", help="one JSON document on stdout")
     search.set_defaults(func=cmd_search)
+
+    report = sub.add_parser("report", help="(re)build DIR/report.html and its plots from a search run directory")
+    report.add_argument("run", type=Path, metavar="DIR")
+    report.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    report.set_defaults(func=cmd_report)
 
     demo = sub.add_parser("demo", help="the main job on the built-in default, with an embedded agent")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")

@@ -127,6 +127,18 @@ def test_search_run_directory(agent, tmp_path, monkeypatch):
         assert c["measured_latency"]["median_ms"] > 0 and c["speedup"] > 0
     for f in ("config.json", "device.json", "baseline.json", "summary.json"):
         assert json.loads((out / f).read_text())
+    report = (out / "report.html").read_text()
+    assert "http://" not in report and "https://" not in report and report.count("data:image/png;base64,") == 4
+    assert all(name in report for name in MLP["controllers"]) and json.loads((out / "device.json").read_text())[
+        "fingerprint_hash"] in report
+    assert all((out / "plots" / f"{p}.png").read_bytes()[:4] == b"\x89PNG"
+               for p in ("pareto", "reward", "policies", "predicted_vs_measured"))
+    with (out / "episodes.jsonl").open("a") as f:
+        f.write('{"controller": "ppo", "epis')  # a write cut short by a kill
+    from host.cli import main
+
+    assert main(["report", str(out)]) == 0
+    assert "1 torn line" in (out / "report.html").read_text()
     with pytest.raises(ConfigError, match="--resume"):
         run_search(config, out, progress=False)
 
@@ -166,3 +178,17 @@ def test_an_unreachable_device_fails_fast_naming_it(tmp_path, monkeypatch):
         run_search(config, tmp_path / "run", progress=False)
     assert time.monotonic() - t0 < 60
     assert not (tmp_path / "home" / "baselines").exists()  # nothing was trained first
+
+
+def test_pareto_front():
+    from host.report import pareto_front
+
+    points = [(1.0, 0.9), (2.0, 0.95), (1.5, 0.85), (0.5, 0.6), (3.0, 0.94), (0.5, 0.7)]
+    assert pareto_front(points) == [5, 0, 1]
+
+
+def test_report_needs_a_finished_run_and_tolerates_a_torn_line(tmp_path):
+    from host.report import ReportError, build_report
+
+    with pytest.raises(ReportError, match="summary.json"):
+        build_report(tmp_path)

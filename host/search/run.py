@@ -258,6 +258,9 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
     summary = {"baseline": baseline, "controllers": summary_controllers, "lut_version_ids": versions,
                "wall_s": time.monotonic() - t_start, "episodes": config.episodes}
     _write_json(out / "summary.json", summary)
+    from host.report import build_report
+
+    _say(progress, f"report: {build_report(out)}")
     return summary
 
 
