@@ -55,8 +55,13 @@ def _load(run: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
 
 
 def _png(fig: Any) -> bytes:
+    """The figure as PNG bytes (laid out, then closed)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
     return buf.getvalue()
 
 
@@ -81,9 +86,7 @@ def _plots(summary: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, byt
     ax.set_ylabel("validation accuracy after the episode's fine-tune")
     ax.set_title("every evaluated policy, with each controller's Pareto front")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     out["pareto"] = _png(fig)
-    plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name in summary["controllers"]:
@@ -95,9 +98,7 @@ def _plots(summary: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, byt
     ax.set_xlabel("episode")
     ax.set_ylabel("reward")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     out["reward"] = _png(fig)
-    plt.close(fig)
 
     names = list(summary["controllers"])
     fig, axes = plt.subplots(len(names), 1, figsize=(9, 2.2 * len(names)), squeeze=False)
@@ -112,9 +113,7 @@ def _plots(summary: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, byt
         ax.set_xticklabels(keys, rotation=90, fontsize=5)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in BITS_COLOURS.values()]
     axes[0, 0].legend(handles, [f"{b} bits" for b in BITS_COLOURS], fontsize=7, ncol=4, loc="lower right")
-    fig.tight_layout()
     out["policies"] = _png(fig)
-    plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 5))
     entries = [("baseline", base)] + list(summary["controllers"].items())
@@ -129,9 +128,7 @@ def _plots(summary: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, byt
     ax.set_xlabel("measured median latency (ms)")
     ax.set_ylabel("predicted latency (ms)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     out["predicted_vs_measured"] = _png(fig)
-    plt.close(fig)
     return out
 
 
