@@ -148,8 +148,10 @@ class HybridPPO:
         logp_old = torch.tensor(r.logp)
         free = torch.tensor(r.free, dtype=torch.float32)
         adv_t = torch.as_tensor(adv, dtype=torch.float32)
+        # Scaled, not centred: an update may hold a single episode whose steps share one reward,
+        # and centring would erase exactly the signal "this episode beat the critic's estimate".
         if len(adv_t) > 1:
-            adv_t = (adv_t - adv_t.mean()) / (adv_t.std() + 1e-8)
+            adv_t = adv_t / (adv_t.std() + 1e-8)
         ret_t = torch.as_tensor(ret, dtype=torch.float32)
         n = len(r)
         losses = []
@@ -171,7 +173,7 @@ class HybridPPO:
                 losses.append((float(actor_loss.detach()), float(critic_loss.detach())))
         self.last_stats = {"train/actor_loss": float(np.mean([a for a, _ in losses])),
                            "train/critic_loss": float(np.mean([b for _, b in losses])),
-                           "train/log_std": float(self.net.log_std)}
+                           "train/log_std": float(self.net.log_std.detach())}
         self.rollout = Rollout()
         self.episodes_in_rollout = 0
 
