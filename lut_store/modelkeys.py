@@ -57,11 +57,6 @@ class Kernel:
     key: OpKey
     nodes: tuple[str, ...]
 
-    @property
-    def layer(self) -> str:
-        """The anchor node's name, which names the layer in exported models."""
-        return self.nodes[0]
-
 
 @dataclass(frozen=True)
 class ModelKernels:
@@ -476,8 +471,3 @@ def attribute_runtime_nodes(mk: ModelKernels, optimized: onnx.ModelProto) -> dic
     if lost:
         raise UnsupportedModel(f"runtime nodes that map to no kernel: {', '.join(lost[:5])}")
     return {nodes[i].name: k for i, k in owner.items()}
-
-
-def kernel_keys(kernels: Sequence[Kernel]) -> dict[str, OpKey]:
-    """Distinct keys by hash (a model repeats kernels)."""
-    return {k.key.hash: k.key for k in kernels}

@@ -30,7 +30,6 @@ class EpisodeResult:
     latency_ms: float
     params: int
     size_bytes: int
-    fp32_size_bytes: int
     lut_version_ids: tuple[int, ...]
     profiled_kernels: int
     seconds: dict[str, float] = field(default_factory=dict)
@@ -91,6 +90,6 @@ class Evaluator:
         acc = accuracy(student, self.val_loader)
         t3 = time.monotonic()
         sizes = size_report(student, policy, before)
-        return EpisodeResult(acc, prediction.latency_ms, sizes.params, sizes.effective_bytes, sizes.fp32_bytes,
-                             prediction.version_ids, prediction.profiled_kernels,
+        return EpisodeResult(acc, prediction.latency_ms, sizes.params, sizes.effective_bytes, prediction.version_ids,
+                             prediction.profiled_kernels,
                              {"compress_s": t1 - t0, "latency_s": t2 - t1, "finetune_s": t3 - t2})

@@ -108,7 +108,6 @@ class HybridPPO:
         self.generator = torch.Generator().manual_seed(seed)
         self.rollout = Rollout()
         self.episodes_in_rollout = 0
-        self.last_stats: dict[str, float] = {}
 
     def act(self, state: np.ndarray, free: bool) -> tuple[float, int]:
         """Sample (u, bit index) for one step and record it."""
@@ -154,7 +153,6 @@ class HybridPPO:
             adv_t = adv_t / (adv_t.std() + 1e-8)
         ret_t = torch.as_tensor(ret, dtype=torch.float32)
         n = len(r)
-        losses = []
         for _ in range(c.epochs):
             order = torch.randperm(n, generator=self.generator)
             for start in range(0, n, c.minibatch):
@@ -170,10 +168,6 @@ class HybridPPO:
                 self.critic_opt.zero_grad()
                 critic_loss.backward()
                 self.critic_opt.step()
-                losses.append((float(actor_loss.detach()), float(critic_loss.detach())))
-        self.last_stats = {"train/actor_loss": float(np.mean([a for a, _ in losses])),
-                           "train/critic_loss": float(np.mean([b for _, b in losses])),
-                           "train/log_std": float(self.net.log_std.detach())}
         self.rollout = Rollout()
         self.episodes_in_rollout = 0
 
