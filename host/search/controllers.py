@@ -11,56 +11,84 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from host.compress.policy import Policy
 from host.search.ppo import HybridPPO, PPOConfig
+from host.search.reward import Constraint, Enforcer
 from host.search.space import SearchSpace
+
+# One step's choice: (layer index, decides its ratio, previous keep-ratio, previous bits) -> (keep, bits)
+Choose = Callable[[int, bool, float, int | None], tuple[float, int]]
+
+
+def walk(space: SearchSpace, choose: Choose, enforcer: Enforcer | None) -> Policy:
+    """One episode: layer by layer, the controller's choice, bounded by the constraint (if any);
+    followers of a residual group take the group's ratio and the classifier keeps its width."""
+    keeps: list[float] = []
+    bits: list[int] = []
+    prev_keep, prev_bits = 1.0, None
+    group_keep: dict[str, float] = {}
+    for t, (layer, free) in enumerate(zip(space.layers, space.ratio_free())):
+        keep, b = choose(t, free, prev_keep, prev_bits)
+        if not free:
+            keep = group_keep[layer.group] if layer.group is not None else 1.0
+        if enforcer is not None:
+            keep, b = enforcer.bound(keeps, bits, keep, b, free)
+        if layer.group is not None:
+            group_keep.setdefault(layer.group, keep)
+        keeps.append(keep)
+        bits.append(b)
+        prev_keep, prev_bits = keep, b
+    return space.policy(keeps, bits)
 
 
 class Controller:
+    """Proposes one policy per episode and learns from its reward."""
+
     name = ""
 
+    def __init__(self, space: SearchSpace, constraint: Constraint | None = None) -> None:
+        self.space = space
+        self.enforcer = Enforcer(space, constraint) if constraint is not None else None
+
     def propose(self, episode: int) -> Policy:
+        return walk(self.space, self._choose(episode), self.enforcer)
+
+    def _choose(self, episode: int) -> Choose:
         raise NotImplementedError
 
     def observe(self, reward: float) -> None:
         """The reward of the policy proposed last."""
 
     def state_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+        return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-
-def _squash(space: SearchSpace, u: float) -> float:
-    return space.min_keep + (space.max_keep - space.min_keep) / (1.0 + math.exp(-u))
+        pass
 
 
 class PPOController(Controller):
+    """The PPO agent acts on each layer's state. A bound the constraint puts on an action is
+    part of the environment: the agent learns from the action it sampled (as SB3 does with
+    clipped actions), the state's previous action is the one executed."""
+
     name = "ppo"
 
-    def __init__(self, space: SearchSpace, config: PPOConfig, seed: int) -> None:
-        self.space = space
+    def __init__(self, space: SearchSpace, config: PPOConfig, seed: int, constraint: Constraint | None = None) -> None:
+        super().__init__(space, constraint)
         self.agent = HybridPPO(space.state_dim, len(space.bits), config, seed)
 
-    def propose(self, episode: int) -> Policy:
-        keeps: list[float] = []
-        bits: list[int] = []
-        prev_keep, prev_bits = 1.0, None
-        group_keep: dict[str, float] = {}
-        for t, (layer, free) in enumerate(zip(self.space.layers, self.space.ratio_free())):
+    def _choose(self, episode: int) -> Choose:
+        def choose(t: int, free: bool, prev_keep: float, prev_bits: int | None) -> tuple[float, int]:
             u, b = self.agent.act(self.space.state(t, prev_keep, prev_bits), free)
-            keep = _squash(self.space, u) if free else group_keep.get(layer.group or "", 1.0)
-            if layer.group is not None:
-                group_keep.setdefault(layer.group, keep)
-            keeps.append(keep)
-            bits.append(self.space.bits[b])
-            prev_keep, prev_bits = keep, self.space.bits[b]
-        return self.space.policy(keeps, bits)
+            squashed = self.space.min_keep + (self.space.max_keep - self.space.min_keep) / (1.0 + math.exp(-u))
+            return squashed, self.space.bits[b]
+
+        return choose
 
     def observe(self, reward: float) -> None:
         self.agent.finish_episode(reward)
@@ -73,18 +101,20 @@ class PPOController(Controller):
 
 
 class RandomController(Controller):
+    """Keep-ratios uniform in the range, precisions uniform among the allowed ones."""
+
     name = "random"
 
-    def __init__(self, space: SearchSpace, seed: int) -> None:
-        self.space = space
+    def __init__(self, space: SearchSpace, seed: int, constraint: Constraint | None = None) -> None:
+        super().__init__(space, constraint)
         self.rng = np.random.default_rng(seed)
 
-    def propose(self, episode: int) -> Policy:
-        keeps: list[float] = []
-        for free in self.space.ratio_free():
-            keeps.append(float(self.rng.uniform(self.space.min_keep, self.space.max_keep)) if free else 1.0)
-        bits = [int(self.rng.choice(self.space.bits)) for _ in self.space.layers]
-        return self.space.policy(keeps, bits)
+    def _choose(self, episode: int) -> Choose:
+        def choose(t: int, free: bool, prev_keep: float, prev_bits: int | None) -> tuple[float, int]:
+            keep = float(self.rng.uniform(self.space.min_keep, self.space.max_keep)) if free else 1.0
+            return keep, int(self.rng.choice(self.space.bits))
+
+        return choose
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state}
@@ -94,36 +124,32 @@ class RandomController(Controller):
 
 
 class UniformController(Controller):
-    """Uniform keep-ratios (max, middle, min of the range) x every precision, cycled."""
+    """Uniform keep-ratios (max, middle, min of the range) x every precision (widest first),
+    cycled in that fixed order: episode k takes grid entry k mod its size."""
 
     name = "uniform"
 
-    def __init__(self, space: SearchSpace) -> None:
-        self.space = space
+    def __init__(self, space: SearchSpace, constraint: Constraint | None = None) -> None:
+        super().__init__(space, constraint)
         mid = round((space.min_keep + space.max_keep) / 2, 4)
         ratios = sorted({space.max_keep, mid, space.min_keep}, reverse=True)
         self.grid = list(itertools.product(ratios, sorted(space.bits, reverse=True)))
 
-    def propose(self, episode: int) -> Policy:
+    def _choose(self, episode: int) -> Choose:
         keep, bits = self.grid[episode % len(self.grid)]
-        n = len(self.space.layers)
-        return self.space.policy([keep] * n, [bits] * n)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        return lambda t, free, prev_keep, prev_bits: (keep, bits)
 
 
 CONTROLLERS = ("ppo", "random", "uniform")
 
 
-def make_controller(name: str, space: SearchSpace, ppo: PPOConfig, seed: int) -> Controller:
+def make_controller(name: str, space: SearchSpace, ppo: PPOConfig, seed: int,
+                    constraint: Constraint | None = None) -> Controller:
+    """A controller by name; `constraint` (optional) bounds every policy it proposes."""
     if name == "ppo":
-        return PPOController(space, ppo, seed)
+        return PPOController(space, ppo, seed, constraint)
     if name == "random":
-        return RandomController(space, seed)
+        return RandomController(space, seed, constraint)
     if name == "uniform":
-        return UniformController(space)
+        return UniformController(space, constraint)
     raise ValueError(f"unknown controller {name!r}; choices: {', '.join(CONTROLLERS)}")

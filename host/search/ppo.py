@@ -100,8 +100,9 @@ class HybridPPO:
 
     def __init__(self, state_dim: int, n_bits: int, config: PPOConfig, seed: int) -> None:
         self.config = config
-        torch.manual_seed(seed)
-        self.net = ActorCritic(state_dim, n_bits, config)
+        with torch.random.fork_rng():  # seeded initial weights, the global generator untouched
+            torch.manual_seed(seed)
+            self.net = ActorCritic(state_dim, n_bits, config)
         actor_params = [p for n, p in self.net.named_parameters() if not n.startswith("critic")]
         self.actor_opt = torch.optim.Adam(actor_params, lr=config.actor_lr)
         self.critic_opt = torch.optim.Adam(self.net.critic.parameters(), lr=config.critic_lr)

@@ -33,18 +33,11 @@ from host.compress.train import TrainConfig, accuracy, trained_baseline
 from host.search.controllers import CONTROLLERS, Controller, make_controller
 from host.search.evaluate import EpisodeResult, Evaluator, compressed
 from host.search.ppo import PPOConfig
+from host.search.reward import RewardConfig, reward
 from host.search.space import SearchSpace, describe_layers
 from lut_store.tomlfile import ConfigError, from_mapping, read_toml
 
 BITS_OF = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
-
-
-@dataclass(frozen=True)
-class RewardConfig:
-    """R = acc * (L_base / L)^latency_weight * (S_base / S)^size_weight (HAD-MC 2.0's form)."""
-
-    latency_weight: float = 0.1
-    size_weight: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -88,12 +81,6 @@ def load_search_config(path: Path | None, overrides: dict[str, Any] | None = Non
     config = from_mapping(SearchConfig, doc)
     config.check()
     return config
-
-
-def reward(acc: float, latency_ms: float, size_bytes: int, base_latency_ms: float, base_size_bytes: int,
-           weights: RewardConfig) -> float:
-    return acc * (base_latency_ms / latency_ms) ** weights.latency_weight * (
-        base_size_bytes / size_bytes) ** weights.size_weight
 
 
 def _say(progress: bool, text: str) -> None:

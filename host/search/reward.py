@@ -1,0 +1,112 @@
+"""The episode reward in HAD-MC 2.0's form, and AMC-style constraints on the actions.
+
+Constraint enforcement follows AMC (He et al. 2018, https://arxiv.org/abs/1802.03494, Alg. 1):
+while layer t's action is chosen, assume every later layer takes the most aggressive action; if
+even then the policy would miss the budget, reduce layer t's action until it does not. The
+most aggressive policy is checked once, up front, so the final policy always meets the budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from host.compress.policy import Policy
+from host.search.space import SearchSpace
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """R = acc * (L_base / L)^latency_weight * (S_base / S)^size_weight (HAD-MC 2.0's form)."""
+
+    latency_weight: float = 0.1
+    size_weight: float = 0.05
+
+
+def reward(acc: float, latency_ms: float, size_bytes: int, base_latency_ms: float, base_size_bytes: int,
+           weights: RewardConfig) -> float:
+    if latency_ms <= 0 or size_bytes <= 0:
+        raise ValueError(f"latency_ms = {latency_ms} and size_bytes = {size_bytes} must be positive; "
+                         "a latency that could not be predicted is an error, never 0 ms")
+    return acc * (base_latency_ms / latency_ms) ** weights.latency_weight * (
+        base_size_bytes / size_bytes) ** weights.size_weight
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Keep `cost(policy) <= budget`. The cost should not fall as a keep-ratio grows (bisection
+    then finds the largest feasible ratio); the budget is met either way."""
+
+    name: str  # what is bounded, with its unit: "latency_ms", "params"
+    budget: float
+    cost: Callable[[Policy], float]
+
+
+def params_constraint(count_params: Callable[[Policy], int], base_params: int,
+                      max_params_fraction: float) -> Constraint:
+    """A compression target: at most `max_params_fraction` of the baseline's parameters
+    (`count_params`: e.g. `space.ParamCounter`, exact from channel counts)."""
+    if not 0.0 < max_params_fraction <= 1.0:
+        raise ValueError(f"max_params_fraction = {max_params_fraction}: give a fraction in (0, 1], "
+                         "e.g. 0.25 for 75% fewer parameters")
+    return Constraint("params", max_params_fraction * base_params, count_params)
+
+
+def latency_constraint(latency_ms: Callable[[Policy], float], budget_ms: float) -> Constraint:
+    """A latency budget; `latency_ms` predicts a policy's latency (e.g. from the LUT)."""
+    if budget_ms <= 0:
+        raise ValueError(f"latency budget {budget_ms} ms: give a positive number of milliseconds")
+    return Constraint("latency_ms", budget_ms, latency_ms)
+
+
+class Enforcer:
+    """Bounds each step's (keep-ratio, bits) so that the finished policy meets the constraint."""
+
+    resolution = 1e-4  # keep-ratios are searched (and policies rounded) to this step
+
+    def __init__(self, space: SearchSpace, constraint: Constraint) -> None:
+        self.space = space
+        self.constraint = constraint
+        n = len(space.layers)
+        costs = {b: constraint.cost(space.policy([space.min_keep] * n, [b] * n)) for b in space.bits}
+        self.aggressive_bits = min(space.bits, key=lambda b: (costs[b], b))
+        floor = costs[self.aggressive_bits]
+        if floor > constraint.budget:
+            raise ValueError(
+                f"the {constraint.name} budget {constraint.budget:g} cannot be met: even keep-ratio "
+                f"{space.min_keep} and {self.aggressive_bits} bits on every layer give {floor:g}; "
+                "raise the budget or lower the minimum keep-ratio")
+
+    def _fits(self, keeps: Sequence[float], bits: Sequence[int], keep: float, b: int) -> bool:
+        rest = len(self.space.layers) - len(keeps) - 1
+        policy = self.space.policy([*keeps, keep, *[self.space.min_keep] * rest],
+                                   [*bits, b, *[self.aggressive_bits] * rest])
+        return self.constraint.cost(policy) <= self.constraint.budget
+
+    def bound(self, keeps: Sequence[float], bits: Sequence[int], keep: float, b: int,
+              free: bool) -> tuple[float, int]:
+        """Layer t's action (t = len(keeps)) after the executed actions `keeps`, `bits`: the
+        proposed one if it fits, else the largest keep-ratio that fits at the proposed precision,
+        else at the most aggressive one; a layer whose ratio is not `free` changes only its
+        precision. (Ratio min_keep, or the group's, with the aggressive bits always fits: it is
+        the policy the previous step was checked with.)"""
+        if self._fits(keeps, bits, keep, b):
+            return keep, b
+        lo = self.space.min_keep if free else keep
+        for precision in (b, self.aggressive_bits):
+            if self._fits(keeps, bits, lo, precision):
+                return (self._largest_fit(keeps, bits, lo, keep, precision) if free else keep), precision
+        raise RuntimeError(f"the {self.constraint.name} cost is not deterministic: a policy that met the "
+                           "budget one step ago no longer does")
+
+    def _largest_fit(self, keeps: Sequence[float], bits: Sequence[int], lo: float, hi: float, b: int) -> float:
+        """Bisection between a fitting `lo` and a failing `hi`, on the resolution grid."""
+        lo_i, hi_i = math.ceil(lo / self.resolution - 1e-9), math.floor(hi / self.resolution + 1e-9)
+        while hi_i - lo_i > 1:
+            mid = (lo_i + hi_i) // 2
+            if self._fits(keeps, bits, mid * self.resolution, b):
+                lo_i = mid
+            else:
+                hi_i = mid
+        return max(lo, round(lo_i * self.resolution, 4))

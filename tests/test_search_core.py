@@ -1,0 +1,272 @@
+"""The controller core, without a device: PPO maths in closed form, the action space and its
+bounds, AMC-style constraints, exact resume, budgets, and PPO against random search on a
+synthetic reward."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from host.compress.policy import Policy, validate
+from host.compress.prune import layer_limits, prune
+from host.models import build_model
+from host.search.controllers import CONTROLLERS, make_controller
+from host.search.evaluate import EpisodeResult
+from host.search.loop import Baseline, run_episodes
+from host.search.ppo import PPOConfig, clipped_surrogate, gae
+from host.search.reward import (
+    RewardConfig,
+    latency_constraint,
+    params_constraint,
+    reward,
+)
+from host.search.space import ParamCounter, SearchSpace, describe_layers
+
+SHAPE = (3, 64, 64)
+
+
+@functools.cache
+def _model(name: str) -> tuple[torch.nn.Module, tuple]:
+    net = build_model(name, 6, SHAPE)
+    example = torch.zeros((1, *SHAPE))
+    return net, tuple(layer_limits(net, example))
+
+
+def _space(name: str, bits=(32, 16, 8, 4), latency_share=()) -> SearchSpace:
+    net, limits = _model(name)
+    return SearchSpace(name, describe_layers(net, torch.zeros((1, *SHAPE)), limits), tuple(bits),
+                       latency_share=latency_share)
+
+
+def _result(acc: float, latency_ms: float = 1.0, size_bytes: int = 100) -> EpisodeResult:
+    return EpisodeResult(acc, latency_ms, 0, size_bytes, (), 0)
+
+
+BASE = Baseline(latency_ms=1.0, size_bytes=100)
+W = RewardConfig()
+
+
+# ---- PPO maths in closed form ----
+
+def test_gae_over_two_episodes_in_one_rollout():
+    # Episode A: 2 steps, reward 1 at its end; episode B: 1 step, reward 3. gamma 0.5, lambda 0.5.
+    # deltas: A0 = 0 + 0.5*V1 - V0 = 0.5*2 - 1 = 0; A1 = 1 - V1 = -1 (episode ends: no bootstrap);
+    # B0 = 3 - V2 = 3 - 4 = -1. Advantages: A0 = 0 + 0.25*(-1) = -0.25, A1 = -1, B0 = -1.
+    values = np.array([1.0, 2.0, 4.0])
+    adv, ret = gae(np.array([0.0, 1.0, 3.0]), values, np.array([False, True, True]), 99.0, 0.5, 0.5)
+    assert np.allclose(adv, [-0.25, -1.0, -1.0])
+    assert np.allclose(ret, [0.75, 1.0, 3.0])
+
+
+def test_gae_with_lambda_one_is_the_discounted_return_minus_the_value():
+    gamma, v = 0.99, 0.3
+    adv, ret = gae(np.array([0.0, 0.0, 0.0, 2.0]), np.full(4, v), np.array([False] * 3 + [True]), 0.0, gamma, 1.0)
+    assert np.allclose(ret, [2.0 * gamma ** 3, 2.0 * gamma ** 2, 2.0 * gamma, 2.0])
+    assert np.allclose(adv, ret - v)
+
+
+def test_clipped_surrogate_in_every_case():
+    clip = 0.2
+    ratios = torch.tensor([1.5, 1.5, 0.5, 0.5, 1.1])
+    adv = torch.tensor([2.0, -2.0, 2.0, -2.0, -1.0])
+    # A > 0, ratio 1.5: clipped to 1.2 -> 2.4; A < 0, ratio 1.5: min(-3.0, -2.4) = -3.0 (unclipped);
+    # A > 0, ratio 0.5: min(1.0, 1.6) = 1.0 (unclipped); A < 0, ratio 0.5: min(-1.0, -1.6) = -1.6;
+    # inside the band: 1.1 * -1 = -1.1.
+    expected = -np.mean([2.4, -3.0, 1.0, -1.6, -1.1])
+    loss = clipped_surrogate(torch.log(ratios), torch.zeros(5), adv, clip)
+    assert float(loss) == pytest.approx(expected)
+
+
+def test_clipped_surrogate_gradient_vanishes_outside_the_band():
+    logp = torch.log(torch.tensor([1.5, 0.5, 1.1])).requires_grad_(True)
+    clipped_surrogate(logp, torch.zeros(3), torch.tensor([1.0, -1.0, 1.0]), 0.2).backward()
+    # d(-r A / 3)/d log r = -r A / 3 inside the band, 0 where the clipped term is the minimum.
+    assert np.allclose(logp.grad.numpy(), [0.0, 0.0, -1.1 / 3])
+
+
+# ---- the space and its bounds ----
+
+@pytest.mark.parametrize("model", ["resnet18", "mobilenetv2"])
+@pytest.mark.parametrize("name", CONTROLLERS)
+def test_actions_stay_in_the_space(model, name):
+    space = _space(model, bits=(16, 8))
+    _, limits = _model(model)
+    controller = make_controller(name, space, PPOConfig(), seed=1)
+    for episode in range(4):
+        policy = controller.propose(episode)
+        validate(policy, model, limits)  # residual groups share a ratio; fixed-width layers keep 1.0
+        ratios = {}
+        for lim in limits:
+            action = policy.layers[lim.name]
+            assert action.bits in (16, 8)
+            if lim.group is None:
+                assert action.keep_ratio == 1.0
+            else:
+                assert space.min_keep <= action.keep_ratio <= space.max_keep
+                assert ratios.setdefault(lim.group, action.keep_ratio) == action.keep_ratio
+        controller.observe(0.5)
+
+
+def test_one_ratio_decision_per_group_but_a_precision_per_layer():
+    space = _space("resnet18")
+    free = space.ratio_free()
+    groups = {layer.group for layer in space.layers if layer.group is not None}
+    assert sum(free) == len(groups) < len(space.layers)
+    controller = make_controller("random", space, PPOConfig(), seed=0)
+    bits_in_groups = set()
+    for episode in range(5):
+        policy = controller.propose(episode)
+        for group in groups:
+            bits_in_groups.add(len({policy.layers[x.name].bits for x in space.layers if x.group == group}))
+    assert max(bits_in_groups) > 1  # members of one group chose different precisions
+
+
+def test_state_features_are_normalised():
+    space = _space("mobilenetv2", latency_share=())
+    states = np.stack([space.state(t, 0.5, 8) for t in range(len(space.layers))])
+    assert states.shape == (len(space.layers), space.state_dim)
+    assert states.min() >= 0.0 and states.max() <= 1.0
+    assert np.isclose(states[:, 6].sum(), 1.0) and np.isclose(states[:, 7].sum(), 1.0)  # FLOPs, params shares
+    assert np.all(states[:, 8] == 0.0)  # latency share unknown: zeros
+    kinds = {layer.kind for layer in space.layers}
+    assert kinds == {"conv", "depthwise", "linear"}
+
+
+def test_bad_spaces_are_refused():
+    with pytest.raises(ValueError, match="among 4, 8, 16, 32"):
+        _space("mlp", bits=(8, 2))
+    with pytest.raises(ValueError, match="keep-ratio range"):
+        SearchSpace("mlp", (), (8,), min_keep=0.9, max_keep=0.2)
+
+
+@pytest.mark.parametrize("model", ["resnet18", "mobilenetv2"])
+def test_parameter_count_from_channels_is_exact(model):
+    net, _ = _model(model)
+    example = torch.zeros((1, *SHAPE))
+    count = ParamCounter(net, example)
+    policy = make_controller("random", _space(model), PPOConfig(), seed=4).propose(0)
+    assert count(policy) == prune(copy.deepcopy(net), policy, example).params_after
+
+
+# ---- constraints (AMC-style) ----
+
+@pytest.mark.parametrize("name", CONTROLLERS)
+def test_a_compression_target_is_always_met(name):
+    net, _ = _model("resnet18")
+    count = ParamCounter(net, torch.zeros((1, *SHAPE)))
+    base = sum(p.numel() for p in net.parameters())
+    constraint = params_constraint(count, base, 0.25)
+    space = _space("resnet18")
+    free = make_controller(name, space, PPOConfig(), seed=2)
+    bounded = make_controller(name, space, PPOConfig(), seed=2, constraint=constraint)
+    over = 0
+    for episode in range(6):
+        over += count(free.propose(episode)) > 0.25 * base
+        policy = bounded.propose(episode)
+        assert count(policy) <= 0.25 * base
+        validate(policy, "resnet18", _model("resnet18")[1])
+        free.observe(0.5)
+        bounded.observe(0.5)
+    assert over > 0  # the target binds
+
+
+def test_a_latency_budget_bounds_precision_too():
+    space = _space("resnet18", bits=(32, 8))
+    speed = {32: 1.0, 8: 0.25}
+
+    def latency_ms(policy: Policy) -> float:  # synthetic: FLOPs x keep, 4x faster at 8 bits
+        return sum(x.flops * policy.layers[x.name].keep_ratio * speed[policy.layers[x.name].bits]
+                   for x in space.layers) / 1e8
+
+    full = latency_ms(Policy.uniform("resnet18", [x.name for x in space.layers], 1.0, 32))
+    budget = 0.1 * full  # below keep 0.2 at 32 bits everywhere (0.2 x full): 8 bits is a must
+    free = make_controller("uniform", space, PPOConfig(), 0)
+    bounded = make_controller("uniform", space, PPOConfig(), 0, latency_constraint(latency_ms, budget))
+    for episode in range(len(bounded.grid)):
+        policy = bounded.propose(episode)
+        wanted, got = latency_ms(free.propose(episode)), latency_ms(policy)
+        assert got <= budget and 8 in {a.bits for a in policy.layers.values()}
+        if wanted > budget:  # the bound leaves little on the table
+            assert got >= 0.99 * budget
+        else:
+            assert got == wanted
+    with pytest.raises(ValueError, match=r"latency_ms budget .* cannot be met.*raise the budget"):
+        make_controller("random", space, PPOConfig(), 0, latency_constraint(latency_ms, 0.01 * full))
+
+
+def test_bad_constraints_are_refused():
+    with pytest.raises(ValueError, match="fraction in"):
+        params_constraint(len, 100, 1.5)
+    with pytest.raises(ValueError, match="positive number of milliseconds"):
+        latency_constraint(len, 0.0)
+
+
+# ---- reward and loop ----
+
+def test_reward_form():
+    w = RewardConfig(latency_weight=0.5, size_weight=1.0)
+    assert reward(0.9, 1.0, 100, 4.0, 400, w) == pytest.approx(0.9 * 2.0 * 4.0)
+    assert reward(0.8, 2.0, 50, 2.0, 50, w) == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="never 0 ms"):
+        reward(0.9, 0.0, 100, 4.0, 400, w)
+
+
+def _synthetic(policy: Policy, episode: int) -> EpisodeResult:
+    keeps = np.array([a.keep_ratio for a in policy.layers.values()])
+    bits = np.array([a.bits for a in policy.layers.values()])
+    return _result(float(np.mean(keeps) * np.mean(bits == 8)), latency_ms=float(np.mean(keeps)) + 0.1)
+
+
+@pytest.mark.parametrize("name", CONTROLLERS)
+def test_resume_repeats_nothing_and_loses_nothing(name, tmp_path):
+    space = _space("resnet18")
+    config = PPOConfig(update_every=2)  # the checkpoint falls between two updates
+    straight = run_episodes(make_controller(name, space, config, seed=5), _synthetic, 5, BASE, W)
+    first = make_controller(name, space, config, seed=5)
+    seen = run_episodes(first, _synthetic, 3, BASE, W)
+    torch.save(first.state_dict(), tmp_path / "controller.pt")
+    torch.manual_seed(1234)  # a resumed process starts with other global generators
+    np.random.seed(1234)
+    resumed = make_controller(name, space, config, seed=99)
+    resumed.load_state_dict(torch.load(tmp_path / "controller.pt", weights_only=False))
+    seen += run_episodes(resumed, _synthetic, 5, BASE, W, start_episode=3)
+    assert [e.index for e in seen] == list(range(5))
+    assert [e.policy for e in seen] == [e.policy for e in straight]
+    assert [e.reward for e in seen] == [e.reward for e in straight]
+
+
+@pytest.mark.parametrize("name", CONTROLLERS)
+def test_every_controller_spends_exactly_the_budget(name):
+    space = _space("mlp", bits=(8, 32))
+    calls, seen = [], []
+    controller = make_controller(name, space, PPOConfig(), seed=0)
+    episodes = run_episodes(controller, lambda p, k: calls.append(k) or _synthetic(p, k), 14, BASE, W,
+                            on_episode=seen.append)
+    assert calls == list(range(14)) and [e.index for e in seen] == calls and seen == episodes
+    assert all(e.reward == pytest.approx(reward(e.result.val_accuracy, e.result.latency_ms, 100, 1.0, 100,
+                                                RewardConfig())) for e in episodes)
+
+
+def test_uniform_cycles_its_grid_in_a_fixed_order():
+    space = _space("mlp", bits=(8, 32))
+    controller = make_controller("uniform", space, PPOConfig(), seed=0)
+    assert controller.grid == [(0.9, 32), (0.9, 8), (0.55, 32), (0.55, 8), (0.2, 32), (0.2, 8)]
+    policies = [controller.propose(k) for k in range(8)]
+    assert policies[6:] == policies[:2]
+    for (keep, bits), policy in zip(controller.grid, policies):
+        assert {(a.keep_ratio, a.bits) for a in policy.layers.values() if a.keep_ratio != 1.0} == {(keep, bits)}
+
+
+def test_bad_budgets_and_names_are_refused():
+    controller = make_controller("random", _space("mlp"), PPOConfig(), seed=0)
+    for episodes in (0, -3):
+        with pytest.raises(ValueError, match="at least one episode"):
+            run_episodes(controller, _synthetic, episodes, BASE, W)
+    with pytest.raises(ValueError, match="outside the budget"):
+        run_episodes(controller, _synthetic, 5, BASE, W, start_episode=6)
+    with pytest.raises(ValueError, match="unknown controller 'grid'; choices: ppo, random, uniform"):
+        make_controller("grid", _space("mlp"), PPOConfig(), 0)
