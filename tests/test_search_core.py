@@ -270,3 +270,34 @@ def test_bad_budgets_and_names_are_refused():
         run_episodes(controller, _synthetic, 5, BASE, W, start_episode=6)
     with pytest.raises(ValueError, match="unknown controller 'grid'; choices: ppo, random, uniform"):
         make_controller("grid", _space("mlp"), PPOConfig(), 0)
+
+
+def test_ppo_learns_a_per_layer_pattern_that_random_search_misses():
+    """Synthetic reward, best at keep-ratios growing with depth (0.2 at the first layer, 0.9 at
+    the last) and 8 bits on convolutions, 32 on the classifier: over 60 episodes at the paper's
+    learning rates PPO's rewards rise, and its best beats random search's best at the same
+    budget and seed (measured: 0.37-0.53 against 0.24-0.27)."""
+    space = _space("resnet18")
+    n = len(space.layers)
+    target_keep = {x.name: 0.2 + 0.7 * t / (n - 1) for t, x in enumerate(space.layers)}
+    target_bits = {x.name: 32 if x.kind == "linear" else 8 for x in space.layers}
+    decided = [x.name for x, free in zip(space.layers, space.ratio_free()) if free]
+
+    def evaluate(policy: Policy, episode: int) -> EpisodeResult:
+        error = np.mean([(policy.layers[x].keep_ratio - target_keep[x]) ** 2 for x in decided])
+        match = np.mean([policy.layers[x].bits == target_bits[x] for x in target_bits])
+        return _result(float(np.exp(-10 * error) * match))
+
+    best = {"ppo": [], "random": []}
+    early, late = [], []
+    for seed in range(3):
+        for name, bests in best.items():
+            rewards = [e.reward for e in run_episodes(make_controller(name, space, PPOConfig(), seed), evaluate,
+                                                      60, BASE, W)]
+            bests.append(max(rewards))
+            if name == "ppo":
+                early.append(np.mean(rewards[:10]))
+                late.append(np.mean(rewards[-10:]))
+    assert all(p > r + 0.05 for p, r in zip(best["ppo"], best["random"]))
+    assert np.mean(best["ppo"]) > np.mean(best["random"]) + 0.1
+    assert np.mean(late) > np.mean(early) + 0.08
