@@ -31,7 +31,8 @@ from host.compress.prune import layer_limits
 from host.compress.size import size_report
 from host.compress.train import TrainConfig, accuracy, trained_baseline
 from host.search.controllers import CONTROLLERS, Controller, make_controller
-from host.search.evaluate import EpisodeResult, Evaluator, compressed
+from host.search.evaluate import Evaluator, compressed
+from host.search.loop import Baseline, Episode, run_episodes
 from host.search.ppo import PPOConfig
 from host.search.reward import RewardConfig, reward
 from host.search.space import SearchSpace, describe_layers
@@ -212,29 +213,30 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
         if not resume:
             episodes.path.write_text("")
 
+        base = Baseline(baseline["predicted_latency_ms"], baseline["fp32_size_bytes"])
         for name, controller in controllers.items():
-            best = max((r["reward"] for r in rows if r["controller"] == name), default=None)
-            for ep in range(done.get(name, 0), config.episodes):
-                t0 = time.monotonic()
-                policy = controller.propose(ep)
-                result: EpisodeResult = evaluator(policy, ep)
-                r = reward(result.val_accuracy, result.latency_ms, result.size_bytes, baseline["predicted_latency_ms"],
-                           baseline["fp32_size_bytes"], config.reward)
-                controller.observe(r)
-                best = r if best is None else max(best, r)
-                row = {"controller": name, "episode": ep, "policy": json.loads(policy.to_json()),
+            best = [r["reward"] for r in rows if r["controller"] == name]
+
+            def record(episode: Episode, name: str = name, controller: Controller = controller,
+                       best: list[float] = best) -> None:
+                """One line in episodes.jsonl, then the checkpoint that accounts for it."""
+                result = episode.result
+                row = {"controller": name, "episode": episode.index, "policy": json.loads(episode.policy.to_json()),
                        "predicted_latency_ms": result.latency_ms, "val_accuracy": result.val_accuracy,
-                       "params": result.params, "size_bytes": result.size_bytes, "reward": r,
-                       "lut_version_ids": list(result.lut_version_ids), "wall_s": time.monotonic() - t0,
+                       "params": result.params, "size_bytes": result.size_bytes, "reward": episode.reward,
+                       "lut_version_ids": list(result.lut_version_ids), "wall_s": episode.wall_s,
                        "profiled_kernels": result.profiled_kernels, "seconds": result.seconds}
                 episodes.append(row)
                 rows.append(row)
                 tmp = out / "checkpoints" / f"{name}.pt.tmp"
-                torch.save({"controller": controller.state_dict(), "episodes_done": ep + 1}, tmp)
+                torch.save({"controller": controller.state_dict(), "episodes_done": episode.index + 1}, tmp)
                 os.replace(tmp, out / "checkpoints" / f"{name}.pt")
-                _say(progress, f"[{name}] episode {ep + 1}/{config.episodes}: reward {r:.4f} (best {best:.4f}), "
-                               f"val acc {result.val_accuracy:.4f}, {result.latency_ms:.3f} ms predicted, "
-                               f"{result.params:,} params, {row['wall_s']:.1f} s")
+                best.append(episode.reward)
+                _say(progress, f"[{name}] episode {episode.index + 1}/{config.episodes}: reward {episode.reward:.4f} "
+                               f"(best {max(best):.4f}), val acc {result.val_accuracy:.4f}, {result.latency_ms:.3f} ms "
+                               f"predicted, {result.params:,} params, {episode.wall_s:.1f} s")
+
+            run_episodes(controller, evaluator, config.episodes, base, config.reward, done.get(name, 0), record)
 
         summary_controllers = {}
         for name in controllers:
