@@ -134,6 +134,49 @@ def test_int8_fake_quant_exports_as_qlinearconv_and_matches_onnxruntime(tmp_path
     assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
 
 
+def test_mobilenetv2_int8_export_stores_int8_weights_and_onnxruntime_computes_what_torch_does(tmp_path):
+    """Each tensor is quantized once (a ReLU6's output quantizer is its consumer's input quantizer),
+    biases are int32 at s_x*s_w: the fused QLinearConv chain reproduces torch's levels up to float
+    ties, where the earlier double quantization flipped over 10% of a projection's outputs."""
+    from host.compress.export import export_policy_model
+
+    torch.manual_seed(0)
+    model = build_model("mobilenetv2", 6, (3, 64, 64))
+    policy, _ = uniform("mobilenetv2", 0.75, 8, model)
+    prune(model, policy, EX)
+    model.train()
+    model(torch.randn(16, 3, 64, 64))  # non-trivial BN statistics to fold
+    fold_batchnorm(model)
+    apply_fake_quant(model, policy)
+    block = model.features[2].block
+    assert block[1][0].act_quant is block[0][0].out_quant and block[0][0].out_quant.bounds == (0.0, 6.0)
+    assert block[2][0].act_quant is block[1][0].out_quant and block[2][0].out_quant.bounds[0] == float("-inf")
+    assert not model.features[4].block[0][0].shares_input_quant  # a residual sum: quantized by its reader
+    model.train()
+    for _ in range(3):
+        model(torch.randn(16, 3, 64, 64))
+    model.eval()
+    path, optimized = tmp_path / "q.onnx", tmp_path / "q_opt.onnx"
+    export_policy_model(model, policy, path, (3, 64, 64))
+    graph = onnx.load(path)
+    inits = {t.name: t for t in graph.graph.initializer}
+    dq = {n.output[0]: n for n in graph.graph.node if n.op_type == "DequantizeLinear"}
+    conv = next(n for n in graph.graph.node if n.op_type == "Conv")
+    assert inits[dq[conv.input[1]].input[0]].data_type == onnx.TensorProto.INT8
+    assert inits[dq[conv.input[2]].input[0]].data_type == onnx.TensorProto.INT32
+    assert not any(t.data_type == onnx.TensorProto.FLOAT and t.name.endswith("weight.original") for t in inits.values())
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(optimized)
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(optimized).graph.node)
+    assert ops["QLinearConv"] == 52 and ops["QGemm"] == 1 and ops["Conv"] == 0
+    x = torch.randn(8, 3, 64, 64)
+    expected = model(x).detach().numpy()
+    got = session.run(None, {"input": x.numpy()})[0]
+    assert np.abs(got - expected).max() < 0.02 * np.abs(expected).max()
+
+
 def test_weight_only_int4_and_fp16_fake_quant():
     model = build_model("resnet18", 6, (3, 64, 64))
     policy, _ = uniform("resnet18", 1.0, 4, model)

@@ -1,8 +1,11 @@
 """ONNX export at the policy's real precisions.
 
 - 32 bits: float32.
-- 8 bits: the fake-quant exports as QuantizeLinear/DequantizeLinear (uint8 activations, int8
-  per-channel weights), which onnxruntime fuses into QLinearConv / QGemm.
+- 8 bits: the fake-quant exports as QuantizeLinear/DequantizeLinear (uint8 activations), which
+  onnxruntime fuses into QLinearConv / QGemm; weights are stored as int8 initializers (per-channel
+  scale, zero point 0) and biases as int32 ones (scale input_scale * weight_scale), each read
+  through a DequantizeLinear: the values torch's fake quantization computed, a quarter of the
+  float32 bytes.
 - 16 bits: float16 weights and a float16 kernel between Casts (CPU provider: it inserts casts
   to fp32 kernels, no gain; CUDA / TensorRT: fp16 kernels).
 - 4 bits: int4 weights (per-channel, opset-21 DequantizeLinear) in front of a float kernel:
@@ -63,12 +66,28 @@ def export_onnx(model: torch.nn.Module, path: Path, input_shape: tuple[int, ...]
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
 
 
+def _source_initializer(model: onnx.ModelProto, name: str) -> str:
+    """The initializer a value is computed from, following first inputs (a parametrized weight
+    reaches its node through the fake-quant ops), or `name` itself."""
+    inits = {t.name for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    seen = set()
+    while name not in inits and name in producers and name not in seen:
+        seen.add(name)
+        inputs = [i for i in producers[name].input if i]
+        if not inputs:
+            break
+        name = inputs[0]
+    return name
+
+
 def _layer_nodes(model: onnx.ModelProto, layers: set[str]) -> dict[str, onnx.NodeProto]:
     """The Conv/Gemm/MatMul node of each named layer, found by its weight initializer name."""
     found = {}
     for node in model.graph.node:
         if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1:
-            name = node.input[1].removesuffix(".weight")
+            source = _source_initializer(model, node.input[1])
+            name = source.removesuffix(".parametrizations.weight.original").removesuffix(".weight")
             if name in layers:
                 node.name = node.name or f"{name}.op"
                 found[name] = node
@@ -89,10 +108,10 @@ def _constant(model: onnx.ModelProto, name: str) -> np.ndarray | None:
 
 
 def _prune_unused(model: onnx.ModelProto) -> None:
-    """Drop Identity nodes and initializers nothing reads any more."""
+    """Drop nodes and initializers nothing reads any more."""
     while True:
         used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-        dead = [n for n in model.graph.node if n.op_type == "Identity" and not set(n.output) & used]
+        dead = [n for n in model.graph.node if not set(n.output) & used]
         if not dead:
             break
         for n in dead:
@@ -139,17 +158,43 @@ def _to_int4(model: onnx.ModelProto, node: onnx.NodeProto) -> None:
     node.input[1] = f"{base}_dq"
 
 
+def _int8_layer(model: onnx.ModelProto, node: onnx.NodeProto, layer: torch.nn.Module) -> None:
+    """Feed `node` its weight as int8 levels and its bias as int32 levels, each through a
+    DequantizeLinear (per output channel, axis 0 for Conv and for Gemm with transB, as exported)."""
+    weight_quant = layer.parametrizations.weight
+    with torch.no_grad():
+        scale = weight_quant[0].scale(weight_quant.original)
+        shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+        levels = torch.round(layer.weight / scale.reshape(shape)).to(torch.int8)
+        tensors = [("weight", 1, levels, scale, np.int8)]
+        if layer.bias is not None:
+            bias_scale = layer.parametrizations.bias[0].scale()
+            tensors.append(("bias", 2, torch.round(layer.bias / bias_scale).to(torch.int32), bias_scale, np.int32))
+    index = list(model.graph.node).index(node)
+    for kind, slot, values, value_scale, dtype in tensors:
+        base = f"{node.name}_{kind}"
+        model.graph.initializer.extend([
+            numpy_helper.from_array(values.numpy(), f"{base}_q"),
+            numpy_helper.from_array(value_scale.numpy().astype(np.float32), f"{base}_scale"),
+            numpy_helper.from_array(np.zeros(values.shape[0], dtype), f"{base}_zero")])
+        model.graph.node.insert(index, helper.make_node(
+            "DequantizeLinear", [f"{base}_q", f"{base}_scale", f"{base}_zero"], [f"{base}_dq"], axis=0,
+            name=f"{node.name}_dequant_{kind}"))
+        node.input[slot] = f"{base}_dq"
+
+
 def export_policy_model(model: torch.nn.Module, policy: Policy, path: Path, input_shape: tuple[int, ...],
                         opset: int = 17) -> dict[str, int]:
     """Export the compressed model at its real precisions; returns the count of layers per bits."""
     by_bits = {b: {n for n, a in policy.layers.items() if a.bits == b} for b in (4, 8, 16, 32)}
     export_onnx(_export_copy(model, policy), path, input_shape, opset)
-    if not by_bits[4] and not by_bits[16]:
-        return {b: len(n) for b, n in by_bits.items()}
     graph = onnx.load(path)
     if by_bits[4] and graph.opset_import[0].version < INT4_OPSET:
         graph = version_converter.convert_version(graph, INT4_OPSET)
-    nodes = _layer_nodes(graph, by_bits[4] | by_bits[16])
+    nodes = _layer_nodes(graph, by_bits[4] | by_bits[8] | by_bits[16])
+    modules = dict(model.named_modules())
+    for name in by_bits[8]:
+        _int8_layer(graph, nodes[name], modules[name])
     for name in by_bits[16]:
         _to_fp16(graph, nodes[name])
     for name in by_bits[4]:
