@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from host.compress.policy import validate
 from host.compress.prune import layer_limits
 from host.models import build_model
 from host.search.controllers import make_controller
-from host.search.ppo import PPOConfig, clipped_surrogate, gae
-from host.search.run import RewardConfig, load_search_config, reward, run_search
+from host.search.ppo import PPOConfig, gae
+from host.search.run import load_search_config, run_search
 from host.search.space import SearchSpace, describe_layers
 from lut_store.tomlfile import ConfigError
 
@@ -39,63 +38,11 @@ def test_gae_closed_form():
     assert np.allclose(adv2, [1.0, 0.0])
 
 
-def test_clipped_surrogate_closed_form():
-    logp_old = torch.zeros(3)
-    logp_new = torch.log(torch.tensor([1.5, 0.5, 1.1]))
-    adv = torch.tensor([1.0, -1.0, 2.0])
-    # ratio 1.5 with A>0 clips to 1.2; ratio 0.5 with A<0 clips to 0.8 (min picks -0.8); 1.1 stays.
-    expected = -np.mean([1.2 * 1.0, min(0.5 * -1.0, 0.8 * -1.0), 1.1 * 2.0])
-    assert float(clipped_surrogate(logp_new, logp_old, adv, 0.2)) == pytest.approx(expected)
-
-
 def _space(model: str, bits=(32, 16, 8, 4)) -> tuple[SearchSpace, list]:
     net = build_model(model, 6, (3, 64, 64))
     example = torch.zeros((1, 3, 64, 64))
     limits = layer_limits(net, example)
     return SearchSpace(model, describe_layers(net, example, limits), tuple(bits)), limits
-
-
-@pytest.mark.parametrize("model", ["resnet18", "mobilenetv2"])
-@pytest.mark.parametrize("name", ["ppo", "random", "uniform"])
-def test_controllers_propose_valid_policies(model, name):
-    space, limits = _space(model, bits=(32, 8))
-    assert len(space.layers) == len(limits) and space.state(0, 1.0, None).shape == (space.state_dim,)
-    controller = make_controller(name, space, PPOConfig(), seed=0)
-    for episode in range(3):
-        policy = controller.propose(episode)
-        validate(policy, model, limits)  # groups share a ratio, the classifier keeps its width
-        free = [a.keep_ratio for lim, a in ((lim, policy.layers[lim.name]) for lim in limits) if lim.group]
-        assert all(space.min_keep <= k <= space.max_keep for k in free)
-        assert {a.bits for a in policy.layers.values()} <= {32, 8}
-        controller.observe(1.0 + 0.1 * episode)
-
-
-def test_controller_state_resumes_exactly():
-    space, _ = _space("resnet18")
-
-    def rewards(policy):
-        return sum(a.keep_ratio for a in policy.layers.values()) / len(policy.layers)
-
-    for name in ("ppo", "random"):
-        straight = make_controller(name, space, PPOConfig(), seed=3)
-        first = make_controller(name, space, PPOConfig(), seed=3)
-        for ep in range(3):
-            straight.observe(rewards(straight.propose(ep)))
-            first.observe(rewards(first.propose(ep)))
-        saved = first.state_dict()
-        torch.save(saved, "/dev/null")  # it serialises
-        resumed = make_controller(name, space, PPOConfig(), seed=99)
-        resumed.load_state_dict(saved)
-        for ep in range(3, 5):
-            a, b = straight.propose(ep), resumed.propose(ep)
-            assert a == b
-            straight.observe(rewards(a))
-            resumed.observe(rewards(b))
-
-
-def test_reward_form():
-    w = RewardConfig(latency_weight=0.5, size_weight=1.0)
-    assert reward(0.9, 1.0, 100, 4.0, 400, w) == pytest.approx(0.9 * 2.0 * 4.0)
 
 
 def test_config_errors():
@@ -192,30 +139,3 @@ def test_report_needs_a_finished_run_and_tolerates_a_torn_line(tmp_path):
 
     with pytest.raises(ReportError, match="summary.json"):
         build_report(tmp_path)
-
-
-def test_ppo_learns_where_random_search_does_not():
-    """A synthetic reward (best at keep 0.3 and int8 everywhere): over 60 episodes PPO's recent
-    rewards rise and beat random search's, on average over three seeds."""
-    space, _ = _space("resnet18")
-
-    def score(policy):
-        keeps = np.array([a.keep_ratio for a in policy.layers.values()])
-        bits = np.array([a.bits for a in policy.layers.values()])
-        return 1.0 - 4 * np.mean((keeps - 0.3) ** 2) + 0.3 * np.mean(bits == 8)
-
-    late = {"ppo": [], "random": []}
-    early_ppo = []
-    for seed in range(3):
-        for name in late:
-            controller = make_controller(name, space, PPOConfig(), seed)
-            rewards = []
-            for episode in range(60):
-                r = score(controller.propose(episode))
-                controller.observe(r)
-                rewards.append(r)
-            late[name].append(np.mean(rewards[-20:]))
-            if name == "ppo":
-                early_ppo.append(np.mean(rewards[:20]))
-    assert np.mean(late["ppo"]) > np.mean(early_ppo) + 0.05
-    assert np.mean(late["ppo"]) > np.mean(late["random"]) + 0.1
