@@ -1,205 +1,274 @@
-"""The report of one search run: the summary table in the style of the paper's Table 2, accuracy
-vs latency of every evaluated policy (Pareto front per controller), reward per episode, the
-per-layer policy of each final model, predicted vs measured latency, device and LUT versions.
-Everything is recomputed from the run directory; images are embedded, so the file stands alone.
+"""`build_report(run_dir)`: the self-contained report.html of one search run.
+
+The summary table in the style of the paper's Table 2, accuracy vs latency of every evaluated
+policy (Pareto front per controller), reward per episode, the per-layer policy of each final model,
+predicted vs measured latency, the device fingerprint, the LUT versions and the resolved config.
+Everything is recomputed from the run directory; the figures are also written to run_dir/plots/
+and embedded as data URIs, with inline CSS, so the file needs nothing else to be read.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
-from collections.abc import Sequence
+import math
+import os
 from pathlib import Path
 from typing import Any
 
-COLOURS = {"ppo": "tab:blue", "random": "tab:orange", "uniform": "tab:green"}
-BITS_COLOURS = {32: "tab:gray", 16: "tab:cyan", 8: "tab:blue", 4: "tab:red"}
+from host.report.load import LayerChoice, ModelRow, RunData, load_run
+from host.report.plots import PRECISION_NAMES, all_plots
+
+NOT_MEASURED = "not measured"
+MB = 1e6  # sizes in the table are in MB = 10^6 bytes
+
+FIGURES = {
+    "accuracy_vs_latency": ("Accuracy vs latency", ("Validation accuracy after each episode's short fine-tune "
+                            "against the latency the LUT predicts, for every evaluated policy. Lines are each "
+                            "controller's Pareto front; diamonds are the final models after the full fine-tune; "
+                            "the star is the FP32 baseline.")),
+    "reward_per_episode": ("Reward per episode", "Dots: the reward of each episode; lines: the best reward so far."),
+    "per_layer_policy": ("Per-layer policy of each final model",
+                         "Bar height: the fraction of output channels kept in that layer; colour: its precision."),
+    "predicted_vs_measured": ("Predicted vs measured latency",
+                              ("Predicted: the sum of the LUT latencies of the model's kernels. Measured: the "
+                              "agent's benchmark of the exported ONNX model on the device (median, bar to p90). "
+                              "The shaded band is within 10% of the measurement.")),
+}
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:1250px;padding:0 1em;
+color:#222}
+h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
+.sub{color:#555;margin-top:0}
+table{border-collapse:collapse;font-size:13px;margin:.5em 0}
+th,td{border:1px solid #ccc;padding:3px 7px} th{background:#f3f3f3}
+table.num td{text-align:right} table.num td:first-child{text-align:left;font-weight:600}
+table.kv td:first-child{font-family:monospace;white-space:nowrap} table.kv td{vertical-align:top;word-break:break-word}
+td.na{color:#a00000;font-style:italic}
+figure{margin:1em 0} figure img{max-width:100%;border:1px solid #eee} figcaption{color:#555;font-size:13px}
+.warn{background:#fff4e5;border-left:4px solid #e69500;padding:.5em 1em}
+pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px}
+code{font-size:12px}
+"""
 
 
-class ReportError(ValueError):
-    """A run directory the report cannot be built from; the message names the file."""
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points (latency, accuracy) no other point beats on both (lower latency,
-    higher accuracy), by increasing latency."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], float("-inf")
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
+def _cell(text: str, missing: bool = False) -> str:
+    return f'<td class="na">{_e(text)}</td>' if missing else f"<td>{_e(text)}</td>"
 
 
-def _load(run: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
-    try:
-        summary = json.loads((run / "summary.json").read_text())
-    except FileNotFoundError:
-        raise ReportError(f"{run / 'summary.json'} is missing: the search has not finished (hadmc search --resume)") from None
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{run / 'summary.json'} is not JSON: {exc}") from None
-    rows, torn = [], 0
-    try:
-        lines = (run / "episodes.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        raise ReportError(f"{run / 'episodes.jsonl'} is missing") from None
-    for line in lines:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            torn += 1
-    return summary, rows, torn
+def _num(value: float | None, spec: str, suffix: str = "", missing: str = NOT_MEASURED) -> str:
+    """One table cell; None is `missing` (a measurement that was not made), never 0."""
+    if value is None:
+        return _cell(missing, missing=True)
+    if not math.isfinite(value):
+        return _cell(str(value))
+    return _cell(format(value, spec) + suffix)
 
 
-def _png(fig: Any) -> bytes:
-    """The figure as PNG bytes (laid out, then closed)."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+def _pct(value: float | None) -> str:
+    return _num(None if value is None else 100 * value, ".2f", "%")
 
 
-def _plots(summary: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, bytes]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = {}
-    base = summary["baseline"]
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for name in summary["controllers"]:
-        pts = [(r["predicted_latency_ms"], r["val_accuracy"]) for r in rows if r["controller"] == name]
-        colour = COLOURS.get(name)
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=18, alpha=0.6, color=colour, label=name)
-        front = [pts[i] for i in pareto_front(pts)]
-        ax.plot([p[0] for p in front], [p[1] for p in front], color=colour, lw=1.5)
-    ax.scatter([base["predicted_latency_ms"]], [base["val_accuracy"]], marker="*", s=150, color="black",
-               label="FP32 baseline")
-    ax.set_xlabel("predicted latency (ms)")
-    ax.set_ylabel("validation accuracy after the episode's fine-tune")
-    ax.set_title("every evaluated policy, with each controller's Pareto front")
-    ax.legend(fontsize=8)
-    out["pareto"] = _png(fig)
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for name in summary["controllers"]:
-        rs = sorted((r for r in rows if r["controller"] == name), key=lambda r: r["episode"])
-        rewards = [r["reward"] for r in rs]
-        running = [max(rewards[: i + 1]) for i in range(len(rewards))]
-        ax.plot([r["episode"] for r in rs], rewards, "o", ms=3, color=COLOURS.get(name), alpha=0.5)
-        ax.plot([r["episode"] for r in rs], running, "-", color=COLOURS.get(name), label=f"{name} (best so far)")
-    ax.set_xlabel("episode")
-    ax.set_ylabel("reward")
-    ax.legend(fontsize=8)
-    out["reward"] = _png(fig)
-
-    names = list(summary["controllers"])
-    fig, axes = plt.subplots(len(names), 1, figsize=(9, 2.2 * len(names)), squeeze=False)
-    for ax, name in zip(axes[:, 0], names):
-        layers = summary["controllers"][name]["policy"]["layers"]
-        keys = list(layers)
-        ax.bar(range(len(keys)), [layers[k]["keep_ratio"] for k in keys],
-               color=[BITS_COLOURS.get(layers[k]["bits"], "black") for k in keys])
-        ax.set_ylim(0, 1.05)
-        ax.set_ylabel(f"{name}\nkeep-ratio", fontsize=8)
-        ax.set_xticks(range(len(keys)))
-        ax.set_xticklabels(keys, rotation=90, fontsize=5)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in BITS_COLOURS.values()]
-    axes[0, 0].legend(handles, [f"{b} bits" for b in BITS_COLOURS], fontsize=7, ncol=4, loc="lower right")
-    out["policies"] = _png(fig)
-
-    fig, ax = plt.subplots(figsize=(5, 5))
-    entries = [("baseline", base)] + list(summary["controllers"].items())
-    pairs = [(n, e["predicted_latency_ms"], (e.get("measured_latency") or {}).get("median_ms")) for n, e in entries]
-    measured = [p for p in pairs if p[2]]
-    for n, pred, meas in measured:
-        ax.scatter([meas], [pred], color=COLOURS.get(n, "black"), label=n)
-    if measured:
-        hi = max(max(p[1], p[2]) for p in measured) * 1.15
-        ax.plot([0, hi], [0, hi], "k-", lw=1)
-        ax.fill_between([0, hi], [0, hi * 0.9], [0, hi * 1.1], color="green", alpha=0.1, label="+-10%")
-    ax.set_xlabel("measured median latency (ms)")
-    ax.set_ylabel("predicted latency (ms)")
-    ax.legend(fontsize=8)
-    out["predicted_vs_measured"] = _png(fig)
-    return out
-
-
-def _fmt(value: Any, spec: str, missing: str = "not measured") -> str:
-    return missing if value is None else format(value, spec)
-
-
-def _table(summary: dict[str, Any]) -> str:
-    base = summary["baseline"]
-    head = ("<tr><th></th><th>val acc</th><th>test acc (torch)</th><th>test acc (onnxruntime)</th><th>params</th>"
-            "<th>params -%</th><th>FP32 MB</th><th>effective MB</th><th>compression %</th><th>predicted ms</th>"
-            "<th>measured median ms</th><th>measured p90 ms</th><th>speedup</th><th>reward</th></tr>")
+def _summary_rows(run: RunData) -> list[list[str]]:
+    base = run.baseline
     rows = []
-    entries = [("FP32 baseline", {**base, "effective_size_bytes": base["fp32_size_bytes"], "speedup": 1.0})]
-    entries += list(summary["controllers"].items())
-    for name, e in entries:
-        m = e.get("measured_latency") or {}
-        params_cut = 1 - e["params"] / base["params"]
-        compression = 1 - e["effective_size_bytes"] / base["fp32_size_bytes"]
-        cells = [name, _fmt(e.get("val_accuracy"), ".2%"), _fmt(e.get("test_accuracy"), ".2%"),
-                 _fmt(e.get("test_accuracy_onnxruntime"), ".2%"), f"{e['params']:,}", f"{params_cut:.1%}",
-                 f"{e['fp32_size_bytes'] / 2**20:.2f}", f"{e['effective_size_bytes'] / 2**20:.2f}",
-                 f"{compression:.1%}", _fmt(e.get("predicted_latency_ms"), ".3f", "-"), _fmt(m.get("median_ms"), ".3f"),
-                 _fmt(m.get("p90_ms"), ".3f"), _fmt(e.get("speedup"), ".2f") + ("x" if e.get("speedup") else ""),
-                 _fmt(e.get("reward"), ".4f", "-")]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
-    return f"<table>{head}{''.join(rows)}</table>"
+    for row in (base, *run.finals):
+        is_base = row is base
+        params_cut = 1 - row.params / base.params if base.params else None
+        size_cut = 1 - row.effective_size_bytes / base.fp32_size_bytes if base.fp32_size_bytes else None
+        predicted_speedup = base.predicted_latency_ms / row.predicted_latency_ms if row.predicted_latency_ms else None
+        rows.append([
+            f"<td>{_e(row.name)}</td>",
+            _pct(row.val_accuracy), _pct(row.test_accuracy), _pct(row.test_accuracy_onnxruntime),
+            _cell(f"{row.params:,}"),
+            _cell("-") if is_base else _num(None if params_cut is None else 100 * params_cut, ".1f", "%", "-"),
+            _cell(f"{row.fp32_size_bytes / MB:.2f}"), _cell(f"{row.effective_size_bytes / MB:.2f}"),
+            _cell("-") if is_base else _num(None if size_cut is None else 100 * size_cut, ".1f", "%", "-"),
+            _num(row.predicted_latency_ms, ".3f"),
+            _num(row.measured.median_ms, ".3f"), _num(row.measured.p90_ms, ".3f"),
+            _num(predicted_speedup, ".2f", "x", "-"),
+            _num(row.speedup, ".2f", "x"),
+            _cell("-") if row.reward is None else _num(row.reward, ".4f"),
+            _cell("-") if row.episodes is None else _cell(str(row.episodes)),
+        ])
+    return rows
+
+
+SUMMARY_HEADER = (
+    "<tr><th rowspan=2>model</th><th colspan=3>accuracy</th><th colspan=2>parameters</th>"
+    "<th colspan=3>size</th><th colspan=3>latency, batch 1 (ms)</th><th colspan=2>speedup over FP32</th>"
+    "<th rowspan=2>reward</th><th rowspan=2>episodes</th></tr>"
+    "<tr><th>val</th><th>test (torch)</th><th>test (onnxruntime)</th><th>count</th><th>reduction</th>"
+    "<th>FP32 MB</th><th>effective MB</th><th>compression</th><th>predicted</th><th>measured median</th>"
+    "<th>measured p90</th><th>predicted</th><th>measured</th></tr>"
+)
+
+
+def summary_table(run: RunData) -> str:
+    """The paper's Table 2: one row for the baseline and one per controller's final model."""
+    body = "".join("<tr>" + "".join(cells) + "</tr>" for cells in _summary_rows(run))
+    return f'<table class="num" id="summary">{SUMMARY_HEADER}{body}</table>'
+
+
+def _layer_table(layers: tuple[LayerChoice, ...]) -> str:
+    rows = "".join(
+        f"<tr><td>{_e(c.layer)}</td><td>{c.keep_ratio:.3f}</td><td>{c.bits} ({_e(PRECISION_NAMES.get(c.bits, '?'))})"
+        f"</td><td>{_e(c.granularity or '-')}</td></tr>" for c in layers)
+    return f'<table class="num"><tr><th>layer</th><th>keep-ratio</th><th>precision</th><th>granularity</th></tr>{rows}</table>'
+
+
+def _policies(finals: tuple[ModelRow, ...]) -> str:
+    parts = []
+    for final in finals:
+        where = f"; ONNX at <code>{_e(final.onnx)}</code>" if final.onnx else ""
+        parts.append(f"<details><summary>{_e(final.name)}: {len(final.layers)} layers{where}</summary>"
+                     f"{_layer_table(final.layers)}</details>")
+    return "".join(parts)
 
 
 def _flatten(doc: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted path, readable value) pairs of a nested JSON document."""
     if isinstance(doc, dict):
+        if not doc:
+            return [(prefix, "{}")] if prefix else []
         return [kv for k, v in doc.items() for kv in _flatten(v, f"{prefix}.{k}" if prefix else str(k))]
-    if isinstance(doc, list) and doc and isinstance(doc[0], dict):
-        return [kv for i, v in enumerate(doc) for kv in _flatten(v, f"{prefix}[{i}]")]
-    return [(prefix, json.dumps(doc) if isinstance(doc, list) else str(doc))]
+    if isinstance(doc, list):
+        if doc and all(isinstance(v, dict) for v in doc):
+            return [kv for i, v in enumerate(doc) for kv in _flatten(v, f"{prefix}[{i}]")]
+        return [(prefix, ", ".join(str(v) for v in doc) if doc else "(none)")]
+    return [(prefix, "(empty)" if doc == "" else str(doc))]
 
 
-def build_report(run: Path) -> Path:
-    """Write run/report.html and run/plots/*.png; return the report's path."""
-    run = Path(run)
-    summary, rows, torn = _load(run)
-    device = json.loads((run / "device.json").read_text()) if (run / "device.json").exists() else {}
-    config = (run / "config.json").read_text() if (run / "config.json").exists() else "{}"
-    images = _plots(summary, rows)
-    (run / "plots").mkdir(exist_ok=True)
-    for name, data in images.items():
-        (run / "plots" / f"{name}.png").write_bytes(data)
-    img = {k: f'<img src="data:image/png;base64,{base64.b64encode(v).decode()}" alt="{k}">' for k, v in images.items()}
-    base = summary["baseline"]
-    fingerprint = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>"
-                          for k, v in _flatten(device.get("fingerprint", {})))
-    note = (f"<p class=warn>{torn} torn line(s) in episodes.jsonl (a killed write) were skipped.</p>" if torn else "")
-    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>hadmc report</title><style>
-body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} td:first-child{{text-align:left}}
-img{{max-width:100%}} .warn{{color:#a00}} pre{{background:#f6f6f6;padding:8px;overflow:auto}}</style></head><body>
-<h1>hadmc: {html.escape(base['model'])} on {html.escape(base['data'])}</h1>
-<p>device {html.escape(device.get('fingerprint_hash', 'unknown')[:16])} ({html.escape(device.get('address', ''))});
-{len(rows)} episodes; LUT versions {html.escape(str(summary.get('lut_version_ids', [])))};
-wall time {summary.get('wall_s', 0) / 60:.1f} min</p>{note}
-<h2>Summary</h2>{_table(summary)}
-<p>Accuracy on the test split for final models only; episodes are scored on the validation split.
-Latencies at batch 1 on the device; "predicted" comes from the LUT, "measured" from the agent's benchmark.</p>
-<h2>Accuracy vs latency</h2>{img['pareto']}
-<h2>Reward per episode</h2>{img['reward']}
-<h2>Per-layer policy of each final model</h2>{img['policies']}
-<h2>Predicted vs measured latency</h2>{img['predicted_vs_measured']}
-<h2>Device</h2><p>fingerprint hash {html.escape(device.get('fingerprint_hash', 'unknown'))}</p>
-<table>{fingerprint}</table>
-<h2>Config</h2><details><summary>resolved config</summary><pre>{html.escape(config)}</pre></details>
-</body></html>"""
-    path = run / "report.html"
-    path.write_text(doc)
+def _kv_table(pairs: list[tuple[str, str]]) -> str:
+    rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in pairs)
+    return f'<table class="kv">{rows}</table>'
+
+
+def device_name(device: dict[str, Any] | None) -> str:
+    """A short human name of the device: its first GPU, else its CPU, and the execution provider."""
+    if not device or not isinstance(device.get("fingerprint"), dict):
+        return "unknown device"
+    fp = device["fingerprint"]
+    gpus = fp.get("gpus") or []
+    name = ""
+    if gpus and isinstance(gpus[0], dict):
+        name = str(gpus[0].get("name") or "")
+    if not name and isinstance(fp.get("cpu"), dict):
+        name = str(fp["cpu"].get("model") or "")
+    provider = fp.get("execution_provider")
+    name = name or "unknown device"
+    return f"{name} ({provider})" if provider else name
+
+
+def _device_section(run: RunData) -> str:
+    device = run.device
+    if device is None:
+        return f'<p class="warn">{_e(run.run_dir / "device.json")} is missing: the device is not recorded.</p>'
+    parts = [(f'<p>fingerprint hash <code id="fingerprint-hash">{_e(device["fingerprint_hash"])}</code>'
+             f" &middot; address {_e(device.get('address', 'not recorded'))} &middot; {_e(device_name(device))}</p>")]
+    precisions = device.get("precisions")
+    if isinstance(precisions, list) and precisions:
+        rows = "".join(
+            f"<tr><td>{_e(p.get('precision', '?'))}</td><td>{'yes' if p.get('supported') else 'no'}</td>"
+            f"<td>{_e(p.get('note', ''))}</td></tr>" for p in precisions if isinstance(p, dict))
+        parts.append(f'<h3>Precisions</h3><table class="kv"><tr><th>precision</th><th>supported</th>'
+                     f"<th>note</th></tr>{rows}</table>")
+    parts.append("<h3>Fingerprint</h3>" + _kv_table(_flatten(device["fingerprint"])))
+    return "".join(parts)
+
+
+def _lut_section(run: RunData) -> str:
+    ids = ", ".join(str(v) for v in run.lut_version_ids) or "none recorded"
+    used = sorted({v for e in run.episodes for v in e.lut_version_ids})
+    out = f'<p>LUT version ids of this run: <span id="lut-versions">{_e(ids)}</span></p>'
+    if used and set(used) - set(run.lut_version_ids):
+        out += f"<p>Versions the episodes used: {_e(', '.join(map(str, used)))}</p>"
+    out += ("<p>Every latency above is traceable to these versions; <code>hadmc lut show V</code> lists the "
+            "kernels of one.</p>")
+    return out
+
+
+def _config_section(run: RunData) -> str:
+    if run.config is None:
+        return f'<p class="warn">{_e(run.run_dir / "config.json")} is missing.</p>'
+    text = json.dumps(run.config, indent=2, sort_keys=True)
+    return f"<details><summary>resolved search config (config.json)</summary><pre>{_e(text)}</pre></details>"
+
+
+def _warnings(run: RunData) -> list[str]:
+    out = []
+    if run.skipped_last_line is not None:
+        out.append(f"episodes.jsonl: line {run.skipped_last_line}, the last one, was truncated (the run was killed "
+                   "while writing it) and was skipped; the report shows the episodes before it.")
+    if not run.episodes:
+        out.append("episodes.jsonl holds no episodes.")
+    unmeasured = [r.name for r in (run.baseline, *run.finals) if r.measured.median_ms is None]
+    if unmeasured:
+        out.append("Latency not measured on the device for: " + ", ".join(unmeasured) + ".")
+    return out
+
+
+def _figure_html(stem: str, png: bytes) -> str:
+    title, caption = FIGURES[stem]
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<h2>{_e(title)}</h2><figure><img src="data:image/png;base64,{data}" alt="{_e(title)}">'
+            f"<figcaption>{_e(caption)} (also <code>plots/{_e(stem)}.png</code>)</figcaption></figure>")
+
+
+def render(run: RunData, plots: dict[str, bytes]) -> str:
+    """The report page as one HTML string."""
+    wall = f"{run.wall_s / 60:.1f} min" if run.wall_s is not None else "not recorded"
+    hash_short = run.device["fingerprint_hash"][:12] if run.device else "unknown"
+    title = f"hadmc: {run.model} on {run.data}, {device_name(run.device)}"
+    warnings = "".join(f'<p class="warn">{_e(w)}</p>' for w in _warnings(run))
+    figures = {stem: _figure_html(stem, png) for stem, png in plots.items()}
+    policies_detail = _policies(run.finals)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(title)}</title><style>{CSS}</style></head><body>
+<h1>{_e(title)}</h1>
+<p class="sub">device fingerprint {_e(hash_short)} &middot; controllers {_e(", ".join(run.controllers) or "none")}
+&middot; {len(run.episodes)} episodes &middot; wall time {_e(wall)} &middot; run directory <code>{_e(run.run_dir)}</code></p>
+{warnings}
+<h2>Summary</h2>
+{summary_table(run)}
+<p class="sub">Episodes are scored on the validation split; test accuracy is of the final models only (after the
+full fine-tune), in torch and in onnxruntime on the exported model. Effective size counts each weight at its
+precision. Predicted latency comes from the LUT; measured latency from the agent's benchmark on the device.
+Speedups are over the FP32 baseline; "{NOT_MEASURED}" marks a measurement that could not be made.</p>
+{figures.get("accuracy_vs_latency", "")}
+{figures.get("reward_per_episode", "")}
+{figures.get("per_layer_policy", "")}
+{policies_detail}
+{figures.get("predicted_vs_measured", "")}
+<h2>Device</h2>
+{_device_section(run)}
+<h2>LUT versions</h2>
+{_lut_section(run)}
+<h2>Config</h2>
+{_config_section(run)}
+</body></html>
+"""
+
+
+def build_report(run_dir: Path) -> Path:
+    """Write run_dir/report.html (and the figures as run_dir/plots/*.png); return the report's path.
+
+    Raises ReportError, naming the file, when summary.json or episodes.jsonl is missing or malformed."""
+    run = load_run(Path(run_dir))
+    plots = all_plots(run)
+    plot_dir = run.run_dir / "plots"
+    plot_dir.mkdir(exist_ok=True)
+    for stem, png in plots.items():
+        (plot_dir / f"{stem}.png").write_bytes(png)
+    path = run.run_dir / "report.html"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(render(run, plots), encoding="utf-8")
+    os.replace(tmp, path)
     return path
