@@ -245,3 +245,13 @@ def test_an_empty_run_still_reports(tmp_path):
     assert "episodes.jsonl holds no episodes." in text
     assert "device.json is missing" in text and "config.json is missing" in text
     assert len(re.findall(r'<img src="data:image/png;base64,', text)) == 4
+
+
+def test_layers_keep_the_file_order_when_it_is_not_sorted(tmp_path):
+    run = write_run(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    model_order = ["conv1", "layer1.0.conv1", "layer2.0.conv1", "fc"]
+    summary["controllers"]["ppo"]["policy"]["layers"] = {
+        name: {"keep_ratio": 0.5, "bits": 8, "granularity": "per-tensor"} for name in model_order}
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert [c.layer for c in load_run(run).finals[0].layers] == model_order

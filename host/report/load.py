@@ -185,8 +185,11 @@ def natural_key(name: str) -> list[Any]:
 
 def _layers(policy: _Doc) -> tuple[LayerChoice, ...]:
     layers = policy.obj("layers")
+    names = list(layers.doc)
+    if names == sorted(names):  # written with sorted keys: the model's order is lost; "10" after "2" at least
+        names.sort(key=natural_key)
     out = []
-    for name in sorted(layers.doc, key=natural_key):
+    for name in names:
         action = layers.obj(name)
         out.append(LayerChoice(name, action.number("keep_ratio"), action.integer("bits"),
                                action.doc.get("granularity") if isinstance(action.doc.get("granularity"), str) else ""))
@@ -203,11 +206,13 @@ def _measured(doc: _Doc) -> MeasuredLatency:
 
 def _baseline(doc: _Doc) -> ModelRow:
     fp32 = doc.integer("fp32_size_bytes")
+    measured = _measured(doc)
     return ModelRow(
         name="FP32 baseline", val_accuracy=doc.maybe_number("val_accuracy"), test_accuracy=doc.maybe_number("test_accuracy"),
         test_accuracy_onnxruntime=doc.maybe_number("test_accuracy_onnxruntime"), params=doc.integer("params"),
         fp32_size_bytes=fp32, effective_size_bytes=fp32, predicted_latency_ms=doc.number("predicted_latency_ms"),
-        measured=_measured(doc), speedup=1.0, reward=None, episodes=None, layers=(), onnx=None)
+        measured=measured, speedup=1.0 if measured.median_ms is not None else None, reward=None, episodes=None,
+        layers=(), onnx=None)
 
 
 def _final(name: str, doc: _Doc) -> ModelRow:
