@@ -79,13 +79,13 @@ def test_search_run_directory(agent, tmp_path, monkeypatch):
     assert all(name in report for name in MLP["controllers"]) and json.loads((out / "device.json").read_text())[
         "fingerprint_hash"] in report
     assert all((out / "plots" / f"{p}.png").read_bytes()[:4] == b"\x89PNG"
-               for p in ("pareto", "reward", "policies", "predicted_vs_measured"))
+               for p in ("accuracy_vs_latency", "reward_per_episode", "per_layer_policy", "predicted_vs_measured"))
     with (out / "episodes.jsonl").open("a") as f:
         f.write('{"controller": "ppo", "epis')  # a write cut short by a kill
     from host.cli import main
 
     assert main(["report", str(out)]) == 0
-    assert "1 torn line" in (out / "report.html").read_text()
+    assert "the last one, was truncated" in (out / "report.html").read_text()
     with pytest.raises(ConfigError, match="--resume"):
         run_search(config, out, progress=False)
 
