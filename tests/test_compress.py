@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from host.compress.fold import fold_batchnorm
+from host.compress.fold import fold_batchnorm, recalibrate_batchnorm
 from host.compress.policy import LayerAction, Policy, PolicyError, validate
 from host.compress.prune import count_params, layer_limits, prune, replay
 from host.compress.quant import apply_fake_quant
@@ -107,6 +107,28 @@ def test_folding_batchnorm_keeps_the_function():
     before = model(x)
     assert fold_batchnorm(model) == 20
     torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-5)
+
+
+def test_batchnorm_recalibration_after_pruning_measures_the_pruned_network():
+    """Pruning shifts what a BN sees; re-estimation gives each BN the mean and variance of its
+    input over the batches seen (a cumulative average), and restores momentum and mode."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", 6, (3, 64, 64))
+    limits = layer_limits(model, torch.zeros(1, 3, 64, 64))
+    prune(model, Policy.uniform("resnet18", [x.name for x in limits if x.group is not None], 0.5, 32),
+          torch.zeros(1, 3, 64, 64))
+    batches = [(torch.randn(16, 3, 64, 64) * 2 + 1, torch.zeros(16, dtype=torch.long)) for _ in range(3)]
+    seen_input: list[torch.Tensor] = []
+    handle = model.bn1.register_forward_hook(lambda m, args, out: seen_input.append(args[0].detach()))
+    model.eval()
+    assert recalibrate_batchnorm(model, batches, batches=2) == 32
+    handle.remove()
+    x = torch.cat(seen_input)
+    torch.testing.assert_close(model.bn1.running_mean, x.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    per_batch = [b.var(dim=(0, 2, 3), unbiased=True) for b in seen_input]
+    torch.testing.assert_close(model.bn1.running_var, sum(per_batch) / 2, rtol=1e-4, atol=1e-5)
+    assert model.bn1.momentum == 0.1 and not model.training
+    assert recalibrate_batchnorm(torch.nn.Linear(2, 2), batches) == 0
 
 
 def test_int8_fake_quant_exports_as_qlinearconv_and_matches_onnxruntime(tmp_path):

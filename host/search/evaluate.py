@@ -4,7 +4,6 @@ it briefly by distillation and measure validation accuracy (never the test split
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,10 +14,8 @@ from torch.utils.data import DataLoader, Subset
 
 from host.compress.distill import DistillConfig, distill
 from host.compress.export import export_policy_model
-from host.compress.fold import fold_batchnorm
+from host.compress.pipeline import compressed
 from host.compress.policy import Policy
-from host.compress.prune import count_params, prune
-from host.compress.quant import apply_fake_quant, calibrate
 from host.compress.size import size_report
 from host.compress.train import accuracy
 from host.latency.predict import LatencyPredictor, Prediction
@@ -33,20 +30,6 @@ class EpisodeResult:
     lut_version_ids: tuple[int, ...]
     profiled_kernels: int
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def compressed(teacher: torch.nn.Module, policy: Policy, example: torch.Tensor, round_to: int,
-               calibration: DataLoader, calibration_batches: int) -> tuple[torch.nn.Module, int]:
-    """The teacher pruned, BN-folded and fake-quantized per `policy` (not yet fine-tuned)."""
-    student = copy.deepcopy(teacher)
-    for p in student.parameters():  # distillation froze the teacher; Torch-Pruning skips frozen layers
-        p.requires_grad_(True)
-    before = count_params(student)
-    prune(student, policy, example, round_to)
-    fold_batchnorm(student)
-    apply_fake_quant(student, policy)
-    calibrate(student, calibration_batches, calibration)
-    return student, before
 
 
 @dataclass

@@ -23,6 +23,7 @@ from host.compress.distill import DistillConfig, distill
 from host.compress.export import export_onnx, export_policy_model
 from host.compress.pipeline import (
     DataConfig,
+    compressed,
     device_accuracy_and_latency,
     device_client,
 )
@@ -31,7 +32,7 @@ from host.compress.prune import layer_limits
 from host.compress.size import size_report
 from host.compress.train import TrainConfig, accuracy, trained_baseline
 from host.search.controllers import CONTROLLERS, Controller, make_controller
-from host.search.evaluate import Evaluator, compressed
+from host.search.evaluate import Evaluator
 from host.search.loop import Baseline, Episode, run_episodes
 from host.search.ppo import PPOConfig
 from host.search.reward import RewardConfig, reward
