@@ -14,7 +14,7 @@ import torch
 from host.compress.policy import Policy, validate
 from host.compress.prune import layer_limits, prune
 from host.models import build_model
-from host.search.controllers import CONTROLLERS, make_controller
+from host.search.controllers import make_controller
 from host.search.evaluate import EpisodeResult
 from host.search.loop import Baseline, run_episodes
 from host.search.ppo import PPOConfig, clipped_surrogate, gae
@@ -27,6 +27,7 @@ from host.search.reward import (
 from host.search.space import ParamCounter, SearchSpace, describe_layers
 
 SHAPE = (3, 64, 64)
+CONTROLLERS = ("ppo", "random", "uniform")  # the papers' baselines: test_search_baselines.py
 
 
 @functools.cache

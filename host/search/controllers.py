@@ -2,7 +2,8 @@
 
 - `ppo`: the hybrid PPO agent walking the layers (state per layer, previous action included);
 - `random`: uniform keep-ratios and precisions, the same budget: a controller has to beat it;
-- `uniform`: a small grid of uniform keep-ratios x precisions, in a fixed order.
+- `uniform`: a small grid of uniform keep-ratios x precisions, in a fixed order;
+- `amc`, `haq`, `dqn`: the papers' baselines on Stable-Baselines3 (`host.search.baselines`).
 Each keeps its whole state (networks, optimisers, random generators) in `state_dict()`, so a
 killed run resumes with no episode lost or repeated.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from host.compress.policy import Policy
 from host.search.ppo import HybridPPO, PPOConfig
 from host.search.reward import Constraint, Enforcer
 from host.search.space import SearchSpace
+
+if TYPE_CHECKING:
+    from host.search.baselines import DDPGConfig, DQNConfig
 
 # One step's choice: (layer index, decides its ratio, previous keep-ratio, previous bits) -> (keep, bits)
 Choose = Callable[[int, bool, float, int | None], tuple[float, int]]
@@ -140,16 +144,27 @@ class UniformController(Controller):
         return lambda t, free, prev_keep, prev_bits: (keep, bits)
 
 
-CONTROLLERS = ("ppo", "random", "uniform")
+CONTROLLERS = ("ppo", "random", "uniform", "amc", "haq", "dqn")
 
 
 def make_controller(name: str, space: SearchSpace, ppo: PPOConfig, seed: int,
-                    constraint: Constraint | None = None) -> Controller:
-    """A controller by name; `constraint` (optional) bounds every policy it proposes."""
+                    constraint: Constraint | None = None, ddpg: DDPGConfig | None = None,
+                    dqn: DQNConfig | None = None) -> Controller:
+    """A controller by name; `constraint` bounds every policy it proposes (optional, but `amc`
+    needs a target and `haq` a latency budget). `ddpg` configures amc and haq, `dqn` the DQN
+    (their defaults when None)."""
     if name == "ppo":
         return PPOController(space, ppo, seed, constraint)
     if name == "random":
         return RandomController(space, seed, constraint)
     if name == "uniform":
         return UniformController(space, constraint)
+    if name in ("amc", "haq", "dqn"):
+        # Imported here: it imports Controller from this module, and Stable-Baselines3.
+        from host.search import baselines
+
+        if name == "dqn":
+            return baselines.DQNController(space, constraint, dqn or baselines.DQNConfig(), seed)
+        learner = baselines.AMCController if name == "amc" else baselines.HAQController
+        return learner(space, constraint, ddpg or baselines.DDPGConfig(), seed)
     raise ValueError(f"unknown controller {name!r}; choices: {', '.join(CONTROLLERS)}")
