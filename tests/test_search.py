@@ -139,3 +139,59 @@ def test_report_needs_a_finished_run_and_tolerates_a_torn_line(tmp_path):
 
     with pytest.raises(ReportError, match="summary.json"):
         build_report(tmp_path)
+
+
+def test_a_params_target_and_a_latency_budget_bound_every_policy(agent, tmp_path, monkeypatch):
+    """amc (and ppo) under a parameter target, haq under a latency budget, on a real agent: every
+    episode's pruned model meets the target exactly, every haq policy meets the budget on the LUT
+    estimate the bounding uses."""
+    from host.compress.pipeline import device_client
+    from host.compress.policy import Policy
+    from host.latency.predict import LatencyPredictor
+    from host.search.budget import latency_estimator
+    from host.search.space import ParamCounter
+    from lut_store.store import open_store
+
+    monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
+    store = f"sqlite:///{tmp_path / 'lut.sqlite'}"
+    base = {**MLP, "device": agent.address, "store": store}
+    run = tmp_path / "amc"
+    run_search(load_search_config(None, {**base, "controllers": ["amc", "ppo"], "max_params_fraction": 0.3}), run,
+               progress=False)
+    params = json.loads((run / "baseline.json").read_text())["params"]
+    rows = [json.loads(line) for line in (run / "episodes.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(r["params"] <= 0.3 * params for r in rows)
+    assert all(a["bits"] == 32 for r in rows if r["controller"] == "amc" for a in r["policy"]["layers"].values())
+
+    net = build_model("mlp", 2, (30,))
+    example = torch.zeros((1, 30))
+    space = SearchSpace("mlp", describe_layers(net, example), (32, 16, 8, 4))
+    with device_client(agent.address, 1) as client, open_store(store) as lut:
+        predictor = LatencyPredictor.for_device(lut, client)
+        estimate = latency_estimator(space, ParamCounter(net, example), predictor, tmp_path, 2, (30,))
+        predictor.close()
+    names = [x.name for x in space.layers]
+    uniform = sorted(estimate(Policy.uniform("mlp", names, 1.0, b)) for b in space.bits)
+    budget_ms = (uniform[0] + uniform[-1]) / 2  # binds: the costliest precision everywhere misses it
+    run = tmp_path / "haq"
+    run_search(load_search_config(None, {**base, "controllers": ["haq"], "latency_budget_ms": budget_ms}), run,
+               progress=False)
+    for row in (json.loads(line) for line in (run / "episodes.jsonl").read_text().splitlines()):
+        assert {a["keep_ratio"] for a in row["policy"]["layers"].values()} == {1.0}
+        assert estimate(Policy.from_json(json.dumps(row["policy"]))) <= budget_ms
+
+    with pytest.raises(ConfigError, match="latency_ms budget 1e-06 cannot be met"):
+        run_search(load_search_config(None, {**base, "controllers": ["haq"], "latency_budget_ms": 1e-6}),
+                   tmp_path / "infeasible", progress=False)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"max_params_fraction": 0.3, "latency_budget_ms": 1.0}, "not both"),
+    ({"max_params_fraction": 1.5}, r"must lie in \(0, 1\]"),
+    ({"latency_budget_ms": -1.0}, "must be positive"),
+    ({"controllers": ["haq"]}, "haq searches precisions under a latency budget: set latency_budget_ms"),
+    ({"controllers": ["amc"]}, "amc prunes to a target: set max_params_fraction"),
+])
+def test_constraint_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_search_config(None, overrides)

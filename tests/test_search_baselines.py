@@ -100,14 +100,34 @@ def test_haq_action_wall_in_closed_form():
     def total_bits(policy: Policy) -> float:
         return sum(a.bits for a in policy.layers.values())
 
+    order = (32, 16, 8)
     # 32+32+32 = 96; lowering from the last layer back: 32+32+16 = 80, 32+16+16 = 64, 16+16+16 = 48.
-    assert lower_precisions(space, [32, 32, 32], Constraint("bits", 70, total_bits)) == [32, 16, 16]
-    assert lower_precisions(space, [32, 32, 32], Constraint("bits", 60, total_bits)) == [16, 16, 16]
+    assert lower_precisions(space, [32, 32, 32], Constraint("bits", 70, total_bits), order) == [32, 16, 16]
+    assert lower_precisions(space, [32, 32, 32], Constraint("bits", 60, total_bits), order) == [16, 16, 16]
     # A second pass: 16+16+16 = 48 > 40 -> 16+16+8 = 40.
-    assert lower_precisions(space, [32, 32, 32], Constraint("bits", 40, total_bits)) == [16, 16, 8]
-    assert lower_precisions(space, [8, 32, 8], Constraint("bits", 100, total_bits)) == [8, 32, 8]
+    assert lower_precisions(space, [32, 32, 32], Constraint("bits", 40, total_bits), order) == [16, 16, 8]
+    assert lower_precisions(space, [8, 32, 8], Constraint("bits", 100, total_bits), order) == [8, 32, 8]
     with pytest.raises(ValueError, match="cannot be met even at 8 bits"):
-        lower_precisions(space, [32, 32, 32], Constraint("bits", 20, total_bits))
+        lower_precisions(space, [32, 32, 32], Constraint("bits", 20, total_bits), order)
+
+
+def test_haq_makes_precisions_cheaper_on_the_device_not_narrower():
+    """A device where int4 costs more than fp32 and int8 least (onnxruntime's CPU provider): the
+    wall moves 4 -> 32 -> 8, and the feasibility check uses the cheapest precision, int8."""
+    space = _space("mlp", bits=(32, 8, 4))
+    cpu = {32: 1.0, 8: 0.3, 4: 1.5}
+
+    def cost(policy: Policy) -> float:
+        return sum(cpu[a.bits] for a in policy.layers.values())
+
+    budget = Constraint("latency_ms", 2.0, cost)
+    controller = _make("haq", space, constraint=budget)
+    assert controller.costliest_first == [4, 32, 8]
+    assert lower_precisions(space, [4, 4, 4], budget, controller.costliest_first) == [32, 8, 8]
+    for episode in run_episodes(controller, _synthetic, 4, BASE, W):
+        assert cost(episode.policy) <= 2.0
+    with pytest.raises(ValueError, match="8 bits on every layer, the cheapest, give 0.9"):
+        _make("haq", space, constraint=Constraint("latency_ms", 0.5, cost))
 
 
 @pytest.mark.parametrize("model", ["resnet18", "mobilenetv2"])

@@ -151,6 +151,28 @@ def test_parameter_count_from_channels_is_exact(model):
     count = ParamCounter(net, example)
     policy = make_controller("random", _space(model), PPOConfig(), seed=4).propose(0)
     assert count(policy) == prune(copy.deepcopy(net), policy, example).params_after
+    pruned = copy.deepcopy(net)
+    prune(pruned, policy, example)
+    before, after = dict(net.named_modules()), dict(pruned.named_modules())
+    kept = count.kept_fraction(policy)
+    assert set(kept) == set(policy.layers)
+    for name, fraction in kept.items():
+        assert fraction == after[name].weight.numel() / before[name].weight.numel()
+
+
+def test_latency_estimate_is_a_power_law_of_the_kept_work_per_layer():
+    from host.search.budget import LatencyEstimator
+
+    net, _ = _model("mlp")
+    count = ParamCounter(net, torch.zeros((1, *SHAPE)))
+    names = list(count.layer_terms)
+    estimate = LatencyEstimator(count, {32: {n: 1.0 for n in names}, 8: {n: 0.5 for n in names}},
+                                {32: {n: 1.0 for n in names}, 8: {n: 0.5 for n in names}}, other_ms=0.25)
+    full = Policy.uniform("mlp", names, 1.0, 32)
+    assert estimate(full) == 0.25 + len(names)
+    policy = _space("mlp").policy([0.5] * len(names), [8] * len(names))
+    kept = count.kept_fraction(policy)
+    assert estimate(policy) == pytest.approx(0.25 + sum(0.5 * kept[n] ** 0.5 for n in names))
 
 
 # ---- constraints (AMC-style) ----

@@ -24,6 +24,7 @@ the constraint puts on it is part of the environment.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -313,8 +314,11 @@ class AMCController(_DDPGLearner):
 class HAQController(_DDPGLearner):
     """HAQ: a precision for every layer, no pruning. Action a in [0, 1] picks among the device's
     precisions in equal-width bins (HAQ's rounding of a continuous action to a bit width); a
-    policy over budget has its precisions lowered one step at a time from the last layer back
-    until it fits (HAQ's final action wall, `lower_precisions`)."""
+    policy over budget has its precisions made one step cheaper at a time from the last layer
+    back until it fits (HAQ's final action wall, `lower_precisions`). Cheaper means cheaper on
+    this device: precisions are ordered by the cost of the model at each one everywhere, since
+    fewer bits need not be faster (int4 weight-only runs slower than fp32 on onnxruntime's CPU
+    provider)."""
 
     name = "haq"
 
@@ -324,11 +328,13 @@ class HAQController(_DDPGLearner):
                              "constraint=latency_constraint(predict_ms, budget_ms)")
         unpruned = replace(space, min_keep=1.0, max_keep=1.0)
         n = len(space.layers)
-        floor = constraint.cost(unpruned.policy([1.0] * n, [min(space.bits)] * n))
-        if floor > constraint.budget:
+        cost = {b: constraint.cost(unpruned.policy([1.0] * n, [b] * n)) for b in space.bits}
+        self.costliest_first = sorted(space.bits, key=lambda b: (-cost[b], -b))
+        cheapest = self.costliest_first[-1]
+        if cost[cheapest] > constraint.budget:
             raise ValueError(f"the {constraint.name} budget {constraint.budget:g} cannot be met without pruning: "
-                             f"{min(space.bits)} bits on every layer give {floor:g}; raise the budget or allow "
-                             "lower precisions")
+                             f"{cheapest} bits on every layer, the cheapest, give {cost[cheapest]:g}; raise the "
+                             "budget or allow other precisions")
         super().__init__(unpruned, None, config, seed, steps_per_episode=n)
         self.constraint = constraint
         self.ascending_bits = sorted(space.bits)
@@ -339,26 +345,28 @@ class HAQController(_DDPGLearner):
 
     def propose(self, episode: int) -> Policy:
         policy = walk(self.space, self._choose(episode), None)
-        bits = lower_precisions(self.space, [a.bits for a in policy.layers.values()], self.constraint)
+        bits = lower_precisions(self.space, [a.bits for a in policy.layers.values()], self.constraint,
+                                self.costliest_first)
         return self.space.policy([1.0] * len(bits), bits)
 
 
-def lower_precisions(space: SearchSpace, bits: list[int], constraint: Constraint) -> list[int]:
+def lower_precisions(space: SearchSpace, bits: list[int], constraint: Constraint,
+                     costliest_first: Sequence[int]) -> list[int]:
     """HAQ's final action wall on unpruned layers: while the policy is over budget, walk the
-    layers from the last to the first, lowering each one precision step (among `space.bits`)
-    and stopping as soon as it fits."""
-    order = sorted(space.bits)
+    layers from the last to the first, moving each one precision step along `costliest_first`
+    (the device's precisions, costliest first) and stopping as soon as it fits."""
+    order = list(costliest_first)
     bits = list(bits)
 
     def fits() -> bool:
         return constraint.cost(space.policy([1.0] * len(bits), bits)) <= constraint.budget
 
     while not fits():
-        if all(b == order[0] for b in bits):
+        if all(b == order[-1] for b in bits):
             raise ValueError(f"the {constraint.name} budget {constraint.budget:g} cannot be met even at "
-                             f"{order[0]} bits on every layer")
+                             f"{order[-1]} bits on every layer")
         for i in reversed(range(len(bits))):
-            bits[i] = order[max(order.index(bits[i]) - 1, 0)]
+            bits[i] = order[min(order.index(bits[i]) + 1, len(order) - 1)]
             if fits():
                 break
     return bits

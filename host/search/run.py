@@ -31,12 +31,13 @@ from host.compress.policy import Policy
 from host.compress.prune import layer_limits
 from host.compress.size import size_report
 from host.compress.train import TrainConfig, accuracy, trained_baseline
+from host.search.budget import latency_estimator, search_constraint
 from host.search.controllers import CONTROLLERS, Controller, make_controller
 from host.search.evaluate import Evaluator
 from host.search.loop import Baseline, Episode, run_episodes
 from host.search.ppo import PPOConfig
 from host.search.reward import RewardConfig, reward
-from host.search.space import SearchSpace, describe_layers
+from host.search.space import ParamCounter, SearchSpace, describe_layers
 from lut_store.tomlfile import ConfigError, from_mapping, read_toml
 
 BITS_OF = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
@@ -50,14 +51,19 @@ class SearchConfig:
     controllers: list[str] = field(default_factory=lambda: ["ppo"])
     episodes: int = 15
     episode_samples: int = 384  # training images per episode's fine-tune
-    # Gentle: at lr 1e-3 one epoch wrecks a BN-folded network (keep 0.9 fp32 ResNet18: 82% -> 36%
-    # val accuracy; at 3e-4: 96%), and a short fine-tune must rank policies, not train them.
-    episode_distill: DistillConfig = DistillConfig(epochs=2, lr=3e-4)
+    # One gentle epoch after BN re-estimation: at lr 1e-3 an epoch wrecks a BN-folded network
+    # (ResNet18 keep 0.9 int8: 96% -> 32% val accuracy; at 3e-4: 94%), and a short fine-tune must
+    # rank policies, not train them (keep 0.9 / 0.7 / 0.5 / 0.3 int8: 94 / 95 / 93 / 73%).
+    episode_distill: DistillConfig = DistillConfig(epochs=1, lr=3e-4)
     final_distill: DistillConfig = DistillConfig(epochs=20)
     bits: list[int] = field(default_factory=list)  # empty: every precision the device runs
     min_keep: float = 0.2  # pruning ratio at most 0.8
     max_keep: float = 0.9  # pruning ratio at least 0.1
     reward: RewardConfig = RewardConfig()
+    # An AMC-style constraint on every policy (0: none; set at most one): a parameter target as a
+    # fraction of the baseline's (0.25: 75% fewer), or a latency budget on the LUT estimate.
+    max_params_fraction: float = 0.0
+    latency_budget_ms: float = 0.0
     ppo: PPOConfig = PPOConfig()
     batch_size: int = 32
     round_to: int = 8
@@ -73,6 +79,16 @@ class SearchConfig:
         unknown = [c for c in self.controllers if c not in CONTROLLERS]
         if unknown or not self.controllers:
             raise ConfigError(f"controllers {unknown or '[]'}: choose among {', '.join(CONTROLLERS)}")
+        if self.max_params_fraction and self.latency_budget_ms:
+            raise ConfigError("set max_params_fraction or latency_budget_ms, not both: a search bounds one constraint")
+        if not 0.0 <= self.max_params_fraction <= 1.0 or self.latency_budget_ms < 0:
+            raise ConfigError(f"max_params_fraction = {self.max_params_fraction} must lie in (0, 1] and "
+                              f"latency_budget_ms = {self.latency_budget_ms} must be positive (0: no constraint)")
+        if "haq" in self.controllers and not self.latency_budget_ms:
+            raise ConfigError("controller haq searches precisions under a latency budget: set latency_budget_ms")
+        if "amc" in self.controllers and not (self.max_params_fraction or self.latency_budget_ms):
+            raise ConfigError("controller amc prunes to a target: set max_params_fraction (e.g. 0.25 for 75% fewer "
+                              "parameters) or latency_budget_ms")
         if self.episode_samples < self.batch_size:
             raise ConfigError(f"episode_samples = {self.episode_samples} is below batch_size {self.batch_size}")
 
@@ -200,10 +216,19 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
         evaluator = Evaluator(config.model, teacher, tensor_dataset(data, "train"), loaders.val, predictor, shape,
                               out / "checkpoints", config.episode_distill, config.episode_samples,
                               config.batch_size, config.round_to, config.calibration_batches)
+        counter = ParamCounter(teacher, example, config.round_to)
+        estimator = (latency_estimator(space, counter, predictor, out / "checkpoints", len(data.classes), shape)
+                     if config.latency_budget_ms else None)
         controllers: dict[str, Controller] = {}
         done: dict[str, int] = {}
-        for i, name in enumerate(config.controllers):
-            controllers[name] = make_controller(name, space, config.ppo, config.seed + 1000 * i)
+        try:
+            constraint = search_constraint(config.max_params_fraction, config.latency_budget_ms, counter,
+                                           baseline["params"], estimator)
+            for i, name in enumerate(config.controllers):
+                controllers[name] = make_controller(name, space, config.ppo, config.seed + 1000 * i, constraint)
+        except ValueError as exc:  # a budget no policy can meet
+            raise ConfigError(str(exc)) from None
+        for name in config.controllers:
             ckpt = out / "checkpoints" / f"{name}.pt"
             if resume and ckpt.exists():
                 state = torch.load(ckpt, weights_only=True)

@@ -175,6 +175,7 @@ class ParamCounter:
                 side = out_group if graph.is_out_channel_pruning_fn(dep.handler) else in_group
                 side.setdefault(dep.target.module, root)
         self.terms: list[_ParamTerm] = []
+        self.layer_terms: dict[str, _ParamTerm] = {}  # each Conv2d/Linear's weight term, by module name
         self.fixed = 0
         for module in model.modules():
             own = list(module.parameters(recurse=False))
@@ -188,9 +189,11 @@ class ParamCounter:
                     self.terms.append(_ParamTerm(k, out_g, module.out_channels, in_g, module.in_channels))
                 else:  # depthwise: each output channel sees its own input channel
                     self.terms.append(_ParamTerm(k * per_group_in, out_g, module.out_channels, None, 1))
+                self.layer_terms[names[module]] = self.terms[-1]
                 bias = module.bias is not None
             elif isinstance(module, nn.Linear):
                 self.terms.append(_ParamTerm(1, out_g, module.out_features, in_g, module.in_features))
+                self.layer_terms[names[module]] = self.terms[-1]
                 bias = module.bias is not None
             elif isinstance(module, nn.BatchNorm2d):
                 self.terms.append(_ParamTerm(2 if module.affine else 0, out_g, module.num_features, None, 1))
@@ -201,11 +204,21 @@ class ParamCounter:
             if bias:
                 self.terms.append(_ParamTerm(1, out_g, own[-1].numel(), None, 1))
 
-    def __call__(self, policy: Policy) -> int:
-        keep = {group: policy.layers[name].keep_ratio for name, group in self.group_of.items()}
-
+    def _kept(self, keep: dict[str, float], term: _ParamTerm) -> int:
         def width(group: str | None, channels: int) -> int:
             return channels if group is None else kept_channels(channels, keep.get(group, 1.0), self.round_to)
 
-        return self.fixed + sum(t.factor * width(t.out_group, t.out_channels) * width(t.in_group, t.in_channels)
-                                for t in self.terms)
+        return term.factor * width(term.out_group, term.out_channels) * width(term.in_group, term.in_channels)
+
+    def _group_keep(self, policy: Policy) -> dict[str, float]:
+        return {group: policy.layers[name].keep_ratio for name, group in self.group_of.items()}
+
+    def __call__(self, policy: Policy) -> int:
+        keep = self._group_keep(policy)
+        return self.fixed + sum(self._kept(keep, t) for t in self.terms)
+
+    def kept_fraction(self, policy: Policy) -> dict[str, float]:
+        """Per Conv2d/Linear layer, the fraction of its weights (and so of its multiply-adds) kept."""
+        keep = self._group_keep(policy)
+        return {name: self._kept(keep, t) / (t.factor * t.out_channels * t.in_channels)
+                for name, t in self.layer_terms.items()}

@@ -1,0 +1,93 @@
+"""A search's optional constraint from its config: a parameter target (exact, from channel
+counts) or a latency budget (estimated from the device's LUT).
+
+AMC-style bounding bisects on the constraint's cost for every layer of every episode, so the
+cost must take microseconds, not the second a real export and LUT lookup take. The latency
+estimate: each layer's kernel latency at its precision, a power law in the fraction of its
+multiply-adds the policy keeps, fitted through two LUT predictions per precision (the model with
+that precision everywhere, unpruned and at keep 0.5; once per search), plus the kernels that are
+no layer's (pooling, ...).
+It misses what a real candidate adds (conversions between layers of different precisions); the
+episode's recorded latency is always the LUT's prediction of the real candidate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from host.compress.policy import Policy
+from host.latency.predict import LatencyPredictor, Prediction
+from host.latency.variants import export_variant
+from host.search.reward import Constraint, latency_constraint, params_constraint
+from host.search.space import ParamCounter, SearchSpace
+
+COMPUTE_KINDS = ("conv", "gemm", "matmul")
+
+
+def layer_kernels_ms(space: SearchSpace, prediction: Prediction) -> dict[str, float]:
+    """Each layer's kernel latency in a prediction: the compute kernels in graph order are the
+    layers in execution order."""
+    compute = [k for k in prediction.kernels if k.kind.split("+")[0] in COMPUTE_KINDS]
+    if len(compute) != len(space.layers):
+        raise ValueError(f"cannot attribute the LUT prediction to layers: {len(compute)} compute kernels for "
+                         f"{len(space.layers)} layers of {space.model}")
+    return {layer.name: k.latency_ms for layer, k in zip(space.layers, compute)}
+
+
+@dataclass(frozen=True)
+class LatencyEstimator:
+    """A policy's latency in ms from per-layer LUT latencies (see the module docstring)."""
+
+    counter: ParamCounter
+    full_ms: Mapping[int, Mapping[str, float]]  # bits -> layer -> its kernel's ms at keep 1.0
+    exponent: Mapping[int, Mapping[str, float]]  # bits -> layer -> a in ms = full_ms * kept_fraction ** a
+    other_ms: float  # kernels that belong to no layer, in the FP32 model
+
+    def __call__(self, policy: Policy) -> float:
+        kept = self.counter.kept_fraction(policy)
+        return self.other_ms + sum(self.full_ms[action.bits][name] * kept[name] ** self.exponent[action.bits][name]
+                                   for name, action in policy.layers.items())
+
+
+def latency_estimator(space: SearchSpace, counter: ParamCounter, predictor: LatencyPredictor, workdir: Path,
+                      num_classes: int, input_shape: tuple[int, ...], anchor_keep: float = 0.5) -> LatencyEstimator:
+    """Predict the model at each precision of the space, unpruned and at `anchor_keep` (profiling
+    what the LUT lacks); each layer's latency follows a power of its kept multiply-adds through
+    the two points (small kernels lose efficiency: latency is rarely proportional)."""
+    names = [layer.name for layer in space.layers]
+    half = space.policy([anchor_keep] * len(names), [32] * len(names))
+    half_kept = counter.kept_fraction(half)
+    full_ms: dict[int, dict[str, float]] = {}
+    exponent: dict[int, dict[str, float]] = {}
+    other_ms = 0.0
+    for bits in sorted(set(space.bits) | {32}, reverse=True):
+        measured = {}
+        for keep in (1.0, anchor_keep):
+            policy = space.policy([keep] * len(names), [bits] * len(names))
+            path = export_variant(space.model, policy, workdir / f"anchor_{bits}bit_keep{keep}.onnx", num_classes,
+                                  input_shape, counter.round_to)
+            prediction = predictor.predict(path)
+            measured[keep] = layer_kernels_ms(space, prediction)
+            if bits == 32 and keep == 1.0:
+                other_ms = prediction.latency_ms - sum(measured[keep].values())
+        full_ms[bits] = measured[1.0]
+        exponent[bits] = {name: (math.log(measured[anchor_keep][name] / measured[1.0][name]) / math.log(half_kept[name])
+                                 if 0 < half_kept[name] < 1 and measured[anchor_keep][name] > 0 else 1.0)
+                          for name in names}
+    return LatencyEstimator(counter, full_ms, exponent, other_ms)
+
+
+def search_constraint(max_params_fraction: float, latency_budget_ms: float, counter: ParamCounter, base_params: int,
+                      estimator: LatencyEstimator | None) -> Constraint | None:
+    """The config's constraint: at most `max_params_fraction` of the parameters, or a latency
+    budget on `estimator`; None when neither is set (0)."""
+    if max_params_fraction:
+        return params_constraint(counter, base_params, max_params_fraction)
+    if latency_budget_ms:
+        if estimator is None:
+            raise ValueError("a latency budget needs the LUT's latency estimator")
+        return latency_constraint(estimator, latency_budget_ms)
+    return None
