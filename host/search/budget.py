@@ -75,7 +75,8 @@ def latency_estimator(space: SearchSpace, counter: ParamCounter, predictor: Late
                 other_ms = prediction.latency_ms - sum(measured[keep].values())
         full_ms[bits] = measured[1.0]
         exponent[bits] = {name: (math.log(measured[anchor_keep][name] / measured[1.0][name]) / math.log(half_kept[name])
-                                 if 0 < half_kept[name] < 1 and measured[anchor_keep][name] > 0 else 1.0)
+                                 if 0 < half_kept[name] < 1 and measured[anchor_keep][name] > 0
+                                 and measured[1.0][name] > 0 else 1.0)  # 0 ms: an elided kernel
                           for name in names}
     return LatencyEstimator(counter, full_ms, exponent, other_ms)
 
