@@ -228,6 +228,25 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from host.experiment.config import load_experiment
+    from host.experiment.run import resume_experiment, run_experiment, tables_markdown
+
+    if args.seeds is not None and args.seeds < 1:
+        raise CliError(f"--seeds {args.seeds}: an experiment needs at least one seed")
+    if args.resume:
+        if args.config or args.preset or args.device or args.store:
+            raise CliError("--resume continues with the configs stored in --out: drop --config, --preset, --device "
+                           "and --store")
+        results = resume_experiment(args.study, args.out, args.seeds, progress=not args.json)
+    else:
+        experiment = load_experiment(args.study, args.preset or "paper", args.config, args.seeds, args.device or (),
+                                     args.store)
+        results = run_experiment(experiment, args.out, progress=not args.json)
+    _emit(results.to_doc(), args.json, tables_markdown(results) + f"\nreport in {args.out / 'report.html'}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from host.report import build_report
 
@@ -327,6 +346,23 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     search.add_argument("--json", action="store_true", help="one JSON document on stdout")
     search.set_defaults(func=cmd_search)
+
+    from host.experiment import PRESET_NAMES, STUDIES
+
+    experiment = sub.add_parser("experiment", help="reproduce one of the paper's studies on your device and data")
+    experiment.add_argument("study", choices=STUDIES, metavar="NAME", help=f"one of: {', '.join(STUDIES)}")
+    experiment.add_argument("--out", type=Path, required=True, help="experiment directory")
+    experiment.add_argument("--seeds", type=int, help="repeat with this many search seeds (mean +- std; default 1)")
+    experiment.add_argument("--preset", choices=PRESET_NAMES, help="budget and settings to start from (default: "
+                            "paper; tiny: seconds per search)")
+    experiment.add_argument("--config", type=Path, help="TOML search config over the preset, with an optional "
+                            "[experiment] table")
+    experiment.add_argument("--device", action="append", metavar="HOST:PORT",
+                            help="agent of the target device (default: embedded); cross-device: repeat, one per device")
+    experiment.add_argument("--store", help="LUT store URL (default: the SQLite file under $HADMC_HOME)")
+    experiment.add_argument("--resume", action="store_true", help="continue the experiment in --out")
+    experiment.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    experiment.set_defaults(func=cmd_experiment)
 
     report = sub.add_parser("report", help="(re)build DIR/report.html and its plots from a search run directory")
     report.add_argument("run", type=Path, metavar="DIR")

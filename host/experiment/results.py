@@ -1,0 +1,246 @@
+"""An experiment's results as typed records: each seed's table rows and episode curves, and the
+table over seeds (mean +- sample std per cell), with its markdown form.
+
+A row's label is one value per label column (e.g. ("AMC-style (amc)",) or (policy device,
+measured device)); its values are named metrics whose units the study's columns give.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# How a unit shows a value: (scale, format, suffix).
+UNITS: dict[str, tuple[float, str, str]] = {
+    "%": (100.0, ".2f", "%"),  # a fraction
+    "x": (1.0, ".2f", "x"),  # a ratio
+    "ms": (1.0, ".4g", ""),
+    "MB": (1e-6, ".3f", ""),  # bytes shown in 10^6
+    "M": (1e-6, ".3f", "M"),  # a count shown in millions
+    "": (1.0, ".4f", ""),
+    "#": (1.0, ".1f", ""),  # a count or index (a mean over seeds may be fractional)
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    title: str
+    unit: str = ""
+
+    def __post_init__(self) -> None:
+        if self.unit not in UNITS:
+            raise ValueError(f"column {self.key}: unit {self.unit!r}; choose among {list(UNITS)}")
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """One model as the Table-2-style rows show it; accuracy on the test split, latency measured
+    on the device at batch 1 (median), speedup over the FP32 model measured in the same session."""
+
+    test_accuracy: float
+    test_accuracy_onnxruntime: float
+    params: int
+    params_reduction: float
+    fp32_size_bytes: int
+    effective_size_bytes: int
+    compression: float
+    latency_ms: float
+    speedup: float
+
+    @classmethod
+    def of_search_baseline(cls, doc: Mapping[str, Any]) -> ModelMetrics:
+        """The FP32 baseline of a search run (baseline.json)."""
+        return cls(doc["test_accuracy"], doc["test_accuracy_onnxruntime"], doc["params"], 0.0,
+                   doc["fp32_size_bytes"], doc["fp32_size_bytes"], 0.0, doc["measured_latency"]["median_ms"], 1.0)
+
+    @classmethod
+    def of_search_final(cls, doc: Mapping[str, Any]) -> ModelMetrics:
+        """A controller's final model of a search run (summary.json's controllers.NAME)."""
+        return cls(doc["test_accuracy"], doc["test_accuracy_onnxruntime"], doc["params"], doc["params_reduction"],
+                   doc["fp32_size_bytes"], doc["effective_size_bytes"], doc["compression"],
+                   doc["measured_latency"]["median_ms"], doc["speedup"])
+
+    @classmethod
+    def of_compress(cls, doc: Mapping[str, Any]) -> ModelMetrics:
+        """The compressed model of `hadmc compress` (its summary.json)."""
+        acc, size, latency = doc["accuracy"], doc["size"], doc["latency"]
+        return cls(acc["compressed_test_torch"], acc["compressed_test_onnxruntime"], size["params"],
+                   size["params_reduction"], size["fp32_bytes"], size["effective_bytes"], size["compression"],
+                   latency["compressed"]["latency"]["median_ms"], latency["speedup"])
+
+    def values(self) -> dict[str, float]:
+        return {k: float(v) for k, v in vars(self).items()}
+
+
+MODEL_COLUMNS = (
+    Column("test_accuracy", "test accuracy (torch)", "%"),
+    Column("test_accuracy_onnxruntime", "test accuracy (onnxruntime on the device)", "%"),
+    Column("params", "parameters", "M"),
+    Column("params_reduction", "parameter reduction", "%"),
+    Column("fp32_size_bytes", "FP32 size (MB)", "MB"),
+    Column("effective_size_bytes", "effective size (MB)", "MB"),
+    Column("compression", "compression", "%"),
+    Column("latency_ms", "measured latency (ms)", "ms"),
+    Column("speedup", "speedup", "x"),
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One table row of one seed."""
+
+    label: tuple[str, ...]
+    values: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """What one seed of a study produced."""
+
+    seed: int
+    rows: tuple[Row, ...]
+    curves: Mapping[str, tuple[float, ...]]  # per-episode series by name, e.g. "ppo/reward"
+    runs: tuple[str, ...]  # search run directories, relative to the experiment's, each with report.html
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"seed": self.seed, "rows": [{"label": list(r.label), "values": dict(r.values)} for r in self.rows],
+                "curves": {k: list(v) for k, v in self.curves.items()}, "runs": list(self.runs)}
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> SeedResult:
+        rows = tuple(Row(tuple(r["label"]), {k: float(v) for k, v in r["values"].items()}) for r in doc["rows"])
+        curves = {k: tuple(float(x) for x in v) for k, v in doc["curves"].items()}
+        return cls(int(doc["seed"]), rows, curves, tuple(doc["runs"]))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One metric over seeds: mean and sample standard deviation (0 with one seed)."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Cell:
+        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+
+    def text(self, unit: str) -> str:
+        scale, spec, suffix = UNITS[unit]
+        if not math.isfinite(self.mean):
+            return str(self.mean)
+        mean = format(self.mean * scale, spec) + suffix
+        return mean if self.n < 2 else f"{mean} ± {format(self.std * scale, spec)}"
+
+
+@dataclass(frozen=True)
+class TableRow:
+    label: tuple[str, ...]
+    cells: Mapping[str, Cell]  # a metric some seed lacks is absent
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A per-episode series over seeds."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    n: int
+
+
+@dataclass(frozen=True)
+class Results:
+    """A finished experiment: the study's table over seeds, its curves and the runs behind them."""
+
+    study: str
+    title: str
+    rows_doc: str  # what each row means
+    labels: tuple[str, ...]
+    columns: tuple[Column, ...]
+    seeds: tuple[int, ...]
+    rows: tuple[TableRow, ...]
+    curves: Mapping[str, Curve]
+    runs: tuple[str, ...]
+
+    @classmethod
+    def aggregate(cls, study: str, title: str, rows_doc: str, labels: Sequence[str], columns: Sequence[Column],
+                  seeds: Sequence[SeedResult]) -> Results:
+        """Rows in first-seen order; each cell over the seeds that have it."""
+        by_label: dict[tuple[str, ...], dict[str, list[float]]] = {}
+        for result in seeds:
+            for row in result.rows:
+                metrics = by_label.setdefault(row.label, {})
+                for key, value in row.values.items():
+                    metrics.setdefault(key, []).append(value)
+        rows = tuple(TableRow(label, {k: Cell.of(v) for k, v in metrics.items()})
+                     for label, metrics in by_label.items())
+        series: dict[str, list[tuple[float, ...]]] = {}
+        for result in seeds:
+            for name, values in result.curves.items():
+                series.setdefault(name, []).append(values)
+        curves = {}
+        for name, runs in series.items():
+            length = min(len(r) for r in runs)
+            cells = [Cell.of([r[i] for r in runs]) for i in range(length)]
+            curves[name] = Curve(tuple(c.mean for c in cells), tuple(c.std for c in cells), len(runs))
+        return cls(study, title, rows_doc, tuple(labels), tuple(columns), tuple(r.seed for r in seeds), rows, curves,
+                   tuple(run for r in seeds for run in r.runs))
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "study": self.study, "title": self.title, "rows_doc": self.rows_doc, "labels": list(self.labels),
+            "columns": [vars(c) for c in self.columns], "seeds": list(self.seeds),
+            "rows": [{"label": list(r.label), "cells": {k: vars(c) for k, c in r.cells.items()}} for r in self.rows],
+            "curves": {k: {"mean": list(c.mean), "std": list(c.std), "n": c.n} for k, c in self.curves.items()},
+            "runs": list(self.runs),
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> Results:
+        rows = tuple(TableRow(tuple(r["label"]), {k: Cell(**c) for k, c in r["cells"].items()}) for r in doc["rows"])
+        curves = {k: Curve(tuple(c["mean"]), tuple(c["std"]), c["n"]) for k, c in doc["curves"].items()}
+        return cls(doc["study"], doc["title"], doc["rows_doc"], tuple(doc["labels"]),
+                   tuple(Column(**c) for c in doc["columns"]), tuple(doc["seeds"]), rows, curves, tuple(doc["runs"]))
+
+    def cell_text(self, row: TableRow, column: Column) -> str:
+        cell = row.cells.get(column.key)
+        return "-" if cell is None else cell.text(column.unit)
+
+    def markdown(self) -> str:
+        """The table, mean +- sample std over the seeds when there are several."""
+        head = [*self.labels, *(c.title for c in self.columns)]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in self.rows:
+            lines.append("| " + " | ".join([*row.label, *(self.cell_text(row, c) for c in self.columns)]) + " |")
+        return "\n".join(lines)
+
+    def matrix_markdown(self, key: str) -> str:
+        """A two-label table as a matrix of one metric: first label down, second across."""
+        column = next(c for c in self.columns if c.key == key)
+        down = list(dict.fromkeys(r.label[0] for r in self.rows))
+        across = list(dict.fromkeys(r.label[1] for r in self.rows))
+        cells = {r.label: r.cells.get(key) for r in self.rows}
+        lines = [f"| {self.labels[0]} \\ {self.labels[1]} | " + " | ".join(across) + " |",
+                 "|" + "---|" * (len(across) + 1)]
+        for d in down:
+            texts = [cells[(d, a)].text(column.unit) if cells.get((d, a)) else "-" for a in across]
+            lines.append(f"| {d} | " + " | ".join(texts) + " |")
+        return "\n".join(lines)
+
+    def seeds_text(self) -> str:
+        n = len(self.seeds)
+        return f"{n} seed" + ("" if n == 1 else f"s ({', '.join(map(str, self.seeds))}); cells are mean ± sample std")
+
+
+def write_json(path: Path, doc: Any) -> None:
+    """Write JSON atomically (a killed run never leaves half a file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
+    os.replace(tmp, path)

@@ -1,0 +1,94 @@
+"""`hadmc experiment NAME --out DIR`: one study, seed after seed, into one directory.
+
+DIR holds experiment.json (the study and its resolved configs), seed<N>/ (the runs of each seed
+and its result.json), results.json (the table over seeds, mean +- sample std), tables.md and
+report.html with its plots. A seed with a result.json is done; `--resume` runs the rest (a killed
+search inside a seed resumes from its checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from host.experiment.config import Experiment
+from host.experiment.results import Results, SeedResult, write_json
+from host.experiment.studies import STUDY
+from lut_store.tomlfile import ConfigError
+
+
+def _stored_study(out: Path) -> str | None:
+    path = out / "experiment.json"
+    return json.loads(path.read_text())["study"] if path.exists() else None
+
+
+def run_experiment(experiment: Experiment, out: Path, progress: bool = True) -> Results:
+    """A new experiment in `out` (absent or empty)."""
+    experiment.check()
+    stored = _stored_study(out)
+    if stored is not None and stored != experiment.study:
+        raise ConfigError(f"{out} holds a {stored!r} experiment: choose another --out for {experiment.study!r} "
+                          f"(hadmc experiment {stored} --out {out} --resume continues that one)")
+    if stored is not None:
+        raise ConfigError(f"{out} already holds a {stored!r} experiment: pass --resume to continue it or choose "
+                          "another --out")
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty and holds no experiment: choose another --out")
+    study = STUDY[experiment.study]
+    if study.prepare is not None:
+        experiment = study.prepare(experiment, progress)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "experiment.json", experiment.to_doc())
+    return _run(experiment, out, progress)
+
+
+def resume_experiment(study: str, out: Path, seeds: int | None = None, progress: bool = True) -> Results:
+    """Continue the experiment in `out` with the configs it was started with."""
+    stored = _stored_study(out)
+    if stored is None:
+        raise ConfigError(f"--resume: {out} holds no experiment (no experiment.json); run without --resume to "
+                          "start one")
+    if stored != study:
+        raise ConfigError(f"{out} holds a {stored!r} experiment, not {study!r}: run hadmc experiment {stored} --out "
+                          f"{out} --resume, or choose another --out")
+    experiment = Experiment.from_doc(json.loads((out / "experiment.json").read_text()))
+    if seeds is not None and seeds != experiment.settings.seeds:
+        raise ConfigError(f"the experiment in {out} runs {experiment.settings.seeds} seeds: resume it without "
+                          f"--seeds or with --seeds {experiment.settings.seeds}")
+    experiment.check()
+    return _run(experiment, out, progress)
+
+
+def _run(experiment: Experiment, out: Path, progress: bool) -> Results:
+    from host.report.experiment import build_experiment_report
+
+    study = STUDY[experiment.study]
+    done = []
+    for i in range(experiment.settings.seeds):
+        seed = experiment.search.seed + i
+        directory = out / f"seed{seed}"
+        result_path = directory / "result.json"
+        if result_path.exists():
+            done.append(SeedResult.from_doc(json.loads(result_path.read_text())))
+            continue
+        if progress:
+            print(f"[{study.name}] seed {seed} ({i + 1} of {experiment.settings.seeds}) ...", file=sys.stderr,
+                  flush=True)
+        directory.mkdir(exist_ok=True)
+        result = study.run_seed(experiment, seed, directory, progress)
+        write_json(result_path, result.to_doc())
+        done.append(result)
+    results = Results.aggregate(study.name, study.title, study.rows_doc, study.labels, study.columns, done)
+    write_json(out / "results.json", results.to_doc())
+    (out / "tables.md").write_text(tables_markdown(results))
+    build_experiment_report(out)
+    return results
+
+
+def tables_markdown(results: Results) -> str:
+    parts = [f"# {results.title}", results.rows_doc, f"{results.seeds_text().capitalize()}.", results.markdown()]
+    if len(results.labels) == 2 and any(c.key == "speedup" for c in results.columns):
+        parts += ["Speedup over FP32 as a matrix:", results.matrix_markdown("speedup")]
+    parts.append("Runs (each with its report.html): " + ", ".join(results.runs))
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,368 @@
+"""The studies of `hadmc experiment`: each runs one seed into its directory (searches through
+`run_search`, single policies through `run_compress`) and returns that seed's table rows.
+
+A finished search or compression in the directory is read back, not redone, and a killed
+search resumes from its checkpoints: so `--resume` continues a study where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from host.compress.distill import DistillConfig
+from host.compress.pipeline import (
+    CompressConfig,
+    device_accuracy_and_latency,
+    device_client,
+    run_compress,
+)
+from host.compress.policy import LayerAction, Policy
+from host.experiment.config import Experiment
+from host.experiment.results import MODEL_COLUMNS, Column, ModelMetrics, Row, SeedResult
+from host.experiment.sequential import search_precisions
+from host.search.run import SearchConfig, run_search
+from lut_store.tomlfile import ConfigError
+
+BASELINE = "FP32 baseline"
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _search(config: SearchConfig, out: Path, progress: bool) -> dict[str, Any]:
+    """run_search into `out`; the summary of one already finished there; a killed one resumes."""
+    if (out / "summary.json").exists():
+        return json.loads((out / "summary.json").read_text())
+    return run_search(config, out, resume=(out / "config.json").exists(), progress=progress)
+
+
+def _compress(config: SearchConfig, policy: Policy, distill: DistillConfig, out: Path, client: Any,
+              progress: bool) -> dict[str, Any]:
+    """run_compress of one policy as a search's final model is made (its settings, `distill`);
+    the summary of one already finished in `out`."""
+    if (out / "summary.json").exists():
+        return json.loads((out / "summary.json").read_text())
+    compress = CompressConfig(model=config.model, data=config.data, baseline=config.baseline, distill=distill,
+                              batch_size=config.batch_size, calibration_batches=config.calibration_batches,
+                              round_to=config.round_to, device=config.device, threads=config.threads)
+    return asdict(run_compress(compress, policy, out, progress, client))
+
+
+def _policy(doc: dict[str, Any]) -> Policy:
+    return Policy.from_json(json.dumps(doc))
+
+
+def _run_dir(path: Path, seed_dir: Path) -> str:
+    """A run directory relative to the experiment's (the seed directory's parent)."""
+    return str(path.relative_to(seed_dir.parent))
+
+
+def _data(config: SearchConfig) -> Any:
+    from host.data import load_dataset
+
+    options = {k: v for k, v in asdict(config.data).items() if k != "name" and v != ""}
+    return load_dataset(config.data.name, **options)
+
+
+# --- sota: the paper's Table 2 ------------------------------------------------------------
+
+SOTA_ROWS = (("amc", "AMC-style (amc)"), ("haq", "HAQ-style (haq)"))
+SEQUENTIAL = "AMC then HAQ (sequential)"
+HADMC = "hadmc (ppo)"
+
+
+def _fp32_latency_ms(config: SearchConfig) -> float:
+    """The FP32 model's latency as the device's LUT predicts it (kernels it lacks are profiled)."""
+    from host.compress.export import export_onnx
+    from host.latency.predict import LatencyPredictor
+    from host.models import build_model
+    from lut_store.store import open_store
+
+    data = _data(config)
+    model = build_model(config.model, len(data.classes), tuple(data.input_shape))
+    with tempfile.TemporaryDirectory() as tmp, device_client(config.device, config.threads) as client, \
+            open_store(config.store or None) as store, LatencyPredictor.for_device(store, client) as predictor:
+        path = Path(tmp) / "fp32.onnx"
+        export_onnx(model, path, tuple(data.input_shape))
+        return predictor.predict(path).latency_ms
+
+
+def _prepare_sota(experiment: Experiment, progress: bool) -> Experiment:
+    """The latency budget in ms: the config's, else the fraction of the FP32 model's LUT latency."""
+    search = experiment.search
+    if search.latency_budget_ms:
+        return experiment
+    fp32_ms = _fp32_latency_ms(search)
+    budget_ms = experiment.settings.sota_latency_fraction * fp32_ms
+    _say(progress, f"[sota] latency budget {budget_ms:.4f} ms = {experiment.settings.sota_latency_fraction:g} x "
+                   f"{fp32_ms:.4f} ms (the FP32 model on the device's LUT)")
+    return replace(experiment, search=replace(search, latency_budget_ms=budget_ms))
+
+
+def sota(experiment: Experiment, seed: int, directory: Path, progress: bool) -> SeedResult:
+    config = replace(experiment.search, controllers=["amc", "haq", "ppo"], seed=seed)
+    search = _search(config, directory / "search", progress)
+    rows = [Row((BASELINE,), ModelMetrics.of_search_baseline(search["baseline"]).values())]
+    rows += [Row((label,), ModelMetrics.of_search_final(search["controllers"][name]).values())
+             for name, label in SOTA_ROWS]
+    stage = directory / "sequential"
+    chosen = stage / "policy.json"
+    if not chosen.exists():
+        _say(progress, "[sota] sequential: precisions on the amc policy's keep-ratios (haq) ...")
+        policy = search_precisions(config, _policy(search["controllers"]["amc"]["policy"]), stage, progress)
+        chosen.write_text(policy.to_json())
+    final = _compress(config, Policy.load(chosen), replace(config.final_distill, seed=seed), stage / "final", None,
+                      progress)
+    rows.append(Row((SEQUENTIAL,), ModelMetrics.of_compress(final).values()))
+    rows.append(Row((HADMC,), ModelMetrics.of_search_final(search["controllers"]["ppo"]).values()))
+    return SeedResult(seed, tuple(rows), {}, (_run_dir(directory / "search", directory),))
+
+
+SOTA_DOC = (
+    "Every method under one latency budget (the config's latency_budget_ms, else sota_latency_fraction of the "
+    "FP32 model's LUT latency), each final model fine-tuned by distillation for final_distill epochs, exported, "
+    "checked in onnxruntime on the device and benchmarked there. AMC-style: DDPG over keep-ratios, every layer "
+    "FP32. HAQ-style: DDPG over precisions, no pruning. AMC then HAQ: the AMC policy's keep-ratios fixed, then a "
+    "HAQ search (same episodes) chooses only the precisions. hadmc: PPO over the joint action. Speedup: over the "
+    "FP32 model measured in the same session.")
+
+
+# --- ablation: the paper's Table 3 --------------------------------------------------------
+
+# (row, directory, keep the policy's keep-ratios, keep its precisions, fine-tune by distillation)
+ABLATION = (
+    ("P: pruning only", "p", True, False, False),
+    ("Q: quantization only", "q", False, True, False),
+    ("D: distillation only", "d", False, False, True),
+    ("P+Q", "pq", True, True, False),
+    ("P+D", "pd", True, False, True),
+    ("P+Q+D: full hadmc", "pqd", True, True, True),
+)
+
+
+def ablated(policy: Policy, prune: bool, quantize: bool) -> Policy:
+    """`policy` with pruning (keep-ratios) and/or quantization (precisions) taken out: keep 1.0, FP32."""
+    return Policy(policy.model, {name: LayerAction(a.keep_ratio if prune else 1.0, a.bits if quantize else 32,
+                                                   a.granularity) for name, a in policy.layers.items()})
+
+
+def ablation(experiment: Experiment, seed: int, directory: Path, progress: bool) -> SeedResult:
+    config = replace(experiment.search, controllers=["ppo"], seed=seed)
+    search = _search(config, directory / "search", progress)
+    policy = _policy(search["controllers"]["ppo"]["policy"])
+    kd = replace(config.final_distill, seed=seed)
+    ce = replace(kd, alpha=1.0, beta=0.0)  # cross-entropy only: no logit or feature distillation
+    rows = [Row((BASELINE,), ModelMetrics.of_search_baseline(search["baseline"]).values())]
+    with device_client(config.device, config.threads) as client:
+        for label, slug, prune, quantize, distil in ABLATION:
+            _say(progress, f"[ablation] {label} ...")
+            doc = _compress(config, ablated(policy, prune, quantize), kd if distil else ce, directory / slug, client,
+                            progress)
+            rows.append(Row((label,), ModelMetrics.of_compress(doc).values()))
+    return SeedResult(seed, tuple(rows), {}, (_run_dir(directory / "search", directory),))
+
+
+ABLATION_DOC = (
+    "One policy, the one PPO finds (its search's best), taken apart; every row is applied to the same FP32 "
+    "teacher and fine-tuned for final_distill epochs. P: the policy's keep-ratios, every layer FP32, fine-tuned "
+    "with cross-entropy only. Q: no pruning (keep 1.0), the policy's precisions, cross-entropy. D: no pruning, "
+    "FP32, fine-tuned by distillation from the teacher: the uncompressed network, so the row shows what the "
+    "fine-tune alone does. P+Q: keep-ratios and precisions, cross-entropy. P+D: keep-ratios, FP32, distillation. "
+    "P+Q+D: the policy as found, distillation (hadmc). Distillation: alpha * CE + (1 - alpha) T^2 KL + beta * "
+    "feature MSE (final_distill's alpha, beta, T); cross-entropy only: alpha 1, beta 0.")
+
+
+# --- controllers: PPO vs DQN (and random search) ------------------------------------------
+
+CONTROLLERS = ("ppo", "dqn", "random")
+CONTROLLER_COLUMNS = (
+    Column("best_reward", "best reward"),
+    Column("mean_reward", "mean reward"),
+    Column("best_episode", "episode of the best (1-based)", "#"),
+    Column("best_val_accuracy", "its validation accuracy", "%"),
+    Column("test_accuracy", "final test accuracy (torch)", "%"),
+    Column("test_accuracy_onnxruntime", "final test accuracy (onnxruntime)", "%"),
+    Column("latency_ms", "final measured latency (ms)", "ms"),
+    Column("speedup", "final speedup", "x"),
+)
+
+
+def controllers(experiment: Experiment, seed: int, directory: Path, progress: bool) -> SeedResult:
+    from host.report.load import load_run
+    from host.report.plots import running_best
+
+    config = replace(experiment.search, controllers=list(CONTROLLERS), seed=seed)
+    summary = _search(config, directory / "search", progress)
+    run = load_run(directory / "search")
+    rows, curves = [], {}
+    for name in CONTROLLERS:
+        episodes = sorted((e for e in run.episodes if e.controller == name), key=lambda e: e.episode)
+        best = max(episodes, key=lambda e: e.reward)
+        final = ModelMetrics.of_search_final(summary["controllers"][name])
+        rows.append(Row((name,), {
+            "best_reward": best.reward, "mean_reward": statistics.fmean(e.reward for e in episodes),
+            "best_episode": best.episode + 1.0, "best_val_accuracy": best.val_accuracy,
+            "test_accuracy": final.test_accuracy, "test_accuracy_onnxruntime": final.test_accuracy_onnxruntime,
+            "latency_ms": final.latency_ms, "speedup": final.speedup}))
+        curves[f"{name}/reward"] = tuple(e.reward for e in episodes)
+        curves[f"{name}/best_reward"] = tuple(running_best([e.reward for e in episodes]))
+        curves[f"{name}/val_accuracy"] = tuple(e.val_accuracy for e in episodes)
+    return SeedResult(seed, tuple(rows), curves, (_run_dir(directory / "search", directory),))
+
+
+CONTROLLERS_DOC = (
+    "One search, the same episodes for each controller: PPO over the joint action (hadmc), a DQN over a "
+    "discretised joint action (keep-ratio bins x precisions) and random search. Rewards are of each episode's "
+    "policy after its short fine-tune, on the validation split; the final columns are of the controller's best "
+    "policy after the full fine-tune, on the test split, measured on the device.")
+
+
+# --- cross-dataset --------------------------------------------------------------------------
+
+def cross_dataset(experiment: Experiment, seed: int, directory: Path, progress: bool) -> SeedResult:
+    rows, runs = [], []
+    for i, case in enumerate(experiment.settings.cases):
+        config = replace(experiment.search, model=case.model, data=case.data, controllers=["ppo"], seed=seed)
+        out = directory / f"case{i}-{case.data.name}-{case.model}"
+        _say(progress, f"[cross-dataset] {case.model} on {case.data.name} ...")
+        search = _search(config, out, progress)
+        rows.append(Row((case.data.name, case.model, BASELINE),
+                        ModelMetrics.of_search_baseline(search["baseline"]).values()))
+        rows.append(Row((case.data.name, case.model, HADMC),
+                        ModelMetrics.of_search_final(search["controllers"]["ppo"]).values()))
+        runs.append(_run_dir(out, directory))
+    return SeedResult(seed, tuple(rows), {}, tuple(runs))
+
+
+CROSS_DATASET_DOC = (
+    "The same search settings (episodes, fine-tunes, reward, constraint) on each (model, data set) case: the FP32 "
+    "baseline trained on it and the final model of the policy PPO finds for it.")
+
+
+# --- cross-device ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Device:
+    """An agent: at `address`, or (address "") an embedded one with `threads` intra-op threads."""
+
+    address: str
+    threads: int
+
+
+def _devices(experiment: Experiment) -> list[Device]:
+    settings = experiment.settings
+    if settings.devices:
+        return [Device(address, experiment.search.threads) for address in settings.devices]
+    return [Device("", threads) for threads in settings.device_threads]
+
+
+def device_labels(experiment: Experiment) -> list[str]:
+    """A short name per device from its fingerprint; devices that share a fingerprint are one
+    device to the LUT, so that is an error."""
+    labels, seen = [], {}
+    for device in _devices(experiment):
+        with device_client(device.address, device.threads) as client:
+            info = client.info()
+        fingerprint = info.fingerprint
+        where = device.address or f"embedded agent, {device.threads} threads"
+        if info.fingerprint_hash in seen:
+            raise ConfigError(f"devices {seen[info.fingerprint_hash]} and {where} have the same fingerprint "
+                              f"{info.fingerprint_hash[:16]}: they are one device to the LUT; give devices that "
+                              "differ (another machine, provider or thread count)")
+        seen[info.fingerprint_hash] = where
+        provider = fingerprint.execution_provider.removesuffix("ExecutionProvider")
+        threads = fingerprint.intra_op_threads
+        labels.append(f"{provider}, {threads} thread{'s' if threads != 1 else ''} [{info.fingerprint_hash[:8]}]")
+    return labels
+
+
+def _prepare_cross_device(experiment: Experiment, progress: bool) -> Experiment:
+    for label in device_labels(experiment):
+        _say(progress, f"[cross-device] device {label}")
+    return experiment
+
+
+def cross_device(experiment: Experiment, seed: int, directory: Path, progress: bool) -> SeedResult:
+    from host.latency.predict import LatencyPredictor
+    from lut_store.store import open_store
+
+    devices, labels = _devices(experiment), device_labels(experiment)
+    models, runs = [], []
+    for i, (device, label) in enumerate(zip(devices, labels)):
+        config = replace(experiment.search, controllers=["ppo"], device=device.address, threads=device.threads,
+                         seed=seed)
+        out = directory / f"device{i}"
+        _say(progress, f"[cross-device] searching for {label} ...")
+        search = _search(config, out, progress)
+        models.append((label, out / search["controllers"]["ppo"]["onnx"]))
+        runs.append(_run_dir(out, directory))
+    data = _data(experiment.search)
+    fp32 = directory / "device0" / "final" / "baseline_fp32.onnx"
+    rows = []
+    for device, on in zip(devices, labels):
+        _say(progress, f"[cross-device] measuring every policy on {on} ...")
+        with device_client(device.address, device.threads) as client, \
+                open_store(experiment.search.store or None) as store, \
+                LatencyPredictor.for_device(store, client) as predictor:
+            measured = {}
+            for name, path in ((BASELINE, fp32), *models):
+                accuracy, bench = device_accuracy_and_latency(client, path, data.x_test, data.y_test, 1)
+                measured[name] = (accuracy, bench["latency"]["median_ms"], predictor.predict(path).latency_ms)
+        for name, (accuracy, latency_ms, predicted_ms) in measured.items():
+            rows.append(Row((name, on), {"latency_ms": latency_ms, "speedup": measured[BASELINE][1] / latency_ms,
+                                         "predicted_latency_ms": predicted_ms, "test_accuracy_onnxruntime": accuracy}))
+    return SeedResult(seed, tuple(rows), {}, tuple(runs))
+
+
+DEVICE_COLUMNS = (
+    Column("latency_ms", "measured latency (ms)", "ms"),
+    Column("speedup", "speedup over FP32 on that device", "x"),
+    Column("predicted_latency_ms", "predicted latency (that device's LUT, ms)", "ms"),
+    Column("test_accuracy_onnxruntime", "test accuracy (onnxruntime on that device)", "%"),
+)
+
+CROSS_DEVICE_DOC = (
+    "A PPO search for each device, against that device's LUT (on one machine, agents with different intra-op "
+    "thread counts have different fingerprints, so they are different devices). Then every final model, and the "
+    "FP32 model, is benchmarked on every device: row 'policy searched for' X, column 'measured on' Y. The "
+    "hardware-aware claim holds where each column's best speedup lies on its diagonal.")
+
+
+# --- the registry -------------------------------------------------------------------------------
+
+RunSeed = Callable[[Experiment, int, Path, bool], SeedResult]
+Prepare = Callable[[Experiment, bool], Experiment]
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    title: str
+    rows_doc: str
+    labels: tuple[str, ...]
+    columns: tuple[Column, ...]
+    run_seed: RunSeed
+    prepare: Prepare | None = None  # resolves what needs the device, before any seed runs
+
+
+STUDY = {study.name: study for study in (
+    Study("sota", "Joint vs single-technique and sequential methods (the paper's Table 2)", SOTA_DOC, ("method",),
+          MODEL_COLUMNS, sota, _prepare_sota),
+    Study("ablation", "Ablation: pruning, quantization and distillation (the paper's Table 3)", ABLATION_DOC,
+          ("variant",), MODEL_COLUMNS, ablation),
+    Study("controllers", "Controllers: PPO vs DQN vs random search", CONTROLLERS_DOC, ("controller",),
+          CONTROLLER_COLUMNS, controllers),
+    Study("cross-dataset", "Across data sets", CROSS_DATASET_DOC, ("data", "model", "model version"), MODEL_COLUMNS,
+          cross_dataset),
+    Study("cross-device", "Across devices: each device's policy measured on every device", CROSS_DEVICE_DOC,
+          ("policy searched for", "measured on"), DEVICE_COLUMNS, cross_device, _prepare_cross_device),
+)}

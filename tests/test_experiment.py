@@ -1,0 +1,216 @@
+"""hadmc experiment: every study end to end at the tiny preset's budget (an MLP, 2 episodes,
+1-epoch fine-tunes) on real agents, the table over seeds, and the errors before any work."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from device_agent.server import Agent
+from host.cli import main
+from host.experiment.config import PRESETS, load_experiment
+from host.experiment.results import Results
+from host.experiment.run import resume_experiment, run_experiment
+from host.experiment.studies import ABLATION, BASELINE, HADMC, SEQUENTIAL
+from lut_store.tomlfile import ConfigError
+from tests.conftest import quick_config
+
+
+@pytest.fixture(scope="module")
+def agent2():
+    """A second device on this machine: 2 intra-op threads, so another fingerprint."""
+    running = Agent(quick_config(intra_op_threads=2)).start()
+    yield running
+    running.stop(grace_s=1.0)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> tuple[Path, str]:
+    """One baseline cache and one LUT store for the module: teachers train once, kernels are profiled once."""
+    root = tmp_path_factory.mktemp("experiment")
+    return root / "home", f"sqlite:///{root / 'lut.sqlite'}"
+
+
+@pytest.fixture()
+def tiny(shared, monkeypatch):
+    home, store = shared
+    monkeypatch.setenv("HADMC_HOME", str(home))
+    return store
+
+
+def _rows(results: Results) -> dict[tuple[str, ...], dict[str, float]]:
+    return {row.label: {k: c.mean for k, c in row.cells.items()} for row in results.rows}
+
+
+def _policy(path: Path) -> dict[str, dict]:
+    return json.loads(path.read_text())["layers"]
+
+
+def _common_outputs(out: Path, plot: str) -> None:
+    assert json.loads((out / "results.json").read_text())["rows"]
+    report = (out / "report.html").read_text()
+    assert "http://" not in report and "https://" not in report and "data:image/png;base64," in report
+    assert (out / "plots" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| " in (out / "tables.md").read_text()
+
+
+def _models_agree(values: dict[str, float]) -> None:
+    assert values["latency_ms"] > 0 and values["speedup"] > 0
+    assert abs(values["test_accuracy"] - values["test_accuracy_onnxruntime"]) <= 0.02
+
+
+def test_sota(agent, tiny, tmp_path):
+    out = tmp_path / "sota"
+    results = run_experiment(load_experiment("sota", "tiny", devices=[agent.address], store=tiny), out, progress=False)
+    rows = _rows(results)
+    assert list(rows) == [(BASELINE,), ("AMC-style (amc)",), ("HAQ-style (haq)",), (SEQUENTIAL,), (HADMC,)]
+    for values in rows.values():
+        _models_agree(values)
+    amc, haq, sequential = rows[("AMC-style (amc)",)], rows[("HAQ-style (haq)",)], rows[(SEQUENTIAL,)]
+    assert amc["effective_size_bytes"] == amc["fp32_size_bytes"] and amc["params_reduction"] > 0  # FP32, pruned
+    assert haq["params_reduction"] == 0  # no pruning
+    assert sequential["params"] == amc["params"]  # the amc policy's keep-ratios ...
+    summary = json.loads((out / "seed0" / "search" / "summary.json").read_text())
+    amc_policy = summary["controllers"]["amc"]["policy"]["layers"]
+    stage = out / "seed0" / "sequential"
+    for line in (stage / "episodes.jsonl").read_text().splitlines():  # ... in every episode of the stage
+        layers = json.loads(line)["policy"]["layers"]
+        assert {n: a["keep_ratio"] for n, a in layers.items()} == {n: a["keep_ratio"] for n, a in amc_policy.items()}
+    assert _policy(stage / "final" / "policy.json") == _policy(stage / "policy.json")
+    resolved = json.loads((out / "experiment.json").read_text())["search"]
+    fp32_ms = json.loads((out / "seed0" / "search" / "baseline.json").read_text())["predicted_latency_ms"]
+    assert resolved["latency_budget_ms"] == pytest.approx(PRESETS["tiny"]["experiment"]["sota_latency_fraction"]
+                                                          * fp32_ms, rel=0.05)
+    _common_outputs(out, "model_bars")
+
+
+def test_ablation(agent, tiny, tmp_path):
+    out = tmp_path / "ablation"
+    results = run_experiment(load_experiment("ablation", "tiny", devices=[agent.address], store=tiny), out,
+                             progress=False)
+    rows = _rows(results)
+    assert list(rows) == [(BASELINE,), *((label,) for label, *_ in ABLATION)]
+    found = _policy(out / "seed0" / "search" / "final" / "ppo" / "policy.json")
+    for label, slug, prune, quantize, distil in ABLATION:
+        _models_agree(rows[(label,)])
+        policy = _policy(out / "seed0" / slug / "policy.json")
+        assert all(a["keep_ratio"] == (found[n]["keep_ratio"] if prune else 1.0) for n, a in policy.items()), label
+        assert all(a["bits"] == (found[n]["bits"] if quantize else 32) for n, a in policy.items()), label
+        distill = json.loads((out / "seed0" / slug / "config.json").read_text())["distill"]
+        assert (distill["alpha"], distill["beta"]) == ((0.5, 1.0) if distil else (1.0, 0.0)), label
+        if not quantize:
+            assert rows[(label,)]["effective_size_bytes"] == rows[(label,)]["fp32_size_bytes"]
+        if not prune:
+            assert rows[(label,)]["params_reduction"] == 0
+    assert rows[("P: pruning only",)]["params"] == rows[("P+Q+D: full hadmc",)]["params"]
+    _common_outputs(out, "model_bars")
+
+
+def test_controllers_over_two_seeds_through_the_cli(agent, tiny, tmp_path, capsys):
+    out = tmp_path / "controllers"
+    argv = ["experiment", "controllers", "--preset", "tiny", "--seeds", "2", "--device", agent.address,
+            "--store", tiny, "--out", str(out), "--json"]
+    assert main(argv) == 0
+    results = Results.from_doc(json.loads(capsys.readouterr().out))
+    assert [row.label for row in results.rows] == [("ppo",), ("dqn",), ("random",)] and results.seeds == (0, 1)
+    per_seed = [json.loads((out / f"seed{s}" / "result.json").read_text()) for s in (0, 1)]
+    for row in results.rows:
+        best = [next(r["values"]["best_reward"] for r in doc["rows"] if r["label"] == list(row.label))
+                for doc in per_seed]
+        cell = row.cells["best_reward"]
+        assert cell.n == 2 and cell.mean == pytest.approx(statistics.fmean(best))
+        assert cell.std == pytest.approx(statistics.stdev(best))
+        assert len(results.curves[f"{row.label[0]}/reward"].mean) == 2  # episodes
+    assert "±" in (out / "tables.md").read_text()
+    _common_outputs(out, "episode_curves")
+    # Resuming a finished experiment rebuilds its table and report; its seeds are fixed.
+    assert resume_experiment("controllers", out, progress=False).rows == results.rows
+    with pytest.raises(ConfigError, match="runs 2 seeds: resume it without --seeds or with --seeds 2"):
+        resume_experiment("controllers", out, seeds=3, progress=False)
+    with pytest.raises(ConfigError, match="holds a 'controllers' experiment, not 'ablation'"):
+        resume_experiment("ablation", out, progress=False)
+    with pytest.raises(ConfigError, match="holds a 'controllers' experiment: choose another --out.*--resume"):
+        run_experiment(load_experiment("sota", "tiny"), out, progress=False)
+    with pytest.raises(ConfigError, match="already holds a 'controllers' experiment: pass --resume"):
+        run_experiment(load_experiment("controllers", "tiny"), out, progress=False)
+
+
+def test_cross_dataset(agent, tiny, tmp_path):
+    out = tmp_path / "cross-dataset"
+    results = run_experiment(load_experiment("cross-dataset", "tiny", devices=[agent.address], store=tiny), out,
+                             progress=False)
+    rows = _rows(results)
+    assert list(rows) == [(data, "mlp", version) for data in ("synthetic-neu-det", "digits", "breast-cancer")
+                          for version in (BASELINE, HADMC)]
+    for values in rows.values():
+        _models_agree(values)
+    assert rows[("digits", "mlp", BASELINE)]["params"] != rows[("breast-cancer", "mlp", BASELINE)]["params"]
+    _common_outputs(out, "model_bars")
+
+
+def test_cross_device(agent, agent2, tiny, tmp_path):
+    # The 64x64 images' wide first layer: the breast-cancer MLP's kernels are so small that the
+    # 2-thread agent's profile can elide every one of them (a 0 ms model the reward refuses).
+    config = tmp_path / "config.toml"
+    config.write_text('[data]\nname = "synthetic-neu-det"\n')
+    out = tmp_path / "cross-device"
+    experiment = load_experiment("cross-device", "tiny", config, devices=[agent.address, agent2.address], store=tiny)
+    results = run_experiment(experiment, out, progress=False)
+    devices = list(dict.fromkeys(row.label[1] for row in results.rows))
+    assert len(devices) == 2 and "1 thread" in devices[0] and "2 threads" in devices[1]
+    rows = _rows(results)
+    assert set(rows) == {(policy, on) for policy in (BASELINE, *devices) for on in devices}
+    for (policy, on), values in rows.items():
+        assert values["latency_ms"] > 0 and values["predicted_latency_ms"] > 0
+        assert values["speedup"] == pytest.approx(rows[(BASELINE, on)]["latency_ms"] / values["latency_ms"])
+    assert "Speedup over FP32 as a matrix" in (out / "tables.md").read_text()
+    _common_outputs(out, "device_matrix")
+
+    same = load_experiment("cross-device", "tiny", devices=[agent.address, agent.address], store=tiny)
+    with pytest.raises(ConfigError, match="have the same fingerprint"):
+        run_experiment(same, tmp_path / "same", progress=False)
+    assert not (tmp_path / "same").exists()  # found before any work
+
+
+@pytest.mark.parametrize("study, doc, message", [
+    ("sota", "max_params_fraction = 0.3", "remove max_params_fraction and set latency_budget_ms"),
+    ("sota", "[experiment]\nsota_latency_fraction = 0.0", "haq, which needs a latency budget"),
+    ("ablation", 'controllers = ["ppo"]', "each study runs its own controllers"),
+    ("cross-device", "[experiment]\ndevice_threads = [1]", "needs at least two devices"),
+    ("ablation", "[experiment]\nseeds = 0", "at least one seed"),
+    ("ablation", 'max_params_fraction = 0.3\nlatency_budget_ms = 1.0', "not both"),
+])
+def test_config_errors_before_any_work(tmp_path, study, doc, message):
+    config = tmp_path / "config.toml"
+    config.write_text(doc + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(study, "tiny", config)
+
+
+def test_cli_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["experiment", "tables", "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2 and "choose from 'sota', 'ablation', 'controllers', 'cross-dataset', 'cross-device'" \
+        in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="unknown study 'tables'; choices: sota, ablation"):
+        load_experiment("tables")
+    assert main(["experiment", "ablation", "--seeds", "0", "--out", str(tmp_path / "x")]) == 1
+    assert "--seeds 0: an experiment needs at least one seed" in capsys.readouterr().err
+    assert main(["experiment", "ablation", "--resume", "--out", str(tmp_path / "x")]) == 1
+    assert "holds no experiment (no experiment.json); run without --resume" in capsys.readouterr().err
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "episodes.jsonl").write_text("")
+    assert main(["experiment", "ablation", "--preset", "tiny", "--out", str(tmp_path / "busy")]) == 1
+    assert "is not empty and holds no experiment: choose another --out" in capsys.readouterr().err
+    assert main(["experiment", "ablation", "--device", "a:1", "--device", "b:2", "--out", str(tmp_path / "y")]) == 1
+    assert "only cross-device runs on several devices" in capsys.readouterr().err
+
+
+def test_the_cli_offers_every_preset_and_study():
+    from host.experiment import PRESET_NAMES, STUDIES
+    from host.experiment.studies import STUDY
+
+    assert tuple(PRESETS) == PRESET_NAMES and tuple(STUDY) == STUDIES
