@@ -24,7 +24,7 @@ def model_bars(results: Results) -> bytes:
         cells = [r.cells.get(key) for r in rows]
         means = [scale * c.mean if c else 0.0 for c in cells]
         stds = [scale * c.std if c else 0.0 for c in cells]
-        ax.barh(range(len(rows)), means, xerr=stds, color=PALETTE[k], alpha=0.8, capsize=3)
+        ax.barh(range(len(rows)), means, xerr=stds if any(stds) else None, color=PALETTE[k], alpha=0.8, capsize=3)
         ax.set_title(title, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
         if key == "test_accuracy" and means:
