@@ -214,3 +214,36 @@ def test_the_cli_offers_every_preset_and_study():
     from host.experiment.studies import STUDY
 
     assert tuple(PRESETS) == PRESET_NAMES and tuple(STUDY) == STUDIES
+
+
+def test_a_fixed_keep_space_leaves_haq_only_the_precisions():
+    """HAQ on the amc policy's keep-ratios: every proposal keeps them and meets the budget, on a
+    cost (fewer bits and fewer channels are cheaper) whose budget needs low precision somewhere."""
+    import torch
+
+    from host.compress.policy import Policy
+    from host.experiment.sequential import FixedKeepSpace
+    from host.models import build_model
+    from host.search.controllers import make_controller
+    from host.search.ppo import PPOConfig
+    from host.search.reward import latency_constraint
+    from host.search.space import SearchSpace, describe_layers
+
+    net = build_model("resnet18", 6, (3, 64, 64))
+    plain = SearchSpace("resnet18", describe_layers(net, torch.zeros((1, 3, 64, 64))), (32, 16, 8))
+    base = plain.policy([0.5] * len(plain.layers), [32] * len(plain.layers))
+    space = FixedKeepSpace.around(plain, base)
+
+    def cost(policy: Policy) -> float:
+        return sum(a.keep_ratio * a.bits for a in policy.layers.values())
+
+    budget = 0.7 * cost(base)
+    controller = make_controller("haq", space, PPOConfig(), 0, latency_constraint(cost, budget))
+    keeps = {name: a.keep_ratio for name, a in base.layers.items()}
+    for episode in range(3):
+        policy = controller.propose(episode)
+        assert {name: a.keep_ratio for name, a in policy.layers.items()} == keeps
+        assert cost(policy) <= budget and any(a.bits < 32 for a in policy.layers.values())
+        controller.observe(1.0)
+    with pytest.raises(ValueError, match="base policy has no action"):
+        FixedKeepSpace.around(plain, Policy("resnet18", {}))

@@ -40,6 +40,8 @@ CONTROLLER = "amc+haq"  # the stage's name in its episodes.jsonl
 
 @dataclass(frozen=True)
 class FixedKeepSpace(SearchSpace):
+    """A search space whose keep-ratios are a base policy's (see the module docstring)."""
+
     keep_ratios: tuple[float, ...] = ()  # per layer (execution order), the base policy's
 
     def __post_init__(self) -> None:
@@ -98,8 +100,9 @@ def search_precisions(config: SearchConfig, base: Policy, out: Path, progress: b
         fp32_path = export_variant(config.model, space.policy((), [32] * len(plain.layers)), out / "pruned_fp32.onnx",
                                    len(data.classes), shape, config.round_to)
         pruned_ms = layer_kernels_ms(plain, predictor.predict(fp32_path))
-        space = replace(space, latency_share=tuple(pruned_ms[layer.name] / sum(pruned_ms.values())
-                                                   for layer in plain.layers))
+        total_ms = sum(pruned_ms.values())  # 0 when the runtime elided every kernel: no shares to give
+        space = replace(space, latency_share=tuple(pruned_ms[layer.name] / total_ms for layer in plain.layers)
+                        if total_ms > 0 else ())
         try:
             controller = make_controller("haq", space, config.ppo, config.seed,
                                          latency_constraint(estimate, config.latency_budget_ms))
