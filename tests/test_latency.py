@@ -140,21 +140,31 @@ def test_on_demand_profiling_fills_the_store_and_seals(agent, client, models, st
 def test_small_fidelity_check(client, tmp_path):
     """Entries measured in earlier models predict fresh measurements of new models built from
     the same kernels (other weights, another file), within a loose bound; the full check with
-    random variants is bench/lut_fidelity.py."""
+    random variants is bench/lut_fidelity.py. A busy CI machine can slow the profile or the
+    benchmark alone, so a miss is profiled and measured again from an empty store (up to three
+    tries): a systematic error misses every time, a noisy moment does not."""
     limits = model_limits("resnet18")
     layers = {lim.name: LayerAction(1.0 if lim.group is None else 0.5, 8 if i % 3 == 0 else 32)
               for i, lim in enumerate(limits)}
     policy = Policy("resnet18", layers)
-    with open_store(f"sqlite:///{tmp_path / 'lut.sqlite'}") as store:
-        predictor = LatencyPredictor.for_device(store, client)
-        predictor.predict(export_variant("resnet18", policy, tmp_path / "a.onnx", seed=1))
-        predictor.client = None
-        for seed in (2, 3):
-            other = export_variant("resnet18", policy, tmp_path / f"b{seed}.onnx", seed=seed)
-            pred = predictor.predict(other)
-            measured = client.benchmark(other, batch_size=1).latency.median_ms
-            assert pred.profiled_kernels == 0
-            assert abs(pred.latency_ms - measured) / measured < 0.25
+    profiled = export_variant("resnet18", policy, tmp_path / "a.onnx", seed=1)
+    others = [export_variant("resnet18", policy, tmp_path / f"b{seed}.onnx", seed=seed) for seed in (2, 3)]
+    errors: list[float] = []
+    for attempt in range(3):
+        with open_store(f"sqlite:///{tmp_path / f'lut{attempt}.sqlite'}") as store:
+            predictor = LatencyPredictor.for_device(store, client)
+            predictor.predict(profiled)
+            predictor.client = None
+            worst = 0.0
+            for other in others:
+                pred = predictor.predict(other)
+                assert pred.profiled_kernels == 0
+                measured = client.benchmark(other, batch_size=1).latency.median_ms
+                worst = max(worst, abs(pred.latency_ms - measured) / measured)
+        errors.append(worst)
+        if worst < 0.25:
+            return
+    pytest.fail(f"prediction off by more than 25% in every try: worst relative errors {errors}")
 
 
 def test_a_miss_without_a_device_is_an_error_naming_kernels(client, models, tmp_path):
