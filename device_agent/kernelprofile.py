@@ -115,6 +115,21 @@ def node_overhead_ms(make_session: Callable[[Any, Any], Any], make_options: Call
     return max((excess[120] - excess[20]) / 100.0, 0.0)
 
 
+def kernel_times_ms(table_us: np.ndarray, members: dict[int, list[int]], n_kernels: int,
+                    overhead_ms: float) -> np.ndarray:
+    """Milliseconds per (run, kernel): its runtime nodes' time less the profiler's per-node
+    overhead. When that leaves every kernel's median at 0 (tiny models, e.g. an MLP on tabular
+    data, whose nodes all run faster than the overhead) the nodes are taken as timed: otherwise
+    no kernel would get a latency and the model would be predicted at 0 ms."""
+    per_kernel = np.zeros((table_us.shape[0], n_kernels))
+    for k, cols in members.items():
+        per_kernel[:, k] = np.maximum(table_us[:, cols].sum(axis=1) / 1000.0 - overhead_ms * len(cols), 0.0)
+    if not np.median(per_kernel, axis=0).any():
+        for k, cols in members.items():
+            per_kernel[:, k] = table_us[:, cols].sum(axis=1) / 1000.0
+    return per_kernel
+
+
 def profile_kernels(mk: ModelKernels, model: str, make_session: Callable[[Any, Any], Any],
                     make_options: Callable[[], Any], run_once_for: Callable[[Any], Callable[[], None]],
                     whole: common_pb2.LatencyStats, overhead_ms: float, warmup_runs: int,
@@ -138,15 +153,8 @@ def profile_kernels(mk: ModelKernels, model: str, make_session: Callable[[Any, A
     members: dict[int, list[int]] = {}
     for i, n in enumerate(names):
         members.setdefault(owner[n], []).append(i)
-    # Per run and kernel: its nodes' time less the profiler's per-node overhead.
-    per_kernel = np.zeros((table.shape[0], len(mk.kernels)))
-    for k, cols in members.items():
-        per_kernel[:, k] = np.maximum(table[:, cols].sum(axis=1) / 1000.0 - overhead_ms * len(cols), 0.0)
+    per_kernel = kernel_times_ms(table, members, len(mk.kernels), overhead_ms)
     corrected_ms = float(per_kernel.sum(axis=1).mean())
-    if corrected_ms <= 0:  # every node below the profiler's overhead (tiny models): use them as timed
-        for k, cols in members.items():
-            per_kernel[:, k] = table[:, cols].sum(axis=1) / 1000.0
-        corrected_ms = float(per_kernel.sum(axis=1).mean())
     if corrected_ms <= 0:
         raise UnsupportedModel("the runtime's profiler recorded no node times for this model")
     scale = whole.median_ms / corrected_ms

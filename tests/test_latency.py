@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from device_agent.kernelprofile import kernel_times_ms
 from device_agent.server import Agent
 from host.agent_client import AgentClient, AgentError, AgentTarget
 from host.compress.policy import LayerAction, Policy
@@ -165,6 +166,18 @@ def test_small_fidelity_check(client, tmp_path):
         if worst < 0.25:
             return
     pytest.fail(f"prediction off by more than 25% in every try: worst relative errors {errors}")
+
+
+def test_kernel_times_subtract_the_profiler_overhead_unless_nothing_would_be_left():
+    """Node times (us) per run: kernel 0 owns nodes 0 and 1, kernel 1 node 2."""
+    members = {0: [0, 1], 1: [2]}
+    table = np.array([[30.0, 20.0, 15.0], [32.0, 18.0, 15.0], [28.0, 22.0, 15.0]])
+    times = kernel_times_ms(table, members, 2, overhead_ms=0.002)
+    assert times[:, 0] == pytest.approx([0.046, 0.046, 0.046]) and times[:, 1] == pytest.approx([0.013] * 3)
+    # A tiny model: every node faster than the overhead; its nodes count as timed, never 0 ms.
+    tiny = np.array([[1.0, 1.5, 1.0], [1.0, 1.0, 3.0], [1.2, 1.0, 1.0]])
+    times = kernel_times_ms(tiny, members, 2, overhead_ms=0.002)
+    assert np.median(times, axis=0) == pytest.approx([0.0022, 0.001])
 
 
 def test_a_miss_without_a_device_is_an_error_naming_kernels(client, models, tmp_path):
