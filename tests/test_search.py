@@ -93,7 +93,8 @@ def test_search_run_directory(agent, tmp_path, monkeypatch):
 def test_a_killed_search_resumes_with_no_episode_lost_or_repeated(agent, tmp_path):
     config = tmp_path / "search.toml"
     config.write_text('model = "mlp"\ncontrollers = ["ppo", "random"]\nepisodes = 4\nepisode_samples = 64\n'
-                      '[data]\nname = "breast-cancer"\n[baseline]\nepochs = 2\n[final_distill]\nepochs = 1\n')
+                      '[data]\nname = "breast-cancer"\n[baseline]\nepochs = 2\n[final_distill]\nepochs = 1\n'
+                      '[ppo]\nsurrogate_episodes = 4\nsurrogate_warmup = 1\n')  # practice is checkpointed too
     out = tmp_path / "run"
     env = {"HADMC_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
     argv = [sys.executable, "-m", "host.cli", "search", "--config", str(config), "--device", agent.address,
@@ -112,6 +113,9 @@ def test_a_killed_search_resumes_with_no_episode_lost_or_repeated(agent, tmp_pat
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert sorted((r["controller"], r["episode"]) for r in rows) == [(c, e) for c in ("ppo", "random") for e in range(4)]
+    ppo = sorted((r for r in rows if r["controller"] == "ppo"), key=lambda r: r["episode"])
+    assert [r["surrogate_episodes_so_far"] for r in ppo] == [4, 8, 12, 16]
+    assert ppo[0]["surrogate_reward"] is None and all(r["surrogate_reward"] > 0 for r in ppo[1:])
     assert set(json.loads(done.stdout)["controllers"]) == {"ppo", "random"}
 
 

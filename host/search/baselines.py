@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -44,6 +44,9 @@ from host.compress.policy import Policy
 from host.search.controllers import Choose, Controller, walk
 from host.search.reward import Constraint
 from host.search.space import SearchSpace
+
+if TYPE_CHECKING:
+    from host.search.evaluate import EpisodeResult
 
 
 @dataclass(frozen=True)
@@ -211,7 +214,7 @@ class _StepLearner(Controller):
 
         return choose
 
-    def observe(self, reward: float) -> None:
+    def observe(self, reward: float, result: EpisodeResult | None = None) -> None:
         buffer = self.model.replay_buffer
         for i, (state, action) in enumerate(self.steps):
             last = i == len(self.steps) - 1

@@ -49,7 +49,7 @@ class LatencyEstimator:
     def __call__(self, policy: Policy) -> float:
         kept = self.counter.kept_fraction(policy)
         return self.other_ms + sum(self.full_ms[action.bits][name] * kept[name] ** self.exponent[action.bits][name]
-                                   for name, action in policy.layers.items())
+                                   for name, action in sorted(policy.layers.items()))  # in any JSON order
 
 
 def latency_estimator(space: SearchSpace, counter: ParamCounter, predictor: LatencyPredictor, workdir: Path,

@@ -24,6 +24,8 @@ from host.search.space import SearchSpace
 
 if TYPE_CHECKING:
     from host.search.baselines import DDPGConfig, DQNConfig
+    from host.search.evaluate import EpisodeResult
+    from host.search.surrogate import RewardSurrogate
 
 # One step's choice: (layer index, decides its ratio, previous keep-ratio, previous bits) -> (keep, bits)
 Choose = Callable[[int, bool, float, int | None], tuple[float, int]]
@@ -60,13 +62,18 @@ class Controller:
         self.enforcer = Enforcer(space, constraint) if constraint is not None else None
 
     def propose(self, episode: int) -> Policy:
-        return walk(self.space, self._choose(episode), self.enforcer)
+        self.last_policy = walk(self.space, self._choose(episode), self.enforcer)
+        return self.last_policy
 
     def _choose(self, episode: int) -> Choose:
         raise NotImplementedError
 
-    def observe(self, reward: float) -> None:
-        """The reward of the policy proposed last."""
+    def observe(self, reward: float, result: EpisodeResult | None = None) -> None:
+        """The reward of the policy proposed last (and its measured outcome, when known)."""
+
+    def episode_notes(self) -> dict[str, Any]:
+        """What the controller adds to the last episode's line in episodes.jsonl."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -78,13 +85,23 @@ class Controller:
 class PPOController(Controller):
     """The PPO agent acts on each layer's state. A bound the constraint puts on an action is
     part of the environment: the agent learns from the action it sampled (as SB3 does with
-    clipped actions), the state's previous action is the one executed."""
+    clipped actions), the state's previous action is the one executed.
+
+    With a `surrogate`, each real episode's outcome refits it and (from the config's
+    `surrogate_warmup`-th real episode on) the agent practises `surrogate_episodes` episodes
+    scored by it before proposing the next real policy."""
 
     name = "ppo"
 
-    def __init__(self, space: SearchSpace, config: PPOConfig, seed: int, constraint: Constraint | None = None) -> None:
+    def __init__(self, space: SearchSpace, config: PPOConfig, seed: int, constraint: Constraint | None = None,
+                 surrogate: RewardSurrogate | None = None) -> None:
         super().__init__(space, constraint)
+        self.config = config
         self.agent = HybridPPO(space.state_dim, len(space.bits), config, seed)
+        self.surrogate = surrogate if config.surrogate_episodes > 0 else None
+        self.practised = 0  # surrogate episodes so far
+        self.predicted: float | None = None  # the surrogate's reward for the last real policy
+
 
     def _choose(self, episode: int) -> Choose:
         def choose(t: int, free: bool, prev_keep: float, prev_bits: int | None) -> tuple[float, int]:
@@ -94,14 +111,38 @@ class PPOController(Controller):
 
         return choose
 
-    def observe(self, reward: float) -> None:
+    def observe(self, reward: float, result: EpisodeResult | None = None) -> None:
         self.agent.finish_episode(reward)
+        if self.surrogate is None or result is None:
+            return
+        # The surrogate's score of this policy before it learns the outcome: its honest error.
+        self.predicted = self.surrogate.reward(self.last_policy) if self.surrogate.fitted else None
+        self.surrogate.add(self.last_policy, result.val_accuracy, result.latency_ms)
+        if len(self.surrogate.observations) < self.config.surrogate_warmup:
+            return
+        for _ in range(self.config.surrogate_episodes):
+            policy = walk(self.space, self._choose(-1), self.enforcer)
+            self.agent.finish_episode(self.surrogate.reward(policy), self.config.surrogate_batch)
+            self.practised += 1
+        if self.agent.episodes_in_rollout:
+            self.agent.update()
+
+    def episode_notes(self) -> dict[str, Any]:
+        if self.surrogate is None:
+            return {}
+        return {"surrogate_reward": self.predicted, "surrogate_episodes_so_far": self.practised}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"agent": self.agent.state_dict()}
+        state: dict[str, Any] = {"agent": self.agent.state_dict(), "practised": self.practised}
+        if self.surrogate is not None:
+            state["surrogate"] = self.surrogate.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.agent.load_state_dict(state["agent"])
+        self.practised = state.get("practised", 0)
+        if self.surrogate is not None and "surrogate" in state:
+            self.surrogate.load_state_dict(state["surrogate"])
 
 
 class RandomController(Controller):
@@ -149,12 +190,12 @@ CONTROLLERS = ("ppo", "random", "uniform", "amc", "haq", "dqn")
 
 def make_controller(name: str, space: SearchSpace, ppo: PPOConfig, seed: int,
                     constraint: Constraint | None = None, ddpg: DDPGConfig | None = None,
-                    dqn: DQNConfig | None = None) -> Controller:
+                    dqn: DQNConfig | None = None, surrogate: RewardSurrogate | None = None) -> Controller:
     """A controller by name; `constraint` bounds every policy it proposes (optional, but `amc`
     needs a target and `haq` a latency budget). `ddpg` configures amc and haq, `dqn` the DQN
-    (their defaults when None)."""
+    (their defaults when None); `surrogate` lets ppo practise between real episodes."""
     if name == "ppo":
-        return PPOController(space, ppo, seed, constraint)
+        return PPOController(space, ppo, seed, constraint, surrogate)
     if name == "random":
         return RandomController(space, seed, constraint)
     if name == "uniform":

@@ -50,7 +50,7 @@ def run_episodes(controller: Controller, evaluate: Callable[[Policy, int], Episo
         result = evaluate(policy, index)
         r = reward(result.val_accuracy, result.latency_ms, result.size_bytes, baseline.latency_ms,
                    baseline.size_bytes, weights)
-        controller.observe(r)
+        controller.observe(r, result)
         episode = Episode(index, policy, result, r, time.monotonic() - t0)
         done.append(episode)
         if on_episode is not None:

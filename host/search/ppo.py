@@ -35,6 +35,12 @@ class PPOConfig:
     init_log_std: float = -0.5
     entropy_coef: float = 0.01
     update_every: int = 1  # episodes per update
+    # HiReLC's surrogate rewards (host.search.surrogate), not in HAD-MC 2.0: after each real
+    # episode from the `surrogate_warmup`-th on, practise `surrogate_episodes` episodes scored by
+    # the surrogate, updating every `surrogate_batch` of them. 0: PPO learns from real episodes only.
+    surrogate_episodes: int = 0
+    surrogate_warmup: int = 3
+    surrogate_batch: int = 8
 
 
 def gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last_value: float,
@@ -131,12 +137,13 @@ class HybridPPO:
         r.dones.append(False)
         return float(u), b
 
-    def finish_episode(self, reward: float) -> None:
-        """The episode's reward on its last step; update every `update_every` episodes."""
+    def finish_episode(self, reward: float, update_every: int | None = None) -> None:
+        """The episode's reward on its last step; update every `update_every` episodes (the
+        config's when None)."""
         self.rollout.rewards[-1] = reward
         self.rollout.dones[-1] = True
         self.episodes_in_rollout += 1
-        if self.episodes_in_rollout >= self.config.update_every:
+        if self.episodes_in_rollout >= (update_every or self.config.update_every):
             self.update()
 
     def update(self) -> None:

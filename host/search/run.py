@@ -38,6 +38,7 @@ from host.search.loop import Baseline, Episode, run_episodes
 from host.search.ppo import PPOConfig
 from host.search.reward import RewardConfig, reward
 from host.search.space import ParamCounter, SearchSpace, describe_layers
+from host.search.surrogate import RewardSurrogate, layer_sensitivity
 from lut_store.tomlfile import ConfigError, from_mapping, read_toml
 
 BITS_OF = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
@@ -217,15 +218,23 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
                               out / "checkpoints", config.episode_distill, config.episode_samples,
                               config.batch_size, config.round_to, config.calibration_batches)
         counter = ParamCounter(teacher, example, config.round_to)
+        practise = "ppo" in config.controllers and config.ppo.surrogate_episodes > 0
         estimator = (latency_estimator(space, counter, predictor, out / "checkpoints", len(data.classes), shape)
-                     if config.latency_budget_ms else None)
+                     if config.latency_budget_ms or practise else None)
         controllers: dict[str, Controller] = {}
         done: dict[str, int] = {}
         try:
             constraint = search_constraint(config.max_params_fraction, config.latency_budget_ms, counter,
                                            baseline["params"], estimator)
             for i, name in enumerate(config.controllers):
-                controllers[name] = make_controller(name, space, config.ppo, config.seed + 1000 * i, constraint)
+                surrogate = None
+                if name == "ppo" and estimator is not None and practise:
+                    sensitivity = layer_sensitivity(teacher, evaluator.loader(0), [layer.name for layer in layers])
+                    surrogate = RewardSurrogate(space, counter, estimator, sensitivity,
+                                                baseline["predicted_latency_ms"], baseline["fp32_size_bytes"],
+                                                config.reward)
+                controllers[name] = make_controller(name, space, config.ppo, config.seed + 1000 * i, constraint,
+                                                    surrogate=surrogate)
         except ValueError as exc:  # a budget no policy can meet
             raise ConfigError(str(exc)) from None
         for name in config.controllers:
@@ -251,7 +260,8 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
                        "predicted_latency_ms": result.latency_ms, "val_accuracy": result.val_accuracy,
                        "params": result.params, "size_bytes": result.size_bytes, "reward": episode.reward,
                        "lut_version_ids": list(result.lut_version_ids), "wall_s": episode.wall_s,
-                       "profiled_kernels": result.profiled_kernels, "seconds": result.seconds}
+                       "profiled_kernels": result.profiled_kernels, "seconds": result.seconds,
+                       **controller.episode_notes()}
                 episodes.append(row)
                 rows.append(row)
                 tmp = out / "checkpoints" / f"{name}.pt.tmp"
