@@ -249,8 +249,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from host.report import build_report
+    from host.report.experiment import build_experiment_report
 
-    path = build_report(args.run)
+    # An experiment directory holds experiment.json; a search run directory holds config.json.
+    path = (build_experiment_report if (args.run / "experiment.json").exists() else build_report)(args.run)
     _emit({"report": str(path)}, args.json, f"report written to {path}")
     return 0
 
@@ -364,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--json", action="store_true", help="one JSON document on stdout")
     experiment.set_defaults(func=cmd_experiment)
 
-    report = sub.add_parser("report", help="(re)build DIR/report.html and its plots from a search run directory")
+    report = sub.add_parser("report", help="(re)build DIR/report.html and its plots from a search run or experiment directory")
     report.add_argument("run", type=Path, metavar="DIR")
     report.add_argument("--json", action="store_true", help="one JSON document on stdout")
     report.set_defaults(func=cmd_report)

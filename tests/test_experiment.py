@@ -126,6 +126,8 @@ def test_controllers_over_two_seeds_through_the_cli(agent, tiny, tmp_path, capsy
         assert len(results.curves[f"{row.label[0]}/reward"].mean) == 2  # episodes
     assert "±" in (out / "tables.md").read_text()
     _common_outputs(out, "episode_curves")
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0 and "Controllers" in (out / "report.html").read_text()
     # Resuming a finished experiment rebuilds its table and report; its seeds are fixed.
     assert resume_experiment("controllers", out, progress=False).rows == results.rows
     with pytest.raises(ConfigError, match="runs 2 seeds: resume it without --seeds or with --seeds 2"):

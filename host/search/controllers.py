@@ -102,7 +102,6 @@ class PPOController(Controller):
         self.practised = 0  # surrogate episodes so far
         self.predicted: float | None = None  # the surrogate's reward for the last real policy
 
-
     def _choose(self, episode: int) -> Choose:
         def choose(t: int, free: bool, prev_keep: float, prev_bits: int | None) -> tuple[float, int]:
             u, b = self.agent.act(self.space.state(t, prev_keep, prev_bits), free)
