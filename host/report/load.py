@@ -56,6 +56,7 @@ class EpisodeRecord:
     size_bytes: int | None
     lut_version_ids: tuple[int, ...]
     wall_s: float | None
+    surrogate_reward: float | None = None  # PPO practising on a surrogate: its score before the episode
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,8 @@ def read_episodes(path: Path) -> tuple[list[EpisodeRecord], int | None]:
             controller=row.string("controller"), episode=row.integer("episode"),
             predicted_latency_ms=row.number("predicted_latency_ms"), val_accuracy=row.number("val_accuracy"),
             reward=row.number("reward"), params=row.maybe_integer("params"), size_bytes=row.maybe_integer("size_bytes"),
-            lut_version_ids=row.int_list("lut_version_ids"), wall_s=row.maybe_number("wall_s")))
+            lut_version_ids=row.int_list("lut_version_ids"), wall_s=row.maybe_number("wall_s"),
+            surrogate_reward=row.maybe_number("surrogate_reward")))
     return episodes, skipped
 
 

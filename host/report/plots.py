@@ -111,7 +111,8 @@ def accuracy_vs_latency(run: RunData) -> bytes:
 
 
 def reward_per_episode(run: RunData) -> bytes:
-    """(b) Reward of each episode per controller (dots) and the running best (line)."""
+    """(b) Reward of each episode per controller (dots), the running best (line) and, for PPO
+    practising on a surrogate, the surrogate's score of each policy before it was run (crosses)."""
     fig = _figure(7.5, 4.2)
     ax = fig.add_subplot()
     colours = controller_colours(run.controllers)
@@ -123,6 +124,9 @@ def reward_per_episode(run: RunData) -> bytes:
         ax.plot(xs, rewards, "o", ms=4, alpha=0.5, color=colours[name], label=f"{name}: reward")
         ax.plot(xs, running_best(rewards), "-", drawstyle="steps-post", lw=1.8, color=colours[name],
                 label=f"{name}: best so far")
+        predicted = [(e.episode, e.surrogate_reward) for e in rows if e.surrogate_reward is not None]
+        if predicted:
+            ax.plot(*zip(*predicted), "x", ms=5, color=colours[name], label=f"{name}: surrogate's prediction")
     if not run.episodes:
         _empty(ax, "no episodes recorded")
     else:
