@@ -115,19 +115,27 @@ def node_overhead_ms(make_session: Callable[[Any, Any], Any], make_options: Call
     return max((excess[120] - excess[20]) / 100.0, 0.0)
 
 
+# The profiler's clock: node durations are whole microseconds.
+PROFILER_CLOCK_MS = 0.001
+
+
 def kernel_times_ms(table_us: np.ndarray, members: dict[int, list[int]], n_kernels: int,
-                    overhead_ms: float) -> np.ndarray:
+                    overhead_ms: float) -> tuple[np.ndarray, np.ndarray]:
     """Milliseconds per (run, kernel): its runtime nodes' time less the profiler's per-node
-    overhead. When that leaves every kernel's median at 0 (tiny models, e.g. an MLP on tabular
-    data, whose nodes all run faster than the overhead) the nodes are taken as timed: otherwise
-    no kernel would get a latency and the model would be predicted at 0 ms."""
+    overhead, and at least half a clock tick per node; and, per kernel, whether it ran below the
+    profiler's resolution (the subtraction left it a median of 0).
+
+    The floor keeps a kernel that runs (a Flatten, a small pool, every node of an MLP on tabular
+    data) from costing 0 ms, and it is continuous: a kernel just above and one just below the
+    overhead get nearly the same time, so fits through LUT latencies stay smooth. Kernels without
+    nodes (the runtime elided them) stay at 0 and are not flagged."""
     per_kernel = np.zeros((table_us.shape[0], n_kernels))
+    below = np.zeros(n_kernels, dtype=bool)
     for k, cols in members.items():
-        per_kernel[:, k] = np.maximum(table_us[:, cols].sum(axis=1) / 1000.0 - overhead_ms * len(cols), 0.0)
-    if not np.median(per_kernel, axis=0).any():
-        for k, cols in members.items():
-            per_kernel[:, k] = table_us[:, cols].sum(axis=1) / 1000.0
-    return per_kernel
+        corrected = table_us[:, cols].sum(axis=1) / 1000.0 - overhead_ms * len(cols)
+        below[k] = not np.median(corrected) > 0
+        per_kernel[:, k] = np.maximum(corrected, PROFILER_CLOCK_MS / 2 * len(cols))
+    return per_kernel, below
 
 
 def profile_kernels(mk: ModelKernels, model: str, make_session: Callable[[Any, Any], Any],
@@ -153,7 +161,7 @@ def profile_kernels(mk: ModelKernels, model: str, make_session: Callable[[Any, A
     members: dict[int, list[int]] = {}
     for i, n in enumerate(names):
         members.setdefault(owner[n], []).append(i)
-    per_kernel = kernel_times_ms(table, members, len(mk.kernels), overhead_ms)
+    per_kernel, below = kernel_times_ms(table, members, len(mk.kernels), overhead_ms)
     corrected_ms = float(per_kernel.sum(axis=1).mean())
     if corrected_ms <= 0:
         raise UnsupportedModel("the runtime's profiler recorded no node times for this model")
@@ -163,8 +171,7 @@ def profile_kernels(mk: ModelKernels, model: str, make_session: Callable[[Any, A
     for k, kernel in enumerate(mk.kernels):
         cols = members.get(k, [])
         item = profile.kernels.add(name=kernel.name, key=kernel.key.to_proto(),
-                                   runtime_nodes=[names[i] for i in cols])
-        samples = per_kernel[:, k] * scale
-        if cols and np.median(samples) > 0:
-            item.latency.CopyFrom(_stats(samples, whole))
+                                   runtime_nodes=[names[i] for i in cols], below_resolution=bool(below[k]))
+        if cols:
+            item.latency.CopyFrom(_stats(per_kernel[:, k] * scale, whole))
     return profile

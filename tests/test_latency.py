@@ -108,7 +108,7 @@ def test_host_and_agent_keys_agree_and_sum_to_the_measured_latency(client, model
     assert agent == host
     total = sum(k.latency.mean_ms for k in resp.kernel_profile.kernels)
     assert total == pytest.approx(resp.latency.median_ms, rel=1e-6)
-    assert all(k.latency.n >= 20 and k.runtime_nodes for k in resp.kernel_profile.kernels)
+    assert all(k.latency.n >= 20 and k.latency.median_ms > 0 and k.runtime_nodes for k in resp.kernel_profile.kernels)
     assert 0.3 < resp.kernel_profile.scale < 3.0
 
 
@@ -169,15 +169,21 @@ def test_small_fidelity_check(client, tmp_path):
 
 
 def test_kernel_times_subtract_the_profiler_overhead_unless_nothing_would_be_left():
-    """Node times (us) per run: kernel 0 owns nodes 0 and 1, kernel 1 node 2."""
+    """Node times (us) per run: kernel 0 owns nodes 0 and 1, kernel 1 node 2, kernel 2 none."""
     members = {0: [0, 1], 1: [2]}
     table = np.array([[30.0, 20.0, 15.0], [32.0, 18.0, 15.0], [28.0, 22.0, 15.0]])
-    times = kernel_times_ms(table, members, 2, overhead_ms=0.002)
+    times, below = kernel_times_ms(table, members, 3, overhead_ms=0.002)
     assert times[:, 0] == pytest.approx([0.046, 0.046, 0.046]) and times[:, 1] == pytest.approx([0.013] * 3)
-    # A tiny model: every node faster than the overhead; its nodes count as timed, never 0 ms.
-    tiny = np.array([[1.0, 1.5, 1.0], [1.0, 1.0, 3.0], [1.2, 1.0, 1.0]])
-    times = kernel_times_ms(tiny, members, 2, overhead_ms=0.002)
-    assert np.median(times, axis=0) == pytest.approx([0.0022, 0.001])
+    assert times[:, 2] == pytest.approx([0.0] * 3) and not below.any()  # elided: no nodes, no time
+    # A Flatten beside real kernels: faster than the overhead, so half a clock tick, never 0 ms.
+    small = np.array([[30.0, 20.0, 1.0], [32.0, 18.0, 3.0], [28.0, 22.0, 1.0]])
+    times, below = kernel_times_ms(small, members, 2, overhead_ms=0.002)
+    assert times[:, 0] == pytest.approx([0.046] * 3) and times[:, 1] == pytest.approx([0.0005, 0.001, 0.0005])
+    assert below.tolist() == [False, True]
+    # A tiny model: every node faster than the overhead (two nodes: a floor of one tick).
+    tiny = np.array([[1.0, 1.5, 0.0], [1.0, 1.0, 0.0], [1.2, 1.0, 1.0]])
+    times, below = kernel_times_ms(tiny, members, 2, overhead_ms=0.002)
+    assert np.median(times, axis=0) == pytest.approx([0.001, 0.0005]) and below.all()
 
 
 def test_a_miss_without_a_device_is_an_error_naming_kernels(client, models, tmp_path):

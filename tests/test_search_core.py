@@ -327,8 +327,9 @@ def test_ppo_learns_a_per_layer_pattern_that_random_search_misses():
 
 
 def test_latency_estimator_takes_a_layer_whose_kernel_the_runtime_elided(tmp_path):
-    """A layer kernel of 0 ms (elided by the runtime, or below the profiler's resolution) in the
-    unpruned model stays 0 ms at every keep-ratio instead of dividing by zero."""
+    """A layer kernel of 0 ms (elided by the runtime) in the unpruned model stays 0 ms at every
+    keep-ratio instead of dividing by zero; a layer measured slower when pruned (noise) keeps
+    its unpruned time instead of growing as it loses channels."""
     from host.latency.predict import KernelEstimate, Prediction
     from host.search.budget import latency_estimator
 
@@ -341,11 +342,11 @@ def test_latency_estimator_takes_a_layer_whose_kernel_the_runtime_elided(tmp_pat
         def predict(self, path):
             calls.append(path)
             full = len(calls) == 1  # keep 1.0 first, then the anchor
-            ms = (0.0, 0.004, 0.002) if full else (0.001, 0.002, 0.002)
+            ms = (0.0, 0.004, 0.002) if full else (0.001, 0.002, 0.003)
             kernels = tuple(KernelEstimate(f"k{i}", "gemm", "fp32", "", v, 1, "lut") for i, v in enumerate(ms))
             return Prediction(sum(ms) + 0.001, kernels, (1,), 0, "", 1, "")
 
     estimate = latency_estimator(space, ParamCounter(net, example), Predictor(), tmp_path, 2, (30,))
     names = [layer.name for layer in space.layers]
-    assert estimate.exponent[32][names[0]] == 1.0
+    assert estimate.exponent[32][names[0]] == 1.0 and estimate.exponent[32][names[2]] == 0.0
     assert estimate(space.policy([0.5] * 3, [32] * 3)) == pytest.approx(0.001 + 0.0 + 0.002 + 0.002)

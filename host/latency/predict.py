@@ -198,6 +198,7 @@ class LatencyPredictor:
             settings = json_format.MessageToDict(s.settings, preserving_proto_field_name=True)
             settings.update(method="in-model", model_sha256=resp.model.sha256, scale=resp.kernel_profile.scale,
                             profiled_runs=resp.kernel_profile.runs, runtime_nodes=list(item.runtime_nodes),
+                            below_resolution=item.below_resolution,
                             p99_ms=s.p99_ms, max_ms=s.max_ms, stable=s.stable, other_cpu_cores=s.other_cpu_cores)
             entries.append(Entry(k.key.hash, k.key.canonical_json(), "ok",
                                  env.get("measured_at_unix_s", time.time()), median_ms=s.median_ms,

@@ -74,9 +74,13 @@ def latency_estimator(space: SearchSpace, counter: ParamCounter, predictor: Late
             if bits == 32 and keep == 1.0:
                 other_ms = prediction.latency_ms - sum(measured[keep].values())
         full_ms[bits] = measured[1.0]
-        exponent[bits] = {name: (math.log(measured[anchor_keep][name] / measured[1.0][name]) / math.log(half_kept[name])
+        # Never below 0: a kernel does not get slower as it loses channels; a pruned anchor
+        # measured slower is noise, or (microsecond models) the run's fixed cost that the agent's
+        # scale factor spreads over fewer kernel-microseconds. 0 ms: an elided kernel.
+        exponent[bits] = {name: (max(math.log(measured[anchor_keep][name] / measured[1.0][name])
+                                     / math.log(half_kept[name]), 0.0)
                                  if 0 < half_kept[name] < 1 and measured[anchor_keep][name] > 0
-                                 and measured[1.0][name] > 0 else 1.0)  # 0 ms: an elided kernel
+                                 and measured[1.0][name] > 0 else 1.0)
                           for name in names}
     return LatencyEstimator(counter, full_ms, exponent, other_ms)
 

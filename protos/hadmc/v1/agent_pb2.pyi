@@ -285,16 +285,18 @@ class BenchmarkResponse(_message.Message):
     def __init__(self, latency: _Optional[_Union[_common_pb2.LatencyStats, _Mapping]] = ..., throughput_per_s: _Optional[float] = ..., session_load_ms: _Optional[float] = ..., memory: _Optional[_Union[MemoryUsage, _Mapping]] = ..., model: _Optional[_Union[ModelSummary, _Mapping]] = ..., batch_size: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[OutputBatch, _Mapping]]] = ..., environment: _Optional[_Union[_common_pb2.MeasurementEnvironment, _Mapping]] = ..., fingerprint_hash: _Optional[str] = ..., execution_provider: _Optional[str] = ..., kernel_profile: _Optional[_Union[KernelProfile, _Mapping]] = ...) -> None: ...
 
 class KernelLatency(_message.Message):
-    __slots__ = ("name", "key", "latency", "runtime_nodes")
+    __slots__ = ("name", "key", "latency", "runtime_nodes", "below_resolution")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     LATENCY_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_NODES_FIELD_NUMBER: _ClassVar[int]
+    BELOW_RESOLUTION_FIELD_NUMBER: _ClassVar[int]
     name: str
     key: _common_pb2.OpKey
     latency: _common_pb2.LatencyStats
     runtime_nodes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., key: _Optional[_Union[_common_pb2.OpKey, _Mapping]] = ..., latency: _Optional[_Union[_common_pb2.LatencyStats, _Mapping]] = ..., runtime_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+    below_resolution: bool
+    def __init__(self, name: _Optional[str] = ..., key: _Optional[_Union[_common_pb2.OpKey, _Mapping]] = ..., latency: _Optional[_Union[_common_pb2.LatencyStats, _Mapping]] = ..., runtime_nodes: _Optional[_Iterable[str]] = ..., below_resolution: _Optional[bool] = ...) -> None: ...
 
 class KernelProfile(_message.Message):
     __slots__ = ("kernels", "runs", "profiled_sum_ms", "scale", "node_overhead_ms")
