@@ -62,6 +62,26 @@ def test_mobilenetv2_prunes_and_runs():
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 6)
 
 
+def test_small_groups_keep_round_to_channels_and_depthwise_convs_prune_with_their_group():
+    """A keep-ratio that rounds a group below `round_to` keeps `round_to` channels (it used to
+    leave the group whole); a depthwise conv is a member of its group, not a fixed width."""
+    model = build_model("mobilenetv2", 6, (3, 64, 64))
+    limits = {lim.name: lim for lim in layer_limits(model, EX)}
+    depthwise = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert depthwise and all(limits[n].group is not None for n in depthwise)
+    policy, _ = uniform("mobilenetv2", 0.1, 32, model)
+    before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    prune(model, policy, EX)
+    after = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert after["features.0.0"] == 8 and before["features.0.0"] == 32  # 3.2 channels asked: 8 kept
+    grouped = [n for n in after if limits[n].group is not None]
+    assert all(after[n] == max(8, int(0.1 * before[n]) // 8 * 8) for n in grouped)  # 192 -> 16, 32 -> 8
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 6)
+    odd = Policy("mobilenetv2", {**policy.layers, depthwise[0]: LayerAction(1.0, 32)})
+    with pytest.raises(PolicyError, match="prune the same channels"):
+        validate(odd, "mobilenetv2", list(limits.values()))
+
+
 def test_pruning_history_replays_on_a_fresh_model():
     model = build_model("resnet18", 6, (3, 64, 64))
     policy, _ = uniform("resnet18", 0.5, 32, model)

@@ -43,9 +43,8 @@ def layer_limits(model: nn.Module, example_inputs: torch.Tensor, min_keep_ratio:
         root = names[group[0].dep.target.module]
         for dep, _ in group:
             module = dep.target.module
-            if isinstance(module, PRUNABLE_TYPES) and dep.handler in (tp.prune_conv_out_channels,
-                                                                       tp.prune_linear_out_channels):
-                group_of.setdefault(names[module], root)
+            if isinstance(module, PRUNABLE_TYPES) and graph.is_out_channel_pruning_fn(dep.handler):
+                group_of.setdefault(names[module], root)  # depthwise convs too: they prune with their group
     limits = []
     for name, module in model.named_modules():
         if isinstance(module, PRUNABLE_TYPES):
@@ -53,6 +52,16 @@ def layer_limits(model: nn.Module, example_inputs: torch.Tensor, min_keep_ratio:
             group = None if module is head else group_of.get(name)
             limits.append(LayerLimits(name, width, group, min_keep_ratio))
     return limits
+
+
+def kept_channels(channels: int, keep_ratio: float, round_to: int) -> int:
+    """Channels `prune` keeps of a group of `channels` at `keep_ratio`: rounded down to a
+    multiple of `round_to`, but never fewer than `round_to` (or 1) and never more than all."""
+    if keep_ratio >= 1.0:
+        return channels
+    step = max(round_to, 1)
+    kept = int(channels * keep_ratio + 1e-9)
+    return min(channels, max(kept - kept % step, step))
 
 
 @dataclass(frozen=True)
@@ -74,8 +83,12 @@ def prune(model: nn.Module, policy: Policy, example_inputs: torch.Tensor, round_
     ratios: dict[nn.Module, float] = {}
     for name, action in policy.layers.items():
         lim = limits[name]
-        if lim.group is not None and action.keep_ratio < 1.0:
-            ratios[names[lim.group]] = 1.0 - action.keep_ratio
+        if lim.group is None:
+            continue
+        channels = limits[lim.group].out_channels
+        kept = kept_channels(channels, action.keep_ratio, round_to)
+        if kept < channels:  # the ratio Torch-Pruning turns back into exactly `kept` channels
+            ratios[names[lim.group]] = 1.0 - (kept + 0.5) / channels
     before = count_params(model)
     if not ratios:
         return PruneResult(model, [], before, before)

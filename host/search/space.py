@@ -17,7 +17,7 @@ import torch_pruning as tp
 from torch import nn
 
 from host.compress.policy import LayerAction, LayerLimits, Policy
-from host.compress.prune import PRUNABLE_TYPES, classifier_of, layer_limits
+from host.compress.prune import PRUNABLE_TYPES, classifier_of, kept_channels, layer_limits
 
 KINDS = ("conv", "depthwise", "linear")
 
@@ -133,17 +133,6 @@ def describe_layers(model: nn.Module, example: torch.Tensor, limits: Sequence[La
     return tuple(seen)
 
 
-def kept_channels(channels: int, keep_ratio: float, round_to: int) -> int:
-    """Channels Torch-Pruning keeps of `channels` at `keep_ratio` (as `prune` asks it to): rounded
-    down to a multiple of `round_to`; a group that would lose every channel is left whole."""
-    if keep_ratio >= 1.0:
-        return channels
-    kept = int(channels * (1 - (1.0 - keep_ratio)))
-    if round_to and kept < channels:
-        kept -= kept % round_to
-    return kept if kept > 0 else channels
-
-
 @dataclass(frozen=True)
 class _ParamTerm:
     """count = factor * width(out_group) * width(in_group); a width is the full one when its group is None."""
@@ -161,8 +150,7 @@ class ParamCounter:
 
     def __init__(self, model: nn.Module, example: torch.Tensor, round_to: int = 8) -> None:
         self.round_to = round_to
-        # A group's ratio is its member layers' (the group is keyed by its Torch-Pruning root,
-        # which may itself be a fixed-width layer, e.g. MobileNetV2's depthwise convs).
+        # A group's ratio is its member layers' (the group is keyed by its Torch-Pruning root).
         self.group_of = {lim.name: lim.group for lim in layer_limits(model, example) if lim.group is not None}
         names = {m: n for n, m in model.named_modules()}
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
