@@ -4,8 +4,9 @@ One function for host and agent, so their keys cannot drift apart. A kernel is a
 operator (the anchor: Conv, Gemm, MatMul, a pool, ...) with what the runtime fuses into it: the
 QuantizeLinear/DequantizeLinear/Cast that set its precision, the weight's constant subgraph, and
 an epilogue of element-wise ops (batch-norm, add, relu, clip, ...). Its key is the float chain of
-operators plus the precision it runs at (int8 when its input is quantized, int4 when its weight is
-an int4 tensor, fp16 when its input is float16), so the agent can also build it on its own.
+operators plus the precision it runs at (int8 when it reads a DequantizeLinear's output, int4 when
+its weight is an int4 tensor, fp16 when its input is float16, also when a Cast turns a quantized
+neighbour's output into float16), so the agent can also build it on its own.
 
 `attribute_runtime_nodes` maps the nodes of onnxruntime's optimized graph (fused, re-laid-out:
 FusedConv, QLinearConv, NCHWc Conv, inserted reorders and transposes) back to those kernels, by
@@ -257,8 +258,8 @@ def _precision(g: _Graph, unit: list[int], anchor: onnx.NodeProto) -> str:
         node = g.nodes[g.producer[t]]
         if node.op_type == "DequantizeLinear":
             return "int8"
-        if node.op_type not in _PRECISION_OPS | _NO_OPS:
-            break
+        if node.op_type == "Cast" or node.op_type not in _PRECISION_OPS | _NO_OPS:
+            break  # a Cast sets the type the kernel reads (fp16 behind an int8 neighbour's output quantizer)
         t = node.input[0]
     if len(anchor.input) > 1 and anchor.input[1] in g.producer:
         w = g.nodes[g.producer[anchor.input[1]]]

@@ -92,6 +92,19 @@ def test_kernel_mapping_matches_the_runtime_graph(models, tmp_path, name):
     assert int8 == {i for i in conv_kernels if mk.kernels[i].key.precision == "int8"}
 
 
+def test_an_fp16_layer_behind_an_int8_layer_is_fp16(tmp_path):
+    """The int8 layer's output quantizer sits before the fp16 layer's input Cast: the kernel
+    reads float16, so it is an fp16 kernel (it was keyed int8)."""
+    layers = {lim.name: LayerAction(1.0, 32) for lim in model_limits("mobilenetv2")}
+    layers["features.1.block.1.0"] = LayerAction(1.0, 8)
+    layers["features.2.block.0.0"] = LayerAction(1.0, 16)
+    path = export_variant("mobilenetv2", Policy("mobilenetv2", layers), tmp_path / "m.onnx")
+    kernels = {k.name: k.key for k in model_kernels(onnx.load(path)).kernels}
+    assert kernels["/features/features.1/block/block.1/block.1.0/Conv"].precision == "int8"
+    fp16 = kernels["/features/features.2/block/block.0/block.0.0/Conv"]
+    assert fp16.precision == "fp16" and fp16.neighbors.startswith("in:int8|")
+
+
 def test_in_model_keys_round_trip_and_isolated_hashes_are_unchanged(models):
     key = model_kernels(onnx.load(models["mobilenetv2_mixed"])).kernels[3].key
     assert OpKey.from_proto(key.to_proto()) == key and OpKey.from_json(key.canonical_json()).hash == key.hash
