@@ -9,9 +9,13 @@ import structlog
 
 
 class _CurrentStderr:
-    """Whatever sys.stderr is at write time (a test or an embedding program may swap it)."""
+    """Whatever sys.stderr is at write time (a test or an embedding program may swap it). On a
+    terminal a log line first clears the live progress line (host.progress), which the next
+    update redraws."""
 
     def write(self, text: str) -> int:
+        if text and sys.stderr.isatty():
+            sys.stderr.write("\r\x1b[K")
         return sys.stderr.write(text)
 
     def flush(self) -> None:

@@ -72,6 +72,10 @@ def test_search_run_directory(agent, tmp_path, monkeypatch):
         assert (out / c["onnx"]).exists() and (out / "final" / name / "benchmark.json").exists()
         assert abs(c["test_accuracy"] - c["test_accuracy_onnxruntime"]) <= 0.02
         assert c["measured_latency"]["median_ms"] > 0 and c["speedup"] > 0
+        # The speedup is over the FP32 model measured again right after this one.
+        assert c["speedup"] == pytest.approx(c["baseline_measured_latency"]["median_ms"]
+                                             / c["measured_latency"]["median_ms"])
+        assert json.loads((out / "final" / name / "baseline_benchmark.json").read_text())["latency"]["n"] >= 2
     for f in ("config.json", "device.json", "baseline.json", "summary.json"):
         assert json.loads((out / f).read_text())
     report = (out / "report.html").read_text()

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from host.compress.train import augment_images
+from host.progress import FitProgress
 
 # Modules whose outputs are the stage features, per model.
 STAGES: dict[str, tuple[str, ...]] = {
@@ -84,7 +85,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 
 def distill(student: nn.Module, teacher: nn.Module, model_name: str, loader: torch.utils.data.DataLoader,
-            config: DistillConfig, progress: Callable[[int, int, float], None] | None = None) -> DistillReport:
+            config: DistillConfig, progress: FitProgress | None = None) -> DistillReport:
     """Train `student` in place from the frozen `teacher`; returns the per-epoch mean losses."""
     stages = STAGES[model_name]
     teacher.eval()
@@ -108,7 +109,7 @@ def distill(student: nn.Module, teacher: nn.Module, model_name: str, loader: tor
         for epoch in range(config.epochs):
             sums = [0.0, 0.0, 0.0, 0.0]
             count = 0
-            for x, y in loader:
+            for b, (x, y) in enumerate(loader):
                 if config.augment:
                     x = augment_images(x, generator)
                 with torch.no_grad():
@@ -126,12 +127,14 @@ def distill(student: nn.Module, teacher: nn.Module, model_name: str, loader: tor
                 count += n
                 for i, v in enumerate((loss, ce, kd, feat)):
                     sums[i] += float(v.detach()) * n
+                if progress:
+                    progress.batch(epoch + 1, config.epochs, b + 1, len(loader))
             report.epoch_loss.append(sums[0] / count)
             report.epoch_ce.append(sums[1] / count)
             report.epoch_kd.append(sums[2] / count)
             report.epoch_feature.append(sums[3] / count)
             if progress:
-                progress(epoch + 1, config.epochs, report.epoch_loss[-1])
+                progress.epoch(epoch + 1, config.epochs, report.epoch_loss[-1])
         student.eval()
         return report
     finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -29,6 +28,7 @@ from host.compress.prune import count_params, layer_limits, prune
 from host.compress.quant import apply_fake_quant, calibrate
 from host.compress.size import size_report
 from host.compress.train import TrainConfig, accuracy, trained_baseline
+from host.progress import Progress
 from lut_store.tomlfile import ConfigError, from_mapping, read_toml
 
 
@@ -124,11 +124,6 @@ def device_client(address: str, threads: int) -> Iterator[Any]:
         yield client
 
 
-def _say(progress: bool, text: str) -> None:
-    if progress:
-        print(text, file=sys.stderr, flush=True)
-
-
 def run_compress(config: CompressConfig, policy: Policy, out: Path, progress: bool = True,
                  client: Any = None) -> Summary:
     """The whole pipeline for one policy; writes ONNX files and summary.json into `out`."""
@@ -146,16 +141,17 @@ def run_compress(config: CompressConfig, policy: Policy, out: Path, progress: bo
     data_id = f"{data.name}-s{config.data.seed}"
     example = torch.zeros((1, *shape))
     validate(policy, config.model, layer_limits(build(), example))  # before any training
-    step = lambda e, n, loss: _say(progress, f"  epoch {e}/{n}: loss {loss:.4f}")  # noqa: E731
-    _say(progress, f"baseline {config.model} on {data.name} ...")
-    teacher, cached = trained_baseline(build, config.model, data_id, loaders.train, config.baseline, step)
+    shown = Progress(progress)
+    shown.say(f"baseline {config.model} on {data.name} ...")
+    teacher, cached = trained_baseline(build, config.model, data_id, loaders.train, config.baseline,
+                                       shown.fit("baseline"))
     times["baseline_s"] = time.monotonic() - t0
 
     student, params_before = compressed(teacher, policy, example, config.round_to, loaders.train,
                                         config.calibration_batches)
-    _say(progress, f"distilling the compressed student ({config.distill.epochs} epochs) ...")
+    shown.say(f"distilling the compressed student ({config.distill.epochs} epochs) ...")
     t1 = time.monotonic()
-    report = distill(student, teacher, config.model, loaders.train, config.distill, step)
+    report = distill(student, teacher, config.model, loaders.train, config.distill, shown.fit("distill"))
     times["distill_s"] = time.monotonic() - t1
 
     baseline_onnx, compressed_onnx = out / "baseline_fp32.onnx", out / "compressed.onnx"
@@ -168,7 +164,7 @@ def run_compress(config: CompressConfig, policy: Policy, out: Path, progress: bo
     }
     sizes = size_report(student, policy, params_before)
     summary.size = {**asdict(sizes), "params_reduction": sizes.params_reduction, "compression": sizes.compression}
-    _say(progress, "verifying accuracy and measuring latency on the device ...")
+    shown.say("verifying accuracy and measuring latency on the device ...")
     with (nullcontext(client) if client is not None else device_client(config.device, config.threads)) as device:
         acc_b, lat_b = device_accuracy_and_latency(device, baseline_onnx, data.x_test, data.y_test,
                                                    config.benchmark_batch)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from host.progress import FitProgress
+
 
 class CheckpointError(ValueError):
     """A cached checkpoint that cannot be loaded; the message says which file and what to do."""
@@ -57,7 +59,7 @@ def accuracy(model: nn.Module, loader: torch.utils.data.DataLoader) -> float:
 
 
 def train(model: nn.Module, loader: torch.utils.data.DataLoader, config: TrainConfig,
-          progress: Callable[[int, int, float], None] | None = None) -> list[float]:
+          progress: FitProgress | None = None) -> list[float]:
     """Plain supervised training (AdamW, cosine schedule); returns the mean loss per epoch."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -67,7 +69,7 @@ def train(model: nn.Module, loader: torch.utils.data.DataLoader, config: TrainCo
     for epoch in range(config.epochs):
         model.train()
         total = count = 0.0
-        for x, y in loader:
+        for i, (x, y) in enumerate(loader):
             if config.augment:
                 x = augment_images(x, generator)
             loss = F.cross_entropy(model(x), y)
@@ -77,9 +79,11 @@ def train(model: nn.Module, loader: torch.utils.data.DataLoader, config: TrainCo
             sched.step()
             total += float(loss.detach()) * len(y)
             count += len(y)
+            if progress:
+                progress.batch(epoch + 1, config.epochs, i + 1, len(loader))
         losses.append(total / count)
         if progress:
-            progress(epoch + 1, config.epochs, losses[-1])
+            progress.epoch(epoch + 1, config.epochs, losses[-1])
     model.eval()
     return losses
 
@@ -115,7 +119,7 @@ def save_checkpoint(model: nn.Module, path: Path) -> None:
 
 def trained_baseline(build: Callable[[], nn.Module], model_name: str, data_id: str,
                      loader: torch.utils.data.DataLoader, config: TrainConfig,
-                     progress: Callable[[int, int, float], None] | None = None) -> tuple[nn.Module, bool]:
+                     progress: FitProgress | None = None) -> tuple[nn.Module, bool]:
     """The FP32 baseline from the cache, or trained and cached; returns (model, was_cached)."""
     path = baseline_path(model_name, data_id, config)
     model = build()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from host.compress.policy import LayerAction, Policy
 from host.compress.prune import count_params, prune
 from host.compress.train import trained_baseline
 from host.latency.variants import export_variant
+from host.progress import Progress
 from host.search.budget import latency_estimator, layer_kernels_ms
 from host.search.controllers import make_controller
 from host.search.evaluate import Evaluator
@@ -110,9 +110,11 @@ def search_precisions(config: SearchConfig, base: Policy, out: Path, progress: b
             raise ConfigError(f"the precision stage on the pruning policy: {exc}") from None
         export_onnx(teacher, out / "baseline_fp32.onnx", shape)
         baseline = Baseline(predictor.predict(out / "baseline_fp32.onnx").latency_ms, 4 * count_params(teacher))
+        shown = Progress(progress)
+        shown.context = f"[{CONTROLLER}] episode 1/{config.episodes}"
         evaluator = Evaluator(config.model, teacher, tensor_dataset(data, "train"), loaders.val, predictor, shape, out,
                               config.episode_distill, config.episode_samples, config.batch_size, config.round_to,
-                              config.calibration_batches)
+                              config.calibration_batches, progress=shown)
         lines = out / "episodes.jsonl"
         lines.write_text("")
 
@@ -124,10 +126,9 @@ def search_precisions(config: SearchConfig, base: Policy, out: Path, progress: b
                    "lut_version_ids": list(result.lut_version_ids), "wall_s": episode.wall_s}
             with lines.open("a") as f:
                 f.write(json.dumps(row, sort_keys=True) + "\n")
-            if progress:
-                print(f"[{CONTROLLER}] episode {episode.index + 1}/{config.episodes}: reward {episode.reward:.4f}, "
-                      f"val acc {result.val_accuracy:.4f}, {result.latency_ms:.3f} ms predicted", file=sys.stderr,
-                      flush=True)
+            shown.context = f"[{CONTROLLER}] episode {episode.index + 2}/{config.episodes}"
+            shown.say(f"[{CONTROLLER}] episode {episode.index + 1}/{config.episodes}: reward {episode.reward:.4f}, "
+                      f"val acc {result.val_accuracy:.4f}, {result.latency_ms:.3f} ms predicted")
 
         episodes = run_episodes(controller, evaluator, config.episodes, baseline, config.reward, on_episode=record)
     return max(episodes, key=lambda e: e.reward).policy

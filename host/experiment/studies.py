@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -27,6 +26,7 @@ from host.compress.policy import LayerAction, Policy
 from host.experiment.config import Experiment
 from host.experiment.results import MODEL_COLUMNS, Column, ModelMetrics, Row, SeedResult
 from host.experiment.sequential import search_precisions
+from host.progress import Progress
 from host.search.run import SearchConfig, run_search
 from lut_store.tomlfile import ConfigError
 
@@ -34,8 +34,7 @@ BASELINE = "FP32 baseline"
 
 
 def _say(progress: bool, text: str) -> None:
-    if progress:
-        print(text, file=sys.stderr, flush=True)
+    Progress(progress).say(text)
 
 
 def _search(config: SearchConfig, out: Path, progress: bool) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from host.compress.policy import Policy
 from host.compress.size import size_report
 from host.compress.train import accuracy
 from host.latency.predict import LatencyPredictor, Prediction
+from host.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class Evaluator:
     round_to: int = 8
     calibration_batches: int = 2
     opset: int = 17
+    # Live status of the running episode (the caller sets its context: controller, episode, best).
+    progress: Progress | None = None
 
     def loader(self, episode: int) -> DataLoader:
         generator = torch.Generator().manual_seed(self.distill_config.seed + episode)
@@ -61,15 +64,23 @@ class Evaluator:
         export_policy_model(student, policy, path, self.input_shape, self.opset)
         return self.predictor.predict(path)
 
+    def _status(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.live(text, force=True)
+
     def __call__(self, policy: Policy, episode: int) -> EpisodeResult:
         t0 = time.monotonic()
         example = torch.zeros((1, *self.input_shape))
         loader = self.loader(episode)
+        self._status("pruning, re-estimating BatchNorm, quantizing ...")
         student, before = compressed(self.teacher, policy, example, self.round_to, loader, self.calibration_batches)
         t1 = time.monotonic()
+        self._status("latency from the LUT (kernels it lacks are profiled on the device) ...")
         prediction = self.latency(student, policy, self.workdir / "candidate.onnx")
         t2 = time.monotonic()
-        distill(student, self.teacher, self.model_name, loader, replace(self.distill_config, seed=episode))
+        fit = self.progress.fit("fine-tune", lines=False) if self.progress is not None else None
+        distill(student, self.teacher, self.model_name, loader, replace(self.distill_config, seed=episode), fit)
+        self._status("validation accuracy ...")
         acc = accuracy(student, self.val_loader)
         t3 = time.monotonic()
         sizes = size_report(student, policy, before)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import torch
 
+from host.agent_client import message_dict
 from host.compress.distill import DistillConfig, distill
 from host.compress.export import export_onnx, export_policy_model
 from host.compress.pipeline import (
@@ -31,6 +31,7 @@ from host.compress.policy import Policy
 from host.compress.prune import layer_limits
 from host.compress.size import size_report
 from host.compress.train import TrainConfig, accuracy, trained_baseline
+from host.progress import Progress
 from host.search.budget import latency_estimator, search_constraint
 from host.search.controllers import CONTROLLERS, Controller, make_controller
 from host.search.evaluate import Evaluator
@@ -102,11 +103,6 @@ def load_search_config(path: Path | None, overrides: dict[str, Any] | None = Non
     return config
 
 
-def _say(progress: bool, text: str) -> None:
-    if progress:
-        print(text, file=sys.stderr, flush=True)
-
-
 def _write_json(path: Path, doc: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
@@ -158,6 +154,7 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
     from lut_store.store import open_store
 
     t_start = time.monotonic()
+    shown = Progress(progress)
     if resume:
         if not (out / "config.json").exists():
             raise ConfigError(f"--resume: {out} has no config.json; it is not a search run directory")
@@ -176,15 +173,13 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
         loaders = make_loaders(data, batch_size=config.batch_size, seed=config.data.seed)
         shape = tuple(data.input_shape)
         example = torch.zeros((1, *shape))
-        step = lambda e, n, loss: _say(progress, f"  epoch {e}/{n}: loss {loss:.4f}")
-        _say(progress, f"baseline {config.model} on {data.name} ...")
+        shown.say(f"baseline {config.model} on {data.name} ...")
         teacher, _ = trained_baseline(lambda: build_model(config.model, len(data.classes), shape), config.model,
-                                      f"{data.name}-s{config.data.seed}", loaders.train, config.baseline, step)
+                                      f"{data.name}-s{config.data.seed}", loaders.train, config.baseline,
+                                      shown.fit("baseline"))
         teacher.eval()
 
         info = client.info()
-        from host.agent_client import message_dict
-
         device_doc = {"fingerprint_hash": info.fingerprint_hash, "fingerprint": message_dict(info.fingerprint),
                       "precisions": [{"precision": p["precision"].removeprefix("PRECISION_").lower(),
                                       "supported": p["supported"], "note": p["note"]}
@@ -202,7 +197,7 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
         if (out / "baseline.json").exists():
             baseline = json.loads((out / "baseline.json").read_text())
         else:
-            _say(progress, "measuring the FP32 baseline on the device ...")
+            shown.say("measuring the FP32 baseline on the device ...")
             acc_onnx, bench = device_accuracy_and_latency(client, base_onnx, data.x_test, data.y_test, 1)
             params = sum(p.numel() for p in teacher.parameters())
             baseline = {"model": config.model, "data": data.name, "val_accuracy": accuracy(teacher, loaders.val),
@@ -216,7 +211,7 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
                             _layer_latency_share(layers, base_pred))
         evaluator = Evaluator(config.model, teacher, tensor_dataset(data, "train"), loaders.val, predictor, shape,
                               out / "checkpoints", config.episode_distill, config.episode_samples,
-                              config.batch_size, config.round_to, config.calibration_batches)
+                              config.batch_size, config.round_to, config.calibration_batches, progress=shown)
         counter = ParamCounter(teacher, example, config.round_to)
         practise = "ppo" in config.controllers and config.ppo.surrogate_episodes > 0
         estimator = (latency_estimator(space, counter, predictor, out / "checkpoints", len(data.classes), shape)
@@ -268,16 +263,20 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
                 torch.save({"controller": controller.state_dict(), "episodes_done": episode.index + 1}, tmp)
                 os.replace(tmp, out / "checkpoints" / f"{name}.pt")
                 best.append(episode.reward)
-                _say(progress, f"[{name}] episode {episode.index + 1}/{config.episodes}: reward {episode.reward:.4f} "
-                               f"(best {max(best):.4f}), val acc {result.val_accuracy:.4f}, {result.latency_ms:.3f} ms "
-                               f"predicted, {result.params:,} params, {episode.wall_s:.1f} s")
+                shown.context = f"[{name}] episode {episode.index + 2}/{config.episodes} (best {max(best):.4f})"
+                shown.say(f"[{name}] episode {episode.index + 1}/{config.episodes}: reward {episode.reward:.4f} "
+                          f"(best {max(best):.4f}), val acc {result.val_accuracy:.4f}, {result.latency_ms:.3f} ms "
+                          f"predicted, {result.params:,} params, {episode.wall_s:.1f} s")
 
-            run_episodes(controller, evaluator, config.episodes, base, config.reward, done.get(name, 0), record)
+            start = done.get(name, 0)
+            shown.context = (f"[{name}] episode {start + 1}/{config.episodes}"
+                             + (f" (best {max(best):.4f})" if best else ""))
+            run_episodes(controller, evaluator, config.episodes, base, config.reward, start, record)
 
         summary_controllers = {}
         for name in controllers:
             summary_controllers[name] = _final_model(name, config, rows, teacher, data, loaders, evaluator, client,
-                                                     final_dir, baseline, progress)
+                                                     final_dir, baseline, shown)
         sealed = predictor.close()
     versions = sorted({v for r in rows for v in r["lut_version_ids"]} | ({sealed.id} if sealed else set()))
     summary = {"baseline": baseline, "controllers": summary_controllers, "lut_version_ids": versions,
@@ -285,14 +284,16 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
     _write_json(out / "summary.json", summary)
     from host.report import build_report
 
-    _say(progress, f"report: {build_report(out)}")
+    shown.say(f"report: {build_report(out)}")
     return summary
 
 
 def _final_model(name: str, config: SearchConfig, rows: list[dict[str, Any]], teacher: torch.nn.Module, data: Any,
                  loaders: Any, evaluator: Evaluator, client: Any, final_dir: Path, baseline: dict[str, Any],
-                 progress: bool) -> dict[str, Any]:
-    """The controller's best policy, fine-tuned fully, exported, verified and benchmarked."""
+                 shown: Progress) -> dict[str, Any]:
+    """The controller's best policy, fine-tuned fully, exported, verified and benchmarked (with the
+    FP32 baseline again, right after it, for the speedup)."""
+
     directory = final_dir / name
     directory.mkdir(exist_ok=True)
     if (directory / "result.json").exists():
@@ -300,19 +301,24 @@ def _final_model(name: str, config: SearchConfig, rows: list[dict[str, Any]], te
     best = max((r for r in rows if r["controller"] == name), key=lambda r: r["reward"])
     policy = Policy.from_json(json.dumps(best["policy"]))
     (directory / "policy.json").write_text(policy.to_json())
-    _say(progress, f"[{name}] final model: episode {best['episode']}, fine-tuning {config.final_distill.epochs} epochs ...")
+    shown.context = ""
+    shown.say(f"[{name}] final model: episode {best['episode']}, fine-tuning {config.final_distill.epochs} epochs ...")
     example = torch.zeros((1, *data.input_shape))
     student, before = compressed(teacher, policy, example, config.round_to, loaders.train, config.calibration_batches)
-    step = lambda e, n, loss: _say(progress, f"  epoch {e}/{n}: loss {loss:.4f}")
-    distill(student, teacher, config.model, loaders.train, replace(config.final_distill, seed=config.seed), step)
+    distill(student, teacher, config.model, loaders.train, replace(config.final_distill, seed=config.seed),
+            shown.fit(f"[{name}] fine-tune"))
     onnx_path = directory / "model.onnx"
     export_policy_model(student, policy, onnx_path, tuple(data.input_shape))
     prediction = evaluator.predictor.predict(onnx_path)
     acc_onnx, bench = device_accuracy_and_latency(client, onnx_path, data.x_test, data.y_test, 1)
     (directory / "benchmark.json").write_text(json.dumps(bench, indent=2, sort_keys=True))
+    # The speedup is a ratio of two measurements taken side by side (FACTS.md: a busy machine
+    # can slow a run 2-4x; the baseline measured at the start of the search may be minutes old).
+    base_bench = message_dict(client.benchmark(final_dir / "baseline_fp32.onnx", batch_size=1))
+    (directory / "baseline_benchmark.json").write_text(json.dumps(base_bench, indent=2, sort_keys=True))
     sizes = size_report(student, policy, before)
     measured = bench["latency"]
-    base_measured = baseline["measured_latency"]
+    base_measured = base_bench["latency"]
     val_acc = accuracy(student, loaders.val)
     result = {
         "policy": json.loads(policy.to_json()), "episode": best["episode"], "episodes": config.episodes,
@@ -320,7 +326,7 @@ def _final_model(name: str, config: SearchConfig, rows: list[dict[str, Any]], te
         "test_accuracy_onnxruntime": acc_onnx, "params": sizes.params, "params_reduction": sizes.params_reduction,
         "fp32_size_bytes": sizes.fp32_bytes, "effective_size_bytes": sizes.effective_bytes,
         "compression": sizes.compression, "predicted_latency_ms": prediction.latency_ms, "measured_latency": measured,
-        "speedup": base_measured["median_ms"] / measured["median_ms"],
+        "baseline_measured_latency": base_measured, "speedup": base_measured["median_ms"] / measured["median_ms"],
         "reward": reward(val_acc, prediction.latency_ms, sizes.effective_bytes, baseline["predicted_latency_ms"],
                          baseline["fp32_size_bytes"], config.reward),
         "onnx": str(onnx_path.relative_to(final_dir.parent)),
