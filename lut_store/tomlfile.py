@@ -75,5 +75,5 @@ def from_mapping(cls: Any, data: Mapping[str, Any], where: str = "") -> Any:
         kwargs[key] = _coerce(hints[key], value, path)
     try:
         return cls(**kwargs)
-    except ConfigError as exc:
+    except ValueError as exc:  # ConfigError, or a config dataclass's own check
         raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None

@@ -255,7 +255,7 @@ def test_resume_repeats_nothing_and_loses_nothing(name, tmp_path):
     torch.manual_seed(1234)  # a resumed process starts with other global generators
     np.random.seed(1234)
     resumed = make_controller(name, space, config, seed=99)
-    resumed.load_state_dict(torch.load(tmp_path / "controller.pt", weights_only=False))
+    resumed.load_state_dict(torch.load(tmp_path / "controller.pt", weights_only=True))
     seen += run_episodes(resumed, _synthetic, 5, BASE, W, start_episode=3)
     assert [e.index for e in seen] == list(range(5))
     assert [e.policy for e in seen] == [e.policy for e in straight]

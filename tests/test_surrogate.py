@@ -122,6 +122,13 @@ def test_fisher_sensitivity_ranks_the_layer_that_decides_above_one_that_adds_noi
     assert sum(shares.values()) == pytest.approx(1.0)
     assert shares["a"] > 0.9 > shares["b"] >= 0.0
     assert all(p.grad is None or not p.grad.any() for p in net.parameters())  # no gradients left behind
+    # A teacher that distillation froze gets the same shares and stays frozen; no data is an error.
+    for p in net.parameters():
+        p.requires_grad_(False)
+    frozen = layer_sensitivity(net, DataLoader(TensorDataset(x, y), batch_size=32), ["a", "b"])
+    assert frozen == pytest.approx(shares) and not any(p.requires_grad for p in net.parameters())
+    with pytest.raises(ValueError, match="0 batch"):
+        layer_sensitivity(net, [], ["a", "b"])
 
 
 def test_ppo_practising_on_the_surrogate_beats_ppo_alone_and_random_search():

@@ -42,6 +42,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from host.compress.policy import Policy
 from host.search.controllers import Choose, Controller, walk
+from host.search.ppo import check_counts
 from host.search.reward import Constraint
 from host.search.space import SearchSpace
 
@@ -71,7 +72,7 @@ class DDPGConfig:
     updates_per_step: int = 1
 
     def __post_init__(self) -> None:
-        _check_counts(self, warmup_episodes=0, hidden=1, batch_size=1, buffer_episodes=1, updates_per_step=1)
+        check_counts(self, warmup_episodes=0, hidden=1, batch_size=1, buffer_episodes=1, updates_per_step=1)
 
 
 @dataclass(frozen=True)
@@ -98,14 +99,8 @@ class DQNConfig:
         if self.keep_bins < 2:
             raise ValueError(f"keep_bins = {self.keep_bins}: the DQN needs at least 2 keep-ratio bins "
                              "(the ends of the keep-ratio range)")
-        _check_counts(self, warmup_episodes=0, explore_episodes=1, hidden=1, batch_size=1, buffer_episodes=1,
+        check_counts(self, warmup_episodes=0, explore_episodes=1, hidden=1, batch_size=1, buffer_episodes=1,
                       updates_per_step=1)
-
-
-def _check_counts(config: Any, **minimum: int) -> None:
-    for name, least in minimum.items():
-        if getattr(config, name) < least:
-            raise ValueError(f"{type(config).__name__}.{name} = {getattr(config, name)}: give at least {least}")
 
 
 class _LayerStep(gym.Env):
@@ -143,7 +138,9 @@ class BaselineReplayBuffer(ReplayBuffer):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         n = len(state["rewards"])
-        if n > self.buffer_size or state["observations"].shape[1:] != self.observations.shape[1:]:
+        # A full buffer must be this size: a larger one would count never-written rows as sampled.
+        if (n > self.buffer_size or (state["full"] and n != self.buffer_size)
+                or state["observations"].shape[1:] != self.observations.shape[1:]):
             raise ValueError(f"the checkpoint's replay buffer ({n} transitions of shape "
                              f"{tuple(state['observations'].shape[1:])}) does not fit this controller's "
                              f"({self.buffer_size} of {self.observations.shape[1:]}): resume with the "
@@ -350,7 +347,8 @@ class HAQController(_DDPGLearner):
         policy = walk(self.space, self._choose(episode), None)
         bits = lower_precisions(self.space, [a.bits for a in policy.layers.values()], self.constraint,
                                 self.costliest_first)
-        return self.space.policy([1.0] * len(bits), bits)
+        self.last_policy = self.space.policy([1.0] * len(bits), bits)
+        return self.last_policy
 
 
 def lower_precisions(space: SearchSpace, bits: list[int], constraint: Constraint,

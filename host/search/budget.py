@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from host.compress.policy import Policy
@@ -35,6 +35,14 @@ def layer_kernels_ms(space: SearchSpace, prediction: Prediction) -> dict[str, fl
         raise ValueError(f"cannot attribute the LUT prediction to layers: {len(compute)} compute kernels for "
                          f"{len(space.layers)} layers of {space.model}")
     return {layer.name: k.latency_ms for layer, k in zip(space.layers, compute)}
+
+
+def latency_shares(space: SearchSpace, prediction: Prediction) -> SearchSpace:
+    """`space` with each layer's share of the model's predicted latency (a state feature); none
+    when the runtime elided every kernel (0 ms)."""
+    ms = layer_kernels_ms(space, prediction)
+    shares = tuple(ms[layer.name] / prediction.latency_ms for layer in space.layers) if prediction.latency_ms > 0 else ()
+    return replace(space, latency_share=shares)
 
 
 @dataclass(frozen=True)

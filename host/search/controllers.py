@@ -112,6 +112,7 @@ class PPOController(Controller):
 
     def observe(self, reward: float, result: EpisodeResult | None = None) -> None:
         self.agent.finish_episode(reward)
+        self.predicted = None
         if self.surrogate is None or result is None:
             return
         # The surrogate's score of this policy before it learns the outcome: its honest error.

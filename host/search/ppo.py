@@ -42,6 +42,17 @@ class PPOConfig:
     surrogate_warmup: int = 3
     surrogate_batch: int = 8
 
+    def __post_init__(self) -> None:
+        check_counts(self, epochs=1, minibatch=1, hidden=1, update_every=1, surrogate_episodes=0,
+                     surrogate_warmup=0, surrogate_batch=1)
+
+
+def check_counts(config: Any, **minimum: int) -> None:
+    """Each named setting of `config` is at least its minimum (a clear error, not a crash later)."""
+    for name, least in minimum.items():
+        if getattr(config, name) < least:
+            raise ValueError(f"{type(config).__name__}.{name} = {getattr(config, name)}: give at least {least}")
+
 
 def gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last_value: float,
         gamma: float, lam: float) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +117,7 @@ class HybridPPO:
 
     def __init__(self, state_dim: int, n_bits: int, config: PPOConfig, seed: int) -> None:
         self.config = config
-        with torch.random.fork_rng():  # seeded initial weights, the global generator untouched
+        with torch.random.fork_rng(devices=[]):  # seeded initial weights, the global generator untouched
             torch.manual_seed(seed)
             self.net = ActorCritic(state_dim, n_bits, config)
         actor_params = [p for n, p in self.net.named_parameters() if not n.startswith("critic")]

@@ -95,14 +95,17 @@ class Enforcer:
             return keep, b
         lo = self.space.min_keep if free else keep
         for precision in (b, self.aggressive_bits):
+            if precision != b and self._fits(keeps, bits, keep, precision):
+                return keep, precision  # the proposed ratio fits at the aggressive precision
             if self._fits(keeps, bits, lo, precision):
                 return (self._largest_fit(keeps, bits, lo, keep, precision) if free else keep), precision
         raise RuntimeError(f"the {self.constraint.name} cost is not deterministic: a policy that met the "
                            "budget one step ago no longer does")
 
     def _largest_fit(self, keeps: Sequence[float], bits: Sequence[int], lo: float, hi: float, b: int) -> float:
-        """Bisection between a fitting `lo` and a failing `hi`, on the resolution grid."""
-        lo_i, hi_i = math.ceil(lo / self.resolution - 1e-9), math.floor(hi / self.resolution + 1e-9)
+        """Bisection between a fitting `lo` and a failing `hi`, on the resolution grid (from the grid
+        point at or below `lo`, so an untested point above it is never returned)."""
+        lo_i, hi_i = math.floor(lo / self.resolution + 1e-9), math.floor(hi / self.resolution + 1e-9)
         while hi_i - lo_i > 1:
             mid = (lo_i + hi_i) // 2
             if self._fits(keeps, bits, mid * self.resolution, b):

@@ -15,6 +15,7 @@ The fit improves with every real episode; the real episodes alone decide which p
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,27 +34,37 @@ from host.search.space import ParamCounter, SearchSpace
 def layer_sensitivity(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                       layer_names: list[str], max_batches: int = 4) -> dict[str, float]:
     """Each layer's share of the model's Fisher saliency: the sum over its weights of
-    (dL/dw * w)^2, the diagonal empirical Fisher (from mini-batch gradients) times w^2."""
+    (dL/dw * w)^2, the diagonal empirical Fisher (from mini-batch gradients) times w^2.
+    Gradients are enabled on the layers' weights for the measurement (a teacher that distillation
+    froze has none); no batch, or no saliency at all, is an error, never a made-up prior."""
     modules = dict(model.named_modules())
+    weights = {name: modules[name].weight for name in layer_names}
     saliency = {name: 0.0 for name in layer_names}
     was_training = model.training
+    frozen = {name: not w.requires_grad for name, w in weights.items()}
     model.eval()
+    seen = 0
     try:
-        for i, (x, y) in enumerate(batches):
-            if i >= max_batches:
-                break
-            model.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            for name in layer_names:
-                w = modules[name].weight
-                if w.grad is not None:
+        for w in weights.values():
+            w.requires_grad_(True)
+        with torch.enable_grad():
+            for x, y in itertools.islice(batches, max_batches):
+                model.zero_grad()
+                nn.functional.cross_entropy(model(x), y).backward()
+                seen += 1
+                for name, w in weights.items():
+                    if w.grad is None:
+                        raise ValueError(f"layer sensitivity: layer {name} got no gradient (not in the forward pass)")
                     saliency[name] += float((w.grad * w.detach()).pow(2).sum())
     finally:
         model.zero_grad()
+        for name, w in weights.items():
+            w.requires_grad_(not frozen[name])
         model.train(was_training)
     total = sum(saliency.values())
-    if total <= 0:
-        return {name: 1.0 / len(layer_names) for name in layer_names}
+    if not seen or not total > 0:
+        raise ValueError(f"layer sensitivity: {seen} batch(es) gave a total Fisher saliency of {total}; the "
+                         "surrogate needs training batches on which the teacher has a gradient")
     return {name: s / total for name, s in saliency.items()}
 
 
@@ -161,10 +172,14 @@ class RewardSurrogate:
 
     def state_dict(self) -> dict[str, Any]:
         return {"observations": [{"policy": o.policy.to_json(), "val_accuracy": o.val_accuracy,
-                                  "latency_ms": o.latency_ms} for o in self.observations]}
+                                  "latency_ms": o.latency_ms} for o in self.observations],
+                "sensitivity": dict(self.sensitivity)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The run's own observations and sensitivity (recomputed ones could differ in the last bit)."""
         self.observations = [Observation(Policy.from_json(o["policy"]), o["val_accuracy"], o["latency_ms"])
                              for o in state["observations"]]
+        if "sensitivity" in state:
+            self.sensitivity = dict(state["sensitivity"])
         self._acc = None
         self.fit()
