@@ -233,6 +233,34 @@ def test_weight_only_int4_and_fp16_fake_quant():
     assert torch.equal(w16, w16.half().float())
 
 
+def test_int8_calibration_needs_data_for_every_activation_quantizer():
+    """An unset activation range is [0, 0]: every value would quantize to 0, so it is an error."""
+    from host.compress.quant import calibrate
+
+    model = build_model("mlp", 2, (30,))
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    apply_fake_quant(model, Policy.uniform("mlp", names, 1.0, 8))
+    data = torch.utils.data.TensorDataset(torch.randn(16, 30), torch.zeros(16, dtype=torch.long))
+    with pytest.raises(ValueError, match="at least one batch"):
+        calibrate(model, 0, torch.utils.data.DataLoader(data, batch_size=8))
+    with pytest.raises(ValueError, match="saw no data"):
+        calibrate(model, 2, torch.utils.data.DataLoader(torch.utils.data.Subset(data, []), batch_size=8))
+    calibrate(model, 2, torch.utils.data.DataLoader(data, batch_size=8))
+
+
+def test_distillation_loss_in_closed_form():
+    """alpha * CE + (1 - alpha) * T^2 * KL(teacher || student), by hand for two classes."""
+    from host.compress.distill import distillation_loss
+
+    student, teacher, labels, t = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([1]), 2.0
+    ce, kd = distillation_loss(student, teacher, labels, t)
+    p_s = torch.softmax(student / t, dim=1)[0]
+    p_t = torch.softmax(teacher / t, dim=1)[0]
+    assert float(ce) == pytest.approx(float(-torch.log_softmax(student, dim=1)[0, 1]))
+    assert float(kd) == pytest.approx(t ** 2 * float((p_t * (p_t / p_s).log()).sum()))
+    assert float(distillation_loss(teacher, teacher, labels, t)[1]) == pytest.approx(0.0, abs=1e-6)
+
+
 def test_distillation_reduces_the_loss_and_leaves_no_adapter_in_the_student():
     from host.compress.distill import DistillConfig, distill
 
@@ -270,6 +298,19 @@ def test_size_accounting_counts_each_layer_at_its_bits():
     assert report.effective_bytes == weights + 4 * others
     assert report.fp32_bytes == 4 * report.params and report.baseline_fp32_bytes == 4 * baseline
     assert 0.74 < report.params_reduction < 0.76 and report.compression > 0.93
+    # A mix: each layer's weights at its own bits (4, 8, 16, 32), the rest at 32, rounded up to bytes.
+    mlp = build_model("mlp", 2, (30,))
+    linears = {n: m for n, m in mlp.named_modules() if isinstance(m, torch.nn.Linear)}
+    bits = dict(zip(linears, (4, 16, 32)))
+    mixed = Policy("mlp", {n: LayerAction(1.0, b) for n, b in bits.items()})
+    apply_fake_quant(mlp, mixed)
+    total = count_params(mlp)
+    numel = {n: (m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight).numel()
+             for n, m in linears.items()}  # a 32-bit layer keeps a plain weight
+    weight_bits = sum(b * numel[n] for n, b in bits.items())
+    weights = sum(numel.values())
+    expected = (weight_bits + 32 * (total - weights) + 7) // 8
+    assert size_report(mlp, mixed, total).effective_bytes == expected
 
 
 def test_baseline_is_trained_once_then_cached_and_a_corrupt_checkpoint_is_named(tmp_path, monkeypatch):
@@ -286,7 +327,7 @@ def test_baseline_is_trained_once_then_cached_and_a_corrupt_checkpoint_is_named(
     assert not cached and accuracy(model, loader) > 0.9
     again, cached = trained_baseline(build, "mlp", "toy", loader, config)
     assert cached and accuracy(again, loader) == accuracy(model, loader)
-    baseline_path("mlp", "toy", config).write_bytes(b"not a checkpoint")
+    baseline_path("mlp", "toy", config, loader.batch_size).write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="delete it to retrain"):
         trained_baseline(build, "mlp", "toy", loader, config)
 

@@ -36,6 +36,8 @@ def test_policy_init_writes_a_valid_uniform_policy(tmp_path):
     (lambda doc: {**doc, "layers": {**doc["layers"], "layer9.conv": {"keep_ratio": 1.0, "bits": 8}}},
      "unknown layers ['layer9.conv']"),
     (lambda doc: {"model": "resnet18"}, "not a policy document"),
+    (lambda doc: {**doc, "layers": {**doc["layers"], "conv1": {"keep_ratio": "0.5", "bits": 8}}},
+     "layer conv1: keep_ratio = '0.5' must be a number"),
 ])
 def test_bad_policies_fail_before_any_training(tmp_path, edit, message):
     policy = tmp_path / "p.json"
@@ -81,7 +83,9 @@ def test_compress_end_to_end_on_real_digits_with_onnxruntime_parity(tmp_path, ag
     assert abs(a["baseline_test_onnxruntime"] - a["baseline_test_torch"]) <= 0.005
     assert a["compressed_test_torch"] > a["baseline_test_torch"] - 0.05
     assert 0.6 < summary.size["params_reduction"] < 0.8  # the 64-wide input and the head stay
-    assert summary.latency["speedup"] > 0 and summary.latency["compressed"]["latency"]["n"] >= 10
+    lat = summary.latency
+    assert lat["speedup"] == pytest.approx(lat["baseline"]["latency"]["median_ms"] / lat["compressed"]["latency"]["median_ms"])
+    assert lat["compressed"]["latency"]["n"] >= 10 and lat["baseline"]["latency"]["n"] >= 10
     assert summary.distill_loss[-1] < summary.distill_loss[0]
     written = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert written["accuracy"] == a and (tmp_path / "out" / "compressed.onnx").exists()
@@ -123,7 +127,9 @@ def test_corrupt_cached_baseline_is_named(tmp_path):
     config_file.write_text('model = "mlp"\n[data]\nname = "digits"\n')
     config = replace(CompressConfig(), model="mlp", data=DataConfig(name="digits"))
     cache = tmp_path / "home"
-    path = baseline_path("mlp", "digits-s0", config.baseline)
+    from host.data import load_dataset
+
+    path = baseline_path("mlp", f"{load_dataset('digits').cache_id}-s0", config.baseline, config.batch_size)
     target = cache / "baselines" / path.name
     target.parent.mkdir(parents=True)
     target.write_bytes(b"\x80\x04garbage")

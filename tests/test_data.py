@@ -209,6 +209,7 @@ def test_sklearn_digits_and_breast_cancer_shapes() -> None:
 
 
 def _write_csv(file: Path, text: str, encoding: str = "utf-8") -> Path:
+    file.parent.mkdir(parents=True, exist_ok=True)
     file.write_text(text, encoding=encoding)
     return file
 
@@ -226,6 +227,17 @@ def test_csv_table_maps_labels_and_standardises(tmp_path: Path) -> None:
     amount = raw[:, 0].round().astype(int)
     assert np.array_equal(np.where(amount % 2, 1, 0), data.y_test)
     assert data.normalisation.raw == "columns amount, hour"
+
+
+def test_cache_id_names_the_content_not_just_the_file_name(tmp_path: Path) -> None:
+    """The baseline cache keys on it: an edited file of the same name is another data set."""
+    rows = "".join(f"{i},{i % 3 * 1.5},{10 if i % 2 else 2}\n" for i in range(20))
+    first = csv_table(_write_csv(tmp_path / "a" / "t.csv", "x,y,label\n" + rows), label_column="label")
+    edited = csv_table(_write_csv(tmp_path / "b" / "t.csv", "x,y,label\n" + rows.replace("1.5", "2.5")),
+                       label_column="label")
+    again = csv_table(tmp_path / "a" / "t.csv", label_column="label")
+    assert first.name == edited.name and first.cache_id != edited.cache_id
+    assert again.cache_id == first.cache_id and first.cache_id.startswith("csv_t.csv-")
 
 
 def test_csv_table_errors(tmp_path: Path) -> None:

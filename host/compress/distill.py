@@ -76,8 +76,9 @@ def _adapter(student_shape: torch.Size, teacher_shape: torch.Size) -> nn.Module:
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                      temperature: float, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cross-entropy, T^2-scaled KL) of one batch."""
+                      temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy, T^2-scaled KL(teacher || student) at temperature T) of one batch; the
+    caller weighs them by alpha and 1 - alpha."""
     ce = F.cross_entropy(student_logits, labels)
     kd = F.kl_div(F.log_softmax(student_logits / temperature, dim=1), F.softmax(teacher_logits / temperature, dim=1),
                   reduction="batchmean") * temperature ** 2
@@ -115,7 +116,7 @@ def distill(student: nn.Module, teacher: nn.Module, model_name: str, loader: tor
                 with torch.no_grad():
                     t_logits = teacher(x)
                 s_logits = student(x)
-                ce, kd = distillation_loss(s_logits, t_logits, y, config.temperature, config.alpha)
+                ce, kd = distillation_loss(s_logits, t_logits, y, config.temperature)
                 feat = sum(F.mse_loss(adapters[n.replace(".", "_")](s_cap.outputs[n]), t_cap.outputs[n])
                            for n in stages)
                 loss = config.alpha * ce + (1 - config.alpha) * kd + config.beta * feat

@@ -28,6 +28,7 @@ from host.compress.prune import count_params, layer_limits, prune
 from host.compress.quant import apply_fake_quant, calibrate
 from host.compress.size import size_report
 from host.compress.train import TrainConfig, accuracy, trained_baseline
+from host.jsonfile import write_json
 from host.progress import Progress
 from lut_store.tomlfile import ConfigError, from_mapping, read_toml
 
@@ -138,7 +139,7 @@ def run_compress(config: CompressConfig, policy: Policy, out: Path, progress: bo
     loaders = make_loaders(data, batch_size=config.batch_size, seed=config.data.seed)
     num_classes, shape = len(data.classes), tuple(data.input_shape)
     build: Callable[[], torch.nn.Module] = lambda: build_model(config.model, num_classes, shape)  # noqa: E731
-    data_id = f"{data.name}-s{config.data.seed}"
+    data_id = f"{data.cache_id}-s{config.data.seed}"
     example = torch.zeros((1, *shape))
     validate(policy, config.model, layer_limits(build(), example))  # before any training
     shown = Progress(progress)
@@ -179,7 +180,7 @@ def run_compress(config: CompressConfig, policy: Policy, out: Path, progress: bo
     summary.size["layers_per_bits"] = {str(b): n for b, n in layers_per_bits.items()}
     times["total_s"] = time.monotonic() - t0
     summary.seconds = times
-    (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2, sort_keys=True))
-    (out / "policy.json").write_text(policy.to_json())
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=2, sort_keys=True))
+    write_json(out / "policy.json", json.loads(policy.to_json()))
+    write_json(out / "config.json", asdict(config))
+    write_json(out / "summary.json", asdict(summary))  # last: a compression with summary.json is finished
     return summary

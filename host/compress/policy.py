@@ -10,11 +10,9 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 BITS = (4, 8, 16, 32)
 GRANULARITIES = ("per-channel",)
-NUMBER_TYPES = ("int", "float")
 
 
 class PolicyError(ValueError):
@@ -29,10 +27,6 @@ class LayerAction:
     bits: int = 32
     granularity: str = "per-channel"
 
-    @property
-    def number_type(self) -> str:
-        return "float" if self.bits >= 16 else "int"
-
 
 @dataclass(frozen=True)
 class Policy:
@@ -40,18 +34,25 @@ class Policy:
     layers: dict[str, LayerAction] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps({"model": self.model, "layers": {k: asdict(v) for k, v in self.layers.items()}},
-                          indent=2, sort_keys=True)
+        """Layers in the policy's order (a model's execution order, as the search writes them)."""
+        return json.dumps({"model": self.model, "layers": {k: asdict(v) for k, v in self.layers.items()}}, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> Policy:
         try:
             doc = json.loads(text)
             layers = {name: LayerAction(**action) for name, action in doc["layers"].items()}
-            return cls(doc["model"], layers)
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            policy = cls(doc["model"], layers)
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise PolicyError(f"not a policy document ({type(exc).__name__}: {exc}); expected "
                               '{"model": NAME, "layers": {LAYER: {"keep_ratio": R, "bits": B}}}') from None
+        for name, action in policy.layers.items():
+            for field_name, kinds, what in (("keep_ratio", (int, float), "a number"), ("bits", (int,), "an integer"),
+                                            ("granularity", (str,), "a string")):
+                value = getattr(action, field_name)
+                if isinstance(value, bool) or not isinstance(value, kinds):
+                    raise PolicyError(f"layer {name}: {field_name} = {value!r} must be {what}")
+        return policy
 
     @classmethod
     def load(cls, path: Path) -> Policy:
@@ -108,9 +109,6 @@ def validate(policy: Policy, model_name: str, limits: Sequence[LayerLimits]) -> 
                               f"{lim.min_keep_ratio}..{lim.max_keep_ratio}")
         first = group_ratio.setdefault(lim.group, (name, action.keep_ratio))
         if first[1] != action.keep_ratio:
-            raise PolicyError(f"layers {first[0]} and {name} prune the same channels (one residual group); "
+            raise PolicyError(f"layers {first[0]} and {name} prune the same channels (a residual add, or a depthwise "
+                              "conv and the conv feeding it); "
                               f"give them the same keep_ratio, not {first[1]} and {action.keep_ratio}")
-
-
-def policy_doc(policy: Policy) -> dict[str, Any]:
-    return json.loads(policy.to_json())

@@ -113,10 +113,12 @@ class BiasFakeQuant(nn.Module):
         input_scale, _ = self.layer.act_quant.qparams()
         return input_scale * weight[0].scale(weight.original)
 
+    def levels(self, b: torch.Tensor) -> torch.Tensor:
+        """The bias's int32 levels, rounded and clipped in float64 (INT32_MAX is not a float32)."""
+        return torch.clamp(torch.round(b.detach().double() / self.scale().double()), INT32_MIN, INT32_MAX)
+
     def forward(self, b: torch.Tensor) -> torch.Tensor:
-        scale = self.scale()
-        levels = torch.clamp(torch.round(b.detach() / scale), INT32_MIN, INT32_MAX)
-        return b + (levels * scale - b).detach()
+        return b + (self.levels(b) * self.scale().double() - b.double()).detach().to(b.dtype)
 
 
 _PASS_THROUGH_MODULES = (nn.Identity, nn.Dropout, nn.MaxPool2d, nn.Flatten)
@@ -215,7 +217,12 @@ def apply_fake_quant(model: nn.Module, policy: Policy) -> nn.Module:
 
 
 def calibrate(model: nn.Module, batches: int, loader: torch.utils.data.DataLoader) -> None:
-    """Set the activation ranges from a few batches before training (observers in train mode)."""
+    """Set the activation ranges from a few batches before training (observers in train mode).
+    Every activation quantizer must see data: an unset one has the range [0, 0] and would
+    quantize its tensor to zeros."""
+    if batches < 1:
+        raise ValueError(f"calibration_batches = {batches}: int8 activations need at least one batch to set "
+                         "their ranges")
     was_training = model.training
     model.train()
     with torch.no_grad():
@@ -224,3 +231,7 @@ def calibrate(model: nn.Module, batches: int, loader: torch.utils.data.DataLoade
                 break
             model(x)
     model.train(was_training)
+    unset = [name for name, m in model.named_modules() if isinstance(m, ActFakeQuant) and not bool(m.initialized)]
+    if unset:
+        raise ValueError(f"{len(unset)} activation quantizer(s) saw no data while calibrating ({', '.join(unset[:3])}): "
+                         "the loader gave no batch, or the forward pass never reached them")

@@ -26,7 +26,6 @@ class TrainConfig:
     epochs: int = 15
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    batch_size: int = 32
     seed: int = 0
     # Random flips and shifted crops of image batches (4-D inputs only). Right for textures and
     # defects (synthetic NEU-DET), wrong for digits: off unless the config turns it on.
@@ -94,8 +93,11 @@ def cache_dir() -> Path:
     return base / "baselines"
 
 
-def baseline_path(model_name: str, data_id: str, config: TrainConfig) -> Path:
-    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:10]
+def baseline_path(model_name: str, data_id: str, config: TrainConfig, batch_size: int) -> Path:
+    """The cache file of one baseline: the model, the data (`DataSplits.cache_id`: its name and a
+    digest of its training split), the training settings and the loader's batch size."""
+    settings = {**asdict(config), "batch_size": batch_size}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return cache_dir() / f"{model_name}-{data_id}-seed{config.seed}-{digest}.pt"
 
 
@@ -121,7 +123,7 @@ def trained_baseline(build: Callable[[], nn.Module], model_name: str, data_id: s
                      loader: torch.utils.data.DataLoader, config: TrainConfig,
                      progress: FitProgress | None = None) -> tuple[nn.Module, bool]:
     """The FP32 baseline from the cache, or trained and cached; returns (model, was_cached)."""
-    path = baseline_path(model_name, data_id, config)
+    path = baseline_path(model_name, data_id, config, loader.batch_size)
     model = build()
     if path.exists():
         return load_checkpoint(model, path), True

@@ -5,8 +5,11 @@ The search scores candidates on the validation split; the test split is kept for
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -50,6 +53,17 @@ class DataSplits:
     y_test: np.ndarray
     normalisation: Normalisation
     skipped_files: tuple[str, ...] = field(default=())
+
+    @cached_property
+    def cache_id(self) -> str:
+        """Names what a model trained on this data learned from: the data set's name and a digest
+        of its training inputs and labels (another file of the same name, or an edited one, is
+        another data set to the baseline cache)."""
+        digest = hashlib.sha256()
+        for array in (self.x_train, self.y_train):
+            digest.update(repr((array.dtype.str, array.shape)).encode())
+            digest.update(np.ascontiguousarray(array).data)
+        return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', self.name)}-{digest.hexdigest()[:12]}"
 
     def __post_init__(self) -> None:
         for split in ("train", "val", "test"):

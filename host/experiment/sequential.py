@@ -25,7 +25,7 @@ from host.compress.prune import count_params, prune
 from host.compress.train import trained_baseline
 from host.latency.variants import export_variant
 from host.progress import Progress
-from host.search.budget import latency_estimator, layer_kernels_ms
+from host.search.budget import latency_estimator, latency_shares
 from host.search.controllers import make_controller
 from host.search.evaluate import Evaluator
 from host.search.loop import Baseline, Episode, run_episodes
@@ -84,7 +84,7 @@ def search_precisions(config: SearchConfig, base: Policy, out: Path, progress: b
         shape = tuple(data.input_shape)
         example = torch.zeros((1, *shape))
         teacher, _ = trained_baseline(lambda: build_model(config.model, len(data.classes), shape), config.model,
-                                      f"{data.name}-s{config.data.seed}", loaders.train, config.baseline)
+                                      f"{data.cache_id}-s{config.data.seed}", loaders.train, config.baseline)
         teacher.eval()
         pruned = copy.deepcopy(teacher)
         for p in pruned.parameters():  # Torch-Pruning skips frozen layers
@@ -99,10 +99,7 @@ def search_precisions(config: SearchConfig, base: Policy, out: Path, progress: b
                                      len(data.classes), shape)
         fp32_path = export_variant(config.model, space.policy((), [32] * len(plain.layers)), out / "pruned_fp32.onnx",
                                    len(data.classes), shape, config.round_to)
-        pruned_ms = layer_kernels_ms(plain, predictor.predict(fp32_path))
-        total_ms = sum(pruned_ms.values())  # 0 when the runtime elided every kernel: no shares to give
-        space = replace(space, latency_share=tuple(pruned_ms[layer.name] / total_ms for layer in plain.layers)
-                        if total_ms > 0 else ())
+        space = replace(space, latency_share=latency_shares(plain, predictor.predict(fp32_path)).latency_share)
         try:
             controller = make_controller("haq", space, config.ppo, config.seed,
                                          latency_constraint(estimate, config.latency_budget_ms))
@@ -125,7 +122,7 @@ def search_precisions(config: SearchConfig, base: Policy, out: Path, progress: b
                    "params": result.params, "size_bytes": result.size_bytes, "reward": episode.reward,
                    "lut_version_ids": list(result.lut_version_ids), "wall_s": episode.wall_s}
             with lines.open("a") as f:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
+                f.write(json.dumps(row) + "\n")
             shown.context = f"[{CONTROLLER}] episode {episode.index + 2}/{config.episodes}"
             shown.say(f"[{CONTROLLER}] episode {episode.index + 1}/{config.episodes}: reward {episode.reward:.4f}, "
                       f"val acc {result.val_accuracy:.4f}, {result.latency_ms:.3f} ms predicted")
