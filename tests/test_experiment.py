@@ -76,7 +76,9 @@ def test_sota(agent, tiny, tmp_path):
     summary = json.loads((out / "seed0" / "search" / "summary.json").read_text())
     amc_policy = summary["controllers"]["amc"]["policy"]["layers"]
     stage = out / "seed0" / "sequential"
-    for line in (stage / "episodes.jsonl").read_text().splitlines():  # ... in every episode of the stage
+    lines = (stage / "episodes.jsonl").read_text().splitlines()
+    assert len(lines) == PRESETS["tiny"]["episodes"]
+    for line in lines:  # ... in every episode of the stage
         layers = json.loads(line)["policy"]["layers"]
         assert {n: a["keep_ratio"] for n, a in layers.items()} == {n: a["keep_ratio"] for n, a in amc_policy.items()}
     assert _policy(stage / "final" / "policy.json") == _policy(stage / "policy.json")

@@ -37,7 +37,8 @@ class ExperimentConfig:
 
     seeds: int = 1  # each study runs with search seeds seed, seed + 1, ...
     # sota bounds every method by one latency budget: the search config's latency_budget_ms, else
-    # this fraction of the FP32 model's latency as the device's LUT predicts it (1 or more: no bound).
+    # this fraction of the FP32 model's latency as the device's LUT predicts it (well above 1: no
+    # bound; at 1 a precision slower than FP32 on the device, such as int4 on a CPU, is bounded).
     sota_latency_fraction: float = 0.5
     cases: list[Case] = field(default_factory=_paper_cases)  # cross-dataset
     devices: list[str] = field(default_factory=list)  # cross-device: agent addresses HOST:PORT
@@ -131,6 +132,9 @@ def load_experiment(study: str, preset: str = "paper", path: Path | None = None,
     settings = doc.pop("experiment", {})
     if seeds is not None:
         settings["seeds"] = seeds
+    if study == "cross-device" and "device" in doc:
+        raise ConfigError(f"device = {doc['device']!r}: cross-device runs on several devices; list them in "
+                          "[experiment] devices or give --device once per device")
     if study == "cross-device" and devices:
         settings["devices"] = list(devices)
     elif len(devices) > 1:

@@ -7,13 +7,10 @@ measured device)); its values are named metrics whose units the study's columns 
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 # How a unit shows a value: (scale, format, suffix).
@@ -172,9 +169,15 @@ class Results:
     @classmethod
     def aggregate(cls, study: str, title: str, rows_doc: str, labels: Sequence[str], columns: Sequence[Column],
                   seeds: Sequence[SeedResult]) -> Results:
-        """Rows in first-seen order; each cell over the seeds that have it."""
+        """Rows in first-seen order; each cell over the seeds that have it. Two rows of one seed
+        with one label would pool different things into one cell: that is an error."""
         by_label: dict[tuple[str, ...], dict[str, list[float]]] = {}
         for result in seeds:
+            seen = [row.label for row in result.rows]
+            if len(set(seen)) != len(seen):
+                twice = sorted({" / ".join(label) for label in seen if seen.count(label) > 1})
+                raise ValueError(f"seed {result.seed} has several rows labelled {twice}: give the cases "
+                                 "distinct names (data sets, paths or models)")
             for row in result.rows:
                 metrics = by_label.setdefault(row.label, {})
                 for key, value in row.values.items():
@@ -210,8 +213,11 @@ class Results:
                    tuple(Column(**c) for c in doc["columns"]), tuple(doc["seeds"]), rows, curves, tuple(doc["runs"]))
 
     def cell_text(self, row: TableRow, column: Column) -> str:
+        """'not measured' where no seed has the metric; '(n=k)' where only k of the seeds have it."""
         cell = row.cells.get(column.key)
-        return "-" if cell is None else cell.text(column.unit)
+        if cell is None:
+            return "not measured"
+        return cell.text(column.unit) + (f" (n={cell.n})" if cell.n != len(self.seeds) else "")
 
     def markdown(self) -> str:
         """The table, mean +- sample std over the seeds when there are several."""
@@ -230,7 +236,7 @@ class Results:
         lines = [f"| {self.labels[0]} \\ {self.labels[1]} | " + " | ".join(across) + " |",
                  "|" + "---|" * (len(across) + 1)]
         for d in down:
-            texts = [cells[(d, a)].text(column.unit) if cells.get((d, a)) else "-" for a in across]
+            texts = [cells[(d, a)].text(column.unit) if cells.get((d, a)) else "not measured" for a in across]
             lines.append(f"| {d} | " + " | ".join(texts) + " |")
         return "\n".join(lines)
 
@@ -238,9 +244,3 @@ class Results:
         n = len(self.seeds)
         return f"{n} seed" + ("" if n == 1 else f"s ({', '.join(map(str, self.seeds))}); cells are mean ± sample std")
 
-
-def write_json(path: Path, doc: Any) -> None:
-    """Write JSON atomically (a killed run never leaves half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
-    os.replace(tmp, path)

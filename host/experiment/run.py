@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from host.experiment.config import Experiment
-from host.experiment.results import Results, SeedResult, write_json
+from host.experiment.results import Results, SeedResult
+from host.jsonfile import write_json
 from host.experiment.studies import STUDY
 from lut_store.tomlfile import ConfigError
 

@@ -26,6 +26,7 @@ from host.compress.policy import LayerAction, Policy
 from host.experiment.config import Experiment
 from host.experiment.results import MODEL_COLUMNS, Column, ModelMetrics, Row, SeedResult
 from host.experiment.sequential import search_precisions
+from host.jsonfile import write_json
 from host.progress import Progress
 from host.search.run import SearchConfig, run_search
 from lut_store.tomlfile import ConfigError
@@ -118,7 +119,7 @@ def sota(experiment: Experiment, seed: int, directory: Path, progress: bool) -> 
     if not chosen.exists():
         _say(progress, "[sota] sequential: precisions on the amc policy's keep-ratios (haq) ...")
         policy = search_precisions(config, _policy(search["controllers"]["amc"]["policy"]), stage, progress)
-        chosen.write_text(policy.to_json())
+        write_json(chosen, json.loads(policy.to_json()))
     final = _compress(config, Policy.load(chosen), replace(config.final_distill, seed=seed), stage / "final", None,
                       progress)
     rows.append(Row((SEQUENTIAL,), ModelMetrics.of_compress(final).values()))
@@ -234,9 +235,9 @@ def cross_dataset(experiment: Experiment, seed: int, directory: Path, progress: 
         out = directory / f"case{i}-{case.data.name}-{case.model}"
         _say(progress, f"[cross-dataset] {case.model} on {case.data.name} ...")
         search = _search(config, out, progress)
-        rows.append(Row((case.data.name, case.model, BASELINE),
-                        ModelMetrics.of_search_baseline(search["baseline"]).values()))
-        rows.append(Row((case.data.name, case.model, HADMC),
+        data_label = f"{case.data.name} ({case.data.path})" if case.data.path else case.data.name
+        rows.append(Row((data_label, case.model, BASELINE), ModelMetrics.of_search_baseline(search["baseline"]).values()))
+        rows.append(Row((data_label, case.model, HADMC),
                         ModelMetrics.of_search_final(search["controllers"]["ppo"]).values()))
         runs.append(_run_dir(out, directory))
     return SeedResult(seed, tuple(rows), {}, tuple(runs))

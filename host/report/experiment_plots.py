@@ -3,6 +3,8 @@ study gets follows from its data (model columns, episode curves, a device matrix
 
 from __future__ import annotations
 
+import math
+
 from host.experiment.results import Results
 from host.report.plots import PALETTE, _figure, _png
 
@@ -22,13 +24,17 @@ def model_bars(results: Results) -> bytes:
     names = [_label(r.label) for r in rows]
     for k, (ax, (key, title, scale)) in enumerate(zip(axes, BAR_METRICS)):
         cells = [r.cells.get(key) for r in rows]
-        means = [scale * c.mean if c else 0.0 for c in cells]
+        means = [scale * c.mean if c else math.nan for c in cells]  # not measured: no bar, never 0
         stds = [scale * c.std if c else 0.0 for c in cells]
         ax.barh(range(len(rows)), means, xerr=stds if any(stds) else None, color=PALETTE[k], alpha=0.8, capsize=3)
+        for i, c in enumerate(cells):
+            if c is None:
+                ax.text(0, i, " not measured", va="center", fontsize=7, color="grey")
         ax.set_title(title, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-        if key == "test_accuracy" and means:
-            ax.set_xlim(max(0.0, min(means) - 10.0), 100.0)
+        measured = [m for m in means if not math.isnan(m)]
+        if key == "test_accuracy" and measured:
+            ax.set_xlim(max(0.0, min(measured) - 10.0), 100.0)
     axes[0].set_yticks(range(len(rows)))
     axes[0].set_yticklabels(names, fontsize=8)
     axes[0].invert_yaxis()
@@ -72,11 +78,12 @@ def device_matrix(results: Results) -> bytes:
     cells = {r.label: r.cells for r in results.rows}
     fig = _figure(2.5 + 2.2 * len(across), 1.5 + 0.7 * len(down))
     ax = fig.add_subplot()
-    grid = [[cells[(d, a)]["speedup"].mean if (d, a) in cells else float("nan") for a in across] for d in down]
+    grid = [[cells[(d, a)]["speedup"].mean if "speedup" in cells.get((d, a), {}) else math.nan for a in across]
+            for d in down]
     image = ax.imshow(grid, cmap="YlGn", aspect="auto")
     for i, d in enumerate(down):
         for j, a in enumerate(across):
-            if (d, a) in cells:
+            if not math.isnan(grid[i][j]):
                 ax.text(j, i, f"x{grid[i][j]:.2f}\n{cells[(d, a)]['latency_ms'].mean:.4g} ms", ha="center",
                         va="center", fontsize=8)
     ax.set_xticks(range(len(across)), across, fontsize=8)

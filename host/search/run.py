@@ -31,8 +31,9 @@ from host.compress.policy import Policy
 from host.compress.prune import layer_limits
 from host.compress.size import size_report
 from host.compress.train import TrainConfig, accuracy, trained_baseline
+from host.jsonfile import write_json
 from host.progress import Progress
-from host.search.budget import latency_estimator, search_constraint
+from host.search.budget import latency_estimator, latency_shares, search_constraint
 from host.search.controllers import CONTROLLERS, Controller, make_controller
 from host.search.evaluate import Evaluator
 from host.search.loop import Baseline, Episode, run_episodes
@@ -103,21 +104,6 @@ def load_search_config(path: Path | None, overrides: dict[str, Any] | None = Non
     return config
 
 
-def _write_json(path: Path, doc: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def _layer_latency_share(space_layers: Any, prediction: Any) -> tuple[float, ...]:
-    """Each layer's share of the baseline's predicted latency: the conv/gemm kernels in graph
-    order are the layers in execution order (zeros when the counts differ)."""
-    compute = [k for k in prediction.kernels if k.kind.split("+")[0] in ("conv", "gemm", "matmul")]
-    if len(compute) != len(space_layers):
-        return ()
-    return tuple(k.latency_ms / prediction.latency_ms for k in compute)
-
-
 class _Episodes:
     """episodes.jsonl, kept consistent with the checkpoints on resume."""
 
@@ -135,12 +121,12 @@ class _Episodes:
                     continue
                 if row["episode"] < done.get(row["controller"], 0):
                     rows.append(row)
-        self.path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         return rows
 
     def append(self, row: dict[str, Any]) -> None:
         with self.path.open("a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
+            f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -164,7 +150,7 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
     config.check()
     out.mkdir(parents=True, exist_ok=True)
     (out / "checkpoints").mkdir(exist_ok=True)
-    _write_json(out / "config.json", asdict(config))
+    write_json(out / "config.json", asdict(config))
 
     with device_client(config.device, config.threads) as client, open_store(config.store or None) as store:
         predictor = LatencyPredictor.for_device(store, client)  # the device answers before any training
@@ -175,7 +161,7 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
         example = torch.zeros((1, *shape))
         shown.say(f"baseline {config.model} on {data.name} ...")
         teacher, _ = trained_baseline(lambda: build_model(config.model, len(data.classes), shape), config.model,
-                                      f"{data.name}-s{config.data.seed}", loaders.train, config.baseline,
+                                      f"{data.cache_id}-s{config.data.seed}", loaders.train, config.baseline,
                                       shown.fit("baseline"))
         teacher.eval()
 
@@ -185,7 +171,7 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
                                       "supported": p["supported"], "note": p["note"]}
                                      for p in message_dict(info)["precisions"]],
                       "address": config.device or "embedded"}
-        _write_json(out / "device.json", device_doc)
+        write_json(out / "device.json", device_doc)
         runs = {p["precision"] for p in device_doc["precisions"] if p["supported"]}
         bits = tuple(config.bits) or tuple(sorted((BITS_OF[p] for p in runs if p in BITS_OF), reverse=True))
 
@@ -204,11 +190,14 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
                         "test_accuracy": accuracy(teacher, loaders.test), "test_accuracy_onnxruntime": acc_onnx,
                         "params": params, "fp32_size_bytes": 4 * params, "predicted_latency_ms": base_pred.latency_ms,
                         "measured_latency": bench["latency"]}
-            _write_json(out / "baseline.json", baseline)
+            write_json(out / "baseline.json", baseline)
 
         layers = describe_layers(teacher, example, layer_limits(teacher, example))
-        space = SearchSpace(config.model, layers, bits, config.min_keep, config.max_keep,
-                            _layer_latency_share(layers, base_pred))
+        try:
+            space = latency_shares(SearchSpace(config.model, layers, bits, config.min_keep, config.max_keep),
+                                   base_pred)
+        except ValueError as exc:  # a bad keep range, or a model whose layers have no kernel of their own
+            raise ConfigError(str(exc)) from None
         evaluator = Evaluator(config.model, teacher, tensor_dataset(data, "train"), loaders.val, predictor, shape,
                               out / "checkpoints", config.episode_distill, config.episode_samples,
                               config.batch_size, config.round_to, config.calibration_batches, progress=shown)
@@ -281,7 +270,7 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
     versions = sorted({v for r in rows for v in r["lut_version_ids"]} | ({sealed.id} if sealed else set()))
     summary = {"baseline": baseline, "controllers": summary_controllers, "lut_version_ids": versions,
                "wall_s": time.monotonic() - t_start, "episodes": config.episodes}
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     from host.report import build_report
 
     shown.say(f"report: {build_report(out)}")
@@ -300,7 +289,7 @@ def _final_model(name: str, config: SearchConfig, rows: list[dict[str, Any]], te
         return json.loads((directory / "result.json").read_text())
     best = max((r for r in rows if r["controller"] == name), key=lambda r: r["reward"])
     policy = Policy.from_json(json.dumps(best["policy"]))
-    (directory / "policy.json").write_text(policy.to_json())
+    write_json(directory / "policy.json", json.loads(policy.to_json()))
     shown.context = ""
     shown.say(f"[{name}] final model: episode {best['episode']}, fine-tuning {config.final_distill.epochs} epochs ...")
     example = torch.zeros((1, *data.input_shape))
@@ -311,11 +300,11 @@ def _final_model(name: str, config: SearchConfig, rows: list[dict[str, Any]], te
     export_policy_model(student, policy, onnx_path, tuple(data.input_shape))
     prediction = evaluator.predictor.predict(onnx_path)
     acc_onnx, bench = device_accuracy_and_latency(client, onnx_path, data.x_test, data.y_test, 1)
-    (directory / "benchmark.json").write_text(json.dumps(bench, indent=2, sort_keys=True))
+    write_json(directory / "benchmark.json", bench)
     # The speedup is a ratio of two measurements taken side by side (FACTS.md: a busy machine
     # can slow a run 2-4x; the baseline measured at the start of the search may be minutes old).
     base_bench = message_dict(client.benchmark(final_dir / "baseline_fp32.onnx", batch_size=1))
-    (directory / "baseline_benchmark.json").write_text(json.dumps(base_bench, indent=2, sort_keys=True))
+    write_json(directory / "baseline_benchmark.json", base_bench)
     sizes = size_report(student, policy, before)
     measured = bench["latency"]
     base_measured = base_bench["latency"]
@@ -331,5 +320,5 @@ def _final_model(name: str, config: SearchConfig, rows: list[dict[str, Any]], te
                          baseline["fp32_size_bytes"], config.reward),
         "onnx": str(onnx_path.relative_to(final_dir.parent)),
     }
-    _write_json(directory / "result.json", result)
+    write_json(directory / "result.json", result)
     return result
