@@ -282,6 +282,34 @@ def test_distillation_reduces_the_loss_and_leaves_no_adapter_in_the_student():
     assert all(not p.requires_grad for p in teacher.parameters())
 
 
+def test_stored_teacher_outputs_train_the_student_as_the_live_teacher_does():
+    """Without augmentation the frozen teacher's outputs are computed once: same batches, same
+    losses and weights as running it every batch; with augmentation stored outputs are refused."""
+    import copy
+
+    from host.compress.distill import DistillConfig, distill, distill_loader, with_teacher_outputs
+
+    torch.manual_seed(0)
+    teacher = build_model("resnet18", 6, (3, 64, 64)).eval()
+    student = build_model("resnet18", 6, (3, 64, 64))
+    policy, _ = uniform("resnet18", 0.5, 32, student)
+    prune(student, policy, EX)
+    twin = copy.deepcopy(student)
+    data = torch.utils.data.TensorDataset(torch.randn(48, 3, 64, 64), torch.randint(0, 6, (48,)))
+    stored = with_teacher_outputs(teacher, "resnet18", data, batch_size=20)
+    assert [tuple(t.shape[1:]) for t in stored.tensors[2:]] == [(6,), (64, 16, 16), (128, 8, 8), (256, 4, 4),
+                                                               (512, 2, 2)]
+    config = DistillConfig(epochs=2, lr=1e-3)
+    live = distill(student, teacher, "resnet18", distill_loader(data, 16, seed=3), config)
+    kept = distill(twin, teacher, "resnet18", distill_loader(stored, 16, seed=3), config)
+    assert kept.epoch_loss == pytest.approx(live.epoch_loss, rel=1e-4)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(student.state_dict().values(),
+                                                                twin.state_dict().values()))
+    with pytest.raises(ValueError, match="augmentation"):
+        distill(twin, teacher, "resnet18", distill_loader(stored, 16, seed=3), DistillConfig(epochs=1, augment=True))
+    assert with_teacher_outputs(teacher, "resnet18", data, max_bytes=1000) is data  # too big to store
+
+
 def test_size_accounting_counts_each_layer_at_its_bits():
     from host.compress.size import size_report
 

@@ -6,6 +6,11 @@ loss = alpha * CE(student, y) + (1 - alpha) * T^2 * KL(teacher_T || student_T)
 Adapters are 1x1 convolutions (a Linear for flat features) from the student's pruned widths to
 the teacher's; they live only during training and are never part of the exported model.
 Paper defaults: T = 2, alpha = 0.5.
+
+The teacher is frozen and in eval mode, so without augmentation its outputs for a sample are the
+same every epoch: `with_teacher_outputs` computes them once and stores them beside the samples
+(the teacher's forward pass is about a quarter of a ResNet18 fine-tune step here), and `distill`
+reads batches of (inputs, labels, logits, *stage features) as well as plain (inputs, labels).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from host.compress.train import augment_images
 from host.progress import FitProgress
@@ -85,22 +91,65 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return ce, kd
 
 
+def with_teacher_outputs(teacher: nn.Module, model_name: str, dataset: TensorDataset, batch_size: int = 256,
+                         max_bytes: int = 1 << 30) -> TensorDataset:
+    """(inputs, labels) with the frozen teacher's logits and stage features of every sample
+    appended; `dataset` itself when those would take more than `max_bytes` (the teacher then
+    runs every batch)."""
+    stages = STAGES[model_name]
+    x, y = dataset.tensors[:2]
+    teacher.eval()
+    capture = _Capture(teacher, stages)
+    try:
+        with torch.no_grad():
+            per_sample = teacher(x[:1]).numel() + sum(capture.outputs[n].numel() for n in stages)
+            if 4 * per_sample * len(x) > max_bytes:
+                return dataset
+            parts: list[list[torch.Tensor]] = [[] for _ in range(1 + len(stages))]
+            for start in range(0, len(x), batch_size):
+                logits = teacher(x[start:start + batch_size])
+                for part, out in zip(parts, (logits, *(capture.outputs[n] for n in stages))):
+                    part.append(out.clone())
+    finally:
+        capture.close()
+    return TensorDataset(x, y, *(torch.cat(part) for part in parts))
+
+
+def distill_dataset(teacher: nn.Module, model_name: str, dataset: TensorDataset, config: DistillConfig) -> TensorDataset:
+    """The training set distillation with `config` reads: with the teacher's outputs stored,
+    unless `config.augment` (the teacher must then see each augmented batch)."""
+    return dataset if config.augment else with_teacher_outputs(teacher, model_name, dataset)
+
+
+def distill_loader(dataset: TensorDataset, batch_size: int, seed: int) -> DataLoader:
+    """A loader for `distill`, shuffled in the order make_loaders' training loader has for `seed`."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+
+
 def distill(student: nn.Module, teacher: nn.Module, model_name: str, loader: torch.utils.data.DataLoader,
             config: DistillConfig, progress: FitProgress | None = None) -> DistillReport:
-    """Train `student` in place from the frozen `teacher`; returns the per-epoch mean losses."""
+    """Train `student` in place from the frozen `teacher`; returns the per-epoch mean losses.
+    Batches carry the teacher's outputs when the loader's data set came from
+    `with_teacher_outputs` (not with augmentation: the teacher must see the augmented inputs)."""
     stages = STAGES[model_name]
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     t_cap, s_cap = _Capture(teacher, stages), _Capture(student, stages)
     try:
-        x0, _ = next(iter(loader))
+        first = next(iter(loader))
+        x0 = first[0]
+        if len(first) > 2 and config.augment:
+            raise ValueError("distillation with augmentation needs the teacher's outputs for the augmented inputs: "
+                             "give a loader of plain (inputs, labels)")
         student.eval()
         with torch.no_grad():
             teacher(x0[:2])
             student(x0[:2])
-        adapters = nn.ModuleDict({n.replace(".", "_"): _adapter(s_cap.outputs[n].shape, t_cap.outputs[n].shape)
-                                  for n in stages})
+        with torch.random.fork_rng(devices=[]):  # adapters seeded by the config, the global generator untouched
+            torch.manual_seed(config.seed)
+            adapters = nn.ModuleDict({n.replace(".", "_"): _adapter(s_cap.outputs[n].shape, t_cap.outputs[n].shape)
+                                      for n in stages})
         params = list(student.parameters()) + list(adapters.parameters())
         opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs * len(loader)))
@@ -110,14 +159,18 @@ def distill(student: nn.Module, teacher: nn.Module, model_name: str, loader: tor
         for epoch in range(config.epochs):
             sums = [0.0, 0.0, 0.0, 0.0]
             count = 0
-            for b, (x, y) in enumerate(loader):
+            for b, (x, y, *stored) in enumerate(loader):
                 if config.augment:
                     x = augment_images(x, generator)
-                with torch.no_grad():
-                    t_logits = teacher(x)
+                if stored:
+                    t_logits, t_features = stored[0], dict(zip(stages, stored[1:]))
+                else:
+                    with torch.no_grad():
+                        t_logits = teacher(x)
+                    t_features = t_cap.outputs
                 s_logits = student(x)
                 ce, kd = distillation_loss(s_logits, t_logits, y, config.temperature)
-                feat = sum(F.mse_loss(adapters[n.replace(".", "_")](s_cap.outputs[n]), t_cap.outputs[n])
+                feat = sum(F.mse_loss(adapters[n.replace(".", "_")](s_cap.outputs[n]), t_features[n])
                            for n in stages)
                 loss = config.alpha * ce + (1 - config.alpha) * kd + config.beta * feat
                 opt.zero_grad(set_to_none=True)

@@ -51,7 +51,7 @@ def recalibrate_batchnorm(model: nn.Module, loader: torch.utils.data.DataLoader,
     model.train()
     seen = 0
     with torch.no_grad():
-        for i, (x, _) in enumerate(loader):
+        for i, (x, *_) in enumerate(loader):
             if i >= batches:
                 break
             model(x)

@@ -226,7 +226,7 @@ def calibrate(model: nn.Module, batches: int, loader: torch.utils.data.DataLoade
     was_training = model.training
     model.train()
     with torch.no_grad():
-        for i, (x, _) in enumerate(loader):
+        for i, (x, *_) in enumerate(loader):
             if i >= batches:
                 break
             model(x)

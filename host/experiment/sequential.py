@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from host.compress.distill import distill_dataset
 from host.compress.export import export_onnx
 from host.compress.pipeline import device_client
 from host.compress.policy import LayerAction, Policy
@@ -109,7 +110,8 @@ def search_precisions(config: SearchConfig, base: Policy, out: Path, progress: b
         baseline = Baseline(predictor.predict(out / "baseline_fp32.onnx").latency_ms, 4 * count_params(teacher))
         shown = Progress(progress)
         shown.context = f"[{CONTROLLER}] episode 1/{config.episodes}"
-        evaluator = Evaluator(config.model, teacher, tensor_dataset(data, "train"), loaders.val, predictor, shape, out,
+        train_set = distill_dataset(teacher, config.model, tensor_dataset(data, "train"), config.episode_distill)
+        evaluator = Evaluator(config.model, teacher, train_set, loaders.val, predictor, shape, out,
                               config.episode_distill, config.episode_samples, config.batch_size, config.round_to,
                               config.calibration_batches, progress=shown)
         lines = out / "episodes.jsonl"

@@ -20,6 +20,7 @@ from host.compress.pipeline import (
     CompressConfig,
     device_accuracy_and_latency,
     device_client,
+    paired_latency,
     run_compress,
 )
 from host.compress.policy import LayerAction, Policy
@@ -53,7 +54,8 @@ def _compress(config: SearchConfig, policy: Policy, distill: DistillConfig, out:
         return json.loads((out / "summary.json").read_text())
     compress = CompressConfig(model=config.model, data=config.data, baseline=config.baseline, distill=distill,
                               batch_size=config.batch_size, calibration_batches=config.calibration_batches,
-                              round_to=config.round_to, device=config.device, threads=config.threads)
+                              round_to=config.round_to, device=config.device, threads=config.threads,
+                              benchmark_rounds=config.benchmark_rounds)
     return asdict(run_compress(compress, policy, out, progress, client))
 
 
@@ -315,10 +317,12 @@ def cross_device(experiment: Experiment, seed: int, directory: Path, progress: b
                 LatencyPredictor.for_device(store, client) as predictor:
             measured = {}
             for name, path in ((BASELINE, fp32), *models):
-                accuracy, bench = device_accuracy_and_latency(client, path, data.x_test, data.y_test, 1)
-                measured[name] = (accuracy, bench["latency"]["median_ms"], predictor.predict(path).latency_ms)
-        for name, (accuracy, latency_ms, predicted_ms) in measured.items():
-            rows.append(Row((name, on), {"latency_ms": latency_ms, "speedup": measured[BASELINE][1] / latency_ms,
+                accuracy, _ = device_accuracy_and_latency(client, path, data.x_test, data.y_test, 1)
+                paired = paired_latency(client, path, fp32, experiment.search.benchmark_rounds)
+                measured[name] = (accuracy, paired.model["latency"]["median_ms"], paired.speedup,
+                                  predictor.predict(path).latency_ms)
+        for name, (accuracy, latency_ms, speedup, predicted_ms) in measured.items():
+            rows.append(Row((name, on), {"latency_ms": latency_ms, "speedup": speedup,
                                          "predicted_latency_ms": predicted_ms, "test_accuracy_onnxruntime": accuracy}))
     return SeedResult(seed, tuple(rows), {}, tuple(runs))
 
@@ -333,8 +337,9 @@ DEVICE_COLUMNS = (
 CROSS_DEVICE_DOC = (
     "A PPO search for each device, against that device's LUT (on one machine, agents with different intra-op "
     "thread counts have different fingerprints, so they are different devices). Then every final model, and the "
-    "FP32 model, is benchmarked on every device: row 'policy searched for' X, column 'measured on' Y. The "
-    "hardware-aware claim holds where each column's best speedup lies on its diagonal.")
+    "FP32 model, is benchmarked on every device, in turn with the FP32 model (benchmark_rounds rounds; speedup: "
+    "the ratio of the median rounds; the FP32 row against itself shows the noise): row 'policy searched for' X, "
+    "column 'measured on' Y. The hardware-aware claim holds where each column's best speedup lies on its diagonal.")
 
 
 # --- the registry -------------------------------------------------------------------------------

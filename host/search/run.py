@@ -17,15 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import TensorDataset
 
 from host.agent_client import message_dict
-from host.compress.distill import DistillConfig, distill
+from host.compress.distill import DistillConfig, distill, distill_dataset, distill_loader
 from host.compress.export import export_onnx, export_policy_model
 from host.compress.pipeline import (
     DataConfig,
     compressed,
     device_accuracy_and_latency,
     device_client,
+    paired_latency,
 )
 from host.compress.policy import Policy
 from host.compress.prune import layer_limits
@@ -71,6 +73,7 @@ class SearchConfig:
     batch_size: int = 32
     round_to: int = 8
     calibration_batches: int = 2
+    benchmark_rounds: int = 3  # interleaved benchmarks of each final and the FP32 model for its speedup
     device: str = ""  # agent address; empty starts an embedded agent
     store: str = ""  # LUT store URL; empty: the SQLite file under $HADMC_HOME
     threads: int = 1  # intra-op threads of an embedded agent
@@ -198,7 +201,11 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
                                    base_pred)
         except ValueError as exc:  # a bad keep range, or a model whose layers have no kernel of their own
             raise ConfigError(str(exc)) from None
-        evaluator = Evaluator(config.model, teacher, tensor_dataset(data, "train"), loaders.val, predictor, shape,
+        train_set = tensor_dataset(data, "train")
+        episode_set = distill_dataset(teacher, config.model, train_set, config.episode_distill)
+        final_set = (episode_set if config.final_distill.augment == config.episode_distill.augment
+                     else distill_dataset(teacher, config.model, train_set, config.final_distill))
+        evaluator = Evaluator(config.model, teacher, episode_set, loaders.val, predictor, shape,
                               out / "checkpoints", config.episode_distill, config.episode_samples,
                               config.batch_size, config.round_to, config.calibration_batches, progress=shown)
         counter = ParamCounter(teacher, example, config.round_to)
@@ -264,8 +271,8 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
 
         summary_controllers = {}
         for name in controllers:
-            summary_controllers[name] = _final_model(name, config, rows, teacher, data, loaders, evaluator, client,
-                                                     final_dir, baseline, shown)
+            summary_controllers[name] = _final_model(name, config, rows, teacher, data, loaders, final_set, evaluator,
+                                                     client, final_dir, baseline, shown)
         sealed = predictor.close()
     versions = sorted({v for r in rows for v in r["lut_version_ids"]} | ({sealed.id} if sealed else set()))
     summary = {"baseline": baseline, "controllers": summary_controllers, "lut_version_ids": versions,
@@ -278,8 +285,8 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
 
 
 def _final_model(name: str, config: SearchConfig, rows: list[dict[str, Any]], teacher: torch.nn.Module, data: Any,
-                 loaders: Any, evaluator: Evaluator, client: Any, final_dir: Path, baseline: dict[str, Any],
-                 shown: Progress) -> dict[str, Any]:
+                 loaders: Any, final_set: TensorDataset, evaluator: Evaluator, client: Any, final_dir: Path,
+                 baseline: dict[str, Any], shown: Progress) -> dict[str, Any]:
     """The controller's best policy, fine-tuned fully, exported, verified and benchmarked (with the
     FP32 baseline again, right after it, for the speedup)."""
 
@@ -294,20 +301,21 @@ def _final_model(name: str, config: SearchConfig, rows: list[dict[str, Any]], te
     shown.say(f"[{name}] final model: episode {best['episode']}, fine-tuning {config.final_distill.epochs} epochs ...")
     example = torch.zeros((1, *data.input_shape))
     student, before = compressed(teacher, policy, example, config.round_to, loaders.train, config.calibration_batches)
-    distill(student, teacher, config.model, loaders.train, replace(config.final_distill, seed=config.seed),
+    loader = distill_loader(final_set, config.batch_size, config.data.seed)
+    distill(student, teacher, config.model, loader, replace(config.final_distill, seed=config.seed),
             shown.fit(f"[{name}] fine-tune"))
     onnx_path = directory / "model.onnx"
     export_policy_model(student, policy, onnx_path, tuple(data.input_shape))
     prediction = evaluator.predictor.predict(onnx_path)
-    acc_onnx, bench = device_accuracy_and_latency(client, onnx_path, data.x_test, data.y_test, 1)
-    write_json(directory / "benchmark.json", bench)
-    # The speedup is a ratio of two measurements taken side by side (FACTS.md: a busy machine
-    # can slow a run 2-4x; the baseline measured at the start of the search may be minutes old).
-    base_bench = message_dict(client.benchmark(final_dir / "baseline_fp32.onnx", batch_size=1))
-    write_json(directory / "baseline_benchmark.json", base_bench)
+    acc_onnx, _ = device_accuracy_and_latency(client, onnx_path, data.x_test, data.y_test, 1)
+    # Side by side with the FP32 model, several times: the baseline measured at the start of the
+    # search may be minutes old, and this CPU drifts (see paired_latency).
+    paired = paired_latency(client, onnx_path, final_dir / "baseline_fp32.onnx", config.benchmark_rounds)
+    write_json(directory / "benchmark.json", paired.model)
+    write_json(directory / "baseline_benchmark.json", paired.baseline)
     sizes = size_report(student, policy, before)
-    measured = bench["latency"]
-    base_measured = base_bench["latency"]
+    measured = paired.model["latency"]
+    base_measured = paired.baseline["latency"]
     val_acc = accuracy(student, loaders.val)
     result = {
         "policy": json.loads(policy.to_json()), "episode": best["episode"], "episodes": config.episodes,
@@ -315,7 +323,7 @@ def _final_model(name: str, config: SearchConfig, rows: list[dict[str, Any]], te
         "test_accuracy_onnxruntime": acc_onnx, "params": sizes.params, "params_reduction": sizes.params_reduction,
         "fp32_size_bytes": sizes.fp32_bytes, "effective_size_bytes": sizes.effective_bytes,
         "compression": sizes.compression, "predicted_latency_ms": prediction.latency_ms, "measured_latency": measured,
-        "baseline_measured_latency": base_measured, "speedup": base_measured["median_ms"] / measured["median_ms"],
+        "baseline_measured_latency": base_measured, "speedup": paired.speedup, "benchmark_rounds": paired.rounds,
         "reward": reward(val_acc, prediction.latency_ms, sizes.effective_bytes, baseline["predicted_latency_ms"],
                          baseline["fp32_size_bytes"], config.reward),
         "onnx": str(onnx_path.relative_to(final_dir.parent)),

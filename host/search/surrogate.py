@@ -48,7 +48,7 @@ def layer_sensitivity(model: nn.Module, batches: Iterable[tuple[torch.Tensor, to
         for w in weights.values():
             w.requires_grad_(True)
         with torch.enable_grad():
-            for x, y in itertools.islice(batches, max_batches):
+            for x, y, *_ in itertools.islice(batches, max_batches):
                 model.zero_grad()
                 nn.functional.cross_entropy(model(x), y).backward()
                 seen += 1
