@@ -253,3 +253,12 @@ def test_a_fixed_keep_space_leaves_haq_only_the_precisions():
         controller.observe(1.0)
     with pytest.raises(ValueError, match="base policy has no action"):
         FixedKeepSpace.around(plain, Policy("resnet18", {}))
+
+
+def test_cells_show_counts_whole_and_the_spread_over_seeds():
+    from host.experiment.results import Cell
+
+    assert Cell.of([15.0]).text("#") == "15"
+    assert Cell.of([14.0, 15.0]).text("#") == "14.5 ± 0.7"
+    assert Cell.of([0.5, 0.7]).text("%") == "60.00% ± 14.14"
+    assert Cell.of([float("nan")]).text("ms") == "nan"

@@ -133,7 +133,9 @@ class Cell:
         scale, spec, suffix = UNITS[unit]
         if not math.isfinite(self.mean):
             return str(self.mean)
-        mean = format(self.mean * scale, spec) + suffix
+        # A whole count (one seed, or a whole mean) shows no decimals.
+        mean_spec = ".0f" if unit == "#" and self.mean.is_integer() else spec
+        mean = format(self.mean * scale, mean_spec) + suffix
         return mean if self.n < 2 else f"{mean} ± {format(self.std * scale, spec)}"
 
 
