@@ -94,8 +94,9 @@ class Experiment:
 # Presets (named in PRESET_NAMES for the CLI) are config documents; a config file and the flags
 # override them key by key.
 PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's setting (ResNet18, synthetic NEU-DET 64x64, 15 episodes) as the demo runs it,
-    # with every precision the device runs (PPO practises on the reward surrogate, as in the demo).
+    # The paper's budget (ResNet18, synthetic NEU-DET 64x64, 15 episodes of 1,152 images, 20-epoch
+    # finals), as examples/search-paper.toml runs it; the demo runs a smaller one. Every precision
+    # the device runs; PPO practises on the reward surrogate.
     "paper": {"model": "resnet18", "data": {"name": "synthetic-neu-det"}, "episodes": 15, "episode_samples": 1152,
               "ppo": {"actor_lr": 1e-3, "critic_lr": 3e-3, "surrogate_episodes": 32}},
     # Seconds per search: an MLP, 2 episodes, 1-epoch fine-tunes (CI runs every study at this budget).
