@@ -91,5 +91,7 @@ def tables_markdown(results: Results) -> str:
     parts = [f"# {results.title}", results.rows_doc, f"{results.seeds_text().capitalize()}.", results.markdown()]
     if len(results.labels) == 2 and any(c.key == "speedup" for c in results.columns):
         parts += ["Speedup over FP32 as a matrix:", results.matrix_markdown("speedup")]
+        if any(c.key == "latency_ms" for c in results.columns):
+            parts += ["Measured latency (ms) as a matrix:", results.matrix_markdown("latency_ms")]
     parts.append("Runs (each with its report.html): " + ", ".join(results.runs))
     return "\n\n".join(parts) + "\n"

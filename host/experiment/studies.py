@@ -339,7 +339,9 @@ CROSS_DEVICE_DOC = (
     "thread counts have different fingerprints, so they are different devices). Then every final model, and the "
     "FP32 model, is benchmarked on every device, in turn with the FP32 model (benchmark_rounds rounds; speedup: "
     "the ratio of the median rounds; the FP32 row against itself shows the noise): row 'policy searched for' X, "
-    "column 'measured on' Y. The hardware-aware claim holds where each column's best speedup lies on its diagonal.")
+    "column 'measured on' Y. The hardware-aware claim holds where each column's lowest measured latency lies on its "
+    "diagonal. Read speedups down a column with care: each row's is against its own FP32 rounds, and a large FP32 "
+    "model's latency can drift more between rows than a small model's does.")
 
 
 # --- the registry -------------------------------------------------------------------------------
