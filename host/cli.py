@@ -354,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     experiment = sub.add_parser("experiment", help="reproduce one of the paper's studies on your device and data")
     experiment.add_argument("study", choices=STUDIES, metavar="NAME", help=f"one of: {', '.join(STUDIES)}")
     experiment.add_argument("--out", type=Path, required=True, help="experiment directory")
-    experiment.add_argument("--seeds", type=int, help="repeat with this many search seeds (mean +- std; default 1)")
+    experiment.add_argument("--seeds", type=int, help="repeat with this many search seeds (mean +- std; default 1); "
+                            "with --resume, add seeds up to this many")
     experiment.add_argument("--preset", choices=PRESET_NAMES, help="budget and settings to start from (default: "
                             "paper; tiny: seconds per search)")
     experiment.add_argument("--config", type=Path, help="TOML search config over the preset, with an optional "

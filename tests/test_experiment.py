@@ -130,10 +130,14 @@ def test_controllers_over_two_seeds_through_the_cli(agent, tiny, tmp_path, capsy
     _common_outputs(out, "episode_curves")
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0 and "Controllers" in (out / "report.html").read_text()
-    # Resuming a finished experiment rebuilds its table and report; its seeds are fixed.
+    # Resuming a finished experiment rebuilds its table and report; --seeds adds seeds, never drops them.
     assert resume_experiment("controllers", out, progress=False).rows == results.rows
-    with pytest.raises(ConfigError, match="runs 2 seeds: resume it without --seeds or with --seeds 2"):
-        resume_experiment("controllers", out, seeds=3, progress=False)
+    with pytest.raises(ConfigError, match="runs 2 seeds: --seeds with --resume adds seeds, it cannot drop any"):
+        resume_experiment("controllers", out, seeds=1, progress=False)
+    more = resume_experiment("controllers", out, seeds=3, progress=False)
+    assert more.seeds == (0, 1, 2) and (out / "seed2" / "result.json").exists()
+    assert json.loads((out / "experiment.json").read_text())["settings"]["seeds"] == 3
+    assert json.loads((out / "seed0" / "result.json").read_text()) == per_seed[0]  # not redone
     with pytest.raises(ConfigError, match="holds a 'controllers' experiment, not 'ablation'"):
         resume_experiment("ablation", out, progress=False)
     with pytest.raises(ConfigError, match="holds a 'controllers' experiment: choose another --out.*--resume"):

@@ -3,13 +3,14 @@
 DIR holds experiment.json (the study and its resolved configs), seed<N>/ (the runs of each seed
 and its result.json), results.json (the table over seeds, mean +- sample std), tables.md and
 report.html with its plots. A seed with a result.json is done; `--resume` runs the rest (a killed
-search inside a seed resumes from its checkpoints).
+search inside a seed resumes from its checkpoints), and `--resume --seeds N` adds seeds up to N.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from host.experiment.config import Experiment
@@ -45,7 +46,8 @@ def run_experiment(experiment: Experiment, out: Path, progress: bool = True) -> 
 
 
 def resume_experiment(study: str, out: Path, seeds: int | None = None, progress: bool = True) -> Results:
-    """Continue the experiment in `out` with the configs it was started with."""
+    """Continue the experiment in `out` with the configs it was started with; `seeds` above its
+    count runs the seeds that follow (the settings, a sota budget included, stay as stored)."""
     stored = _stored_study(out)
     if stored is None:
         raise ConfigError(f"--resume: {out} holds no experiment (no experiment.json); run without --resume to "
@@ -54,10 +56,13 @@ def resume_experiment(study: str, out: Path, seeds: int | None = None, progress:
         raise ConfigError(f"{out} holds a {stored!r} experiment, not {study!r}: run hadmc experiment {stored} --out "
                           f"{out} --resume, or choose another --out")
     experiment = Experiment.from_doc(json.loads((out / "experiment.json").read_text()))
-    if seeds is not None and seeds != experiment.settings.seeds:
-        raise ConfigError(f"the experiment in {out} runs {experiment.settings.seeds} seeds: resume it without "
-                          f"--seeds or with --seeds {experiment.settings.seeds}")
+    if seeds is not None and seeds < experiment.settings.seeds:
+        raise ConfigError(f"the experiment in {out} runs {experiment.settings.seeds} seeds: --seeds with --resume "
+                          f"adds seeds, it cannot drop any (give at least {experiment.settings.seeds})")
+    if seeds is not None and seeds > experiment.settings.seeds:
+        experiment = replace(experiment, settings=replace(experiment.settings, seeds=seeds))
     experiment.check()
+    write_json(out / "experiment.json", experiment.to_doc())
     return _run(experiment, out, progress)
 
 
