@@ -59,10 +59,10 @@ def resume_experiment(study: str, out: Path, seeds: int | None = None, progress:
     if seeds is not None and seeds < experiment.settings.seeds:
         raise ConfigError(f"the experiment in {out} runs {experiment.settings.seeds} seeds: --seeds with --resume "
                           f"adds seeds, it cannot drop any (give at least {experiment.settings.seeds})")
+    experiment.check()
     if seeds is not None and seeds > experiment.settings.seeds:
         experiment = replace(experiment, settings=replace(experiment.settings, seeds=seeds))
-    experiment.check()
-    write_json(out / "experiment.json", experiment.to_doc())
+        write_json(out / "experiment.json", experiment.to_doc())
     return _run(experiment, out, progress)
 
 
