@@ -42,7 +42,6 @@ from host.agent_client import AgentClient, AgentTarget  # noqa: E402
 from lut_store import kernels  # noqa: E402
 from protos.hadmc.v1 import agent_pb2, agent_pb2_grpc  # noqa: E402
 
-
 IDLE_EXIT_S = 4.0
 
 
@@ -51,9 +50,23 @@ def start_agent(tmp: Path) -> tuple[subprocess.Popen, str]:
     ready = tmp / "ready"
     config = tmp / "agent.toml"
     config.write_text(f"[agent]\nworker_idle_exit_s = {IDLE_EXIT_S}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "host.cli", "agent", "serve", "--listen", "127.0.0.1:0",
-                             "--config", str(config), "--ready-file", str(ready)], cwd=ROOT,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "host.cli",
+            "agent",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            str(config),
+            "--ready-file",
+            str(ready),
+        ],
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -112,9 +125,13 @@ def big_model(mib: int, path: Path) -> int:
     """A valid single-Gemm ONNX model of about `mib` MiB."""
     n = int((mib * 2**20 / 4) ** 0.5)
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32), "w")
-    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["y"])], "big",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])], [w])
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w"], ["y"])],
+        "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+        [w],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path.stat().st_size
 
@@ -126,12 +143,15 @@ def upload_throughput(address: str, path: Path, repeats: int = 3) -> dict:
     with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 * 2**20)]) as channel:
         stub = agent_pb2_grpc.DeviceAgentStub(channel)
         for _ in range(repeats):
+
             def parts():
-                yield agent_pb2.BenchmarkRequest(header=agent_pb2.BenchmarkHeader(
-                    model_size_bytes=len(data), model_sha256="0" * 64))
+                yield agent_pb2.BenchmarkRequest(
+                    header=agent_pb2.BenchmarkHeader(model_size_bytes=len(data), model_sha256="0" * 64)
+                )
                 view = memoryview(data)
                 for off in range(0, len(data), chunk):
-                    yield agent_pb2.BenchmarkRequest(model_chunk=bytes(view[off:off + chunk]))
+                    yield agent_pb2.BenchmarkRequest(model_chunk=bytes(view[off : off + chunk]))
+
             t0 = time.perf_counter()
             try:
                 stub.Benchmark(parts(), timeout=300)
@@ -140,8 +160,12 @@ def upload_throughput(address: str, path: Path, repeats: int = 3) -> dict:
                 if exc.code() != grpc.StatusCode.DATA_LOSS:
                     raise
             rates.append(len(data) / 2**20 / (time.perf_counter() - t0))
-    return {"model_mib": round(len(data) / 2**20, 1), "chunk_kib": chunk // 1024,
-            "upload_mib_per_s": round(statistics.median(rates), 1), "runs_mib_per_s": [round(r, 1) for r in rates]}
+    return {
+        "model_mib": round(len(data) / 2**20, 1),
+        "chunk_kib": chunk // 1024,
+        "upload_mib_per_s": round(statistics.median(rates), 1),
+        "runs_mib_per_s": [round(r, 1) for r in rates],
+    }
 
 
 def unary_latency(client: AgentClient, calls: int) -> dict:
@@ -169,9 +193,12 @@ def main() -> int:
             with AgentClient(AgentTarget(address), timeout_s=60) as client:
                 info = client.info()
                 result = {
-                    "device": {"cpu": info.fingerprint.cpu.model, "provider": info.fingerprint.execution_provider,
-                               "intra_op_threads": info.fingerprint.intra_op_threads,
-                               "fingerprint": info.fingerprint_hash[:16]},
+                    "device": {
+                        "cpu": info.fingerprint.cpu.model,
+                        "provider": info.fingerprint.execution_provider,
+                        "intra_op_threads": info.fingerprint.intra_op_threads,
+                        "fingerprint": info.fingerprint_hash[:16],
+                    },
                     "load_avg_before": [round(x, 2) for x in load_before],
                     "rss_with_worker_loaded": idle_rss(proc.pid, settle_s=1.0),
                     "idle_rss": idle_rss(proc.pid, settle_s=IDLE_EXIT_S + 2.0),

@@ -42,9 +42,14 @@ def main() -> int:
 
     from host.models import build_model
 
-    config = CompressConfig(model="resnet18", data=DataConfig(name="synthetic-neu-det", seed=args.seed),
-                            baseline=replace(TrainConfig(), epochs=15, seed=args.seed),
-                            distill=replace(DistillConfig(), epochs=args.distill_epochs), threads=1, benchmark_batch=1)
+    config = CompressConfig(
+        model="resnet18",
+        data=DataConfig(name="synthetic-neu-det", seed=args.seed),
+        baseline=replace(TrainConfig(), epochs=15, seed=args.seed),
+        distill=replace(DistillConfig(), epochs=args.distill_epochs),
+        threads=1,
+        benchmark_batch=1,
+    )
     names = [lim.name for lim in layer_limits(build_model("resnet18", 6, (3, 64, 64)), torch.zeros(1, 3, 64, 64))]
     policy = Policy.uniform("resnet18", names, 0.5, 8, {"fc": LayerAction(1.0, 8)})
     out = args.out or Path(tempfile.mkdtemp(prefix="hadmc-acceptance-"))
@@ -52,14 +57,23 @@ def main() -> int:
     a = s.accuracy
     drop_points = 100 * (a["baseline_test_torch"] - a["compressed_test_onnxruntime"])
     result = {
-        "accuracy": a, "accuracy_drop_points": round(drop_points, 2),
-        "params": {"baseline": s.size["baseline_params"], "compressed": s.size["params"],
-                   "reduction": round(s.size["params_reduction"], 4)},
+        "accuracy": a,
+        "accuracy_drop_points": round(drop_points, 2),
+        "params": {
+            "baseline": s.size["baseline_params"],
+            "compressed": s.size["params"],
+            "reduction": round(s.size["params_reduction"], 4),
+        },
         "effective_size_compression": round(s.size["compression"], 4),
         "latency_ms": {k: s.latency[k]["latency"]["median_ms"] for k in ("baseline", "compressed")},
-        "speedup": round(s.latency["speedup"], 2), "seconds": s.seconds, "out": str(out),
-        "targets": {"accuracy_drop<=1pt": drop_points <= 1.0, "params-75%": s.size["params_reduction"] >= 0.745,
-                    "speedup>=5x": s.latency["speedup"] >= 5.0},
+        "speedup": round(s.latency["speedup"], 2),
+        "seconds": s.seconds,
+        "out": str(out),
+        "targets": {
+            "accuracy_drop<=1pt": drop_points <= 1.0,
+            "params-75%": s.size["params_reduction"] >= 0.745,
+            "speedup>=5x": s.latency["speedup"] >= 5.0,
+        },
     }
     print(json.dumps(result, indent=2))
     return 0

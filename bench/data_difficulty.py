@@ -35,8 +35,11 @@ def linear_accuracy(model: LogisticRegression | RidgeClassifierCV, data: DataSpl
     return float(model.score(data.x_test[:, 0].reshape(len(data.x_test), -1), data.y_test))
 
 
-def confusion(model: nn.Module, loader: torch.utils.data.DataLoader, num_classes: int,
-              ) -> np.ndarray:
+def confusion(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    num_classes: int,
+) -> np.ndarray:
     """Counts [true class, predicted class]."""
     model.eval()
     counts = np.zeros((num_classes, num_classes), dtype=np.int64)
@@ -83,31 +86,36 @@ def main() -> None:
             optimizer.step()
         scheduler.step()
         val_acc = accuracy(confusion(model, loaders.val, data.num_classes))
-        history.append({"epoch": epoch + 1, "val_acc": round(val_acc, 4),
-                        "elapsed_s": round(time.perf_counter() - start, 1)})
+        history.append(
+            {"epoch": epoch + 1, "val_acc": round(val_acc, 4), "elapsed_s": round(time.perf_counter() - start, 1)}
+        )
         print(json.dumps(history[-1]), file=sys.stderr, flush=True)
     train_s = time.perf_counter() - start
     test_counts = confusion(model, loaders.test, data.num_classes)
 
-    print(json.dumps({
-        "dataset": data.name,
-        "split_sizes": {"train": len(data.y_train), "val": len(data.y_val),
-                        "test": len(data.y_test)},
-        "resnet18_test_acc": round(accuracy(test_counts), 4),
-        "resnet18_val_acc": history[-1]["val_acc"],
-        "resnet18_val_acc_by_epoch": [h["val_acc"] for h in history],
-        "linear_test_acc": round(linear_acc, 4),
-        "ridge_test_acc": round(ridge_acc, 4),
-        "epochs": args.epochs,
-        "seconds": round(train_s, 1),
-        "seconds_per_epoch": round(train_s / args.epochs, 1),
-        "linear_seconds": round(linear_s, 1),
-        "generate_seconds": round(generate_s, 2),
-        "threads": args.threads,
-        "seed": args.seed,
-        "classes": list(data.classes),
-        "resnet18_test_confusion": test_counts.tolist(),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "dataset": data.name,
+                "split_sizes": {"train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test)},
+                "resnet18_test_acc": round(accuracy(test_counts), 4),
+                "resnet18_val_acc": history[-1]["val_acc"],
+                "resnet18_val_acc_by_epoch": [h["val_acc"] for h in history],
+                "linear_test_acc": round(linear_acc, 4),
+                "ridge_test_acc": round(ridge_acc, 4),
+                "epochs": args.epochs,
+                "seconds": round(train_s, 1),
+                "seconds_per_epoch": round(train_s / args.epochs, 1),
+                "linear_seconds": round(linear_s, 1),
+                "generate_seconds": round(generate_s, 2),
+                "threads": args.threads,
+                "seed": args.seed,
+                "classes": list(data.classes),
+                "resnet18_test_confusion": test_counts.tolist(),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

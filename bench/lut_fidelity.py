@@ -34,9 +34,6 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 from device_agent.config import AgentConfig
 from host import logs
 from host.agent_client import AgentClient
@@ -59,10 +56,15 @@ def spearman(a: list[float], b: list[float]) -> float:
 def fidelity(pred: list[float], meas: list[float]) -> dict[str, float]:
     p, m = np.asarray(pred), np.asarray(meas)
     err = (p - m) / m
-    return {"n": len(p), "within_10pct": float(np.mean(np.abs(err) <= 0.10)),
-            "within_5pct": float(np.mean(np.abs(err) <= 0.05)), "mape": float(np.mean(np.abs(err))),
-            "mean_error": float(np.mean(err)), "worst_error": float(err[np.argmax(np.abs(err))]),
-            "spearman": spearman(list(p), list(m)) if len(p) > 2 else float("nan")}
+    return {
+        "n": len(p),
+        "within_10pct": float(np.mean(np.abs(err) <= 0.10)),
+        "within_5pct": float(np.mean(np.abs(err) <= 0.05)),
+        "mape": float(np.mean(np.abs(err))),
+        "mean_error": float(np.mean(err)),
+        "worst_error": float(err[np.argmax(np.abs(err))]),
+        "spearman": spearman(list(p), list(m)) if len(p) > 2 else float("nan"),
+    }
 
 
 def isolated_sum(client: AgentClient, model_path: Path, cache: dict[str, float]) -> float | None:
@@ -72,10 +74,11 @@ def isolated_sum(client: AgentClient, model_path: Path, cache: dict[str, float])
     keys = [k.key.with_context("isolated") for k in model_kernels(onnx.load(model_path)).kernels]
     todo = list({k.hash: k for k in keys if k.hash not in cache}.values())
     for start in range(0, len(todo), 64):
-        chunk = todo[start:start + 64]
+        chunk = todo[start : start + 64]
         for result in client.profile(chunk):
-            cache[chunk[result.index].hash] = (result.stats.median_ms if result.WhichOneof("outcome") == "stats"
-                                               else float("nan"))
+            cache[chunk[result.index].hash] = (
+                result.stats.median_ms if result.WhichOneof("outcome") == "stats" else float("nan")
+            )
     total = sum(cache[k.hash] for k in keys)
     return None if np.isnan(total) else total
 
@@ -92,14 +95,23 @@ def main() -> int:
     logs.configure(0)
     busy = psutil.cpu_percent(interval=1.0)
     rng = random.Random(args.seed)
-    report: dict = {"settings": {**vars(args), "plot": str(args.plot) if args.plot else None,
-                                 "cpu_busy_pct_before": busy, "keep_ratios": KEEP_RATIOS}}
+    report: dict = {
+        "settings": {
+            **vars(args),
+            "plot": str(args.plot) if args.plot else None,
+            "cpu_busy_pct_before": busy,
+            "keep_ratios": KEEP_RATIOS,
+        }
+    }
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hadmc-fidelity-") as tmp_name:
         tmp = Path(tmp_name)
         config = AgentConfig(listen="127.0.0.1:0", intra_op_threads=args.threads)
-        with embedded_agent(config) as target, AgentClient(target, timeout_s=120) as client, \
-                open_store(f"sqlite:///{tmp / 'lut.sqlite'}") as store:
+        with (
+            embedded_agent(config) as target,
+            AgentClient(target, timeout_s=120) as client,
+            open_store(f"sqlite:///{tmp / 'lut.sqlite'}") as store,
+        ):
             info = client.info()
             bits = [BITS_OF[precision_from_proto(p.precision)] for p in info.precisions if p.supported]
             variants = []
@@ -127,21 +139,35 @@ def main() -> int:
                 pred = predictor.predict(path)
                 measured = client.benchmark(path, batch_size=1).latency
                 foreign = sum(k.latency_ms for k in pred.kernels if sources.get(k.key_hash) != pred.model_sha256)
-                rows.append({"model": name, "variant": path.stem, "predicted_ms": pred.latency_ms,
-                             "measured_ms": measured.median_ms, "measured_stable": measured.stable,
-                             "foreign_share": foreign / pred.latency_ms, "kernels": len(pred.kernels),
-                             "predict_s": pred.seconds, "isolated_sum_ms": isolated_sum(client, path, iso_cache)})
+                rows.append(
+                    {
+                        "model": name,
+                        "variant": path.stem,
+                        "predicted_ms": pred.latency_ms,
+                        "measured_ms": measured.median_ms,
+                        "measured_stable": measured.stable,
+                        "foreign_share": foreign / pred.latency_ms,
+                        "kernels": len(pred.kernels),
+                        "predict_s": pred.seconds,
+                        "isolated_sum_ms": isolated_sum(client, path, iso_cache),
+                    }
+                )
             report["evaluate_s"] = time.monotonic() - t2
             report["worst_variants"] = explain_worst(client, predictor, variants, rows, sources, args.explain)
             predictor.close()
     report["cpu_busy_pct_after"] = psutil.cpu_percent(interval=1.0)
-    groups = {"all": rows, **{m: [r for r in rows if r["model"] == m] for m in args.models.split(",")},
-              "transfer (foreign_share >= 0.5)": [r for r in rows if r["foreign_share"] >= 0.5]}
-    report["in_model_lut"] = {g: fidelity([r["predicted_ms"] for r in rs], [r["measured_ms"] for r in rs])
-                              for g, rs in groups.items() if rs}
+    groups = {
+        "all": rows,
+        **{m: [r for r in rows if r["model"] == m] for m in args.models.split(",")},
+        "transfer (foreign_share >= 0.5)": [r for r in rows if r["foreign_share"] >= 0.5],
+    }
+    report["in_model_lut"] = {
+        g: fidelity([r["predicted_ms"] for r in rs], [r["measured_ms"] for r in rs]) for g, rs in groups.items() if rs
+    }
     iso = {g: [r for r in rs if r["isolated_sum_ms"] is not None] for g, rs in groups.items()}
-    report["isolated_sum"] = {g: fidelity([r["isolated_sum_ms"] for r in rs], [r["measured_ms"] for r in rs])
-                              for g, rs in iso.items() if rs}
+    report["isolated_sum"] = {
+        g: fidelity([r["isolated_sum_ms"] for r in rs], [r["measured_ms"] for r in rs]) for g, rs in iso.items() if rs
+    }
     report["isolated_unmeasurable_variants"] = sum(r["isolated_sum_ms"] is None for r in rows)
     report["predict_s_cached_median"] = float(np.median([r["predict_s"] for r in rows]))
     report["foreign_share_median"] = float(np.median([r["foreign_share"] for r in rows]))
@@ -153,8 +179,14 @@ def main() -> int:
     return 0
 
 
-def explain_worst(client: AgentClient, predictor: LatencyPredictor, variants: list[tuple[str, Path]],
-                  rows: list[dict], sources: dict[str, str], count: int) -> list[dict]:
+def explain_worst(
+    client: AgentClient,
+    predictor: LatencyPredictor,
+    variants: list[tuple[str, Path]],
+    rows: list[dict],
+    sources: dict[str, str],
+    count: int,
+) -> list[dict]:
     """For the worst predictions: the kernels whose LUT entry differs most from their time in
     this model (profiled again here), and which variant the entry was measured in."""
     import hashlib
@@ -167,13 +199,28 @@ def explain_worst(client: AgentClient, predictor: LatencyPredictor, variants: li
     out = []
     for r in worst:
         pred = predictor.predict(paths[r["variant"]])
-        own = {OpKey.from_proto(k.key).hash: k.latency.mean_ms
-               for k in client.benchmark(paths[r["variant"]], batch_size=1, per_kernel=True).kernel_profile.kernels}
+        own = {
+            OpKey.from_proto(k.key).hash: k.latency.mean_ms
+            for k in client.benchmark(paths[r["variant"]], batch_size=1, per_kernel=True).kernel_profile.kernels
+        }
         diffs = sorted(((k.latency_ms - own.get(k.key_hash, 0.0), k) for k in pred.kernels), key=lambda d: -abs(d[0]))
-        out.append({"variant": r["variant"], "error": (r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"],
-                    "kernels": [{"name": k.name, "kind": k.kind, "precision": k.precision, "lut_ms": k.latency_ms,
-                                 "in_this_model_ms": own.get(k.key_hash), "measured_in": by_sha.get(sources.get(k.key_hash))}
-                                for _, k in diffs[:6]]})
+        out.append(
+            {
+                "variant": r["variant"],
+                "error": (r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"],
+                "kernels": [
+                    {
+                        "name": k.name,
+                        "kind": k.kind,
+                        "precision": k.precision,
+                        "lut_ms": k.latency_ms,
+                        "in_this_model_ms": own.get(k.key_hash),
+                        "measured_in": by_sha.get(sources.get(k.key_hash)),
+                    }
+                    for _, k in diffs[:6]
+                ],
+            }
+        )
     return out
 
 
@@ -188,11 +235,21 @@ def plot(rows: list[dict], path: Path) -> None:
         rs = [r for r in rows if r["model"] == model]
         if not rs:
             continue
-        ax.scatter([r["measured_ms"] for r in rs], [r["predicted_ms"] for r in rs], marker=marker,
-                   label=f"{model}: in-model LUT")
+        ax.scatter(
+            [r["measured_ms"] for r in rs],
+            [r["predicted_ms"] for r in rs],
+            marker=marker,
+            label=f"{model}: in-model LUT",
+        )
         iso = [r for r in rs if r["isolated_sum_ms"] is not None]
-        ax.scatter([r["measured_ms"] for r in iso], [r["isolated_sum_ms"] for r in iso], marker=marker,
-                   facecolors="none", edgecolors="grey", label=f"{model}: isolated sum")
+        ax.scatter(
+            [r["measured_ms"] for r in iso],
+            [r["isolated_sum_ms"] for r in iso],
+            marker=marker,
+            facecolors="none",
+            edgecolors="grey",
+            label=f"{model}: isolated sum",
+        )
     lo = min(min(r["measured_ms"] for r in rows), min(r["predicted_ms"] for r in rows)) * 0.8
     hi = max(max(r["measured_ms"] for r in rows), max(r["predicted_ms"] for r in rows)) * 1.2
     xs = np.linspace(lo, hi, 10)

@@ -28,9 +28,23 @@ from lut_store.store import LutStore, open_store  # noqa: E402
 
 def entries(n: int, prefix: str) -> list[Entry]:
     now = time.time()
-    return [Entry(key_hash=f"{prefix}{i:08d}", key_json='{"v":1}', status="ok", measured_at_unix_s=now,
-                  median_ms=0.1 + i * 1e-4, mean_ms=0.1, p90_ms=0.12, std_ms=0.01, min_ms=0.09, n=200,
-                  settings={"target_rel_ci": 0.02}, environment={"cpu_freq_mhz": 2000.0}) for i in range(n)]
+    return [
+        Entry(
+            key_hash=f"{prefix}{i:08d}",
+            key_json='{"v":1}',
+            status="ok",
+            measured_at_unix_s=now,
+            median_ms=0.1 + i * 1e-4,
+            mean_ms=0.1,
+            p90_ms=0.12,
+            std_ms=0.01,
+            min_ms=0.09,
+            n=200,
+            settings={"target_rel_ci": 0.02},
+            environment={"cpu_freq_mhz": 2000.0},
+        )
+        for i in range(n)
+    ]
 
 
 def bench_store(store: LutStore, n: int, lookup_batches: int) -> dict:
@@ -40,7 +54,7 @@ def bench_store(store: LutStore, n: int, lookup_batches: int) -> dict:
     batch = entries(n, "k")
     t0 = time.perf_counter()
     for start in range(0, n, 500):
-        store.add_entries(vid, batch[start:start + 500], "bench")
+        store.add_entries(vid, batch[start : start + 500], "bench")
     batched_s = time.perf_counter() - t0
     singles = entries(500, "s")
     t0 = time.perf_counter()

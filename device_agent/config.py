@@ -113,8 +113,7 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if self.execution_provider not in ("auto", "cpu", "cuda", "tensorrt"):
             raise ConfigError(
-                f"execution_provider = {self.execution_provider!r}; "
-                "allowed: 'auto', 'cpu', 'cuda', 'tensorrt'"
+                f"execution_provider = {self.execution_provider!r}; allowed: 'auto', 'cpu', 'cuda', 'tensorrt'"
             )
         if self.intra_op_threads < 0 or self.inter_op_threads < 1:
             raise ConfigError("intra_op_threads must be >= 0 and inter_op_threads >= 1")
@@ -122,8 +121,9 @@ class AgentConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
         if self.max_queued_jobs < 0 or self.max_keys_per_request < 1 or self.max_tensor_elements < 1:
-            raise ConfigError("max_queued_jobs >= 0, max_keys_per_request >= 1 and "
-                              "max_tensor_elements >= 1 are required")
+            raise ConfigError(
+                "max_queued_jobs >= 0, max_keys_per_request >= 1 and max_tensor_elements >= 1 are required"
+            )
         try:
             check_exposure(self.listen, self.token_file, self.tls_cert, self.tls_key, self.insecure)
         except ValueError as exc:

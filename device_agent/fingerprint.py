@@ -17,11 +17,31 @@ from protos.hadmc.v1 import agent_pb2
 
 # Bump when the way latencies are measured changes: stored numbers stop being comparable.
 PROFILER_VERSION = "1"
-_CPU_FLAGS = frozenset({
-    "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
-    "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimdhp", "asimddp", "sve",
-    "sve2", "i8mm", "bf16", "fphp",
-})
+_CPU_FLAGS = frozenset(
+    {
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512_vnni",
+        "avx_vnni",
+        "avx512_bf16",
+        "avx512_fp16",
+        "amx_tile",
+        "amx_int8",
+        "amx_bf16",
+        "asimd",
+        "asimdhp",
+        "asimddp",
+        "sve",
+        "sve2",
+        "i8mm",
+        "bf16",
+        "fphp",
+    }
+)
 
 
 def agent_version() -> str:
@@ -52,9 +72,11 @@ def cpu_info() -> agent_pb2.CpuInfo:
         model = dt_model.read_text().strip("\x00\n ")
     flags = set((info.get("flags") or info.get("features") or "").split()) & _CPU_FLAGS
     return agent_pb2.CpuInfo(
-        model=model or "unknown", architecture=platform.machine(),
+        model=model or "unknown",
+        architecture=platform.machine(),
         physical_cores=psutil.cpu_count(logical=False) or 1,
-        logical_cores=psutil.cpu_count(logical=True) or 1, flags=sorted(flags),
+        logical_cores=psutil.cpu_count(logical=True) or 1,
+        flags=sorted(flags),
     )
 
 
@@ -86,9 +108,11 @@ def _gpus(fp: agent_pb2.Fingerprint) -> None:
         for i in range(pynvml.nvmlDeviceGetCount()):
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
             major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
-            fp.gpus.add(name=str(pynvml.nvmlDeviceGetName(h)),
-                        memory_total_bytes=pynvml.nvmlDeviceGetMemoryInfo(h).total,
-                        compute_capability=f"{major}.{minor}")
+            fp.gpus.add(
+                name=str(pynvml.nvmlDeviceGetName(h)),
+                memory_total_bytes=pynvml.nvmlDeviceGetMemoryInfo(h).total,
+                compute_capability=f"{major}.{minor}",
+            )
     except pynvml.NVMLError as exc:
         fp.notes["gpus"] = f"NVML error: {exc}"
     finally:
@@ -98,15 +122,20 @@ def _gpus(fp: agent_pb2.Fingerprint) -> None:
 def collect(probe: object, intra_op_threads: int, inter_op_threads: int) -> agent_pb2.Fingerprint:
     """The fingerprint from host facts plus the worker's probe of onnxruntime (a ProbeResult)."""
     fp = agent_pb2.Fingerprint(
-        agent_version=agent_version(), profiler_version=PROFILER_VERSION, cpu=cpu_info(),
+        agent_version=agent_version(),
+        profiler_version=PROFILER_VERSION,
+        cpu=cpu_info(),
         memory_total_bytes=psutil.virtual_memory().total,
         onnxruntime_version=probe.onnxruntime_version,
         available_providers=probe.available_providers,
         execution_provider=probe.execution_provider,
         provider_options=probe.provider_options,
-        intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
-        os=f"{platform.system()} {platform.release()}".strip(), kernel=platform.version(),
-        hostname=socket.gethostname(), hashed_fields=HASHED_FIELDS,
+        intra_op_threads=intra_op_threads,
+        inter_op_threads=inter_op_threads,
+        os=f"{platform.system()} {platform.release()}".strip(),
+        kernel=platform.version(),
+        hostname=socket.gethostname(),
+        hashed_fields=HASHED_FIELDS,
     )
     _gpus(fp)
     power = read_power_mode()
@@ -119,8 +148,7 @@ def collect(probe: object, intra_op_threads: int, inter_op_threads: int) -> agen
 
 def document(fp: agent_pb2.Fingerprint) -> dict:
     """The fingerprint as a JSON-able dict with every field present (the hashed form)."""
-    return json_format.MessageToDict(fp, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True)
+    return json_format.MessageToDict(fp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
 
 def hash_of(fp: agent_pb2.Fingerprint) -> str:

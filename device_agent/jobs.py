@@ -29,7 +29,12 @@ class Settings:
 
 # Error codes a job can end with (mapped to KeyError codes / gRPC status codes by the server).
 INVALID, UNSUPPORTED, FAILED, INTERFERENCE, CANCELLED = (
-    "invalid", "unsupported", "failed", "interference", "cancelled")
+    "invalid",
+    "unsupported",
+    "failed",
+    "interference",
+    "cancelled",
+)
 # Set by the daemon's runner: past the hard timeout; the worker process died.
 TIMEOUT, CRASHED = "timeout", "crashed"
 

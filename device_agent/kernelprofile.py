@@ -35,8 +35,9 @@ MAX_PROFILED_RUNS = 200
 
 def _runs(events: list[dict[str, Any]], node_index: dict[str, int], skip: int) -> np.ndarray:
     """Microseconds per (run, runtime node) from the profiler's events, warm-up runs skipped."""
-    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
-                  if e.get("cat") == "Session" and e.get("name") == "model_run")[skip:]
+    runs = sorted(
+        (e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"
+    )[skip:]
     if not runs:
         raise UnsupportedModel("the runtime's profiler recorded no model runs")
     starts = np.array([r[0] for r in runs])
@@ -54,16 +55,24 @@ def _runs(events: list[dict[str, Any]], node_index: dict[str, int], skip: int) -
 
 def _stats(samples_ms: np.ndarray, whole: common_pb2.LatencyStats) -> common_pb2.LatencyStats:
     return common_pb2.LatencyStats(
-        median_ms=float(np.median(samples_ms)), mean_ms=float(samples_ms.mean()),
-        p90_ms=float(np.percentile(samples_ms, 90)), p99_ms=float(np.percentile(samples_ms, 99)),
-        std_ms=float(samples_ms.std(ddof=1)), min_ms=float(samples_ms.min()), max_ms=float(samples_ms.max()),
-        n=len(samples_ms), stable=whole.stable, attempts=whole.attempts, other_cpu_cores=whole.other_cpu_cores,
+        median_ms=float(np.median(samples_ms)),
+        mean_ms=float(samples_ms.mean()),
+        p90_ms=float(np.percentile(samples_ms, 90)),
+        p99_ms=float(np.percentile(samples_ms, 99)),
+        std_ms=float(samples_ms.std(ddof=1)),
+        min_ms=float(samples_ms.min()),
+        max_ms=float(samples_ms.max()),
+        n=len(samples_ms),
+        stable=whole.stable,
+        attempts=whole.attempts,
+        other_cpu_cores=whole.other_cpu_cores,
         settings=whole.settings,
     )
 
 
-def _profiled(session: Any, run_once: Callable[[], None], warmup_runs: int, runs: int,
-              cancelled: Callable[[], bool]) -> list[dict[str, Any]]:
+def _profiled(
+    session: Any, run_once: Callable[[], None], warmup_runs: int, runs: int, cancelled: Callable[[], bool]
+) -> list[dict[str, Any]]:
     """Run a profiling session; return the profiler's events."""
     for _ in range(warmup_runs + runs):
         if cancelled():
@@ -84,20 +93,29 @@ def _profiling_options(make_options: Callable[[], Any], tmp: Path, optimized: Pa
 
 def _conv_chain(nodes: int) -> bytes:
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array((rng.standard_normal((16, 16, 1, 1)) * 0.1).astype(np.float32), f"w{i}")
-             for i in range(nodes)]
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((16, 16, 1, 1)) * 0.1).astype(np.float32), f"w{i}")
+        for i in range(nodes)
+    ]
     graph = helper.make_graph(
         [helper.make_node("Conv", [f"t{i}", f"w{i}"], [f"t{i + 1}"], name=f"conv{i}") for i in range(nodes)],
-        "chain", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [1, 16, 8, 8])],
-        [helper.make_tensor_value_info(f"t{nodes}", TensorProto.FLOAT, [1, 16, 8, 8])], inits)
+        "chain",
+        [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [1, 16, 8, 8])],
+        [helper.make_tensor_value_info(f"t{nodes}", TensorProto.FLOAT, [1, 16, 8, 8])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()
 
 
-def node_overhead_ms(make_session: Callable[[Any, Any], Any], make_options: Callable[[], Any],
-                     run_factory: Callable[[Any, dict[str, Any]], Callable[[], None]],
-                     median_ms: Callable[[Callable[[], None]], float], cancelled: Callable[[], bool]) -> float:
+def node_overhead_ms(
+    make_session: Callable[[Any, Any], Any],
+    make_options: Callable[[], Any],
+    run_factory: Callable[[Any, dict[str, Any]], Callable[[], None]],
+    median_ms: Callable[[Callable[[], None]], float],
+    cancelled: Callable[[], bool],
+) -> float:
     """The time the profiler adds to each node it times: the slope, over chains of 20 and 120
     small convolutions, of (profiled node sum - unprofiled latency)."""
     feeds = {"t0": np.random.default_rng(0).standard_normal((1, 16, 8, 8)).astype(np.float32)}
@@ -108,8 +126,10 @@ def node_overhead_ms(make_session: Callable[[Any, Any], Any], make_options: Call
         with tempfile.TemporaryDirectory(prefix="hadmc-kprof-") as tmp:
             sess = make_session(data, _profiling_options(make_options, Path(tmp)))
             events = _profiled(sess, run_factory(sess, feeds), 20, 200, cancelled)
-        node_ms = sum(e["dur"] for e in events if e.get("cat") == "Node"
-                      and e.get("name", "").endswith("_kernel_time")) / 1000.0
+        node_ms = (
+            sum(e["dur"] for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"))
+            / 1000.0
+        )
         runs = sum(1 for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
         excess[nodes] = node_ms / runs - plain
     return max((excess[120] - excess[20]) / 100.0, 0.0)
@@ -119,8 +139,9 @@ def node_overhead_ms(make_session: Callable[[Any, Any], Any], make_options: Call
 PROFILER_CLOCK_MS = 0.001
 
 
-def kernel_times_ms(table_us: np.ndarray, members: dict[int, list[int]], n_kernels: int,
-                    overhead_ms: float) -> tuple[np.ndarray, np.ndarray]:
+def kernel_times_ms(
+    table_us: np.ndarray, members: dict[int, list[int]], n_kernels: int, overhead_ms: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Milliseconds per (run, kernel): its runtime nodes' time less the profiler's per-node
     overhead, and at least half a clock tick per node; and, per kernel, whether it ran below the
     profiler's resolution (the subtraction left it a median of 0).
@@ -138,10 +159,17 @@ def kernel_times_ms(table_us: np.ndarray, members: dict[int, list[int]], n_kerne
     return per_kernel, below
 
 
-def profile_kernels(mk: ModelKernels, model: str, make_session: Callable[[Any, Any], Any],
-                    make_options: Callable[[], Any], run_once_for: Callable[[Any], Callable[[], None]],
-                    whole: common_pb2.LatencyStats, overhead_ms: float, warmup_runs: int,
-                    cancelled: Callable[[], bool]) -> agent_pb2.KernelProfile:
+def profile_kernels(
+    mk: ModelKernels,
+    model: str,
+    make_session: Callable[[Any, Any], Any],
+    make_options: Callable[[], Any],
+    run_once_for: Callable[[Any], Callable[[], None]],
+    whole: common_pb2.LatencyStats,
+    overhead_ms: float,
+    warmup_runs: int,
+    cancelled: Callable[[], bool],
+) -> agent_pb2.KernelProfile:
     """Profile `model` (a path) in a second session and split `whole`'s median over its kernels.
 
     `make_session(model, options)` creates a session, `run_once_for(session)` returns a run-once
@@ -166,12 +194,17 @@ def profile_kernels(mk: ModelKernels, model: str, make_session: Callable[[Any, A
     if corrected_ms <= 0:
         raise UnsupportedModel("the runtime's profiler recorded no node times for this model")
     scale = whole.median_ms / corrected_ms
-    profile = agent_pb2.KernelProfile(runs=table.shape[0], profiled_sum_ms=profiled_sum_ms, scale=scale,
-                                      node_overhead_ms=overhead_ms)
+    profile = agent_pb2.KernelProfile(
+        runs=table.shape[0], profiled_sum_ms=profiled_sum_ms, scale=scale, node_overhead_ms=overhead_ms
+    )
     for k, kernel in enumerate(mk.kernels):
         cols = members.get(k, [])
-        item = profile.kernels.add(name=kernel.name, key=kernel.key.to_proto(),
-                                   runtime_nodes=[names[i] for i in cols], below_resolution=bool(below[k]))
+        item = profile.kernels.add(
+            name=kernel.name,
+            key=kernel.key.to_proto(),
+            runtime_nodes=[names[i] for i in cols],
+            below_resolution=bool(below[k]),
+        )
         if cols:
             item.latency.CopyFrom(_stats(per_kernel[:, k] * scale, whole))
     return profile

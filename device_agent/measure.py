@@ -96,8 +96,7 @@ class Window:
     other_cores: float
 
 
-def _window(run_once: Callable[[], None], s: Settings, monitor: CpuMonitor,
-            cancelled: Callable[[], bool]) -> Window:
+def _window(run_once: Callable[[], None], s: Settings, monitor: CpuMonitor, cancelled: Callable[[], bool]) -> Window:
     """Timed runs until the median's CI meets the target (after min_runs and min_window_s), or
     max_time_s / max_runs once min_runs are done. Cancellation is checked after every run
     (outside the timed span)."""
@@ -128,8 +127,9 @@ def _window(run_once: Callable[[], None], s: Settings, monitor: CpuMonitor,
     return Window(arr, rel_ci, stable, monitor.other_cores(started))
 
 
-def measure(run_once: Callable[[], None], s: Settings, own_pids: tuple[int, ...],
-            cancelled: Callable[[], bool]) -> common_pb2.LatencyStats:
+def measure(
+    run_once: Callable[[], None], s: Settings, own_pids: tuple[int, ...], cancelled: Callable[[], bool]
+) -> common_pb2.LatencyStats:
     """Warm up, then measure windows until one is undisturbed; return its statistics.
 
     Raises InterferenceError when every window (s.max_attempts) was disturbed.
@@ -145,11 +145,19 @@ def measure(run_once: Callable[[], None], s: Settings, own_pids: tuple[int, ...]
         if w.other_cores <= s.interference_max_cores:
             x = w.samples_ms
             return common_pb2.LatencyStats(
-                median_ms=float(np.median(x)), mean_ms=float(x.mean()),
-                p90_ms=float(np.percentile(x, 90)), p99_ms=float(np.percentile(x, 99)),
-                std_ms=float(x.std(ddof=1)), min_ms=float(x[0]), max_ms=float(x[-1]),
-                n=len(x), rel_ci95=w.rel_ci95, stable=w.stable, attempts=attempt,
-                other_cpu_cores=w.other_cores, settings=s.to_proto(),
+                median_ms=float(np.median(x)),
+                mean_ms=float(x.mean()),
+                p90_ms=float(np.percentile(x, 90)),
+                p99_ms=float(np.percentile(x, 99)),
+                std_ms=float(x.std(ddof=1)),
+                min_ms=float(x[0]),
+                max_ms=float(x[-1]),
+                n=len(x),
+                rel_ci95=w.rel_ci95,
+                stable=w.stable,
+                attempts=attempt,
+                other_cpu_cores=w.other_cores,
+                settings=s.to_proto(),
             )
         disturbed.append(w.other_cores)
         time.sleep(min(0.2 * attempt, 1.0))

@@ -51,8 +51,7 @@ def _check_external_data(model: onnx.ModelProto) -> None:
             p = Path(location)
             if p.is_absolute() or ".." in p.parts:
                 raise ModelInvalid(
-                    f"tensor {t.name!r} points its external data at {location!r}, outside the "
-                    "model: refused"
+                    f"tensor {t.name!r} points its external data at {location!r}, outside the model: refused"
                 )
             raise ModelInvalid(
                 f"tensor {t.name!r} keeps its data in an external file {location!r}; upload a "
@@ -66,8 +65,7 @@ def _check_domains(model: onnx.ModelProto) -> None:
     for opset in model.opset_import:
         if opset.domain not in allowed:
             raise ModelInvalid(
-                f"the model imports custom-op domain {opset.domain!r}; the agent loads no "
-                "custom-op libraries"
+                f"the model imports custom-op domain {opset.domain!r}; the agent loads no custom-op libraries"
             )
     for graph in _graphs(model.graph):
         for node in graph.node:
@@ -139,7 +137,8 @@ def summary(model: onnx.ModelProto, data: bytes) -> agent_pb2.ModelSummary:
         return agent_pb2.TensorInfo(name=vi.name, dtype=dtype, shape=shape)
 
     return agent_pb2.ModelSummary(
-        size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
         opsets=[o.version for o in model.opset_import if o.domain in ("", "ai.onnx")],
         node_count=len(model.graph.node),
         inputs=[info(vi) for vi in graph_inputs(model)],

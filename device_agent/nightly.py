@@ -24,8 +24,8 @@ import structlog
 from device_agent.config import AgentConfig, NightlyConfig
 from device_agent.fingerprint import document
 from device_agent.jobs import CANCELLED, JobError
-from device_agent.runner import MeasurementRunner
 from device_agent.profiling import profile_one, resolve_settings
+from device_agent.runner import MeasurementRunner
 from lut_store.build import BuildReport, build_lut
 from lut_store.exchange import diff_versions
 from lut_store.fingerprint import differences
@@ -87,15 +87,18 @@ class LocalProfiler:
     def __init__(self, runner: MeasurementRunner, config: AgentConfig, stop: threading.Event) -> None:
         self._runner, self._config, self._stop = runner, config, stop
 
-    def profile(self, keys: Sequence[OpKey], settings: common_pb2.MeasurementSettings | None = None,
-                timeout_s: float | None = None) -> Iterator[agent_pb2.ProfileResult]:
+    def profile(
+        self,
+        keys: Sequence[OpKey],
+        settings: common_pb2.MeasurementSettings | None = None,
+        timeout_s: float | None = None,
+    ) -> Iterator[agent_pb2.ProfileResult]:
         resolved = resolve_settings(settings or common_pb2.MeasurementSettings(), self._config.profile)
         active = lambda: not self._stop.is_set()  # noqa: E731
         with self._runner.slot(active):
             for index, key in enumerate(keys):
                 try:
-                    yield profile_one(self._runner, index, key.to_proto(), resolved, self._config.key_timeout_s,
-                                      active)
+                    yield profile_one(self._runner, index, key.to_proto(), resolved, self._config.key_timeout_s, active)
                 except JobError as exc:
                     if exc.code == CANCELLED:
                         return
@@ -105,8 +108,13 @@ class LocalProfiler:
 class Nightly:
     """The re-profiling schedule of one agent."""
 
-    def __init__(self, config: AgentConfig, runner: MeasurementRunner, info: agent_pb2.DeviceInfo,
-                 clock: Callable[[], dt.datetime] = dt.datetime.now) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        runner: MeasurementRunner,
+        info: agent_pb2.DeviceInfo,
+        clock: Callable[[], dt.datetime] = dt.datetime.now,
+    ) -> None:
         self.config: NightlyConfig = config.nightly
         self._agent_config = config
         self._runner = runner
@@ -168,30 +176,62 @@ class Nightly:
             state = read_state(self.state_file)
             keys, parent = self._keys(store, state)
             if not keys:
-                raise NothingToReprofile("nothing to re-profile: no earlier LUT version of this device in "
-                                         f"{store.url} and no [nightly] grids")
+                raise NothingToReprofile(
+                    "nothing to re-profile: no earlier LUT version of this device in "
+                    f"{store.url} and no [nightly] grids"
+                )
             log.info("nightly.start", reason=reason, keys=len(keys), parent=parent, store=store.url)
-            report = build_lut(store, self._info.fingerprint_hash, document(self._info.fingerprint), keys,
-                               [LocalProfiler(self._runner, self._agent_config, self._stop)], source="nightly",
-                               note=reason, lease_s=self.config.lease_s, parent_id=parent)
+            report = build_lut(
+                store,
+                self._info.fingerprint_hash,
+                document(self._info.fingerprint),
+                keys,
+                [LocalProfiler(self._runner, self._agent_config, self._stop)],
+                source="nightly",
+                note=reason,
+                lease_s=self.config.lease_s,
+                parent_id=parent,
+            )
             response = agent_pb2.ReprofileResponse(
-                version_id=report.version_id, sealed=report.sealed, keys_total=report.keys_total,
-                measured_ok=report.measured_ok + report.already_stored, unsupported=report.unsupported,
-                failed=report.failed, missing=len(report.missing), store_url=store.url, reason=reason)
+                version_id=report.version_id,
+                sealed=report.sealed,
+                keys_total=report.keys_total,
+                measured_ok=report.measured_ok + report.already_stored,
+                unsupported=report.unsupported,
+                failed=report.failed,
+                missing=len(report.missing),
+                store_url=store.url,
+                reason=reason,
+            )
             if parent is not None:
                 response.parent_version_id = parent
             if report.sealed:
-                write_state(self.state_file, State(store.url, report.version_id, self._info.fingerprint_hash,
-                                                   document(self._info.fingerprint), time.time()))
+                write_state(
+                    self.state_file,
+                    State(
+                        store.url,
+                        report.version_id,
+                        self._info.fingerprint_hash,
+                        document(self._info.fingerprint),
+                        time.time(),
+                    ),
+                )
                 if parent is not None:
                     drift = diff_versions(store, parent, report.version_id)
                     for name in ("median_ratio", "p5_ratio", "p95_ratio"):
                         value = getattr(drift, name)
                         if value is not None:
                             setattr(response, f"drift_{name}", value)
-                    log.info("nightly.drift", parent=parent, version=report.version_id, keys=drift.common,
-                             median_ratio=drift.median_ratio, p5_ratio=drift.p5_ratio, p95_ratio=drift.p95_ratio,
-                             most_changed=[f"{c.kernel} x{c.ratio:.3f}" for c in drift.most_changed[:5]])
+                    log.info(
+                        "nightly.drift",
+                        parent=parent,
+                        version=report.version_id,
+                        keys=drift.common,
+                        median_ratio=drift.median_ratio,
+                        p5_ratio=drift.p5_ratio,
+                        p95_ratio=drift.p95_ratio,
+                        most_changed=[f"{c.kernel} x{c.ratio:.3f}" for c in drift.most_changed[:5]],
+                    )
             else:
                 log.warning("nightly.incomplete", version=report.version_id, missing=len(report.missing))
             return report, response

@@ -21,8 +21,15 @@ from lut_store.opkey import OpKey, TensorSpec, parse_ref
 
 INT4_OPSET = 21
 _NP_TYPES = {
-    "float32": np.float32, "float16": np.float16, "float64": np.float64, "int64": np.int64,
-    "int32": np.int32, "int16": np.int16, "int8": np.int8, "uint8": np.uint8, "bool": np.bool_,
+    "float32": np.float32,
+    "float16": np.float16,
+    "float64": np.float64,
+    "int64": np.int64,
+    "int32": np.int32,
+    "int16": np.int16,
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "bool": np.bool_,
 }
 
 
@@ -64,8 +71,7 @@ def _effective_dtype(spec: TensorSpec, precision: str, float32_only: bool = Fals
     return spec.dtype
 
 
-def random_array(shape: tuple[int, ...], dtype: str, rng: np.random.Generator,
-                 role: str = "activation") -> np.ndarray:
+def random_array(shape: tuple[int, ...], dtype: str, rng: np.random.Generator, role: str = "activation") -> np.ndarray:
     """Random data that keeps kernels on their normal path (no NaN, no denormals).
 
     Float weights are positive (a batch-norm variance stays valid); integer tensors are zero,
@@ -90,8 +96,7 @@ def check_limits(key: OpKey, max_tensor_elements: int) -> None:
     for node in key.nodes:
         if node.domain != "com.microsoft" and not onnx.defs.has(node.op_type, node.domain):
             raise KeyInvalid(
-                f"unknown op kind {node.op_type!r}: not an ONNX operator in domain "
-                f"{node.domain or 'ai.onnx'!r}"
+                f"unknown op kind {node.op_type!r}: not an ONNX operator in domain {node.domain or 'ai.onnx'!r}"
             )
 
 
@@ -116,10 +121,8 @@ def build_float_model(key: OpKey, rng: np.random.Generator) -> onnx.ModelProto:
         outputs = [f"n{j}" if m == 0 else f"n{j}.{m}" for m in range(n.num_outputs)]
         inputs = [_ref_name(r) if r else "" for r in n.inputs]
         attrs = {k: list(v) if isinstance(v, tuple) else v for k, v in n.attrs.items()}
-        nodes.append(helper.make_node(n.op_type, inputs, outputs, name=f"node{j}",
-                                      domain=n.domain, **attrs))
-    placeholder = [helper.make_tensor_value_info(_ref_name(r), TensorProto.UNDEFINED, None)
-                   for r in key.output_refs()]
+        nodes.append(helper.make_node(n.op_type, inputs, outputs, name=f"node{j}", domain=n.domain, **attrs))
+    placeholder = [helper.make_tensor_value_info(_ref_name(r), TensorProto.UNDEFINED, None) for r in key.output_refs()]
     graph = helper.make_graph(nodes, "kernel", graph_inputs, placeholder, initializers)
     opsets = [helper.make_opsetid("", key.opset)]
     for domain in sorted({n.domain for n in key.nodes} - {""}):
@@ -132,8 +135,7 @@ def build_float_model(key: OpKey, rng: np.random.Generator) -> onnx.ModelProto:
 def _typed_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     """Give the graph outputs the types shape inference finds; an error names the node."""
     try:
-        inferred = shape_inference.infer_shapes(model, check_type=True, strict_mode=True,
-                                                data_prop=True)
+        inferred = shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
         raise KeyInvalid(f"the operators reject these inputs or attributes: {_first_line(exc)}") from None
     known = {vi.name: vi for vi in inferred.graph.value_info}
@@ -187,14 +189,18 @@ def quantize_int8(model: onnx.ModelProto, rng: np.random.Generator) -> onnx.Mode
         src, dst = Path(tmp) / "f32.onnx", Path(tmp) / "q.onnx"
         onnx.save(model, src)
         quantize_static(
-            str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+            str(src),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
         )
         quantized = onnx.load(dst)
     originals = {n.name for n in model.graph.node}
     dq_outputs = {o for n in quantized.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    covered = [n for n in quantized.graph.node
-               if n.name in originals and any(i in dq_outputs for i in n.input)]
+    covered = [n for n in quantized.graph.node if n.name in originals and any(i in dq_outputs for i in n.input)]
     if not covered:
         ops = sorted({n.op_type for n in model.graph.node})
         raise KeyUnsupported(f"int8: onnxruntime's quantizer has no QDQ form for {', '.join(ops)}")
@@ -237,13 +243,21 @@ def quantize_int4_weights(model: onnx.ModelProto) -> onnx.ModelProto:
             shape[axis] = -1
             q = np.clip(np.round(w / scale.reshape(shape)), -8, 7).astype(ml_dtypes.int4)
             model.graph.initializer.remove(t)
-            model.graph.initializer.extend([
-                numpy_helper.from_array(q, f"{name}_q4"),
-                numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"),
-            ])
-            new_nodes.append(helper.make_node(
-                "DequantizeLinear", [f"{name}_q4", f"{name}_scale"], [f"{name}_dq"],
-                name=f"{name}_dequant", axis=axis))
+            model.graph.initializer.extend(
+                [
+                    numpy_helper.from_array(q, f"{name}_q4"),
+                    numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"),
+                ]
+            )
+            new_nodes.append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [f"{name}_q4", f"{name}_scale"],
+                    [f"{name}_dq"],
+                    name=f"{name}_dequant",
+                    axis=axis,
+                )
+            )
             replaced[name] = f"{name}_dq"
     if not replaced:
         raise KeyUnsupported("int4 is weight-only, and this kernel has no float weight of rank >= 2")
@@ -269,8 +283,9 @@ def build_model(key: OpKey, max_tensor_elements: int, seed: int = 0) -> onnx.Mod
     return model
 
 
-def activation_feeds(model: onnx.ModelProto, rng: np.random.Generator,
-                     batch_size: int | None = None) -> dict[str, np.ndarray]:
+def activation_feeds(
+    model: onnx.ModelProto, rng: np.random.Generator, batch_size: int | None = None
+) -> dict[str, np.ndarray]:
     """Random inputs for every graph input; `batch_size` fills a symbolic batch axis."""
     init_names = {t.name for t in model.graph.initializer}
     feeds = {}

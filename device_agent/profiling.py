@@ -8,7 +8,16 @@ from collections.abc import Callable
 
 from device_agent.config import MeasurementDefaults
 from device_agent.jobs import (
-    CANCELLED, CRASHED, FAILED, INTERFERENCE, INVALID, TIMEOUT, UNSUPPORTED, JobError, ProfileJob, Settings,
+    CANCELLED,
+    CRASHED,
+    FAILED,
+    INTERFERENCE,
+    INVALID,
+    TIMEOUT,
+    UNSUPPORTED,
+    JobError,
+    ProfileJob,
+    Settings,
 )
 from device_agent.runner import MeasurementRunner
 from lut_store.opkey import OpKey, OpKeyError
@@ -24,9 +33,14 @@ _KEY_CODES = {
 }
 # Bounds a request may ask for, whatever the agent's defaults.
 _SETTING_BOUNDS = {
-    "warmup_runs": (0, 100_000), "min_runs": (5, 1_000_000), "max_runs": (5, 10_000_000),
-    "max_time_s": (0.001, 600.0), "target_rel_ci": (1e-4, 0.5), "max_attempts": (1, 20),
-    "interference_max_cores": (0.01, 1024.0), "min_window_s": (0.0, 600.0),
+    "warmup_runs": (0, 100_000),
+    "min_runs": (5, 1_000_000),
+    "max_runs": (5, 10_000_000),
+    "max_time_s": (0.001, 600.0),
+    "target_rel_ci": (1e-4, 0.5),
+    "max_attempts": (1, 20),
+    "interference_max_cores": (0.01, 1024.0),
+    "min_window_s": (0.0, 600.0),
 }
 
 
@@ -46,12 +60,20 @@ def resolve_settings(requested: common_pb2.MeasurementSettings, defaults: Measur
     if values["max_runs"] < values["min_runs"]:
         raise BadRequest(f"settings.max_runs = {values['max_runs']} is below min_runs = {values['min_runs']}")
     if values["min_window_s"] > values["max_time_s"]:
-        raise BadRequest(f"settings.min_window_s = {values['min_window_s']:g} is over max_time_s = {values['max_time_s']:g}")
+        raise BadRequest(
+            f"settings.min_window_s = {values['min_window_s']:g} is over max_time_s = {values['max_time_s']:g}"
+        )
     return Settings(**values)
 
 
-def profile_one(runner: MeasurementRunner, index: int, msg: common_pb2.OpKey, settings: Settings,
-                key_timeout_s: float, is_active: Callable[[], bool]) -> agent_pb2.ProfileResult:
+def profile_one(
+    runner: MeasurementRunner,
+    index: int,
+    msg: common_pb2.OpKey,
+    settings: Settings,
+    key_timeout_s: float,
+    is_active: Callable[[], bool],
+) -> agent_pb2.ProfileResult:
     """Measure one key (inside a runner slot); a bad key becomes a result with a KeyError.
 
     Raises JobError(CANCELLED) when the caller went away.
@@ -66,8 +88,10 @@ def profile_one(runner: MeasurementRunner, index: int, msg: common_pb2.OpKey, se
     result.key_hash = key.hash
     if key.context != "isolated":
         result.error.code = agent_pb2.KeyError.CODE_INVALID
-        result.error.message = (f"key {index} ({key.describe()}): {key.context} keys are measured inside whole "
-                                "models (Benchmark with per_kernel), not alone")
+        result.error.message = (
+            f"key {index} ({key.describe()}): {key.context} keys are measured inside whole "
+            "models (Benchmark with per_kernel), not alone"
+        )
         return result
     try:
         stats, env = runner.call(ProfileJob(key.canonical_json(), settings), key_timeout_s, is_active)

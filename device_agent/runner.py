@@ -42,8 +42,13 @@ class RunnerClosed(Exception):
 class MeasurementRunner:
     """The daemon's handle on its measurement worker process."""
 
-    def __init__(self, settings: WorkerSettings, max_queued: int,
-                 target: str = "device_agent.worker:worker_main", idle_exit_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        max_queued: int,
+        target: str = "device_agent.worker:worker_main",
+        idle_exit_s: float = 60.0,
+    ) -> None:
         """`target` names the worker's entry function as 'module:function'. The worker exits
         after `idle_exit_s` without jobs (0: it stays) and is restarted for the next job."""
         self._settings = settings
@@ -126,7 +131,10 @@ class MeasurementRunner:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p or os.getcwd() for p in sys.path))
         proc = subprocess.Popen(
             [sys.executable, "-m", "device_agent.worker", self._target, str(child_sock.fileno())],
-            pass_fds=(child_sock.fileno(),), env=env, stdin=subprocess.DEVNULL)
+            pass_fds=(child_sock.fileno(),),
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
         child_sock.close()
         conn = Connection(parent_sock.detach())
         conn.send(self._settings)
@@ -138,7 +146,9 @@ class MeasurementRunner:
             hello = conn.recv()
         except (EOFError, OSError):
             proc.wait(5)
-            raise JobError(CRASHED, f"the measurement worker died while starting ({_exit_text(proc.returncode)})") from None
+            raise JobError(
+                CRASHED, f"the measurement worker died while starting ({_exit_text(proc.returncode)})"
+            ) from None
         if isinstance(hello, JobFailure):
             proc.wait(5)
             raise JobError(hello.code, hello.message)
@@ -176,7 +186,9 @@ class MeasurementRunner:
                 proc = self._proc
                 exit_text = _exit_text(proc.wait(5) if proc is not None else None)
                 self._discard_worker()
-                raise JobError(CRASHED, f"the runtime crashed ({exit_text}); the agent started a fresh worker") from None
+                raise JobError(
+                    CRASHED, f"the runtime crashed ({exit_text}); the agent started a fresh worker"
+                ) from None
             if ready:
                 if isinstance(reply, JobFailure):
                     raise JobError(reply.code, reply.message)

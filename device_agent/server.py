@@ -20,8 +20,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from device_agent import fingerprint
 from device_agent.config import AgentConfig
 from device_agent.jobs import (
-    CANCELLED, CRASHED, FAILED, INTERFERENCE, INVALID, TIMEOUT, UNSUPPORTED, BenchmarkJob,
-    JobError, ProbeJob, ProbeResult, WorkerSettings,
+    CANCELLED,
+    CRASHED,
+    FAILED,
+    INTERFERENCE,
+    INVALID,
+    TIMEOUT,
+    UNSUPPORTED,
+    BenchmarkJob,
+    JobError,
+    ProbeJob,
+    ProbeResult,
+    WorkerSettings,
 )
 from device_agent.nightly import Nightly
 from device_agent.profiling import BadRequest, profile_one, resolve_settings
@@ -43,16 +53,26 @@ _STATUS = {
     INTERFERENCE: grpc.StatusCode.UNAVAILABLE,
     CANCELLED: grpc.StatusCode.CANCELLED,
 }
+
+
 class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
-    def __init__(self, config: AgentConfig, runner: MeasurementRunner, info: agent_pb2.DeviceInfo,
-                 work_dir: Path, nightly: Nightly) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        runner: MeasurementRunner,
+        info: agent_pb2.DeviceInfo,
+        work_dir: Path,
+        nightly: Nightly,
+    ) -> None:
         self._config = config
         self._runner = runner
         self._info = info
         self._work_dir = work_dir
         self._nightly = nightly
 
-    def Reprofile(self, request: agent_pb2.ReprofileRequest, context: grpc.ServicerContext) -> agent_pb2.ReprofileResponse:
+    def Reprofile(
+        self, request: agent_pb2.ReprofileRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.ReprofileResponse:
         try:
             _, response = self._nightly.run_once(request.reason or "manual")
         except QueueFull as exc:
@@ -63,19 +83,25 @@ class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return response
 
-    def GetDeviceInfo(self, request: agent_pb2.GetDeviceInfoRequest, context: grpc.ServicerContext) -> agent_pb2.DeviceInfo:
+    def GetDeviceInfo(
+        self, request: agent_pb2.GetDeviceInfoRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.DeviceInfo:
         return self._info
 
     def _abort_job_error(self, context: grpc.ServicerContext, exc: JobError) -> None:
         context.abort(_STATUS.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
 
-    def Profile(self, request: agent_pb2.ProfileRequest, context: grpc.ServicerContext) -> Iterator[agent_pb2.ProfileResult]:
+    def Profile(
+        self, request: agent_pb2.ProfileRequest, context: grpc.ServicerContext
+    ) -> Iterator[agent_pb2.ProfileResult]:
         limit = self._config.max_keys_per_request
         if not request.keys:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no keys: a ProfileRequest needs at least one OpKey")
         if len(request.keys) > limit:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"{len(request.keys)} keys is over the agent's max_keys_per_request of {limit}; split the batch")
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{len(request.keys)} keys is over the agent's max_keys_per_request of {limit}; split the batch",
+            )
         try:
             settings = resolve_settings(request.settings, self._config.profile)
         except BadRequest as exc:
@@ -85,8 +111,7 @@ class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
                 for index, msg in enumerate(request.keys):
                     if not context.is_active():
                         return
-                    yield profile_one(self._runner, index, msg, settings, self._config.key_timeout_s,
-                                      context.is_active)
+                    yield profile_one(self._runner, index, msg, settings, self._config.key_timeout_s, context.is_active)
         except QueueFull as exc:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except RunnerClosed:
@@ -96,7 +121,9 @@ class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
                 raise
             return
 
-    def Benchmark(self, request_iterator: Iterator[agent_pb2.BenchmarkRequest], context: grpc.ServicerContext) -> agent_pb2.BenchmarkResponse:
+    def Benchmark(
+        self, request_iterator: Iterator[agent_pb2.BenchmarkRequest], context: grpc.ServicerContext
+    ) -> agent_pb2.BenchmarkResponse:
         cap = self._config.max_model_bytes
         fd, path = tempfile.mkstemp(prefix="upload-", suffix=".onnx", dir=self._work_dir)
         try:
@@ -108,8 +135,9 @@ class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
                 settings = resolve_settings(header.settings, self._config.benchmark)
             except BadRequest as exc:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            job = BenchmarkJob(path, header.batch_size, settings, tuple(batches), tuple(header.output_names),
-                               header.per_kernel)
+            job = BenchmarkJob(
+                path, header.batch_size, settings, tuple(batches), tuple(header.output_names), header.per_kernel
+            )
             try:
                 with self._runner.slot(context.is_active):
                     reply = self._runner.call(job, self._config.job_timeout_s, context.is_active)
@@ -125,8 +153,9 @@ class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
         finally:
             Path(path).unlink(missing_ok=True)
 
-    def _receive(self, requests: Iterator[agent_pb2.BenchmarkRequest], context: grpc.ServicerContext,
-                 sink: Any, cap: int) -> tuple[agent_pb2.BenchmarkHeader | None, list[bytes]]:
+    def _receive(
+        self, requests: Iterator[agent_pb2.BenchmarkRequest], context: grpc.ServicerContext, sink: Any, cap: int
+    ) -> tuple[agent_pb2.BenchmarkHeader | None, list[bytes]]:
         """Stream the upload to `sink`; abort with a precise status on any bad part.
 
         Returns (None, []) when the client went away mid-upload.
@@ -140,15 +169,21 @@ class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
                 which = part.WhichOneof("part")
                 if header is None:
                     if which != "header":
-                        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                      f"the first message must be a header, got {which or 'an empty message'}")
+                        context.abort(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"the first message must be a header, got {which or 'an empty message'}",
+                        )
                     header = part.header
                     if header.model_size_bytes == 0:
-                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "header.model_size_bytes is 0: no model to benchmark")
+                        context.abort(
+                            grpc.StatusCode.INVALID_ARGUMENT, "header.model_size_bytes is 0: no model to benchmark"
+                        )
                     if header.model_size_bytes > cap:
-                        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                      f"model of {header.model_size_bytes / 2**20:.1f} MiB is over the agent's cap of "
-                                      f"{cap / 2**20:.1f} MiB (max_model_mib)")
+                        context.abort(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"model of {header.model_size_bytes / 2**20:.1f} MiB is over the agent's cap of "
+                            f"{cap / 2**20:.1f} MiB (max_model_mib)",
+                        )
                 elif which == "header":
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a second header in one upload")
                 elif which == "model_chunk":
@@ -156,9 +191,11 @@ class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
                         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model bytes after input batches")
                     received += len(part.model_chunk)
                     if received > header.model_size_bytes:
-                        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                      f"received more model bytes ({received:,}) than the header declared "
-                                      f"({header.model_size_bytes:,})")
+                        context.abort(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"received more model bytes ({received:,}) than the header declared "
+                            f"({header.model_size_bytes:,})",
+                        )
                     digest.update(part.model_chunk)
                     sink.write(part.model_chunk)
                 elif which == "inputs":
@@ -170,11 +207,15 @@ class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
         if header is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty upload: send a header, then the model bytes")
         if received < header.model_size_bytes:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"upload truncated: received {received:,} of {header.model_size_bytes:,} declared bytes")
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"upload truncated: received {received:,} of {header.model_size_bytes:,} declared bytes",
+            )
         if header.model_sha256 and not hmac.compare_digest(header.model_sha256.lower(), digest.hexdigest()):
-            context.abort(grpc.StatusCode.DATA_LOSS,
-                          f"the model bytes hash to {digest.hexdigest()}, not the declared {header.model_sha256}")
+            context.abort(
+                grpc.StatusCode.DATA_LOSS,
+                f"the model bytes hash to {digest.hexdigest()}, not the declared {header.model_sha256}",
+            )
         return header, batches
 
 
@@ -183,11 +224,15 @@ def _device_info(config: AgentConfig, probe: ProbeResult, threads: int) -> agent
     info = agent_pb2.DeviceInfo(fingerprint=fp, fingerprint_hash=fingerprint.hash_of(fp))
     for precision, supported, note in probe.precisions:
         info.precisions.add(precision=precision_to_proto(precision), supported=supported, note=note)
-    info.limits.CopyFrom(agent_pb2.AgentLimits(
-        max_model_bytes=config.max_model_bytes, max_keys_per_request=config.max_keys_per_request,
-        max_tensor_elements=config.max_tensor_elements, max_queued_jobs=config.max_queued_jobs,
-        job_timeout_s=config.job_timeout_s,
-    ))
+    info.limits.CopyFrom(
+        agent_pb2.AgentLimits(
+            max_model_bytes=config.max_model_bytes,
+            max_keys_per_request=config.max_keys_per_request,
+            max_tensor_elements=config.max_tensor_elements,
+            max_queued_jobs=config.max_queued_jobs,
+            job_timeout_s=config.job_timeout_s,
+        )
+    )
     info.default_settings.CopyFrom(resolve_settings(common_pb2.MeasurementSettings(), config.profile).to_proto())
     return info
 
@@ -204,9 +249,12 @@ class Agent:
         threads = config.intra_op_threads or psutil.cpu_count(logical=False) or 1
         self.intra_op_threads = threads
         ws = WorkerSettings(
-            execution_provider=config.execution_provider, provider_options=dict(config.provider_options),
-            intra_op_threads=threads, inter_op_threads=config.inter_op_threads,
-            max_tensor_elements=config.max_tensor_elements, own_pids=(os.getpid(),),
+            execution_provider=config.execution_provider,
+            provider_options=dict(config.provider_options),
+            intra_op_threads=threads,
+            inter_op_threads=config.inter_op_threads,
+            max_tensor_elements=config.max_tensor_elements,
+            own_pids=(os.getpid(),),
         )
         kwargs = {"target": worker_target} if worker_target is not None else {}
         self.runner = MeasurementRunner(ws, config.max_queued_jobs, idle_exit_s=config.worker_idle_exit_s, **kwargs)
@@ -239,7 +287,8 @@ class Agent:
         workers = self.config.max_queued_jobs + 8
         server = make_server(workers, self._token, "rpc", max_concurrent_rpcs=workers)
         agent_pb2_grpc.add_DeviceAgentServicer_to_server(
-            DeviceAgentService(self.config, self.runner, self.info, Path(self._work_dir.name), self.nightly), server)
+            DeviceAgentService(self.config, self.runner, self.info, Path(self._work_dir.name), self.nightly), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.port = bind(server, self.config.listen, self.config.tls_cert, self.config.tls_key)
         server.start()
@@ -247,9 +296,15 @@ class Agent:
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.nightly.start()
-        log.info("agent.serving", address=self.address, fingerprint=self.info.fingerprint_hash[:16],
-                 provider=self.info.fingerprint.execution_provider, threads=self.intra_op_threads,
-                 tls=self.config.tls_cert is not None, auth=self.config.token_file is not None)
+        log.info(
+            "agent.serving",
+            address=self.address,
+            fingerprint=self.info.fingerprint_hash[:16],
+            provider=self.info.fingerprint.execution_provider,
+            threads=self.intra_op_threads,
+            tls=self.config.tls_cert is not None,
+            auth=self.config.token_file is not None,
+        )
         return self
 
     def stop(self, grace_s: float | None = None) -> None:

@@ -33,8 +33,7 @@ from device_agent.jobs import (
     WorkerSettings,
 )
 
-_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-              "tensorrt": "TensorrtExecutionProvider"}
+_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
 class Runtime:
@@ -288,9 +287,13 @@ class Worker:
         run_once = self._first_run(sess, feeds, f"the model at batch {batch}")
         stats = self._measure(run_once, job.settings)
         response = agent_pb2.BenchmarkResponse(
-            latency=stats, throughput_per_s=batch * 1000.0 / stats.median_ms,
-            session_load_ms=load_ms, model=summary, batch_size=batch,
-            environment=self.env.read(), execution_provider=self.rt.provider,
+            latency=stats,
+            throughput_per_s=batch * 1000.0 / stats.median_ms,
+            session_load_ms=load_ms,
+            model=summary,
+            batch_size=batch,
+            environment=self.env.read(),
+            execution_provider=self.rt.provider,
         )
         peak = rss.peak()
         if peak is not None and rss.baseline is not None:
@@ -316,27 +319,40 @@ class Worker:
             except Exception as exc:  # onnxruntime raises its own exception types at run time
                 raise JobError(INVALID, f"running an uploaded input batch failed: {_short(exc)}") from None
             out = response.outputs.add()
-            for name, value in zip(names, values):
+            for name, value in zip(names, values, strict=True):
                 from onnx import numpy_helper
 
-                out.tensors.add(name=name, tensor_proto=numpy_helper.from_array(
-                    np.asarray(value), name).SerializeToString())
+                out.tensors.add(
+                    name=name, tensor_proto=numpy_helper.from_array(np.asarray(value), name).SerializeToString()
+                )
         return response.SerializeToString()
 
-    def _kernel_profile(self, kernels: Any, model_path: str, feeds: dict[str, Any], whole: Any,
-                        settings: Settings) -> Any:
+    def _kernel_profile(
+        self, kernels: Any, model_path: str, feeds: dict[str, Any], whole: Any, settings: Settings
+    ) -> Any:
         from device_agent.kernelprofile import node_overhead_ms, profile_kernels
         from lut_store.modelkeys import UnsupportedModel
 
         try:
             if self._node_overhead_ms is None:
                 self._node_overhead_ms = node_overhead_ms(
-                    self.rt.session, self.rt.session_options, self.rt.runner,
-                    lambda run_once: self._measure(run_once, settings).median_ms, self.cancelled)
+                    self.rt.session,
+                    self.rt.session_options,
+                    self.rt.runner,
+                    lambda run_once: self._measure(run_once, settings).median_ms,
+                    self.cancelled,
+                )
             return profile_kernels(
-                kernels, model_path, self.rt.session, self.rt.session_options,
+                kernels,
+                model_path,
+                self.rt.session,
+                self.rt.session_options,
                 lambda sess: self._first_run(sess, feeds, "the model under the profiler"),
-                whole, self._node_overhead_ms, settings.warmup_runs, self.cancelled)
+                whole,
+                self._node_overhead_ms,
+                settings.warmup_runs,
+                self.cancelled,
+            )
         except InterruptedError:
             raise JobError(CANCELLED, "cancelled") from None
         except UnsupportedModel as exc:
@@ -358,25 +374,31 @@ class Worker:
             for nt in batch.tensors:
                 if nt.name not in expected:
                     raise modelcheck.ModelInvalid(
-                        f"input batch {k}: the model has no input {nt.name!r} (inputs: {sorted(expected)})")
+                        f"input batch {k}: the model has no input {nt.name!r} (inputs: {sorted(expected)})"
+                    )
                 try:
                     arr = numpy_helper.to_array(TensorProto.FromString(nt.tensor_proto))
                 except Exception as exc:  # protobuf/onnx raise several types on bad bytes
                     raise modelcheck.ModelInvalid(
-                        f"input batch {k}: tensor {nt.name!r} is not a serialized TensorProto ({exc})") from None
+                        f"input batch {k}: tensor {nt.name!r} is not a serialized TensorProto ({exc})"
+                    ) from None
                 tt = expected[nt.name]
                 want = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
                 if arr.dtype != want:
                     raise modelcheck.ModelInvalid(
-                        f"input batch {k}: {nt.name!r} is {arr.dtype}, the model wants {want}")
+                        f"input batch {k}: {nt.name!r} is {arr.dtype}, the model wants {want}"
+                    )
                 dims = list(tt.shape.dim)
                 bad_rank = arr.ndim != len(dims)
-                bad_dim = any(d.HasField("dim_value") and d.dim_value > 0 and a != 0 and arr.shape[a] != d.dim_value
-                              for a, d in enumerate(dims[:arr.ndim]))
+                bad_dim = any(
+                    d.HasField("dim_value") and d.dim_value > 0 and a != 0 and arr.shape[a] != d.dim_value
+                    for a, d in enumerate(dims[: arr.ndim])
+                )
                 if bad_rank or bad_dim:
                     want_shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
                     raise modelcheck.ModelInvalid(
-                        f"input batch {k}: {nt.name!r} has shape {list(arr.shape)}, the model wants {want_shape}")
+                        f"input batch {k}: {nt.name!r} has shape {list(arr.shape)}, the model wants {want_shape}"
+                    )
                 feeds[nt.name] = arr
             missing = sorted(set(expected) - set(feeds))
             if missing:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -43,8 +43,13 @@ class AgentTarget:
     tls_server_name: str | None = None
 
     @classmethod
-    def from_files(cls, address: str, token_file: Path | None = None, tls_ca_file: Path | None = None,
-                   tls_server_name: str | None = None) -> AgentTarget:
+    def from_files(
+        cls,
+        address: str,
+        token_file: Path | None = None,
+        tls_ca_file: Path | None = None,
+        tls_server_name: str | None = None,
+    ) -> AgentTarget:
         token = Path(token_file).read_text().strip() if token_file else None
         ca = Path(tls_ca_file).read_bytes() if tls_ca_file else None
         return cls(address, token, ca, tls_server_name)
@@ -53,14 +58,15 @@ class AgentTarget:
 class AgentClient:
     """Typed calls to one agent. Use as a context manager or call `close()`."""
 
-    def __init__(self, target: AgentTarget, timeout_s: float = 30.0, retries: int = 3,
-                 backoff_s: float = 0.5) -> None:
+    def __init__(self, target: AgentTarget, timeout_s: float = 30.0, retries: int = 3, backoff_s: float = 0.5) -> None:
         self.target = target
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
-        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
         if target.tls_ca is not None:
             if target.tls_server_name:
                 options.append(("grpc.ssl_target_name_override", target.tls_server_name))
@@ -100,21 +106,29 @@ class AgentClient:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
     def info(self, timeout_s: float | None = None) -> agent_pb2.DeviceInfo:
-        return self._call(lambda: self._stub.GetDeviceInfo(
-            agent_pb2.GetDeviceInfoRequest(), timeout=timeout_s or self.timeout_s, metadata=self._metadata))
+        return self._call(
+            lambda: self._stub.GetDeviceInfo(
+                agent_pb2.GetDeviceInfoRequest(), timeout=timeout_s or self.timeout_s, metadata=self._metadata
+            )
+        )
 
     def reprofile(self, reason: str = "manual", timeout_s: float | None = None) -> agent_pb2.ReprofileResponse:
         """Ask the agent to re-profile its LUT into a new version now (may take minutes)."""
         req = agent_pb2.ReprofileRequest(reason=reason)
-        return self._call(lambda: self._stub.Reprofile(req, timeout=timeout_s or max(self.timeout_s, 3600.0),
-                                                        metadata=self._metadata))
+        return self._call(
+            lambda: self._stub.Reprofile(req, timeout=timeout_s or max(self.timeout_s, 3600.0), metadata=self._metadata)
+        )
 
-    def profile(self, keys: Sequence[OpKey | common_pb2.OpKey],
-                settings: common_pb2.MeasurementSettings | None = None,
-                timeout_s: float | None = None) -> Iterator[agent_pb2.ProfileResult]:
+    def profile(
+        self,
+        keys: Sequence[OpKey | common_pb2.OpKey],
+        settings: common_pb2.MeasurementSettings | None = None,
+        timeout_s: float | None = None,
+    ) -> Iterator[agent_pb2.ProfileResult]:
         """Stream one result per key, in order. Not retried once results have arrived."""
         req = agent_pb2.ProfileRequest(
-            keys=[k.to_proto() if isinstance(k, OpKey) else k for k in keys], settings=settings)
+            keys=[k.to_proto() if isinstance(k, OpKey) else k for k in keys], settings=settings
+        )
         call = self._stub.Profile(req, timeout=timeout_s or self.timeout_s, metadata=self._metadata)
         try:
             yield from call
@@ -123,10 +137,16 @@ class AgentClient:
         finally:
             call.cancel()
 
-    def benchmark(self, model: bytes | Path, batch_size: int = 0,
-                  settings: common_pb2.MeasurementSettings | None = None,
-                  inputs: Iterable[dict[str, bytes]] = (), output_names: Sequence[str] = (),
-                  timeout_s: float | None = None, per_kernel: bool = False) -> agent_pb2.BenchmarkResponse:
+    def benchmark(
+        self,
+        model: bytes | Path,
+        batch_size: int = 0,
+        settings: common_pb2.MeasurementSettings | None = None,
+        inputs: Iterable[dict[str, bytes]] = (),
+        output_names: Sequence[str] = (),
+        timeout_s: float | None = None,
+        per_kernel: bool = False,
+    ) -> agent_pb2.BenchmarkResponse:
         """Upload a model, time it at `batch_size` (0: the model's own), return latency stats.
 
         `inputs`: batches mapping input names to serialized onnx.TensorProto bytes; the response
@@ -134,30 +154,39 @@ class AgentClient:
         model's kernels (response.kernel_profile).
         """
         data = Path(model).read_bytes() if isinstance(model, Path) else bytes(model)
-        batches = [agent_pb2.InputBatch(tensors=[agent_pb2.NamedTensor(name=n, tensor_proto=t) for n, t in b.items()])
-                   for b in inputs]
+        batches = [
+            agent_pb2.InputBatch(tensors=[agent_pb2.NamedTensor(name=n, tensor_proto=t) for n, t in b.items()])
+            for b in inputs
+        ]
         header = agent_pb2.BenchmarkHeader(
-            model_size_bytes=len(data), model_sha256=hashlib.sha256(data).hexdigest(),
-            batch_size=batch_size, settings=settings, output_names=list(output_names), per_kernel=per_kernel)
+            model_size_bytes=len(data),
+            model_sha256=hashlib.sha256(data).hexdigest(),
+            batch_size=batch_size,
+            settings=settings,
+            output_names=list(output_names),
+            per_kernel=per_kernel,
+        )
 
         def stream() -> Iterator[agent_pb2.BenchmarkRequest]:
             yield agent_pb2.BenchmarkRequest(header=header)
             view = memoryview(data)
             for offset in range(0, len(data), CHUNK_BYTES):
-                yield agent_pb2.BenchmarkRequest(model_chunk=bytes(view[offset:offset + CHUNK_BYTES]))
+                yield agent_pb2.BenchmarkRequest(model_chunk=bytes(view[offset : offset + CHUNK_BYTES]))
             for batch in batches:
                 yield agent_pb2.BenchmarkRequest(inputs=batch)
 
-        return self._call(lambda: self._stub.Benchmark(
-            stream(), timeout=timeout_s or max(self.timeout_s, 900.0), metadata=self._metadata))
+        return self._call(
+            lambda: self._stub.Benchmark(
+                stream(), timeout=timeout_s or max(self.timeout_s, 900.0), metadata=self._metadata
+            )
+        )
 
 
 def message_dict(msg: Any, drop: Sequence[str] = ()) -> dict[str, Any]:
     """A response message as a plain dict for JSON output, every field present."""
     from google.protobuf import json_format
 
-    doc = json_format.MessageToDict(msg, preserving_proto_field_name=True,
-                                    always_print_fields_with_no_presence=True)
+    doc = json_format.MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     for name in drop:
         doc.pop(name, None)
     return doc

@@ -30,10 +30,15 @@ def _target(args: argparse.Namespace) -> Any:
 
 
 def _add_device_args(p: argparse.ArgumentParser, required: bool, many: bool = False) -> None:
-    p.add_argument("--device", required=required, metavar="HOST:PORT|NAME", action="append" if many else "store",
-                   help="agent address or a name in the devices file"
-                   + ("; repeat for several devices of one fingerprint" if many else "")
-                   + ("" if required else "; without it an embedded agent starts on 127.0.0.1"))
+    p.add_argument(
+        "--device",
+        required=required,
+        metavar="HOST:PORT|NAME",
+        action="append" if many else "store",
+        help="agent address or a name in the devices file"
+        + ("; repeat for several devices of one fingerprint" if many else "")
+        + ("" if required else "; without it an embedded agent starts on 127.0.0.1"),
+    )
     p.add_argument("--devices-file", type=Path, help="TOML file naming devices (default: $HADMC_HOME/devices.toml)")
     p.add_argument("--token-file", type=Path, help="file holding the agent's token")
     p.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) to verify the agent's TLS certificate")
@@ -46,9 +51,13 @@ def cmd_agent_serve(args: argparse.Namespace) -> int:
     from device_agent.server import serve
 
     overrides = {
-        "listen": args.listen, "token_file": args.token_file, "tls_cert": args.tls_cert,
-        "tls_key": args.tls_key, "insecure": True if args.insecure else None,
-        "execution_provider": args.execution_provider, "intra_op_threads": args.threads,
+        "listen": args.listen,
+        "token_file": args.token_file,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "insecure": True if args.insecure else None,
+        "execution_provider": args.execution_provider,
+        "intra_op_threads": args.threads,
     }
     config = load_agent_config(args.config, overrides)
     return serve(config, args.ready_file)
@@ -81,22 +90,29 @@ def cmd_agent_reprofile(args: argparse.Namespace) -> int:
         raise CliError("say --now to re-profile now (the agent's [nightly] schedule runs by itself)")
     with AgentClient(_target(args), timeout_s=args.timeout) as client:
         resp = client.reprofile(args.reason)
-    drift = (f", drift: median x{resp.drift_median_ratio:.3f} (p5 x{resp.drift_p5_ratio:.3f}, "
-             f"p95 x{resp.drift_p95_ratio:.3f}) against version {resp.parent_version_id}"
-             if resp.HasField("drift_median_ratio") else "")
-    text = (f"version {resp.version_id} in {resp.store_url}: {'sealed' if resp.sealed else 'left OPEN'}, "
-            f"{resp.measured_ok}/{resp.keys_total} measured, {resp.unsupported} unsupported, {resp.failed} failed, "
-            f"{resp.missing} missing{drift}")
+    drift = (
+        f", drift: median x{resp.drift_median_ratio:.3f} (p5 x{resp.drift_p5_ratio:.3f}, "
+        f"p95 x{resp.drift_p95_ratio:.3f}) against version {resp.parent_version_id}"
+        if resp.HasField("drift_median_ratio")
+        else ""
+    )
+    text = (
+        f"version {resp.version_id} in {resp.store_url}: {'sealed' if resp.sealed else 'left OPEN'}, "
+        f"{resp.measured_ok}/{resp.keys_total} measured, {resp.unsupported} unsupported, {resp.failed} failed, "
+        f"{resp.missing} missing{drift}"
+    )
     _emit(message_dict(resp), args.json, text)
     return 0 if resp.sealed else 3
 
 
 def _bench_text(resp: Any) -> str:
     s = resp.latency
-    return (f"batch {resp.batch_size} on {resp.execution_provider}: median {s.median_ms:.3f} ms, "
-            f"p90 {s.p90_ms:.3f} ms, p99 {s.p99_ms:.3f} ms (n={s.n}, CI +-{s.rel_ci95 * 100:.1f}%"
-            f"{'' if s.stable else ', NOT stable'}), {resp.throughput_per_s:.1f} samples/s, "
-            f"session load {resp.session_load_ms:.1f} ms")
+    return (
+        f"batch {resp.batch_size} on {resp.execution_provider}: median {s.median_ms:.3f} ms, "
+        f"p90 {s.p90_ms:.3f} ms, p99 {s.p99_ms:.3f} ms (n={s.n}, CI +-{s.rel_ci95 * 100:.1f}%"
+        f"{'' if s.stable else ', NOT stable'}), {resp.throughput_per_s:.1f} samples/s, "
+        f"session load {resp.session_load_ms:.1f} ms"
+    )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -113,13 +129,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _predict_text(pred: Any, top: int = 12) -> str:
     lines = [f"{'kernel':<48} {'kind':<16} {'prec':<5} {'ms':>9}  source"]
     for k in sorted(pred.kernels, key=lambda k: -k.latency_ms)[:top]:
-        lines.append(f"{k.name[-48:]:<48} {k.kind[:16]:<16} {k.precision:<5} {k.latency_ms:>9.4f}  {k.source}"
-                     + (f" v{k.version_id}" if k.version_id is not None else ""))
+        lines.append(
+            f"{k.name[-48:]:<48} {k.kind[:16]:<16} {k.precision:<5} {k.latency_ms:>9.4f}  {k.source}"
+            + (f" v{k.version_id}" if k.version_id is not None else "")
+        )
     if len(pred.kernels) > top:
         lines.append(f"... {len(pred.kernels) - top} more kernels")
-    lines.append(f"predicted {pred.latency_ms:.3f} ms at batch {pred.batch_size} from {len(pred.kernels)} kernels; "
-                 f"LUT versions {list(pred.version_ids)}; {pred.profiled_kernels} profiled on demand"
-                 + (f" (the device measured {pred.measured_ms:.3f} ms meanwhile)" if pred.measured_ms else ""))
+    lines.append(
+        f"predicted {pred.latency_ms:.3f} ms at batch {pred.batch_size} from {len(pred.kernels)} kernels; "
+        f"LUT versions {list(pred.version_ids)}; {pred.profiled_kernels} profiled on demand"
+        + (f" (the device measured {pred.measured_ms:.3f} ms meanwhile)" if pred.measured_ms else "")
+    )
     return "\n".join(lines)
 
 
@@ -134,10 +154,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise CliError(f"model file {args.model} does not exist")
     if args.batch < 1:
         raise CliError(f"--batch must be >= 1, got {args.batch}")
-    with _agent(args) as target, AgentClient(target, timeout_s=args.timeout) as client, \
-            open_store(args.store) as store:
-        predictor = LatencyPredictor.for_device(store, client, pinned=args.version, force=args.force,
-                                                batch_size=args.batch)
+    with _agent(args) as target, AgentClient(target, timeout_s=args.timeout) as client, open_store(args.store) as store:
+        predictor = LatencyPredictor.for_device(
+            store, client, pinned=args.version, force=args.force, batch_size=args.batch
+        )
         if args.no_profile:
             predictor.client = None
         with predictor if not args.no_profile else nullcontext(predictor):
@@ -169,12 +189,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
         config = replace(config, device=args.device)
     summary = run_compress(config, Policy.load(args.policy), args.out, progress=not args.json)
     a, lat, size = summary.accuracy, summary.latency, summary.size
-    text = (f"test accuracy {a['baseline_test_torch']:.4f} -> {a['compressed_test_torch']:.4f} (torch), "
-            f"{a['compressed_test_onnxruntime']:.4f} in onnxruntime on the device; parameters "
-            f"{size['baseline_params']:,} -> {size['params']:,} (-{size['params_reduction'] * 100:.1f}%), "
-            f"effective size -{size['compression'] * 100:.1f}%; latency at batch {lat['batch_size']}: "
-            f"{lat['baseline']['latency']['median_ms']:.3f} -> {lat['compressed']['latency']['median_ms']:.3f} ms "
-            f"(x{lat['speedup']:.2f}); summary in {args.out / 'summary.json'}")
+    text = (
+        f"test accuracy {a['baseline_test_torch']:.4f} -> {a['compressed_test_torch']:.4f} (torch), "
+        f"{a['compressed_test_onnxruntime']:.4f} in onnxruntime on the device; parameters "
+        f"{size['baseline_params']:,} -> {size['params']:,} (-{size['params_reduction'] * 100:.1f}%), "
+        f"effective size -{size['compression'] * 100:.1f}%; latency at batch {lat['batch_size']}: "
+        f"{lat['baseline']['latency']['median_ms']:.3f} -> {lat['compressed']['latency']['median_ms']:.3f} ms "
+        f"(x{lat['speedup']:.2f}); summary in {args.out / 'summary.json'}"
+    )
     _emit(asdict(summary), args.json, text)
     return 0
 
@@ -201,16 +223,25 @@ def cmd_policy_init(args: argparse.Namespace) -> int:
 
 def _search_text(summary: dict[str, Any], out: Path) -> str:
     base = summary["baseline"]
-    header = (f"{'':<10} {'val acc':>8} {'test acc':>9} {'onnxrt':>8} {'params':>11} {'pred ms':>8} "
-              f"{'meas ms':>8} {'speedup':>8} {'reward':>7}")
-    rows = [header, (f"{'baseline':<10} {base['val_accuracy']:>8.4f} {base['test_accuracy']:>9.4f} "
-                     f"{base['test_accuracy_onnxruntime']:>8.4f} {base['params']:>11,} "
-                     f"{base['predicted_latency_ms']:>8.3f} {base['measured_latency']['median_ms']:>8.3f} "
-                     f"{1.0:>8.2f} {'':>7}")]
+    header = (
+        f"{'':<10} {'val acc':>8} {'test acc':>9} {'onnxrt':>8} {'params':>11} {'pred ms':>8} "
+        f"{'meas ms':>8} {'speedup':>8} {'reward':>7}"
+    )
+    rows = [
+        header,
+        (
+            f"{'baseline':<10} {base['val_accuracy']:>8.4f} {base['test_accuracy']:>9.4f} "
+            f"{base['test_accuracy_onnxruntime']:>8.4f} {base['params']:>11,} "
+            f"{base['predicted_latency_ms']:>8.3f} {base['measured_latency']['median_ms']:>8.3f} "
+            f"{1.0:>8.2f} {'':>7}"
+        ),
+    ]
     for name, c in summary["controllers"].items():
-        rows.append(f"{name:<10} {c['val_accuracy']:>8.4f} {c['test_accuracy']:>9.4f} "
-                    f"{c['test_accuracy_onnxruntime']:>8.4f} {c['params']:>11,} {c['predicted_latency_ms']:>8.3f} "
-                    f"{c['measured_latency']['median_ms']:>8.3f} {c['speedup']:>8.2f} {c['reward']:>7.4f}")
+        rows.append(
+            f"{name:<10} {c['val_accuracy']:>8.4f} {c['test_accuracy']:>9.4f} "
+            f"{c['test_accuracy_onnxruntime']:>8.4f} {c['params']:>11,} {c['predicted_latency_ms']:>8.3f} "
+            f"{c['measured_latency']['median_ms']:>8.3f} {c['speedup']:>8.2f} {c['reward']:>7.4f}"
+        )
     rows.append(f"run directory {out} ({summary['wall_s'] / 60:.1f} min); report in {out / 'report.html'}")
     return "\n".join(rows)
 
@@ -220,8 +251,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if args.episodes is not None and args.episodes < 1:
         raise CliError(f"--episodes {args.episodes}: a search needs at least one episode")
-    overrides = {"device": args.device, "store": args.store, "episodes": args.episodes,
-                 "controllers": args.controllers.split(",") if args.controllers else None}
+    overrides = {
+        "device": args.device,
+        "store": args.store,
+        "episodes": args.episodes,
+        "controllers": args.controllers.split(",") if args.controllers else None,
+    }
     config = load_search_config(args.config, overrides)
     summary = run_search(config, args.out, resume=args.resume, progress=not args.json)
     _emit(summary, args.json, _search_text(summary, args.out))
@@ -236,12 +271,14 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         raise CliError(f"--seeds {args.seeds}: an experiment needs at least one seed")
     if args.resume:
         if args.config or args.preset or args.device or args.store:
-            raise CliError("--resume continues with the configs stored in --out: drop --config, --preset, --device "
-                           "and --store")
+            raise CliError(
+                "--resume continues with the configs stored in --out: drop --config, --preset, --device and --store"
+            )
         results = resume_experiment(args.study, args.out, args.seeds, progress=not args.json)
     else:
-        experiment = load_experiment(args.study, args.preset or "paper", args.config, args.seeds, args.device or (),
-                                     args.store)
+        experiment = load_experiment(
+            args.study, args.preset or "paper", args.config, args.seeds, args.device or (), args.store
+        )
         results = run_experiment(experiment, args.out, progress=not args.json)
     _emit(results.to_doc(), args.json, tables_markdown(results) + f"\nreport in {args.out / 'report.html'}")
     return 0
@@ -272,7 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     agent = sub.add_parser("agent", help="the device agent daemon").add_subparsers(dest="agent_command", required=True)
     serve = agent.add_parser("serve", help="run the agent on this device")
-    serve.add_argument("--listen", metavar="HOST:PORT", help="address to bind (default 127.0.0.1:50051; port 0 picks one)")
+    serve.add_argument(
+        "--listen", metavar="HOST:PORT", help="address to bind (default 127.0.0.1:50051; port 0 picks one)"
+    )
     serve.add_argument("--config", type=Path, help="TOML config file (flags override it)")
     serve.add_argument("--token-file", type=Path, help="require this token from clients")
     serve.add_argument("--tls-cert", type=Path, help="TLS certificate chain (PEM)")
@@ -303,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="one JSON document on stdout")
     bench.set_defaults(func=cmd_bench)
 
-    predict = sub.add_parser("predict", help="predicted latency of any ONNX model on a device, per kernel, from the LUT")
+    predict = sub.add_parser(
+        "predict", help="predicted latency of any ONNX model on a device, per kernel, from the LUT"
+    )
     predict.add_argument("model", type=Path, metavar="MODEL.onnx")
     _add_device_args(predict, required=False)
     predict.add_argument("--store", help="LUT store URL (default: the SQLite file under $HADMC_HOME)")
@@ -354,20 +395,33 @@ def build_parser() -> argparse.ArgumentParser:
     experiment = sub.add_parser("experiment", help="reproduce one of the paper's studies on your device and data")
     experiment.add_argument("study", choices=STUDIES, metavar="NAME", help=f"one of: {', '.join(STUDIES)}")
     experiment.add_argument("--out", type=Path, required=True, help="experiment directory")
-    experiment.add_argument("--seeds", type=int, help="repeat with this many search seeds (mean +- std; default 1); "
-                            "with --resume, add seeds up to this many")
-    experiment.add_argument("--preset", choices=PRESET_NAMES, help="budget and settings to start from (default: "
-                            "paper; tiny: seconds per search)")
-    experiment.add_argument("--config", type=Path, help="TOML search config over the preset, with an optional "
-                            "[experiment] table")
-    experiment.add_argument("--device", action="append", metavar="HOST:PORT",
-                            help="agent of the target device (default: embedded); cross-device: repeat, one per device")
+    experiment.add_argument(
+        "--seeds",
+        type=int,
+        help="repeat with this many search seeds (mean +- std; default 1); with --resume, add seeds up to this many",
+    )
+    experiment.add_argument(
+        "--preset",
+        choices=PRESET_NAMES,
+        help="budget and settings to start from (default: paper; tiny: seconds per search)",
+    )
+    experiment.add_argument(
+        "--config", type=Path, help="TOML search config over the preset, with an optional [experiment] table"
+    )
+    experiment.add_argument(
+        "--device",
+        action="append",
+        metavar="HOST:PORT",
+        help="agent of the target device (default: embedded); cross-device: repeat, one per device",
+    )
     experiment.add_argument("--store", help="LUT store URL (default: the SQLite file under $HADMC_HOME)")
     experiment.add_argument("--resume", action="store_true", help="continue the experiment in --out")
     experiment.add_argument("--json", action="store_true", help="one JSON document on stdout")
     experiment.set_defaults(func=cmd_experiment)
 
-    report = sub.add_parser("report", help="(re)build DIR/report.html and its plots from a search run or experiment directory")
+    report = sub.add_parser(
+        "report", help="(re)build DIR/report.html and its plots from a search run or experiment directory"
+    )
     report.add_argument("run", type=Path, metavar="DIR")
     report.add_argument("--json", action="store_true", help="one JSON document on stdout")
     report.set_defaults(func=cmd_report)

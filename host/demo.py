@@ -23,9 +23,14 @@ from host.search.run import SearchConfig, run_search
 # random search 1.185, PPO at the paper's rates 1.174, at 1e-3 / 3e-4 1.181, at 1e-3 / 3e-3
 # 1.206. Practising 32 surrogate episodes after each real one (HiReLC, host.search.surrogate) is
 # what makes PPO beat random search clearly with few real episodes.
-DEMO = SearchConfig(model="resnet18", controllers=["ppo", "random", "uniform"], episodes=10, episode_samples=576,
-                    final_distill=DistillConfig(epochs=10),
-                    ppo=PPOConfig(actor_lr=1e-3, critic_lr=3e-3, surrogate_episodes=32))
+DEMO = SearchConfig(
+    model="resnet18",
+    controllers=["ppo", "random", "uniform"],
+    episodes=10,
+    episode_samples=576,
+    final_distill=DistillConfig(epochs=10),
+    ppo=PPOConfig(actor_lr=1e-3, critic_lr=3e-3, surrogate_episodes=32),
+)
 
 
 def run_demo(out: Path, progress: bool = True, resume: bool = False) -> dict[str, Any]:

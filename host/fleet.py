@@ -66,18 +66,29 @@ def load_devices(path: Path | None = None) -> dict[str, DeviceEntry]:
         for key in table:
             if key not in _FIELDS:
                 near = difflib.get_close_matches(key, _FIELDS, n=1)
-                raise FleetError(f"devices file {path}: device {name}: unknown key {key!r}"
-                                 + (f"; did you mean {near[0]!r}?" if near else f"; valid: {', '.join(_FIELDS)}"))
+                raise FleetError(
+                    f"devices file {path}: device {name}: unknown key {key!r}"
+                    + (f"; did you mean {near[0]!r}?" if near else f"; valid: {', '.join(_FIELDS)}")
+                )
         if "address" not in table:
             raise FleetError(f"devices file {path}: device {name} has no address")
         devices[name] = DeviceEntry(
-            name, table["address"], Path(table["token_file"]) if "token_file" in table else None,
-            Path(table["tls_ca"]) if "tls_ca" in table else None, table.get("tls_server_name"))
+            name,
+            table["address"],
+            Path(table["token_file"]) if "token_file" in table else None,
+            Path(table["tls_ca"]) if "tls_ca" in table else None,
+            table.get("tls_server_name"),
+        )
     return devices
 
 
-def resolve(device: str, devices_file: Path | None = None, token_file: Path | None = None,
-            tls_ca: Path | None = None, tls_server_name: str | None = None) -> DeviceEntry:
+def resolve(
+    device: str,
+    devices_file: Path | None = None,
+    token_file: Path | None = None,
+    tls_ca: Path | None = None,
+    tls_server_name: str | None = None,
+) -> DeviceEntry:
     """A device by name from the devices file, else `device` as HOST:PORT with the given auth."""
     fleet = load_devices(devices_file)
     if device in fleet:

@@ -41,13 +41,13 @@ def _progress(done: int, total: int) -> None:
 
 
 def cmd_lut_build(args: argparse.Namespace) -> int:
+    from device_agent.fingerprint import document
     from host.agent_client import AgentClient
     from host.cli import CliError
     from host.fleet import resolve
     from lut_store.build import build_lut, report_dict
     from lut_store.fingerprint import differences
     from lut_store.opkey import precision_from_proto
-    from device_agent.fingerprint import document
 
     entries = [resolve(d, args.devices_file, args.token_file, args.tls_ca, args.tls_server_name) for d in args.device]
     with ExitStack() as stack:
@@ -56,8 +56,10 @@ def cmd_lut_build(args: argparse.Namespace) -> int:
         hashes = {i.fingerprint_hash for i in infos}
         if len(hashes) > 1:
             diff = differences(document(infos[0].fingerprint), document(infos[1].fingerprint))
-            raise CliError(f"devices {', '.join(e.name for e in entries)} have different fingerprints "
-                           f"(e.g. {diff}); one LUT version covers one fingerprint: build them separately")
+            raise CliError(
+                f"devices {', '.join(e.name for e in entries)} have different fingerprints "
+                f"(e.g. {diff}); one LUT version covers one fingerprint: build them separately"
+            )
         info = infos[0]
         supported = [precision_from_proto(p.precision) for p in info.precisions if p.supported]
         precisions = args.precisions.split(",") if args.precisions else supported
@@ -70,16 +72,30 @@ def cmd_lut_build(args: argparse.Namespace) -> int:
 
             keys = model_keys(args.model, precisions)
         store = stack.enter_context(_store(args))
-        print(f"building a LUT of {len(keys)} keys for device {info.fingerprint_hash[:16]} on "
-              f"{len(clients)} device(s) into {store.url}", file=sys.stderr)
-        report = build_lut(store, info.fingerprint_hash, document(info.fingerprint), keys, clients,
-                           source="manual", note=args.note or "", retries=args.retries,
-                           retry_wait_s=args.retry_wait, progress=None if args.json else _progress)
+        print(
+            f"building a LUT of {len(keys)} keys for device {info.fingerprint_hash[:16]} on "
+            f"{len(clients)} device(s) into {store.url}",
+            file=sys.stderr,
+        )
+        report = build_lut(
+            store,
+            info.fingerprint_hash,
+            document(info.fingerprint),
+            keys,
+            clients,
+            source="manual",
+            note=args.note or "",
+            retries=args.retries,
+            retry_wait_s=args.retry_wait,
+            progress=None if args.json else _progress,
+        )
     doc = report_dict(report)
-    text = (f"version {report.version_id} {'sealed' if report.sealed else 'left OPEN'}: "
-            f"{report.measured_ok} measured, {report.unsupported} unsupported, {report.failed} failed, "
-            f"{report.already_stored} resumed from an earlier run, {len(report.missing)} missing "
-            f"in {report.elapsed_s:.1f} s")
+    text = (
+        f"version {report.version_id} {'sealed' if report.sealed else 'left OPEN'}: "
+        f"{report.measured_ok} measured, {report.unsupported} unsupported, {report.failed} failed, "
+        f"{report.already_stored} resumed from an earlier run, {len(report.missing)} missing "
+        f"in {report.elapsed_s:.1f} s"
+    )
     for item in doc["missing"][:10]:
         text += f"\n  missing {item['key_hash'][:12]}: {item['reason']}"
     if report.missing:
@@ -93,8 +109,10 @@ def cmd_lut_list(args: argparse.Namespace) -> int:
         versions = store.versions(args.fingerprint)
     rows = [f"{'id':>5}  {'device':<16}  {'status':<9}  {'source':<8}  {'entries':>7}  {'parent':>6}  note"]
     for v in versions:
-        rows.append(f"{v.id:>5}  {v.fingerprint_hash[:16]:<16}  {v.status:<9}  {v.source:<8}  {v.entry_count:>7}  "
-                    f"{v.parent_id if v.parent_id is not None else '-':>6}  {v.note}")
+        rows.append(
+            f"{v.id:>5}  {v.fingerprint_hash[:16]:<16}  {v.status:<9}  {v.source:<8}  {v.entry_count:>7}  "
+            f"{v.parent_id if v.parent_id is not None else '-':>6}  {v.note}"
+        )
     _emit([_version_doc(v) for v in versions], args.json, "\n".join(rows) if versions else "no LUT versions")
     return 0
 
@@ -105,8 +123,10 @@ def cmd_lut_show(args: argparse.Namespace) -> int:
     with _store(args) as store:
         v = store.version(args.version)
         entries = list(store.entries(args.version))
-    lines = [f"version {v.id} ({v.uid}) of device {v.fingerprint_hash[:16]}: {v.status}, {v.source}, "
-             f"{len(entries)} entries, parent {v.parent_id}"]
+    lines = [
+        f"version {v.id} ({v.uid}) of device {v.fingerprint_hash[:16]}: {v.status}, {v.source}, "
+        f"{len(entries)} entries, parent {v.parent_id}"
+    ]
     for e in entries:
         value = f"{e.median_ms:10.4f} ms  n={e.n}" if e.status == "ok" else f"{e.status}: {e.reason}"
         lines.append(f"  {e.key_hash[:12]}  {kernel_name(e.key_json):<48} {value}")
@@ -115,15 +135,21 @@ def cmd_lut_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ratio_text(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def cmd_lut_diff(args: argparse.Namespace) -> int:
     from lut_store.exchange import diff_versions
 
     with _store(args) as store:
         d = diff_versions(store, args.a, args.b)
-    fmt = (lambda x: "-" if x is None else f"{x:.3f}")
-    lines = [f"version {d.version_b} / version {d.version_a}: {d.common} keys in both, median ratio "
-             f"{fmt(d.median_ratio)} (p5 {fmt(d.p5_ratio)}, p95 {fmt(d.p95_ratio)}); only in {d.version_a}: "
-             f"{d.only_in_a}, only in {d.version_b}: {d.only_in_b}, not ok in either: {d.not_ok_in_either}"]
+    lines = [
+        f"version {d.version_b} / version {d.version_a}: {d.common} keys in both, median ratio "
+        f"{_ratio_text(d.median_ratio)} (p5 {_ratio_text(d.p5_ratio)}, p95 {_ratio_text(d.p95_ratio)}); "
+        f"only in {d.version_a}: "
+        f"{d.only_in_a}, only in {d.version_b}: {d.only_in_b}, not ok in either: {d.not_ok_in_either}"
+    ]
     for c in d.most_changed:
         lines.append(f"  x{c.ratio:6.3f}  {c.median_a_ms:9.4f} -> {c.median_b_ms:9.4f} ms  {c.kernel}")
     _emit(dataclasses.asdict(d), args.json, "\n".join(lines))
@@ -151,8 +177,15 @@ def cmd_lut_import(args: argparse.Namespace) -> int:
 def cmd_lut_serve(args: argparse.Namespace) -> int:
     from lut_store.grpc_front import serve_store
 
-    return serve_store(args.store, args.listen, token_file=args.token_file, tls_cert=args.tls_cert,
-                       tls_key=args.tls_key, insecure=args.insecure, ready_file=args.ready_file)
+    return serve_store(
+        args.store,
+        args.listen,
+        token_file=args.token_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        insecure=args.insecure,
+        ready_file=args.ready_file,
+    )
 
 
 def cmd_devices_list(args: argparse.Namespace) -> int:
@@ -173,22 +206,31 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
             row["health"] = "UNREACHABLE"
             row["error"] = str(exc)
         rows.append(row)
-    lines = [f"{r['name']:<16} {r['address']:<24} {r['health']:<12} {r.get('fingerprint_hash', '')[:16]}  "
-             f"{r.get('error', r.get('cpu', ''))}" for r in rows]
+    lines = [
+        f"{r['name']:<16} {r['address']:<24} {r['health']:<12} {r.get('fingerprint_hash', '')[:16]}  "
+        f"{r.get('error', r.get('cpu', ''))}"
+        for r in rows
+    ]
     _emit(rows, args.json, "\n".join(lines) if rows else "no devices in the devices file")
     return 0
 
 
 def add_parsers(sub: Any, add_device_args: Any) -> None:
     """Register `lut` and `devices` on the top-level subparsers."""
+
     def store_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--store", metavar="URL", help="sqlite:///PATH, postgresql://..., grpc://HOST:PORT "
-                                                      "(default: SQLite under $HADMC_HOME)")
+        p.add_argument(
+            "--store",
+            metavar="URL",
+            help="sqlite:///PATH, postgresql://..., grpc://HOST:PORT (default: SQLite under $HADMC_HOME)",
+        )
         p.add_argument("--store-token-file", type=Path, help="token for a grpc:// store")
         p.add_argument("--store-tls-ca", type=Path, help="CA certificate of a grpc:// store")
         p.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
-    lut = sub.add_parser("lut", help="versioned latency look-up tables").add_subparsers(dest="lut_command", required=True)
+    lut = sub.add_parser("lut", help="versioned latency look-up tables").add_subparsers(
+        dest="lut_command", required=True
+    )
     build = lut.add_parser("build", help="profile a model's or a grid's kernels into a new sealed version")
     add_device_args(build, required=True, many=True)
     source = build.add_mutually_exclusive_group(required=True)
@@ -234,7 +276,8 @@ def add_parsers(sub: Any, add_device_args: Any) -> None:
     serve.set_defaults(func=cmd_lut_serve)
 
     devices = sub.add_parser("devices", help="the fleet in the devices file").add_subparsers(
-        dest="devices_command", required=True)
+        dest="devices_command", required=True
+    )
     dl = devices.add_parser("list", help="each device's health and fingerprint")
     dl.add_argument("--devices-file", type=Path)
     dl.add_argument("--timeout", type=float, default=5.0, metavar="S")

@@ -20,9 +20,14 @@ def scaled(channels: int, ratio: float, round_to: int) -> int:
     return max(round_to, int(round(channels * ratio / round_to)) * round_to)
 
 
-def resnet_keys(num_classes: int = 6, image_size: int = 64, batch: int = 1,
-                keep_ratios: Sequence[float] = DEFAULT_KEEP_RATIOS, precisions: Sequence[str] = ("fp32",),
-                round_to: int = 8) -> list[OpKey]:
+def resnet_keys(
+    num_classes: int = 6,
+    image_size: int = 64,
+    batch: int = 1,
+    keep_ratios: Sequence[float] = DEFAULT_KEEP_RATIOS,
+    precisions: Sequence[str] = ("fp32",),
+    round_to: int = 8,
+) -> list[OpKey]:
     """Keys of the paper's ResNet18 (7x7 stem, BasicBlocks [2, 2, 2, 2]) at `image_size`."""
     from host.models.resnet import ResNet18
 
@@ -46,7 +51,9 @@ def resnet_keys(num_classes: int = 6, image_size: int = 64, batch: int = 1,
             stride = block.conv1.stride[0]
             layers.append((block.conv1.in_channels, block.conv1.out_channels, size, 3, stride, 1, ("relu",), False))
             out_size = (size + 2 - 3) // stride + 1
-            layers.append((block.conv2.in_channels, block.conv2.out_channels, out_size, 3, 1, 1, ("add", "relu"), False))
+            layers.append(
+                (block.conv2.in_channels, block.conv2.out_channels, out_size, 3, 1, 1, ("add", "relu"), False)
+            )
             if block.downsample is not None:
                 ds = block.downsample[0]
                 layers.append((ds.in_channels, ds.out_channels, size, 1, stride, 0, (), False))
@@ -57,14 +64,27 @@ def resnet_keys(num_classes: int = 6, image_size: int = 64, batch: int = 1,
             for r_out in keep_ratios:
                 for p in precisions:
                     ci = c_in if input_fixed else scaled(c_in, r_in, round_to)
-                    key = kernels.conv(batch, ci, s, s, scaled(c_out, r_out, round_to), k, stride, pad,
-                                       bias=True, fuse=fuse, precision=p)
+                    key = kernels.conv(
+                        batch,
+                        ci,
+                        s,
+                        s,
+                        scaled(c_out, r_out, round_to),
+                        k,
+                        stride,
+                        pad,
+                        bias=True,
+                        fuse=fuse,
+                        precision=p,
+                    )
                     keys.setdefault(key.hash, key)
     for r in keep_ratios:
         for p in precisions:
             c = scaled(512, r, round_to)
-            for key in (kernels.global_avg_pool(batch, c, size, size, precision=p),
-                        kernels.gemm(batch, c, num_classes, precision=p)):
+            for key in (
+                kernels.global_avg_pool(batch, c, size, size, precision=p),
+                kernels.gemm(batch, c, num_classes, precision=p),
+            ):
                 keys.setdefault(key.hash, key)
     return list(keys.values())
 

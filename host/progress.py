@@ -83,8 +83,10 @@ class FitProgress:
         left_s = elapsed / done * (total - done) if done else 0.0
         filled = round(BAR_WIDTH * done / total) if total else BAR_WIDTH
         bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-        self.progress.live(f"{self.what} epoch {epoch}/{epochs} [{bar}] {done}/{total} batches, {left_s:.0f} s left",
-                           force=done == total)
+        self.progress.live(
+            f"{self.what} epoch {epoch}/{epochs} [{bar}] {done}/{total} batches, {left_s:.0f} s left",
+            force=done == total,
+        )
 
     def epoch(self, epoch: int, epochs: int, loss: float) -> None:
         text = f"{self.what} epoch {epoch}/{epochs}: loss {loss:.4f} ({time.monotonic() - self._epoch_t0:.1f} s)"

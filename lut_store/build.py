@@ -35,9 +35,9 @@ _TRANSIENT_CODES = frozenset({agent_pb2.KeyError.CODE_TIMEOUT, agent_pb2.KeyErro
 class Profiler(Protocol):
     """One device that profiles keys (host.agent_client.AgentClient fits)."""
 
-    def profile(self, keys: Sequence[OpKey], settings: Any = None,
-                timeout_s: float | None = None) -> Iterator[agent_pb2.ProfileResult]:
-        ...
+    def profile(
+        self, keys: Sequence[OpKey], settings: Any = None, timeout_s: float | None = None
+    ) -> Iterator[agent_pb2.ProfileResult]: ...
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,16 @@ def holder_is_dead(owner: str) -> bool:
     return False
 
 
-def acquire(store: LutStore, fingerprint_hash: str, source: str, owner: str, lease_s: float,
-            settings: Mapping[str, Any] | None = None, note: str = "", parent_id: int | None = None) -> Build:
+def acquire(
+    store: LutStore,
+    fingerprint_hash: str,
+    source: str,
+    owner: str,
+    lease_s: float,
+    settings: Mapping[str, Any] | None = None,
+    note: str = "",
+    parent_id: int | None = None,
+) -> Build:
     """store.acquire_build, taking the open version over at once when its holder is a dead
     process of this host; BuildInProgress when a live builder holds it."""
     try:
@@ -85,8 +93,9 @@ def acquire(store: LutStore, fingerprint_hash: str, source: str, owner: str, lea
         if holder is None or not holder_is_dead(holder):
             raise
         log.warning("lut.build.takeover", holder=holder, reason="its process is gone from this host")
-        return store.acquire_build(fingerprint_hash, source, owner, lease_s, settings, note, parent_id,
-                                   take_over_from=holder)
+        return store.acquire_build(
+            fingerprint_hash, source, owner, lease_s, settings, note, parent_id, take_over_from=holder
+        )
 
 
 def entry_from_result(key: OpKey, result: agent_pb2.ProfileResult) -> Entry | None:
@@ -95,11 +104,29 @@ def entry_from_result(key: OpKey, result: agent_pb2.ProfileResult) -> Entry | No
     if result.WhichOneof("outcome") == "stats":
         s = result.stats
         settings = json_format.MessageToDict(s.settings, preserving_proto_field_name=True)
-        settings.update(p90_ms=s.p90_ms, p99_ms=s.p99_ms, max_ms=s.max_ms, rel_ci95=s.rel_ci95, stable=s.stable,
-                        attempts=s.attempts, other_cpu_cores=s.other_cpu_cores)
-        return Entry(key.hash, key.canonical_json(), "ok", env.get("measured_at_unix_s", time.time()),
-                     median_ms=s.median_ms, mean_ms=s.mean_ms, p90_ms=s.p90_ms, std_ms=s.std_ms, min_ms=s.min_ms,
-                     n=s.n, settings=settings, environment=env)
+        settings.update(
+            p90_ms=s.p90_ms,
+            p99_ms=s.p99_ms,
+            max_ms=s.max_ms,
+            rel_ci95=s.rel_ci95,
+            stable=s.stable,
+            attempts=s.attempts,
+            other_cpu_cores=s.other_cpu_cores,
+        )
+        return Entry(
+            key.hash,
+            key.canonical_json(),
+            "ok",
+            env.get("measured_at_unix_s", time.time()),
+            median_ms=s.median_ms,
+            mean_ms=s.mean_ms,
+            p90_ms=s.p90_ms,
+            std_ms=s.std_ms,
+            min_ms=s.min_ms,
+            n=s.n,
+            settings=settings,
+            environment=env,
+        )
     code = result.error.code
     if code in _TRANSIENT_CODES:
         return None
@@ -119,11 +146,23 @@ class _Progress:
                 self._cb(self.done, self.total)
 
 
-def build_lut(store: LutStore, fingerprint_hash: str, fingerprint: Mapping[str, Any], keys: Sequence[OpKey],
-              profilers: Sequence[Profiler], source: str = "manual", owner: str | None = None,
-              settings: Any = None, note: str = "", lease_s: float = 120.0, chunk_keys: int = 32,
-              retries: int = 3, retry_wait_s: float = 5.0, parent_id: int | None = None,
-              progress: Callable[[int, int], None] | None = None) -> BuildReport:
+def build_lut(
+    store: LutStore,
+    fingerprint_hash: str,
+    fingerprint: Mapping[str, Any],
+    keys: Sequence[OpKey],
+    profilers: Sequence[Profiler],
+    source: str = "manual",
+    owner: str | None = None,
+    settings: Any = None,
+    note: str = "",
+    lease_s: float = 120.0,
+    chunk_keys: int = 32,
+    retries: int = 3,
+    retry_wait_s: float = 5.0,
+    parent_id: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> BuildReport:
     """Profile `keys` on `profilers` (devices of one fingerprint) into a version, then seal it.
 
     Resumes the fingerprint's open version when its lease has expired. Keys are split between
@@ -141,8 +180,9 @@ def build_lut(store: LutStore, fingerprint_hash: str, fingerprint: Mapping[str, 
     vid = build.version.id
     stored = store.lookup(vid, [k.hash for k in unique]).entries if build.resumed else {}
     todo = [k for k in unique if k.hash not in stored]
-    log.info("lut.build.start", version=vid, resumed=build.resumed, keys=len(unique), todo=len(todo),
-             devices=len(profilers))
+    log.info(
+        "lut.build.start", version=vid, resumed=build.resumed, keys=len(unique), todo=len(todo), devices=len(profilers)
+    )
     counts = {"ok": 0, "unsupported": 0, "failed": 0}
     lock = threading.Lock()
     bar = _Progress(len(unique), progress)
@@ -164,7 +204,7 @@ def build_lut(store: LutStore, fingerprint_hash: str, fingerprint: Mapping[str, 
         """Profile a share of the keys; each result is stored as soon as it arrives."""
         try:
             for start in range(0, len(share), chunk_keys):
-                chunk = share[start:start + chunk_keys]
+                chunk = share[start : start + chunk_keys]
                 seen: set[str] = set()
                 stream = iter(profiler.profile(chunk, settings=settings, timeout_s=max(600.0, 60.0 * len(chunk))))
                 while True:
@@ -190,11 +230,14 @@ def build_lut(store: LutStore, fingerprint_hash: str, fingerprint: Mapping[str, 
 
     missing: dict[str, str] = {}
     for attempt in range(retries + 1):
-        shares = [todo[i::len(profilers)] for i in range(len(profilers))]
+        shares = [todo[i :: len(profilers)] for i in range(len(profilers))]
         round_missing: list[dict[str, str]] = [{} for _ in profilers]
         errors: list[BaseException] = []
-        threads = [threading.Thread(target=run, args=(p, s, m, errors), daemon=True)
-                   for p, s, m in zip(profilers, shares, round_missing) if s]
+        threads = [
+            threading.Thread(target=run, args=(p, s, m, errors), daemon=True)
+            for p, s, m in zip(profilers, shares, round_missing, strict=True)
+            if s
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -206,20 +249,34 @@ def build_lut(store: LutStore, fingerprint_hash: str, fingerprint: Mapping[str, 
             break
         todo = [k for k in todo if k.hash in missing]
         if attempt < retries:
-            log.warning("lut.build.retry", version=vid, keys=len(todo), wait_s=retry_wait_s,
-                        example=next(iter(missing.values())))
+            log.warning(
+                "lut.build.retry",
+                version=vid,
+                keys=len(todo),
+                wait_s=retry_wait_s,
+                example=next(iter(missing.values())),
+            )
             time.sleep(retry_wait_s)
             store.renew_lease(vid, owner, lease_s)
     sealed = False
     if not missing:
         store.seal(vid)
         sealed = True
-    report = BuildReport(version_id=vid, resumed=build.resumed, keys_total=len(unique),
-                         already_stored=len(stored), measured_ok=counts["ok"], unsupported=counts["unsupported"],
-                         failed=counts["failed"], missing=missing, sealed=sealed,
-                         elapsed_s=round(time.monotonic() - t0, 3))
-    log.info("lut.build.done", **{k: v for k, v in report.__dict__.items() if k != "missing"},
-             missing_keys=len(missing))
+    report = BuildReport(
+        version_id=vid,
+        resumed=build.resumed,
+        keys_total=len(unique),
+        already_stored=len(stored),
+        measured_ok=counts["ok"],
+        unsupported=counts["unsupported"],
+        failed=counts["failed"],
+        missing=missing,
+        sealed=sealed,
+        elapsed_s=round(time.monotonic() - t0, 3),
+    )
+    log.info(
+        "lut.build.done", **{k: v for k, v in report.__dict__.items() if k != "missing"}, missing_keys=len(missing)
+    )
     return report
 
 

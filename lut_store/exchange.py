@@ -33,12 +33,22 @@ def export_version(store: LutStore, version_id: int, path: Path) -> dict[str, An
         digest.update(line.encode() + b"\n")
     parent_uid = store.version(version.parent_id).uid if version.parent_id is not None else None
     header = {
-        "format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION,
-        "fingerprint_hash": version.fingerprint_hash, "fingerprint": device.fingerprint,
-        "version": {"uid": version.uid, "source": version.source, "created_at_unix_s": version.created_at_unix_s,
-                    "sealed_at_unix_s": version.sealed_at_unix_s, "settings": version.settings,
-                    "note": version.note, "parent_uid": parent_uid, "exported_from_id": version.id},
-        "entries": len(lines), "sha256": digest.hexdigest(),
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_FORMAT_VERSION,
+        "fingerprint_hash": version.fingerprint_hash,
+        "fingerprint": device.fingerprint,
+        "version": {
+            "uid": version.uid,
+            "source": version.source,
+            "created_at_unix_s": version.created_at_unix_s,
+            "sealed_at_unix_s": version.sealed_at_unix_s,
+            "settings": version.settings,
+            "note": version.note,
+            "parent_uid": parent_uid,
+            "exported_from_id": version.id,
+        },
+        "entries": len(lines),
+        "sha256": digest.hexdigest(),
     }
     tmp = Path(f"{path}.tmp")
     with tmp.open("w") as f:
@@ -66,11 +76,14 @@ def read_export(path: Path) -> tuple[dict[str, Any], list[Entry]]:
     if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
         raise CorruptExport(f"{path} is not a hadmc LUT export (no '{EXPORT_FORMAT}' header)")
     if header.get("format_version") != EXPORT_FORMAT_VERSION:
-        raise CorruptExport(f"{path} has export format v{header.get('format_version')}, this hadmc reads "
-                            f"v{EXPORT_FORMAT_VERSION}")
+        raise CorruptExport(
+            f"{path} has export format v{header.get('format_version')}, this hadmc reads v{EXPORT_FORMAT_VERSION}"
+        )
     body = lines[1:]
     if len(body) != header.get("entries"):
-        raise CorruptExport(f"{path} is truncated or padded: {len(body)} entries, the header says {header.get('entries')}")
+        raise CorruptExport(
+            f"{path} is truncated or padded: {len(body)} entries, the header says {header.get('entries')}"
+        )
     digest = hashlib.sha256()
     for line in body:
         digest.update(line.encode() + b"\n")
@@ -88,9 +101,18 @@ def import_version(store: LutStore, path: Path) -> Version:
     header, entries = read_export(path)
     v = header["version"]
     device = Device(header["fingerprint_hash"], header["fingerprint"], v["created_at_unix_s"])
-    version = Version(id=0, uid=v["uid"], fingerprint_hash=header["fingerprint_hash"], parent_id=None,
-                      status="sealed", source="import", created_at_unix_s=v["created_at_unix_s"],
-                      sealed_at_unix_s=v["sealed_at_unix_s"], settings=v["settings"], note=v["note"])
+    version = Version(
+        id=0,
+        uid=v["uid"],
+        fingerprint_hash=header["fingerprint_hash"],
+        parent_id=None,
+        status="sealed",
+        source="import",
+        created_at_unix_s=v["created_at_unix_s"],
+        sealed_at_unix_s=v["sealed_at_unix_s"],
+        settings=v["settings"],
+        note=v["note"],
+    )
     return store.import_version(device, version, entries, v.get("parent_uid"))
 
 
@@ -149,10 +171,14 @@ def diff_versions(store: LutStore, a: int, b: int, top: int = 10) -> Diff:
     ratios = sorted(c.ratio for c in changes)
     most = sorted(changes, key=lambda c: abs(math.log(c.ratio)), reverse=True)[:top]
     return Diff(
-        version_a=a, version_b=b, common=len(changes),
+        version_a=a,
+        version_b=b,
+        common=len(changes),
         median_ratio=_quantile(ratios, 0.5) if ratios else None,
         p5_ratio=_quantile(ratios, 0.05) if ratios else None,
         p95_ratio=_quantile(ratios, 0.95) if ratios else None,
-        most_changed=most, only_in_a=len(set(ea) - set(eb)), only_in_b=len(set(eb) - set(ea)),
+        most_changed=most,
+        only_in_a=len(set(ea) - set(eb)),
+        only_in_b=len(set(eb) - set(ea)),
         not_ok_in_either=not_ok,
     )

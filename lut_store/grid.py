@@ -41,16 +41,36 @@ class GridError(ValueError):
     """A grid file that cannot be expanded; the message names the table and field."""
 
 
-def _conv(batch: int, in_channels: int, size: int, kernel: int, precision: str, out_channels: Any = "same",
-          stride: int = 1, padding: int | None = None, dilation: int = 1, groups: int = 1, bias: bool = True,
-          fuse: Sequence[str] = ()) -> OpKey:
+def _conv(
+    batch: int,
+    in_channels: int,
+    size: int,
+    kernel: int,
+    precision: str,
+    out_channels: Any = "same",
+    stride: int = 1,
+    padding: int | None = None,
+    dilation: int = 1,
+    groups: int = 1,
+    bias: bool = True,
+    fuse: Sequence[str] = (),
+) -> OpKey:
     out = in_channels if out_channels == "same" else out_channels
-    return kernels.conv(batch, in_channels, size, size, out, kernel, stride, padding, dilation, groups, bias,
-                        tuple(fuse), precision)
+    return kernels.conv(
+        batch, in_channels, size, size, out, kernel, stride, padding, dilation, groups, bias, tuple(fuse), precision
+    )
 
 
-def _pool(kind: str, batch: int, channels: int, size: int, kernel: int, precision: str, stride: int | None = None,
-          padding: int = 0) -> OpKey:
+def _pool(
+    kind: str,
+    batch: int,
+    channels: int,
+    size: int,
+    kernel: int,
+    precision: str,
+    stride: int | None = None,
+    padding: int = 0,
+) -> OpKey:
     return kernels.pool(kind, batch, channels, size, size, kernel, stride, padding, precision)
 
 
@@ -59,8 +79,9 @@ _BUILDERS: dict[str, Callable[..., OpKey]] = {
     "gemm": lambda precision, **kw: kernels.gemm(precision=precision, **kw),
     "matmul": lambda precision, **kw: kernels.matmul(precision=precision, **kw),
     "pool": _pool,
-    "global_avg_pool": lambda batch, channels, size, precision: kernels.global_avg_pool(batch, channels, size, size,
-                                                                                        precision),
+    "global_avg_pool": lambda batch, channels, size, precision: kernels.global_avg_pool(
+        batch, channels, size, size, precision
+    ),
     "elementwise": lambda op, shape, precision: kernels.elementwise(op, shape, precision),
     "batch_norm": lambda batch, channels, size, precision: kernels.batch_norm(batch, channels, size, size, precision),
     "concat": lambda shapes, precision, axis=1: kernels.concat(shapes, axis, precision),
@@ -91,13 +112,15 @@ def expand_grid(doc: dict[str, Any], device_precisions: Sequence[str]) -> list[O
             continue
         if table not in _BUILDERS:
             near = difflib.get_close_matches(table, list(_BUILDERS), n=1)
-            raise GridError(f"unknown grid table [[{table}]]" + (f"; did you mean [[{near[0]}]]?" if near else
-                                                                f"; known: {', '.join(_BUILDERS)}"))
+            raise GridError(
+                f"unknown grid table [[{table}]]"
+                + (f"; did you mean [[{near[0]}]]?" if near else f"; known: {', '.join(_BUILDERS)}")
+            )
         for index, sweep in enumerate(sweeps if isinstance(sweeps, list) else [sweeps]):
             names = list(sweep)
             values = [_sweep(n, sweep[n]) for n in names]
             for combo in itertools.product(*values, precisions):
-                params = dict(zip(names, combo[:-1]))
+                params = dict(zip(names, combo[:-1], strict=False))
                 try:
                     key = _BUILDERS[table](precision=combo[-1], **params)
                 except TypeError as exc:

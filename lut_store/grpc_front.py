@@ -14,12 +14,29 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from lut_store.grpc_store import (
-    BATCH_ENTRIES, ERROR_METADATA_KEY, WireError, device_from_proto, device_to_proto,
-    entry_from_proto, entry_to_proto, enum_name, json_object, required, version_from_proto, version_to_proto,
+    BATCH_ENTRIES,
+    ERROR_METADATA_KEY,
+    WireError,
+    device_from_proto,
+    device_to_proto,
+    entry_from_proto,
+    entry_to_proto,
+    enum_name,
+    json_object,
+    required,
+    version_from_proto,
+    version_to_proto,
 )
 from lut_store.records import (
-    VERSION_SOURCES, BuildInProgress, CorruptExport, LeaseLost, NoSealedVersion, StoreError, UnknownDevice,
-    UnknownVersion, VersionNotOpen,
+    VERSION_SOURCES,
+    BuildInProgress,
+    CorruptExport,
+    LeaseLost,
+    NoSealedVersion,
+    StoreError,
+    UnknownDevice,
+    UnknownVersion,
+    VersionNotOpen,
 )
 from lut_store.rpc import bind, check_exposure, make_server, read_token
 from lut_store.sqlstore import _redact
@@ -61,36 +78,47 @@ class LutStoreServicer(lut_pb2_grpc.LutStoreServiceServicer):
 
     def EnsureDevice(self, request: lut_pb2.EnsureDeviceRequest, context: grpc.ServicerContext) -> lut_pb2.LutDevice:
         with self._store_errors(context):
-            return device_to_proto(self._store.ensure_device(
-                required(request.fingerprint_hash, "fingerprint_hash"),
-                json_object(request.fingerprint_json, "fingerprint_json")))
+            return device_to_proto(
+                self._store.ensure_device(
+                    required(request.fingerprint_hash, "fingerprint_hash"),
+                    json_object(request.fingerprint_json, "fingerprint_json"),
+                )
+            )
 
-    def ListDevices(self, request: lut_pb2.ListDevicesRequest,
-                    context: grpc.ServicerContext) -> lut_pb2.ListDevicesResponse:
+    def ListDevices(
+        self, request: lut_pb2.ListDevicesRequest, context: grpc.ServicerContext
+    ) -> lut_pb2.ListDevicesResponse:
         with self._store_errors(context):
             return lut_pb2.ListDevicesResponse(devices=[device_to_proto(d) for d in self._store.devices()])
 
-    def AcquireBuild(self, request: lut_pb2.AcquireBuildRequest,
-                     context: grpc.ServicerContext) -> lut_pb2.AcquireBuildResponse:
+    def AcquireBuild(
+        self, request: lut_pb2.AcquireBuildRequest, context: grpc.ServicerContext
+    ) -> lut_pb2.AcquireBuildResponse:
         with self._store_errors(context):
             build = self._store.acquire_build(
                 required(request.fingerprint_hash, "fingerprint_hash"),
                 enum_name(lut_pb2.LutVersionSource, "LUT_VERSION_SOURCE_", VERSION_SOURCES, request.source, "source"),
-                required(request.owner, "owner"), request.lease_s,
-                settings=json_object(request.settings_json, "settings_json"), note=request.note,
+                required(request.owner, "owner"),
+                request.lease_s,
+                settings=json_object(request.settings_json, "settings_json"),
+                note=request.note,
                 parent_id=request.parent_id if request.HasField("parent_id") else None,
-                take_over_from=request.take_over_from if request.HasField("take_over_from") else None)
-            return lut_pb2.AcquireBuildResponse(version=version_to_proto(build.version), owner=build.owner,
-                                                resumed=build.resumed)
+                take_over_from=request.take_over_from if request.HasField("take_over_from") else None,
+            )
+            return lut_pb2.AcquireBuildResponse(
+                version=version_to_proto(build.version), owner=build.owner, resumed=build.resumed
+            )
 
-    def RenewLease(self, request: lut_pb2.RenewLeaseRequest,
-                   context: grpc.ServicerContext) -> lut_pb2.RenewLeaseResponse:
+    def RenewLease(
+        self, request: lut_pb2.RenewLeaseRequest, context: grpc.ServicerContext
+    ) -> lut_pb2.RenewLeaseResponse:
         with self._store_errors(context):
             self._store.renew_lease(request.version_id, required(request.owner, "owner"), request.lease_s)
             return lut_pb2.RenewLeaseResponse()
 
-    def AddEntries(self, request: lut_pb2.AddEntriesRequest,
-                   context: grpc.ServicerContext) -> lut_pb2.AddEntriesResponse:
+    def AddEntries(
+        self, request: lut_pb2.AddEntriesRequest, context: grpc.ServicerContext
+    ) -> lut_pb2.AddEntriesResponse:
         with self._store_errors(context):
             entries = [entry_from_proto(e, f"entries[{i}]") for i, e in enumerate(request.entries)]
             owner = request.owner if request.HasField("owner") else None
@@ -109,8 +137,9 @@ class LutStoreServicer(lut_pb2_grpc.LutStoreServiceServicer):
         with self._store_errors(context):
             return version_to_proto(self._store.version(request.version_id))
 
-    def ListVersions(self, request: lut_pb2.ListVersionsRequest,
-                     context: grpc.ServicerContext) -> lut_pb2.ListVersionsResponse:
+    def ListVersions(
+        self, request: lut_pb2.ListVersionsRequest, context: grpc.ServicerContext
+    ) -> lut_pb2.ListVersionsResponse:
         with self._store_errors(context):
             versions = self._store.versions(request.fingerprint_hash or None)
             return lut_pb2.ListVersionsResponse(versions=[version_to_proto(v) for v in versions])
@@ -129,16 +158,19 @@ class LutStoreServicer(lut_pb2_grpc.LutStoreServiceServicer):
     def Lookup(self, request: lut_pb2.LookupRequest, context: grpc.ServicerContext) -> lut_pb2.LookupResponse:
         with self._store_errors(context):
             found = self._store.lookup(request.version_id, list(request.key_hashes))
-            return lut_pb2.LookupResponse(version_id=found.version_id,
-                                          entries=[entry_to_proto(e) for e in found.entries.values()])
+            return lut_pb2.LookupResponse(
+                version_id=found.version_id, entries=[entry_to_proto(e) for e in found.entries.values()]
+            )
 
-    def ImportVersion(self, request: lut_pb2.ImportVersionRequest,
-                      context: grpc.ServicerContext) -> lut_pb2.LutVersion:
+    def ImportVersion(self, request: lut_pb2.ImportVersionRequest, context: grpc.ServicerContext) -> lut_pb2.LutVersion:
         with self._store_errors(context):
             entries = [entry_from_proto(e, f"entries[{i}]") for i, e in enumerate(request.entries)]
             version = self._store.import_version(
-                device_from_proto(request.device), version_from_proto(request.version), entries,
-                request.parent_uid if request.HasField("parent_uid") else None)
+                device_from_proto(request.device),
+                version_from_proto(request.version),
+                entries,
+                request.parent_uid if request.HasField("parent_uid") else None,
+            )
             return version_to_proto(version)
 
 
@@ -149,8 +181,15 @@ class LutServer:
     Beyond loopback it needs a token, and TLS unless `insecure`. The store stays the caller's.
     """
 
-    def __init__(self, store: LutStore, listen: str = "127.0.0.1:0", token_file: Path | None = None,
-                 tls_cert: Path | None = None, tls_key: Path | None = None, insecure: bool = False) -> None:
+    def __init__(
+        self,
+        store: LutStore,
+        listen: str = "127.0.0.1:0",
+        token_file: Path | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        insecure: bool = False,
+    ) -> None:
         check_exposure(listen, token_file, tls_cert, tls_key, insecure)
         self.store = store
         self.listen = listen
@@ -174,8 +213,13 @@ class LutServer:
         self.server = server
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("lut.serving", address=self.address, store=_redact(self.store.url),
-                 tls=self._tls_cert is not None, auth=self._token is not None)
+        log.info(
+            "lut.serving",
+            address=self.address,
+            store=_redact(self.store.url),
+            tls=self._tls_cert is not None,
+            auth=self._token is not None,
+        )
         return self
 
     def stop(self, grace_s: float = 5.0) -> None:
@@ -186,8 +230,15 @@ class LutServer:
         log.info("lut.stopped", address=self.address)
 
 
-def serve_store(store_url: str | None, listen: str, token_file: Path | None = None, tls_cert: Path | None = None,
-                tls_key: Path | None = None, insecure: bool = False, ready_file: Path | None = None) -> int:
+def serve_store(
+    store_url: str | None,
+    listen: str,
+    token_file: Path | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    insecure: bool = False,
+    ready_file: Path | None = None,
+) -> int:
     """Serve the store at `store_url` (None: the default) until SIGTERM or SIGINT; write the bound
     host:port to `ready_file` once serving."""
     stop = threading.Event()

@@ -17,8 +17,22 @@ import grpc
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from lut_store.records import (
-    ENTRY_STATUSES, VERSION_SOURCES, VERSION_STATUSES, Build, BuildInProgress, CorruptExport, Device, Entry,
-    FingerprintMismatch, LeaseLost, Lookup, NoSealedVersion, StoreError, UnknownDevice, UnknownVersion, Version,
+    ENTRY_STATUSES,
+    VERSION_SOURCES,
+    VERSION_STATUSES,
+    Build,
+    BuildInProgress,
+    CorruptExport,
+    Device,
+    Entry,
+    FingerprintMismatch,
+    LeaseLost,
+    Lookup,
+    NoSealedVersion,
+    StoreError,
+    UnknownDevice,
+    UnknownVersion,
+    Version,
     VersionNotOpen,
 )
 from lut_store.rpc import MAX_MESSAGE_BYTES
@@ -29,9 +43,20 @@ ERROR_METADATA_KEY = "hadmc-error"
 BATCH_ENTRIES = 500
 _ATTEMPTS = 3
 _BACKOFF_S = 0.5
-_ERRORS: dict[str, type[StoreError]] = {cls.__name__: cls for cls in (
-    StoreError, UnknownDevice, UnknownVersion, NoSealedVersion, VersionNotOpen, BuildInProgress, LeaseLost,
-    CorruptExport, FingerprintMismatch)}
+_ERRORS: dict[str, type[StoreError]] = {
+    cls.__name__: cls
+    for cls in (
+        StoreError,
+        UnknownDevice,
+        UnknownVersion,
+        NoSealedVersion,
+        VersionNotOpen,
+        BuildInProgress,
+        LeaseLost,
+        CorruptExport,
+        FingerprintMismatch,
+    )
+}
 _HINTS = {
     grpc.StatusCode.UNAVAILABLE: "check that `hadmc lut serve` runs there, with TLS on both sides or neither",
     grpc.StatusCode.DEADLINE_EXCEEDED: "check that `hadmc lut serve` runs there, or allow a longer timeout",
@@ -86,58 +111,85 @@ def enum_value(enum: EnumTypeWrapper, prefix: str, names: tuple[str, ...], name:
 
 
 def enum_name(enum: EnumTypeWrapper, prefix: str, names: tuple[str, ...], value: int, field: str) -> str:
-    name = enum.Name(value)[len(prefix):].lower() if value in enum.values() else ""
+    name = enum.Name(value)[len(prefix) :].lower() if value in enum.values() else ""
     if name not in names:
         raise WireError(f"{field} is unset or unknown ({value}); expected one of {names}")
     return name
 
 
 def device_to_proto(d: Device) -> lut_pb2.LutDevice:
-    return lut_pb2.LutDevice(fingerprint_hash=d.fingerprint_hash, fingerprint_json=_dumps(d.fingerprint),
-                             first_seen_unix_s=d.first_seen_unix_s)
+    return lut_pb2.LutDevice(
+        fingerprint_hash=d.fingerprint_hash,
+        fingerprint_json=_dumps(d.fingerprint),
+        first_seen_unix_s=d.first_seen_unix_s,
+    )
 
 
 def device_from_proto(m: lut_pb2.LutDevice, field: str = "device") -> Device:
-    return Device(required(m.fingerprint_hash, f"{field}.fingerprint_hash"),
-                  json_object(m.fingerprint_json, f"{field}.fingerprint_json"), m.first_seen_unix_s)
+    return Device(
+        required(m.fingerprint_hash, f"{field}.fingerprint_hash"),
+        json_object(m.fingerprint_json, f"{field}.fingerprint_json"),
+        m.first_seen_unix_s,
+    )
 
 
 def version_to_proto(v: Version) -> lut_pb2.LutVersion:
     return lut_pb2.LutVersion(
-        id=v.id, uid=v.uid, fingerprint_hash=v.fingerprint_hash,
+        id=v.id,
+        uid=v.uid,
+        fingerprint_hash=v.fingerprint_hash,
         status=enum_value(lut_pb2.LutVersionStatus, "LUT_VERSION_STATUS_", VERSION_STATUSES, v.status, "status"),
         source=enum_value(lut_pb2.LutVersionSource, "LUT_VERSION_SOURCE_", VERSION_SOURCES, v.source, "source"),
-        created_at_unix_s=v.created_at_unix_s, settings_json=_dumps(v.settings), note=v.note,
-        entry_count=v.entry_count, **_set(v, _VERSION_OPTIONALS))
+        created_at_unix_s=v.created_at_unix_s,
+        settings_json=_dumps(v.settings),
+        note=v.note,
+        entry_count=v.entry_count,
+        **_set(v, _VERSION_OPTIONALS),
+    )
 
 
 def version_from_proto(m: lut_pb2.LutVersion, field: str = "version") -> Version:
     return Version(
-        id=m.id, uid=m.uid, fingerprint_hash=m.fingerprint_hash,
-        status=enum_name(lut_pb2.LutVersionStatus, "LUT_VERSION_STATUS_", VERSION_STATUSES, m.status,
-                         f"{field}.status"),
-        source=enum_name(lut_pb2.LutVersionSource, "LUT_VERSION_SOURCE_", VERSION_SOURCES, m.source,
-                         f"{field}.source"),
-        created_at_unix_s=m.created_at_unix_s, settings=json_object(m.settings_json, f"{field}.settings_json"),
-        note=m.note, entry_count=m.entry_count, **{n: _optional(m, n) for n in _VERSION_OPTIONALS})
+        id=m.id,
+        uid=m.uid,
+        fingerprint_hash=m.fingerprint_hash,
+        status=enum_name(
+            lut_pb2.LutVersionStatus, "LUT_VERSION_STATUS_", VERSION_STATUSES, m.status, f"{field}.status"
+        ),
+        source=enum_name(lut_pb2.LutVersionSource, "LUT_VERSION_SOURCE_", VERSION_SOURCES, m.source, f"{field}.source"),
+        created_at_unix_s=m.created_at_unix_s,
+        settings=json_object(m.settings_json, f"{field}.settings_json"),
+        note=m.note,
+        entry_count=m.entry_count,
+        **{n: _optional(m, n) for n in _VERSION_OPTIONALS},
+    )
 
 
 def entry_to_proto(e: Entry) -> lut_pb2.LutEntry:
     return lut_pb2.LutEntry(
-        key_hash=e.key_hash, key_json=e.key_json,
+        key_hash=e.key_hash,
+        key_json=e.key_json,
         status=enum_value(lut_pb2.LutEntryStatus, "LUT_ENTRY_STATUS_", ENTRY_STATUSES, e.status, "status"),
-        measured_at_unix_s=e.measured_at_unix_s, settings_json=_dumps(e.settings),
-        environment_json=_dumps(e.environment), reason=e.reason, **_set(e, _ENTRY_STATS))
+        measured_at_unix_s=e.measured_at_unix_s,
+        settings_json=_dumps(e.settings),
+        environment_json=_dumps(e.environment),
+        reason=e.reason,
+        **_set(e, _ENTRY_STATS),
+    )
 
 
 def entry_from_proto(m: lut_pb2.LutEntry, field: str = "entry") -> Entry:
     """An entry, checked as Entry checks it; WireError naming `field` when it does not hold."""
     fields = dict(
-        key_hash=required(m.key_hash, f"{field}.key_hash"), key_json=m.key_json,
+        key_hash=required(m.key_hash, f"{field}.key_hash"),
+        key_json=m.key_json,
         status=enum_name(lut_pb2.LutEntryStatus, "LUT_ENTRY_STATUS_", ENTRY_STATUSES, m.status, f"{field}.status"),
-        measured_at_unix_s=m.measured_at_unix_s, settings=json_object(m.settings_json, f"{field}.settings_json"),
-        environment=json_object(m.environment_json, f"{field}.environment_json"), reason=m.reason,
-        **{n: _optional(m, n) for n in _ENTRY_STATS})
+        measured_at_unix_s=m.measured_at_unix_s,
+        settings=json_object(m.settings_json, f"{field}.settings_json"),
+        environment=json_object(m.environment_json, f"{field}.environment_json"),
+        reason=m.reason,
+        **{n: _optional(m, n) for n in _ENTRY_STATS},
+    )
     try:
         return Entry(**fields)
     except StoreError as exc:
@@ -148,16 +200,20 @@ def entry_from_proto(m: lut_pb2.LutEntry, field: str = "entry") -> Entry:
 class GrpcStore(LutStore):
     """The LutStore interface over gRPC. Use as a context manager or call `close()`."""
 
-    def __init__(self, address: str, token: str | None = None, tls_ca: bytes | None = None,
-                 timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, address: str, token: str | None = None, tls_ca: bytes | None = None, timeout_s: float = 10.0
+    ) -> None:
         self.address = address
         self.url = f"grpc://{address}"
         self.timeout_s = timeout_s
-        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
         if tls_ca is not None:
-            self._channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=tls_ca),
-                                                options=options)
+            self._channel = grpc.secure_channel(
+                address, grpc.ssl_channel_credentials(root_certificates=tls_ca), options=options
+            )
         else:
             self._channel = grpc.insecure_channel(address, options=options)
         self._stub = lut_pb2_grpc.LutStoreServiceStub(self._channel)
@@ -176,8 +232,11 @@ class GrpcStore(LutStore):
                 return fn(max(deadline - time.monotonic(), 0.0))
             except grpc.RpcError as exc:
                 backoff_s = _BACKOFF_S * 2 ** (attempt - 1)
-                retry = (exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < _ATTEMPTS
-                         and deadline - time.monotonic() > backoff_s)
+                retry = (
+                    exc.code() == grpc.StatusCode.UNAVAILABLE
+                    and attempt < _ATTEMPTS
+                    and deadline - time.monotonic() > backoff_s
+                )
                 if not retry:
                     raise self._error(method, exc, attempt) from None
                 time.sleep(backoff_s)
@@ -196,20 +255,39 @@ class GrpcStore(LutStore):
         return self._call(method, lambda timeout_s: rpc(request, timeout=timeout_s, metadata=self._metadata))
 
     def ensure_device(self, fingerprint_hash: str, fingerprint: Mapping[str, Any]) -> Device:
-        return device_from_proto(self._unary("EnsureDevice", lut_pb2.EnsureDeviceRequest(
-            fingerprint_hash=fingerprint_hash, fingerprint_json=_dumps(fingerprint))))
+        return device_from_proto(
+            self._unary(
+                "EnsureDevice",
+                lut_pb2.EnsureDeviceRequest(fingerprint_hash=fingerprint_hash, fingerprint_json=_dumps(fingerprint)),
+            )
+        )
 
     def devices(self) -> list[Device]:
         return [device_from_proto(d) for d in self._unary("ListDevices", lut_pb2.ListDevicesRequest()).devices]
 
-    def acquire_build(self, fingerprint_hash: str, source: str, owner: str, lease_s: float,
-                      settings: Mapping[str, Any] | None = None, note: str = "",
-                      parent_id: int | None = None, take_over_from: str | None = None) -> Build:
+    def acquire_build(
+        self,
+        fingerprint_hash: str,
+        source: str,
+        owner: str,
+        lease_s: float,
+        settings: Mapping[str, Any] | None = None,
+        note: str = "",
+        parent_id: int | None = None,
+        take_over_from: str | None = None,
+    ) -> Build:
         request = lut_pb2.AcquireBuildRequest(
-            fingerprint_hash=fingerprint_hash, owner=owner, lease_s=lease_s, settings_json=_dumps(settings or {}),
-            source=enum_value(lut_pb2.LutVersionSource, "LUT_VERSION_SOURCE_", VERSION_SOURCES, source,
-                              "version source"),
-            note=note, parent_id=parent_id, take_over_from=take_over_from)
+            fingerprint_hash=fingerprint_hash,
+            owner=owner,
+            lease_s=lease_s,
+            settings_json=_dumps(settings or {}),
+            source=enum_value(
+                lut_pb2.LutVersionSource, "LUT_VERSION_SOURCE_", VERSION_SOURCES, source, "version source"
+            ),
+            note=note,
+            parent_id=parent_id,
+            take_over_from=take_over_from,
+        )
         response = self._unary("AcquireBuild", request)
         return Build(version_from_proto(response.version), response.owner, response.resumed)
 
@@ -222,8 +300,10 @@ class GrpcStore(LutStore):
         written = 0
         for start in range(0, len(entries), BATCH_ENTRIES):
             request = lut_pb2.AddEntriesRequest(
-                version_id=version_id, owner=owner,
-                entries=[entry_to_proto(e) for e in entries[start:start + BATCH_ENTRIES]])
+                version_id=version_id,
+                owner=owner,
+                entries=[entry_to_proto(e) for e in entries[start : start + BATCH_ENTRIES]],
+            )
             written += self._unary("AddEntries", request).written_entries
         return written
 
@@ -254,16 +334,21 @@ class GrpcStore(LutStore):
         keys = list(dict.fromkeys(key_hashes))
         found: dict[str, Entry] = {}
         for start in range(0, max(len(keys), 1), BATCH_ENTRIES):  # one call even for no keys: checks the id
-            response = self._unary("Lookup", lut_pb2.LookupRequest(
-                version_id=version_id, key_hashes=keys[start:start + BATCH_ENTRIES]))
+            response = self._unary(
+                "Lookup", lut_pb2.LookupRequest(version_id=version_id, key_hashes=keys[start : start + BATCH_ENTRIES])
+            )
             found.update((e.key_hash, entry_from_proto(e)) for e in response.entries)
         return Lookup(version_id, found)
 
-    def import_version(self, device: Device, version: Version, entries: Sequence[Entry],
-                       parent_uid: str | None) -> Version:
+    def import_version(
+        self, device: Device, version: Version, entries: Sequence[Entry], parent_uid: str | None
+    ) -> Version:
         request = lut_pb2.ImportVersionRequest(
-            device=device_to_proto(device), version=version_to_proto(version),
-            entries=[entry_to_proto(e) for e in entries], parent_uid=parent_uid)
+            device=device_to_proto(device),
+            version=version_to_proto(version),
+            entries=[entry_to_proto(e) for e in entries],
+            parent_uid=parent_uid,
+        )
         return version_from_proto(self._unary("ImportVersion", request))
 
     def close(self) -> None:

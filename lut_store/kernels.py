@@ -11,22 +11,30 @@ from collections.abc import Sequence
 from lut_store.opkey import OpKey, OpKeyError, OpNode, TensorSpec
 
 
-def conv_out_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int,
-                  dilation: int = 1) -> int:
+def conv_out_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int, dilation: int = 1) -> int:
     """Output length of one spatial axis of a convolution or pooling window."""
     out = (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
     if out <= 0:
         raise OpKeyError(
-            f"window {kernel} (dilation {dilation}) does not fit input size {size} "
-            f"with pads {pad_begin}+{pad_end}"
+            f"window {kernel} (dilation {dilation}) does not fit input size {size} with pads {pad_begin}+{pad_end}"
         )
     return out
 
 
 def conv(
-    batch: int, in_channels: int, height: int, width: int, out_channels: int, kernel: int,
-    stride: int = 1, padding: int | None = None, dilation: int = 1, groups: int = 1,
-    bias: bool = True, fuse: Sequence[str] = (), precision: str = "fp32",
+    batch: int,
+    in_channels: int,
+    height: int,
+    width: int,
+    out_channels: int,
+    kernel: int,
+    stride: int = 1,
+    padding: int | None = None,
+    dilation: int = 1,
+    groups: int = 1,
+    bias: bool = True,
+    fuse: Sequence[str] = (),
+    precision: str = "fp32",
 ) -> OpKey:
     """A 2-D convolution, optionally followed by fused ops: ('relu',) or ('add', 'relu').
 
@@ -46,10 +54,19 @@ def conv(
     if bias:
         inputs.append(TensorSpec((out_channels,), role="weight"))
         refs.append("i2")
-    nodes = [OpNode("Conv", tuple(refs), {
-        "kernel_shape": (kernel, kernel), "strides": (stride, stride),
-        "pads": (pad, pad, pad, pad), "dilations": (dilation, dilation), "group": groups,
-    })]
+    nodes = [
+        OpNode(
+            "Conv",
+            tuple(refs),
+            {
+                "kernel_shape": (kernel, kernel),
+                "strides": (stride, stride),
+                "pads": (pad, pad, pad, pad),
+                "dilations": (dilation, dilation),
+                "group": groups,
+            },
+        )
+    ]
     for op in fuse:
         prev = f"n{len(nodes) - 1}"
         if op == "relu":
@@ -62,27 +79,33 @@ def conv(
     return OpKey(tuple(inputs), tuple(nodes), precision)
 
 
-def gemm(batch: int, in_features: int, out_features: int, bias: bool = True,
-         precision: str = "fp32") -> OpKey:
+def gemm(batch: int, in_features: int, out_features: int, bias: bool = True, precision: str = "fp32") -> OpKey:
     """A fully connected layer as ONNX Gemm with transB=1 (PyTorch's Linear export)."""
-    inputs = [TensorSpec((batch, in_features)),
-              TensorSpec((out_features, in_features), role="weight")]
+    inputs = [TensorSpec((batch, in_features)), TensorSpec((out_features, in_features), role="weight")]
     if bias:
         inputs.append(TensorSpec((out_features,), role="weight"))
     refs = tuple(f"i{k}" for k in range(len(inputs)))
     return OpKey(tuple(inputs), (OpNode("Gemm", refs, {"transB": 1}),), precision)
 
 
-def matmul(a_shape: Sequence[int], b_shape: Sequence[int], b_is_weight: bool = True,
-           precision: str = "fp32") -> OpKey:
+def matmul(a_shape: Sequence[int], b_shape: Sequence[int], b_is_weight: bool = True, precision: str = "fp32") -> OpKey:
     """MatMul of an activation by a weight (or by a second activation)."""
     b_role = "weight" if b_is_weight else "activation"
     inputs = (TensorSpec(tuple(a_shape)), TensorSpec(tuple(b_shape), role=b_role))
     return OpKey(inputs, (OpNode("MatMul", ("i0", "i1")),), precision)
 
 
-def pool(kind: str, batch: int, channels: int, height: int, width: int, kernel: int,
-         stride: int | None = None, padding: int = 0, precision: str = "fp32") -> OpKey:
+def pool(
+    kind: str,
+    batch: int,
+    channels: int,
+    height: int,
+    width: int,
+    kernel: int,
+    stride: int | None = None,
+    padding: int = 0,
+    precision: str = "fp32",
+) -> OpKey:
     """MaxPool or AveragePool ('max' / 'avg')."""
     ops = {"max": "MaxPool", "avg": "AveragePool"}
     if kind not in ops:
@@ -90,14 +113,11 @@ def pool(kind: str, batch: int, channels: int, height: int, width: int, kernel: 
     s = kernel if stride is None else stride
     conv_out_size(height, kernel, s, padding, padding)
     attrs = {"kernel_shape": (kernel, kernel), "strides": (s, s), "pads": (padding,) * 4}
-    return OpKey((TensorSpec((batch, channels, height, width)),),
-                 (OpNode(ops[kind], ("i0",), attrs),), precision)
+    return OpKey((TensorSpec((batch, channels, height, width)),), (OpNode(ops[kind], ("i0",), attrs),), precision)
 
 
-def global_avg_pool(batch: int, channels: int, height: int, width: int,
-                    precision: str = "fp32") -> OpKey:
-    return OpKey((TensorSpec((batch, channels, height, width)),),
-                 (OpNode("GlobalAveragePool", ("i0",)),), precision)
+def global_avg_pool(batch: int, channels: int, height: int, width: int, precision: str = "fp32") -> OpKey:
+    return OpKey((TensorSpec((batch, channels, height, width)),), (OpNode("GlobalAveragePool", ("i0",)),), precision)
 
 
 def elementwise(op: str, shape: Sequence[int], precision: str = "fp32") -> OpKey:
@@ -108,12 +128,14 @@ def elementwise(op: str, shape: Sequence[int], precision: str = "fp32") -> OpKey
     return OpKey(inputs, (OpNode(op, refs),), precision)
 
 
-def batch_norm(batch: int, channels: int, height: int, width: int,
-               precision: str = "fp32") -> OpKey:
+def batch_norm(batch: int, channels: int, height: int, width: int, precision: str = "fp32") -> OpKey:
     """Inference-mode BatchNormalization (scale, bias, mean, var as weights)."""
     params = tuple(TensorSpec((channels,), role="weight") for _ in range(4))
-    return OpKey((TensorSpec((batch, channels, height, width)), *params),
-                 (OpNode("BatchNormalization", ("i0", "i1", "i2", "i3", "i4")),), precision)
+    return OpKey(
+        (TensorSpec((batch, channels, height, width)), *params),
+        (OpNode("BatchNormalization", ("i0", "i1", "i2", "i3", "i4")),),
+        precision,
+    )
 
 
 def concat(shapes: Sequence[Sequence[int]], axis: int = 1, precision: str = "fp32") -> OpKey:
@@ -123,5 +145,4 @@ def concat(shapes: Sequence[Sequence[int]], axis: int = 1, precision: str = "fp3
 
 
 def softmax(shape: Sequence[int], axis: int = -1, precision: str = "fp32") -> OpKey:
-    return OpKey((TensorSpec(tuple(shape)),), (OpNode("Softmax", ("i0",), {"axis": axis}),),
-                 precision)
+    return OpKey((TensorSpec(tuple(shape)),), (OpNode("Softmax", ("i0",), {"axis": axis}),), precision)

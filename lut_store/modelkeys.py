@@ -30,18 +30,51 @@ from lut_store.opkey import DOMAINS, OpKey, OpKeyError, OpNode, TensorSpec
 # element-wise epilogues runtimes fuse (conv+bn+add+relu, gemm+relu, ...).
 _PRECISION_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "Cast"})
 _NO_OPS = frozenset({"Identity", "Dropout"})
-_EPILOGUE_OPS = frozenset({"BatchNormalization", "Add", "Relu", "Clip", "LeakyRelu", "Sigmoid",
-                           "HardSigmoid", "HardSwish", "Tanh"}) | _PRECISION_OPS | _NO_OPS
+_EPILOGUE_OPS = (
+    frozenset({"BatchNormalization", "Add", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh"})
+    | _PRECISION_OPS
+    | _NO_OPS
+)
 # Which inputs of an operator are weights (random data of that shape builds an equivalent kernel).
-_WEIGHT_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,),
-                  "BatchNormalization": (1, 2, 3, 4), "Add": (0, 1), "Mul": (0, 1), "Sub": (0, 1),
-                  "Div": (0, 1), "PRelu": (1,), "InstanceNormalization": (1, 2),
-                  "LayerNormalization": (1, 2)}
-_UNSUPPORTED_OPS = frozenset({"If", "Loop", "Scan", "SequenceConstruct", "SequenceAt", "SplitToSequence",
-                              "ConcatFromSequence", "NonZero", "Unique", "NonMaxSuppression"})
-_NP_TO_DTYPE = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16", np.dtype(np.float64): "float64",
-                np.dtype(np.int64): "int64", np.dtype(np.int32): "int32", np.dtype(np.int16): "int16",
-                np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8", np.dtype(np.bool_): "bool"}
+_WEIGHT_INPUTS = {
+    "Conv": (1, 2),
+    "ConvTranspose": (1, 2),
+    "Gemm": (1, 2),
+    "MatMul": (1,),
+    "BatchNormalization": (1, 2, 3, 4),
+    "Add": (0, 1),
+    "Mul": (0, 1),
+    "Sub": (0, 1),
+    "Div": (0, 1),
+    "PRelu": (1,),
+    "InstanceNormalization": (1, 2),
+    "LayerNormalization": (1, 2),
+}
+_UNSUPPORTED_OPS = frozenset(
+    {
+        "If",
+        "Loop",
+        "Scan",
+        "SequenceConstruct",
+        "SequenceAt",
+        "SplitToSequence",
+        "ConcatFromSequence",
+        "NonZero",
+        "Unique",
+        "NonMaxSuppression",
+    }
+)
+_NP_TO_DTYPE = {
+    np.dtype(np.float32): "float32",
+    np.dtype(np.float16): "float16",
+    np.dtype(np.float64): "float64",
+    np.dtype(np.int64): "int64",
+    np.dtype(np.int32): "int32",
+    np.dtype(np.int16): "int16",
+    np.dtype(np.int8): "int8",
+    np.dtype(np.uint8): "uint8",
+    np.dtype(np.bool_): "bool",
+}
 _MAX_CONSTANT_VALUES = 64
 _TOKEN_SUFFIX = re.compile(r"(_token_\d+)+$")
 
@@ -125,8 +158,10 @@ class _Graph:
         self.init = {t.name: t for t in inferred.graph.initializer}
         self.large = dict(large)
         self.init.update(self.large)
-        self.types = {vi.name: vi.type.tensor_type for vi in
-                      [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
+        self.types = {
+            vi.name: vi.type.tensor_type
+            for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+        }
         self.outputs = {o.name for o in inferred.graph.output}
         self.producer: dict[str, int] = {}
         self.consumers: dict[str, list[int]] = {}
@@ -156,7 +191,8 @@ class _Graph:
         if tt is None or not tt.HasField("shape") or any(d <= 0 for d in dims or []):
             raise UnsupportedModel(
                 f"the shape of tensor {tensor!r} entering {at.op_type} node {at.name!r} is unknown "
-                "after shape inference; export the model with static shapes")
+                "after shape inference; export the model with static shapes"
+            )
         return tuple(dims), _onnx_dtype(tt.elem_type)
 
     def constant_value(self, tensor: str) -> np.ndarray | None:
@@ -201,8 +237,12 @@ def _assign_units(g: _Graph) -> list[list[int]]:
         data = g.nodes[i].input[0] if g.nodes[i].input else ""
         while data in g.producer:
             p = g.producer[data]
-            if (g.constant[p] or p in unit_of or g.nodes[p].op_type not in _PRECISION_OPS | _NO_OPS
-                    or g.single_consumer(p) is None):
+            if (
+                g.constant[p]
+                or p in unit_of
+                or g.nodes[p].op_type not in _PRECISION_OPS | _NO_OPS
+                or g.single_consumer(p) is None
+            ):
                 break
             unit_of[p] = unit_of[i]
             units[unit_of[i]].append(p)
@@ -282,7 +322,8 @@ def _attrs(node: onnx.NodeProto) -> dict[str, object]:
         elif not isinstance(value, (int, float, str, list)):
             raise UnsupportedModel(
                 f"{node.op_type} node {node.name!r}: attribute {a.name!r} holds a graph or tensor, "
-                "which a kernel key cannot describe")
+                "which a kernel key cannot describe"
+            )
         attrs[a.name] = value
     return attrs
 
@@ -306,12 +347,16 @@ def _key(g: _Graph, unit: list[int], precision: str, neighbors: str) -> OpKey:
     for i in chain:
         node = g.nodes[i]
         if node.op_type in _UNSUPPORTED_OPS:
-            raise UnsupportedModel(f"operator {node.op_type} (node {node.name!r}) has no kernel type: "
-                                   "control flow and data-dependent shapes cannot be keyed")
+            raise UnsupportedModel(
+                f"operator {node.op_type} (node {node.name!r}) has no kernel type: "
+                "control flow and data-dependent shapes cannot be keyed"
+            )
         domain = "" if node.domain == "ai.onnx" else node.domain
         if domain not in DOMAINS:
-            raise UnsupportedModel(f"operator {node.op_type} of domain {domain!r} (node {node.name!r}) has no "
-                                   f"kernel type; domains with kernels: {sorted(DOMAINS)}")
+            raise UnsupportedModel(
+                f"operator {node.op_type} of domain {domain!r} (node {node.name!r}) has no "
+                f"kernel type; domains with kernels: {sorted(DOMAINS)}"
+            )
         refs = []
         for idx, raw in enumerate(node.input):
             if not raw:
@@ -329,14 +374,19 @@ def _key(g: _Graph, unit: list[int], precision: str, neighbors: str) -> OpKey:
                     value = g.constant_value(t)
                     weight_like = idx in _WEIGHT_INPUTS.get(node.op_type, ()) and dtype.startswith("float")
                     if not weight_like and value is not None and value.size <= _MAX_CONSTANT_VALUES:
-                        spec = TensorSpec(tuple(value.shape), _NP_TO_DTYPE.get(value.dtype, dtype), "constant",
-                                          tuple(value.reshape(-1).tolist()))
+                        spec = TensorSpec(
+                            tuple(value.shape),
+                            _NP_TO_DTYPE.get(value.dtype, dtype),
+                            "constant",
+                            tuple(value.reshape(-1).tolist()),
+                        )
                     elif weight_like or value is None:
                         spec = TensorSpec(shape, dtype, "weight")
                     else:
                         raise UnsupportedModel(
                             f"{node.op_type} node {node.name!r}: constant input {t!r} has {value.size} values; "
-                            f"a key carries at most {_MAX_CONSTANT_VALUES}")
+                            f"a key carries at most {_MAX_CONSTANT_VALUES}"
+                        )
                 else:
                     spec = TensorSpec(shape, dtype, "activation")
                 input_refs[t] = f"i{len(inputs)}"
@@ -365,8 +415,10 @@ def model_kernels(model: onnx.ModelProto, batch_size: int = 1) -> ModelKernels:
     g = _Graph(*_skeleton(model, batch_size))
     for n in g.nodes:
         if n.op_type in _UNSUPPORTED_OPS:
-            raise UnsupportedModel(f"operator {n.op_type} (node {n.name!r}) has no kernel type: "
-                                   "control flow and data-dependent shapes cannot be keyed")
+            raise UnsupportedModel(
+                f"operator {n.op_type} (node {n.name!r}) has no kernel type: "
+                "control flow and data-dependent shapes cannot be keyed"
+            )
     units = [u for u in _assign_units(g) if any(not g.constant[i] for i in u)]
     units.sort(key=lambda u: unit_anchor(g, u))
     unit_of = {i: k for k, u in enumerate(units) for i in u}

@@ -16,7 +16,7 @@ import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from protos.hadmc.v1 import common_pb2
 
@@ -26,16 +26,14 @@ PRECISIONS = ("fp32", "fp16", "int8", "int4")
 # How a key's latency is measured: alone in a graph the agent builds ("isolated"), or as the sum of
 # the runtime nodes it became inside whole models, scaled to the measured model ("in-model").
 CONTEXTS = ("isolated", "in-model")
-DTYPES = frozenset(
-    {"float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"}
-)
+DTYPES = frozenset({"float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"})
 ROLES = ("activation", "weight", "constant")
 DOMAINS = frozenset({"", "ai.onnx.ml", "com.microsoft"})
 MAX_RANK = 8
 # A structural bound only; each agent enforces its own, much smaller, element cap.
 MAX_DIM = 1 << 31
 
-AttrValue = Union[int, float, str, tuple[int, ...], tuple[float, ...]]
+AttrValue = int | float | str | tuple[int, ...] | tuple[float, ...]
 
 _PRECISION_TO_PROTO = {
     "fp32": common_pb2.PRECISION_FP32,
@@ -125,14 +123,11 @@ class TensorSpec:
             raise OpKeyError(f"rank {len(self.shape)} is over the maximum of {MAX_RANK}")
         for d in self.shape:
             if isinstance(d, bool) or not isinstance(d, int) or d <= 0 or d > MAX_DIM:
-                raise OpKeyError(
-                    f"dimension {d!r} in shape {list(self.shape)} must be an integer in 1..{MAX_DIM}"
-                )
+                raise OpKeyError(f"dimension {d!r} in shape {list(self.shape)} must be an integer in 1..{MAX_DIM}")
         if self.role == "constant":
             if len(self.values) != self.elements:
                 raise OpKeyError(
-                    f"constant of shape {list(self.shape)} needs {self.elements} values, "
-                    f"got {len(self.values)}"
+                    f"constant of shape {list(self.shape)} needs {self.elements} values, got {len(self.values)}"
                 )
             floating = self.dtype.startswith("float")
             vals = tuple(_f32(v) if floating else int(v) for v in self.values)
@@ -165,10 +160,7 @@ class OpNode:
         if not _OP_TYPE.match(self.op_type or ""):
             raise OpKeyError(f"op_type {self.op_type!r} is not an operator name")
         if self.domain not in DOMAINS:
-            raise OpKeyError(
-                f"op domain {self.domain!r} of {self.op_type} is not allowed; "
-                f"allowed: {sorted(DOMAINS)}"
-            )
+            raise OpKeyError(f"op domain {self.domain!r} of {self.op_type} is not allowed; allowed: {sorted(DOMAINS)}")
         if not isinstance(self.num_outputs, int) or not 1 <= self.num_outputs <= 64:
             raise OpKeyError(f"{self.op_type}: num_outputs must be in 1..64")
         object.__setattr__(self, "inputs", tuple(_canonical_ref(r) for r in self.inputs))
@@ -233,8 +225,7 @@ def _with_defaults(node: OpNode, inputs: Sequence[TensorSpec]) -> OpNode:
         return node
     defaults = _ATTR_DEFAULTS.get(node.op_type, {})
     if defaults and any(k not in node.attrs for k in defaults):
-        node = OpNode(node.op_type, node.inputs, {**defaults, **node.attrs}, node.domain,
-                      node.num_outputs)
+        node = OpNode(node.op_type, node.inputs, {**defaults, **node.attrs}, node.domain, node.num_outputs)
     if node.op_type in _SPATIAL_OPS:
         node = _spatial_defaults(node, inputs)
     return node
@@ -285,9 +276,7 @@ class OpKey:
                         )
                     used.add(idx)
                 elif idx >= j:
-                    raise OpKeyError(
-                        f"node {j} ({node.op_type}) refers to {ref!r}, not an earlier node"
-                    )
+                    raise OpKeyError(f"node {j} ({node.op_type}) refers to {ref!r}, not an earlier node")
                 elif out >= self.nodes[idx].num_outputs:
                     raise OpKeyError(
                         f"node {j} ({node.op_type}) refers to {ref!r}, but node {idx} has "
@@ -295,7 +284,7 @@ class OpKey:
                     )
         unused = sorted(set(range(len(self.inputs))) - used)
         if unused:
-            raise OpKeyError(f"key inputs {['i%d' % i for i in unused]} are not used by any node")
+            raise OpKeyError(f"key inputs {[f'i{i}' for i in unused]} are not used by any node")
         nodes = tuple(_with_defaults(n, self.inputs) for n in self.nodes)
         object.__setattr__(self, "nodes", nodes)
 
@@ -331,8 +320,14 @@ class OpKey:
 
     def with_context(self, context: str) -> OpKey:
         """The same kernel measured the other way (isolated keys have no neighbors)."""
-        return OpKey(self.inputs, self.nodes, self.precision, self.opset, context,
-                     self.neighbors if context == "in-model" else "")
+        return OpKey(
+            self.inputs,
+            self.nodes,
+            self.precision,
+            self.opset,
+            context,
+            self.neighbors if context == "in-model" else "",
+        )
 
     def canonical_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -364,20 +359,31 @@ class OpKey:
                 raise OpKeyError(f"key format v{version} is not v{KEY_FORMAT_VERSION}")
             inputs = tuple(
                 TensorSpec(
-                    tuple(t["shape"]), t.get("dtype", "float32"), t.get("role", "activation"),
+                    tuple(t["shape"]),
+                    t.get("dtype", "float32"),
+                    t.get("role", "activation"),
                     tuple(t.get("values", ())),
                 )
                 for t in d["inputs"]
             )
             nodes = tuple(
                 OpNode(
-                    n["op"], tuple(n.get("inputs", ())), n.get("attrs", {}),
-                    n.get("domain", ""), n.get("outputs", 1),
+                    n["op"],
+                    tuple(n.get("inputs", ())),
+                    n.get("attrs", {}),
+                    n.get("domain", ""),
+                    n.get("outputs", 1),
                 )
                 for n in d["nodes"]
             )
-            return cls(inputs, nodes, d.get("precision", "fp32"), d.get("opset", DEFAULT_OPSET),
-                       d.get("context", "isolated"), d.get("neighbors", ""))
+            return cls(
+                inputs,
+                nodes,
+                d.get("precision", "fp32"),
+                d.get("opset", DEFAULT_OPSET),
+                d.get("context", "isolated"),
+                d.get("neighbors", ""),
+            )
         except (KeyError, TypeError) as exc:
             raise OpKeyError(f"malformed key dict: {exc!r}") from exc
 
@@ -386,8 +392,12 @@ class OpKey:
         return cls.from_dict(json.loads(text))
 
     def to_proto(self) -> common_pb2.OpKey:
-        msg = common_pb2.OpKey(precision=_PRECISION_TO_PROTO[self.precision], opset=self.opset,
-                               context=_CONTEXT_TO_PROTO[self.context], neighbors=self.neighbors)
+        msg = common_pb2.OpKey(
+            precision=_PRECISION_TO_PROTO[self.precision],
+            opset=self.opset,
+            context=_CONTEXT_TO_PROTO[self.context],
+            neighbors=self.neighbors,
+        )
         for t in self.inputs:
             spec = msg.inputs.add(shape=t.shape, dtype=t.dtype, role=_ROLE_TO_PROTO[t.role])
             if t.role == "constant":
@@ -396,8 +406,7 @@ class OpKey:
                 else:
                     spec.int_values.extend(int(v) for v in t.values)
         for n in self.nodes:
-            node = msg.nodes.add(op_type=n.op_type, domain=n.domain, inputs=n.inputs,
-                                 num_outputs=n.num_outputs)
+            node = msg.nodes.add(op_type=n.op_type, domain=n.domain, inputs=n.inputs, num_outputs=n.num_outputs)
             for name, value in n.attrs.items():
                 attr = node.attributes.add(name=name)
                 if isinstance(value, int):
@@ -435,8 +444,14 @@ class OpKey:
             nodes.append(OpNode(n.op_type, tuple(n.inputs), attrs, n.domain, n.num_outputs or 1))
         if msg.context not in _PROTO_TO_CONTEXT:
             raise OpKeyError(f"key context enum value {msg.context} is unknown")
-        return cls(tuple(inputs), tuple(nodes), precision, msg.opset or DEFAULT_OPSET, _PROTO_TO_CONTEXT[msg.context],
-                   msg.neighbors)
+        return cls(
+            tuple(inputs),
+            tuple(nodes),
+            precision,
+            msg.opset or DEFAULT_OPSET,
+            _PROTO_TO_CONTEXT[msg.context],
+            msg.neighbors,
+        )
 
 
 def precision_to_proto(precision: str) -> int:

@@ -42,8 +42,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_exposure(listen: str, token_file: Path | None, tls_cert: Path | None, tls_key: Path | None,
-                   insecure: bool) -> None:
+def check_exposure(
+    listen: str, token_file: Path | None, tls_cert: Path | None, tls_key: Path | None, insecure: bool
+) -> None:
     """Loopback is open; beyond it a token is required, and TLS unless `insecure`."""
     host, _ = split_address(listen)
     if bool(tls_cert) != bool(tls_key):
@@ -51,11 +52,15 @@ def check_exposure(listen: str, token_file: Path | None, tls_cert: Path | None, 
     if is_loopback(host):
         return
     if token_file is None:
-        raise ValueError(f"refusing to listen on {listen} beyond loopback without a token: "
-                         "pass --token-file (and --tls-cert/--tls-key, or --insecure)")
+        raise ValueError(
+            f"refusing to listen on {listen} beyond loopback without a token: "
+            "pass --token-file (and --tls-cert/--tls-key, or --insecure)"
+        )
     if tls_cert is None and not insecure:
-        raise ValueError(f"refusing to listen on {listen} beyond loopback without TLS: "
-                         "pass --tls-cert and --tls-key, or --insecure to send the token in clear")
+        raise ValueError(
+            f"refusing to listen on {listen} beyond loopback without TLS: "
+            "pass --tls-cert and --tls-key, or --insecure to send the token in clear"
+        )
 
 
 def read_token(path: Path) -> str:
@@ -71,8 +76,9 @@ def read_token(path: Path) -> str:
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-def make_server(workers: int, token: str | None, thread_prefix: str,
-                max_concurrent_rpcs: int | None = None) -> grpc.Server:
+def make_server(
+    workers: int, token: str | None, thread_prefix: str, max_concurrent_rpcs: int | None = None
+) -> grpc.Server:
     """A gRPC server with per-RPC logging, token auth when a token is given, 64 MiB messages."""
     from concurrent import futures
 
@@ -82,9 +88,11 @@ def make_server(workers: int, token: str | None, thread_prefix: str,
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_prefix),
         interceptors=interceptors,
-        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                 ("grpc.so_reuseport", 0)],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
 
@@ -102,6 +110,7 @@ def bind(server: grpc.Server, listen: str, tls_cert: Path | None, tls_key: Path 
 
 def _abort_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str) -> grpc.RpcMethodHandler:
     """A handler of the same kind as `handler` that only aborts."""
+
     def deny(request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(code, details)
 
@@ -127,8 +136,9 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         metadata = dict(details.invocation_metadata or ())
         value = metadata.get("authorization")
         if value is None:
-            return _abort_handler(handler, grpc.StatusCode.UNAUTHENTICATED,
-                                  "missing 'authorization: Bearer <token>' metadata")
+            return _abort_handler(
+                handler, grpc.StatusCode.UNAUTHENTICATED, "missing 'authorization: Bearer <token>' metadata"
+            )
         scheme, _, token = str(value).partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._token):
             return _abort_handler(handler, grpc.StatusCode.UNAUTHENTICATED, "invalid token")
@@ -148,8 +158,12 @@ class LoggingInterceptor(grpc.ServerInterceptor):
             code = context.code() or (grpc.StatusCode.UNKNOWN if exc else grpc.StatusCode.OK)
             if not context.is_active() and code == grpc.StatusCode.OK and exc is None:
                 code = grpc.StatusCode.CANCELLED
-            fields = {"method": method, "code": code.name, "duration_ms": round((time.perf_counter() - t0) * 1000, 3),
-                      "peer": context.peer()}
+            fields = {
+                "method": method,
+                "code": code.name,
+                "duration_ms": round((time.perf_counter() - t0) * 1000, 3),
+                "peer": context.peer(),
+            }
             details = context.details()
             if code != grpc.StatusCode.OK and details:
                 fields["details"] = details.decode(errors="replace") if isinstance(details, bytes) else details
@@ -165,6 +179,7 @@ class LoggingInterceptor(grpc.ServerInterceptor):
                     raise
                 finally:
                     done(context, t0, exc)
+
             return wrapped
 
         def wrap_stream(fn: Callable) -> Callable:
@@ -177,14 +192,19 @@ class LoggingInterceptor(grpc.ServerInterceptor):
                     raise
                 finally:
                     done(context, t0, exc)
+
             return wrapped
 
         if handler.response_streaming:
-            factory = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
-                       else grpc.unary_stream_rpc_method_handler)
+            factory = (
+                grpc.stream_stream_rpc_method_handler
+                if handler.request_streaming
+                else grpc.unary_stream_rpc_method_handler
+            )
             fn = handler.stream_stream if handler.request_streaming else handler.unary_stream
             return factory(wrap_stream(fn), handler.request_deserializer, handler.response_serializer)
-        factory = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
-                   else grpc.unary_unary_rpc_method_handler)
+        factory = (
+            grpc.stream_unary_rpc_method_handler if handler.request_streaming else grpc.unary_unary_rpc_method_handler
+        )
         fn = handler.stream_unary if handler.request_streaming else handler.unary_unary
         return factory(wrap_unary(fn), handler.request_deserializer, handler.response_serializer)

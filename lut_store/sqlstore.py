@@ -18,8 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from lut_store.records import (
-    VERSION_SOURCES, Build, BuildInProgress, Device, Entry, LeaseLost, Lookup, StoreError, UnknownVersion,
-    Version, VersionNotOpen,
+    VERSION_SOURCES,
+    Build,
+    BuildInProgress,
+    Device,
+    Entry,
+    LeaseLost,
+    Lookup,
+    StoreError,
+    UnknownVersion,
+    Version,
+    VersionNotOpen,
 )
 from lut_store.store import LutStore
 
@@ -106,10 +115,14 @@ CREATE TRIGGER sealed_versions_are_immutable BEFORE UPDATE OR DELETE ON versions
 FOR EACH ROW EXECUTE FUNCTION hadmc_sealed_versions_are_immutable()
 """
 
-_VERSION_COLUMNS = ("id, uid, fingerprint_hash, parent_id, status, source, created_at_unix_s, sealed_at_unix_s, "
-                    "settings_json, note, lease_owner, lease_expires_unix_s")
-_ENTRY_COLUMNS = ("key_hash, key_json, status, measured_at_unix_s, median_ms, mean_ms, p90_ms, std_ms, min_ms, n, "
-                  "settings_json, environment_json, reason")
+_VERSION_COLUMNS = (
+    "id, uid, fingerprint_hash, parent_id, status, source, created_at_unix_s, sealed_at_unix_s, "
+    "settings_json, note, lease_owner, lease_expires_unix_s"
+)
+_ENTRY_COLUMNS = (
+    "key_hash, key_json, status, measured_at_unix_s, median_ms, mean_ms, p90_ms, std_ms, min_ms, n, "
+    "settings_json, environment_json, reason"
+)
 
 
 def _split(script: str) -> list[str]:
@@ -128,22 +141,58 @@ def _split(script: str) -> list[str]:
 
 
 def _version(row: Sequence[Any], entry_count: int = 0) -> Version:
-    return Version(id=int(row[0]), uid=row[1], fingerprint_hash=row[2], parent_id=row[3], status=row[4],
-                   source=row[5], created_at_unix_s=row[6], sealed_at_unix_s=row[7],
-                   settings=json.loads(row[8]), note=row[9], lease_owner=row[10],
-                   lease_expires_unix_s=row[11], entry_count=entry_count)
+    return Version(
+        id=int(row[0]),
+        uid=row[1],
+        fingerprint_hash=row[2],
+        parent_id=row[3],
+        status=row[4],
+        source=row[5],
+        created_at_unix_s=row[6],
+        sealed_at_unix_s=row[7],
+        settings=json.loads(row[8]),
+        note=row[9],
+        lease_owner=row[10],
+        lease_expires_unix_s=row[11],
+        entry_count=entry_count,
+    )
 
 
 def _entry(row: Sequence[Any]) -> Entry:
-    return Entry(key_hash=row[0], key_json=row[1], status=row[2], measured_at_unix_s=row[3], median_ms=row[4],
-                 mean_ms=row[5], p90_ms=row[6], std_ms=row[7], min_ms=row[8], n=row[9],
-                 settings=json.loads(row[10]), environment=json.loads(row[11]), reason=row[12])
+    return Entry(
+        key_hash=row[0],
+        key_json=row[1],
+        status=row[2],
+        measured_at_unix_s=row[3],
+        median_ms=row[4],
+        mean_ms=row[5],
+        p90_ms=row[6],
+        std_ms=row[7],
+        min_ms=row[8],
+        n=row[9],
+        settings=json.loads(row[10]),
+        environment=json.loads(row[11]),
+        reason=row[12],
+    )
 
 
 def _entry_params(version_id: int, e: Entry) -> tuple:
-    return (version_id, e.key_hash, e.key_json, e.status, e.measured_at_unix_s, e.median_ms, e.mean_ms, e.p90_ms,
-            e.std_ms, e.min_ms, e.n, json.dumps(e.settings, sort_keys=True),
-            json.dumps(e.environment, sort_keys=True), e.reason)
+    return (
+        version_id,
+        e.key_hash,
+        e.key_json,
+        e.status,
+        e.measured_at_unix_s,
+        e.median_ms,
+        e.mean_ms,
+        e.p90_ms,
+        e.std_ms,
+        e.min_ms,
+        e.n,
+        json.dumps(e.settings, sort_keys=True),
+        json.dumps(e.environment, sort_keys=True),
+        e.reason,
+    )
 
 
 class SqlStore(LutStore):
@@ -190,8 +239,10 @@ class SqlStore(LutStore):
 
     def _migrate(self) -> None:
         with self._write() as cur:
-            cur.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
-                        "(name TEXT PRIMARY KEY, applied_at_unix_s DOUBLE PRECISION NOT NULL)")
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(name TEXT PRIMARY KEY, applied_at_unix_s DOUBLE PRECISION NOT NULL)"
+            )
         for name, script in self.migrations:
             with self._write() as cur:
                 cur.execute(self._sql("SELECT 1 FROM schema_migrations WHERE name = ?"), (name,))
@@ -214,31 +265,46 @@ class SqlStore(LutStore):
     # --- LutStore --------------------------------------------------------------------------
     def ensure_device(self, fingerprint_hash: str, fingerprint: Mapping[str, Any]) -> Device:
         with self._write() as cur:
-            cur.execute(self._sql("SELECT fingerprint_json, first_seen_unix_s FROM devices WHERE fingerprint_hash = ?"),
-                        (fingerprint_hash,))
+            cur.execute(
+                self._sql("SELECT fingerprint_json, first_seen_unix_s FROM devices WHERE fingerprint_hash = ?"),
+                (fingerprint_hash,),
+            )
             row = cur.fetchone()
             if row is not None:
                 return Device(fingerprint_hash, json.loads(row[0]), row[1])
             now = time.time()
-            cur.execute(self._sql("INSERT INTO devices VALUES (?, ?, ?)"),
-                        (fingerprint_hash, json.dumps(dict(fingerprint), sort_keys=True), now))
+            cur.execute(
+                self._sql("INSERT INTO devices VALUES (?, ?, ?)"),
+                (fingerprint_hash, json.dumps(dict(fingerprint), sort_keys=True), now),
+            )
             return Device(fingerprint_hash, dict(fingerprint), now)
 
     def devices(self) -> list[Device]:
-        rows = self._query("SELECT fingerprint_hash, fingerprint_json, first_seen_unix_s FROM devices "
-                           "ORDER BY first_seen_unix_s")
+        rows = self._query(
+            "SELECT fingerprint_hash, fingerprint_json, first_seen_unix_s FROM devices ORDER BY first_seen_unix_s"
+        )
         return [Device(r[0], json.loads(r[1]), r[2]) for r in rows]
 
-    def acquire_build(self, fingerprint_hash: str, source: str, owner: str, lease_s: float,
-                      settings: Mapping[str, Any] | None = None, note: str = "",
-                      parent_id: int | None = None, take_over_from: str | None = None) -> Build:
+    def acquire_build(
+        self,
+        fingerprint_hash: str,
+        source: str,
+        owner: str,
+        lease_s: float,
+        settings: Mapping[str, Any] | None = None,
+        note: str = "",
+        parent_id: int | None = None,
+        take_over_from: str | None = None,
+    ) -> Build:
         if source not in VERSION_SOURCES:
             raise StoreError(f"version source {source!r} is not one of {VERSION_SOURCES}")
         now = time.time()
         with self._write() as cur:
             self._lock_device(cur, fingerprint_hash)
-            cur.execute(self._sql(f"SELECT {_VERSION_COLUMNS} FROM versions WHERE fingerprint_hash = ? "
-                                  "AND status = 'open'"), (fingerprint_hash,))
+            cur.execute(
+                self._sql(f"SELECT {_VERSION_COLUMNS} FROM versions WHERE fingerprint_hash = ? AND status = 'open'"),
+                (fingerprint_hash,),
+            )
             row = cur.fetchone()
             if row is not None:
                 v = _version(row)
@@ -246,22 +312,43 @@ class SqlStore(LutStore):
                 if held and (v.lease_expires_unix_s or 0) > now:
                     raise BuildInProgress(
                         f"a build for device {fingerprint_hash[:16]} is in progress: version {v.id} held by "
-                        f"{v.lease_owner} for {v.lease_expires_unix_s - now:.0f} s more; wait or retry later")
-                cur.execute(self._sql("UPDATE versions SET lease_owner = ?, lease_expires_unix_s = ? WHERE id = ?"),
-                            (owner, now + lease_s, v.id))
+                        f"{v.lease_owner} for {v.lease_expires_unix_s - now:.0f} s more; wait or retry later"
+                    )
+                cur.execute(
+                    self._sql("UPDATE versions SET lease_owner = ?, lease_expires_unix_s = ? WHERE id = ?"),
+                    (owner, now + lease_s, v.id),
+                )
                 return Build(self._fetch_version(cur, v.id), owner, resumed=True)
             if parent_id is None:
-                cur.execute(self._sql("SELECT id FROM versions WHERE fingerprint_hash = ? AND status = 'sealed' "
-                                      "ORDER BY sealed_at_unix_s DESC, id DESC LIMIT 1"), (fingerprint_hash,))
+                cur.execute(
+                    self._sql(
+                        "SELECT id FROM versions WHERE fingerprint_hash = ? AND status = 'sealed' "
+                        "ORDER BY sealed_at_unix_s DESC, id DESC LIMIT 1"
+                    ),
+                    (fingerprint_hash,),
+                )
                 parent = cur.fetchone()
                 parent_id = int(parent[0]) if parent else None
-            cur.execute(self._sql(
-                "INSERT INTO versions (uid, fingerprint_hash, parent_id, status, source, created_at_unix_s, "
-                "settings_json, note, lease_owner, lease_expires_unix_s) VALUES (?, ?, ?, 'open', ?, ?, ?, ?, ?, ?)"),
-                (uuid.uuid4().hex, fingerprint_hash, parent_id, source, now,
-                 json.dumps(dict(settings or {}), sort_keys=True), note, owner, now + lease_s))
-            cur.execute(self._sql("SELECT id FROM versions WHERE fingerprint_hash = ? AND status = 'open'"),
-                        (fingerprint_hash,))
+            cur.execute(
+                self._sql(
+                    "INSERT INTO versions (uid, fingerprint_hash, parent_id, status, source, created_at_unix_s, "
+                    "settings_json, note, lease_owner, lease_expires_unix_s) VALUES (?, ?, ?, 'open', ?, ?, ?, ?, ?, ?)"
+                ),
+                (
+                    uuid.uuid4().hex,
+                    fingerprint_hash,
+                    parent_id,
+                    source,
+                    now,
+                    json.dumps(dict(settings or {}), sort_keys=True),
+                    note,
+                    owner,
+                    now + lease_s,
+                ),
+            )
+            cur.execute(
+                self._sql("SELECT id FROM versions WHERE fingerprint_hash = ? AND status = 'open'"), (fingerprint_hash,)
+            )
             return Build(self._fetch_version(cur, int(cur.fetchone()[0])), owner, resumed=False)
 
     def _lock_device(self, cur: Any, fingerprint_hash: str) -> None:
@@ -273,38 +360,51 @@ class SqlStore(LutStore):
     def _check_owner(self, cur: Any, version_id: int, owner: str | None) -> Version:
         v = self._fetch_version(cur, version_id)
         if v.status != "open":
-            raise VersionNotOpen(f"LUT version {version_id} is {v.status}: sealed versions are immutable; "
-                                 "write into a new version")
+            raise VersionNotOpen(
+                f"LUT version {version_id} is {v.status}: sealed versions are immutable; write into a new version"
+            )
         if owner is not None and v.lease_owner != owner:
-            raise LeaseLost(f"LUT version {version_id} is now held by {v.lease_owner}, not {owner}: "
-                            "this build's lease expired")
+            raise LeaseLost(
+                f"LUT version {version_id} is now held by {v.lease_owner}, not {owner}: this build's lease expired"
+            )
         return v
 
     def renew_lease(self, version_id: int, owner: str, lease_s: float) -> None:
         with self._write() as cur:
             self._check_owner(cur, version_id, owner)
-            cur.execute(self._sql("UPDATE versions SET lease_expires_unix_s = ? WHERE id = ?"),
-                        (time.time() + lease_s, version_id))
+            cur.execute(
+                self._sql("UPDATE versions SET lease_expires_unix_s = ? WHERE id = ?"),
+                (time.time() + lease_s, version_id),
+            )
 
     def add_entries(self, version_id: int, entries: Sequence[Entry], owner: str | None = None) -> int:
         with self._write() as cur:
             self._check_owner(cur, version_id, owner)
             keys = [e.key_hash for e in entries]
             for start in range(0, len(keys), _LOOKUP_CHUNK):
-                chunk = keys[start:start + _LOOKUP_CHUNK]
+                chunk = keys[start : start + _LOOKUP_CHUNK]
                 marks = ", ".join("?" * len(chunk))
-                cur.execute(self._sql(f"DELETE FROM entries WHERE version_id = ? AND key_hash IN ({marks})"),
-                            (version_id, *chunk))
-            cur.executemany(self._sql(f"INSERT INTO entries (version_id, {_ENTRY_COLUMNS}) VALUES "
-                                      f"({', '.join('?' * 14)})"), [_entry_params(version_id, e) for e in entries])
+                cur.execute(
+                    self._sql(f"DELETE FROM entries WHERE version_id = ? AND key_hash IN ({marks})"),
+                    (version_id, *chunk),
+                )
+            cur.executemany(
+                self._sql(f"INSERT INTO entries (version_id, {_ENTRY_COLUMNS}) VALUES ({', '.join('?' * 14)})"),
+                [_entry_params(version_id, e) for e in entries],
+            )
         return len(entries)
 
     def _set_status(self, version_id: int, status: str) -> Version:
         with self._write() as cur:
             self._check_owner(cur, version_id, None)
             sealed_at = time.time() if status == "sealed" else None
-            cur.execute(self._sql("UPDATE versions SET status = ?, sealed_at_unix_s = ?, lease_owner = NULL, "
-                                  "lease_expires_unix_s = NULL WHERE id = ?"), (status, sealed_at, version_id))
+            cur.execute(
+                self._sql(
+                    "UPDATE versions SET status = ?, sealed_at_unix_s = ?, lease_owner = NULL, "
+                    "lease_expires_unix_s = NULL WHERE id = ?"
+                ),
+                (status, sealed_at, version_id),
+            )
         return self.version(version_id)
 
     def seal(self, version_id: int) -> Version:
@@ -325,30 +425,36 @@ class SqlStore(LutStore):
         cols = ", ".join(f"v.{c.strip()}" for c in _VERSION_COLUMNS.split(","))
         rows = self._query(
             f"SELECT {cols}, (SELECT COUNT(*) FROM entries e WHERE e.version_id = v.id) FROM versions v {where} "
-            "ORDER BY COALESCE(v.sealed_at_unix_s, v.created_at_unix_s) DESC, v.id DESC", params)
+            "ORDER BY COALESCE(v.sealed_at_unix_s, v.created_at_unix_s) DESC, v.id DESC",
+            params,
+        )
         return [_version(r[:12], int(r[12])) for r in rows]
 
     def entries(self, version_id: int) -> Iterator[Entry]:
         self.version(version_id)
-        rows = self._query(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE version_id = ? ORDER BY key_hash",
-                           (version_id,))
+        rows = self._query(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE version_id = ? ORDER BY key_hash", (version_id,)
+        )
         return iter([_entry(r) for r in rows])
 
     def lookup(self, version_id: int, key_hashes: Iterable[str]) -> Lookup:
         keys = list(dict.fromkeys(key_hashes))
         found: dict[str, Entry] = {}
         for start in range(0, len(keys), _LOOKUP_CHUNK):
-            chunk = keys[start:start + _LOOKUP_CHUNK]
+            chunk = keys[start : start + _LOOKUP_CHUNK]
             marks = ", ".join("?" * len(chunk))
-            for row in self._query(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE version_id = ? "
-                                   f"AND key_hash IN ({marks})", (version_id, *chunk)):
+            for row in self._query(
+                f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE version_id = ? AND key_hash IN ({marks})",
+                (version_id, *chunk),
+            ):
                 found[row[0]] = _entry(row)
         if not found:
             self.version(version_id)  # an unknown version is an error, not an empty result
         return Lookup(version_id, found)
 
-    def import_version(self, device: Device, version: Version, entries: Sequence[Entry],
-                       parent_uid: str | None) -> Version:
+    def import_version(
+        self, device: Device, version: Version, entries: Sequence[Entry], parent_uid: str | None
+    ) -> Version:
         with self._write() as cur:
             cur.execute(self._sql("SELECT id FROM versions WHERE uid = ?"), (version.uid,))
             existing = cur.fetchone()
@@ -356,25 +462,39 @@ class SqlStore(LutStore):
                 raise StoreError(f"version {version.uid} is already in {self.url} as version {existing[0]}")
             cur.execute(self._sql("SELECT 1 FROM devices WHERE fingerprint_hash = ?"), (device.fingerprint_hash,))
             if cur.fetchone() is None:
-                cur.execute(self._sql("INSERT INTO devices VALUES (?, ?, ?)"),
-                            (device.fingerprint_hash, json.dumps(device.fingerprint, sort_keys=True),
-                             device.first_seen_unix_s))
+                cur.execute(
+                    self._sql("INSERT INTO devices VALUES (?, ?, ?)"),
+                    (device.fingerprint_hash, json.dumps(device.fingerprint, sort_keys=True), device.first_seen_unix_s),
+                )
             parent_id = None
             if parent_uid:
                 cur.execute(self._sql("SELECT id FROM versions WHERE uid = ?"), (parent_uid,))
                 row = cur.fetchone()
                 parent_id = int(row[0]) if row else None
-            cur.execute(self._sql(
-                "INSERT INTO versions (uid, fingerprint_hash, parent_id, status, source, created_at_unix_s, "
-                "settings_json, note) VALUES (?, ?, ?, 'open', 'import', ?, ?, ?)"),
-                (version.uid, device.fingerprint_hash, parent_id, version.created_at_unix_s,
-                 json.dumps(version.settings, sort_keys=True), version.note))
+            cur.execute(
+                self._sql(
+                    "INSERT INTO versions (uid, fingerprint_hash, parent_id, status, source, created_at_unix_s, "
+                    "settings_json, note) VALUES (?, ?, ?, 'open', 'import', ?, ?, ?)"
+                ),
+                (
+                    version.uid,
+                    device.fingerprint_hash,
+                    parent_id,
+                    version.created_at_unix_s,
+                    json.dumps(version.settings, sort_keys=True),
+                    version.note,
+                ),
+            )
             cur.execute(self._sql("SELECT id FROM versions WHERE uid = ?"), (version.uid,))
             new_id = int(cur.fetchone()[0])
-            cur.executemany(self._sql(f"INSERT INTO entries (version_id, {_ENTRY_COLUMNS}) VALUES "
-                                      f"({', '.join('?' * 14)})"), [_entry_params(new_id, e) for e in entries])
-            cur.execute(self._sql("UPDATE versions SET status = 'sealed', sealed_at_unix_s = ? WHERE id = ?"),
-                        (version.sealed_at_unix_s or time.time(), new_id))
+            cur.executemany(
+                self._sql(f"INSERT INTO entries (version_id, {_ENTRY_COLUMNS}) VALUES ({', '.join('?' * 14)})"),
+                [_entry_params(new_id, e) for e in entries],
+            )
+            cur.execute(
+                self._sql("UPDATE versions SET status = 'sealed', sealed_at_unix_s = ? WHERE id = ?"),
+                (version.sealed_at_unix_s or time.time(), new_id),
+            )
         return self.version(new_id)
 
     def close(self) -> None:
@@ -386,8 +506,9 @@ class SqliteStore(SqlStore):
     """SQLite in WAL mode with a busy timeout: several processes may write."""
 
     busy_timeout_s = 30.0
-    migrations = (("0001_initial", _COMMON_TABLES.format(id_type="INTEGER PRIMARY KEY AUTOINCREMENT")
-                   + ";\n" + _SQLITE_TRIGGERS),)
+    migrations = (
+        ("0001_initial", _COMMON_TABLES.format(id_type="INTEGER PRIMARY KEY AUTOINCREMENT") + ";\n" + _SQLITE_TRIGGERS),
+    )
 
     def __init__(self, path: Path, url: str | None = None) -> None:
         self.path = Path(path)
@@ -396,15 +517,18 @@ class SqliteStore(SqlStore):
     def _connect(self) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = NORMAL")
         except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open the SQLite store {self.path}: {exc}; check that the file and its "
-                             "directory exist and are writable, or pass --store") from None
+            raise StoreError(
+                f"cannot open the SQLite store {self.path}: {exc}; check that the file and its "
+                "directory exist and are writable, or pass --store"
+            ) from None
         return conn
 
     @contextmanager
@@ -437,8 +561,9 @@ class PostgresStore(SqlStore):
     """PostgreSQL through psycopg 3; writes serialise on a transaction-scoped advisory lock."""
 
     placeholder = "%s"
-    migrations = (("0001_initial", _COMMON_TABLES.format(id_type="BIGSERIAL PRIMARY KEY")
-                   + ";\n" + _POSTGRES_TRIGGERS),)
+    migrations = (
+        ("0001_initial", _COMMON_TABLES.format(id_type="BIGSERIAL PRIMARY KEY") + ";\n" + _POSTGRES_TRIGGERS),
+    )
 
     def __init__(self, url: str, timeout_s: float = 10.0) -> None:
         self._timeout_s = timeout_s
@@ -450,8 +575,10 @@ class PostgresStore(SqlStore):
         try:
             return psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, int(self._timeout_s)))
         except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to PostgreSQL at {_redact(self.url)} within {self._timeout_s:g} s: "
-                             f"{str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            raise StoreError(
+                f"cannot connect to PostgreSQL at {_redact(self.url)} within {self._timeout_s:g} s: "
+                f"{str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from None
 
     @contextmanager
     def _write(self) -> Iterator[Any]:
@@ -476,4 +603,3 @@ def _redact(url: str) -> str:
     scheme, _, cred = head.partition("//")
     user = cred.split(":", 1)[0]
     return f"{scheme}//{user}:***@{tail}"
-

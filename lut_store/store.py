@@ -20,7 +20,15 @@ from typing import Any
 import structlog
 
 from lut_store.records import (
-    Build, Device, Entry, FingerprintMismatch, Lookup, NoSealedVersion, StoreError, UnknownDevice, Version,
+    Build,
+    Device,
+    Entry,
+    FingerprintMismatch,
+    Lookup,
+    NoSealedVersion,
+    StoreError,
+    UnknownDevice,
+    Version,
 )
 
 log = structlog.get_logger(__name__)
@@ -36,13 +44,20 @@ class LutStore(ABC):
         """Record a device (idempotent); return it."""
 
     @abstractmethod
-    def devices(self) -> list[Device]:
-        ...
+    def devices(self) -> list[Device]: ...
 
     @abstractmethod
-    def acquire_build(self, fingerprint_hash: str, source: str, owner: str, lease_s: float,
-                      settings: Mapping[str, Any] | None = None, note: str = "",
-                      parent_id: int | None = None, take_over_from: str | None = None) -> Build:
+    def acquire_build(
+        self,
+        fingerprint_hash: str,
+        source: str,
+        owner: str,
+        lease_s: float,
+        settings: Mapping[str, Any] | None = None,
+        note: str = "",
+        parent_id: int | None = None,
+        take_over_from: str | None = None,
+    ) -> Build:
         """Hold the fingerprint's open version for `owner`: resume one whose lease expired, that
         `owner` already holds, or that `take_over_from` holds (a builder known to be dead);
         else open a new one whose parent is `parent_id` or the latest sealed version.
@@ -58,16 +73,13 @@ class LutStore(ABC):
         `owner`, only while that owner holds the lease. VersionNotOpen for sealed versions."""
 
     @abstractmethod
-    def seal(self, version_id: int) -> Version:
-        ...
+    def seal(self, version_id: int) -> Version: ...
 
     @abstractmethod
-    def abandon(self, version_id: int) -> Version:
-        ...
+    def abandon(self, version_id: int) -> Version: ...
 
     @abstractmethod
-    def version(self, version_id: int) -> Version:
-        ...
+    def version(self, version_id: int) -> Version: ...
 
     @abstractmethod
     def versions(self, fingerprint_hash: str | None = None) -> list[Version]:
@@ -82,13 +94,13 @@ class LutStore(ABC):
         """Entries of the given keys in one version (missing keys are absent), with its id."""
 
     @abstractmethod
-    def import_version(self, device: Device, version: Version, entries: Sequence[Entry],
-                       parent_uid: str | None) -> Version:
+    def import_version(
+        self, device: Device, version: Version, entries: Sequence[Entry], parent_uid: str | None
+    ) -> Version:
         """Write a whole version from elsewhere (same uid), in one transaction."""
 
     @abstractmethod
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...
 
     def latest(self, fingerprint_hash: str) -> Version:
         """The newest sealed version of a device; open or abandoned versions never count."""
@@ -99,8 +111,9 @@ class LutStore(ABC):
         for v in self.versions(fingerprint_hash):
             if v.status == "sealed":
                 return v
-        raise NoSealedVersion(f"device {fingerprint_hash[:16]} has no sealed LUT version in {self.url}; "
-                              "run `hadmc lut build` first")
+        raise NoSealedVersion(
+            f"device {fingerprint_hash[:16]} has no sealed LUT version in {self.url}; run `hadmc lut build` first"
+        )
 
     def device(self, fingerprint_hash: str) -> Device:
         for d in self.devices():
@@ -116,8 +129,13 @@ class LutStore(ABC):
         self.close()
 
 
-def resolve_version(store: LutStore, fingerprint_hash: str, fingerprint: Mapping[str, Any],
-                    pinned: int | None = None, force: bool = False) -> Version:
+def resolve_version(
+    store: LutStore,
+    fingerprint_hash: str,
+    fingerprint: Mapping[str, Any],
+    pinned: int | None = None,
+    force: bool = False,
+) -> Version:
     """The version a search uses: `pinned`, else the latest sealed one of this fingerprint.
 
     A pinned version made under another fingerprint is refused with the fields that differ,
@@ -132,8 +150,10 @@ def resolve_version(store: LutStore, fingerprint_hash: str, fingerprint: Mapping
 
     changed = differences(store.device(version.fingerprint_hash).fingerprint, fingerprint)
     what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()) or "fields outside this hadmc's list"
-    message = (f"LUT version {pinned} was measured under fingerprint {version.fingerprint_hash[:16]}, the device "
-               f"is now {fingerprint_hash[:16]} ({what}); its latencies may be stale")
+    message = (
+        f"LUT version {pinned} was measured under fingerprint {version.fingerprint_hash[:16]}, the device "
+        f"is now {fingerprint_hash[:16]} ({what}); its latencies may be stale"
+    )
     if not force:
         raise FingerprintMismatch(message + ": re-profile it (hadmc agent reprofile --now), or force its use")
     log.warning("lut.fingerprint_mismatch", version=pinned, detail=message + "; used anyway (forced)")
@@ -150,14 +170,15 @@ def default_store_url() -> str:
     return f"sqlite:///{base / 'lut.sqlite'}"
 
 
-def open_store(url: str | None = None, token: str | None = None, tls_ca: bytes | None = None,
-               timeout_s: float = 10.0) -> LutStore:
+def open_store(
+    url: str | None = None, token: str | None = None, tls_ca: bytes | None = None, timeout_s: float = 10.0
+) -> LutStore:
     """Open a store by URL (None: the default SQLite file)."""
     url = url or default_store_url()
     if url.startswith("sqlite:///"):
         from lut_store.sqlstore import SqliteStore
 
-        return SqliteStore(Path(url[len("sqlite:///"):]), url)
+        return SqliteStore(Path(url[len("sqlite:///") :]), url)
     if url.startswith(("postgresql://", "postgres://")):
         from lut_store.sqlstore import PostgresStore
 
@@ -165,5 +186,5 @@ def open_store(url: str | None = None, token: str | None = None, tls_ca: bytes |
     if url.startswith("grpc://"):
         from lut_store.grpc_store import GrpcStore
 
-        return GrpcStore(url[len("grpc://"):], token=token, tls_ca=tls_ca, timeout_s=timeout_s)
+        return GrpcStore(url[len("grpc://") :], token=token, tls_ca=tls_ca, timeout_s=timeout_s)
     raise StoreError(f"store URL {url!r}: expected sqlite:///PATH, postgresql://... or grpc://HOST:PORT")

@@ -12,14 +12,20 @@ from host.agent_client import AgentClient, AgentTarget
 
 # Quick but real measurement settings. A high interference limit keeps these tests independent
 # of what else runs on a CI machine; test_measure.py tests the interference check itself.
-QUICK = MeasurementDefaults(warmup_runs=3, min_runs=10, max_runs=2000, max_time_s=0.3,
-                            target_rel_ci=0.05, max_attempts=3, interference_max_cores=64.0,
-                            min_window_s=0.0)
+QUICK = MeasurementDefaults(
+    warmup_runs=3,
+    min_runs=10,
+    max_runs=2000,
+    max_time_s=0.3,
+    target_rel_ci=0.05,
+    max_attempts=3,
+    interference_max_cores=64.0,
+    min_window_s=0.0,
+)
 
 
 def quick_config(**overrides: object) -> AgentConfig:
-    base = dict(listen="127.0.0.1:0", intra_op_threads=1, profile=QUICK, benchmark=QUICK,
-                shutdown_grace_s=2.0)
+    base = dict(listen="127.0.0.1:0", intra_op_threads=1, profile=QUICK, benchmark=QUICK, shutdown_grace_s=2.0)
     base.update(overrides)
     return AgentConfig(**base)
 

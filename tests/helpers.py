@@ -11,8 +11,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def small_cnn(batch: int | str = "batch", channels: int = 8, size: int = 16, classes: int = 4,
-              seed: int = 0) -> onnx.ModelProto:
+def small_cnn(
+    batch: int | str = "batch", channels: int = 8, size: int = 16, classes: int = 4, seed: int = 0
+) -> onnx.ModelProto:
     """Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm, with a (by default) dynamic batch."""
     rng = np.random.default_rng(seed)
     w = numpy_helper.from_array(rng.standard_normal((channels, 3, 3, 3)).astype(np.float32), "w")
@@ -27,7 +28,8 @@ def small_cnn(batch: int | str = "batch", channels: int = 8, size: int = 16, cla
         helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], transB=1),
     ]
     graph = helper.make_graph(
-        nodes, "small_cnn",
+        nodes,
+        "small_cnn",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, size, size])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, classes])],
         [w, b, fw, fb],
@@ -46,8 +48,13 @@ def slow_matmul_chain(n: int = 2048, depth: int = 8) -> onnx.ModelProto:
         inits.append(numpy_helper.from_array((rng.standard_normal((n, n)) * 0.01).astype(np.float32), f"w{i}"))
         nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]))
         prev = f"m{i}"
-    graph = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])],
-                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [n, n])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [n, n])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model

@@ -30,8 +30,19 @@ class PostgresServer:
             shutil.chown(self.dir, "postgres", "postgres")
         data = self.dir / "data"
         self._run("initdb", "-A", "trust", "-U", "postgres", "-D", str(data))
-        self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(data), "-l", str(self.dir / "log"),
-                  "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync={'on' if fsync else 'off'}")
+        self._run(
+            "pg_ctl",
+            "start",
+            "-w",
+            "-t",
+            "60",
+            "-D",
+            str(data),
+            "-l",
+            str(self.dir / "log"),
+            "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync={'on' if fsync else 'off'}",
+        )
         self.data = data
 
     def _run(self, *cmd: str) -> None:

@@ -57,17 +57,17 @@ REQUIRED_KERNELS = [
     kernels.concat([(1, 8, 4, 4), (1, 24, 4, 4)]),
     kernels.softmax((2, 10)),
     # Any standard operator, with given constants: Reshape and a Split with two outputs.
-    OpKey((TensorSpec((2, 6)), TensorSpec((2,), "int64", "constant", (3, 4))),
-          (OpNode("Reshape", ("i0", "i1")),)),
-    OpKey((TensorSpec((1, 8, 4)),), (OpNode("Split", ("i0",), {"axis": 1, "num_outputs": 2}, num_outputs=2),),
-          opset=18),
+    OpKey((TensorSpec((2, 6)), TensorSpec((2,), "int64", "constant", (3, 4))), (OpNode("Reshape", ("i0", "i1")),)),
+    OpKey(
+        (TensorSpec((1, 8, 4)),), (OpNode("Split", ("i0",), {"axis": 1, "num_outputs": 2}, num_outputs=2),), opset=18
+    ),
 ]
 
 
 def test_profile_measures_every_required_kernel(client):
     results = list(client.profile(REQUIRED_KERNELS))
     assert [r.index for r in results] == list(range(len(REQUIRED_KERNELS)))
-    for key, r in zip(REQUIRED_KERNELS, results):
+    for key, r in zip(REQUIRED_KERNELS, results, strict=True):
         assert r.WhichOneof("outcome") == "stats", f"{key.describe()}: {r.error.message}"
         s = r.stats
         assert r.key_hash == key.hash
@@ -108,8 +108,17 @@ def test_bad_keys_get_precise_errors_and_the_batch_goes_on(client):
     wrong_shape.inputs[1].shape[:] = [1, 5]
     bad_group = kernels.conv(1, 4, 8, 8, 4, 3).to_dict()
     bad_group["nodes"][0]["attrs"]["group"] = 3  # passes ONNX's checks, fails in the runtime
-    keys = [unknown_op, zero_dim, negative_dim, huge, no_precision, twice, wrong_shape,
-            OpKey.from_dict(bad_group).to_proto(), good.to_proto()]
+    keys = [
+        unknown_op,
+        zero_dim,
+        negative_dim,
+        huge,
+        no_precision,
+        twice,
+        wrong_shape,
+        OpKey.from_dict(bad_group).to_proto(),
+        good.to_proto(),
+    ]
     results = list(client.profile(keys))
     codes = [r.error.code for r in results[:-1]]
     assert codes == [KeyError_.CODE_INVALID] * 7 + [KeyError_.CODE_FAILED], [r.error.message for r in results]
@@ -124,11 +133,14 @@ def test_bad_keys_get_precise_errors_and_the_batch_goes_on(client):
     assert results[-1].WhichOneof("outcome") == "stats"
 
 
-@pytest.mark.parametrize("settings, message", [
-    (common_pb2.MeasurementSettings(min_runs=2), "min_runs"),
-    (common_pb2.MeasurementSettings(max_time_s=-1), "max_time_s"),
-    (common_pb2.MeasurementSettings(min_runs=50, max_runs=20), "below min_runs"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (common_pb2.MeasurementSettings(min_runs=2), "min_runs"),
+        (common_pb2.MeasurementSettings(max_time_s=-1), "max_time_s"),
+        (common_pb2.MeasurementSettings(min_runs=50, max_runs=20), "below min_runs"),
+    ],
+)
 def test_impossible_settings_are_invalid_argument(client, settings, message):
     with pytest.raises(AgentError, match=message) as exc:
         list(client.profile([kernels.elementwise("Relu", (1, 8))], settings=settings))
@@ -160,7 +172,7 @@ def test_benchmark_times_the_model_and_returns_outputs_for_uploaded_inputs(clien
     assert resp.fingerprint_hash == client.info().fingerprint_hash
     local = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     assert len(resp.outputs) == 2
-    for batch, out in zip(batches, resp.outputs):
+    for batch, out in zip(batches, resp.outputs, strict=True):
         got = numpy_helper.to_array(TensorProto.FromString(out.tensors[0].tensor_proto))
         assert got.shape == (len(batch), 4)
         np.testing.assert_allclose(got, local.run(None, {"x": batch})[0], rtol=1e-4, atol=1e-5)
@@ -172,10 +184,11 @@ def _raw_benchmark(address: str, parts, timeout: float = 60.0):
 
 
 def _upload(data: bytes, declared: int | None = None, sha: str = "", batch: int = 0):
-    header = agent_pb2.BenchmarkHeader(model_size_bytes=len(data) if declared is None else declared,
-                                       model_sha256=sha, batch_size=batch)
+    header = agent_pb2.BenchmarkHeader(
+        model_size_bytes=len(data) if declared is None else declared, model_sha256=sha, batch_size=batch
+    )
     parts = [agent_pb2.BenchmarkRequest(header=header)]
-    parts += [agent_pb2.BenchmarkRequest(model_chunk=data[i:i + 4096]) for i in range(0, len(data), 4096)]
+    parts += [agent_pb2.BenchmarkRequest(model_chunk=data[i : i + 4096]) for i in range(0, len(data), 4096)]
     return parts
 
 
@@ -198,27 +211,54 @@ def _with_custom_domain() -> bytes:
 
 
 BAD_UPLOADS = {
-    "garbage bytes": (lambda: _upload(b"\x00\xffnot a model at all" * 100), grpc.StatusCode.INVALID_ARGUMENT,
-                      "not an ONNX model"),
-    "truncated": (lambda: _upload(small_cnn().SerializeToString()[:500], declared=len(small_cnn().SerializeToString())),
-                  grpc.StatusCode.INVALID_ARGUMENT, "upload truncated: received 500 of"),
-    "more than declared": (lambda: _upload(small_cnn().SerializeToString(), declared=10),
-                           grpc.StatusCode.INVALID_ARGUMENT, "more model bytes"),
-    "over the cap": (lambda: _upload(b"x", declared=10 * 2**40), grpc.StatusCode.RESOURCE_EXHAUSTED,
-                     "over the agent's cap"),
-    "external data outside": (lambda: _upload(_with_external_data("../../etc/passwd")),
-                              grpc.StatusCode.INVALID_ARGUMENT, "outside the model"),
-    "external data file": (lambda: _upload(_with_external_data("weights.bin")),
-                           grpc.StatusCode.INVALID_ARGUMENT, "single-file model"),
-    "custom-op domain": (lambda: _upload(_with_custom_domain()), grpc.StatusCode.INVALID_ARGUMENT,
-                         "custom-op domain 'com.example.evil'"),
-    "sha mismatch": (lambda: _upload(small_cnn().SerializeToString(), sha="0" * 64), grpc.StatusCode.DATA_LOSS,
-                     "not the declared"),
+    "garbage bytes": (
+        lambda: _upload(b"\x00\xffnot a model at all" * 100),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "not an ONNX model",
+    ),
+    "truncated": (
+        lambda: _upload(small_cnn().SerializeToString()[:500], declared=len(small_cnn().SerializeToString())),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "upload truncated: received 500 of",
+    ),
+    "more than declared": (
+        lambda: _upload(small_cnn().SerializeToString(), declared=10),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "more model bytes",
+    ),
+    "over the cap": (
+        lambda: _upload(b"x", declared=10 * 2**40),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "over the agent's cap",
+    ),
+    "external data outside": (
+        lambda: _upload(_with_external_data("../../etc/passwd")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "outside the model",
+    ),
+    "external data file": (
+        lambda: _upload(_with_external_data("weights.bin")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "single-file model",
+    ),
+    "custom-op domain": (
+        lambda: _upload(_with_custom_domain()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "custom-op domain 'com.example.evil'",
+    ),
+    "sha mismatch": (
+        lambda: _upload(small_cnn().SerializeToString(), sha="0" * 64),
+        grpc.StatusCode.DATA_LOSS,
+        "not the declared",
+    ),
     "no header": (lambda: _upload(b"abc")[1:], grpc.StatusCode.INVALID_ARGUMENT, "first message must be a header"),
     "empty stream": (lambda: [], grpc.StatusCode.INVALID_ARGUMENT, "empty upload"),
     "zero size": (lambda: _upload(b"", declared=0), grpc.StatusCode.INVALID_ARGUMENT, "model_size_bytes is 0"),
-    "fixed batch mismatch": (lambda: _upload(small_cnn(batch=1).SerializeToString(), batch=8),
-                             grpc.StatusCode.INVALID_ARGUMENT, "fixed batch of 1"),
+    "fixed batch mismatch": (
+        lambda: _upload(small_cnn(batch=1).SerializeToString(), batch=8),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "fixed batch of 1",
+    ),
 }
 
 

@@ -29,8 +29,11 @@ def tight_agent():
 def test_queue_beyond_its_bound_is_resource_exhausted(tight_agent):
     target = AgentTarget(tight_agent.address)
     long_job = agent_pb2.ProfileRequest(keys=[kernels.conv(1, 16, 16, 16, 16, 3).to_proto()], settings=LONG)
-    with grpc.insecure_channel(tight_agent.address) as channel, AgentClient(target) as waiting, \
-            AgentClient(target, retries=1) as third:
+    with (
+        grpc.insecure_channel(tight_agent.address) as channel,
+        AgentClient(target) as waiting,
+        AgentClient(target, retries=1) as third,
+    ):
         running = agent_pb2_grpc.DeviceAgentStub(channel).Profile(long_job, timeout=60)
         time.sleep(1.0)
         queued = waiting.profile([kernels.elementwise("Relu", (1, 8))], timeout_s=60)

@@ -41,8 +41,12 @@ def _start_daemon(tmp_path: Path, benchmark_section: str):
     config = tmp_path / "agent.toml"
     config.write_text("[agent]\nintra_op_threads = 1\nshutdown_grace_s = 3.0\n" + benchmark_section)
     ready = tmp_path / "ready"
-    proc = subprocess.Popen([*HADMC, "agent", "serve", "--listen", "127.0.0.1:0", "--config", str(config),
-                             "--ready-file", str(ready)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*HADMC, "agent", "serve", "--listen", "127.0.0.1:0", "--config", str(config), "--ready-file", str(ready)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     return proc, ready
 
 
@@ -87,8 +91,13 @@ def test_sigterm_mid_job_cancels_it_and_exits_cleanly(tmp_path):
         address = _wait_ready(proc, ready)
         model = tmp_path / "m.onnx"
         model.write_bytes(slow_matmul_chain(n=256, depth=3).SerializeToString())
-        bench = subprocess.Popen([*HADMC, "bench", "--device", address, str(model)], cwd=ROOT,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        bench = subprocess.Popen(
+            [*HADMC, "bench", "--device", address, str(model)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(3.0)  # the benchmark is measuring
         assert bench.poll() is None
         t0 = time.monotonic()
@@ -142,7 +151,12 @@ def test_bench_with_an_embedded_agent(tmp_path):
 
 
 def test_every_command_has_help():
-    for args in (["--help"], ["agent", "serve", "--help"], ["agent", "info", "--help"], ["bench", "--help"],
-                 ["demo", "--help"]):
+    for args in (
+        ["--help"],
+        ["agent", "serve", "--help"],
+        ["agent", "info", "--help"],
+        ["bench", "--help"],
+        ["demo", "--help"],
+    ):
         result = _run(*args)
         assert result.returncode == 0 and "usage: hadmc" in result.stdout

@@ -10,12 +10,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from host.compress.export import export_onnx
 from host.compress.fold import fold_batchnorm, recalibrate_batchnorm
 from host.compress.policy import LayerAction, Policy, PolicyError, validate
 from host.compress.prune import count_params, layer_limits, prune, replay
 from host.compress.quant import apply_fake_quant
 from host.models import build_model
-from host.compress.export import export_onnx
 
 EX = torch.zeros(1, 3, 64, 64)
 
@@ -24,8 +24,9 @@ def uniform(name: str, keep: float, bits: int, model=None) -> tuple[Policy, list
     model = model or build_model(name, 6, (3, 64, 64))
     limits = layer_limits(model, EX)
     head = [lim.name for lim in limits if lim.group is None]
-    return Policy.uniform(name, [lim.name for lim in limits], keep, bits,
-                          {h: LayerAction(1.0, bits) for h in head}), limits
+    return Policy.uniform(
+        name, [lim.name for lim in limits], keep, bits, {h: LayerAction(1.0, bits) for h in head}
+    ), limits
 
 
 def test_resnet18_has_the_papers_size_and_half_width_removes_three_quarters():
@@ -93,15 +94,18 @@ def test_pruning_history_replays_on_a_fresh_model():
     torch.testing.assert_close(fresh(x), model(x))
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda p: Policy("mobilenetv2", p.layers), "not 'resnet18'"),
-    (lambda p: Policy(p.model, {**p.layers, "layer9.conv": LayerAction()}), "unknown layers"),
-    (lambda p: Policy(p.model, {k: v for k, v in p.layers.items() if k != "conv1"}), "no action for layers"),
-    (lambda p: Policy(p.model, {**p.layers, "layer1.0.conv1": LayerAction(0.05, 8)}), "layer1.0.conv1: keep_ratio"),
-    (lambda p: Policy(p.model, {**p.layers, "layer1.0.conv1": LayerAction(1.0, 3)}), "bits = 3"),
-    (lambda p: Policy(p.model, {**p.layers, "fc": LayerAction(0.5, 8)}), "width is fixed"),
-    (lambda p: Policy(p.model, {**p.layers, "layer1.0.conv2": LayerAction(0.5, 8)}), "same keep_ratio"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda p: Policy("mobilenetv2", p.layers), "not 'resnet18'"),
+        (lambda p: Policy(p.model, {**p.layers, "layer9.conv": LayerAction()}), "unknown layers"),
+        (lambda p: Policy(p.model, {k: v for k, v in p.layers.items() if k != "conv1"}), "no action for layers"),
+        (lambda p: Policy(p.model, {**p.layers, "layer1.0.conv1": LayerAction(0.05, 8)}), "layer1.0.conv1: keep_ratio"),
+        (lambda p: Policy(p.model, {**p.layers, "layer1.0.conv1": LayerAction(1.0, 3)}), "bits = 3"),
+        (lambda p: Policy(p.model, {**p.layers, "fc": LayerAction(0.5, 8)}), "width is fixed"),
+        (lambda p: Policy(p.model, {**p.layers, "layer1.0.conv2": LayerAction(0.5, 8)}), "same keep_ratio"),
+    ],
+)
 def test_policy_errors_name_the_layer(edit, message):
     policy, limits = uniform("resnet18", 1.0, 8)
     with pytest.raises(PolicyError, match=message):
@@ -135,8 +139,11 @@ def test_batchnorm_recalibration_after_pruning_measures_the_pruned_network():
     torch.manual_seed(0)
     model = build_model("resnet18", 6, (3, 64, 64))
     limits = layer_limits(model, torch.zeros(1, 3, 64, 64))
-    prune(model, Policy.uniform("resnet18", [x.name for x in limits if x.group is not None], 0.5, 32),
-          torch.zeros(1, 3, 64, 64))
+    prune(
+        model,
+        Policy.uniform("resnet18", [x.name for x in limits if x.group is not None], 0.5, 32),
+        torch.zeros(1, 3, 64, 64),
+    )
     batches = [(torch.randn(16, 3, 64, 64) * 2 + 1, torch.zeros(16, dtype=torch.long)) for _ in range(3)]
     seen_input: list[torch.Tensor] = []
     handle = model.bn1.register_forward_hook(lambda m, args, out: seen_input.append(args[0].detach()))
@@ -257,7 +264,7 @@ def test_distillation_loss_in_closed_form():
     p_s = torch.softmax(student / t, dim=1)[0]
     p_t = torch.softmax(teacher / t, dim=1)[0]
     assert float(ce) == pytest.approx(float(-torch.log_softmax(student, dim=1)[0, 1]))
-    assert float(kd) == pytest.approx(t ** 2 * float((p_t * (p_t / p_s).log()).sum()))
+    assert float(kd) == pytest.approx(t**2 * float((p_t * (p_t / p_s).log()).sum()))
     assert float(distillation_loss(teacher, teacher, labels, t)[1]) == pytest.approx(0.0, abs=1e-6)
 
 
@@ -274,8 +281,9 @@ def test_distillation_reduces_the_loss_and_leaves_no_adapter_in_the_student():
     apply_fake_quant(student, policy)
     names_before = {n for n, _ in student.named_modules()}
     data = torch.utils.data.TensorDataset(torch.randn(64, 3, 64, 64), torch.randint(0, 6, (64,)))
-    report = distill(student, teacher, "resnet18", torch.utils.data.DataLoader(data, batch_size=32),
-                     DistillConfig(epochs=3, lr=1e-3))
+    report = distill(
+        student, teacher, "resnet18", torch.utils.data.DataLoader(data, batch_size=32), DistillConfig(epochs=3, lr=1e-3)
+    )
     assert report.epoch_loss[-1] < 0.9 * report.epoch_loss[0]
     assert report.epoch_feature[-1] < report.epoch_feature[0]
     assert {n for n, _ in student.named_modules()} == names_before
@@ -297,14 +305,21 @@ def test_stored_teacher_outputs_train_the_student_as_the_live_teacher_does():
     twin = copy.deepcopy(student)
     data = torch.utils.data.TensorDataset(torch.randn(48, 3, 64, 64), torch.randint(0, 6, (48,)))
     stored = with_teacher_outputs(teacher, "resnet18", data, batch_size=20)
-    assert [tuple(t.shape[1:]) for t in stored.tensors[2:]] == [(6,), (64, 16, 16), (128, 8, 8), (256, 4, 4),
-                                                               (512, 2, 2)]
+    assert [tuple(t.shape[1:]) for t in stored.tensors[2:]] == [
+        (6,),
+        (64, 16, 16),
+        (128, 8, 8),
+        (256, 4, 4),
+        (512, 2, 2),
+    ]
     config = DistillConfig(epochs=2, lr=1e-3)
     live = distill(student, teacher, "resnet18", distill_loader(data, 16, seed=3), config)
     kept = distill(twin, teacher, "resnet18", distill_loader(stored, 16, seed=3), config)
     assert kept.epoch_loss == pytest.approx(live.epoch_loss, rel=1e-4)
-    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(student.state_dict().values(),
-                                                                twin.state_dict().values()))
+    assert all(
+        torch.allclose(a, b, atol=1e-4)
+        for a, b in zip(student.state_dict().values(), twin.state_dict().values(), strict=True)
+    )
     with pytest.raises(ValueError, match="augmentation"):
         distill(twin, teacher, "resnet18", distill_loader(stored, 16, seed=3), DistillConfig(epochs=1, augment=True))
     assert with_teacher_outputs(teacher, "resnet18", data, max_bytes=1000) is data  # too big to store
@@ -320,8 +335,11 @@ def test_size_accounting_counts_each_layer_at_its_bits():
     fold_batchnorm(model)
     apply_fake_quant(model, policy)
     report = size_report(model, policy, baseline)
-    weights = sum(m.parametrizations.weight.original.numel() for m in model.modules()
-                  if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    weights = sum(
+        m.parametrizations.weight.original.numel()
+        for m in model.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    )
     others = report.params - weights  # folded biases stay at 32 bits
     assert report.effective_bytes == weights + 4 * others
     assert report.fp32_bytes == 4 * report.params and report.baseline_fp32_bytes == 4 * baseline
@@ -329,12 +347,14 @@ def test_size_accounting_counts_each_layer_at_its_bits():
     # A mix: each layer's weights at its own bits (4, 8, 16, 32), the rest at 32, rounded up to bytes.
     mlp = build_model("mlp", 2, (30,))
     linears = {n: m for n, m in mlp.named_modules() if isinstance(m, torch.nn.Linear)}
-    bits = dict(zip(linears, (4, 16, 32)))
+    bits = dict(zip(linears, (4, 16, 32), strict=False))
     mixed = Policy("mlp", {n: LayerAction(1.0, b) for n, b in bits.items()})
     apply_fake_quant(mlp, mixed)
     total = count_params(mlp)
-    numel = {n: (m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight).numel()
-             for n, m in linears.items()}  # a 32-bit layer keeps a plain weight
+    numel = {
+        n: (m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight).numel()
+        for n, m in linears.items()
+    }  # a 32-bit layer keeps a plain weight
     weight_bits = sum(b * numel[n] for n, b in bits.items())
     weights = sum(numel.values())
     expected = (weight_bits + 32 * (total - weights) + 7) // 8

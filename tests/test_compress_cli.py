@@ -15,30 +15,57 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def hadmc(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HADMC_HOME": str(tmp_path / "home")}
-    return subprocess.run([sys.executable, "-m", "host.cli", *args], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "host.cli", *args], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env
+    )
 
 
 def test_policy_init_writes_a_valid_uniform_policy(tmp_path):
     out = tmp_path / "p.json"
-    result = hadmc("policy", "init", "--model", "resnet18", "--keep", "0.5", "--bits", "8", "--edge-bits", "32",
-                   "-o", str(out), tmp_path=tmp_path)
+    result = hadmc(
+        "policy",
+        "init",
+        "--model",
+        "resnet18",
+        "--keep",
+        "0.5",
+        "--bits",
+        "8",
+        "--edge-bits",
+        "32",
+        "-o",
+        str(out),
+        tmp_path=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     layers = json.loads(out.read_text())["layers"]
-    assert len(layers) == 21 and layers["layer2.0.conv1"] == {"bits": 8, "granularity": "per-channel",
-                                                              "keep_ratio": 0.5}
-    assert layers["conv1"]["bits"] == 32 and layers["fc"] == {"bits": 32, "granularity": "per-channel",
-                                                               "keep_ratio": 1.0}
+    assert len(layers) == 21 and layers["layer2.0.conv1"] == {
+        "bits": 8,
+        "granularity": "per-channel",
+        "keep_ratio": 0.5,
+    }
+    assert layers["conv1"]["bits"] == 32 and layers["fc"] == {
+        "bits": 32,
+        "granularity": "per-channel",
+        "keep_ratio": 1.0,
+    }
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda doc: {**doc, "model": "mobilenetv2"}, "the policy is for model 'mobilenetv2', not 'resnet18'"),
-    (lambda doc: {**doc, "layers": {**doc["layers"], "layer9.conv": {"keep_ratio": 1.0, "bits": 8}}},
-     "unknown layers ['layer9.conv']"),
-    (lambda doc: {"model": "resnet18"}, "not a policy document"),
-    (lambda doc: {**doc, "layers": {**doc["layers"], "conv1": {"keep_ratio": "0.5", "bits": 8}}},
-     "layer conv1: keep_ratio = '0.5' must be a number"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda doc: {**doc, "model": "mobilenetv2"}, "the policy is for model 'mobilenetv2', not 'resnet18'"),
+        (
+            lambda doc: {**doc, "layers": {**doc["layers"], "layer9.conv": {"keep_ratio": 1.0, "bits": 8}}},
+            "unknown layers ['layer9.conv']",
+        ),
+        (lambda doc: {"model": "resnet18"}, "not a policy document"),
+        (
+            lambda doc: {**doc, "layers": {**doc["layers"], "conv1": {"keep_ratio": "0.5", "bits": 8}}},
+            "layer conv1: keep_ratio = '0.5' must be a number",
+        ),
+    ],
+)
 def test_bad_policies_fail_before_any_training(tmp_path, edit, message):
     policy = tmp_path / "p.json"
     assert hadmc("policy", "init", "-o", str(policy), tmp_path=tmp_path).returncode == 0
@@ -53,12 +80,14 @@ def test_unknown_config_key_and_unknown_data_set(tmp_path):
     hadmc("policy", "init", "-o", str(policy), tmp_path=tmp_path)
     config = tmp_path / "c.toml"
     config.write_text('modle = "resnet18"\n')
-    result = hadmc("compress", "--config", str(config), "--policy", str(policy), "--out", str(tmp_path / "o"),
-                   tmp_path=tmp_path)
+    result = hadmc(
+        "compress", "--config", str(config), "--policy", str(policy), "--out", str(tmp_path / "o"), tmp_path=tmp_path
+    )
     assert result.returncode == 1 and "unknown config key 'modle'; did you mean 'model'?" in result.stderr
     config.write_text('[data]\nname = "imagenet"\n')
-    result = hadmc("compress", "--config", str(config), "--policy", str(policy), "--out", str(tmp_path / "o"),
-                   tmp_path=tmp_path)
+    result = hadmc(
+        "compress", "--config", str(config), "--policy", str(policy), "--out", str(tmp_path / "o"), tmp_path=tmp_path
+    )
     assert result.returncode == 1 and "imagenet" in result.stderr and "synthetic-neu-det" in result.stderr
 
 
@@ -72,8 +101,12 @@ def test_compress_end_to_end_on_real_digits_with_onnxruntime_parity(tmp_path, ag
     from host.compress.train import TrainConfig
 
     monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
-    config = CompressConfig(model="mlp", data=DataConfig(name="digits"), baseline=TrainConfig(epochs=15, lr=3e-3),
-                            distill=DistillConfig(epochs=10, lr=1e-3))
+    config = CompressConfig(
+        model="mlp",
+        data=DataConfig(name="digits"),
+        baseline=TrainConfig(epochs=15, lr=3e-3),
+        distill=DistillConfig(epochs=10, lr=1e-3),
+    )
     policy = Policy("mlp", {"body.0": LayerAction(0.5, 8), "body.2": LayerAction(0.5, 8), "head": LayerAction(1.0, 8)})
     with AgentClient(AgentTarget(agent.address)) as client:
         summary = run_compress(config, policy, tmp_path / "out", progress=False, client=client)
@@ -84,18 +117,32 @@ def test_compress_end_to_end_on_real_digits_with_onnxruntime_parity(tmp_path, ag
     assert a["compressed_test_torch"] > a["baseline_test_torch"] - 0.05
     assert 0.6 < summary.size["params_reduction"] < 0.8  # the 64-wide input and the head stay
     lat = summary.latency
-    assert lat["speedup"] == pytest.approx(lat["baseline"]["latency"]["median_ms"] / lat["compressed"]["latency"]["median_ms"])
+    assert lat["speedup"] == pytest.approx(
+        lat["baseline"]["latency"]["median_ms"] / lat["compressed"]["latency"]["median_ms"]
+    )
     assert lat["compressed"]["latency"]["n"] >= 10 and lat["baseline"]["latency"]["n"] >= 10
     assert summary.distill_loss[-1] < summary.distill_loss[0]
     written = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert written["accuracy"] == a and (tmp_path / "out" / "compressed.onnx").exists()
 
 
-def _policy(tmp_path: Path, model: str = "mlp", shape: str = "1,8,8", classes: int = 10,
-            keep: float = 0.5) -> Path:
+def _policy(tmp_path: Path, model: str = "mlp", shape: str = "1,8,8", classes: int = 10, keep: float = 0.5) -> Path:
     path = tmp_path / "p.json"
-    result = hadmc("policy", "init", "--model", model, "--input-shape", shape, "--classes", str(classes),
-                   "--keep", str(keep), "-o", str(path), tmp_path=tmp_path)
+    result = hadmc(
+        "policy",
+        "init",
+        "--model",
+        model,
+        "--input-shape",
+        shape,
+        "--classes",
+        str(classes),
+        "--keep",
+        str(keep),
+        "-o",
+        str(path),
+        tmp_path=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     return path
 
@@ -112,8 +159,16 @@ def test_bad_data_fails_with_a_clear_message(tmp_path):
     for text, message in cases:
         config = tmp_path / "c.toml"
         config.write_text(text)
-        result = hadmc("compress", "--config", str(config), "--policy", str(policy), "--out", str(tmp_path / "o"),
-                       tmp_path=tmp_path)
+        result = hadmc(
+            "compress",
+            "--config",
+            str(config),
+            "--policy",
+            str(policy),
+            "--out",
+            str(tmp_path / "o"),
+            tmp_path=tmp_path,
+        )
         assert result.returncode == 1 and message in result.stderr, result.stderr
 
 
@@ -133,8 +188,16 @@ def test_corrupt_cached_baseline_is_named(tmp_path):
     target = cache / "baselines" / path.name
     target.parent.mkdir(parents=True)
     target.write_bytes(b"\x80\x04garbage")
-    result = hadmc("compress", "--config", str(config_file), "--policy", str(_policy(tmp_path)), "--out",
-                   str(tmp_path / "o"), tmp_path=tmp_path)
+    result = hadmc(
+        "compress",
+        "--config",
+        str(config_file),
+        "--policy",
+        str(_policy(tmp_path)),
+        "--out",
+        str(tmp_path / "o"),
+        tmp_path=tmp_path,
+    )
     assert result.returncode == 1 and f"checkpoint {target} cannot be loaded" in result.stderr, result.stderr
 
 
@@ -149,9 +212,12 @@ def test_mobilenetv2_int8_onnxruntime_parity_on_synthetic_neu_det(tmp_path, agen
     from host.compress.train import TrainConfig
 
     monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
-    config = CompressConfig(model="mobilenetv2", data=DataConfig(name="synthetic-neu-det"),
-                            baseline=TrainConfig(epochs=15, lr=2e-3, weight_decay=5e-4, augment=True),
-                            distill=DistillConfig(epochs=10, augment=True))
+    config = CompressConfig(
+        model="mobilenetv2",
+        data=DataConfig(name="synthetic-neu-det"),
+        baseline=TrainConfig(epochs=15, lr=2e-3, weight_decay=5e-4, augment=True),
+        distill=DistillConfig(epochs=10, augment=True),
+    )
     from host.compress.policy import Policy
 
     policy = Policy.load(_policy(tmp_path, model="mobilenetv2", shape="3,64,64", classes=6, keep=0.75))

@@ -6,8 +6,9 @@ from lut_store.rpc import split_address
 
 def test_toml_then_flags(tmp_path):
     path = tmp_path / "agent.toml"
-    path.write_text('[agent]\nlisten = "127.0.0.1:7000"\nintra_op_threads = 2\n'
-                    '[profile]\ntarget_rel_ci = 0.01\nmax_time_s = 2\n')
+    path.write_text(
+        '[agent]\nlisten = "127.0.0.1:7000"\nintra_op_threads = 2\n[profile]\ntarget_rel_ci = 0.01\nmax_time_s = 2\n'
+    )
     cfg = load_agent_config(path, {"intra_op_threads": 1, "listen": None})
     assert cfg.listen == "127.0.0.1:7000"
     assert cfg.intra_op_threads == 1
@@ -15,14 +16,17 @@ def test_toml_then_flags(tmp_path):
     assert cfg.benchmark.max_time_s == 10.0
 
 
-@pytest.mark.parametrize("text, message", [
-    ('[agent]\nlisen = "127.0.0.1:1"\n', "unknown config key 'lisen'; did you mean 'listen'"),
-    ('[profil]\nmin_runs = 9\n', r"unknown config section \[profil\].*did you mean \[profile\]"),
-    ('[profile]\nmin_runs = 2\n', "min_runs = 2"),
-    ('[agent]\nintra_op_threads = "two"\n', "must be of type int"),
-    ('[agent]\nexecution_provider = "tpu"\n', "execution_provider = 'tpu'"),
-    ('[agent\n', "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[agent]\nlisen = "127.0.0.1:1"\n', "unknown config key 'lisen'; did you mean 'listen'"),
+        ("[profil]\nmin_runs = 9\n", r"unknown config section \[profil\].*did you mean \[profile\]"),
+        ("[profile]\nmin_runs = 2\n", "min_runs = 2"),
+        ('[agent]\nintra_op_threads = "two"\n', "must be of type int"),
+        ('[agent]\nexecution_provider = "tpu"\n', "execution_provider = 'tpu'"),
+        ("[agent\n", "not valid TOML"),
+    ],
+)
 def test_bad_config_names_the_key(tmp_path, text, message):
     path = tmp_path / "agent.toml"
     path.write_text(text)

@@ -11,8 +11,17 @@ from PIL import Image
 from sklearn.linear_model import RidgeClassifierCV
 
 from host.data import (
-    DATASETS, NEU_CLASSES, DataError, DataSplits, breast_cancer, csv_table, image_folder,
-    load_dataset, make_loaders, sklearn_digits, synthetic_neu_det,
+    DATASETS,
+    NEU_CLASSES,
+    DataError,
+    DataSplits,
+    breast_cancer,
+    csv_table,
+    image_folder,
+    load_dataset,
+    make_loaders,
+    sklearn_digits,
+    synthetic_neu_det,
 )
 from host.data.splits import Normalisation, stratified_indices
 
@@ -24,13 +33,13 @@ def neu() -> DataSplits:
 
 # --- splits ------------------------------------------------------------------------------------
 
+
 def test_stratified_indices_partition_each_class_with_rounded_counts() -> None:
     labels = np.repeat([0, 1, 2], [300, 300, 10])
     parts = stratified_indices(labels, seed=3, val_fraction=0.2, test_fraction=0.2)
     everything = np.concatenate([parts.train, parts.val, parts.test])
     assert sorted(everything.tolist()) == list(range(len(labels)))
-    for cls, (n_train, n_val, n_test) in {0: (192, 48, 60), 1: (192, 48, 60),
-                                          2: (6, 2, 2)}.items():
+    for cls, (n_train, n_val, n_test) in {0: (192, 48, 60), 1: (192, 48, 60), 2: (6, 2, 2)}.items():
         assert (labels[parts.train] == cls).sum() == n_train
         assert (labels[parts.val] == cls).sum() == n_val
         assert (labels[parts.test] == cls).sum() == n_test
@@ -58,9 +67,13 @@ def test_data_splits_check_dtypes_and_shapes() -> None:
 
 # --- synthetic NEU-DET -------------------------------------------------------------------------
 
+
 def test_synthetic_neu_det_sizes_and_class_balance(neu: DataSplits) -> None:
-    assert neu.classes == NEU_CLASSES == ("crazing", "inclusion", "patches", "pitted_surface",
-                                          "rolled-in_scale", "scratches")
+    assert (
+        neu.classes
+        == NEU_CLASSES
+        == ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
+    )
     assert neu.input_shape == (3, 64, 64)
     assert (len(neu.y_train), len(neu.y_val), len(neu.y_test)) == (1152, 288, 360)
     assert len(neu.y_train) + len(neu.y_val) == 1440
@@ -117,6 +130,7 @@ def test_loaders_shuffle_train_by_seed_only(neu: DataSplits) -> None:
 
 
 # --- image folders -----------------------------------------------------------------------------
+
 
 def _write_image(file: Path, level: int, size: int = 20) -> None:
     file.parent.mkdir(parents=True, exist_ok=True)
@@ -195,6 +209,7 @@ def test_image_folder_with_every_file_corrupt_is_an_error(tmp_path: Path) -> Non
 
 # --- scikit-learn sets and CSV tables ----------------------------------------------------------
 
+
 def test_sklearn_digits_and_breast_cancer_shapes() -> None:
     digits = sklearn_digits(seed=0)
     assert digits.input_shape == (1, 8, 8) and digits.num_classes == 10
@@ -217,8 +232,10 @@ def _write_csv(file: Path, text: str, encoding: str = "utf-8") -> Path:
 def test_csv_table_maps_labels_and_standardises(tmp_path: Path) -> None:
     rows = "".join(f"{i},{i % 3 * 1.5},{10 if i % 2 else 2}\n" for i in range(20))
     # Spreadsheet export: a byte-order mark and spaces around the header names.
-    data = csv_table(_write_csv(tmp_path / "fraud.csv", "amount, hour ,is_fraud\n" + rows,
-                                encoding="utf-8-sig"), label_column="is_fraud")
+    data = csv_table(
+        _write_csv(tmp_path / "fraud.csv", "amount, hour ,is_fraud\n" + rows, encoding="utf-8-sig"),
+        label_column="is_fraud",
+    )
     assert data.classes == ("2", "10")  # numeric order, not text order
     assert data.input_shape == (2,)
     assert np.bincount(np.concatenate([data.y_train, data.y_val, data.y_test])).tolist() == [10, 10]
@@ -233,8 +250,9 @@ def test_cache_id_names_the_content_not_just_the_file_name(tmp_path: Path) -> No
     """The baseline cache keys on it: an edited file of the same name is another data set."""
     rows = "".join(f"{i},{i % 3 * 1.5},{10 if i % 2 else 2}\n" for i in range(20))
     first = csv_table(_write_csv(tmp_path / "a" / "t.csv", "x,y,label\n" + rows), label_column="label")
-    edited = csv_table(_write_csv(tmp_path / "b" / "t.csv", "x,y,label\n" + rows.replace("1.5", "2.5")),
-                       label_column="label")
+    edited = csv_table(
+        _write_csv(tmp_path / "b" / "t.csv", "x,y,label\n" + rows.replace("1.5", "2.5")), label_column="label"
+    )
     again = csv_table(tmp_path / "a" / "t.csv", label_column="label")
     assert first.name == edited.name and first.cache_id != edited.cache_id
     assert again.cache_id == first.cache_id and first.cache_id.startswith("csv_t.csv-")
@@ -263,14 +281,15 @@ def test_csv_table_errors(tmp_path: Path) -> None:
 
 # --- registry ----------------------------------------------------------------------------------
 
+
 def test_load_dataset_by_name(tmp_path: Path) -> None:
-    assert list(DATASETS) == ["synthetic-neu-det", "neu-det-folder", "digits", "breast-cancer",
-                              "csv"]
+    assert list(DATASETS) == ["synthetic-neu-det", "neu-det-folder", "digits", "breast-cancer", "csv"]
     assert load_dataset("breast-cancer", seed=1).input_shape == (30,)
-    assert load_dataset("neu-det-folder", path=_flat_folder(tmp_path / "NEU"),
-                        image_size=8).num_classes == 3
-    with pytest.raises(DataError, match="unknown data set 'mnist'; choices: synthetic-neu-det, "
-                                        "neu-det-folder, digits, breast-cancer, csv"):
+    assert load_dataset("neu-det-folder", path=_flat_folder(tmp_path / "NEU"), image_size=8).num_classes == 3
+    with pytest.raises(
+        DataError,
+        match="unknown data set 'mnist'; choices: synthetic-neu-det, neu-det-folder, digits, breast-cancer, csv",
+    ):
         load_dataset("mnist")
     with pytest.raises(DataError, match="needs path, label_column"):
         load_dataset("csv")

@@ -84,15 +84,17 @@ def test_sota(agent, tiny, tmp_path):
     assert _policy(stage / "final" / "policy.json") == _policy(stage / "policy.json")
     resolved = json.loads((out / "experiment.json").read_text())["search"]
     fp32_ms = json.loads((out / "seed0" / "search" / "baseline.json").read_text())["predicted_latency_ms"]
-    assert resolved["latency_budget_ms"] == pytest.approx(PRESETS["tiny"]["experiment"]["sota_latency_fraction"]
-                                                          * fp32_ms, rel=0.05)
+    assert resolved["latency_budget_ms"] == pytest.approx(
+        PRESETS["tiny"]["experiment"]["sota_latency_fraction"] * fp32_ms, rel=0.05
+    )
     _common_outputs(out, "model_bars")
 
 
 def test_ablation(agent, tiny, tmp_path):
     out = tmp_path / "ablation"
-    results = run_experiment(load_experiment("ablation", "tiny", devices=[agent.address], store=tiny), out,
-                             progress=False)
+    results = run_experiment(
+        load_experiment("ablation", "tiny", devices=[agent.address], store=tiny), out, progress=False
+    )
     rows = _rows(results)
     assert list(rows) == [(BASELINE,), *((label,) for label, *_ in ABLATION)]
     found = _policy(out / "seed0" / "search" / "final" / "ppo" / "policy.json")
@@ -113,15 +115,29 @@ def test_ablation(agent, tiny, tmp_path):
 
 def test_controllers_over_two_seeds_through_the_cli(agent, tiny, tmp_path, capsys):
     out = tmp_path / "controllers"
-    argv = ["experiment", "controllers", "--preset", "tiny", "--seeds", "2", "--device", agent.address,
-            "--store", tiny, "--out", str(out), "--json"]
+    argv = [
+        "experiment",
+        "controllers",
+        "--preset",
+        "tiny",
+        "--seeds",
+        "2",
+        "--device",
+        agent.address,
+        "--store",
+        tiny,
+        "--out",
+        str(out),
+        "--json",
+    ]
     assert main(argv) == 0
     results = Results.from_doc(json.loads(capsys.readouterr().out))
     assert [row.label for row in results.rows] == [("ppo",), ("dqn",), ("random",)] and results.seeds == (0, 1)
     per_seed = [json.loads((out / f"seed{s}" / "result.json").read_text()) for s in (0, 1)]
     for row in results.rows:
-        best = [next(r["values"]["best_reward"] for r in doc["rows"] if r["label"] == list(row.label))
-                for doc in per_seed]
+        best = [
+            next(r["values"]["best_reward"] for r in doc["rows"] if r["label"] == list(row.label)) for doc in per_seed
+        ]
         cell = row.cells["best_reward"]
         assert cell.n == 2 and cell.mean == pytest.approx(statistics.fmean(best))
         assert cell.std == pytest.approx(statistics.stdev(best))
@@ -148,11 +164,15 @@ def test_controllers_over_two_seeds_through_the_cli(agent, tiny, tmp_path, capsy
 
 def test_cross_dataset(agent, tiny, tmp_path):
     out = tmp_path / "cross-dataset"
-    results = run_experiment(load_experiment("cross-dataset", "tiny", devices=[agent.address], store=tiny), out,
-                             progress=False)
+    results = run_experiment(
+        load_experiment("cross-dataset", "tiny", devices=[agent.address], store=tiny), out, progress=False
+    )
     rows = _rows(results)
-    assert list(rows) == [(data, "mlp", version) for data in ("synthetic-neu-det", "digits", "breast-cancer")
-                          for version in (BASELINE, HADMC)]
+    assert list(rows) == [
+        (data, "mlp", version)
+        for data in ("synthetic-neu-det", "digits", "breast-cancer")
+        for version in (BASELINE, HADMC)
+    ]
     for values in rows.values():
         _models_agree(values)
     assert rows[("digits", "mlp", BASELINE)]["params"] != rows[("breast-cancer", "mlp", BASELINE)]["params"]
@@ -171,7 +191,7 @@ def test_cross_device(agent, agent2, tiny, tmp_path):
     assert len(devices) == 2 and "1 thread" in devices[0] and "2 threads" in devices[1]
     rows = _rows(results)
     assert set(rows) == {(policy, on) for policy in (BASELINE, *devices) for on in devices}
-    for (policy, on), values in rows.items():
+    for values in rows.values():
         assert values["latency_ms"] > 0 and values["predicted_latency_ms"] > 0
         assert values["speedup"] > 0
     for on in devices:  # the FP32 model measured in turn with itself: a speedup of 1 but for the noise
@@ -186,14 +206,17 @@ def test_cross_device(agent, agent2, tiny, tmp_path):
     assert not (tmp_path / "same").exists()  # found before any work
 
 
-@pytest.mark.parametrize("study, doc, message", [
-    ("sota", "max_params_fraction = 0.3", "remove max_params_fraction and set latency_budget_ms"),
-    ("sota", "[experiment]\nsota_latency_fraction = 0.0", "haq, which needs a latency budget"),
-    ("ablation", 'controllers = ["ppo"]', "each study runs its own controllers"),
-    ("cross-device", "[experiment]\ndevice_threads = [1]", "needs at least two devices"),
-    ("ablation", "[experiment]\nseeds = 0", "at least one seed"),
-    ("ablation", 'max_params_fraction = 0.3\nlatency_budget_ms = 1.0', "not both"),
-])
+@pytest.mark.parametrize(
+    "study, doc, message",
+    [
+        ("sota", "max_params_fraction = 0.3", "remove max_params_fraction and set latency_budget_ms"),
+        ("sota", "[experiment]\nsota_latency_fraction = 0.0", "haq, which needs a latency budget"),
+        ("ablation", 'controllers = ["ppo"]', "each study runs its own controllers"),
+        ("cross-device", "[experiment]\ndevice_threads = [1]", "needs at least two devices"),
+        ("ablation", "[experiment]\nseeds = 0", "at least one seed"),
+        ("ablation", "max_params_fraction = 0.3\nlatency_budget_ms = 1.0", "not both"),
+    ],
+)
 def test_config_errors_before_any_work(tmp_path, study, doc, message):
     config = tmp_path / "config.toml"
     config.write_text(doc + "\n")
@@ -204,8 +227,10 @@ def test_config_errors_before_any_work(tmp_path, study, doc, message):
 def test_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["experiment", "tables", "--out", str(tmp_path / "x")])
-    assert exc.value.code == 2 and "choose from 'sota', 'ablation', 'controllers', 'cross-dataset', 'cross-device'" \
-        in capsys.readouterr().err
+    assert (
+        exc.value.code == 2
+        and "choose from 'sota', 'ablation', 'controllers', 'cross-dataset', 'cross-device'" in capsys.readouterr().err
+    )
     with pytest.raises(ConfigError, match="unknown study 'tables'; choices: sota, ablation"):
         load_experiment("tables")
     assert main(["experiment", "ablation", "--seeds", "0", "--out", str(tmp_path / "x")]) == 1

@@ -158,8 +158,10 @@ def test_small_fidelity_check(client, tmp_path):
     benchmark alone, so a miss is profiled and measured again from an empty store (up to three
     tries): a systematic error misses every time, a noisy moment does not."""
     limits = model_limits("resnet18")
-    layers = {lim.name: LayerAction(1.0 if lim.group is None else 0.5, 8 if i % 3 == 0 else 32)
-              for i, lim in enumerate(limits)}
+    layers = {
+        lim.name: LayerAction(1.0 if lim.group is None else 0.5, 8 if i % 3 == 0 else 32)
+        for i, lim in enumerate(limits)
+    }
     policy = Policy("resnet18", layers)
     profiled = export_variant("resnet18", policy, tmp_path / "a.onnx", seed=1)
     others = [export_variant("resnet18", policy, tmp_path / f"b{seed}.onnx", seed=seed) for seed in (2, 3)]
@@ -209,24 +211,40 @@ def test_a_miss_without_a_device_is_an_error_naming_kernels(client, models, tmp_
 
 
 def _loop_model() -> onnx.ModelProto:
-    body = helper.make_graph([helper.make_node("Identity", ["c"], ["c_out"])], "body",
-                             [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-                              helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
-                             [helper.make_tensor_value_info("c_out", TensorProto.BOOL, [])])
-    nodes = [helper.make_node("Relu", ["x"], ["r"], name="act"),
-             helper.make_node("Loop", ["n", "cond"], [], name="the_loop", body=body)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 4])],
-                              [numpy_helper.from_array(np.array(2, np.int64), "n"),
-                               numpy_helper.from_array(np.array(True), "cond")])
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c"], ["c_out"])],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, [])],
+    )
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="act"),
+        helper.make_node("Loop", ["n", "cond"], [], name="the_loop", body=body),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.array(2, np.int64), "n"), numpy_helper.from_array(np.array(True), "cond")],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def _custom_op_model() -> onnx.ModelProto:
-    nodes = [helper.make_node("Relu", ["x"], ["r"], name="act"),
-             helper.make_node("Fancy", ["r"], ["y"], name="layer7.fancy", domain="com.example")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="act"),
+        helper.make_node("Fancy", ["r"], ["y"], name="layer7.fancy", domain="com.example"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
 
 
@@ -270,8 +288,10 @@ def test_a_device_dying_mid_profiling_fails_clearly_and_stores_nothing(tmp_path)
     running = Agent(quick_config()).start()
     model = slow_matmul_chain(n=768, depth=6)
     try:
-        with AgentClient(AgentTarget(running.address), timeout_s=30.0, retries=1) as c, \
-                open_store(f"sqlite:///{tmp_path / 'lut.sqlite'}") as store:
+        with (
+            AgentClient(AgentTarget(running.address), timeout_s=30.0, retries=1) as c,
+            open_store(f"sqlite:///{tmp_path / 'lut.sqlite'}") as store,
+        ):
             predictor = LatencyPredictor.for_device(store, c)
             threading.Timer(1.0, running.stop, kwargs={"grace_s": 0.0}).start()
             with pytest.raises(LatencyError, match="nothing was stored"):

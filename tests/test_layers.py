@@ -47,9 +47,11 @@ def test_lower_floors_do_not_import_upper_ones(package):
 
 
 def test_agent_commands_do_not_load_torch():
-    code = ("import sys; from host import cli; cli.build_parser(); import host.agent_client, host.embedded, "
-            "device_agent.server, device_agent.worker; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'onnxruntime')))")
+    code = (
+        "import sys; from host import cli; cli.build_parser(); import host.agent_client, host.embedded, "
+        "device_agent.server, device_agent.worker; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'onnxruntime')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     # The daemon process stays light: onnxruntime and numpy live in the measurement worker.
     assert out.stdout.strip() == "[]"
@@ -61,22 +63,34 @@ def test_agent_installs_and_runs_without_the_training_stack(tmp_path):
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
     source = tmp_path / "src"  # pip builds in the source tree: never in the working directory
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info",
-                                                                  "__pycache__", "runs"))
+    shutil.copytree(
+        ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", "runs")
+    )
     subprocess.run([py, "-m", "pip", "install", "-q", str(source)], check=True, timeout=900)
-    probe = subprocess.run([py, "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"],
-                           capture_output=True, text=True, check=True)
+    probe = subprocess.run(
+        [py, "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert probe.stdout.strip() == "True"
     ready = tmp_path / "ready"
-    agent = subprocess.Popen([env_dir / "bin" / "hadmc", "agent", "serve", "--listen", "127.0.0.1:0",
-                              "--ready-file", str(ready)], cwd=tmp_path)
+    agent = subprocess.Popen(
+        [env_dir / "bin" / "hadmc", "agent", "serve", "--listen", "127.0.0.1:0", "--ready-file", str(ready)],
+        cwd=tmp_path,
+    )
     try:
         for _ in range(600):
             if ready.exists() or agent.poll() is not None:
                 break
             subprocess.run(["sleep", "0.1"])
-        info = subprocess.run([env_dir / "bin" / "hadmc", "agent", "info", "--device", ready.read_text().strip(),
-                               "--json"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        info = subprocess.run(
+            [env_dir / "bin" / "hadmc", "agent", "info", "--device", ready.read_text().strip(), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
         assert info.returncode == 0, info.stderr
         assert '"execution_provider": "CPUExecutionProvider"' in info.stdout
     finally:

@@ -37,8 +37,9 @@ QUICK_PROFILE = "[profile]\nmin_window_s = 0.0\nmax_time_s = 0.2\ninterference_m
 
 
 def hadmc(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "host.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "host.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env
+    )
 
 
 @pytest.fixture()
@@ -58,9 +59,24 @@ def start_agent(tmp_path: Path, port: int = 0, profile: str = QUICK_PROFILE, nam
     config.write_text("[agent]\nintra_op_threads = 1\n" + profile)
     ready = tmp_path / f"{name}.ready"
     ready.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "host.cli", "agent", "serve", "--listen", f"127.0.0.1:{port}",
-                             "--config", str(config), "--ready-file", str(ready)], cwd=ROOT,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "host.cli",
+            "agent",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--config",
+            str(config),
+            "--ready-file",
+            str(ready),
+        ],
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     return proc, _wait_ready(proc, ready)
 
 
@@ -83,8 +99,7 @@ def test_build_list_show_diff_export_import(tmp_path, env, grid, agent):
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout)
     assert report["sealed"] and report["keys_total"] == 20 and report["measured_ok"] == 20 and not report["missing"]
-    second = json.loads(hadmc("lut", "build", "--device", agent.address, "--grid", str(grid), "--json",
-                              env=env).stdout)
+    second = json.loads(hadmc("lut", "build", "--device", agent.address, "--grid", str(grid), "--json", env=env).stdout)
     versions = json.loads(hadmc("lut", "list", "--json", env=env).stdout)
     assert [v["id"] for v in versions] == [second["version_id"], report["version_id"]]
     assert versions[0]["parent_id"] == report["version_id"] and versions[0]["entry_count"] == 20
@@ -107,8 +122,11 @@ def test_build_list_show_diff_export_import(tmp_path, env, grid, agent):
 def test_two_devices_of_one_fingerprint_split_the_keys(tmp_path, grid):
     (a, addr_a), (b, addr_b) = start_agent(tmp_path, name="a"), start_agent(tmp_path, name="b")
     try:
-        with AgentClient(AgentTarget(addr_a)) as ca, AgentClient(AgentTarget(addr_b)) as cb, \
-                open_store(f"sqlite:///{tmp_path / 'lut.sqlite'}") as store:
+        with (
+            AgentClient(AgentTarget(addr_a)) as ca,
+            AgentClient(AgentTarget(addr_b)) as cb,
+            open_store(f"sqlite:///{tmp_path / 'lut.sqlite'}") as store,
+        ):
             info = ca.info()
             assert info.fingerprint_hash == cb.info().fingerprint_hash
             calls = {"a": 0, "b": 0}
@@ -123,8 +141,13 @@ def test_two_devices_of_one_fingerprint_split_the_keys(tmp_path, grid):
 
             from device_agent.fingerprint import document
 
-            report = build_lut(store, info.fingerprint_hash, document(info.fingerprint), load_grid(grid, ["fp32"]),
-                               [Counting(ca, "a"), Counting(cb, "b")])
+            report = build_lut(
+                store,
+                info.fingerprint_hash,
+                document(info.fingerprint),
+                load_grid(grid, ["fp32"]),
+                [Counting(ca, "a"), Counting(cb, "b")],
+            )
             assert report.sealed and report.measured_ok == 20
             assert calls == {"a": 10, "b": 10}
             assert store.version(report.version_id).entry_count == 20
@@ -154,9 +177,24 @@ def test_kill_9_of_the_builder_leaves_no_sealed_partial_and_a_rerun_completes(tm
     slow = "[profile]\nmin_window_s = 0.4\nmax_time_s = 1.0\ninterference_max_cores = 64.0\n"
     proc, address = start_agent(tmp_path, profile=slow)
     try:
-        builder = subprocess.Popen([sys.executable, "-m", "host.cli", "lut", "build", "--device", address,
-                                    "--grid", str(grid), "--store", build_store], cwd=ROOT, env=env,
-                                   stderr=subprocess.DEVNULL)
+        builder = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "host.cli",
+                "lut",
+                "build",
+                "--device",
+                address,
+                "--grid",
+                str(grid),
+                "--store",
+                build_store,
+            ],
+            cwd=ROOT,
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 60
         while _entry_count(build_store) < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -167,8 +205,9 @@ def test_kill_9_of_the_builder_leaves_no_sealed_partial_and_a_rerun_completes(tm
                 assert store.integrity_check() == "ok"
             (version,) = store.versions()
             assert version.status == "open" and 3 <= version.entry_count < 20
-        rerun = hadmc("lut", "build", "--device", address, "--grid", str(grid), "--store", build_store, "--json",
-                      env=env)
+        rerun = hadmc(
+            "lut", "build", "--device", address, "--grid", str(grid), "--store", build_store, "--json", env=env
+        )
         assert rerun.returncode == 0, rerun.stderr
         report = json.loads(rerun.stdout)
         assert report["resumed"] and report["version_id"] == version.id and report["sealed"]
@@ -190,9 +229,29 @@ def test_kill_9_of_the_agent_reports_missing_keys_and_a_rerun_retries_them(tmp_p
     port = _free_port()
     slow = "[profile]\nmin_window_s = 0.3\nmax_time_s = 1.0\ninterference_max_cores = 64.0\n"
     proc, address = start_agent(tmp_path, port=port, profile=slow)
-    builder = subprocess.Popen([sys.executable, "-m", "host.cli", "lut", "build", "--device", address, "--grid",
-                                str(grid), "--retries", "0", "--store", build_store, "--json"], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    builder = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "host.cli",
+            "lut",
+            "build",
+            "--device",
+            address,
+            "--grid",
+            str(grid),
+            "--retries",
+            "0",
+            "--store",
+            build_store,
+            "--json",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(4.0)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
@@ -203,8 +262,9 @@ def test_kill_9_of_the_agent_reports_missing_keys_and_a_rerun_retries_them(tmp_p
     assert all("device error" in m["reason"] for m in report["missing"])
     proc, address = start_agent(tmp_path, port=port, profile=slow)
     try:
-        rerun = hadmc("lut", "build", "--device", address, "--grid", str(grid), "--store", build_store, "--json",
-                      env=env)
+        rerun = hadmc(
+            "lut", "build", "--device", address, "--grid", str(grid), "--store", build_store, "--json", env=env
+        )
         assert rerun.returncode == 0, rerun.stderr
         again = json.loads(rerun.stdout)
         assert again["resumed"] and again["version_id"] == report["version_id"] and again["sealed"]
@@ -218,9 +278,29 @@ def test_an_agent_that_comes_back_within_the_retries(tmp_path, env, grid):
     port = _free_port()
     slow = "[profile]\nmin_window_s = 0.3\nmax_time_s = 1.0\ninterference_max_cores = 64.0\n"
     proc, address = start_agent(tmp_path, port=port, profile=slow)
-    builder = subprocess.Popen([sys.executable, "-m", "host.cli", "lut", "build", "--device", address, "--grid",
-                                str(grid), "--retries", "5", "--retry-wait", "3", "--json"], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    builder = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "host.cli",
+            "lut",
+            "build",
+            "--device",
+            address,
+            "--grid",
+            str(grid),
+            "--retries",
+            "5",
+            "--retry-wait",
+            "3",
+            "--json",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(3.0)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
@@ -248,8 +328,10 @@ def test_two_builds_of_one_fingerprint_never_mix(tmp_path, agent, grid):
 
 def test_devices_file_resolves_names(tmp_path):
     path = tmp_path / "devices.toml"
-    path.write_text('[devices.box]\naddress = "127.0.0.1:5000"\n[devices.gpu]\naddress = "127.0.0.1:5001"\n'
-                    'tls_server_name = "gpu"\n')
+    path.write_text(
+        '[devices.box]\naddress = "127.0.0.1:5000"\n[devices.gpu]\naddress = "127.0.0.1:5001"\n'
+        'tls_server_name = "gpu"\n'
+    )
     assert resolve("box", path).address == "127.0.0.1:5000"
     assert resolve("127.0.0.1:7", path).address == "127.0.0.1:7"
     with pytest.raises(FleetError, match="did you mean 'box'"):
@@ -273,9 +355,25 @@ def test_devices_list_reports_health_and_fingerprints(tmp_path, env, agent):
 
 def test_lut_serve_then_a_grpc_store_url_from_the_cli(tmp_path, env, grid, agent):
     ready = tmp_path / "store.ready"
-    server = subprocess.Popen([sys.executable, "-m", "host.cli", "lut", "serve", "--listen", "127.0.0.1:0", "--store",
-                               f"sqlite:///{tmp_path / 'served.sqlite'}", "--ready-file", str(ready)], cwd=ROOT,
-                              env=env, stderr=subprocess.DEVNULL, text=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "host.cli",
+            "lut",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            f"sqlite:///{tmp_path / 'served.sqlite'}",
+            "--ready-file",
+            str(ready),
+        ],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         url = "grpc://" + _wait_ready(server, ready)
         built = hadmc("lut", "build", "--device", agent.address, "--grid", str(grid), "--store", url, "--json", env=env)

@@ -11,8 +11,16 @@ from device_agent.measure import InterferenceError, MeasurementCancelled, measur
 
 
 def settings(**kw):
-    base = dict(warmup_runs=2, min_runs=20, max_runs=400, max_time_s=2.0, target_rel_ci=0.02,
-                max_attempts=2, interference_max_cores=64.0, min_window_s=0.0)
+    base = dict(
+        warmup_runs=2,
+        min_runs=20,
+        max_runs=400,
+        max_time_s=2.0,
+        target_rel_ci=0.02,
+        max_attempts=2,
+        interference_max_cores=64.0,
+        min_window_s=0.0,
+    )
     base.update(kw)
     return Settings(**base)
 
@@ -58,8 +66,12 @@ def test_a_busy_neighbour_is_detected_and_never_reported():
     try:
         time.sleep(0.3)
         with pytest.raises(InterferenceError, match="busy in all 2 measurement windows"):
-            measure(lambda: time.sleep(0.001), settings(interference_max_cores=0.5, max_time_s=0.3,
-                                                        target_rel_ci=1e-6), (), lambda: False)
+            measure(
+                lambda: time.sleep(0.001),
+                settings(interference_max_cores=0.5, max_time_s=0.3, target_rel_ci=1e-6),
+                (),
+                lambda: False,
+            )
     finally:
         hog.kill()
         hog.wait()

@@ -22,7 +22,10 @@ from protos.hadmc.v1 import agent_pb2
 from tests.conftest import quick_config
 
 ROOT = Path(__file__).resolve().parent.parent
-GRID = '[[conv]]\nbatch = 1\nin_channels = [8, 16]\nsize = 8\nkernel = [1, 3]\n[[gemm]]\nbatch = 1\nin_features = 32\nout_features = 4\n'
+GRID = (
+    "[[conv]]\nbatch = 1\nin_channels = [8, 16]\nsize = 8\nkernel = [1, 3]\n"
+    "[[gemm]]\nbatch = 1\nin_features = 32\nout_features = 4\n"
+)
 
 
 def _wait_for_state(path: Path, fingerprint_hash: str | None = None, timeout_s: float = 60) -> dict:
@@ -71,22 +74,45 @@ def test_reprofile_now_makes_versions_with_parents_and_drift(tmp_path, nightly_s
 def test_reprofile_cli_against_a_daemon(tmp_path, nightly_setup):
     nightly, store_url = nightly_setup
     config = tmp_path / "agent.toml"
-    config.write_text(f'[agent]\nintra_op_threads = 1\n[profile]\nmin_window_s = 0.0\nmax_time_s = 0.2\n'
-                      f'interference_max_cores = 64.0\n[nightly]\nstore = "{store_url}"\n'
-                      f'grids = ["{nightly.grids[0]}"]\nstate_file = "{nightly.state_file}"\n')
+    config.write_text(
+        f"[agent]\nintra_op_threads = 1\n[profile]\nmin_window_s = 0.0\nmax_time_s = 0.2\n"
+        f'interference_max_cores = 64.0\n[nightly]\nstore = "{store_url}"\n'
+        f'grids = ["{nightly.grids[0]}"]\nstate_file = "{nightly.state_file}"\n'
+    )
     ready = tmp_path / "ready"
     env = {**os.environ, "HADMC_HOME": str(tmp_path / "home")}
-    proc = subprocess.Popen([sys.executable, "-m", "host.cli", "agent", "serve", "--listen", "127.0.0.1:0",
-                             "--config", str(config), "--ready-file", str(ready)], cwd=ROOT, env=env,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "host.cli",
+            "agent",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            str(config),
+            "--ready-file",
+            str(ready),
+        ],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         from tests.test_cli import _wait_ready
 
         address = _wait_ready(proc, ready)
         # First start with grids configured: the agent builds its first version by itself.
         first = _wait_for_state(nightly.state_file)["version_id"]
-        out = subprocess.run([sys.executable, "-m", "host.cli", "agent", "reprofile", "--now", "--device", address,
-                              "--json"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-m", "host.cli", "agent", "reprofile", "--now", "--device", address, "--json"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=env,
+            timeout=300,
+        )
         assert out.returncode == 0, out.stderr
         doc = json.loads(out.stdout)
         assert doc["sealed"] and int(doc["parent_version_id"]) == first
@@ -143,8 +169,9 @@ def test_a_run_missed_while_the_machine_was_off_happens_at_start(tmp_path):
 
 def test_reprofile_without_a_store_or_keys_is_failed_precondition(tmp_path):
     bare = Agent(quick_config()).start()
-    empty = Agent(quick_config(nightly=NightlyConfig(store=f"sqlite:///{tmp_path / 'e.sqlite'}",
-                                                     state_file=tmp_path / "s.json"))).start()
+    empty = Agent(
+        quick_config(nightly=NightlyConfig(store=f"sqlite:///{tmp_path / 'e.sqlite'}", state_file=tmp_path / "s.json"))
+    ).start()
     try:
         for agent, message in ((bare, "no LUT store configured"), (empty, "nothing to re-profile")):
             with AgentClient(AgentTarget(agent.address)) as client:
@@ -157,11 +184,13 @@ def test_reprofile_without_a_store_or_keys_is_failed_precondition(tmp_path):
         empty.stop(grace_s=1.0)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"at": "25:00", "store": "sqlite:///x"}, "not a time of day"),
-    ({"at": "03:00"}, "nightly.store is not"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"at": "25:00", "store": "sqlite:///x"}, "not a time of day"),
+        ({"at": "03:00"}, "nightly.store is not"),
+    ],
+)
 def test_bad_nightly_config(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         NightlyConfig(**kwargs)
-

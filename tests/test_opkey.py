@@ -28,16 +28,19 @@ def test_attribute_order_and_float_precision_do_not_change_the_hash():
     assert a.hash != OpKey((TensorSpec((1, 4)),), (OpNode("LeakyRelu", ("i0",), {"alpha": 0.2}),)).hash
 
 
-@pytest.mark.parametrize("key", [
-    kernels.conv(1, 64, 16, 16, 64, 3, fuse=("add", "relu")),
-    kernels.conv(2, 32, 15, 15, 32, 3, stride=2, groups=32, fuse=("relu",), precision="int8"),
-    kernels.gemm(1, 512, 6, precision="fp16"),
-    kernels.matmul((1, 128), (128, 64), precision="int4"),
-    kernels.pool("max", 1, 64, 32, 32, 3, 2, 1),
-    kernels.concat([(1, 32, 8, 8), (1, 16, 8, 8)]),
-    OpKey((TensorSpec((2, 6)), TensorSpec((2,), "int64", "constant", (3, 4))),
-          (OpNode("Reshape", ("i0", "i1")),)),
-], ids=lambda k: k.kind)
+@pytest.mark.parametrize(
+    "key",
+    [
+        kernels.conv(1, 64, 16, 16, 64, 3, fuse=("add", "relu")),
+        kernels.conv(2, 32, 15, 15, 32, 3, stride=2, groups=32, fuse=("relu",), precision="int8"),
+        kernels.gemm(1, 512, 6, precision="fp16"),
+        kernels.matmul((1, 128), (128, 64), precision="int4"),
+        kernels.pool("max", 1, 64, 32, 32, 3, 2, 1),
+        kernels.concat([(1, 32, 8, 8), (1, 16, 8, 8)]),
+        OpKey((TensorSpec((2, 6)), TensorSpec((2,), "int64", "constant", (3, 4))), (OpNode("Reshape", ("i0", "i1")),)),
+    ],
+    ids=lambda k: k.kind,
+)
 def test_round_trips_through_proto_json_and_dict(key):
     wire = common_pb2.OpKey.FromString(key.to_proto().SerializeToString())
     assert OpKey.from_proto(wire) == key
@@ -61,22 +64,25 @@ def test_canonical_form_is_the_stored_contract():
     assert key.canonical_json().startswith('{"inputs":[{"dtype":"float32","role":"activation","shape":[1,16,8,8]}')
 
 
-@pytest.mark.parametrize("build, message", [
-    (lambda: TensorSpec((1, 0, 4)), "dimension 0"),
-    (lambda: TensorSpec((1, -3, 4)), "dimension -3"),
-    (lambda: TensorSpec((1, 2.5)), "dimension 2.5"),
-    (lambda: TensorSpec((1,), "complex64"), "unknown dtype"),
-    (lambda: TensorSpec((2,), "int64", "constant", (1,)), "needs 2 values"),
-    (lambda: OpKey((TensorSpec((1, 4)),), (OpNode("Relu", ("i1",)),)), "has 1 inputs"),
-    (lambda: OpKey((TensorSpec((1, 4)),), (OpNode("Relu", ("n0",)),)), "not an earlier node"),
-    (lambda: OpKey((TensorSpec((1, 4)),), (OpNode("Relu", ("x",)),)), "not 'i<k>'"),
-    (lambda: OpKey((TensorSpec((1, 4)), TensorSpec((1, 4))), (OpNode("Relu", ("i0",)),)), "not used"),
-    (lambda: OpKey((TensorSpec((1, 4)),), ()), "at least one operator"),
-    (lambda: OpKey((TensorSpec((1, 4), role="weight"),), (OpNode("Relu", ("i0",)),)), "activation input"),
-    (lambda: OpKey((TensorSpec((1, 4)),), (OpNode("Relu", ("i0",)),), "int3"), "unknown precision"),
-    (lambda: OpKey((TensorSpec((1, 4)),), (OpNode("Relu", ("i0",), domain="my.custom"),)), "not allowed"),
-    (lambda: OpKey((TensorSpec((1, 4)),), (OpNode("Re lu", ("i0",)),)), "not an operator name"),
-])
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: TensorSpec((1, 0, 4)), "dimension 0"),
+        (lambda: TensorSpec((1, -3, 4)), "dimension -3"),
+        (lambda: TensorSpec((1, 2.5)), "dimension 2.5"),
+        (lambda: TensorSpec((1,), "complex64"), "unknown dtype"),
+        (lambda: TensorSpec((2,), "int64", "constant", (1,)), "needs 2 values"),
+        (lambda: OpKey((TensorSpec((1, 4)),), (OpNode("Relu", ("i1",)),)), "has 1 inputs"),
+        (lambda: OpKey((TensorSpec((1, 4)),), (OpNode("Relu", ("n0",)),)), "not an earlier node"),
+        (lambda: OpKey((TensorSpec((1, 4)),), (OpNode("Relu", ("x",)),)), "not 'i<k>'"),
+        (lambda: OpKey((TensorSpec((1, 4)), TensorSpec((1, 4))), (OpNode("Relu", ("i0",)),)), "not used"),
+        (lambda: OpKey((TensorSpec((1, 4)),), ()), "at least one operator"),
+        (lambda: OpKey((TensorSpec((1, 4), role="weight"),), (OpNode("Relu", ("i0",)),)), "activation input"),
+        (lambda: OpKey((TensorSpec((1, 4)),), (OpNode("Relu", ("i0",)),), "int3"), "unknown precision"),
+        (lambda: OpKey((TensorSpec((1, 4)),), (OpNode("Relu", ("i0",), domain="my.custom"),)), "not allowed"),
+        (lambda: OpKey((TensorSpec((1, 4)),), (OpNode("Re lu", ("i0",)),)), "not an operator name"),
+    ],
+)
 def test_malformed_keys_are_refused_with_a_named_reason(build, message):
     with pytest.raises(OpKeyError, match=message):
         build()
@@ -90,8 +96,13 @@ def test_unspecified_precision_on_the_wire_is_refused():
 
 
 def test_fingerprint_hash_covers_latency_fields_only():
-    doc = {"profiler_version": "1", "cpu": {"model": "X", "physical_cores": 2}, "intra_op_threads": 2,
-           "hostname": "a", "memory_total_bytes": "100"}
+    doc = {
+        "profiler_version": "1",
+        "cpu": {"model": "X", "physical_cores": 2},
+        "intra_op_threads": 2,
+        "hostname": "a",
+        "memory_total_bytes": "100",
+    }
     same_device_elsewhere = {**doc, "hostname": "b", "memory_total_bytes": "200"}
     more_threads = {**doc, "intra_op_threads": 1}
     assert fingerprint_hash(doc) == fingerprint_hash(same_device_elsewhere)

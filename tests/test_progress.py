@@ -19,8 +19,12 @@ class Terminal(io.StringIO):
 
 def _fit(progress: Progress, epochs: int = 2) -> None:
     data = TensorDataset(torch.randn(40, 30), torch.randint(0, 2, (40,)))
-    train(build_model("mlp", 2, (30,)), DataLoader(data, batch_size=8), TrainConfig(epochs=epochs),
-          progress.fit("baseline"))
+    train(
+        build_model("mlp", 2, (30,)),
+        DataLoader(data, batch_size=8),
+        TrainConfig(epochs=epochs),
+        progress.fit("baseline"),
+    )
 
 
 def test_a_terminal_gets_a_live_bar_per_batch_and_a_line_per_epoch():
@@ -50,8 +54,12 @@ def test_live_only_fits_leave_no_line_behind():
     stream = Terminal()
     shown = Progress(True, stream)
     data = TensorDataset(torch.randn(16, 30), torch.randint(0, 2, (16,)))
-    train(build_model("mlp", 2, (30,)), DataLoader(data, batch_size=8), TrainConfig(epochs=1),
-          shown.fit("fine-tune", lines=False))
+    train(
+        build_model("mlp", 2, (30,)),
+        DataLoader(data, batch_size=8),
+        TrainConfig(epochs=1),
+        shown.fit("fine-tune", lines=False),
+    )
     shown.say("[ppo] episode 1/2: reward 1.0")
     assert stream.getvalue().endswith("\r\x1b[K[ppo] episode 1/2: reward 1.0\n")
     assert stream.getvalue().count("\n") == 1

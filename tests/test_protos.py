@@ -17,8 +17,7 @@ def _load_gen_script():
 def test_checked_in_stubs_match_the_protos(tmp_path):
     written = _load_gen_script().generate(tmp_path)
     assert {p.name for p in written} >= {"agent_pb2.py", "agent_pb2_grpc.py", "common_pb2.py"}
-    stale = [p.name for p in written
-             if not filecmp.cmp(p, ROOT / "protos/hadmc/v1" / p.name, shallow=False)]
+    stale = [p.name for p in written if not filecmp.cmp(p, ROOT / "protos/hadmc/v1" / p.name, shallow=False)]
     assert not stale, f"stubs out of date, run scripts/gen_protos.py: {stale}"
 
 

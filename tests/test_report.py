@@ -21,46 +21,115 @@ CONTROLLERS = ("ppo", "random", "uniform")
 
 
 def _latency(median: float) -> dict:
-    return {"median_ms": median, "p90_ms": median * 1.08, "p99_ms": median * 1.2, "mean_ms": median * 1.02,
-            "std_ms": median * 0.03, "n": 200}
+    return {
+        "median_ms": median,
+        "p90_ms": median * 1.08,
+        "p99_ms": median * 1.2,
+        "mean_ms": median * 1.02,
+        "std_ms": median * 0.03,
+        "n": 200,
+    }
 
 
 def _policy(keep: float, bits: int) -> dict:
-    return {"model": "resnet18", "layers": {name: {"keep_ratio": keep if name != "fc" else 1.0,
-                                                   "bits": bits, "granularity": "per-channel"}
-                                            for name in sorted(LAYERS)}}
+    return {
+        "model": "resnet18",
+        "layers": {
+            name: {"keep_ratio": keep if name != "fc" else 1.0, "bits": bits, "granularity": "per-channel"}
+            for name in sorted(LAYERS)
+        },
+    }
 
 
-BASELINE = {"model": "resnet18", "data": "neu-det-synthetic", "val_accuracy": 0.9722, "test_accuracy": 0.9688,
-            "test_accuracy_onnxruntime": 0.9688, "params": 11_179_590, "fp32_size_bytes": 44_718_360,
-            "predicted_latency_ms": 21.84, "measured_latency": _latency(22.41)}
-
-FINALS = {
-    "ppo": {"policy": _policy(0.35, 8), "val_accuracy": 0.9694, "test_accuracy": 0.9653,
-            "test_accuracy_onnxruntime": 0.9647, "params": 1_402_118, "fp32_size_bytes": 5_608_472,
-            "effective_size_bytes": 1_433_212, "predicted_latency_ms": 2.613, "measured_latency": _latency(2.781),
-            "speedup": 8.058, "reward": 0.9123, "episodes": 10, "onnx": "final/ppo/model.onnx"},
-    "random": {"policy": _policy(0.55, 8), "val_accuracy": 0.9611, "test_accuracy": 0.9583,
-               "test_accuracy_onnxruntime": None, "params": 3_389_210, "fp32_size_bytes": 13_556_840,
-               "effective_size_bytes": 3_420_377, "predicted_latency_ms": 5.907, "measured_latency": None,
-               "speedup": None, "reward": 0.8412, "episodes": 10, "onnx": "final/random/model.onnx"},
-    "uniform": {"policy": _policy(0.5, 32), "val_accuracy": 0.9645, "test_accuracy": 0.9618,
-                "test_accuracy_onnxruntime": 0.9618, "params": 2_801_774, "fp32_size_bytes": 11_207_096,
-                "effective_size_bytes": 11_207_096, "predicted_latency_ms": 7.402, "measured_latency": _latency(7.95),
-                "speedup": 2.819, "reward": 0.7531, "episodes": 10, "onnx": "final/uniform/model.onnx"},
+BASELINE = {
+    "model": "resnet18",
+    "data": "neu-det-synthetic",
+    "val_accuracy": 0.9722,
+    "test_accuracy": 0.9688,
+    "test_accuracy_onnxruntime": 0.9688,
+    "params": 11_179_590,
+    "fp32_size_bytes": 44_718_360,
+    "predicted_latency_ms": 21.84,
+    "measured_latency": _latency(22.41),
 }
 
-DEVICE = {"fingerprint_hash": HASH, "address": "embedded",
-          "fingerprint": {"agent_version": "0.1.0", "profiler_version": "3",
-                          "cpu": {"model": "AMD EPYC 7B13 <test & co>", "architecture": "x86_64", "physical_cores": 2,
-                                  "logical_cores": 2, "flags": ["avx2", "fma", "avx512f"]},
-                          "memory_total_bytes": 8_589_934_592, "gpus": [], "gpu_driver_version": "",
-                          "onnxruntime_version": "1.22.0", "execution_provider": "CPUExecutionProvider",
-                          "provider_options": {}, "intra_op_threads": 2, "inter_op_threads": 1,
-                          "notes": {"gpus": "NVML library not found"}},
-          "precisions": [{"precision": "fp32", "supported": True, "note": ""},
-                         {"precision": "int8", "supported": True, "note": "QLinearConv via MLAS"},
-                         {"precision": "int4", "supported": False, "note": "no int4 kernels on CPU"}]}
+FINALS = {
+    "ppo": {
+        "policy": _policy(0.35, 8),
+        "val_accuracy": 0.9694,
+        "test_accuracy": 0.9653,
+        "test_accuracy_onnxruntime": 0.9647,
+        "params": 1_402_118,
+        "fp32_size_bytes": 5_608_472,
+        "effective_size_bytes": 1_433_212,
+        "predicted_latency_ms": 2.613,
+        "measured_latency": _latency(2.781),
+        "speedup": 8.058,
+        "reward": 0.9123,
+        "episodes": 10,
+        "onnx": "final/ppo/model.onnx",
+    },
+    "random": {
+        "policy": _policy(0.55, 8),
+        "val_accuracy": 0.9611,
+        "test_accuracy": 0.9583,
+        "test_accuracy_onnxruntime": None,
+        "params": 3_389_210,
+        "fp32_size_bytes": 13_556_840,
+        "effective_size_bytes": 3_420_377,
+        "predicted_latency_ms": 5.907,
+        "measured_latency": None,
+        "speedup": None,
+        "reward": 0.8412,
+        "episodes": 10,
+        "onnx": "final/random/model.onnx",
+    },
+    "uniform": {
+        "policy": _policy(0.5, 32),
+        "val_accuracy": 0.9645,
+        "test_accuracy": 0.9618,
+        "test_accuracy_onnxruntime": 0.9618,
+        "params": 2_801_774,
+        "fp32_size_bytes": 11_207_096,
+        "effective_size_bytes": 11_207_096,
+        "predicted_latency_ms": 7.402,
+        "measured_latency": _latency(7.95),
+        "speedup": 2.819,
+        "reward": 0.7531,
+        "episodes": 10,
+        "onnx": "final/uniform/model.onnx",
+    },
+}
+
+DEVICE = {
+    "fingerprint_hash": HASH,
+    "address": "embedded",
+    "fingerprint": {
+        "agent_version": "0.1.0",
+        "profiler_version": "3",
+        "cpu": {
+            "model": "AMD EPYC 7B13 <test & co>",
+            "architecture": "x86_64",
+            "physical_cores": 2,
+            "logical_cores": 2,
+            "flags": ["avx2", "fma", "avx512f"],
+        },
+        "memory_total_bytes": 8_589_934_592,
+        "gpus": [],
+        "gpu_driver_version": "",
+        "onnxruntime_version": "1.22.0",
+        "execution_provider": "CPUExecutionProvider",
+        "provider_options": {},
+        "intra_op_threads": 2,
+        "inter_op_threads": 1,
+        "notes": {"gpus": "NVML library not found"},
+    },
+    "precisions": [
+        {"precision": "fp32", "supported": True, "note": ""},
+        {"precision": "int8", "supported": True, "note": "QLinearConv via MLAS"},
+        {"precision": "int4", "supported": False, "note": "no int4 kernels on CPU"},
+    ],
+}
 
 
 def _episodes() -> list[dict]:
@@ -71,11 +140,21 @@ def _episodes() -> list[dict]:
             bits = 8 if (k + c) % 3 else 32
             latency = 21.84 * keep * keep * (0.35 if bits == 8 else 1.0) + 0.4
             acc = 0.90 + 0.07 * keep - 0.004 * (bits == 8) + 0.002 * (k % 2)
-            rows.append({"controller": name, "episode": k, "policy": _policy(keep, bits),
-                         "predicted_latency_ms": round(latency, 4), "val_accuracy": round(acc, 4),
-                         "params": int(11_179_590 * keep * keep), "size_bytes": int(44_718_360 * keep * keep * bits / 32),
-                         "reward": round(acc * (21.84 / latency) ** 0.1, 4), "lut_version_ids": [7, 9],
-                         "wall_s": 31.5 + k, "profiled_kernels": 3 if k == 0 else 0})
+            rows.append(
+                {
+                    "controller": name,
+                    "episode": k,
+                    "policy": _policy(keep, bits),
+                    "predicted_latency_ms": round(latency, 4),
+                    "val_accuracy": round(acc, 4),
+                    "params": int(11_179_590 * keep * keep),
+                    "size_bytes": int(44_718_360 * keep * keep * bits / 32),
+                    "reward": round(acc * (21.84 / latency) ** 0.1, 4),
+                    "lut_version_ids": [7, 9],
+                    "wall_s": 31.5 + k,
+                    "profiled_kernels": 3 if k == 0 else 0,
+                }
+            )
             if name == "ppo":  # practising on a surrogate from its third episode
                 rows[-1]["surrogate_reward"] = None if k < 3 else round(rows[-1]["reward"] * 0.98, 4)
     return rows
@@ -83,15 +162,27 @@ def _episodes() -> list[dict]:
 
 def write_run(run: Path, episodes: list[dict] | None = None) -> Path:
     run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(json.dumps({"model": "resnet18", "episodes": 10, "reward": {"w": 0.1, "v": 0.0},
-                                                 "note": "<script>alert(1)</script>"}))
+    (run / "config.json").write_text(
+        json.dumps(
+            {"model": "resnet18", "episodes": 10, "reward": {"w": 0.1, "v": 0.0}, "note": "<script>alert(1)</script>"}
+        )
+    )
     (run / "device.json").write_text(json.dumps(DEVICE))
     (run / "baseline.json").write_text(json.dumps(BASELINE))
     rows = _episodes() if episodes is None else episodes
     (run / "episodes.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    (run / "summary.json").write_text(json.dumps({"baseline": BASELINE, "controllers": FINALS,
-                                                  "lut_version_ids": [7, 9, 12], "wall_s": 1834.2, "episodes": 10},
-                                                 sort_keys=True))
+    (run / "summary.json").write_text(
+        json.dumps(
+            {
+                "baseline": BASELINE,
+                "controllers": FINALS,
+                "lut_version_ids": [7, 9, 12],
+                "wall_s": 1834.2,
+                "episodes": 10,
+            },
+            sort_keys=True,
+        )
+    )
     return run
 
 
@@ -128,14 +219,59 @@ def test_summary_rows_hold_the_numbers_formatted(report):
     # model, val, test torch, test ort, params, reduction, FP32 MB, eff MB, compression, predicted, median, p90,
     # predicted speedup, measured speedup, reward, episodes
     assert _summary_row(text, "FP32 baseline") == [
-        "FP32 baseline", "97.22%", "96.88%", "96.88%", "11,179,590", "-", "44.72", "44.72", "-", "21.840",
-        "22.410", "24.203", "1.00x", "1.00x", "-", "-"]
+        "FP32 baseline",
+        "97.22%",
+        "96.88%",
+        "96.88%",
+        "11,179,590",
+        "-",
+        "44.72",
+        "44.72",
+        "-",
+        "21.840",
+        "22.410",
+        "24.203",
+        "1.00x",
+        "1.00x",
+        "-",
+        "-",
+    ]
     assert _summary_row(text, "ppo") == [
-        "ppo", "96.94%", "96.53%", "96.47%", "1,402,118", "87.5%", "5.61", "1.43", "96.8%", "2.613", "2.781",
-        "3.003", "8.36x", "8.06x", "0.9123", "10"]
+        "ppo",
+        "96.94%",
+        "96.53%",
+        "96.47%",
+        "1,402,118",
+        "87.5%",
+        "5.61",
+        "1.43",
+        "96.8%",
+        "2.613",
+        "2.781",
+        "3.003",
+        "8.36x",
+        "8.06x",
+        "0.9123",
+        "10",
+    ]
     assert _summary_row(text, "random") == [
-        "random", "96.11%", "95.83%", "not measured", "3,389,210", "69.7%", "13.56", "3.42", "92.4%", "5.907",
-        "not measured", "not measured", "3.70x", "not measured", "0.8412", "10"]
+        "random",
+        "96.11%",
+        "95.83%",
+        "not measured",
+        "3,389,210",
+        "69.7%",
+        "13.56",
+        "3.42",
+        "92.4%",
+        "5.907",
+        "not measured",
+        "not measured",
+        "3.70x",
+        "not measured",
+        "0.8412",
+        "10",
+    ]
     assert _summary_row(text, "uniform")[9:15] == ["7.402", "7.950", "8.586", "2.95x", "2.82x", "0.7531"]
     assert '<td class="na">not measured</td>' in text
     assert "Latency not measured on the device for: random." in text
@@ -188,7 +324,14 @@ def test_running_best():
 def test_layers_are_in_natural_order(tmp_path):
     run = load_run(write_run(tmp_path))
     assert [c.layer for c in run.finals[0].layers] == [
-        "conv1", "fc", "layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv1", "layer2.0.conv2", "layer10.0.conv1"]
+        "conv1",
+        "fc",
+        "layer1.0.conv1",
+        "layer1.0.conv2",
+        "layer2.0.conv1",
+        "layer2.0.conv2",
+        "layer10.0.conv1",
+    ]
     assert run.controllers == ["ppo", "random", "uniform"]
     assert len(run.episodes) == 30
 
@@ -262,6 +405,7 @@ def test_layers_keep_the_file_order_when_it_is_not_sorted(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     model_order = ["conv1", "layer1.0.conv1", "layer2.0.conv1", "fc"]
     summary["controllers"]["ppo"]["policy"]["layers"] = {
-        name: {"keep_ratio": 0.5, "bits": 8, "granularity": "per-tensor"} for name in model_order}
+        name: {"keep_ratio": 0.5, "bits": 8, "granularity": "per-tensor"} for name in model_order
+    }
     (run / "summary.json").write_text(json.dumps(summary))
     assert [c.layer for c in load_run(run).finals[0].layers] == model_order

@@ -31,7 +31,7 @@ def test_gae_closed_form():
     adv, ret = gae(np.array([0.0, 0.0, r]), np.full(3, v), np.array([False, False, True]), 123.0, gamma, lam)
     d = [gamma * v - v, gamma * v - v, r - v]
     gl = gamma * lam
-    expected = [d[0] + gl * d[1] + gl ** 2 * d[2], d[1] + gl * d[2], d[2]]
+    expected = [d[0] + gl * d[1] + gl**2 * d[2], d[1] + gl * d[2], d[2]]
     assert np.allclose(adv, expected) and np.allclose(ret, np.array(expected) + v)
     # Nothing flows back across an episode's end (the 123.0 bootstrap is never used either).
     adv2, _ = gae(np.array([1.0, 0.0]), np.zeros(2), np.array([True, True]), 5.0, gamma, lam)
@@ -54,8 +54,15 @@ def test_config_errors():
         make_controller("grid", _space("resnet18")[0], PPOConfig(), 0)
 
 
-MLP = {"model": "mlp", "data": {"name": "breast-cancer"}, "controllers": ["ppo", "random", "uniform"],
-       "episodes": 2, "episode_samples": 64, "baseline": {"epochs": 2}, "final_distill": {"epochs": 1}}
+MLP = {
+    "model": "mlp",
+    "data": {"name": "breast-cancer"},
+    "controllers": ["ppo", "random", "uniform"],
+    "episodes": 2,
+    "episode_samples": 64,
+    "baseline": {"epochs": 2},
+    "final_distill": {"epochs": 1},
+}
 
 
 def test_search_run_directory(agent, tmp_path, monkeypatch):
@@ -65,7 +72,8 @@ def test_search_run_directory(agent, tmp_path, monkeypatch):
     summary = run_search(config, out, progress=False)
     rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert sorted((r["controller"], r["episode"]) for r in rows) == sorted(
-        (c, e) for c in MLP["controllers"] for e in range(2))
+        (c, e) for c in MLP["controllers"] for e in range(2)
+    )
     for r in rows:
         assert r["predicted_latency_ms"] > 0 and 0 <= r["val_accuracy"] <= 1 and r["lut_version_ids"]
     for name, c in summary["controllers"].items():
@@ -73,17 +81,22 @@ def test_search_run_directory(agent, tmp_path, monkeypatch):
         assert abs(c["test_accuracy"] - c["test_accuracy_onnxruntime"]) <= 0.02
         assert c["measured_latency"]["median_ms"] > 0 and c["speedup"] > 0
         # The speedup is over the FP32 model measured again right after this one.
-        assert c["speedup"] == pytest.approx(c["baseline_measured_latency"]["median_ms"]
-                                             / c["measured_latency"]["median_ms"])
+        assert c["speedup"] == pytest.approx(
+            c["baseline_measured_latency"]["median_ms"] / c["measured_latency"]["median_ms"]
+        )
         assert json.loads((out / "final" / name / "baseline_benchmark.json").read_text())["latency"]["n"] >= 2
     for f in ("config.json", "device.json", "baseline.json", "summary.json"):
         assert json.loads((out / f).read_text())
     report = (out / "report.html").read_text()
     assert "http://" not in report and "https://" not in report and report.count("data:image/png;base64,") == 4
-    assert all(name in report for name in MLP["controllers"]) and json.loads((out / "device.json").read_text())[
-        "fingerprint_hash"] in report
-    assert all((out / "plots" / f"{p}.png").read_bytes()[:4] == b"\x89PNG"
-               for p in ("accuracy_vs_latency", "reward_per_episode", "per_layer_policy", "predicted_vs_measured"))
+    assert (
+        all(name in report for name in MLP["controllers"])
+        and json.loads((out / "device.json").read_text())["fingerprint_hash"] in report
+    )
+    assert all(
+        (out / "plots" / f"{p}.png").read_bytes()[:4] == b"\x89PNG"
+        for p in ("accuracy_vs_latency", "reward_per_episode", "per_layer_policy", "predicted_vs_measured")
+    )
     with (out / "episodes.jsonl").open("a") as f:
         f.write('{"controller": "ppo", "epis')  # a write cut short by a kill
     from host.cli import main
@@ -96,13 +109,27 @@ def test_search_run_directory(agent, tmp_path, monkeypatch):
 
 def test_a_killed_search_resumes_with_no_episode_lost_or_repeated(agent, tmp_path):
     config = tmp_path / "search.toml"
-    config.write_text('model = "mlp"\ncontrollers = ["ppo", "random"]\nepisodes = 4\nepisode_samples = 64\n'
-                      '[data]\nname = "breast-cancer"\n[baseline]\nepochs = 2\n[final_distill]\nepochs = 1\n'
-                      '[ppo]\nsurrogate_episodes = 4\nsurrogate_warmup = 1\n')  # practice is checkpointed too
+    config.write_text(
+        'model = "mlp"\ncontrollers = ["ppo", "random"]\nepisodes = 4\nepisode_samples = 64\n'
+        '[data]\nname = "breast-cancer"\n[baseline]\nepochs = 2\n[final_distill]\nepochs = 1\n'
+        "[ppo]\nsurrogate_episodes = 4\nsurrogate_warmup = 1\n"
+    )  # practice is checkpointed too
     out = tmp_path / "run"
     env = {"HADMC_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
-    argv = [sys.executable, "-m", "host.cli", "search", "--config", str(config), "--device", agent.address,
-            "--store", f"sqlite:///{tmp_path / 'lut.sqlite'}", "--out", str(out)]
+    argv = [
+        sys.executable,
+        "-m",
+        "host.cli",
+        "search",
+        "--config",
+        str(config),
+        "--device",
+        agent.address,
+        "--store",
+        f"sqlite:///{tmp_path / 'lut.sqlite'}",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -116,7 +143,9 @@ def test_a_killed_search_resumes_with_no_episode_lost_or_repeated(agent, tmp_pat
     done = subprocess.run([*argv, "--resume", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
-    assert sorted((r["controller"], r["episode"]) for r in rows) == [(c, e) for c in ("ppo", "random") for e in range(4)]
+    assert sorted((r["controller"], r["episode"]) for r in rows) == [
+        (c, e) for c in ("ppo", "random") for e in range(4)
+    ]
     ppo = sorted((r for r in rows if r["controller"] == "ppo"), key=lambda r: r["episode"])
     assert [r["surrogate_episodes_so_far"] for r in ppo] == [4, 8, 12, 16]
     assert ppo[0]["surrogate_reward"] is None and all(r["surrogate_reward"] > 0 for r in ppo[1:])
@@ -164,8 +193,11 @@ def test_a_params_target_and_a_latency_budget_bound_every_policy(agent, tmp_path
     store = f"sqlite:///{tmp_path / 'lut.sqlite'}"
     base = {**MLP, "device": agent.address, "store": store}
     run = tmp_path / "amc"
-    run_search(load_search_config(None, {**base, "controllers": ["amc", "ppo"], "max_params_fraction": 0.3}), run,
-               progress=False)
+    run_search(
+        load_search_config(None, {**base, "controllers": ["amc", "ppo"], "max_params_fraction": 0.3}),
+        run,
+        progress=False,
+    )
     params = json.loads((run / "baseline.json").read_text())["params"]
     rows = [json.loads(line) for line in (run / "episodes.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(r["params"] <= 0.3 * params for r in rows)
@@ -182,24 +214,31 @@ def test_a_params_target_and_a_latency_budget_bound_every_policy(agent, tmp_path
     uniform = sorted(estimate(Policy.uniform("mlp", names, 1.0, b)) for b in space.bits)
     budget_ms = (uniform[0] + uniform[-1]) / 2  # binds: the costliest precision everywhere misses it
     run = tmp_path / "haq"
-    run_search(load_search_config(None, {**base, "controllers": ["haq"], "latency_budget_ms": budget_ms}), run,
-               progress=False)
+    run_search(
+        load_search_config(None, {**base, "controllers": ["haq"], "latency_budget_ms": budget_ms}), run, progress=False
+    )
     for row in (json.loads(line) for line in (run / "episodes.jsonl").read_text().splitlines()):
         assert {a["keep_ratio"] for a in row["policy"]["layers"].values()} == {1.0}
         assert estimate(Policy.from_json(json.dumps(row["policy"]))) <= budget_ms
 
     with pytest.raises(ConfigError, match="latency_ms budget 1e-06 cannot be met"):
-        run_search(load_search_config(None, {**base, "controllers": ["haq"], "latency_budget_ms": 1e-6}),
-                   tmp_path / "infeasible", progress=False)
+        run_search(
+            load_search_config(None, {**base, "controllers": ["haq"], "latency_budget_ms": 1e-6}),
+            tmp_path / "infeasible",
+            progress=False,
+        )
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"max_params_fraction": 0.3, "latency_budget_ms": 1.0}, "not both"),
-    ({"max_params_fraction": 1.5}, r"must lie in \(0, 1\]"),
-    ({"latency_budget_ms": -1.0}, "must be positive"),
-    ({"controllers": ["haq"]}, "haq searches precisions under a latency budget: set latency_budget_ms"),
-    ({"controllers": ["amc"]}, "amc prunes to a target: set max_params_fraction"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"max_params_fraction": 0.3, "latency_budget_ms": 1.0}, "not both"),
+        ({"max_params_fraction": 1.5}, r"must lie in \(0, 1\]"),
+        ({"latency_budget_ms": -1.0}, "must be positive"),
+        ({"controllers": ["haq"]}, "haq searches precisions under a latency budget: set latency_budget_ms"),
+        ({"controllers": ["amc"]}, "amc prunes to a target: set max_params_fraction"),
+    ],
+)
 def test_constraint_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_search_config(None, overrides)

@@ -31,16 +31,25 @@ SPEED = {32: 1.0, 16: 0.6, 8: 0.25, 4: 0.2}  # synthetic latency per FLOP, relat
 LOOSE = Constraint("latency_ms", 1e9, lambda policy: 1.0)  # never binds
 
 
-def _make(name: str, space: SearchSpace, seed: int = 0, constraint: Constraint | None = None,
-          ddpg: DDPGConfig = SMALL, dqn: DQNConfig = SMALL_DQN):
+def _make(
+    name: str,
+    space: SearchSpace,
+    seed: int = 0,
+    constraint: Constraint | None = None,
+    ddpg: DDPGConfig = SMALL,
+    dqn: DQNConfig = SMALL_DQN,
+):
     return make_controller(name, space, PPOConfig(), seed, constraint, ddpg=ddpg, dqn=dqn)
 
 
 def _latency(space: SearchSpace):
     """Synthetic latency in ms: FLOPs x keep-ratio x the precision's relative cost."""
+
     def latency_ms(policy: Policy) -> float:
-        return sum(x.flops * policy.layers[x.name].keep_ratio * SPEED[policy.layers[x.name].bits]
-                   for x in space.layers) / 1e8
+        return (
+            sum(x.flops * policy.layers[x.name].keep_ratio * SPEED[policy.layers[x.name].bits] for x in space.layers)
+            / 1e8
+        )
 
     full = latency_ms(Policy.uniform(space.model, [x.name for x in space.layers], 1.0, 32))
     return latency_ms, full
@@ -55,6 +64,7 @@ def _params_target(model: str, fraction: float) -> tuple[Constraint, ParamCounte
 
 # ---- the action spaces and their bounds ----
 
+
 @pytest.mark.parametrize("model", ["resnet18", "mobilenetv2"])
 def test_amc_prunes_at_fp32_and_meets_a_params_target(model):
     constraint, count, base = _params_target(model, 0.25)
@@ -64,8 +74,9 @@ def test_amc_prunes_at_fp32_and_meets_a_params_target(model):
         policy = episode.policy
         validate(policy, model, _model(model)[1])
         assert {a.bits for a in policy.layers.values()} == {32}
-        assert all(space.min_keep <= a.keep_ratio <= space.max_keep or a.keep_ratio == 1.0
-                   for a in policy.layers.values())
+        assert all(
+            space.min_keep <= a.keep_ratio <= space.max_keep or a.keep_ratio == 1.0 for a in policy.layers.values()
+        )
         assert count(policy) <= 0.25 * base
 
 
@@ -155,12 +166,19 @@ def test_dqn_meets_a_params_target():
 def test_every_baseline_spends_exactly_the_budget(name):
     space = _space("mlp", bits=(8, 32))
     calls, seen = [], []
-    episodes = run_episodes(_make(name, space, constraint=LOOSE), lambda p, k: calls.append(k) or _synthetic(p, k),
-                            9, BASE, W, on_episode=seen.append)
+    episodes = run_episodes(
+        _make(name, space, constraint=LOOSE),
+        lambda p, k: calls.append(k) or _synthetic(p, k),
+        9,
+        BASE,
+        W,
+        on_episode=seen.append,
+    )
     assert calls == list(range(9)) and [e.index for e in seen] == calls and seen == episodes
 
 
 # ---- AMC's transitions and reward baseline ----
+
 
 def test_every_step_of_an_episode_is_stored_with_its_final_reward():
     space = _space("resnet18")
@@ -172,7 +190,7 @@ def test_every_step_of_an_episode_is_stored_with_its_final_reward():
     assert buffer.size() == steps
     assert np.allclose(buffer.rewards[:steps, 0], 0.7)
     assert buffer.dones[:steps, 0].tolist() == [0.0] * (steps - 1) + [1.0]
-    assert np.array_equal(buffer.next_observations[:steps - 1], buffer.observations[1:steps])
+    assert np.array_equal(buffer.next_observations[: steps - 1], buffer.observations[1:steps])
     assert np.array_equal(buffer.next_observations[steps - 1], buffer.observations[steps - 1])
     assert np.all(np.abs(buffer.actions[:steps]) <= 1.0)  # SB3 stores actions scaled to [-1, 1]
 
@@ -193,11 +211,12 @@ def test_the_reward_baseline_is_a_moving_average_of_sampled_batches():
 
 # ---- learning ----
 
+
 def _targets(space: SearchSpace):
     n = len(space.layers)
     keep = {x.name: 0.2 + 0.7 * t / (n - 1) for t, x in enumerate(space.layers)}
     bits = {x.name: 32 if x.kind == "linear" else 8 for x in space.layers}
-    decided = [x.name for x, free in zip(space.layers, space.ratio_free()) if free]
+    decided = [x.name for x, free in zip(space.layers, space.ratio_free(), strict=True) if free]
 
     def keep_score(policy: Policy) -> float:
         return float(np.exp(-10 * np.mean([(policy.layers[x].keep_ratio - keep[x]) ** 2 for x in decided])))
@@ -222,16 +241,19 @@ def test_baselines_learn_a_per_layer_pattern(name, margin):
         return _result(score(policy))
 
     for seed in (0, 1):
-        learner = _make(name, space, seed, LOOSE if name != "dqn" else None, ddpg=DDPGConfig(hidden=64),
-                        dqn=DQNConfig())
+        learner = _make(
+            name, space, seed, LOOSE if name != "dqn" else None, ddpg=DDPGConfig(hidden=64), dqn=DQNConfig()
+        )
         rewards = [e.reward for e in run_episodes(learner, evaluate, 50, BASE, W)]
-        random = [e.reward for e in run_episodes(make_controller("random", space, PPOConfig(), seed), evaluate,
-                                                 50, BASE, W)]
+        random = [
+            e.reward for e in run_episodes(make_controller("random", space, PPOConfig(), seed), evaluate, 50, BASE, W)
+        ]
         assert np.mean(rewards[-10:]) > np.mean(random) + margin
         assert np.mean(rewards[-10:]) > np.mean(rewards[:5]) + margin  # the first 5: random warm-up
 
 
 # ---- exact resume ----
+
 
 @pytest.mark.parametrize("name", ["amc", "haq", "dqn"])
 def test_resume_from_a_weights_only_checkpoint_repeats_nothing_and_loses_nothing(name, tmp_path):
@@ -262,6 +284,7 @@ def test_a_checkpoint_from_another_configuration_is_refused():
 
 
 # ---- bad input ----
+
 
 def test_bad_input_is_refused():
     space = _space("resnet18")

@@ -39,8 +39,9 @@ def _model(name: str) -> tuple[torch.nn.Module, tuple]:
 
 def _space(name: str, bits=(32, 16, 8, 4), latency_share=()) -> SearchSpace:
     net, limits = _model(name)
-    return SearchSpace(name, describe_layers(net, torch.zeros((1, *SHAPE)), limits), tuple(bits),
-                       latency_share=latency_share)
+    return SearchSpace(
+        name, describe_layers(net, torch.zeros((1, *SHAPE)), limits), tuple(bits), latency_share=latency_share
+    )
 
 
 def _result(acc: float, latency_ms: float = 1.0, size_bytes: int = 100) -> EpisodeResult:
@@ -52,6 +53,7 @@ W = RewardConfig()
 
 
 # ---- PPO maths in closed form ----
+
 
 def test_gae_over_two_episodes_in_one_rollout():
     # Episode A: 2 steps, reward 1 at its end; episode B: 1 step, reward 3. gamma 0.5, lambda 0.5.
@@ -66,7 +68,7 @@ def test_gae_over_two_episodes_in_one_rollout():
 def test_gae_with_lambda_one_is_the_discounted_return_minus_the_value():
     gamma, v = 0.99, 0.3
     adv, ret = gae(np.array([0.0, 0.0, 0.0, 2.0]), np.full(4, v), np.array([False] * 3 + [True]), 0.0, gamma, 1.0)
-    assert np.allclose(ret, [2.0 * gamma ** 3, 2.0 * gamma ** 2, 2.0 * gamma, 2.0])
+    assert np.allclose(ret, [2.0 * gamma**3, 2.0 * gamma**2, 2.0 * gamma, 2.0])
     assert np.allclose(adv, ret - v)
 
 
@@ -90,6 +92,7 @@ def test_clipped_surrogate_gradient_vanishes_outside_the_band():
 
 
 # ---- the space and its bounds ----
+
 
 @pytest.mark.parametrize("model", ["resnet18", "mobilenetv2"])
 @pytest.mark.parametrize("name", CONTROLLERS)
@@ -166,8 +169,12 @@ def test_latency_estimate_is_a_power_law_of_the_kept_work_per_layer():
     net, _ = _model("mlp")
     count = ParamCounter(net, torch.zeros((1, *SHAPE)))
     names = list(count.layer_terms)
-    estimate = LatencyEstimator(count, {32: {n: 1.0 for n in names}, 8: {n: 0.5 for n in names}},
-                                {32: {n: 1.0 for n in names}, 8: {n: 0.5 for n in names}}, other_ms=0.25)
+    estimate = LatencyEstimator(
+        count,
+        {32: {n: 1.0 for n in names}, 8: {n: 0.5 for n in names}},
+        {32: {n: 1.0 for n in names}, 8: {n: 0.5 for n in names}},
+        other_ms=0.25,
+    )
     full = Policy.uniform("mlp", names, 1.0, 32)
     assert estimate(full) == 0.25 + len(names)
     policy = _space("mlp").policy([0.5] * len(names), [8] * len(names))
@@ -176,6 +183,7 @@ def test_latency_estimate_is_a_power_law_of_the_kept_work_per_layer():
 
 
 # ---- constraints (AMC-style) ----
+
 
 @pytest.mark.parametrize("name", CONTROLLERS)
 def test_a_compression_target_is_always_met(name):
@@ -202,8 +210,10 @@ def test_a_latency_budget_bounds_precision_too():
     speed = {32: 1.0, 8: 0.25}
 
     def latency_ms(policy: Policy) -> float:  # synthetic: FLOPs x keep, 4x faster at 8 bits
-        return sum(x.flops * policy.layers[x.name].keep_ratio * speed[policy.layers[x.name].bits]
-                   for x in space.layers) / 1e8
+        return (
+            sum(x.flops * policy.layers[x.name].keep_ratio * speed[policy.layers[x.name].bits] for x in space.layers)
+            / 1e8
+        )
 
     full = latency_ms(Policy.uniform("resnet18", [x.name for x in space.layers], 1.0, 32))
     budget = 0.1 * full  # below keep 0.2 at 32 bits everywhere (0.2 x full): 8 bits is a must
@@ -229,6 +239,7 @@ def test_bad_constraints_are_refused():
 
 
 # ---- reward and loop ----
+
 
 def test_reward_form():
     w = RewardConfig(latency_weight=0.5, size_weight=1.0)
@@ -267,11 +278,14 @@ def test_every_controller_spends_exactly_the_budget(name):
     space = _space("mlp", bits=(8, 32))
     calls, seen = [], []
     controller = make_controller(name, space, PPOConfig(), seed=0)
-    episodes = run_episodes(controller, lambda p, k: calls.append(k) or _synthetic(p, k), 14, BASE, W,
-                            on_episode=seen.append)
+    episodes = run_episodes(
+        controller, lambda p, k: calls.append(k) or _synthetic(p, k), 14, BASE, W, on_episode=seen.append
+    )
     assert calls == list(range(14)) and [e.index for e in seen] == calls and seen == episodes
-    assert all(e.reward == pytest.approx(reward(e.result.val_accuracy, e.result.latency_ms, 100, 1.0, 100,
-                                                RewardConfig())) for e in episodes)
+    assert all(
+        e.reward == pytest.approx(reward(e.result.val_accuracy, e.result.latency_ms, 100, 1.0, 100, RewardConfig()))
+        for e in episodes
+    )
 
 
 def test_uniform_cycles_its_grid_in_a_fixed_order():
@@ -280,7 +294,7 @@ def test_uniform_cycles_its_grid_in_a_fixed_order():
     assert controller.grid == [(0.9, 32), (0.9, 8), (0.55, 32), (0.55, 8), (0.2, 32), (0.2, 8)]
     policies = [controller.propose(k) for k in range(8)]
     assert policies[6:] == policies[:2]
-    for (keep, bits), policy in zip(controller.grid, policies):
+    for (keep, bits), policy in zip(controller.grid, policies, strict=False):
         assert {(a.keep_ratio, a.bits) for a in policy.layers.values() if a.keep_ratio != 1.0} == {(keep, bits)}
 
 
@@ -304,7 +318,7 @@ def test_ppo_learns_a_per_layer_pattern_that_random_search_misses():
     n = len(space.layers)
     target_keep = {x.name: 0.2 + 0.7 * t / (n - 1) for t, x in enumerate(space.layers)}
     target_bits = {x.name: 32 if x.kind == "linear" else 8 for x in space.layers}
-    decided = [x.name for x, free in zip(space.layers, space.ratio_free()) if free]
+    decided = [x.name for x, free in zip(space.layers, space.ratio_free(), strict=True) if free]
 
     def evaluate(policy: Policy, episode: int) -> EpisodeResult:
         error = np.mean([(policy.layers[x].keep_ratio - target_keep[x]) ** 2 for x in decided])
@@ -315,13 +329,14 @@ def test_ppo_learns_a_per_layer_pattern_that_random_search_misses():
     early, late = [], []
     for seed in range(3):
         for name, bests in best.items():
-            rewards = [e.reward for e in run_episodes(make_controller(name, space, PPOConfig(), seed), evaluate,
-                                                      60, BASE, W)]
+            rewards = [
+                e.reward for e in run_episodes(make_controller(name, space, PPOConfig(), seed), evaluate, 60, BASE, W)
+            ]
             bests.append(max(rewards))
             if name == "ppo":
                 early.append(np.mean(rewards[:10]))
                 late.append(np.mean(rewards[-10:]))
-    assert all(p > r + 0.05 for p, r in zip(best["ppo"], best["random"]))
+    assert all(p > r + 0.05 for p, r in zip(best["ppo"], best["random"], strict=False))
     assert np.mean(best["ppo"]) > np.mean(best["random"]) + 0.1
     assert np.mean(late) > np.mean(early) + 0.08
 

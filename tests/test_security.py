@@ -24,17 +24,26 @@ def _self_signed(tmp_path):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hadmc-test")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -58,11 +67,16 @@ def token_only(tmp_path_factory):
     agent.stop(grace_s=1.0)
 
 
-@pytest.mark.parametrize("token, message", [(None, "missing 'authorization"), ("wrong-token-wrong-token", "invalid token")])
+@pytest.mark.parametrize(
+    "token, message", [(None, "missing 'authorization"), ("wrong-token-wrong-token", "invalid token")]
+)
 def test_missing_or_wrong_token_is_unauthenticated(token_only, token, message):
     with AgentClient(AgentTarget(token_only.address, token=token)) as client:
-        for call in (client.info, lambda: list(client.profile([kernels.elementwise("Relu", (1, 4))])),
-                     lambda: client.benchmark(b"x" * 10)):
+        for call in (
+            client.info,
+            lambda: list(client.profile([kernels.elementwise("Relu", (1, 4))])),
+            lambda: client.benchmark(b"x" * 10),
+        ):
             with pytest.raises(AgentError, match=message) as exc:
                 call()
             assert exc.value.code == grpc.StatusCode.UNAUTHENTICATED
@@ -97,8 +111,9 @@ def test_plaintext_client_cannot_talk_to_a_tls_agent(secured):
 def test_untrusted_certificate_is_refused(secured, tmp_path):
     agent, _ = secured
     other_ca, _ = _self_signed(tmp_path)
-    with AgentClient(AgentTarget(agent.address, token=TOKEN, tls_ca=other_ca.read_bytes()), timeout_s=3,
-                     retries=1) as client:
+    with AgentClient(
+        AgentTarget(agent.address, token=TOKEN, tls_ca=other_ca.read_bytes()), timeout_s=3, retries=1
+    ) as client:
         with pytest.raises(AgentError) as exc:
             client.info()
         assert exc.value.code == grpc.StatusCode.UNAVAILABLE

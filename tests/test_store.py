@@ -15,7 +15,14 @@ import pytest
 from lut_store import kernels
 from lut_store.exchange import diff_versions, export_version, import_version
 from lut_store.records import (
-    BuildInProgress, CorruptExport, Entry, LeaseLost, NoSealedVersion, StoreError, UnknownDevice, UnknownVersion,
+    BuildInProgress,
+    CorruptExport,
+    Entry,
+    LeaseLost,
+    NoSealedVersion,
+    StoreError,
+    UnknownDevice,
+    UnknownVersion,
     VersionNotOpen,
 )
 from lut_store.store import open_store
@@ -26,9 +33,20 @@ FP2 = "b" * 64
 
 
 def ok_entry(key, median_ms=1.0, n=20):
-    return Entry(key_hash=key.hash, key_json=key.canonical_json(), status="ok", measured_at_unix_s=time.time(),
-                 median_ms=median_ms, mean_ms=median_ms * 1.01, p90_ms=median_ms * 1.1, std_ms=0.01,
-                 min_ms=median_ms * 0.95, n=n, settings={"target_rel_ci": 0.02}, environment={"cpu_freq_mhz": 2000.0})
+    return Entry(
+        key_hash=key.hash,
+        key_json=key.canonical_json(),
+        status="ok",
+        measured_at_unix_s=time.time(),
+        median_ms=median_ms,
+        mean_ms=median_ms * 1.01,
+        p90_ms=median_ms * 1.1,
+        std_ms=0.01,
+        min_ms=median_ms * 0.95,
+        n=n,
+        settings={"target_rel_ci": 0.02},
+        environment={"cpu_freq_mhz": 2000.0},
+    )
 
 
 KEYS = [kernels.conv(1, 8 * i, 16, 16, 8 * i, 3) for i in range(1, 6)]
@@ -37,7 +55,7 @@ KEYS = [kernels.conv(1, 8 * i, 16, 16, 8 * i, 3) for i in range(1, 6)]
 def sealed_version(store, fp=FP, medians=(1.0, 2.0, 3.0, 4.0, 5.0), owner="builder"):
     store.ensure_device(fp, {"cpu": {"model": "test"}})
     build = store.acquire_build(fp, "manual", owner, lease_s=60)
-    store.add_entries(build.version.id, [ok_entry(k, m) for k, m in zip(KEYS, medians)], owner)
+    store.add_entries(build.version.id, [ok_entry(k, m) for k, m in zip(KEYS, medians, strict=True)], owner)
     return store.seal(build.version.id)
 
 
@@ -70,9 +88,9 @@ def test_sealed_versions_are_immutable(store, store_url):
     with pytest.raises(VersionNotOpen):
         store.abandon(v.id)
     # The database refuses too, whoever writes (behind the gRPC front, no other writer reaches it).
-    raw_update = "UPDATE entries SET median_ms = 9 WHERE version_id = %d" % v.id
+    raw_update = f"UPDATE entries SET median_ms = 9 WHERE version_id = {int(v.id)}"
     if store_url.startswith("sqlite"):
-        conn = sqlite3.connect(store_url[len("sqlite:///"):])
+        conn = sqlite3.connect(store_url[len("sqlite:///") :])
         with pytest.raises(sqlite3.DatabaseError, match="immutable"):
             conn.execute(raw_update)
         conn.close()
@@ -132,11 +150,14 @@ def test_same_builder_resumes_its_open_version(store):
     assert store.lookup(again.version.id, [KEYS[0].hash]).entries[KEYS[0].hash].median_ms == 7.0
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"median_ms": 0.0}, "median > 0"),
-    ({"median_ms": None}, "median > 0"),
-    ({"n": 1}, "n >= 2"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"median_ms": 0.0}, "median > 0"),
+        ({"median_ms": None}, "median > 0"),
+        ({"n": 1}, "n >= 2"),
+    ],
+)
 def test_entries_never_store_zeros_or_single_runs(kwargs, message):
     base = dict(key_hash="k", key_json="{}", status="ok", measured_at_unix_s=0.0, median_ms=1.0, n=10)
     with pytest.raises(StoreError, match=message):
@@ -148,10 +169,13 @@ def test_entries_never_store_zeros_or_single_runs(kwargs, message):
 def test_failed_and_unsupported_entries_are_stored_with_reasons(store):
     store.ensure_device(FP, {})
     build = store.acquire_build(FP, "manual", "me", lease_s=60)
-    store.add_entries(build.version.id, [
-        Entry(KEYS[0].hash, KEYS[0].canonical_json(), "unsupported", time.time(), reason="int4 is weight-only"),
-        Entry(KEYS[1].hash, KEYS[1].canonical_json(), "failed", time.time(), reason="agent died"),
-    ])
+    store.add_entries(
+        build.version.id,
+        [
+            Entry(KEYS[0].hash, KEYS[0].canonical_json(), "unsupported", time.time(), reason="int4 is weight-only"),
+            Entry(KEYS[1].hash, KEYS[1].canonical_json(), "failed", time.time(), reason="agent died"),
+        ],
+    )
     got = store.lookup(build.version.id, [KEYS[0].hash, KEYS[1].hash]).entries
     assert got[KEYS[0].hash].status == "unsupported" and got[KEYS[0].hash].median_ms is None
     assert got[KEYS[1].hash].reason == "agent died"
@@ -160,8 +184,12 @@ def test_failed_and_unsupported_entries_are_stored_with_reasons(store):
 def test_four_writer_processes_lose_no_entry(store, store_url):
     store.ensure_device(FP, {})
     build = store.acquire_build(FP, "manual", "shared", lease_s=600)
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.store_writer", store_url, str(build.version.id),
-                               f"w{i}", "25", "8"], cwd=ROOT) for i in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.store_writer", store_url, str(build.version.id), f"w{i}", "25", "8"], cwd=ROOT
+        )
+        for i in range(4)
+    ]
     assert [p.wait(120) for p in procs] == [0, 0, 0, 0]
     assert store.version(build.version.id).entry_count == 4 * 25 * 8
 
@@ -190,12 +218,15 @@ def test_export_then_import_elsewhere(store, tmp_path):
             import_version(other, path)
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda t: t[: len(t) // 2], "truncated"),
-    (lambda t: t.rsplit("\n", 2)[0] + "\n", "truncated or padded"),
-    (lambda t: t.replace('"median_ms":3.0', '"median_ms":0.3'), "checksum"),
-    (lambda t: "garbage\n" + t, "not a hadmc LUT export"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda t: t[: len(t) // 2], "truncated"),
+        (lambda t: t.rsplit("\n", 2)[0] + "\n", "truncated or padded"),
+        (lambda t: t.replace('"median_ms":3.0', '"median_ms":0.3'), "checksum"),
+        (lambda t: "garbage\n" + t, "not a hadmc LUT export"),
+    ],
+)
 def test_corrupt_exports_are_refused_and_nothing_is_written(store, tmp_path, damage, message):
     v = sealed_version(store)
     path = tmp_path / "lut.jsonl"

@@ -21,7 +21,14 @@ from lut_store.exchange import export_version, import_version
 from lut_store.grpc_front import LutServer
 from lut_store.grpc_store import BATCH_ENTRIES, ERROR_METADATA_KEY, entry_to_proto
 from lut_store.records import (
-    BuildInProgress, Entry, LeaseLost, NoSealedVersion, StoreError, UnknownDevice, UnknownVersion, VersionNotOpen,
+    BuildInProgress,
+    Entry,
+    LeaseLost,
+    NoSealedVersion,
+    StoreError,
+    UnknownDevice,
+    UnknownVersion,
+    VersionNotOpen,
 )
 from lut_store.sqlstore import SqliteStore
 from lut_store.store import open_store
@@ -68,15 +75,17 @@ def test_beyond_loopback_needs_a_token_and_tls(tmp_path, token_file):
             LutServer(backing, "127.0.0.1:0", token_file=short)
 
 
-@pytest.mark.parametrize("token, message", [(None, "missing 'authorization"),
-                                            ("wrong-token-wrong-token", "invalid token")])
+@pytest.mark.parametrize(
+    "token, message", [(None, "missing 'authorization"), ("wrong-token-wrong-token", "invalid token")]
+)
 def test_missing_or_wrong_token_is_unauthenticated(tmp_path, token_file, token, message):
     with served(tmp_path, token_file=token_file) as server:
         with pytest.raises(StoreError, match=f"grpc://{server.address}: ListDevices: UNAUTHENTICATED: {message}"):
             open_store(f"grpc://{server.address}", token=token)
         with grpc.insecure_channel(server.address) as channel:  # health stays open for probes
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service="hadmc.v1.LutStoreService"), timeout=5)
+                health_pb2.HealthCheckRequest(service="hadmc.v1.LutStoreService"), timeout=5
+            )
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         with open_store(f"grpc://{server.address}", token=TOKEN) as store:
             v = sealed_version(store)
@@ -116,15 +125,28 @@ def test_store_errors_keep_their_class_and_status_code(server):
     with grpc.insecure_channel(server.address) as channel:
         stub = lut_pb2_grpc.LutStoreServiceStub(channel)
         for call, code, name in [
-            (lambda: stub.GetVersion(lut_pb2.GetVersionRequest(version_id=999), timeout=5),
-             grpc.StatusCode.NOT_FOUND, "UnknownVersion"),
-            (lambda: stub.Seal(lut_pb2.SealRequest(version_id=v.id), timeout=5),
-             grpc.StatusCode.FAILED_PRECONDITION, "VersionNotOpen"),
-            (lambda: stub.RenewLease(lut_pb2.RenewLeaseRequest(version_id=first.version.id, owner="host-a:1",
-                                                               lease_s=60), timeout=5),
-             grpc.StatusCode.ABORTED, "LeaseLost"),
-            (lambda: list(stub.Entries(lut_pb2.EntriesRequest(version_id=999), timeout=5)),
-             grpc.StatusCode.NOT_FOUND, "UnknownVersion"),
+            (
+                lambda: stub.GetVersion(lut_pb2.GetVersionRequest(version_id=999), timeout=5),
+                grpc.StatusCode.NOT_FOUND,
+                "UnknownVersion",
+            ),
+            (
+                lambda: stub.Seal(lut_pb2.SealRequest(version_id=v.id), timeout=5),
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "VersionNotOpen",
+            ),
+            (
+                lambda: stub.RenewLease(
+                    lut_pb2.RenewLeaseRequest(version_id=first.version.id, owner="host-a:1", lease_s=60), timeout=5
+                ),
+                grpc.StatusCode.ABORTED,
+                "LeaseLost",
+            ),
+            (
+                lambda: list(stub.Entries(lut_pb2.EntriesRequest(version_id=999), timeout=5)),
+                grpc.StatusCode.NOT_FOUND,
+                "UnknownVersion",
+            ),
         ]:
             with pytest.raises(grpc.RpcError) as exc:
                 call()
@@ -141,17 +163,24 @@ def test_bad_requests_are_invalid_argument_and_the_server_keeps_serving(server):
         good = entry_to_proto(ok_entry(KEYS[0]))
         no_status = lut_pb2.LutEntry(key_hash="k", key_json="{}", median_ms=1.0, n=10)
         no_median = lut_pb2.LutEntry(key_hash="k", key_json="{}", status=lut_pb2.LUT_ENTRY_STATUS_OK, n=10)
-        bad_json = lut_pb2.LutEntry(key_hash="k", key_json="{}", status=lut_pb2.LUT_ENTRY_STATUS_FAILED,
-                                    reason="x", environment_json="[1, 2]")
+        bad_json = lut_pb2.LutEntry(
+            key_hash="k", key_json="{}", status=lut_pb2.LUT_ENTRY_STATUS_FAILED, reason="x", environment_json="[1, 2]"
+        )
         with grpc.insecure_channel(server.address) as channel:
             stub = lut_pb2_grpc.LutStoreServiceStub(channel)
             for request, message in [
-                (lut_pb2.AddEntriesRequest(version_id=build.version.id, entries=[good, no_status]),
-                 "entries[1].status is unset or unknown (0)"),
-                (lut_pb2.AddEntriesRequest(version_id=build.version.id, entries=[no_median]),
-                 "entries[0]: entry k: an ok entry needs a median > 0 ms"),
-                (lut_pb2.AddEntriesRequest(version_id=build.version.id, entries=[bad_json]),
-                 "entries[0].environment_json is not a JSON object"),
+                (
+                    lut_pb2.AddEntriesRequest(version_id=build.version.id, entries=[good, no_status]),
+                    "entries[1].status is unset or unknown (0)",
+                ),
+                (
+                    lut_pb2.AddEntriesRequest(version_id=build.version.id, entries=[no_median]),
+                    "entries[0]: entry k: an ok entry needs a median > 0 ms",
+                ),
+                (
+                    lut_pb2.AddEntriesRequest(version_id=build.version.id, entries=[bad_json]),
+                    "entries[0].environment_json is not a JSON object",
+                ),
             ]:
                 with pytest.raises(grpc.RpcError) as exc:
                     stub.AddEntries(request, timeout=5)
@@ -169,15 +198,29 @@ def test_bad_requests_are_invalid_argument_and_the_server_keeps_serving(server):
 
 def test_large_writes_and_reads_are_batched(server):
     n_entries = 2 * BATCH_ENTRIES + 37
-    entries = [Entry(key_hash=f"k{i:05d}", key_json="{}", status="ok", measured_at_unix_s=1.0, median_ms=1.0 + i,
-                     n=10, settings={"i": i}) for i in range(n_entries)]
+    entries = [
+        Entry(
+            key_hash=f"k{i:05d}",
+            key_json="{}",
+            status="ok",
+            measured_at_unix_s=1.0,
+            median_ms=1.0 + i,
+            n=10,
+            settings={"i": i},
+        )
+        for i in range(n_entries)
+    ]
     with open_store(f"grpc://{server.address}") as store:
         store.ensure_device(FP, {"cpu": {"model": "test"}})
         build = store.acquire_build(FP, "search", "me", lease_s=60, settings={"grid": "small"}, note="batched")
         assert store.add_entries(build.version.id, entries, "me") == n_entries
         sealed = store.seal(build.version.id)
-        assert (sealed.entry_count, sealed.source, sealed.settings, sealed.note) == (n_entries, "search",
-                                                                                     {"grid": "small"}, "batched")
+        assert (sealed.entry_count, sealed.source, sealed.settings, sealed.note) == (
+            n_entries,
+            "search",
+            {"grid": "small"},
+            "batched",
+        )
         assert list(store.entries(sealed.id)) == entries
         found = store.lookup(sealed.id, [e.key_hash for e in entries] + ["missing"])
         assert len(found.entries) == n_entries and found.entries["k01036"].settings == {"i": 1036}
@@ -196,7 +239,11 @@ def test_import_through_the_front(server, tmp_path):
             imported_parent = import_version(store, tmp_path / "parent.jsonl")
             imported = import_version(store, tmp_path / "child.jsonl")
             assert (imported.uid, imported.status, imported.source, imported.parent_id) == (
-                child.uid, "sealed", "import", imported_parent.id)
+                child.uid,
+                "sealed",
+                "import",
+                imported_parent.id,
+            )
             assert list(store.entries(imported.id)) == list(origin.entries(child.id))
             assert store.device(FP).fingerprint == {"cpu": {"model": "test"}}
             with pytest.raises(StoreError, match="already in"):
@@ -215,8 +262,9 @@ def test_unreachable_grpc_store_fails_within_its_timeout():
     try:
         for port in (silent_port, closed_port):
             t0 = time.monotonic()
-            with pytest.raises(StoreError, match=f"LUT store at grpc://127.0.0.1:{port}: ListDevices: "
-                                                 "(DEADLINE_EXCEEDED|UNAVAILABLE)"):
+            with pytest.raises(
+                StoreError, match=f"LUT store at grpc://127.0.0.1:{port}: ListDevices: (DEADLINE_EXCEEDED|UNAVAILABLE)"
+            ):
                 open_store(f"grpc://127.0.0.1:{port}", timeout_s=1)
             assert time.monotonic() - t0 < 3
     finally:
@@ -226,8 +274,10 @@ def test_unreachable_grpc_store_fails_within_its_timeout():
 def test_serve_store_process_writes_its_ready_file_and_stops_on_sigterm(tmp_path):
     ready = tmp_path / "ready"
     db = tmp_path / "served.sqlite"
-    code = ("import sys; from pathlib import Path; from lut_store.grpc_front import serve_store; "
-            f"sys.exit(serve_store({f'sqlite:///{db}'!r}, '127.0.0.1:0', ready_file=Path({str(ready)!r})))")
+    code = (
+        "import sys; from pathlib import Path; from lut_store.grpc_front import serve_store; "
+        f"sys.exit(serve_store({f'sqlite:///{db}'!r}, '127.0.0.1:0', ready_file=Path({str(ready)!r})))"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30

@@ -44,8 +44,12 @@ def _parts(name: str) -> tuple[SearchSpace, ParamCounter, LatencyEstimator]:
     flops = {layer.name: layer.flops / 1e6 for layer in space.layers}
     # A device where int8 runs at 0.3x the FP32 time, fp16 at 1.2x, int4 at 1.5x, latency ~ work^0.8.
     speed = {32: 1.0, 16: 1.2, 8: 0.3, 4: 1.5}
-    estimator = LatencyEstimator(counter, {b: {n: 0.01 * flops[n] * s for n in names} for b, s in speed.items()},
-                                 {b: {n: 0.8 for n in names} for b in speed}, other_ms=0.05)
+    estimator = LatencyEstimator(
+        counter,
+        {b: {n: 0.01 * flops[n] * s for n in names} for b, s in speed.items()},
+        {b: {n: 0.8 for n in names} for b in speed},
+        other_ms=0.05,
+    )
     return space, counter, estimator
 
 
@@ -53,15 +57,24 @@ def _surrogate(name: str, sensitivity: dict[str, float] | None = None) -> Reward
     space, counter, estimator = _parts(name)
     sensitivity = sensitivity or {layer.name: 1.0 / len(space.layers) for layer in space.layers}
     base = Policy.uniform(name, [layer.name for layer in space.layers], 1.0, 32)
-    return RewardSurrogate(space, counter, estimator, sensitivity, estimator(base),
-                           4 * sum(p.numel() for p in _net(name).parameters()), RewardConfig())
+    return RewardSurrogate(
+        space,
+        counter,
+        estimator,
+        sensitivity,
+        estimator(base),
+        4 * sum(p.numel() for p in _net(name).parameters()),
+        RewardConfig(),
+    )
 
 
 def _random_policies(space: SearchSpace, n: int, seed: int) -> list[Policy]:
     rng = np.random.default_rng(seed)
     k = len(space.layers)
-    return [space.policy(rng.uniform(space.min_keep, space.max_keep, k).tolist(),
-                         rng.choice(space.bits, k).tolist()) for _ in range(n)]
+    return [
+        space.policy(rng.uniform(space.min_keep, space.max_keep, k).tolist(), rng.choice(space.bits, k).tolist())
+        for _ in range(n)
+    ]
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv2"])
@@ -71,16 +84,22 @@ def test_size_is_the_pruned_models_effective_size(name):
     base_params = sum(p.numel() for p in net.parameters())
     for policy in _random_policies(surrogate.space, 3, seed=1):
         pruned = prune(copy.deepcopy(net), policy, EXAMPLE, round_to=8).model
-        assert surrogate.size_bytes(policy) == pytest.approx(size_report(pruned, policy, base_params).effective_bytes,
-                                                             abs=1)
+        assert surrogate.size_bytes(policy) == pytest.approx(
+            size_report(pruned, policy, base_params).effective_bytes, abs=1
+        )
 
 
 def test_fits_recover_a_truth_in_their_family():
     surrogate = _surrogate("resnet18")
     space = surrogate.space
     coef = np.array([0.3, 0.5, 0.0, 0.02, 0.2])  # pruned, pruned^2, then 4, 8, 16 bits
-    truth_acc = lambda p: 0.95 - coef @ surrogate.accuracy_features(p)
-    truth_ms = lambda p: surrogate.estimator(p) + 0.02 + 3e-7 * surrogate.boundary_elements(p)
+
+    def truth_acc(p):
+        return 0.95 - coef @ surrogate.accuracy_features(p)
+
+    def truth_ms(p):
+        return surrogate.estimator(p) + 0.02 + 3e-7 * surrogate.boundary_elements(p)
+
     for policy in _random_policies(space, 12, seed=2):
         surrogate.add(policy, truth_acc(policy), truth_ms(policy))
     for policy in _random_policies(space, 5, seed=3):
@@ -151,12 +170,16 @@ def test_ppo_practising_on_the_surrogate_beats_ppo_alone_and_random_search():
     alone = PPOConfig(actor_lr=1e-3, critic_lr=3e-3)
     best: dict[str, list[float]] = {"practice": [], "alone": [], "random": []}
     for seed in range(3):
-        runs = {"practice": make_controller("ppo", space, practice, seed, surrogate=_surrogate("resnet18")),
-                "alone": make_controller("ppo", space, alone, seed),
-                "random": make_controller("random", space, alone, seed)}
+        runs = {
+            "practice": make_controller("ppo", space, practice, seed, surrogate=_surrogate("resnet18")),
+            "alone": make_controller("ppo", space, alone, seed),
+            "random": make_controller("random", space, alone, seed),
+        }
         for label, controller in runs.items():
             best[label].append(max(e.reward for e in run_episodes(controller, evaluate, 15, base, RewardConfig())))
-    assert all(p > max(a, r) + 0.05 for p, a, r in zip(best["practice"], best["alone"], best["random"])), best
+    assert all(
+        p > max(a, r) + 0.05 for p, a, r in zip(best["practice"], best["alone"], best["random"], strict=False)
+    ), best
 
 
 def test_resume_with_practice_repeats_nothing_and_loses_nothing(tmp_path):
@@ -164,13 +187,15 @@ def test_resume_with_practice_repeats_nothing_and_loses_nothing(tmp_path):
     truth = _surrogate("mlp")
 
     def evaluate(policy: Policy, episode: int) -> EpisodeResult:
-        return EpisodeResult(float(0.9 - 0.3 * truth.accuracy_features(policy)[0]), estimator(policy), 0,
-                             truth.size_bytes(policy), (), 0)
+        return EpisodeResult(
+            float(0.9 - 0.3 * truth.accuracy_features(policy)[0]), estimator(policy), 0, truth.size_bytes(policy), (), 0
+        )
 
     base = Baseline(truth.base_latency_ms, truth.base_size_bytes)
     config = PPOConfig(surrogate_episodes=5, surrogate_warmup=2, surrogate_batch=2)
-    straight = run_episodes(make_controller("ppo", space, config, 3, surrogate=_surrogate("mlp")), evaluate, 5,
-                            base, RewardConfig())
+    straight = run_episodes(
+        make_controller("ppo", space, config, 3, surrogate=_surrogate("mlp")), evaluate, 5, base, RewardConfig()
+    )
     first = make_controller("ppo", space, config, 3, surrogate=_surrogate("mlp"))
     seen = run_episodes(first, evaluate, 3, base, RewardConfig())
     assert first.practised == 10

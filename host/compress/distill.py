@@ -72,6 +72,7 @@ class _Capture:
     def _keep(self, name: str) -> Callable:
         def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
             self.outputs[name] = out
+
         return hook
 
     def close(self) -> None:
@@ -85,18 +86,26 @@ def _adapter(student_shape: torch.Size, teacher_shape: torch.Size) -> nn.Module:
     return nn.Linear(student_shape[1], teacher_shape[1], bias=False)
 
 
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                      temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(cross-entropy, T^2-scaled KL(teacher || student) at temperature T) of one batch; the
     caller weighs them by alpha and 1 - alpha."""
     ce = F.cross_entropy(student_logits, labels)
-    kd = F.kl_div(F.log_softmax(student_logits / temperature, dim=1), F.softmax(teacher_logits / temperature, dim=1),
-                  reduction="batchmean") * temperature ** 2
+    kd = (
+        F.kl_div(
+            F.log_softmax(student_logits / temperature, dim=1),
+            F.softmax(teacher_logits / temperature, dim=1),
+            reduction="batchmean",
+        )
+        * temperature**2
+    )
     return ce, kd
 
 
-def with_teacher_outputs(teacher: nn.Module, model_name: str, dataset: TensorDataset, batch_size: int = 256,
-                         max_bytes: int = 1 << 30) -> TensorDataset:
+def with_teacher_outputs(
+    teacher: nn.Module, model_name: str, dataset: TensorDataset, batch_size: int = 256, max_bytes: int = 1 << 30
+) -> TensorDataset:
     """(inputs, labels) with the frozen teacher's logits and stage features of every sample
     appended; `dataset` itself when those would take more than `max_bytes` (the teacher then
     runs every batch)."""
@@ -111,15 +120,17 @@ def with_teacher_outputs(teacher: nn.Module, model_name: str, dataset: TensorDat
                 return dataset
             parts: list[list[torch.Tensor]] = [[] for _ in range(1 + len(stages))]
             for start in range(0, len(x), batch_size):
-                logits = teacher(x[start:start + batch_size])
-                for part, out in zip(parts, (logits, *(capture.outputs[n] for n in stages))):
+                logits = teacher(x[start : start + batch_size])
+                for part, out in zip(parts, (logits, *(capture.outputs[n] for n in stages)), strict=False):
                     part.append(out.clone())
     finally:
         capture.close()
     return TensorDataset(x, y, *(torch.cat(part) for part in parts))
 
 
-def distill_dataset(teacher: nn.Module, model_name: str, dataset: TensorDataset, config: DistillConfig) -> TensorDataset:
+def distill_dataset(
+    teacher: nn.Module, model_name: str, dataset: TensorDataset, config: DistillConfig
+) -> TensorDataset:
     """The training set distillation with `config` reads: with the teacher's outputs stored,
     unless `config.augment` (the teacher must then see each augmented batch)."""
     return dataset if config.augment else with_teacher_outputs(teacher, model_name, dataset)
@@ -130,8 +141,14 @@ def distill_loader(dataset: TensorDataset, batch_size: int, seed: int) -> DataLo
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
 
 
-def distill(student: nn.Module, teacher: nn.Module, model_name: str, loader: torch.utils.data.DataLoader,
-            config: DistillConfig, progress: FitProgress | None = None) -> DistillReport:
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    model_name: str,
+    loader: torch.utils.data.DataLoader,
+    config: DistillConfig,
+    progress: FitProgress | None = None,
+) -> DistillReport:
     """Train `student` in place from the frozen `teacher`; returns the per-epoch mean losses.
     Batches carry the teacher's outputs when the loader's data set came from
     `with_teacher_outputs` (not with augmentation: the teacher must see the augmented inputs)."""
@@ -144,16 +161,19 @@ def distill(student: nn.Module, teacher: nn.Module, model_name: str, loader: tor
         first = next(iter(loader))
         x0 = first[0]
         if len(first) > 2 and config.augment:
-            raise ValueError("distillation with augmentation needs the teacher's outputs for the augmented inputs: "
-                             "give a loader of plain (inputs, labels)")
+            raise ValueError(
+                "distillation with augmentation needs the teacher's outputs for the augmented inputs: "
+                "give a loader of plain (inputs, labels)"
+            )
         student.eval()
         with torch.no_grad():
             teacher(x0[:2])
             student(x0[:2])
         with torch.random.fork_rng(devices=[]):  # adapters seeded by the config, the global generator untouched
             torch.manual_seed(config.seed)
-            adapters = nn.ModuleDict({n.replace(".", "_"): _adapter(s_cap.outputs[n].shape, t_cap.outputs[n].shape)
-                                      for n in stages})
+            adapters = nn.ModuleDict(
+                {n.replace(".", "_"): _adapter(s_cap.outputs[n].shape, t_cap.outputs[n].shape) for n in stages}
+            )
         params = list(student.parameters()) + list(adapters.parameters())
         opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs * len(loader)))
@@ -167,15 +187,14 @@ def distill(student: nn.Module, teacher: nn.Module, model_name: str, loader: tor
                 if config.augment:
                     x = augment_images(x, generator)
                 if stored:
-                    t_logits, t_features = stored[0], dict(zip(stages, stored[1:]))
+                    t_logits, t_features = stored[0], dict(zip(stages, stored[1:], strict=False))
                 else:
                     with torch.no_grad():
                         t_logits = teacher(x)
                     t_features = t_cap.outputs
                 s_logits = student(x)
                 ce, kd = distillation_loss(s_logits, t_logits, y, config.temperature)
-                feat = sum(F.mse_loss(adapters[n.replace(".", "_")](s_cap.outputs[n]), t_features[n])
-                           for n in stages)
+                feat = sum(F.mse_loss(adapters[n.replace(".", "_")](s_cap.outputs[n]), t_features[n]) for n in stages)
                 loss = config.alpha * ce + (1 - config.alpha) * kd + config.beta * feat
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -34,8 +34,16 @@ def _plain(module: torch.nn.Module) -> torch.nn.Module:
     """A plain Conv2d/Linear carrying `module`'s current (rounded) weight and bias, no hooks."""
     if isinstance(module, torch.nn.Conv2d):
         plain: torch.nn.Module = torch.nn.Conv2d(
-            module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-            module.dilation, module.groups, module.bias is not None, module.padding_mode)
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            module.groups,
+            module.bias is not None,
+            module.padding_mode,
+        )
     else:
         plain = torch.nn.Linear(module.in_features, module.out_features, module.bias is not None)
     with torch.no_grad():
@@ -61,9 +69,16 @@ def export_onnx(model: torch.nn.Module, path: Path, input_shape: tuple[int, ...]
     """ONNX with a dynamic batch axis; `input_shape` without the batch (TorchScript exporter:
     one file; fake quantization becomes QDQ)."""
     model.eval()
-    torch.onnx.export(model, (torch.zeros((1, *input_shape)),), str(path), opset_version=opset, dynamo=False,
-                      input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    torch.onnx.export(
+        model,
+        (torch.zeros((1, *input_shape)),),
+        str(path),
+        opset_version=opset,
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
 
 
 def _source_initializer(model: onnx.ModelProto, name: str) -> str:
@@ -131,10 +146,12 @@ def _to_fp16(model: onnx.ModelProto, node: onnx.NodeProto) -> None:
     x, y = node.input[0], node.output[0]
     node.input[0], node.output[0] = f"{x}__fp16_{node.name}", f"{y}__fp16"
     index = list(model.graph.node).index(node)
-    model.graph.node.insert(index, helper.make_node("Cast", [x], [node.input[0]], to=TensorProto.FLOAT16,
-                                                    name=f"{node.name}_to_fp16"))
-    model.graph.node.insert(index + 2, helper.make_node("Cast", [node.output[0]], [y], to=TensorProto.FLOAT,
-                                                        name=f"{node.name}_to_fp32"))
+    model.graph.node.insert(
+        index, helper.make_node("Cast", [x], [node.input[0]], to=TensorProto.FLOAT16, name=f"{node.name}_to_fp16")
+    )
+    model.graph.node.insert(
+        index + 2, helper.make_node("Cast", [node.output[0]], [y], to=TensorProto.FLOAT, name=f"{node.name}_to_fp32")
+    )
 
 
 def _to_int4(model: onnx.ModelProto, node: onnx.NodeProto) -> None:
@@ -150,11 +167,20 @@ def _to_int4(model: onnx.ModelProto, node: onnx.NodeProto) -> None:
     shape[axis] = -1
     q = np.clip(np.round(w / scale.reshape(shape)), -8, 7).astype(ml_dtypes.int4)
     base = f"{node.name}_weight"
-    model.graph.initializer.extend([numpy_helper.from_array(q, f"{base}_int4"),
-                                    numpy_helper.from_array(scale.astype(np.float32), f"{base}_scale")])
+    model.graph.initializer.extend(
+        [numpy_helper.from_array(q, f"{base}_int4"), numpy_helper.from_array(scale.astype(np.float32), f"{base}_scale")]
+    )
     index = list(model.graph.node).index(node)
-    model.graph.node.insert(index, helper.make_node("DequantizeLinear", [f"{base}_int4", f"{base}_scale"],
-                                                    [f"{base}_dq"], axis=axis, name=f"{node.name}_dequant_int4"))
+    model.graph.node.insert(
+        index,
+        helper.make_node(
+            "DequantizeLinear",
+            [f"{base}_int4", f"{base}_scale"],
+            [f"{base}_dq"],
+            axis=axis,
+            name=f"{node.name}_dequant_int4",
+        ),
+    )
     node.input[1] = f"{base}_dq"
 
 
@@ -173,18 +199,29 @@ def _int8_layer(model: onnx.ModelProto, node: onnx.NodeProto, layer: torch.nn.Mo
     index = list(model.graph.node).index(node)
     for kind, slot, values, value_scale, dtype in tensors:
         base = f"{node.name}_{kind}"
-        model.graph.initializer.extend([
-            numpy_helper.from_array(values.numpy(), f"{base}_q"),
-            numpy_helper.from_array(value_scale.numpy().astype(np.float32), f"{base}_scale"),
-            numpy_helper.from_array(np.zeros(values.shape[0], dtype), f"{base}_zero")])
-        model.graph.node.insert(index, helper.make_node(
-            "DequantizeLinear", [f"{base}_q", f"{base}_scale", f"{base}_zero"], [f"{base}_dq"], axis=0,
-            name=f"{node.name}_dequant_{kind}"))
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(values.numpy(), f"{base}_q"),
+                numpy_helper.from_array(value_scale.numpy().astype(np.float32), f"{base}_scale"),
+                numpy_helper.from_array(np.zeros(values.shape[0], dtype), f"{base}_zero"),
+            ]
+        )
+        model.graph.node.insert(
+            index,
+            helper.make_node(
+                "DequantizeLinear",
+                [f"{base}_q", f"{base}_scale", f"{base}_zero"],
+                [f"{base}_dq"],
+                axis=0,
+                name=f"{node.name}_dequant_{kind}",
+            ),
+        )
         node.input[slot] = f"{base}_dq"
 
 
-def export_policy_model(model: torch.nn.Module, policy: Policy, path: Path, input_shape: tuple[int, ...],
-                        opset: int = 17) -> dict[str, int]:
+def export_policy_model(
+    model: torch.nn.Module, policy: Policy, path: Path, input_shape: tuple[int, ...], opset: int = 17
+) -> dict[str, int]:
     """Export the compressed model at its real precisions; returns the count of layers per bits."""
     by_bits = {b: {n for n, a in policy.layers.items() if a.bits == b} for b in (4, 8, 16, 32)}
     export_onnx(_export_copy(model, policy), path, input_shape, opset)

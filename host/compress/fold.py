@@ -19,8 +19,12 @@ def fold_batchnorm(model: nn.Module) -> int:
         if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
             continue
         source = node.args[0]
-        if (isinstance(source, torch.fx.Node) and source.op == "call_module"
-                and isinstance(modules.get(source.target), nn.Conv2d) and len(source.users) == 1):
+        if (
+            isinstance(source, torch.fx.Node)
+            and source.op == "call_module"
+            and isinstance(modules.get(source.target), nn.Conv2d)
+            and len(source.users) == 1
+        ):
             pairs.append((source.target, node.target))
     was_training = model.training
     model.eval()
@@ -56,7 +60,7 @@ def recalibrate_batchnorm(model: nn.Module, loader: torch.utils.data.DataLoader,
                 break
             model(x)
             seen += len(x)
-    for m, momentum in zip(norms, momenta):
+    for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     model.train(was_training)
     return seen

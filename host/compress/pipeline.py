@@ -33,8 +33,14 @@ from host.progress import Progress
 from lut_store.tomlfile import ConfigError, from_mapping, read_toml
 
 
-def compressed(teacher: torch.nn.Module, policy: Policy, example: torch.Tensor, round_to: int,
-               loader: torch.utils.data.DataLoader, calibration_batches: int) -> tuple[torch.nn.Module, int]:
+def compressed(
+    teacher: torch.nn.Module,
+    policy: Policy,
+    example: torch.Tensor,
+    round_to: int,
+    loader: torch.utils.data.DataLoader,
+    calibration_batches: int,
+) -> tuple[torch.nn.Module, int]:
     """The teacher pruned per `policy`, its BN re-estimated on `loader` and folded, fake-quantized
     and calibrated (not yet fine-tuned); with the teacher's parameter count."""
     student = copy.deepcopy(teacher)
@@ -98,17 +104,19 @@ class Summary:
 
 def _batches(x: np.ndarray, size: int) -> Iterator[dict[str, bytes]]:
     for start in range(0, len(x), size):
-        yield {"input": numpy_helper.from_array(np.ascontiguousarray(x[start:start + size])).SerializeToString()}
+        yield {"input": numpy_helper.from_array(np.ascontiguousarray(x[start : start + size])).SerializeToString()}
 
 
-def device_accuracy_and_latency(client: Any, model_path: Path, x: np.ndarray, y: np.ndarray,
-                                batch: int) -> tuple[float, dict[str, Any]]:
+def device_accuracy_and_latency(
+    client: Any, model_path: Path, x: np.ndarray, y: np.ndarray, batch: int
+) -> tuple[float, dict[str, Any]]:
     """Benchmark on the device and score its own outputs for the test inputs."""
     from host.agent_client import message_dict
 
     resp = client.benchmark(model_path, batch_size=batch, inputs=list(_batches(x, 64)))
-    logits = np.concatenate([numpy_helper.to_array(TensorProto.FromString(out.tensors[0].tensor_proto))
-                             for out in resp.outputs])
+    logits = np.concatenate(
+        [numpy_helper.to_array(TensorProto.FromString(out.tensors[0].tensor_proto)) for out in resp.outputs]
+    )
     return float((logits.argmax(axis=1) == y).mean()), message_dict(resp, drop=("outputs",))
 
 
@@ -122,8 +130,9 @@ class PairedLatency:
     rounds: list[dict[str, float]]  # {"model_ms", "baseline_ms"} per round, in order
 
 
-def paired_latency(client: Any, model_path: Path, baseline_path: Path, rounds: int = 3,
-                   batch: int = 1) -> PairedLatency:
+def paired_latency(
+    client: Any, model_path: Path, baseline_path: Path, rounds: int = 3, batch: int = 1
+) -> PairedLatency:
     """Benchmark the model and the baseline in turn, `rounds` times each. A CPU shared with other
     tenants drifts by tens of percent within minutes, unseen by the agent's interference check
     (measured here: the FP32 ResNet18 at one thread took 4.0 to 6.8 ms in one search), so a
@@ -141,9 +150,15 @@ def paired_latency(client: Any, model_path: Path, baseline_path: Path, rounds: i
         return sorted(docs, key=lambda d: d["latency"]["median_ms"])[(len(docs) - 1) // 2]
 
     model, baseline = middle(model_docs), middle(baseline_docs)
-    return PairedLatency(baseline["latency"]["median_ms"] / model["latency"]["median_ms"], model, baseline,
-                         [{"model_ms": m["latency"]["median_ms"], "baseline_ms": b["latency"]["median_ms"]}
-                          for m, b in zip(model_docs, baseline_docs)])
+    return PairedLatency(
+        baseline["latency"]["median_ms"] / model["latency"]["median_ms"],
+        model,
+        baseline,
+        [
+            {"model_ms": m["latency"]["median_ms"], "baseline_ms": b["latency"]["median_ms"]}
+            for m, b in zip(model_docs, baseline_docs, strict=True)
+        ],
+    )
 
 
 @contextmanager
@@ -154,14 +169,18 @@ def device_client(address: str, threads: int) -> Iterator[Any]:
     from host.agent_client import AgentClient, AgentTarget
     from host.embedded import embedded_agent
 
-    context = (nullcontext(AgentTarget(address)) if address
-               else embedded_agent(AgentConfig(listen="127.0.0.1:0", intra_op_threads=threads)))
+    context = (
+        nullcontext(AgentTarget(address))
+        if address
+        else embedded_agent(AgentConfig(listen="127.0.0.1:0", intra_op_threads=threads))
+    )
     with context as target, AgentClient(target, timeout_s=60, retries=3) as client:
         yield client
 
 
-def run_compress(config: CompressConfig, policy: Policy, out: Path, progress: bool = True,
-                 client: Any = None) -> Summary:
+def run_compress(
+    config: CompressConfig, policy: Policy, out: Path, progress: bool = True, client: Any = None
+) -> Summary:
     """The whole pipeline for one policy; writes ONNX files and summary.json into `out`."""
     from host.data import load_dataset, make_loaders
     from host.models import build_model
@@ -179,16 +198,21 @@ def run_compress(config: CompressConfig, policy: Policy, out: Path, progress: bo
     validate(policy, config.model, layer_limits(build(), example))  # before any training
     shown = Progress(progress)
     shown.say(f"baseline {config.model} on {data.name} ...")
-    teacher, cached = trained_baseline(build, config.model, data_id, loaders.train, config.baseline,
-                                       shown.fit("baseline"))
+    teacher, cached = trained_baseline(
+        build, config.model, data_id, loaders.train, config.baseline, shown.fit("baseline")
+    )
     times["baseline_s"] = time.monotonic() - t0
 
-    student, params_before = compressed(teacher, policy, example, config.round_to, loaders.train,
-                                        config.calibration_batches)
+    student, params_before = compressed(
+        teacher, policy, example, config.round_to, loaders.train, config.calibration_batches
+    )
     shown.say(f"distilling the compressed student ({config.distill.epochs} epochs) ...")
     t1 = time.monotonic()
-    loader = distill_loader(distill_dataset(teacher, config.model, loaders.train.dataset, config.distill),
-                            config.batch_size, config.data.seed)
+    loader = distill_loader(
+        distill_dataset(teacher, config.model, loaders.train.dataset, config.distill),
+        config.batch_size,
+        config.data.seed,
+    )
     report = distill(student, teacher, config.model, loader, config.distill, shown.fit("distill"))
     times["distill_s"] = time.monotonic() - t1
 
@@ -197,20 +221,28 @@ def run_compress(config: CompressConfig, policy: Policy, out: Path, progress: bo
     layers_per_bits = export_policy_model(student, policy, compressed_onnx, shape, config.opset)
     summary = Summary(config.model, data.name, json.loads(policy.to_json()), cached)
     summary.accuracy = {
-        "baseline_val_torch": accuracy(teacher, loaders.val), "baseline_test_torch": accuracy(teacher, loaders.test),
-        "compressed_val_torch": accuracy(student, loaders.val), "compressed_test_torch": accuracy(student, loaders.test),
+        "baseline_val_torch": accuracy(teacher, loaders.val),
+        "baseline_test_torch": accuracy(teacher, loaders.test),
+        "compressed_val_torch": accuracy(student, loaders.val),
+        "compressed_test_torch": accuracy(student, loaders.test),
     }
     sizes = size_report(student, policy, params_before)
     summary.size = {**asdict(sizes), "params_reduction": sizes.params_reduction, "compression": sizes.compression}
     shown.say("verifying accuracy and measuring latency on the device ...")
-    with (nullcontext(client) if client is not None else device_client(config.device, config.threads)) as device:
+    with nullcontext(client) if client is not None else device_client(config.device, config.threads) as device:
         acc_b, _ = device_accuracy_and_latency(device, baseline_onnx, data.x_test, data.y_test, config.benchmark_batch)
-        acc_c, _ = device_accuracy_and_latency(device, compressed_onnx, data.x_test, data.y_test,
-                                               config.benchmark_batch)
+        acc_c, _ = device_accuracy_and_latency(
+            device, compressed_onnx, data.x_test, data.y_test, config.benchmark_batch
+        )
         paired = paired_latency(device, compressed_onnx, baseline_onnx, config.benchmark_rounds, config.benchmark_batch)
     summary.accuracy.update(baseline_test_onnxruntime=acc_b, compressed_test_onnxruntime=acc_c)
-    summary.latency = {"baseline": paired.baseline, "compressed": paired.model, "speedup": paired.speedup,
-                       "rounds": paired.rounds, "batch_size": config.benchmark_batch}
+    summary.latency = {
+        "baseline": paired.baseline,
+        "compressed": paired.model,
+        "speedup": paired.speedup,
+        "rounds": paired.rounds,
+        "batch_size": config.benchmark_batch,
+    }
     summary.distill_loss = report.epoch_loss
     summary.files = {"baseline_onnx": str(baseline_onnx), "compressed_onnx": str(compressed_onnx)}
     summary.size["layers_per_bits"] = {str(b): n for b, n in layers_per_bits.items()}

@@ -44,11 +44,16 @@ class Policy:
             layers = {name: LayerAction(**action) for name, action in doc["layers"].items()}
             policy = cls(doc["model"], layers)
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise PolicyError(f"not a policy document ({type(exc).__name__}: {exc}); expected "
-                              '{"model": NAME, "layers": {LAYER: {"keep_ratio": R, "bits": B}}}') from None
+            raise PolicyError(
+                f"not a policy document ({type(exc).__name__}: {exc}); expected "
+                '{"model": NAME, "layers": {LAYER: {"keep_ratio": R, "bits": B}}}'
+            ) from None
         for name, action in policy.layers.items():
-            for field_name, kinds, what in (("keep_ratio", (int, float), "a number"), ("bits", (int,), "an integer"),
-                                            ("granularity", (str,), "a string")):
+            for field_name, kinds, what in (
+                ("keep_ratio", (int, float), "a number"),
+                ("bits", (int,), "an integer"),
+                ("granularity", (str,), "a string"),
+            ):
                 value = getattr(action, field_name)
                 if isinstance(value, bool) or not isinstance(value, kinds):
                     raise PolicyError(f"layer {name}: {field_name} = {value!r} must be {what}")
@@ -62,8 +67,14 @@ class Policy:
             raise PolicyError(f"cannot read policy {path}: {exc.strerror}") from None
 
     @classmethod
-    def uniform(cls, model: str, layer_names: Sequence[str], keep_ratio: float, bits: int,
-                overrides: Mapping[str, LayerAction] | None = None) -> Policy:
+    def uniform(
+        cls,
+        model: str,
+        layer_names: Sequence[str],
+        keep_ratio: float,
+        bits: int,
+        overrides: Mapping[str, LayerAction] | None = None,
+    ) -> Policy:
         layers = {name: LayerAction(keep_ratio, bits) for name in layer_names}
         layers.update(overrides or {})
         return cls(model, layers)
@@ -101,14 +112,19 @@ def validate(policy: Policy, model_name: str, limits: Sequence[LayerLimits]) -> 
             raise PolicyError(f"layer {name}: granularity {action.granularity!r}; allowed: {list(GRANULARITIES)}")
         if lim.group is None:
             if action.keep_ratio != 1.0:
-                raise PolicyError(f"layer {name}: keep_ratio = {action.keep_ratio}, but its width is fixed "
-                                  "(classifier output); allowed: 1.0")
+                raise PolicyError(
+                    f"layer {name}: keep_ratio = {action.keep_ratio}, but its width is fixed "
+                    "(classifier output); allowed: 1.0"
+                )
             continue
         if not lim.min_keep_ratio <= action.keep_ratio <= lim.max_keep_ratio:
-            raise PolicyError(f"layer {name}: keep_ratio = {action.keep_ratio}; allowed: "
-                              f"{lim.min_keep_ratio}..{lim.max_keep_ratio}")
+            raise PolicyError(
+                f"layer {name}: keep_ratio = {action.keep_ratio}; allowed: {lim.min_keep_ratio}..{lim.max_keep_ratio}"
+            )
         first = group_ratio.setdefault(lim.group, (name, action.keep_ratio))
         if first[1] != action.keep_ratio:
-            raise PolicyError(f"layers {first[0]} and {name} prune the same channels (a residual add, or a depthwise "
-                              "conv and the conv feeding it); "
-                              f"give them the same keep_ratio, not {first[1]} and {action.keep_ratio}")
+            raise PolicyError(
+                f"layers {first[0]} and {name} prune the same channels (a residual add, or a depthwise "
+                "conv and the conv feeding it); "
+                f"give them the same keep_ratio, not {first[1]} and {action.keep_ratio}"
+            )

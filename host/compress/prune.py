@@ -93,8 +93,13 @@ def prune(model: nn.Module, policy: Policy, example_inputs: torch.Tensor, round_
     if not ratios:
         return PruneResult(model, [], before, before)
     pruner = tp.pruner.MetaPruner(
-        model, example_inputs, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=0.0,
-        pruning_ratio_dict=ratios, ignored_layers=[classifier_of(model)], round_to=round_to,
+        model,
+        example_inputs,
+        importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=0.0,
+        pruning_ratio_dict=ratios,
+        ignored_layers=[classifier_of(model)],
+        round_to=round_to,
     )
     pruner.step()
     return PruneResult(model, pruner.pruning_history(), before, count_params(model))

@@ -33,7 +33,7 @@ from torch.nn.utils import parametrize
 
 from host.compress.policy import Policy
 
-INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 class WeightFakeQuant(nn.Module):
@@ -221,8 +221,9 @@ def calibrate(model: nn.Module, batches: int, loader: torch.utils.data.DataLoade
     Every activation quantizer must see data: an unset one has the range [0, 0] and would
     quantize its tensor to zeros."""
     if batches < 1:
-        raise ValueError(f"calibration_batches = {batches}: int8 activations need at least one batch to set "
-                         "their ranges")
+        raise ValueError(
+            f"calibration_batches = {batches}: int8 activations need at least one batch to set their ranges"
+        )
     was_training = model.training
     model.train()
     with torch.no_grad():
@@ -233,5 +234,7 @@ def calibrate(model: nn.Module, batches: int, loader: torch.utils.data.DataLoade
     model.train(was_training)
     unset = [name for name, m in model.named_modules() if isinstance(m, ActFakeQuant) and not bool(m.initialized)]
     if unset:
-        raise ValueError(f"{len(unset)} activation quantizer(s) saw no data while calibrating ({', '.join(unset[:3])}): "
-                         "the loader gave no batch, or the forward pass never reached them")
+        raise ValueError(
+            f"{len(unset)} activation quantizer(s) saw no data while calibrating ({', '.join(unset[:3])}): "
+            "the loader gave no batch, or the forward pass never reached them"
+        )

@@ -44,5 +44,10 @@ def size_report(model: nn.Module, policy: Policy, baseline_params: int) -> SizeR
     for name, action in policy.layers.items():
         weights = _weight_numel(modules[name])
         bits_total -= (32 - action.bits) * weights
-    return SizeReport(params=total, fp32_bytes=4 * total, effective_bytes=(bits_total + 7) // 8,
-                      baseline_params=baseline_params, baseline_fp32_bytes=4 * baseline_params)
+    return SizeReport(
+        params=total,
+        fp32_bytes=4 * total,
+        effective_bytes=(bits_total + 7) // 8,
+        baseline_params=baseline_params,
+        baseline_fp32_bytes=4 * baseline_params,
+    )

@@ -43,7 +43,7 @@ def augment_images(x: torch.Tensor, generator: torch.Generator, shift: int = 4) 
     h, w = x.shape[2:]
     padded = F.pad(x, (shift, shift, shift, shift), mode="reflect")
     i, j = (int(v) for v in torch.randint(0, 2 * shift + 1, (2,), generator=generator))
-    return padded[:, :, i:i + h, j:j + w]
+    return padded[:, :, i : i + h, j : j + w]
 
 
 def accuracy(model: nn.Module, loader: torch.utils.data.DataLoader) -> float:
@@ -57,8 +57,9 @@ def accuracy(model: nn.Module, loader: torch.utils.data.DataLoader) -> float:
     return correct / total
 
 
-def train(model: nn.Module, loader: torch.utils.data.DataLoader, config: TrainConfig,
-          progress: FitProgress | None = None) -> list[float]:
+def train(
+    model: nn.Module, loader: torch.utils.data.DataLoader, config: TrainConfig, progress: FitProgress | None = None
+) -> list[float]:
     """Plain supervised training (AdamW, cosine schedule); returns the mean loss per epoch."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -107,8 +108,10 @@ def load_checkpoint(model: nn.Module, path: Path) -> nn.Module:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except (RuntimeError, EOFError, OSError, KeyError, ValueError, pickle.UnpicklingError) as exc:
-        raise CheckpointError(f"checkpoint {path} cannot be loaded ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:200]}); delete it to retrain the baseline") from None
+        raise CheckpointError(
+            f"checkpoint {path} cannot be loaded ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]}); delete it to retrain the baseline"
+        ) from None
     return model
 
 
@@ -119,9 +122,14 @@ def save_checkpoint(model: nn.Module, path: Path) -> None:
     tmp.replace(path)
 
 
-def trained_baseline(build: Callable[[], nn.Module], model_name: str, data_id: str,
-                     loader: torch.utils.data.DataLoader, config: TrainConfig,
-                     progress: FitProgress | None = None) -> tuple[nn.Module, bool]:
+def trained_baseline(
+    build: Callable[[], nn.Module],
+    model_name: str,
+    data_id: str,
+    loader: torch.utils.data.DataLoader,
+    config: TrainConfig,
+    progress: FitProgress | None = None,
+) -> tuple[nn.Module, bool]:
     """The FP32 baseline from the cache, or trained and cached; returns (model, was_cached)."""
     path = baseline_path(model_name, data_id, config, loader.batch_size)
     model = build()

@@ -8,7 +8,18 @@ from host.data.synthetic import NEU_CLASSES, synthetic_neu_det
 from host.data.tabular import breast_cancer, csv_table, sklearn_digits
 
 __all__ = [
-    "DATASETS", "NEU_CLASSES", "DataError", "DataSplits", "Normalisation", "SplitLoaders",
-    "breast_cancer", "csv_table", "image_folder", "load_dataset", "make_loaders",
-    "sklearn_digits", "synthetic_neu_det", "tensor_dataset",
+    "DATASETS",
+    "NEU_CLASSES",
+    "DataError",
+    "DataSplits",
+    "Normalisation",
+    "SplitLoaders",
+    "breast_cancer",
+    "csv_table",
+    "image_folder",
+    "load_dataset",
+    "make_loaders",
+    "sklearn_digits",
+    "synthetic_neu_det",
+    "tensor_dataset",
 ]

@@ -28,7 +28,7 @@ def make_loaders(splits: DataSplits, batch_size: int = 32, seed: int = 0) -> Spl
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     generator = torch.Generator().manual_seed(seed)
     return SplitLoaders(
-        train=DataLoader(tensor_dataset(splits, "train"), batch_size=batch_size, shuffle=True,
-                         generator=generator),
+        train=DataLoader(tensor_dataset(splits, "train"), batch_size=batch_size, shuffle=True, generator=generator),
         val=DataLoader(tensor_dataset(splits, "val"), batch_size=batch_size),
-        test=DataLoader(tensor_dataset(splits, "test"), batch_size=batch_size))
+        test=DataLoader(tensor_dataset(splits, "test"), batch_size=batch_size),
+    )

@@ -27,10 +27,8 @@ def load_dataset(name: str, **options: object) -> DataSplits:
     parameters = inspect.signature(loader).parameters
     unknown = sorted(set(options) - set(parameters))
     if unknown:
-        raise DataError(f"data set {name!r} takes no option {', '.join(unknown)}; "
-                        f"options: {', '.join(parameters)}")
-    missing = [p.name for p in parameters.values()
-               if p.default is inspect.Parameter.empty and p.name not in options]
+        raise DataError(f"data set {name!r} takes no option {', '.join(unknown)}; options: {', '.join(parameters)}")
+    missing = [p.name for p in parameters.values() if p.default is inspect.Parameter.empty and p.name not in options]
     if missing:
         raise DataError(f"data set {name!r} needs {', '.join(missing)}")
     return loader(**options)

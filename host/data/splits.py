@@ -69,11 +69,11 @@ class DataSplits:
         for split in ("train", "val", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             if x.dtype != np.float32 or y.dtype != np.int64:
-                raise TypeError(f"{split}: inputs must be float32 and labels int64, "
-                                f"got {x.dtype} and {y.dtype}")
+                raise TypeError(f"{split}: inputs must be float32 and labels int64, got {x.dtype} and {y.dtype}")
             if x.shape[1:] != self.input_shape or y.shape != (len(x),):
-                raise ValueError(f"{split}: inputs {x.shape} and labels {y.shape} do not match "
-                                 f"input_shape {self.input_shape}")
+                raise ValueError(
+                    f"{split}: inputs {x.shape} and labels {y.shape} do not match input_shape {self.input_shape}"
+                )
             if len(y) and (y.min() < 0 or y.max() >= len(self.classes)):
                 raise ValueError(f"{split}: labels outside 0..{len(self.classes) - 1}")
             x.setflags(write=False)
@@ -97,8 +97,7 @@ class SplitIndices:
     test: np.ndarray
 
 
-def stratified_indices(labels: np.ndarray, seed: int, val_fraction: float,
-                       test_fraction: float) -> SplitIndices:
+def stratified_indices(labels: np.ndarray, seed: int, val_fraction: float, test_fraction: float) -> SplitIndices:
     """Per class: `test_fraction` of its samples to test, then `val_fraction` of the rest to val.
 
     Counts are rounded per class, so 300 images per class with test 0.2 and val 0.2 give
@@ -114,19 +113,28 @@ def stratified_indices(labels: np.ndarray, seed: int, val_fraction: float,
         n_test = round(len(members) * test_fraction)
         n_val = round((len(members) - n_test) * val_fraction)
         parts["test"].append(members[:n_test])
-        parts["val"].append(members[n_test:n_test + n_val])
-        parts["train"].append(members[n_test + n_val:])
+        parts["val"].append(members[n_test : n_test + n_val])
+        parts["train"].append(members[n_test + n_val :])
     out = {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
     empty = [name for name, idx in out.items() if len(idx) == 0]
     if empty:
-        raise DataError(f"{len(labels)} samples leave the {', '.join(empty)} split(s) empty; "
-                        "add samples or change val_fraction / test_fraction")
+        raise DataError(
+            f"{len(labels)} samples leave the {', '.join(empty)} split(s) empty; "
+            "add samples or change val_fraction / test_fraction"
+        )
     return SplitIndices(**out)
 
 
-def build_splits(name: str, classes: Sequence[str], x_raw: np.ndarray, labels: np.ndarray,
-                 indices: SplitIndices, normalisation_axes: tuple[int, ...], raw: str,
-                 skipped_files: tuple[str, ...] = ()) -> DataSplits:
+def build_splits(
+    name: str,
+    classes: Sequence[str],
+    x_raw: np.ndarray,
+    labels: np.ndarray,
+    indices: SplitIndices,
+    normalisation_axes: tuple[int, ...],
+    raw: str,
+    skipped_files: tuple[str, ...] = (),
+) -> DataSplits:
     """Normalise with training statistics over `normalisation_axes` and cut the splits.
 
     `normalisation_axes` are the sample axes the statistics are pooled over besides the batch axis,
@@ -140,8 +148,15 @@ def build_splits(name: str, classes: Sequence[str], x_raw: np.ndarray, labels: n
     norm = Normalisation(mean=mean.astype(np.float32), std=std.astype(np.float32), raw=raw)
     y = labels.astype(np.int64)
     return DataSplits(
-        name=name, classes=tuple(classes), input_shape=tuple(x_raw.shape[1:]),
-        x_train=norm.apply(x_raw[indices.train]), y_train=y[indices.train],
-        x_val=norm.apply(x_raw[indices.val]), y_val=y[indices.val],
-        x_test=norm.apply(x_raw[indices.test]), y_test=y[indices.test],
-        normalisation=norm, skipped_files=skipped_files)
+        name=name,
+        classes=tuple(classes),
+        input_shape=tuple(x_raw.shape[1:]),
+        x_train=norm.apply(x_raw[indices.train]),
+        y_train=y[indices.train],
+        x_val=norm.apply(x_raw[indices.val]),
+        y_val=y[indices.val],
+        x_test=norm.apply(x_raw[indices.test]),
+        y_test=y[indices.test],
+        normalisation=norm,
+        skipped_files=skipped_files,
+    )

@@ -32,16 +32,24 @@ def synthetic_neu_det(seed: int = 0, image_size: int = 64, val_fraction: float =
     if image_size < 16:
         raise DataError(f"image_size must be at least 16 pixels, got {image_size}")
     *class_streams, split_stream = np.random.SeedSequence(seed).spawn(len(NEU_CLASSES) + 1)
-    grey = np.concatenate([
-        _render(np.random.default_rng(stream), name, IMAGES_PER_CLASS, image_size)
-        for stream, name in zip(class_streams, NEU_CLASSES, strict=True)])
+    grey = np.concatenate(
+        [
+            _render(np.random.default_rng(stream), name, IMAGES_PER_CLASS, image_size)
+            for stream, name in zip(class_streams, NEU_CLASSES, strict=True)
+        ]
+    )
     labels = np.repeat(np.arange(len(NEU_CLASSES)), IMAGES_PER_CLASS)
     x_raw = np.repeat(grey[:, None], 3, axis=1)
-    indices = stratified_indices(labels, int(split_stream.generate_state(1)[0]),
-                                 val_fraction, TEST_FRACTION)
-    return build_splits("synthetic-neu-det", NEU_CLASSES, x_raw, labels, indices,
-                        normalisation_axes=(1, 2, 3),
-                        raw="grey level in [0, 1], replicated to 3 channels")
+    indices = stratified_indices(labels, int(split_stream.generate_state(1)[0]), val_fraction, TEST_FRACTION)
+    return build_splits(
+        "synthetic-neu-det",
+        NEU_CLASSES,
+        x_raw,
+        labels,
+        indices,
+        normalisation_axes=(1, 2, 3),
+        raw="grey level in [0, 1], replicated to 3 channels",
+    )
 
 
 def _render(rng: np.random.Generator, name: str, n: int, size: int) -> np.ndarray:
@@ -59,28 +67,33 @@ def _render(rng: np.random.Generator, name: str, n: int, size: int) -> np.ndarra
 
 def _background(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     """Steel texture with unit-scale components: shading, rolling streaks (along x), grain."""
-    shading = _filtered_noise(rng, n, size, sigma_x=rng.uniform(1, 3, (n, 1, 1)),
-                              sigma_y=rng.uniform(1, 3, (n, 1, 1)))
-    streaks = _filtered_noise(rng, n, size, sigma_x=rng.uniform(0.5, 2, (n, 1, 1)),
-                              sigma_y=rng.uniform(8, 20, (n, 1, 1)) * size / 64)
+    shading = _filtered_noise(rng, n, size, sigma_x=rng.uniform(1, 3, (n, 1, 1)), sigma_y=rng.uniform(1, 3, (n, 1, 1)))
+    streaks = _filtered_noise(
+        rng, n, size, sigma_x=rng.uniform(0.5, 2, (n, 1, 1)), sigma_y=rng.uniform(8, 20, (n, 1, 1)) * size / 64
+    )
     grain = rng.standard_normal((n, size, size))
-    return (rng.uniform(0.3, 0.8, (n, 1, 1)) * shading + rng.uniform(0.2, 0.5, (n, 1, 1)) * streaks
-            + rng.uniform(0.1, 0.3, (n, 1, 1)) * grain)
+    return (
+        rng.uniform(0.3, 0.8, (n, 1, 1)) * shading
+        + rng.uniform(0.2, 0.5, (n, 1, 1)) * streaks
+        + rng.uniform(0.1, 0.3, (n, 1, 1)) * grain
+    )
 
 
-def _filtered_noise(rng: np.random.Generator, n: int, size: int, sigma_x: np.ndarray,
-                    sigma_y: np.ndarray) -> np.ndarray:
+def _filtered_noise(
+    rng: np.random.Generator, n: int, size: int, sigma_x: np.ndarray, sigma_y: np.ndarray
+) -> np.ndarray:
     """White noise low-passed by a Gaussian of sigma_x / sigma_y cycles per image; unit std."""
     fx, fy = _frequencies(size)
     return _shaped_noise(rng, n, size, np.exp(-0.5 * ((fx / sigma_x) ** 2 + (fy / sigma_y) ** 2)))
 
 
-def _bandpass_noise(rng: np.random.Generator, n: int, size: int, centre: np.ndarray,
-                    width: np.ndarray, stretch: np.ndarray) -> np.ndarray:
+def _bandpass_noise(
+    rng: np.random.Generator, n: int, size: int, centre: np.ndarray, width: np.ndarray, stretch: np.ndarray
+) -> np.ndarray:
     """White noise band-passed around `centre` cycles per image; x frequencies scaled by
     `stretch` (> 1 elongates structures along x). Unit std."""
     fx, fy = _frequencies(size)
-    radius = np.sqrt((fx * stretch) ** 2 + fy ** 2)
+    radius = np.sqrt((fx * stretch) ** 2 + fy**2)
     return _shaped_noise(rng, n, size, np.exp(-0.5 * ((radius - centre) / width) ** 2))
 
 
@@ -105,10 +118,17 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return xx, yy
 
 
-def _blobs(rng: np.random.Generator, n: int, size: int, count: np.ndarray, max_count: int,
-           sigma_long_px: tuple[float, float], aspect: tuple[float, float],
-           angle_rad: tuple[float, float], centres: Callable[[int], tuple[np.ndarray, np.ndarray]],
-           ) -> np.ndarray:
+def _blobs(
+    rng: np.random.Generator,
+    n: int,
+    size: int,
+    count: np.ndarray,
+    max_count: int,
+    sigma_long_px: tuple[float, float],
+    aspect: tuple[float, float],
+    angle_rad: tuple[float, float],
+    centres: Callable[[int], tuple[np.ndarray, np.ndarray]],
+) -> np.ndarray:
     """(n, size, size): per image, the sum of `count` oriented Gaussian blobs of peak 1."""
     xx, yy = _grid(size)
     out = np.zeros((n, size, size))
@@ -126,33 +146,47 @@ def _blobs(rng: np.random.Generator, n: int, size: int, count: np.ndarray, max_c
     return out
 
 
-def _uniform_centres(rng: np.random.Generator, size: int, margin_px: float,
-                     ) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
+def _uniform_centres(
+    rng: np.random.Generator,
+    size: int,
+    margin_px: float,
+) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
     def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
-        return (rng.uniform(margin_px, size - margin_px, n),
-                rng.uniform(margin_px, size - margin_px, n))
+        return (rng.uniform(margin_px, size - margin_px, n), rng.uniform(margin_px, size - margin_px, n))
+
     return draw
 
 
-def _cluster_centres(rng: np.random.Generator, size: int, n_images: int,
-                     ) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
+def _cluster_centres(
+    rng: np.random.Generator,
+    size: int,
+    n_images: int,
+) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
     """Centres scattered around one random focus per image (clustered defects)."""
     fx = rng.uniform(0.25, 0.75, n_images) * size
     fy = rng.uniform(0.25, 0.75, n_images) * size
     spread = rng.uniform(0.12, 0.35, n_images) * size
 
     def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
-        return (np.clip(fx + spread * rng.standard_normal(n), 0, size - 1),
-                np.clip(fy + spread * rng.standard_normal(n), 0, size - 1))
+        return (
+            np.clip(fx + spread * rng.standard_normal(n), 0, size - 1),
+            np.clip(fy + spread * rng.standard_normal(n), 0, size - 1),
+        )
+
     return draw
 
 
 def _crazing(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     """Fine crack networks: thin dark lines on the zero set of band-passed noise, over a region."""
-    field = _bandpass_noise(rng, n, size, centre=rng.uniform(4, 7, (n, 1, 1)) * size / 64,
-                            width=rng.uniform(1.0, 2.0, (n, 1, 1)) * size / 64,
-                            stretch=rng.uniform(1.0, 2.5, (n, 1, 1)))
-    cracks = np.exp(-(field / rng.uniform(0.18, 0.28, (n, 1, 1))) ** 2)
+    field = _bandpass_noise(
+        rng,
+        n,
+        size,
+        centre=rng.uniform(4, 7, (n, 1, 1)) * size / 64,
+        width=rng.uniform(1.0, 2.0, (n, 1, 1)) * size / 64,
+        stretch=rng.uniform(1.0, 2.5, (n, 1, 1)),
+    )
+    cracks = np.exp(-((field / rng.uniform(0.18, 0.28, (n, 1, 1))) ** 2))
     region = _soft_region(rng, n, size, coverage=(0.6, 1.0))
     return -2.0 * cracks * region
 
@@ -160,8 +194,17 @@ def _crazing(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
 def _inclusion(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     """A few small dark elongated blobs at any orientation."""
     count = rng.integers(1, 4, n)
-    return -2.5 * _blobs(rng, n, size, count, 3, sigma_long_px=(3.5, 7.0), aspect=(2.5, 5.0),
-                         angle_rad=(0, np.pi), centres=_uniform_centres(rng, size, 8 * size / 64))
+    return -2.5 * _blobs(
+        rng,
+        n,
+        size,
+        count,
+        3,
+        sigma_long_px=(3.5, 7.0),
+        aspect=(2.5, 5.0),
+        angle_rad=(0, np.pi),
+        centres=_uniform_centres(rng, size, 8 * size / 64),
+    )
 
 
 def _patches(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
@@ -173,17 +216,34 @@ def _patches(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
 def _pitted_surface(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     """Many small dark round pits, clustered."""
     count = rng.integers(20, 50, n)
-    return -2.5 * _blobs(rng, n, size, count, 50, sigma_long_px=(0.8, 1.4), aspect=(1.0, 1.3),
-                         angle_rad=(0, np.pi), centres=_cluster_centres(rng, size, n))
+    return -2.5 * _blobs(
+        rng,
+        n,
+        size,
+        count,
+        50,
+        sigma_long_px=(0.8, 1.4),
+        aspect=(1.0, 1.3),
+        angle_rad=(0, np.pi),
+        centres=_cluster_centres(rng, size, n),
+    )
 
 
 def _rolled_in_scale(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     """Scattered flaky scale marks aligned with the rolling direction (x), with a rough edge."""
     count = rng.integers(12, 25, n)
-    flakes = _blobs(rng, n, size, count, 24, sigma_long_px=(3.0, 5.5), aspect=(2.5, 4.5),
-                    angle_rad=(-0.2, 0.2), centres=_uniform_centres(rng, size, 2))
-    rough = 0.75 + 0.25 * _filtered_noise(rng, n, size, sigma_x=np.array(16.0),
-                                          sigma_y=np.array(16.0))
+    flakes = _blobs(
+        rng,
+        n,
+        size,
+        count,
+        24,
+        sigma_long_px=(3.0, 5.5),
+        aspect=(2.5, 4.5),
+        angle_rad=(-0.2, 0.2),
+        centres=_uniform_centres(rng, size, 2),
+    )
+    rough = 0.75 + 0.25 * _filtered_noise(rng, n, size, sigma_x=np.array(16.0), sigma_y=np.array(16.0))
     return -2.5 * np.clip(flakes * rough, 0, 1.5)
 
 
@@ -201,17 +261,17 @@ def _scratches(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
         u = (xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta)
         v = -(xx - cx) * np.sin(theta) + (yy - cy) * np.cos(theta)
         along = np.clip(u, -half_length, half_length)
-        distance = np.sqrt((u - along) ** 2 + v ** 2)
+        distance = np.sqrt((u - along) ** 2 + v**2)
         out += (k < count)[:, None, None] * np.exp(-0.5 * (distance / width) ** 2)
     sign = rng.choice([-1.0, 1.0], (n, 1, 1))
     return sign * 2.0 * np.clip(out, 0, 1)
 
 
-def _soft_region(rng: np.random.Generator, n: int, size: int,
-                 coverage: tuple[float, float]) -> np.ndarray:
+def _soft_region(rng: np.random.Generator, n: int, size: int, coverage: tuple[float, float]) -> np.ndarray:
     """A smooth irregular mask in [0, 1] covering about `coverage` of the image."""
-    field = _filtered_noise(rng, n, size, sigma_x=rng.uniform(1.5, 3, (n, 1, 1)),
-                            sigma_y=rng.uniform(1.5, 3, (n, 1, 1)))
+    field = _filtered_noise(
+        rng, n, size, sigma_x=rng.uniform(1.5, 3, (n, 1, 1)), sigma_y=rng.uniform(1.5, 3, (n, 1, 1))
+    )
     target = rng.uniform(*coverage, (n, 1, 1))
     ranked = np.sort(field.reshape(n, -1), axis=1)
     rank = ((1 - target[:, 0, 0]) * (size * size - 1)).astype(int)

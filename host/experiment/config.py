@@ -27,8 +27,11 @@ class Case:
 
 
 def _paper_cases() -> list[Case]:
-    return [Case("resnet18", DataConfig("synthetic-neu-det")), Case("mlp", DataConfig("digits")),
-            Case("mlp", DataConfig("breast-cancer"))]
+    return [
+        Case("resnet18", DataConfig("synthetic-neu-det")),
+        Case("mlp", DataConfig("digits")),
+        Case("mlp", DataConfig("breast-cancer")),
+    ]
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,10 @@ class ExperimentConfig:
         if self.seeds < 1:
             raise ConfigError(f"seeds = {self.seeds}: an experiment needs at least one seed")
         if self.sota_latency_fraction < 0:
-            raise ConfigError(f"sota_latency_fraction = {self.sota_latency_fraction}: give a positive fraction of "
-                              "the FP32 model's latency, or 0 to rely on latency_budget_ms")
+            raise ConfigError(
+                f"sota_latency_fraction = {self.sota_latency_fraction}: give a positive fraction of "
+                "the FP32 model's latency, or 0 to rely on latency_budget_ms"
+            )
         if not self.cases:
             raise ConfigError("cases = []: cross-dataset needs at least one (model, data) case")
         if any(t < 1 for t in self.device_threads) or len(set(self.device_threads)) != len(self.device_threads):
@@ -72,23 +77,30 @@ class Experiment:
         self.settings.check()
         if self.study == "sota":
             if self.search.max_params_fraction:
-                raise ConfigError("study sota compares amc, haq, amc-then-haq and ppo under one latency budget "
-                                  "(haq bounds latency only): remove max_params_fraction and set latency_budget_ms, "
-                                  "or [experiment] sota_latency_fraction")
+                raise ConfigError(
+                    "study sota compares amc, haq, amc-then-haq and ppo under one latency budget "
+                    "(haq bounds latency only): remove max_params_fraction and set latency_budget_ms, "
+                    "or [experiment] sota_latency_fraction"
+                )
             if not (self.search.latency_budget_ms or self.settings.sota_latency_fraction):
-                raise ConfigError("study sota runs haq, which needs a latency budget: set latency_budget_ms, or "
-                                  "[experiment] sota_latency_fraction (e.g. 0.5 of the FP32 model's LUT latency)")
+                raise ConfigError(
+                    "study sota runs haq, which needs a latency budget: set latency_budget_ms, or "
+                    "[experiment] sota_latency_fraction (e.g. 0.5 of the FP32 model's LUT latency)"
+                )
         if self.study == "cross-device" and len(self.settings.devices or self.settings.device_threads) < 2:
-            raise ConfigError("study cross-device needs at least two devices: give --device twice (or [experiment] "
-                              "devices), or [experiment] device_threads = [1, 2] for embedded agents")
+            raise ConfigError(
+                "study cross-device needs at least two devices: give --device twice (or [experiment] "
+                "devices), or [experiment] device_threads = [1, 2] for embedded agents"
+            )
 
     def to_doc(self) -> dict[str, Any]:
         return {"study": self.study, "search": asdict(self.search), "settings": asdict(self.settings)}
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> Experiment:
-        return cls(doc["study"], from_mapping(SearchConfig, doc["search"]),
-                   from_mapping(ExperimentConfig, doc["settings"]))
+        return cls(
+            doc["study"], from_mapping(SearchConfig, doc["search"]), from_mapping(ExperimentConfig, doc["settings"])
+        )
 
 
 # Presets (named in PRESET_NAMES for the CLI) are config documents; a config file and the flags
@@ -97,16 +109,31 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The paper's budget (ResNet18, synthetic NEU-DET 64x64, 15 episodes of 1,152 images, 20-epoch
     # finals), as examples/search-paper.toml runs it; the demo runs a smaller one. Every precision
     # the device runs; PPO practises on the reward surrogate.
-    "paper": {"model": "resnet18", "data": {"name": "synthetic-neu-det"}, "episodes": 15, "episode_samples": 1152,
-              "ppo": {"actor_lr": 1e-3, "critic_lr": 3e-3, "surrogate_episodes": 32}},
+    "paper": {
+        "model": "resnet18",
+        "data": {"name": "synthetic-neu-det"},
+        "episodes": 15,
+        "episode_samples": 1152,
+        "ppo": {"actor_lr": 1e-3, "critic_lr": 3e-3, "surrogate_episodes": 32},
+    },
     # Seconds per search: an MLP, 2 episodes, 1-epoch fine-tunes (CI runs every study at this budget).
     # The MLP runs in microseconds, where no precision is reliably faster than FP32: sota's budget
     # then bounds nothing, so that HAQ always has a feasible policy.
-    "tiny": {"model": "mlp", "data": {"name": "breast-cancer"}, "episodes": 2, "episode_samples": 64,
-             "baseline": {"epochs": 2}, "episode_distill": {"epochs": 1}, "final_distill": {"epochs": 1},
-             "experiment": {"sota_latency_fraction": 1.5,
-                            "cases": [{"model": "mlp", "data": {"name": name}}
-                                      for name in ("synthetic-neu-det", "digits", "breast-cancer")]}},
+    "tiny": {
+        "model": "mlp",
+        "data": {"name": "breast-cancer"},
+        "episodes": 2,
+        "episode_samples": 64,
+        "baseline": {"epochs": 2},
+        "episode_distill": {"epochs": 1},
+        "final_distill": {"epochs": 1},
+        "experiment": {
+            "sota_latency_fraction": 1.5,
+            "cases": [
+                {"model": "mlp", "data": {"name": name}} for name in ("synthetic-neu-det", "digits", "breast-cancer")
+            ],
+        },
+    },
 }
 
 
@@ -118,8 +145,14 @@ def _merged(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_experiment(study: str, preset: str = "paper", path: Path | None = None, seeds: int | None = None,
-                    devices: Sequence[str] = (), store: str | None = None) -> Experiment:
+def load_experiment(
+    study: str,
+    preset: str = "paper",
+    path: Path | None = None,
+    seeds: int | None = None,
+    devices: Sequence[str] = (),
+    store: str | None = None,
+) -> Experiment:
     """The experiment `study` from a preset, a config file and the flags, checked."""
     if study not in STUDIES:
         raise ConfigError(f"unknown study {study!r}; choices: {', '.join(STUDIES)}")
@@ -127,15 +160,19 @@ def load_experiment(study: str, preset: str = "paper", path: Path | None = None,
         raise ConfigError(f"unknown preset {preset!r}; choices: {', '.join(PRESETS)}")
     doc = read_toml(path, "config", ConfigError) if path is not None else {}
     if "controllers" in doc:
-        raise ConfigError("controllers: each study runs its own controllers (sota: amc, haq, ppo; controllers: "
-                          "ppo, dqn, random; the others: ppo); remove the key")
+        raise ConfigError(
+            "controllers: each study runs its own controllers (sota: amc, haq, ppo; controllers: "
+            "ppo, dqn, random; the others: ppo); remove the key"
+        )
     doc = _merged(PRESETS[preset], doc)
     settings = doc.pop("experiment", {})
     if seeds is not None:
         settings["seeds"] = seeds
     if study == "cross-device" and "device" in doc:
-        raise ConfigError(f"device = {doc['device']!r}: cross-device runs on several devices; list them in "
-                          "[experiment] devices or give --device once per device")
+        raise ConfigError(
+            f"device = {doc['device']!r}: cross-device runs on several devices; list them in "
+            "[experiment] devices or give --device once per device"
+        )
     if study == "cross-device" and devices:
         settings["devices"] = list(devices)
     elif len(devices) > 1:
@@ -144,7 +181,8 @@ def load_experiment(study: str, preset: str = "paper", path: Path | None = None,
         doc["device"] = devices[0]
     if store is not None:
         doc["store"] = store
-    experiment = Experiment(study, from_mapping(SearchConfig, doc),
-                            from_mapping(ExperimentConfig, settings, "experiment"))
+    experiment = Experiment(
+        study, from_mapping(SearchConfig, doc), from_mapping(ExperimentConfig, settings, "experiment")
+    )
     experiment.check()
     return experiment

@@ -54,23 +54,48 @@ class ModelMetrics:
     @classmethod
     def of_search_baseline(cls, doc: Mapping[str, Any]) -> ModelMetrics:
         """The FP32 baseline of a search run (baseline.json)."""
-        return cls(doc["test_accuracy"], doc["test_accuracy_onnxruntime"], doc["params"], 0.0,
-                   doc["fp32_size_bytes"], doc["fp32_size_bytes"], 0.0, doc["measured_latency"]["median_ms"], 1.0)
+        return cls(
+            doc["test_accuracy"],
+            doc["test_accuracy_onnxruntime"],
+            doc["params"],
+            0.0,
+            doc["fp32_size_bytes"],
+            doc["fp32_size_bytes"],
+            0.0,
+            doc["measured_latency"]["median_ms"],
+            1.0,
+        )
 
     @classmethod
     def of_search_final(cls, doc: Mapping[str, Any]) -> ModelMetrics:
         """A controller's final model of a search run (summary.json's controllers.NAME)."""
-        return cls(doc["test_accuracy"], doc["test_accuracy_onnxruntime"], doc["params"], doc["params_reduction"],
-                   doc["fp32_size_bytes"], doc["effective_size_bytes"], doc["compression"],
-                   doc["measured_latency"]["median_ms"], doc["speedup"])
+        return cls(
+            doc["test_accuracy"],
+            doc["test_accuracy_onnxruntime"],
+            doc["params"],
+            doc["params_reduction"],
+            doc["fp32_size_bytes"],
+            doc["effective_size_bytes"],
+            doc["compression"],
+            doc["measured_latency"]["median_ms"],
+            doc["speedup"],
+        )
 
     @classmethod
     def of_compress(cls, doc: Mapping[str, Any]) -> ModelMetrics:
         """The compressed model of `hadmc compress` (its summary.json)."""
         acc, size, latency = doc["accuracy"], doc["size"], doc["latency"]
-        return cls(acc["compressed_test_torch"], acc["compressed_test_onnxruntime"], size["params"],
-                   size["params_reduction"], size["fp32_bytes"], size["effective_bytes"], size["compression"],
-                   latency["compressed"]["latency"]["median_ms"], latency["speedup"])
+        return cls(
+            acc["compressed_test_torch"],
+            acc["compressed_test_onnxruntime"],
+            size["params"],
+            size["params_reduction"],
+            size["fp32_bytes"],
+            size["effective_bytes"],
+            size["compression"],
+            latency["compressed"]["latency"]["median_ms"],
+            latency["speedup"],
+        )
 
     def values(self) -> dict[str, float]:
         return {k: float(v) for k, v in vars(self).items()}
@@ -107,8 +132,12 @@ class SeedResult:
     runs: tuple[str, ...]  # search run directories, relative to the experiment's, each with report.html
 
     def to_doc(self) -> dict[str, Any]:
-        return {"seed": self.seed, "rows": [{"label": list(r.label), "values": dict(r.values)} for r in self.rows],
-                "curves": {k: list(v) for k, v in self.curves.items()}, "runs": list(self.runs)}
+        return {
+            "seed": self.seed,
+            "rows": [{"label": list(r.label), "values": dict(r.values)} for r in self.rows],
+            "curves": {k: list(v) for k, v in self.curves.items()},
+            "runs": list(self.runs),
+        }
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> SeedResult:
@@ -169,8 +198,15 @@ class Results:
     runs: tuple[str, ...]
 
     @classmethod
-    def aggregate(cls, study: str, title: str, rows_doc: str, labels: Sequence[str], columns: Sequence[Column],
-                  seeds: Sequence[SeedResult]) -> Results:
+    def aggregate(
+        cls,
+        study: str,
+        title: str,
+        rows_doc: str,
+        labels: Sequence[str],
+        columns: Sequence[Column],
+        seeds: Sequence[SeedResult],
+    ) -> Results:
         """Rows in first-seen order; each cell over the seeds that have it. Two rows of one seed
         with one label would pool different things into one cell: that is an error."""
         by_label: dict[tuple[str, ...], dict[str, list[float]]] = {}
@@ -178,14 +214,17 @@ class Results:
             seen = [row.label for row in result.rows]
             if len(set(seen)) != len(seen):
                 twice = sorted({" / ".join(label) for label in seen if seen.count(label) > 1})
-                raise ValueError(f"seed {result.seed} has several rows labelled {twice}: give the cases "
-                                 "distinct names (data sets, paths or models)")
+                raise ValueError(
+                    f"seed {result.seed} has several rows labelled {twice}: give the cases "
+                    "distinct names (data sets, paths or models)"
+                )
             for row in result.rows:
                 metrics = by_label.setdefault(row.label, {})
                 for key, value in row.values.items():
                     metrics.setdefault(key, []).append(value)
-        rows = tuple(TableRow(label, {k: Cell.of(v) for k, v in metrics.items()})
-                     for label, metrics in by_label.items())
+        rows = tuple(
+            TableRow(label, {k: Cell.of(v) for k, v in metrics.items()}) for label, metrics in by_label.items()
+        )
         series: dict[str, list[tuple[float, ...]]] = {}
         for result in seeds:
             for name, values in result.curves.items():
@@ -195,13 +234,26 @@ class Results:
             length = min(len(r) for r in runs)
             cells = [Cell.of([r[i] for r in runs]) for i in range(length)]
             curves[name] = Curve(tuple(c.mean for c in cells), tuple(c.std for c in cells), len(runs))
-        return cls(study, title, rows_doc, tuple(labels), tuple(columns), tuple(r.seed for r in seeds), rows, curves,
-                   tuple(run for r in seeds for run in r.runs))
+        return cls(
+            study,
+            title,
+            rows_doc,
+            tuple(labels),
+            tuple(columns),
+            tuple(r.seed for r in seeds),
+            rows,
+            curves,
+            tuple(run for r in seeds for run in r.runs),
+        )
 
     def to_doc(self) -> dict[str, Any]:
         return {
-            "study": self.study, "title": self.title, "rows_doc": self.rows_doc, "labels": list(self.labels),
-            "columns": [vars(c) for c in self.columns], "seeds": list(self.seeds),
+            "study": self.study,
+            "title": self.title,
+            "rows_doc": self.rows_doc,
+            "labels": list(self.labels),
+            "columns": [vars(c) for c in self.columns],
+            "seeds": list(self.seeds),
             "rows": [{"label": list(r.label), "cells": {k: vars(c) for k, c in r.cells.items()}} for r in self.rows],
             "curves": {k: {"mean": list(c.mean), "std": list(c.std), "n": c.n} for k, c in self.curves.items()},
             "runs": list(self.runs),
@@ -211,8 +263,17 @@ class Results:
     def from_doc(cls, doc: Mapping[str, Any]) -> Results:
         rows = tuple(TableRow(tuple(r["label"]), {k: Cell(**c) for k, c in r["cells"].items()}) for r in doc["rows"])
         curves = {k: Curve(tuple(c["mean"]), tuple(c["std"]), c["n"]) for k, c in doc["curves"].items()}
-        return cls(doc["study"], doc["title"], doc["rows_doc"], tuple(doc["labels"]),
-                   tuple(Column(**c) for c in doc["columns"]), tuple(doc["seeds"]), rows, curves, tuple(doc["runs"]))
+        return cls(
+            doc["study"],
+            doc["title"],
+            doc["rows_doc"],
+            tuple(doc["labels"]),
+            tuple(Column(**c) for c in doc["columns"]),
+            tuple(doc["seeds"]),
+            rows,
+            curves,
+            tuple(doc["runs"]),
+        )
 
     def cell_text(self, row: TableRow, column: Column) -> str:
         """'not measured' where no seed has the metric; '(n=k)' where only k of the seeds have it."""
@@ -235,8 +296,10 @@ class Results:
         down = list(dict.fromkeys(r.label[0] for r in self.rows))
         across = list(dict.fromkeys(r.label[1] for r in self.rows))
         cells = {r.label: r.cells.get(key) for r in self.rows}
-        lines = [f"| {self.labels[0]} \\ {self.labels[1]} | " + " | ".join(across) + " |",
-                 "|" + "---|" * (len(across) + 1)]
+        lines = [
+            f"| {self.labels[0]} \\ {self.labels[1]} | " + " | ".join(across) + " |",
+            "|" + "---|" * (len(across) + 1),
+        ]
         for d in down:
             texts = [cells[(d, a)].text(column.unit) if cells.get((d, a)) else "not measured" for a in across]
             lines.append(f"| {d} | " + " | ".join(texts) + " |")
@@ -245,4 +308,3 @@ class Results:
     def seeds_text(self) -> str:
         n = len(self.seeds)
         return f"{n} seed" + ("" if n == 1 else f"s ({', '.join(map(str, self.seeds))}); cells are mean ± sample std")
-

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from host.experiment.config import Experiment
 from host.experiment.results import Results, SeedResult
-from host.jsonfile import write_json
 from host.experiment.studies import STUDY
+from host.jsonfile import write_json
 from lut_store.tomlfile import ConfigError
 
 
@@ -30,11 +30,14 @@ def run_experiment(experiment: Experiment, out: Path, progress: bool = True) -> 
     experiment.check()
     stored = _stored_study(out)
     if stored is not None and stored != experiment.study:
-        raise ConfigError(f"{out} holds a {stored!r} experiment: choose another --out for {experiment.study!r} "
-                          f"(hadmc experiment {stored} --out {out} --resume continues that one)")
+        raise ConfigError(
+            f"{out} holds a {stored!r} experiment: choose another --out for {experiment.study!r} "
+            f"(hadmc experiment {stored} --out {out} --resume continues that one)"
+        )
     if stored is not None:
-        raise ConfigError(f"{out} already holds a {stored!r} experiment: pass --resume to continue it or choose "
-                          "another --out")
+        raise ConfigError(
+            f"{out} already holds a {stored!r} experiment: pass --resume to continue it or choose another --out"
+        )
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty and holds no experiment: choose another --out")
     study = STUDY[experiment.study]
@@ -50,15 +53,20 @@ def resume_experiment(study: str, out: Path, seeds: int | None = None, progress:
     count runs the seeds that follow (the settings, a sota budget included, stay as stored)."""
     stored = _stored_study(out)
     if stored is None:
-        raise ConfigError(f"--resume: {out} holds no experiment (no experiment.json); run without --resume to "
-                          "start one")
+        raise ConfigError(
+            f"--resume: {out} holds no experiment (no experiment.json); run without --resume to start one"
+        )
     if stored != study:
-        raise ConfigError(f"{out} holds a {stored!r} experiment, not {study!r}: run hadmc experiment {stored} --out "
-                          f"{out} --resume, or choose another --out")
+        raise ConfigError(
+            f"{out} holds a {stored!r} experiment, not {study!r}: run hadmc experiment {stored} --out "
+            f"{out} --resume, or choose another --out"
+        )
     experiment = Experiment.from_doc(json.loads((out / "experiment.json").read_text()))
     if seeds is not None and seeds < experiment.settings.seeds:
-        raise ConfigError(f"the experiment in {out} runs {experiment.settings.seeds} seeds: --seeds with --resume "
-                          f"adds seeds, it cannot drop any (give at least {experiment.settings.seeds})")
+        raise ConfigError(
+            f"the experiment in {out} runs {experiment.settings.seeds} seeds: --seeds with --resume "
+            f"adds seeds, it cannot drop any (give at least {experiment.settings.seeds})"
+        )
     experiment.check()
     if seeds is not None and seeds > experiment.settings.seeds:
         experiment = replace(experiment, settings=replace(experiment.settings, seeds=seeds))
@@ -79,8 +87,9 @@ def _run(experiment: Experiment, out: Path, progress: bool) -> Results:
             done.append(SeedResult.from_doc(json.loads(result_path.read_text())))
             continue
         if progress:
-            print(f"[{study.name}] seed {seed} ({i + 1} of {experiment.settings.seeds}) ...", file=sys.stderr,
-                  flush=True)
+            print(
+                f"[{study.name}] seed {seed} ({i + 1} of {experiment.settings.seeds}) ...", file=sys.stderr, flush=True
+            )
         directory.mkdir(exist_ok=True)
         result = study.run_seed(experiment, seed, directory, progress)
         write_json(result_path, result.to_doc())

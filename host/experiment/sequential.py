@@ -55,13 +55,25 @@ class FixedKeepSpace(SearchSpace):
         missing = [layer.name for layer in space.layers if layer.name not in base.layers]
         if missing:
             raise ValueError(f"the base policy has no action for layers {missing[:5]} of {space.model}")
-        return cls(space.model, space.layers, space.bits, space.min_keep, space.max_keep, space.latency_share,
-                   tuple(base.layers[layer.name].keep_ratio for layer in space.layers))
+        return cls(
+            space.model,
+            space.layers,
+            space.bits,
+            space.min_keep,
+            space.max_keep,
+            space.latency_share,
+            tuple(base.layers[layer.name].keep_ratio for layer in space.layers),
+        )
 
     def policy(self, keeps: Sequence[float], bits: Sequence[int]) -> Policy:
         """The base policy's keep-ratios with these precisions (`keeps` is ignored)."""
-        return Policy(self.model, {layer.name: LayerAction(keep, int(b))
-                                   for layer, keep, b in zip(self.layers, self.keep_ratios, bits, strict=True)})
+        return Policy(
+            self.model,
+            {
+                layer.name: LayerAction(keep, int(b))
+                for layer, keep, b in zip(self.layers, self.keep_ratios, bits, strict=True)
+            },
+        )
 
 
 def search_precisions(config: SearchConfig, base: Policy, out: Path, progress: bool = True) -> Policy:
@@ -77,15 +89,23 @@ def search_precisions(config: SearchConfig, base: Policy, out: Path, progress: b
     if not config.latency_budget_ms:
         raise ConfigError("the precision stage searches under a latency budget: set latency_budget_ms")
     out.mkdir(parents=True, exist_ok=True)
-    with device_client(config.device, config.threads) as client, open_store(config.store or None) as store, \
-            LatencyPredictor.for_device(store, client) as predictor:
+    with (
+        device_client(config.device, config.threads) as client,
+        open_store(config.store or None) as store,
+        LatencyPredictor.for_device(store, client) as predictor,
+    ):
         options = {k: v for k, v in asdict(config.data).items() if k != "name" and v != ""}
         data = load_dataset(config.data.name, **options)
         loaders = make_loaders(data, batch_size=config.batch_size, seed=config.data.seed)
         shape = tuple(data.input_shape)
         example = torch.zeros((1, *shape))
-        teacher, _ = trained_baseline(lambda: build_model(config.model, len(data.classes), shape), config.model,
-                                      f"{data.cache_id}-s{config.data.seed}", loaders.train, config.baseline)
+        teacher, _ = trained_baseline(
+            lambda: build_model(config.model, len(data.classes), shape),
+            config.model,
+            f"{data.cache_id}-s{config.data.seed}",
+            loaders.train,
+            config.baseline,
+        )
         teacher.eval()
         pruned = copy.deepcopy(teacher)
         for p in pruned.parameters():  # Torch-Pruning skips frozen layers
@@ -96,14 +116,22 @@ def search_precisions(config: SearchConfig, base: Policy, out: Path, progress: b
         plain = SearchSpace(config.model, describe_layers(pruned, example), bits, config.min_keep, config.max_keep)
         space = FixedKeepSpace.around(plain, base)
         # The estimator fits each layer's latency against its keep-ratio, so it sees the unrestricted space.
-        estimate = latency_estimator(plain, ParamCounter(teacher, example, config.round_to), predictor, out,
-                                     len(data.classes), shape)
-        fp32_path = export_variant(config.model, space.policy((), [32] * len(plain.layers)), out / "pruned_fp32.onnx",
-                                   len(data.classes), shape, config.round_to)
+        estimate = latency_estimator(
+            plain, ParamCounter(teacher, example, config.round_to), predictor, out, len(data.classes), shape
+        )
+        fp32_path = export_variant(
+            config.model,
+            space.policy((), [32] * len(plain.layers)),
+            out / "pruned_fp32.onnx",
+            len(data.classes),
+            shape,
+            config.round_to,
+        )
         space = replace(space, latency_share=latency_shares(plain, predictor.predict(fp32_path)).latency_share)
         try:
-            controller = make_controller("haq", space, config.ppo, config.seed,
-                                         latency_constraint(estimate, config.latency_budget_ms))
+            controller = make_controller(
+                "haq", space, config.ppo, config.seed, latency_constraint(estimate, config.latency_budget_ms)
+            )
         except ValueError as exc:
             raise ConfigError(f"the precision stage on the pruning policy: {exc}") from None
         export_onnx(teacher, out / "baseline_fp32.onnx", shape)
@@ -111,23 +139,45 @@ def search_precisions(config: SearchConfig, base: Policy, out: Path, progress: b
         shown = Progress(progress)
         shown.context = f"[{CONTROLLER}] episode 1/{config.episodes}"
         train_set = distill_dataset(teacher, config.model, tensor_dataset(data, "train"), config.episode_distill)
-        evaluator = Evaluator(config.model, teacher, train_set, loaders.val, predictor, shape, out,
-                              config.episode_distill, config.episode_samples, config.batch_size, config.round_to,
-                              config.calibration_batches, progress=shown)
+        evaluator = Evaluator(
+            config.model,
+            teacher,
+            train_set,
+            loaders.val,
+            predictor,
+            shape,
+            out,
+            config.episode_distill,
+            config.episode_samples,
+            config.batch_size,
+            config.round_to,
+            config.calibration_batches,
+            progress=shown,
+        )
         lines = out / "episodes.jsonl"
         lines.write_text("")
 
         def record(episode: Episode) -> None:
             result = episode.result
-            row = {"controller": CONTROLLER, "episode": episode.index, "policy": json.loads(episode.policy.to_json()),
-                   "predicted_latency_ms": result.latency_ms, "val_accuracy": result.val_accuracy,
-                   "params": result.params, "size_bytes": result.size_bytes, "reward": episode.reward,
-                   "lut_version_ids": list(result.lut_version_ids), "wall_s": episode.wall_s}
+            row = {
+                "controller": CONTROLLER,
+                "episode": episode.index,
+                "policy": json.loads(episode.policy.to_json()),
+                "predicted_latency_ms": result.latency_ms,
+                "val_accuracy": result.val_accuracy,
+                "params": result.params,
+                "size_bytes": result.size_bytes,
+                "reward": episode.reward,
+                "lut_version_ids": list(result.lut_version_ids),
+                "wall_s": episode.wall_s,
+            }
             with lines.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             shown.context = f"[{CONTROLLER}] episode {episode.index + 2}/{config.episodes}"
-            shown.say(f"[{CONTROLLER}] episode {episode.index + 1}/{config.episodes}: reward {episode.reward:.4f}, "
-                      f"val acc {result.val_accuracy:.4f}, {result.latency_ms:.3f} ms predicted")
+            shown.say(
+                f"[{CONTROLLER}] episode {episode.index + 1}/{config.episodes}: reward {episode.reward:.4f}, "
+                f"val acc {result.val_accuracy:.4f}, {result.latency_ms:.3f} ms predicted"
+            )
 
         episodes = run_episodes(controller, evaluator, config.episodes, baseline, config.reward, on_episode=record)
     return max(episodes, key=lambda e: e.reward).policy

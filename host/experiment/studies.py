@@ -46,16 +46,25 @@ def _search(config: SearchConfig, out: Path, progress: bool) -> dict[str, Any]:
     return run_search(config, out, resume=(out / "config.json").exists(), progress=progress)
 
 
-def _compress(config: SearchConfig, policy: Policy, distill: DistillConfig, out: Path, client: Any,
-              progress: bool) -> dict[str, Any]:
+def _compress(
+    config: SearchConfig, policy: Policy, distill: DistillConfig, out: Path, client: Any, progress: bool
+) -> dict[str, Any]:
     """run_compress of one policy as a search's final model is made (its settings, `distill`);
     the summary of one already finished in `out`."""
     if (out / "summary.json").exists():
         return json.loads((out / "summary.json").read_text())
-    compress = CompressConfig(model=config.model, data=config.data, baseline=config.baseline, distill=distill,
-                              batch_size=config.batch_size, calibration_batches=config.calibration_batches,
-                              round_to=config.round_to, device=config.device, threads=config.threads,
-                              benchmark_rounds=config.benchmark_rounds)
+    compress = CompressConfig(
+        model=config.model,
+        data=config.data,
+        baseline=config.baseline,
+        distill=distill,
+        batch_size=config.batch_size,
+        calibration_batches=config.calibration_batches,
+        round_to=config.round_to,
+        device=config.device,
+        threads=config.threads,
+        benchmark_rounds=config.benchmark_rounds,
+    )
     return asdict(run_compress(compress, policy, out, progress, client))
 
 
@@ -91,8 +100,12 @@ def _fp32_latency_ms(config: SearchConfig) -> float:
 
     data = _data(config)
     model = build_model(config.model, len(data.classes), tuple(data.input_shape))
-    with tempfile.TemporaryDirectory() as tmp, device_client(config.device, config.threads) as client, \
-            open_store(config.store or None) as store, LatencyPredictor.for_device(store, client) as predictor:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        device_client(config.device, config.threads) as client,
+        open_store(config.store or None) as store,
+        LatencyPredictor.for_device(store, client) as predictor,
+    ):
         path = Path(tmp) / "fp32.onnx"
         export_onnx(model, path, tuple(data.input_shape))
         return predictor.predict(path).latency_ms
@@ -105,8 +118,11 @@ def _prepare_sota(experiment: Experiment, progress: bool) -> Experiment:
         return experiment
     fp32_ms = _fp32_latency_ms(search)
     budget_ms = experiment.settings.sota_latency_fraction * fp32_ms
-    _say(progress, f"[sota] latency budget {budget_ms:.4f} ms = {experiment.settings.sota_latency_fraction:g} x "
-                   f"{fp32_ms:.4f} ms (the FP32 model on the device's LUT)")
+    _say(
+        progress,
+        f"[sota] latency budget {budget_ms:.4f} ms = {experiment.settings.sota_latency_fraction:g} x "
+        f"{fp32_ms:.4f} ms (the FP32 model on the device's LUT)",
+    )
     return replace(experiment, search=replace(search, latency_budget_ms=budget_ms))
 
 
@@ -114,16 +130,18 @@ def sota(experiment: Experiment, seed: int, directory: Path, progress: bool) -> 
     config = replace(experiment.search, controllers=["amc", "haq", "ppo"], seed=seed)
     search = _search(config, directory / "search", progress)
     rows = [Row((BASELINE,), ModelMetrics.of_search_baseline(search["baseline"]).values())]
-    rows += [Row((label,), ModelMetrics.of_search_final(search["controllers"][name]).values())
-             for name, label in SOTA_ROWS]
+    rows += [
+        Row((label,), ModelMetrics.of_search_final(search["controllers"][name]).values()) for name, label in SOTA_ROWS
+    ]
     stage = directory / "sequential"
     chosen = stage / "policy.json"
     if not chosen.exists():
         _say(progress, "[sota] sequential: precisions on the amc policy's keep-ratios (haq) ...")
         policy = search_precisions(config, _policy(search["controllers"]["amc"]["policy"]), stage, progress)
         write_json(chosen, json.loads(policy.to_json()))
-    final = _compress(config, Policy.load(chosen), replace(config.final_distill, seed=seed), stage / "final", None,
-                      progress)
+    final = _compress(
+        config, Policy.load(chosen), replace(config.final_distill, seed=seed), stage / "final", None, progress
+    )
     rows.append(Row((SEQUENTIAL,), ModelMetrics.of_compress(final).values()))
     rows.append(Row((HADMC,), ModelMetrics.of_search_final(search["controllers"]["ppo"]).values()))
     return SeedResult(seed, tuple(rows), {}, (_run_dir(directory / "search", directory),))
@@ -135,7 +153,8 @@ SOTA_DOC = (
     "checked in onnxruntime on the device and benchmarked there. AMC-style: DDPG over keep-ratios, every layer "
     "FP32. HAQ-style: DDPG over precisions, no pruning. AMC then HAQ: the AMC policy's keep-ratios fixed, then a "
     "HAQ search (same episodes) chooses only the precisions. hadmc: PPO over the joint action. Speedup: over the "
-    "FP32 model measured in the same session.")
+    "FP32 model measured in the same session."
+)
 
 
 # --- ablation: the paper's Table 3 --------------------------------------------------------
@@ -153,8 +172,13 @@ ABLATION = (
 
 def ablated(policy: Policy, prune: bool, quantize: bool) -> Policy:
     """`policy` with pruning (keep-ratios) and/or quantization (precisions) taken out: keep 1.0, FP32."""
-    return Policy(policy.model, {name: LayerAction(a.keep_ratio if prune else 1.0, a.bits if quantize else 32,
-                                                   a.granularity) for name, a in policy.layers.items()})
+    return Policy(
+        policy.model,
+        {
+            name: LayerAction(a.keep_ratio if prune else 1.0, a.bits if quantize else 32, a.granularity)
+            for name, a in policy.layers.items()
+        },
+    )
 
 
 def ablation(experiment: Experiment, seed: int, directory: Path, progress: bool) -> SeedResult:
@@ -167,8 +191,9 @@ def ablation(experiment: Experiment, seed: int, directory: Path, progress: bool)
     with device_client(config.device, config.threads) as client:
         for label, slug, prune, quantize, distil in ABLATION:
             _say(progress, f"[ablation] {label} ...")
-            doc = _compress(config, ablated(policy, prune, quantize), kd if distil else ce, directory / slug, client,
-                            progress)
+            doc = _compress(
+                config, ablated(policy, prune, quantize), kd if distil else ce, directory / slug, client, progress
+            )
             rows.append(Row((label,), ModelMetrics.of_compress(doc).values()))
     return SeedResult(seed, tuple(rows), {}, (_run_dir(directory / "search", directory),))
 
@@ -180,7 +205,8 @@ ABLATION_DOC = (
     "FP32, fine-tuned by distillation from the teacher: the uncompressed network, so the row shows what the "
     "fine-tune alone does. P+Q: keep-ratios and precisions, cross-entropy. P+D: keep-ratios, FP32, distillation. "
     "P+Q+D: the policy as found, distillation (hadmc). Distillation: alpha * CE + (1 - alpha) T^2 KL + beta * "
-    "feature MSE (final_distill's alpha, beta, T); cross-entropy only: alpha 1, beta 0.")
+    "feature MSE (final_distill's alpha, beta, T); cross-entropy only: alpha 1, beta 0."
+)
 
 
 # --- controllers: PPO vs DQN (and random search) ------------------------------------------
@@ -210,11 +236,21 @@ def controllers(experiment: Experiment, seed: int, directory: Path, progress: bo
         episodes = sorted((e for e in run.episodes if e.controller == name), key=lambda e: e.episode)
         best = max(episodes, key=lambda e: e.reward)
         final = ModelMetrics.of_search_final(summary["controllers"][name])
-        rows.append(Row((name,), {
-            "best_reward": best.reward, "mean_reward": statistics.fmean(e.reward for e in episodes),
-            "best_episode": best.episode + 1.0, "best_val_accuracy": best.val_accuracy,
-            "test_accuracy": final.test_accuracy, "test_accuracy_onnxruntime": final.test_accuracy_onnxruntime,
-            "latency_ms": final.latency_ms, "speedup": final.speedup}))
+        rows.append(
+            Row(
+                (name,),
+                {
+                    "best_reward": best.reward,
+                    "mean_reward": statistics.fmean(e.reward for e in episodes),
+                    "best_episode": best.episode + 1.0,
+                    "best_val_accuracy": best.val_accuracy,
+                    "test_accuracy": final.test_accuracy,
+                    "test_accuracy_onnxruntime": final.test_accuracy_onnxruntime,
+                    "latency_ms": final.latency_ms,
+                    "speedup": final.speedup,
+                },
+            )
+        )
         curves[f"{name}/reward"] = tuple(e.reward for e in episodes)
         curves[f"{name}/best_reward"] = tuple(running_best([e.reward for e in episodes]))
         curves[f"{name}/val_accuracy"] = tuple(e.val_accuracy for e in episodes)
@@ -225,10 +261,12 @@ CONTROLLERS_DOC = (
     "One search, the same episodes for each controller: PPO over the joint action (hadmc), a DQN over a "
     "discretised joint action (keep-ratio bins x precisions) and random search. Rewards are of each episode's "
     "policy after its short fine-tune, on the validation split; the final columns are of the controller's best "
-    "policy after the full fine-tune, on the test split, measured on the device.")
+    "policy after the full fine-tune, on the test split, measured on the device."
+)
 
 
 # --- cross-dataset --------------------------------------------------------------------------
+
 
 def cross_dataset(experiment: Experiment, seed: int, directory: Path, progress: bool) -> SeedResult:
     rows, runs = [], []
@@ -238,19 +276,24 @@ def cross_dataset(experiment: Experiment, seed: int, directory: Path, progress: 
         _say(progress, f"[cross-dataset] {case.model} on {case.data.name} ...")
         search = _search(config, out, progress)
         data_label = f"{case.data.name} ({case.data.path})" if case.data.path else case.data.name
-        rows.append(Row((data_label, case.model, BASELINE), ModelMetrics.of_search_baseline(search["baseline"]).values()))
-        rows.append(Row((data_label, case.model, HADMC),
-                        ModelMetrics.of_search_final(search["controllers"]["ppo"]).values()))
+        rows.append(
+            Row((data_label, case.model, BASELINE), ModelMetrics.of_search_baseline(search["baseline"]).values())
+        )
+        rows.append(
+            Row((data_label, case.model, HADMC), ModelMetrics.of_search_final(search["controllers"]["ppo"]).values())
+        )
         runs.append(_run_dir(out, directory))
     return SeedResult(seed, tuple(rows), {}, tuple(runs))
 
 
 CROSS_DATASET_DOC = (
     "The same search settings (episodes, fine-tunes, reward, constraint) on each (model, data set) case: the FP32 "
-    "baseline trained on it and the final model of the policy PPO finds for it.")
+    "baseline trained on it and the final model of the policy PPO finds for it."
+)
 
 
 # --- cross-device ----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Device:
@@ -277,9 +320,11 @@ def device_labels(experiment: Experiment) -> list[str]:
         fingerprint = info.fingerprint
         where = device.address or f"embedded agent, {device.threads} threads"
         if info.fingerprint_hash in seen:
-            raise ConfigError(f"devices {seen[info.fingerprint_hash]} and {where} have the same fingerprint "
-                              f"{info.fingerprint_hash[:16]}: they are one device to the LUT; give devices that "
-                              "differ (another machine, provider or thread count)")
+            raise ConfigError(
+                f"devices {seen[info.fingerprint_hash]} and {where} have the same fingerprint "
+                f"{info.fingerprint_hash[:16]}: they are one device to the LUT; give devices that "
+                "differ (another machine, provider or thread count)"
+            )
         seen[info.fingerprint_hash] = where
         provider = fingerprint.execution_provider.removesuffix("ExecutionProvider")
         threads = fingerprint.intra_op_threads
@@ -299,9 +344,10 @@ def cross_device(experiment: Experiment, seed: int, directory: Path, progress: b
 
     devices, labels = _devices(experiment), device_labels(experiment)
     models, runs = [], []
-    for i, (device, label) in enumerate(zip(devices, labels)):
-        config = replace(experiment.search, controllers=["ppo"], device=device.address, threads=device.threads,
-                         seed=seed)
+    for i, (device, label) in enumerate(zip(devices, labels, strict=True)):
+        config = replace(
+            experiment.search, controllers=["ppo"], device=device.address, threads=device.threads, seed=seed
+        )
         out = directory / f"device{i}"
         _say(progress, f"[cross-device] searching for {label} ...")
         search = _search(config, out, progress)
@@ -310,20 +356,35 @@ def cross_device(experiment: Experiment, seed: int, directory: Path, progress: b
     data = _data(experiment.search)
     fp32 = directory / "device0" / "final" / "baseline_fp32.onnx"
     rows = []
-    for device, on in zip(devices, labels):
+    for device, on in zip(devices, labels, strict=True):
         _say(progress, f"[cross-device] measuring every policy on {on} ...")
-        with device_client(device.address, device.threads) as client, \
-                open_store(experiment.search.store or None) as store, \
-                LatencyPredictor.for_device(store, client) as predictor:
+        with (
+            device_client(device.address, device.threads) as client,
+            open_store(experiment.search.store or None) as store,
+            LatencyPredictor.for_device(store, client) as predictor,
+        ):
             measured = {}
             for name, path in ((BASELINE, fp32), *models):
                 accuracy, _ = device_accuracy_and_latency(client, path, data.x_test, data.y_test, 1)
                 paired = paired_latency(client, path, fp32, experiment.search.benchmark_rounds)
-                measured[name] = (accuracy, paired.model["latency"]["median_ms"], paired.speedup,
-                                  predictor.predict(path).latency_ms)
+                measured[name] = (
+                    accuracy,
+                    paired.model["latency"]["median_ms"],
+                    paired.speedup,
+                    predictor.predict(path).latency_ms,
+                )
         for name, (accuracy, latency_ms, speedup, predicted_ms) in measured.items():
-            rows.append(Row((name, on), {"latency_ms": latency_ms, "speedup": speedup,
-                                         "predicted_latency_ms": predicted_ms, "test_accuracy_onnxruntime": accuracy}))
+            rows.append(
+                Row(
+                    (name, on),
+                    {
+                        "latency_ms": latency_ms,
+                        "speedup": speedup,
+                        "predicted_latency_ms": predicted_ms,
+                        "test_accuracy_onnxruntime": accuracy,
+                    },
+                )
+            )
     return SeedResult(seed, tuple(rows), {}, tuple(runs))
 
 
@@ -341,7 +402,8 @@ CROSS_DEVICE_DOC = (
     "the ratio of the median rounds; the FP32 row against itself shows the noise): row 'policy searched for' X, "
     "column 'measured on' Y. The hardware-aware claim holds where each column's lowest measured latency lies on its "
     "diagonal. Read speedups down a column with care: each row's is against its own FP32 rounds, and a large FP32 "
-    "model's latency can drift more between rows than a small model's does.")
+    "model's latency can drift more between rows than a small model's does."
+)
 
 
 # --- the registry -------------------------------------------------------------------------------
@@ -361,15 +423,50 @@ class Study:
     prepare: Prepare | None = None  # resolves what needs the device, before any seed runs
 
 
-STUDY = {study.name: study for study in (
-    Study("sota", "Joint vs single-technique and sequential methods (the paper's Table 2)", SOTA_DOC, ("method",),
-          MODEL_COLUMNS, sota, _prepare_sota),
-    Study("ablation", "Ablation: pruning, quantization and distillation (the paper's Table 3)", ABLATION_DOC,
-          ("variant",), MODEL_COLUMNS, ablation),
-    Study("controllers", "Controllers: PPO vs DQN vs random search", CONTROLLERS_DOC, ("controller",),
-          CONTROLLER_COLUMNS, controllers),
-    Study("cross-dataset", "Across data sets", CROSS_DATASET_DOC, ("data", "model", "model version"), MODEL_COLUMNS,
-          cross_dataset),
-    Study("cross-device", "Across devices: each device's policy measured on every device", CROSS_DEVICE_DOC,
-          ("policy searched for", "measured on"), DEVICE_COLUMNS, cross_device, _prepare_cross_device),
-)}
+STUDY = {
+    study.name: study
+    for study in (
+        Study(
+            "sota",
+            "Joint vs single-technique and sequential methods (the paper's Table 2)",
+            SOTA_DOC,
+            ("method",),
+            MODEL_COLUMNS,
+            sota,
+            _prepare_sota,
+        ),
+        Study(
+            "ablation",
+            "Ablation: pruning, quantization and distillation (the paper's Table 3)",
+            ABLATION_DOC,
+            ("variant",),
+            MODEL_COLUMNS,
+            ablation,
+        ),
+        Study(
+            "controllers",
+            "Controllers: PPO vs DQN vs random search",
+            CONTROLLERS_DOC,
+            ("controller",),
+            CONTROLLER_COLUMNS,
+            controllers,
+        ),
+        Study(
+            "cross-dataset",
+            "Across data sets",
+            CROSS_DATASET_DOC,
+            ("data", "model", "model version"),
+            MODEL_COLUMNS,
+            cross_dataset,
+        ),
+        Study(
+            "cross-device",
+            "Across devices: each device's policy measured on every device",
+            CROSS_DEVICE_DOC,
+            ("policy searched for", "measured on"),
+            DEVICE_COLUMNS,
+            cross_device,
+            _prepare_cross_device,
+        ),
+    )
+}

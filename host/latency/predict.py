@@ -125,13 +125,19 @@ class LatencyPredictor:
     def predict(self, model: onnx.ModelProto | bytes | Path) -> Prediction:
         """Predicted latency of one model at `batch_size`, with its per-kernel breakdown."""
         t0 = time.perf_counter()
-        data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else (
-            Path(model).read_bytes() if isinstance(model, (str, Path)) else bytes(model))
+        data = (
+            model.SerializeToString()
+            if isinstance(model, onnx.ModelProto)
+            else (Path(model).read_bytes() if isinstance(model, (str, Path)) else bytes(model))
+        )
         proto = model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(data)
         kernels = self.kernels(proto)
         self._lookup({k.key.hash for k in kernels} - set(self._cache) - self._elided)
-        missing = list({k.key.hash: k for k in kernels
-                        if k.key.hash not in self._cache and k.key.hash not in self._elided}.values())
+        missing = list(
+            {
+                k.key.hash: k for k in kernels if k.key.hash not in self._cache and k.key.hash not in self._elided
+            }.values()
+        )
         profiled: set[str] = set()
         measured_ms = None
         if missing:
@@ -143,16 +149,34 @@ class LatencyPredictor:
                 continue
             known = self._cache[k.key.hash]
             if known.entry.status != "ok":
-                raise LatencyError(f"kernel {k.name} ({k.key.describe()}) cannot run on this device: "
-                                   f"{known.entry.reason} (LUT version {known.version_id})")
+                raise LatencyError(
+                    f"kernel {k.name} ({k.key.describe()}) cannot run on this device: "
+                    f"{known.entry.reason} (LUT version {known.version_id})"
+                )
             source = "profiled" if k.key.hash in profiled else "lut"
-            estimates.append(KernelEstimate(k.name, k.key.kind, k.key.precision, k.key.hash,
-                                            float(known.entry.mean_ms or known.entry.median_ms), known.version_id,
-                                            source))
+            estimates.append(
+                KernelEstimate(
+                    k.name,
+                    k.key.kind,
+                    k.key.precision,
+                    k.key.hash,
+                    float(known.entry.mean_ms or known.entry.median_ms),
+                    known.version_id,
+                    source,
+                )
+            )
         versions = tuple(sorted({e.version_id for e in estimates if e.version_id is not None}))
-        return Prediction(sum(e.latency_ms for e in estimates), tuple(estimates), versions, len(profiled),
-                          self.fingerprint_hash, self.batch_size, hashlib.sha256(data).hexdigest(),
-                          time.perf_counter() - t0, measured_ms)
+        return Prediction(
+            sum(e.latency_ms for e in estimates),
+            tuple(estimates),
+            versions,
+            len(profiled),
+            self.fingerprint_hash,
+            self.batch_size,
+            hashlib.sha256(data).hexdigest(),
+            time.perf_counter() - t0,
+            measured_ms,
+        )
 
     def _lookup(self, hashes: set[str]) -> None:
         for version in (self.open_version, self.base):
@@ -168,25 +192,32 @@ class LatencyPredictor:
         if self.client is None:
             names = ", ".join(f"{k.name} ({k.key.describe()})" for k in missing[:5])
             where = f"LUT version {self.base.id}" if self.base else "the store (no sealed version for this device)"
-            raise LatencyError(f"{len(missing)} kernel(s) are not in {where} and no device is connected to profile "
-                               f"them: {names}{' ...' if len(missing) > 5 else ''}")
+            raise LatencyError(
+                f"{len(missing)} kernel(s) are not in {where} and no device is connected to profile "
+                f"them: {names}{' ...' if len(missing) > 5 else ''}"
+            )
         from host.agent_client import AgentError
 
         try:
             resp = self.client.benchmark(data, batch_size=self.batch_size, per_kernel=True)
         except AgentError as exc:
-            raise LatencyError(f"profiling {len(missing)} missing kernel(s) on the device failed; nothing was "
-                               f"stored: {exc}") from None
+            raise LatencyError(
+                f"profiling {len(missing)} missing kernel(s) on the device failed; nothing was stored: {exc}"
+            ) from None
         if resp.fingerprint_hash != self.fingerprint_hash:
-            raise LatencyError(f"the device's fingerprint is now {resp.fingerprint_hash[:16]}, not "
-                               f"{self.fingerprint_hash[:16]}: its runtime changed; start a new prediction session")
+            raise LatencyError(
+                f"the device's fingerprint is now {resp.fingerprint_hash[:16]}, not "
+                f"{self.fingerprint_hash[:16]}: its runtime changed; start a new prediction session"
+            )
         measured = {}
         for item in resp.kernel_profile.kernels:
             measured.setdefault(OpKey.from_proto(item.key).hash, item)
         ours = {k.key.hash for k in kernels}
         if set(measured) != ours:
-            raise LatencyError(f"the agent split the model into {len(measured)} distinct kernels and this host into "
-                               f"{len(ours)} with other keys: agent and host run different hadmc versions")
+            raise LatencyError(
+                f"the agent split the model into {len(measured)} distinct kernels and this host into "
+                f"{len(ours)} with other keys: agent and host run different hadmc versions"
+            )
         env = json_format.MessageToDict(resp.environment, preserving_proto_field_name=True)
         entries, elided = [], set()
         for k in missing:
@@ -196,14 +227,34 @@ class LatencyPredictor:
                 continue
             s = item.latency
             settings = json_format.MessageToDict(s.settings, preserving_proto_field_name=True)
-            settings.update(method="in-model", model_sha256=resp.model.sha256, scale=resp.kernel_profile.scale,
-                            profiled_runs=resp.kernel_profile.runs, runtime_nodes=list(item.runtime_nodes),
-                            below_resolution=item.below_resolution,
-                            p99_ms=s.p99_ms, max_ms=s.max_ms, stable=s.stable, other_cpu_cores=s.other_cpu_cores)
-            entries.append(Entry(k.key.hash, k.key.canonical_json(), "ok",
-                                 env.get("measured_at_unix_s", time.time()), median_ms=s.median_ms,
-                                 mean_ms=s.mean_ms, p90_ms=s.p90_ms, std_ms=s.std_ms, min_ms=s.min_ms, n=s.n,
-                                 settings=settings, environment=env))
+            settings.update(
+                method="in-model",
+                model_sha256=resp.model.sha256,
+                scale=resp.kernel_profile.scale,
+                profiled_runs=resp.kernel_profile.runs,
+                runtime_nodes=list(item.runtime_nodes),
+                below_resolution=item.below_resolution,
+                p99_ms=s.p99_ms,
+                max_ms=s.max_ms,
+                stable=s.stable,
+                other_cpu_cores=s.other_cpu_cores,
+            )
+            entries.append(
+                Entry(
+                    k.key.hash,
+                    k.key.canonical_json(),
+                    "ok",
+                    env.get("measured_at_unix_s", time.time()),
+                    median_ms=s.median_ms,
+                    mean_ms=s.mean_ms,
+                    p90_ms=s.p90_ms,
+                    std_ms=s.std_ms,
+                    min_ms=s.min_ms,
+                    n=s.n,
+                    settings=settings,
+                    environment=env,
+                )
+            )
         if entries:
             version = self._writable()
             self.store.add_entries(version.id, entries, owner=self.owner)
@@ -217,9 +268,16 @@ class LatencyPredictor:
         """This predictor's open version (acquired on first write; its lease renewed)."""
         if self.open_version is None:
             try:
-                build = acquire(self.store, self.fingerprint_hash, "search", self.owner, self.lease_s,
-                                settings={"method": "in-model", "batch_size": self.batch_size},
-                                note="kernels profiled on demand", parent_id=self.base.id if self.base else None)
+                build = acquire(
+                    self.store,
+                    self.fingerprint_hash,
+                    "search",
+                    self.owner,
+                    self.lease_s,
+                    settings={"method": "in-model", "batch_size": self.batch_size},
+                    note="kernels profiled on demand",
+                    parent_id=self.base.id if self.base else None,
+                )
             except BuildInProgress as exc:
                 raise LatencyError(f"cannot store profiled kernels: {exc}") from None
             self.open_version = build.version

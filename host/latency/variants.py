@@ -20,8 +20,15 @@ from host.compress.quant import apply_fake_quant
 from host.models import build_model
 
 
-def export_variant(model_name: str, policy: Policy, path: Path, num_classes: int = 6,
-                   input_shape: tuple[int, ...] = (3, 64, 64), round_to: int = 8, seed: int = 0) -> Path:
+def export_variant(
+    model_name: str,
+    policy: Policy,
+    path: Path,
+    num_classes: int = 6,
+    input_shape: tuple[int, ...] = (3, 64, 64),
+    round_to: int = 8,
+    seed: int = 0,
+) -> Path:
     """Prune, fold, fake-quantize (ranges from random data) and export an untrained model."""
     torch.manual_seed(seed)
     model = build_model(model_name, num_classes, input_shape).eval()
@@ -37,8 +44,13 @@ def export_variant(model_name: str, policy: Policy, path: Path, num_classes: int
     return path
 
 
-def random_policy(model_name: str, limits: Sequence[LayerLimits], rng: random.Random,
-                  keep_ratios: Sequence[float], bits: Sequence[int]) -> Policy:
+def random_policy(
+    model_name: str,
+    limits: Sequence[LayerLimits],
+    rng: random.Random,
+    keep_ratios: Sequence[float],
+    bits: Sequence[int],
+) -> Policy:
     """Random per-group keep-ratios and per-layer precisions (fixed-width layers keep 1.0)."""
     group_ratio: dict[str, float] = {}
     layers = {}
@@ -48,5 +60,7 @@ def random_policy(model_name: str, limits: Sequence[LayerLimits], rng: random.Ra
     return Policy(model_name, layers)
 
 
-def model_limits(model_name: str, num_classes: int = 6, input_shape: tuple[int, ...] = (3, 64, 64)) -> list[LayerLimits]:
+def model_limits(
+    model_name: str, num_classes: int = 6, input_shape: tuple[int, ...] = (3, 64, 64)
+) -> list[LayerLimits]:
     return layer_limits(build_model(model_name, num_classes, input_shape), torch.zeros((1, *input_shape)))

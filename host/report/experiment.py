@@ -18,9 +18,9 @@ from host.report.load import ReportError
 CAPTIONS = {
     "model_bars": "Test accuracy (torch), measured speedup and compression of every row; error bars: std over seeds.",
     "episode_curves": "Reward and validation accuracy of each episode's policy after its short fine-tune; lines: "
-                      "mean over seeds, bands: +-1 std.",
+    "mean over seeds, bands: +-1 std.",
     "device_matrix": "Each device's policy (rows) benchmarked on each device (columns): speedup over the FP32 model "
-                     "measured on that device, and the measured latency (mean over seeds).",
+    "measured on that device, and the measured latency (mean over seeds).",
 }
 
 
@@ -31,16 +31,21 @@ def _e(value: object) -> str:
 def _table(results: Results) -> str:
     head = "".join(f"<th>{_e(t)}</th>" for t in (*results.labels, *(c.title for c in results.columns)))
     body = "".join(
-        "<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row.label)
-        + "".join(f"<td>{_e(results.cell_text(row, c))}</td>" for c in results.columns) + "</tr>"
-        for row in results.rows)
+        "<tr>"
+        + "".join(f"<td>{_e(v)}</td>" for v in row.label)
+        + "".join(f"<td>{_e(results.cell_text(row, c))}</td>" for c in results.columns)
+        + "</tr>"
+        for row in results.rows
+    )
     return f'<table class="num" id="results"><tr>{head}</tr>{body}</table>'
 
 
 def _figure(stem: str, png: bytes) -> str:
     data = base64.b64encode(png).decode("ascii")
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{_e(stem)}"><figcaption>{_e(CAPTIONS[stem])} '
-            f"(also <code>plots/{_e(stem)}.png</code>)</figcaption></figure>")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{_e(stem)}"><figcaption>{_e(CAPTIONS[stem])} '
+        f"(also <code>plots/{_e(stem)}.png</code>)</figcaption></figure>"
+    )
 
 
 def render(results: Results, experiment: dict, plots: dict[str, bytes]) -> str:

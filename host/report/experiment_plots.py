@@ -8,8 +8,11 @@ import math
 from host.experiment.results import Results
 from host.report.plots import PALETTE, _figure, _png
 
-BAR_METRICS = (("test_accuracy", "test accuracy (%)", 100.0), ("speedup", "measured speedup over FP32 (x)", 1.0),
-               ("compression", "compression (% of FP32 bytes saved)", 100.0))
+BAR_METRICS = (
+    ("test_accuracy", "test accuracy (%)", 100.0),
+    ("speedup", "measured speedup over FP32 (x)", 1.0),
+    ("compression", "compression (% of FP32 bytes saved)", 100.0),
+)
 
 
 def _label(label: tuple[str, ...]) -> str:
@@ -22,7 +25,7 @@ def model_bars(results: Results) -> bytes:
     fig = _figure(12.0, 0.9 + 0.32 * len(rows))
     axes = fig.subplots(1, len(BAR_METRICS), sharey=True)
     names = [_label(r.label) for r in rows]
-    for k, (ax, (key, title, scale)) in enumerate(zip(axes, BAR_METRICS)):
+    for k, (ax, (key, title, scale)) in enumerate(zip(axes, BAR_METRICS, strict=True)):
         cells = [r.cells.get(key) for r in rows]
         means = [scale * c.mean if c else math.nan for c in cells]  # not measured: no bar, never 0
         stds = [scale * c.std if c else 0.0 for c in cells]
@@ -47,12 +50,16 @@ def episode_curves(results: Results) -> bytes:
     from matplotlib.ticker import MaxNLocator
 
     order = [row.label[0] for row in results.rows]
-    names = sorted({key.split("/")[0] for key in results.curves},
-                   key=lambda n: (order.index(n) if n in order else len(order), n))
+    names = sorted(
+        {key.split("/")[0] for key in results.curves}, key=lambda n: (order.index(n) if n in order else len(order), n)
+    )
     fig = _figure(13.0, 4.0)
-    panels = (("reward", "reward", 1.0), ("best_reward", "best reward so far", 1.0),
-              ("val_accuracy", "validation accuracy (%)", 100.0))
-    for ax, (metric, title, scale) in zip(fig.subplots(1, len(panels)), panels):
+    panels = (
+        ("reward", "reward", 1.0),
+        ("best_reward", "best reward so far", 1.0),
+        ("val_accuracy", "validation accuracy (%)", 100.0),
+    )
+    for ax, (metric, title, scale) in zip(fig.subplots(1, len(panels)), panels, strict=True):
         for i, name in enumerate(names):
             curve = results.curves.get(f"{name}/{metric}")
             if curve is None:
@@ -61,8 +68,13 @@ def episode_curves(results: Results) -> bytes:
             xs = range(1, len(curve.mean) + 1)
             mean = [scale * m for m in curve.mean]
             ax.plot(xs, mean, "-o", ms=3, color=colour, label=f"{name} (n={curve.n})")
-            ax.fill_between(xs, [m - scale * s for m, s in zip(mean, curve.std)],
-                            [m + scale * s for m, s in zip(mean, curve.std)], color=colour, alpha=0.15)
+            ax.fill_between(
+                xs,
+                [m - scale * s for m, s in zip(mean, curve.std, strict=True)],
+                [m + scale * s for m, s in zip(mean, curve.std, strict=True)],
+                color=colour,
+                alpha=0.15,
+            )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("episode")
         ax.set_title(f"{title}, mean over seeds", fontsize=9)
@@ -78,14 +90,22 @@ def device_matrix(results: Results) -> bytes:
     cells = {r.label: r.cells for r in results.rows}
     fig = _figure(2.5 + 2.2 * len(across), 1.5 + 0.7 * len(down))
     ax = fig.add_subplot()
-    grid = [[cells[(d, a)]["speedup"].mean if "speedup" in cells.get((d, a), {}) else math.nan for a in across]
-            for d in down]
+    grid = [
+        [cells[(d, a)]["speedup"].mean if "speedup" in cells.get((d, a), {}) else math.nan for a in across]
+        for d in down
+    ]
     image = ax.imshow(grid, cmap="YlGn", aspect="auto")
     for i, d in enumerate(down):
         for j, a in enumerate(across):
             if not math.isnan(grid[i][j]):
-                ax.text(j, i, f"x{grid[i][j]:.2f}\n{cells[(d, a)]['latency_ms'].mean:.4g} ms", ha="center",
-                        va="center", fontsize=8)
+                ax.text(
+                    j,
+                    i,
+                    f"x{grid[i][j]:.2f}\n{cells[(d, a)]['latency_ms'].mean:.4g} ms",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                )
     ax.set_xticks(range(len(across)), across, fontsize=8)
     ax.set_yticks(range(len(down)), down, fontsize=8)
     ax.set_xlabel(f"{results.labels[1]} (benchmarked there)")

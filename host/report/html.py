@@ -24,17 +24,28 @@ NOT_MEASURED = "not measured"
 MB = 1e6  # sizes in the table are in MB = 10^6 bytes
 
 FIGURES = {
-    "accuracy_vs_latency": ("Accuracy vs latency", ("Validation accuracy after each episode's short fine-tune "
-                            "against the latency the LUT predicts, for every evaluated policy. Lines are each "
-                            "controller's Pareto front; diamonds are the final models after the full fine-tune; "
-                            "the star is the FP32 baseline.")),
+    "accuracy_vs_latency": (
+        "Accuracy vs latency",
+        (
+            "Validation accuracy after each episode's short fine-tune "
+            "against the latency the LUT predicts, for every evaluated policy. Lines are each "
+            "controller's Pareto front; diamonds are the final models after the full fine-tune; "
+            "the star is the FP32 baseline."
+        ),
+    ),
     "reward_per_episode": ("Reward per episode", "Dots: the reward of each episode; lines: the best reward so far."),
-    "per_layer_policy": ("Per-layer policy of each final model",
-                         "Bar height: the fraction of output channels kept in that layer; colour: its precision."),
-    "predicted_vs_measured": ("Predicted vs measured latency",
-                              ("Predicted: the sum of the LUT latencies of the model's kernels. Measured: the "
-                              "agent's benchmark of the exported ONNX model on the device (median, bar to p90). "
-                              "The shaded band is within 10% of the measurement.")),
+    "per_layer_policy": (
+        "Per-layer policy of each final model",
+        "Bar height: the fraction of output channels kept in that layer; colour: its precision.",
+    ),
+    "predicted_vs_measured": (
+        "Predicted vs measured latency",
+        (
+            "Predicted: the sum of the LUT latencies of the model's kernels. Measured: the "
+            "agent's benchmark of the exported ONNX model on the device (median, bar to p90). "
+            "The shaded band is within 10% of the measurement."
+        ),
+    ),
 }
 
 CSS = """
@@ -83,20 +94,26 @@ def _summary_rows(run: RunData) -> list[list[str]]:
         params_cut = 1 - row.params / base.params if base.params else None
         size_cut = 1 - row.effective_size_bytes / base.fp32_size_bytes if base.fp32_size_bytes else None
         predicted_speedup = base.predicted_latency_ms / row.predicted_latency_ms if row.predicted_latency_ms else None
-        rows.append([
-            f"<td>{_e(row.name)}</td>",
-            _pct(row.val_accuracy), _pct(row.test_accuracy), _pct(row.test_accuracy_onnxruntime),
-            _cell(f"{row.params:,}"),
-            _cell("-") if is_base else _num(None if params_cut is None else 100 * params_cut, ".1f", "%", "-"),
-            _cell(f"{row.fp32_size_bytes / MB:.2f}"), _cell(f"{row.effective_size_bytes / MB:.2f}"),
-            _cell("-") if is_base else _num(None if size_cut is None else 100 * size_cut, ".1f", "%", "-"),
-            _num(row.predicted_latency_ms, ".3f"),
-            _num(row.measured.median_ms, ".3f"), _num(row.measured.p90_ms, ".3f"),
-            _num(predicted_speedup, ".2f", "x", "-"),
-            _num(row.speedup, ".2f", "x"),
-            _cell("-") if row.reward is None else _num(row.reward, ".4f"),
-            _cell("-") if row.episodes is None else _cell(str(row.episodes)),
-        ])
+        rows.append(
+            [
+                f"<td>{_e(row.name)}</td>",
+                _pct(row.val_accuracy),
+                _pct(row.test_accuracy),
+                _pct(row.test_accuracy_onnxruntime),
+                _cell(f"{row.params:,}"),
+                _cell("-") if is_base else _num(None if params_cut is None else 100 * params_cut, ".1f", "%", "-"),
+                _cell(f"{row.fp32_size_bytes / MB:.2f}"),
+                _cell(f"{row.effective_size_bytes / MB:.2f}"),
+                _cell("-") if is_base else _num(None if size_cut is None else 100 * size_cut, ".1f", "%", "-"),
+                _num(row.predicted_latency_ms, ".3f"),
+                _num(row.measured.median_ms, ".3f"),
+                _num(row.measured.p90_ms, ".3f"),
+                _num(predicted_speedup, ".2f", "x", "-"),
+                _num(row.speedup, ".2f", "x"),
+                _cell("-") if row.reward is None else _num(row.reward, ".4f"),
+                _cell("-") if row.episodes is None else _cell(str(row.episodes)),
+            ]
+        )
     return rows
 
 
@@ -119,16 +136,21 @@ def summary_table(run: RunData) -> str:
 def _layer_table(layers: tuple[LayerChoice, ...]) -> str:
     rows = "".join(
         f"<tr><td>{_e(c.layer)}</td><td>{c.keep_ratio:.3f}</td><td>{c.bits} ({_e(PRECISION_NAMES.get(c.bits, '?'))})"
-        f"</td><td>{_e(c.granularity or '-')}</td></tr>" for c in layers)
-    return f'<table class="num"><tr><th>layer</th><th>keep-ratio</th><th>precision</th><th>granularity</th></tr>{rows}</table>'
+        f"</td><td>{_e(c.granularity or '-')}</td></tr>"
+        for c in layers
+    )
+    header = "<tr><th>layer</th><th>keep-ratio</th><th>precision</th><th>granularity</th></tr>"
+    return f'<table class="num">{header}{rows}</table>'
 
 
 def _policies(finals: tuple[ModelRow, ...]) -> str:
     parts = []
     for final in finals:
         where = f"; ONNX at <code>{_e(final.onnx)}</code>" if final.onnx else ""
-        parts.append(f"<details><summary>{_e(final.name)}: {len(final.layers)} layers{where}</summary>"
-                     f"{_layer_table(final.layers)}</details>")
+        parts.append(
+            f"<details><summary>{_e(final.name)}: {len(final.layers)} layers{where}</summary>"
+            f"{_layer_table(final.layers)}</details>"
+        )
     return "".join(parts)
 
 
@@ -170,15 +192,24 @@ def _device_section(run: RunData) -> str:
     device = run.device
     if device is None:
         return f'<p class="warn">{_e(run.run_dir / "device.json")} is missing: the device is not recorded.</p>'
-    parts = [(f'<p>fingerprint hash <code id="fingerprint-hash">{_e(device["fingerprint_hash"])}</code>'
-             f" &middot; address {_e(device.get('address', 'not recorded'))} &middot; {_e(device_name(device))}</p>")]
+    parts = [
+        (
+            f'<p>fingerprint hash <code id="fingerprint-hash">{_e(device["fingerprint_hash"])}</code>'
+            f" &middot; address {_e(device.get('address', 'not recorded'))} &middot; {_e(device_name(device))}</p>"
+        )
+    ]
     precisions = device.get("precisions")
     if isinstance(precisions, list) and precisions:
         rows = "".join(
             f"<tr><td>{_e(p.get('precision', '?'))}</td><td>{'yes' if p.get('supported') else 'no'}</td>"
-            f"<td>{_e(p.get('note', ''))}</td></tr>" for p in precisions if isinstance(p, dict))
-        parts.append(f'<h3>Precisions</h3><table class="kv"><tr><th>precision</th><th>supported</th>'
-                     f"<th>note</th></tr>{rows}</table>")
+            f"<td>{_e(p.get('note', ''))}</td></tr>"
+            for p in precisions
+            if isinstance(p, dict)
+        )
+        parts.append(
+            f'<h3>Precisions</h3><table class="kv"><tr><th>precision</th><th>supported</th>'
+            f"<th>note</th></tr>{rows}</table>"
+        )
     parts.append("<h3>Fingerprint</h3>" + _kv_table(_flatten(device["fingerprint"])))
     return "".join(parts)
 
@@ -189,8 +220,10 @@ def _lut_section(run: RunData) -> str:
     out = f'<p>LUT version ids of this run: <span id="lut-versions">{_e(ids)}</span></p>'
     if used and set(used) - set(run.lut_version_ids):
         out += f"<p>Versions the episodes used: {_e(', '.join(map(str, used)))}</p>"
-    out += ("<p>Every latency above is traceable to these versions; <code>hadmc lut show V</code> lists the "
-            "kernels of one.</p>")
+    out += (
+        "<p>Every latency above is traceable to these versions; <code>hadmc lut show V</code> lists the "
+        "kernels of one.</p>"
+    )
     return out
 
 
@@ -204,8 +237,10 @@ def _config_section(run: RunData) -> str:
 def _warnings(run: RunData) -> list[str]:
     out = []
     if run.skipped_last_line is not None:
-        out.append(f"episodes.jsonl: line {run.skipped_last_line}, the last one, was truncated (the run was killed "
-                   "while writing it) and was skipped; the report shows the episodes before it.")
+        out.append(
+            f"episodes.jsonl: line {run.skipped_last_line}, the last one, was truncated (the run was killed "
+            "while writing it) and was skipped; the report shows the episodes before it."
+        )
     if not run.episodes:
         out.append("episodes.jsonl holds no episodes.")
     unmeasured = [r.name for r in (run.baseline, *run.finals) if r.measured.median_ms is None]
@@ -217,8 +252,10 @@ def _warnings(run: RunData) -> list[str]:
 def _figure_html(stem: str, png: bytes) -> str:
     title, caption = FIGURES[stem]
     data = base64.b64encode(png).decode("ascii")
-    return (f'<h2>{_e(title)}</h2><figure><img src="data:image/png;base64,{data}" alt="{_e(title)}">'
-            f"<figcaption>{_e(caption)} (also <code>plots/{_e(stem)}.png</code>)</figcaption></figure>")
+    return (
+        f'<h2>{_e(title)}</h2><figure><img src="data:image/png;base64,{data}" alt="{_e(title)}">'
+        f"<figcaption>{_e(caption)} (also <code>plots/{_e(stem)}.png</code>)</figcaption></figure>"
+    )
 
 
 def render(run: RunData, plots: dict[str, bytes]) -> str:
@@ -234,7 +271,8 @@ def render(run: RunData, plots: dict[str, bytes]) -> str:
 <title>{_e(title)}</title><style>{CSS}</style></head><body>
 <h1>{_e(title)}</h1>
 <p class="sub">device fingerprint {_e(hash_short)} &middot; controllers {_e(", ".join(run.controllers) or "none")}
-&middot; {len(run.episodes)} episodes &middot; wall time {_e(wall)} &middot; run directory <code>{_e(run.run_dir)}</code></p>
+&middot; {len(run.episodes)} episodes &middot; wall time {_e(wall)}
+&middot; run directory <code>{_e(run.run_dir)}</code></p>
 {warnings}
 <h2>Summary</h2>
 {summary_table(run)}

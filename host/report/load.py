@@ -176,7 +176,8 @@ class _Doc:
 
 def _kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), f"{type(value).__name__} {value!r:.40}")
+        type(value), f"{type(value).__name__} {value!r:.40}"
+    )
 
 
 def natural_key(name: str) -> list[Any]:
@@ -192,8 +193,14 @@ def _layers(policy: _Doc) -> tuple[LayerChoice, ...]:
     out = []
     for name in names:
         action = layers.obj(name)
-        out.append(LayerChoice(name, action.number("keep_ratio"), action.integer("bits"),
-                               action.doc.get("granularity") if isinstance(action.doc.get("granularity"), str) else ""))
+        out.append(
+            LayerChoice(
+                name,
+                action.number("keep_ratio"),
+                action.integer("bits"),
+                action.doc.get("granularity") if isinstance(action.doc.get("granularity"), str) else "",
+            )
+        )
     return tuple(out)
 
 
@@ -209,23 +216,42 @@ def _baseline(doc: _Doc) -> ModelRow:
     fp32 = doc.integer("fp32_size_bytes")
     measured = _measured(doc)
     return ModelRow(
-        name="FP32 baseline", val_accuracy=doc.maybe_number("val_accuracy"), test_accuracy=doc.maybe_number("test_accuracy"),
-        test_accuracy_onnxruntime=doc.maybe_number("test_accuracy_onnxruntime"), params=doc.integer("params"),
-        fp32_size_bytes=fp32, effective_size_bytes=fp32, predicted_latency_ms=doc.number("predicted_latency_ms"),
-        measured=measured, speedup=1.0 if measured.median_ms is not None else None, reward=None, episodes=None,
-        layers=(), onnx=None)
+        name="FP32 baseline",
+        val_accuracy=doc.maybe_number("val_accuracy"),
+        test_accuracy=doc.maybe_number("test_accuracy"),
+        test_accuracy_onnxruntime=doc.maybe_number("test_accuracy_onnxruntime"),
+        params=doc.integer("params"),
+        fp32_size_bytes=fp32,
+        effective_size_bytes=fp32,
+        predicted_latency_ms=doc.number("predicted_latency_ms"),
+        measured=measured,
+        speedup=1.0 if measured.median_ms is not None else None,
+        reward=None,
+        episodes=None,
+        layers=(),
+        onnx=None,
+    )
 
 
 def _final(name: str, doc: _Doc) -> ModelRow:
     policy = doc.obj("policy")
     onnx = doc.doc.get("onnx")
     return ModelRow(
-        name=name, val_accuracy=doc.maybe_number("val_accuracy"), test_accuracy=doc.maybe_number("test_accuracy"),
-        test_accuracy_onnxruntime=doc.maybe_number("test_accuracy_onnxruntime"), params=doc.integer("params"),
-        fp32_size_bytes=doc.integer("fp32_size_bytes"), effective_size_bytes=doc.integer("effective_size_bytes"),
-        predicted_latency_ms=doc.number("predicted_latency_ms"), measured=_measured(doc),
-        speedup=doc.maybe_number("speedup"), reward=doc.number("reward"), episodes=doc.maybe_integer("episodes"),
-        layers=_layers(policy), onnx=onnx if isinstance(onnx, str) else None)
+        name=name,
+        val_accuracy=doc.maybe_number("val_accuracy"),
+        test_accuracy=doc.maybe_number("test_accuracy"),
+        test_accuracy_onnxruntime=doc.maybe_number("test_accuracy_onnxruntime"),
+        params=doc.integer("params"),
+        fp32_size_bytes=doc.integer("fp32_size_bytes"),
+        effective_size_bytes=doc.integer("effective_size_bytes"),
+        predicted_latency_ms=doc.number("predicted_latency_ms"),
+        measured=_measured(doc),
+        speedup=doc.maybe_number("speedup"),
+        reward=doc.number("reward"),
+        episodes=doc.maybe_integer("episodes"),
+        layers=_layers(policy),
+        onnx=onnx if isinstance(onnx, str) else None,
+    )
 
 
 def _read_json(path: Path, required: bool) -> Any:
@@ -234,8 +260,10 @@ def _read_json(path: Path, required: bool) -> Any:
     except FileNotFoundError:
         if not required:
             return None
-        raise ReportError(f"{path} is missing: this is not a finished search run directory "
-                          "(finish it with `hadmc search --resume --out DIR`)") from None
+        raise ReportError(
+            f"{path} is missing: this is not a finished search run directory "
+            "(finish it with `hadmc search --resume --out DIR`)"
+        ) from None
     except OSError as exc:
         raise ReportError(f"{path} cannot be read: {exc}") from None
     try:
@@ -262,16 +290,26 @@ def read_episodes(path: Path) -> tuple[list[EpisodeRecord], int | None]:
             if k == len(numbered) - 1:
                 skipped = number
                 break
-            raise ReportError(f"{path}: line {number} is not valid JSON ({exc}); only the last line may be "
-                              "truncated (by a killed run)") from None
+            raise ReportError(
+                f"{path}: line {number} is not valid JSON ({exc}); only the last line may be "
+                "truncated (by a killed run)"
+            ) from None
         row = _Doc(doc, path, f"line {number}")
         row.obj("policy")
-        episodes.append(EpisodeRecord(
-            controller=row.string("controller"), episode=row.integer("episode"),
-            predicted_latency_ms=row.number("predicted_latency_ms"), val_accuracy=row.number("val_accuracy"),
-            reward=row.number("reward"), params=row.maybe_integer("params"), size_bytes=row.maybe_integer("size_bytes"),
-            lut_version_ids=row.int_list("lut_version_ids"), wall_s=row.maybe_number("wall_s"),
-            surrogate_reward=row.maybe_number("surrogate_reward")))
+        episodes.append(
+            EpisodeRecord(
+                controller=row.string("controller"),
+                episode=row.integer("episode"),
+                predicted_latency_ms=row.number("predicted_latency_ms"),
+                val_accuracy=row.number("val_accuracy"),
+                reward=row.number("reward"),
+                params=row.maybe_integer("params"),
+                size_bytes=row.maybe_integer("size_bytes"),
+                lut_version_ids=row.int_list("lut_version_ids"),
+                wall_s=row.maybe_number("wall_s"),
+                surrogate_reward=row.maybe_number("surrogate_reward"),
+            )
+        )
     return episodes, skipped
 
 
@@ -294,8 +332,16 @@ def load_run(run_dir: Path) -> RunData:
         checked.string("fingerprint_hash")
         checked.obj("fingerprint")
     wall_s = summary.maybe_number("wall_s")
-    return RunData(run_dir=run_dir, model=base_doc.string("model"), data=base_doc.string("data"),
-                   baseline=_baseline(base_doc), finals=finals, episodes=tuple(episodes), skipped_last_line=skipped,
-                   lut_version_ids=summary.int_list("lut_version_ids"),
-                   wall_s=wall_s if wall_s is not None and math.isfinite(wall_s) else None,
-                   device=device, config=_read_json(run_dir / "config.json", required=False))
+    return RunData(
+        run_dir=run_dir,
+        model=base_doc.string("model"),
+        data=base_doc.string("data"),
+        baseline=_baseline(base_doc),
+        finals=finals,
+        episodes=tuple(episodes),
+        skipped_last_line=skipped,
+        lut_version_ids=summary.int_list("lut_version_ids"),
+        wall_s=wall_s if wall_s is not None and math.isfinite(wall_s) else None,
+        device=device,
+        config=_read_json(run_dir / "config.json", required=False),
+    )

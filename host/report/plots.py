@@ -85,20 +85,46 @@ def accuracy_vs_latency(run: RunData) -> bytes:
         if not rows:
             continue
         pts = [(e.predicted_latency_ms, 100 * e.val_accuracy) for e in rows]
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=20, alpha=0.45, color=colours[name],
-                   label=f"{name}: {len(rows)} episodes")
+        ax.scatter(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            s=20,
+            alpha=0.45,
+            color=colours[name],
+            label=f"{name}: {len(rows)} episodes",
+        )
         front = [pts[i] for i in pareto_front(pts)]
-        ax.plot([p[0] for p in front], [p[1] for p in front], drawstyle="steps-post", color=colours[name], lw=1.6,
-                label=f"{name}: Pareto front")
+        ax.plot(
+            [p[0] for p in front],
+            [p[1] for p in front],
+            drawstyle="steps-post",
+            color=colours[name],
+            lw=1.6,
+            label=f"{name}: Pareto front",
+        )
     for final in run.finals:
         if final.val_accuracy is not None:
-            ax.scatter([final.predicted_latency_ms], [100 * final.val_accuracy], marker="D", s=60,
-                       facecolor="none", edgecolor=colours[final.name], lw=1.8,
-                       label=f"{final.name}: final model (full fine-tune)")
+            ax.scatter(
+                [final.predicted_latency_ms],
+                [100 * final.val_accuracy],
+                marker="D",
+                s=60,
+                facecolor="none",
+                edgecolor=colours[final.name],
+                lw=1.8,
+                label=f"{final.name}: final model (full fine-tune)",
+            )
     base = run.baseline
     if base.val_accuracy is not None:
-        ax.scatter([base.predicted_latency_ms], [100 * base.val_accuracy], marker="*", s=220, color=BASELINE_COLOUR,
-                   zorder=5, label="FP32 baseline")
+        ax.scatter(
+            [base.predicted_latency_ms],
+            [100 * base.val_accuracy],
+            marker="*",
+            s=220,
+            color=BASELINE_COLOUR,
+            zorder=5,
+            label="FP32 baseline",
+        )
     if not run.episodes and base.val_accuracy is None:
         _empty(ax, "no episodes recorded")
     ax.set_xlabel("predicted latency (ms, from the LUT)")
@@ -122,11 +148,20 @@ def reward_per_episode(run: RunData) -> bytes:
             continue
         xs, rewards = [e.episode for e in rows], [e.reward for e in rows]
         ax.plot(xs, rewards, "o", ms=4, alpha=0.5, color=colours[name], label=f"{name}: reward")
-        ax.plot(xs, running_best(rewards), "-", drawstyle="steps-post", lw=1.8, color=colours[name],
-                label=f"{name}: best so far")
+        ax.plot(
+            xs,
+            running_best(rewards),
+            "-",
+            drawstyle="steps-post",
+            lw=1.8,
+            color=colours[name],
+            label=f"{name}: best so far",
+        )
         predicted = [(e.episode, e.surrogate_reward) for e in rows if e.surrogate_reward is not None]
         if predicted:
-            ax.plot(*zip(*predicted), "x", ms=5, color=colours[name], label=f"{name}: surrogate's prediction")
+            ax.plot(
+                *zip(*predicted, strict=False), "x", ms=5, color=colours[name], label=f"{name}: surrogate's prediction"
+            )
     if not run.episodes:
         _empty(ax, "no episodes recorded")
     else:
@@ -155,11 +190,16 @@ def per_layer_policy(run: RunData) -> bytes:
     axes = fig.subplots(len(finals), 1, squeeze=False)[:, 0]
     label_size = 7 if n_layers <= 30 else 5
     bits_seen: set[int] = set()
-    for ax, final in zip(axes, finals):
+    for ax, final in zip(axes, finals, strict=True):
         names = [layer.layer for layer in final.layers]
         bits_seen.update(layer.bits for layer in final.layers)
-        ax.bar(range(len(names)), [layer.keep_ratio for layer in final.layers],
-               color=[_bits_colour(layer.bits) for layer in final.layers], edgecolor="white", lw=0.3)
+        ax.bar(
+            range(len(names)),
+            [layer.keep_ratio for layer in final.layers],
+            color=[_bits_colour(layer.bits) for layer in final.layers],
+            edgecolor="white",
+            lw=0.3,
+        )
         ax.set_ylim(0, 1.05)
         ax.set_xlim(-0.6, len(names) - 0.4)
         ax.set_ylabel("keep-ratio")
@@ -167,8 +207,10 @@ def per_layer_policy(run: RunData) -> bytes:
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=90, fontsize=label_size)
         ax.grid(axis="y", alpha=0.3)
-    handles = [Patch(color=_bits_colour(b), label=f"{b} bits ({PRECISION_NAMES.get(b, '?')})")
-               for b in sorted(bits_seen, reverse=True)]
+    handles = [
+        Patch(color=_bits_colour(b), label=f"{b} bits ({PRECISION_NAMES.get(b, '?')})")
+        for b in sorted(bits_seen, reverse=True)
+    ]
     fig.legend(handles=handles, loc="outside upper right", ncol=len(handles), fontsize=8)
     fig.suptitle("Per-layer policy of each final model", fontsize=10, x=0.02, ha="left")
     return _png(fig)
@@ -182,13 +224,24 @@ def predicted_vs_measured(run: RunData) -> bytes:
     colours = {**controller_colours(run.controllers), run.baseline.name: BASELINE_COLOUR}
     rows: list[ModelRow] = [run.baseline, *run.finals]
     # (name, predicted, measured median, measured p90 or None) of every model that was measured
-    measured = [(r.name, r.predicted_latency_ms, r.measured.median_ms, r.measured.p90_ms)
-                for r in rows if r.measured.median_ms is not None]
+    measured = [
+        (r.name, r.predicted_latency_ms, r.measured.median_ms, r.measured.p90_ms)
+        for r in rows
+        if r.measured.median_ms is not None
+    ]
     missing = [r.name for r in rows if r.measured.median_ms is None]
     for name, predicted, median, p90 in measured:
         xerr = [[0.0], [max(0.0, p90 - median)]] if p90 is not None else None
-        ax.errorbar([median], [predicted], xerr=xerr, fmt="o", ms=7, capsize=3,
-                    color=colours.get(name, BASELINE_COLOUR), label=name)
+        ax.errorbar(
+            [median],
+            [predicted],
+            xerr=xerr,
+            fmt="o",
+            ms=7,
+            capsize=3,
+            color=colours.get(name, BASELINE_COLOUR),
+            label=name,
+        )
         ax.annotate(name, (median, predicted), textcoords="offset points", xytext=(6, 6), fontsize=8)
     if measured:
         hi = 1.15 * max(max(predicted, median, p90 or 0.0) for _, predicted, median, p90 in measured)
@@ -200,8 +253,16 @@ def predicted_vs_measured(run: RunData) -> bytes:
     else:
         _empty(ax, "no model was measured on the device")
     if missing and measured:
-        ax.text(0.98, 0.02, "not measured: " + ", ".join(missing), ha="right", va="bottom", transform=ax.transAxes,
-                fontsize=8, color="#a00000")
+        ax.text(
+            0.98,
+            0.02,
+            "not measured: " + ", ".join(missing),
+            ha="right",
+            va="bottom",
+            transform=ax.transAxes,
+            fontsize=8,
+            color="#a00000",
+        )
     ax.set_xlabel("measured latency on the device (ms; median, bar to p90)")
     ax.set_ylabel("predicted latency from the LUT (ms)")
     ax.set_title("Predicted vs measured latency, batch 1")

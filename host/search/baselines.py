@@ -97,10 +97,13 @@ class DQNConfig:
 
     def __post_init__(self) -> None:
         if self.keep_bins < 2:
-            raise ValueError(f"keep_bins = {self.keep_bins}: the DQN needs at least 2 keep-ratio bins "
-                             "(the ends of the keep-ratio range)")
-        check_counts(self, warmup_episodes=0, explore_episodes=1, hidden=1, batch_size=1, buffer_episodes=1,
-                      updates_per_step=1)
+            raise ValueError(
+                f"keep_bins = {self.keep_bins}: the DQN needs at least 2 keep-ratio bins "
+                "(the ends of the keep-ratio range)"
+            )
+        check_counts(
+            self, warmup_episodes=0, explore_episodes=1, hidden=1, batch_size=1, buffer_episodes=1, updates_per_step=1
+        )
 
 
 class _LayerStep(gym.Env):
@@ -133,18 +136,28 @@ class BaselineReplayBuffer(ReplayBuffer):
 
     def state_dict(self) -> dict[str, Any]:
         n = self.size()
-        return {**{k: torch.from_numpy(getattr(self, k)[:n].copy()) for k in _BUFFER_ARRAYS},
-                "pos": self.pos, "full": self.full, "baseline": self.baseline, "rng": self.rng.bit_generator.state}
+        return {
+            **{k: torch.from_numpy(getattr(self, k)[:n].copy()) for k in _BUFFER_ARRAYS},
+            "pos": self.pos,
+            "full": self.full,
+            "baseline": self.baseline,
+            "rng": self.rng.bit_generator.state,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         n = len(state["rewards"])
         # A full buffer must be this size: a larger one would count never-written rows as sampled.
-        if (n > self.buffer_size or (state["full"] and n != self.buffer_size)
-                or state["observations"].shape[1:] != self.observations.shape[1:]):
-            raise ValueError(f"the checkpoint's replay buffer ({n} transitions of shape "
-                             f"{tuple(state['observations'].shape[1:])}) does not fit this controller's "
-                             f"({self.buffer_size} of {self.observations.shape[1:]}): resume with the "
-                             "configuration the run was started with")
+        if (
+            n > self.buffer_size
+            or (state["full"] and n != self.buffer_size)
+            or state["observations"].shape[1:] != self.observations.shape[1:]
+        ):
+            raise ValueError(
+                f"the checkpoint's replay buffer ({n} transitions of shape "
+                f"{tuple(state['observations'].shape[1:])}) does not fit this controller's "
+                f"({self.buffer_size} of {self.observations.shape[1:]}): resume with the "
+                "configuration the run was started with"
+            )
         for k in _BUFFER_ARRAYS:
             getattr(self, k)[:n] = state[k].numpy()
         self.pos, self.full, self.baseline = state["pos"], state["full"], state["baseline"]
@@ -174,8 +187,16 @@ class _StepLearner(Controller):
     when its reward arrives, `train()` after each episode past the warm-up, every piece of state
     (networks, optimisers, replay buffer, generators, counters) in `state_dict()`."""
 
-    def __init__(self, space: SearchSpace, constraint: Constraint | None, model: OffPolicyAlgorithm,
-                 warmup_episodes: int, updates_per_step: int, batch_size: int, seed: int) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        constraint: Constraint | None,
+        model: OffPolicyAlgorithm,
+        warmup_episodes: int,
+        updates_per_step: int,
+        batch_size: int,
+        seed: int,
+    ) -> None:
         super().__init__(space, constraint)
         self.model = model
         self.warmup_episodes = warmup_episodes
@@ -230,9 +251,14 @@ class _StepLearner(Controller):
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        return {"policy": self.model.policy.state_dict(), "optimizers": [o.state_dict() for o in self._optimizers()],
-                "buffer": self.model.replay_buffer.state_dict(), "rng": self.rng.bit_generator.state,
-                "episodes_done": self.episodes_done, "n_updates": self.model._n_updates}
+        return {
+            "policy": self.model.policy.state_dict(),
+            "optimizers": [o.state_dict() for o in self._optimizers()],
+            "buffer": self.model.replay_buffer.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "episodes_done": self.episodes_done,
+            "n_updates": self.model._n_updates,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.replay_buffer.load_state_dict(state["buffer"])  # first: it checks the configuration
@@ -249,16 +275,26 @@ class _DDPGLearner(_StepLearner):
     warm-up, then the actor's action with truncated-normal noise (sigma = init_noise x
     noise_decay^(episodes since the warm-up), kept in [0, 1] as AMC does)."""
 
-    def __init__(self, space: SearchSpace, constraint: Constraint | None, config: DDPGConfig, seed: int,
-                 steps_per_episode: int) -> None:
+    def __init__(
+        self, space: SearchSpace, constraint: Constraint | None, config: DDPGConfig, seed: int, steps_per_episode: int
+    ) -> None:
         env = _LayerStep(space.state_dim, spaces.Box(0.0, 1.0, (1,), np.float32))
-        model = _built(_TwoRateDDPG, env, seed, learning_rate=config.actor_lr,
-                       buffer_size=max(config.buffer_episodes * steps_per_episode, 1), batch_size=config.batch_size,
-                       tau=config.tau, gamma=config.gamma, policy_kwargs={"net_arch": [config.hidden] * 2},
-                       replay_buffer_kwargs={"baseline_alpha": config.baseline_alpha, "seed": seed + 1})
+        model = _built(
+            _TwoRateDDPG,
+            env,
+            seed,
+            learning_rate=config.actor_lr,
+            buffer_size=max(config.buffer_episodes * steps_per_episode, 1),
+            batch_size=config.batch_size,
+            tau=config.tau,
+            gamma=config.gamma,
+            policy_kwargs={"net_arch": [config.hidden] * 2},
+            replay_buffer_kwargs={"baseline_alpha": config.baseline_alpha, "seed": seed + 1},
+        )
         update_learning_rate(model.critic.optimizer, config.critic_lr)
-        super().__init__(space, constraint, model, config.warmup_episodes, config.updates_per_step,
-                         config.batch_size, seed)
+        super().__init__(
+            space, constraint, model, config.warmup_episodes, config.updates_per_step, config.batch_size, seed
+        )
         self.config = config
 
     def _act(self, state: np.ndarray) -> tuple[np.ndarray, float, int]:
@@ -299,8 +335,10 @@ class AMCController(_DDPGLearner):
 
     def __init__(self, space: SearchSpace, constraint: Constraint | None, config: DDPGConfig, seed: int) -> None:
         if constraint is None:
-            raise ValueError("amc prunes to a target: pass constraint=params_constraint(...) (e.g. 0.25 for 75% "
-                             "fewer parameters) or constraint=latency_constraint(...)")
+            raise ValueError(
+                "amc prunes to a target: pass constraint=params_constraint(...) (e.g. 0.25 for 75% "
+                "fewer parameters) or constraint=latency_constraint(...)"
+            )
         fp32 = replace(space, bits=(32,))
         super().__init__(fp32, constraint, config, seed, steps_per_episode=sum(fp32.ratio_free()))
 
@@ -324,17 +362,21 @@ class HAQController(_DDPGLearner):
 
     def __init__(self, space: SearchSpace, constraint: Constraint | None, config: DDPGConfig, seed: int) -> None:
         if constraint is None:
-            raise ValueError("haq searches precisions under a latency budget: pass "
-                             "constraint=latency_constraint(predict_ms, budget_ms)")
+            raise ValueError(
+                "haq searches precisions under a latency budget: pass "
+                "constraint=latency_constraint(predict_ms, budget_ms)"
+            )
         unpruned = replace(space, min_keep=1.0, max_keep=1.0)
         n = len(space.layers)
         cost = {b: constraint.cost(unpruned.policy([1.0] * n, [b] * n)) for b in space.bits}
         self.costliest_first = sorted(space.bits, key=lambda b: (-cost[b], -b))
         cheapest = self.costliest_first[-1]
         if cost[cheapest] > constraint.budget:
-            raise ValueError(f"the {constraint.name} budget {constraint.budget:g} cannot be met without pruning: "
-                             f"{cheapest} bits on every layer, the cheapest, give {cost[cheapest]:g}; raise the "
-                             "budget or allow other precisions")
+            raise ValueError(
+                f"the {constraint.name} budget {constraint.budget:g} cannot be met without pruning: "
+                f"{cheapest} bits on every layer, the cheapest, give {cost[cheapest]:g}; raise the "
+                "budget or allow other precisions"
+            )
         super().__init__(unpruned, None, config, seed, steps_per_episode=n)
         self.constraint = constraint
         self.ascending_bits = sorted(space.bits)
@@ -345,14 +387,16 @@ class HAQController(_DDPGLearner):
 
     def propose(self, episode: int) -> Policy:
         policy = walk(self.space, self._choose(episode), None)
-        bits = lower_precisions(self.space, [a.bits for a in policy.layers.values()], self.constraint,
-                                self.costliest_first)
+        bits = lower_precisions(
+            self.space, [a.bits for a in policy.layers.values()], self.constraint, self.costliest_first
+        )
         self.last_policy = self.space.policy([1.0] * len(bits), bits)
         return self.last_policy
 
 
-def lower_precisions(space: SearchSpace, bits: list[int], constraint: Constraint,
-                     costliest_first: Sequence[int]) -> list[int]:
+def lower_precisions(
+    space: SearchSpace, bits: list[int], constraint: Constraint, costliest_first: Sequence[int]
+) -> list[int]:
     """HAQ's final action wall on unpruned layers: while the policy is over budget, walk the
     layers from the last to the first, moving each one precision step along `costliest_first`
     (the device's precisions, costliest first) and stopping as soon as it fits."""
@@ -364,8 +408,10 @@ def lower_precisions(space: SearchSpace, bits: list[int], constraint: Constraint
 
     while not fits():
         if all(b == order[-1] for b in bits):
-            raise ValueError(f"the {constraint.name} budget {constraint.budget:g} cannot be met even at "
-                             f"{order[-1]} bits on every layer")
+            raise ValueError(
+                f"the {constraint.name} budget {constraint.budget:g} cannot be met even at "
+                f"{order[-1]} bits on every layer"
+            )
         for i in reversed(range(len(bits))):
             bits[i] = order[min(order.index(bits[i]) + 1, len(order) - 1)]
             if fits():
@@ -383,12 +429,20 @@ class DQNController(_StepLearner):
         keeps = [round(float(k), 4) for k in np.linspace(space.min_keep, space.max_keep, config.keep_bins)]
         self.joint = list(itertools.product(keeps, space.bits))
         env = _LayerStep(space.state_dim, spaces.Discrete(len(self.joint)))
-        model = _built(DQN, env, seed, learning_rate=config.lr,
-                       buffer_size=config.buffer_episodes * len(space.layers), batch_size=config.batch_size,
-                       gamma=config.gamma, policy_kwargs={"net_arch": [config.hidden] * 2},
-                       replay_buffer_kwargs={"baseline_alpha": config.baseline_alpha, "seed": seed + 1})
-        super().__init__(space, constraint, model, config.warmup_episodes, config.updates_per_step,
-                         config.batch_size, seed)
+        model = _built(
+            DQN,
+            env,
+            seed,
+            learning_rate=config.lr,
+            buffer_size=config.buffer_episodes * len(space.layers),
+            batch_size=config.batch_size,
+            gamma=config.gamma,
+            policy_kwargs={"net_arch": [config.hidden] * 2},
+            replay_buffer_kwargs={"baseline_alpha": config.baseline_alpha, "seed": seed + 1},
+        )
+        super().__init__(
+            space, constraint, model, config.warmup_episodes, config.updates_per_step, config.batch_size, seed
+        )
         self.config = config
 
     @property

@@ -32,16 +32,20 @@ def layer_kernels_ms(space: SearchSpace, prediction: Prediction) -> dict[str, fl
     layers in execution order."""
     compute = [k for k in prediction.kernels if k.kind.split("+")[0] in COMPUTE_KINDS]
     if len(compute) != len(space.layers):
-        raise ValueError(f"cannot attribute the LUT prediction to layers: {len(compute)} compute kernels for "
-                         f"{len(space.layers)} layers of {space.model}")
-    return {layer.name: k.latency_ms for layer, k in zip(space.layers, compute)}
+        raise ValueError(
+            f"cannot attribute the LUT prediction to layers: {len(compute)} compute kernels for "
+            f"{len(space.layers)} layers of {space.model}"
+        )
+    return {layer.name: k.latency_ms for layer, k in zip(space.layers, compute, strict=True)}
 
 
 def latency_shares(space: SearchSpace, prediction: Prediction) -> SearchSpace:
     """`space` with each layer's share of the model's predicted latency (a state feature); none
     when the runtime elided every kernel (0 ms)."""
     ms = layer_kernels_ms(space, prediction)
-    shares = tuple(ms[layer.name] / prediction.latency_ms for layer in space.layers) if prediction.latency_ms > 0 else ()
+    shares = (
+        tuple(ms[layer.name] / prediction.latency_ms for layer in space.layers) if prediction.latency_ms > 0 else ()
+    )
     return replace(space, latency_share=shares)
 
 
@@ -56,12 +60,21 @@ class LatencyEstimator:
 
     def __call__(self, policy: Policy) -> float:
         kept = self.counter.kept_fraction(policy)
-        return self.other_ms + sum(self.full_ms[action.bits][name] * kept[name] ** self.exponent[action.bits][name]
-                                   for name, action in sorted(policy.layers.items()))  # in any JSON order
+        return self.other_ms + sum(
+            self.full_ms[action.bits][name] * kept[name] ** self.exponent[action.bits][name]
+            for name, action in sorted(policy.layers.items())
+        )  # in any JSON order
 
 
-def latency_estimator(space: SearchSpace, counter: ParamCounter, predictor: LatencyPredictor, workdir: Path,
-                      num_classes: int, input_shape: tuple[int, ...], anchor_keep: float = 0.5) -> LatencyEstimator:
+def latency_estimator(
+    space: SearchSpace,
+    counter: ParamCounter,
+    predictor: LatencyPredictor,
+    workdir: Path,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    anchor_keep: float = 0.5,
+) -> LatencyEstimator:
     """Predict the model at each precision of the space, unpruned and at `anchor_keep` (profiling
     what the LUT lacks); each layer's latency follows a power of its kept multiply-adds through
     the two points (small kernels lose efficiency: latency is rarely proportional)."""
@@ -75,8 +88,14 @@ def latency_estimator(space: SearchSpace, counter: ParamCounter, predictor: Late
         measured = {}
         for keep in (1.0, anchor_keep):
             policy = space.policy([keep] * len(names), [bits] * len(names))
-            path = export_variant(space.model, policy, workdir / f"anchor_{bits}bit_keep{keep}.onnx", num_classes,
-                                  input_shape, counter.round_to)
+            path = export_variant(
+                space.model,
+                policy,
+                workdir / f"anchor_{bits}bit_keep{keep}.onnx",
+                num_classes,
+                input_shape,
+                counter.round_to,
+            )
             prediction = predictor.predict(path)
             measured[keep] = layer_kernels_ms(space, prediction)
             if bits == 32 and keep == 1.0:
@@ -85,16 +104,24 @@ def latency_estimator(space: SearchSpace, counter: ParamCounter, predictor: Late
         # Never below 0: a kernel does not get slower as it loses channels; a pruned anchor
         # measured slower is noise, or (microsecond models) the run's fixed cost that the agent's
         # scale factor spreads over fewer kernel-microseconds. 0 ms: an elided kernel.
-        exponent[bits] = {name: (max(math.log(measured[anchor_keep][name] / measured[1.0][name])
-                                     / math.log(half_kept[name]), 0.0)
-                                 if 0 < half_kept[name] < 1 and measured[anchor_keep][name] > 0
-                                 and measured[1.0][name] > 0 else 1.0)
-                          for name in names}
+        exponent[bits] = {
+            name: (
+                max(math.log(measured[anchor_keep][name] / measured[1.0][name]) / math.log(half_kept[name]), 0.0)
+                if 0 < half_kept[name] < 1 and measured[anchor_keep][name] > 0 and measured[1.0][name] > 0
+                else 1.0
+            )
+            for name in names
+        }
     return LatencyEstimator(counter, full_ms, exponent, other_ms)
 
 
-def search_constraint(max_params_fraction: float, latency_budget_ms: float, counter: ParamCounter, base_params: int,
-                      estimator: LatencyEstimator | None) -> Constraint | None:
+def search_constraint(
+    max_params_fraction: float,
+    latency_budget_ms: float,
+    counter: ParamCounter,
+    base_params: int,
+    estimator: LatencyEstimator | None,
+) -> Constraint | None:
     """The config's constraint: at most `max_params_fraction` of the parameters, or a latency
     budget on `estimator`; None when neither is set (0)."""
     if max_params_fraction:

@@ -38,7 +38,7 @@ def walk(space: SearchSpace, choose: Choose, enforcer: Enforcer | None) -> Polic
     bits: list[int] = []
     prev_keep, prev_bits = 1.0, None
     group_keep: dict[str, float] = {}
-    for t, (layer, free) in enumerate(zip(space.layers, space.ratio_free())):
+    for t, (layer, free) in enumerate(zip(space.layers, space.ratio_free(), strict=True)):
         keep, b = choose(t, free, prev_keep, prev_bits)
         if not free:
             keep = group_keep[layer.group] if layer.group is not None else 1.0
@@ -93,8 +93,14 @@ class PPOController(Controller):
 
     name = "ppo"
 
-    def __init__(self, space: SearchSpace, config: PPOConfig, seed: int, constraint: Constraint | None = None,
-                 surrogate: RewardSurrogate | None = None) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        config: PPOConfig,
+        seed: int,
+        constraint: Constraint | None = None,
+        surrogate: RewardSurrogate | None = None,
+    ) -> None:
         super().__init__(space, constraint)
         self.config = config
         self.agent = HybridPPO(space.state_dim, len(space.bits), config, seed)
@@ -188,9 +194,16 @@ class UniformController(Controller):
 CONTROLLERS = ("ppo", "random", "uniform", "amc", "haq", "dqn")
 
 
-def make_controller(name: str, space: SearchSpace, ppo: PPOConfig, seed: int,
-                    constraint: Constraint | None = None, ddpg: DDPGConfig | None = None,
-                    dqn: DQNConfig | None = None, surrogate: RewardSurrogate | None = None) -> Controller:
+def make_controller(
+    name: str,
+    space: SearchSpace,
+    ppo: PPOConfig,
+    seed: int,
+    constraint: Constraint | None = None,
+    ddpg: DDPGConfig | None = None,
+    dqn: DQNConfig | None = None,
+    surrogate: RewardSurrogate | None = None,
+) -> Controller:
     """A controller by name; `constraint` bounds every policy it proposes (optional, but `amc`
     needs a target and `haq` a latency budget). `ddpg` configures amc and haq, `dqn` the DQN
     (their defaults when None); `surrogate` lets ppo practise between real episodes."""

@@ -57,8 +57,9 @@ class Evaluator:
         generator = torch.Generator().manual_seed(self.distill_config.seed + episode)
         n = len(self.train_set)
         index = torch.randperm(n, generator=generator)[: min(self.samples, n)]
-        return DataLoader(Subset(self.train_set, index.tolist()), batch_size=self.batch_size, shuffle=True,
-                          generator=generator)
+        return DataLoader(
+            Subset(self.train_set, index.tolist()), batch_size=self.batch_size, shuffle=True, generator=generator
+        )
 
     def latency(self, student: torch.nn.Module, policy: Policy, path: Path) -> Prediction:
         export_policy_model(student, policy, path, self.input_shape, self.opset)
@@ -84,6 +85,12 @@ class Evaluator:
         acc = accuracy(student, self.val_loader)
         t3 = time.monotonic()
         sizes = size_report(student, policy, before)
-        return EpisodeResult(acc, prediction.latency_ms, sizes.params, sizes.effective_bytes, prediction.version_ids,
-                             prediction.profiled_kernels,
-                             {"compress_s": t1 - t0, "latency_s": t2 - t1, "finetune_s": t3 - t2})
+        return EpisodeResult(
+            acc,
+            prediction.latency_ms,
+            sizes.params,
+            sizes.effective_bytes,
+            prediction.version_ids,
+            prediction.profiled_kernels,
+            {"compress_s": t1 - t0, "latency_s": t2 - t1, "finetune_s": t3 - t2},
+        )

@@ -33,9 +33,15 @@ class Episode:
     wall_s: float
 
 
-def run_episodes(controller: Controller, evaluate: Callable[[Policy, int], EpisodeResult], episodes: int,
-                 baseline: Baseline, weights: RewardConfig, start_episode: int = 0,
-                 on_episode: Callable[[Episode], None] | None = None) -> list[Episode]:
+def run_episodes(
+    controller: Controller,
+    evaluate: Callable[[Policy, int], EpisodeResult],
+    episodes: int,
+    baseline: Baseline,
+    weights: RewardConfig,
+    start_episode: int = 0,
+    on_episode: Callable[[Episode], None] | None = None,
+) -> list[Episode]:
     """Episodes `start_episode` .. `episodes - 1` of a budget of `episodes` (a resumed run passes
     the number already done as `start_episode`); `on_episode` runs after the controller has
     observed each one, so a checkpoint taken there holds it."""
@@ -48,8 +54,9 @@ def run_episodes(controller: Controller, evaluate: Callable[[Policy, int], Episo
         t0 = time.monotonic()
         policy = controller.propose(index)
         result = evaluate(policy, index)
-        r = reward(result.val_accuracy, result.latency_ms, result.size_bytes, baseline.latency_ms,
-                   baseline.size_bytes, weights)
+        r = reward(
+            result.val_accuracy, result.latency_ms, result.size_bytes, baseline.latency_ms, baseline.size_bytes, weights
+        )
         controller.observe(r, result)
         episode = Episode(index, policy, result, r, time.monotonic() - t0)
         done.append(episode)

@@ -43,8 +43,16 @@ class PPOConfig:
     surrogate_batch: int = 8
 
     def __post_init__(self) -> None:
-        check_counts(self, epochs=1, minibatch=1, hidden=1, update_every=1, surrogate_episodes=0,
-                     surrogate_warmup=0, surrogate_batch=1)
+        check_counts(
+            self,
+            epochs=1,
+            minibatch=1,
+            hidden=1,
+            update_every=1,
+            surrogate_episodes=0,
+            surrogate_warmup=0,
+            surrogate_batch=1,
+        )
 
 
 def check_counts(config: Any, **minimum: int) -> None:
@@ -54,8 +62,9 @@ def check_counts(config: Any, **minimum: int) -> None:
             raise ValueError(f"{type(config).__name__}.{name} = {getattr(config, name)}: give at least {least}")
 
 
-def gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last_value: float,
-        gamma: float, lam: float) -> tuple[np.ndarray, np.ndarray]:
+def gae(
+    rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last_value: float, gamma: float, lam: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Generalised advantage estimates and returns of one trajectory (dones[t]: step t ends an
     episode, so nothing flows back across it)."""
     adv = np.zeros(len(rewards), dtype=np.float64)
@@ -69,8 +78,9 @@ def gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last_value: 
     return adv, adv + values
 
 
-def clipped_surrogate(logp_new: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
-                      clip: float) -> torch.Tensor:
+def clipped_surrogate(
+    logp_new: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, clip: float
+) -> torch.Tensor:
     """PPO's clipped objective as a loss (negated, averaged)."""
     ratio = torch.exp(logp_new - logp_old)
     return -torch.min(ratio * advantages, torch.clamp(ratio, 1 - clip, 1 + clip) * advantages).mean()
@@ -88,8 +98,10 @@ class ActorCritic(nn.Module):
 
     def dists(self, states: torch.Tensor) -> tuple[torch.distributions.Normal, torch.distributions.Categorical]:
         z = self.actor(states)
-        return (torch.distributions.Normal(self.mu(z).squeeze(-1), self.log_std.exp()),
-                torch.distributions.Categorical(logits=self.bits_logits(z)))
+        return (
+            torch.distributions.Normal(self.mu(z).squeeze(-1), self.log_std.exp()),
+            torch.distributions.Categorical(logits=self.bits_logits(z)),
+        )
 
     def value(self, states: torch.Tensor) -> torch.Tensor:
         return self.critic(states).squeeze(-1)
@@ -175,7 +187,7 @@ class HybridPPO:
         for _ in range(c.epochs):
             order = torch.randperm(n, generator=self.generator)
             for start in range(0, n, c.minibatch):
-                idx = order[start:start + c.minibatch]
+                idx = order[start : start + c.minibatch]
                 normal, cat = self.net.dists(states[idx])
                 logp = cat.log_prob(bits[idx]) + normal.log_prob(u[idx]) * free[idx]
                 entropy = (cat.entropy() + normal.entropy() * free[idx]).mean()
@@ -191,10 +203,14 @@ class HybridPPO:
         self.episodes_in_rollout = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict(), "actor_opt": self.actor_opt.state_dict(),
-                "critic_opt": self.critic_opt.state_dict(), "generator": self.generator.get_state(),
-                "rollout": {**self.rollout.__dict__, "states": [x.tolist() for x in self.rollout.states]},
-                "episodes_in_rollout": self.episodes_in_rollout}
+        return {
+            "net": self.net.state_dict(),
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "generator": self.generator.get_state(),
+            "rollout": {**self.rollout.__dict__, "states": [x.tolist() for x in self.rollout.states]},
+            "episodes_in_rollout": self.episodes_in_rollout,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["net"])

@@ -24,13 +24,19 @@ class RewardConfig:
     size_weight: float = 0.05
 
 
-def reward(acc: float, latency_ms: float, size_bytes: int, base_latency_ms: float, base_size_bytes: int,
-           weights: RewardConfig) -> float:
+def reward(
+    acc: float, latency_ms: float, size_bytes: int, base_latency_ms: float, base_size_bytes: int, weights: RewardConfig
+) -> float:
     if latency_ms <= 0 or size_bytes <= 0:
-        raise ValueError(f"latency_ms = {latency_ms} and size_bytes = {size_bytes} must be positive; "
-                         "a latency that could not be predicted is an error, never 0 ms")
-    return acc * (base_latency_ms / latency_ms) ** weights.latency_weight * (
-        base_size_bytes / size_bytes) ** weights.size_weight
+        raise ValueError(
+            f"latency_ms = {latency_ms} and size_bytes = {size_bytes} must be positive; "
+            "a latency that could not be predicted is an error, never 0 ms"
+        )
+    return (
+        acc
+        * (base_latency_ms / latency_ms) ** weights.latency_weight
+        * (base_size_bytes / size_bytes) ** weights.size_weight
+    )
 
 
 @dataclass(frozen=True)
@@ -43,13 +49,16 @@ class Constraint:
     cost: Callable[[Policy], float]
 
 
-def params_constraint(count_params: Callable[[Policy], int], base_params: int,
-                      max_params_fraction: float) -> Constraint:
+def params_constraint(
+    count_params: Callable[[Policy], int], base_params: int, max_params_fraction: float
+) -> Constraint:
     """A compression target: at most `max_params_fraction` of the baseline's parameters
     (`count_params`: e.g. `space.ParamCounter`, exact from channel counts)."""
     if not 0.0 < max_params_fraction <= 1.0:
-        raise ValueError(f"max_params_fraction = {max_params_fraction}: give a fraction in (0, 1], "
-                         "e.g. 0.25 for 75% fewer parameters")
+        raise ValueError(
+            f"max_params_fraction = {max_params_fraction}: give a fraction in (0, 1], "
+            "e.g. 0.25 for 75% fewer parameters"
+        )
     return Constraint("params", max_params_fraction * base_params, count_params)
 
 
@@ -76,16 +85,17 @@ class Enforcer:
             raise ValueError(
                 f"the {constraint.name} budget {constraint.budget:g} cannot be met: even keep-ratio "
                 f"{space.min_keep} and {self.aggressive_bits} bits on every layer give {floor:g}; "
-                "raise the budget or lower the minimum keep-ratio")
+                "raise the budget or lower the minimum keep-ratio"
+            )
 
     def _fits(self, keeps: Sequence[float], bits: Sequence[int], keep: float, b: int) -> bool:
         rest = len(self.space.layers) - len(keeps) - 1
-        policy = self.space.policy([*keeps, keep, *[self.space.min_keep] * rest],
-                                   [*bits, b, *[self.aggressive_bits] * rest])
+        policy = self.space.policy(
+            [*keeps, keep, *[self.space.min_keep] * rest], [*bits, b, *[self.aggressive_bits] * rest]
+        )
         return self.constraint.cost(policy) <= self.constraint.budget
 
-    def bound(self, keeps: Sequence[float], bits: Sequence[int], keep: float, b: int,
-              free: bool) -> tuple[float, int]:
+    def bound(self, keeps: Sequence[float], bits: Sequence[int], keep: float, b: int, free: bool) -> tuple[float, int]:
         """Layer t's action (t = len(keeps)) after the executed actions `keeps`, `bits`: the
         proposed one if it fits, else the largest keep-ratio that fits at the proposed precision,
         else at the most aggressive one; a layer whose ratio is not `free` changes only its
@@ -99,8 +109,10 @@ class Enforcer:
                 return keep, precision  # the proposed ratio fits at the aggressive precision
             if self._fits(keeps, bits, lo, precision):
                 return (self._largest_fit(keeps, bits, lo, keep, precision) if free else keep), precision
-        raise RuntimeError(f"the {self.constraint.name} cost is not deterministic: a policy that met the "
-                           "budget one step ago no longer does")
+        raise RuntimeError(
+            f"the {self.constraint.name} cost is not deterministic: a policy that met the "
+            "budget one step ago no longer does"
+        )
 
     def _largest_fit(self, keeps: Sequence[float], bits: Sequence[int], lo: float, hi: float, b: int) -> float:
         """Bisection between a fitting `lo` and a failing `hi`, on the resolution grid (from the grid

@@ -88,13 +88,17 @@ class SearchConfig:
         if self.max_params_fraction and self.latency_budget_ms:
             raise ConfigError("set max_params_fraction or latency_budget_ms, not both: a search bounds one constraint")
         if not 0.0 <= self.max_params_fraction <= 1.0 or self.latency_budget_ms < 0:
-            raise ConfigError(f"max_params_fraction = {self.max_params_fraction} must lie in (0, 1] and "
-                              f"latency_budget_ms = {self.latency_budget_ms} must be positive (0: no constraint)")
+            raise ConfigError(
+                f"max_params_fraction = {self.max_params_fraction} must lie in (0, 1] and "
+                f"latency_budget_ms = {self.latency_budget_ms} must be positive (0: no constraint)"
+            )
         if "haq" in self.controllers and not self.latency_budget_ms:
             raise ConfigError("controller haq searches precisions under a latency budget: set latency_budget_ms")
         if "amc" in self.controllers and not (self.max_params_fraction or self.latency_budget_ms):
-            raise ConfigError("controller amc prunes to a target: set max_params_fraction (e.g. 0.25 for 75% fewer "
-                              "parameters) or latency_budget_ms")
+            raise ConfigError(
+                "controller amc prunes to a target: set max_params_fraction (e.g. 0.25 for 75% fewer "
+                "parameters) or latency_budget_ms"
+            )
         if self.episode_samples < self.batch_size:
             raise ConfigError(f"episode_samples = {self.episode_samples} is below batch_size {self.batch_size}")
 
@@ -163,17 +167,30 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
         shape = tuple(data.input_shape)
         example = torch.zeros((1, *shape))
         shown.say(f"baseline {config.model} on {data.name} ...")
-        teacher, _ = trained_baseline(lambda: build_model(config.model, len(data.classes), shape), config.model,
-                                      f"{data.cache_id}-s{config.data.seed}", loaders.train, config.baseline,
-                                      shown.fit("baseline"))
+        teacher, _ = trained_baseline(
+            lambda: build_model(config.model, len(data.classes), shape),
+            config.model,
+            f"{data.cache_id}-s{config.data.seed}",
+            loaders.train,
+            config.baseline,
+            shown.fit("baseline"),
+        )
         teacher.eval()
 
         info = client.info()
-        device_doc = {"fingerprint_hash": info.fingerprint_hash, "fingerprint": message_dict(info.fingerprint),
-                      "precisions": [{"precision": p["precision"].removeprefix("PRECISION_").lower(),
-                                      "supported": p["supported"], "note": p["note"]}
-                                     for p in message_dict(info)["precisions"]],
-                      "address": config.device or "embedded"}
+        device_doc = {
+            "fingerprint_hash": info.fingerprint_hash,
+            "fingerprint": message_dict(info.fingerprint),
+            "precisions": [
+                {
+                    "precision": p["precision"].removeprefix("PRECISION_").lower(),
+                    "supported": p["supported"],
+                    "note": p["note"],
+                }
+                for p in message_dict(info)["precisions"]
+            ],
+            "address": config.device or "embedded",
+        }
         write_json(out / "device.json", device_doc)
         runs = {p["precision"] for p in device_doc["precisions"] if p["supported"]}
         bits = tuple(config.bits) or tuple(sorted((BITS_OF[p] for p in runs if p in BITS_OF), reverse=True))
@@ -189,43 +206,75 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
             shown.say("measuring the FP32 baseline on the device ...")
             acc_onnx, bench = device_accuracy_and_latency(client, base_onnx, data.x_test, data.y_test, 1)
             params = sum(p.numel() for p in teacher.parameters())
-            baseline = {"model": config.model, "data": data.name, "val_accuracy": accuracy(teacher, loaders.val),
-                        "test_accuracy": accuracy(teacher, loaders.test), "test_accuracy_onnxruntime": acc_onnx,
-                        "params": params, "fp32_size_bytes": 4 * params, "predicted_latency_ms": base_pred.latency_ms,
-                        "measured_latency": bench["latency"]}
+            baseline = {
+                "model": config.model,
+                "data": data.name,
+                "val_accuracy": accuracy(teacher, loaders.val),
+                "test_accuracy": accuracy(teacher, loaders.test),
+                "test_accuracy_onnxruntime": acc_onnx,
+                "params": params,
+                "fp32_size_bytes": 4 * params,
+                "predicted_latency_ms": base_pred.latency_ms,
+                "measured_latency": bench["latency"],
+            }
             write_json(out / "baseline.json", baseline)
 
         layers = describe_layers(teacher, example, layer_limits(teacher, example))
         try:
-            space = latency_shares(SearchSpace(config.model, layers, bits, config.min_keep, config.max_keep),
-                                   base_pred)
+            space = latency_shares(SearchSpace(config.model, layers, bits, config.min_keep, config.max_keep), base_pred)
         except ValueError as exc:  # a bad keep range, or a model whose layers have no kernel of their own
             raise ConfigError(str(exc)) from None
         train_set = tensor_dataset(data, "train")
         episode_set = distill_dataset(teacher, config.model, train_set, config.episode_distill)
-        final_set = (episode_set if config.final_distill.augment == config.episode_distill.augment
-                     else distill_dataset(teacher, config.model, train_set, config.final_distill))
-        evaluator = Evaluator(config.model, teacher, episode_set, loaders.val, predictor, shape,
-                              out / "checkpoints", config.episode_distill, config.episode_samples,
-                              config.batch_size, config.round_to, config.calibration_batches, progress=shown)
+        final_set = (
+            episode_set
+            if config.final_distill.augment == config.episode_distill.augment
+            else distill_dataset(teacher, config.model, train_set, config.final_distill)
+        )
+        evaluator = Evaluator(
+            config.model,
+            teacher,
+            episode_set,
+            loaders.val,
+            predictor,
+            shape,
+            out / "checkpoints",
+            config.episode_distill,
+            config.episode_samples,
+            config.batch_size,
+            config.round_to,
+            config.calibration_batches,
+            progress=shown,
+        )
         counter = ParamCounter(teacher, example, config.round_to)
         practise = "ppo" in config.controllers and config.ppo.surrogate_episodes > 0
-        estimator = (latency_estimator(space, counter, predictor, out / "checkpoints", len(data.classes), shape)
-                     if config.latency_budget_ms or practise else None)
+        estimator = (
+            latency_estimator(space, counter, predictor, out / "checkpoints", len(data.classes), shape)
+            if config.latency_budget_ms or practise
+            else None
+        )
         controllers: dict[str, Controller] = {}
         done: dict[str, int] = {}
         try:
-            constraint = search_constraint(config.max_params_fraction, config.latency_budget_ms, counter,
-                                           baseline["params"], estimator)
+            constraint = search_constraint(
+                config.max_params_fraction, config.latency_budget_ms, counter, baseline["params"], estimator
+            )
             for i, name in enumerate(config.controllers):
                 surrogate = None
                 if name == "ppo" and estimator is not None and practise:
                     sensitivity = layer_sensitivity(teacher, evaluator.loader(0), [layer.name for layer in layers])
-                    surrogate = RewardSurrogate(space, counter, estimator, sensitivity,
-                                                baseline["predicted_latency_ms"], baseline["fp32_size_bytes"],
-                                                config.reward)
-                controllers[name] = make_controller(name, space, config.ppo, config.seed + 1000 * i, constraint,
-                                                    surrogate=surrogate)
+                    surrogate = RewardSurrogate(
+                        space,
+                        counter,
+                        estimator,
+                        sensitivity,
+                        baseline["predicted_latency_ms"],
+                        baseline["fp32_size_bytes"],
+                        config.reward,
+                    )
+                controllers[name] = make_controller(
+                    name, space, config.ppo, config.seed + 1000 * i, constraint, surrogate=surrogate
+                )
         except ValueError as exc:  # a budget no policy can meet
             raise ConfigError(str(exc)) from None
         for name in config.controllers:
@@ -243,16 +292,26 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
         for name, controller in controllers.items():
             best = [r["reward"] for r in rows if r["controller"] == name]
 
-            def record(episode: Episode, name: str = name, controller: Controller = controller,
-                       best: list[float] = best) -> None:
+            def record(
+                episode: Episode, name: str = name, controller: Controller = controller, best: list[float] = best
+            ) -> None:
                 """One line in episodes.jsonl, then the checkpoint that accounts for it."""
                 result = episode.result
-                row = {"controller": name, "episode": episode.index, "policy": json.loads(episode.policy.to_json()),
-                       "predicted_latency_ms": result.latency_ms, "val_accuracy": result.val_accuracy,
-                       "params": result.params, "size_bytes": result.size_bytes, "reward": episode.reward,
-                       "lut_version_ids": list(result.lut_version_ids), "wall_s": episode.wall_s,
-                       "profiled_kernels": result.profiled_kernels, "seconds": result.seconds,
-                       **controller.episode_notes()}
+                row = {
+                    "controller": name,
+                    "episode": episode.index,
+                    "policy": json.loads(episode.policy.to_json()),
+                    "predicted_latency_ms": result.latency_ms,
+                    "val_accuracy": result.val_accuracy,
+                    "params": result.params,
+                    "size_bytes": result.size_bytes,
+                    "reward": episode.reward,
+                    "lut_version_ids": list(result.lut_version_ids),
+                    "wall_s": episode.wall_s,
+                    "profiled_kernels": result.profiled_kernels,
+                    "seconds": result.seconds,
+                    **controller.episode_notes(),
+                }
                 episodes.append(row)
                 rows.append(row)
                 tmp = out / "checkpoints" / f"{name}.pt.tmp"
@@ -260,23 +319,32 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
                 os.replace(tmp, out / "checkpoints" / f"{name}.pt")
                 best.append(episode.reward)
                 shown.context = f"[{name}] episode {episode.index + 2}/{config.episodes} (best {max(best):.4f})"
-                shown.say(f"[{name}] episode {episode.index + 1}/{config.episodes}: reward {episode.reward:.4f} "
-                          f"(best {max(best):.4f}), val acc {result.val_accuracy:.4f}, {result.latency_ms:.3f} ms "
-                          f"predicted, {result.params:,} params, {episode.wall_s:.1f} s")
+                shown.say(
+                    f"[{name}] episode {episode.index + 1}/{config.episodes}: reward {episode.reward:.4f} "
+                    f"(best {max(best):.4f}), val acc {result.val_accuracy:.4f}, {result.latency_ms:.3f} ms "
+                    f"predicted, {result.params:,} params, {episode.wall_s:.1f} s"
+                )
 
             start = done.get(name, 0)
-            shown.context = (f"[{name}] episode {start + 1}/{config.episodes}"
-                             + (f" (best {max(best):.4f})" if best else ""))
+            shown.context = f"[{name}] episode {start + 1}/{config.episodes}" + (
+                f" (best {max(best):.4f})" if best else ""
+            )
             run_episodes(controller, evaluator, config.episodes, base, config.reward, start, record)
 
         summary_controllers = {}
         for name in controllers:
-            summary_controllers[name] = _final_model(name, config, rows, teacher, data, loaders, final_set, evaluator,
-                                                     client, final_dir, baseline, shown)
+            summary_controllers[name] = _final_model(
+                name, config, rows, teacher, data, loaders, final_set, evaluator, client, final_dir, baseline, shown
+            )
         sealed = predictor.close()
     versions = sorted({v for r in rows for v in r["lut_version_ids"]} | ({sealed.id} if sealed else set()))
-    summary = {"baseline": baseline, "controllers": summary_controllers, "lut_version_ids": versions,
-               "wall_s": time.monotonic() - t_start, "episodes": config.episodes}
+    summary = {
+        "baseline": baseline,
+        "controllers": summary_controllers,
+        "lut_version_ids": versions,
+        "wall_s": time.monotonic() - t_start,
+        "episodes": config.episodes,
+    }
     write_json(out / "summary.json", summary)
     from host.report import build_report
 
@@ -284,9 +352,20 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
     return summary
 
 
-def _final_model(name: str, config: SearchConfig, rows: list[dict[str, Any]], teacher: torch.nn.Module, data: Any,
-                 loaders: Any, final_set: TensorDataset, evaluator: Evaluator, client: Any, final_dir: Path,
-                 baseline: dict[str, Any], shown: Progress) -> dict[str, Any]:
+def _final_model(
+    name: str,
+    config: SearchConfig,
+    rows: list[dict[str, Any]],
+    teacher: torch.nn.Module,
+    data: Any,
+    loaders: Any,
+    final_set: TensorDataset,
+    evaluator: Evaluator,
+    client: Any,
+    final_dir: Path,
+    baseline: dict[str, Any],
+    shown: Progress,
+) -> dict[str, Any]:
     """The controller's best policy, fine-tuned fully, exported, verified and benchmarked (with the
     FP32 baseline again, right after it, for the speedup)."""
 
@@ -302,8 +381,14 @@ def _final_model(name: str, config: SearchConfig, rows: list[dict[str, Any]], te
     example = torch.zeros((1, *data.input_shape))
     student, before = compressed(teacher, policy, example, config.round_to, loaders.train, config.calibration_batches)
     loader = distill_loader(final_set, config.batch_size, config.data.seed)
-    distill(student, teacher, config.model, loader, replace(config.final_distill, seed=config.seed),
-            shown.fit(f"[{name}] fine-tune"))
+    distill(
+        student,
+        teacher,
+        config.model,
+        loader,
+        replace(config.final_distill, seed=config.seed),
+        shown.fit(f"[{name}] fine-tune"),
+    )
     onnx_path = directory / "model.onnx"
     export_policy_model(student, policy, onnx_path, tuple(data.input_shape))
     prediction = evaluator.predictor.predict(onnx_path)
@@ -318,14 +403,30 @@ def _final_model(name: str, config: SearchConfig, rows: list[dict[str, Any]], te
     base_measured = paired.baseline["latency"]
     val_acc = accuracy(student, loaders.val)
     result = {
-        "policy": json.loads(policy.to_json()), "episode": best["episode"], "episodes": config.episodes,
-        "val_accuracy": val_acc, "test_accuracy": accuracy(student, loaders.test),
-        "test_accuracy_onnxruntime": acc_onnx, "params": sizes.params, "params_reduction": sizes.params_reduction,
-        "fp32_size_bytes": sizes.fp32_bytes, "effective_size_bytes": sizes.effective_bytes,
-        "compression": sizes.compression, "predicted_latency_ms": prediction.latency_ms, "measured_latency": measured,
-        "baseline_measured_latency": base_measured, "speedup": paired.speedup, "benchmark_rounds": paired.rounds,
-        "reward": reward(val_acc, prediction.latency_ms, sizes.effective_bytes, baseline["predicted_latency_ms"],
-                         baseline["fp32_size_bytes"], config.reward),
+        "policy": json.loads(policy.to_json()),
+        "episode": best["episode"],
+        "episodes": config.episodes,
+        "val_accuracy": val_acc,
+        "test_accuracy": accuracy(student, loaders.test),
+        "test_accuracy_onnxruntime": acc_onnx,
+        "params": sizes.params,
+        "params_reduction": sizes.params_reduction,
+        "fp32_size_bytes": sizes.fp32_bytes,
+        "effective_size_bytes": sizes.effective_bytes,
+        "compression": sizes.compression,
+        "predicted_latency_ms": prediction.latency_ms,
+        "measured_latency": measured,
+        "baseline_measured_latency": base_measured,
+        "speedup": paired.speedup,
+        "benchmark_rounds": paired.rounds,
+        "reward": reward(
+            val_acc,
+            prediction.latency_ms,
+            sizes.effective_bytes,
+            baseline["predicted_latency_ms"],
+            baseline["fp32_size_bytes"],
+            config.reward,
+        ),
         "onnx": str(onnx_path.relative_to(final_dir.parent)),
     }
     write_json(directory / "result.json", result)

@@ -79,17 +79,30 @@ class SearchSpace:
         kind = [1.0 if layer.kind == k else 0.0 for k in KINDS]
         prev = [1.0 if prev_bits == b else 0.0 for b in self.bits]
         latency = self.latency_share[t] if self.latency_share else 0.0
-        return np.array([
-            t / max(n - 1, 1), layer.kernel / 7.0, layer.stride / 2.0, layer.in_channels / max_ch,
-            layer.out_channels / max_ch, layer.fmap / max_fmap, layer.flops / flops, layer.params / params,
-            latency, float(layer.group is None), prev_keep, *kind, *prev,
-        ], dtype=np.float32)
+        return np.array(
+            [
+                t / max(n - 1, 1),
+                layer.kernel / 7.0,
+                layer.stride / 2.0,
+                layer.in_channels / max_ch,
+                layer.out_channels / max_ch,
+                layer.fmap / max_fmap,
+                layer.flops / flops,
+                layer.params / params,
+                latency,
+                float(layer.group is None),
+                prev_keep,
+                *kind,
+                *prev,
+            ],
+            dtype=np.float32,
+        )
 
     def policy(self, keeps: Sequence[float], bits: Sequence[int]) -> Policy:
         """The policy of one episode's actions (follower layers take their group's ratio)."""
         group_keep: dict[str, float] = {}
         layers = {}
-        for layer, keep, b in zip(self.layers, keeps, bits):
+        for layer, keep, b in zip(self.layers, keeps, bits, strict=False):
             if layer.group is None:
                 ratio = 1.0
             else:
@@ -98,7 +111,9 @@ class SearchSpace:
         return Policy(self.model, layers)
 
 
-def describe_layers(model: nn.Module, example: torch.Tensor, limits: Sequence[LayerLimits] | None = None) -> tuple[LayerInfo, ...]:
+def describe_layers(
+    model: nn.Module, example: torch.Tensor, limits: Sequence[LayerLimits] | None = None
+) -> tuple[LayerInfo, ...]:
     """Conv2d/Linear layers in execution order with their shapes, FLOPs and pruning groups."""
     limits = list(limits) if limits is not None else layer_limits(model, example)
     group = {lim.name: lim.group for lim in limits}
@@ -115,11 +130,35 @@ def describe_layers(model: nn.Module, example: torch.Tensor, limits: Sequence[La
             fmap = int(out.shape[2] * out.shape[3])
             depthwise = module.groups > 1 and module.groups == module.in_channels
             flops = fmap * module.out_channels * module.in_channels // module.groups * k * k
-            seen.append(LayerInfo(name, "depthwise" if depthwise else "conv", k, s, module.in_channels,
-                                  module.out_channels, fmap, flops, module.weight.numel(), group.get(name)))
+            seen.append(
+                LayerInfo(
+                    name,
+                    "depthwise" if depthwise else "conv",
+                    k,
+                    s,
+                    module.in_channels,
+                    module.out_channels,
+                    fmap,
+                    flops,
+                    module.weight.numel(),
+                    group.get(name),
+                )
+            )
         else:
-            seen.append(LayerInfo(name, "linear", 1, 1, module.in_features, module.out_features, 1,
-                                  module.in_features * module.out_features, module.weight.numel(), group.get(name)))
+            seen.append(
+                LayerInfo(
+                    name,
+                    "linear",
+                    1,
+                    1,
+                    module.in_features,
+                    module.out_features,
+                    1,
+                    module.in_features * module.out_features,
+                    module.weight.numel(),
+                    group.get(name),
+                )
+            )
 
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)) and names[module] in group:
@@ -208,5 +247,7 @@ class ParamCounter:
     def kept_fraction(self, policy: Policy) -> dict[str, float]:
         """Per Conv2d/Linear layer, the fraction of its weights (and so of its multiply-adds) kept."""
         keep = self._group_keep(policy)
-        return {name: self._kept(keep, t) / (t.factor * t.out_channels * t.in_channels)
-                for name, t in self.layer_terms.items()}
+        return {
+            name: self._kept(keep, t) / (t.factor * t.out_channels * t.in_channels)
+            for name, t in self.layer_terms.items()
+        }

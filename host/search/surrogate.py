@@ -31,8 +31,9 @@ from host.search.reward import RewardConfig, reward
 from host.search.space import ParamCounter, SearchSpace
 
 
-def layer_sensitivity(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                      layer_names: list[str], max_batches: int = 4) -> dict[str, float]:
+def layer_sensitivity(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], layer_names: list[str], max_batches: int = 4
+) -> dict[str, float]:
     """Each layer's share of the model's Fisher saliency: the sum over its weights of
     (dL/dw * w)^2, the diagonal empirical Fisher (from mini-batch gradients) times w^2.
     Gradients are enabled on the layers' weights for the measurement (a teacher that distillation
@@ -63,8 +64,10 @@ def layer_sensitivity(model: nn.Module, batches: Iterable[tuple[torch.Tensor, to
         model.train(was_training)
     total = sum(saliency.values())
     if not seen or not total > 0:
-        raise ValueError(f"layer sensitivity: {seen} batch(es) gave a total Fisher saliency of {total}; the "
-                         "surrogate needs training batches on which the teacher has a gradient")
+        raise ValueError(
+            f"layer sensitivity: {seen} batch(es) gave a total Fisher saliency of {total}; the "
+            "surrogate needs training batches on which the teacher has a gradient"
+        )
     return {name: s / total for name, s in saliency.items()}
 
 
@@ -108,14 +111,15 @@ class RewardSurrogate:
         otherwise, and a resumed run must score it to the last bit."""
         kept = self.counter.kept_fraction(policy)
         pruned = sum(self.sensitivity[name] * (1.0 - kept[name]) for name in self._names)
-        by_bits = [sum(self.sensitivity[name] for name in self._names if policy.layers[name].bits == b)
-                   for b in self._reduced]
-        return np.array([pruned, pruned ** 2, *by_bits])
+        by_bits = [
+            sum(self.sensitivity[name] for name in self._names if policy.layers[name].bits == b) for b in self._reduced
+        ]
+        return np.array([pruned, pruned**2, *by_bits])
 
     def boundary_elements(self, policy: Policy) -> float:
         """Activation elements that change number type between consecutive layers."""
         total = 0.0
-        for prev, cur in zip(self._names, self._names[1:]):
+        for prev, cur in zip(self._names, self._names[1:], strict=False):
             a, b = policy.layers[prev], policy.layers[cur]
             if _domain(a.bits) != _domain(b.bits):
                 total += self._activations[prev] * a.keep_ratio
@@ -147,13 +151,17 @@ class RewardSurrogate:
         design = np.hstack([np.ones((len(y), 1)), -x])
         # A small ridge keeps the coefficients defined while there are fewer episodes than features.
         ridge = np.hstack([np.zeros((x.shape[1], 1)), 1e-3 * np.eye(x.shape[1])])
-        fit = lsq_linear(np.vstack([design, ridge]), np.concatenate([y, np.zeros(x.shape[1])]),
-                         bounds=([-np.inf] + [0.0] * x.shape[1], [np.inf] * design.shape[1]))
+        fit = lsq_linear(
+            np.vstack([design, ridge]),
+            np.concatenate([y, np.zeros(x.shape[1])]),
+            bounds=([-np.inf] + [0.0] * x.shape[1], [np.inf] * design.shape[1]),
+        )
         self._acc = fit.x
         residual = np.array([o.latency_ms - self.estimator(o.policy) for o in self.observations])
         elements = np.array([self.boundary_elements(o.policy) for o in self.observations])
-        lat = lsq_linear(np.stack([np.ones_like(elements), elements], axis=1), residual,
-                         bounds=([-np.inf, 0.0], [np.inf, np.inf]))
+        lat = lsq_linear(
+            np.stack([np.ones_like(elements), elements], axis=1), residual, bounds=([-np.inf, 0.0], [np.inf, np.inf])
+        )
         self._lat = lat.x
 
     def accuracy(self, policy: Policy) -> float:
@@ -167,18 +175,30 @@ class RewardSurrogate:
         return max(estimate, 1e-3 * self.base_latency_ms)
 
     def reward(self, policy: Policy) -> float:
-        return reward(max(self.accuracy(policy), 1e-6), self.latency_ms(policy), self.size_bytes(policy),
-                      self.base_latency_ms, self.base_size_bytes, self.weights)
+        return reward(
+            max(self.accuracy(policy), 1e-6),
+            self.latency_ms(policy),
+            self.size_bytes(policy),
+            self.base_latency_ms,
+            self.base_size_bytes,
+            self.weights,
+        )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"observations": [{"policy": o.policy.to_json(), "val_accuracy": o.val_accuracy,
-                                  "latency_ms": o.latency_ms} for o in self.observations],
-                "sensitivity": dict(self.sensitivity)}
+        return {
+            "observations": [
+                {"policy": o.policy.to_json(), "val_accuracy": o.val_accuracy, "latency_ms": o.latency_ms}
+                for o in self.observations
+            ],
+            "sensitivity": dict(self.sensitivity),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The run's own observations and sensitivity (recomputed ones could differ in the last bit)."""
-        self.observations = [Observation(Policy.from_json(o["policy"]), o["val_accuracy"], o["latency_ms"])
-                             for o in state["observations"]]
+        self.observations = [
+            Observation(Policy.from_json(o["policy"]), o["val_accuracy"], o["latency_ms"])
+            for o in state["observations"]
+        ]
         if "sensitivity" in state:
             self.sensitivity = dict(state["sensitivity"])
         self._acc = None
