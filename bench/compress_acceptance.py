@@ -18,14 +18,12 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from host.compress.distill import DistillConfig  # noqa: E402
-from host.compress.pipeline import CompressConfig, DataConfig, run_compress  # noqa: E402
-from host.compress.policy import LayerAction, Policy  # noqa: E402
-from host.compress.prune import layer_limits  # noqa: E402
-from host.compress.train import TrainConfig  # noqa: E402
+from host.compress.distill import DistillConfig
+from host.compress.policy import LayerAction, Policy
+from host.compress.run import CompressConfig, run_compress
+from host.compress.train import TrainConfig
+from host.data import DataConfig
+from host.device import DeviceConfig
 
 
 def main() -> int:
@@ -34,45 +32,42 @@ def main() -> int:
     parser.add_argument("--distill-epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    import torch
-
     from host import logs
+    from host.latency.variants import model_limits
 
     logs.configure()  # logs to stderr: stdout is the JSON document
-
-    from host.models import build_model
-
     config = CompressConfig(
         model="resnet18",
         data=DataConfig(name="synthetic-neu-det", seed=args.seed),
         baseline=replace(TrainConfig(), epochs=15, seed=args.seed),
         distill=replace(DistillConfig(), epochs=args.distill_epochs),
-        threads=1,
-        benchmark_batch=1,
+        device=DeviceConfig(threads=1, benchmark_batch=1),
     )
-    names = [lim.name for lim in layer_limits(build_model("resnet18", 6, (3, 64, 64)), torch.zeros(1, 3, 64, 64))]
+    names = [lim.name for lim in model_limits("resnet18")]
     policy = Policy.uniform("resnet18", names, 0.5, 8, {"fc": LayerAction(1.0, 8)})
     out = args.out or Path(tempfile.mkdtemp(prefix="hadmc-acceptance-"))
     s = run_compress(config, policy, out, progress=True)
-    a = s.accuracy
-    drop_points = 100 * (a["baseline_test_torch"] - a["compressed_test_onnxruntime"])
+    base, c = s.baseline, s.compressed
+    drop_points = 100 * (base.test_accuracy - c.test_accuracy_onnxruntime)
     result = {
-        "accuracy": a,
-        "accuracy_drop_points": round(drop_points, 2),
-        "params": {
-            "baseline": s.size["baseline_params"],
-            "compressed": s.size["params"],
-            "reduction": round(s.size["params_reduction"], 4),
+        "accuracy": {
+            "baseline_test_torch": base.test_accuracy,
+            "baseline_test_onnxruntime": base.test_accuracy_onnxruntime,
+            "compressed_test_torch": c.test_accuracy,
+            "compressed_test_onnxruntime": c.test_accuracy_onnxruntime,
         },
-        "effective_size_compression": round(s.size["compression"], 4),
-        "latency_ms": {k: s.latency[k]["latency"]["median_ms"] for k in ("baseline", "compressed")},
-        "speedup": round(s.latency["speedup"], 2),
+        "accuracy_drop_points": round(drop_points, 2),
+        "params": {"baseline": base.params, "compressed": c.params, "reduction": round(c.params_reduction, 4)},
+        "effective_size_compression": round(c.compression, 4),
+        "latency_ms": {"baseline": c.baseline_measured_latency.median_ms, "compressed": c.measured_latency.median_ms},
+        "predicted_latency_ms": {"baseline": base.predicted_latency_ms, "compressed": c.predicted_latency_ms},
+        "speedup": round(c.speedup, 2),
         "seconds": s.seconds,
         "out": str(out),
         "targets": {
             "accuracy_drop<=1pt": drop_points <= 1.0,
-            "params-75%": s.size["params_reduction"] >= 0.745,
-            "speedup>=5x": s.latency["speedup"] >= 5.0,
+            "params-75%": c.params_reduction >= 0.745,
+            "speedup>=5x": c.speedup >= 5.0,
         },
     }
     print(json.dumps(result, indent=2))

@@ -179,26 +179,33 @@ def _agent(args: argparse.Namespace) -> Any:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from dataclasses import asdict, replace
+    from dataclasses import replace
 
-    from host.compress.pipeline import load_compress_config, run_compress
     from host.compress.policy import Policy
+    from host.compress.run import load_compress_config, run_compress
+    from host.runs import to_doc
 
     config = load_compress_config(args.config)
     if args.device:
-        config = replace(config, device=args.device)
+        config = replace(config, device=replace(config.device, address=args.device))
     summary = run_compress(config, Policy.load(args.policy), args.out, progress=not args.json)
-    a, lat, size = summary.accuracy, summary.latency, summary.size
+    base, c = summary.baseline, summary.compressed
     text = (
-        f"test accuracy {a['baseline_test_torch']:.4f} -> {a['compressed_test_torch']:.4f} (torch), "
-        f"{a['compressed_test_onnxruntime']:.4f} in onnxruntime on the device; parameters "
-        f"{size['baseline_params']:,} -> {size['params']:,} (-{size['params_reduction'] * 100:.1f}%), "
-        f"effective size -{size['compression'] * 100:.1f}%; latency at batch {lat['batch_size']}: "
-        f"{lat['baseline']['latency']['median_ms']:.3f} -> {lat['compressed']['latency']['median_ms']:.3f} ms "
-        f"(x{lat['speedup']:.2f}); summary in {args.out / 'summary.json'}"
+        f"test accuracy {base.test_accuracy:.4f} -> {c.test_accuracy:.4f} (torch), "
+        f"{_number(c.test_accuracy_onnxruntime, '.4f')} in onnxruntime on the device; parameters "
+        f"{base.params:,} -> {c.params:,} (-{c.params_reduction * 100:.1f}%), effective size "
+        f"-{c.compression * 100:.1f}%; latency at batch {config.device.benchmark_batch}: "
+        f"{_number(c.baseline_measured_latency and c.baseline_measured_latency.median_ms, '.3f')} -> "
+        f"{_number(c.measured_latency and c.measured_latency.median_ms, '.3f')} ms (x{_number(c.speedup, '.2f')}); "
+        f"summary in {args.out / 'summary.json'}"
     )
-    _emit(asdict(summary), args.json, text)
+    _emit(to_doc(summary), args.json, text)
     return 0
+
+
+def _number(value: float | None, spec: str) -> str:
+    """A figure, or 'not measured' (never 0) when the measurement could not be made."""
+    return "not measured" if value is None else format(value, spec)
 
 
 def cmd_policy_init(args: argparse.Namespace) -> int:
@@ -221,45 +228,47 @@ def cmd_policy_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _search_text(summary: dict[str, Any], out: Path) -> str:
-    base = summary["baseline"]
+def _search_text(summary: Any, out: Path) -> str:
+    base = summary.baseline
     header = (
         f"{'':<10} {'val acc':>8} {'test acc':>9} {'onnxrt':>8} {'params':>11} {'pred ms':>8} "
         f"{'meas ms':>8} {'speedup':>8} {'reward':>7}"
     )
+    measured = base.measured_latency.median_ms if base.measured_latency else None
     rows = [
         header,
-        (
-            f"{'baseline':<10} {base['val_accuracy']:>8.4f} {base['test_accuracy']:>9.4f} "
-            f"{base['test_accuracy_onnxruntime']:>8.4f} {base['params']:>11,} "
-            f"{base['predicted_latency_ms']:>8.3f} {base['measured_latency']['median_ms']:>8.3f} "
-            f"{1.0:>8.2f} {'':>7}"
-        ),
+        f"{'baseline':<10} {base.val_accuracy:>8.4f} {base.test_accuracy:>9.4f} "
+        f"{_number(base.test_accuracy_onnxruntime, '.4f'):>8} {base.params:>11,} "
+        f"{base.predicted_latency_ms:>8.3f} {_number(measured, '.3f'):>8} {1.0:>8.2f} {'':>7}",
     ]
-    for name, c in summary["controllers"].items():
+    for name, c in summary.controllers.items():
+        measured = c.measured_latency.median_ms if c.measured_latency else None
         rows.append(
-            f"{name:<10} {c['val_accuracy']:>8.4f} {c['test_accuracy']:>9.4f} "
-            f"{c['test_accuracy_onnxruntime']:>8.4f} {c['params']:>11,} {c['predicted_latency_ms']:>8.3f} "
-            f"{c['measured_latency']['median_ms']:>8.3f} {c['speedup']:>8.2f} {c['reward']:>7.4f}"
+            f"{name:<10} {c.val_accuracy:>8.4f} {c.test_accuracy:>9.4f} "
+            f"{_number(c.test_accuracy_onnxruntime, '.4f'):>8} {c.params:>11,} {c.predicted_latency_ms:>8.3f} "
+            f"{_number(measured, '.3f'):>8} {_number(c.speedup, '.2f'):>8} {_number(c.reward, '.4f'):>7}"
         )
-    rows.append(f"run directory {out} ({summary['wall_s'] / 60:.1f} min); report in {out / 'report.html'}")
+    rows.append(f"run directory {out} ({summary.wall_s / 60:.1f} min); report in {out / 'report.html'}")
     return "\n".join(rows)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from host.runs import to_doc
     from host.search.run import load_search_config, run_search
 
     if args.episodes is not None and args.episodes < 1:
         raise CliError(f"--episodes {args.episodes}: a search needs at least one episode")
     overrides = {
-        "device": args.device,
+        "device": {"address": args.device},
         "store": args.store,
-        "episodes": args.episodes,
-        "controllers": args.controllers.split(",") if args.controllers else None,
+        "search": {
+            "episodes": args.episodes,
+            "controllers": args.controllers.split(",") if args.controllers else None,
+        },
     }
     config = load_search_config(args.config, overrides)
     summary = run_search(config, args.out, resume=args.resume, progress=not args.json)
-    _emit(summary, args.json, _search_text(summary, args.out))
+    _emit(to_doc(summary), args.json, _search_text(summary, args.out))
     return 0
 
 
@@ -280,7 +289,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             args.study, args.preset or "paper", args.config, args.seeds, args.device or (), args.store
         )
         results = run_experiment(experiment, args.out, progress=not args.json)
-    _emit(results.to_doc(), args.json, tables_markdown(results) + f"\nreport in {args.out / 'report.html'}")
+    from host.runs import to_doc
+
+    _emit(to_doc(results), args.json, tables_markdown(results) + f"\nreport in {args.out / 'report.html'}")
     return 0
 
 
@@ -296,9 +307,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from host.demo import run_demo
+    from host.runs import to_doc
 
     summary = run_demo(args.out, progress=not args.json, resume=args.resume)
-    _emit(summary, args.json, _search_text(summary, args.out))
+    _emit(to_doc(summary), args.json, _search_text(summary, args.out))
     return 0
 
 

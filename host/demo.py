@@ -8,11 +8,11 @@ verified in onnxruntime and benchmarked on this machine.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from host.compress.distill import DistillConfig
+from host.runs import SearchSummary
 from host.search.ppo import PPOConfig
-from host.search.run import SearchConfig, run_search
+from host.search.run import SearchConfig, SearchSettings, run_search
 
 # The paper's search at a budget that finishes within 15 minutes on 2 cores from a fresh
 # HADMC_HOME (baseline training and an empty LUT included): 10 episodes per controller, episode
@@ -25,13 +25,11 @@ from host.search.run import SearchConfig, run_search
 # what makes PPO beat random search clearly with few real episodes.
 DEMO = SearchConfig(
     model="resnet18",
-    controllers=["ppo", "random", "uniform"],
-    episodes=10,
-    episode_samples=576,
+    search=SearchSettings(controllers=["ppo", "random", "uniform"], episodes=10, episode_samples=576),
     final_distill=DistillConfig(epochs=10),
     ppo=PPOConfig(actor_lr=1e-3, critic_lr=3e-3, surrogate_episodes=32),
 )
 
 
-def run_demo(out: Path, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+def run_demo(out: Path, progress: bool = True, resume: bool = False) -> SearchSummary:
     return run_search(DEMO, out, resume=resume, progress=progress)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -19,3 +20,8 @@ def embedded_agent(config: AgentConfig | None = None) -> Iterator[AgentTarget]:
         yield AgentTarget(agent.address)
     finally:
         agent.stop(grace_s=2.0)
+
+
+def embedded_agent_with(threads: int) -> contextlib.AbstractContextManager[AgentTarget]:
+    """An embedded agent on 127.0.0.1:<free port> with `threads` intra-op threads."""
+    return embedded_agent(AgentConfig(listen="127.0.0.1:0", intra_op_threads=threads))

@@ -47,9 +47,9 @@ def _space(model: str, bits=(32, 16, 8, 4)) -> tuple[SearchSpace, list]:
 
 def test_config_errors():
     with pytest.raises(ConfigError, match="at least one episode"):
-        load_search_config(None, {"episodes": 0})
+        load_search_config(None, {"search": {"episodes": 0}})
     with pytest.raises(ConfigError, match="choose among ppo, random, uniform"):
-        load_search_config(None, {"controllers": ["ppo", "grid"]})
+        load_search_config(None, {"search": {"controllers": ["ppo", "grid"]}})
     with pytest.raises(ValueError, match="unknown controller"):
         make_controller("grid", _space("resnet18")[0], PPOConfig(), 0)
 
@@ -57,9 +57,7 @@ def test_config_errors():
 MLP = {
     "model": "mlp",
     "data": {"name": "breast-cancer"},
-    "controllers": ["ppo", "random", "uniform"],
-    "episodes": 2,
-    "episode_samples": 64,
+    "search": {"controllers": ["ppo", "random", "uniform"], "episodes": 2, "episode_samples": 64},
     "baseline": {"epochs": 2},
     "final_distill": {"epochs": 1},
 }
@@ -67,30 +65,30 @@ MLP = {
 
 def test_search_run_directory(agent, tmp_path, monkeypatch):
     monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
-    config = load_search_config(None, {**MLP, "device": agent.address, "store": f"sqlite:///{tmp_path / 'lut.sqlite'}"})
+    config = load_search_config(
+        None, {**MLP, "device": {"address": agent.address}, "store": f"sqlite:///{tmp_path / 'lut.sqlite'}"}
+    )
     out = tmp_path / "run"
     summary = run_search(config, out, progress=False)
     rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert sorted((r["controller"], r["episode"]) for r in rows) == sorted(
-        (c, e) for c in MLP["controllers"] for e in range(2)
+        (c, e) for c in MLP["search"]["controllers"] for e in range(2)
     )
     for r in rows:
         assert r["predicted_latency_ms"] > 0 and 0 <= r["val_accuracy"] <= 1 and r["lut_version_ids"]
-    for name, c in summary["controllers"].items():
-        assert (out / c["onnx"]).exists() and (out / "final" / name / "benchmark.json").exists()
-        assert abs(c["test_accuracy"] - c["test_accuracy_onnxruntime"]) <= 0.02
-        assert c["measured_latency"]["median_ms"] > 0 and c["speedup"] > 0
+    for name, c in summary.controllers.items():
+        assert (out / c.onnx).exists() and (out / "final" / name / "benchmark.json").exists()
+        assert abs(c.test_accuracy - c.test_accuracy_onnxruntime) <= 0.02
+        assert c.measured_latency.median_ms > 0 and c.speedup > 0
         # The speedup is over the FP32 model measured again right after this one.
-        assert c["speedup"] == pytest.approx(
-            c["baseline_measured_latency"]["median_ms"] / c["measured_latency"]["median_ms"]
-        )
+        assert c.speedup == pytest.approx(c.baseline_measured_latency.median_ms / c.measured_latency.median_ms)
         assert json.loads((out / "final" / name / "baseline_benchmark.json").read_text())["latency"]["n"] >= 2
     for f in ("config.json", "device.json", "baseline.json", "summary.json"):
         assert json.loads((out / f).read_text())
     report = (out / "report.html").read_text()
     assert "http://" not in report and "https://" not in report and report.count("data:image/png;base64,") == 4
     assert (
-        all(name in report for name in MLP["controllers"])
+        all(name in report for name in MLP["search"]["controllers"])
         and json.loads((out / "device.json").read_text())["fingerprint_hash"] in report
     )
     assert all(
@@ -110,7 +108,7 @@ def test_search_run_directory(agent, tmp_path, monkeypatch):
 def test_a_killed_search_resumes_with_no_episode_lost_or_repeated(agent, tmp_path):
     config = tmp_path / "search.toml"
     config.write_text(
-        'model = "mlp"\ncontrollers = ["ppo", "random"]\nepisodes = 4\nepisode_samples = 64\n'
+        'model = "mlp"\n[search]\ncontrollers = ["ppo", "random"]\nepisodes = 4\nepisode_samples = 64\n'
         '[data]\nname = "breast-cancer"\n[baseline]\nepochs = 2\n[final_distill]\nepochs = 1\n'
         "[ppo]\nsurrogate_episodes = 4\nsurrogate_warmup = 1\n"
     )  # practice is checkpointed too
@@ -156,7 +154,9 @@ def test_an_unreachable_device_fails_fast_naming_it(tmp_path, monkeypatch):
     from host.agent_client import AgentError
 
     monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
-    config = load_search_config(None, {**MLP, "device": "127.0.0.1:1", "store": f"sqlite:///{tmp_path / 'l.sqlite'}"})
+    config = load_search_config(
+        None, {**MLP, "device": {"address": "127.0.0.1:1"}, "store": f"sqlite:///{tmp_path / 'l.sqlite'}"}
+    )
     t0 = time.monotonic()
     with pytest.raises(AgentError, match=r"127\.0\.0\.1:1.*after 3 attempts"):
         run_search(config, tmp_path / "run", progress=False)
@@ -182,19 +182,19 @@ def test_a_params_target_and_a_latency_budget_bound_every_policy(agent, tmp_path
     """amc (and ppo) under a parameter target, haq under a latency budget, on a real agent: every
     episode's pruned model meets the target exactly, every haq policy meets the budget on the LUT
     estimate the bounding uses."""
-    from host.compress.pipeline import device_client
     from host.compress.policy import Policy
-    from host.latency.predict import LatencyPredictor
     from host.search.budget import latency_estimator
     from host.search.space import ParamCounter
-    from lut_store.store import open_store
+    from host.workbench import Workbench
 
     monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
     store = f"sqlite:///{tmp_path / 'lut.sqlite'}"
-    base = {**MLP, "device": agent.address, "store": store}
+    base = {**MLP, "device": {"address": agent.address}, "store": store}
     run = tmp_path / "amc"
     run_search(
-        load_search_config(None, {**base, "controllers": ["amc", "ppo"], "max_params_fraction": 0.3}),
+        load_search_config(
+            None, {**base, "search": {**MLP["search"], "controllers": ["amc", "ppo"], "max_params_fraction": 0.3}}
+        ),
         run,
         progress=False,
     )
@@ -203,19 +203,22 @@ def test_a_params_target_and_a_latency_budget_bound_every_policy(agent, tmp_path
     assert len(rows) == 4 and all(r["params"] <= 0.3 * params for r in rows)
     assert all(a["bits"] == 32 for r in rows if r["controller"] == "amc" for a in r["policy"]["layers"].values())
 
-    net = build_model("mlp", 2, (30,))
-    example = torch.zeros((1, 30))
-    space = SearchSpace("mlp", describe_layers(net, example), (32, 16, 8, 4))
-    with device_client(agent.address, 1) as client, open_store(store) as lut:
-        predictor = LatencyPredictor.for_device(lut, client)
-        estimate = latency_estimator(space, ParamCounter(net, example), predictor, tmp_path, 2, (30,))
-        predictor.close()
+    config = load_search_config(None, base)
+    with Workbench.open(config) as bench:
+        net = bench.fresh_model()
+        space = SearchSpace("mlp", describe_layers(net, bench.example), (32, 16, 8, 4))
+        estimate = latency_estimator(space, ParamCounter(net, bench.example), bench, tmp_path)
+        bench.close()
     names = [x.name for x in space.layers]
     uniform = sorted(estimate(Policy.uniform("mlp", names, 1.0, b)) for b in space.bits)
     budget_ms = (uniform[0] + uniform[-1]) / 2  # binds: the costliest precision everywhere misses it
     run = tmp_path / "haq"
     run_search(
-        load_search_config(None, {**base, "controllers": ["haq"], "latency_budget_ms": budget_ms}), run, progress=False
+        load_search_config(
+            None, {**base, "search": {**MLP["search"], "controllers": ["haq"], "latency_budget_ms": budget_ms}}
+        ),
+        run,
+        progress=False,
     )
     for row in (json.loads(line) for line in (run / "episodes.jsonl").read_text().splitlines()):
         assert {a["keep_ratio"] for a in row["policy"]["layers"].values()} == {1.0}
@@ -223,7 +226,9 @@ def test_a_params_target_and_a_latency_budget_bound_every_policy(agent, tmp_path
 
     with pytest.raises(ConfigError, match="latency_ms budget 1e-06 cannot be met"):
         run_search(
-            load_search_config(None, {**base, "controllers": ["haq"], "latency_budget_ms": 1e-6}),
+            load_search_config(
+                None, {**base, "search": {**MLP["search"], "controllers": ["haq"], "latency_budget_ms": 1e-6}}
+            ),
             tmp_path / "infeasible",
             progress=False,
         )
@@ -241,4 +246,4 @@ def test_a_params_target_and_a_latency_budget_bound_every_policy(agent, tmp_path
 )
 def test_constraint_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        load_search_config(None, overrides)
+        load_search_config(None, {"search": overrides})

@@ -17,6 +17,7 @@ baked), then those layers are rewritten in the ONNX graph.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 import ml_dtypes
@@ -219,16 +220,25 @@ def _int8_layer(model: onnx.ModelProto, node: onnx.NodeProto, layer: torch.nn.Mo
         node.input[slot] = f"{base}_dq"
 
 
+@dataclass(frozen=True)
+class ExportedModel:
+    """An exported ONNX file and where each policy layer is in it."""
+
+    path: Path
+    layer_nodes: dict[str, str]  # policy layer -> the name of its Conv/Gemm/MatMul node (its kernel's anchor)
+    layers_per_bits: dict[int, int]
+
+
 def export_policy_model(
     model: torch.nn.Module, policy: Policy, path: Path, input_shape: tuple[int, ...], opset: int = 17
-) -> dict[str, int]:
-    """Export the compressed model at its real precisions; returns the count of layers per bits."""
+) -> ExportedModel:
+    """Export the compressed model at its real precisions, naming each layer's compute node."""
     by_bits = {b: {n for n, a in policy.layers.items() if a.bits == b} for b in (4, 8, 16, 32)}
     export_onnx(_export_copy(model, policy), path, input_shape, opset)
     graph = onnx.load(path)
     if by_bits[4] and graph.opset_import[0].version < INT4_OPSET:
         graph = version_converter.convert_version(graph, INT4_OPSET)
-    nodes = _layer_nodes(graph, by_bits[4] | by_bits[8] | by_bits[16])
+    nodes = _layer_nodes(graph, set(policy.layers))
     modules = dict(model.named_modules())
     for name in by_bits[8]:
         _int8_layer(graph, nodes[name], modules[name])
@@ -239,4 +249,6 @@ def export_policy_model(
     _prune_unused(graph)
     onnx.checker.check_model(graph)
     onnx.save(graph, path)
-    return {b: len(n) for b, n in by_bits.items()}
+    return ExportedModel(
+        path, {name: node.name for name, node in nodes.items()}, {b: len(n) for b, n in by_bits.items()}
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from host.data.images import image_folder
 from host.data.splits import DataError, DataSplits
@@ -32,3 +33,23 @@ def load_dataset(name: str, **options: object) -> DataSplits:
     if missing:
         raise DataError(f"data set {name!r} needs {', '.join(missing)}")
     return loader(**options)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """`[data]`: which data set, its options, the split seed and the loaders' batch size."""
+
+    name: str = "synthetic-neu-det"
+    path: str = ""  # image folder or CSV file (neu-det-folder, csv)
+    label_column: str = ""  # csv
+    seed: int = 0  # split and shuffling order
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size = {self.batch_size}: give at least 1")
+
+    def load(self) -> DataSplits:
+        """The data set, split with `seed`, with the options given (empty ones are unset)."""
+        options = {"path": self.path, "label_column": self.label_column}
+        return load_dataset(self.name, seed=self.seed, **{k: v for k, v in options.items() if v})

@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from host.compress.pipeline import DataConfig
+from host.data import DataConfig
 from host.experiment import STUDIES
+from host.runs import SCHEMA, check_schema
 from host.search.run import SearchConfig
 from lut_store.tomlfile import ConfigError, from_mapping, read_toml
 
@@ -76,13 +77,13 @@ class Experiment:
         self.search.check()
         self.settings.check()
         if self.study == "sota":
-            if self.search.max_params_fraction:
+            if self.search.search.max_params_fraction:
                 raise ConfigError(
                     "study sota compares amc, haq, amc-then-haq and ppo under one latency budget "
                     "(haq bounds latency only): remove max_params_fraction and set latency_budget_ms, "
                     "or [experiment] sota_latency_fraction"
                 )
-            if not (self.search.latency_budget_ms or self.settings.sota_latency_fraction):
+            if not (self.search.search.latency_budget_ms or self.settings.sota_latency_fraction):
                 raise ConfigError(
                     "study sota runs haq, which needs a latency budget: set latency_budget_ms, or "
                     "[experiment] sota_latency_fraction (e.g. 0.5 of the FP32 model's LUT latency)"
@@ -94,10 +95,11 @@ class Experiment:
             )
 
     def to_doc(self) -> dict[str, Any]:
-        return {"study": self.study, "search": asdict(self.search), "settings": asdict(self.settings)}
+        return {"schema": SCHEMA, "study": self.study, "search": asdict(self.search), "settings": asdict(self.settings)}
 
     @classmethod
-    def from_doc(cls, doc: Mapping[str, Any]) -> Experiment:
+    def from_doc(cls, doc: Mapping[str, Any], where: str) -> Experiment:
+        check_schema(doc, where)
         return cls(
             doc["study"], from_mapping(SearchConfig, doc["search"]), from_mapping(ExperimentConfig, doc["settings"])
         )
@@ -112,8 +114,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "model": "resnet18",
         "data": {"name": "synthetic-neu-det"},
-        "episodes": 15,
-        "episode_samples": 1152,
+        "search": {"episodes": 15, "episode_samples": 1152},
         "ppo": {"actor_lr": 1e-3, "critic_lr": 3e-3, "surrogate_episodes": 32},
     },
     # Seconds per search: an MLP, 2 episodes, 1-epoch fine-tunes (CI runs every study at this budget).
@@ -122,8 +123,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "model": "mlp",
         "data": {"name": "breast-cancer"},
-        "episodes": 2,
-        "episode_samples": 64,
+        "search": {"episodes": 2, "episode_samples": 64},
         "baseline": {"epochs": 2},
         "episode_distill": {"epochs": 1},
         "final_distill": {"epochs": 1},
@@ -159,26 +159,26 @@ def load_experiment(
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choices: {', '.join(PRESETS)}")
     doc = read_toml(path, "config", ConfigError) if path is not None else {}
-    if "controllers" in doc:
+    if "controllers" in doc.get("search", {}):
         raise ConfigError(
-            "controllers: each study runs its own controllers (sota: amc, haq, ppo; controllers: "
+            "[search] controllers: each study runs its own controllers (sota: amc, haq, ppo; controllers: "
             "ppo, dqn, random; the others: ppo); remove the key"
         )
     doc = _merged(PRESETS[preset], doc)
     settings = doc.pop("experiment", {})
     if seeds is not None:
         settings["seeds"] = seeds
-    if study == "cross-device" and "device" in doc:
+    if study == "cross-device" and "address" in doc.get("device", {}):
         raise ConfigError(
-            f"device = {doc['device']!r}: cross-device runs on several devices; list them in "
-            "[experiment] devices or give --device once per device"
+            f"[device] address = {doc['device']['address']!r}: cross-device runs on several devices; list them "
+            "in [experiment] devices or give --device once per device"
         )
     if study == "cross-device" and devices:
         settings["devices"] = list(devices)
     elif len(devices) > 1:
         raise ConfigError(f"--device given {len(devices)} times: only cross-device runs on several devices")
     elif devices:
-        doc["device"] = devices[0]
+        doc["device"] = {**doc.get("device", {}), "address": devices[0]}
     if store is not None:
         doc["store"] = store
     experiment = Experiment(

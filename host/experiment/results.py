@@ -11,7 +11,8 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+
+from host.runs import Baseline, FinalModel
 
 # How a unit shows a value: (scale, format, suffix).
 UNITS: dict[str, tuple[float, str, str]] = {
@@ -39,66 +40,52 @@ class Column:
 @dataclass(frozen=True)
 class ModelMetrics:
     """One model as the Table-2-style rows show it; accuracy on the test split, latency measured
-    on the device at batch 1 (median), speedup over the FP32 model measured in the same session."""
+    on the device at batch 1 (median), speedup over the FP32 model measured in the same session.
+    None: not measured (the row then lacks that metric)."""
 
     test_accuracy: float
-    test_accuracy_onnxruntime: float
+    test_accuracy_onnxruntime: float | None
     params: int
     params_reduction: float
     fp32_size_bytes: int
     effective_size_bytes: int
     compression: float
-    latency_ms: float
-    speedup: float
+    latency_ms: float | None
+    speedup: float | None
 
     @classmethod
-    def of_search_baseline(cls, doc: Mapping[str, Any]) -> ModelMetrics:
-        """The FP32 baseline of a search run (baseline.json)."""
+    def of_baseline(cls, b: Baseline) -> ModelMetrics:
+        """The FP32 baseline of a search run."""
+        latency = b.measured_latency.median_ms if b.measured_latency else None
         return cls(
-            doc["test_accuracy"],
-            doc["test_accuracy_onnxruntime"],
-            doc["params"],
+            b.test_accuracy,
+            b.test_accuracy_onnxruntime,
+            b.params,
             0.0,
-            doc["fp32_size_bytes"],
-            doc["fp32_size_bytes"],
+            b.fp32_size_bytes,
+            b.fp32_size_bytes,
             0.0,
-            doc["measured_latency"]["median_ms"],
-            1.0,
+            latency,
+            1.0 if latency is not None else None,
         )
 
     @classmethod
-    def of_search_final(cls, doc: Mapping[str, Any]) -> ModelMetrics:
-        """A controller's final model of a search run (summary.json's controllers.NAME)."""
+    def of_final(cls, m: FinalModel) -> ModelMetrics:
+        """A final model: a search controller's, or a compress run's."""
         return cls(
-            doc["test_accuracy"],
-            doc["test_accuracy_onnxruntime"],
-            doc["params"],
-            doc["params_reduction"],
-            doc["fp32_size_bytes"],
-            doc["effective_size_bytes"],
-            doc["compression"],
-            doc["measured_latency"]["median_ms"],
-            doc["speedup"],
-        )
-
-    @classmethod
-    def of_compress(cls, doc: Mapping[str, Any]) -> ModelMetrics:
-        """The compressed model of `hadmc compress` (its summary.json)."""
-        acc, size, latency = doc["accuracy"], doc["size"], doc["latency"]
-        return cls(
-            acc["compressed_test_torch"],
-            acc["compressed_test_onnxruntime"],
-            size["params"],
-            size["params_reduction"],
-            size["fp32_bytes"],
-            size["effective_bytes"],
-            size["compression"],
-            latency["compressed"]["latency"]["median_ms"],
-            latency["speedup"],
+            m.test_accuracy,
+            m.test_accuracy_onnxruntime,
+            m.params,
+            m.params_reduction,
+            m.fp32_size_bytes,
+            m.effective_size_bytes,
+            m.compression,
+            m.measured_latency.median_ms if m.measured_latency else None,
+            m.speedup,
         )
 
     def values(self) -> dict[str, float]:
-        return {k: float(v) for k, v in vars(self).items()}
+        return {k: float(v) for k, v in vars(self).items() if v is not None}
 
 
 MODEL_COLUMNS = (
@@ -130,20 +117,6 @@ class SeedResult:
     rows: tuple[Row, ...]
     curves: Mapping[str, tuple[float, ...]]  # per-episode series by name, e.g. "ppo/reward"
     runs: tuple[str, ...]  # search run directories, relative to the experiment's, each with report.html
-
-    def to_doc(self) -> dict[str, Any]:
-        return {
-            "seed": self.seed,
-            "rows": [{"label": list(r.label), "values": dict(r.values)} for r in self.rows],
-            "curves": {k: list(v) for k, v in self.curves.items()},
-            "runs": list(self.runs),
-        }
-
-    @classmethod
-    def from_doc(cls, doc: Mapping[str, Any]) -> SeedResult:
-        rows = tuple(Row(tuple(r["label"]), {k: float(v) for k, v in r["values"].items()}) for r in doc["rows"])
-        curves = {k: tuple(float(x) for x in v) for k, v in doc["curves"].items()}
-        return cls(int(doc["seed"]), rows, curves, tuple(doc["runs"]))
 
 
 @dataclass(frozen=True)
@@ -244,35 +217,6 @@ class Results:
             rows,
             curves,
             tuple(run for r in seeds for run in r.runs),
-        )
-
-    def to_doc(self) -> dict[str, Any]:
-        return {
-            "study": self.study,
-            "title": self.title,
-            "rows_doc": self.rows_doc,
-            "labels": list(self.labels),
-            "columns": [vars(c) for c in self.columns],
-            "seeds": list(self.seeds),
-            "rows": [{"label": list(r.label), "cells": {k: vars(c) for k, c in r.cells.items()}} for r in self.rows],
-            "curves": {k: {"mean": list(c.mean), "std": list(c.std), "n": c.n} for k, c in self.curves.items()},
-            "runs": list(self.runs),
-        }
-
-    @classmethod
-    def from_doc(cls, doc: Mapping[str, Any]) -> Results:
-        rows = tuple(TableRow(tuple(r["label"]), {k: Cell(**c) for k, c in r["cells"].items()}) for r in doc["rows"])
-        curves = {k: Curve(tuple(c["mean"]), tuple(c["std"]), c["n"]) for k, c in doc["curves"].items()}
-        return cls(
-            doc["study"],
-            doc["title"],
-            doc["rows_doc"],
-            tuple(doc["labels"]),
-            tuple(Column(**c) for c in doc["columns"]),
-            tuple(doc["seeds"]),
-            rows,
-            curves,
-            tuple(doc["runs"]),
         )
 
     def cell_text(self, row: TableRow, column: Column) -> str:

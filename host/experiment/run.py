@@ -8,7 +8,6 @@ search inside a seed resumes from its checkpoints), and `--resume --seeds N` add
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -16,13 +15,16 @@ from pathlib import Path
 from host.experiment.config import Experiment
 from host.experiment.results import Results, SeedResult
 from host.experiment.studies import STUDY
-from host.jsonfile import write_json
+from host.runs import read_json, read_record, to_doc, write_json, write_record
 from lut_store.tomlfile import ConfigError
 
 
 def _stored_study(out: Path) -> str | None:
     path = out / "experiment.json"
-    return json.loads(path.read_text())["study"] if path.exists() else None
+    if not path.exists():
+        return None
+    doc = read_json(path)
+    return doc.get("study") if isinstance(doc, dict) else None
 
 
 def run_experiment(experiment: Experiment, out: Path, progress: bool = True) -> Results:
@@ -61,7 +63,7 @@ def resume_experiment(study: str, out: Path, seeds: int | None = None, progress:
             f"{out} holds a {stored!r} experiment, not {study!r}: run hadmc experiment {stored} --out "
             f"{out} --resume, or choose another --out"
         )
-    experiment = Experiment.from_doc(json.loads((out / "experiment.json").read_text()))
+    experiment = Experiment.from_doc(read_json(out / "experiment.json"), str(out / "experiment.json"))
     if seeds is not None and seeds < experiment.settings.seeds:
         raise ConfigError(
             f"the experiment in {out} runs {experiment.settings.seeds} seeds: --seeds with --resume "
@@ -84,7 +86,7 @@ def _run(experiment: Experiment, out: Path, progress: bool) -> Results:
         directory = out / f"seed{seed}"
         result_path = directory / "result.json"
         if result_path.exists():
-            done.append(SeedResult.from_doc(json.loads(result_path.read_text())))
+            done.append(read_record(result_path, SeedResult))
             continue
         if progress:
             print(
@@ -92,10 +94,10 @@ def _run(experiment: Experiment, out: Path, progress: bool) -> Results:
             )
         directory.mkdir(exist_ok=True)
         result = study.run_seed(experiment, seed, directory, progress)
-        write_json(result_path, result.to_doc())
+        write_record(result_path, result)
         done.append(result)
     results = Results.aggregate(study.name, study.title, study.rows_doc, study.labels, study.columns, done)
-    write_json(out / "results.json", results.to_doc())
+    write_json(out / "results.json", to_doc(results))
     (out / "tables.md").write_text(tables_markdown(results))
     build_experiment_report(out)
     return results

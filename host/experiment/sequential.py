@@ -11,29 +11,22 @@ pruned model (`budget.latency_estimator`); the state describes the pruned layers
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
-from host.compress.distill import distill_dataset
-from host.compress.export import export_onnx
-from host.compress.pipeline import device_client
 from host.compress.policy import LayerAction, Policy
 from host.compress.prune import count_params, prune
-from host.compress.train import trained_baseline
-from host.latency.variants import export_variant
 from host.progress import Progress
+from host.runs import EpisodeLog
 from host.search.budget import latency_estimator, latency_shares
 from host.search.controllers import make_controller
 from host.search.evaluate import Evaluator
-from host.search.loop import Baseline, Episode, run_episodes
+from host.search.loop import RewardReference, run_episodes
 from host.search.reward import latency_constraint
-from host.search.run import BITS_OF, SearchConfig
+from host.search.run import EpisodeRecorder, SearchConfig, search_bits
 from host.search.space import ParamCounter, SearchSpace, describe_layers
-from lut_store.opkey import precision_from_proto
+from host.workbench import Workbench
 from lut_store.tomlfile import ConfigError
 
 CONTROLLER = "amc+haq"  # the stage's name in its episodes.jsonl
@@ -77,107 +70,49 @@ class FixedKeepSpace(SearchSpace):
 
 
 def search_precisions(config: SearchConfig, base: Policy, out: Path, progress: bool = True) -> Policy:
-    """`config.episodes` episodes of `haq` on `base`'s keep-ratios under `config.latency_budget_ms`
+    """`[search] episodes` episodes of `haq` on `base`'s keep-ratios under `latency_budget_ms`
     (one line each in out/episodes.jsonl); the policy of the best reward. A killed stage starts
     again from its first episode."""
-    from host.data import load_dataset, make_loaders
-    from host.data.loaders import tensor_dataset
-    from host.latency.predict import LatencyPredictor
-    from host.models import build_model
-    from lut_store.store import open_store
-
-    if not config.latency_budget_ms:
+    budget_ms = config.search.latency_budget_ms
+    if not budget_ms:
         raise ConfigError("the precision stage searches under a latency budget: set latency_budget_ms")
     out.mkdir(parents=True, exist_ok=True)
-    with (
-        device_client(config.device, config.threads) as client,
-        open_store(config.store or None) as store,
-        LatencyPredictor.for_device(store, client) as predictor,
-    ):
-        options = {k: v for k, v in asdict(config.data).items() if k != "name" and v != ""}
-        data = load_dataset(config.data.name, **options)
-        loaders = make_loaders(data, batch_size=config.batch_size, seed=config.data.seed)
-        shape = tuple(data.input_shape)
-        example = torch.zeros((1, *shape))
-        teacher, _ = trained_baseline(
-            lambda: build_model(config.model, len(data.classes), shape),
-            config.model,
-            f"{data.cache_id}-s{config.data.seed}",
-            loaders.train,
-            config.baseline,
-        )
-        teacher.eval()
-        pruned = copy.deepcopy(teacher)
-        for p in pruned.parameters():  # Torch-Pruning skips frozen layers
-            p.requires_grad_(True)
-        prune(pruned, base, example, config.round_to)
-        supported = {precision_from_proto(p.precision) for p in client.info().precisions if p.supported}
-        bits = tuple(config.bits) or tuple(sorted((BITS_OF[p] for p in supported if p in BITS_OF), reverse=True))
-        plain = SearchSpace(config.model, describe_layers(pruned, example), bits, config.min_keep, config.max_keep)
-        space = FixedKeepSpace.around(plain, base)
+    shown = Progress(progress)
+    with Workbench.open(config, shown) as bench:
+        plain, space = _spaces(bench, config, base, out)
         # The estimator fits each layer's latency against its keep-ratio, so it sees the unrestricted space.
-        estimate = latency_estimator(
-            plain, ParamCounter(teacher, example, config.round_to), predictor, out, len(data.classes), shape
-        )
-        fp32_path = export_variant(
-            config.model,
-            space.policy((), [32] * len(plain.layers)),
-            out / "pruned_fp32.onnx",
-            len(data.classes),
-            shape,
-            config.round_to,
-        )
-        space = replace(space, latency_share=latency_shares(plain, predictor.predict(fp32_path)).latency_share)
+        counter = ParamCounter(bench.teacher, bench.example, config.compress.round_to)
+        estimate = latency_estimator(plain, counter, bench, out)
         try:
-            controller = make_controller(
-                "haq", space, config.ppo, config.seed, latency_constraint(estimate, config.latency_budget_ms)
-            )
+            constraint = latency_constraint(estimate, budget_ms)
+            controller = make_controller("haq", space, config.ppo, config.search.seed, constraint)
         except ValueError as exc:
             raise ConfigError(f"the precision stage on the pruning policy: {exc}") from None
-        export_onnx(teacher, out / "baseline_fp32.onnx", shape)
-        baseline = Baseline(predictor.predict(out / "baseline_fp32.onnx").latency_ms, 4 * count_params(teacher))
-        shown = Progress(progress)
-        shown.context = f"[{CONTROLLER}] episode 1/{config.episodes}"
-        train_set = distill_dataset(teacher, config.model, tensor_dataset(data, "train"), config.episode_distill)
+        fp32 = bench.predict(bench.export_reference(out / "baseline_fp32.onnx")).latency_ms
+        reference = RewardReference(fp32, 4 * count_params(bench.teacher))
         evaluator = Evaluator(
-            config.model,
-            teacher,
-            train_set,
-            loaders.val,
-            predictor,
-            shape,
-            out,
-            config.episode_distill,
-            config.episode_samples,
-            config.batch_size,
-            config.round_to,
-            config.calibration_batches,
-            progress=shown,
+            bench, bench.distill_set(config.episode_distill), out, config.episode_distill, config.search.episode_samples
         )
-        lines = out / "episodes.jsonl"
-        lines.write_text("")
-
-        def record(episode: Episode) -> None:
-            result = episode.result
-            row = {
-                "controller": CONTROLLER,
-                "episode": episode.index,
-                "policy": json.loads(episode.policy.to_json()),
-                "predicted_latency_ms": result.latency_ms,
-                "val_accuracy": result.val_accuracy,
-                "params": result.params,
-                "size_bytes": result.size_bytes,
-                "reward": episode.reward,
-                "lut_version_ids": list(result.lut_version_ids),
-                "wall_s": episode.wall_s,
-            }
-            with lines.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            shown.context = f"[{CONTROLLER}] episode {episode.index + 2}/{config.episodes}"
-            shown.say(
-                f"[{CONTROLLER}] episode {episode.index + 1}/{config.episodes}: reward {episode.reward:.4f}, "
-                f"val acc {result.val_accuracy:.4f}, {result.latency_ms:.3f} ms predicted"
-            )
-
-        episodes = run_episodes(controller, evaluator, config.episodes, baseline, config.reward, on_episode=record)
+        log = EpisodeLog(out / "episodes.jsonl")
+        record = EpisodeRecorder(CONTROLLER, controller, log, config.search.episodes, shown, log.keep({}))
+        shown.context = f"[{CONTROLLER}] episode 1/{config.search.episodes}"
+        episodes = run_episodes(controller, evaluator, config.search.episodes, reference, config.reward, 0, record)
+        bench.close()
     return max(episodes, key=lambda e: e.reward).policy
+
+
+def _spaces(bench: Workbench, config: SearchConfig, base: Policy, out: Path) -> tuple[SearchSpace, FixedKeepSpace]:
+    """The space over the pruned network's layers, and it restricted to `base`'s keep-ratios with
+    each layer's share of the pruned FP32 network's predicted latency."""
+    pruned = copy.deepcopy(bench.teacher)
+    for p in pruned.parameters():  # Torch-Pruning skips frozen layers
+        p.requires_grad_(True)
+    prune(pruned, base, bench.example, config.compress.round_to)
+    s = config.search
+    bits = search_bits(config, bench)
+    plain = SearchSpace(config.model, describe_layers(pruned, bench.example), bits, s.min_keep, s.max_keep)
+    space = FixedKeepSpace.around(plain, base)
+    fp32 = space.policy((), [32] * len(plain.layers))
+    exported = bench.export(bench.variant(fp32), fp32, out / "pruned_fp32.onnx")
+    shares = latency_shares(plain, bench.predict(exported), exported.layer_nodes).latency_share
+    return plain, replace(space, latency_share=shares)

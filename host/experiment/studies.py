@@ -11,25 +11,20 @@ import json
 import statistics
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from host.compress.distill import DistillConfig
-from host.compress.pipeline import (
-    CompressConfig,
-    device_accuracy_and_latency,
-    device_client,
-    paired_latency,
-    run_compress,
-)
 from host.compress.policy import LayerAction, Policy
+from host.compress.run import CompressConfig, run_compress
+from host.device import Device, DeviceConfig, open_device
 from host.experiment.config import Experiment
 from host.experiment.results import MODEL_COLUMNS, Column, ModelMetrics, Row, SeedResult
 from host.experiment.sequential import search_precisions
-from host.jsonfile import write_json
 from host.progress import Progress
+from host.runs import CompressSummary, SearchSummary, read_record, write_json
 from host.search.run import SearchConfig, run_search
+from host.workbench import Workbench
 from lut_store.tomlfile import ConfigError
 
 BASELINE = "FP32 baseline"
@@ -39,49 +34,27 @@ def _say(progress: bool, text: str) -> None:
     Progress(progress).say(text)
 
 
-def _search(config: SearchConfig, out: Path, progress: bool) -> dict[str, Any]:
+def _search(config: SearchConfig, out: Path, progress: bool) -> SearchSummary:
     """run_search into `out`; the summary of one already finished there; a killed one resumes."""
     if (out / "summary.json").exists():
-        return json.loads((out / "summary.json").read_text())
+        return read_record(out / "summary.json", SearchSummary)
     return run_search(config, out, resume=(out / "config.json").exists(), progress=progress)
 
 
 def _compress(
-    config: SearchConfig, policy: Policy, distill: DistillConfig, out: Path, client: Any, progress: bool
-) -> dict[str, Any]:
-    """run_compress of one policy as a search's final model is made (its settings, `distill`);
-    the summary of one already finished in `out`."""
+    config: SearchConfig, policy: Policy, distill: DistillConfig, out: Path, device: Device | None, progress: bool
+) -> CompressSummary:
+    """run_compress of one policy as a search's final model is made (its workbench settings,
+    `distill`); the summary of one already finished in `out`."""
     if (out / "summary.json").exists():
-        return json.loads((out / "summary.json").read_text())
-    compress = CompressConfig(
-        model=config.model,
-        data=config.data,
-        baseline=config.baseline,
-        distill=distill,
-        batch_size=config.batch_size,
-        calibration_batches=config.calibration_batches,
-        round_to=config.round_to,
-        device=config.device,
-        threads=config.threads,
-        benchmark_rounds=config.benchmark_rounds,
-    )
-    return asdict(run_compress(compress, policy, out, progress, client))
-
-
-def _policy(doc: dict[str, Any]) -> Policy:
-    return Policy.from_json(json.dumps(doc))
+        return read_record(out / "summary.json", CompressSummary)
+    bench = {name: getattr(config, name) for name in ("model", "store", "data", "baseline", "device", "compress")}
+    return run_compress(CompressConfig(**bench, distill=distill), policy, out, progress, device)
 
 
 def _run_dir(path: Path, seed_dir: Path) -> str:
     """A run directory relative to the experiment's (the seed directory's parent)."""
     return str(path.relative_to(seed_dir.parent))
-
-
-def _data(config: SearchConfig) -> Any:
-    from host.data import load_dataset
-
-    options = {k: v for k, v in asdict(config.data).items() if k != "name" and v != ""}
-    return load_dataset(config.data.name, **options)
 
 
 # --- sota: the paper's Table 2 ------------------------------------------------------------
@@ -94,27 +67,19 @@ HADMC = "hadmc (ppo)"
 def _fp32_latency_ms(config: SearchConfig) -> float:
     """The FP32 model's latency as the device's LUT predicts it (kernels it lacks are profiled)."""
     from host.compress.export import export_onnx
-    from host.latency.predict import LatencyPredictor
-    from host.models import build_model
-    from lut_store.store import open_store
 
-    data = _data(config)
-    model = build_model(config.model, len(data.classes), tuple(data.input_shape))
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        device_client(config.device, config.threads) as client,
-        open_store(config.store or None) as store,
-        LatencyPredictor.for_device(store, client) as predictor,
-    ):
+    with tempfile.TemporaryDirectory() as tmp, Workbench.open(config) as bench:
         path = Path(tmp) / "fp32.onnx"
-        export_onnx(model, path, tuple(data.input_shape))
-        return predictor.predict(path).latency_ms
+        export_onnx(bench.fresh_model().eval(), path, bench.input_shape)
+        latency_ms = bench.predict(path).latency_ms
+        bench.close()
+    return latency_ms
 
 
 def _prepare_sota(experiment: Experiment, progress: bool) -> Experiment:
     """The latency budget in ms: the config's, else the fraction of the FP32 model's LUT latency."""
     search = experiment.search
-    if search.latency_budget_ms:
+    if search.search.latency_budget_ms:
         return experiment
     fp32_ms = _fp32_latency_ms(search)
     budget_ms = experiment.settings.sota_latency_fraction * fp32_ms
@@ -123,27 +88,25 @@ def _prepare_sota(experiment: Experiment, progress: bool) -> Experiment:
         f"[sota] latency budget {budget_ms:.4f} ms = {experiment.settings.sota_latency_fraction:g} x "
         f"{fp32_ms:.4f} ms (the FP32 model on the device's LUT)",
     )
-    return replace(experiment, search=replace(search, latency_budget_ms=budget_ms))
+    return replace(experiment, search=search.with_search(latency_budget_ms=budget_ms))
 
 
 def sota(experiment: Experiment, seed: int, directory: Path, progress: bool) -> SeedResult:
-    config = replace(experiment.search, controllers=["amc", "haq", "ppo"], seed=seed)
+    config = experiment.search.with_search(controllers=["amc", "haq", "ppo"], seed=seed)
     search = _search(config, directory / "search", progress)
-    rows = [Row((BASELINE,), ModelMetrics.of_search_baseline(search["baseline"]).values())]
-    rows += [
-        Row((label,), ModelMetrics.of_search_final(search["controllers"][name]).values()) for name, label in SOTA_ROWS
-    ]
+    rows = [Row((BASELINE,), ModelMetrics.of_baseline(search.baseline).values())]
+    rows += [Row((label,), ModelMetrics.of_final(search.controllers[name]).values()) for name, label in SOTA_ROWS]
     stage = directory / "sequential"
     chosen = stage / "policy.json"
     if not chosen.exists():
         _say(progress, "[sota] sequential: precisions on the amc policy's keep-ratios (haq) ...")
-        policy = search_precisions(config, _policy(search["controllers"]["amc"]["policy"]), stage, progress)
+        policy = search_precisions(config, search.controllers["amc"].policy, stage, progress)
         write_json(chosen, json.loads(policy.to_json()))
     final = _compress(
         config, Policy.load(chosen), replace(config.final_distill, seed=seed), stage / "final", None, progress
     )
-    rows.append(Row((SEQUENTIAL,), ModelMetrics.of_compress(final).values()))
-    rows.append(Row((HADMC,), ModelMetrics.of_search_final(search["controllers"]["ppo"]).values()))
+    rows.append(Row((SEQUENTIAL,), ModelMetrics.of_final(final.compressed).values()))
+    rows.append(Row((HADMC,), ModelMetrics.of_final(search.controllers["ppo"]).values()))
     return SeedResult(seed, tuple(rows), {}, (_run_dir(directory / "search", directory),))
 
 
@@ -182,19 +145,19 @@ def ablated(policy: Policy, prune: bool, quantize: bool) -> Policy:
 
 
 def ablation(experiment: Experiment, seed: int, directory: Path, progress: bool) -> SeedResult:
-    config = replace(experiment.search, controllers=["ppo"], seed=seed)
+    config = experiment.search.with_search(controllers=["ppo"], seed=seed)
     search = _search(config, directory / "search", progress)
-    policy = _policy(search["controllers"]["ppo"]["policy"])
+    policy = search.controllers["ppo"].policy
     kd = replace(config.final_distill, seed=seed)
     ce = replace(kd, alpha=1.0, beta=0.0)  # cross-entropy only: no logit or feature distillation
-    rows = [Row((BASELINE,), ModelMetrics.of_search_baseline(search["baseline"]).values())]
-    with device_client(config.device, config.threads) as client:
+    rows = [Row((BASELINE,), ModelMetrics.of_baseline(search.baseline).values())]
+    with open_device(config.device) as device:
         for label, slug, prune, quantize, distil in ABLATION:
             _say(progress, f"[ablation] {label} ...")
-            doc = _compress(
-                config, ablated(policy, prune, quantize), kd if distil else ce, directory / slug, client, progress
+            done = _compress(
+                config, ablated(policy, prune, quantize), kd if distil else ce, directory / slug, device, progress
             )
-            rows.append(Row((label,), ModelMetrics.of_compress(doc).values()))
+            rows.append(Row((label,), ModelMetrics.of_final(done.compressed).values()))
     return SeedResult(seed, tuple(rows), {}, (_run_dir(directory / "search", directory),))
 
 
@@ -228,14 +191,14 @@ def controllers(experiment: Experiment, seed: int, directory: Path, progress: bo
     from host.report.load import load_run
     from host.report.plots import running_best
 
-    config = replace(experiment.search, controllers=list(CONTROLLERS), seed=seed)
+    config = experiment.search.with_search(controllers=list(CONTROLLERS), seed=seed)
     summary = _search(config, directory / "search", progress)
     run = load_run(directory / "search")
     rows, curves = [], {}
     for name in CONTROLLERS:
         episodes = sorted((e for e in run.episodes if e.controller == name), key=lambda e: e.episode)
         best = max(episodes, key=lambda e: e.reward)
-        final = ModelMetrics.of_search_final(summary["controllers"][name])
+        final = ModelMetrics.of_final(summary.controllers[name])
         rows.append(
             Row(
                 (name,),
@@ -271,17 +234,15 @@ CONTROLLERS_DOC = (
 def cross_dataset(experiment: Experiment, seed: int, directory: Path, progress: bool) -> SeedResult:
     rows, runs = [], []
     for i, case in enumerate(experiment.settings.cases):
-        config = replace(experiment.search, model=case.model, data=case.data, controllers=["ppo"], seed=seed)
+        config = replace(experiment.search, model=case.model, data=case.data).with_search(
+            controllers=["ppo"], seed=seed
+        )
         out = directory / f"case{i}-{case.data.name}-{case.model}"
         _say(progress, f"[cross-dataset] {case.model} on {case.data.name} ...")
         search = _search(config, out, progress)
         data_label = f"{case.data.name} ({case.data.path})" if case.data.path else case.data.name
-        rows.append(
-            Row((data_label, case.model, BASELINE), ModelMetrics.of_search_baseline(search["baseline"]).values())
-        )
-        rows.append(
-            Row((data_label, case.model, HADMC), ModelMetrics.of_search_final(search["controllers"]["ppo"]).values())
-        )
+        rows.append(Row((data_label, case.model, BASELINE), ModelMetrics.of_baseline(search.baseline).values()))
+        rows.append(Row((data_label, case.model, HADMC), ModelMetrics.of_final(search.controllers["ppo"]).values()))
         runs.append(_run_dir(out, directory))
     return SeedResult(seed, tuple(rows), {}, tuple(runs))
 
@@ -295,19 +256,12 @@ CROSS_DATASET_DOC = (
 # --- cross-device ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Device:
-    """An agent: at `address`, or (address "") an embedded one with `threads` intra-op threads."""
-
-    address: str
-    threads: int
-
-
-def _devices(experiment: Experiment) -> list[Device]:
-    settings = experiment.settings
+def _devices(experiment: Experiment) -> list[DeviceConfig]:
+    """The [experiment] devices, else embedded agents with each of `device_threads`."""
+    settings, base = experiment.settings, experiment.search.device
     if settings.devices:
-        return [Device(address, experiment.search.threads) for address in settings.devices]
-    return [Device("", threads) for threads in settings.device_threads]
+        return [replace(base, address=address) for address in settings.devices]
+    return [replace(base, address="", threads=threads) for threads in settings.device_threads]
 
 
 def device_labels(experiment: Experiment) -> list[str]:
@@ -315,8 +269,8 @@ def device_labels(experiment: Experiment) -> list[str]:
     device to the LUT, so that is an error."""
     labels, seen = [], {}
     for device in _devices(experiment):
-        with device_client(device.address, device.threads) as client:
-            info = client.info()
+        with open_device(device) as agent:
+            info = agent.info()
         fingerprint = info.fingerprint
         where = device.address or f"embedded agent, {device.threads} threads"
         if info.fingerprint_hash in seen:
@@ -339,52 +293,30 @@ def _prepare_cross_device(experiment: Experiment, progress: bool) -> Experiment:
 
 
 def cross_device(experiment: Experiment, seed: int, directory: Path, progress: bool) -> SeedResult:
-    from host.latency.predict import LatencyPredictor
-    from lut_store.store import open_store
-
     devices, labels = _devices(experiment), device_labels(experiment)
     models, runs = [], []
     for i, (device, label) in enumerate(zip(devices, labels, strict=True)):
-        config = replace(
-            experiment.search, controllers=["ppo"], device=device.address, threads=device.threads, seed=seed
-        )
+        config = replace(experiment.search, device=device).with_search(controllers=["ppo"], seed=seed)
         out = directory / f"device{i}"
         _say(progress, f"[cross-device] searching for {label} ...")
         search = _search(config, out, progress)
-        models.append((label, out / search["controllers"]["ppo"]["onnx"]))
+        models.append((label, out / search.controllers["ppo"].onnx))
         runs.append(_run_dir(out, directory))
-    data = _data(experiment.search)
     fp32 = directory / "device0" / "final" / "baseline_fp32.onnx"
     rows = []
     for device, on in zip(devices, labels, strict=True):
         _say(progress, f"[cross-device] measuring every policy on {on} ...")
-        with (
-            device_client(device.address, device.threads) as client,
-            open_store(experiment.search.store or None) as store,
-            LatencyPredictor.for_device(store, client) as predictor,
-        ):
-            measured = {}
+        with Workbench.open(replace(experiment.search, device=device)) as bench:
             for name, path in ((BASELINE, fp32), *models):
-                accuracy, _ = device_accuracy_and_latency(client, path, data.x_test, data.y_test, 1)
-                paired = paired_latency(client, path, fp32, experiment.search.benchmark_rounds)
-                measured[name] = (
-                    accuracy,
-                    paired.model["latency"]["median_ms"],
-                    paired.speedup,
-                    predictor.predict(path).latency_ms,
-                )
-        for name, (accuracy, latency_ms, speedup, predicted_ms) in measured.items():
-            rows.append(
-                Row(
-                    (name, on),
-                    {
-                        "latency_ms": latency_ms,
-                        "speedup": speedup,
-                        "predicted_latency_ms": predicted_ms,
-                        "test_accuracy_onnxruntime": accuracy,
-                    },
-                )
-            )
+                paired = bench.paired(path, fp32)
+                values = {
+                    "latency_ms": paired.model.median_ms,
+                    "speedup": paired.speedup,
+                    "predicted_latency_ms": bench.predict(path).latency_ms,
+                    "test_accuracy_onnxruntime": bench.device_accuracy(path),
+                }
+                rows.append(Row((name, on), values))
+            bench.close()
     return SeedResult(seed, tuple(rows), {}, tuple(runs))
 
 

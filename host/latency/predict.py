@@ -70,6 +70,18 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def layer_latency_ms(self, layer_nodes: Mapping[str, str]) -> dict[str, float]:
+        """Each layer's kernel latency, found by the compute node export named for the layer
+        (`ExportedModel.layer_nodes`): the node is its kernel's anchor."""
+        by_anchor = {k.name: k.latency_ms for k in self.kernels}
+        missing = sorted(layer for layer, node in layer_nodes.items() if node not in by_anchor)
+        if missing:
+            raise LatencyError(
+                f"layers {missing[:5]} have no kernel of their own in the prediction: their nodes are not the "
+                "anchor of any kernel (fused into a neighbour, or the graph was changed after export)"
+            )
+        return {layer: by_anchor[node] for layer, node in layer_nodes.items()}
+
 
 @dataclass
 class _Known:

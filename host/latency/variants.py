@@ -12,12 +12,22 @@ from pathlib import Path
 
 import torch
 
+from host.compress.apply import apply_policy, random_calibration
 from host.compress.export import export_policy_model
-from host.compress.fold import fold_batchnorm
 from host.compress.policy import LayerAction, LayerLimits, Policy
-from host.compress.prune import layer_limits, prune
-from host.compress.quant import apply_fake_quant
+from host.compress.prune import layer_limits
 from host.models import build_model
+
+
+def variant_model(
+    model_name: str, policy: Policy, num_classes: int, input_shape: tuple[int, ...], round_to: int = 8, seed: int = 0
+) -> torch.nn.Module:
+    """An untrained model (weights from `seed`) compressed per `policy`: activation ranges from
+    random data, BN folded as it was initialised (there is nothing to re-estimate)."""
+    torch.manual_seed(seed)
+    model = build_model(model_name, num_classes, input_shape).eval()
+    apply_policy(model, policy, torch.zeros((1, *input_shape)), round_to, random_calibration(input_shape, seed))
+    return model.eval()
 
 
 def export_variant(
@@ -29,18 +39,10 @@ def export_variant(
     round_to: int = 8,
     seed: int = 0,
 ) -> Path:
-    """Prune, fold, fake-quantize (ranges from random data) and export an untrained model."""
-    torch.manual_seed(seed)
-    model = build_model(model_name, num_classes, input_shape).eval()
-    example = torch.zeros((1, *input_shape))
-    prune(model, policy, example, round_to)
-    fold_batchnorm(model)
-    apply_fake_quant(model, policy)
-    model.train()
-    with torch.no_grad():
-        model(torch.randn((8, *input_shape)))
-    model.eval()
-    export_policy_model(model, policy, path, input_shape)
+    """`variant_model` exported to `path` at the policy's precisions."""
+    export_policy_model(
+        variant_model(model_name, policy, num_classes, input_shape, round_to, seed), policy, path, input_shape
+    )
     return path
 
 

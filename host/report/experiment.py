@@ -14,6 +14,7 @@ from host.experiment.results import Results
 from host.report.experiment_plots import experiment_plots
 from host.report.html import CSS
 from host.report.load import ReportError
+from host.runs import RunFileError, read_json, read_record
 
 CAPTIONS = {
     "model_bars": "Test accuracy (torch), measured speedup and compression of every row; error bars: std over seeds.",
@@ -77,13 +78,17 @@ def build_experiment_report(out: Path) -> Path:
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise ReportError(f"{', '.join(missing)} missing: {out} is not a finished experiment")
-    results = Results.from_doc(json.loads(paths[0].read_text()))
+    try:
+        results = read_record(paths[0], Results)
+        experiment = read_json(paths[1])
+    except RunFileError as exc:
+        raise ReportError(str(exc)) from None
     plots = experiment_plots(results)
     (out / "plots").mkdir(exist_ok=True)
     for stem, png in plots.items():
         (out / "plots" / f"{stem}.png").write_bytes(png)
     path = out / "report.html"
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render(results, json.loads(paths[1].read_text()), plots), encoding="utf-8")
+    tmp.write_text(render(results, experiment, plots), encoding="utf-8")
     os.replace(tmp, path)
     return path

@@ -19,6 +19,7 @@ from typing import Any
 
 from host.report.load import LayerChoice, ModelRow, RunData, load_run
 from host.report.plots import PRECISION_NAMES, all_plots
+from host.runs import DeviceRecord
 
 NOT_MEASURED = "not measured"
 MB = 1e6  # sizes in the table are in MB = 10^6 bytes
@@ -172,11 +173,11 @@ def _kv_table(pairs: list[tuple[str, str]]) -> str:
     return f'<table class="kv">{rows}</table>'
 
 
-def device_name(device: dict[str, Any] | None) -> str:
+def device_name(device: DeviceRecord | None) -> str:
     """A short human name of the device: its first GPU, else its CPU, and the execution provider."""
-    if not device or not isinstance(device.get("fingerprint"), dict):
+    if device is None:
         return "unknown device"
-    fp = device["fingerprint"]
+    fp = device.fingerprint
     gpus = fp.get("gpus") or []
     name = ""
     if gpus and isinstance(gpus[0], dict):
@@ -194,23 +195,20 @@ def _device_section(run: RunData) -> str:
         return f'<p class="warn">{_e(run.run_dir / "device.json")} is missing: the device is not recorded.</p>'
     parts = [
         (
-            f'<p>fingerprint hash <code id="fingerprint-hash">{_e(device["fingerprint_hash"])}</code>'
-            f" &middot; address {_e(device.get('address', 'not recorded'))} &middot; {_e(device_name(device))}</p>"
+            f'<p>fingerprint hash <code id="fingerprint-hash">{_e(device.fingerprint_hash)}</code>'
+            f" &middot; address {_e(device.address)} &middot; {_e(device_name(device))}</p>"
         )
     ]
-    precisions = device.get("precisions")
-    if isinstance(precisions, list) and precisions:
+    if device.precisions:
         rows = "".join(
-            f"<tr><td>{_e(p.get('precision', '?'))}</td><td>{'yes' if p.get('supported') else 'no'}</td>"
-            f"<td>{_e(p.get('note', ''))}</td></tr>"
-            for p in precisions
-            if isinstance(p, dict)
+            f"<tr><td>{_e(p.precision)}</td><td>{'yes' if p.supported else 'no'}</td><td>{_e(p.note)}</td></tr>"
+            for p in device.precisions
         )
         parts.append(
             f'<h3>Precisions</h3><table class="kv"><tr><th>precision</th><th>supported</th>'
             f"<th>note</th></tr>{rows}</table>"
         )
-    parts.append("<h3>Fingerprint</h3>" + _kv_table(_flatten(device["fingerprint"])))
+    parts.append("<h3>Fingerprint</h3>" + _kv_table(_flatten(device.fingerprint)))
     return "".join(parts)
 
 
@@ -261,7 +259,7 @@ def _figure_html(stem: str, png: bytes) -> str:
 def render(run: RunData, plots: dict[str, bytes]) -> str:
     """The report page as one HTML string."""
     wall = f"{run.wall_s / 60:.1f} min" if run.wall_s is not None else "not recorded"
-    hash_short = run.device["fingerprint_hash"][:12] if run.device else "unknown"
+    hash_short = run.device.fingerprint_hash[:12] if run.device else "unknown"
     title = f"hadmc: {run.model} on {run.data}, {device_name(run.device)}"
     warnings = "".join(f'<p class="warn">{_e(w)}</p>' for w in _warnings(run))
     figures = {stem: _figure_html(stem, png) for stem, png in plots.items()}

@@ -11,7 +11,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from host.report.load import EpisodeRecord, ModelRow, RunData
+from host.report.load import ModelRow, RunData
+from host.runs import EpisodeRow
 
 BASELINE_COLOUR = "black"
 PRECISION_NAMES = {32: "fp32", 16: "fp16", 8: "int8", 4: "int4"}
@@ -70,7 +71,7 @@ def _empty(ax: Any, text: str) -> None:
     ax.set_yticks([])
 
 
-def _by_controller(episodes: Sequence[EpisodeRecord], name: str) -> list[EpisodeRecord]:
+def _by_controller(episodes: Sequence[EpisodeRow], name: str) -> list[EpisodeRow]:
     return sorted((e for e in episodes if e.controller == name), key=lambda e: e.episode)
 
 

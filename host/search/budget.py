@@ -19,30 +19,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from host.compress.policy import Policy
-from host.latency.predict import LatencyPredictor, Prediction
-from host.latency.variants import export_variant
+from host.latency.predict import Prediction
 from host.search.reward import Constraint, latency_constraint, params_constraint
 from host.search.space import ParamCounter, SearchSpace
-
-COMPUTE_KINDS = ("conv", "gemm", "matmul")
-
-
-def layer_kernels_ms(space: SearchSpace, prediction: Prediction) -> dict[str, float]:
-    """Each layer's kernel latency in a prediction: the compute kernels in graph order are the
-    layers in execution order."""
-    compute = [k for k in prediction.kernels if k.kind.split("+")[0] in COMPUTE_KINDS]
-    if len(compute) != len(space.layers):
-        raise ValueError(
-            f"cannot attribute the LUT prediction to layers: {len(compute)} compute kernels for "
-            f"{len(space.layers)} layers of {space.model}"
-        )
-    return {layer.name: k.latency_ms for layer, k in zip(space.layers, compute, strict=True)}
+from host.workbench import Workbench
 
 
-def latency_shares(space: SearchSpace, prediction: Prediction) -> SearchSpace:
+def latency_shares(space: SearchSpace, prediction: Prediction, layer_nodes: Mapping[str, str]) -> SearchSpace:
     """`space` with each layer's share of the model's predicted latency (a state feature); none
     when the runtime elided every kernel (0 ms)."""
-    ms = layer_kernels_ms(space, prediction)
+    ms = prediction.layer_latency_ms(layer_nodes)
     shares = (
         tuple(ms[layer.name] / prediction.latency_ms for layer in space.layers) if prediction.latency_ms > 0 else ()
     )
@@ -67,13 +53,7 @@ class LatencyEstimator:
 
 
 def latency_estimator(
-    space: SearchSpace,
-    counter: ParamCounter,
-    predictor: LatencyPredictor,
-    workdir: Path,
-    num_classes: int,
-    input_shape: tuple[int, ...],
-    anchor_keep: float = 0.5,
+    space: SearchSpace, counter: ParamCounter, bench: Workbench, workdir: Path, anchor_keep: float = 0.5
 ) -> LatencyEstimator:
     """Predict the model at each precision of the space, unpruned and at `anchor_keep` (profiling
     what the LUT lacks); each layer's latency follows a power of its kept multiply-adds through
@@ -88,16 +68,9 @@ def latency_estimator(
         measured = {}
         for keep in (1.0, anchor_keep):
             policy = space.policy([keep] * len(names), [bits] * len(names))
-            path = export_variant(
-                space.model,
-                policy,
-                workdir / f"anchor_{bits}bit_keep{keep}.onnx",
-                num_classes,
-                input_shape,
-                counter.round_to,
-            )
-            prediction = predictor.predict(path)
-            measured[keep] = layer_kernels_ms(space, prediction)
+            exported = bench.export(bench.variant(policy), policy, workdir / f"anchor_{bits}bit_keep{keep}.onnx")
+            prediction = bench.predict(exported)
+            measured[keep] = prediction.layer_latency_ms(exported.layer_nodes)
             if bits == 32 and keep == 1.0:
                 other_ms = prediction.latency_ms - sum(measured[keep].values())
         full_ms[bits] = measured[1.0]

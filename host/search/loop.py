@@ -17,7 +17,7 @@ from host.search.reward import RewardConfig, reward
 
 
 @dataclass(frozen=True)
-class Baseline:
+class RewardReference:
     """The uncompressed model's figures the reward compares with."""
 
     latency_ms: float
@@ -37,7 +37,7 @@ def run_episodes(
     controller: Controller,
     evaluate: Callable[[Policy, int], EpisodeResult],
     episodes: int,
-    baseline: Baseline,
+    baseline: RewardReference,
     weights: RewardConfig,
     start_episode: int = 0,
     on_episode: Callable[[Episode], None] | None = None,

@@ -2,9 +2,10 @@
 by validation accuracy and LUT latency; the best policy of each controller is then trained
 longer, exported, verified in onnxruntime on the device and benchmarked there.
 
-The run directory holds everything (DESIGN.md): config.json, device.json, baseline.json,
-episodes.jsonl, checkpoints/ (controller state after every episode: `--resume` continues with
-no episode lost or repeated), final/<controller>/ (policy, ONNX, benchmark), summary.json.
+The run directory holds everything (records in host/runs.py): config.json, device.json,
+baseline.json, episodes.jsonl, checkpoints/ (controller state after every episode: `--resume`
+continues with no episode lost or repeated), final/<controller>/ (policy, ONNX, benchmark,
+result.json), summary.json and report.html.
 """
 
 from __future__ import annotations
@@ -12,422 +13,355 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import TensorDataset
 
-from host.agent_client import message_dict
-from host.compress.distill import DistillConfig, distill, distill_dataset, distill_loader
-from host.compress.export import export_onnx, export_policy_model
-from host.compress.pipeline import (
-    DataConfig,
-    compressed,
-    device_accuracy_and_latency,
-    device_client,
-    paired_latency,
-)
-from host.compress.policy import Policy
-from host.compress.prune import layer_limits
-from host.compress.size import size_report
-from host.compress.train import TrainConfig, accuracy, trained_baseline
-from host.jsonfile import write_json
+from host.compress.distill import DistillConfig
+from host.compress.export import ExportedModel
 from host.progress import Progress
+from host.runs import (
+    Baseline,
+    DeviceRecord,
+    EpisodeLog,
+    EpisodeRow,
+    FinalModel,
+    PrecisionSupport,
+    SearchSummary,
+    read_config,
+    read_record,
+    write_config,
+    write_json,
+    write_record,
+)
 from host.search.budget import latency_estimator, latency_shares, search_constraint
 from host.search.controllers import CONTROLLERS, Controller, make_controller
 from host.search.evaluate import Evaluator
-from host.search.loop import Baseline, Episode, run_episodes
+from host.search.loop import Episode, RewardReference, run_episodes
 from host.search.ppo import PPOConfig
 from host.search.reward import RewardConfig, reward
 from host.search.space import ParamCounter, SearchSpace, describe_layers
 from host.search.surrogate import RewardSurrogate, layer_sensitivity
+from host.workbench import BenchConfig, Workbench
+from lut_store.opkey import precision_from_proto
 from lut_store.tomlfile import ConfigError, from_mapping, read_toml
 
 BITS_OF = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
 
 
 @dataclass(frozen=True)
-class SearchConfig:
-    model: str = "resnet18"
-    data: DataConfig = DataConfig()
-    baseline: TrainConfig = TrainConfig()
+class SearchSettings:
+    """`[search]`: the controllers, their budget and the space they search."""
+
     controllers: list[str] = field(default_factory=lambda: ["ppo"])
-    episodes: int = 15
+    episodes: int = 15  # per controller
     episode_samples: int = 384  # training images per episode's fine-tune
+    bits: list[int] = field(default_factory=list)  # empty: every precision the device runs
+    min_keep: float = 0.2  # pruning ratio at most 0.8
+    max_keep: float = 0.9  # pruning ratio at least 0.1
+    # An AMC-style constraint on every policy (0: none; set at most one): a parameter target as a
+    # fraction of the baseline's (0.25: 75% fewer), or a latency budget on the LUT estimate.
+    max_params_fraction: float = 0.0
+    latency_budget_ms: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SearchConfig(BenchConfig):
+    """A search's TOML: the workbench's tables, [search], the fine-tunes, the reward and PPO."""
+
+    search: SearchSettings = SearchSettings()
     # One gentle epoch after BN re-estimation: at lr 1e-3 an epoch wrecks a BN-folded network
     # (ResNet18 keep 0.9 int8: 96% -> 32% val accuracy; at 3e-4: 94%), and a short fine-tune must
     # rank policies, not train them (keep 0.9 / 0.7 / 0.5 / 0.3 int8: 94 / 95 / 93 / 73%).
     episode_distill: DistillConfig = DistillConfig(epochs=1, lr=3e-4)
     final_distill: DistillConfig = DistillConfig(epochs=20)
-    bits: list[int] = field(default_factory=list)  # empty: every precision the device runs
-    min_keep: float = 0.2  # pruning ratio at most 0.8
-    max_keep: float = 0.9  # pruning ratio at least 0.1
     reward: RewardConfig = RewardConfig()
-    # An AMC-style constraint on every policy (0: none; set at most one): a parameter target as a
-    # fraction of the baseline's (0.25: 75% fewer), or a latency budget on the LUT estimate.
-    max_params_fraction: float = 0.0
-    latency_budget_ms: float = 0.0
     ppo: PPOConfig = PPOConfig()
-    batch_size: int = 32
-    round_to: int = 8
-    calibration_batches: int = 2
-    benchmark_rounds: int = 3  # interleaved benchmarks of each final and the FP32 model for its speedup
-    device: str = ""  # agent address; empty starts an embedded agent
-    store: str = ""  # LUT store URL; empty: the SQLite file under $HADMC_HOME
-    threads: int = 1  # intra-op threads of an embedded agent
-    seed: int = 0
+
+    def with_search(self, **changes: Any) -> SearchConfig:
+        """This config with [search] settings replaced (controllers, seed, ...)."""
+        return replace(self, search=replace(self.search, **changes))
 
     def check(self) -> None:
-        if self.episodes < 1:
-            raise ConfigError(f"episodes = {self.episodes}: a search needs at least one episode")
-        unknown = [c for c in self.controllers if c not in CONTROLLERS]
-        if unknown or not self.controllers:
+        """Every problem that can be found before any work, each with what to do."""
+        s = self.search
+        if s.episodes < 1:
+            raise ConfigError(f"episodes = {s.episodes}: a search needs at least one episode")
+        unknown = [c for c in s.controllers if c not in CONTROLLERS]
+        if unknown or not s.controllers:
             raise ConfigError(f"controllers {unknown or '[]'}: choose among {', '.join(CONTROLLERS)}")
-        if self.max_params_fraction and self.latency_budget_ms:
+        if s.max_params_fraction and s.latency_budget_ms:
             raise ConfigError("set max_params_fraction or latency_budget_ms, not both: a search bounds one constraint")
-        if not 0.0 <= self.max_params_fraction <= 1.0 or self.latency_budget_ms < 0:
+        if not 0.0 <= s.max_params_fraction <= 1.0 or s.latency_budget_ms < 0:
             raise ConfigError(
-                f"max_params_fraction = {self.max_params_fraction} must lie in (0, 1] and "
-                f"latency_budget_ms = {self.latency_budget_ms} must be positive (0: no constraint)"
+                f"max_params_fraction = {s.max_params_fraction} must lie in (0, 1] and latency_budget_ms = "
+                f"{s.latency_budget_ms} must be positive (0: no constraint)"
             )
-        if "haq" in self.controllers and not self.latency_budget_ms:
+        if "haq" in s.controllers and not s.latency_budget_ms:
             raise ConfigError("controller haq searches precisions under a latency budget: set latency_budget_ms")
-        if "amc" in self.controllers and not (self.max_params_fraction or self.latency_budget_ms):
+        if "amc" in s.controllers and not (s.max_params_fraction or s.latency_budget_ms):
             raise ConfigError(
                 "controller amc prunes to a target: set max_params_fraction (e.g. 0.25 for 75% fewer "
                 "parameters) or latency_budget_ms"
             )
-        if self.episode_samples < self.batch_size:
-            raise ConfigError(f"episode_samples = {self.episode_samples} is below batch_size {self.batch_size}")
+        if s.episode_samples < self.data.batch_size:
+            raise ConfigError(
+                f"episode_samples = {s.episode_samples} is below [data] batch_size {self.data.batch_size}"
+            )
 
 
 def load_search_config(path: Path | None, overrides: dict[str, Any] | None = None) -> SearchConfig:
+    """The TOML at `path` (defaults without one), its tables updated by `overrides` table by table."""
     doc = read_toml(path, "config", ConfigError) if path is not None else {}
-    doc.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict):
+            doc[key] = {**doc.get(key, {}), **{k: v for k, v in value.items() if v is not None}}
+        elif value is not None:
+            doc[key] = value
     config = from_mapping(SearchConfig, doc)
     config.check()
     return config
 
 
-class _Episodes:
-    """episodes.jsonl, kept consistent with the checkpoints on resume."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self, done: dict[str, int]) -> list[dict[str, Any]]:
-        """Episodes the checkpoints account for; a later or torn line (killed mid-write) goes."""
-        rows = []
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if row["episode"] < done.get(row["controller"], 0):
-                    rows.append(row)
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        return rows
-
-    def append(self, row: dict[str, Any]) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """The whole search; returns summary.json's document."""
-    from host.data import load_dataset, make_loaders
-    from host.data.loaders import tensor_dataset
-    from host.latency.predict import LatencyPredictor
-    from host.models import build_model
-    from lut_store.store import open_store
-
+def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: bool = True) -> SearchSummary:
+    """The whole search; returns summary.json's record."""
     t_start = time.monotonic()
+    config = _start(config, out, resume)
     shown = Progress(progress)
-    if resume:
-        if not (out / "config.json").exists():
-            raise ConfigError(f"--resume: {out} has no config.json; it is not a search run directory")
-        config = from_mapping(SearchConfig, json.loads((out / "config.json").read_text()))
-    elif (out / "episodes.jsonl").exists():
-        raise ConfigError(f"{out} already holds a search; pass --resume to continue it or choose another --out")
-    config.check()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "checkpoints").mkdir(exist_ok=True)
-    write_json(out / "config.json", asdict(config))
-
-    with device_client(config.device, config.threads) as client, open_store(config.store or None) as store:
-        predictor = LatencyPredictor.for_device(store, client)  # the device answers before any training
-        options = {k: v for k, v in asdict(config.data).items() if k != "name" and v != ""}
-        data = load_dataset(config.data.name, **options)
-        loaders = make_loaders(data, batch_size=config.batch_size, seed=config.data.seed)
-        shape = tuple(data.input_shape)
-        example = torch.zeros((1, *shape))
-        shown.say(f"baseline {config.model} on {data.name} ...")
-        teacher, _ = trained_baseline(
-            lambda: build_model(config.model, len(data.classes), shape),
-            config.model,
-            f"{data.cache_id}-s{config.data.seed}",
-            loaders.train,
-            config.baseline,
-            shown.fit("baseline"),
-        )
-        teacher.eval()
-
-        info = client.info()
-        device_doc = {
-            "fingerprint_hash": info.fingerprint_hash,
-            "fingerprint": message_dict(info.fingerprint),
-            "precisions": [
-                {
-                    "precision": p["precision"].removeprefix("PRECISION_").lower(),
-                    "supported": p["supported"],
-                    "note": p["note"],
-                }
-                for p in message_dict(info)["precisions"]
-            ],
-            "address": config.device or "embedded",
-        }
-        write_json(out / "device.json", device_doc)
-        runs = {p["precision"] for p in device_doc["precisions"] if p["supported"]}
-        bits = tuple(config.bits) or tuple(sorted((BITS_OF[p] for p in runs if p in BITS_OF), reverse=True))
-
-        final_dir = out / "final"
-        final_dir.mkdir(exist_ok=True)
-        base_onnx = final_dir / "baseline_fp32.onnx"
-        export_onnx(teacher, base_onnx, shape)
-        base_pred = predictor.predict(base_onnx)
-        if (out / "baseline.json").exists():
-            baseline = json.loads((out / "baseline.json").read_text())
-        else:
-            shown.say("measuring the FP32 baseline on the device ...")
-            acc_onnx, bench = device_accuracy_and_latency(client, base_onnx, data.x_test, data.y_test, 1)
-            params = sum(p.numel() for p in teacher.parameters())
-            baseline = {
-                "model": config.model,
-                "data": data.name,
-                "val_accuracy": accuracy(teacher, loaders.val),
-                "test_accuracy": accuracy(teacher, loaders.test),
-                "test_accuracy_onnxruntime": acc_onnx,
-                "params": params,
-                "fp32_size_bytes": 4 * params,
-                "predicted_latency_ms": base_pred.latency_ms,
-                "measured_latency": bench["latency"],
-            }
-            write_json(out / "baseline.json", baseline)
-
-        layers = describe_layers(teacher, example, layer_limits(teacher, example))
-        try:
-            space = latency_shares(SearchSpace(config.model, layers, bits, config.min_keep, config.max_keep), base_pred)
-        except ValueError as exc:  # a bad keep range, or a model whose layers have no kernel of their own
-            raise ConfigError(str(exc)) from None
-        train_set = tensor_dataset(data, "train")
-        episode_set = distill_dataset(teacher, config.model, train_set, config.episode_distill)
-        final_set = (
-            episode_set
-            if config.final_distill.augment == config.episode_distill.augment
-            else distill_dataset(teacher, config.model, train_set, config.final_distill)
-        )
+    with Workbench.open(config, shown) as bench:
+        reference = bench.export_reference(out / "final" / "baseline_fp32.onnx")
+        baseline = _baseline(bench, reference, out)
+        bits = _device(bench, config, out)
+        space = _space(bench, config, bits, reference)
         evaluator = Evaluator(
-            config.model,
-            teacher,
-            episode_set,
-            loaders.val,
-            predictor,
-            shape,
+            bench,
+            bench.distill_set(config.episode_distill),
             out / "checkpoints",
             config.episode_distill,
-            config.episode_samples,
-            config.batch_size,
-            config.round_to,
-            config.calibration_batches,
-            progress=shown,
+            config.search.episode_samples,
         )
-        counter = ParamCounter(teacher, example, config.round_to)
-        practise = "ppo" in config.controllers and config.ppo.surrogate_episodes > 0
-        estimator = (
-            latency_estimator(space, counter, predictor, out / "checkpoints", len(data.classes), shape)
-            if config.latency_budget_ms or practise
-            else None
-        )
-        controllers: dict[str, Controller] = {}
-        done: dict[str, int] = {}
-        try:
-            constraint = search_constraint(
-                config.max_params_fraction, config.latency_budget_ms, counter, baseline["params"], estimator
-            )
-            for i, name in enumerate(config.controllers):
-                surrogate = None
-                if name == "ppo" and estimator is not None and practise:
-                    sensitivity = layer_sensitivity(teacher, evaluator.loader(0), [layer.name for layer in layers])
-                    surrogate = RewardSurrogate(
-                        space,
-                        counter,
-                        estimator,
-                        sensitivity,
-                        baseline["predicted_latency_ms"],
-                        baseline["fp32_size_bytes"],
-                        config.reward,
-                    )
-                controllers[name] = make_controller(
-                    name, space, config.ppo, config.seed + 1000 * i, constraint, surrogate=surrogate
-                )
-        except ValueError as exc:  # a budget no policy can meet
-            raise ConfigError(str(exc)) from None
-        for name in config.controllers:
-            ckpt = out / "checkpoints" / f"{name}.pt"
-            if resume and ckpt.exists():
-                state = torch.load(ckpt, weights_only=True)
-                controllers[name].load_state_dict(state["controller"])
-                done[name] = state["episodes_done"]
-        episodes = _Episodes(out / "episodes.jsonl")
-        rows = episodes.load(done) if resume else []
-        if not resume:
-            episodes.path.write_text("")
-
-        base = Baseline(baseline["predicted_latency_ms"], baseline["fp32_size_bytes"])
-        for name, controller in controllers.items():
-            best = [r["reward"] for r in rows if r["controller"] == name]
-
-            def record(
-                episode: Episode, name: str = name, controller: Controller = controller, best: list[float] = best
-            ) -> None:
-                """One line in episodes.jsonl, then the checkpoint that accounts for it."""
-                result = episode.result
-                row = {
-                    "controller": name,
-                    "episode": episode.index,
-                    "policy": json.loads(episode.policy.to_json()),
-                    "predicted_latency_ms": result.latency_ms,
-                    "val_accuracy": result.val_accuracy,
-                    "params": result.params,
-                    "size_bytes": result.size_bytes,
-                    "reward": episode.reward,
-                    "lut_version_ids": list(result.lut_version_ids),
-                    "wall_s": episode.wall_s,
-                    "profiled_kernels": result.profiled_kernels,
-                    "seconds": result.seconds,
-                    **controller.episode_notes(),
-                }
-                episodes.append(row)
-                rows.append(row)
-                tmp = out / "checkpoints" / f"{name}.pt.tmp"
-                torch.save({"controller": controller.state_dict(), "episodes_done": episode.index + 1}, tmp)
-                os.replace(tmp, out / "checkpoints" / f"{name}.pt")
-                best.append(episode.reward)
-                shown.context = f"[{name}] episode {episode.index + 2}/{config.episodes} (best {max(best):.4f})"
-                shown.say(
-                    f"[{name}] episode {episode.index + 1}/{config.episodes}: reward {episode.reward:.4f} "
-                    f"(best {max(best):.4f}), val acc {result.val_accuracy:.4f}, {result.latency_ms:.3f} ms "
-                    f"predicted, {result.params:,} params, {episode.wall_s:.1f} s"
-                )
-
-            start = done.get(name, 0)
-            shown.context = f"[{name}] episode {start + 1}/{config.episodes}" + (
-                f" (best {max(best):.4f})" if best else ""
-            )
-            run_episodes(controller, evaluator, config.episodes, base, config.reward, start, record)
-
-        summary_controllers = {}
-        for name in controllers:
-            summary_controllers[name] = _final_model(
-                name, config, rows, teacher, data, loaders, final_set, evaluator, client, final_dir, baseline, shown
-            )
-        sealed = predictor.close()
-    versions = sorted({v for r in rows for v in r["lut_version_ids"]} | ({sealed.id} if sealed else set()))
-    summary = {
-        "baseline": baseline,
-        "controllers": summary_controllers,
-        "lut_version_ids": versions,
-        "wall_s": time.monotonic() - t_start,
-        "episodes": config.episodes,
-    }
-    write_json(out / "summary.json", summary)
+        controllers = _controllers(bench, config, space, baseline, evaluator, out)
+        rows = _run_controllers(config, controllers, evaluator, baseline, out, resume, shown)
+        finals = {name: _final(bench, config, rows, baseline, out, name) for name in controllers}
+        sealed = bench.close()
+    versions = {v for r in rows for v in r.lut_version_ids} | ({sealed.id} if sealed else set())
+    summary = SearchSummary(
+        baseline, finals, tuple(sorted(versions)), time.monotonic() - t_start, config.search.episodes
+    )
+    write_record(out / "summary.json", summary)
     from host.report import build_report
 
     shown.say(f"report: {build_report(out)}")
     return summary
 
 
-def _final_model(
-    name: str,
-    config: SearchConfig,
-    rows: list[dict[str, Any]],
-    teacher: torch.nn.Module,
-    data: Any,
-    loaders: Any,
-    final_set: TensorDataset,
-    evaluator: Evaluator,
-    client: Any,
-    final_dir: Path,
-    baseline: dict[str, Any],
-    shown: Progress,
-) -> dict[str, Any]:
-    """The controller's best policy, fine-tuned fully, exported, verified and benchmarked (with the
-    FP32 baseline again, right after it, for the speedup)."""
+def _start(config: SearchConfig, out: Path, resume: bool) -> SearchConfig:
+    """The run's config (on resume: the one stored in `out`), checked and written to config.json."""
+    if resume:
+        if not (out / "config.json").exists():
+            raise ConfigError(f"--resume: {out} has no config.json; it is not a search run directory")
+        config = read_config(out / "config.json", SearchConfig)
+    elif (out / "episodes.jsonl").exists():
+        raise ConfigError(f"{out} already holds a search; pass --resume to continue it or choose another --out")
+    config.check()
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (out / "final").mkdir(exist_ok=True)
+    write_config(out / "config.json", config)
+    return config
 
-    directory = final_dir / name
+
+def _baseline(bench: Workbench, reference: ExportedModel, out: Path) -> Baseline:
+    """The FP32 reference measured at the start of the search (kept in baseline.json)."""
+    path = out / "baseline.json"
+    if path.exists():
+        return read_record(path, Baseline)
+    baseline = bench.baseline(reference.path)
+    write_record(path, baseline)
+    return baseline
+
+
+def _device(bench: Workbench, config: SearchConfig, out: Path) -> tuple[int, ...]:
+    """Write device.json; the precisions to search (the config's, else every one the device runs)."""
+    from host.agent_client import message_dict
+
+    info = bench.device.info()
+    precisions = tuple(
+        PrecisionSupport(precision_from_proto(p.precision), p.supported, p.note) for p in info.precisions
+    )
+    record = DeviceRecord(
+        info.fingerprint_hash, message_dict(info.fingerprint), precisions, config.device.address or "embedded"
+    )
+    write_record(out / "device.json", record)
+    return search_bits(config, bench)
+
+
+def search_bits(config: SearchConfig, bench: Workbench) -> tuple[int, ...]:
+    """The precisions to search: the config's, else every one the device runs."""
+    runs = bench.device_precisions()
+    return tuple(config.search.bits) or tuple(sorted((BITS_OF[p] for p in runs if p in BITS_OF), reverse=True))
+
+
+def _space(bench: Workbench, config: SearchConfig, bits: tuple[int, ...], reference: ExportedModel) -> SearchSpace:
+    """The search space over the teacher's layers, with each layer's share of the FP32 latency."""
+    layers = describe_layers(bench.teacher, bench.example, bench.layer_limits())
+    s = config.search
+    try:
+        space = SearchSpace(config.model, layers, bits, s.min_keep, s.max_keep)
+        return latency_shares(space, bench.predict(reference), reference.layer_nodes)
+    except ValueError as exc:  # a bad keep range
+        raise ConfigError(str(exc)) from None
+
+
+def _controllers(
+    bench: Workbench, config: SearchConfig, space: SearchSpace, baseline: Baseline, evaluator: Evaluator, out: Path
+) -> dict[str, Controller]:
+    """Each controller, under the config's constraint; PPO with its reward surrogate when it practises."""
+    s = config.search
+    counter = ParamCounter(bench.teacher, bench.example, config.compress.round_to)
+    practise = "ppo" in s.controllers and config.ppo.surrogate_episodes > 0
+    estimator = (
+        latency_estimator(space, counter, bench, out / "checkpoints") if s.latency_budget_ms or practise else None
+    )
+    controllers: dict[str, Controller] = {}
+    try:
+        constraint = search_constraint(s.max_params_fraction, s.latency_budget_ms, counter, baseline.params, estimator)
+        for i, name in enumerate(s.controllers):
+            surrogate = None
+            if name == "ppo" and estimator is not None and practise:
+                names = [layer.name for layer in space.layers]
+                sensitivity = layer_sensitivity(bench.teacher, evaluator.loader(0), names)
+                surrogate = RewardSurrogate(
+                    space,
+                    counter,
+                    estimator,
+                    sensitivity,
+                    baseline.predicted_latency_ms,
+                    baseline.fp32_size_bytes,
+                    config.reward,
+                )
+            controllers[name] = make_controller(
+                name, space, config.ppo, s.seed + 1000 * i, constraint, surrogate=surrogate
+            )
+    except ValueError as exc:  # a budget no policy can meet
+        raise ConfigError(str(exc)) from None
+    return controllers
+
+
+@dataclass
+class EpisodeRecorder:
+    """Records one controller's episodes: a line in episodes.jsonl, then (with `checkpoints`) the
+    controller's checkpoint that accounts for it, then the progress line."""
+
+    name: str
+    controller: Controller
+    log: EpisodeLog
+    episodes: int
+    shown: Progress
+    rows: list[EpisodeRow]
+    checkpoints: Path | None = None
+
+    def __call__(self, episode: Episode) -> None:
+        result = episode.result
+        notes = self.controller.episode_notes()
+        row = EpisodeRow(
+            self.name,
+            episode.index,
+            episode.policy,
+            result.latency_ms,
+            result.val_accuracy,
+            result.params,
+            result.size_bytes,
+            episode.reward,
+            result.lut_version_ids,
+            episode.wall_s,
+            result.profiled_kernels,
+            result.seconds,
+            notes.get("surrogate_reward"),
+            notes.get("surrogate_episodes_so_far"),
+        )
+        self.log.append(row)
+        self.rows.append(row)
+        if self.checkpoints is not None:
+            tmp = self.checkpoints / f"{self.name}.pt.tmp"
+            torch.save({"controller": self.controller.state_dict(), "episodes_done": episode.index + 1}, tmp)
+            os.replace(tmp, self.checkpoints / f"{self.name}.pt")
+        best = max(r.reward for r in self.rows if r.controller == self.name)
+        self.shown.context = f"[{self.name}] episode {episode.index + 2}/{self.episodes} (best {best:.4f})"
+        self.shown.say(
+            f"[{self.name}] episode {episode.index + 1}/{self.episodes}: reward {episode.reward:.4f} "
+            f"(best {best:.4f}), val acc {result.val_accuracy:.4f}, {result.latency_ms:.3f} ms predicted, "
+            f"{result.params:,} params, {episode.wall_s:.1f} s"
+        )
+
+
+def _run_controllers(
+    config: SearchConfig,
+    controllers: dict[str, Controller],
+    evaluator: Evaluator,
+    baseline: Baseline,
+    out: Path,
+    resume: bool,
+    shown: Progress,
+) -> list[EpisodeRow]:
+    """Every controller's episodes after those its checkpoint holds; all rows, old and new."""
+    done: dict[str, int] = {}
+    for name, controller in controllers.items():
+        ckpt = out / "checkpoints" / f"{name}.pt"
+        if resume and ckpt.exists():
+            state = torch.load(ckpt, weights_only=True)
+            controller.load_state_dict(state["controller"])
+            done[name] = state["episodes_done"]
+    log = EpisodeLog(out / "episodes.jsonl")
+    rows = log.keep(done)
+    episodes = config.search.episodes
+    for name, controller in controllers.items():
+        record = EpisodeRecorder(name, controller, log, episodes, shown, rows, out / "checkpoints")
+        start = done.get(name, 0)
+        best = [r.reward for r in rows if r.controller == name]
+        shown.context = f"[{name}] episode {start + 1}/{episodes}" + (f" (best {max(best):.4f})" if best else "")
+        reference = RewardReference(baseline.predicted_latency_ms, baseline.fp32_size_bytes)
+        run_episodes(controller, evaluator, episodes, reference, config.reward, start, record)
+    return rows
+
+
+def _final(
+    bench: Workbench, config: SearchConfig, rows: list[EpisodeRow], baseline: Baseline, out: Path, name: str
+) -> FinalModel:
+    """The controller's best policy, fine-tuned fully, exported, verified and benchmarked in turn
+    with the FP32 reference (final/NAME/; a finished one is read back)."""
+    directory = out / "final" / name
     directory.mkdir(exist_ok=True)
     if (directory / "result.json").exists():
-        return json.loads((directory / "result.json").read_text())
-    best = max((r for r in rows if r["controller"] == name), key=lambda r: r["reward"])
-    policy = Policy.from_json(json.dumps(best["policy"]))
-    write_json(directory / "policy.json", json.loads(policy.to_json()))
-    shown.context = ""
-    shown.say(f"[{name}] final model: episode {best['episode']}, fine-tuning {config.final_distill.epochs} epochs ...")
-    example = torch.zeros((1, *data.input_shape))
-    student, before = compressed(teacher, policy, example, config.round_to, loaders.train, config.calibration_batches)
-    loader = distill_loader(final_set, config.batch_size, config.data.seed)
-    distill(
-        student,
-        teacher,
-        config.model,
-        loader,
-        replace(config.final_distill, seed=config.seed),
-        shown.fit(f"[{name}] fine-tune"),
+        return read_record(directory / "result.json", FinalModel)
+    best = max((r for r in rows if r.controller == name), key=lambda r: r.reward)
+    write_json(directory / "policy.json", json.loads(best.policy.to_json()))
+    bench.progress.context = ""
+    epochs = config.final_distill.epochs
+    bench.progress.say(f"[{name}] final model: episode {best.episode}, fine-tuning {epochs} epochs ...")
+    distill_config = replace(config.final_distill, seed=config.search.seed)
+    train_set = bench.distill_set(distill_config)
+    made = bench.final_model(
+        best.policy, distill_config, train_set, directory / "model.onnx", out / "final" / "baseline_fp32.onnx"
     )
-    onnx_path = directory / "model.onnx"
-    export_policy_model(student, policy, onnx_path, tuple(data.input_shape))
-    prediction = evaluator.predictor.predict(onnx_path)
-    acc_onnx, _ = device_accuracy_and_latency(client, onnx_path, data.x_test, data.y_test, 1)
-    # Side by side with the FP32 model, several times: the baseline measured at the start of the
-    # search may be minutes old, and this CPU drifts (see paired_latency).
-    paired = paired_latency(client, onnx_path, final_dir / "baseline_fp32.onnx", config.benchmark_rounds)
-    write_json(directory / "benchmark.json", paired.model)
-    write_json(directory / "baseline_benchmark.json", paired.baseline)
-    sizes = size_report(student, policy, before)
-    measured = paired.model["latency"]
-    base_measured = paired.baseline["latency"]
-    val_acc = accuracy(student, loaders.val)
-    result = {
-        "policy": json.loads(policy.to_json()),
-        "episode": best["episode"],
-        "episodes": config.episodes,
-        "val_accuracy": val_acc,
-        "test_accuracy": accuracy(student, loaders.test),
-        "test_accuracy_onnxruntime": acc_onnx,
-        "params": sizes.params,
-        "params_reduction": sizes.params_reduction,
-        "fp32_size_bytes": sizes.fp32_bytes,
-        "effective_size_bytes": sizes.effective_bytes,
-        "compression": sizes.compression,
-        "predicted_latency_ms": prediction.latency_ms,
-        "measured_latency": measured,
-        "baseline_measured_latency": base_measured,
-        "speedup": paired.speedup,
-        "benchmark_rounds": paired.rounds,
-        "reward": reward(
-            val_acc,
-            prediction.latency_ms,
-            sizes.effective_bytes,
-            baseline["predicted_latency_ms"],
-            baseline["fp32_size_bytes"],
-            config.reward,
-        ),
-        "onnx": str(onnx_path.relative_to(final_dir.parent)),
-    }
-    write_json(directory / "result.json", result)
-    return result
+    write_json(directory / "benchmark.json", made.paired.model_doc)
+    write_json(directory / "baseline_benchmark.json", made.paired.baseline_doc)
+    score = reward(
+        made.model.val_accuracy,
+        made.model.predicted_latency_ms,
+        made.model.effective_size_bytes,
+        baseline.predicted_latency_ms,
+        baseline.fp32_size_bytes,
+        config.reward,
+    )
+    model = replace(
+        made.model,
+        onnx=str(made.exported.path.relative_to(out)),
+        episode=best.episode,
+        episodes=config.search.episodes,
+        reward=score,
+    )
+    write_record(directory / "result.json", model)
+    return model

@@ -1,0 +1,389 @@
+"""Run files as typed records, written and read by this one module: what `hadmc search`,
+`hadmc compress` and `hadmc experiment` leave on disk, and what the report, the experiment
+tables and `--resume` read back.
+
+Every JSON file, and every line of episodes.jsonl, carries `"schema": SCHEMA`; a file of another
+schema is a `RunFileError` that says so. Files are written atomically (a temporary file, fsync,
+rename), so a killed run never leaves half a file that a resume would take for a finished step.
+A measurement that could not be made is None (null on disk), never 0. Anything else missing or
+of the wrong type is a `RunFileError` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from host.compress.policy import Policy, PolicyError
+
+SCHEMA = 2  # 1: the files hadmc wrote before records carried a schema
+R = TypeVar("R")
+
+
+class RunFileError(ValueError):
+    """A run file that cannot be used; the message names the file and the field."""
+
+
+# --- records -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Latency statistics of one benchmark on the device, in ms (the agent's LatencyStats)."""
+
+    median_ms: float
+    mean_ms: float
+    p90_ms: float
+    p99_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    n: int
+    rel_ci95: float
+    stable: bool
+
+    @classmethod
+    def of(cls, stats: Any) -> Latency:
+        """From a LatencyStats message."""
+        return cls(
+            stats.median_ms,
+            stats.mean_ms,
+            stats.p90_ms,
+            stats.p99_ms,
+            stats.std_ms,
+            stats.min_ms,
+            stats.max_ms,
+            stats.n,
+            stats.rel_ci95,
+            stats.stable,
+        )
+
+
+@dataclass(frozen=True)
+class Round:
+    """One interleaved round: the model's and the FP32 reference's median, ms."""
+
+    model_ms: float
+    baseline_ms: float
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The FP32 teacher as exported and measured (baseline.json)."""
+
+    model: str
+    data: str
+    val_accuracy: float
+    test_accuracy: float
+    test_accuracy_onnxruntime: float | None
+    params: int
+    fp32_size_bytes: int
+    predicted_latency_ms: float
+    measured_latency: Latency | None
+
+
+@dataclass(frozen=True)
+class FinalModel:
+    """A compressed model fine-tuned, exported, verified and benchmarked in turn with the FP32
+    reference (a search's final/NAME/result.json, a compress run's `compressed`)."""
+
+    policy: Policy
+    val_accuracy: float
+    test_accuracy: float
+    test_accuracy_onnxruntime: float | None
+    params: int
+    params_reduction: float
+    fp32_size_bytes: int
+    effective_size_bytes: int
+    compression: float
+    predicted_latency_ms: float
+    measured_latency: Latency | None
+    baseline_measured_latency: Latency | None
+    speedup: float | None
+    benchmark_rounds: tuple[Round, ...]
+    onnx: str  # relative to the run directory
+    episode: int | None = None  # the search episode whose policy this is
+    episodes: int | None = None  # the search's budget per controller
+    reward: float | None = None  # the reward of the final model (search only)
+
+
+@dataclass(frozen=True)
+class EpisodeRow:
+    """One line of episodes.jsonl: a policy scored during the search (validation split)."""
+
+    controller: str
+    episode: int
+    policy: Policy
+    predicted_latency_ms: float
+    val_accuracy: float
+    params: int
+    size_bytes: int
+    reward: float
+    lut_version_ids: tuple[int, ...]
+    wall_s: float
+    profiled_kernels: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall time
+    surrogate_reward: float | None = None  # PPO's surrogate score of the policy before the episode
+    surrogate_episodes_so_far: int | None = None  # PPO practice episodes so far
+
+
+@dataclass(frozen=True)
+class PrecisionSupport:
+    precision: str
+    supported: bool
+    note: str
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """The device a run measured on (device.json)."""
+
+    fingerprint_hash: str
+    fingerprint: dict[str, Any]
+    precisions: tuple[PrecisionSupport, ...]
+    address: str  # "embedded" for an agent started by the run
+
+
+@dataclass(frozen=True)
+class SearchSummary:
+    """A finished search (summary.json)."""
+
+    baseline: Baseline
+    controllers: dict[str, FinalModel]
+    lut_version_ids: tuple[int, ...]
+    wall_s: float
+    episodes: int
+
+
+@dataclass(frozen=True)
+class CompressSummary:
+    """A finished `hadmc compress` (summary.json): the policy's model against the FP32 teacher."""
+
+    model: str
+    data: str
+    baseline_cached: bool
+    baseline: Baseline
+    compressed: FinalModel
+    baseline_onnx: str
+    distill_loss: tuple[float, ...]
+    seconds: dict[str, float]
+    layers_per_precision: dict[str, int]
+
+
+# --- reading and writing ----------------------------------------------------------------------
+
+
+def to_doc(record: Any) -> dict[str, Any]:
+    """The record as a JSON document, schema first (policies keep their layers' order)."""
+    return {"schema": SCHEMA, **dataclasses.asdict(record)}
+
+
+def write_record(path: Path, record: Any) -> None:
+    write_json(path, to_doc(record))
+
+
+def write_json(path: Path, doc: Any) -> None:
+    """Atomically: the old file or the new one, never half of either."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write(json.dumps(doc, indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise RunFileError(f"{path} is missing") from None
+    except OSError as exc:
+        raise RunFileError(f"{path} cannot be read: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RunFileError(f"{path} is not valid JSON: {exc}") from None
+
+
+def check_schema(doc: Any, where: str) -> None:
+    """`doc` is a JSON object of this hadmc's schema."""
+    if not isinstance(doc, dict):
+        raise RunFileError(f"{where} should be a JSON object, got {_kind(doc)}")
+    schema = doc.get("schema", 1)
+    if schema != SCHEMA:
+        raise RunFileError(
+            f"{where} has run-file schema {schema!r}; this hadmc reads schema {SCHEMA}: it was written by "
+            "another hadmc version (rerun it, or read it with the version that wrote it)"
+        )
+
+
+def from_doc(cls: type[R], doc: Any, where: str) -> R:
+    """A record of `cls` from a JSON document of this schema; errors name `where` and the field."""
+    check_schema(doc, where)
+    return _build(cls, {k: v for k, v in doc.items() if k != "schema"}, where, "")
+
+
+def read_record(path: Path, cls: type[R]) -> R:
+    return from_doc(cls, read_json(path), str(path))
+
+
+def write_config(path: Path, config: Any) -> None:
+    """A run's resolved config (a TOML config dataclass), so that `--resume` and reports see it."""
+    write_json(path, {"schema": SCHEMA, **dataclasses.asdict(config)})
+
+
+def read_config(path: Path, cls: type[R]) -> R:
+    """A config written by `write_config`; ConfigError names the key that does not fit `cls`."""
+    from lut_store.tomlfile import from_mapping
+
+    doc = read_json(path)
+    check_schema(doc, str(path))
+    return from_mapping(cls, {k: v for k, v in doc.items() if k != "schema"})
+
+
+class EpisodeLog:
+    """episodes.jsonl: one EpisodeRow a line, appended and fsynced before the controller's
+    checkpoint that accounts for it is written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> tuple[list[EpisodeRow], int | None]:
+        """The rows, and the 1-based number of a truncated last line that was skipped (a run
+        killed mid-write) or None. A bad line anywhere else is an error: the file is damaged."""
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            raise RunFileError(f"{self.path} is missing: this is not a search run directory") from None
+        numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
+        rows: list[EpisodeRow] = []
+        for k, (number, line) in enumerate(numbered):
+            try:
+                doc = json.loads(line)
+            except json.JSONDecodeError as exc:
+                if k == len(numbered) - 1:
+                    return rows, number
+                raise RunFileError(
+                    f"{self.path}: line {number} is not valid JSON ({exc}); only the last line may be "
+                    "truncated (by a killed run)"
+                ) from None
+            rows.append(from_doc(EpisodeRow, doc, f"{self.path}: line {number}"))
+        return rows, None
+
+    def keep(self, done: Mapping[str, int]) -> list[EpisodeRow]:
+        """Keep the episodes the controllers' checkpoints account for (`done`: controller ->
+        episodes checkpointed); a later or torn line goes. The file is rewritten atomically."""
+        rows = [r for r in self.read()[0] if r.episode < done.get(r.controller, 0)] if self.path.exists() else []
+        _write_lines(self.path, [to_doc(r) for r in rows])
+        return rows
+
+    def append(self, row: EpisodeRow) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(to_doc(row)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _write_lines(path: Path, docs: list[Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write("".join(json.dumps(d) + "\n" for d in docs))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# --- the typed reader ---------------------------------------------------------------------------
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), f"{type(value).__name__} {value!r:.40}")
+
+
+def _fail(where: str, path: str, what: str, value: Any) -> RunFileError:
+    return RunFileError(f"{where}: {path or 'the document'} should be {what}, got {_kind(value)}")
+
+
+def _build(tp: Any, value: Any, where: str, path: str) -> Any:
+    """`value` checked against type `tp` (dataclasses built field by field)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        return _build(next(a for a in typing.get_args(tp) if a is not type(None)), value, where, path)
+    if value is None and tp is not Any:
+        raise RunFileError(f"{where}: {path} is null; it is required")
+    if tp is Policy:
+        return _policy(value, where, path)
+    if dataclasses.is_dataclass(tp):
+        return _dataclass(tp, value, where, path)
+    if origin in (tuple, list):
+        return _sequence(tp, value, where, path)
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, dict):
+            raise _fail(where, path, "an object", value)
+        item = typing.get_args(tp)[1] if typing.get_args(tp) else Any
+        return {str(k): _build(item, v, where, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise _fail(where, path, f"one of {[m.value for m in tp]}", value) from None
+    return _scalar(tp, value, where, path)
+
+
+def _scalar(tp: Any, value: Any, where: str, path: str) -> Any:
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _fail(where, path, "a number", value)
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+            raise _fail(where, path, "an integer", value)
+        return int(value)
+    if tp in (str, bool) and type(value) is not tp:
+        raise _fail(where, path, "a string" if tp is str else "a boolean", value)
+    return value
+
+
+def _sequence(tp: Any, value: Any, where: str, path: str) -> Any:
+    if not isinstance(value, list):
+        raise _fail(where, path, "a list", value)
+    args = typing.get_args(tp)
+    item = args[0] if args else Any
+    items = [_build(item, v, where, f"{path}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if typing.get_origin(tp) is tuple else items
+
+
+def _dataclass(cls: Any, value: Any, where: str, path: str) -> Any:
+    if not isinstance(value, dict):
+        raise _fail(where, path, "an object", value)
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        sub = f"{path}.{f.name}" if path else f.name
+        if f.name not in value:
+            optional = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            if optional:
+                continue
+            raise RunFileError(f"{where}: {sub} is missing; it is required")
+        kwargs[f.name] = _build(hints[f.name], value[f.name], where, sub)
+    return cls(**kwargs)
+
+
+def _policy(value: Any, where: str, path: str) -> Policy:
+    try:
+        return Policy.from_json(json.dumps(value))
+    except PolicyError as exc:
+        raise RunFileError(f"{where}: {path}: {exc}") from None

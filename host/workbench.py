@@ -1,0 +1,294 @@
+"""The workbench: one model, data set, teacher, device and LUT, and the stages every driver
+composes. `hadmc search`, `hadmc compress`, the experiment studies, the sequential baseline and
+the benches are short drivers over it.
+
+    with Workbench.open(config) as bench:
+        student, before = bench.compress(policy, bench.loaders.train)     # prune, fold, quantize
+        exported = bench.export(student, policy, path)                    # ONNX + layer -> node map
+        prediction = bench.predict(exported)                              # LUT latency (profiles misses)
+        accuracy = bench.accuracy(student, "val")
+
+The teacher is trained (or read from the baseline cache) the first time a stage needs it.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from host.compress.apply import Calibration, student_of
+from host.compress.distill import DistillConfig, DistillReport, distill, distill_dataset, distill_loader
+from host.compress.export import ExportedModel, export_onnx, export_policy_model
+from host.compress.fold import fold_batchnorm
+from host.compress.policy import LayerLimits, Policy, validate
+from host.compress.prune import layer_limits
+from host.compress.size import SizeReport, size_report
+from host.compress.train import TrainConfig, accuracy, trained_baseline
+from host.data import DataConfig, DataSplits, make_loaders, tensor_dataset
+from host.device import Device, DeviceConfig, PairedLatency, device_accuracy, open_device, paired_latency
+from host.latency.predict import LatencyPredictor, Prediction
+from host.latency.variants import variant_model
+from host.models import build_model
+from host.progress import FitProgress, Progress
+from host.runs import Baseline, FinalModel, Latency
+from lut_store.records import Version
+
+
+@dataclass(frozen=True)
+class CompressSettings:
+    """`[compress]`: how a policy is applied and exported."""
+
+    round_to: int = 8  # kept channels are a multiple of this
+    calibration_batches: int = 2  # training batches that set int8 activation ranges
+    opset: int = 17
+
+    def __post_init__(self) -> None:
+        if self.round_to < 1 or self.calibration_batches < 1:
+            raise ValueError(
+                f"round_to = {self.round_to} and calibration_batches = {self.calibration_batches} must be at least 1"
+            )
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What a workbench is built from: the model, its data and teacher, the device and the LUT store."""
+
+    model: str = "resnet18"
+    store: str = ""  # LUT store URL; empty: the SQLite file under $HADMC_HOME
+    data: DataConfig = DataConfig()
+    baseline: TrainConfig = TrainConfig()
+    device: DeviceConfig = DeviceConfig()
+    compress: CompressSettings = CompressSettings()
+
+
+class Workbench:
+    """The stages over one model, data set, device and LUT (see the module docstring)."""
+
+    def __init__(
+        self, config: BenchConfig, device: Device, predictor: LatencyPredictor, data: DataSplits, progress: Progress
+    ) -> None:
+        self.config = config
+        self.device = device
+        self.predictor = predictor
+        self.data = data
+        self.progress = progress
+        self.loaders = make_loaders(data, batch_size=config.data.batch_size, seed=config.data.seed)
+        self.input_shape = tuple(data.input_shape)
+        self._teacher: nn.Module | None = None
+        self.teacher_cached: bool | None = None  # whether the teacher came from the baseline cache
+        self._limits: list[LayerLimits] | None = None
+        self._distill_sets: dict[bool, TensorDataset] = {}  # by DistillConfig.augment
+
+    @classmethod
+    @contextmanager
+    def open(
+        cls, config: BenchConfig, progress: Progress | None = None, device: Device | None = None
+    ) -> Iterator[Workbench]:
+        """Connect to the device (or start an embedded agent), open the store and the device's
+        LUT, load the data. The LUT version this workbench profiled into is sealed by `close()`."""
+        from contextlib import nullcontext
+
+        from lut_store.store import open_store
+
+        with (
+            nullcontext(device) if device is not None else open_device(config.device) as agent,
+            open_store(config.store or None) as store,
+        ):
+            predictor = LatencyPredictor.for_device(store, agent)  # the device answers before any training
+            yield cls(config, agent, predictor, config.data.load(), progress or Progress(False))
+
+    def close(self) -> Version | None:
+        """Seal the LUT version of the kernels profiled on demand (None if none were)."""
+        return self.predictor.close()
+
+    # --- the model and its teacher ---------------------------------------------------------
+
+    @property
+    def example(self) -> torch.Tensor:
+        return torch.zeros((1, *self.input_shape))
+
+    def fresh_model(self, seed: int = 0) -> nn.Module:
+        """An untrained model of the workbench's architecture (weights from `seed`)."""
+        torch.manual_seed(seed)
+        return build_model(self.config.model, self.data.num_classes, self.input_shape)
+
+    @property
+    def teacher(self) -> nn.Module:
+        """The FP32 baseline, from the cache or trained now (in eval mode)."""
+        if self._teacher is None:
+            config = self.config
+            self.progress.say(f"baseline {config.model} on {self.data.name} ...")
+            self._teacher, self.teacher_cached = trained_baseline(
+                lambda: build_model(config.model, self.data.num_classes, self.input_shape),
+                config.model,
+                f"{self.data.cache_id}-s{config.data.seed}",
+                self.loaders.train,
+                config.baseline,
+                self.progress.fit("baseline"),
+            )
+            self._teacher.eval()
+        return self._teacher
+
+    def layer_limits(self) -> list[LayerLimits]:
+        """Every prunable layer with its pruning group, in the model's order."""
+        if self._limits is None:
+            self._limits = layer_limits(
+                build_model(self.config.model, self.data.num_classes, self.input_shape), self.example
+            )
+        return self._limits
+
+    def device_precisions(self) -> tuple[str, ...]:
+        """The precisions the device's runtime runs (its probe at start)."""
+        from lut_store.opkey import precision_from_proto
+
+        return tuple(precision_from_proto(p.precision) for p in self.device.info().precisions if p.supported)
+
+    def validate(self, policy: Policy) -> None:
+        validate(policy, self.config.model, self.layer_limits())
+
+    # --- stages ------------------------------------------------------------------------------
+
+    def compress(
+        self, policy: Policy, batches: DataLoader, calibration_batches: int | None = None
+    ) -> tuple[nn.Module, int]:
+        """The teacher's student per `policy`: pruned, BN re-estimated on `batches` and folded,
+        fake-quantized and calibrated (not fine-tuned); with the teacher's parameter count."""
+        count = calibration_batches or self.config.compress.calibration_batches
+        return student_of(
+            self.teacher, policy, self.example, self.config.compress.round_to, Calibration(batches, count)
+        )
+
+    def variant(self, policy: Policy, seed: int = 0) -> nn.Module:
+        """An untrained model per `policy`, for latency only (ranges from random data)."""
+        config = self.config
+        return variant_model(
+            config.model, policy, self.data.num_classes, self.input_shape, config.compress.round_to, seed
+        )
+
+    def export(self, model: nn.Module, policy: Policy, path: Path) -> ExportedModel:
+        """ONNX at the policy's precisions, with each layer's compute node named."""
+        return export_policy_model(model, policy, path, self.input_shape, self.config.compress.opset)
+
+    def export_reference(self, path: Path) -> ExportedModel:
+        """The FP32 teacher as the reference every speedup is measured against (BN folded by the
+        exporter). Its layer map comes from an export of the teacher folded by the pipeline:
+        the exporter names nodes by module scope, the same in both; checked, never assumed."""
+        export_onnx(self.teacher, path, self.input_shape, self.config.compress.opset)
+        policy = Policy.uniform(self.config.model, [lim.name for lim in self.layer_limits()], 1.0, 32)
+        folded = copy.deepcopy(self.teacher)
+        fold_batchnorm(folded)
+        with tempfile.TemporaryDirectory() as tmp:
+            names = self.export(folded, policy, Path(tmp) / "folded.onnx").layer_nodes
+        nodes = {n.name for n in onnx.load(path, load_external_data=False).graph.node}
+        missing = sorted(layer for layer, node in names.items() if node not in nodes)
+        if missing:
+            raise ValueError(
+                f"the FP32 export has no node for layers {missing[:5]} under the names a folded export gives"
+            )
+        return ExportedModel(path, names, {32: len(names)})
+
+    def predict(self, model: ExportedModel | Path) -> Prediction:
+        """Latency from the device's LUT; kernels it lacks are profiled on the device now."""
+        return self.predictor.predict(model.path if isinstance(model, ExportedModel) else model)
+
+    def distill_set(self, config: DistillConfig) -> TensorDataset:
+        """The training split with the teacher's outputs stored, unless `config` augments (made once each)."""
+        if config.augment not in self._distill_sets:
+            train = tensor_dataset(self.data, "train")
+            self._distill_sets[config.augment] = distill_dataset(self.teacher, self.config.model, train, config)
+        return self._distill_sets[config.augment]
+
+    def distill(
+        self, student: nn.Module, config: DistillConfig, loader: DataLoader, fit: FitProgress | None = None
+    ) -> DistillReport:
+        """Fine-tune `student` in place from the teacher (feature-aligned distillation)."""
+        return distill(student, self.teacher, self.config.model, loader, config, fit)
+
+    def accuracy(self, model: nn.Module, split: str) -> float:
+        """Top-1 in torch on "val" or "test"."""
+        return accuracy(model, getattr(self.loaders, split))
+
+    def device_accuracy(self, path: Path) -> float:
+        """Test-split top-1 of an exported model as the device's runtime computes it."""
+        return device_accuracy(
+            self.device, path, self.data.x_test, self.data.y_test, self.config.device.benchmark_batch
+        )
+
+    def paired(self, path: Path, reference: Path) -> PairedLatency:
+        """Benchmark the model in turn with the FP32 reference (`[device] benchmark_rounds`)."""
+        device = self.config.device
+        return paired_latency(self.device, path, reference, device.benchmark_rounds, device.benchmark_batch)
+
+    # --- whole results -----------------------------------------------------------------------
+
+    def baseline(self, path: Path) -> Baseline:
+        """The FP32 reference at `path` (`export_reference`) predicted, verified and measured once."""
+        teacher = self.teacher
+        predicted = self.predict(path)
+        self.progress.say("measuring the FP32 baseline on the device ...")
+        measured = self.device.benchmark(path, batch_size=self.config.device.benchmark_batch)
+        params = sum(p.numel() for p in teacher.parameters())
+        return Baseline(
+            self.config.model,
+            self.data.name,
+            self.accuracy(teacher, "val"),
+            self.accuracy(teacher, "test"),
+            self.device_accuracy(path),
+            params,
+            4 * params,
+            predicted.latency_ms,
+            Latency.of(measured.latency),
+        )
+
+    def final_model(
+        self, policy: Policy, distill_config: DistillConfig, train_set: TensorDataset, path: Path, reference: Path
+    ) -> FinalResult:
+        """`policy` fine-tuned for `distill_config.epochs`, exported to `path`, predicted, verified
+        on the device and benchmarked in turn with the FP32 `reference`. The record's `onnx` is
+        the file's name: the driver makes it relative to its run directory."""
+        student, before = self.compress(policy, self.loaders.train)
+        loader = distill_loader(train_set, self.config.data.batch_size, self.config.data.seed)
+        fit = self.progress.fit(f"fine-tune ({distill_config.epochs} epochs)")
+        report = self.distill(student, distill_config, loader, fit)
+        exported = self.export(student, policy, path)
+        prediction = self.predict(exported)
+        paired = self.paired(exported.path, reference)
+        sizes = size_report(student, policy, before)
+        model = FinalModel(
+            policy,
+            self.accuracy(student, "val"),
+            self.accuracy(student, "test"),
+            self.device_accuracy(exported.path),
+            sizes.params,
+            sizes.params_reduction,
+            sizes.fp32_bytes,
+            sizes.effective_bytes,
+            sizes.compression,
+            prediction.latency_ms,
+            paired.model,
+            paired.baseline,
+            paired.speedup,
+            paired.rounds,
+            exported.path.name,
+        )
+        return FinalResult(model, exported, paired, report, sizes)
+
+
+@dataclass(frozen=True)
+class FinalResult:
+    """What `Workbench.final_model` made: the record and the pieces drivers write beside it."""
+
+    model: FinalModel
+    exported: ExportedModel
+    paired: PairedLatency
+    distill: DistillReport
+    sizes: SizeReport
