@@ -34,10 +34,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from device_agent.config import AgentConfig
 from host import logs
-from host.agent_client import AgentClient
-from host.embedded import embedded_agent
+from host.device import Device, DeviceConfig, open_device
 from host.latency.predict import LatencyPredictor
 from host.latency.variants import export_variant, model_limits, random_policy
 from lut_store.modelkeys import model_kernels
@@ -67,7 +65,7 @@ def fidelity(pred: list[float], meas: list[float]) -> dict[str, float]:
     }
 
 
-def isolated_sum(client: AgentClient, model_path: Path, cache: dict[str, float]) -> float | None:
+def isolated_sum(client: Device, model_path: Path, cache: dict[str, float]) -> float | None:
     """The naive LUT: every kernel profiled alone, summed (None when one cannot be measured)."""
     import onnx
 
@@ -93,85 +91,29 @@ def main() -> int:
     parser.add_argument("--explain", type=int, default=3, help="explain the N worst predictions kernel by kernel")
     args = parser.parse_args()
     logs.configure(0)
-    busy = psutil.cpu_percent(interval=1.0)
+    settings = {**vars(args), "plot": str(args.plot) if args.plot else None, "keep_ratios": KEEP_RATIOS}
+    report: dict = {"settings": {**settings, "cpu_busy_pct_before": psutil.cpu_percent(interval=1.0)}}
     rng = random.Random(args.seed)
-    report: dict = {
-        "settings": {
-            **vars(args),
-            "plot": str(args.plot) if args.plot else None,
-            "cpu_busy_pct_before": busy,
-            "keep_ratios": KEEP_RATIOS,
-        }
-    }
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="hadmc-fidelity-") as tmp_name:
-        tmp = Path(tmp_name)
-        config = AgentConfig(listen="127.0.0.1:0", intra_op_threads=args.threads)
-        with (
-            embedded_agent(config) as target,
-            AgentClient(target, timeout_s=120) as client,
-            open_store(f"sqlite:///{tmp / 'lut.sqlite'}") as store,
-        ):
-            info = client.info()
-            bits = [BITS_OF[precision_from_proto(p.precision)] for p in info.precisions if p.supported]
-            variants = []
-            for name in args.models.split(","):
-                limits = model_limits(name)
-                for i in range(args.variants):
-                    policy = random_policy(name, limits, rng, KEEP_RATIOS, bits)
-                    variants.append((name, export_variant(name, policy, tmp / f"{name}_{i}.onnx", seed=i)))
-            report["export_s"] = time.monotonic() - t0
-            predictor = LatencyPredictor.for_device(store, client)
-            fill_order = list(range(len(variants)))
-            rng.shuffle(fill_order)
-            t1 = time.monotonic()
-            for i in fill_order:
-                predictor.predict(variants[i][1])
-            report["fill_s"] = time.monotonic() - t1
-            predictor.client = None  # evaluation predicts from the LUT alone
-            sources = {e.key_hash: e.settings.get("model_sha256") for e in store.entries(predictor.open_version.id)}
-            rows, iso_cache = [], {}
-            eval_order = list(range(len(variants)))
-            rng.shuffle(eval_order)
-            t2 = time.monotonic()
-            for i in eval_order:
-                name, path = variants[i]
-                pred = predictor.predict(path)
-                measured = client.benchmark(path, batch_size=1).latency
-                foreign = sum(k.latency_ms for k in pred.kernels if sources.get(k.key_hash) != pred.model_sha256)
-                rows.append(
-                    {
-                        "model": name,
-                        "variant": path.stem,
-                        "predicted_ms": pred.latency_ms,
-                        "measured_ms": measured.median_ms,
-                        "measured_stable": measured.stable,
-                        "foreign_share": foreign / pred.latency_ms,
-                        "kernels": len(pred.kernels),
-                        "predict_s": pred.seconds,
-                        "isolated_sum_ms": isolated_sum(client, path, iso_cache),
-                    }
-                )
-            report["evaluate_s"] = time.monotonic() - t2
-            report["worst_variants"] = explain_worst(client, predictor, variants, rows, sources, args.explain)
-            predictor.close()
+    with (
+        tempfile.TemporaryDirectory(prefix="hadmc-fidelity-") as tmp_name,
+        open_device(DeviceConfig(threads=args.threads)) as device,
+        open_store(f"sqlite:///{Path(tmp_name) / 'lut.sqlite'}") as store,
+    ):
+        precisions = [precision_from_proto(p.precision) for p in device.info().precisions if p.supported]
+        variants = export_variants(args.models.split(","), args.variants, precisions, rng, Path(tmp_name))
+        report["export_s"] = time.monotonic() - t0
+        predictor = LatencyPredictor.for_device(store, device)
+        report["fill_s"] = fill(predictor, variants, rng)
+        predictor.client = None  # evaluation predicts from the LUT alone
+        sources = {e.key_hash: e.settings.get("model_sha256") for e in store.entries(predictor.open_version.id)}
+        t2 = time.monotonic()
+        rows = evaluate(device, predictor, variants, sources, rng)
+        report["evaluate_s"] = time.monotonic() - t2
+        report["worst_variants"] = explain_worst(device, predictor, variants, rows, sources, args.explain)
+        predictor.close()
     report["cpu_busy_pct_after"] = psutil.cpu_percent(interval=1.0)
-    groups = {
-        "all": rows,
-        **{m: [r for r in rows if r["model"] == m] for m in args.models.split(",")},
-        "transfer (foreign_share >= 0.5)": [r for r in rows if r["foreign_share"] >= 0.5],
-    }
-    report["in_model_lut"] = {
-        g: fidelity([r["predicted_ms"] for r in rs], [r["measured_ms"] for r in rs]) for g, rs in groups.items() if rs
-    }
-    iso = {g: [r for r in rs if r["isolated_sum_ms"] is not None] for g, rs in groups.items()}
-    report["isolated_sum"] = {
-        g: fidelity([r["isolated_sum_ms"] for r in rs], [r["measured_ms"] for r in rs]) for g, rs in iso.items() if rs
-    }
-    report["isolated_unmeasurable_variants"] = sum(r["isolated_sum_ms"] is None for r in rows)
-    report["predict_s_cached_median"] = float(np.median([r["predict_s"] for r in rows]))
-    report["foreign_share_median"] = float(np.median([r["foreign_share"] for r in rows]))
-    report["rows"] = rows
+    report.update(summarise(rows, args.models.split(",")))
     report["total_s"] = time.monotonic() - t0
     if args.plot:
         plot(rows, args.plot)
@@ -179,8 +121,91 @@ def main() -> int:
     return 0
 
 
+def export_variants(
+    models: list[str], count: int, precisions: list[str], rng: random.Random, tmp: Path
+) -> list[tuple[str, Path]]:
+    """`count` random untrained variants of each model, exported."""
+    bits = [BITS_OF[p] for p in precisions]
+    variants = []
+    for name in models:
+        limits = model_limits(name)
+        for i in range(count):
+            policy = random_policy(name, limits, rng, KEEP_RATIOS, bits)
+            variants.append((name, export_variant(name, policy, tmp / f"{name}_{i}.onnx", seed=i)))
+    return variants
+
+
+def fill(predictor: LatencyPredictor, variants: list[tuple[str, Path]], rng: random.Random) -> float:
+    """Profile every variant in-model once, in random order; the seconds it took."""
+    order = list(range(len(variants)))
+    rng.shuffle(order)
+    t0 = time.monotonic()
+    for i in order:
+        predictor.predict(variants[i][1])
+    return time.monotonic() - t0
+
+
+def evaluate(
+    device: Device,
+    predictor: LatencyPredictor,
+    variants: list[tuple[str, Path]],
+    sources: dict[str, str],
+    rng: random.Random,
+) -> list[dict]:
+    """Per variant, interleaved in random order: the LUT's prediction, a fresh measurement and
+    the isolated-kernel sum."""
+    order = list(range(len(variants)))
+    rng.shuffle(order)
+    rows, iso_cache = [], {}
+    for i in order:
+        name, path = variants[i]
+        pred = predictor.predict(path)
+        measured = device.benchmark(path, batch_size=1).latency
+        foreign = sum(k.latency_ms for k in pred.kernels if sources.get(k.key_hash) != pred.model_sha256)
+        rows.append(
+            {
+                "model": name,
+                "variant": path.stem,
+                "predicted_ms": pred.latency_ms,
+                "measured_ms": measured.median_ms,
+                "measured_stable": measured.stable,
+                "foreign_share": foreign / pred.latency_ms,
+                "kernels": len(pred.kernels),
+                "predict_s": pred.seconds,
+                "isolated_sum_ms": isolated_sum(device, path, iso_cache),
+            }
+        )
+    return rows
+
+
+def summarise(rows: list[dict], models: list[str]) -> dict:
+    """Fidelity of the in-model LUT and of the isolated sum, over all variants and per group."""
+    groups = {
+        "all": rows,
+        **{m: [r for r in rows if r["model"] == m] for m in models},
+        "transfer (foreign_share >= 0.5)": [r for r in rows if r["foreign_share"] >= 0.5],
+    }
+    iso = {g: [r for r in rs if r["isolated_sum_ms"] is not None] for g, rs in groups.items()}
+    return {
+        "in_model_lut": {
+            g: fidelity([r["predicted_ms"] for r in rs], [r["measured_ms"] for r in rs])
+            for g, rs in groups.items()
+            if rs
+        },
+        "isolated_sum": {
+            g: fidelity([r["isolated_sum_ms"] for r in rs], [r["measured_ms"] for r in rs])
+            for g, rs in iso.items()
+            if rs
+        },
+        "isolated_unmeasurable_variants": sum(r["isolated_sum_ms"] is None for r in rows),
+        "predict_s_cached_median": float(np.median([r["predict_s"] for r in rows])),
+        "foreign_share_median": float(np.median([r["foreign_share"] for r in rows])),
+        "rows": rows,
+    }
+
+
 def explain_worst(
-    client: AgentClient,
+    client: Device,
     predictor: LatencyPredictor,
     variants: list[tuple[str, Path]],
     rows: list[dict],

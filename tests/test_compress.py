@@ -393,9 +393,14 @@ def test_mixed_precision_export_runs_each_layer_at_its_precision(tmp_path):
     model(torch.randn(8, 3, 64, 64))
     model.eval()
     path = tmp_path / "mixed.onnx"
-    counts = export_policy_model(model, policy, path, (3, 64, 64))
-    assert counts == {4: 6, 8: 5, 16: 5, 32: 5}
+    exported = export_policy_model(model, policy, path, (3, 64, 64))
+    assert exported.layers_per_bits == {4: 6, 8: 5, 16: 5, 32: 5}
     graph = onnx.load(path)
+    # Every layer is named by its compute node: the one reading the layer's weight, whatever its precision.
+    compute = {n.name: n.op_type for n in graph.graph.node if n.op_type in ("Conv", "Gemm")}
+    assert set(exported.layer_nodes) == set(names) and len(set(exported.layer_nodes.values())) == len(names)
+    assert all(compute.get(node) in ("Conv", "Gemm") for node in exported.layer_nodes.values())
+    assert compute[exported.layer_nodes["fc"]] == "Gemm"
     types = collections.Counter(t.data_type for t in graph.graph.initializer)
     assert types[onnx.TensorProto.INT4] == 6 and graph.opset_import[0].version == 21
     assert types[onnx.TensorProto.FLOAT16] >= 5

@@ -96,9 +96,10 @@ def test_compress_end_to_end_on_real_digits_with_onnxruntime_parity(tmp_path, ag
     matches torch within 0.5 points; the speedup is measured against the FP32 export."""
     from host.agent_client import AgentClient, AgentTarget
     from host.compress.distill import DistillConfig
-    from host.compress.pipeline import CompressConfig, DataConfig, run_compress
     from host.compress.policy import LayerAction, Policy
+    from host.compress.run import CompressConfig, run_compress
     from host.compress.train import TrainConfig
+    from host.data import DataConfig
 
     monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
     config = CompressConfig(
@@ -109,21 +110,21 @@ def test_compress_end_to_end_on_real_digits_with_onnxruntime_parity(tmp_path, ag
     )
     policy = Policy("mlp", {"body.0": LayerAction(0.5, 8), "body.2": LayerAction(0.5, 8), "head": LayerAction(1.0, 8)})
     with AgentClient(AgentTarget(agent.address)) as client:
-        summary = run_compress(config, policy, tmp_path / "out", progress=False, client=client)
-    a = summary.accuracy
-    assert a["baseline_test_torch"] > 0.9
-    assert abs(a["compressed_test_onnxruntime"] - a["compressed_test_torch"]) <= 0.005
-    assert abs(a["baseline_test_onnxruntime"] - a["baseline_test_torch"]) <= 0.005
-    assert a["compressed_test_torch"] > a["baseline_test_torch"] - 0.05
-    assert 0.6 < summary.size["params_reduction"] < 0.8  # the 64-wide input and the head stay
-    lat = summary.latency
-    assert lat["speedup"] == pytest.approx(
-        lat["baseline"]["latency"]["median_ms"] / lat["compressed"]["latency"]["median_ms"]
-    )
-    assert lat["compressed"]["latency"]["n"] >= 10 and lat["baseline"]["latency"]["n"] >= 10
+        summary = run_compress(config, policy, tmp_path / "out", progress=False, device=client)
+    base, c = summary.baseline, summary.compressed
+    assert base.test_accuracy > 0.9
+    assert abs(c.test_accuracy_onnxruntime - c.test_accuracy) <= 0.005
+    assert abs(base.test_accuracy_onnxruntime - base.test_accuracy) <= 0.005
+    assert c.test_accuracy > base.test_accuracy - 0.05
+    assert 0.6 < c.params_reduction < 0.8  # the 64-wide input and the head stay
+    assert c.speedup == pytest.approx(c.baseline_measured_latency.median_ms / c.measured_latency.median_ms)
+    assert c.measured_latency.n >= 10 and c.baseline_measured_latency.n >= 10
+    assert c.predicted_latency_ms > 0 and base.predicted_latency_ms > 0
     assert summary.distill_loss[-1] < summary.distill_loss[0]
-    written = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert written["accuracy"] == a and (tmp_path / "out" / "compressed.onnx").exists()
+    from host.runs import CompressSummary, read_record
+
+    assert read_record(tmp_path / "out" / "summary.json", CompressSummary) == summary
+    assert (tmp_path / "out" / "compressed.onnx").exists()
 
 
 def _policy(tmp_path: Path, model: str = "mlp", shape: str = "1,8,8", classes: int = 10, keep: float = 0.5) -> Path:
@@ -175,8 +176,9 @@ def test_bad_data_fails_with_a_clear_message(tmp_path):
 def test_corrupt_cached_baseline_is_named(tmp_path):
     from dataclasses import replace
 
-    from host.compress.pipeline import CompressConfig, DataConfig
+    from host.compress.run import CompressConfig
     from host.compress.train import baseline_path
+    from host.data import DataConfig
 
     config_file = tmp_path / "c.toml"
     config_file.write_text('model = "mlp"\n[data]\nname = "digits"\n')
@@ -184,7 +186,7 @@ def test_corrupt_cached_baseline_is_named(tmp_path):
     cache = tmp_path / "home"
     from host.data import load_dataset
 
-    path = baseline_path("mlp", f"{load_dataset('digits').cache_id}-s0", config.baseline, config.batch_size)
+    path = baseline_path("mlp", f"{load_dataset('digits').cache_id}-s0", config.baseline, config.data.batch_size)
     target = cache / "baselines" / path.name
     target.parent.mkdir(parents=True)
     target.write_bytes(b"\x80\x04garbage")
@@ -208,8 +210,9 @@ def test_mobilenetv2_int8_onnxruntime_parity_on_synthetic_neu_det(tmp_path, agen
     projection's output was quantized twice in torch and once, merged, in onnxruntime.)"""
     from host.agent_client import AgentClient, AgentTarget
     from host.compress.distill import DistillConfig
-    from host.compress.pipeline import CompressConfig, DataConfig, run_compress
+    from host.compress.run import CompressConfig, run_compress
     from host.compress.train import TrainConfig
+    from host.data import DataConfig
 
     monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
     config = CompressConfig(
@@ -222,7 +225,7 @@ def test_mobilenetv2_int8_onnxruntime_parity_on_synthetic_neu_det(tmp_path, agen
 
     policy = Policy.load(_policy(tmp_path, model="mobilenetv2", shape="3,64,64", classes=6, keep=0.75))
     with AgentClient(AgentTarget(agent.address)) as client:
-        summary = run_compress(config, policy, tmp_path / "out", progress=False, client=client)
-    a = summary.accuracy
-    assert a["baseline_test_torch"] > 0.85
-    assert abs(a["compressed_test_onnxruntime"] - a["compressed_test_torch"]) <= 0.005
+        summary = run_compress(config, policy, tmp_path / "out", progress=False, device=client)
+    base, c = summary.baseline, summary.compressed
+    assert base.test_accuracy > 0.85
+    assert abs(c.test_accuracy_onnxruntime - c.test_accuracy) <= 0.005

@@ -15,6 +15,7 @@ from host.experiment.config import PRESETS, load_experiment
 from host.experiment.results import Results
 from host.experiment.run import resume_experiment, run_experiment
 from host.experiment.studies import ABLATION, BASELINE, HADMC, SEQUENTIAL
+from host.runs import from_doc
 from lut_store.tomlfile import ConfigError
 from tests.conftest import quick_config
 
@@ -77,12 +78,12 @@ def test_sota(agent, tiny, tmp_path):
     amc_policy = summary["controllers"]["amc"]["policy"]["layers"]
     stage = out / "seed0" / "sequential"
     lines = (stage / "episodes.jsonl").read_text().splitlines()
-    assert len(lines) == PRESETS["tiny"]["episodes"]
+    assert len(lines) == PRESETS["tiny"]["search"]["episodes"]
     for line in lines:  # ... in every episode of the stage
         layers = json.loads(line)["policy"]["layers"]
         assert {n: a["keep_ratio"] for n, a in layers.items()} == {n: a["keep_ratio"] for n, a in amc_policy.items()}
     assert _policy(stage / "final" / "policy.json") == _policy(stage / "policy.json")
-    resolved = json.loads((out / "experiment.json").read_text())["search"]
+    resolved = json.loads((out / "experiment.json").read_text())["search"]["search"]
     fp32_ms = json.loads((out / "seed0" / "search" / "baseline.json").read_text())["predicted_latency_ms"]
     assert resolved["latency_budget_ms"] == pytest.approx(
         PRESETS["tiny"]["experiment"]["sota_latency_fraction"] * fp32_ms, rel=0.05
@@ -131,7 +132,7 @@ def test_controllers_over_two_seeds_through_the_cli(agent, tiny, tmp_path, capsy
         "--json",
     ]
     assert main(argv) == 0
-    results = Results.from_doc(json.loads(capsys.readouterr().out))
+    results = from_doc(Results, json.loads(capsys.readouterr().out), "stdout")
     assert [row.label for row in results.rows] == [("ppo",), ("dqn",), ("random",)] and results.seeds == (0, 1)
     per_seed = [json.loads((out / f"seed{s}" / "result.json").read_text()) for s in (0, 1)]
     for row in results.rows:
@@ -209,12 +210,12 @@ def test_cross_device(agent, agent2, tiny, tmp_path):
 @pytest.mark.parametrize(
     "study, doc, message",
     [
-        ("sota", "max_params_fraction = 0.3", "remove max_params_fraction and set latency_budget_ms"),
+        ("sota", "[search]\nmax_params_fraction = 0.3", "remove max_params_fraction and set latency_budget_ms"),
         ("sota", "[experiment]\nsota_latency_fraction = 0.0", "haq, which needs a latency budget"),
-        ("ablation", 'controllers = ["ppo"]', "each study runs its own controllers"),
+        ("ablation", '[search]\ncontrollers = ["ppo"]', "each study runs its own controllers"),
         ("cross-device", "[experiment]\ndevice_threads = [1]", "needs at least two devices"),
         ("ablation", "[experiment]\nseeds = 0", "at least one seed"),
-        ("ablation", "max_params_fraction = 0.3\nlatency_budget_ms = 1.0", "not both"),
+        ("ablation", "[search]\nmax_params_fraction = 0.3\nlatency_budget_ms = 1.0", "not both"),
     ],
 )
 def test_config_errors_before_any_work(tmp_path, study, doc, message):

@@ -13,6 +13,7 @@ import pytest
 from host.report import ReportError, build_report, pareto_front
 from host.report.load import load_run
 from host.report.plots import running_best
+from host.runs import SCHEMA
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LAYERS = ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv1", "layer2.0.conv2", "layer10.0.conv1", "fc"]
@@ -27,7 +28,11 @@ def _latency(median: float) -> dict:
         "p99_ms": median * 1.2,
         "mean_ms": median * 1.02,
         "std_ms": median * 0.03,
+        "min_ms": median * 0.97,
+        "max_ms": median * 1.4,
         "n": 200,
+        "rel_ci95": 0.01,
+        "stable": True,
     }
 
 
@@ -36,12 +41,13 @@ def _policy(keep: float, bits: int) -> dict:
         "model": "resnet18",
         "layers": {
             name: {"keep_ratio": keep if name != "fc" else 1.0, "bits": bits, "granularity": "per-channel"}
-            for name in sorted(LAYERS)
+            for name in LAYERS
         },
     }
 
 
 BASELINE = {
+    "schema": SCHEMA,
     "model": "resnet18",
     "data": "neu-det-synthetic",
     "val_accuracy": 0.9722,
@@ -64,8 +70,13 @@ FINALS = {
         "effective_size_bytes": 1_433_212,
         "predicted_latency_ms": 2.613,
         "measured_latency": _latency(2.781),
+        "baseline_measured_latency": _latency(22.41),
         "speedup": 8.058,
+        "benchmark_rounds": [{"model_ms": 2.781, "baseline_ms": 22.41}],
+        "params_reduction": 0.8746,
+        "compression": 0.968,
         "reward": 0.9123,
+        "episode": 7,
         "episodes": 10,
         "onnx": "final/ppo/model.onnx",
     },
@@ -79,8 +90,13 @@ FINALS = {
         "effective_size_bytes": 3_420_377,
         "predicted_latency_ms": 5.907,
         "measured_latency": None,
+        "baseline_measured_latency": None,
         "speedup": None,
+        "benchmark_rounds": [],
+        "params_reduction": 0.6968,
+        "compression": 0.9235,
         "reward": 0.8412,
+        "episode": 3,
         "episodes": 10,
         "onnx": "final/random/model.onnx",
     },
@@ -94,14 +110,20 @@ FINALS = {
         "effective_size_bytes": 11_207_096,
         "predicted_latency_ms": 7.402,
         "measured_latency": _latency(7.95),
+        "baseline_measured_latency": _latency(22.41),
         "speedup": 2.819,
+        "benchmark_rounds": [{"model_ms": 7.95, "baseline_ms": 22.41}],
+        "params_reduction": 0.7494,
+        "compression": 0.7494,
         "reward": 0.7531,
+        "episode": 0,
         "episodes": 10,
         "onnx": "final/uniform/model.onnx",
     },
 }
 
 DEVICE = {
+    "schema": SCHEMA,
     "fingerprint_hash": HASH,
     "address": "embedded",
     "fingerprint": {
@@ -142,6 +164,7 @@ def _episodes() -> list[dict]:
             acc = 0.90 + 0.07 * keep - 0.004 * (bits == 8) + 0.002 * (k % 2)
             rows.append(
                 {
+                    "schema": SCHEMA,
                     "controller": name,
                     "episode": k,
                     "policy": _policy(keep, bits),
@@ -170,19 +193,9 @@ def write_run(run: Path, episodes: list[dict] | None = None) -> Path:
     (run / "device.json").write_text(json.dumps(DEVICE))
     (run / "baseline.json").write_text(json.dumps(BASELINE))
     rows = _episodes() if episodes is None else episodes
-    (run / "episodes.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    (run / "summary.json").write_text(
-        json.dumps(
-            {
-                "baseline": BASELINE,
-                "controllers": FINALS,
-                "lut_version_ids": [7, 9, 12],
-                "wall_s": 1834.2,
-                "episodes": 10,
-            },
-            sort_keys=True,
-        )
-    )
+    (run / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {"baseline": BASELINE, "controllers": FINALS, "lut_version_ids": [7, 9, 12], "wall_s": 1834.2}
+    (run / "summary.json").write_text(json.dumps({"schema": SCHEMA, **summary, "episodes": 10}))
     return run
 
 
@@ -321,17 +334,9 @@ def test_running_best():
     assert running_best([0.2, 0.1, 0.5, math.nan, 0.4]) == [0.2, 0.2, 0.5, 0.5, 0.5]
 
 
-def test_layers_are_in_natural_order(tmp_path):
+def test_layers_controllers_and_episodes_are_read_in_order(tmp_path):
     run = load_run(write_run(tmp_path))
-    assert [c.layer for c in run.finals[0].layers] == [
-        "conv1",
-        "fc",
-        "layer1.0.conv1",
-        "layer1.0.conv2",
-        "layer2.0.conv1",
-        "layer2.0.conv2",
-        "layer10.0.conv1",
-    ]
+    assert [c.layer for c in run.finals[0].layers] == LAYERS
     assert run.controllers == ["ppo", "random", "uniform"]
     assert len(run.episodes) == 30
 
@@ -359,7 +364,7 @@ def test_missing_episodes_and_malformed_files_name_the_file(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     summary["controllers"]["ppo"]["params"] = "many"
     (run / "summary.json").write_text(json.dumps(summary))
-    with pytest.raises(ReportError, match=r"summary\.json: controllers\.ppo\.params should be a number"):
+    with pytest.raises(ReportError, match=r"summary\.json: controllers\.ppo\.params should be an integer"):
         build_report(run)
 
     del summary["controllers"]["ppo"]["params"], summary["baseline"]
@@ -376,7 +381,13 @@ def test_missing_episodes_and_malformed_files_name_the_file(tmp_path):
     rows = _episodes()
     del rows[3]["reward"]
     write_run(run, rows)
-    with pytest.raises(ReportError, match=r"episodes\.jsonl: line 4\.reward is missing"):
+    with pytest.raises(ReportError, match=r"episodes\.jsonl: line 4: reward is missing"):
+        build_report(run)
+
+    write_run(run)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "schema": 1}))
+    with pytest.raises(ReportError, match=r"summary\.json has run-file schema 1; this hadmc reads schema 2"):
         build_report(run)
 
 

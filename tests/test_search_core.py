@@ -16,7 +16,7 @@ from host.compress.prune import layer_limits, prune
 from host.models import build_model
 from host.search.controllers import make_controller
 from host.search.evaluate import EpisodeResult
-from host.search.loop import Baseline, run_episodes
+from host.search.loop import RewardReference, run_episodes
 from host.search.ppo import PPOConfig, clipped_surrogate, gae
 from host.search.reward import (
     RewardConfig,
@@ -48,7 +48,7 @@ def _result(acc: float, latency_ms: float = 1.0, size_bytes: int = 100) -> Episo
     return EpisodeResult(acc, latency_ms, 0, size_bytes, (), 0)
 
 
-BASE = Baseline(latency_ms=1.0, size_bytes=100)
+BASE = RewardReference(latency_ms=1.0, size_bytes=100)
 W = RewardConfig()
 
 
@@ -345,23 +345,30 @@ def test_latency_estimator_takes_a_layer_whose_kernel_the_runtime_elided(tmp_pat
     """A layer kernel of 0 ms (elided by the runtime) in the unpruned model stays 0 ms at every
     keep-ratio instead of dividing by zero; a layer measured slower when pruned (noise) keeps
     its unpruned time instead of growing as it loses channels."""
+    from host.compress.export import ExportedModel
     from host.latency.predict import KernelEstimate, Prediction
     from host.search.budget import latency_estimator
 
     net = build_model("mlp", 2, (30,))
     example = torch.zeros((1, 30))
     space = SearchSpace("mlp", describe_layers(net, example), (32,))
+    names = [layer.name for layer in space.layers]
     calls = []
 
-    class Predictor:
-        def predict(self, path):
-            calls.append(path)
+    class Bench:  # the workbench's latency stages, with the LUT's answers made up
+        def variant(self, policy):
+            return None
+
+        def export(self, model, policy, path):
+            return ExportedModel(path, {name: f"k{i}" for i, name in enumerate(names)}, {})
+
+        def predict(self, exported):
+            calls.append(exported.path)
             full = len(calls) == 1  # keep 1.0 first, then the anchor
             ms = (0.0, 0.004, 0.002) if full else (0.001, 0.002, 0.003)
             kernels = tuple(KernelEstimate(f"k{i}", "gemm", "fp32", "", v, 1, "lut") for i, v in enumerate(ms))
             return Prediction(sum(ms) + 0.001, kernels, (1,), 0, "", 1, "")
 
-    estimate = latency_estimator(space, ParamCounter(net, example), Predictor(), tmp_path, 2, (30,))
-    names = [layer.name for layer in space.layers]
+    estimate = latency_estimator(space, ParamCounter(net, example), Bench(), tmp_path)
     assert estimate.exponent[32][names[0]] == 1.0 and estimate.exponent[32][names[2]] == 0.0
     assert estimate(space.policy([0.5] * 3, [32] * 3)) == pytest.approx(0.001 + 0.0 + 0.002 + 0.002)

@@ -19,7 +19,7 @@ from host.models import build_model
 from host.search.budget import LatencyEstimator
 from host.search.controllers import make_controller
 from host.search.evaluate import EpisodeResult
-from host.search.loop import Baseline, run_episodes
+from host.search.loop import RewardReference, run_episodes
 from host.search.ppo import PPOConfig
 from host.search.reward import RewardConfig
 from host.search.space import ParamCounter, SearchSpace, describe_layers
@@ -165,7 +165,7 @@ def test_ppo_practising_on_the_surrogate_beats_ppo_alone_and_random_search():
         ms = estimator(policy) + 3e-6 * truth.boundary_elements(policy)
         return EpisodeResult(acc, ms, 0, truth.size_bytes(policy), (), 0)
 
-    base = Baseline(truth.base_latency_ms, truth.base_size_bytes)
+    base = RewardReference(truth.base_latency_ms, truth.base_size_bytes)
     practice = PPOConfig(actor_lr=1e-3, critic_lr=3e-3, surrogate_episodes=32)
     alone = PPOConfig(actor_lr=1e-3, critic_lr=3e-3)
     best: dict[str, list[float]] = {"practice": [], "alone": [], "random": []}
@@ -191,7 +191,7 @@ def test_resume_with_practice_repeats_nothing_and_loses_nothing(tmp_path):
             float(0.9 - 0.3 * truth.accuracy_features(policy)[0]), estimator(policy), 0, truth.size_bytes(policy), (), 0
         )
 
-    base = Baseline(truth.base_latency_ms, truth.base_size_bytes)
+    base = RewardReference(truth.base_latency_ms, truth.base_size_bytes)
     config = PPOConfig(surrogate_episodes=5, surrogate_warmup=2, surrogate_batch=2)
     straight = run_episodes(
         make_controller("ppo", space, config, 3, surrogate=_surrogate("mlp")), evaluate, 5, base, RewardConfig()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,10 @@ class DistillReport:
     epoch_ce: list[float] = field(default_factory=list)
     epoch_kd: list[float] = field(default_factory=list)
     epoch_feature: list[float] = field(default_factory=list)
+
+    def series(self) -> tuple[list[float], list[float], list[float], list[float]]:
+        """The per-epoch lists in `_Run.epoch`'s order: loss, CE, KD, feature."""
+        return self.epoch_loss, self.epoch_ce, self.epoch_kd, self.epoch_feature
 
 
 class _Capture:
@@ -159,7 +164,6 @@ def distill(
     t_cap, s_cap = _Capture(teacher, stages), _Capture(student, stages)
     try:
         first = next(iter(loader))
-        x0 = first[0]
         if len(first) > 2 and config.augment:
             raise ValueError(
                 "distillation with augmentation needs the teacher's outputs for the augmented inputs: "
@@ -167,8 +171,8 @@ def distill(
             )
         student.eval()
         with torch.no_grad():
-            teacher(x0[:2])
-            student(x0[:2])
+            teacher(first[0][:2])
+            student(first[0][:2])
         with torch.random.fork_rng(devices=[]):  # adapters seeded by the config, the global generator untouched
             torch.manual_seed(config.seed)
             adapters = nn.ModuleDict(
@@ -177,39 +181,13 @@ def distill(
         params = list(student.parameters()) + list(adapters.parameters())
         opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs * len(loader)))
+        run = _Run(student, teacher, stages, adapters, t_cap, s_cap, config, torch.Generator().manual_seed(config.seed))
         report = DistillReport()
-        generator = torch.Generator().manual_seed(config.seed)
         student.train()
         for epoch in range(config.epochs):
-            sums = [0.0, 0.0, 0.0, 0.0]
-            count = 0
-            for b, (x, y, *stored) in enumerate(loader):
-                if config.augment:
-                    x = augment_images(x, generator)
-                if stored:
-                    t_logits, t_features = stored[0], dict(zip(stages, stored[1:], strict=False))
-                else:
-                    with torch.no_grad():
-                        t_logits = teacher(x)
-                    t_features = t_cap.outputs
-                s_logits = student(x)
-                ce, kd = distillation_loss(s_logits, t_logits, y, config.temperature)
-                feat = sum(F.mse_loss(adapters[n.replace(".", "_")](s_cap.outputs[n]), t_features[n]) for n in stages)
-                loss = config.alpha * ce + (1 - config.alpha) * kd + config.beta * feat
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                n = len(y)
-                count += n
-                for i, v in enumerate((loss, ce, kd, feat)):
-                    sums[i] += float(v.detach()) * n
-                if progress:
-                    progress.batch(epoch + 1, config.epochs, b + 1, len(loader))
-            report.epoch_loss.append(sums[0] / count)
-            report.epoch_ce.append(sums[1] / count)
-            report.epoch_kd.append(sums[2] / count)
-            report.epoch_feature.append(sums[3] / count)
+            losses = run.epoch(loader, opt, sched, progress, epoch)
+            for series, value in zip(report.series(), losses, strict=True):
+                series.append(value)
             if progress:
                 progress.epoch(epoch + 1, config.epochs, report.epoch_loss[-1])
         student.eval()
@@ -217,3 +195,50 @@ def distill(
     finally:
         t_cap.close()
         s_cap.close()
+
+
+@dataclass
+class _Run:
+    """One distillation's moving parts; `epoch` trains over the loader once."""
+
+    student: nn.Module
+    teacher: nn.Module
+    stages: tuple[str, ...]
+    adapters: nn.ModuleDict
+    t_cap: _Capture
+    s_cap: _Capture
+    config: DistillConfig
+    generator: torch.Generator
+
+    def epoch(
+        self, loader: DataLoader, opt: torch.optim.Optimizer, sched: Any, progress: FitProgress | None, epoch: int
+    ) -> tuple[float, float, float, float]:
+        """Mean loss, cross-entropy, KD and feature loss over the epoch's samples."""
+        config, stages = self.config, self.stages
+        sums = [0.0, 0.0, 0.0, 0.0]
+        count = 0
+        for b, (x, y, *stored) in enumerate(loader):
+            if config.augment:
+                x = augment_images(x, self.generator)
+            if stored:
+                t_logits, t_features = stored[0], dict(zip(stages, stored[1:], strict=False))
+            else:
+                with torch.no_grad():
+                    t_logits = self.teacher(x)
+                t_features = self.t_cap.outputs
+            s_logits = self.student(x)
+            ce, kd = distillation_loss(s_logits, t_logits, y, config.temperature)
+            feat = sum(
+                F.mse_loss(self.adapters[n.replace(".", "_")](self.s_cap.outputs[n]), t_features[n]) for n in stages
+            )
+            loss = config.alpha * ce + (1 - config.alpha) * kd + config.beta * feat
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            count += len(y)
+            for i, v in enumerate((loss, ce, kd, feat)):
+                sums[i] += float(v.detach()) * len(y)
+            if progress:
+                progress.batch(epoch + 1, config.epochs, b + 1, len(loader))
+        return sums[0] / count, sums[1] / count, sums[2] / count, sums[3] / count
