@@ -35,7 +35,7 @@ def test_resnet18_has_the_papers_size_and_half_width_removes_three_quarters():
     policy, limits = uniform("resnet18", 0.5, 32, model)
     validate(policy, "resnet18", limits)
     result = prune(model, policy, EX)
-    assert result.params_after == 2_800_422  # -74.95%, FACTS.md
+    assert result.params_after == 2_800_422  # -74.95%: the stem's input and the classifier's output keep their width
     assert model.layer1[0].conv1.out_channels == 32 and model.layer4[1].conv2.out_channels == 256
     assert model.fc.in_features == 256 and model.fc.out_features == 6
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 6)

@@ -82,7 +82,7 @@ def _run(experiment: Experiment, out: Path, progress: bool) -> Results:
     study = STUDY[experiment.study]
     done = []
     for i in range(experiment.settings.seeds):
-        seed = experiment.search.seed + i
+        seed = experiment.search.search.seed + i
         directory = out / f"seed{seed}"
         result_path = directory / "result.json"
         if result_path.exists():

@@ -1,6 +1,6 @@
 """ResNet18 as in the HAD-MC 2.0 paper: 7x7 stride-2 stem + max-pool, BasicBlocks [2, 2, 2, 2].
 
-11.18 M parameters with 6 classes; 149 M MACs at 64x64 (FACTS.md).
+11.18 M parameters with 6 classes; 149 M multiply-adds at 64x64.
 """
 
 from __future__ import annotations
