@@ -3,7 +3,7 @@
 FACTS.md: kernels timed alone miss whole-model latency by 10-30% (hot caches, layout
 conversions), while the per-node profile of the whole model sums to within ~5% of it. So a
 kernel's in-model latency is the time of the runtime nodes attributed to it (see
-lut_store.modelkeys), per run.
+lut_store.keys.graph), per run.
 
 The profiler adds a nearly constant time to every node it times (about 1.9 us on our CPU): on
 24 random ResNet18/MobileNetV2 variants, whole latency = 1.00 x profiled sum - 1.8 us x nodes
@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from lut_store.modelkeys import ModelKernels, UnsupportedModel, attribute_runtime_nodes
+from lut_store.keys.graph import ModelKernels, UnsupportedModel, attribute_runtime_nodes
 from protos.hadmc.v1 import agent_pb2, common_pb2
 
 MAX_PROFILED_RUNS = 200

@@ -29,7 +29,7 @@ from device_agent.runner import MeasurementRunner
 from lut_store.build import BuildReport, build_lut
 from lut_store.exchange import diff_versions
 from lut_store.fingerprint import differences
-from lut_store.grid import load_grid
+from lut_store.keys.grid import load_grid
 from lut_store.opkey import OpKey, precision_from_proto
 from lut_store.records import StoreError, UnknownVersion
 from lut_store.store import LutStore, open_store

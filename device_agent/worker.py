@@ -212,11 +212,11 @@ class Worker:
         return stats.SerializeToString(), self.env.read().SerializeToString()
 
     def probe(self) -> ProbeResult:
-        from lut_store import kernels
+        from lut_store.keys.ops import NCHW, ConvSpec, conv
 
         precisions = []
         for precision in ("fp32", "fp16", "int8", "int4"):
-            key = kernels.conv(1, 16, 8, 8, 16, 3, fuse=("relu",), precision=precision)
+            key = conv(NCHW(1, 16, 8, 8), ConvSpec(16, 3), fuse=("relu",), precision=precision)
             precisions.append((precision, *self._probe_precision(key)))
         return ProbeResult(
             onnxruntime_version=self.rt.ort.__version__,
@@ -272,7 +272,7 @@ class Worker:
             raise JobError(INVALID, str(exc)) from None
         kernels = None
         if job.per_kernel:
-            from lut_store.modelkeys import UnsupportedModel, model_kernels
+            from lut_store.keys.graph import UnsupportedModel, model_kernels
 
             try:
                 kernels = model_kernels(model, batch)
@@ -331,7 +331,7 @@ class Worker:
         self, kernels: Any, model_path: str, feeds: dict[str, Any], whole: Any, settings: Settings
     ) -> Any:
         from device_agent.kernelprofile import node_overhead_ms, profile_kernels
-        from lut_store.modelkeys import UnsupportedModel
+        from lut_store.keys.graph import UnsupportedModel
 
         try:
             if self._node_overhead_ms is None:

@@ -64,11 +64,11 @@ def cmd_lut_build(args: argparse.Namespace) -> int:
         supported = [precision_from_proto(p.precision) for p in info.precisions if p.supported]
         precisions = args.precisions.split(",") if args.precisions else supported
         if args.grid:
-            from lut_store.grid import load_grid
+            from lut_store.keys.grid import load_grid
 
             keys = load_grid(args.grid, precisions)
         else:
-            from host.lut_keys import model_keys
+            from host.lut_models import model_keys
 
             keys = model_keys(args.model, precisions)
         store = stack.enter_context(_store(args))
@@ -235,7 +235,7 @@ def add_parsers(sub: Any, add_device_args: Any) -> None:
     add_device_args(build, required=True, many=True)
     source = build.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="model name (resnet18): its layers under a sweep of channel widths")
-    source.add_argument("--grid", type=Path, help="TOML grid of op parameters (see lut_store/grid.py)")
+    source.add_argument("--grid", type=Path, help="TOML grid of op parameters (see lut_store/keys/grid.py)")
     build.add_argument("--precisions", help="comma-separated (default: every precision the device runs)")
     build.add_argument("--note", help="a note stored with the version")
     build.add_argument("--retries", type=int, default=3, help="rounds of retrying keys a passing failure left")

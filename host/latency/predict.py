@@ -1,6 +1,6 @@
 """Latency of an ONNX model on a device, from the LUT: model -> kernels -> keys -> lookup.
 
-Kernels come from `lut_store.modelkeys` (the agent splits models with the same function). Their
+Kernels come from `lut_store.keys.graph` (the agent splits models with the same function). Their
 keys are in-model keys: what the kernel costs inside a whole model, as the agent measured it
 (Benchmark with per_kernel; see device_agent/kernelprofile.py). A prediction is the sum of the
 kernels' mean in-model latencies, each traceable to the LUT version it came from.
@@ -26,7 +26,7 @@ from google.protobuf import json_format
 
 from host.latency import LatencyError
 from lut_store.build import acquire, default_owner
-from lut_store.modelkeys import Kernel, UnsupportedModel, model_kernels
+from lut_store.keys.graph import Kernel, UnsupportedModel, model_kernels
 from lut_store.opkey import OpKey
 from lut_store.records import (
     BuildInProgress,
