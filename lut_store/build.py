@@ -24,7 +24,7 @@ from google.protobuf import json_format
 from lut_store.opkey import OpKey
 from lut_store.records import Build, BuildInProgress, Entry, StoreError
 from lut_store.store import LutStore
-from protos.hadmc.v1 import agent_pb2
+from protos.hadmc.v1 import agent_pb2, common_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -98,35 +98,47 @@ def acquire(
         )
 
 
+def entry_from_stats(
+    key: OpKey,
+    stats: common_pb2.LatencyStats,
+    environment: common_pb2.MeasurementEnvironment,
+    extra_settings: Mapping[str, Any] | None = None,
+) -> Entry:
+    """The stored form of a measured latency: the stats an entry has columns for in columns; the
+    rest of them, the measurement settings in force and `extra_settings` (how it was measured)
+    in its settings document; the device's state as its environment."""
+    env = json_format.MessageToDict(environment, preserving_proto_field_name=True)
+    settings = json_format.MessageToDict(stats.settings, preserving_proto_field_name=True)
+    settings.update(
+        p90_ms=stats.p90_ms,
+        p99_ms=stats.p99_ms,
+        max_ms=stats.max_ms,
+        rel_ci95=stats.rel_ci95,
+        stable=stats.stable,
+        attempts=stats.attempts,
+        other_cpu_cores=stats.other_cpu_cores,
+    )
+    settings.update(extra_settings or {})
+    return Entry(
+        key.hash,
+        key.canonical_json(),
+        "ok",
+        env.get("measured_at_unix_s", time.time()),
+        median_ms=stats.median_ms,
+        mean_ms=stats.mean_ms,
+        p90_ms=stats.p90_ms,
+        std_ms=stats.std_ms,
+        min_ms=stats.min_ms,
+        n=stats.n,
+        settings=settings,
+        environment=env,
+    )
+
+
 def entry_from_result(key: OpKey, result: agent_pb2.ProfileResult) -> Entry | None:
     """The stored form of one profile result; None for a passing failure (not stored)."""
-    env = json_format.MessageToDict(result.environment, preserving_proto_field_name=True)
     if result.WhichOneof("outcome") == "stats":
-        s = result.stats
-        settings = json_format.MessageToDict(s.settings, preserving_proto_field_name=True)
-        settings.update(
-            p90_ms=s.p90_ms,
-            p99_ms=s.p99_ms,
-            max_ms=s.max_ms,
-            rel_ci95=s.rel_ci95,
-            stable=s.stable,
-            attempts=s.attempts,
-            other_cpu_cores=s.other_cpu_cores,
-        )
-        return Entry(
-            key.hash,
-            key.canonical_json(),
-            "ok",
-            env.get("measured_at_unix_s", time.time()),
-            median_ms=s.median_ms,
-            mean_ms=s.mean_ms,
-            p90_ms=s.p90_ms,
-            std_ms=s.std_ms,
-            min_ms=s.min_ms,
-            n=s.n,
-            settings=settings,
-            environment=env,
-        )
+        return entry_from_stats(key, result.stats, result.environment)
     code = result.error.code
     if code in _TRANSIENT_CODES:
         return None
