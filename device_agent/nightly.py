@@ -26,7 +26,7 @@ from device_agent.fingerprint import document
 from device_agent.jobs import CANCELLED, JobError
 from device_agent.profiling import profile_one, resolve_settings
 from device_agent.runner import MeasurementRunner
-from lut_store.build import BuildReport, build_lut
+from lut_store.build import BuildPlan, BuildReport, build_lut
 from lut_store.exchange import diff_versions
 from lut_store.fingerprint import differences
 from lut_store.keys.grid import load_grid
@@ -187,10 +187,7 @@ class Nightly:
                 document(self._info.fingerprint),
                 keys,
                 [LocalProfiler(self._runner, self._agent_config, self._stop)],
-                source="nightly",
-                note=reason,
-                lease_s=self.config.lease_s,
-                parent_id=parent,
+                BuildPlan(source="nightly", note=reason, parent_id=parent, lease_s=self.config.lease_s),
             )
             response = agent_pb2.ReprofileResponse(
                 version_id=report.version_id,

@@ -45,7 +45,7 @@ def cmd_lut_build(args: argparse.Namespace) -> int:
     from host.agent_client import AgentClient
     from host.cli import CliError
     from host.fleet import resolve
-    from lut_store.build import build_lut, report_dict
+    from lut_store.build import BuildPlan, build_lut, report_dict
     from lut_store.fingerprint import differences
     from lut_store.opkey import precision_from_proto
 
@@ -83,10 +83,7 @@ def cmd_lut_build(args: argparse.Namespace) -> int:
             document(info.fingerprint),
             keys,
             clients,
-            source="manual",
-            note=args.note or "",
-            retries=args.retries,
-            retry_wait_s=args.retry_wait,
+            BuildPlan(source="manual", note=args.note or "", retries=args.retries, retry_wait_s=args.retry_wait),
             progress=None if args.json else _progress,
         )
     doc = report_dict(report)
