@@ -29,10 +29,11 @@ from device_agent.runner import MeasurementRunner
 from lut_store.build import BuildPlan, BuildReport, build_lut
 from lut_store.exchange import diff_versions
 from lut_store.fingerprint import differences
+from lut_store.interface import LutStore
 from lut_store.keys.grid import load_grid
 from lut_store.opkey import OpKey, precision_from_proto
 from lut_store.records import StoreError, UnknownVersion
-from lut_store.store import LutStore, open_store
+from lut_store.store import open_store
 from protos.hadmc.v1 import agent_pb2, common_pb2
 
 log = structlog.get_logger(__name__)

@@ -21,9 +21,9 @@ from typing import Any, Protocol
 import structlog
 from google.protobuf import json_format
 
+from lut_store.interface import LutStore
 from lut_store.opkey import OpKey
 from lut_store.records import Build, BuildInProgress, Entry, StoreError
-from lut_store.store import LutStore
 from protos.hadmc.v1 import agent_pb2, common_pb2
 
 log = structlog.get_logger(__name__)

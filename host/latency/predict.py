@@ -26,6 +26,7 @@ from google.protobuf import json_format
 
 from host.latency import LatencyError
 from lut_store.build import acquire, default_owner, entry_from_stats
+from lut_store.interface import LutStore
 from lut_store.keys.graph import Kernel, UnsupportedModel, model_kernels
 from lut_store.opkey import OpKey
 from lut_store.records import (
@@ -36,7 +37,7 @@ from lut_store.records import (
     UnknownDevice,
     Version,
 )
-from lut_store.store import LutStore, resolve_version
+from lut_store.store import resolve_version
 
 log = structlog.get_logger(__name__)
 
