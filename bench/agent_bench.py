@@ -35,14 +35,12 @@ import onnx
 import psutil
 from onnx import TensorProto, helper, numpy_helper
 
+from host.agent_client import AgentClient, AgentTarget
+from lut_store.keys import ops
+from lut_store.keys.ops import NCHW, ConvSpec
+from protos.hadmc.v1 import agent_pb2, agent_pb2_grpc
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from host.agent_client import AgentClient, AgentTarget  # noqa: E402
-from lut_store.keys import ops  # noqa: E402
-from lut_store.keys.ops import NCHW, ConvSpec  # noqa: E402
-from protos.hadmc.v1 import agent_pb2, agent_pb2_grpc  # noqa: E402
-
 IDLE_EXIT_S = 4.0
 
 
