@@ -22,13 +22,12 @@ from typing import Any
 import structlog
 
 from device_agent.config import AgentConfig, NightlyConfig
-from device_agent.fingerprint import document
 from device_agent.jobs import CANCELLED, JobError
 from device_agent.profiling import profile_one, resolve_settings
 from device_agent.runner import MeasurementRunner
 from lut_store.build import BuildPlan, BuildReport, build_lut
 from lut_store.exchange import diff_versions
-from lut_store.fingerprint import differences
+from lut_store.fingerprint import differences, document
 from lut_store.interface import LutStore
 from lut_store.keys.grid import load_grid
 from lut_store.opkey import OpKey, precision_from_proto

@@ -41,12 +41,11 @@ def _progress(done: int, total: int) -> None:
 
 
 def cmd_lut_build(args: argparse.Namespace) -> int:
-    from device_agent.fingerprint import document
     from host.agent_client import AgentClient
     from host.cli import CliError
     from host.fleet import resolve
     from lut_store.build import BuildPlan, build_lut, report_dict
-    from lut_store.fingerprint import differences
+    from lut_store.fingerprint import differences, document
     from lut_store.opkey import precision_from_proto
 
     entries = [resolve(d, args.devices_file, args.token_file, args.tls_ca, args.tls_server_name) for d in args.device]

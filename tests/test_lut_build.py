@@ -139,7 +139,7 @@ def test_two_devices_of_one_fingerprint_split_the_keys(tmp_path, grid):
                     calls[self.name] += len(keys)
                     return self.client.profile(keys, settings=settings, timeout_s=timeout_s)
 
-            from device_agent.fingerprint import document
+            from lut_store.fingerprint import document
 
             report = build_lut(
                 store,
