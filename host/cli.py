@@ -47,8 +47,7 @@ def _add_device_args(p: argparse.ArgumentParser, required: bool, many: bool = Fa
 
 
 def cmd_agent_serve(args: argparse.Namespace) -> int:
-    from device_agent.config import load_agent_config
-    from device_agent.server import serve
+    from host.embedded import serve_agent
 
     overrides = {
         "listen": args.listen,
@@ -59,8 +58,7 @@ def cmd_agent_serve(args: argparse.Namespace) -> int:
         "execution_provider": args.execution_provider,
         "intra_op_threads": args.threads,
     }
-    config = load_agent_config(args.config, overrides)
-    return serve(config, args.ready_file)
+    return serve_agent(args.config, overrides, args.ready_file)
 
 
 def cmd_agent_info(args: argparse.Namespace) -> int:
@@ -172,10 +170,9 @@ def _agent(args: argparse.Namespace) -> Any:
 
     if args.device:
         return nullcontext(_target(args))
-    from device_agent.config import load_agent_config
-    from host.embedded import embedded_agent
+    from host.embedded import embedded_agent_with
 
-    return embedded_agent(load_agent_config(args.agent_config, {"listen": "127.0.0.1:0"}))
+    return embedded_agent_with(config_file=args.agent_config)
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
@@ -439,10 +436,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logs.configure(args.verbose + 1 if args.command == "agent" and args.agent_command == "serve" else args.verbose)
-    from device_agent.config import ConfigError
     from host.agent_client import AgentError
     from host.latency import LatencyError
     from lut_store.records import StoreError
+    from lut_store.tomlfile import ConfigError
 
     try:
         return args.func(args)

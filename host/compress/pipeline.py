@@ -165,15 +165,10 @@ def paired_latency(
 def device_client(address: str, threads: int) -> Iterator[Any]:
     """A client of the agent at `address`, or of an embedded one with `threads` intra-op threads
     when `address` is empty (calls time out after 60 s, with bounded retries)."""
-    from device_agent.config import AgentConfig
     from host.agent_client import AgentClient, AgentTarget
-    from host.embedded import embedded_agent
+    from host.embedded import embedded_agent_with
 
-    context = (
-        nullcontext(AgentTarget(address))
-        if address
-        else embedded_agent(AgentConfig(listen="127.0.0.1:0", intra_op_threads=threads))
-    )
+    context = nullcontext(AgentTarget(address)) if address else embedded_agent_with(intra_op_threads=threads)
     with context as target, AgentClient(target, timeout_s=60, retries=3) as client:
         yield client
 
