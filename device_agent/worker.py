@@ -330,28 +330,23 @@ class Worker:
     def _kernel_profile(
         self, kernels: Any, model_path: str, feeds: dict[str, Any], whole: Any, settings: Settings
     ) -> Any:
-        from device_agent.kernelprofile import node_overhead_ms, profile_kernels
+        from device_agent.kernelprofile import Sessions, node_overhead_ms, profile_kernels
         from lut_store.keys.graph import UnsupportedModel
 
+        sessions = Sessions(self.rt.session, self.rt.session_options, self.cancelled)
         try:
             if self._node_overhead_ms is None:
                 self._node_overhead_ms = node_overhead_ms(
-                    self.rt.session,
-                    self.rt.session_options,
-                    self.rt.runner,
-                    lambda run_once: self._measure(run_once, settings).median_ms,
-                    self.cancelled,
+                    sessions, self.rt.runner, lambda run_once: self._measure(run_once, settings).median_ms
                 )
             return profile_kernels(
                 kernels,
                 model_path,
-                self.rt.session,
-                self.rt.session_options,
+                sessions,
                 lambda sess: self._first_run(sess, feeds, "the model under the profiler"),
                 whole,
                 self._node_overhead_ms,
                 settings.warmup_runs,
-                self.cancelled,
             )
         except InterruptedError:
             raise JobError(CANCELLED, "cancelled") from None
