@@ -295,20 +295,33 @@ class Worker:
             environment=self.env.read(),
             execution_provider=self.rt.provider,
         )
-        peak = rss.peak()
-        if peak is not None and rss.baseline is not None:
-            response.memory.peak_rss_bytes = peak
-            response.memory.baseline_rss_bytes = rss.baseline
-        else:
-            response.memory.unreadable.extend(["peak_rss_bytes", "baseline_rss_bytes"])
-        gpu = self._gpu_used_bytes()
-        if gpu is not None:
-            response.memory.gpu_used_bytes = gpu
-        else:
-            response.memory.unreadable.append("gpu_used_bytes")
+        self._record_memory(response.memory, rss)
         if kernels is not None:
             response.kernel_profile.CopyFrom(self._kernel_profile(kernels, str(path), feeds, stats, job.settings))
-        names = list(job.output_names) or [o.name for o in sess.get_outputs()]
+        self._add_outputs(response, sess, list(job.output_names), batches)
+        return response.SerializeToString()
+
+    def _record_memory(self, memory: Any, rss: PeakRss) -> None:
+        """Peak RSS over the span and GPU memory in use, or the names of those unreadable here."""
+        peak = rss.peak()
+        if peak is not None and rss.baseline is not None:
+            memory.peak_rss_bytes = peak
+            memory.baseline_rss_bytes = rss.baseline
+        else:
+            memory.unreadable.extend(["peak_rss_bytes", "baseline_rss_bytes"])
+        gpu = self._gpu_used_bytes()
+        if gpu is not None:
+            memory.gpu_used_bytes = gpu
+        else:
+            memory.unreadable.append("gpu_used_bytes")
+
+    @staticmethod
+    def _add_outputs(response: Any, sess: Any, names: list[str], batches: list[dict[str, Any]]) -> None:
+        """Run each uploaded input batch; add the outputs named (default: all) to `response`."""
+        import numpy as np
+        from onnx import numpy_helper
+
+        names = names or [o.name for o in sess.get_outputs()]
         known = {o.name for o in sess.get_outputs()}
         unknown = [n for n in names if n not in known]
         if unknown:
@@ -320,12 +333,9 @@ class Worker:
                 raise JobError(INVALID, f"running an uploaded input batch failed: {_short(exc)}") from None
             out = response.outputs.add()
             for name, value in zip(names, values, strict=True):
-                from onnx import numpy_helper
-
                 out.tensors.add(
                     name=name, tensor_proto=numpy_helper.from_array(np.asarray(value), name).SerializeToString()
                 )
-        return response.SerializeToString()
 
     def _kernel_profile(
         self, kernels: Any, model_path: str, feeds: dict[str, Any], whole: Any, settings: Settings
