@@ -14,7 +14,6 @@ from host import lut_cli
 from host.cli_common import CliError, add_device_args, emit, resolve_device
 
 EXIT_ERROR = 1
-EXIT_USAGE = 2
 
 
 def _target(args: argparse.Namespace) -> Any:
