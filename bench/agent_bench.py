@@ -35,13 +35,12 @@ import onnx
 import psutil
 from onnx import TensorProto, helper, numpy_helper
 
+from host.agent_client import AgentClient, AgentTarget
+from lut_store.keys import ops
+from lut_store.keys.ops import NCHW, ConvSpec
+from protos.hadmc.v1 import agent_pb2, agent_pb2_grpc
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from host.agent_client import AgentClient, AgentTarget  # noqa: E402
-from lut_store import kernels  # noqa: E402
-from protos.hadmc.v1 import agent_pb2, agent_pb2_grpc  # noqa: E402
-
 IDLE_EXIT_S = 4.0
 
 
@@ -80,7 +79,7 @@ def small_conv_configs(n: int) -> list:
     grid = itertools.product((8, 16, 24, 32, 48, 64), (8, 12, 16, 24, 32), (1, 3), (1, 2), ((), ("relu",)))
     keys = []
     for c, size, k, stride, fuse in grid:
-        keys.append(kernels.conv(1, c, size, size, c, k, stride=stride, fuse=fuse))
+        keys.append(ops.conv(NCHW(1, c, size, size), ConvSpec(c, k, stride=stride), fuse=fuse))
         if len(keys) == n:
             break
     return keys

@@ -38,7 +38,7 @@ from host import logs
 from host.device import Device, DeviceConfig, open_device
 from host.latency.predict import LatencyPredictor
 from host.latency.variants import export_variant, model_limits, random_policy
-from lut_store.modelkeys import model_kernels
+from lut_store.keys.graph import model_kernels
 from lut_store.opkey import precision_from_proto
 from lut_store.store import open_store
 

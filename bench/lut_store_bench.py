@@ -22,8 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lut_store.interface import LutStore  # noqa: E402
 from lut_store.records import Entry  # noqa: E402
-from lut_store.store import LutStore, open_store  # noqa: E402
+from lut_store.store import open_store  # noqa: E402
 
 
 def entries(n: int, prefix: str) -> list[Entry]:

@@ -10,9 +10,8 @@ from importlib import metadata
 from pathlib import Path
 
 import psutil
-from google.protobuf import json_format
 
-from lut_store.fingerprint import HASHED_FIELDS, fingerprint_hash
+from lut_store.fingerprint import HASHED_FIELDS, document, fingerprint_hash
 from protos.hadmc.v1 import agent_pb2
 
 # Bump when the way latencies are measured changes: stored numbers stop being comparable.
@@ -144,11 +143,6 @@ def collect(probe: object, intra_op_threads: int, inter_op_threads: int) -> agen
     else:
         fp.notes["power_mode"] = "not readable (no nvpmodel)"
     return fp
-
-
-def document(fp: agent_pb2.Fingerprint) -> dict:
-    """The fingerprint as a JSON-able dict with every field present (the hashed form)."""
-    return json_format.MessageToDict(fp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
 
 def hash_of(fp: agent_pb2.Fingerprint) -> str:

@@ -1,9 +1,9 @@
 """Per-kernel latencies inside a whole model, from onnxruntime's per-node profiler.
 
-FACTS.md: kernels timed alone miss whole-model latency by 10-30% (hot caches, layout
-conversions), while the per-node profile of the whole model sums to within ~5% of it. So a
-kernel's in-model latency is the time of the runtime nodes attributed to it (see
-lut_store.modelkeys), per run.
+Kernels timed alone miss whole-model latency by 10-30% (hot caches, layout conversions),
+while the per-node profile of the whole model sums to within ~5% of it. So a kernel's
+in-model latency is the time of the runtime nodes attributed to it (see
+lut_store.keys.graph), per run.
 
 The profiler adds a nearly constant time to every node it times (about 1.9 us on our CPU): on
 24 random ResNet18/MobileNetV2 variants, whole latency = 1.00 x profiled sum - 1.8 us x nodes
@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,20 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from lut_store.modelkeys import ModelKernels, UnsupportedModel, attribute_runtime_nodes
+from lut_store.keys.graph import ModelKernels, UnsupportedModel, attribute_runtime_nodes
 from protos.hadmc.v1 import agent_pb2, common_pb2
 
 MAX_PROFILED_RUNS = 200
+
+
+@dataclass(frozen=True)
+class Sessions:
+    """How this worker makes onnxruntime sessions: `make_session(model, options)` (model bytes or
+    a path), `make_options()` for fresh session options, and `cancelled()`, polled between runs."""
+
+    make_session: Callable[[Any, Any], Any]
+    make_options: Callable[[], Any]
+    cancelled: Callable[[], bool]
 
 
 def _runs(events: list[dict[str, Any]], node_index: dict[str, int], skip: int) -> np.ndarray:
@@ -110,11 +121,9 @@ def _conv_chain(nodes: int) -> bytes:
 
 
 def node_overhead_ms(
-    make_session: Callable[[Any, Any], Any],
-    make_options: Callable[[], Any],
+    sessions: Sessions,
     run_factory: Callable[[Any, dict[str, Any]], Callable[[], None]],
     median_ms: Callable[[Callable[[], None]], float],
-    cancelled: Callable[[], bool],
 ) -> float:
     """The time the profiler adds to each node it times: the slope, over chains of 20 and 120
     small convolutions, of (profiled node sum - unprofiled latency)."""
@@ -122,10 +131,10 @@ def node_overhead_ms(
     excess = {}
     for nodes in (20, 120):
         data = _conv_chain(nodes)
-        plain = median_ms(run_factory(make_session(data, make_options()), feeds))
+        plain = median_ms(run_factory(sessions.make_session(data, sessions.make_options()), feeds))
         with tempfile.TemporaryDirectory(prefix="hadmc-kprof-") as tmp:
-            sess = make_session(data, _profiling_options(make_options, Path(tmp)))
-            events = _profiled(sess, run_factory(sess, feeds), 20, 200, cancelled)
+            sess = sessions.make_session(data, _profiling_options(sessions.make_options, Path(tmp)))
+            events = _profiled(sess, run_factory(sess, feeds), 20, 200, sessions.cancelled)
         node_ms = (
             sum(e["dur"] for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"))
             / 1000.0
@@ -162,25 +171,22 @@ def kernel_times_ms(
 def profile_kernels(
     mk: ModelKernels,
     model: str,
-    make_session: Callable[[Any, Any], Any],
-    make_options: Callable[[], Any],
+    sessions: Sessions,
     run_once_for: Callable[[Any], Callable[[], None]],
     whole: common_pb2.LatencyStats,
     overhead_ms: float,
     warmup_runs: int,
-    cancelled: Callable[[], bool],
 ) -> agent_pb2.KernelProfile:
     """Profile `model` (a path) in a second session and split `whole`'s median over its kernels.
 
-    `make_session(model, options)` creates a session, `run_once_for(session)` returns a run-once
-    closure; `whole` is the latency measured without the profiler; `overhead_ms` is what the
-    profiler adds to each node (see node_overhead_ms).
+    `run_once_for(session)` returns a run-once closure; `whole` is the latency measured without
+    the profiler; `overhead_ms` is what the profiler adds to each node (see node_overhead_ms).
     """
     runs = int(min(max(whole.n, 20), MAX_PROFILED_RUNS))
     with tempfile.TemporaryDirectory(prefix="hadmc-kprof-") as tmp_name:
         tmp = Path(tmp_name)
-        sess = make_session(model, _profiling_options(make_options, tmp, tmp / "optimized.onnx"))
-        events = _profiled(sess, run_once_for(sess), warmup_runs, runs, cancelled)
+        sess = sessions.make_session(model, _profiling_options(sessions.make_options, tmp, tmp / "optimized.onnx"))
+        events = _profiled(sess, run_once_for(sess), warmup_runs, runs, sessions.cancelled)
         runtime_graph = onnx.load(tmp / "optimized.onnx", load_external_data=False)
     owner = attribute_runtime_nodes(mk, runtime_graph)
     names = list(owner)

@@ -22,17 +22,17 @@ from typing import Any
 import structlog
 
 from device_agent.config import AgentConfig, NightlyConfig
-from device_agent.fingerprint import document
 from device_agent.jobs import CANCELLED, JobError
 from device_agent.profiling import profile_one, resolve_settings
 from device_agent.runner import MeasurementRunner
-from lut_store.build import BuildReport, build_lut
+from lut_store.build import BuildPlan, BuildReport, build_lut
 from lut_store.exchange import diff_versions
-from lut_store.fingerprint import differences
-from lut_store.grid import load_grid
+from lut_store.fingerprint import differences, document
+from lut_store.interface import LutStore
+from lut_store.keys.grid import load_grid
 from lut_store.opkey import OpKey, precision_from_proto
 from lut_store.records import StoreError, UnknownVersion
-from lut_store.store import LutStore, open_store
+from lut_store.store import open_store
 from protos.hadmc.v1 import agent_pb2, common_pb2
 
 log = structlog.get_logger(__name__)
@@ -187,10 +187,7 @@ class Nightly:
                 document(self._info.fingerprint),
                 keys,
                 [LocalProfiler(self._runner, self._agent_config, self._stop)],
-                source="nightly",
-                note=reason,
-                lease_s=self.config.lease_s,
-                parent_id=parent,
+                BuildPlan(source="nightly", note=reason, parent_id=parent, lease_s=self.config.lease_s),
             )
             response = agent_pb2.ReprofileResponse(
                 version_id=report.version_id,

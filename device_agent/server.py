@@ -160,63 +160,86 @@ class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
 
         Returns (None, []) when the client went away mid-upload.
         """
-        header: agent_pb2.BenchmarkHeader | None = None
-        received = 0
-        digest = hashlib.sha256()
-        batches: list[bytes] = []
+        upload = _Upload(context, sink, cap)
         try:
             for part in requests:
-                which = part.WhichOneof("part")
-                if header is None:
-                    if which != "header":
-                        context.abort(
-                            grpc.StatusCode.INVALID_ARGUMENT,
-                            f"the first message must be a header, got {which or 'an empty message'}",
-                        )
-                    header = part.header
-                    if header.model_size_bytes == 0:
-                        context.abort(
-                            grpc.StatusCode.INVALID_ARGUMENT, "header.model_size_bytes is 0: no model to benchmark"
-                        )
-                    if header.model_size_bytes > cap:
-                        context.abort(
-                            grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"model of {header.model_size_bytes / 2**20:.1f} MiB is over the agent's cap of "
-                            f"{cap / 2**20:.1f} MiB (max_model_mib)",
-                        )
-                elif which == "header":
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a second header in one upload")
-                elif which == "model_chunk":
-                    if batches:
-                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model bytes after input batches")
-                    received += len(part.model_chunk)
-                    if received > header.model_size_bytes:
-                        context.abort(
-                            grpc.StatusCode.INVALID_ARGUMENT,
-                            f"received more model bytes ({received:,}) than the header declared "
-                            f"({header.model_size_bytes:,})",
-                        )
-                    digest.update(part.model_chunk)
-                    sink.write(part.model_chunk)
-                elif which == "inputs":
-                    batches.append(part.inputs.SerializeToString())
+                upload.add(part)
         except grpc.RpcError:
             return None, []
         if not context.is_active():
             return None, []
-        if header is None:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty upload: send a header, then the model bytes")
-        if received < header.model_size_bytes:
-            context.abort(
+        return upload.finish(), upload.batches
+
+
+class _Upload:
+    """One Benchmark upload as it streams in: a header, the model bytes (written to `sink`,
+    checked against the header's size, at most `cap`, and hash), then input batches. A bad part
+    aborts the call with a status that says what was wrong."""
+
+    def __init__(self, context: grpc.ServicerContext, sink: Any, cap: int) -> None:
+        self.context, self.sink, self.cap = context, sink, cap
+        self.header: agent_pb2.BenchmarkHeader | None = None
+        self.received = 0
+        self.digest = hashlib.sha256()
+        self.batches: list[bytes] = []
+
+    def add(self, part: agent_pb2.BenchmarkRequest) -> None:
+        which = part.WhichOneof("part")
+        if self.header is None:
+            self._start(part, which)
+        elif which == "header":
+            self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a second header in one upload")
+        elif which == "model_chunk":
+            self._model_bytes(part.model_chunk)
+        elif which == "inputs":
+            self.batches.append(part.inputs.SerializeToString())
+
+    def _start(self, part: agent_pb2.BenchmarkRequest, which: str | None) -> None:
+        if which != "header":
+            self.context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"upload truncated: received {received:,} of {header.model_size_bytes:,} declared bytes",
+                f"the first message must be a header, got {which or 'an empty message'}",
             )
-        if header.model_sha256 and not hmac.compare_digest(header.model_sha256.lower(), digest.hexdigest()):
-            context.abort(
+        header = part.header
+        if header.model_size_bytes == 0:
+            self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, "header.model_size_bytes is 0: no model to benchmark")
+        if header.model_size_bytes > self.cap:
+            self.context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"model of {header.model_size_bytes / 2**20:.1f} MiB is over the agent's cap of "
+                f"{self.cap / 2**20:.1f} MiB (max_model_mib)",
+            )
+        self.header = header
+
+    def _model_bytes(self, chunk: bytes) -> None:
+        if self.batches:
+            self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model bytes after input batches")
+        self.received += len(chunk)
+        if self.received > self.header.model_size_bytes:
+            self.context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"received more model bytes ({self.received:,}) than the header declared "
+                f"({self.header.model_size_bytes:,})",
+            )
+        self.digest.update(chunk)
+        self.sink.write(chunk)
+
+    def finish(self) -> agent_pb2.BenchmarkHeader:
+        """The header of a complete upload whose bytes match it."""
+        header = self.header
+        if header is None:
+            self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty upload: send a header, then the model bytes")
+        if self.received < header.model_size_bytes:
+            self.context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"upload truncated: received {self.received:,} of {header.model_size_bytes:,} declared bytes",
+            )
+        if header.model_sha256 and not hmac.compare_digest(header.model_sha256.lower(), self.digest.hexdigest()):
+            self.context.abort(
                 grpc.StatusCode.DATA_LOSS,
-                f"the model bytes hash to {digest.hexdigest()}, not the declared {header.model_sha256}",
+                f"the model bytes hash to {self.digest.hexdigest()}, not the declared {header.model_sha256}",
             )
-        return header, batches
+        return header
 
 
 def _device_info(config: AgentConfig, probe: ProbeResult, threads: int) -> agent_pb2.DeviceInfo:

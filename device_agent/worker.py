@@ -212,11 +212,11 @@ class Worker:
         return stats.SerializeToString(), self.env.read().SerializeToString()
 
     def probe(self) -> ProbeResult:
-        from lut_store import kernels
+        from lut_store.keys.ops import NCHW, ConvSpec, conv
 
         precisions = []
         for precision in ("fp32", "fp16", "int8", "int4"):
-            key = kernels.conv(1, 16, 8, 8, 16, 3, fuse=("relu",), precision=precision)
+            key = conv(NCHW(1, 16, 8, 8), ConvSpec(16, 3), fuse=("relu",), precision=precision)
             precisions.append((precision, *self._probe_precision(key)))
         return ProbeResult(
             onnxruntime_version=self.rt.ort.__version__,
@@ -272,7 +272,7 @@ class Worker:
             raise JobError(INVALID, str(exc)) from None
         kernels = None
         if job.per_kernel:
-            from lut_store.modelkeys import UnsupportedModel, model_kernels
+            from lut_store.keys.graph import UnsupportedModel, model_kernels
 
             try:
                 kernels = model_kernels(model, batch)
@@ -295,20 +295,33 @@ class Worker:
             environment=self.env.read(),
             execution_provider=self.rt.provider,
         )
-        peak = rss.peak()
-        if peak is not None and rss.baseline is not None:
-            response.memory.peak_rss_bytes = peak
-            response.memory.baseline_rss_bytes = rss.baseline
-        else:
-            response.memory.unreadable.extend(["peak_rss_bytes", "baseline_rss_bytes"])
-        gpu = self._gpu_used_bytes()
-        if gpu is not None:
-            response.memory.gpu_used_bytes = gpu
-        else:
-            response.memory.unreadable.append("gpu_used_bytes")
+        self._record_memory(response.memory, rss)
         if kernels is not None:
             response.kernel_profile.CopyFrom(self._kernel_profile(kernels, str(path), feeds, stats, job.settings))
-        names = list(job.output_names) or [o.name for o in sess.get_outputs()]
+        self._add_outputs(response, sess, list(job.output_names), batches)
+        return response.SerializeToString()
+
+    def _record_memory(self, memory: Any, rss: PeakRss) -> None:
+        """Peak RSS over the span and GPU memory in use, or the names of those unreadable here."""
+        peak = rss.peak()
+        if peak is not None and rss.baseline is not None:
+            memory.peak_rss_bytes = peak
+            memory.baseline_rss_bytes = rss.baseline
+        else:
+            memory.unreadable.extend(["peak_rss_bytes", "baseline_rss_bytes"])
+        gpu = self._gpu_used_bytes()
+        if gpu is not None:
+            memory.gpu_used_bytes = gpu
+        else:
+            memory.unreadable.append("gpu_used_bytes")
+
+    @staticmethod
+    def _add_outputs(response: Any, sess: Any, names: list[str], batches: list[dict[str, Any]]) -> None:
+        """Run each uploaded input batch; add the outputs named (default: all) to `response`."""
+        import numpy as np
+        from onnx import numpy_helper
+
+        names = names or [o.name for o in sess.get_outputs()]
         known = {o.name for o in sess.get_outputs()}
         unknown = [n for n in names if n not in known]
         if unknown:
@@ -320,38 +333,30 @@ class Worker:
                 raise JobError(INVALID, f"running an uploaded input batch failed: {_short(exc)}") from None
             out = response.outputs.add()
             for name, value in zip(names, values, strict=True):
-                from onnx import numpy_helper
-
                 out.tensors.add(
                     name=name, tensor_proto=numpy_helper.from_array(np.asarray(value), name).SerializeToString()
                 )
-        return response.SerializeToString()
 
     def _kernel_profile(
         self, kernels: Any, model_path: str, feeds: dict[str, Any], whole: Any, settings: Settings
     ) -> Any:
-        from device_agent.kernelprofile import node_overhead_ms, profile_kernels
-        from lut_store.modelkeys import UnsupportedModel
+        from device_agent.kernelprofile import Sessions, node_overhead_ms, profile_kernels
+        from lut_store.keys.graph import UnsupportedModel
 
+        sessions = Sessions(self.rt.session, self.rt.session_options, self.cancelled)
         try:
             if self._node_overhead_ms is None:
                 self._node_overhead_ms = node_overhead_ms(
-                    self.rt.session,
-                    self.rt.session_options,
-                    self.rt.runner,
-                    lambda run_once: self._measure(run_once, settings).median_ms,
-                    self.cancelled,
+                    sessions, self.rt.runner, lambda run_once: self._measure(run_once, settings).median_ms
                 )
             return profile_kernels(
                 kernels,
                 model_path,
-                self.rt.session,
-                self.rt.session_options,
+                sessions,
                 lambda sess: self._first_run(sess, feeds, "the model under the profiler"),
                 whole,
                 self._node_overhead_ms,
                 settings.warmup_runs,
-                self.cancelled,
             )
         except InterruptedError:
             raise JobError(CANCELLED, "cancelled") from None

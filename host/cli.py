@@ -5,50 +5,23 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from host import lut_cli
+from host.cli_common import CliError, add_device_args, emit, resolve_device
+
 EXIT_ERROR = 1
-EXIT_USAGE = 2
-
-
-class CliError(Exception):
-    """An error to print as `hadmc: error: ...` with a non-zero exit."""
-
-
-def _emit(doc: Any, as_json: bool, text: str) -> None:
-    print(json.dumps(doc, indent=2, sort_keys=True) if as_json else text)
 
 
 def _target(args: argparse.Namespace) -> Any:
-    from host.fleet import resolve
-
-    return resolve(args.device, args.devices_file, args.token_file, args.tls_ca, args.tls_server_name).target()
-
-
-def _add_device_args(p: argparse.ArgumentParser, required: bool, many: bool = False) -> None:
-    p.add_argument(
-        "--device",
-        required=required,
-        metavar="HOST:PORT|NAME",
-        action="append" if many else "store",
-        help="agent address or a name in the devices file"
-        + ("; repeat for several devices of one fingerprint" if many else "")
-        + ("" if required else "; without it an embedded agent starts on 127.0.0.1"),
-    )
-    p.add_argument("--devices-file", type=Path, help="TOML file naming devices (default: $HADMC_HOME/devices.toml)")
-    p.add_argument("--token-file", type=Path, help="file holding the agent's token")
-    p.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) to verify the agent's TLS certificate")
-    p.add_argument("--tls-server-name", help="name the agent's certificate is checked against")
-    p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="per-call timeout in seconds")
+    return resolve_device(args, args.device).target()
 
 
 def cmd_agent_serve(args: argparse.Namespace) -> int:
-    from device_agent.config import load_agent_config
-    from device_agent.server import serve
+    from host.embedded import serve_agent
 
     overrides = {
         "listen": args.listen,
@@ -59,8 +32,7 @@ def cmd_agent_serve(args: argparse.Namespace) -> int:
         "execution_provider": args.execution_provider,
         "intra_op_threads": args.threads,
     }
-    config = load_agent_config(args.config, overrides)
-    return serve(config, args.ready_file)
+    return serve_agent(args.config, overrides, args.ready_file)
 
 
 def cmd_agent_info(args: argparse.Namespace) -> int:
@@ -79,7 +51,7 @@ def cmd_agent_info(args: argparse.Namespace) -> int:
 
     for p in info.precisions:
         lines.append(f"{precision_from_proto(p.precision):<12} {'yes' if p.supported else 'no '}  {p.note}")
-    _emit(message_dict(info), args.json, "\n".join(lines))
+    emit(message_dict(info), args.json, "\n".join(lines))
     return 0
 
 
@@ -101,7 +73,7 @@ def cmd_agent_reprofile(args: argparse.Namespace) -> int:
         f"{resp.measured_ok}/{resp.keys_total} measured, {resp.unsupported} unsupported, {resp.failed} failed, "
         f"{resp.missing} missing{drift}"
     )
-    _emit(message_dict(resp), args.json, text)
+    emit(message_dict(resp), args.json, text)
     return 0 if resp.sealed else 3
 
 
@@ -122,7 +94,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CliError(f"model file {args.model} does not exist")
     with _agent(args) as target, AgentClient(target, timeout_s=args.timeout) as client:
         resp = client.benchmark(args.model, batch_size=args.batch)
-    _emit(message_dict(resp, drop=("outputs",)), args.json, _bench_text(resp))
+    emit(message_dict(resp, drop=("outputs",)), args.json, _bench_text(resp))
     return 0
 
 
@@ -162,7 +134,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             predictor.client = None
         with predictor if not args.no_profile else nullcontext(predictor):
             pred = predictor.predict(args.model)
-    _emit(pred.to_dict(), args.json, _predict_text(pred))
+    emit(pred.to_dict(), args.json, _predict_text(pred))
     return 0
 
 
@@ -172,10 +144,9 @@ def _agent(args: argparse.Namespace) -> Any:
 
     if args.device:
         return nullcontext(_target(args))
-    from device_agent.config import load_agent_config
-    from host.embedded import embedded_agent
+    from host.embedded import embedded_agent_with
 
-    return embedded_agent(load_agent_config(args.agent_config, {"listen": "127.0.0.1:0"}))
+    return embedded_agent_with(config_file=args.agent_config)
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
@@ -199,7 +170,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         f"{_number(c.measured_latency and c.measured_latency.median_ms, '.3f')} ms (x{_number(c.speedup, '.2f')}); "
         f"summary in {args.out / 'summary.json'}"
     )
-    _emit(to_doc(summary), args.json, text)
+    emit(to_doc(summary), args.json, text)
     return 0
 
 
@@ -268,7 +239,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     }
     config = load_search_config(args.config, overrides)
     summary = run_search(config, args.out, resume=args.resume, progress=not args.json)
-    _emit(to_doc(summary), args.json, _search_text(summary, args.out))
+    emit(to_doc(summary), args.json, _search_text(summary, args.out))
     return 0
 
 
@@ -291,7 +262,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         results = run_experiment(experiment, args.out, progress=not args.json)
     from host.runs import to_doc
 
-    _emit(to_doc(results), args.json, tables_markdown(results) + f"\nreport in {args.out / 'report.html'}")
+    emit(to_doc(results), args.json, tables_markdown(results) + f"\nreport in {args.out / 'report.html'}")
     return 0
 
 
@@ -301,7 +272,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     # An experiment directory holds experiment.json; a search run directory holds config.json.
     path = (build_experiment_report if (args.run / "experiment.json").exists() else build_report)(args.run)
-    _emit({"report": str(path)}, args.json, f"report written to {path}")
+    emit({"report": str(path)}, args.json, f"report written to {path}")
     return 0
 
 
@@ -310,15 +281,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from host.runs import to_doc
 
     summary = run_demo(args.out, progress=not args.json, resume=args.resume)
-    _emit(to_doc(summary), args.json, _search_text(summary, args.out))
+    emit(to_doc(summary), args.json, _search_text(summary, args.out))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hadmc", description="Hardware-aware model compression.")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_agent_parsers(sub: Any) -> None:
     agent = sub.add_parser("agent", help="the device agent daemon").add_subparsers(dest="agent_command", required=True)
     serve = agent.add_parser("serve", help="run the agent on this device")
     serve.add_argument(
@@ -335,20 +302,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_agent_serve)
 
     info = agent.add_parser("info", help="the device fingerprint and capabilities")
-    _add_device_args(info, required=True)
+    add_device_args(info, required=True)
     info.add_argument("--json", action="store_true", help="one JSON document on stdout")
     info.set_defaults(func=cmd_agent_info)
 
     reprofile = agent.add_parser("reprofile", help="re-profile the device's LUT into a new version now")
-    _add_device_args(reprofile, required=True)
+    add_device_args(reprofile, required=True)
     reprofile.add_argument("--now", action="store_true", help="run now (for cron or a systemd timer)")
     reprofile.add_argument("--reason", default="manual", help="stored as the new version's note")
     reprofile.add_argument("--json", action="store_true", help="one JSON document on stdout")
     reprofile.set_defaults(func=cmd_agent_reprofile, timeout=3600.0)
 
+
+def _add_model_parsers(sub: Any) -> None:
+    """`bench` and `predict`: one ONNX model on a device."""
     bench = sub.add_parser("bench", help="benchmark an ONNX model on a device")
     bench.add_argument("model", type=Path, metavar="MODEL.onnx")
-    _add_device_args(bench, required=False)
+    add_device_args(bench, required=False)
     bench.add_argument("--batch", type=int, default=0, help="batch size (0: the model's own, else 1)")
     bench.add_argument("--agent-config", type=Path, help="agent TOML config of the embedded agent (no --device)")
     bench.add_argument("--json", action="store_true", help="one JSON document on stdout")
@@ -358,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="predicted latency of any ONNX model on a device, per kernel, from the LUT"
     )
     predict.add_argument("model", type=Path, metavar="MODEL.onnx")
-    _add_device_args(predict, required=False)
+    add_device_args(predict, required=False)
     predict.add_argument("--store", help="LUT store URL (default: the SQLite file under $HADMC_HOME)")
     predict.add_argument("--version", type=int, help="pin a LUT version (default: the newest sealed one)")
     predict.add_argument("--force", action="store_true", help="use a pinned version of another fingerprint (warns)")
@@ -368,10 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="one JSON document on stdout")
     predict.set_defaults(func=cmd_predict, timeout=120.0)
 
-    from host import lut_cli
 
-    lut_cli.add_parsers(sub, _add_device_args)
-
+def _add_compress_parsers(sub: Any) -> None:
+    """`compress` and `policy init`: one compression policy."""
     compress = sub.add_parser("compress", help="apply one policy: prune, quantize, distill, export, verify, benchmark")
     compress.add_argument("--config", type=Path, help="TOML config (model, [data], [baseline], [distill], device)")
     compress.add_argument("--policy", type=Path, required=True, help="policy JSON (hadmc policy init writes one)")
@@ -391,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("-o", "--output", type=Path, required=True)
     init.set_defaults(func=cmd_policy_init)
 
+
+def _add_search_parsers(sub: Any) -> None:
+    """`search`, `experiment`, `report` and `demo`: the main job and what comes of it."""
     search = sub.add_parser("search", help="the main job: search per-layer keep-ratios and precisions for a device")
     search.add_argument("--config", type=Path, help="TOML config (model, [data], controllers, episodes, ...)")
     search.add_argument("--device", metavar="HOST:PORT", help="agent of the target device (default: embedded)")
@@ -401,7 +373,23 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     search.add_argument("--json", action="store_true", help="one JSON document on stdout")
     search.set_defaults(func=cmd_search)
+    _add_experiment_parser(sub)
 
+    report = sub.add_parser(
+        "report", help="(re)build DIR/report.html and its plots from a search run or experiment directory"
+    )
+    report.add_argument("run", type=Path, metavar="DIR")
+    report.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    report.set_defaults(func=cmd_report)
+
+    demo = sub.add_parser("demo", help="the main job on the built-in default, with an embedded agent")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
+    demo.add_argument("--resume", action="store_true", help="continue a killed demo run in --out")
+    demo.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    demo.set_defaults(func=cmd_demo)
+
+
+def _add_experiment_parser(sub: Any) -> None:
     from host.experiment import PRESET_NAMES, STUDIES
 
     experiment = sub.add_parser("experiment", help="reproduce one of the paper's studies on your device and data")
@@ -431,18 +419,16 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--json", action="store_true", help="one JSON document on stdout")
     experiment.set_defaults(func=cmd_experiment)
 
-    report = sub.add_parser(
-        "report", help="(re)build DIR/report.html and its plots from a search run or experiment directory"
-    )
-    report.add_argument("run", type=Path, metavar="DIR")
-    report.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    report.set_defaults(func=cmd_report)
 
-    demo = sub.add_parser("demo", help="the main job on the built-in default, with an embedded agent")
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
-    demo.add_argument("--resume", action="store_true", help="continue a killed demo run in --out")
-    demo.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    demo.set_defaults(func=cmd_demo)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hadmc", description="Hardware-aware model compression.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_agent_parsers(sub)
+    _add_model_parsers(sub)
+    lut_cli.add_parsers(sub)
+    _add_compress_parsers(sub)
+    _add_search_parsers(sub)
     return parser
 
 
@@ -451,10 +437,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logs.configure(args.verbose + 1 if args.command == "agent" and args.agent_command == "serve" else args.verbose)
-    from device_agent.config import ConfigError
     from host.agent_client import AgentError
     from host.latency import LatencyError
     from lut_store.records import StoreError
+    from lut_store.tomlfile import ConfigError
 
     try:
         return args.func(args)

@@ -71,7 +71,11 @@ def open_device(config: DeviceConfig) -> Iterator[Device]:
     from host.agent_client import AgentClient, AgentTarget
     from host.embedded import embedded_agent_with
 
-    context = nullcontext(AgentTarget(config.address)) if config.address else embedded_agent_with(config.threads)
+    context = (
+        nullcontext(AgentTarget(config.address))
+        if config.address
+        else embedded_agent_with(intra_op_threads=config.threads)
+    )
     with context as target, AgentClient(target, timeout_s=60, retries=3) as client:
         yield client
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+
+from host.cli_common import CliError, add_device_args, emit, resolve_device
 
 EXIT_INCOMPLETE = 3
 
@@ -19,10 +20,6 @@ def _store(args: argparse.Namespace) -> Any:
     token = Path(args.store_token_file).read_text().strip() if getattr(args, "store_token_file", None) else None
     ca = Path(args.store_tls_ca).read_bytes() if getattr(args, "store_tls_ca", None) else None
     return open_store(args.store, token=token, tls_ca=ca)
-
-
-def _emit(doc: Any, as_json: bool, text: str) -> None:
-    print(json.dumps(doc, indent=2, sort_keys=True, default=str) if as_json else text)
 
 
 def _version_doc(v: Any) -> dict[str, Any]:
@@ -41,15 +38,12 @@ def _progress(done: int, total: int) -> None:
 
 
 def cmd_lut_build(args: argparse.Namespace) -> int:
-    from device_agent.fingerprint import document
     from host.agent_client import AgentClient
-    from host.cli import CliError
-    from host.fleet import resolve
-    from lut_store.build import build_lut, report_dict
-    from lut_store.fingerprint import differences
+    from lut_store.build import BuildPlan, build_lut, report_dict
+    from lut_store.fingerprint import differences, document
     from lut_store.opkey import precision_from_proto
 
-    entries = [resolve(d, args.devices_file, args.token_file, args.tls_ca, args.tls_server_name) for d in args.device]
+    entries = [resolve_device(args, d) for d in args.device]
     with ExitStack() as stack:
         clients = [stack.enter_context(AgentClient(e.target(), timeout_s=args.timeout)) for e in entries]
         infos = [c.info() for c in clients]
@@ -64,11 +58,11 @@ def cmd_lut_build(args: argparse.Namespace) -> int:
         supported = [precision_from_proto(p.precision) for p in info.precisions if p.supported]
         precisions = args.precisions.split(",") if args.precisions else supported
         if args.grid:
-            from lut_store.grid import load_grid
+            from lut_store.keys.grid import load_grid
 
             keys = load_grid(args.grid, precisions)
         else:
-            from host.lut_keys import model_keys
+            from host.lut_models import model_keys
 
             keys = model_keys(args.model, precisions)
         store = stack.enter_context(_store(args))
@@ -83,10 +77,7 @@ def cmd_lut_build(args: argparse.Namespace) -> int:
             document(info.fingerprint),
             keys,
             clients,
-            source="manual",
-            note=args.note or "",
-            retries=args.retries,
-            retry_wait_s=args.retry_wait,
+            BuildPlan(source="manual", note=args.note or "", retries=args.retries, retry_wait_s=args.retry_wait),
             progress=None if args.json else _progress,
         )
     doc = report_dict(report)
@@ -100,7 +91,7 @@ def cmd_lut_build(args: argparse.Namespace) -> int:
         text += f"\n  missing {item['key_hash'][:12]}: {item['reason']}"
     if report.missing:
         text += "\nrerun the same command when the device is back: the build resumes this version"
-    _emit(doc, args.json, text)
+    emit(doc, args.json, text)
     return 0 if report.sealed else EXIT_INCOMPLETE
 
 
@@ -113,7 +104,7 @@ def cmd_lut_list(args: argparse.Namespace) -> int:
             f"{v.id:>5}  {v.fingerprint_hash[:16]:<16}  {v.status:<9}  {v.source:<8}  {v.entry_count:>7}  "
             f"{v.parent_id if v.parent_id is not None else '-':>6}  {v.note}"
         )
-    _emit([_version_doc(v) for v in versions], args.json, "\n".join(rows) if versions else "no LUT versions")
+    emit([_version_doc(v) for v in versions], args.json, "\n".join(rows) if versions else "no LUT versions")
     return 0
 
 
@@ -131,7 +122,7 @@ def cmd_lut_show(args: argparse.Namespace) -> int:
         value = f"{e.median_ms:10.4f} ms  n={e.n}" if e.status == "ok" else f"{e.status}: {e.reason}"
         lines.append(f"  {e.key_hash[:12]}  {kernel_name(e.key_json):<48} {value}")
     doc = {"version": _version_doc(v), "entries": [dataclasses.asdict(e) for e in entries]}
-    _emit(doc, args.json, "\n".join(lines))
+    emit(doc, args.json, "\n".join(lines))
     return 0
 
 
@@ -152,7 +143,7 @@ def cmd_lut_diff(args: argparse.Namespace) -> int:
     ]
     for c in d.most_changed:
         lines.append(f"  x{c.ratio:6.3f}  {c.median_a_ms:9.4f} -> {c.median_b_ms:9.4f} ms  {c.kernel}")
-    _emit(dataclasses.asdict(d), args.json, "\n".join(lines))
+    emit(dataclasses.asdict(d), args.json, "\n".join(lines))
     return 0
 
 
@@ -161,7 +152,7 @@ def cmd_lut_export(args: argparse.Namespace) -> int:
 
     with _store(args) as store:
         header = export_version(store, args.version, args.output)
-    _emit(header, args.json, f"exported version {args.version} ({header['entries']} entries) to {args.output}")
+    emit(header, args.json, f"exported version {args.version} ({header['entries']} entries) to {args.output}")
     return 0
 
 
@@ -170,7 +161,7 @@ def cmd_lut_import(args: argparse.Namespace) -> int:
 
     with _store(args) as store:
         v = import_version(store, args.file)
-    _emit(_version_doc(v), args.json, f"imported as version {v.id} ({v.entry_count} entries, sealed)")
+    emit(_version_doc(v), args.json, f"imported as version {v.id} ({v.entry_count} entries, sealed)")
     return 0
 
 
@@ -211,60 +202,62 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
         f"{r.get('error', r.get('cpu', ''))}"
         for r in rows
     ]
-    _emit(rows, args.json, "\n".join(lines) if rows else "no devices in the devices file")
+    emit(rows, args.json, "\n".join(lines) if rows else "no devices in the devices file")
     return 0
 
 
-def add_parsers(sub: Any, add_device_args: Any) -> None:
-    """Register `lut` and `devices` on the top-level subparsers."""
-
-    def store_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--store",
-            metavar="URL",
-            help="sqlite:///PATH, postgresql://..., grpc://HOST:PORT (default: SQLite under $HADMC_HOME)",
-        )
-        p.add_argument("--store-token-file", type=Path, help="token for a grpc:// store")
-        p.add_argument("--store-tls-ca", type=Path, help="CA certificate of a grpc:// store")
-        p.add_argument("--json", action="store_true", help="one JSON document on stdout")
-
-    lut = sub.add_parser("lut", help="versioned latency look-up tables").add_subparsers(
-        dest="lut_command", required=True
+def _add_store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="sqlite:///PATH, postgresql://..., grpc://HOST:PORT (default: SQLite under $HADMC_HOME)",
     )
+    p.add_argument("--store-token-file", type=Path, help="token for a grpc:// store")
+    p.add_argument("--store-tls-ca", type=Path, help="CA certificate of a grpc:// store")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+
+def _add_build_parser(lut: Any) -> None:
     build = lut.add_parser("build", help="profile a model's or a grid's kernels into a new sealed version")
     add_device_args(build, required=True, many=True)
     source = build.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="model name (resnet18): its layers under a sweep of channel widths")
-    source.add_argument("--grid", type=Path, help="TOML grid of op parameters (see lut_store/grid.py)")
+    source.add_argument("--grid", type=Path, help="TOML grid of op parameters (see lut_store/keys/grid.py)")
     build.add_argument("--precisions", help="comma-separated (default: every precision the device runs)")
     build.add_argument("--note", help="a note stored with the version")
     build.add_argument("--retries", type=int, default=3, help="rounds of retrying keys a passing failure left")
     build.add_argument("--retry-wait", type=float, default=10.0, metavar="S", help="seconds between rounds")
-    store_args(build)
+    _add_store_args(build)
     build.set_defaults(func=cmd_lut_build)
 
+
+def _add_version_parsers(lut: Any) -> None:
+    """list, show, diff, export and import: LUT versions in a store."""
     ls = lut.add_parser("list", help="LUT versions, newest first")
     ls.add_argument("--fingerprint", help="only this device fingerprint hash")
-    store_args(ls)
+    _add_store_args(ls)
     ls.set_defaults(func=cmd_lut_list)
     show = lut.add_parser("show", help="one version and its entries")
     show.add_argument("version", type=int)
-    store_args(show)
+    _add_store_args(show)
     show.set_defaults(func=cmd_lut_show)
     diff = lut.add_parser("diff", help="per-key ratio of medians between two versions")
     diff.add_argument("a", type=int)
     diff.add_argument("b", type=int)
-    store_args(diff)
+    _add_store_args(diff)
     diff.set_defaults(func=cmd_lut_diff)
     export = lut.add_parser("export", help="write a sealed version as checksummed JSON lines")
     export.add_argument("version", type=int)
     export.add_argument("-o", "--output", type=Path, required=True)
-    store_args(export)
+    _add_store_args(export)
     export.set_defaults(func=cmd_lut_export)
     imp = lut.add_parser("import", help="read an export into the store as a sealed version")
     imp.add_argument("file", type=Path)
-    store_args(imp)
+    _add_store_args(imp)
     imp.set_defaults(func=cmd_lut_import)
+
+
+def _add_serve_parser(lut: Any) -> None:
     serve = lut.add_parser("serve", help="serve a store over gRPC (grpc:// URLs elsewhere)")
     serve.add_argument("--listen", default="127.0.0.1:50052", metavar="HOST:PORT")
     serve.add_argument("--store", metavar="URL", help="the store to serve (default: SQLite under $HADMC_HOME)")
@@ -274,6 +267,16 @@ def add_parsers(sub: Any, add_device_args: Any) -> None:
     serve.add_argument("--insecure", action="store_true", help="allow a non-loopback address without TLS")
     serve.add_argument("--ready-file", type=Path, help="write the bound HOST:PORT here once serving")
     serve.set_defaults(func=cmd_lut_serve)
+
+
+def add_parsers(sub: Any) -> None:
+    """Register `lut` and `devices` on the top-level subparsers."""
+    lut = sub.add_parser("lut", help="versioned latency look-up tables").add_subparsers(
+        dest="lut_command", required=True
+    )
+    _add_build_parser(lut)
+    _add_version_parsers(lut)
+    _add_serve_parser(lut)
 
     devices = sub.add_parser("devices", help="the fleet in the devices file").add_subparsers(
         dest="devices_command", required=True

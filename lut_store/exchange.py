@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lut_store.interface import LutStore
 from lut_store.records import CorruptExport, Device, Entry, StoreError, Version
-from lut_store.store import LutStore
 
 EXPORT_FORMAT = "hadmc-lut"
 EXPORT_FORMAT_VERSION = 1

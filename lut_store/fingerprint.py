@@ -1,4 +1,5 @@
-"""The device fingerprint hash: which facts about a device change its measured latencies."""
+"""The device fingerprint as stored and compared (its document), and its hash: which facts about a
+device change its measured latencies."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
+
+from google.protobuf import json_format
+
+from protos.hadmc.v1 import agent_pb2
 
 # Fields of the fingerprint document (agent.proto Fingerprint) that change measured latency.
 # Hostname, memory size and kernel release are descriptive only, so identical devices share a
@@ -27,6 +32,12 @@ HASHED_FIELDS = (
     "inter_op_threads",
     "power_mode",
 )
+
+
+def document(fp: agent_pb2.Fingerprint) -> dict[str, Any]:
+    """The fingerprint as a JSON-able dict with every field present: the form that is hashed,
+    stored with a device and compared between devices."""
+    return json_format.MessageToDict(fp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
 
 def _get(doc: Mapping[str, Any], dotted: str) -> Any:

@@ -27,6 +27,7 @@ from lut_store.grpc_store import (
     version_from_proto,
     version_to_proto,
 )
+from lut_store.interface import LutStore
 from lut_store.records import (
     VERSION_SOURCES,
     BuildInProgress,
@@ -40,7 +41,7 @@ from lut_store.records import (
 )
 from lut_store.rpc import bind, check_exposure, make_server, read_token
 from lut_store.sqlstore import _redact
-from lut_store.store import LutStore, open_store
+from lut_store.store import open_store
 from protos.hadmc.v1 import lut_pb2, lut_pb2_grpc
 
 log = structlog.get_logger(__name__)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
+from lut_store.interface import LutStore
 from lut_store.records import (
     ENTRY_STATUSES,
     VERSION_SOURCES,
@@ -36,7 +37,6 @@ from lut_store.records import (
     VersionNotOpen,
 )
 from lut_store.rpc import MAX_MESSAGE_BYTES
-from lut_store.store import LutStore
 from protos.hadmc.v1 import lut_pb2, lut_pb2_grpc
 
 ERROR_METADATA_KEY = "hadmc-error"

@@ -248,6 +248,19 @@ class OpKey:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
+        self._check_fields()
+        if not self.nodes:
+            raise OpKeyError("a key needs at least one operator")
+        if not any(t.role == "activation" for t in self.inputs):
+            raise OpKeyError("a key needs at least one activation input")
+        unused = sorted(set(range(len(self.inputs))) - self._referenced_inputs())
+        if unused:
+            raise OpKeyError(f"key inputs {[f'i{i}' for i in unused]} are not used by any node")
+        nodes = tuple(_with_defaults(n, self.inputs) for n in self.nodes)
+        object.__setattr__(self, "nodes", nodes)
+
+    def _check_fields(self) -> None:
+        """Precision, context, neighbors and opset are ones the key format knows."""
         if self.precision not in PRECISIONS:
             raise OpKeyError(f"unknown precision {self.precision!r}; allowed: {list(PRECISIONS)}")
         if self.context not in CONTEXTS:
@@ -258,10 +271,10 @@ class OpKey:
             raise OpKeyError(f"neighbors {self.neighbors!r} is not 'in:P,P|out:P,P'")
         if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not 7 <= self.opset <= 99:
             raise OpKeyError(f"opset {self.opset!r} must be an integer in 7..99")
-        if not self.nodes:
-            raise OpKeyError("a key needs at least one operator")
-        if not any(t.role == "activation" for t in self.inputs):
-            raise OpKeyError("a key needs at least one activation input")
+
+    def _referenced_inputs(self) -> set[int]:
+        """Indices of the key inputs the nodes read; OpKeyError for a reference to a missing
+        input, to a later node or to an output a node does not have."""
         used: set[int] = set()
         for j, node in enumerate(self.nodes):
             for ref in node.inputs:
@@ -282,11 +295,7 @@ class OpKey:
                         f"node {j} ({node.op_type}) refers to {ref!r}, but node {idx} has "
                         f"{self.nodes[idx].num_outputs} output(s)"
                     )
-        unused = sorted(set(range(len(self.inputs))) - used)
-        if unused:
-            raise OpKeyError(f"key inputs {[f'i{i}' for i in unused]} are not used by any node")
-        nodes = tuple(_with_defaults(n, self.inputs) for n in self.nodes)
-        object.__setattr__(self, "nodes", nodes)
+        return used
 
     @property
     def kind(self) -> str:

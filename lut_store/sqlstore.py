@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from lut_store.interface import LutStore
 from lut_store.records import (
     VERSION_SOURCES,
     Build,
@@ -30,7 +31,6 @@ from lut_store.records import (
     Version,
     VersionNotOpen,
 )
-from lut_store.store import LutStore
 
 _LOOKUP_CHUNK = 500
 

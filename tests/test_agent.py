@@ -14,7 +14,8 @@ from onnx import TensorProto, numpy_helper
 
 from device_agent import fingerprint
 from host.agent_client import AgentClient, AgentError, AgentTarget
-from lut_store import kernels
+from lut_store.keys import ops
+from lut_store.keys.ops import NCHW, ConvSpec
 from lut_store.opkey import OpKey, OpNode, TensorSpec
 from protos.hadmc.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from tests.helpers import small_cnn
@@ -42,20 +43,20 @@ def test_health_service_reports_serving(client):
 
 
 REQUIRED_KERNELS = [
-    kernels.conv(1, 16, 16, 16, 32, 3),
-    kernels.conv(1, 16, 17, 17, 16, 5, stride=2, padding=1, dilation=2, bias=False),
-    kernels.conv(1, 32, 8, 8, 32, 3, groups=32, fuse=("relu",)),
-    kernels.conv(1, 16, 8, 8, 16, 1, padding=0, fuse=("add", "relu")),
-    kernels.gemm(1, 64, 10),
-    kernels.matmul((4, 64), (64, 32)),
-    kernels.pool("max", 1, 16, 16, 16, 3, 2, 1),
-    kernels.pool("avg", 1, 16, 16, 16, 2),
-    kernels.global_avg_pool(1, 64, 4, 4),
-    kernels.elementwise("Add", (1, 16, 8, 8)),
-    kernels.elementwise("Relu", (1, 16, 8, 8)),
-    kernels.batch_norm(1, 16, 8, 8),
-    kernels.concat([(1, 8, 4, 4), (1, 24, 4, 4)]),
-    kernels.softmax((2, 10)),
+    ops.conv(NCHW(1, 16, 16, 16), ConvSpec(32, 3)),
+    ops.conv(NCHW(1, 16, 17, 17), ConvSpec(16, 5, stride=2, padding=1, dilation=2, bias=False)),
+    ops.conv(NCHW(1, 32, 8, 8), ConvSpec(32, 3, groups=32), fuse=("relu",)),
+    ops.conv(NCHW(1, 16, 8, 8), ConvSpec(16, 1, padding=0), fuse=("add", "relu")),
+    ops.gemm(1, 64, 10),
+    ops.matmul((4, 64), (64, 32)),
+    ops.pool("max", NCHW(1, 16, 16, 16), 3, stride=2, padding=1),
+    ops.pool("avg", NCHW(1, 16, 16, 16), 2),
+    ops.global_avg_pool(NCHW(1, 64, 4, 4)),
+    ops.elementwise("Add", (1, 16, 8, 8)),
+    ops.elementwise("Relu", (1, 16, 8, 8)),
+    ops.batch_norm(NCHW(1, 16, 8, 8)),
+    ops.concat([(1, 8, 4, 4), (1, 24, 4, 4)]),
+    ops.softmax((2, 10)),
     # Any standard operator, with given constants: Reshape and a Split with two outputs.
     OpKey((TensorSpec((2, 6)), TensorSpec((2,), "int64", "constant", (3, 4))), (OpNode("Reshape", ("i0", "i1")),)),
     OpKey(
@@ -79,8 +80,8 @@ def test_profile_measures_every_required_kernel(client):
 
 
 def test_precisions_are_measured_or_reported_unsupported(client):
-    conv = kernels.conv(1, 32, 16, 16, 32, 3, fuse=("relu",))
-    relu = kernels.elementwise("Relu", (1, 32, 16, 16))
+    conv = ops.conv(NCHW(1, 32, 16, 16), ConvSpec(32, 3), fuse=("relu",))
+    relu = ops.elementwise("Relu", (1, 32, 16, 16))
     keys = [OpKey(conv.inputs, conv.nodes, p) for p in ("fp32", "fp16", "int8", "int4")]
     keys.append(OpKey(relu.inputs, relu.nodes, "int4"))
     results = list(client.profile(keys))
@@ -91,7 +92,7 @@ def test_precisions_are_measured_or_reported_unsupported(client):
 
 
 def test_bad_keys_get_precise_errors_and_the_batch_goes_on(client):
-    good = kernels.elementwise("Relu", (1, 8))
+    good = ops.elementwise("Relu", (1, 8))
     unknown_op = good.to_proto()
     unknown_op.nodes[0].op_type = "Frobnicate"
     zero_dim = good.to_proto()
@@ -102,11 +103,11 @@ def test_bad_keys_get_precise_errors_and_the_batch_goes_on(client):
     huge.inputs[0].shape[:] = [1 << 20, 1 << 20]
     no_precision = good.to_proto()
     no_precision.precision = common_pb2.PRECISION_UNSPECIFIED
-    twice = kernels.conv(1, 4, 8, 8, 4, 3).to_proto()
+    twice = ops.conv(NCHW(1, 4, 8, 8), ConvSpec(4, 3)).to_proto()
     twice.nodes[0].attributes.add(name="group", i=3)
-    wrong_shape = kernels.elementwise("Add", (1, 4)).to_proto()
+    wrong_shape = ops.elementwise("Add", (1, 4)).to_proto()
     wrong_shape.inputs[1].shape[:] = [1, 5]
-    bad_group = kernels.conv(1, 4, 8, 8, 4, 3).to_dict()
+    bad_group = ops.conv(NCHW(1, 4, 8, 8), ConvSpec(4, 3)).to_dict()
     bad_group["nodes"][0]["attrs"]["group"] = 3  # passes ONNX's checks, fails in the runtime
     keys = [
         unknown_op,
@@ -143,7 +144,7 @@ def test_bad_keys_get_precise_errors_and_the_batch_goes_on(client):
 )
 def test_impossible_settings_are_invalid_argument(client, settings, message):
     with pytest.raises(AgentError, match=message) as exc:
-        list(client.profile([kernels.elementwise("Relu", (1, 8))], settings=settings))
+        list(client.profile([ops.elementwise("Relu", (1, 8))], settings=settings))
     assert exc.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -297,7 +298,7 @@ def test_agent_keeps_serving_after_bad_input(client):
         except grpc.RpcError:
             pass
     assert client.health() == "SERVING"
-    (result,) = client.profile([kernels.elementwise("Relu", (1, 8))])
+    (result,) = client.profile([ops.elementwise("Relu", (1, 8))])
     assert result.WhichOneof("outcome") == "stats"
     assert client.benchmark(small_cnn().SerializeToString()).latency.n >= 10
 
@@ -311,7 +312,7 @@ def test_several_clients_at_once_all_get_their_results(agent):
             with AgentClient(AgentTarget(agent.address), timeout_s=120) as c:
                 c.info()
                 if i % 2:
-                    (r,) = c.profile([kernels.conv(1, 8, 8, 8, 8 + i, 3)])
+                    (r,) = c.profile([ops.conv(NCHW(1, 8, 8, 8), ConvSpec(8 + i, 3))])
                     assert r.WhichOneof("outcome") == "stats"
                 else:
                     assert c.benchmark(model).latency.median_ms > 0
@@ -330,7 +331,9 @@ def test_several_clients_at_once_all_get_their_results(agent):
 def test_cancelling_a_profile_frees_the_worker(client, agent):
     # 10^6 runs per key: each key would hold the device for tens of seconds.
     slow = common_pb2.MeasurementSettings(min_runs=1_000_000, max_runs=1_000_000)
-    request = agent_pb2.ProfileRequest(keys=[kernels.conv(1, 16, 16, 16, 16, 3).to_proto()] * 5, settings=slow)
+    request = agent_pb2.ProfileRequest(
+        keys=[ops.conv(NCHW(1, 16, 16, 16), ConvSpec(16, 3)).to_proto()] * 5, settings=slow
+    )
     with grpc.insecure_channel(agent.address) as channel:
         call = agent_pb2_grpc.DeviceAgentStub(channel).Profile(request, timeout=300)
         time.sleep(1.5)  # the first key is being measured
@@ -339,7 +342,7 @@ def test_cancelling_a_profile_frees_the_worker(client, agent):
             list(call)
         assert exc.value.code() == grpc.StatusCode.CANCELLED
     t0 = time.monotonic()
-    (r,) = client.profile([kernels.elementwise("Relu", (1, 8))])
+    (r,) = client.profile([ops.elementwise("Relu", (1, 8))])
     assert r.WhichOneof("outcome") == "stats"
     assert time.monotonic() - t0 < 8
 
@@ -347,10 +350,10 @@ def test_cancelling_a_profile_frees_the_worker(client, agent):
 def test_deadline_mid_profile_frees_the_worker(client):
     slow = common_pb2.MeasurementSettings(min_runs=1_000_000, max_runs=1_000_000)
     with pytest.raises(AgentError) as exc:
-        list(client.profile([kernels.conv(1, 16, 16, 16, 16, 3)] * 3, settings=slow, timeout_s=1.5))
+        list(client.profile([ops.conv(NCHW(1, 16, 16, 16), ConvSpec(16, 3))] * 3, settings=slow, timeout_s=1.5))
     assert exc.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     t0 = time.monotonic()
-    (r,) = client.profile([kernels.elementwise("Relu", (1, 8))])
+    (r,) = client.profile([ops.elementwise("Relu", (1, 8))])
     assert r.WhichOneof("outcome") == "stats" and time.monotonic() - t0 < 8
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from device_agent.server import Agent
 from host.agent_client import AgentClient, AgentError, AgentTarget
-from lut_store import kernels
+from lut_store.keys import ops
+from lut_store.keys.ops import NCHW, ConvSpec
 from protos.hadmc.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from tests.conftest import quick_config
 from tests.helpers import slow_matmul_chain, small_cnn
@@ -28,7 +29,7 @@ def tight_agent():
 
 def test_queue_beyond_its_bound_is_resource_exhausted(tight_agent):
     target = AgentTarget(tight_agent.address)
-    long_job = agent_pb2.ProfileRequest(keys=[kernels.conv(1, 16, 16, 16, 16, 3).to_proto()], settings=LONG)
+    long_job = agent_pb2.ProfileRequest(keys=[ops.conv(NCHW(1, 16, 16, 16), ConvSpec(16, 3)).to_proto()], settings=LONG)
     with (
         grpc.insecure_channel(tight_agent.address) as channel,
         AgentClient(target) as waiting,
@@ -36,13 +37,13 @@ def test_queue_beyond_its_bound_is_resource_exhausted(tight_agent):
     ):
         running = agent_pb2_grpc.DeviceAgentStub(channel).Profile(long_job, timeout=60)
         time.sleep(1.0)
-        queued = waiting.profile([kernels.elementwise("Relu", (1, 8))], timeout_s=60)
+        queued = waiting.profile([ops.elementwise("Relu", (1, 8))], timeout_s=60)
         queued_results: list = []
         waiter = threading.Thread(target=lambda: queued_results.extend(queued), daemon=True)
         waiter.start()
         time.sleep(0.5)
         with pytest.raises(AgentError, match="max_queued_jobs = 1") as exc:
-            list(third.profile([kernels.elementwise("Relu", (1, 8))]))
+            list(third.profile([ops.elementwise("Relu", (1, 8))]))
         assert exc.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert third.info().fingerprint_hash  # info is never queued
         running.cancel()  # cancel the long job: the queued one runs next
@@ -75,7 +76,7 @@ def test_a_runtime_crash_does_not_take_the_daemon_down():
                 client.benchmark(small_cnn().SerializeToString())
             assert exc.value.code == grpc.StatusCode.INTERNAL
             assert client.health() == "SERVING"
-            (r,) = client.profile([kernels.elementwise("Relu", (1, 8))])
+            (r,) = client.profile([ops.elementwise("Relu", (1, 8))])
             assert r.WhichOneof("outcome") == "stats"
             assert crashing.runner.worker_pid not in (None, first_pid)
     finally:
@@ -90,7 +91,7 @@ def test_an_idle_worker_exits_and_comes_back_for_the_next_job():
             time.sleep(0.1)
         assert quick_exit.runner.worker_pid is None  # the idle daemon holds no onnxruntime
         with AgentClient(AgentTarget(quick_exit.address)) as client:
-            (r,) = client.profile([kernels.elementwise("Relu", (1, 8))])
+            (r,) = client.profile([ops.elementwise("Relu", (1, 8))])
             assert r.WhichOneof("outcome") == "stats"
     finally:
         quick_exit.stop(grace_s=1.0)

@@ -19,7 +19,7 @@ from host.compress.policy import LayerAction, Policy
 from host.latency import LatencyError
 from host.latency.predict import LatencyPredictor
 from host.latency.variants import export_variant, model_limits, random_policy
-from lut_store.modelkeys import UnsupportedModel, attribute_runtime_nodes, model_kernels
+from lut_store.keys.graph import UnsupportedModel, attribute_runtime_nodes, model_kernels
 from lut_store.opkey import OpKey
 from lut_store.records import FingerprintMismatch
 from lut_store.store import open_store

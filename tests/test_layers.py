@@ -1,5 +1,6 @@
-"""The dependency floors of DESIGN.md: protos < lut_store < device_agent < host, and an agent
-that installs and runs without the training stack."""
+"""The dependency floors: protos < lut_store < device_agent < host (a package imports only
+those below it), host reaches device_agent only through its embedded agent, and an agent
+installs and runs without the training stack."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def _imports(path: Path) -> set[str]:
 
 # Splitting an ONNX model into kernel keys needs onnx: the one module of lut_store allowed it
 # (host and agent share it so their keys cannot drift; both install onnx anyway).
-ALLOWED = {"lut_store/modelkeys.py": {"onnx", "numpy"}}
+ALLOWED = {"lut_store/keys/graph.py": {"onnx", "numpy"}}
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
@@ -44,6 +45,15 @@ def test_lower_floors_do_not_import_upper_ones(package):
         if hits:
             bad[str(path.relative_to(ROOT))] = sorted(hits)
     assert not bad
+
+
+def test_host_imports_device_agent_only_in_its_embedded_agent():
+    """Everything else on the host talks to agents over gRPC, so the two can change apart;
+    module-level and function-level imports alike."""
+    importers = sorted(
+        str(path.relative_to(ROOT)) for path in (ROOT / "host").rglob("*.py") if "device_agent" in _imports(path)
+    )
+    assert importers == ["host/embedded.py"]
 
 
 def test_agent_commands_do_not_load_torch():

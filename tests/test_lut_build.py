@@ -15,7 +15,7 @@ import pytest
 from host.agent_client import AgentClient, AgentTarget
 from host.fleet import FleetError, resolve
 from lut_store.build import build_lut
-from lut_store.grid import GridError, expand_grid, load_grid
+from lut_store.keys.grid import GridError, expand_grid, load_grid
 from lut_store.store import open_store
 from tests.test_cli import _wait_ready
 
@@ -139,7 +139,7 @@ def test_two_devices_of_one_fingerprint_split_the_keys(tmp_path, grid):
                     calls[self.name] += len(keys)
                     return self.client.profile(keys, settings=settings, timeout_s=timeout_s)
 
-            from device_agent.fingerprint import document
+            from lut_store.fingerprint import document
 
             report = build_lut(
                 store,
@@ -394,7 +394,7 @@ def test_lut_serve_then_a_grpc_store_url_from_the_cli(tmp_path, env, grid, agent
 def test_model_keys_sweep_channel_widths_as_the_runtime_fuses():
     import collections
 
-    from host.lut_keys import model_keys
+    from host.lut_models import model_keys
 
     keys = model_keys("resnet18", ["fp32", "int8"])
     kinds = collections.Counter(k.kind for k in keys)

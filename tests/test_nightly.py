@@ -157,7 +157,7 @@ def test_a_run_missed_while_the_machine_was_off_happens_at_start(tmp_path):
     config = quick_config(nightly=NightlyConfig(at="03:00", store="sqlite:///x", state_file=state_file))
     now = dt.datetime(2026, 11, 22, 9, 30)
     nightly = Nightly(config, runner=None, info=_info(), clock=lambda: now)
-    from device_agent.fingerprint import document
+    from lut_store.fingerprint import document
 
     doc = document(_info().fingerprint)
     write_state(state_file, State("sqlite:///x", 1, "f" * 64, doc, dt.datetime(2026, 11, 22, 2, 0).timestamp()))

@@ -14,7 +14,7 @@ from cryptography.x509.oid import NameOID
 
 from device_agent.server import Agent
 from host.agent_client import AgentClient, AgentError, AgentTarget
-from lut_store import kernels
+from lut_store.keys import ops
 from tests.conftest import quick_config
 
 TOKEN = "s3cret-token-0123456789abcdef"
@@ -74,7 +74,7 @@ def test_missing_or_wrong_token_is_unauthenticated(token_only, token, message):
     with AgentClient(AgentTarget(token_only.address, token=token)) as client:
         for call in (
             client.info,
-            lambda: list(client.profile([kernels.elementwise("Relu", (1, 4))])),
+            lambda: list(client.profile([ops.elementwise("Relu", (1, 4))])),
             lambda: client.benchmark(b"x" * 10),
         ):
             with pytest.raises(AgentError, match=message) as exc:
@@ -86,7 +86,7 @@ def test_missing_or_wrong_token_is_unauthenticated(token_only, token, message):
 def test_right_token_is_served(token_only):
     with AgentClient(AgentTarget(token_only.address, token=TOKEN)) as client:
         assert client.info().fingerprint_hash
-        (r,) = client.profile([kernels.elementwise("Relu", (1, 4))])
+        (r,) = client.profile([ops.elementwise("Relu", (1, 4))])
         assert r.WhichOneof("outcome") == "stats"
 
 

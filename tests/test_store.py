@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from lut_store import kernels
 from lut_store.exchange import diff_versions, export_version, import_version
+from lut_store.keys import ops
+from lut_store.keys.ops import NCHW, ConvSpec
 from lut_store.records import (
     BuildInProgress,
     CorruptExport,
@@ -49,7 +50,7 @@ def ok_entry(key, median_ms=1.0, n=20):
     )
 
 
-KEYS = [kernels.conv(1, 8 * i, 16, 16, 8 * i, 3) for i in range(1, 6)]
+KEYS = [ops.conv(NCHW(1, 8 * i, 16, 16), ConvSpec(8 * i, 3)) for i in range(1, 6)]
 
 
 def sealed_version(store, fp=FP, medians=(1.0, 2.0, 3.0, 4.0, 5.0), owner="builder"):
@@ -281,7 +282,7 @@ def test_concurrent_threads_share_one_store(store):
 
     def write(i):
         try:
-            store.add_entries(build.version.id, [ok_entry(kernels.elementwise("Relu", (1, i + 1)))])
+            store.add_entries(build.version.id, [ok_entry(ops.elementwise("Relu", (1, i + 1)))])
         except Exception as exc:  # asserted below
             errors.append(exc)
 

@@ -10,6 +10,7 @@ poorly while a CNN learns the task (bench/data_difficulty.py measures both).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -118,15 +119,22 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return xx, yy
 
 
+class _BlobShape(NamedTuple):
+    """Ranges blobs are drawn from: the long axis's sigma (pixels at 64x64), the ratio of the
+    long sigma to the short one, and the orientation."""
+
+    sigma_long_px: tuple[float, float]
+    aspect: tuple[float, float]
+    angle_rad: tuple[float, float]
+
+
 def _blobs(
     rng: np.random.Generator,
     n: int,
     size: int,
     count: np.ndarray,
     max_count: int,
-    sigma_long_px: tuple[float, float],
-    aspect: tuple[float, float],
-    angle_rad: tuple[float, float],
+    shape: _BlobShape,
     centres: Callable[[int], tuple[np.ndarray, np.ndarray]],
 ) -> np.ndarray:
     """(n, size, size): per image, the sum of `count` oriented Gaussian blobs of peak 1."""
@@ -135,9 +143,9 @@ def _blobs(
     scale = size / 64
     for k in range(max_count):
         cx, cy = centres(n)
-        theta = rng.uniform(*angle_rad, (n, 1, 1))
-        s_long = rng.uniform(*sigma_long_px, (n, 1, 1)) * scale
-        s_short = s_long / rng.uniform(*aspect, (n, 1, 1))
+        theta = rng.uniform(*shape.angle_rad, (n, 1, 1))
+        s_long = rng.uniform(*shape.sigma_long_px, (n, 1, 1)) * scale
+        s_short = s_long / rng.uniform(*shape.aspect, (n, 1, 1))
         dx, dy = xx - cx[:, None, None], yy - cy[:, None, None]
         u = dx * np.cos(theta) + dy * np.sin(theta)
         v = -dx * np.sin(theta) + dy * np.cos(theta)
@@ -200,9 +208,7 @@ def _inclusion(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
         size,
         count,
         3,
-        sigma_long_px=(3.5, 7.0),
-        aspect=(2.5, 5.0),
-        angle_rad=(0, np.pi),
+        _BlobShape(sigma_long_px=(3.5, 7.0), aspect=(2.5, 5.0), angle_rad=(0, np.pi)),
         centres=_uniform_centres(rng, size, 8 * size / 64),
     )
 
@@ -222,9 +228,7 @@ def _pitted_surface(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
         size,
         count,
         50,
-        sigma_long_px=(0.8, 1.4),
-        aspect=(1.0, 1.3),
-        angle_rad=(0, np.pi),
+        _BlobShape(sigma_long_px=(0.8, 1.4), aspect=(1.0, 1.3), angle_rad=(0, np.pi)),
         centres=_cluster_centres(rng, size, n),
     )
 
@@ -238,9 +242,7 @@ def _rolled_in_scale(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
         size,
         count,
         24,
-        sigma_long_px=(3.0, 5.5),
-        aspect=(2.5, 4.5),
-        angle_rad=(-0.2, 0.2),
+        _BlobShape(sigma_long_px=(3.0, 5.5), aspect=(2.5, 4.5), angle_rad=(-0.2, 0.2)),
         centres=_uniform_centres(rng, size, 2),
     )
     rough = 0.75 + 0.25 * _filtered_noise(rng, n, size, sigma_x=np.array(16.0), sigma_y=np.array(16.0))

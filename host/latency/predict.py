@@ -1,6 +1,6 @@
 """Latency of an ONNX model on a device, from the LUT: model -> kernels -> keys -> lookup.
 
-Kernels come from `lut_store.modelkeys` (the agent splits models with the same function). Their
+Kernels come from `lut_store.keys.graph` (the agent splits models with the same function). Their
 keys are in-model keys: what the kernel costs inside a whole model, as the agent measured it
 (Benchmark with per_kernel; see device_agent/kernelprofile.py). A prediction is the sum of the
 kernels' mean in-model latencies, each traceable to the LUT version it came from.
@@ -25,8 +25,9 @@ import structlog
 from google.protobuf import json_format
 
 from host.latency import LatencyError
-from lut_store.build import acquire, default_owner
-from lut_store.modelkeys import Kernel, UnsupportedModel, model_kernels
+from lut_store.build import acquire, default_owner, entry_from_stats
+from lut_store.interface import LutStore
+from lut_store.keys.graph import Kernel, UnsupportedModel, model_kernels
 from lut_store.opkey import OpKey
 from lut_store.records import (
     BuildInProgress,
@@ -36,7 +37,7 @@ from lut_store.records import (
     UnknownDevice,
     Version,
 )
-from lut_store.store import LutStore, resolve_version
+from lut_store.store import resolve_version
 
 log = structlog.get_logger(__name__)
 
@@ -230,43 +231,21 @@ class LatencyPredictor:
                 f"the agent split the model into {len(measured)} distinct kernels and this host into "
                 f"{len(ours)} with other keys: agent and host run different hadmc versions"
             )
-        env = json_format.MessageToDict(resp.environment, preserving_proto_field_name=True)
         entries, elided = [], set()
         for k in missing:
             item = measured[k.key.hash]
             if not item.HasField("latency"):
                 elided.add(k.key.hash)
                 continue
-            s = item.latency
-            settings = json_format.MessageToDict(s.settings, preserving_proto_field_name=True)
-            settings.update(
-                method="in-model",
-                model_sha256=resp.model.sha256,
-                scale=resp.kernel_profile.scale,
-                profiled_runs=resp.kernel_profile.runs,
-                runtime_nodes=list(item.runtime_nodes),
-                below_resolution=item.below_resolution,
-                p99_ms=s.p99_ms,
-                max_ms=s.max_ms,
-                stable=s.stable,
-                other_cpu_cores=s.other_cpu_cores,
-            )
-            entries.append(
-                Entry(
-                    k.key.hash,
-                    k.key.canonical_json(),
-                    "ok",
-                    env.get("measured_at_unix_s", time.time()),
-                    median_ms=s.median_ms,
-                    mean_ms=s.mean_ms,
-                    p90_ms=s.p90_ms,
-                    std_ms=s.std_ms,
-                    min_ms=s.min_ms,
-                    n=s.n,
-                    settings=settings,
-                    environment=env,
-                )
-            )
+            how = {
+                "method": "in-model",
+                "model_sha256": resp.model.sha256,
+                "scale": resp.kernel_profile.scale,
+                "profiled_runs": resp.kernel_profile.runs,
+                "runtime_nodes": list(item.runtime_nodes),
+                "below_resolution": item.below_resolution,
+            }
+            entries.append(entry_from_stats(k.key, item.latency, resp.environment, how))
         if entries:
             version = self._writable()
             self.store.add_entries(version.id, entries, owner=self.owner)

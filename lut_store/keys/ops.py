@@ -1,14 +1,52 @@
-"""Constructors for the kernels a CNN runs most: conv (optionally fused with relu / add+relu),
-gemm, matmul, pools, element-wise ops, batch-norm, concat and softmax.
+"""Op keys from an op's parameters: the kernels a CNN runs most, conv (optionally fused with
+relu / add+relu), gemm, matmul, pools, element-wise ops, batch-norm, concat and softmax.
 
-Each returns a canonical `OpKey`; anything else can be written as an `OpKey` directly.
+Each returns a canonical `OpKey`; anything else can be written as an `OpKey` directly. Ops on
+images take their input as an `NCHW` shape; a convolution's own parameters are a `ConvSpec`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from lut_store.opkey import OpKey, OpKeyError, OpNode, TensorSpec
+
+
+class NCHW(NamedTuple):
+    """The shape of an image-like activation: batch, channels, height, width."""
+
+    batch: int
+    channels: int
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """A 2-D convolution with a square kernel; `padding` None is 'same'-style kernel // 2 * dilation
+    (the input's channels come from its `NCHW`)."""
+
+    out_channels: int
+    kernel: int
+    stride: int = 1
+    padding: int | None = None
+    dilation: int = 1
+    groups: int = 1
+    bias: bool = True
+
+    @property
+    def pad(self) -> int:
+        return self.dilation * (self.kernel // 2) if self.padding is None else self.padding
+
+    def output(self, x: NCHW) -> NCHW:
+        """The shape the convolution makes of input `x`; OpKeyError when it does not fit."""
+        if x.channels % self.groups or self.out_channels % self.groups:
+            raise OpKeyError(f"channels {x.channels}->{self.out_channels} not divisible by groups {self.groups}")
+        height = conv_out_size(x.height, self.kernel, self.stride, self.pad, self.pad, self.dilation)
+        width = conv_out_size(x.width, self.kernel, self.stride, self.pad, self.pad, self.dilation)
+        return NCHW(x.batch, self.out_channels, height, width)
 
 
 def conv_out_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int, dilation: int = 1) -> int:
@@ -21,58 +59,27 @@ def conv_out_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: 
     return out
 
 
-def conv(
-    batch: int,
-    in_channels: int,
-    height: int,
-    width: int,
-    out_channels: int,
-    kernel: int,
-    stride: int = 1,
-    padding: int | None = None,
-    dilation: int = 1,
-    groups: int = 1,
-    bias: bool = True,
-    fuse: Sequence[str] = (),
-    precision: str = "fp32",
-) -> OpKey:
-    """A 2-D convolution, optionally followed by fused ops: ('relu',) or ('add', 'relu').
+def conv(x: NCHW, spec: ConvSpec, fuse: Sequence[str] = (), precision: str = "fp32") -> OpKey:
+    """A 2-D convolution of input `x`, optionally followed by fused ops: ('relu',) or ('add', 'relu').
 
-    `padding` defaults to 'same'-style kernel // 2 * dilation. For 'add' the key takes a second
-    activation of the conv's output shape (the residual).
+    For 'add' the key takes a second activation of the conv's output shape (the residual).
     """
-    if in_channels % groups or out_channels % groups:
-        raise OpKeyError(f"channels {in_channels}->{out_channels} not divisible by groups {groups}")
-    pad = dilation * (kernel // 2) if padding is None else padding
-    oh = conv_out_size(height, kernel, stride, pad, pad, dilation)
-    ow = conv_out_size(width, kernel, stride, pad, pad, dilation)
+    out = spec.output(x)
+    k, s, p, d = spec.kernel, spec.stride, spec.pad, spec.dilation
     inputs = [
-        TensorSpec((batch, in_channels, height, width)),
-        TensorSpec((out_channels, in_channels // groups, kernel, kernel), role="weight"),
+        TensorSpec(tuple(x)),
+        TensorSpec((spec.out_channels, x.channels // spec.groups, k, k), role="weight"),
     ]
-    refs = ["i0", "i1"]
-    if bias:
-        inputs.append(TensorSpec((out_channels,), role="weight"))
-        refs.append("i2")
-    nodes = [
-        OpNode(
-            "Conv",
-            tuple(refs),
-            {
-                "kernel_shape": (kernel, kernel),
-                "strides": (stride, stride),
-                "pads": (pad, pad, pad, pad),
-                "dilations": (dilation, dilation),
-                "group": groups,
-            },
-        )
-    ]
+    if spec.bias:
+        inputs.append(TensorSpec((spec.out_channels,), role="weight"))
+    attrs = {"kernel_shape": (k, k), "strides": (s, s), "pads": (p, p, p, p), "dilations": (d, d), "group": spec.groups}
+    nodes = [OpNode("Conv", tuple(f"i{j}" for j in range(len(inputs))), attrs)]
     for op in fuse:
         prev = f"n{len(nodes) - 1}"
         if op == "relu":
             nodes.append(OpNode("Relu", (prev,)))
         elif op == "add":
-            inputs.append(TensorSpec((batch, out_channels, oh, ow)))
+            inputs.append(TensorSpec(tuple(out)))
             nodes.append(OpNode("Add", (prev, f"i{len(inputs) - 1}")))
         else:
             raise OpKeyError(f"unknown fused op {op!r}; allowed: 'relu', 'add'")
@@ -96,28 +103,20 @@ def matmul(a_shape: Sequence[int], b_shape: Sequence[int], b_is_weight: bool = T
 
 
 def pool(
-    kind: str,
-    batch: int,
-    channels: int,
-    height: int,
-    width: int,
-    kernel: int,
-    stride: int | None = None,
-    padding: int = 0,
-    precision: str = "fp32",
+    kind: str, x: NCHW, kernel: int, stride: int | None = None, padding: int = 0, precision: str = "fp32"
 ) -> OpKey:
-    """MaxPool or AveragePool ('max' / 'avg')."""
+    """MaxPool or AveragePool ('max' / 'avg') of input `x`; `stride` defaults to the kernel."""
     ops = {"max": "MaxPool", "avg": "AveragePool"}
     if kind not in ops:
         raise OpKeyError(f"unknown pool kind {kind!r}; allowed: {sorted(ops)}")
     s = kernel if stride is None else stride
-    conv_out_size(height, kernel, s, padding, padding)
+    conv_out_size(x.height, kernel, s, padding, padding)
     attrs = {"kernel_shape": (kernel, kernel), "strides": (s, s), "pads": (padding,) * 4}
-    return OpKey((TensorSpec((batch, channels, height, width)),), (OpNode(ops[kind], ("i0",), attrs),), precision)
+    return OpKey((TensorSpec(tuple(x)),), (OpNode(ops[kind], ("i0",), attrs),), precision)
 
 
-def global_avg_pool(batch: int, channels: int, height: int, width: int, precision: str = "fp32") -> OpKey:
-    return OpKey((TensorSpec((batch, channels, height, width)),), (OpNode("GlobalAveragePool", ("i0",)),), precision)
+def global_avg_pool(x: NCHW, precision: str = "fp32") -> OpKey:
+    return OpKey((TensorSpec(tuple(x)),), (OpNode("GlobalAveragePool", ("i0",)),), precision)
 
 
 def elementwise(op: str, shape: Sequence[int], precision: str = "fp32") -> OpKey:
@@ -128,11 +127,11 @@ def elementwise(op: str, shape: Sequence[int], precision: str = "fp32") -> OpKey
     return OpKey(inputs, (OpNode(op, refs),), precision)
 
 
-def batch_norm(batch: int, channels: int, height: int, width: int, precision: str = "fp32") -> OpKey:
+def batch_norm(x: NCHW, precision: str = "fp32") -> OpKey:
     """Inference-mode BatchNormalization (scale, bias, mean, var as weights)."""
-    params = tuple(TensorSpec((channels,), role="weight") for _ in range(4))
+    params = tuple(TensorSpec((x.channels,), role="weight") for _ in range(4))
     return OpKey(
-        (TensorSpec((batch, channels, height, width)), *params),
+        (TensorSpec(tuple(x)), *params),
         (OpNode("BatchNormalization", ("i0", "i1", "i2", "i3", "i4")),),
         precision,
     )

@@ -223,60 +223,79 @@ class _Graph:
         return readers[0] if len(readers) == 1 else None
 
 
+class _Units:
+    """Node indices grouped into kernels as they are claimed."""
+
+    def __init__(self) -> None:
+        self.of: dict[int, int] = {}
+        self.members: list[list[int]] = []
+
+    def start(self, i: int) -> None:
+        """Node i opens a unit of its own."""
+        self.of[i] = len(self.members)
+        self.members.append([i])
+
+    def join(self, i: int, owner: int) -> None:
+        """Node i joins the unit of node `owner`."""
+        self.of[i] = self.of[owner]
+        self.members[self.of[i]].append(i)
+
+
+def _claim_prologue(g: _Graph, units: _Units, anchor: int) -> None:
+    """The precision and no-op nodes that feed only the anchor's data input join its unit."""
+    data = g.nodes[anchor].input[0] if g.nodes[anchor].input else ""
+    while data in g.producer:
+        p = g.producer[data]
+        if (
+            g.constant[p]
+            or p in units.of
+            or g.nodes[p].op_type not in _PRECISION_OPS | _NO_OPS
+            or g.single_consumer(p) is None
+        ):
+            return
+        units.join(p, anchor)
+        data = g.nodes[p].input[0]
+
+
+def _claim_epilogue(g: _Graph, units: _Units, start: int) -> None:
+    """The chain of epilogue ops after node `start` joins its unit: element-wise ops, and
+    precision ops only before the first of those (later ones belong to the next kernel)."""
+    cur, precision_only = start, True
+    while (c := g.single_consumer(cur)) is not None:
+        node = g.nodes[c]
+        if c in units.of or g.constant[c] or node.op_type not in _EPILOGUE_OPS:
+            return
+        if node.op_type in _PRECISION_OPS and not precision_only:
+            return
+        if node.op_type not in _PRECISION_OPS | _NO_OPS:
+            precision_only = False
+        units.join(c, start)
+        cur = c
+
+
 def _assign_units(g: _Graph) -> list[list[int]]:
     """Group node indices into kernels: anchors claim their precision prologue first (so one
     layer's input quantizer is never another's epilogue), then epilogues from the last anchor
     back (the later branch takes a residual Add), then the rest stand alone."""
-    unit_of: dict[int, int] = {}
-    units: list[list[int]] = []
+    units = _Units()
     anchors = [i for i, n in enumerate(g.nodes) if not g.constant[i] and n.op_type not in _EPILOGUE_OPS]
     for i in anchors:
-        unit_of[i] = len(units)
-        units.append([i])
+        units.start(i)
     for i in anchors:
-        data = g.nodes[i].input[0] if g.nodes[i].input else ""
-        while data in g.producer:
-            p = g.producer[data]
-            if (
-                g.constant[p]
-                or p in unit_of
-                or g.nodes[p].op_type not in _PRECISION_OPS | _NO_OPS
-                or g.single_consumer(p) is None
-            ):
-                break
-            unit_of[p] = unit_of[i]
-            units[unit_of[i]].append(p)
-            data = g.nodes[p].input[0]
-
-    def claim_epilogue(start: int) -> None:
-        cur, precision_only = start, True
-        while (c := g.single_consumer(cur)) is not None:
-            node = g.nodes[c]
-            if c in unit_of or g.constant[c] or node.op_type not in _EPILOGUE_OPS:
-                return
-            if node.op_type in _PRECISION_OPS and not precision_only:
-                return
-            if node.op_type not in _PRECISION_OPS | _NO_OPS:
-                precision_only = False
-            unit_of[c] = unit_of[start]
-            units[unit_of[start]].append(c)
-            cur = c
-
+        _claim_prologue(g, units, i)
     for i in reversed(anchors):
-        claim_epilogue(i)
+        _claim_epilogue(g, units, i)
     for i in range(len(g.nodes)):
-        if i not in unit_of and not g.constant[i]:
-            unit_of[i] = len(units)
-            units.append([i])
-            claim_epilogue(i)
+        if i not in units.of and not g.constant[i]:
+            units.start(i)
+            _claim_epilogue(g, units, i)
     # Constant subgraphs (weights, their quantizers, shapes) go with the kernel that reads them.
     for i in reversed(range(len(g.nodes))):
         if g.constant[i]:
-            readers = [c for o in g.nodes[i].output if o for c in g.consumers.get(o, []) if c in unit_of]
+            readers = [c for o in g.nodes[i].output if o for c in g.consumers.get(o, []) if c in units.of]
             if readers:
-                unit_of[i] = unit_of[min(readers)]
-                units[unit_of[i]].append(i)
-    return [sorted(u) for u in units]
+                units.join(i, min(readers))
+    return [sorted(u) for u in units.members]
 
 
 def _source(g: _Graph, tensor: str, members: set[int]) -> str:
@@ -333,6 +352,44 @@ def _float32(dtype: str, precision: str) -> str:
     return "float32" if precision == "fp16" and dtype == "float16" else dtype
 
 
+def _keyable_domain(node: onnx.NodeProto) -> str:
+    """The node's operator domain as keys write it; UnsupportedModel when no kernel has its type."""
+    if node.op_type in _UNSUPPORTED_OPS:
+        raise UnsupportedModel(
+            f"operator {node.op_type} (node {node.name!r}) has no kernel type: "
+            "control flow and data-dependent shapes cannot be keyed"
+        )
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    if domain not in DOMAINS:
+        raise UnsupportedModel(
+            f"operator {node.op_type} of domain {domain!r} (node {node.name!r}) has no "
+            f"kernel type; domains with kernels: {sorted(DOMAINS)}"
+        )
+    return domain
+
+
+def _input_spec(g: _Graph, node: onnx.NodeProto, index: int, source: str, precision: str) -> TensorSpec:
+    """The key input for `node`'s input `index`, whose data is tensor `source` from outside the
+    kernel: an activation, a weight (random data of its shape is equivalent) or a small constant."""
+    raw = node.input[index]
+    shape, _ = g.shape(source, node)
+    dtype = _float32(g.shape(raw, node)[1], precision)  # as the float chain reads it
+    if source not in g.const_tensors:
+        return TensorSpec(shape, dtype, "activation")
+    value = g.constant_value(source)
+    weight_like = index in _WEIGHT_INPUTS.get(node.op_type, ()) and dtype.startswith("float")
+    if not weight_like and value is not None and value.size <= _MAX_CONSTANT_VALUES:
+        return TensorSpec(
+            tuple(value.shape), _NP_TO_DTYPE.get(value.dtype, dtype), "constant", tuple(value.reshape(-1).tolist())
+        )
+    if weight_like or value is None:
+        return TensorSpec(shape, dtype, "weight")
+    raise UnsupportedModel(
+        f"{node.op_type} node {node.name!r}: constant input {source!r} has {value.size} values; "
+        f"a key carries at most {_MAX_CONSTANT_VALUES}"
+    )
+
+
 def _key(g: _Graph, unit: list[int], precision: str, neighbors: str) -> OpKey:
     members = set(unit)
     anchor = g.nodes[unit_anchor(g, unit)]
@@ -346,52 +403,20 @@ def _key(g: _Graph, unit: list[int], precision: str, neighbors: str) -> OpKey:
     nodes: list[OpNode] = []
     for i in chain:
         node = g.nodes[i]
-        if node.op_type in _UNSUPPORTED_OPS:
-            raise UnsupportedModel(
-                f"operator {node.op_type} (node {node.name!r}) has no kernel type: "
-                "control flow and data-dependent shapes cannot be keyed"
-            )
-        domain = "" if node.domain == "ai.onnx" else node.domain
-        if domain not in DOMAINS:
-            raise UnsupportedModel(
-                f"operator {node.op_type} of domain {domain!r} (node {node.name!r}) has no "
-                f"kernel type; domains with kernels: {sorted(DOMAINS)}"
-            )
+        domain = _keyable_domain(node)
         refs = []
         for idx, raw in enumerate(node.input):
+            t = _source(g, raw, members) if raw else ""
             if not raw:
                 refs.append("")
-                continue
-            t = _source(g, raw, members)
-            if t in produced:
+            elif t in produced:
                 j, m = produced[t]
                 refs.append(f"n{j}" if m == 0 else f"n{j}.{m}")
-                continue
-            if t not in input_refs:
-                shape, _ = g.shape(t, node)
-                dtype = _float32(g.shape(raw, node)[1], precision)  # as the float chain reads it
-                if t in g.const_tensors:
-                    value = g.constant_value(t)
-                    weight_like = idx in _WEIGHT_INPUTS.get(node.op_type, ()) and dtype.startswith("float")
-                    if not weight_like and value is not None and value.size <= _MAX_CONSTANT_VALUES:
-                        spec = TensorSpec(
-                            tuple(value.shape),
-                            _NP_TO_DTYPE.get(value.dtype, dtype),
-                            "constant",
-                            tuple(value.reshape(-1).tolist()),
-                        )
-                    elif weight_like or value is None:
-                        spec = TensorSpec(shape, dtype, "weight")
-                    else:
-                        raise UnsupportedModel(
-                            f"{node.op_type} node {node.name!r}: constant input {t!r} has {value.size} values; "
-                            f"a key carries at most {_MAX_CONSTANT_VALUES}"
-                        )
-                else:
-                    spec = TensorSpec(shape, dtype, "activation")
-                input_refs[t] = f"i{len(inputs)}"
-                inputs.append(spec)
-            refs.append(input_refs[t])
+            else:
+                if t not in input_refs:
+                    input_refs[t] = f"i{len(inputs)}"
+                    inputs.append(_input_spec(g, node, idx, t, precision))
+                refs.append(input_refs[t])
         outputs = len([o for o in node.output if o]) or 1
         nodes.append(OpNode(node.op_type, tuple(refs), _attrs(node), domain, outputs))
     try:
@@ -474,32 +499,26 @@ def _name_candidates(name: str) -> list[str]:
     return out
 
 
-def attribute_runtime_nodes(mk: ModelKernels, optimized: onnx.ModelProto) -> dict[str, int]:
-    """Kernel index of every node of the runtime's optimized graph (by node name).
+def _owner_by_name(mk: ModelKernels, node: onnx.NodeProto) -> int | None:
+    """The kernel a runtime node's name derives from, else the one that produced one of its
+    outputs in the original graph."""
+    # The name first: a fused node keeps its compute node's name (or output's, for NCHWc)
+    # even when it also absorbed a neighbour's add and activation and writes their output.
+    for c in _name_candidates(node.name):
+        if c in mk.node_kernel:
+            return mk.node_kernel[c]
+        if c in mk.tensor_kernel:
+            return mk.tensor_kernel[c]
+    for t in node.output:
+        clean = t.removeprefix("InsertedPrecisionFreeCast_")
+        if clean in mk.tensor_kernel:
+            return mk.tensor_kernel[clean]
+    return None
 
-    A node belongs to the kernel its name derives from, else to the kernel that produced one of
-    its outputs in the original graph; inserted nodes (layout reorders, transposes, requantizers)
-    go to the kernel they feed, or failing that the one feeding them. Raises UnsupportedModel
-    naming the nodes that fit nowhere.
-    """
-    nodes = list(optimized.graph.node)
-    owner: dict[int, int] = {}
-    for i, n in enumerate(nodes):
-        # The name first: a fused node keeps its compute node's name (or output's, for NCHWc)
-        # even when it also absorbed a neighbour's add and activation and writes their output.
-        for c in _name_candidates(n.name):
-            if c in mk.node_kernel:
-                owner[i] = mk.node_kernel[c]
-                break
-            if c in mk.tensor_kernel:
-                owner[i] = mk.tensor_kernel[c]
-                break
-        else:
-            for t in n.output:
-                clean = t.removeprefix("InsertedPrecisionFreeCast_")
-                if clean in mk.tensor_kernel:
-                    owner[i] = mk.tensor_kernel[clean]
-                    break
+
+def _owner_by_neighbours(mk: ModelKernels, nodes: Sequence[onnx.NodeProto], owner: dict[int, int]) -> None:
+    """Give unowned nodes (inserted by the optimizer) the kernel they feed, or failing that the
+    one feeding them, until no more can be placed."""
     producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
     consumers: dict[str, list[int]] = {}
     for i, n in enumerate(nodes):
@@ -520,6 +539,19 @@ def attribute_runtime_nodes(mk: ModelKernels, optimized: onnx.ModelProto) -> dic
             if choice:
                 owner[i] = choice[0]
                 changed = True
+
+
+def attribute_runtime_nodes(mk: ModelKernels, optimized: onnx.ModelProto) -> dict[str, int]:
+    """Kernel index of every node of the runtime's optimized graph (by node name).
+
+    A node belongs to the kernel its name derives from, else to the kernel that produced one of
+    its outputs in the original graph; inserted nodes (layout reorders, transposes, requantizers)
+    go to the kernel they feed, or failing that the one feeding them. Raises UnsupportedModel
+    naming the nodes that fit nowhere.
+    """
+    nodes = list(optimized.graph.node)
+    owner = {i: k for i, n in enumerate(nodes) if (k := _owner_by_name(mk, n)) is not None}
+    _owner_by_neighbours(mk, nodes, owner)
     lost = [f"{nodes[i].op_type} {nodes[i].name!r}" for i in range(len(nodes)) if i not in owner]
     if lost:
         raise UnsupportedModel(f"runtime nodes that map to no kernel: {', '.join(lost[:5])}")

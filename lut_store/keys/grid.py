@@ -29,10 +29,12 @@ from __future__ import annotations
 import difflib
 import itertools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lut_store import kernels
+from lut_store.keys import ops
+from lut_store.keys.ops import NCHW, ConvSpec
 from lut_store.opkey import PRECISIONS, OpKey, OpKeyError
 from lut_store.tomlfile import read_toml
 
@@ -41,24 +43,26 @@ class GridError(ValueError):
     """A grid file that cannot be expanded; the message names the table and field."""
 
 
-def _conv(
-    batch: int,
-    in_channels: int,
-    size: int,
-    kernel: int,
-    precision: str,
-    out_channels: Any = "same",
-    stride: int = 1,
-    padding: int | None = None,
-    dilation: int = 1,
-    groups: int = 1,
-    bias: bool = True,
-    fuse: Sequence[str] = (),
-) -> OpKey:
-    out = in_channels if out_channels == "same" else out_channels
-    return kernels.conv(
-        batch, in_channels, size, size, out, kernel, stride, padding, dilation, groups, bias, tuple(fuse), precision
-    )
+@dataclass(frozen=True)
+class _ConvRow:
+    """One [[conv]] combination: a square input of `size`; out_channels "same" is in_channels."""
+
+    batch: int
+    in_channels: int
+    size: int
+    kernel: int
+    out_channels: Any = "same"
+    stride: int = 1
+    padding: int | None = None
+    dilation: int = 1
+    groups: int = 1
+    bias: bool = True
+    fuse: Sequence[str] = ()
+
+    def key(self, precision: str) -> OpKey:
+        out = self.in_channels if self.out_channels == "same" else self.out_channels
+        spec = ConvSpec(out, self.kernel, self.stride, self.padding, self.dilation, self.groups, self.bias)
+        return ops.conv(NCHW(self.batch, self.in_channels, self.size, self.size), spec, tuple(self.fuse), precision)
 
 
 def _pool(
@@ -71,21 +75,21 @@ def _pool(
     stride: int | None = None,
     padding: int = 0,
 ) -> OpKey:
-    return kernels.pool(kind, batch, channels, size, size, kernel, stride, padding, precision)
+    return ops.pool(kind, NCHW(batch, channels, size, size), kernel, stride, padding, precision)
 
 
 _BUILDERS: dict[str, Callable[..., OpKey]] = {
-    "conv": _conv,
-    "gemm": lambda precision, **kw: kernels.gemm(precision=precision, **kw),
-    "matmul": lambda precision, **kw: kernels.matmul(precision=precision, **kw),
+    "conv": lambda precision, **row: _ConvRow(**row).key(precision),
+    "gemm": lambda precision, **kw: ops.gemm(precision=precision, **kw),
+    "matmul": lambda precision, **kw: ops.matmul(precision=precision, **kw),
     "pool": _pool,
-    "global_avg_pool": lambda batch, channels, size, precision: kernels.global_avg_pool(
-        batch, channels, size, size, precision
+    "global_avg_pool": lambda batch, channels, size, precision: ops.global_avg_pool(
+        NCHW(batch, channels, size, size), precision
     ),
-    "elementwise": lambda op, shape, precision: kernels.elementwise(op, shape, precision),
-    "batch_norm": lambda batch, channels, size, precision: kernels.batch_norm(batch, channels, size, size, precision),
-    "concat": lambda shapes, precision, axis=1: kernels.concat(shapes, axis, precision),
-    "softmax": lambda shape, precision, axis=-1: kernels.softmax(shape, axis, precision),
+    "elementwise": lambda op, shape, precision: ops.elementwise(op, shape, precision),
+    "batch_norm": lambda batch, channels, size, precision: ops.batch_norm(NCHW(batch, channels, size, size), precision),
+    "concat": lambda shapes, precision, axis=1: ops.concat(shapes, axis, precision),
+    "softmax": lambda shape, precision, axis=-1: ops.softmax(shape, axis, precision),
 }
 # Fields whose single value is itself a list (a shape, a fuse chain): a list of them is a sweep.
 _LIST_VALUED = {"fuse": 1, "shape": 1, "a_shape": 1, "b_shape": 1, "shapes": 2}
