@@ -1,6 +1,6 @@
 """The dependency floors: protos < lut_store < device_agent < host (a package imports only
-those below it), host reaches device_agent only through its embedded agent, and an agent
-installs and runs without the training stack."""
+those below it), host reaches device_agent only through its embedded agent, no import cycles,
+functions of a readable size, and an agent that installs and runs without the training stack."""
 
 from __future__ import annotations
 
@@ -54,6 +54,102 @@ def test_host_imports_device_agent_only_in_its_embedded_agent():
         str(path.relative_to(ROOT)) for path in (ROOT / "host").rglob("*.py") if "device_agent" in _imports(path)
     )
     assert importers == ["host/embedded.py"]
+
+
+PACKAGES = ("protos", "lut_store", "device_agent", "host")
+
+
+def _modules() -> dict[str, Path]:
+    """Every project module by dotted name (a package by its own name)."""
+    modules = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            modules[name] = path
+    return modules
+
+
+def _project_imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules `path` imports, at module level or inside functions; imports under
+    `if TYPE_CHECKING:` are for annotations only and do not count."""
+    tree = ast.parse(path.read_text())
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for stmt in node.body
+        for inner in ast.walk(stmt)
+    }
+    named = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            named.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            named.add(node.module)
+            named.update(f"{node.module}.{a.name}" for a in node.names)  # a submodule imported by name
+    found = set()
+    for name in named:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        if name:
+            found.add(name)
+    return found
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import each other, directly or through others (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while not group or group[-1] != v:
+                group.append(stack.pop())
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return groups
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert _cycles(graph) == [["a", "b", "c"]]
+
+
+def test_no_import_cycles():
+    """A lazy import that closes a cycle is still a cycle: it only moves the failure to run time."""
+    modules = _modules()
+    graph = {name: _project_imports(path, modules) - {name} for name, path in modules.items()}
+    assert _cycles(graph) == []
+
+
+def test_functions_stay_readable():
+    """ruff caps complexity, arguments and statements (pyproject.toml); lines are capped here."""
+    long = []
+    for package in (*PACKAGES, "bench", "tests"):
+        for path in (ROOT / package).rglob("*.py"):
+            if path.name.endswith(("_pb2.py", "_pb2_grpc.py")):
+                continue  # generated
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert long == []
 
 
 def test_agent_commands_do_not_load_torch():
