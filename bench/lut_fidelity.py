@@ -41,11 +41,10 @@ from host.embedded import embedded_agent
 from host.latency.predict import LatencyPredictor
 from host.latency.variants import export_variant, model_limits, random_policy
 from lut_store.modelkeys import model_kernels
-from lut_store.opkey import precision_from_proto
+from lut_store.precision import device_precisions
 from lut_store.store import open_store
 
 KEEP_RATIOS = (0.25, 0.5, 0.75, 1.0)
-BITS_OF = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -113,7 +112,7 @@ def main() -> int:
             open_store(f"sqlite:///{tmp / 'lut.sqlite'}") as store,
         ):
             info = client.info()
-            bits = [BITS_OF[precision_from_proto(p.precision)] for p in info.precisions if p.supported]
+            bits = [p.weight_bits for p in device_precisions(info)]
             variants = []
             for name in args.models.split(","):
                 limits = model_limits(name)

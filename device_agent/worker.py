@@ -213,9 +213,10 @@ class Worker:
 
     def probe(self) -> ProbeResult:
         from lut_store import kernels
+        from lut_store.precision import Precision
 
         precisions = []
-        for precision in ("fp32", "fp16", "int8", "int4"):
+        for precision in Precision:
             key = kernels.conv(1, 16, 8, 8, 16, 3, fuse=("relu",), precision=precision)
             precisions.append((precision, *self._probe_precision(key)))
         return ProbeResult(

@@ -75,10 +75,10 @@ def cmd_agent_info(args: argparse.Namespace) -> int:
         f"gpus         {', '.join(g.name for g in fp.gpus) or 'none'}",
         f"runtime      onnxruntime {fp.onnxruntime_version}, {fp.execution_provider}, {fp.intra_op_threads} threads",
     ]
-    from lut_store.opkey import precision_from_proto
+    from lut_store.precision import Precision
 
     for p in info.precisions:
-        lines.append(f"{precision_from_proto(p.precision):<12} {'yes' if p.supported else 'no '}  {p.note}")
+        lines.append(f"{Precision.from_proto(p.precision):<12} {'yes' if p.supported else 'no '}  {p.note}")
     _emit(message_dict(info), args.json, "\n".join(lines))
     return 0
 

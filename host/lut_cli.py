@@ -47,7 +47,7 @@ def cmd_lut_build(args: argparse.Namespace) -> int:
     from host.fleet import resolve
     from lut_store.build import build_lut, report_dict
     from lut_store.fingerprint import differences
-    from lut_store.opkey import precision_from_proto
+    from lut_store.precision import device_precisions
 
     entries = [resolve(d, args.devices_file, args.token_file, args.tls_ca, args.tls_server_name) for d in args.device]
     with ExitStack() as stack:
@@ -61,8 +61,7 @@ def cmd_lut_build(args: argparse.Namespace) -> int:
                 f"(e.g. {diff}); one LUT version covers one fingerprint: build them separately"
             )
         info = infos[0]
-        supported = [precision_from_proto(p.precision) for p in info.precisions if p.supported]
-        precisions = args.precisions.split(",") if args.precisions else supported
+        precisions = args.precisions.split(",") if args.precisions else list(device_precisions(info))
         if args.grid:
             from lut_store.grid import load_grid
 

@@ -31,9 +31,9 @@ from host.search.controllers import make_controller
 from host.search.evaluate import Evaluator
 from host.search.loop import Baseline, Episode, run_episodes
 from host.search.reward import latency_constraint
-from host.search.run import BITS_OF, SearchConfig
+from host.search.run import SearchConfig
 from host.search.space import ParamCounter, SearchSpace, describe_layers
-from lut_store.opkey import precision_from_proto
+from lut_store.precision import device_precisions
 from lut_store.tomlfile import ConfigError
 
 CONTROLLER = "amc+haq"  # the stage's name in its episodes.jsonl
@@ -111,8 +111,7 @@ def search_precisions(config: SearchConfig, base: Policy, out: Path, progress: b
         for p in pruned.parameters():  # Torch-Pruning skips frozen layers
             p.requires_grad_(True)
         prune(pruned, base, example, config.round_to)
-        supported = {precision_from_proto(p.precision) for p in client.info().precisions if p.supported}
-        bits = tuple(config.bits) or tuple(sorted((BITS_OF[p] for p in supported if p in BITS_OF), reverse=True))
+        bits = tuple(config.bits) or tuple(p.weight_bits for p in device_precisions(client.info()))
         plain = SearchSpace(config.model, describe_layers(pruned, example), bits, config.min_keep, config.max_keep)
         space = FixedKeepSpace.around(plain, base)
         # The estimator fits each layer's latency against its keep-ratio, so it sees the unrestricted space.

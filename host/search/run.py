@@ -43,9 +43,8 @@ from host.search.ppo import PPOConfig
 from host.search.reward import RewardConfig, reward
 from host.search.space import ParamCounter, SearchSpace, describe_layers
 from host.search.surrogate import RewardSurrogate, layer_sensitivity
+from lut_store.precision import device_precisions
 from lut_store.tomlfile import ConfigError, from_mapping, read_toml
-
-BITS_OF = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
 
 
 @dataclass(frozen=True)
@@ -192,8 +191,7 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
             "address": config.device or "embedded",
         }
         write_json(out / "device.json", device_doc)
-        runs = {p["precision"] for p in device_doc["precisions"] if p["supported"]}
-        bits = tuple(config.bits) or tuple(sorted((BITS_OF[p] for p in runs if p in BITS_OF), reverse=True))
+        bits = tuple(config.bits) or tuple(p.weight_bits for p in device_precisions(info))
 
         final_dir = out / "final"
         final_dir.mkdir(exist_ok=True)
