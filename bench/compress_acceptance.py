@@ -41,6 +41,7 @@ def main() -> int:
     logs.configure()  # logs to stderr: stdout is the JSON document
 
     from host.models import build_model
+    from lut_store.precision import Precision
 
     config = CompressConfig(
         model="resnet18",
@@ -51,7 +52,7 @@ def main() -> int:
         benchmark_batch=1,
     )
     names = [lim.name for lim in layer_limits(build_model("resnet18", 6, (3, 64, 64)), torch.zeros(1, 3, 64, 64))]
-    policy = Policy.uniform("resnet18", names, 0.5, 8, {"fc": LayerAction(1.0, 8)})
+    policy = Policy.uniform("resnet18", names, 0.5, Precision.INT8, {"fc": LayerAction(1.0, Precision.INT8)})
     out = args.out or Path(tempfile.mkdtemp(prefix="hadmc-acceptance-"))
     s = run_compress(config, policy, out, progress=True)
     a = s.accuracy

@@ -112,12 +112,12 @@ def main() -> int:
             open_store(f"sqlite:///{tmp / 'lut.sqlite'}") as store,
         ):
             info = client.info()
-            bits = [p.weight_bits for p in device_precisions(info)]
+            precisions = device_precisions(info)
             variants = []
             for name in args.models.split(","):
                 limits = model_limits(name)
                 for i in range(args.variants):
-                    policy = random_policy(name, limits, rng, KEEP_RATIOS, bits)
+                    policy = random_policy(name, limits, rng, KEEP_RATIOS, precisions)
                     variants.append((name, export_variant(name, policy, tmp / f"{name}_{i}.onnx", seed=i)))
             report["export_s"] = time.monotonic() - t0
             predictor = LatencyPredictor.for_device(store, client)

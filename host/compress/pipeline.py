@@ -218,7 +218,7 @@ def run_compress(
 
     baseline_onnx, compressed_onnx = out / "baseline_fp32.onnx", out / "compressed.onnx"
     export_onnx(teacher, baseline_onnx, shape, config.opset)
-    layers_per_bits = export_policy_model(student, policy, compressed_onnx, shape, config.opset)
+    layers_per_precision = export_policy_model(student, policy, compressed_onnx, shape, config.opset)
     summary = Summary(config.model, data.name, json.loads(policy.to_json()), cached)
     summary.accuracy = {
         "baseline_val_torch": accuracy(teacher, loaders.val),
@@ -245,7 +245,7 @@ def run_compress(
     }
     summary.distill_loss = report.epoch_loss
     summary.files = {"baseline_onnx": str(baseline_onnx), "compressed_onnx": str(compressed_onnx)}
-    summary.size["layers_per_bits"] = {str(b): n for b, n in layers_per_bits.items()}
+    summary.size["layers_per_precision"] = {str(p): n for p, n in layers_per_precision.items()}
     times["total_s"] = time.monotonic() - t0
     summary.seconds = times
     write_json(out / "policy.json", json.loads(policy.to_json()))

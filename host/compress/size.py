@@ -37,13 +37,14 @@ def _weight_numel(module: nn.Module) -> int:
 
 
 def size_report(model: nn.Module, policy: Policy, baseline_params: int) -> SizeReport:
-    """Weights of each policy layer count at its bits; everything else (biases, norms) at 32."""
+    """Weights of each policy layer count at its precision's storage bits; everything else
+    (biases, norms) at 32."""
     modules = dict(model.named_modules())
     total = sum(p.numel() for p in model.parameters())
     bits_total = 32 * total
     for name, action in policy.layers.items():
         weights = _weight_numel(modules[name])
-        bits_total -= (32 - action.bits) * weights
+        bits_total -= (32 - action.precision.weight_bits) * weights
     return SizeReport(
         params=total,
         fp32_bytes=4 * total,

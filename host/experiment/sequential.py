@@ -33,7 +33,7 @@ from host.search.loop import Baseline, Episode, run_episodes
 from host.search.reward import latency_constraint
 from host.search.run import SearchConfig
 from host.search.space import ParamCounter, SearchSpace, describe_layers
-from lut_store.precision import device_precisions
+from lut_store.precision import Precision, device_precisions
 from lut_store.tomlfile import ConfigError
 
 CONTROLLER = "amc+haq"  # the stage's name in its episodes.jsonl
@@ -58,20 +58,20 @@ class FixedKeepSpace(SearchSpace):
         return cls(
             space.model,
             space.layers,
-            space.bits,
+            space.precisions,
             space.min_keep,
             space.max_keep,
             space.latency_share,
             tuple(base.layers[layer.name].keep_ratio for layer in space.layers),
         )
 
-    def policy(self, keeps: Sequence[float], bits: Sequence[int]) -> Policy:
+    def policy(self, keeps: Sequence[float], precisions: Sequence[Precision]) -> Policy:
         """The base policy's keep-ratios with these precisions (`keeps` is ignored)."""
         return Policy(
             self.model,
             {
-                layer.name: LayerAction(keep, int(b))
-                for layer, keep, b in zip(self.layers, self.keep_ratios, bits, strict=True)
+                layer.name: LayerAction(keep, precision)
+                for layer, keep, precision in zip(self.layers, self.keep_ratios, precisions, strict=True)
             },
         )
 
@@ -111,8 +111,10 @@ def search_precisions(config: SearchConfig, base: Policy, out: Path, progress: b
         for p in pruned.parameters():  # Torch-Pruning skips frozen layers
             p.requires_grad_(True)
         prune(pruned, base, example, config.round_to)
-        bits = tuple(config.bits) or tuple(p.weight_bits for p in device_precisions(client.info()))
-        plain = SearchSpace(config.model, describe_layers(pruned, example), bits, config.min_keep, config.max_keep)
+        precisions = tuple(config.precisions) or device_precisions(client.info())
+        plain = SearchSpace(
+            config.model, describe_layers(pruned, example), precisions, config.min_keep, config.max_keep
+        )
         space = FixedKeepSpace.around(plain, base)
         # The estimator fits each layer's latency against its keep-ratio, so it sees the unrestricted space.
         estimate = latency_estimator(
@@ -120,7 +122,7 @@ def search_precisions(config: SearchConfig, base: Policy, out: Path, progress: b
         )
         fp32_path = export_variant(
             config.model,
-            space.policy((), [32] * len(plain.layers)),
+            space.policy((), [Precision.FP32] * len(plain.layers)),
             out / "pruned_fp32.onnx",
             len(data.classes),
             shape,

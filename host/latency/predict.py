@@ -28,6 +28,7 @@ from host.latency import LatencyError
 from lut_store.build import acquire, default_owner
 from lut_store.modelkeys import Kernel, UnsupportedModel, model_kernels
 from lut_store.opkey import OpKey
+from lut_store.precision import Precision
 from lut_store.records import (
     BuildInProgress,
     Entry,
@@ -48,7 +49,7 @@ class KernelEstimate:
 
     name: str
     kind: str
-    precision: str
+    precision: Precision
     key_hash: str
     latency_ms: float
     version_id: int | None

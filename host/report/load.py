@@ -1,5 +1,5 @@
-"""Read and check a search run directory (the files `hadmc search` writes, DESIGN.md "Results on
-disk") into typed records the plots and the HTML page share.
+"""Read and check a search run directory (the files `hadmc search` writes) into typed records the
+plots and the HTML page share.
 
 A measurement that could not be made is `None` here and "not measured" in the report, never 0.
 Anything else that is missing or of the wrong type is a `ReportError` naming the file and the field.
@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lut_store.precision import Precision
 
 LATENCY_KEYS = ("median_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms")
 
@@ -35,11 +37,11 @@ class MeasuredLatency:
 
 @dataclass(frozen=True)
 class LayerChoice:
-    """One layer of a policy: keep-ratio, precision in bits, quantization granularity."""
+    """One layer of a policy: keep-ratio, precision, quantization granularity."""
 
     layer: str
     keep_ratio: float
-    bits: int
+    precision: Precision
     granularity: str
 
 
@@ -154,6 +156,12 @@ class _Doc:
             raise ReportError(f"{self.file}: {self._path(key)} should be a string, got {_kind(value)}")
         return value
 
+    def precision(self, key: str) -> Precision:
+        try:
+            return Precision(self.string(key))
+        except ValueError as exc:
+            raise ReportError(f"{self.file}: {self._path(key)}: {exc}") from None
+
     def maybe_obj(self, key: str) -> _Doc | None:
         value = self._value(key, True)
         return None if value is None else _Doc(value, self.file, self._path(key))
@@ -197,7 +205,7 @@ def _layers(policy: _Doc) -> tuple[LayerChoice, ...]:
             LayerChoice(
                 name,
                 action.number("keep_ratio"),
-                action.integer("bits"),
+                action.precision("precision"),
                 action.doc.get("granularity") if isinstance(action.doc.get("granularity"), str) else "",
             )
         )

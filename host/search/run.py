@@ -43,7 +43,7 @@ from host.search.ppo import PPOConfig
 from host.search.reward import RewardConfig, reward
 from host.search.space import ParamCounter, SearchSpace, describe_layers
 from host.search.surrogate import RewardSurrogate, layer_sensitivity
-from lut_store.precision import device_precisions
+from lut_store.precision import Precision, device_precisions
 from lut_store.tomlfile import ConfigError, from_mapping, read_toml
 
 
@@ -60,7 +60,7 @@ class SearchConfig:
     # rank policies, not train them (keep 0.9 / 0.7 / 0.5 / 0.3 int8: 94 / 95 / 93 / 73%).
     episode_distill: DistillConfig = DistillConfig(epochs=1, lr=3e-4)
     final_distill: DistillConfig = DistillConfig(epochs=20)
-    bits: list[int] = field(default_factory=list)  # empty: every precision the device runs
+    precisions: list[Precision] = field(default_factory=list)  # empty: every precision the device runs
     min_keep: float = 0.2  # pruning ratio at most 0.8
     max_keep: float = 0.9  # pruning ratio at least 0.1
     reward: RewardConfig = RewardConfig()
@@ -191,7 +191,7 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
             "address": config.device or "embedded",
         }
         write_json(out / "device.json", device_doc)
-        bits = tuple(config.bits) or tuple(p.weight_bits for p in device_precisions(info))
+        precisions = tuple(config.precisions) or device_precisions(info)
 
         final_dir = out / "final"
         final_dir.mkdir(exist_ok=True)
@@ -219,7 +219,9 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
 
         layers = describe_layers(teacher, example, layer_limits(teacher, example))
         try:
-            space = latency_shares(SearchSpace(config.model, layers, bits, config.min_keep, config.max_keep), base_pred)
+            space = latency_shares(
+                SearchSpace(config.model, layers, precisions, config.min_keep, config.max_keep), base_pred
+            )
         except ValueError as exc:  # a bad keep range, or a model whose layers have no kernel of their own
             raise ConfigError(str(exc)) from None
         train_set = tensor_dataset(data, "train")
