@@ -336,7 +336,10 @@ def test_stored_teacher_outputs_train_the_student_as_the_live_teacher_does():
 
 
 def test_size_accounting_counts_each_layer_at_its_precisions_storage_bits():
-    from host.compress.size import size_report
+    from host.compress.size import effective_bytes, size_report
+
+    # 10 parameters: 3 int4 weights, 2 fp16 weights, 5 others at 32 bits = 204 bits -> 26 bytes.
+    assert effective_bytes(10, [(Precision.INT4W, 3), (Precision.FP16, 2)]) == 26
 
     model = build_model("resnet18", 6, (3, 64, 64))
     baseline = count_params(model)

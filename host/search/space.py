@@ -246,10 +246,12 @@ class ParamCounter:
         keep = self._group_keep(policy)
         return self.fixed + sum(self._kept(keep, t) for t in self.terms)
 
+    def kept_weights(self, policy: Policy) -> dict[str, int]:
+        """Per Conv2d/Linear layer, the weights `prune` would leave it."""
+        keep = self._group_keep(policy)
+        return {name: self._kept(keep, t) for name, t in self.layer_terms.items()}
+
     def kept_fraction(self, policy: Policy) -> dict[str, float]:
         """Per Conv2d/Linear layer, the fraction of its weights (and so of its multiply-adds) kept."""
-        keep = self._group_keep(policy)
-        return {
-            name: self._kept(keep, t) / (t.factor * t.out_channels * t.in_channels)
-            for name, t in self.layer_terms.items()
-        }
+        kept = self.kept_weights(policy)
+        return {name: kept[name] / (t.factor * t.out_channels * t.in_channels) for name, t in self.layer_terms.items()}

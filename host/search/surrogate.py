@@ -3,7 +3,7 @@ surrogate rewards, with its Fisher sensitivity as the accuracy model's prior).
 
 A real episode costs seconds (compress, fine-tune, validate, LUT lookup); the surrogate scores a
 policy in well under a millisecond from three parts:
-- size: exact, from channel counts and each precision's weight storage bits (`ParamCounter`);
+- size: exact, `size.effective_bytes` on the weight counts `ParamCounter` derives from channels;
 - latency: the LUT's per-layer `LatencyEstimator`, plus what it misses, fitted on the real
   episodes: an offset and a cost per activation element crossing a precision boundary (int8
   activations to float, float to fp16: the runtime inserts conversions there);
@@ -26,6 +26,7 @@ from scipy.optimize import lsq_linear
 from torch import nn
 
 from host.compress.policy import Policy
+from host.compress.size import effective_bytes
 from host.search.budget import LatencyEstimator
 from host.search.reward import RewardConfig, reward
 from host.search.space import ParamCounter, SearchSpace
@@ -124,18 +125,9 @@ class RewardSurrogate:
         return total
 
     def size_bytes(self, policy: Policy) -> int:
-        kept = self.counter.kept_fraction(policy)
-        bits_total = 32 * self.counter(policy)
-        for name in self._names:
-            t = self.counter.layer_terms[name]
-            bits_total -= (
-                (32 - policy.layers[name].precision.weight_bits)
-                * kept[name]
-                * t.factor
-                * t.out_channels
-                * t.in_channels
-            )
-        return int((bits_total + 7) // 8)
+        """What `size_report` gives for the pruned model, without pruning it."""
+        kept = self.counter.kept_weights(policy)
+        return effective_bytes(self.counter(policy), ((policy.layers[n].precision, kept[n]) for n in self._names))
 
     @property
     def fitted(self) -> bool:
