@@ -260,8 +260,8 @@ def test_a_fixed_keep_space_leaves_haq_only_the_precisions():
     from host.compress.policy import Policy
     from host.experiment.sequential import FixedKeepSpace
     from host.models import build_model
-    from host.search.controllers import make_controller
     from host.search.ppo import PPOConfig
+    from host.search.registry import make_controller
     from host.search.reward import latency_constraint
     from host.search.space import SearchSpace, describe_layers
     from lut_store.precision import Precision

@@ -15,8 +15,8 @@ import torch
 
 from host.compress.prune import layer_limits
 from host.models import build_model
-from host.search.controllers import make_controller
 from host.search.ppo import PPOConfig, gae
+from host.search.registry import make_controller
 from host.search.run import load_search_config, run_search
 from host.search.space import SearchSpace, describe_layers
 from lut_store.precision import Precision

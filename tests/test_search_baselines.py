@@ -17,10 +17,10 @@ from host.search.baselines import (
     DQNConfig,
     lower_precisions,
 )
-from host.search.controllers import CONTROLLERS, make_controller
 from host.search.evaluate import EpisodeResult
 from host.search.loop import run_episodes
 from host.search.ppo import PPOConfig
+from host.search.registry import CONTROLLERS, make_controller
 from host.search.reward import Constraint, latency_constraint, params_constraint
 from host.search.space import ParamCounter, SearchSpace
 from lut_store.precision import Precision

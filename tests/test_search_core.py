@@ -14,10 +14,10 @@ import torch
 from host.compress.policy import Policy, validate
 from host.compress.prune import layer_limits, prune
 from host.models import build_model
-from host.search.controllers import make_controller
 from host.search.evaluate import EpisodeResult
 from host.search.loop import Baseline, run_episodes
 from host.search.ppo import PPOConfig, clipped_surrogate, gae
+from host.search.registry import make_controller
 from host.search.reward import (
     RewardConfig,
     latency_constraint,

@@ -17,10 +17,10 @@ from host.compress.prune import layer_limits, prune
 from host.compress.size import size_report
 from host.models import build_model
 from host.search.budget import LatencyEstimator
-from host.search.controllers import make_controller
 from host.search.evaluate import EpisodeResult
 from host.search.loop import Baseline, run_episodes
 from host.search.ppo import PPOConfig
+from host.search.registry import make_controller
 from host.search.reward import RewardConfig
 from host.search.space import ParamCounter, SearchSpace, describe_layers
 from host.search.surrogate import RewardSurrogate, layer_sensitivity

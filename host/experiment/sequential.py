@@ -27,9 +27,9 @@ from host.compress.train import trained_baseline
 from host.latency.variants import export_variant
 from host.progress import Progress
 from host.search.budget import latency_estimator, latency_shares
-from host.search.controllers import make_controller
 from host.search.evaluate import Evaluator
 from host.search.loop import Baseline, Episode, run_episodes
+from host.search.registry import make_controller
 from host.search.reward import latency_constraint
 from host.search.run import SearchConfig
 from host.search.space import ParamCounter, SearchSpace, describe_layers

@@ -2,10 +2,11 @@
 
 - `ppo`: the hybrid PPO agent walking the layers (state per layer, previous action included);
 - `random`: uniform keep-ratios and precisions, the same budget: a controller has to beat it;
-- `uniform`: a small grid of uniform keep-ratios x precisions, in a fixed order;
-- `amc`, `haq`, `dqn`: the papers' baselines on Stable-Baselines3 (`host.search.baselines`).
-Each keeps its whole state (networks, optimisers, random generators) in `state_dict()`, so a
-killed run resumes with no episode lost or repeated.
+- `uniform`: a small grid of uniform keep-ratios x precisions, in a fixed order.
+The papers' baselines (`amc`, `haq`, `dqn`) build on this interface (`host.search.baselines`);
+`host.search.registry` makes any controller by name. Each keeps its whole state (networks,
+optimisers, random generators) in `state_dict()`, so a killed run resumes with no episode lost
+or repeated.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from host.search.space import SearchSpace
 from lut_store.precision import Precision
 
 if TYPE_CHECKING:
-    from host.search.baselines import DDPGConfig, DQNConfig
     from host.search.evaluate import EpisodeResult
     from host.search.surrogate import RewardSurrogate
 
@@ -192,36 +192,3 @@ class UniformController(Controller):
     def _choose(self, episode: int) -> Choose:
         keep, precision = self.grid[episode % len(self.grid)]
         return lambda t, free, prev_keep, prev: (keep, precision)
-
-
-CONTROLLERS = ("ppo", "random", "uniform", "amc", "haq", "dqn")
-
-
-def make_controller(
-    name: str,
-    space: SearchSpace,
-    ppo: PPOConfig,
-    seed: int,
-    constraint: Constraint | None = None,
-    ddpg: DDPGConfig | None = None,
-    dqn: DQNConfig | None = None,
-    surrogate: RewardSurrogate | None = None,
-) -> Controller:
-    """A controller by name; `constraint` bounds every policy it proposes (optional, but `amc`
-    needs a target and `haq` a latency budget). `ddpg` configures amc and haq, `dqn` the DQN
-    (their defaults when None); `surrogate` lets ppo practise between real episodes."""
-    if name == "ppo":
-        return PPOController(space, ppo, seed, constraint, surrogate)
-    if name == "random":
-        return RandomController(space, seed, constraint)
-    if name == "uniform":
-        return UniformController(space, constraint)
-    if name in ("amc", "haq", "dqn"):
-        # Imported here: it imports Controller from this module, and Stable-Baselines3.
-        from host.search import baselines
-
-        if name == "dqn":
-            return baselines.DQNController(space, constraint, dqn or baselines.DQNConfig(), seed)
-        learner = baselines.AMCController if name == "amc" else baselines.HAQController
-        return learner(space, constraint, ddpg or baselines.DDPGConfig(), seed)
-    raise ValueError(f"unknown controller {name!r}; choices: {', '.join(CONTROLLERS)}")

@@ -36,10 +36,11 @@ from host.compress.train import TrainConfig, accuracy, trained_baseline
 from host.jsonfile import write_json
 from host.progress import Progress
 from host.search.budget import latency_estimator, latency_shares, search_constraint
-from host.search.controllers import CONTROLLERS, Controller, make_controller
+from host.search.controllers import Controller
 from host.search.evaluate import Evaluator
 from host.search.loop import Baseline, Episode, run_episodes
 from host.search.ppo import PPOConfig
+from host.search.registry import CONTROLLERS, make_controller
 from host.search.reward import RewardConfig, reward
 from host.search.space import ParamCounter, SearchSpace, describe_layers
 from host.search.surrogate import RewardSurrogate, layer_sensitivity
