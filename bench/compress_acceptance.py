@@ -36,6 +36,9 @@ def main() -> int:
     from host.latency.variants import model_limits
 
     logs.configure()  # logs to stderr: stdout is the JSON document
+
+    from lut_store.precision import Precision
+
     config = CompressConfig(
         model="resnet18",
         data=DataConfig(name="synthetic-neu-det", seed=args.seed),
@@ -44,7 +47,7 @@ def main() -> int:
         device=DeviceConfig(threads=1, benchmark_batch=1),
     )
     names = [lim.name for lim in model_limits("resnet18")]
-    policy = Policy.uniform("resnet18", names, 0.5, 8, {"fc": LayerAction(1.0, 8)})
+    policy = Policy.uniform("resnet18", names, 0.5, Precision.INT8, {"fc": LayerAction(1.0, Precision.INT8)})
     out = args.out or Path(tempfile.mkdtemp(prefix="hadmc-acceptance-"))
     s = run_compress(config, policy, out, progress=True)
     base, c = s.baseline, s.compressed

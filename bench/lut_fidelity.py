@@ -29,6 +29,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +40,10 @@ from host.device import Device, DeviceConfig, open_device
 from host.latency.predict import LatencyPredictor
 from host.latency.variants import export_variant, model_limits, random_policy
 from lut_store.keys.graph import model_kernels
-from lut_store.opkey import precision_from_proto
+from lut_store.precision import Precision, device_precisions
 from lut_store.store import open_store
 
 KEEP_RATIOS = (0.25, 0.5, 0.75, 1.0)
-BITS_OF = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -100,7 +100,7 @@ def main() -> int:
         open_device(DeviceConfig(threads=args.threads)) as device,
         open_store(f"sqlite:///{Path(tmp_name) / 'lut.sqlite'}") as store,
     ):
-        precisions = [precision_from_proto(p.precision) for p in device.info().precisions if p.supported]
+        precisions = device_precisions(device.info())
         variants = export_variants(args.models.split(","), args.variants, precisions, rng, Path(tmp_name))
         report["export_s"] = time.monotonic() - t0
         predictor = LatencyPredictor.for_device(store, device)
@@ -122,15 +122,14 @@ def main() -> int:
 
 
 def export_variants(
-    models: list[str], count: int, precisions: list[str], rng: random.Random, tmp: Path
+    models: list[str], count: int, precisions: Sequence[Precision], rng: random.Random, tmp: Path
 ) -> list[tuple[str, Path]]:
     """`count` random untrained variants of each model, exported."""
-    bits = [BITS_OF[p] for p in precisions]
     variants = []
     for name in models:
         limits = model_limits(name)
         for i in range(count):
-            policy = random_policy(name, limits, rng, KEEP_RATIOS, bits)
+            policy = random_policy(name, limits, rng, KEEP_RATIOS, precisions)
             variants.append((name, export_variant(name, policy, tmp / f"{name}_{i}.onnx", seed=i)))
     return variants
 

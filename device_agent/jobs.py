@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lut_store.precision import Precision
 from protos.hadmc.v1 import common_pb2
 
 
@@ -85,7 +86,7 @@ class ProbeResult:
     execution_provider: str
     provider_options: dict[str, str]
     # (precision, supported, note)
-    precisions: list[tuple[str, bool, str]] = field(default_factory=list)
+    precisions: list[tuple[Precision, bool, str]] = field(default_factory=list)
 
 
 class JobError(Exception):

@@ -30,7 +30,8 @@ from lut_store.exchange import diff_versions
 from lut_store.fingerprint import differences, document
 from lut_store.interface import LutStore
 from lut_store.keys.grid import load_grid
-from lut_store.opkey import OpKey, precision_from_proto
+from lut_store.opkey import OpKey
+from lut_store.precision import device_precisions
 from lut_store.records import StoreError, UnknownVersion
 from lut_store.store import open_store
 from protos.hadmc.v1 import agent_pb2, common_pb2
@@ -164,7 +165,7 @@ class Nightly:
                 key = OpKey.from_json(entry.key_json)
                 if key.context == "isolated":  # in-model keys are re-measured in their models, on demand
                     keys.setdefault(key.hash, key)
-        precisions = [precision_from_proto(p.precision) for p in self._info.precisions if p.supported]
+        precisions = device_precisions(self._info)
         for grid in self.config.grids:
             for key in load_grid(Path(grid), precisions):
                 keys.setdefault(key.hash, key)

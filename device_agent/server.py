@@ -36,7 +36,6 @@ from device_agent.jobs import (
 from device_agent.nightly import Nightly
 from device_agent.profiling import BadRequest, profile_one, resolve_settings
 from device_agent.runner import MeasurementRunner, QueueFull, RunnerClosed
-from lut_store.opkey import precision_to_proto
 from lut_store.records import BuildInProgress, StoreError
 from lut_store.rpc import bind, make_server, read_token
 from protos.hadmc.v1 import agent_pb2, agent_pb2_grpc, common_pb2
@@ -246,7 +245,7 @@ def _device_info(config: AgentConfig, probe: ProbeResult, threads: int) -> agent
     fp = fingerprint.collect(probe, threads, config.inter_op_threads)
     info = agent_pb2.DeviceInfo(fingerprint=fp, fingerprint_hash=fingerprint.hash_of(fp))
     for precision, supported, note in probe.precisions:
-        info.precisions.add(precision=precision_to_proto(precision), supported=supported, note=note)
+        info.precisions.add(precision=precision.proto, supported=supported, note=note)
     info.limits.CopyFrom(
         agent_pb2.AgentLimits(
             max_model_bytes=config.max_model_bytes,

@@ -213,9 +213,10 @@ class Worker:
 
     def probe(self) -> ProbeResult:
         from lut_store.keys.ops import NCHW, ConvSpec, conv
+        from lut_store.precision import Precision
 
         precisions = []
-        for precision in ("fp32", "fp16", "int8", "int4"):
+        for precision in Precision:
             key = conv(NCHW(1, 16, 8, 8), ConvSpec(16, 3), fuse=("relu",), precision=precision)
             precisions.append((precision, *self._probe_precision(key)))
         return ProbeResult(

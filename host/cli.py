@@ -12,6 +12,7 @@ from typing import Any
 
 from host import lut_cli
 from host.cli_common import CliError, add_device_args, emit, resolve_device
+from lut_store.precision import Precision
 
 EXIT_ERROR = 1
 
@@ -47,10 +48,8 @@ def cmd_agent_info(args: argparse.Namespace) -> int:
         f"gpus         {', '.join(g.name for g in fp.gpus) or 'none'}",
         f"runtime      onnxruntime {fp.onnxruntime_version}, {fp.execution_provider}, {fp.intra_op_threads} threads",
     ]
-    from lut_store.opkey import precision_from_proto
-
     for p in info.precisions:
-        lines.append(f"{precision_from_proto(p.precision):<12} {'yes' if p.supported else 'no '}  {p.note}")
+        lines.append(f"{Precision.from_proto(p.precision):<12} {'yes' if p.supported else 'no '}  {p.note}")
     emit(message_dict(info), args.json, "\n".join(lines))
     return 0
 
@@ -189,11 +188,13 @@ def cmd_policy_init(args: argparse.Namespace) -> int:
     shape = tuple(int(d) for d in args.input_shape.split(","))
     limits = layer_limits(build_model(args.model, args.classes, shape), torch.zeros((1, *shape)))
     names = [lim.name for lim in limits]
-    overrides = {lim.name: LayerAction(1.0, args.bits) for lim in limits if lim.group is None}
-    if args.edge_bits:
-        overrides[names[0]] = LayerAction(args.keep, args.edge_bits)
-        overrides[names[-1]] = LayerAction(1.0, args.edge_bits)
-    policy = Policy.uniform(args.model, names, args.keep, args.bits, overrides)
+    precision = Precision(args.precision)
+    overrides = {lim.name: LayerAction(1.0, precision) for lim in limits if lim.group is None}
+    if args.edge_precision:
+        edge = Precision(args.edge_precision)
+        overrides[names[0]] = LayerAction(args.keep, edge)
+        overrides[names[-1]] = LayerAction(1.0, edge)
+    policy = Policy.uniform(args.model, names, args.keep, precision, overrides)
     args.output.write_text(policy.to_json())
     print(f"policy for {len(names)} layers of {args.model} written to {args.output}", file=sys.stderr)
     return 0
@@ -355,8 +356,8 @@ def _add_compress_parsers(sub: Any) -> None:
     init.add_argument("--classes", type=int, default=6)
     init.add_argument("--input-shape", default="3,64,64", help="without the batch axis, e.g. 3,64,64 or 30")
     init.add_argument("--keep", type=float, default=0.5, help="keep-ratio of every prunable layer")
-    init.add_argument("--bits", type=int, default=8, choices=(4, 8, 16, 32))
-    init.add_argument("--edge-bits", type=int, choices=(4, 8, 16, 32), help="bits of the first and last layer")
+    init.add_argument("--precision", default="int8", choices=[p.value for p in Precision], help="of every layer")
+    init.add_argument("--edge-precision", choices=[p.value for p in Precision], help="of the first and last layer")
     init.add_argument("-o", "--output", type=Path, required=True)
     init.set_defaults(func=cmd_policy_init)
 

@@ -41,7 +41,7 @@ def cmd_lut_build(args: argparse.Namespace) -> int:
     from host.agent_client import AgentClient
     from lut_store.build import BuildPlan, build_lut, report_dict
     from lut_store.fingerprint import differences, document
-    from lut_store.opkey import precision_from_proto
+    from lut_store.precision import device_precisions
 
     entries = [resolve_device(args, d) for d in args.device]
     with ExitStack() as stack:
@@ -55,8 +55,7 @@ def cmd_lut_build(args: argparse.Namespace) -> int:
                 f"(e.g. {diff}); one LUT version covers one fingerprint: build them separately"
             )
         info = infos[0]
-        supported = [precision_from_proto(p.precision) for p in info.precisions if p.supported]
-        precisions = args.precisions.split(",") if args.precisions else supported
+        precisions = args.precisions.split(",") if args.precisions else list(device_precisions(info))
         if args.grid:
             from lut_store.keys.grid import load_grid
 

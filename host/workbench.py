@@ -40,6 +40,7 @@ from host.latency.variants import variant_model
 from host.models import build_model
 from host.progress import FitProgress, Progress
 from host.runs import Baseline, FinalModel, Latency
+from lut_store.precision import Precision, device_precisions
 from lut_store.records import Version
 
 
@@ -146,11 +147,9 @@ class Workbench:
             )
         return self._limits
 
-    def device_precisions(self) -> tuple[str, ...]:
-        """The precisions the device's runtime runs (its probe at start)."""
-        from lut_store.opkey import precision_from_proto
-
-        return tuple(precision_from_proto(p.precision) for p in self.device.info().precisions if p.supported)
+    def device_precisions(self) -> tuple[Precision, ...]:
+        """The precisions the device's runtime runs (its probe at start), widest first."""
+        return device_precisions(self.device.info())
 
     def validate(self, policy: Policy) -> None:
         validate(policy, self.config.model, self.layer_limits())
@@ -183,7 +182,7 @@ class Workbench:
         exporter). Its layer map comes from an export of the teacher folded by the pipeline:
         the exporter names nodes by module scope, the same in both; checked, never assumed."""
         export_onnx(self.teacher, path, self.input_shape, self.config.compress.opset)
-        policy = Policy.uniform(self.config.model, [lim.name for lim in self.layer_limits()], 1.0, 32)
+        policy = Policy.uniform(self.config.model, [lim.name for lim in self.layer_limits()], 1.0, Precision.FP32)
         folded = copy.deepcopy(self.teacher)
         fold_batchnorm(folded)
         with tempfile.TemporaryDirectory() as tmp:

@@ -18,11 +18,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lut_store.precision import Precision
 from protos.hadmc.v1 import common_pb2
 
 DEFAULT_OPSET = 17
 KEY_FORMAT_VERSION = 1
-PRECISIONS = ("fp32", "fp16", "int8", "int4")
 # How a key's latency is measured: alone in a graph the agent builds ("isolated"), or as the sum of
 # the runtime nodes it became inside whole models, scaled to the measured model ("in-model").
 CONTEXTS = ("isolated", "in-model")
@@ -35,13 +35,6 @@ MAX_DIM = 1 << 31
 
 AttrValue = int | float | str | tuple[int, ...] | tuple[float, ...]
 
-_PRECISION_TO_PROTO = {
-    "fp32": common_pb2.PRECISION_FP32,
-    "fp16": common_pb2.PRECISION_FP16,
-    "int8": common_pb2.PRECISION_INT8,
-    "int4": common_pb2.PRECISION_INT4,
-}
-_PROTO_TO_PRECISION = {v: k for k, v in _PRECISION_TO_PROTO.items()}
 _CONTEXT_TO_PROTO = {"isolated": common_pb2.KEY_CONTEXT_ISOLATED, "in-model": common_pb2.KEY_CONTEXT_IN_MODEL}
 _PROTO_TO_CONTEXT = {v: k for k, v in _CONTEXT_TO_PROTO.items()}
 _ROLE_TO_PROTO = {
@@ -52,7 +45,7 @@ _ROLE_TO_PROTO = {
 _PROTO_TO_ROLE = {v: k for k, v in _ROLE_TO_PROTO.items()}
 _REF = re.compile(r"^(?:i(\d+)|n(\d+)(?:\.(\d+))?)$")
 _OP_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-_NEIGHBOR = r"(?:fp32|fp16|int8|int4|io)"
+_NEIGHBOR = rf"(?:{'|'.join(p.value for p in Precision)}|io)"
 _NEIGHBORS = re.compile(rf"^(?:in:{_NEIGHBOR}(?:,{_NEIGHBOR})*\|out:{_NEIGHBOR}(?:,{_NEIGHBOR})*)?$")
 
 # Attribute defaults the canonical form fills in when absent (ONNX semantics). Spatial defaults
@@ -76,6 +69,14 @@ _SPATIAL_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "Lp
 
 class OpKeyError(ValueError):
     """A malformed key; the message names the offending part."""
+
+
+def _precision(name: str) -> Precision:
+    """A key's precision from its name (a `Precision` is one); an unknown name is an OpKeyError."""
+    try:
+        return Precision(name)
+    except ValueError as exc:
+        raise OpKeyError(str(exc)) from None
 
 
 def _f32(x: float) -> float:
@@ -241,7 +242,7 @@ class OpKey:
 
     inputs: tuple[TensorSpec, ...]
     nodes: tuple[OpNode, ...]
-    precision: str = "fp32"
+    precision: Precision = Precision.FP32
     opset: int = DEFAULT_OPSET
     context: str = "isolated"
     neighbors: str = ""
@@ -261,8 +262,7 @@ class OpKey:
 
     def _check_fields(self) -> None:
         """Precision, context, neighbors and opset are ones the key format knows."""
-        if self.precision not in PRECISIONS:
-            raise OpKeyError(f"unknown precision {self.precision!r}; allowed: {list(PRECISIONS)}")
+        object.__setattr__(self, "precision", _precision(self.precision))
         if self.context not in CONTEXTS:
             raise OpKeyError(f"unknown measurement context {self.context!r}; allowed: {list(CONTEXTS)}")
         if self.neighbors and self.context != "in-model":
@@ -402,7 +402,7 @@ class OpKey:
 
     def to_proto(self) -> common_pb2.OpKey:
         msg = common_pb2.OpKey(
-            precision=_PRECISION_TO_PROTO[self.precision],
+            precision=self.precision.proto,
             opset=self.opset,
             context=_CONTEXT_TO_PROTO[self.context],
             neighbors=self.neighbors,
@@ -432,7 +432,10 @@ class OpKey:
 
     @classmethod
     def from_proto(cls, msg: common_pb2.OpKey) -> OpKey:
-        precision = precision_from_proto(msg.precision)
+        try:
+            precision = Precision.from_proto(msg.precision)
+        except ValueError as exc:
+            raise OpKeyError(str(exc)) from None
         inputs = []
         for t in msg.inputs:
             if t.role not in _PROTO_TO_ROLE:
@@ -461,18 +464,3 @@ class OpKey:
             _PROTO_TO_CONTEXT[msg.context],
             msg.neighbors,
         )
-
-
-def precision_to_proto(precision: str) -> int:
-    """'int8' -> common_pb2.PRECISION_INT8."""
-    if precision not in _PRECISION_TO_PROTO:
-        raise OpKeyError(f"unknown precision {precision!r}; allowed: {list(PRECISIONS)}")
-    return _PRECISION_TO_PROTO[precision]
-
-
-def precision_from_proto(value: int) -> str:
-    """common_pb2.PRECISION_INT8 -> 'int8'."""
-    if value not in _PROTO_TO_PRECISION:
-        names = sorted(common_pb2.Precision.Name(v) for v in _PRECISION_TO_PROTO.values())
-        raise OpKeyError(f"precision enum value {value} is unset or unknown; allowed: {names}")
-    return _PROTO_TO_PRECISION[value]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import sys
 import types
 import typing
@@ -42,10 +43,6 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return None if value is None else _coerce(args[0], value, where)
-    if tp is Path:
-        if not isinstance(value, (str, Path)):
-            raise ConfigError(f"{where} must be a path string")
-        return Path(value)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where} must be a list")
@@ -54,6 +51,21 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where} must be a table")
         return {str(k): str(v) for k, v in value.items()}
+    return _scalar(tp, value, where)
+
+
+def _scalar(tp: Any, value: Any, where: str) -> Any:
+    """A TOML scalar as field type `tp`: an Enum member by its value, a Path, a float from an
+    integer, else exactly the type."""
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    if tp is Path:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{where} must be a path string")
+        return Path(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool) and (type(value) is not tp):

@@ -16,23 +16,24 @@ from host.compress.policy import LayerAction, Policy, PolicyError, validate
 from host.compress.prune import count_params, layer_limits, prune, replay
 from host.compress.quant import apply_fake_quant
 from host.models import build_model
+from lut_store.precision import Precision
 
 EX = torch.zeros(1, 3, 64, 64)
 
 
-def uniform(name: str, keep: float, bits: int, model=None) -> tuple[Policy, list]:
+def uniform(name: str, keep: float, precision: Precision, model=None) -> tuple[Policy, list]:
     model = model or build_model(name, 6, (3, 64, 64))
     limits = layer_limits(model, EX)
     head = [lim.name for lim in limits if lim.group is None]
     return Policy.uniform(
-        name, [lim.name for lim in limits], keep, bits, {h: LayerAction(1.0, bits) for h in head}
+        name, [lim.name for lim in limits], keep, precision, {h: LayerAction(1.0, precision) for h in head}
     ), limits
 
 
 def test_resnet18_has_the_papers_size_and_half_width_removes_three_quarters():
     model = build_model("resnet18", 6, (3, 64, 64))
     assert count_params(model) == 11_179_590
-    policy, limits = uniform("resnet18", 0.5, 32, model)
+    policy, limits = uniform("resnet18", 0.5, Precision.FP32, model)
     validate(policy, "resnet18", limits)
     result = prune(model, policy, EX)
     assert result.params_after == 2_800_422  # -74.95%: the stem's input and the classifier's output keep their width
@@ -46,9 +47,9 @@ def test_residual_groups_prune_together_and_round_to_a_multiple():
     limits = {lim.name: lim for lim in layer_limits(model, EX)}
     assert limits["layer1.0.conv2"].group == limits["conv1"].group  # joined by the residual add
     assert limits["layer1.0.conv1"].group != limits["conv1"].group
-    policy, _ = uniform("resnet18", 1.0, 32, model)
+    policy, _ = uniform("resnet18", 1.0, Precision.FP32, model)
     layers = dict(policy.layers)
-    layers["layer1.0.conv1"] = LayerAction(0.3, 32)
+    layers["layer1.0.conv1"] = LayerAction(0.3, Precision.FP32)
     prune(model, Policy("resnet18", layers), EX, round_to=8)
     assert model.layer1[0].conv1.out_channels == 16  # 64 * 0.3 = 19.2 -> rounded to a multiple of 8
     assert model.layer1[0].conv2.in_channels == 16 and model.layer1[0].conv2.out_channels == 64
@@ -56,7 +57,7 @@ def test_residual_groups_prune_together_and_round_to_a_multiple():
 
 def test_mobilenetv2_prunes_and_runs():
     model = build_model("mobilenetv2", 6, (3, 64, 64))
-    policy, limits = uniform("mobilenetv2", 0.5, 32, model)
+    policy, limits = uniform("mobilenetv2", 0.5, Precision.FP32, model)
     validate(policy, "mobilenetv2", limits)
     result = prune(model, policy, EX)
     assert result.params_after < 0.5 * result.params_before
@@ -70,7 +71,7 @@ def test_small_groups_keep_round_to_channels_and_depthwise_convs_prune_with_thei
     limits = {lim.name: lim for lim in layer_limits(model, EX)}
     depthwise = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
     assert depthwise and all(limits[n].group is not None for n in depthwise)
-    policy, _ = uniform("mobilenetv2", 0.1, 32, model)
+    policy, _ = uniform("mobilenetv2", 0.1, Precision.FP32, model)
     before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
     prune(model, policy, EX)
     after = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
@@ -78,14 +79,14 @@ def test_small_groups_keep_round_to_channels_and_depthwise_convs_prune_with_thei
     grouped = [n for n in after if limits[n].group is not None]
     assert all(after[n] == max(8, int(0.1 * before[n]) // 8 * 8) for n in grouped)  # 192 -> 16, 32 -> 8
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 6)
-    odd = Policy("mobilenetv2", {**policy.layers, depthwise[0]: LayerAction(1.0, 32)})
+    odd = Policy("mobilenetv2", {**policy.layers, depthwise[0]: LayerAction(1.0, Precision.FP32)})
     with pytest.raises(PolicyError, match="prune the same channels"):
         validate(odd, "mobilenetv2", list(limits.values()))
 
 
 def test_pruning_history_replays_on_a_fresh_model():
     model = build_model("resnet18", 6, (3, 64, 64))
-    policy, _ = uniform("resnet18", 0.5, 32, model)
+    policy, _ = uniform("resnet18", 0.5, Precision.FP32, model)
     result = prune(model, policy, EX)
     fresh = replay(build_model("resnet18", 6, (3, 64, 64)), result.history, EX)
     fresh.load_state_dict(model.state_dict())
@@ -100,20 +101,29 @@ def test_pruning_history_replays_on_a_fresh_model():
         (lambda p: Policy("mobilenetv2", p.layers), "not 'resnet18'"),
         (lambda p: Policy(p.model, {**p.layers, "layer9.conv": LayerAction()}), "unknown layers"),
         (lambda p: Policy(p.model, {k: v for k, v in p.layers.items() if k != "conv1"}), "no action for layers"),
-        (lambda p: Policy(p.model, {**p.layers, "layer1.0.conv1": LayerAction(0.05, 8)}), "layer1.0.conv1: keep_ratio"),
-        (lambda p: Policy(p.model, {**p.layers, "layer1.0.conv1": LayerAction(1.0, 3)}), "bits = 3"),
-        (lambda p: Policy(p.model, {**p.layers, "fc": LayerAction(0.5, 8)}), "width is fixed"),
-        (lambda p: Policy(p.model, {**p.layers, "layer1.0.conv2": LayerAction(0.5, 8)}), "same keep_ratio"),
+        (
+            lambda p: Policy(p.model, {**p.layers, "layer1.0.conv1": LayerAction(0.05, Precision.INT8)}),
+            "layer1.0.conv1: keep_ratio",
+        ),
+        (
+            lambda p: Policy(p.model, {**p.layers, "layer1.0.conv1": LayerAction(1.0, 3)}),
+            "precision = 3 is not a Precision",
+        ),
+        (lambda p: Policy(p.model, {**p.layers, "fc": LayerAction(0.5, Precision.INT8)}), "width is fixed"),
+        (
+            lambda p: Policy(p.model, {**p.layers, "layer1.0.conv2": LayerAction(0.5, Precision.INT8)}),
+            "same keep_ratio",
+        ),
     ],
 )
 def test_policy_errors_name_the_layer(edit, message):
-    policy, limits = uniform("resnet18", 1.0, 8)
+    policy, limits = uniform("resnet18", 1.0, Precision.INT8)
     with pytest.raises(PolicyError, match=message):
         validate(edit(policy), "resnet18", limits)
 
 
 def test_policy_round_trips_through_json(tmp_path):
-    policy, _ = uniform("resnet18", 0.5, 8)
+    policy, _ = uniform("resnet18", 0.5, Precision.INT8)
     path = tmp_path / "p.json"
     path.write_text(policy.to_json())
     assert Policy.load(path) == policy
@@ -141,7 +151,7 @@ def test_batchnorm_recalibration_after_pruning_measures_the_pruned_network():
     limits = layer_limits(model, torch.zeros(1, 3, 64, 64))
     prune(
         model,
-        Policy.uniform("resnet18", [x.name for x in limits if x.group is not None], 0.5, 32),
+        Policy.uniform("resnet18", [x.name for x in limits if x.group is not None], 0.5, Precision.FP32),
         torch.zeros(1, 3, 64, 64),
     )
     batches = [(torch.randn(16, 3, 64, 64) * 2 + 1, torch.zeros(16, dtype=torch.long)) for _ in range(3)]
@@ -161,7 +171,7 @@ def test_batchnorm_recalibration_after_pruning_measures_the_pruned_network():
 def test_int8_fake_quant_exports_as_qlinearconv_and_matches_onnxruntime(tmp_path):
     torch.manual_seed(0)
     model = build_model("resnet18", 6, (3, 64, 64))
-    policy, _ = uniform("resnet18", 0.5, 8, model)
+    policy, _ = uniform("resnet18", 0.5, Precision.INT8, model)
     prune(model, policy, EX)
     fold_batchnorm(model)
     apply_fake_quant(model, policy)
@@ -191,7 +201,7 @@ def test_mobilenetv2_int8_export_stores_int8_weights_and_onnxruntime_computes_wh
 
     torch.manual_seed(0)
     model = build_model("mobilenetv2", 6, (3, 64, 64))
-    policy, _ = uniform("mobilenetv2", 0.75, 8, model)
+    policy, _ = uniform("mobilenetv2", 0.75, Precision.INT8, model)
     prune(model, policy, EX)
     model.train()
     model(torch.randn(16, 3, 64, 64))  # non-trivial BN statistics to fold
@@ -228,13 +238,13 @@ def test_mobilenetv2_int8_export_stores_int8_weights_and_onnxruntime_computes_wh
 
 def test_weight_only_int4_and_fp16_fake_quant():
     model = build_model("resnet18", 6, (3, 64, 64))
-    policy, _ = uniform("resnet18", 1.0, 4, model)
+    policy, _ = uniform("resnet18", 1.0, Precision.INT4W, model)
     apply_fake_quant(model, policy)
     w = model.layer1[0].conv1.weight
     levels = (w / (w.abs().amax(dim=(1, 2, 3), keepdim=True) / 7)).round()
     assert levels.min() >= -8 and levels.max() <= 7
     assert torch.allclose(w / (w.abs().amax(dim=(1, 2, 3), keepdim=True) / 7), levels, atol=1e-4)
-    half, _ = uniform("resnet18", 1.0, 16)
+    half, _ = uniform("resnet18", 1.0, Precision.FP16)
     m16 = apply_fake_quant(build_model("resnet18", 6, (3, 64, 64)), half)
     w16 = m16.conv1.weight
     assert torch.equal(w16, w16.half().float())
@@ -246,7 +256,7 @@ def test_int8_calibration_needs_data_for_every_activation_quantizer():
 
     model = build_model("mlp", 2, (30,))
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    apply_fake_quant(model, Policy.uniform("mlp", names, 1.0, 8))
+    apply_fake_quant(model, Policy.uniform("mlp", names, 1.0, Precision.INT8))
     data = torch.utils.data.TensorDataset(torch.randn(16, 30), torch.zeros(16, dtype=torch.long))
     with pytest.raises(ValueError, match="at least one batch"):
         calibrate(model, 0, torch.utils.data.DataLoader(data, batch_size=8))
@@ -275,7 +285,7 @@ def test_distillation_reduces_the_loss_and_leaves_no_adapter_in_the_student():
     teacher = build_model("resnet18", 6, (3, 64, 64))
     student = build_model("resnet18", 6, (3, 64, 64))
     student.load_state_dict(teacher.state_dict())
-    policy, _ = uniform("resnet18", 0.5, 8, student)
+    policy, _ = uniform("resnet18", 0.5, Precision.INT8, student)
     prune(student, policy, EX)
     fold_batchnorm(student)
     apply_fake_quant(student, policy)
@@ -300,7 +310,7 @@ def test_stored_teacher_outputs_train_the_student_as_the_live_teacher_does():
     torch.manual_seed(0)
     teacher = build_model("resnet18", 6, (3, 64, 64)).eval()
     student = build_model("resnet18", 6, (3, 64, 64))
-    policy, _ = uniform("resnet18", 0.5, 32, student)
+    policy, _ = uniform("resnet18", 0.5, Precision.FP32, student)
     prune(student, policy, EX)
     twin = copy.deepcopy(student)
     data = torch.utils.data.TensorDataset(torch.randn(48, 3, 64, 64), torch.randint(0, 6, (48,)))
@@ -325,12 +335,15 @@ def test_stored_teacher_outputs_train_the_student_as_the_live_teacher_does():
     assert with_teacher_outputs(teacher, "resnet18", data, max_bytes=1000) is data  # too big to store
 
 
-def test_size_accounting_counts_each_layer_at_its_bits():
-    from host.compress.size import size_report
+def test_size_accounting_counts_each_layer_at_its_precisions_storage_bits():
+    from host.compress.size import effective_bytes, size_report
+
+    # 10 parameters: 3 int4 weights, 2 fp16 weights, 5 others at 32 bits = 204 bits -> 26 bytes.
+    assert effective_bytes(10, [(Precision.INT4W, 3), (Precision.FP16, 2)]) == 26
 
     model = build_model("resnet18", 6, (3, 64, 64))
     baseline = count_params(model)
-    policy, _ = uniform("resnet18", 0.5, 8, model)
+    policy, _ = uniform("resnet18", 0.5, Precision.INT8, model)
     prune(model, policy, EX)
     fold_batchnorm(model)
     apply_fake_quant(model, policy)
@@ -344,18 +357,18 @@ def test_size_accounting_counts_each_layer_at_its_bits():
     assert report.effective_bytes == weights + 4 * others
     assert report.fp32_bytes == 4 * report.params and report.baseline_fp32_bytes == 4 * baseline
     assert 0.74 < report.params_reduction < 0.76 and report.compression > 0.93
-    # A mix: each layer's weights at its own bits (4, 8, 16, 32), the rest at 32, rounded up to bytes.
+    # A mix: each layer's weights at its precision's bits (int4, fp16, fp32), the rest at 32, rounded up to bytes.
     mlp = build_model("mlp", 2, (30,))
     linears = {n: m for n, m in mlp.named_modules() if isinstance(m, torch.nn.Linear)}
-    bits = dict(zip(linears, (4, 16, 32), strict=False))
-    mixed = Policy("mlp", {n: LayerAction(1.0, b) for n, b in bits.items()})
+    precisions = dict(zip(linears, (Precision.INT4W, Precision.FP16, Precision.FP32), strict=False))
+    mixed = Policy("mlp", {n: LayerAction(1.0, p) for n, p in precisions.items()})
     apply_fake_quant(mlp, mixed)
     total = count_params(mlp)
     numel = {
         n: (m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight).numel()
         for n, m in linears.items()
     }  # a 32-bit layer keeps a plain weight
-    weight_bits = sum(b * numel[n] for n, b in bits.items())
+    weight_bits = sum(p.weight_bits * numel[n] for n, p in precisions.items())
     weights = sum(numel.values())
     expected = (weight_bits + 32 * (total - weights) + 7) // 8
     assert size_report(mlp, mixed, total).effective_bytes == expected
@@ -386,7 +399,8 @@ def test_mixed_precision_export_runs_each_layer_at_its_precision(tmp_path):
     torch.manual_seed(0)
     model = build_model("resnet18", 6, (3, 64, 64))
     names = [lim.name for lim in layer_limits(model, EX)]
-    policy = Policy("resnet18", {n: LayerAction(1.0, (4, 16, 8, 32)[i % 4]) for i, n in enumerate(names)})
+    mix = (Precision.INT4W, Precision.FP16, Precision.INT8, Precision.FP32)
+    policy = Policy("resnet18", {n: LayerAction(1.0, mix[i % 4]) for i, n in enumerate(names)})
     fold_batchnorm(model)
     apply_fake_quant(model, policy)
     model.train()
@@ -394,7 +408,12 @@ def test_mixed_precision_export_runs_each_layer_at_its_precision(tmp_path):
     model.eval()
     path = tmp_path / "mixed.onnx"
     exported = export_policy_model(model, policy, path, (3, 64, 64))
-    assert exported.layers_per_bits == {4: 6, 8: 5, 16: 5, 32: 5}
+    assert exported.layers_per_precision == {
+        Precision.INT4W: 6,
+        Precision.INT8: 5,
+        Precision.FP16: 5,
+        Precision.FP32: 5,
+    }
     graph = onnx.load(path)
     # Every layer is named by its compute node: the one reading the layer's weight, whatever its precision.
     compute = {n.name: n.op_type for n in graph.graph.node if n.op_type in ("Conv", "Gemm")}

@@ -29,10 +29,10 @@ def test_policy_init_writes_a_valid_uniform_policy(tmp_path):
         "resnet18",
         "--keep",
         "0.5",
-        "--bits",
-        "8",
-        "--edge-bits",
-        "32",
+        "--precision",
+        "int8",
+        "--edge-precision",
+        "fp32",
         "-o",
         str(out),
         tmp_path=tmp_path,
@@ -40,12 +40,12 @@ def test_policy_init_writes_a_valid_uniform_policy(tmp_path):
     assert result.returncode == 0, result.stderr
     layers = json.loads(out.read_text())["layers"]
     assert len(layers) == 21 and layers["layer2.0.conv1"] == {
-        "bits": 8,
+        "precision": "int8",
         "granularity": "per-channel",
         "keep_ratio": 0.5,
     }
-    assert layers["conv1"]["bits"] == 32 and layers["fc"] == {
-        "bits": 32,
+    assert layers["conv1"]["precision"] == "fp32" and layers["fc"] == {
+        "precision": "fp32",
         "granularity": "per-channel",
         "keep_ratio": 1.0,
     }
@@ -56,13 +56,21 @@ def test_policy_init_writes_a_valid_uniform_policy(tmp_path):
     [
         (lambda doc: {**doc, "model": "mobilenetv2"}, "the policy is for model 'mobilenetv2', not 'resnet18'"),
         (
-            lambda doc: {**doc, "layers": {**doc["layers"], "layer9.conv": {"keep_ratio": 1.0, "bits": 8}}},
+            lambda doc: {**doc, "layers": {**doc["layers"], "layer9.conv": {"keep_ratio": 1.0, "precision": "int8"}}},
             "unknown layers ['layer9.conv']",
         ),
         (lambda doc: {"model": "resnet18"}, "not a policy document"),
         (
-            lambda doc: {**doc, "layers": {**doc["layers"], "conv1": {"keep_ratio": "0.5", "bits": 8}}},
+            lambda doc: {**doc, "layers": {**doc["layers"], "conv1": {"keep_ratio": "0.5", "precision": "int8"}}},
             "layer conv1: keep_ratio = '0.5' must be a number",
+        ),
+        (
+            lambda doc: {**doc, "layers": {**doc["layers"], "conv1": {"keep_ratio": 0.5, "bits": 8}}},
+            'layer conv1: "bits": 8 is the old form; write "precision": "int8" instead',
+        ),
+        (
+            lambda doc: {**doc, "layers": {**doc["layers"], "conv1": {"keep_ratio": 0.5, "precision": "int3"}}},
+            "layer conv1: unknown precision 'int3'; allowed: fp32, fp16, int8, int4",
         ),
     ],
 )
@@ -100,6 +108,7 @@ def test_compress_end_to_end_on_real_digits_with_onnxruntime_parity(tmp_path, ag
     from host.compress.run import CompressConfig, run_compress
     from host.compress.train import TrainConfig
     from host.data import DataConfig
+    from lut_store.precision import Precision
 
     monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
     config = CompressConfig(
@@ -108,7 +117,10 @@ def test_compress_end_to_end_on_real_digits_with_onnxruntime_parity(tmp_path, ag
         baseline=TrainConfig(epochs=15, lr=3e-3),
         distill=DistillConfig(epochs=10, lr=1e-3),
     )
-    policy = Policy("mlp", {"body.0": LayerAction(0.5, 8), "body.2": LayerAction(0.5, 8), "head": LayerAction(1.0, 8)})
+    int8 = Precision.INT8
+    policy = Policy(
+        "mlp", {"body.0": LayerAction(0.5, int8), "body.2": LayerAction(0.5, int8), "head": LayerAction(1.0, int8)}
+    )
     with AgentClient(AgentTarget(agent.address)) as client:
         summary = run_compress(config, policy, tmp_path / "out", progress=False, device=client)
     base, c = summary.baseline, summary.compressed

@@ -103,7 +103,7 @@ def test_ablation(agent, tiny, tmp_path):
         _models_agree(rows[(label,)])
         policy = _policy(out / "seed0" / slug / "policy.json")
         assert all(a["keep_ratio"] == (found[n]["keep_ratio"] if prune else 1.0) for n, a in policy.items()), label
-        assert all(a["bits"] == (found[n]["bits"] if quantize else 32) for n, a in policy.items()), label
+        assert all(a["precision"] == (found[n]["precision"] if quantize else "fp32") for n, a in policy.items()), label
         distill = json.loads((out / "seed0" / slug / "config.json").read_text())["distill"]
         assert (distill["alpha"], distill["beta"]) == ((0.5, 1.0) if distil else (1.0, 0.0)), label
         if not quantize:
@@ -255,24 +255,26 @@ def test_the_cli_offers_every_preset_and_study():
 
 def test_a_fixed_keep_space_leaves_haq_only_the_precisions():
     """HAQ on the amc policy's keep-ratios: every proposal keeps them and meets the budget, on a
-    cost (fewer bits and fewer channels are cheaper) whose budget needs low precision somewhere."""
+    cost (narrower weights and fewer channels are cheaper) whose budget needs low precision somewhere."""
     import torch
 
     from host.compress.policy import Policy
     from host.experiment.sequential import FixedKeepSpace
     from host.models import build_model
-    from host.search.controllers import make_controller
     from host.search.ppo import PPOConfig
+    from host.search.registry import make_controller
     from host.search.reward import latency_constraint
     from host.search.space import SearchSpace, describe_layers
+    from lut_store.precision import Precision
 
     net = build_model("resnet18", 6, (3, 64, 64))
-    plain = SearchSpace("resnet18", describe_layers(net, torch.zeros((1, 3, 64, 64))), (32, 16, 8))
-    base = plain.policy([0.5] * len(plain.layers), [32] * len(plain.layers))
+    precisions = (Precision.FP32, Precision.FP16, Precision.INT8)
+    plain = SearchSpace("resnet18", describe_layers(net, torch.zeros((1, 3, 64, 64))), precisions)
+    base = plain.policy([0.5] * len(plain.layers), [Precision.FP32] * len(plain.layers))
     space = FixedKeepSpace.around(plain, base)
 
     def cost(policy: Policy) -> float:
-        return sum(a.keep_ratio * a.bits for a in policy.layers.values())
+        return sum(a.keep_ratio * a.precision.weight_bits for a in policy.layers.values())
 
     budget = 0.7 * cost(base)
     controller = make_controller("haq", space, PPOConfig(), 0, latency_constraint(cost, budget))
@@ -280,7 +282,7 @@ def test_a_fixed_keep_space_leaves_haq_only_the_precisions():
     for episode in range(3):
         policy = controller.propose(episode)
         assert {name: a.keep_ratio for name, a in policy.layers.items()} == keeps
-        assert cost(policy) <= budget and any(a.bits < 32 for a in policy.layers.values())
+        assert cost(policy) <= budget and any(a.precision is not Precision.FP32 for a in policy.layers.values())
         controller.observe(1.0)
     with pytest.raises(ValueError, match="base policy has no action"):
         FixedKeepSpace.around(plain, Policy("resnet18", {}))

@@ -21,6 +21,7 @@ from host.latency.predict import LatencyPredictor
 from host.latency.variants import export_variant, model_limits, random_policy
 from lut_store.keys.graph import UnsupportedModel, attribute_runtime_nodes, model_kernels
 from lut_store.opkey import OpKey
+from lut_store.precision import Precision
 from lut_store.records import FingerprintMismatch
 from lut_store.store import open_store
 from tests.conftest import quick_config
@@ -29,15 +30,15 @@ from tests.helpers import slow_matmul_chain, small_cnn
 CONV_OPS = {"Conv", "FusedConv", "QLinearConv"}
 
 
-def _variant(tmp_path: Path, model: str, keep: float, bits: int, name: str = "v") -> Path:
-    layers = {lim.name: LayerAction(1.0 if lim.group is None else keep, bits) for lim in model_limits(model)}
+def _variant(tmp_path: Path, model: str, keep: float, precision: Precision, name: str = "v") -> Path:
+    layers = {lim.name: LayerAction(1.0 if lim.group is None else keep, precision) for lim in model_limits(model)}
     return export_variant(model, Policy(model, layers), tmp_path / f"{name}.onnx")
 
 
 def _mixed(tmp_path: Path, model: str, seed: int) -> Path:
     import random
 
-    policy = random_policy(model, model_limits(model), random.Random(seed), (0.25, 0.5, 1.0), (32, 16, 8, 4))
+    policy = random_policy(model, model_limits(model), random.Random(seed), (0.25, 0.5, 1.0), tuple(Precision))
     return export_variant(model, policy, tmp_path / f"{model}_{seed}.onnx", seed=seed)
 
 
@@ -53,10 +54,10 @@ def _runtime_graph(path: Path, tmp_path: Path) -> onnx.ModelProto:
 def models(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("models")
     return {
-        "resnet18_fp32": _variant(tmp, "resnet18", 1.0, 32, "resnet18_fp32"),
+        "resnet18_fp32": _variant(tmp, "resnet18", 1.0, Precision.FP32, "resnet18_fp32"),
         "resnet18_mixed": _mixed(tmp, "resnet18", 1),
         "mobilenetv2_mixed": _mixed(tmp, "mobilenetv2", 2),
-        "resnet18_small": _variant(tmp, "resnet18", 0.25, 8, "resnet18_small"),
+        "resnet18_small": _variant(tmp, "resnet18", 0.25, Precision.INT8, "resnet18_small"),
     }
 
 
@@ -95,9 +96,9 @@ def test_kernel_mapping_matches_the_runtime_graph(models, tmp_path, name):
 def test_an_fp16_layer_behind_an_int8_layer_is_fp16(tmp_path):
     """The int8 layer's output quantizer sits before the fp16 layer's input Cast: the kernel
     reads float16, so it is an fp16 kernel (it was keyed int8)."""
-    layers = {lim.name: LayerAction(1.0, 32) for lim in model_limits("mobilenetv2")}
-    layers["features.1.block.1.0"] = LayerAction(1.0, 8)
-    layers["features.2.block.0.0"] = LayerAction(1.0, 16)
+    layers = {lim.name: LayerAction(1.0, Precision.FP32) for lim in model_limits("mobilenetv2")}
+    layers["features.1.block.1.0"] = LayerAction(1.0, Precision.INT8)
+    layers["features.2.block.0.0"] = LayerAction(1.0, Precision.FP16)
     path = export_variant("mobilenetv2", Policy("mobilenetv2", layers), tmp_path / "m.onnx")
     kernels = {k.name: k.key for k in model_kernels(onnx.load(path)).kernels}
     assert kernels["/features/features.1/block/block.1/block.1.0/Conv"].precision == "int8"
@@ -159,7 +160,7 @@ def test_small_fidelity_check(client, tmp_path):
     tries): a systematic error misses every time, a noisy moment does not."""
     limits = model_limits("resnet18")
     layers = {
-        lim.name: LayerAction(1.0 if lim.group is None else 0.5, 8 if i % 3 == 0 else 32)
+        lim.name: LayerAction(1.0 if lim.group is None else 0.5, Precision.INT8 if i % 3 == 0 else Precision.FP32)
         for i, lim in enumerate(limits)
     }
     policy = Policy("resnet18", layers)

@@ -36,11 +36,11 @@ def _latency(median: float) -> dict:
     }
 
 
-def _policy(keep: float, bits: int) -> dict:
+def _policy(keep: float, precision: str) -> dict:
     return {
         "model": "resnet18",
         "layers": {
-            name: {"keep_ratio": keep if name != "fc" else 1.0, "bits": bits, "granularity": "per-channel"}
+            name: {"keep_ratio": keep if name != "fc" else 1.0, "precision": precision, "granularity": "per-channel"}
             for name in LAYERS
         },
     }
@@ -61,7 +61,7 @@ BASELINE = {
 
 FINALS = {
     "ppo": {
-        "policy": _policy(0.35, 8),
+        "policy": _policy(0.35, "int8"),
         "val_accuracy": 0.9694,
         "test_accuracy": 0.9653,
         "test_accuracy_onnxruntime": 0.9647,
@@ -81,7 +81,7 @@ FINALS = {
         "onnx": "final/ppo/model.onnx",
     },
     "random": {
-        "policy": _policy(0.55, 8),
+        "policy": _policy(0.55, "int8"),
         "val_accuracy": 0.9611,
         "test_accuracy": 0.9583,
         "test_accuracy_onnxruntime": None,
@@ -101,7 +101,7 @@ FINALS = {
         "onnx": "final/random/model.onnx",
     },
     "uniform": {
-        "policy": _policy(0.5, 32),
+        "policy": _policy(0.5, "fp32"),
         "val_accuracy": 0.9645,
         "test_accuracy": 0.9618,
         "test_accuracy_onnxruntime": 0.9618,
@@ -167,7 +167,7 @@ def _episodes() -> list[dict]:
                     "schema": SCHEMA,
                     "controller": name,
                     "episode": k,
-                    "policy": _policy(keep, bits),
+                    "policy": _policy(keep, "int8" if bits == 8 else "fp32"),
                     "predicted_latency_ms": round(latency, 4),
                     "val_accuracy": round(acc, 4),
                     "params": int(11_179_590 * keep * keep),
@@ -367,6 +367,13 @@ def test_missing_episodes_and_malformed_files_name_the_file(tmp_path):
     with pytest.raises(ReportError, match=r"summary\.json: controllers\.ppo\.params should be an integer"):
         build_report(run)
 
+    layer = summary["controllers"]["ppo"]["policy"]["layers"]["conv1"]
+    summary["controllers"]["ppo"]["params"], layer["precision"] = 1_000_000, "int3"
+    (run / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ReportError, match=r"layers\.conv1\.precision: unknown precision 'int3'; allowed: fp32, fp16"):
+        build_report(run)
+    layer["precision"] = "int8"
+
     del summary["controllers"]["ppo"]["params"], summary["baseline"]
     (run / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(ReportError, match=r"summary\.json: baseline is missing"):
@@ -416,7 +423,7 @@ def test_layers_keep_the_file_order_when_it_is_not_sorted(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     model_order = ["conv1", "layer1.0.conv1", "layer2.0.conv1", "fc"]
     summary["controllers"]["ppo"]["policy"]["layers"] = {
-        name: {"keep_ratio": 0.5, "bits": 8, "granularity": "per-tensor"} for name in model_order
+        name: {"keep_ratio": 0.5, "precision": "int8", "granularity": "per-tensor"} for name in model_order
     }
     (run / "summary.json").write_text(json.dumps(summary))
     assert [c.layer for c in load_run(run).finals[0].layers] == model_order

@@ -15,10 +15,11 @@ import torch
 
 from host.compress.prune import layer_limits
 from host.models import build_model
-from host.search.controllers import make_controller
 from host.search.ppo import PPOConfig, gae
+from host.search.registry import make_controller
 from host.search.run import load_search_config, run_search
 from host.search.space import SearchSpace, describe_layers
+from lut_store.precision import Precision
 from lut_store.tomlfile import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,11 +39,11 @@ def test_gae_closed_form():
     assert np.allclose(adv2, [1.0, 0.0])
 
 
-def _space(model: str, bits=(32, 16, 8, 4)) -> tuple[SearchSpace, list]:
+def _space(model: str, precisions: tuple[Precision, ...] = tuple(Precision)) -> tuple[SearchSpace, list]:
     net = build_model(model, 6, (3, 64, 64))
     example = torch.zeros((1, 3, 64, 64))
     limits = layer_limits(net, example)
-    return SearchSpace(model, describe_layers(net, example, limits), tuple(bits)), limits
+    return SearchSpace(model, describe_layers(net, example, limits), precisions), limits
 
 
 def test_config_errors():
@@ -52,6 +53,9 @@ def test_config_errors():
         load_search_config(None, {"search": {"controllers": ["ppo", "grid"]}})
     with pytest.raises(ValueError, match="unknown controller"):
         make_controller("grid", _space("resnet18")[0], PPOConfig(), 0)
+    assert load_search_config(None, {"precisions": ["fp32", "int4"]}).precisions == [Precision.FP32, Precision.INT4W]
+    with pytest.raises(ConfigError, match=r"precisions\[1\]: unknown precision 'int3'; allowed: fp32, fp16"):
+        load_search_config(None, {"precisions": ["fp32", "int3"]})
 
 
 MLP = {
@@ -201,16 +205,17 @@ def test_a_params_target_and_a_latency_budget_bound_every_policy(agent, tmp_path
     params = json.loads((run / "baseline.json").read_text())["params"]
     rows = [json.loads(line) for line in (run / "episodes.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(r["params"] <= 0.3 * params for r in rows)
-    assert all(a["bits"] == 32 for r in rows if r["controller"] == "amc" for a in r["policy"]["layers"].values())
+    amc = [a for r in rows if r["controller"] == "amc" for a in r["policy"]["layers"].values()]
+    assert all(a["precision"] == "fp32" for a in amc)
 
     config = load_search_config(None, base)
     with Workbench.open(config) as bench:
         net = bench.fresh_model()
-        space = SearchSpace("mlp", describe_layers(net, bench.example), (32, 16, 8, 4))
+        space = SearchSpace("mlp", describe_layers(net, bench.example), tuple(Precision))
         estimate = latency_estimator(space, ParamCounter(net, bench.example), bench, tmp_path)
         bench.close()
     names = [x.name for x in space.layers]
-    uniform = sorted(estimate(Policy.uniform("mlp", names, 1.0, b)) for b in space.bits)
+    uniform = sorted(estimate(Policy.uniform("mlp", names, 1.0, p)) for p in space.precisions)
     budget_ms = (uniform[0] + uniform[-1]) / 2  # binds: the costliest precision everywhere misses it
     run = tmp_path / "haq"
     run_search(

@@ -17,17 +17,18 @@ from host.search.baselines import (
     DQNConfig,
     lower_precisions,
 )
-from host.search.controllers import CONTROLLERS, make_controller
 from host.search.evaluate import EpisodeResult
 from host.search.loop import run_episodes
 from host.search.ppo import PPOConfig
+from host.search.registry import CONTROLLERS, make_controller
 from host.search.reward import Constraint, latency_constraint, params_constraint
 from host.search.space import ParamCounter, SearchSpace
-from tests.test_search_core import BASE, SHAPE, W, _model, _result, _space, _synthetic
+from lut_store.precision import Precision
+from tests.test_search_core import BASE, FP16, FP32, INT4, INT8, SHAPE, W, _model, _result, _space, _synthetic
 
 SMALL = DDPGConfig(warmup_episodes=2, hidden=32, batch_size=16)
 SMALL_DQN = DQNConfig(keep_bins=3, warmup_episodes=2, explore_episodes=3, hidden=32, batch_size=16)
-SPEED = {32: 1.0, 16: 0.6, 8: 0.25, 4: 0.2}  # synthetic latency per FLOP, relative to FP32
+SPEED = {FP32: 1.0, FP16: 0.6, INT8: 0.25, INT4: 0.2}  # synthetic latency per FLOP, relative to FP32
 LOOSE = Constraint("latency_ms", 1e9, lambda policy: 1.0)  # never binds
 
 
@@ -47,11 +48,14 @@ def _latency(space: SearchSpace):
 
     def latency_ms(policy: Policy) -> float:
         return (
-            sum(x.flops * policy.layers[x.name].keep_ratio * SPEED[policy.layers[x.name].bits] for x in space.layers)
+            sum(
+                x.flops * policy.layers[x.name].keep_ratio * SPEED[policy.layers[x.name].precision]
+                for x in space.layers
+            )
             / 1e8
         )
 
-    full = latency_ms(Policy.uniform(space.model, [x.name for x in space.layers], 1.0, 32))
+    full = latency_ms(Policy.uniform(space.model, [x.name for x in space.layers], 1.0, FP32))
     return latency_ms, full
 
 
@@ -73,7 +77,7 @@ def test_amc_prunes_at_fp32_and_meets_a_params_target(model):
     for episode in run_episodes(controller, _synthetic, 5, BASE, W):  # 2 random, 3 from the actor
         policy = episode.policy
         validate(policy, model, _model(model)[1])
-        assert {a.bits for a in policy.layers.values()} == {32}
+        assert {a.precision for a in policy.layers.values()} == {FP32}
         assert all(
             space.min_keep <= a.keep_ratio <= space.max_keep or a.keep_ratio == 1.0 for a in policy.layers.values()
         )
@@ -84,10 +88,10 @@ def test_amc_meets_a_latency_budget_at_fp32():
     space = _space("resnet18")
     latency_ms, full = _latency(space)
     # Keep-ratio 0.2 everywhere gives 0.2 x full at FP32: the budget is met without lower
-    # precisions, which AMC never uses (an enforcer assuming 8-bit later layers would miss it).
+    # precisions, which AMC never uses (an enforcer assuming int8 later layers would miss it).
     controller = _make("amc", space, constraint=latency_constraint(latency_ms, 0.3 * full))
     for episode in run_episodes(controller, _synthetic, 5, BASE, W):
-        assert {a.bits for a in episode.policy.layers.values()} == {32}
+        assert {a.precision for a in episode.policy.layers.values()} == {FP32}
         assert latency_ms(episode.policy) <= 0.3 * full
 
 
@@ -95,63 +99,66 @@ def test_haq_keeps_every_channel_and_meets_the_latency_budget():
     space = _space("resnet18")
     latency_ms, full = _latency(space)
     controller = _make("haq", space, constraint=latency_constraint(latency_ms, 0.4 * full))
-    seen_bits = set()
+    seen = set()
     for episode in run_episodes(controller, _synthetic, 5, BASE, W):
         policy = episode.policy
         validate(policy, "resnet18", _model("resnet18")[1])
         assert {a.keep_ratio for a in policy.layers.values()} == {1.0}
         assert latency_ms(policy) <= 0.4 * full
-        seen_bits |= {a.bits for a in policy.layers.values()}
-    assert seen_bits <= set(space.bits) and len(seen_bits) > 1
+        seen |= {a.precision for a in policy.layers.values()}
+    assert seen <= set(space.precisions) and len(seen) > 1
 
 
 def test_haq_action_wall_in_closed_form():
-    space = _space("mlp", bits=(32, 16, 8))
+    order = (FP32, FP16, INT8)
+    space = _space("mlp", precisions=order)
 
     def total_bits(policy: Policy) -> float:
-        return sum(a.bits for a in policy.layers.values())
+        return sum(a.precision.weight_bits for a in policy.layers.values())
 
-    order = (32, 16, 8)
+    def lowered(precisions: list[Precision], budget: float) -> list[Precision]:
+        return lower_precisions(space, precisions, Constraint("bits", budget, total_bits), order)
+
     # 32+32+32 = 96; lowering from the last layer back: 32+32+16 = 80, 32+16+16 = 64, 16+16+16 = 48.
-    assert lower_precisions(space, [32, 32, 32], Constraint("bits", 70, total_bits), order) == [32, 16, 16]
-    assert lower_precisions(space, [32, 32, 32], Constraint("bits", 60, total_bits), order) == [16, 16, 16]
+    assert lowered([FP32, FP32, FP32], 70) == [FP32, FP16, FP16]
+    assert lowered([FP32, FP32, FP32], 60) == [FP16, FP16, FP16]
     # A second pass: 16+16+16 = 48 > 40 -> 16+16+8 = 40.
-    assert lower_precisions(space, [32, 32, 32], Constraint("bits", 40, total_bits), order) == [16, 16, 8]
-    assert lower_precisions(space, [8, 32, 8], Constraint("bits", 100, total_bits), order) == [8, 32, 8]
-    with pytest.raises(ValueError, match="cannot be met even at 8 bits"):
-        lower_precisions(space, [32, 32, 32], Constraint("bits", 20, total_bits), order)
+    assert lowered([FP32, FP32, FP32], 40) == [FP16, FP16, INT8]
+    assert lowered([INT8, FP32, INT8], 100) == [INT8, FP32, INT8]
+    with pytest.raises(ValueError, match="cannot be met even at int8 on every layer"):
+        lowered([FP32, FP32, FP32], 20)
 
 
 def test_haq_makes_precisions_cheaper_on_the_device_not_narrower():
     """A device where int4 costs more than fp32 and int8 least (onnxruntime's CPU provider): the
-    wall moves 4 -> 32 -> 8, and the feasibility check uses the cheapest precision, int8."""
-    space = _space("mlp", bits=(32, 8, 4))
-    cpu = {32: 1.0, 8: 0.3, 4: 1.5}
+    wall moves int4 -> fp32 -> int8, and the feasibility check uses the cheapest precision, int8."""
+    space = _space("mlp", precisions=(FP32, INT8, INT4))
+    cpu = {FP32: 1.0, INT8: 0.3, INT4: 1.5}
 
     def cost(policy: Policy) -> float:
-        return sum(cpu[a.bits] for a in policy.layers.values())
+        return sum(cpu[a.precision] for a in policy.layers.values())
 
     budget = Constraint("latency_ms", 2.0, cost)
     controller = _make("haq", space, constraint=budget)
-    assert controller.costliest_first == [4, 32, 8]
-    assert lower_precisions(space, [4, 4, 4], budget, controller.costliest_first) == [32, 8, 8]
+    assert controller.costliest_first == [INT4, FP32, INT8]
+    assert lower_precisions(space, [INT4, INT4, INT4], budget, controller.costliest_first) == [FP32, INT8, INT8]
     for episode in run_episodes(controller, _synthetic, 4, BASE, W):
         assert cost(episode.policy) <= 2.0
-    with pytest.raises(ValueError, match="8 bits on every layer, the cheapest, give 0.9"):
+    with pytest.raises(ValueError, match="int8 on every layer, the cheapest, gives 0.9"):
         _make("haq", space, constraint=Constraint("latency_ms", 0.5, cost))
 
 
 @pytest.mark.parametrize("model", ["resnet18", "mobilenetv2"])
 def test_dqn_acts_on_the_joint_grid(model):
-    space = _space(model, bits=(16, 8))
+    space = _space(model, precisions=(FP16, INT8))
     _, limits = _model(model)
     controller = _make("dqn", space)
-    assert controller.joint == [(0.2, 16), (0.2, 8), (0.55, 16), (0.55, 8), (0.9, 16), (0.9, 8)]
+    assert controller.joint == [(0.2, FP16), (0.2, INT8), (0.55, FP16), (0.55, INT8), (0.9, FP16), (0.9, INT8)]
     for episode in run_episodes(controller, _synthetic, 5, BASE, W):
         validate(episode.policy, model, limits)
         for lim in limits:
             action = episode.policy.layers[lim.name]
-            assert action.bits in (16, 8)
+            assert action.precision in (FP16, INT8)
             assert action.keep_ratio in ((1.0,) if lim.group is None else (0.2, 0.55, 0.9))
 
 
@@ -164,7 +171,7 @@ def test_dqn_meets_a_params_target():
 
 @pytest.mark.parametrize("name", ["amc", "haq", "dqn"])
 def test_every_baseline_spends_exactly_the_budget(name):
-    space = _space("mlp", bits=(8, 32))
+    space = _space("mlp", precisions=(INT8, FP32))
     calls, seen = [], []
     episodes = run_episodes(
         _make(name, space, constraint=LOOSE),
@@ -215,27 +222,27 @@ def test_the_reward_baseline_is_a_moving_average_of_sampled_batches():
 def _targets(space: SearchSpace):
     n = len(space.layers)
     keep = {x.name: 0.2 + 0.7 * t / (n - 1) for t, x in enumerate(space.layers)}
-    bits = {x.name: 32 if x.kind == "linear" else 8 for x in space.layers}
+    precision = {x.name: FP32 if x.kind == "linear" else INT8 for x in space.layers}
     decided = [x.name for x, free in zip(space.layers, space.ratio_free(), strict=True) if free]
 
     def keep_score(policy: Policy) -> float:
         return float(np.exp(-10 * np.mean([(policy.layers[x].keep_ratio - keep[x]) ** 2 for x in decided])))
 
-    def bits_score(policy: Policy) -> float:
-        return float(np.mean([policy.layers[x].bits == bits[x] for x in bits]))
+    def precision_score(policy: Policy) -> float:
+        return float(np.mean([policy.layers[x].precision is precision[x] for x in precision]))
 
-    return keep_score, bits_score
+    return keep_score, precision_score
 
 
 @pytest.mark.parametrize("name, margin", [("amc", 0.15), ("haq", 0.25), ("dqn", 0.1)])
 def test_baselines_learn_a_per_layer_pattern(name, margin):
-    """Synthetic rewards best at keep-ratios growing with depth (amc), 8 bits on convolutions and
-    32 on the classifier (haq), or both (dqn). Over 50 episodes each agent's last 10 beat random
+    """Synthetic rewards best at keep-ratios growing with depth (amc), int8 on convolutions and
+    fp32 on the classifier (haq), or both (dqn). Over 50 episodes each agent's last 10 beat random
     search's average at the same budget by a margin (measured over seeds 0-7: by at least 0.27
     for amc, 0.44 for haq, 0.19 for dqn)."""
     space = _space("resnet18")
-    keep_score, bits_score = _targets(space)
-    score = {"amc": keep_score, "haq": bits_score, "dqn": lambda p: keep_score(p) * bits_score(p)}[name]
+    keep_score, precision_score = _targets(space)
+    score = {"amc": keep_score, "haq": precision_score, "dqn": lambda p: keep_score(p) * precision_score(p)}[name]
 
     def evaluate(policy: Policy, episode: int) -> EpisodeResult:
         return _result(score(policy))
@@ -294,7 +301,7 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match=r"haq .* latency budget: pass constraint=latency_constraint"):
         make_controller("haq", space, PPOConfig(), 0)
     latency_ms, full = _latency(space)
-    with pytest.raises(ValueError, match=r"cannot be met without pruning: 4 bits on every layer"):
+    with pytest.raises(ValueError, match=r"cannot be met without pruning: int4 on every layer"):
         make_controller("haq", space, PPOConfig(), 0, latency_constraint(latency_ms, 0.1 * full))
     with pytest.raises(ValueError, match=r"latency_ms budget .* cannot be met"):  # amc: FP32 only
         make_controller("amc", space, PPOConfig(), 0, latency_constraint(latency_ms, 0.1 * full))

@@ -14,10 +14,10 @@ import torch
 from host.compress.policy import Policy, validate
 from host.compress.prune import layer_limits, prune
 from host.models import build_model
-from host.search.controllers import make_controller
 from host.search.evaluate import EpisodeResult
 from host.search.loop import RewardReference, run_episodes
 from host.search.ppo import PPOConfig, clipped_surrogate, gae
+from host.search.registry import make_controller
 from host.search.reward import (
     RewardConfig,
     latency_constraint,
@@ -25,8 +25,10 @@ from host.search.reward import (
     reward,
 )
 from host.search.space import ParamCounter, SearchSpace, describe_layers
+from lut_store.precision import Precision
 
 SHAPE = (3, 64, 64)
+FP32, FP16, INT8, INT4 = Precision.FP32, Precision.FP16, Precision.INT8, Precision.INT4W
 CONTROLLERS = ("ppo", "random", "uniform")  # the papers' baselines: test_search_baselines.py
 
 
@@ -37,10 +39,10 @@ def _model(name: str) -> tuple[torch.nn.Module, tuple]:
     return net, tuple(layer_limits(net, example))
 
 
-def _space(name: str, bits=(32, 16, 8, 4), latency_share=()) -> SearchSpace:
+def _space(name: str, precisions=(FP32, FP16, INT8, INT4), latency_share=()) -> SearchSpace:
     net, limits = _model(name)
     return SearchSpace(
-        name, describe_layers(net, torch.zeros((1, *SHAPE)), limits), tuple(bits), latency_share=latency_share
+        name, describe_layers(net, torch.zeros((1, *SHAPE)), limits), precisions, latency_share=latency_share
     )
 
 
@@ -97,7 +99,7 @@ def test_clipped_surrogate_gradient_vanishes_outside_the_band():
 @pytest.mark.parametrize("model", ["resnet18", "mobilenetv2"])
 @pytest.mark.parametrize("name", CONTROLLERS)
 def test_actions_stay_in_the_space(model, name):
-    space = _space(model, bits=(16, 8))
+    space = _space(model, precisions=(FP16, INT8))
     _, limits = _model(model)
     controller = make_controller(name, space, PPOConfig(), seed=1)
     for episode in range(4):
@@ -106,7 +108,7 @@ def test_actions_stay_in_the_space(model, name):
         ratios = {}
         for lim in limits:
             action = policy.layers[lim.name]
-            assert action.bits in (16, 8)
+            assert action.precision in (FP16, INT8)
             if lim.group is None:
                 assert action.keep_ratio == 1.0
             else:
@@ -121,17 +123,17 @@ def test_one_ratio_decision_per_group_but_a_precision_per_layer():
     groups = {layer.group for layer in space.layers if layer.group is not None}
     assert sum(free) == len(groups) < len(space.layers)
     controller = make_controller("random", space, PPOConfig(), seed=0)
-    bits_in_groups = set()
+    precisions_in_groups = set()
     for episode in range(5):
         policy = controller.propose(episode)
         for group in groups:
-            bits_in_groups.add(len({policy.layers[x.name].bits for x in space.layers if x.group == group}))
-    assert max(bits_in_groups) > 1  # members of one group chose different precisions
+            precisions_in_groups.add(len({policy.layers[x.name].precision for x in space.layers if x.group == group}))
+    assert max(precisions_in_groups) > 1  # members of one group chose different precisions
 
 
 def test_state_features_are_normalised():
     space = _space("mobilenetv2", latency_share=())
-    states = np.stack([space.state(t, 0.5, 8) for t in range(len(space.layers))])
+    states = np.stack([space.state(t, 0.5, INT8) for t in range(len(space.layers))])
     assert states.shape == (len(space.layers), space.state_dim)
     assert states.min() >= 0.0 and states.max() <= 1.0
     assert np.isclose(states[:, 6].sum(), 1.0) and np.isclose(states[:, 7].sum(), 1.0)  # FLOPs, params shares
@@ -141,10 +143,12 @@ def test_state_features_are_normalised():
 
 
 def test_bad_spaces_are_refused():
-    with pytest.raises(ValueError, match="among 4, 8, 16, 32"):
-        _space("mlp", bits=(8, 2))
+    with pytest.raises(ValueError, match="unknown precision 'int2'; allowed: fp32, fp16, int8, int4"):
+        _space("mlp", precisions=(INT8, "int2"))
+    with pytest.raises(ValueError, match="give at least one of fp32, fp16, int8, int4"):
+        _space("mlp", precisions=())
     with pytest.raises(ValueError, match="keep-ratio range"):
-        SearchSpace("mlp", (), (8,), min_keep=0.9, max_keep=0.2)
+        SearchSpace("mlp", (), (INT8,), min_keep=0.9, max_keep=0.2)
 
 
 @pytest.mark.parametrize("model", ["resnet18", "mobilenetv2"])
@@ -171,13 +175,13 @@ def test_latency_estimate_is_a_power_law_of_the_kept_work_per_layer():
     names = list(count.layer_terms)
     estimate = LatencyEstimator(
         count,
-        {32: {n: 1.0 for n in names}, 8: {n: 0.5 for n in names}},
-        {32: {n: 1.0 for n in names}, 8: {n: 0.5 for n in names}},
+        {FP32: {n: 1.0 for n in names}, INT8: {n: 0.5 for n in names}},
+        {FP32: {n: 1.0 for n in names}, INT8: {n: 0.5 for n in names}},
         other_ms=0.25,
     )
-    full = Policy.uniform("mlp", names, 1.0, 32)
+    full = Policy.uniform("mlp", names, 1.0, FP32)
     assert estimate(full) == 0.25 + len(names)
-    policy = _space("mlp").policy([0.5] * len(names), [8] * len(names))
+    policy = _space("mlp").policy([0.5] * len(names), [INT8] * len(names))
     kept = count.kept_fraction(policy)
     assert estimate(policy) == pytest.approx(0.25 + sum(0.5 * kept[n] ** 0.5 for n in names))
 
@@ -206,23 +210,26 @@ def test_a_compression_target_is_always_met(name):
 
 
 def test_a_latency_budget_bounds_precision_too():
-    space = _space("resnet18", bits=(32, 8))
-    speed = {32: 1.0, 8: 0.25}
+    space = _space("resnet18", precisions=(FP32, INT8))
+    speed = {FP32: 1.0, INT8: 0.25}
 
-    def latency_ms(policy: Policy) -> float:  # synthetic: FLOPs x keep, 4x faster at 8 bits
+    def latency_ms(policy: Policy) -> float:  # synthetic: FLOPs x keep, 4x faster at int8
         return (
-            sum(x.flops * policy.layers[x.name].keep_ratio * speed[policy.layers[x.name].bits] for x in space.layers)
+            sum(
+                x.flops * policy.layers[x.name].keep_ratio * speed[policy.layers[x.name].precision]
+                for x in space.layers
+            )
             / 1e8
         )
 
-    full = latency_ms(Policy.uniform("resnet18", [x.name for x in space.layers], 1.0, 32))
-    budget = 0.1 * full  # below keep 0.2 at 32 bits everywhere (0.2 x full): 8 bits is a must
+    full = latency_ms(Policy.uniform("resnet18", [x.name for x in space.layers], 1.0, FP32))
+    budget = 0.1 * full  # below keep 0.2 at fp32 everywhere (0.2 x full): int8 is a must
     free = make_controller("uniform", space, PPOConfig(), 0)
     bounded = make_controller("uniform", space, PPOConfig(), 0, latency_constraint(latency_ms, budget))
     for episode in range(len(bounded.grid)):
         policy = bounded.propose(episode)
         wanted, got = latency_ms(free.propose(episode)), latency_ms(policy)
-        assert got <= budget and 8 in {a.bits for a in policy.layers.values()}
+        assert got <= budget and INT8 in {a.precision for a in policy.layers.values()}
         if wanted > budget:  # the bound leaves little on the table
             assert got >= 0.99 * budget
         else:
@@ -251,8 +258,8 @@ def test_reward_form():
 
 def _synthetic(policy: Policy, episode: int) -> EpisodeResult:
     keeps = np.array([a.keep_ratio for a in policy.layers.values()])
-    bits = np.array([a.bits for a in policy.layers.values()])
-    return _result(float(np.mean(keeps) * np.mean(bits == 8)), latency_ms=float(np.mean(keeps)) + 0.1)
+    int8 = np.array([a.precision is INT8 for a in policy.layers.values()])
+    return _result(float(np.mean(keeps) * np.mean(int8)), latency_ms=float(np.mean(keeps)) + 0.1)
 
 
 @pytest.mark.parametrize("name", CONTROLLERS)
@@ -275,7 +282,7 @@ def test_resume_repeats_nothing_and_loses_nothing(name, tmp_path):
 
 @pytest.mark.parametrize("name", CONTROLLERS)
 def test_every_controller_spends_exactly_the_budget(name):
-    space = _space("mlp", bits=(8, 32))
+    space = _space("mlp", precisions=(INT8, FP32))
     calls, seen = [], []
     controller = make_controller(name, space, PPOConfig(), seed=0)
     episodes = run_episodes(
@@ -289,13 +296,14 @@ def test_every_controller_spends_exactly_the_budget(name):
 
 
 def test_uniform_cycles_its_grid_in_a_fixed_order():
-    space = _space("mlp", bits=(8, 32))
+    space = _space("mlp", precisions=(INT8, FP32))
     controller = make_controller("uniform", space, PPOConfig(), seed=0)
-    assert controller.grid == [(0.9, 32), (0.9, 8), (0.55, 32), (0.55, 8), (0.2, 32), (0.2, 8)]
+    assert controller.grid == [(0.9, FP32), (0.9, INT8), (0.55, FP32), (0.55, INT8), (0.2, FP32), (0.2, INT8)]
     policies = [controller.propose(k) for k in range(8)]
     assert policies[6:] == policies[:2]
-    for (keep, bits), policy in zip(controller.grid, policies, strict=False):
-        assert {(a.keep_ratio, a.bits) for a in policy.layers.values() if a.keep_ratio != 1.0} == {(keep, bits)}
+    for (keep, precision), policy in zip(controller.grid, policies, strict=False):
+        chosen = {(a.keep_ratio, a.precision) for a in policy.layers.values() if a.keep_ratio != 1.0}
+        assert chosen == {(keep, precision)}
 
 
 def test_bad_budgets_and_names_are_refused():
@@ -311,18 +319,18 @@ def test_bad_budgets_and_names_are_refused():
 
 def test_ppo_learns_a_per_layer_pattern_that_random_search_misses():
     """Synthetic reward, best at keep-ratios growing with depth (0.2 at the first layer, 0.9 at
-    the last) and 8 bits on convolutions, 32 on the classifier: over 60 episodes at the paper's
+    the last) and int8 on convolutions, fp32 on the classifier: over 60 episodes at the paper's
     learning rates PPO's rewards rise, and its best beats random search's best at the same
     budget and seed (measured: 0.37-0.53 against 0.24-0.27)."""
     space = _space("resnet18")
     n = len(space.layers)
     target_keep = {x.name: 0.2 + 0.7 * t / (n - 1) for t, x in enumerate(space.layers)}
-    target_bits = {x.name: 32 if x.kind == "linear" else 8 for x in space.layers}
+    target = {x.name: FP32 if x.kind == "linear" else INT8 for x in space.layers}
     decided = [x.name for x, free in zip(space.layers, space.ratio_free(), strict=True) if free]
 
     def evaluate(policy: Policy, episode: int) -> EpisodeResult:
         error = np.mean([(policy.layers[x].keep_ratio - target_keep[x]) ** 2 for x in decided])
-        match = np.mean([policy.layers[x].bits == target_bits[x] for x in target_bits])
+        match = np.mean([policy.layers[x].precision is target[x] for x in target])
         return _result(float(np.exp(-10 * error) * match))
 
     best = {"ppo": [], "random": []}
@@ -351,7 +359,7 @@ def test_latency_estimator_takes_a_layer_whose_kernel_the_runtime_elided(tmp_pat
 
     net = build_model("mlp", 2, (30,))
     example = torch.zeros((1, 30))
-    space = SearchSpace("mlp", describe_layers(net, example), (32,))
+    space = SearchSpace("mlp", describe_layers(net, example), (FP32,))
     names = [layer.name for layer in space.layers]
     calls = []
 
@@ -370,5 +378,5 @@ def test_latency_estimator_takes_a_layer_whose_kernel_the_runtime_elided(tmp_pat
             return Prediction(sum(ms) + 0.001, kernels, (1,), 0, "", 1, "")
 
     estimate = latency_estimator(space, ParamCounter(net, example), Bench(), tmp_path)
-    assert estimate.exponent[32][names[0]] == 1.0 and estimate.exponent[32][names[2]] == 0.0
-    assert estimate(space.policy([0.5] * 3, [32] * 3)) == pytest.approx(0.001 + 0.0 + 0.002 + 0.002)
+    assert estimate.exponent[FP32][names[0]] == 1.0 and estimate.exponent[FP32][names[2]] == 0.0
+    assert estimate(space.policy([0.5] * 3, [FP32] * 3)) == pytest.approx(0.001 + 0.0 + 0.002 + 0.002)

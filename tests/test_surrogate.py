@@ -17,13 +17,14 @@ from host.compress.prune import layer_limits, prune
 from host.compress.size import size_report
 from host.models import build_model
 from host.search.budget import LatencyEstimator
-from host.search.controllers import make_controller
 from host.search.evaluate import EpisodeResult
 from host.search.loop import RewardReference, run_episodes
 from host.search.ppo import PPOConfig
+from host.search.registry import make_controller
 from host.search.reward import RewardConfig
 from host.search.space import ParamCounter, SearchSpace, describe_layers
 from host.search.surrogate import RewardSurrogate, layer_sensitivity
+from lut_store.precision import Precision
 
 SHAPE = (3, 64, 64)
 EXAMPLE = torch.zeros((1, *SHAPE))
@@ -38,16 +39,16 @@ def _net(name: str) -> torch.nn.Module:
 @functools.cache
 def _parts(name: str) -> tuple[SearchSpace, ParamCounter, LatencyEstimator]:
     net = _net(name)
-    space = SearchSpace(name, describe_layers(net, EXAMPLE, layer_limits(net, EXAMPLE)), (32, 16, 8, 4))
+    space = SearchSpace(name, describe_layers(net, EXAMPLE, layer_limits(net, EXAMPLE)), tuple(Precision))
     counter = ParamCounter(net, EXAMPLE)
     names = [layer.name for layer in space.layers]
     flops = {layer.name: layer.flops / 1e6 for layer in space.layers}
     # A device where int8 runs at 0.3x the FP32 time, fp16 at 1.2x, int4 at 1.5x, latency ~ work^0.8.
-    speed = {32: 1.0, 16: 1.2, 8: 0.3, 4: 1.5}
+    speed = {Precision.FP32: 1.0, Precision.FP16: 1.2, Precision.INT8: 0.3, Precision.INT4W: 1.5}
     estimator = LatencyEstimator(
         counter,
-        {b: {n: 0.01 * flops[n] * s for n in names} for b, s in speed.items()},
-        {b: {n: 0.8 for n in names} for b in speed},
+        {p: {n: 0.01 * flops[n] * s for n in names} for p, s in speed.items()},
+        {p: {n: 0.8 for n in names} for p in speed},
         other_ms=0.05,
     )
     return space, counter, estimator
@@ -56,7 +57,7 @@ def _parts(name: str) -> tuple[SearchSpace, ParamCounter, LatencyEstimator]:
 def _surrogate(name: str, sensitivity: dict[str, float] | None = None) -> RewardSurrogate:
     space, counter, estimator = _parts(name)
     sensitivity = sensitivity or {layer.name: 1.0 / len(space.layers) for layer in space.layers}
-    base = Policy.uniform(name, [layer.name for layer in space.layers], 1.0, 32)
+    base = Policy.uniform(name, [layer.name for layer in space.layers], 1.0, Precision.FP32)
     return RewardSurrogate(
         space,
         counter,
@@ -72,7 +73,10 @@ def _random_policies(space: SearchSpace, n: int, seed: int) -> list[Policy]:
     rng = np.random.default_rng(seed)
     k = len(space.layers)
     return [
-        space.policy(rng.uniform(space.min_keep, space.max_keep, k).tolist(), rng.choice(space.bits, k).tolist())
+        space.policy(
+            rng.uniform(space.min_keep, space.max_keep, k).tolist(),
+            [space.precisions[i] for i in rng.choice(len(space.precisions), k)],
+        )
         for _ in range(n)
     ]
 
@@ -84,15 +88,13 @@ def test_size_is_the_pruned_models_effective_size(name):
     base_params = sum(p.numel() for p in net.parameters())
     for policy in _random_policies(surrogate.space, 3, seed=1):
         pruned = prune(copy.deepcopy(net), policy, EXAMPLE, round_to=8).model
-        assert surrogate.size_bytes(policy) == pytest.approx(
-            size_report(pruned, policy, base_params).effective_bytes, abs=1
-        )
+        assert surrogate.size_bytes(policy) == size_report(pruned, policy, base_params).effective_bytes
 
 
 def test_fits_recover_a_truth_in_their_family():
     surrogate = _surrogate("resnet18")
     space = surrogate.space
-    coef = np.array([0.3, 0.5, 0.0, 0.02, 0.2])  # pruned, pruned^2, then 4, 8, 16 bits
+    coef = np.array([0.3, 0.5, 0.0, 0.02, 0.2])  # pruned, pruned^2, then int4, int8, fp16 layers
 
     def truth_acc(p):
         return 0.95 - coef @ surrogate.accuracy_features(p)

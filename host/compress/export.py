@@ -1,16 +1,16 @@
 """ONNX export at the policy's real precisions.
 
-- 32 bits: float32.
-- 8 bits: the fake-quant exports as QuantizeLinear/DequantizeLinear (uint8 activations), which
+- fp32: float32.
+- int8: the fake-quant exports as QuantizeLinear/DequantizeLinear (uint8 activations), which
   onnxruntime fuses into QLinearConv / QGemm; weights are stored as int8 initializers (per-channel
   scale, zero point 0) and biases as int32 ones (scale input_scale * weight_scale), each read
   through a DequantizeLinear: the values torch's fake quantization computed, a quarter of the
   float32 bytes.
-- 16 bits: float16 weights and a float16 kernel between Casts (CPU provider: it inserts casts
+- fp16: float16 weights and a float16 kernel between Casts (CPU provider: it inserts casts
   to fp32 kernels, no gain; CUDA / TensorRT: fp16 kernels).
-- 4 bits: int4 weights (per-channel, opset-21 DequantizeLinear) in front of a float kernel:
+- int4 (weight-only): int4 weights (per-channel, opset-21 DequantizeLinear) in front of a float kernel:
   half the int8 storage (an eighth of float32); the CPU provider dequantizes them every run.
-The torch model is exported with its 16- and 4-bit weights already rounded (parametrizations
+The torch model is exported with its fp16 and int4 weights already rounded (parametrizations
 baked), then those layers are rewritten in the ONNX graph.
 """
 
@@ -27,6 +27,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper, version_converter
 
 from host.compress.policy import Policy
+from lut_store.precision import Precision
 
 INT4_OPSET = 21
 
@@ -55,11 +56,11 @@ def _plain(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def _export_copy(model: torch.nn.Module, policy: Policy) -> torch.nn.Module:
-    """A copy whose 16/4-bit layers are plain modules with their rounded weights. (Removing a
+    """A copy whose fp16 and int4 layers are plain modules with their rounded weights. (Removing a
     parametrization from a deep copy would remove it from the original's shared class too.)"""
     clone = copy.deepcopy(model).eval()
     for name, action in policy.layers.items():
-        if action.bits in (4, 16):
+        if action.precision in (Precision.FP16, Precision.INT4W):
             parent_name, _, attr = name.rpartition(".")
             parent = clone.get_submodule(parent_name) if parent_name else clone
             setattr(parent, attr, _plain(getattr(parent, attr)))
@@ -226,29 +227,29 @@ class ExportedModel:
 
     path: Path
     layer_nodes: dict[str, str]  # policy layer -> the name of its Conv/Gemm/MatMul node (its kernel's anchor)
-    layers_per_bits: dict[int, int]
+    layers_per_precision: dict[Precision, int]
 
 
 def export_policy_model(
     model: torch.nn.Module, policy: Policy, path: Path, input_shape: tuple[int, ...], opset: int = 17
 ) -> ExportedModel:
     """Export the compressed model at its real precisions, naming each layer's compute node."""
-    by_bits = {b: {n for n, a in policy.layers.items() if a.bits == b} for b in (4, 8, 16, 32)}
+    layers = {p: {n for n, a in policy.layers.items() if a.precision is p} for p in Precision}
     export_onnx(_export_copy(model, policy), path, input_shape, opset)
     graph = onnx.load(path)
-    if by_bits[4] and graph.opset_import[0].version < INT4_OPSET:
+    if layers[Precision.INT4W] and graph.opset_import[0].version < INT4_OPSET:
         graph = version_converter.convert_version(graph, INT4_OPSET)
     nodes = _layer_nodes(graph, set(policy.layers))
     modules = dict(model.named_modules())
-    for name in by_bits[8]:
+    for name in layers[Precision.INT8]:
         _int8_layer(graph, nodes[name], modules[name])
-    for name in by_bits[16]:
+    for name in layers[Precision.FP16]:
         _to_fp16(graph, nodes[name])
-    for name in by_bits[4]:
+    for name in layers[Precision.INT4W]:
         _to_int4(graph, nodes[name])
     _prune_unused(graph)
     onnx.checker.check_model(graph)
     onnx.save(graph, path)
     return ExportedModel(
-        path, {name: node.name for name, node in nodes.items()}, {b: len(n) for b, n in by_bits.items()}
+        path, {name: node.name for name, node in nodes.items()}, {p: len(n) for p, n in layers.items()}
     )

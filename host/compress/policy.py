@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-BITS = (4, 8, 16, 32)
+from lut_store.precision import Precision
+
 GRANULARITIES = ("per-channel",)
 
 
@@ -21,10 +23,10 @@ class PolicyError(ValueError):
 
 @dataclass(frozen=True)
 class LayerAction:
-    """One layer's joint action. `bits`: 32 float, 16 float16, 8 int8 (W8A8), 4 int4 weights."""
+    """One layer's joint action: the share of its output channels kept and its precision."""
 
     keep_ratio: float = 1.0
-    bits: int = 32
+    precision: Precision = Precision.FP32
     granularity: str = "per-channel"
 
 
@@ -41,23 +43,30 @@ class Policy:
     def from_json(cls, text: str) -> Policy:
         try:
             doc = json.loads(text)
+            for name, action in doc["layers"].items():
+                _refuse_bits(name, action)
             layers = {name: LayerAction(**action) for name, action in doc["layers"].items()}
             policy = cls(doc["model"], layers)
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise PolicyError(
                 f"not a policy document ({type(exc).__name__}: {exc}); expected "
-                '{"model": NAME, "layers": {LAYER: {"keep_ratio": R, "bits": B}}}'
+                '{"model": NAME, "layers": {LAYER: {"keep_ratio": R, "precision": P}}}'
             ) from None
+        layers = {}
         for name, action in policy.layers.items():
             for field_name, kinds, what in (
                 ("keep_ratio", (int, float), "a number"),
-                ("bits", (int,), "an integer"),
+                ("precision", (str,), "a string"),
                 ("granularity", (str,), "a string"),
             ):
                 value = getattr(action, field_name)
                 if isinstance(value, bool) or not isinstance(value, kinds):
                     raise PolicyError(f"layer {name}: {field_name} = {value!r} must be {what}")
-        return policy
+            try:
+                layers[name] = replace(action, precision=Precision(action.precision))
+            except ValueError as exc:
+                raise PolicyError(f"layer {name}: {exc}") from None
+        return cls(policy.model, layers)
 
     @classmethod
     def load(cls, path: Path) -> Policy:
@@ -72,12 +81,20 @@ class Policy:
         model: str,
         layer_names: Sequence[str],
         keep_ratio: float,
-        bits: int,
+        precision: Precision,
         overrides: Mapping[str, LayerAction] | None = None,
     ) -> Policy:
-        layers = {name: LayerAction(keep_ratio, bits) for name in layer_names}
+        layers = {name: LayerAction(keep_ratio, precision) for name in layer_names}
         layers.update(overrides or {})
         return cls(model, layers)
+
+
+def _refuse_bits(layer: str, action: Any) -> None:
+    """Policies name precisions; one written with the old `"bits": B` says what to write instead."""
+    if isinstance(action, Mapping) and "bits" in action:
+        named = {p.weight_bits: p.value for p in Precision}.get(action["bits"])
+        instead = f'"precision": "{named}"' if named else f'"precision": one of {", ".join(Precision)}'
+        raise PolicyError(f'layer {layer}: "bits": {action["bits"]!r} is the old form; write {instead} instead')
 
 
 @dataclass(frozen=True)
@@ -106,8 +123,10 @@ def validate(policy: Policy, model_name: str, limits: Sequence[LayerLimits]) -> 
     group_ratio: dict[str, tuple[str, float]] = {}
     for name, action in policy.layers.items():
         lim = by_name[name]
-        if action.bits not in BITS:
-            raise PolicyError(f"layer {name}: bits = {action.bits}; allowed: {list(BITS)}")
+        if not isinstance(action.precision, Precision):
+            raise PolicyError(
+                f"layer {name}: precision = {action.precision!r} is not a Precision; allowed: {', '.join(Precision)}"
+            )
         if action.granularity not in GRANULARITIES:
             raise PolicyError(f"layer {name}: granularity {action.granularity!r}; allowed: {list(GRANULARITIES)}")
         if lim.group is None:

@@ -1,12 +1,12 @@
 """Per-layer fake quantization for training, exportable as ONNX QDQ as it is.
 
-- 8 bits: weights per-channel symmetric int8, input activations per-tensor affine uint8
-  (U8S8: FACTS.md, int8 x int8 gave no speedup on our CPU), outputs per-tensor affine uint8,
-  biases int32 at the scale input_scale * weight_scale; exports as QuantizeLinear /
-  DequantizeLinear pairs that onnxruntime fuses into QLinearConv / QGemm.
-- 4 bits: weights per-channel symmetric in [-8, 7], activations in float (weight-only).
-- 16 bits: weights and inputs rounded through float16.
-- 32 bits: untouched.
+- int8: weights per-channel symmetric int8, input activations per-tensor affine uint8
+  (U8S8: int8 x int8, i.e. S8S8, gave no speedup over U8S8 on our CPU), outputs per-tensor
+  affine uint8, biases int32 at the scale input_scale * weight_scale; exports as
+  QuantizeLinear / DequantizeLinear pairs that onnxruntime fuses into QLinearConv / QGemm.
+- int4 (weight-only): weights per-channel symmetric in [-8, 7], activations in float.
+- fp16: weights and inputs rounded through float16.
+- fp32: untouched.
 Gradients pass straight through the rounding (torch's fake-quantize ops implement the STE).
 Parametrizations keep module names, so the policy's layer names stay valid.
 
@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from host.compress.policy import Policy
+from lut_store.precision import Precision
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -195,13 +196,13 @@ def _half_input(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torc
 def apply_fake_quant(model: nn.Module, policy: Policy) -> nn.Module:
     """Attach each layer's quantizers in place (the policy is already validated)."""
     modules = dict(model.named_modules())
-    int8 = {name for name, action in policy.layers.items() if action.bits == 8}
+    int8 = {name for name, action in policy.layers.items() if action.precision is Precision.INT8}
     plan = _plan_int8(model, int8) if int8 else []
     for name, action in policy.layers.items():
         module = modules[name]
-        if action.bits in (4, 8):
-            parametrize.register_parametrization(module, "weight", WeightFakeQuant(action.bits))
-        elif action.bits == 16:
+        if action.precision in (Precision.INT8, Precision.INT4W):
+            parametrize.register_parametrization(module, "weight", WeightFakeQuant(action.precision.weight_bits))
+        elif action.precision is Precision.FP16:
             parametrize.register_parametrization(module, "weight", HalfRound())
             module.register_forward_pre_hook(_half_input)
     for name, bounds, source in plan:

@@ -75,7 +75,7 @@ def run_compress(
         reference.path.name,
         tuple(made.distill.epoch_loss),
         {"baseline_s": t1 - t0, "final_model_s": t2 - t1, "total_s": time.monotonic() - t0},
-        {str(bits): n for bits, n in made.exported.layers_per_bits.items()},
+        {p.value: n for p, n in made.exported.layers_per_precision.items()},
     )
     write_json(out / "policy.json", json.loads(policy.to_json()))
     write_config(out / "config.json", config)

@@ -20,13 +20,14 @@ from host.compress.prune import count_params, prune
 from host.progress import Progress
 from host.runs import EpisodeLog
 from host.search.budget import latency_estimator, latency_shares
-from host.search.controllers import make_controller
 from host.search.evaluate import Evaluator
 from host.search.loop import RewardReference, run_episodes
+from host.search.registry import make_controller
 from host.search.reward import latency_constraint
-from host.search.run import EpisodeRecorder, SearchConfig, search_bits
+from host.search.run import EpisodeRecorder, SearchConfig, precisions_to_search
 from host.search.space import ParamCounter, SearchSpace, describe_layers
 from host.workbench import Workbench
+from lut_store.precision import Precision
 from lut_store.tomlfile import ConfigError
 
 CONTROLLER = "amc+haq"  # the stage's name in its episodes.jsonl
@@ -51,20 +52,20 @@ class FixedKeepSpace(SearchSpace):
         return cls(
             space.model,
             space.layers,
-            space.bits,
+            space.precisions,
             space.min_keep,
             space.max_keep,
             space.latency_share,
             tuple(base.layers[layer.name].keep_ratio for layer in space.layers),
         )
 
-    def policy(self, keeps: Sequence[float], bits: Sequence[int]) -> Policy:
+    def policy(self, keeps: Sequence[float], precisions: Sequence[Precision]) -> Policy:
         """The base policy's keep-ratios with these precisions (`keeps` is ignored)."""
         return Policy(
             self.model,
             {
-                layer.name: LayerAction(keep, int(b))
-                for layer, keep, b in zip(self.layers, self.keep_ratios, bits, strict=True)
+                layer.name: LayerAction(keep, precision)
+                for layer, keep, precision in zip(self.layers, self.keep_ratios, precisions, strict=True)
             },
         )
 
@@ -109,10 +110,10 @@ def _spaces(bench: Workbench, config: SearchConfig, base: Policy, out: Path) -> 
         p.requires_grad_(True)
     prune(pruned, base, bench.example, config.compress.round_to)
     s = config.search
-    bits = search_bits(config, bench)
-    plain = SearchSpace(config.model, describe_layers(pruned, bench.example), bits, s.min_keep, s.max_keep)
+    precisions = precisions_to_search(config, bench)
+    plain = SearchSpace(config.model, describe_layers(pruned, bench.example), precisions, s.min_keep, s.max_keep)
     space = FixedKeepSpace.around(plain, base)
-    fp32 = space.policy((), [32] * len(plain.layers))
+    fp32 = space.policy((), [Precision.FP32] * len(plain.layers))
     exported = bench.export(bench.variant(fp32), fp32, out / "pruned_fp32.onnx")
     shares = latency_shares(plain, bench.predict(exported), exported.layer_nodes).latency_share
     return plain, replace(space, latency_share=shares)

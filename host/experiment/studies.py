@@ -25,6 +25,7 @@ from host.progress import Progress
 from host.runs import CompressSummary, SearchSummary, read_record, write_json
 from host.search.run import SearchConfig, run_search
 from host.workbench import Workbench
+from lut_store.precision import Precision
 from lut_store.tomlfile import ConfigError
 
 BASELINE = "FP32 baseline"
@@ -138,7 +139,9 @@ def ablated(policy: Policy, prune: bool, quantize: bool) -> Policy:
     return Policy(
         policy.model,
         {
-            name: LayerAction(a.keep_ratio if prune else 1.0, a.bits if quantize else 32, a.granularity)
+            name: LayerAction(
+                a.keep_ratio if prune else 1.0, a.precision if quantize else Precision.FP32, a.granularity
+            )
             for name, a in policy.layers.items()
         },
     )

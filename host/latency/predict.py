@@ -29,6 +29,7 @@ from lut_store.build import acquire, default_owner, entry_from_stats
 from lut_store.interface import LutStore
 from lut_store.keys.graph import Kernel, UnsupportedModel, model_kernels
 from lut_store.opkey import OpKey
+from lut_store.precision import Precision
 from lut_store.records import (
     BuildInProgress,
     Entry,
@@ -49,7 +50,7 @@ class KernelEstimate:
 
     name: str
     kind: str
-    precision: str
+    precision: Precision
     key_hash: str
     latency_ms: float
     version_id: int | None

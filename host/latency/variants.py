@@ -17,6 +17,7 @@ from host.compress.export import export_policy_model
 from host.compress.policy import LayerAction, LayerLimits, Policy
 from host.compress.prune import layer_limits
 from host.models import build_model
+from lut_store.precision import Precision
 
 
 def variant_model(
@@ -51,14 +52,14 @@ def random_policy(
     limits: Sequence[LayerLimits],
     rng: random.Random,
     keep_ratios: Sequence[float],
-    bits: Sequence[int],
+    precisions: Sequence[Precision],
 ) -> Policy:
     """Random per-group keep-ratios and per-layer precisions (fixed-width layers keep 1.0)."""
     group_ratio: dict[str, float] = {}
     layers = {}
     for lim in limits:
         keep = 1.0 if lim.group is None else group_ratio.setdefault(lim.group, rng.choice(list(keep_ratios)))
-        layers[lim.name] = LayerAction(keep, rng.choice(list(bits)))
+        layers[lim.name] = LayerAction(keep, rng.choice(list(precisions)))
     return Policy(model_name, layers)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from host.report.load import LayerChoice, ModelRow, RunData, load_run
-from host.report.plots import PRECISION_NAMES, all_plots
+from host.report.plots import all_plots
 from host.runs import DeviceRecord
 
 NOT_MEASURED = "not measured"
@@ -136,8 +136,8 @@ def summary_table(run: RunData) -> str:
 
 def _layer_table(layers: tuple[LayerChoice, ...]) -> str:
     rows = "".join(
-        f"<tr><td>{_e(c.layer)}</td><td>{c.keep_ratio:.3f}</td><td>{c.bits} ({_e(PRECISION_NAMES.get(c.bits, '?'))})"
-        f"</td><td>{_e(c.granularity or '-')}</td></tr>"
+        f"<tr><td>{_e(c.layer)}</td><td>{c.keep_ratio:.3f}</td><td>{_e(c.precision)}</td>"
+        f"<td>{_e(c.granularity or '-')}</td></tr>"
         for c in layers
     )
     header = "<tr><th>layer</th><th>keep-ratio</th><th>precision</th><th>granularity</th></tr>"

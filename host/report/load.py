@@ -25,6 +25,7 @@ from host.runs import (
     read_json,
     read_record,
 )
+from lut_store.precision import Precision
 
 
 class ReportError(ValueError):
@@ -51,11 +52,11 @@ class MeasuredLatency:
 
 @dataclass(frozen=True)
 class LayerChoice:
-    """One layer of a policy: keep-ratio, precision in bits, quantization granularity."""
+    """One layer of a policy: keep-ratio, precision, quantization granularity."""
 
     layer: str
     keep_ratio: float
-    bits: int
+    precision: Precision
     granularity: str
 
 
@@ -144,7 +145,7 @@ class RunData:
 
 def _layers(policy: Policy) -> tuple[LayerChoice, ...]:
     """The policy's layers in its order (the model's execution order, as the search writes them)."""
-    return tuple(LayerChoice(n, a.keep_ratio, a.bits, a.granularity) for n, a in policy.layers.items())
+    return tuple(LayerChoice(n, a.keep_ratio, a.precision, a.granularity) for n, a in policy.layers.items())
 
 
 def load_run(run_dir: Path) -> RunData:

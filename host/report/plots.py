@@ -13,10 +13,15 @@ from typing import Any
 
 from host.report.load import ModelRow, RunData
 from host.runs import EpisodeRow
+from lut_store.precision import Precision
 
 BASELINE_COLOUR = "black"
-PRECISION_NAMES = {32: "fp32", 16: "fp16", 8: "int8", 4: "int4"}
-BITS_COLOURS = {32: "#7f7f7f", 16: "#17becf", 8: "#1f77b4", 4: "#d62728"}
+PRECISION_COLOURS = {
+    Precision.FP32: "#7f7f7f",
+    Precision.FP16: "#17becf",
+    Precision.INT8: "#1f77b4",
+    Precision.INT4W: "#d62728",
+}
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
 DPI = 110
 
@@ -174,10 +179,6 @@ def reward_per_episode(run: RunData) -> bytes:
     return _png(fig)
 
 
-def _bits_colour(bits: int) -> str:
-    return BITS_COLOURS.get(bits, "#000000")
-
-
 def per_layer_policy(run: RunData) -> bytes:
     """(c) Per-layer policy of each final model: keep-ratio bars per layer, coloured by precision."""
     from matplotlib.patches import Patch
@@ -190,14 +191,14 @@ def per_layer_policy(run: RunData) -> bytes:
         return _png(fig)
     axes = fig.subplots(len(finals), 1, squeeze=False)[:, 0]
     label_size = 7 if n_layers <= 30 else 5
-    bits_seen: set[int] = set()
+    seen: set[Precision] = set()
     for ax, final in zip(axes, finals, strict=True):
         names = [layer.layer for layer in final.layers]
-        bits_seen.update(layer.bits for layer in final.layers)
+        seen.update(layer.precision for layer in final.layers)
         ax.bar(
             range(len(names)),
             [layer.keep_ratio for layer in final.layers],
-            color=[_bits_colour(layer.bits) for layer in final.layers],
+            color=[PRECISION_COLOURS[layer.precision] for layer in final.layers],
             edgecolor="white",
             lw=0.3,
         )
@@ -208,10 +209,7 @@ def per_layer_policy(run: RunData) -> bytes:
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=90, fontsize=label_size)
         ax.grid(axis="y", alpha=0.3)
-    handles = [
-        Patch(color=_bits_colour(b), label=f"{b} bits ({PRECISION_NAMES.get(b, '?')})")
-        for b in sorted(bits_seen, reverse=True)
-    ]
+    handles = [Patch(color=PRECISION_COLOURS[p], label=str(p)) for p in Precision if p in seen]
     fig.legend(handles=handles, loc="outside upper right", ncol=len(handles), fontsize=8)
     fig.suptitle("Per-layer policy of each final model", fontsize=10, x=0.02, ha="left")
     return _png(fig)

@@ -45,6 +45,7 @@ from host.search.controllers import Choose, Controller, walk
 from host.search.ppo import check_counts
 from host.search.reward import Constraint
 from host.search.space import SearchSpace
+from lut_store.precision import Precision
 
 if TYPE_CHECKING:
     from host.search.evaluate import EpisodeResult
@@ -215,20 +216,20 @@ class _StepLearner(Controller):
         still picks a precision)."""
         return True
 
-    def _act(self, state: np.ndarray) -> tuple[np.ndarray, float, int]:
-        """(the action as the replay buffer stores it, keep-ratio, bits) for one step."""
+    def _act(self, state: np.ndarray) -> tuple[np.ndarray, float, Precision]:
+        """(the action as the replay buffer stores it, keep-ratio, precision) for one step."""
         raise NotImplementedError
 
     def _choose(self, episode: int) -> Choose:
         self.steps = []
 
-        def choose(t: int, free: bool, prev_keep: float, prev_bits: int | None) -> tuple[float, int]:
+        def choose(t: int, free: bool, prev_keep: float, prev: Precision | None) -> tuple[float, Precision]:
             if not self._decides(free):
-                return 1.0, 32
-            state = self.space.state(t, prev_keep, prev_bits)
-            stored, keep, bits = self._act(state)
+                return 1.0, Precision.FP32
+            state = self.space.state(t, prev_keep, prev)
+            stored, keep, precision = self._act(state)
             self.steps.append((state, stored))
-            return keep, bits
+            return keep, precision
 
         return choose
 
@@ -297,18 +298,18 @@ class _DDPGLearner(_StepLearner):
         )
         self.config = config
 
-    def _act(self, state: np.ndarray) -> tuple[np.ndarray, float, int]:
+    def _act(self, state: np.ndarray) -> tuple[np.ndarray, float, Precision]:
         if self.warming_up:
             a = float(self.rng.uniform(0.0, 1.0))
         else:
             greedy = float(self.model.predict(state, deterministic=True)[0][0])
             sigma = self.config.init_noise * self.config.noise_decay ** (self.episodes_done - self.warmup_episodes)
             a = _truncated_normal(self.rng, greedy, sigma)
-        keep, bits = self._action(a)
-        return self.model.policy.scale_action(np.array([a], dtype=np.float32)), keep, bits
+        keep, precision = self._action(a)
+        return self.model.policy.scale_action(np.array([a], dtype=np.float32)), keep, precision
 
-    def _action(self, a: float) -> tuple[float, int]:
-        """The layer's (keep-ratio, bits) for action a in [0, 1]."""
+    def _action(self, a: float) -> tuple[float, Precision]:
+        """The layer's (keep-ratio, precision) for action a in [0, 1]."""
         raise NotImplementedError
 
     def _optimizers(self) -> list[torch.optim.Optimizer]:
@@ -328,7 +329,7 @@ def _truncated_normal(rng: np.random.Generator, mean: float, sigma: float) -> fl
 
 class AMCController(_DDPGLearner):
     """AMC: a keep-ratio for each layer that decides one (followers of a residual group and the
-    classifier are not steps), every layer at 32 bits, bounded step by step (the `Enforcer`) so
+    classifier are not steps), every layer at fp32, bounded step by step (the `Enforcer`) so
     that the policy meets the target; channel counts are rounded by the pruner (`round_to`)."""
 
     name = "amc"
@@ -339,14 +340,14 @@ class AMCController(_DDPGLearner):
                 "amc prunes to a target: pass constraint=params_constraint(...) (e.g. 0.25 for 75% "
                 "fewer parameters) or constraint=latency_constraint(...)"
             )
-        fp32 = replace(space, bits=(32,))
+        fp32 = replace(space, precisions=(Precision.FP32,))
         super().__init__(fp32, constraint, config, seed, steps_per_episode=sum(fp32.ratio_free()))
 
     def _decides(self, free: bool) -> bool:
         return free
 
-    def _action(self, a: float) -> tuple[float, int]:
-        return self.space.min_keep + a * (self.space.max_keep - self.space.min_keep), 32
+    def _action(self, a: float) -> tuple[float, Precision]:
+        return self.space.min_keep + a * (self.space.max_keep - self.space.min_keep), Precision.FP32
 
 
 class HAQController(_DDPGLearner):
@@ -368,55 +369,54 @@ class HAQController(_DDPGLearner):
             )
         unpruned = replace(space, min_keep=1.0, max_keep=1.0)
         n = len(space.layers)
-        cost = {b: constraint.cost(unpruned.policy([1.0] * n, [b] * n)) for b in space.bits}
-        self.costliest_first = sorted(space.bits, key=lambda b: (-cost[b], -b))
+        cost = {p: constraint.cost(unpruned.policy([1.0] * n, [p] * n)) for p in space.precisions}
+        self.costliest_first = sorted(space.precisions, key=lambda p: (-cost[p], -p.weight_bits))
         cheapest = self.costliest_first[-1]
         if cost[cheapest] > constraint.budget:
             raise ValueError(
                 f"the {constraint.name} budget {constraint.budget:g} cannot be met without pruning: "
-                f"{cheapest} bits on every layer, the cheapest, give {cost[cheapest]:g}; raise the "
+                f"{cheapest} on every layer, the cheapest, gives {cost[cheapest]:g}; raise the "
                 "budget or allow other precisions"
             )
         super().__init__(unpruned, None, config, seed, steps_per_episode=n)
         self.constraint = constraint
-        self.ascending_bits = sorted(space.bits)
+        self.narrowest_first = sorted(space.precisions, key=lambda p: p.weight_bits)
 
-    def _action(self, a: float) -> tuple[float, int]:
-        n = len(self.ascending_bits)
-        return 1.0, self.ascending_bits[min(int(a * n), n - 1)]
+    def _action(self, a: float) -> tuple[float, Precision]:
+        n = len(self.narrowest_first)
+        return 1.0, self.narrowest_first[min(int(a * n), n - 1)]
 
     def propose(self, episode: int) -> Policy:
         policy = walk(self.space, self._choose(episode), None)
-        bits = lower_precisions(
-            self.space, [a.bits for a in policy.layers.values()], self.constraint, self.costliest_first
+        precisions = lower_precisions(
+            self.space, [a.precision for a in policy.layers.values()], self.constraint, self.costliest_first
         )
-        self.last_policy = self.space.policy([1.0] * len(bits), bits)
+        self.last_policy = self.space.policy([1.0] * len(precisions), precisions)
         return self.last_policy
 
 
 def lower_precisions(
-    space: SearchSpace, bits: list[int], constraint: Constraint, costliest_first: Sequence[int]
-) -> list[int]:
+    space: SearchSpace, precisions: list[Precision], constraint: Constraint, costliest_first: Sequence[Precision]
+) -> list[Precision]:
     """HAQ's final action wall on unpruned layers: while the policy is over budget, walk the
     layers from the last to the first, moving each one precision step along `costliest_first`
     (the device's precisions, costliest first) and stopping as soon as it fits."""
     order = list(costliest_first)
-    bits = list(bits)
+    precisions = list(precisions)
 
     def fits() -> bool:
-        return constraint.cost(space.policy([1.0] * len(bits), bits)) <= constraint.budget
+        return constraint.cost(space.policy([1.0] * len(precisions), precisions)) <= constraint.budget
 
     while not fits():
-        if all(b == order[-1] for b in bits):
+        if all(p is order[-1] for p in precisions):
             raise ValueError(
-                f"the {constraint.name} budget {constraint.budget:g} cannot be met even at "
-                f"{order[-1]} bits on every layer"
+                f"the {constraint.name} budget {constraint.budget:g} cannot be met even at {order[-1]} on every layer"
             )
-        for i in reversed(range(len(bits))):
-            bits[i] = order[min(order.index(bits[i]) + 1, len(order) - 1)]
+        for i in reversed(range(len(precisions))):
+            precisions[i] = order[min(order.index(precisions[i]) + 1, len(order) - 1)]
             if fits():
                 break
-    return bits
+    return precisions
 
 
 class DQNController(_StepLearner):
@@ -427,7 +427,7 @@ class DQNController(_StepLearner):
 
     def __init__(self, space: SearchSpace, constraint: Constraint | None, config: DQNConfig, seed: int) -> None:
         keeps = [round(float(k), 4) for k in np.linspace(space.min_keep, space.max_keep, config.keep_bins)]
-        self.joint = list(itertools.product(keeps, space.bits))
+        self.joint = list(itertools.product(keeps, space.precisions))
         env = _LayerStep(space.state_dim, spaces.Discrete(len(self.joint)))
         model = _built(
             DQN,
@@ -452,13 +452,13 @@ class DQNController(_StepLearner):
         progress = min((self.episodes_done - self.warmup_episodes) / self.config.explore_episodes, 1.0)
         return 1.0 + progress * (self.config.final_epsilon - 1.0)
 
-    def _act(self, state: np.ndarray) -> tuple[np.ndarray, float, int]:
+    def _act(self, state: np.ndarray) -> tuple[np.ndarray, float, Precision]:
         if self.rng.random() < self.epsilon:
             index = int(self.rng.integers(len(self.joint)))
         else:
             index = int(self.model.predict(state, deterministic=True)[0])
-        keep, bits = self.joint[index]
-        return np.array([index]), keep, bits
+        keep, precision = self.joint[index]
+        return np.array([index]), keep, precision
 
     def _after_update(self) -> None:
         polyak_update(self.model.q_net.parameters(), self.model.q_net_target.parameters(), self.config.target_tau)

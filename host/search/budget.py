@@ -23,6 +23,7 @@ from host.latency.predict import Prediction
 from host.search.reward import Constraint, latency_constraint, params_constraint
 from host.search.space import ParamCounter, SearchSpace
 from host.workbench import Workbench
+from lut_store.precision import Precision
 
 
 def latency_shares(space: SearchSpace, prediction: Prediction, layer_nodes: Mapping[str, str]) -> SearchSpace:
@@ -40,14 +41,14 @@ class LatencyEstimator:
     """A policy's latency in ms from per-layer LUT latencies (see the module docstring)."""
 
     counter: ParamCounter
-    full_ms: Mapping[int, Mapping[str, float]]  # bits -> layer -> its kernel's ms at keep 1.0
-    exponent: Mapping[int, Mapping[str, float]]  # bits -> layer -> a in ms = full_ms * kept_fraction ** a
+    full_ms: Mapping[Precision, Mapping[str, float]]  # precision -> layer -> its kernel's ms at keep 1.0
+    exponent: Mapping[Precision, Mapping[str, float]]  # precision -> layer -> a in ms = full_ms * kept_fraction ** a
     other_ms: float  # kernels that belong to no layer, in the FP32 model
 
     def __call__(self, policy: Policy) -> float:
         kept = self.counter.kept_fraction(policy)
         return self.other_ms + sum(
-            self.full_ms[action.bits][name] * kept[name] ** self.exponent[action.bits][name]
+            self.full_ms[action.precision][name] * kept[name] ** self.exponent[action.precision][name]
             for name, action in sorted(policy.layers.items())
         )  # in any JSON order
 
@@ -59,25 +60,26 @@ def latency_estimator(
     what the LUT lacks); each layer's latency follows a power of its kept multiply-adds through
     the two points (small kernels lose efficiency: latency is rarely proportional)."""
     names = [layer.name for layer in space.layers]
-    half = space.policy([anchor_keep] * len(names), [32] * len(names))
+    half = space.policy([anchor_keep] * len(names), [Precision.FP32] * len(names))
     half_kept = counter.kept_fraction(half)
-    full_ms: dict[int, dict[str, float]] = {}
-    exponent: dict[int, dict[str, float]] = {}
+    full_ms: dict[Precision, dict[str, float]] = {}
+    exponent: dict[Precision, dict[str, float]] = {}
     other_ms = 0.0
-    for bits in sorted(set(space.bits) | {32}, reverse=True):
+    for precision in [p for p in Precision if p in space.precisions or p is Precision.FP32]:
         measured = {}
         for keep in (1.0, anchor_keep):
-            policy = space.policy([keep] * len(names), [bits] * len(names))
-            exported = bench.export(bench.variant(policy), policy, workdir / f"anchor_{bits}bit_keep{keep}.onnx")
+            policy = space.policy([keep] * len(names), [precision] * len(names))
+            path = workdir / f"anchor_{precision}_keep{keep}.onnx"
+            exported = bench.export(bench.variant(policy), policy, path)
             prediction = bench.predict(exported)
             measured[keep] = prediction.layer_latency_ms(exported.layer_nodes)
-            if bits == 32 and keep == 1.0:
+            if precision is Precision.FP32 and keep == 1.0:
                 other_ms = prediction.latency_ms - sum(measured[keep].values())
-        full_ms[bits] = measured[1.0]
+        full_ms[precision] = measured[1.0]
         # Never below 0: a kernel does not get slower as it loses channels; a pruned anchor
         # measured slower is noise, or (microsecond models) the run's fixed cost that the agent's
         # scale factor spreads over fewer kernel-microseconds. 0 ms: an elided kernel.
-        exponent[bits] = {
+        exponent[precision] = {
             name: (
                 max(math.log(measured[anchor_keep][name] / measured[1.0][name]) / math.log(half_kept[name]), 0.0)
                 if 0 < half_kept[name] < 1 and measured[anchor_keep][name] > 0 and measured[1.0][name] > 0

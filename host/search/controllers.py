@@ -2,10 +2,11 @@
 
 - `ppo`: the hybrid PPO agent walking the layers (state per layer, previous action included);
 - `random`: uniform keep-ratios and precisions, the same budget: a controller has to beat it;
-- `uniform`: a small grid of uniform keep-ratios x precisions, in a fixed order;
-- `amc`, `haq`, `dqn`: the papers' baselines on Stable-Baselines3 (`host.search.baselines`).
-Each keeps its whole state (networks, optimisers, random generators) in `state_dict()`, so a
-killed run resumes with no episode lost or repeated.
+- `uniform`: a small grid of uniform keep-ratios x precisions, in a fixed order.
+The papers' baselines (`amc`, `haq`, `dqn`) build on this interface (`host.search.baselines`);
+`host.search.registry` makes any controller by name. Each keeps its whole state (networks,
+optimisers, random generators) in `state_dict()`, so a killed run resumes with no episode lost
+or repeated.
 """
 
 from __future__ import annotations
@@ -21,35 +22,36 @@ from host.compress.policy import Policy
 from host.search.ppo import HybridPPO, PPOConfig
 from host.search.reward import Constraint, Enforcer
 from host.search.space import SearchSpace
+from lut_store.precision import Precision
 
 if TYPE_CHECKING:
-    from host.search.baselines import DDPGConfig, DQNConfig
     from host.search.evaluate import EpisodeResult
     from host.search.surrogate import RewardSurrogate
 
-# One step's choice: (layer index, decides its ratio, previous keep-ratio, previous bits) -> (keep, bits)
-Choose = Callable[[int, bool, float, int | None], tuple[float, int]]
+# One step's choice: (layer index, decides its ratio, previous keep-ratio, previous precision) -> (keep, precision)
+Choose = Callable[[int, bool, float, Precision | None], tuple[float, Precision]]
 
 
 def walk(space: SearchSpace, choose: Choose, enforcer: Enforcer | None) -> Policy:
     """One episode: layer by layer, the controller's choice, bounded by the constraint (if any);
     followers of a residual group take the group's ratio and the classifier keeps its width."""
     keeps: list[float] = []
-    bits: list[int] = []
-    prev_keep, prev_bits = 1.0, None
+    precisions: list[Precision] = []
+    prev_keep: float = 1.0
+    prev_precision: Precision | None = None
     group_keep: dict[str, float] = {}
     for t, (layer, free) in enumerate(zip(space.layers, space.ratio_free(), strict=True)):
-        keep, b = choose(t, free, prev_keep, prev_bits)
+        keep, precision = choose(t, free, prev_keep, prev_precision)
         if not free:
             keep = group_keep[layer.group] if layer.group is not None else 1.0
         if enforcer is not None:
-            keep, b = enforcer.bound(keeps, bits, keep, b, free)
+            keep, precision = enforcer.bound(keeps, precisions, keep, precision, free)
         if layer.group is not None:
             group_keep.setdefault(layer.group, keep)
         keeps.append(keep)
-        bits.append(b)
-        prev_keep, prev_bits = keep, b
-    return space.policy(keeps, bits)
+        precisions.append(precision)
+        prev_keep, prev_precision = keep, precision
+    return space.policy(keeps, precisions)
 
 
 class Controller:
@@ -103,16 +105,16 @@ class PPOController(Controller):
     ) -> None:
         super().__init__(space, constraint)
         self.config = config
-        self.agent = HybridPPO(space.state_dim, len(space.bits), config, seed)
+        self.agent = HybridPPO(space.state_dim, len(space.precisions), config, seed)
         self.surrogate = surrogate if config.surrogate_episodes > 0 else None
         self.practised = 0  # surrogate episodes so far
         self.predicted: float | None = None  # the surrogate's reward for the last real policy
 
     def _choose(self, episode: int) -> Choose:
-        def choose(t: int, free: bool, prev_keep: float, prev_bits: int | None) -> tuple[float, int]:
-            u, b = self.agent.act(self.space.state(t, prev_keep, prev_bits), free)
+        def choose(t: int, free: bool, prev_keep: float, prev: Precision | None) -> tuple[float, Precision]:
+            u, index = self.agent.act(self.space.state(t, prev_keep, prev), free)
             squashed = self.space.min_keep + (self.space.max_keep - self.space.min_keep) / (1.0 + math.exp(-u))
-            return squashed, self.space.bits[b]
+            return squashed, self.space.precisions[index]
 
         return choose
 
@@ -161,9 +163,9 @@ class RandomController(Controller):
         self.rng = np.random.default_rng(seed)
 
     def _choose(self, episode: int) -> Choose:
-        def choose(t: int, free: bool, prev_keep: float, prev_bits: int | None) -> tuple[float, int]:
+        def choose(t: int, free: bool, prev_keep: float, prev: Precision | None) -> tuple[float, Precision]:
             keep = float(self.rng.uniform(self.space.min_keep, self.space.max_keep)) if free else 1.0
-            return keep, int(self.rng.choice(self.space.bits))
+            return keep, self.space.precisions[int(self.rng.choice(len(self.space.precisions)))]
 
         return choose
 
@@ -184,41 +186,9 @@ class UniformController(Controller):
         super().__init__(space, constraint)
         mid = round((space.min_keep + space.max_keep) / 2, 4)
         ratios = sorted({space.max_keep, mid, space.min_keep}, reverse=True)
-        self.grid = list(itertools.product(ratios, sorted(space.bits, reverse=True)))
+        widest_first = sorted(space.precisions, key=lambda p: p.weight_bits, reverse=True)
+        self.grid = list(itertools.product(ratios, widest_first))
 
     def _choose(self, episode: int) -> Choose:
-        keep, bits = self.grid[episode % len(self.grid)]
-        return lambda t, free, prev_keep, prev_bits: (keep, bits)
-
-
-CONTROLLERS = ("ppo", "random", "uniform", "amc", "haq", "dqn")
-
-
-def make_controller(
-    name: str,
-    space: SearchSpace,
-    ppo: PPOConfig,
-    seed: int,
-    constraint: Constraint | None = None,
-    ddpg: DDPGConfig | None = None,
-    dqn: DQNConfig | None = None,
-    surrogate: RewardSurrogate | None = None,
-) -> Controller:
-    """A controller by name; `constraint` bounds every policy it proposes (optional, but `amc`
-    needs a target and `haq` a latency budget). `ddpg` configures amc and haq, `dqn` the DQN
-    (their defaults when None); `surrogate` lets ppo practise between real episodes."""
-    if name == "ppo":
-        return PPOController(space, ppo, seed, constraint, surrogate)
-    if name == "random":
-        return RandomController(space, seed, constraint)
-    if name == "uniform":
-        return UniformController(space, constraint)
-    if name in ("amc", "haq", "dqn"):
-        # Imported here: it imports Controller from this module, and Stable-Baselines3.
-        from host.search import baselines
-
-        if name == "dqn":
-            return baselines.DQNController(space, constraint, dqn or baselines.DQNConfig(), seed)
-        learner = baselines.AMCController if name == "amc" else baselines.HAQController
-        return learner(space, constraint, ddpg or baselines.DDPGConfig(), seed)
-    raise ValueError(f"unknown controller {name!r}; choices: {', '.join(CONTROLLERS)}")
+        keep, precision = self.grid[episode % len(self.grid)]
+        return lambda t, free, prev_keep, prev: (keep, precision)

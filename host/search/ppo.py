@@ -87,12 +87,12 @@ def clipped_surrogate(
 
 
 class ActorCritic(nn.Module):
-    def __init__(self, state_dim: int, n_bits: int, config: PPOConfig) -> None:
+    def __init__(self, state_dim: int, n_precisions: int, config: PPOConfig) -> None:
         super().__init__()
         h = config.hidden
         self.actor = nn.Sequential(nn.Linear(state_dim, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh())
         self.mu = nn.Linear(h, 1)
-        self.bits_logits = nn.Linear(h, n_bits)
+        self.precision_logits = nn.Linear(h, n_precisions)
         self.log_std = nn.Parameter(torch.full((1,), config.init_log_std))
         self.critic = nn.Sequential(nn.Linear(state_dim, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh(), nn.Linear(h, 1))
 
@@ -100,7 +100,7 @@ class ActorCritic(nn.Module):
         z = self.actor(states)
         return (
             torch.distributions.Normal(self.mu(z).squeeze(-1), self.log_std.exp()),
-            torch.distributions.Categorical(logits=self.bits_logits(z)),
+            torch.distributions.Categorical(logits=self.precision_logits(z)),
         )
 
     def value(self, states: torch.Tensor) -> torch.Tensor:
@@ -113,7 +113,7 @@ class Rollout:
 
     states: list[np.ndarray] = field(default_factory=list)
     u: list[float] = field(default_factory=list)
-    bit_index: list[int] = field(default_factory=list)
+    precision_index: list[int] = field(default_factory=list)
     logp: list[float] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
     free: list[bool] = field(default_factory=list)
@@ -127,11 +127,11 @@ class Rollout:
 class HybridPPO:
     """Acts step by step and learns from finished episodes."""
 
-    def __init__(self, state_dim: int, n_bits: int, config: PPOConfig, seed: int) -> None:
+    def __init__(self, state_dim: int, n_precisions: int, config: PPOConfig, seed: int) -> None:
         self.config = config
         with torch.random.fork_rng(devices=[]):  # seeded initial weights, the global generator untouched
             torch.manual_seed(seed)
-            self.net = ActorCritic(state_dim, n_bits, config)
+            self.net = ActorCritic(state_dim, n_precisions, config)
         actor_params = [p for n, p in self.net.named_parameters() if not n.startswith("critic")]
         self.actor_opt = torch.optim.Adam(actor_params, lr=config.actor_lr)
         self.critic_opt = torch.optim.Adam(self.net.critic.parameters(), lr=config.critic_lr)
@@ -140,25 +140,25 @@ class HybridPPO:
         self.episodes_in_rollout = 0
 
     def act(self, state: np.ndarray, free: bool) -> tuple[float, int]:
-        """Sample (u, bit index) for one step and record it."""
+        """Sample (u, precision index) for one step and record it."""
         s = torch.as_tensor(state).unsqueeze(0)
         with torch.no_grad():
             normal, cat = self.net.dists(s)
             u = normal.mean + normal.stddev * torch.randn(1, generator=self.generator)
             probs = cat.probs.squeeze(0)
-            b = int(torch.multinomial(probs, 1, generator=self.generator))
-            logp = float(cat.log_prob(torch.tensor([b]))) + (float(normal.log_prob(u)) if free else 0.0)
+            index = int(torch.multinomial(probs, 1, generator=self.generator))
+            logp = float(cat.log_prob(torch.tensor([index]))) + (float(normal.log_prob(u)) if free else 0.0)
             value = float(self.net.value(s))
         r = self.rollout
         r.states.append(state)
         r.u.append(float(u))
-        r.bit_index.append(b)
+        r.precision_index.append(index)
         r.logp.append(logp)
         r.values.append(value)
         r.free.append(free)
         r.rewards.append(0.0)
         r.dones.append(False)
-        return float(u), b
+        return float(u), index
 
     def finish_episode(self, reward: float, update_every: int | None = None) -> None:
         """The episode's reward on its last step; update every `update_every` episodes (the
@@ -174,7 +174,7 @@ class HybridPPO:
         adv, ret = gae(np.array(r.rewards), np.array(r.values), np.array(r.dones), 0.0, c.gamma, c.gae_lambda)
         states = torch.as_tensor(np.stack(r.states))
         u = torch.tensor(r.u)
-        bits = torch.tensor(r.bit_index)
+        precision_index = torch.tensor(r.precision_index)
         logp_old = torch.tensor(r.logp)
         free = torch.tensor(r.free, dtype=torch.float32)
         adv_t = torch.as_tensor(adv, dtype=torch.float32)
@@ -189,7 +189,7 @@ class HybridPPO:
             for start in range(0, n, c.minibatch):
                 idx = order[start : start + c.minibatch]
                 normal, cat = self.net.dists(states[idx])
-                logp = cat.log_prob(bits[idx]) + normal.log_prob(u[idx]) * free[idx]
+                logp = cat.log_prob(precision_index[idx]) + normal.log_prob(u[idx]) * free[idx]
                 entropy = (cat.entropy() + normal.entropy() * free[idx]).mean()
                 actor_loss = clipped_surrogate(logp, logp_old[idx], adv_t[idx], c.clip) - c.entropy_coef * entropy
                 self.actor_opt.zero_grad()

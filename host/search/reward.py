@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from host.compress.policy import Policy
 from host.search.space import SearchSpace
+from lut_store.precision import Precision
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def latency_constraint(latency_ms: Callable[[Policy], float], budget_ms: float) 
 
 
 class Enforcer:
-    """Bounds each step's (keep-ratio, bits) so that the finished policy meets the constraint."""
+    """Bounds each step's (keep-ratio, precision) so that the finished policy meets the constraint."""
 
     resolution = 1e-4  # keep-ratios are searched (and policies rounded) to this step
 
@@ -78,49 +79,53 @@ class Enforcer:
         self.space = space
         self.constraint = constraint
         n = len(space.layers)
-        costs = {b: constraint.cost(space.policy([space.min_keep] * n, [b] * n)) for b in space.bits}
-        self.aggressive_bits = min(space.bits, key=lambda b: (costs[b], b))
-        floor = costs[self.aggressive_bits]
+        costs = {p: constraint.cost(space.policy([space.min_keep] * n, [p] * n)) for p in space.precisions}
+        self.aggressive = min(space.precisions, key=lambda p: (costs[p], p.weight_bits))
+        floor = costs[self.aggressive]
         if floor > constraint.budget:
             raise ValueError(
                 f"the {constraint.name} budget {constraint.budget:g} cannot be met: even keep-ratio "
-                f"{space.min_keep} and {self.aggressive_bits} bits on every layer give {floor:g}; "
+                f"{space.min_keep} and {self.aggressive} on every layer give {floor:g}; "
                 "raise the budget or lower the minimum keep-ratio"
             )
 
-    def _fits(self, keeps: Sequence[float], bits: Sequence[int], keep: float, b: int) -> bool:
+    def _fits(self, keeps: Sequence[float], precisions: Sequence[Precision], keep: float, precision: Precision) -> bool:
         rest = len(self.space.layers) - len(keeps) - 1
         policy = self.space.policy(
-            [*keeps, keep, *[self.space.min_keep] * rest], [*bits, b, *[self.aggressive_bits] * rest]
+            [*keeps, keep, *[self.space.min_keep] * rest], [*precisions, precision, *[self.aggressive] * rest]
         )
         return self.constraint.cost(policy) <= self.constraint.budget
 
-    def bound(self, keeps: Sequence[float], bits: Sequence[int], keep: float, b: int, free: bool) -> tuple[float, int]:
-        """Layer t's action (t = len(keeps)) after the executed actions `keeps`, `bits`: the
-        proposed one if it fits, else the largest keep-ratio that fits at the proposed precision,
-        else at the most aggressive one; a layer whose ratio is not `free` changes only its
-        precision. (Ratio min_keep, or the group's, with the aggressive bits always fits: it is
-        the policy the previous step was checked with.)"""
-        if self._fits(keeps, bits, keep, b):
-            return keep, b
+    def bound(
+        self, keeps: Sequence[float], precisions: Sequence[Precision], keep: float, precision: Precision, free: bool
+    ) -> tuple[float, Precision]:
+        """Layer t's action (t = len(keeps)) after the executed actions `keeps`, `precisions`:
+        the proposed one if it fits, else the largest keep-ratio that fits at the proposed
+        precision, else at the most aggressive one; a layer whose ratio is not `free` changes
+        only its precision. (Ratio min_keep, or the group's, at the aggressive precision always
+        fits: it is the policy the previous step was checked with.)"""
+        if self._fits(keeps, precisions, keep, precision):
+            return keep, precision
         lo = self.space.min_keep if free else keep
-        for precision in (b, self.aggressive_bits):
-            if precision != b and self._fits(keeps, bits, keep, precision):
-                return keep, precision  # the proposed ratio fits at the aggressive precision
-            if self._fits(keeps, bits, lo, precision):
-                return (self._largest_fit(keeps, bits, lo, keep, precision) if free else keep), precision
+        for p in (precision, self.aggressive):
+            if p is not precision and self._fits(keeps, precisions, keep, p):
+                return keep, p  # the proposed ratio fits at the aggressive precision
+            if self._fits(keeps, precisions, lo, p):
+                return (self._largest_fit(keeps, precisions, lo, keep, p) if free else keep), p
         raise RuntimeError(
             f"the {self.constraint.name} cost is not deterministic: a policy that met the "
             "budget one step ago no longer does"
         )
 
-    def _largest_fit(self, keeps: Sequence[float], bits: Sequence[int], lo: float, hi: float, b: int) -> float:
+    def _largest_fit(
+        self, keeps: Sequence[float], precisions: Sequence[Precision], lo: float, hi: float, precision: Precision
+    ) -> float:
         """Bisection between a fitting `lo` and a failing `hi`, on the resolution grid (from the grid
         point at or below `lo`, so an untested point above it is never returned)."""
         lo_i, hi_i = math.floor(lo / self.resolution + 1e-9), math.floor(hi / self.resolution + 1e-9)
         while hi_i - lo_i > 1:
             mid = (lo_i + hi_i) // 2
-            if self._fits(keeps, bits, mid * self.resolution, b):
+            if self._fits(keeps, precisions, mid * self.resolution, precision):
                 lo_i = mid
             else:
                 hi_i = mid

@@ -37,18 +37,17 @@ from host.runs import (
     write_record,
 )
 from host.search.budget import latency_estimator, latency_shares, search_constraint
-from host.search.controllers import CONTROLLERS, Controller, make_controller
+from host.search.controllers import Controller
 from host.search.evaluate import Evaluator
 from host.search.loop import Episode, RewardReference, run_episodes
 from host.search.ppo import PPOConfig
+from host.search.registry import CONTROLLERS, make_controller
 from host.search.reward import RewardConfig, reward
 from host.search.space import ParamCounter, SearchSpace, describe_layers
 from host.search.surrogate import RewardSurrogate, layer_sensitivity
 from host.workbench import BenchConfig, Workbench
-from lut_store.opkey import precision_from_proto
+from lut_store.precision import Precision
 from lut_store.tomlfile import ConfigError, from_mapping, read_toml
-
-BITS_OF = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class SearchSettings:
     controllers: list[str] = field(default_factory=lambda: ["ppo"])
     episodes: int = 15  # per controller
     episode_samples: int = 384  # training images per episode's fine-tune
-    bits: list[int] = field(default_factory=list)  # empty: every precision the device runs
+    precisions: list[Precision] = field(default_factory=list)  # empty: every precision the device runs
     min_keep: float = 0.2  # pruning ratio at most 0.8
     max_keep: float = 0.9  # pruning ratio at least 0.1
     # An AMC-style constraint on every policy (0: none; set at most one): a parameter target as a
@@ -134,8 +133,8 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
     with Workbench.open(config, shown) as bench:
         reference = bench.export_reference(out / "final" / "baseline_fp32.onnx")
         baseline = _baseline(bench, reference, out)
-        bits = _device(bench, config, out)
-        space = _space(bench, config, bits, reference)
+        precisions = _device(bench, config, out)
+        space = _space(bench, config, precisions, reference)
         evaluator = Evaluator(
             bench,
             bench.distill_set(config.episode_distill),
@@ -183,33 +182,34 @@ def _baseline(bench: Workbench, reference: ExportedModel, out: Path) -> Baseline
     return baseline
 
 
-def _device(bench: Workbench, config: SearchConfig, out: Path) -> tuple[int, ...]:
+def _device(bench: Workbench, config: SearchConfig, out: Path) -> tuple[Precision, ...]:
     """Write device.json; the precisions to search (the config's, else every one the device runs)."""
     from host.agent_client import message_dict
 
     info = bench.device.info()
     precisions = tuple(
-        PrecisionSupport(precision_from_proto(p.precision), p.supported, p.note) for p in info.precisions
+        PrecisionSupport(Precision.from_proto(p.precision), p.supported, p.note) for p in info.precisions
     )
     record = DeviceRecord(
         info.fingerprint_hash, message_dict(info.fingerprint), precisions, config.device.address or "embedded"
     )
     write_record(out / "device.json", record)
-    return search_bits(config, bench)
+    return precisions_to_search(config, bench)
 
 
-def search_bits(config: SearchConfig, bench: Workbench) -> tuple[int, ...]:
+def precisions_to_search(config: SearchConfig, bench: Workbench) -> tuple[Precision, ...]:
     """The precisions to search: the config's, else every one the device runs."""
-    runs = bench.device_precisions()
-    return tuple(config.search.bits) or tuple(sorted((BITS_OF[p] for p in runs if p in BITS_OF), reverse=True))
+    return tuple(config.search.precisions) or bench.device_precisions()
 
 
-def _space(bench: Workbench, config: SearchConfig, bits: tuple[int, ...], reference: ExportedModel) -> SearchSpace:
+def _space(
+    bench: Workbench, config: SearchConfig, precisions: tuple[Precision, ...], reference: ExportedModel
+) -> SearchSpace:
     """The search space over the teacher's layers, with each layer's share of the FP32 latency."""
     layers = describe_layers(bench.teacher, bench.example, bench.layer_limits())
     s = config.search
     try:
-        space = SearchSpace(config.model, layers, bits, s.min_keep, s.max_keep)
+        space = SearchSpace(config.model, layers, precisions, s.min_keep, s.max_keep)
         return latency_shares(space, bench.predict(reference), reference.layer_nodes)
     except ValueError as exc:  # a bad keep range
         raise ConfigError(str(exc)) from None

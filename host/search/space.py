@@ -18,6 +18,7 @@ from torch import nn
 
 from host.compress.policy import LayerAction, LayerLimits, Policy
 from host.compress.prune import PRUNABLE_TYPES, classifier_of, kept_channels, layer_limits
+from lut_store.precision import Precision
 
 KINDS = ("conv", "depthwise", "linear")
 
@@ -42,20 +43,21 @@ class LayerInfo:
 class SearchSpace:
     model: str
     layers: tuple[LayerInfo, ...]
-    bits: tuple[int, ...]
+    precisions: tuple[Precision, ...]  # the choices at every layer, in the order the controllers index them
     min_keep: float = 0.2
     max_keep: float = 0.9
     latency_share: tuple[float, ...] = ()  # per layer, from the baseline's LUT prediction
 
     def __post_init__(self) -> None:
-        if not self.bits or any(b not in (4, 8, 16, 32) for b in self.bits):
-            raise ValueError(f"precisions {list(self.bits)}: choose among 4, 8, 16, 32 bits")
+        if not self.precisions:
+            raise ValueError(f"no precisions to choose from: give at least one of {', '.join(Precision)}")
+        object.__setattr__(self, "precisions", tuple(Precision(p) for p in self.precisions))
         if not 0.0 < self.min_keep <= self.max_keep <= 1.0:
             raise ValueError(f"keep-ratio range {self.min_keep}..{self.max_keep} must lie in (0, 1]")
 
     @property
     def state_dim(self) -> int:
-        return 11 + len(KINDS) + len(self.bits)
+        return 11 + len(KINDS) + len(self.precisions)
 
     def ratio_free(self) -> list[bool]:
         """Whether each layer's step decides a keep-ratio (the first layer of its group)."""
@@ -67,7 +69,7 @@ class SearchSpace:
                 seen.add(layer.group)
         return free
 
-    def state(self, t: int, prev_keep: float, prev_bits: int | None) -> np.ndarray:
+    def state(self, t: int, prev_keep: float, prev_precision: Precision | None) -> np.ndarray:
         """Layer t's features in ~[0, 1]: index, kind, kernel, stride, channels, feature map,
         shares of FLOPs, parameters and latency, and the previous action."""
         layer = self.layers[t]
@@ -77,7 +79,7 @@ class SearchSpace:
         flops = sum(x.flops for x in self.layers) or 1
         params = sum(x.params for x in self.layers) or 1
         kind = [1.0 if layer.kind == k else 0.0 for k in KINDS]
-        prev = [1.0 if prev_bits == b else 0.0 for b in self.bits]
+        prev = [1.0 if prev_precision is p else 0.0 for p in self.precisions]
         latency = self.latency_share[t] if self.latency_share else 0.0
         return np.array(
             [
@@ -98,16 +100,16 @@ class SearchSpace:
             dtype=np.float32,
         )
 
-    def policy(self, keeps: Sequence[float], bits: Sequence[int]) -> Policy:
+    def policy(self, keeps: Sequence[float], precisions: Sequence[Precision]) -> Policy:
         """The policy of one episode's actions (follower layers take their group's ratio)."""
         group_keep: dict[str, float] = {}
         layers = {}
-        for layer, keep, b in zip(self.layers, keeps, bits, strict=False):
+        for layer, keep, precision in zip(self.layers, keeps, precisions, strict=False):
             if layer.group is None:
                 ratio = 1.0
             else:
                 ratio = group_keep.setdefault(layer.group, round(float(keep), 4))
-            layers[layer.name] = LayerAction(ratio, int(b))
+            layers[layer.name] = LayerAction(ratio, precision)
         return Policy(self.model, layers)
 
 
@@ -244,10 +246,12 @@ class ParamCounter:
         keep = self._group_keep(policy)
         return self.fixed + sum(self._kept(keep, t) for t in self.terms)
 
+    def kept_weights(self, policy: Policy) -> dict[str, int]:
+        """Per Conv2d/Linear layer, the weights `prune` would leave it."""
+        keep = self._group_keep(policy)
+        return {name: self._kept(keep, t) for name, t in self.layer_terms.items()}
+
     def kept_fraction(self, policy: Policy) -> dict[str, float]:
         """Per Conv2d/Linear layer, the fraction of its weights (and so of its multiply-adds) kept."""
-        keep = self._group_keep(policy)
-        return {
-            name: self._kept(keep, t) / (t.factor * t.out_channels * t.in_channels)
-            for name, t in self.layer_terms.items()
-        }
+        kept = self.kept_weights(policy)
+        return {name: kept[name] / (t.factor * t.out_channels * t.in_channels) for name, t in self.layer_terms.items()}

@@ -3,7 +3,7 @@ surrogate rewards, with its Fisher sensitivity as the accuracy model's prior).
 
 A real episode costs seconds (compress, fine-tune, validate, LUT lookup); the surrogate scores a
 policy in well under a millisecond from three parts:
-- size: exact, from channel counts and bits (`ParamCounter`);
+- size: exact, `size.effective_bytes` on the weight counts `ParamCounter` derives from channels;
 - latency: the LUT's per-layer `LatencyEstimator`, plus what it misses, fitted on the real
   episodes: an offset and a cost per activation element crossing a precision boundary (int8
   activations to float, float to fp16: the runtime inserts conversions there);
@@ -26,9 +26,11 @@ from scipy.optimize import lsq_linear
 from torch import nn
 
 from host.compress.policy import Policy
+from host.compress.size import effective_bytes
 from host.search.budget import LatencyEstimator
 from host.search.reward import RewardConfig, reward
 from host.search.space import ParamCounter, SearchSpace
+from lut_store.precision import Precision
 
 
 def layer_sensitivity(
@@ -71,12 +73,6 @@ def layer_sensitivity(
     return {name: s / total for name, s in saliency.items()}
 
 
-def _domain(bits: int) -> str:
-    """The activations' number type at a layer: int8 QDQ quantizes them, fp16 casts them, int4
-    is weight-only (float activations)."""
-    return {8: "int8", 16: "fp16"}.get(bits, "fp32")
-
-
 @dataclass(frozen=True)
 class Observation:
     """One real episode, as the surrogate learns from it."""
@@ -102,7 +98,9 @@ class RewardSurrogate:
     _lat: np.ndarray = field(init=False, default_factory=lambda: np.zeros(2))  # offset ms, ms per element
 
     def __post_init__(self) -> None:
-        self._reduced = sorted(b for b in self.space.bits if b != 32)
+        self._reduced = sorted(
+            (p for p in self.space.precisions if p is not Precision.FP32), key=lambda p: p.weight_bits
+        )
         self._names = [layer.name for layer in self.space.layers]
         self._activations = {layer.name: layer.out_channels * layer.fmap for layer in self.space.layers}
 
@@ -111,27 +109,25 @@ class RewardSurrogate:
         otherwise, and a resumed run must score it to the last bit."""
         kept = self.counter.kept_fraction(policy)
         pruned = sum(self.sensitivity[name] * (1.0 - kept[name]) for name in self._names)
-        by_bits = [
-            sum(self.sensitivity[name] for name in self._names if policy.layers[name].bits == b) for b in self._reduced
+        by_precision = [
+            sum(self.sensitivity[name] for name in self._names if policy.layers[name].precision is p)
+            for p in self._reduced
         ]
-        return np.array([pruned, pruned**2, *by_bits])
+        return np.array([pruned, pruned**2, *by_precision])
 
     def boundary_elements(self, policy: Policy) -> float:
         """Activation elements that change number type between consecutive layers."""
         total = 0.0
         for prev, cur in zip(self._names, self._names[1:], strict=False):
             a, b = policy.layers[prev], policy.layers[cur]
-            if _domain(a.bits) != _domain(b.bits):
+            if a.precision.activations is not b.precision.activations:
                 total += self._activations[prev] * a.keep_ratio
         return total
 
     def size_bytes(self, policy: Policy) -> int:
-        kept = self.counter.kept_fraction(policy)
-        bits_total = 32 * self.counter(policy)
-        for name in self._names:
-            t = self.counter.layer_terms[name]
-            bits_total -= (32 - policy.layers[name].bits) * kept[name] * t.factor * t.out_channels * t.in_channels
-        return int((bits_total + 7) // 8)
+        """What `size_report` gives for the pruned model, without pruning it."""
+        kept = self.counter.kept_weights(policy)
+        return effective_bytes(self.counter(policy), ((policy.layers[n].precision, kept[n]) for n in self._names))
 
     @property
     def fitted(self) -> bool:

@@ -35,7 +35,8 @@ from typing import Any
 
 from lut_store.keys import ops
 from lut_store.keys.ops import NCHW, ConvSpec
-from lut_store.opkey import PRECISIONS, OpKey, OpKeyError
+from lut_store.opkey import OpKey, OpKeyError
+from lut_store.precision import Precision
 from lut_store.tomlfile import read_toml
 
 
@@ -107,9 +108,10 @@ def _sweep(name: str, value: Any) -> list[Any]:
 def expand_grid(doc: dict[str, Any], device_precisions: Sequence[str]) -> list[OpKey]:
     """All keys a parsed grid describes, deduplicated, in file order."""
     precisions = doc.get("precisions", list(device_precisions))
-    bad = [p for p in precisions if p not in PRECISIONS]
+    allowed = [p.value for p in Precision]
+    bad = [p for p in precisions if p not in allowed]
     if bad:
-        raise GridError(f"unknown precisions {bad}; allowed: {list(PRECISIONS)}")
+        raise GridError(f"unknown precisions {bad}; allowed: {allowed}")
     keys: dict[str, OpKey] = {}
     for table, sweeps in doc.items():
         if table == "precisions":
