@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from host.progress import FitProgress, Progress
 from host.runs import Baseline, FinalModel, Latency
 from lut_store.precision import Precision, device_precisions
 from lut_store.records import Version
+from lut_store.store import open_store
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class Workbench:
         self.teacher_cached: bool | None = None  # whether the teacher came from the baseline cache
         self._limits: list[LayerLimits] | None = None
         self._distill_sets: dict[bool, TensorDataset] = {}  # by DistillConfig.augment
+        self.sealed: Version | None = None  # the LUT version sealed when the workbench closed
 
     @classmethod
     @contextmanager
@@ -95,21 +97,16 @@ class Workbench:
         cls, config: BenchConfig, progress: Progress | None = None, device: Device | None = None
     ) -> Iterator[Workbench]:
         """Connect to the device (or start an embedded agent), open the store and the device's
-        LUT, load the data. The LUT version this workbench profiled into is sealed by `close()`."""
-        from contextlib import nullcontext
-
-        from lut_store.store import open_store
-
+        LUT, load the data. Leaving the block normally seals the LUT version of the kernels
+        profiled on demand (`sealed`); after an error it stays open, to be resumed or expire."""
         with (
             nullcontext(device) if device is not None else open_device(config.device) as agent,
             open_store(config.store or None) as store,
         ):
             predictor = LatencyPredictor.for_device(store, agent)  # the device answers before any training
-            yield cls(config, agent, predictor, config.data.load(), progress or Progress(False))
-
-    def close(self) -> Version | None:
-        """Seal the LUT version of the kernels profiled on demand (None if none were)."""
-        return self.predictor.close()
+            bench = cls(config, agent, predictor, config.data.load(), progress or Progress(False))
+            yield bench
+            bench.sealed = predictor.close()
 
     # --- the model and its teacher ---------------------------------------------------------
 
@@ -229,12 +226,14 @@ class Workbench:
 
     # --- whole results -----------------------------------------------------------------------
 
-    def baseline(self, path: Path) -> Baseline:
-        """The FP32 reference at `path` (`export_reference`) predicted, verified and measured once."""
+    def baseline(self, path: Path, measured: Latency | None = None) -> Baseline:
+        """The FP32 reference at `path` (`export_reference`) predicted, verified on the device and
+        measured there: `measured`, taken in rounds with a compressed model, or one benchmark now."""
         teacher = self.teacher
         predicted = self.predict(path)
-        self.progress.say("measuring the FP32 baseline on the device ...")
-        measured = self.device.benchmark(path, batch_size=self.config.device.benchmark_batch)
+        if measured is None:
+            self.progress.say("measuring the FP32 baseline on the device ...")
+            measured = Latency.of(self.device.benchmark(path, batch_size=self.config.device.benchmark_batch).latency)
         params = sum(p.numel() for p in teacher.parameters())
         return Baseline(
             self.config.model,
@@ -245,7 +244,7 @@ class Workbench:
             params,
             4 * params,
             predicted.latency_ms,
-            Latency.of(measured.latency),
+            measured,
         )
 
     def final_model(

@@ -213,7 +213,6 @@ def test_a_params_target_and_a_latency_budget_bound_every_policy(agent, tmp_path
         net = bench.fresh_model()
         space = SearchSpace("mlp", describe_layers(net, bench.example), tuple(Precision))
         estimate = latency_estimator(space, ParamCounter(net, bench.example), bench, tmp_path)
-        bench.close()
     names = [x.name for x in space.layers]
     uniform = sorted(estimate(Policy.uniform("mlp", names, 1.0, p)) for p in space.precisions)
     budget_ms = (uniform[0] + uniform[-1]) / 2  # binds: the costliest precision everywhere misses it

@@ -16,7 +16,7 @@ from host.compress.distill import DistillConfig
 from host.compress.policy import Policy
 from host.device import Device
 from host.progress import Progress
-from host.runs import Baseline, CompressSummary, write_config, write_json, write_record
+from host.runs import CompressSummary, write_config, write_json, write_record
 from host.workbench import BenchConfig, CompressSettings, Workbench
 from lut_store.tomlfile import ConfigError, from_mapping, read_toml
 
@@ -52,20 +52,7 @@ def run_compress(
             policy, config.distill, bench.distill_set(config.distill), out / "compressed.onnx", reference.path
         )
         t2 = time.monotonic()
-        teacher = bench.teacher
-        params = sum(p.numel() for p in teacher.parameters())
-        baseline = Baseline(
-            config.model,
-            bench.data.name,
-            bench.accuracy(teacher, "val"),
-            bench.accuracy(teacher, "test"),
-            bench.device_accuracy(reference.path),
-            params,
-            4 * params,
-            bench.predict(reference).latency_ms,
-            made.paired.baseline,
-        )
-        bench.close()
+        baseline = bench.baseline(reference.path, made.paired.baseline)
     summary = CompressSummary(
         config.model,
         bench.data.name,

@@ -98,7 +98,6 @@ def search_precisions(config: SearchConfig, base: Policy, out: Path, progress: b
         record = EpisodeRecorder(CONTROLLER, controller, log, config.search.episodes, shown, log.keep({}))
         shown.context = f"[{CONTROLLER}] episode 1/{config.search.episodes}"
         episodes = run_episodes(controller, evaluator, config.search.episodes, reference, config.reward, 0, record)
-        bench.close()
     return max(episodes, key=lambda e: e.reward).policy
 
 

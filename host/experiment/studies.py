@@ -73,7 +73,6 @@ def _fp32_latency_ms(config: SearchConfig) -> float:
         path = Path(tmp) / "fp32.onnx"
         export_onnx(bench.fresh_model().eval(), path, bench.input_shape)
         latency_ms = bench.predict(path).latency_ms
-        bench.close()
     return latency_ms
 
 
@@ -319,7 +318,6 @@ def cross_device(experiment: Experiment, seed: int, directory: Path, progress: b
                     "test_accuracy_onnxruntime": bench.device_accuracy(path),
                 }
                 rows.append(Row((name, on), values))
-            bench.close()
     return SeedResult(seed, tuple(rows), {}, tuple(runs))
 
 

@@ -145,8 +145,7 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
         controllers = _controllers(bench, config, space, baseline, evaluator, out)
         rows = _run_controllers(config, controllers, evaluator, baseline, out, resume, shown)
         finals = {name: _final(bench, config, rows, baseline, out, name) for name in controllers}
-        sealed = bench.close()
-    versions = {v for r in rows for v in r.lut_version_ids} | ({sealed.id} if sealed else set())
+    versions = {v for r in rows for v in r.lut_version_ids} | ({bench.sealed.id} if bench.sealed else set())
     summary = SearchSummary(
         baseline, finals, tuple(sorted(versions)), time.monotonic() - t_start, config.search.episodes
     )
