@@ -53,9 +53,10 @@ def test_config_errors():
         load_search_config(None, {"search": {"controllers": ["ppo", "grid"]}})
     with pytest.raises(ValueError, match="unknown controller"):
         make_controller("grid", _space("resnet18")[0], PPOConfig(), 0)
-    assert load_search_config(None, {"precisions": ["fp32", "int4"]}).precisions == [Precision.FP32, Precision.INT4W]
-    with pytest.raises(ConfigError, match=r"precisions\[1\]: unknown precision 'int3'; allowed: fp32, fp16"):
-        load_search_config(None, {"precisions": ["fp32", "int3"]})
+    config = load_search_config(None, {"search": {"precisions": ["fp32", "int4"]}})
+    assert config.search.precisions == [Precision.FP32, Precision.INT4W]
+    with pytest.raises(ConfigError, match=r"search\.precisions\[1\]: unknown precision 'int3'; allowed: fp32, fp16"):
+        load_search_config(None, {"search": {"precisions": ["fp32", "int3"]}})
 
 
 MLP = {
