@@ -12,7 +12,9 @@ from pathlib import Path
 from host.compress.distill import DistillConfig
 from host.runs import SearchSummary
 from host.search.ppo import PPOConfig
+from host.search.reward import RewardConfig
 from host.search.run import SearchConfig, SearchSettings, run_search
+from host.search.select import SelectConfig
 
 # The paper's search at a budget that finishes within 15 minutes on 2 cores from a fresh
 # HADMC_HOME (baseline training and an empty LUT included): 10 episodes per controller, episode
@@ -27,6 +29,8 @@ DEMO = SearchConfig(
     model="resnet18",
     search=SearchSettings(controllers=["ppo", "random", "uniform"], episodes=10, episode_samples=576),
     final_distill=DistillConfig(epochs=10),
+    reward=RewardConfig(latency_weight=1.0, size_weight=0.0, accuracy_weight=2.0),
+    select=SelectConfig(top=3, epochs=2, rule="fastest-within", max_accuracy_drop=0.005),
     ppo=PPOConfig(actor_lr=1e-3, critic_lr=3e-3, surrogate_episodes=32),
 )
 

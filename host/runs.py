@@ -91,6 +91,17 @@ class Baseline:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """One of a controller's best episodes, fine-tuned again to choose its final model."""
+
+    episode: int
+    predicted_latency_ms: float
+    episode_val_accuracy: float  # after the episode's short fine-tune
+    val_accuracy: float  # after the common, longer one
+    chosen: bool
+
+
+@dataclass(frozen=True)
 class FinalModel:
     """A compressed model fine-tuned, exported, verified and benchmarked in turn with the FP32
     reference (a search's final/NAME/result.json, a compress run's `compressed`)."""
@@ -113,6 +124,7 @@ class FinalModel:
     episode: int | None = None  # the search episode whose policy this is
     episodes: int | None = None  # the search's budget per controller
     reward: float | None = None  # the reward of the final model (search only)
+    selection: tuple[Candidate, ...] = ()  # the candidates it was chosen from (none: the best episode)
 
 
 @dataclass(frozen=True)
@@ -150,6 +162,14 @@ class DeviceRecord:
     fingerprint: dict[str, Any]
     precisions: tuple[PrecisionSupport, ...]
     address: str  # "embedded" for an agent started by the run
+
+
+@dataclass(frozen=True)
+class LutPrior:
+    """What the LUT ruled out before the first episode (prior.json): per layer, the precisions
+    dominated there on the reward's terms."""
+
+    dropped: dict[str, list[str]]
 
 
 @dataclass(frozen=True)

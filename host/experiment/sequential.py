@@ -11,6 +11,7 @@ pruned model (`budget.latency_estimator`); the state describes the pruned layers
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,15 +50,8 @@ class FixedKeepSpace(SearchSpace):
         missing = [layer.name for layer in space.layers if layer.name not in base.layers]
         if missing:
             raise ValueError(f"the base policy has no action for layers {missing[:5]} of {space.model}")
-        return cls(
-            space.model,
-            space.layers,
-            space.precisions,
-            space.min_keep,
-            space.max_keep,
-            space.latency_share,
-            tuple(base.layers[layer.name].keep_ratio for layer in space.layers),
-        )
+        fields = {f.name: getattr(space, f.name) for f in dataclasses.fields(SearchSpace)}
+        return cls(**fields, keep_ratios=tuple(base.layers[layer.name].keep_ratio for layer in space.layers))
 
     def policy(self, keeps: Sequence[float], precisions: Sequence[Precision]) -> Policy:
         """The base policy's keep-ratios with these precisions (`keeps` is ignored)."""

@@ -340,7 +340,7 @@ class AMCController(_DDPGLearner):
                 "amc prunes to a target: pass constraint=params_constraint(...) (e.g. 0.25 for 75% "
                 "fewer parameters) or constraint=latency_constraint(...)"
             )
-        fp32 = replace(space, precisions=(Precision.FP32,))
+        fp32 = replace(space, precisions=(Precision.FP32,), allowed=(), speed=())
         super().__init__(fp32, constraint, config, seed, steps_per_episode=sum(fp32.ratio_free()))
 
     def _decides(self, free: bool) -> bool:

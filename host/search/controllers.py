@@ -34,7 +34,8 @@ Choose = Callable[[int, bool, float, Precision | None], tuple[float, Precision]]
 
 def walk(space: SearchSpace, choose: Choose, enforcer: Enforcer | None) -> Policy:
     """One episode: layer by layer, the controller's choice, bounded by the constraint (if any);
-    followers of a residual group take the group's ratio and the classifier keeps its width."""
+    followers of a residual group take the group's ratio, the classifier keeps its width, and a
+    precision the LUT ruled out at a layer becomes that layer's fastest allowed one."""
     keeps: list[float] = []
     precisions: list[Precision] = []
     prev_keep: float = 1.0
@@ -42,6 +43,7 @@ def walk(space: SearchSpace, choose: Choose, enforcer: Enforcer | None) -> Polic
     group_keep: dict[str, float] = {}
     for t, (layer, free) in enumerate(zip(space.layers, space.ratio_free(), strict=True)):
         keep, precision = choose(t, free, prev_keep, prev_precision)
+        precision = space.legal(t, precision)
         if not free:
             keep = group_keep[layer.group] if layer.group is not None else 1.0
         if enforcer is not None:
@@ -105,14 +107,14 @@ class PPOController(Controller):
     ) -> None:
         super().__init__(space, constraint)
         self.config = config
-        self.agent = HybridPPO(space.state_dim, len(space.precisions), config, seed)
+        self.agent = HybridPPO(space.state_dim, len(space.precisions), config, seed, speed_features=bool(space.speed))
         self.surrogate = surrogate if config.surrogate_episodes > 0 else None
         self.practised = 0  # surrogate episodes so far
         self.predicted: float | None = None  # the surrogate's reward for the last real policy
 
     def _choose(self, episode: int) -> Choose:
         def choose(t: int, free: bool, prev_keep: float, prev: Precision | None) -> tuple[float, Precision]:
-            u, index = self.agent.act(self.space.state(t, prev_keep, prev), free)
+            u, index = self.agent.act(self.space.state(t, prev_keep, prev), free, self.space.mask(t))
             squashed = self.space.min_keep + (self.space.max_keep - self.space.min_keep) / (1.0 + math.exp(-u))
             return squashed, self.space.precisions[index]
 
@@ -165,7 +167,8 @@ class RandomController(Controller):
     def _choose(self, episode: int) -> Choose:
         def choose(t: int, free: bool, prev_keep: float, prev: Precision | None) -> tuple[float, Precision]:
             keep = float(self.rng.uniform(self.space.min_keep, self.space.max_keep)) if free else 1.0
-            return keep, self.space.precisions[int(self.rng.choice(len(self.space.precisions)))]
+            allowed = self.space.allowed_at(t)
+            return keep, allowed[int(self.rng.choice(len(allowed)))]
 
         return choose
 
@@ -177,8 +180,8 @@ class RandomController(Controller):
 
 
 class UniformController(Controller):
-    """Uniform keep-ratios (max, middle, min of the range) x every precision (widest first),
-    cycled in that fixed order: episode k takes grid entry k mod its size."""
+    """Uniform keep-ratios (max, middle, min of the range) x every precision some layer may take
+    (widest first), cycled in that fixed order: episode k takes grid entry k mod its size."""
 
     name = "uniform"
 
@@ -186,7 +189,8 @@ class UniformController(Controller):
         super().__init__(space, constraint)
         mid = round((space.min_keep + space.max_keep) / 2, 4)
         ratios = sorted({space.max_keep, mid, space.min_keep}, reverse=True)
-        widest_first = sorted(space.precisions, key=lambda p: p.weight_bits, reverse=True)
+        used = [p for p in space.precisions if any(p in space.allowed_at(t) for t in range(len(space.layers)))]
+        widest_first = sorted(used, key=lambda p: p.weight_bits, reverse=True)
         self.grid = list(itertools.product(ratios, widest_first))
 
     def _choose(self, episode: int) -> Choose:

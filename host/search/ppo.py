@@ -35,6 +35,9 @@ class PPOConfig:
     init_log_std: float = -0.5
     entropy_coef: float = 0.01
     update_every: int = 1  # episodes per update
+    # The LUT's prior on precisions (host/search/prior.py): logits start biased by this many times
+    # each precision's speed at the layer (1 for the fastest); 0 turns the prior off.
+    prior_strength: float = 2.0
     # HiReLC's surrogate rewards (host.search.surrogate), not in HAD-MC 2.0: after each real
     # episode from the `surrogate_warmup`-th on, practise `surrogate_episodes` episodes scored by
     # the surrogate, updating every `surrogate_batch` of them. 0: PPO learns from real episodes only.
@@ -87,20 +90,30 @@ def clipped_surrogate(
 
 
 class ActorCritic(nn.Module):
-    def __init__(self, state_dim: int, n_precisions: int, config: PPOConfig) -> None:
+    def __init__(self, state_dim: int, n_precisions: int, config: PPOConfig, speed_features: bool = False) -> None:
         super().__init__()
         h = config.hidden
         self.actor = nn.Sequential(nn.Linear(state_dim, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh())
         self.mu = nn.Linear(h, 1)
         self.precision_logits = nn.Linear(h, n_precisions)
         self.log_std = nn.Parameter(torch.full((1,), config.init_log_std))
+        self.prior_strength = config.prior_strength if speed_features else 0.0
         self.critic = nn.Sequential(nn.Linear(state_dim, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh(), nn.Linear(h, 1))
 
-    def dists(self, states: torch.Tensor) -> tuple[torch.distributions.Normal, torch.distributions.Categorical]:
+    def dists(
+        self, states: torch.Tensor, masks: torch.Tensor
+    ) -> tuple[torch.distributions.Normal, torch.distributions.Categorical]:
+        """The keep-ratio Gaussian and the precision categorical of each state. The logits add
+        the LUT's prior, `prior_strength` times the state's per-precision speed features (its
+        last entries, present with a LUT prior), and exclude the precisions `masks` rules out."""
         z = self.actor(states)
+        n = self.precision_logits.out_features
+        logits = self.precision_logits(z)
+        if self.prior_strength:
+            logits = logits + self.prior_strength * states[..., -n:]
         return (
             torch.distributions.Normal(self.mu(z).squeeze(-1), self.log_std.exp()),
-            torch.distributions.Categorical(logits=self.precision_logits(z)),
+            torch.distributions.Categorical(logits=logits.masked_fill(~masks, -1e9)),
         )
 
     def value(self, states: torch.Tensor) -> torch.Tensor:
@@ -114,6 +127,7 @@ class Rollout:
     states: list[np.ndarray] = field(default_factory=list)
     u: list[float] = field(default_factory=list)
     precision_index: list[int] = field(default_factory=list)
+    masks: list[list[bool]] = field(default_factory=list)  # the precisions each step could take
     logp: list[float] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
     free: list[bool] = field(default_factory=list)
@@ -127,11 +141,13 @@ class Rollout:
 class HybridPPO:
     """Acts step by step and learns from finished episodes."""
 
-    def __init__(self, state_dim: int, n_precisions: int, config: PPOConfig, seed: int) -> None:
+    def __init__(
+        self, state_dim: int, n_precisions: int, config: PPOConfig, seed: int, speed_features: bool = False
+    ) -> None:
         self.config = config
         with torch.random.fork_rng(devices=[]):  # seeded initial weights, the global generator untouched
             torch.manual_seed(seed)
-            self.net = ActorCritic(state_dim, n_precisions, config)
+            self.net = ActorCritic(state_dim, n_precisions, config, speed_features)
         actor_params = [p for n, p in self.net.named_parameters() if not n.startswith("critic")]
         self.actor_opt = torch.optim.Adam(actor_params, lr=config.actor_lr)
         self.critic_opt = torch.optim.Adam(self.net.critic.parameters(), lr=config.critic_lr)
@@ -139,11 +155,12 @@ class HybridPPO:
         self.rollout = Rollout()
         self.episodes_in_rollout = 0
 
-    def act(self, state: np.ndarray, free: bool) -> tuple[float, int]:
-        """Sample (u, precision index) for one step and record it."""
+    def act(self, state: np.ndarray, free: bool, mask: np.ndarray) -> tuple[float, int]:
+        """Sample (u, precision index among those `mask` allows) for one step and record it."""
         s = torch.as_tensor(state).unsqueeze(0)
+        m = torch.as_tensor(mask, dtype=torch.bool).unsqueeze(0)
         with torch.no_grad():
-            normal, cat = self.net.dists(s)
+            normal, cat = self.net.dists(s, m)
             u = normal.mean + normal.stddev * torch.randn(1, generator=self.generator)
             probs = cat.probs.squeeze(0)
             index = int(torch.multinomial(probs, 1, generator=self.generator))
@@ -153,6 +170,7 @@ class HybridPPO:
         r.states.append(state)
         r.u.append(float(u))
         r.precision_index.append(index)
+        r.masks.append([bool(x) for x in mask])
         r.logp.append(logp)
         r.values.append(value)
         r.free.append(free)
@@ -175,6 +193,7 @@ class HybridPPO:
         states = torch.as_tensor(np.stack(r.states))
         u = torch.tensor(r.u)
         precision_index = torch.tensor(r.precision_index)
+        masks = torch.tensor(r.masks, dtype=torch.bool)
         logp_old = torch.tensor(r.logp)
         free = torch.tensor(r.free, dtype=torch.float32)
         adv_t = torch.as_tensor(adv, dtype=torch.float32)
@@ -188,7 +207,7 @@ class HybridPPO:
             order = torch.randperm(n, generator=self.generator)
             for start in range(0, n, c.minibatch):
                 idx = order[start : start + c.minibatch]
-                normal, cat = self.net.dists(states[idx])
+                normal, cat = self.net.dists(states[idx], masks[idx])
                 logp = cat.log_prob(precision_index[idx]) + normal.log_prob(u[idx]) * free[idx]
                 entropy = (cat.entropy() + normal.entropy() * free[idx]).mean()
                 actor_loss = clipped_surrogate(logp, logp_old[idx], adv_t[idx], c.clip) - c.entropy_coef * entropy

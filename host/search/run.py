@@ -28,6 +28,7 @@ from host.runs import (
     EpisodeLog,
     EpisodeRow,
     FinalModel,
+    LutPrior,
     PrecisionSupport,
     SearchSummary,
     read_config,
@@ -41,8 +42,10 @@ from host.search.controllers import Controller
 from host.search.evaluate import Evaluator
 from host.search.loop import Episode, RewardReference, run_episodes
 from host.search.ppo import PPOConfig
+from host.search.prior import dropped, lut_choices
 from host.search.registry import CONTROLLERS, make_controller
 from host.search.reward import RewardConfig, reward
+from host.search.select import SelectConfig, select
 from host.search.space import ParamCounter, SearchSpace, describe_layers
 from host.search.surrogate import RewardSurrogate, layer_sensitivity
 from host.workbench import BenchConfig, Workbench
@@ -64,6 +67,9 @@ class SearchSettings:
     # fraction of the baseline's (0.25: 75% fewer), or a latency budget on the LUT estimate.
     max_params_fraction: float = 0.0
     latency_budget_ms: float = 0.0
+    # Before the first episode, drop each layer's precisions the LUT shows to be dominated on the
+    # reward's terms and give controllers the LUT's speed of each precision (host/search/prior.py).
+    lut_prior: bool = True
     seed: int = 0
 
 
@@ -78,6 +84,7 @@ class SearchConfig(BenchConfig):
     episode_distill: DistillConfig = DistillConfig(epochs=1, lr=3e-4)
     final_distill: DistillConfig = DistillConfig(epochs=20)
     reward: RewardConfig = RewardConfig()
+    select: SelectConfig = SelectConfig()
     ppo: PPOConfig = PPOConfig()
 
     def with_search(self, **changes: Any) -> SearchConfig:
@@ -217,13 +224,20 @@ def _space(
 def _controllers(
     bench: Workbench, config: SearchConfig, space: SearchSpace, baseline: Baseline, evaluator: Evaluator, out: Path
 ) -> dict[str, Controller]:
-    """Each controller, under the config's constraint; PPO with its reward surrogate when it practises."""
+    """Each controller, under the config's constraint, over the space the LUT prior narrowed; PPO
+    with its reward surrogate when it practises."""
     s = config.search
     counter = ParamCounter(bench.teacher, bench.example, config.compress.round_to)
     practise = "ppo" in s.controllers and config.ppo.surrogate_episodes > 0
     estimator = (
-        latency_estimator(space, counter, bench, out / "checkpoints") if s.latency_budget_ms or practise else None
+        latency_estimator(space, counter, bench, out / "checkpoints")
+        if s.latency_budget_ms or practise or s.lut_prior
+        else None
     )
+    if s.lut_prior and estimator is not None:
+        space = lut_choices(space, estimator, counter, size_matters=config.reward.size_weight > 0)
+        write_record(out / "prior.json", LutPrior(dropped(space)))
+        bench.progress.say(f"LUT prior: {_prior_text(space)}")
     controllers: dict[str, Controller] = {}
     try:
         constraint = search_constraint(s.max_params_fraction, s.latency_budget_ms, counter, baseline.params, estimator)
@@ -247,6 +261,15 @@ def _controllers(
     except ValueError as exc:  # a budget no policy can meet
         raise ConfigError(str(exc)) from None
     return controllers
+
+
+def _prior_text(space: SearchSpace) -> str:
+    """Which precisions the LUT left, layer by layer, in a line."""
+    kept: dict[tuple[str, ...], int] = {}
+    for t in range(len(space.layers)):
+        key = tuple(p.value for p in space.allowed_at(t))
+        kept[key] = kept.get(key, 0) + 1
+    return "; ".join(f"{n} layer(s) choose among {', '.join(k)}" for k, n in kept.items())
 
 
 @dataclass
@@ -335,12 +358,16 @@ def _final(
     directory.mkdir(exist_ok=True)
     if (directory / "result.json").exists():
         return read_record(directory / "result.json", FinalModel)
-    best = max((r for r in rows if r.controller == name), key=lambda r: r.reward)
-    write_json(directory / "policy.json", json.loads(best.policy.to_json()))
     bench.progress.context = ""
+    distill_config = replace(config.final_distill, seed=config.search.seed)
+    reference = RewardReference(baseline.predicted_latency_ms, baseline.fp32_size_bytes)
+    own = [r for r in rows if r.controller == name]
+    if config.select.top > 1:
+        bench.progress.say(f"[{name}] choosing among its best {config.select.top} policies ({config.select.rule}) ...")
+    best, selection = select(bench, own, config.select, distill_config, config.reward, reference)
+    write_json(directory / "policy.json", json.loads(best.policy.to_json()))
     epochs = config.final_distill.epochs
     bench.progress.say(f"[{name}] final model: episode {best.episode}, fine-tuning {epochs} epochs ...")
-    distill_config = replace(config.final_distill, seed=config.search.seed)
     train_set = bench.distill_set(distill_config)
     made = bench.final_model(
         best.policy, distill_config, train_set, directory / "model.onnx", out / "final" / "baseline_fp32.onnx"
@@ -361,6 +388,7 @@ def _final(
         episode=best.episode,
         episodes=config.search.episodes,
         reward=score,
+        selection=selection,
     )
     write_record(directory / "result.json", model)
     return model

@@ -47,6 +47,11 @@ class SearchSpace:
     min_keep: float = 0.2
     max_keep: float = 0.9
     latency_share: tuple[float, ...] = ()  # per layer, from the baseline's LUT prediction
+    # Per layer, from the LUT (host/search/prior.py); empty: every precision everywhere, no speed feature.
+    allowed: tuple[tuple[Precision, ...], ...] = ()  # the non-dominated precisions, fastest first
+    speed: tuple[
+        tuple[float, ...], ...
+    ] = ()  # per precision: the fastest allowed latency over its own (0: not allowed)
 
     def __post_init__(self) -> None:
         if not self.precisions:
@@ -54,10 +59,32 @@ class SearchSpace:
         object.__setattr__(self, "precisions", tuple(Precision(p) for p in self.precisions))
         if not 0.0 < self.min_keep <= self.max_keep <= 1.0:
             raise ValueError(f"keep-ratio range {self.min_keep}..{self.max_keep} must lie in (0, 1]")
+        if self.allowed and (
+            len(self.allowed) != len(self.layers) or any(not a or set(a) - set(self.precisions) for a in self.allowed)
+        ):
+            raise ValueError("allowed: one non-empty subset of the space's precisions per layer")
+        if self.speed and (
+            len(self.speed) != len(self.layers) or {len(s) for s in self.speed} != {len(self.precisions)}
+        ):
+            raise ValueError("speed: one value per precision per layer")
 
     @property
     def state_dim(self) -> int:
-        return 11 + len(KINDS) + len(self.precisions)
+        return 11 + len(KINDS) + len(self.precisions) * (2 if self.speed else 1)
+
+    def allowed_at(self, t: int) -> tuple[Precision, ...]:
+        """The precisions layer t may take, fastest first when the LUT ordered them."""
+        return self.allowed[t] if self.allowed else self.precisions
+
+    def mask(self, t: int) -> np.ndarray:
+        """Which of `precisions` layer t may take."""
+        allowed = self.allowed_at(t)
+        return np.array([p in allowed for p in self.precisions])
+
+    def legal(self, t: int, precision: Precision) -> Precision:
+        """`precision`, or layer t's fastest allowed one when the LUT ruled it out there."""
+        allowed = self.allowed_at(t)
+        return precision if precision in allowed else allowed[0]
 
     def ratio_free(self) -> list[bool]:
         """Whether each layer's step decides a keep-ratio (the first layer of its group)."""
@@ -71,7 +98,8 @@ class SearchSpace:
 
     def state(self, t: int, prev_keep: float, prev_precision: Precision | None) -> np.ndarray:
         """Layer t's features in ~[0, 1]: index, kind, kernel, stride, channels, feature map,
-        shares of FLOPs, parameters and latency, and the previous action."""
+        shares of FLOPs, parameters and latency, the previous action, and the LUT's speed of each
+        precision at this layer."""
         layer = self.layers[t]
         n = len(self.layers)
         max_ch = max(max(x.in_channels, x.out_channels) for x in self.layers)
@@ -80,6 +108,7 @@ class SearchSpace:
         params = sum(x.params for x in self.layers) or 1
         kind = [1.0 if layer.kind == k else 0.0 for k in KINDS]
         prev = [1.0 if prev_precision is p else 0.0 for p in self.precisions]
+        speed = self.speed[t] if self.speed else ()
         latency = self.latency_share[t] if self.latency_share else 0.0
         return np.array(
             [
@@ -96,6 +125,7 @@ class SearchSpace:
                 prev_keep,
                 *kind,
                 *prev,
+                *speed,  # last, with a LUT prior: PPO reads its prior from here
             ],
             dtype=np.float32,
         )

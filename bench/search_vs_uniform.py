@@ -1,0 +1,104 @@
+"""Does the search beat a uniform sweep on this device? Prints one JSON document.
+
+Runs `hadmc demo`'s search (ppo, random and uniform side by side, the demo's budget) for each
+seed and compares the final models, every one fine-tuned, exported and measured on the device
+in rounds interleaved with the FP32 model:
+
+- ppo vs uniform: a win is a measured speedup >= uniform's with test accuracy >= uniform's - 0.3 pt;
+- ppo vs random: a win is a measured speedup > random's with a test-accuracy drop from the
+  teacher <= 0.5 pt;
+- prediction: each final model's LUT prediction against its measured latency.
+
+Usage: python bench/search_vs_uniform.py [--seeds 5] [--model resnet18|mobilenetv2] [--out DIR]
+(uses $HADMC_HOME for the cached teacher and the LUT; a run directory per seed under --out)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from host.demo import DEMO
+from host.runs import FinalModel, SearchSummary
+from host.search.run import run_search
+
+UNIFORM_ACCURACY_SLACK = 0.003  # ppo's test accuracy may trail uniform's by this much
+TEACHER_ACCURACY_DROP = 0.005  # ... and the teacher's by this much, against random
+
+
+def _model_row(model: FinalModel) -> dict:
+    measured = model.measured_latency.median_ms if model.measured_latency else None
+    return {
+        "test_accuracy": model.test_accuracy_onnxruntime,
+        "test_accuracy_torch": model.test_accuracy,
+        "speedup": model.speedup,
+        "measured_ms": measured,
+        "predicted_ms": model.predicted_latency_ms,
+        "prediction_error": (model.predicted_latency_ms - measured) / measured if measured else None,
+        "params": model.params,
+        "precisions": sorted({a.precision.value for a in model.policy.layers.values()}),
+        "keep_ratios": [min(a.keep_ratio for a in model.policy.layers.values()),
+                        max(a.keep_ratio for a in model.policy.layers.values())],
+    }
+
+
+def _verdicts(summary: SearchSummary) -> dict:
+    c = summary.controllers
+    ppo, uniform, random = c["ppo"], c["uniform"], c["random"]
+    teacher = summary.baseline.test_accuracy_onnxruntime
+    return {
+        "beats_uniform": ppo.speedup >= uniform.speedup
+        and ppo.test_accuracy_onnxruntime >= uniform.test_accuracy_onnxruntime - UNIFORM_ACCURACY_SLACK,
+        "beats_random": ppo.speedup > random.speedup
+        and ppo.test_accuracy_onnxruntime >= teacher - TEACHER_ACCURACY_DROP,
+        "predictions_within_10pct": all(
+            abs(_model_row(m)["prediction_error"] or 1.0) <= 0.10 for m in c.values()
+        ),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    from host import logs
+
+    logs.configure()  # logs to stderr: stdout is the JSON document
+    out = args.out or Path(tempfile.mkdtemp(prefix="hadmc-search-vs-uniform-"))
+    seeds = []
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        config = replace(DEMO, model=args.model).with_search(seed=seed)
+        run = out / f"seed{seed}"
+        t0 = time.monotonic()
+        summary = run_search(config, run, resume=(run / "config.json").exists(), progress=True)
+        rows = {name: _model_row(m) for name, m in summary.controllers.items()}
+        seeds.append({"seed": seed, "wall_s": time.monotonic() - t0, "teacher_test_accuracy":
+                      summary.baseline.test_accuracy_onnxruntime, "models": rows, **_verdicts(summary)})
+    result = {
+        "cpu": platform.processor() or platform.machine(),
+        "model": args.model,
+        "seeds": seeds,
+        "wins_vs_uniform": sum(s["beats_uniform"] for s in seeds),
+        "wins_vs_random": sum(s["beats_random"] for s in seeds),
+        "predictions_within_10pct": sum(s["predictions_within_10pct"] for s in seeds),
+        "speedup_median": {
+            name: statistics.median(s["models"][name]["speedup"] for s in seeds) for name in ("ppo", "random", "uniform")
+        },
+        "out": str(out),
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
