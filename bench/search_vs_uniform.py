@@ -9,7 +9,7 @@ in rounds interleaved with the FP32 model:
   teacher <= 0.5 pt;
 - prediction: each final model's LUT prediction against its measured latency.
 
-Usage: python bench/search_vs_uniform.py [--seeds 5] [--model resnet18|mobilenetv2] [--out DIR]
+Usage: python bench/search_vs_uniform.py [--seeds 5] [--model resnet18|mobilenetv2] [--out DIR] [--device HOST:PORT]
 (uses $HADMC_HOME for the cached teacher and the LUT; a run directory per seed under --out)
 """
 
@@ -44,8 +44,10 @@ def _model_row(model: FinalModel) -> dict:
         "prediction_error": (model.predicted_latency_ms - measured) / measured if measured else None,
         "params": model.params,
         "precisions": sorted({a.precision.value for a in model.policy.layers.values()}),
-        "keep_ratios": [min(a.keep_ratio for a in model.policy.layers.values()),
-                        max(a.keep_ratio for a in model.policy.layers.values())],
+        "keep_ratios": [
+            min(a.keep_ratio for a in model.policy.layers.values()),
+            max(a.keep_ratio for a in model.policy.layers.values()),
+        ],
     }
 
 
@@ -58,9 +60,7 @@ def _verdicts(summary: SearchSummary) -> dict:
         and ppo.test_accuracy_onnxruntime >= uniform.test_accuracy_onnxruntime - UNIFORM_ACCURACY_SLACK,
         "beats_random": ppo.speedup > random.speedup
         and ppo.test_accuracy_onnxruntime >= teacher - TEACHER_ACCURACY_DROP,
-        "predictions_within_10pct": all(
-            abs(_model_row(m)["prediction_error"] or 1.0) <= 0.10 for m in c.values()
-        ),
+        "predictions_within_10pct": all(abs(_model_row(m)["prediction_error"] or 1.0) <= 0.10 for m in c.values()),
     }
 
 
@@ -70,6 +70,7 @@ def main() -> int:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--device", default="", help="agent address (default: an embedded agent, one thread)")
     args = parser.parse_args()
     from host import logs
 
@@ -77,13 +78,22 @@ def main() -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="hadmc-search-vs-uniform-"))
     seeds = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        config = replace(DEMO, model=args.model).with_search(seed=seed)
+        config = replace(DEMO, model=args.model, device=replace(DEMO.device, address=args.device)).with_search(
+            seed=seed
+        )
         run = out / f"seed{seed}"
         t0 = time.monotonic()
         summary = run_search(config, run, resume=(run / "config.json").exists(), progress=True)
         rows = {name: _model_row(m) for name, m in summary.controllers.items()}
-        seeds.append({"seed": seed, "wall_s": time.monotonic() - t0, "teacher_test_accuracy":
-                      summary.baseline.test_accuracy_onnxruntime, "models": rows, **_verdicts(summary)})
+        seeds.append(
+            {
+                "seed": seed,
+                "wall_s": time.monotonic() - t0,
+                "teacher_test_accuracy": summary.baseline.test_accuracy_onnxruntime,
+                "models": rows,
+                **_verdicts(summary),
+            }
+        )
     result = {
         "cpu": platform.processor() or platform.machine(),
         "model": args.model,
@@ -92,7 +102,8 @@ def main() -> int:
         "wins_vs_random": sum(s["beats_random"] for s in seeds),
         "predictions_within_10pct": sum(s["predictions_within_10pct"] for s in seeds),
         "speedup_median": {
-            name: statistics.median(s["models"][name]["speedup"] for s in seeds) for name in ("ppo", "random", "uniform")
+            name: statistics.median(s["models"][name]["speedup"] for s in seeds)
+            for name in ("ppo", "random", "uniform")
         },
         "out": str(out),
     }

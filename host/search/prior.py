@@ -4,8 +4,9 @@ For every layer the latency estimator (host/search/budget.py) knows the kernel's
 precision the device runs, unpruned and at the anchor keep-ratio. From it:
 
 - **dominated choices are removed**: precision p is dropped at a layer when another precision q
-  is at least as fast there at both keep-ratios, at least as precise (as many weight bits or
-  more), and, when the reward counts size, at least as small, and better in one of these. On a
+  is as fast there at both keep-ratios (within 5%: closer is noise), at least as precise (as many
+  weight bits or more), and, when the reward counts size, at least as small, and better in one
+  of these. On a
   CPU provider int4 (dequantized every run) and fp16 (casts around fp32 kernels) are slower and
   less precise than fp32 or int8, so a latency search never tries them; on a device with fp16
   kernels they stay.
@@ -22,14 +23,17 @@ from host.search.budget import LatencyEstimator
 from host.search.space import ParamCounter, SearchSpace
 from lut_store.precision import Precision
 
+TIE = 0.05  # latencies within 5% are equal: a measured CPU kernel varies by that much between runs
+
 
 def _dominates(q: tuple[float, float, int], p: tuple[float, float, int], size_matters: bool) -> bool:
-    """(ms at keep 1, ms at the anchor, weight bits) of q against p."""
-    faster = q[0] <= p[0] and q[1] <= p[1]
-    precise = q[2] >= p[2]
-    smaller = q[2] <= p[2] or not size_matters
-    strictly = q[0] < p[0] or q[1] < p[1] or q[2] > p[2] or (size_matters and q[2] < p[2])
-    return faster and precise and smaller and strictly
+    """(ms at keep 1, ms at the anchor, weight bits) of q against p: q is as fast (within TIE),
+    as precise and, when size matters, as small, and better in one of these."""
+    as_fast = q[0] <= p[0] * (1 + TIE) and q[1] <= p[1] * (1 + TIE)
+    faster = q[0] < p[0] * (1 - TIE) or q[1] < p[1] * (1 - TIE)
+    as_small = q[2] <= p[2] or not size_matters
+    better = faster or q[2] > p[2] or (size_matters and q[2] < p[2])
+    return as_fast and q[2] >= p[2] and as_small and better
 
 
 def lut_choices(

@@ -1,0 +1,144 @@
+"""What the LUT tells the search before its first episode, and how a controller's final policy is
+chosen: dominated precisions dropped per layer, the speed prior, masks every controller obeys,
+and selection among the best episodes at a common fine-tune (closed-form, no device)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from host.compress.distill import DistillConfig
+from host.compress.policy import LayerAction, Policy
+from host.models import build_model
+from host.runs import EpisodeRow
+from host.search.budget import LatencyEstimator
+from host.search.controllers import walk
+from host.search.loop import RewardReference
+from host.search.ppo import PPOConfig
+from host.search.prior import dropped, lut_choices
+from host.search.registry import make_controller
+from host.search.reward import RewardConfig
+from host.search.select import SelectConfig, candidates, select
+from host.search.space import ParamCounter, SearchSpace, describe_layers
+from lut_store.precision import Precision
+
+FP32, FP16, INT8, INT4 = Precision.FP32, Precision.FP16, Precision.INT8, Precision.INT4W
+
+
+def _mlp() -> tuple[SearchSpace, ParamCounter]:
+    net = build_model("mlp", 2, (30,))
+    example = torch.zeros((1, 30))
+    return SearchSpace("mlp", describe_layers(net, example), (FP32, FP16, INT8, INT4)), ParamCounter(net, example)
+
+
+def _estimator(space: SearchSpace, counter: ParamCounter, ms: dict[Precision, tuple[float, ...]]) -> LatencyEstimator:
+    """Per precision, each layer's ms unpruned; every layer's latency is proportional to its kept work."""
+    names = [layer.name for layer in space.layers]
+    full = {p: dict(zip(names, v, strict=True)) for p, v in ms.items()}
+    return LatencyEstimator(counter, full, {p: dict.fromkeys(names, 1.0) for p in ms}, 0.0)
+
+
+# A CPU provider: int8 fastest; fp16 is casts around fp32 kernels (slower), int4 is dequantized every run.
+CPU = {FP32: (1.0, 2.0, 0.1), FP16: (1.2, 2.3, 0.12), INT8: (0.3, 0.5, 0.1), INT4: (1.5, 2.9, 0.2)}
+
+
+def test_a_latency_search_drops_what_is_slower_and_less_precise():
+    space, counter = _mlp()
+    narrowed = lut_choices(space, _estimator(space, counter, CPU), counter, size_matters=False)
+    # Layers 0 and 1: int8 is faster, fp32 more precise; fp16 and int4 lose to fp32 on both counts.
+    # The last layer: int8 runs as fast as fp32 (0.1 ms each), so the more precise fp32 dominates it.
+    assert narrowed.allowed == ((INT8, FP32), (INT8, FP32), (FP32,))
+    assert narrowed.speed[0] == pytest.approx((0.3, 0.0, 1.0, 0.0))  # fastest allowed / own; 0: ruled out
+    assert dropped(narrowed) == {
+        narrowed.layers[0].name: ["fp16", "int4"],
+        narrowed.layers[1].name: ["fp16", "int4"],
+        narrowed.layers[2].name: ["fp16", "int8", "int4"],
+    }
+
+
+def test_when_size_counts_a_smaller_precision_stays_and_a_device_with_fp16_kernels_keeps_fp16():
+    space, counter = _mlp()
+    sized = lut_choices(space, _estimator(space, counter, CPU), counter, size_matters=True)
+    assert INT4 in sized.allowed[0] and FP16 in sized.allowed[0]  # smaller than fp32, so not dominated by it
+    gpu = {FP32: (1.0, 1.0, 1.0), FP16: (0.4, 0.4, 0.4), INT8: (0.35, 0.35, 0.35), INT4: (0.9, 0.9, 0.9)}
+    narrowed = lut_choices(space, _estimator(space, counter, gpu), counter, size_matters=False)
+    assert narrowed.allowed[0] == (INT8, FP16, FP32)  # int8 is 12% faster than fp16, fp16 more precise: both stay
+
+
+def test_every_controller_keeps_to_the_allowed_precisions():
+    space, counter = _mlp()
+    narrowed = lut_choices(space, _estimator(space, counter, CPU), counter, size_matters=False)
+    for name in ("ppo", "random", "uniform", "dqn"):
+        controller = make_controller(name, narrowed, PPOConfig(), seed=3)
+        for episode in range(6):
+            policy = controller.propose(episode)
+            chosen = [policy.layers[layer.name].precision for layer in narrowed.layers]
+            assert all(p in allowed for p, allowed in zip(chosen, narrowed.allowed, strict=True)), (name, chosen)
+            controller.observe(1.0)
+
+
+def test_ppo_starts_from_the_luts_favourite():
+    space, counter = _mlp()
+    narrowed = lut_choices(space, _estimator(space, counter, CPU), counter, size_matters=False)
+    picks = {name: [] for name in ("prior", "none")}
+    for label, strength in (("prior", 2.0), ("none", 0.0)):
+        for seed in range(20):
+            controller = make_controller("ppo", narrowed, PPOConfig(prior_strength=strength), seed)
+            policy = controller.propose(0)
+            picks[label].append(policy.layers[narrowed.layers[0].name].precision is INT8)
+    # int8 is the fastest at the first layer: sigmoid(2 * (1 - 0.3)) = 0.80 of the draws, against about half.
+    assert np.mean(picks["prior"]) > np.mean(picks["none"]) + 0.15
+
+
+def _row(episode: int, reward: float, latency_ms: float, keep: float) -> EpisodeRow:
+    policy = Policy("mlp", {"a": _action(keep), "b": _action(1.0)})
+    return EpisodeRow("ppo", episode, policy, latency_ms, 0.9, 100, 100, reward, (1,), 1.0)
+
+
+def _action(keep: float) -> LayerAction:
+    return LayerAction(keep, INT8)
+
+
+def test_candidates_are_the_best_distinct_policies():
+    rows = [_row(0, 1.0, 1.0, 0.5), _row(1, 3.0, 0.5, 0.3), _row(2, 3.0, 0.5, 0.3), _row(3, 2.0, 0.7, 0.4)]
+    assert [r.episode for r in candidates(rows, 2)] == [1, 3]  # episode 2 repeats episode 1's policy
+
+
+def test_fastest_within_picks_the_fastest_policy_close_enough_to_the_most_accurate(monkeypatch):
+    from host.search import select as module
+
+    accuracy = {0.3: 0.930, 0.4: 0.952, 0.5: 0.955}
+    monkeypatch.setattr(module, "_fine_tuned_accuracy", lambda bench, row, distill: accuracy[_keep(row)])
+    rows = [_row(0, 3.0, 0.5, 0.3), _row(1, 2.5, 0.6, 0.4), _row(2, 2.0, 0.7, 0.5), _row(3, 1.0, 0.9, 0.9)]
+    config = SelectConfig(top=3, rule="fastest-within", max_accuracy_drop=0.005)
+    chosen, table = select(None, rows, config, DistillConfig(), RewardConfig(), RewardReference(1.0, 100))
+    assert chosen.episode == 1  # 0.952 is within 0.5 pt of 0.955 and faster; 0.930 is not
+    assert [(c.episode, c.val_accuracy, c.chosen) for c in table] == [
+        (0, 0.930, False),
+        (1, 0.952, True),
+        (2, 0.955, False),
+    ]
+    config = SelectConfig(top=3, rule="reward")
+    chosen, _ = select(None, rows, config, DistillConfig(), RewardConfig(latency_weight=1.0), RewardReference(1.0, 100))
+    assert chosen.episode == 0  # 0.930 / 0.5 ms beats 0.952 / 0.6 ms on acc * L_base / L
+    one, none = select(None, rows, SelectConfig(top=1), DistillConfig(), RewardConfig(), RewardReference(1.0, 100))
+    assert one.episode == 0 and none == ()  # top 1: the best episode as it is, nothing fine-tuned
+
+
+def _keep(row: EpisodeRow) -> float:
+    return row.policy.layers["a"].keep_ratio
+
+
+def test_walk_replaces_a_ruled_out_precision_with_the_layers_fastest():
+    space, counter = _mlp()
+    narrowed = lut_choices(space, _estimator(space, counter, CPU), counter, size_matters=False)
+    policy = walk(narrowed, lambda t, free, keep, prev: (0.5, INT4), None)
+    assert [a.precision for a in policy.layers.values()] == [INT8, INT8, FP32]
+
+
+def test_bad_select_settings_are_refused():
+    with pytest.raises(ValueError, match="rule 'slowest'"):
+        SelectConfig(rule="slowest")
+    with pytest.raises(ValueError, match="must be at least 1"):
+        SelectConfig(top=0)
