@@ -145,6 +145,8 @@ class EpisodeRow:
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall time
     surrogate_reward: float | None = None  # PPO's surrogate score of the policy before the episode
     surrogate_episodes_so_far: int | None = None  # PPO practice episodes so far
+    val_agreement: float | None = None  # share of validation inputs where the top-1 is the teacher's
+    val_kl: float | None = None  # mean KL(teacher || student) on the validation split, nats
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,7 @@ class Workbench:
         self._limits: list[LayerLimits] | None = None
         self._distill_sets: dict[bool, TensorDataset] = {}  # by DistillConfig.augment
         self.sealed: Version | None = None  # the LUT version sealed when the workbench closed
+        self._teacher_logits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # split -> (logits, labels)
 
     @classmethod
     @contextmanager
@@ -213,6 +214,22 @@ class Workbench:
         """Top-1 in torch on "val" or "test"."""
         return accuracy(model, getattr(self.loaders, split))
 
+    def fidelity(self, model: nn.Module, split: str) -> Fidelity:
+        """Top-1, agreement with the teacher's top-1 and KL(teacher || model) on "val" or "test":
+        the last two measure how close the model stays to its teacher, more smoothly than top-1."""
+        if split not in self._teacher_logits:
+            self._teacher_logits[split] = _logits(self.teacher, getattr(self.loaders, split))
+        teacher, labels = self._teacher_logits[split]
+        logits, _ = _logits(model, getattr(self.loaders, split))
+        kl = torch.nn.functional.kl_div(
+            logits.log_softmax(1), teacher.log_softmax(1), log_target=True, reduction="batchmean"
+        )
+        return Fidelity(
+            float((logits.argmax(1) == labels).float().mean()),
+            float((logits.argmax(1) == teacher.argmax(1)).float().mean()),
+            float(kl),
+        )
+
     def device_accuracy(self, path: Path) -> float:
         """Test-split top-1 of an exported model as the device's runtime computes it."""
         return device_accuracy(
@@ -279,6 +296,22 @@ class Workbench:
             exported.path.name,
         )
         return FinalResult(model, exported, paired, report, sizes)
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How a model does on a split, against the labels and against its teacher."""
+
+    accuracy: float
+    agreement: float  # share of inputs where its top-1 is the teacher's
+    kl: float  # mean KL(teacher || model) of the class distributions, nats
+
+
+def _logits(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    with torch.no_grad():
+        pairs = [(model(x), y) for x, y in loader]
+    return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
 
 @dataclass(frozen=True)

@@ -214,6 +214,11 @@ def test_a_params_target_and_a_latency_budget_bound_every_policy(agent, tmp_path
         net = bench.fresh_model()
         space = SearchSpace("mlp", describe_layers(net, bench.example), tuple(Precision))
         estimate = latency_estimator(space, ParamCounter(net, bench.example), bench, tmp_path)
+        # The teacher against itself: its own accuracy, full agreement, no divergence.
+        itself = bench.fidelity(bench.teacher, "val")
+        assert itself.accuracy == bench.accuracy(bench.teacher, "val") and itself.agreement == 1.0
+        assert itself.kl == pytest.approx(0.0, abs=1e-6)
+        assert 0.0 < bench.fidelity(net, "val").kl  # an untrained network disagrees
     names = [x.name for x in space.layers]
     uniform = sorted(estimate(Policy.uniform("mlp", names, 1.0, p)) for p in space.precisions)
     budget_ms = (uniform[0] + uniform[-1]) / 2  # binds: the costliest precision everywhere misses it

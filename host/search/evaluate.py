@@ -26,6 +26,8 @@ class EpisodeResult:
     lut_version_ids: tuple[int, ...]
     profiled_kernels: int
     seconds: dict[str, float] = field(default_factory=dict)
+    val_agreement: float | None = None  # share of validation inputs where the student's top-1 is the teacher's
+    val_kl: float | None = None  # mean KL(teacher || student) on the validation split
 
 
 @dataclass
@@ -62,15 +64,17 @@ class Evaluator:
         t2 = time.monotonic()
         bench.distill(student, replace(self.distill_config, seed=episode), loader, shown.fit("fine-tune", lines=False))
         shown.live("validation accuracy ...", force=True)
-        acc = bench.accuracy(student, "val")
+        fidelity = bench.fidelity(student, "val")
         t3 = time.monotonic()
         sizes = size_report(student, policy, before)
         return EpisodeResult(
-            acc,
+            fidelity.accuracy,
             prediction.latency_ms,
             sizes.params,
             sizes.effective_bytes,
             prediction.version_ids,
             prediction.profiled_kernels,
             {"compress_s": t1 - t0, "latency_s": t2 - t1, "finetune_s": t3 - t2},
+            fidelity.agreement,
+            fidelity.kl,
         )

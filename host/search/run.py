@@ -303,6 +303,8 @@ class EpisodeRecorder:
             result.seconds,
             notes.get("surrogate_reward"),
             notes.get("surrogate_episodes_so_far"),
+            result.val_agreement,
+            result.val_kl,
         )
         self.log.append(row)
         self.rows.append(row)
