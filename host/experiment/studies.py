@@ -262,8 +262,8 @@ def _devices(experiment: Experiment) -> list[DeviceConfig]:
     """The [experiment] devices, else embedded agents with each of `device_threads`."""
     settings, base = experiment.settings, experiment.search.device
     if settings.devices:
-        return [replace(base, address=address) for address in settings.devices]
-    return [replace(base, address="", threads=threads) for threads in settings.device_threads]
+        return [replace(base, name=name) for name in settings.devices]
+    return [replace(base, name="", threads=threads) for threads in settings.device_threads]
 
 
 def device_labels(experiment: Experiment) -> list[str]:
@@ -274,7 +274,7 @@ def device_labels(experiment: Experiment) -> list[str]:
         with open_device(device) as agent:
             info = agent.info()
         fingerprint = info.fingerprint
-        where = device.address or f"embedded agent, {device.threads} threads"
+        where = device.describe()
         if info.fingerprint_hash in seen:
             raise ConfigError(
                 f"devices {seen[info.fingerprint_hash]} and {where} have the same fingerprint "
