@@ -145,7 +145,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from host.compress.run import load_compress_config, run_compress
     from host.runs import to_doc
 
-    config = load_compress_config(args.config, {"device": device_table(args), "lut": lut_table(args)})
+    overrides = {"device": device_table(args), "lut": lut_table(args), "store": args.store}
+    config = load_compress_config(args.config, overrides)
     summary = run_compress(config, Policy.load(args.policy), args.out, progress=not args.json)
     base, c = summary.baseline, summary.compressed
     text = (
@@ -349,6 +350,7 @@ def _add_compress_parsers(sub: Any) -> None:
     compress.add_argument("--policy", type=Path, required=True, help="policy JSON (hadmc policy init writes one)")
     compress.add_argument("--out", type=Path, required=True, help="output directory")
     add_device_args(compress, required=False, timeout_s=None)
+    compress.add_argument("--store", help="LUT store URL (default: the SQLite file under $HADMC_HOME)")
     add_lut_args(compress)
     compress.add_argument("--json", action="store_true", help="one JSON document on stdout")
     compress.set_defaults(func=cmd_compress)

@@ -33,8 +33,11 @@ class CompressConfig(BenchConfig):
 def load_compress_config(path: Path | None, overrides: dict[str, Any] | None = None) -> CompressConfig:
     """The TOML at `path` (defaults without one), its tables updated by `overrides` (None: keep)."""
     doc = read_toml(path, "config", ConfigError) if path is not None else {}
-    for table, values in (overrides or {}).items():
-        doc[table] = {**doc.get(table, {}), **{k: v for k, v in values.items() if v is not None}}
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict):
+            doc[key] = {**doc.get(key, {}), **{k: v for k, v in value.items() if v is not None}}
+        elif value is not None:
+            doc[key] = value
     return from_mapping(CompressConfig, doc)
 
 
