@@ -100,13 +100,6 @@ def remote(tmp_path_factory):
         made.close()
 
 
-def hadmc(remote: Remote, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HADMC_HOME": str(remote.home)}
-    return subprocess.run(
-        [sys.executable, "-m", "host.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env
-    )
-
-
 def _files_text(directory: Path) -> str:
     return "".join(p.read_bytes().decode("latin-1") for p in directory.rglob("*") if p.is_file())
 
@@ -128,7 +121,7 @@ def _lose_agent_mid_search(remote: Remote, agent: AgentProcess, argv: list[str],
     return err
 
 
-def test_search_and_compress_by_name_on_a_secured_agent_in_a_namespace(remote, tmp_path):
+def test_search_and_compress_by_name_on_a_secured_agent_in_a_namespace(remote, tmp_path, monkeypatch, capsys):
     """By devices-file name over the veth pair with token and TLS: a search whose agent goes away
     mid-search stops with a clear error, `--resume` finishes it once the agent is back (at a new
     port the devices file now names), then a compress, and a compress pinned to the sealed LUT
@@ -146,8 +139,8 @@ def test_search_and_compress_by_name_on_a_secured_agent_in_a_namespace(remote, t
 
     back = remote.start_agent("agent-a2")
     remote.name("dev-a", back.address)
-    resumed = hadmc(remote, "search", *device, "--out", str(out), "--resume", "--json")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    monkeypatch.setenv("HADMC_HOME", str(remote.home))  # the rest runs in this process
+    assert main(["search", *device, "--out", str(out), "--resume", "--json"]) == 0, capsys.readouterr().err
     rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert sorted(r["episode"] for r in rows) == [0, 1, 2, 3]
     recorded = json.loads((out / "device.json").read_text())["endpoint"]
@@ -169,8 +162,7 @@ def test_search_and_compress_by_name_on_a_secured_agent_in_a_namespace(remote, t
     policy = tmp_path / "policy.json"
     assert main(["policy", "init", "--model", "mlp", "--classes", "2", "--input-shape", "30", "-o", str(policy)]) == 0
     compress_args = ("compress", "--config", str(compress), "--policy", str(policy), *device)
-    done = hadmc(remote, *compress_args, "--out", str(tmp_path / "c"))
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert main([*compress_args, "--out", str(tmp_path / "c")]) == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "c" / "summary.json").read_text())
     assert summary["device"]["name"] == "dev-a" and summary["compressed"]["measured_latency"]["median_ms"] > 0
     assert TOKEN not in _files_text(tmp_path / "c")
@@ -180,8 +172,7 @@ def test_search_and_compress_by_name_on_a_secured_agent_in_a_namespace(remote, t
         newest = max(v.id for v in lut.versions() if v.status == "sealed")
     offline_out = tmp_path / "c-offline"
     pinned = ("--lut-version", str(newest), "--offline")
-    again = hadmc(remote, *compress_args, *pinned, "--out", str(offline_out))
-    assert again.returncode == 0, again.stderr[-2000:]
+    assert main([*compress_args, *pinned, "--out", str(offline_out)]) == 0, capsys.readouterr().err
     assert json.loads((offline_out / "config.json").read_text())["lut"] == {"version": newest, "offline": True}
     assert json.loads((offline_out / "summary.json").read_text())["compressed"]["predicted_latency_ms"] > 0
 

@@ -49,7 +49,8 @@ def _compress(
     `distill`); the summary of one already finished in `out`."""
     if (out / "summary.json").exists():
         return read_record(out / "summary.json", CompressSummary)
-    bench = {name: getattr(config, name) for name in ("model", "store", "data", "baseline", "device", "lut", "compress")}
+    tables = ("model", "store", "data", "baseline", "device", "lut", "compress")
+    bench = {name: getattr(config, name) for name in tables}
     return run_compress(CompressConfig(**bench, distill=distill), policy, out, progress, device)
 
 
