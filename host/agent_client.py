@@ -1,4 +1,5 @@
-"""Client of a device agent: every call has a timeout and a bounded number of retries."""
+"""Client of a device agent: every call has a timeout and bounded retries (a number of attempts,
+and optionally a time within which an agent that went away may come back)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,13 @@ T = TypeVar("T")
 
 
 class AgentError(RuntimeError):
-    """An RPC that failed; names the agent, the status code and the agent's message."""
+    """An RPC that failed; names the agent, the status code and the agent's last message."""
 
-    def __init__(self, address: str, code: grpc.StatusCode, details: str, attempts: int = 1) -> None:
-        tries = f" (after {attempts} attempts)" if attempts > 1 else ""
+    def __init__(
+        self, address: str, code: grpc.StatusCode, details: str, attempts: int = 1, waited_s: float = 0.0
+    ) -> None:
+        over = f" over {waited_s:.0f} s" if waited_s >= 1 else ""
+        tries = f" (after {attempts} attempts{over})" if attempts > 1 else ""
         super().__init__(f"agent at {address}: {code.name}: {details}{tries}")
         self.address = address
         self.code = code
@@ -55,17 +59,64 @@ class AgentTarget:
         return cls(address, token, ca, tls_server_name)
 
 
-class AgentClient:
-    """Typed calls to one agent. Use as a context manager or call `close()`."""
+@dataclass(frozen=True)
+class Endpoint:
+    """Where an agent is and how it is reached, as a run records it: paths, never the token."""
 
-    def __init__(self, target: AgentTarget, timeout_s: float = 30.0, retries: int = 3, backoff_s: float = 0.5) -> None:
+    name: str  # as the run named it: a devices-file name, HOST:PORT, or "embedded"
+    address: str  # the HOST:PORT connected to
+    token: bool  # whether calls carry a token
+    tls: bool
+    tls_server_name: str | None = None
+    devices_file: str | None = None  # the file the name was found in
+    token_file: str | None = None
+    tls_ca: str | None = None
+
+    @classmethod
+    def of(cls, target: AgentTarget, name: str | None = None) -> Endpoint:
+        """What a bare target tells (no files)."""
+        return cls(
+            name or target.address,
+            target.address,
+            target.token is not None,
+            target.tls_ca is not None,
+            target.tls_server_name,
+        )
+
+    @property
+    def label(self) -> str:
+        """How errors name the agent: its name and address."""
+        return self.address if self.name == self.address else f"{self.name} ({self.address})"
+
+
+class AgentClient:
+    """Typed calls to one agent. Use as a context manager or call `close()`.
+
+    A call that finds the agent UNAVAILABLE is tried `retries` times with doubling backoff, and
+    besides for as long as `patience_s` after its first failure (backoff at most 5 s), so that a
+    long run bridges an agent restart or a dropped link; the error then names the last failure."""
+
+    def __init__(
+        self,
+        target: AgentTarget,
+        timeout_s: float = 30.0,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        patience_s: float = 0.0,
+        endpoint: Endpoint | None = None,
+    ) -> None:
         self.target = target
+        self.endpoint = endpoint or Endpoint.of(target)
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
+        self.patience_s = patience_s
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Reconnect soon after an agent or link comes back (gRPC's default backoff grows to 2 min).
+            ("grpc.initial_reconnect_backoff_ms", 500),
+            ("grpc.max_reconnect_backoff_ms", 5000),
         ]
         if target.tls_ca is not None:
             if target.tls_server_name:
@@ -88,16 +139,19 @@ class AgentClient:
         self._channel.close()
 
     def _call(self, fn: Callable[[], T]) -> T:
-        last: grpc.RpcError | None = None
-        for attempt in range(1, self.retries + 1):
+        first_failure: float | None = None
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return fn()
             except grpc.RpcError as exc:
-                last = exc
-                if exc.code() not in _RETRYABLE or attempt == self.retries:
-                    raise AgentError(self.target.address, exc.code(), exc.details() or "", attempt) from None
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-        raise AssertionError(f"unreachable: {last}")
+                now = time.monotonic()
+                first_failure = first_failure if first_failure is not None else now
+                waited = now - first_failure
+                if exc.code() not in _RETRYABLE or (attempt >= self.retries and waited >= self.patience_s):
+                    raise AgentError(self.endpoint.label, exc.code(), exc.details() or "", attempt, waited) from None
+                time.sleep(min(self.backoff_s * 2 ** (attempt - 1), 5.0))
 
     def health(self, timeout_s: float | None = None) -> str:
         """'SERVING', 'NOT_SERVING', ... of the agent's service."""
@@ -133,7 +187,7 @@ class AgentClient:
         try:
             yield from call
         except grpc.RpcError as exc:
-            raise AgentError(self.target.address, exc.code(), exc.details() or "") from None
+            raise AgentError(self.endpoint.label, exc.code(), exc.details() or "") from None
         finally:
             call.cancel()
 

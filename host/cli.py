@@ -11,14 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from host import lut_cli
-from host.cli_common import CliError, add_device_args, emit, resolve_device
+from host.cli_common import (
+    CliError,
+    add_device_args,
+    add_lut_args,
+    device_config,
+    device_table,
+    emit,
+    lut_table,
+)
 from lut_store.precision import Precision
 
 EXIT_ERROR = 1
-
-
-def _target(args: argparse.Namespace) -> Any:
-    return resolve_device(args, args.device).target()
 
 
 def cmd_agent_serve(args: argparse.Namespace) -> int:
@@ -37,10 +41,11 @@ def cmd_agent_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_agent_info(args: argparse.Namespace) -> int:
-    from host.agent_client import AgentClient, message_dict
+    from host.agent_client import message_dict
+    from host.device import open_device
 
-    with AgentClient(_target(args), timeout_s=args.timeout) as client:
-        info = client.info()
+    with open_device(device_config(args)) as device:
+        info = device.info()
     fp = info.fingerprint
     lines = [
         f"fingerprint  {info.fingerprint_hash[:16]}",
@@ -55,12 +60,13 @@ def cmd_agent_info(args: argparse.Namespace) -> int:
 
 
 def cmd_agent_reprofile(args: argparse.Namespace) -> int:
-    from host.agent_client import AgentClient, message_dict
+    from host.agent_client import message_dict
+    from host.device import open_device
 
     if not args.now:
         raise CliError("say --now to re-profile now (the agent's [nightly] schedule runs by itself)")
-    with AgentClient(_target(args), timeout_s=args.timeout) as client:
-        resp = client.reprofile(args.reason)
+    with open_device(device_config(args)) as device:
+        resp = device.reprofile(args.reason)
     drift = (
         f", drift: median x{resp.drift_median_ratio:.3f} (p5 x{resp.drift_p5_ratio:.3f}, "
         f"p95 x{resp.drift_p95_ratio:.3f}) against version {resp.parent_version_id}"
@@ -87,12 +93,13 @@ def _bench_text(resp: Any) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from host.agent_client import AgentClient, message_dict
+    from host.agent_client import message_dict
+    from host.device import open_device
 
     if not args.model.is_file():
         raise CliError(f"model file {args.model} does not exist")
-    with _agent(args) as target, AgentClient(target, timeout_s=args.timeout) as client:
-        resp = client.benchmark(args.model, batch_size=args.batch)
+    with open_device(device_config(args)) as device:
+        resp = device.benchmark(args.model, batch_size=args.batch)
     emit(message_dict(resp, drop=("outputs",)), args.json, _bench_text(resp))
     return 0
 
@@ -115,9 +122,7 @@ def _predict_text(pred: Any, top: int = 12) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from contextlib import nullcontext
-
-    from host.agent_client import AgentClient
+    from host.device import open_device
     from host.latency.predict import LatencyPredictor
     from lut_store.store import open_store
 
@@ -125,39 +130,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise CliError(f"model file {args.model} does not exist")
     if args.batch < 1:
         raise CliError(f"--batch must be >= 1, got {args.batch}")
-    with _agent(args) as target, AgentClient(target, timeout_s=args.timeout) as client, open_store(args.store) as store:
+    with open_device(device_config(args)) as device, open_store(args.store) as store:
         predictor = LatencyPredictor.for_device(
-            store, client, pinned=args.version, force=args.force, batch_size=args.batch
+            store, device, offline=args.no_profile, pinned=args.version, force=args.force, batch_size=args.batch
         )
-        if args.no_profile:
-            predictor.client = None
-        with predictor if not args.no_profile else nullcontext(predictor):
+        with predictor:
             pred = predictor.predict(args.model)
     emit(pred.to_dict(), args.json, _predict_text(pred))
     return 0
 
 
-def _agent(args: argparse.Namespace) -> Any:
-    """The named agent, or an embedded one when --device is absent."""
-    from contextlib import nullcontext
-
-    if args.device:
-        return nullcontext(_target(args))
-    from host.embedded import embedded_agent_with
-
-    return embedded_agent_with(config_file=args.agent_config)
-
-
 def cmd_compress(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from host.compress.policy import Policy
     from host.compress.run import load_compress_config, run_compress
     from host.runs import to_doc
 
-    config = load_compress_config(args.config)
-    if args.device:
-        config = replace(config, device=replace(config.device, address=args.device))
+    overrides = {"device": device_table(args), "lut": lut_table(args), "store": args.store}
+    config = load_compress_config(args.config, overrides)
     summary = run_compress(config, Policy.load(args.policy), args.out, progress=not args.json)
     base, c = summary.baseline, summary.compressed
     text = (
@@ -231,7 +220,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.episodes is not None and args.episodes < 1:
         raise CliError(f"--episodes {args.episodes}: a search needs at least one episode")
     overrides = {
-        "device": {"address": args.device},
+        "device": device_table(args),
+        "lut": lut_table(args),
         "store": args.store,
         "search": {
             "episodes": args.episodes,
@@ -251,14 +241,27 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     if args.seeds is not None and args.seeds < 1:
         raise CliError(f"--seeds {args.seeds}: an experiment needs at least one seed")
     if args.resume:
-        if args.config or args.preset or args.device or args.store:
-            raise CliError(
-                "--resume continues with the configs stored in --out: drop --config, --preset, --device and --store"
-            )
+        flags = {
+            "--config": args.config,
+            "--preset": args.preset,
+            "--store": args.store,
+            "--device": args.device,
+            "--devices-file": args.devices_file,
+            "--token-file": args.token_file,
+            "--tls-ca": args.tls_ca,
+            "--tls-server-name": args.tls_server_name,
+            "--timeout": args.timeout,
+            "--lut-version": args.lut_version,
+            "--offline": args.offline,
+        }
+        given = [flag for flag, value in flags.items() if value]
+        if given:
+            raise CliError(f"--resume continues with the configs stored in --out: drop {', '.join(given)}")
         results = resume_experiment(args.study, args.out, args.seeds, progress=not args.json)
     else:
+        tables = {"device": {**device_table(args), "name": None}, "lut": lut_table(args)}
         experiment = load_experiment(
-            args.study, args.preset or "paper", args.config, args.seeds, args.device or (), args.store
+            args.study, args.preset or "paper", args.config, args.seeds, args.device or (), args.store, tables
         )
         results = run_experiment(experiment, args.out, progress=not args.json)
     from host.runs import to_doc
@@ -346,7 +349,9 @@ def _add_compress_parsers(sub: Any) -> None:
     compress.add_argument("--config", type=Path, help="TOML config (model, [data], [baseline], [distill], device)")
     compress.add_argument("--policy", type=Path, required=True, help="policy JSON (hadmc policy init writes one)")
     compress.add_argument("--out", type=Path, required=True, help="output directory")
-    compress.add_argument("--device", metavar="HOST:PORT", help="agent to verify and benchmark on (default: embedded)")
+    add_device_args(compress, required=False, timeout_s=None)
+    compress.add_argument("--store", help="LUT store URL (default: the SQLite file under $HADMC_HOME)")
+    add_lut_args(compress)
     compress.add_argument("--json", action="store_true", help="one JSON document on stdout")
     compress.set_defaults(func=cmd_compress)
 
@@ -366,7 +371,8 @@ def _add_search_parsers(sub: Any) -> None:
     """`search`, `experiment`, `report` and `demo`: the main job and what comes of it."""
     search = sub.add_parser("search", help="the main job: search per-layer keep-ratios and precisions for a device")
     search.add_argument("--config", type=Path, help="TOML config (model, [data], controllers, episodes, ...)")
-    search.add_argument("--device", metavar="HOST:PORT", help="agent of the target device (default: embedded)")
+    add_device_args(search, required=False, timeout_s=None)
+    add_lut_args(search)
     search.add_argument("--store", help="LUT store URL (default: the SQLite file under $HADMC_HOME)")
     search.add_argument("--controllers", help="comma-separated, e.g. ppo,random,uniform")
     search.add_argument("--episodes", type=int, help="episodes per controller")
@@ -409,12 +415,8 @@ def _add_experiment_parser(sub: Any) -> None:
     experiment.add_argument(
         "--config", type=Path, help="TOML search config over the preset, with an optional [experiment] table"
     )
-    experiment.add_argument(
-        "--device",
-        action="append",
-        metavar="HOST:PORT",
-        help="agent of the target device (default: embedded); cross-device: repeat, one per device",
-    )
+    add_device_args(experiment, required=False, many="cross-device: repeat, one per device", timeout_s=None)
+    add_lut_args(experiment)
     experiment.add_argument("--store", help="LUT store URL (default: the SQLite file under $HADMC_HOME)")
     experiment.add_argument("--resume", action="store_true", help="continue the experiment in --out")
     experiment.add_argument("--json", action="store_true", help="one JSON document on stdout")

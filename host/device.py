@@ -1,8 +1,10 @@
 """The host's one boundary to a device: what it can be asked (`Device`), how a run names it
 (`DeviceConfig`), and the measurements every driver makes through it.
 
-`AgentClient` implements `Device` for an agent anywhere; with no address, `open_device` starts
-an embedded agent on 127.0.0.1 (host/embedded.py, the only host module that imports the agent).
+`open_device` is the one place a device is resolved and connected: a name from the devices file
+(host/fleet.py) or HOST:PORT, with its token, TLS CA and server name, gives an `AgentClient`;
+no name starts an embedded agent on 127.0.0.1 (host/embedded.py, the only host module that
+imports the agent).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 from onnx import TensorProto, numpy_helper
 
+from host.agent_client import Endpoint
 from host.runs import Latency, Round
 from lut_store.opkey import OpKey
 from protos.hadmc.v1 import agent_pb2, common_pb2
@@ -24,7 +27,11 @@ from protos.hadmc.v1 import agent_pb2, common_pb2
 class Device(Protocol):
     """A device agent as the host uses it (host.agent_client.AgentClient fits)."""
 
+    endpoint: Endpoint  # where it is and how it is reached, as runs record it
+
     def info(self, timeout_s: float | None = None) -> agent_pb2.DeviceInfo: ...
+
+    def reprofile(self, reason: str = "manual", timeout_s: float | None = None) -> agent_pb2.ReprofileResponse: ...
 
     def profile(
         self,
@@ -47,36 +54,65 @@ class Device(Protocol):
 
 @dataclass(frozen=True)
 class DeviceConfig:
-    """`[device]`: the agent a run measures on, and how it measures final models."""
+    """`[device]`: the agent a run measures on, how to reach it, and how it measures final models."""
 
-    address: str = ""  # HOST:PORT of an agent; empty starts an embedded agent
-    threads: int = 1  # intra-op threads of an embedded agent
+    name: str = ""  # a name in the devices file, or HOST:PORT; empty starts an embedded agent
+    devices_file: str = ""  # empty: $HADMC_HOME/devices.toml
+    # For a HOST:PORT name (a devices-file entry names its own): the agent's token and TLS CA files.
+    token_file: str = ""
+    tls_ca: str = ""
+    tls_server_name: str = ""  # the name the agent's certificate carries, when not the address's host
+    # How long a call waits for an agent that went away (restart, dropped link) before the run
+    # stops with the last error; `--resume` continues it.
+    reconnect_s: float = 60.0
+    timeout_s: float = 60.0  # per call (a benchmark may take up to 15 min, a re-profile an hour)
+    agent_config: str = ""  # agent TOML of an embedded agent (empty: the defaults)
+    threads: int = 1  # intra-op threads of an embedded agent (0: as agent_config says; default all cores)
     benchmark_rounds: int = 3  # interleaved benchmarks of each final model and the FP32 model
     benchmark_batch: int = 1
 
     def __post_init__(self) -> None:
-        if self.threads < 1 or self.benchmark_rounds < 1 or self.benchmark_batch < 1:
+        if self.threads < 0 or self.benchmark_rounds < 1 or self.benchmark_batch < 1:
             raise ValueError(
-                f"threads = {self.threads}, benchmark_rounds = {self.benchmark_rounds} and benchmark_batch = "
-                f"{self.benchmark_batch} must each be at least 1"
+                f"threads = {self.threads} must be at least 0, benchmark_rounds = {self.benchmark_rounds} and "
+                f"benchmark_batch = {self.benchmark_batch} at least 1"
             )
+        if self.reconnect_s < 0 or self.timeout_s <= 0:
+            raise ValueError(
+                f"reconnect_s = {self.reconnect_s} must be at least 0 and timeout_s = {self.timeout_s} positive"
+            )
+
+    def describe(self) -> str:
+        """The device in a sentence, for messages."""
+        return self.name or f"embedded agent, {self.threads} threads"
 
 
 @contextmanager
 def open_device(config: DeviceConfig) -> Iterator[Device]:
-    """A client of the agent at `config.address`, or of an embedded one (calls time out after
-    60 s, with bounded retries)."""
-    from contextlib import nullcontext
-
-    from host.agent_client import AgentClient, AgentTarget
+    """A client of the device `config` names, resolved through the devices file, or of an
+    embedded agent. The device answers (token and TLS checked) before this returns, failing fast
+    when it is not there; later calls wait up to `reconnect_s` for it to come back."""
+    from host.agent_client import AgentClient
     from host.embedded import embedded_agent_with
+    from host.fleet import resolve
 
-    context = (
-        nullcontext(AgentTarget(config.address))
-        if config.address
-        else embedded_agent_with(intra_op_threads=config.threads)
+    if not config.name:
+        agent_config = Path(config.agent_config) if config.agent_config else None
+        with embedded_agent_with(agent_config, config.threads or None) as target:
+            endpoint = Endpoint("embedded", target.address, False, False)
+            with AgentClient(target, timeout_s=config.timeout_s, endpoint=endpoint) as client:
+                yield client
+        return
+    entry = resolve(
+        config.name,
+        Path(config.devices_file) if config.devices_file else None,
+        Path(config.token_file) if config.token_file else None,
+        Path(config.tls_ca) if config.tls_ca else None,
+        config.tls_server_name or None,
     )
-    with context as target, AgentClient(target, timeout_s=60, retries=3) as client:
+    with AgentClient(entry.target(), timeout_s=config.timeout_s, endpoint=entry.endpoint()) as client:
+        client.info()
+        client.patience_s = config.reconnect_s
         yield client
 
 

@@ -8,6 +8,7 @@ tls_ca = "/etc/hadmc/ca.pem"          # omit for a plaintext agent on loopback
 tls_server_name = "jetson-1"          # optional: the name the certificate carries
 ```
 The file is `--devices-file`, else $HADMC_HOME/devices.toml, else ~/.config/hadmc/devices.toml.
+A relative `token_file` or `tls_ca` is relative to the devices file's folder.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from host.agent_client import AgentTarget
+from host.agent_client import AgentTarget, Endpoint
 from lut_store.tomlfile import read_toml
 
 _FIELDS = ("address", "token_file", "tls_ca", "tls_server_name")
@@ -29,17 +30,37 @@ class FleetError(ValueError):
 
 @dataclass(frozen=True)
 class DeviceEntry:
+    """A device as resolved: its address and the files that authenticate it (never their contents)."""
+
     name: str
     address: str
     token_file: Path | None = None
     tls_ca: Path | None = None
     tls_server_name: str | None = None
+    devices_file: Path | None = None  # where the name was found; None for a bare HOST:PORT
 
     def target(self) -> AgentTarget:
+        """The address with the token and CA read from their files (FleetError names an unreadable one)."""
         try:
-            return AgentTarget.from_files(self.address, self.token_file, self.tls_ca, self.tls_server_name)
+            target = AgentTarget.from_files(self.address, self.token_file, self.tls_ca, self.tls_server_name)
         except OSError as exc:
             raise FleetError(f"device {self.name}: cannot read {exc.filename}: {exc.strerror}") from None
+        if target.token == "":
+            raise FleetError(f"device {self.name}: token file {self.token_file} is empty")
+        return target
+
+    def endpoint(self) -> Endpoint:
+        """What a run records about how it reached the device."""
+        return Endpoint(
+            self.name,
+            self.address,
+            self.token_file is not None,
+            self.tls_ca is not None,
+            self.tls_server_name,
+            None if self.devices_file is None else str(self.devices_file),
+            None if self.token_file is None else str(self.token_file),
+            None if self.tls_ca is None else str(self.tls_ca),
+        )
 
 
 def default_devices_file() -> Path:
@@ -75,11 +96,19 @@ def load_devices(path: Path | None = None) -> dict[str, DeviceEntry]:
         devices[name] = DeviceEntry(
             name,
             table["address"],
-            Path(table["token_file"]) if "token_file" in table else None,
-            Path(table["tls_ca"]) if "tls_ca" in table else None,
+            _file(table, "token_file", path),
+            _file(table, "tls_ca", path),
             table.get("tls_server_name"),
+            path,
         )
     return devices
+
+
+def _file(table: dict[str, str], key: str, devices_file: Path) -> Path | None:
+    """A file an entry names; a relative path is relative to the devices file's folder."""
+    if key not in table:
+        return None
+    return devices_file.parent / Path(table[key]).expanduser()
 
 
 def resolve(

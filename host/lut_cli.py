@@ -9,7 +9,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from host.cli_common import CliError, add_device_args, emit, resolve_device
+from host.cli_common import CliError, add_device_args, device_config, emit
 
 EXIT_INCOMPLETE = 3
 
@@ -38,20 +38,19 @@ def _progress(done: int, total: int) -> None:
 
 
 def cmd_lut_build(args: argparse.Namespace) -> int:
-    from host.agent_client import AgentClient
+    from host.device import open_device
     from lut_store.build import BuildPlan, build_lut, report_dict
     from lut_store.fingerprint import differences, document
     from lut_store.precision import device_precisions
 
-    entries = [resolve_device(args, d) for d in args.device]
     with ExitStack() as stack:
-        clients = [stack.enter_context(AgentClient(e.target(), timeout_s=args.timeout)) for e in entries]
+        clients = [stack.enter_context(open_device(device_config(args, name))) for name in args.device]
         infos = [c.info() for c in clients]
         hashes = {i.fingerprint_hash for i in infos}
         if len(hashes) > 1:
             diff = differences(document(infos[0].fingerprint), document(infos[1].fingerprint))
             raise CliError(
-                f"devices {', '.join(e.name for e in entries)} have different fingerprints "
+                f"devices {', '.join(c.endpoint.label for c in clients)} have different fingerprints "
                 f"(e.g. {diff}); one LUT version covers one fingerprint: build them separately"
             )
         info = infos[0]
@@ -180,13 +179,17 @@ def cmd_lut_serve(args: argparse.Namespace) -> int:
 
 def cmd_devices_list(args: argparse.Namespace) -> int:
     from host.agent_client import AgentClient, AgentError
-    from host.fleet import load_devices
+    from host.fleet import load_devices, resolve
 
+    if args.device:
+        entries = [resolve(args.device, args.devices_file, args.token_file, args.tls_ca, args.tls_server_name)]
+    else:
+        entries = [entry for _, entry in sorted(load_devices(args.devices_file).items())]
     rows = []
-    for name, entry in sorted(load_devices(args.devices_file).items()):
-        row: dict[str, Any] = {"name": name, "address": entry.address}
-        try:
-            with AgentClient(entry.target(), timeout_s=args.timeout, retries=1) as client:
+    for entry in entries:
+        row: dict[str, Any] = {"name": entry.name, "address": entry.address}
+        try:  # one quick try each: a listing reports a device that is down, it does not wait for it
+            with AgentClient(entry.target(), timeout_s=args.timeout, retries=1, endpoint=entry.endpoint()) as client:
                 row["health"] = client.health()
                 info = client.info()
                 row["fingerprint_hash"] = info.fingerprint_hash
@@ -218,7 +221,7 @@ def _add_store_args(p: argparse.ArgumentParser) -> None:
 
 def _add_build_parser(lut: Any) -> None:
     build = lut.add_parser("build", help="profile a model's or a grid's kernels into a new sealed version")
-    add_device_args(build, required=True, many=True)
+    add_device_args(build, required=True, many="repeat for several devices of one fingerprint")
     source = build.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="model name (resnet18): its layers under a sweep of channel widths")
     source.add_argument("--grid", type=Path, help="TOML grid of op parameters (see lut_store/keys/grid.py)")
@@ -280,8 +283,7 @@ def add_parsers(sub: Any) -> None:
     devices = sub.add_parser("devices", help="the fleet in the devices file").add_subparsers(
         dest="devices_command", required=True
     )
-    dl = devices.add_parser("list", help="each device's health and fingerprint")
-    dl.add_argument("--devices-file", type=Path)
-    dl.add_argument("--timeout", type=float, default=5.0, metavar="S")
+    dl = devices.add_parser("list", help="each device's health and fingerprint (--device: only that one)")
+    add_device_args(dl, required=False, timeout_s=5.0, absent="without it every device in the devices file")
     dl.add_argument("--json", action="store_true", help="one JSON document on stdout")
     dl.set_defaults(func=cmd_devices_list)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from host.agent_client import Endpoint
 from host.compress.policy import Policy, PolicyError
 
 SCHEMA = 2  # 1: the files hadmc wrote before records carried a schema
@@ -164,6 +165,7 @@ class DeviceRecord:
     fingerprint: dict[str, Any]
     precisions: tuple[PrecisionSupport, ...]
     address: str  # "embedded" for an agent started by the run
+    endpoint: Endpoint | None = None  # how it was named and reached (None in files of older runs)
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,7 @@ class CompressSummary:
     distill_loss: tuple[float, ...]
     seconds: dict[str, float]
     layers_per_precision: dict[str, int]
+    device: Endpoint | None = None  # how the device was named and reached (None in older files)
 
 
 # --- reading and writing ----------------------------------------------------------------------

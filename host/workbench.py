@@ -61,6 +61,18 @@ class CompressSettings:
 
 
 @dataclass(frozen=True)
+class LutSettings:
+    """`[lut]`: which LUT version predictions start from, and whether misses may be profiled."""
+
+    version: int | None = None  # pin this version id; None: the newest sealed one of the device
+    offline: bool = False  # no on-demand profiling: a kernel the LUT lacks is an error naming it
+
+    def __post_init__(self) -> None:
+        if self.version is not None and self.version < 1:
+            raise ValueError(f"version = {self.version}: LUT version ids start at 1")
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     """What a workbench is built from: the model, its data and teacher, the device and the LUT store."""
 
@@ -69,6 +81,7 @@ class BenchConfig:
     data: DataConfig = DataConfig()
     baseline: TrainConfig = TrainConfig()
     device: DeviceConfig = DeviceConfig()
+    lut: LutSettings = LutSettings()
     compress: CompressSettings = CompressSettings()
 
 
@@ -98,13 +111,15 @@ class Workbench:
         cls, config: BenchConfig, progress: Progress | None = None, device: Device | None = None
     ) -> Iterator[Workbench]:
         """Connect to the device (or start an embedded agent), open the store and the device's
-        LUT, load the data. Leaving the block normally seals the LUT version of the kernels
-        profiled on demand (`sealed`); after an error it stays open, to be resumed or expire."""
+        LUT (`[lut]`: pinned or the newest sealed version; offline: no profiling), load the data.
+        Leaving the block normally seals the LUT version of the kernels profiled on demand
+        (`sealed`); after an error it stays open, to be resumed or expire."""
         with (
             nullcontext(device) if device is not None else open_device(config.device) as agent,
             open_store(config.store or None) as store,
         ):
-            predictor = LatencyPredictor.for_device(store, agent)  # the device answers before any training
+            # The device and the LUT answer before any training.
+            predictor = LatencyPredictor.for_device(store, agent, pinned=config.lut.version, offline=config.lut.offline)
             bench = cls(config, agent, predictor, config.data.load(), progress or Progress(False))
             yield bench
             bench.sealed = predictor.close()

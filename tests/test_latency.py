@@ -141,8 +141,7 @@ def test_on_demand_profiling_fills_the_store_and_seals(agent, client, models, st
         assert second.latency_ms == pytest.approx(first.latency_ms)
         sealed = predictor.close()
         assert sealed is not None and sealed.status == "sealed" and sealed.entry_count == len(distinct)
-        offline = LatencyPredictor.for_device(store, client)
-        offline.client = None
+        offline = LatencyPredictor.for_device(store, client, offline=True)
         third = offline.predict(path)
         assert third.version_ids == (sealed.id,) and third.latency_ms == pytest.approx(first.latency_ms)
         # A later session adds a model's new kernels to a child version that keeps the old ones.
@@ -202,11 +201,10 @@ def test_kernel_times_subtract_the_profiler_overhead_unless_nothing_would_be_lef
     assert np.median(times, axis=0) == pytest.approx([0.001, 0.0005]) and below.all()
 
 
-def test_a_miss_without_a_device_is_an_error_naming_kernels(client, models, tmp_path):
+def test_an_offline_miss_is_an_error_naming_kernels(client, models, tmp_path):
     with open_store(f"sqlite:///{tmp_path / 'lut.sqlite'}") as store:
-        predictor = LatencyPredictor.for_device(store, client)
-        predictor.client = None
-        with pytest.raises(LatencyError, match=r"19 kernel\(s\) are not in the store.*no device.*/conv1/Conv"):
+        predictor = LatencyPredictor.for_device(store, client, offline=True)
+        with pytest.raises(LatencyError, match=r"19 kernel\(s\) are not in the store.*offline.*/conv1/Conv"):
             predictor.predict(models["resnet18_fp32"])
         assert predictor.open_version is None
 

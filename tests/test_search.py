@@ -71,7 +71,7 @@ MLP = {
 def test_search_run_directory(agent, tmp_path, monkeypatch):
     monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
     config = load_search_config(
-        None, {**MLP, "device": {"address": agent.address}, "store": f"sqlite:///{tmp_path / 'lut.sqlite'}"}
+        None, {**MLP, "device": {"name": agent.address}, "store": f"sqlite:///{tmp_path / 'lut.sqlite'}"}
     )
     out = tmp_path / "run"
     summary = run_search(config, out, progress=False)
@@ -160,7 +160,7 @@ def test_an_unreachable_device_fails_fast_naming_it(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
     config = load_search_config(
-        None, {**MLP, "device": {"address": "127.0.0.1:1"}, "store": f"sqlite:///{tmp_path / 'l.sqlite'}"}
+        None, {**MLP, "device": {"name": "127.0.0.1:1"}, "store": f"sqlite:///{tmp_path / 'l.sqlite'}"}
     )
     t0 = time.monotonic()
     with pytest.raises(AgentError, match=r"127\.0\.0\.1:1.*after 3 attempts"):
@@ -194,7 +194,7 @@ def test_a_params_target_and_a_latency_budget_bound_every_policy(agent, tmp_path
 
     monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
     store = f"sqlite:///{tmp_path / 'lut.sqlite'}"
-    base = {**MLP, "device": {"address": agent.address}, "store": store}
+    base = {**MLP, "device": {"name": agent.address}, "store": store}
     run = tmp_path / "amc"
     run_search(
         load_search_config(

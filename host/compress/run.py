@@ -11,6 +11,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from host.compress.distill import DistillConfig
 from host.compress.policy import Policy
@@ -29,10 +30,15 @@ class CompressConfig(BenchConfig):
     distill: DistillConfig = DistillConfig()
 
 
-def load_compress_config(path: Path | None) -> CompressConfig:
-    if path is None:
-        return CompressConfig()
-    return from_mapping(CompressConfig, read_toml(path, "config", ConfigError))
+def load_compress_config(path: Path | None, overrides: dict[str, Any] | None = None) -> CompressConfig:
+    """The TOML at `path` (defaults without one), its tables updated by `overrides` (None: keep)."""
+    doc = read_toml(path, "config", ConfigError) if path is not None else {}
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict):
+            doc[key] = {**doc.get(key, {}), **{k: v for k, v in value.items() if v is not None}}
+        elif value is not None:
+            doc[key] = value
+    return from_mapping(CompressConfig, doc)
 
 
 def run_compress(
@@ -63,6 +69,7 @@ def run_compress(
         tuple(made.distill.epoch_loss),
         {"baseline_s": t1 - t0, "final_model_s": t2 - t1, "total_s": time.monotonic() - t0},
         {p.value: n for p, n in made.exported.layers_per_precision.items()},
+        bench.device.endpoint,
     )
     write_json(out / "policy.json", json.loads(policy.to_json()))
     write_config(out / "config.json", config)

@@ -45,7 +45,7 @@ class ExperimentConfig:
     # bound; at 1 a precision slower than FP32 on the device, such as int4 on a CPU, is bounded).
     sota_latency_fraction: float = 0.5
     cases: list[Case] = field(default_factory=_paper_cases)  # cross-dataset
-    devices: list[str] = field(default_factory=list)  # cross-device: agent addresses HOST:PORT
+    devices: list[str] = field(default_factory=list)  # cross-device: names in the devices file, or HOST:PORT
     device_threads: list[int] = field(default_factory=lambda: [1, 2])  # cross-device without devices: embedded agents
 
     def check(self) -> None:
@@ -152,8 +152,10 @@ def load_experiment(
     seeds: int | None = None,
     devices: Sequence[str] = (),
     store: str | None = None,
+    tables: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Experiment:
-    """The experiment `study` from a preset, a config file and the flags, checked."""
+    """The experiment `study` from a preset, a config file and the flags (`devices`: --device;
+    `tables`: more flags as table overrides, None values keeping the config's), checked."""
     if study not in STUDIES:
         raise ConfigError(f"unknown study {study!r}; choices: {', '.join(STUDIES)}")
     if preset not in PRESETS:
@@ -168,9 +170,11 @@ def load_experiment(
     settings = doc.pop("experiment", {})
     if seeds is not None:
         settings["seeds"] = seeds
-    if study == "cross-device" and "address" in doc.get("device", {}):
+    for table, values in (tables or {}).items():
+        doc[table] = {**doc.get(table, {}), **{k: v for k, v in values.items() if v is not None}}
+    if study == "cross-device" and "name" in doc.get("device", {}):
         raise ConfigError(
-            f"[device] address = {doc['device']['address']!r}: cross-device runs on several devices; list them "
+            f"[device] name = {doc['device']['name']!r}: cross-device runs on several devices; list them "
             "in [experiment] devices or give --device once per device"
         )
     if study == "cross-device" and devices:
@@ -178,7 +182,7 @@ def load_experiment(
     elif len(devices) > 1:
         raise ConfigError(f"--device given {len(devices)} times: only cross-device runs on several devices")
     elif devices:
-        doc["device"] = {**doc.get("device", {}), "address": devices[0]}
+        doc["device"] = {**doc.get("device", {}), "name": devices[0]}
     if store is not None:
         doc["store"] = store
     experiment = Experiment(

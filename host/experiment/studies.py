@@ -49,7 +49,8 @@ def _compress(
     `distill`); the summary of one already finished in `out`."""
     if (out / "summary.json").exists():
         return read_record(out / "summary.json", CompressSummary)
-    bench = {name: getattr(config, name) for name in ("model", "store", "data", "baseline", "device", "compress")}
+    tables = ("model", "store", "data", "baseline", "device", "lut", "compress")
+    bench = {name: getattr(config, name) for name in tables}
     return run_compress(CompressConfig(**bench, distill=distill), policy, out, progress, device)
 
 
@@ -262,8 +263,8 @@ def _devices(experiment: Experiment) -> list[DeviceConfig]:
     """The [experiment] devices, else embedded agents with each of `device_threads`."""
     settings, base = experiment.settings, experiment.search.device
     if settings.devices:
-        return [replace(base, address=address) for address in settings.devices]
-    return [replace(base, address="", threads=threads) for threads in settings.device_threads]
+        return [replace(base, name=name) for name in settings.devices]
+    return [replace(base, name="", threads=threads) for threads in settings.device_threads]
 
 
 def device_labels(experiment: Experiment) -> list[str]:
@@ -274,7 +275,7 @@ def device_labels(experiment: Experiment) -> list[str]:
         with open_device(device) as agent:
             info = agent.info()
         fingerprint = info.fingerprint
-        where = device.address or f"embedded agent, {device.threads} threads"
+        where = device.describe()
         if info.fingerprint_hash in seen:
             raise ConfigError(
                 f"devices {seen[info.fingerprint_hash]} and {where} have the same fingerprint "

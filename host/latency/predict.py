@@ -24,6 +24,7 @@ import onnx
 import structlog
 from google.protobuf import json_format
 
+from host.device import Device
 from host.latency import LatencyError
 from lut_store.build import acquire, default_owner, entry_from_stats
 from lut_store.interface import LutStore
@@ -95,7 +96,7 @@ class _Known:
 class LatencyPredictor:
     """Predicts latencies for one device (fingerprint) from one store.
 
-    `client`: an AgentClient for on-demand profiling, or None (misses are errors). `pinned`: a
+    `client`: the device for on-demand profiling, or None (offline: misses are errors). `pinned`: a
     LUT version id; default the newest sealed version of the fingerprint. A pinned version of
     another fingerprint is refused unless `force`.
     """
@@ -103,7 +104,7 @@ class LatencyPredictor:
     store: LutStore
     fingerprint_hash: str
     fingerprint: Mapping[str, Any]
-    client: Any = None
+    client: Device | None = None
     pinned: int | None = None
     force: bool = False
     batch_size: int = 1
@@ -123,12 +124,12 @@ class LatencyPredictor:
             self.base = None  # a device seen for the first time: everything is profiled on demand
 
     @classmethod
-    def for_device(cls, store: LutStore, client: Any, **kwargs: Any) -> LatencyPredictor:
-        """A predictor for the device behind `client` (its fingerprint read over gRPC)."""
-        info = client.info()
+    def for_device(cls, store: LutStore, device: Device, offline: bool = False, **kwargs: Any) -> LatencyPredictor:
+        """A predictor for `device` (its fingerprint read over gRPC); `offline`: it profiles nothing."""
+        info = device.info()
         fingerprint = json_format.MessageToDict(info.fingerprint, preserving_proto_field_name=True)
         store.ensure_device(info.fingerprint_hash, fingerprint)
-        return cls(store, info.fingerprint_hash, fingerprint, client, **kwargs)
+        return cls(store, info.fingerprint_hash, fingerprint, None if offline else device, **kwargs)
 
     def kernels(self, model: onnx.ModelProto) -> tuple[Kernel, ...]:
         try:
@@ -206,9 +207,9 @@ class LatencyPredictor:
         if self.client is None:
             names = ", ".join(f"{k.name} ({k.key.describe()})" for k in missing[:5])
             where = f"LUT version {self.base.id}" if self.base else "the store (no sealed version for this device)"
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise LatencyError(
-                f"{len(missing)} kernel(s) are not in {where} and no device is connected to profile "
-                f"them: {names}{' ...' if len(missing) > 5 else ''}"
+                f"{len(missing)} kernel(s) are not in {where} and profiling on demand is off (offline): {names}{more}"
             )
         from host.agent_client import AgentError
 

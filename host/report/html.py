@@ -196,7 +196,8 @@ def _device_section(run: RunData) -> str:
     parts = [
         (
             f'<p>fingerprint hash <code id="fingerprint-hash">{_e(device.fingerprint_hash)}</code>'
-            f" &middot; address {_e(device.address)} &middot; {_e(device_name(device))}</p>"
+            f" &middot; address {_e(device.endpoint.label if device.endpoint else device.address)}"
+            f"{' (TLS)' if device.endpoint and device.endpoint.tls else ''} &middot; {_e(device_name(device))}</p>"
         )
     ]
     if device.precisions:

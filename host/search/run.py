@@ -196,9 +196,9 @@ def _device(bench: Workbench, config: SearchConfig, out: Path) -> tuple[Precisio
     precisions = tuple(
         PrecisionSupport(Precision.from_proto(p.precision), p.supported, p.note) for p in info.precisions
     )
-    record = DeviceRecord(
-        info.fingerprint_hash, message_dict(info.fingerprint), precisions, config.device.address or "embedded"
-    )
+    endpoint = bench.device.endpoint
+    address = "embedded" if endpoint.name == "embedded" else endpoint.address
+    record = DeviceRecord(info.fingerprint_hash, message_dict(info.fingerprint), precisions, address, endpoint)
     write_record(out / "device.json", record)
     return precisions_to_search(config, bench)
 
