@@ -70,7 +70,9 @@ def main() -> int:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--device", default="", help="agent address (default: an embedded agent, one thread)")
+    parser.add_argument(
+        "--device", default="", help="NAME|HOST:PORT of an agent (default: an embedded agent, one thread)"
+    )
     args = parser.parse_args()
     from host import logs
 
@@ -78,9 +80,7 @@ def main() -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="hadmc-search-vs-uniform-"))
     seeds = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        config = replace(DEMO, model=args.model, device=replace(DEMO.device, address=args.device)).with_search(
-            seed=seed
-        )
+        config = replace(DEMO, model=args.model, device=replace(DEMO.device, name=args.device)).with_search(seed=seed)
         run = out / f"seed{seed}"
         t0 = time.monotonic()
         summary = run_search(config, run, resume=(run / "config.json").exists(), progress=True)
