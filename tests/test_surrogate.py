@@ -152,6 +152,7 @@ def test_fisher_sensitivity_ranks_the_layer_that_decides_above_one_that_adds_noi
         layer_sensitivity(net, [], ["a", "b"])
 
 
+@pytest.mark.timeout(900)  # CPU-bound: about a minute alone, several times that on a shared machine
 def test_ppo_practising_on_the_surrogate_beats_ppo_alone_and_random_search():
     """The synthetic device's truth is in the surrogate's family (so the surrogate can be right):
     accuracy falls with Fisher-weighted pruning and with int4/int8 layers, latency is the
