@@ -98,14 +98,19 @@ class Workbench:
     ) -> Iterator[Workbench]:
         """Connect to the device (or start an embedded agent), open the store and the device's
         LUT, load the data. Leaving the block normally seals the LUT version of the kernels
-        profiled on demand (`sealed`); after an error it stays open, to be resumed or expire."""
+        profiled on demand (`sealed`); after an error it stays open with its lease released, to
+        be resumed by the next search of this device."""
         with (
             nullcontext(device) if device is not None else open_device(config.device) as agent,
             open_store(config.store or None) as store,
         ):
             predictor = LatencyPredictor.for_device(store, agent)  # the device answers before any training
             bench = cls(config, agent, predictor, config.data.load(), progress or Progress(False))
-            yield bench
+            try:
+                yield bench
+            except BaseException:
+                predictor.release()
+                raise
             bench.sealed = predictor.close()
 
     # --- the model and its teacher ---------------------------------------------------------
@@ -195,6 +200,11 @@ class Workbench:
     def predict(self, model: ExportedModel | Path) -> Prediction:
         """Latency from the device's LUT; kernels it lacks are profiled on the device now."""
         return self.predictor.predict(model.path if isinstance(model, ExportedModel) else model)
+
+    def register(self, path: Path) -> None:
+        """Remember an exported model (a final model, the FP32 reference) in the store for this
+        device, so that its nightly re-profile keeps the model's kernels fresh in the LUT."""
+        self.predictor.register(path)
 
     def distill_set(self, config: DistillConfig) -> TensorDataset:
         """The training split with the teacher's outputs stored, unless `config` augments (made once each)."""

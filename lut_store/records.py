@@ -30,12 +30,12 @@ class VersionNotOpen(StoreError):
     """A write to a sealed or abandoned version (sealed versions are immutable)."""
 
 
-class BuildInProgress(StoreError):
-    """Another build holds the open version of this fingerprint."""
-
-
 class LeaseLost(StoreError):
-    """This builder's lease on the open version expired and another builder took it."""
+    """This holder's lease on its open version expired and another holder took the version."""
+
+
+class UnknownModel(StoreError):
+    """No registered model with that sha256 in the store."""
 
 
 class CorruptExport(StoreError):
@@ -87,6 +87,9 @@ class Entry:
     settings: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
+    # Uid of the version this entry was measured in, when it was carried forward from there
+    # into a newer version (its age is measured_at_unix_s); None when measured in its own version.
+    measured_in_uid: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in ENTRY_STATUSES:
@@ -115,3 +118,29 @@ class Build:
     version: Version
     owner: str
     resumed: bool
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A model the store keeps fresh for one device: re-profiled in context (Benchmark with
+    per_kernel) by every nightly run. `kernels` are its kernels' in-model key hashes in graph
+    order, repeats included, kernels the runtime elides left out: its predicted latency from a
+    version is the sum of their mean latencies there."""
+
+    fingerprint_hash: str
+    model_sha256: str
+    batch_size: int
+    name: str
+    kernels: tuple[str, ...]
+    size_bytes: int
+    registered_at_unix_s: float
+    last_used_unix_s: float
+
+
+@dataclass(frozen=True)
+class ModelRegistration:
+    """What registering a model did: the model as stored, and the least recently used models
+    of its device evicted to keep within the store's model limit."""
+
+    model: RegisteredModel
+    evicted: tuple[RegisteredModel, ...] = ()
