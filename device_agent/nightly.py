@@ -175,23 +175,30 @@ class Nightly:
                 return f"missed the run scheduled at {missed.isoformat(timespec='minutes')}"
         return None
 
+    def _previous(self, store: LutStore, state: State | None) -> int | None:
+        """The last version this agent made, when it is in this store."""
+        if state is None or state.store_url != store.url:
+            return None
+        try:
+            return store.version(state.version_id).id
+        except UnknownVersion:
+            return None
+
     def _keys(self, store: LutStore, state: State | None) -> tuple[list[OpKey], int | None]:
+        """The isolated keys to re-profile, and the new version's parent: the latest sealed version
+        of this fingerprint (whoever made it, it holds everything sealed for the device), else the
+        last version this agent made (under its previous fingerprint). The keys come from both, and
+        from the grids; in-model keys are re-measured inside the registered models."""
+        previous = self._previous(store, state)
+        try:
+            parent: int | None = store.latest(self._info.fingerprint_hash).id
+        except StoreError:
+            parent = previous
         keys: dict[str, OpKey] = {}
-        parent: int | None = None
-        if state is not None and state.store_url == store.url:
-            try:
-                parent = store.version(state.version_id).id
-            except UnknownVersion:
-                parent = None
-        if parent is None:
-            try:
-                parent = store.latest(self._info.fingerprint_hash).id
-            except StoreError:
-                parent = None
-        if parent is not None:
-            for entry in store.entries(parent):
+        for version_id in dict.fromkeys(v for v in (parent, previous) if v is not None):
+            for entry in store.entries(version_id):
                 key = OpKey.from_json(entry.key_json)
-                if key.context == "isolated":  # in-model keys are re-measured in their models, on demand
+                if key.context == "isolated":
                     keys.setdefault(key.hash, key)
         precisions = device_precisions(self._info)
         for grid in self.config.grids:

@@ -105,7 +105,7 @@ def _predict_text(pred: Any, top: int = 12) -> str:
     for k in sorted(pred.kernels, key=lambda k: -k.latency_ms)[:top]:
         lines.append(
             f"{k.name[-48:]:<48} {k.kind[:16]:<16} {k.precision:<5} {k.latency_ms:>9.4f}  {k.source}"
-            + (f" v{k.version_id}" if k.version_id is not None else "")
+            + f" v{k.version_id}"
         )
     if len(pred.kernels) > top:
         lines.append(f"... {len(pred.kernels) - top} more kernels")

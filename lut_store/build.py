@@ -209,11 +209,10 @@ def entry_from_stats(
 @dataclass(frozen=True)
 class InModelProfile:
     """A model's kernels as one Benchmark with per_kernel measured them: an entry per distinct
-    in-model key (its first occurrence), the keys the runtime elided (no nodes, no time), and
-    the measured kernels' key hashes in graph order, repeats included."""
+    in-model key ('elided' for a kernel the runtime ran no node of), and every kernel's key hash
+    in graph order, repeats included."""
 
     entries: dict[str, Entry]
-    elided: frozenset[str]
     kernels: tuple[str, ...]
 
 
@@ -221,16 +220,10 @@ def in_model_entries(resp: agent_pb2.BenchmarkResponse) -> InModelProfile:
     """The stored form of a per-kernel benchmark: every kernel's latency inside the whole model,
     with how it was measured. The one conversion the predictor and re-profiling share."""
     entries: dict[str, Entry] = {}
-    elided: set[str] = set()
-    kernels = []
     for item in resp.kernel_profile.kernels:
         key = OpKey.from_proto(item.key)
-        if not item.HasField("latency"):
-            elided.add(key.hash)
-            continue
-        kernels.append(key.hash)
-        if key.hash in entries:
-            continue
+        if key.hash in entries and (entries[key.hash].status == "ok" or not item.HasField("latency")):
+            continue  # a repeated kernel keeps its first measured occurrence
         how = {
             "method": "in-model",
             "model_sha256": resp.model.sha256,
@@ -239,8 +232,21 @@ def in_model_entries(resp: agent_pb2.BenchmarkResponse) -> InModelProfile:
             "runtime_nodes": list(item.runtime_nodes),
             "below_resolution": item.below_resolution,
         }
-        entries[key.hash] = entry_from_stats(key, item.latency, resp.environment, how)
-    return InModelProfile(entries, frozenset(elided - set(entries)), tuple(kernels))
+        if item.HasField("latency"):
+            entries[key.hash] = entry_from_stats(key, item.latency, resp.environment, how)
+            continue
+        env = json_format.MessageToDict(resp.environment, preserving_proto_field_name=True)
+        reason = f"the runtime ran no node of it inside model {resp.model.sha256[:16]}: 0 ms there"
+        entries[key.hash] = Entry(
+            key.hash,
+            key.canonical_json(),
+            "elided",
+            env.get("measured_at_unix_s", time.time()),
+            settings=how,
+            environment=env,
+            reason=reason,
+        )
+    return InModelProfile(entries, tuple(OpKey.from_proto(item.key).hash for item in resp.kernel_profile.kernels))
 
 
 def entry_from_result(key: OpKey, result: agent_pb2.ProfileResult) -> Entry | None:

@@ -185,12 +185,12 @@ def is_in_model(key_json: str) -> bool:
 
 
 def predicted_ms(entries: dict[str, Entry], kernels: tuple[str, ...]) -> float | None:
-    """A model's latency from one version's entries as the predictor sums it; None when a kernel
-    is missing or not ok there."""
+    """A model's latency from one version's entries as the predictor sums it (an elided kernel
+    costs 0 ms); None when a kernel is missing there or cannot run."""
     found = [entries.get(k) for k in kernels]
-    if not kernels or any(e is None or e.status != "ok" for e in found):
+    if not kernels or any(e is None or e.status not in ("ok", "elided") for e in found):
         return None
-    return sum(float(e.mean_ms or e.median_ms) for e in found)
+    return sum(float(e.mean_ms or e.median_ms) for e in found if e.status == "ok")
 
 
 def _model_changes(

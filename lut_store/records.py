@@ -7,7 +7,8 @@ from typing import Any
 
 VERSION_STATUSES = ("open", "sealed", "abandoned")
 VERSION_SOURCES = ("manual", "nightly", "search", "import")
-ENTRY_STATUSES = ("ok", "unsupported", "failed")
+# 'elided': the runtime ran no node of this in-model kernel (fused away, folded): 0 ms, measured.
+ENTRY_STATUSES = ("ok", "unsupported", "failed", "elided")
 
 
 class StoreError(RuntimeError):
@@ -72,7 +73,8 @@ class Version:
 
 @dataclass(frozen=True)
 class Entry:
-    """One kernel's latency in one version. Status 'ok' carries stats; others carry a reason."""
+    """One kernel's latency in one version. Status 'ok' carries stats; others carry a reason
+    ('elided': no runtime node, so 0 ms inside its model, as measured)."""
 
     key_hash: str
     key_json: str
@@ -124,8 +126,8 @@ class Build:
 class RegisteredModel:
     """A model the store keeps fresh for one device: re-profiled in context (Benchmark with
     per_kernel) by every nightly run. `kernels` are its kernels' in-model key hashes in graph
-    order, repeats included, kernels the runtime elides left out: its predicted latency from a
-    version is the sum of their mean latencies there."""
+    order, repeats included: its predicted latency from a version is the sum of their mean
+    latencies there (0 ms for an elided one)."""
 
     fingerprint_hash: str
     model_sha256: str

@@ -81,7 +81,7 @@ CREATE TABLE entries (
 )
 """
 
-_SQLITE_TRIGGERS = """
+_SQLITE_ENTRY_TRIGGERS = """
 CREATE TRIGGER entries_insert_only_into_open BEFORE INSERT ON entries
 WHEN (SELECT status FROM versions WHERE id = NEW.version_id) IS NOT 'open'
 BEGIN SELECT RAISE(ABORT, 'lut version is not open: sealed versions are immutable'); END;
@@ -90,12 +90,18 @@ WHEN (SELECT status FROM versions WHERE id = OLD.version_id) IS NOT 'open'
 BEGIN SELECT RAISE(ABORT, 'lut version is not open: sealed versions are immutable'); END;
 CREATE TRIGGER entries_delete_only_from_open BEFORE DELETE ON entries
 WHEN (SELECT status FROM versions WHERE id = OLD.version_id) IS NOT 'open'
-BEGIN SELECT RAISE(ABORT, 'lut version is not open: sealed versions are immutable'); END;
+BEGIN SELECT RAISE(ABORT, 'lut version is not open: sealed versions are immutable'); END
+"""
+
+_SQLITE_TRIGGERS = (
+    _SQLITE_ENTRY_TRIGGERS.strip()
+    + """;
 CREATE TRIGGER sealed_versions_are_immutable BEFORE UPDATE ON versions WHEN OLD.status = 'sealed'
 BEGIN SELECT RAISE(ABORT, 'lut version is sealed: immutable'); END;
 CREATE TRIGGER sealed_versions_are_kept BEFORE DELETE ON versions WHEN OLD.status = 'sealed'
 BEGIN SELECT RAISE(ABORT, 'lut version is sealed: immutable'); END
 """
+)
 
 _POSTGRES_TRIGGERS = """
 CREATE FUNCTION hadmc_entries_only_in_open() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -122,11 +128,12 @@ FOR EACH ROW EXECUTE FUNCTION hadmc_sealed_versions_are_immutable()
 """
 
 # Several open versions per fingerprint (one per holder); entries carried forward into a newer
-# version name the version they were measured in; the models each device's LUT is kept fresh for.
+# version name the version they were measured in; kernels the runtime elided inside a model are
+# entries too (status 'elided'); the models each device's LUT is kept fresh for.
 _CONCURRENT_VERSIONS_AND_MODELS = """
 DROP INDEX one_open_version_per_device;
 CREATE INDEX versions_by_device ON versions(fingerprint_hash, status);
-ALTER TABLE entries ADD COLUMN measured_in_uid TEXT;
+{entries_v2};
 CREATE TABLE model_blobs (
     model_sha256 TEXT PRIMARY KEY,
     onnx {blob_type} NOT NULL,
@@ -146,6 +153,38 @@ CREATE TABLE store_settings (
     name TEXT PRIMARY KEY,
     value_json TEXT NOT NULL
 )
+"""
+
+# SQLite cannot change a CHECK constraint: the entries table is rebuilt (its triggers with it).
+_SQLITE_ENTRIES_V2 = """
+CREATE TABLE entries_v2 (
+    version_id BIGINT NOT NULL REFERENCES versions(id),
+    key_hash TEXT NOT NULL,
+    key_json TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'unsupported', 'failed', 'elided')),
+    median_ms DOUBLE PRECISION,
+    mean_ms DOUBLE PRECISION,
+    p90_ms DOUBLE PRECISION,
+    std_ms DOUBLE PRECISION,
+    min_ms DOUBLE PRECISION,
+    n INTEGER,
+    settings_json TEXT NOT NULL,
+    environment_json TEXT NOT NULL,
+    measured_at_unix_s DOUBLE PRECISION NOT NULL,
+    reason TEXT NOT NULL,
+    measured_in_uid TEXT,
+    PRIMARY KEY (version_id, key_hash),
+    CHECK (status <> 'ok' OR (median_ms > 0 AND n >= 2))
+);
+INSERT INTO entries_v2 SELECT *, NULL FROM entries;
+DROP TABLE entries;
+ALTER TABLE entries_v2 RENAME TO entries;
+""" + _SQLITE_ENTRY_TRIGGERS.strip()
+
+_POSTGRES_ENTRIES_V2 = """
+ALTER TABLE entries DROP CONSTRAINT entries_status_check;
+ALTER TABLE entries ADD CONSTRAINT entries_status_check CHECK (status IN ('ok', 'unsupported', 'failed', 'elided'));
+ALTER TABLE entries ADD COLUMN measured_in_uid TEXT
 """
 
 _VERSION_COLUMNS = (
@@ -712,7 +751,10 @@ class SqliteStore(SqlStore):
     busy_timeout_s = 30.0
     migrations = (
         ("0001_initial", _COMMON_TABLES.format(id_type="INTEGER PRIMARY KEY AUTOINCREMENT") + ";\n" + _SQLITE_TRIGGERS),
-        ("0002_concurrent_versions_and_registered_models", _CONCURRENT_VERSIONS_AND_MODELS.format(blob_type="BLOB")),
+        (
+            "0002_concurrent_versions_and_registered_models",
+            _CONCURRENT_VERSIONS_AND_MODELS.format(entries_v2=_SQLITE_ENTRIES_V2.strip(), blob_type="BLOB"),
+        ),
     )
 
     def __init__(self, path: Path, url: str | None = None) -> None:
@@ -768,7 +810,10 @@ class PostgresStore(SqlStore):
     placeholder = "%s"
     migrations = (
         ("0001_initial", _COMMON_TABLES.format(id_type="BIGSERIAL PRIMARY KEY") + ";\n" + _POSTGRES_TRIGGERS),
-        ("0002_concurrent_versions_and_registered_models", _CONCURRENT_VERSIONS_AND_MODELS.format(blob_type="BYTEA")),
+        (
+            "0002_concurrent_versions_and_registered_models",
+            _CONCURRENT_VERSIONS_AND_MODELS.format(entries_v2=_POSTGRES_ENTRIES_V2.strip(), blob_type="BYTEA"),
+        ),
     )
 
     def __init__(self, url: str, timeout_s: float = 10.0) -> None:

@@ -103,6 +103,20 @@ def test_threads_holding_versions_of_one_fingerprint_all_progress(store):
     assert {k.hash for k in [*KEYS, *MORE, *IN_MODEL[:3]]} <= set(latest)
 
 
+def test_an_elided_kernel_is_stored_as_measured_without_a_latency(store):
+    from lut_store.records import Entry
+
+    version = _open(store, "search", "s")
+    elided = Entry(
+        IN_MODEL[0].hash, IN_MODEL[0].canonical_json(), "elided", time.time(), reason="no runtime node: 0 ms"
+    )
+    store.add_entries(version.id, [elided], "s")
+    [back] = store.entries(store.seal(version.id, "s").id)
+    assert back == elided
+    with pytest.raises(StoreError, match="needs a reason"):
+        Entry("k", "{}", "elided", 0.0)
+
+
 def _export_one(tmp_path, name, key, median_ms):
     with open_store(f"sqlite:///{tmp_path / f'{name}.sqlite'}") as elsewhere:
         elsewhere.ensure_device(FP, {"cpu": {"model": "test"}})
@@ -236,3 +250,15 @@ def test_an_older_store_is_migrated_and_keeps_what_it_held(tmp_path):
             new.seal(one.version.id, "b")
         new.add_entries(one.version.id, [ok_entry(KEYS[1])], "a")
         assert {e.measured_in_uid for e in new.entries(new.seal(one.version.id, "a").id)} == {None, "old-uid"}
+
+
+def test_a_lease_keeper_holds_the_version_until_it_lets_go(store):
+    from lut_store.build import LeaseKeeper
+
+    version = _open(store, "manual", "slow-builder", lease_s=0.3)
+    keeper = LeaseKeeper(store, version.id, "slow-builder", 0.3).start()
+    time.sleep(1.0)  # three leases long: renewed from the keeper's thread
+    assert store.acquire_build(FP, "manual", "other", lease_s=60).version.id != version.id
+    keeper.stop(release=True)
+    resumed = store.acquire_build(FP, "manual", "third", lease_s=60)
+    assert resumed.resumed and resumed.version.id == version.id

@@ -50,14 +50,15 @@ log = structlog.get_logger(__name__)
 @dataclass(frozen=True)
 class KernelEstimate:
     """One kernel's share of a prediction. `source`: 'lut' (found), 'profiled' (measured on
-    demand for this prediction) or 'elided' (the runtime removed it: 0 ms, measured)."""
+    demand for this prediction) or 'elided' (the runtime removed it: 0 ms, measured). Every
+    estimate names the LUT version it was read from or written to."""
 
     name: str
     kind: str
     precision: Precision
     key_hash: str
     latency_ms: float
-    version_id: int | None
+    version_id: int
     source: str
 
 
@@ -116,7 +117,6 @@ class LatencyPredictor:
     base: Version | None = field(init=False, default=None)
     open_version: Version | None = field(init=False, default=None)
     _cache: dict[str, _Known] = field(init=False, default_factory=dict)
-    _elided: set[str] = field(init=False, default_factory=set)
     _keeper: LeaseKeeper | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -151,40 +151,14 @@ class LatencyPredictor:
         )
         proto = model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(data)
         kernels = self.kernels(proto)
-        self._lookup({k.key.hash for k in kernels} - set(self._cache) - self._elided)
-        missing = list(
-            {
-                k.key.hash: k for k in kernels if k.key.hash not in self._cache and k.key.hash not in self._elided
-            }.values()
-        )
+        self._lookup({k.key.hash for k in kernels} - set(self._cache))
+        missing = list({k.key.hash: k for k in kernels if k.key.hash not in self._cache}.values())
         profiled: set[str] = set()
         measured_ms = None
         if missing:
             profiled, measured_ms = self._profile(data, kernels, missing)
-        estimates = []
-        for k in kernels:
-            if k.key.hash in self._elided:
-                estimates.append(KernelEstimate(k.name, k.key.kind, k.key.precision, k.key.hash, 0.0, None, "elided"))
-                continue
-            known = self._cache[k.key.hash]
-            if known.entry.status != "ok":
-                raise LatencyError(
-                    f"kernel {k.name} ({k.key.describe()}) cannot run on this device: "
-                    f"{known.entry.reason} (LUT version {known.version_id})"
-                )
-            source = "profiled" if k.key.hash in profiled else "lut"
-            estimates.append(
-                KernelEstimate(
-                    k.name,
-                    k.key.kind,
-                    k.key.precision,
-                    k.key.hash,
-                    float(known.entry.mean_ms or known.entry.median_ms),
-                    known.version_id,
-                    source,
-                )
-            )
-        versions = tuple(sorted({e.version_id for e in estimates if e.version_id is not None}))
+        estimates = [self._estimate(k, profiled) for k in kernels]
+        versions = tuple(sorted({e.version_id for e in estimates}))
         return Prediction(
             sum(e.latency_ms for e in estimates),
             tuple(estimates),
@@ -196,6 +170,19 @@ class LatencyPredictor:
             time.perf_counter() - t0,
             measured_ms,
         )
+
+    def _estimate(self, kernel: Kernel, profiled: set[str]) -> KernelEstimate:
+        known = self._cache[kernel.key.hash]
+        status = known.entry.status
+        if status not in ("ok", "elided"):
+            raise LatencyError(
+                f"kernel {kernel.name} ({kernel.key.describe()}) cannot run on this device: "
+                f"{known.entry.reason} (LUT version {known.version_id})"
+            )
+        latency_ms = float(known.entry.mean_ms or known.entry.median_ms) if status == "ok" else 0.0
+        source = "elided" if status == "elided" else ("profiled" if kernel.key.hash in profiled else "lut")
+        key = kernel.key
+        return KernelEstimate(kernel.name, key.kind, key.precision, key.hash, latency_ms, known.version_id, source)
 
     def _lookup(self, hashes: set[str]) -> None:
         for version in (self.open_version, self.base):
@@ -230,20 +217,18 @@ class LatencyPredictor:
             )
         profile = in_model_entries(resp)
         ours = {k.key.hash for k in kernels}
-        if set(profile.entries) | profile.elided != ours:
+        if set(profile.entries) != ours:
             raise LatencyError(
-                f"the agent split the model into {len(set(profile.entries) | profile.elided)} distinct kernels and "
-                f"this host into {len(ours)} with other keys: agent and host run different hadmc versions"
+                f"the agent split the model into {len(profile.entries)} distinct kernels and this host into "
+                f"{len(ours)} with other keys: agent and host run different hadmc versions"
             )
-        entries = [profile.entries[k.key.hash] for k in missing if k.key.hash in profile.entries]
-        elided = {k.key.hash for k in missing} & profile.elided
-        if entries:
-            version = self._writable()
-            self.store.add_entries(version.id, entries, owner=self.owner)
-            for e in entries:
-                self._cache[e.key_hash] = _Known(e, version.id)
-        self._elided |= elided
-        log.info("latency.profiled", kernels=len(entries), elided=len(elided), model_ms=resp.latency.median_ms)
+        entries = [profile.entries[k.key.hash] for k in missing]
+        version = self._writable()
+        self.store.add_entries(version.id, entries, owner=self.owner)
+        for e in entries:
+            self._cache[e.key_hash] = _Known(e, version.id)
+        elided = sum(e.status == "elided" for e in entries)
+        log.info("latency.profiled", kernels=len(entries), elided=elided, model_ms=resp.latency.median_ms)
         return {e.key_hash for e in entries}, resp.latency.median_ms
 
     def _writable(self) -> Version:
@@ -270,7 +255,7 @@ class LatencyPredictor:
         first: kernels the LUT lacks are profiled now."""
         data = Path(model).read_bytes()
         prediction = self.predict(data)
-        kernels = tuple(k.key_hash for k in prediction.kernels if k.source != "elided")
+        kernels = tuple(k.key_hash for k in prediction.kernels)
         done = self.store.register_model(
             self.fingerprint_hash, name or str(Path(model).resolve()), data, self.batch_size, kernels
         )

@@ -28,6 +28,7 @@ class LutEntryStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LUT_ENTRY_STATUS_OK: _ClassVar[LutEntryStatus]
     LUT_ENTRY_STATUS_UNSUPPORTED: _ClassVar[LutEntryStatus]
     LUT_ENTRY_STATUS_FAILED: _ClassVar[LutEntryStatus]
+    LUT_ENTRY_STATUS_ELIDED: _ClassVar[LutEntryStatus]
 LUT_VERSION_STATUS_UNSPECIFIED: LutVersionStatus
 LUT_VERSION_STATUS_OPEN: LutVersionStatus
 LUT_VERSION_STATUS_SEALED: LutVersionStatus
@@ -41,6 +42,7 @@ LUT_ENTRY_STATUS_UNSPECIFIED: LutEntryStatus
 LUT_ENTRY_STATUS_OK: LutEntryStatus
 LUT_ENTRY_STATUS_UNSUPPORTED: LutEntryStatus
 LUT_ENTRY_STATUS_FAILED: LutEntryStatus
+LUT_ENTRY_STATUS_ELIDED: LutEntryStatus
 
 class LutDevice(_message.Message):
     __slots__ = ("fingerprint_hash", "fingerprint_json", "first_seen_unix_s")
