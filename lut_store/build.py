@@ -113,7 +113,7 @@ def acquire(
     is a dead process of this host (the store resumes it only for the same parent)."""
     dead = next(
         (
-            v.lease_owner
+            v
             for v in store.versions(fingerprint_hash)
             if v.status == "open"
             and v.source == source
@@ -123,11 +123,12 @@ def acquire(
         ),
         None,
     )
+    holder = dead.lease_owner if dead is not None else None
     build = store.acquire_build(
-        fingerprint_hash, source, owner, lease_s, settings, note, parent_id, take_over_from=dead
+        fingerprint_hash, source, owner, lease_s, settings, note, parent_id, take_over_from=holder
     )
-    if build.resumed and dead is not None and build.version.lease_owner == owner:
-        log.warning("lut.build.takeover", version=build.version.id, holder=dead, reason="its process is gone")
+    if dead is not None and build.version.id == dead.id:
+        log.warning("lut.build.takeover", version=dead.id, holder=holder, reason="its process is gone from this host")
     return build
 
 
@@ -486,15 +487,17 @@ def build_lut(
     bar.step(len(unique) - len(todo))
     writer = _Writer(store, vid, plan, bar)
     keeper = LeaseKeeper(store, vid, plan.owner, plan.lease_s).start()
-    carried = None
     try:
         missing = _measure(profilers, todo, writer)
         measured = _measure_models(profilers, models, writer, fingerprint_hash)
-        if not missing:
-            own = store.version(vid).entry_count
-            carried = store.seal(vid, plan.owner).entry_count - own
-    finally:
-        keeper.stop(release=carried is None)
+    except BaseException:
+        keeper.stop(release=True)
+        raise
+    keeper.stop(release=bool(missing))  # an incomplete version is left for the rerun to resume
+    carried = None
+    if not missing:
+        own = store.version(vid).entry_count
+        carried = store.seal(vid, plan.owner).entry_count - own
     report = BuildReport(
         version_id=vid,
         resumed=build.resumed,

@@ -162,6 +162,21 @@ def test_a_nightly_run_a_search_and_a_lut_build_of_one_device_all_progress_and_l
         agent.stop(grace_s=1.0)
 
 
+def test_a_search_started_while_the_nightly_run_holds_its_version_does_not_die(client, tmp_path):
+    model = tmp_path / "model.onnx"
+    onnx.save(small_cnn(batch=1), model)
+    with open_store(f"sqlite:///{tmp_path / 'lut.sqlite'}") as store:
+        fp = client.info().fingerprint_hash
+        store.ensure_device(fp, {})
+        nightly = store.acquire_build(fp, "nightly", "device-host:4242", lease_s=600).version  # mid-run
+        with LatencyPredictor.for_device(store, client) as searching:
+            assert searching.predict(model).profiled_kernels > 0
+        sealed = store.latest(fp)  # the search's own version, sealed as the block ended
+        assert sealed.id != nightly.id and sealed.source == "search"
+        untouched = store.version(nightly.id)
+        assert untouched.status == "open" and untouched.lease_owner == "device-host:4242"
+
+
 def test_a_predictor_keeps_its_lease_while_idle_and_releases_it_after_a_failure(client, tmp_path):
     model = tmp_path / "model.onnx"
     onnx.save(small_cnn(batch=1), model)
