@@ -1,6 +1,13 @@
 """Keeping the device's LUT fresh: re-profile daily, after a missed run and after a fingerprint
 change (driver, runtime, provider...), into a new version whose parent is the previous one.
 
+A run re-measures the isolated keys of the previous version (and the configured grids) and the
+models registered for the device in the store (the final models and FP32 baselines of searches
+and compressions), each in context with a per-kernel benchmark, so the in-model entries a search
+reads are fresh too; sealing carries forward whatever else the latest version held. After a
+fingerprint change the models registered under the previous fingerprint are measured into the
+new fingerprint's first version, so the next search on the updated device finds a full LUT.
+
 The last run is remembered in a small JSON state file: the store, the version made and the
 fingerprint it was made under. At start the agent compares that fingerprint with its current
 one and checks whether a scheduled run was missed while the machine was off. Alternatively,
@@ -12,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +30,7 @@ from typing import Any
 import structlog
 
 from device_agent.config import AgentConfig, NightlyConfig
-from device_agent.jobs import CANCELLED, JobError
+from device_agent.jobs import CANCELLED, BenchmarkJob, JobError
 from device_agent.profiling import profile_one, resolve_settings
 from device_agent.runner import MeasurementRunner
 from lut_store.build import BuildPlan, BuildReport, build_lut
@@ -32,7 +40,7 @@ from lut_store.interface import LutStore
 from lut_store.keys.grid import load_grid
 from lut_store.opkey import OpKey
 from lut_store.precision import device_precisions
-from lut_store.records import StoreError, UnknownVersion
+from lut_store.records import RegisteredModel, StoreError, UnknownVersion
 from lut_store.store import open_store
 from protos.hadmc.v1 import agent_pb2, common_pb2
 
@@ -40,7 +48,7 @@ log = structlog.get_logger(__name__)
 
 
 class NothingToReprofile(StoreError):
-    """No earlier version and no grid: no keys to keep fresh."""
+    """No earlier version, no grid and no registered model: nothing to keep fresh."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,8 @@ def last_scheduled(at: str, now: dt.datetime) -> dt.datetime:
 
 
 class LocalProfiler:
-    """Profiles through the daemon's own job queue (the Profiler protocol of lut_store.build)."""
+    """Profiles and benchmarks through the daemon's own job queue, as its Profile and Benchmark
+    RPCs do (the Profiler protocol of lut_store.build)."""
 
     def __init__(self, runner: MeasurementRunner, config: AgentConfig, stop: threading.Event) -> None:
         self._runner, self._config, self._stop = runner, config, stop
@@ -95,15 +104,34 @@ class LocalProfiler:
         timeout_s: float | None = None,
     ) -> Iterator[agent_pb2.ProfileResult]:
         resolved = resolve_settings(settings or common_pb2.MeasurementSettings(), self._config.profile)
-        active = lambda: not self._stop.is_set()  # noqa: E731
-        with self._runner.slot(active):
+        with self._runner.slot(self._active):
             for index, key in enumerate(keys):
                 try:
-                    yield profile_one(self._runner, index, key.to_proto(), resolved, self._config.key_timeout_s, active)
+                    yield profile_one(
+                        self._runner, index, key.to_proto(), resolved, self._config.key_timeout_s, self._active
+                    )
                 except JobError as exc:
                     if exc.code == CANCELLED:
                         return
                     raise
+
+    def benchmark(self, model: bytes, batch_size: int = 0, *, per_kernel: bool = False) -> agent_pb2.BenchmarkResponse:
+        """One benchmark of `model` with the agent's benchmark settings (those a Benchmark call
+        without settings gets); JobError naming the job's code when it cannot be made."""
+        settings = resolve_settings(common_pb2.MeasurementSettings(), self._config.benchmark)
+        with tempfile.TemporaryDirectory(prefix="hadmc-nightly-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            path.write_bytes(model)
+            job = BenchmarkJob(str(path), batch_size, settings, per_kernel=per_kernel)
+            try:
+                with self._runner.slot(self._active):
+                    reply = self._runner.call(job, self._config.job_timeout_s, self._active)
+            except JobError as exc:
+                raise JobError(exc.code, f"{exc.code}: {exc}") from None
+        return agent_pb2.BenchmarkResponse.FromString(reply)
+
+    def _active(self) -> bool:
+        return not self._stop.is_set()
 
 
 class Nightly:
@@ -147,23 +175,30 @@ class Nightly:
                 return f"missed the run scheduled at {missed.isoformat(timespec='minutes')}"
         return None
 
+    def _previous(self, store: LutStore, state: State | None) -> int | None:
+        """The last version this agent made, when it is in this store."""
+        if state is None or state.store_url != store.url:
+            return None
+        try:
+            return store.version(state.version_id).id
+        except UnknownVersion:
+            return None
+
     def _keys(self, store: LutStore, state: State | None) -> tuple[list[OpKey], int | None]:
+        """The isolated keys to re-profile, and the new version's parent: the latest sealed version
+        of this fingerprint (whoever made it, it holds everything sealed for the device), else the
+        last version this agent made (under its previous fingerprint). The keys come from both, and
+        from the grids; in-model keys are re-measured inside the registered models."""
+        previous = self._previous(store, state)
+        try:
+            parent: int | None = store.latest(self._info.fingerprint_hash).id
+        except StoreError:
+            parent = previous
         keys: dict[str, OpKey] = {}
-        parent: int | None = None
-        if state is not None and state.store_url == store.url:
-            try:
-                parent = store.version(state.version_id).id
-            except UnknownVersion:
-                parent = None
-        if parent is None:
-            try:
-                parent = store.latest(self._info.fingerprint_hash).id
-            except StoreError:
-                parent = None
-        if parent is not None:
-            for entry in store.entries(parent):
+        for version_id in dict.fromkeys(v for v in (parent, previous) if v is not None):
+            for entry in store.entries(version_id):
                 key = OpKey.from_json(entry.key_json)
-                if key.context == "isolated":  # in-model keys are re-measured in their models, on demand
+                if key.context == "isolated":
                     keys.setdefault(key.hash, key)
         precisions = device_precisions(self._info)
         for grid in self.config.grids:
@@ -171,17 +206,28 @@ class Nightly:
                 keys.setdefault(key.hash, key)
         return list(keys.values()), parent
 
+    def _models(self, store: LutStore, state: State | None) -> list[RegisteredModel]:
+        """The models to measure in context: those registered for this device, and after a
+        fingerprint change those registered under the previous fingerprint too; most recently
+        used first."""
+        models = {(m.model_sha256, m.batch_size): m for m in store.registered_models(self._info.fingerprint_hash)}
+        if state is not None and state.store_url == store.url and state.fingerprint_hash != self._info.fingerprint_hash:
+            for m in store.registered_models(state.fingerprint_hash):
+                models.setdefault((m.model_sha256, m.batch_size), m)
+        return sorted(models.values(), key=lambda m: -m.last_used_unix_s)
+
     def run_once(self, reason: str) -> tuple[BuildReport, agent_pb2.ReprofileResponse]:
         """Re-profile now; one run at a time."""
         with self._lock, self._open_store() as store:
             state = read_state(self.state_file)
             keys, parent = self._keys(store, state)
-            if not keys:
+            models = self._models(store, state)
+            if not keys and not models:
                 raise NothingToReprofile(
-                    "nothing to re-profile: no earlier LUT version of this device in "
+                    "nothing to re-profile: no earlier LUT version of this device, no registered model in "
                     f"{store.url} and no [nightly] grids"
                 )
-            log.info("nightly.start", reason=reason, keys=len(keys), parent=parent, store=store.url)
+            log.info("nightly.start", reason=reason, keys=len(keys), models=len(models), parent=parent, store=store.url)
             report = build_lut(
                 store,
                 self._info.fingerprint_hash,
@@ -189,20 +235,9 @@ class Nightly:
                 keys,
                 [LocalProfiler(self._runner, self._agent_config, self._stop)],
                 BuildPlan(source="nightly", note=reason, parent_id=parent, lease_s=self.config.lease_s),
+                models=models,
             )
-            response = agent_pb2.ReprofileResponse(
-                version_id=report.version_id,
-                sealed=report.sealed,
-                keys_total=report.keys_total,
-                measured_ok=report.measured_ok + report.already_stored,
-                unsupported=report.unsupported,
-                failed=report.failed,
-                missing=len(report.missing),
-                store_url=store.url,
-                reason=reason,
-            )
-            if parent is not None:
-                response.parent_version_id = parent
+            response = _response(report, store.url, reason, parent)
             if report.sealed:
                 write_state(
                     self.state_file,
@@ -215,21 +250,7 @@ class Nightly:
                     ),
                 )
                 if parent is not None:
-                    drift = diff_versions(store, parent, report.version_id)
-                    for name in ("median_ratio", "p5_ratio", "p95_ratio"):
-                        value = getattr(drift, name)
-                        if value is not None:
-                            setattr(response, f"drift_{name}", value)
-                    log.info(
-                        "nightly.drift",
-                        parent=parent,
-                        version=report.version_id,
-                        keys=drift.common,
-                        median_ratio=drift.median_ratio,
-                        p5_ratio=drift.p5_ratio,
-                        p95_ratio=drift.p95_ratio,
-                        most_changed=[f"{c.kernel} x{c.ratio:.3f}" for c in drift.most_changed[:5]],
-                    )
+                    _add_drift(response, store, parent, report.version_id)
             else:
                 log.warning("nightly.incomplete", version=report.version_id, missing=len(report.missing))
             return report, response
@@ -261,3 +282,54 @@ class Nightly:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def _response(report: BuildReport, store_url: str, reason: str, parent: int | None) -> agent_pb2.ReprofileResponse:
+    response = agent_pb2.ReprofileResponse(
+        version_id=report.version_id,
+        sealed=report.sealed,
+        keys_total=report.keys_total,
+        measured_ok=report.measured_ok + report.already_stored,
+        unsupported=report.unsupported,
+        failed=report.failed,
+        missing=len(report.missing),
+        store_url=store_url,
+        reason=reason,
+        models_measured=report.models_measured,
+        in_model_keys=report.in_model_keys,
+        skipped_models=[
+            agent_pb2.SkippedModel(name=m.name, model_sha256=m.model_sha256, reason=m.reason)
+            for m in report.skipped_models
+        ],
+        carried_forward=report.carried_forward,
+    )
+    if parent is not None:
+        response.parent_version_id = parent
+    return response
+
+
+def _add_drift(response: agent_pb2.ReprofileResponse, store: LutStore, parent: int, version_id: int) -> None:
+    """The new version against its parent: ratios over the keys re-measured (in-model ones
+    included) and the registered models whose predicted latency moved most."""
+    drift = diff_versions(store, parent, version_id, top=5)
+    for name in ("median_ratio", "p5_ratio", "p95_ratio"):
+        value = getattr(drift, name)
+        if value is not None:
+            setattr(response, f"drift_{name}", value)
+    for c in drift.models:
+        response.model_drift.add(
+            name=c.name, model_sha256=c.model_sha256, parent_ms=c.predicted_a_ms, new_ms=c.predicted_b_ms, ratio=c.ratio
+        )
+    log.info(
+        "nightly.drift",
+        parent=parent,
+        version=version_id,
+        keys=drift.common,
+        in_model_keys=drift.in_model,
+        carried=drift.carried,
+        median_ratio=drift.median_ratio,
+        p5_ratio=drift.p5_ratio,
+        p95_ratio=drift.p95_ratio,
+        most_changed=[f"{c.kernel} x{c.ratio:.3f}" for c in drift.most_changed[:5]],
+        models=[f"{c.name} x{c.ratio:.3f}" for c in drift.models],
+    )

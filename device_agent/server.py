@@ -36,7 +36,7 @@ from device_agent.jobs import (
 from device_agent.nightly import Nightly
 from device_agent.profiling import BadRequest, profile_one, resolve_settings
 from device_agent.runner import MeasurementRunner, QueueFull, RunnerClosed
-from lut_store.records import BuildInProgress, StoreError
+from lut_store.records import LeaseLost, StoreError
 from lut_store.rpc import bind, make_server, read_token
 from protos.hadmc.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
@@ -76,7 +76,7 @@ class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
             _, response = self._nightly.run_once(request.reason or "manual")
         except QueueFull as exc:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except BuildInProgress as exc:
+        except LeaseLost as exc:
             context.abort(grpc.StatusCode.ABORTED, str(exc))
         except (StoreError, OSError, ValueError) as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))

@@ -76,8 +76,11 @@ def cmd_agent_reprofile(args: argparse.Namespace) -> int:
     text = (
         f"version {resp.version_id} in {resp.store_url}: {'sealed' if resp.sealed else 'left OPEN'}, "
         f"{resp.measured_ok}/{resp.keys_total} measured, {resp.unsupported} unsupported, {resp.failed} failed, "
-        f"{resp.missing} missing{drift}"
+        f"{resp.missing} missing; {resp.models_measured} registered models measured in context "
+        f"({resp.in_model_keys} in-model keys), {resp.carried_forward} entries carried forward{drift}"
     )
+    text += "".join(f"\n  skipped {m.name}: {m.reason}" for m in resp.skipped_models)
+    text += "".join(f"\n  x{m.ratio:.3f} {m.parent_ms:.4f} -> {m.new_ms:.4f} ms  {m.name}" for m in resp.model_drift)
     emit(message_dict(resp), args.json, text)
     return 0 if resp.sealed else 3
 
@@ -109,7 +112,7 @@ def _predict_text(pred: Any, top: int = 12) -> str:
     for k in sorted(pred.kernels, key=lambda k: -k.latency_ms)[:top]:
         lines.append(
             f"{k.name[-48:]:<48} {k.kind[:16]:<16} {k.precision:<5} {k.latency_ms:>9.4f}  {k.source}"
-            + (f" v{k.version_id}" if k.version_id is not None else "")
+            + f" v{k.version_id}"
         )
     if len(pred.kernels) > top:
         lines.append(f"... {len(pred.kernels) - top} more kernels")

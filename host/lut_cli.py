@@ -106,19 +106,32 @@ def cmd_lut_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _age_text(seconds: float) -> str:
+    return f"{seconds / 86400:.1f} d" if seconds >= 86400 else f"{seconds / 3600:.1f} h"
+
+
 def cmd_lut_show(args: argparse.Namespace) -> int:
+    import time
+
     from lut_store.exchange import kernel_name
 
     with _store(args) as store:
         v = store.version(args.version)
         entries = list(store.entries(args.version))
+        ids = {u.uid: u.id for u in store.versions(v.fingerprint_hash)}
+    carried = sum(e.measured_in_uid is not None for e in entries)
     lines = [
         f"version {v.id} ({v.uid}) of device {v.fingerprint_hash[:16]}: {v.status}, {v.source}, "
-        f"{len(entries)} entries, parent {v.parent_id}"
+        f"{len(entries)} entries ({carried} carried forward from earlier versions), parent {v.parent_id}"
     ]
+    now = time.time()
     for e in entries:
         value = f"{e.median_ms:10.4f} ms  n={e.n}" if e.status == "ok" else f"{e.status}: {e.reason}"
-        lines.append(f"  {e.key_hash[:12]}  {kernel_name(e.key_json):<48} {value}")
+        origin = ""
+        if e.measured_in_uid is not None:
+            where = ids.get(e.measured_in_uid, e.measured_in_uid[:12])
+            origin = f"  (from v{where}, {_age_text(now - e.measured_at_unix_s)} old)"
+        lines.append(f"  {e.key_hash[:12]}  {kernel_name(e.key_json):<48} {value}{origin}")
     doc = {"version": _version_doc(v), "entries": [dataclasses.asdict(e) for e in entries]}
     emit(doc, args.json, "\n".join(lines))
     return 0
@@ -134,14 +147,40 @@ def cmd_lut_diff(args: argparse.Namespace) -> int:
     with _store(args) as store:
         d = diff_versions(store, args.a, args.b)
     lines = [
-        f"version {d.version_b} / version {d.version_a}: {d.common} keys in both, median ratio "
-        f"{_ratio_text(d.median_ratio)} (p5 {_ratio_text(d.p5_ratio)}, p95 {_ratio_text(d.p95_ratio)}); "
-        f"only in {d.version_a}: "
-        f"{d.only_in_a}, only in {d.version_b}: {d.only_in_b}, not ok in either: {d.not_ok_in_either}"
+        f"version {d.version_b} / version {d.version_a}: {d.common} keys measured in both ({d.in_model} in-model), "
+        f"median ratio {_ratio_text(d.median_ratio)} (p5 {_ratio_text(d.p5_ratio)}, p95 {_ratio_text(d.p95_ratio)}); "
+        f"{d.carried} carried forward unchanged; only in {d.version_a}: {d.only_in_a}, only in {d.version_b}: "
+        f"{d.only_in_b}, not ok in either: {d.not_ok_in_either}"
     ]
     for c in d.most_changed:
         lines.append(f"  x{c.ratio:6.3f}  {c.median_a_ms:9.4f} -> {c.median_b_ms:9.4f} ms  {c.kernel}")
+    if d.models:
+        lines.append("registered models, predicted latency:")
+    for m in d.models:
+        lines.append(f"  x{m.ratio:6.3f}  {m.predicted_a_ms:9.4f} -> {m.predicted_b_ms:9.4f} ms  {m.name}")
     emit(dataclasses.asdict(d), args.json, "\n".join(lines))
+    return 0
+
+
+def cmd_lut_models(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        evicted = store.set_model_limit(args.keep) if args.keep is not None else []
+        limit = store.model_limit()
+        fingerprints = [args.fingerprint] if args.fingerprint else [d.fingerprint_hash for d in store.devices()]
+        models = [m for f in fingerprints for m in store.registered_models(f)]
+    lines = [f"keeping the {limit} most recently used models per device; {len(models)} registered"]
+    lines += [f"evicted {m.name} (device {m.fingerprint_hash[:16]})" for m in evicted]
+    for m in models:
+        lines.append(
+            f"  {m.fingerprint_hash[:16]}  {m.model_sha256[:12]}  batch {m.batch_size}  {len(m.kernels):>4} kernels  "
+            f"{m.size_bytes / 2**20:8.2f} MiB  {m.name}"
+        )
+    doc = {
+        "limit": limit,
+        "models": [dataclasses.asdict(m) for m in models],
+        "evicted": [dataclasses.asdict(m) for m in evicted],
+    }
+    emit(doc, args.json, "\n".join(lines))
     return 0
 
 
@@ -234,7 +273,7 @@ def _add_build_parser(lut: Any) -> None:
 
 
 def _add_version_parsers(lut: Any) -> None:
-    """list, show, diff, export and import: LUT versions in a store."""
+    """list, show, diff, export, import and models: LUT versions in a store."""
     ls = lut.add_parser("list", help="LUT versions, newest first")
     ls.add_argument("--fingerprint", help="only this device fingerprint hash")
     _add_store_args(ls)
@@ -257,6 +296,11 @@ def _add_version_parsers(lut: Any) -> None:
     imp.add_argument("file", type=Path)
     _add_store_args(imp)
     imp.set_defaults(func=cmd_lut_import)
+    models = lut.add_parser("models", help="the models each device's LUT is kept fresh for (and how many)")
+    models.add_argument("--fingerprint", help="only this device fingerprint hash")
+    models.add_argument("--keep", type=int, metavar="N", help="keep the N most recently used models per device")
+    _add_store_args(models)
+    models.set_defaults(func=cmd_lut_models)
 
 
 def _add_serve_parser(lut: Any) -> None:

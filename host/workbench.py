@@ -113,7 +113,8 @@ class Workbench:
         """Connect to the device (or start an embedded agent), open the store and the device's
         LUT (`[lut]`: pinned or the newest sealed version; offline: no profiling), load the data.
         Leaving the block normally seals the LUT version of the kernels profiled on demand
-        (`sealed`); after an error it stays open, to be resumed or expire."""
+        (`sealed`); after an error it stays open with its lease released, to be resumed by the
+        next search of this device."""
         with (
             nullcontext(device) if device is not None else open_device(config.device) as agent,
             open_store(config.store or None) as store,
@@ -121,7 +122,11 @@ class Workbench:
             # The device and the LUT answer before any training.
             predictor = LatencyPredictor.for_device(store, agent, pinned=config.lut.version, offline=config.lut.offline)
             bench = cls(config, agent, predictor, config.data.load(), progress or Progress(False))
-            yield bench
+            try:
+                yield bench
+            except BaseException:
+                predictor.release()
+                raise
             bench.sealed = predictor.close()
 
     # --- the model and its teacher ---------------------------------------------------------
@@ -206,11 +211,16 @@ class Workbench:
             raise ValueError(
                 f"the FP32 export has no node for layers {missing[:5]} under the names a folded export gives"
             )
-        return ExportedModel(path, names, {32: len(names)})
+        return ExportedModel(path, names, {Precision.FP32: len(names)})
 
     def predict(self, model: ExportedModel | Path) -> Prediction:
         """Latency from the device's LUT; kernels it lacks are profiled on the device now."""
         return self.predictor.predict(model.path if isinstance(model, ExportedModel) else model)
+
+    def register(self, path: Path) -> None:
+        """Remember an exported model (a final model, the FP32 reference) in the store for this
+        device, so that its nightly re-profile keeps the model's kernels fresh in the LUT."""
+        self.predictor.register(path)
 
     def distill_set(self, config: DistillConfig) -> TensorDataset:
         """The training split with the teacher's outputs stored, unless `config` augments (made once each)."""

@@ -1,14 +1,21 @@
-"""Building a LUT version: profile keys on one or more devices of one fingerprint, write the
-results into the fingerprint's open version as they arrive, seal when every key is measured.
+"""Building a LUT version: profile keys on one or more devices of one fingerprint, measure
+registered models in context, write the results into the builder's own open version as they
+arrive, seal when every key is measured.
 
-A crashed build leaves its open version behind; the next build of that fingerprint resumes it
-(its lease has expired) and measures only what is missing. Keys whose measurement failed for a
-passing reason (the agent went away, a timeout, a busy device) are retried, and never written:
-a version with such keys stays open, so it is never sealed half-built.
+Each builder holds its own open version under a lease that a background thread renews
+(`LeaseKeeper`), so builders, nightly runs and searches of one fingerprint never wait for each
+other; sealing takes in what the latest sealed version has and the new one lacks (see
+lut_store/interface.py). A crashed build leaves its open version behind; the next build of the
+same source and parent resumes it (its lease expired, or its holder is a dead process of this
+host) and measures only what is missing. Keys whose measurement failed for a passing reason (the
+agent went away, a timeout, a busy device) are retried, and never written: a version with such
+keys stays open, its lease released for the rerun, so it is never sealed half-built.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import socket
@@ -23,7 +30,7 @@ from google.protobuf import json_format
 
 from lut_store.interface import LutStore
 from lut_store.opkey import OpKey
-from lut_store.records import Build, BuildInProgress, Entry, StoreError
+from lut_store.records import Build, Entry, LeaseLost, RegisteredModel, StoreError, UnknownModel
 from protos.hadmc.v1 import agent_pb2, common_pb2
 
 log = structlog.get_logger(__name__)
@@ -33,11 +40,25 @@ _TRANSIENT_CODES = frozenset({agent_pb2.KeyError.CODE_TIMEOUT, agent_pb2.KeyErro
 
 
 class Profiler(Protocol):
-    """One device that profiles keys (host.agent_client.AgentClient fits)."""
+    """One device that profiles keys, and benchmarks models kernel by kernel for the registered
+    models of a build (host.agent_client.AgentClient fits)."""
 
     def profile(
         self, keys: Sequence[OpKey], settings: Any = None, timeout_s: float | None = None
     ) -> Iterator[agent_pb2.ProfileResult]: ...
+
+    def benchmark(
+        self, model: bytes, batch_size: int = 0, *, per_kernel: bool = False
+    ) -> agent_pb2.BenchmarkResponse: ...
+
+
+@dataclass(frozen=True)
+class ModelSkip:
+    """A registered model a build could not measure, and why."""
+
+    name: str
+    model_sha256: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -53,6 +74,10 @@ class BuildReport:
     missing: dict[str, str] = field(default_factory=dict)
     sealed: bool = False
     elapsed_s: float = 0.0
+    models_measured: int = 0
+    in_model_keys: int = 0  # distinct in-model keys the model measurements stored
+    skipped_models: tuple[ModelSkip, ...] = ()
+    carried_forward: int = 0  # entries the seal took in from the latest sealed version
 
 
 def default_owner() -> str:
@@ -84,18 +109,65 @@ def acquire(
     note: str = "",
     parent_id: int | None = None,
 ) -> Build:
-    """store.acquire_build, taking the open version over at once when its holder is a dead
-    process of this host; BuildInProgress when a live builder holds it."""
-    try:
-        return store.acquire_build(fingerprint_hash, source, owner, lease_s, settings, note, parent_id)
-    except BuildInProgress:
-        holder = next((v.lease_owner for v in store.versions(fingerprint_hash) if v.status == "open"), None)
-        if holder is None or not holder_is_dead(holder):
-            raise
-        log.warning("lut.build.takeover", holder=holder, reason="its process is gone from this host")
-        return store.acquire_build(
-            fingerprint_hash, source, owner, lease_s, settings, note, parent_id, take_over_from=holder
-        )
+    """store.acquire_build, taking over at once an open version of the same source whose holder
+    is a dead process of this host (the store resumes it only for the same parent)."""
+    dead = next(
+        (
+            v
+            for v in store.versions(fingerprint_hash)
+            if v.status == "open"
+            and v.source == source
+            and v.lease_owner not in (None, owner)
+            and (parent_id is None or v.parent_id == parent_id)
+            and holder_is_dead(v.lease_owner)
+        ),
+        None,
+    )
+    holder = dead.lease_owner if dead is not None else None
+    build = store.acquire_build(
+        fingerprint_hash, source, owner, lease_s, settings, note, parent_id, take_over_from=holder
+    )
+    if dead is not None and build.version.id == dead.id:
+        log.warning("lut.build.takeover", version=dead.id, holder=holder, reason="its process is gone from this host")
+    return build
+
+
+class LeaseKeeper:
+    """Renews a holder's lease from a background thread every `lease_s` / 3, so a holder busy
+    elsewhere for longer than its lease (training between predictions, a long benchmark) keeps
+    its version. A lost lease ends it (the holder's next write raises LeaseLost); a store that
+    does not answer is tried again on the next tick."""
+
+    def __init__(self, store: LutStore, version_id: int, owner: str, lease_s: float) -> None:
+        self.store, self.version_id, self.owner, self.lease_s = store, version_id, owner, lease_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{version_id}", daemon=True)
+
+    def start(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                self.store.renew_lease(self.version_id, self.owner, self.lease_s)
+            except LeaseLost as exc:
+                log.error("lut.lease_lost", version=self.version_id, owner=self.owner, error=str(exc))
+                return
+            except StoreError as exc:
+                log.warning("lut.lease_renewal_failed", version=self.version_id, error=str(exc))
+
+    def stop(self, release: bool = False) -> None:
+        """Stop renewing; with `release`, let the lease go now, so that the next holder of the same
+        source and parent resumes the version at once (a release the store does not take is
+        logged: the lease then runs out by itself)."""
+        self._stop.set()
+        self._thread.join(timeout=30)
+        if release:
+            try:
+                self.store.renew_lease(self.version_id, self.owner, 0.0)
+            except StoreError as exc:
+                log.warning("lut.lease_release_failed", version=self.version_id, error=str(exc))
 
 
 def entry_from_stats(
@@ -133,6 +205,49 @@ def entry_from_stats(
         settings=settings,
         environment=env,
     )
+
+
+@dataclass(frozen=True)
+class InModelProfile:
+    """A model's kernels as one Benchmark with per_kernel measured them: an entry per distinct
+    in-model key ('elided' for a kernel the runtime ran no node of), and every kernel's key hash
+    in graph order, repeats included."""
+
+    entries: dict[str, Entry]
+    kernels: tuple[str, ...]
+
+
+def in_model_entries(resp: agent_pb2.BenchmarkResponse) -> InModelProfile:
+    """The stored form of a per-kernel benchmark: every kernel's latency inside the whole model,
+    with how it was measured. The one conversion the predictor and re-profiling share."""
+    entries: dict[str, Entry] = {}
+    for item in resp.kernel_profile.kernels:
+        key = OpKey.from_proto(item.key)
+        if key.hash in entries and (entries[key.hash].status == "ok" or not item.HasField("latency")):
+            continue  # a repeated kernel keeps its first measured occurrence
+        how = {
+            "method": "in-model",
+            "model_sha256": resp.model.sha256,
+            "scale": resp.kernel_profile.scale,
+            "profiled_runs": resp.kernel_profile.runs,
+            "runtime_nodes": list(item.runtime_nodes),
+            "below_resolution": item.below_resolution,
+        }
+        if item.HasField("latency"):
+            entries[key.hash] = entry_from_stats(key, item.latency, resp.environment, how)
+            continue
+        env = json_format.MessageToDict(resp.environment, preserving_proto_field_name=True)
+        reason = f"the runtime ran no node of it inside model {resp.model.sha256[:16]}: 0 ms there"
+        entries[key.hash] = Entry(
+            key.hash,
+            key.canonical_json(),
+            "elided",
+            env.get("measured_at_unix_s", time.time()),
+            settings=how,
+            environment=env,
+            reason=reason,
+        )
+    return InModelProfile(entries, tuple(OpKey.from_proto(item.key).hash for item in resp.kernel_profile.kernels))
 
 
 def entry_from_result(key: OpKey, result: agent_pb2.ProfileResult) -> Entry | None:
@@ -177,26 +292,24 @@ class _Progress:
 
 
 class _Writer:
-    """Writes a build's entries as they arrive, from any profiler's thread, renewing the lease
-    on the way; counts them by status."""
+    """Writes a build's entries as they arrive, from any profiler's thread, while its lease
+    holds; counts them by status."""
 
     def __init__(self, store: LutStore, version_id: int, plan: BuildPlan, progress: _Progress) -> None:
         self.store, self.version_id, self.plan, self.progress = store, version_id, plan, progress
         self.counts = {"ok": 0, "unsupported": 0, "failed": 0}
         self._lock = threading.Lock()
-        self._renewed = time.monotonic()
 
     def write(self, entry: Entry) -> None:
         with self._lock:
             self.store.add_entries(self.version_id, [entry], self.plan.owner)
             self.counts[entry.status] += 1
-            if time.monotonic() - self._renewed > self.plan.lease_s / 3:
-                self.renew()
         self.progress.step()
 
-    def renew(self) -> None:
-        self.store.renew_lease(self.version_id, self.plan.owner, self.plan.lease_s)
-        self._renewed = time.monotonic()
+    def write_model(self, entries: Sequence[Entry]) -> None:
+        """A model's entries, in one transaction: all of them or none."""
+        with self._lock:
+            self.store.add_entries(self.version_id, entries, self.plan.owner)
 
 
 def _profile_chunk(profiler: Profiler, chunk: Sequence[OpKey], writer: _Writer, missing: dict[str, str]) -> None:
@@ -270,8 +383,64 @@ def _measure(profilers: Sequence[Profiler], todo: Sequence[OpKey], writer: _Writ
                 example=next(iter(missing.values())),
             )
             time.sleep(writer.plan.retry_wait_s)
-            writer.renew()
     return missing
+
+
+class _UnusableBytes(Exception):
+    """A registered model's stored bytes that cannot be measured; the message says why."""
+
+
+def _model_bytes(store: LutStore, model: RegisteredModel) -> bytes:
+    try:
+        onnx = store.model_bytes(model.model_sha256)
+    except UnknownModel as exc:
+        raise _UnusableBytes(f"its bytes are gone from the store: {exc}") from None
+    if hashlib.sha256(onnx).hexdigest() != model.model_sha256:
+        raise _UnusableBytes("its stored bytes no longer match its sha256: damaged")
+    return onnx
+
+
+def _profile_model(profiler: Profiler, model: RegisteredModel, onnx: bytes, fingerprint_hash: str) -> InModelProfile:
+    """One per-kernel benchmark of a registered model; raises (anything) when it cannot be made."""
+    resp = profiler.benchmark(onnx, batch_size=model.batch_size, per_kernel=True)
+    if resp.fingerprint_hash and resp.fingerprint_hash != fingerprint_hash:
+        raise ValueError(f"the device's fingerprint is now {resp.fingerprint_hash[:16]}, not {fingerprint_hash[:16]}")
+    if not resp.kernel_profile.kernels:
+        raise ValueError("the device returned no per-kernel profile")
+    return in_model_entries(resp)
+
+
+@dataclass
+class _ModelsMeasured:
+    count: int = 0
+    keys: set[str] = field(default_factory=set)
+    skipped: list[ModelSkip] = field(default_factory=list)
+
+
+def _measure_models(
+    profilers: Sequence[Profiler], models: Sequence[RegisteredModel], writer: _Writer, fingerprint_hash: str
+) -> _ModelsMeasured:
+    """Benchmark each model kernel by kernel (round robin over the profilers) and store its
+    in-model entries, all of a model at once; a model that cannot be measured is named in the
+    result with the reason and skipped. Each measured model is registered for `fingerprint_hash`
+    (after a fingerprint change, it is kept fresh for the new one from then on)."""
+    done = _ModelsMeasured()
+    for i, model in enumerate(models):
+        try:
+            onnx = _model_bytes(writer.store, model)
+            profile = _profile_model(profilers[i % len(profilers)], model, onnx, fingerprint_hash)
+        except Exception as exc:  # whatever kept this model from being measured: skip it, report why
+            done.skipped.append(ModelSkip(model.name, model.model_sha256, str(exc) or type(exc).__name__))
+            log.warning("lut.build.model_skipped", version=writer.version_id, model=model.name, reason=str(exc))
+            continue
+        writer.write_model(list(profile.entries.values()))
+        if model.fingerprint_hash != fingerprint_hash or model.kernels != profile.kernels:
+            writer.store.register_model(
+                fingerprint_hash, model.name, onnx, model.batch_size, profile.kernels, model.last_used_unix_s
+            )
+        done.count += 1
+        done.keys |= set(profile.entries)
+    return done
 
 
 def build_lut(
@@ -282,13 +451,15 @@ def build_lut(
     profilers: Sequence[Profiler],
     plan: BuildPlan | None = None,
     progress: Callable[[int, int], None] | None = None,
+    models: Sequence[RegisteredModel] = (),
 ) -> BuildReport:
-    """Profile `keys` on `profilers` (devices of one fingerprint) into a version, then seal it.
+    """Profile `keys` and measure `models` in context on `profilers` (devices of one fingerprint)
+    into this builder's own version, then seal it.
 
-    Resumes the fingerprint's open version when its lease has expired. Keys are split between
-    the profilers; each writes its results as they arrive. Passing failures are retried as
-    `plan` says; keys still unmeasured leave the version open. `progress(done, total)` is called
-    as keys are stored.
+    Resumes an open version of the same source and parent whose lease expired (or whose holder
+    died on this host). Keys are split between the profilers; each writes its results as they
+    arrive. Passing failures are retried as `plan` says; keys still unmeasured leave the version
+    open (its lease released for a rerun). `progress(done, total)` is called as keys are stored.
     """
     if not profilers:
         raise StoreError("no device to profile on")
@@ -304,14 +475,29 @@ def build_lut(
     stored = store.lookup(vid, [k.hash for k in unique]).entries if build.resumed else {}
     todo = [k for k in unique if k.hash not in stored]
     log.info(
-        "lut.build.start", version=vid, resumed=build.resumed, keys=len(unique), todo=len(todo), devices=len(profilers)
+        "lut.build.start",
+        version=vid,
+        resumed=build.resumed,
+        keys=len(unique),
+        todo=len(todo),
+        models=len(models),
+        devices=len(profilers),
     )
     bar = _Progress(len(unique), progress)
     bar.step(len(unique) - len(todo))
     writer = _Writer(store, vid, plan, bar)
-    missing = _measure(profilers, todo, writer)
+    keeper = LeaseKeeper(store, vid, plan.owner, plan.lease_s).start()
+    try:
+        missing = _measure(profilers, todo, writer)
+        measured = _measure_models(profilers, models, writer, fingerprint_hash)
+    except BaseException:
+        keeper.stop(release=True)
+        raise
+    keeper.stop(release=bool(missing))  # an incomplete version is left for the rerun to resume
+    carried = None
     if not missing:
-        store.seal(vid)
+        own = store.version(vid).entry_count
+        carried = store.seal(vid, plan.owner).entry_count - own
     report = BuildReport(
         version_id=vid,
         resumed=build.resumed,
@@ -321,16 +507,23 @@ def build_lut(
         unsupported=writer.counts["unsupported"],
         failed=writer.counts["failed"],
         missing=missing,
-        sealed=not missing,
+        sealed=carried is not None,
         elapsed_s=round(time.monotonic() - t0, 3),
+        models_measured=measured.count,
+        in_model_keys=len(measured.keys),
+        skipped_models=tuple(measured.skipped),
+        carried_forward=carried or 0,
     )
     log.info(
-        "lut.build.done", **{k: v for k, v in report.__dict__.items() if k != "missing"}, missing_keys=len(missing)
+        "lut.build.done",
+        **{k: v for k, v in report.__dict__.items() if k not in ("missing", "skipped_models")},
+        missing_keys=len(missing),
+        skipped_models=[m.name for m in measured.skipped],
     )
     return report
 
 
 def report_dict(report: BuildReport) -> dict[str, Any]:
-    doc = dict(report.__dict__)
+    doc = dataclasses.asdict(report)
     doc["missing"] = [{"key_hash": k, "reason": v} for k, v in report.missing.items()]
     return json.loads(json.dumps(doc))

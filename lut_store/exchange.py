@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lut_store.interface import LutStore
-from lut_store.records import CorruptExport, Device, Entry, StoreError, Version
+from lut_store.records import CorruptExport, Device, Entry, RegisteredModel, StoreError, Version
 
 EXPORT_FORMAT = "hadmc-lut"
 EXPORT_FORMAT_VERSION = 1
@@ -126,8 +126,23 @@ class KeyChange:
 
 
 @dataclass(frozen=True)
+class ModelChange:
+    """A registered model's predicted latency (the sum of its kernels' mean latencies) in two versions."""
+
+    name: str
+    model_sha256: str
+    batch_size: int
+    predicted_a_ms: float
+    predicted_b_ms: float
+    ratio: float
+
+
+@dataclass(frozen=True)
 class Diff:
-    """Per-key ratio of medians (b / a) over keys measured ok in both versions."""
+    """Per-key ratio of medians (b / a) over keys measured ok in both versions, each in its own
+    measurement (an entry b carried forward from a's measurement is counted in `carried`, not
+    compared); `in_model` of the compared keys are in-model kernels. `models`: the registered
+    models of the device whose predicted latency moved most."""
 
     version_a: int
     version_b: int
@@ -139,6 +154,9 @@ class Diff:
     only_in_a: int
     only_in_b: int
     not_ok_in_either: int
+    in_model: int = 0
+    carried: int = 0
+    models: list[ModelChange] = dataclasses.field(default_factory=list)
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:
@@ -156,14 +174,57 @@ def kernel_name(key_json: str) -> str:
         return "?"
 
 
+def is_in_model(key_json: str) -> bool:
+    """Whether a stored key is an in-model kernel (measured inside a whole model)."""
+    from lut_store.opkey import OpKey, OpKeyError
+
+    try:
+        return OpKey.from_json(key_json).context == "in-model"
+    except (OpKeyError, ValueError):
+        return False
+
+
+def predicted_ms(entries: dict[str, Entry], kernels: tuple[str, ...]) -> float | None:
+    """A model's latency from one version's entries as the predictor sums it (an elided kernel
+    costs 0 ms); None when a kernel is missing there or cannot run."""
+    found = [entries.get(k) for k in kernels]
+    if not kernels or any(e is None or e.status not in ("ok", "elided") for e in found):
+        return None
+    return sum(float(e.mean_ms or e.median_ms) for e in found if e.status == "ok")
+
+
+def _model_changes(
+    models: list[RegisteredModel], ea: dict[str, Entry], eb: dict[str, Entry], top: int
+) -> list[ModelChange]:
+    changes = []
+    for m in models:
+        a, b = predicted_ms(ea, m.kernels), predicted_ms(eb, m.kernels)
+        if a is not None and b is not None:
+            changes.append(ModelChange(m.name, m.model_sha256, m.batch_size, a, b, b / a))
+    return sorted(changes, key=lambda c: abs(math.log(c.ratio)), reverse=True)[:top]
+
+
+def _device_models(store: LutStore, *fingerprints: str) -> list[RegisteredModel]:
+    """The models registered for these fingerprints, each (sha256, batch size) once."""
+    models: dict[tuple[str, int], RegisteredModel] = {}
+    for fingerprint_hash in dict.fromkeys(fingerprints):
+        for m in store.registered_models(fingerprint_hash):
+            models.setdefault((m.model_sha256, m.batch_size), m)
+    return list(models.values())
+
+
 def diff_versions(store: LutStore, a: int, b: int, top: int = 10) -> Diff:
+    va, vb = store.version(a), store.version(b)
     ea = {e.key_hash: e for e in store.entries(a)}
     eb = {e.key_hash: e for e in store.entries(b)}
     common = sorted(set(ea) & set(eb))
     changes = []
-    not_ok = 0
+    not_ok = carried = 0
     for k in common:
         x, y = ea[k], eb[k]
+        if (x.measured_in_uid or va.uid) == (y.measured_in_uid or vb.uid):
+            carried += 1  # one measurement, found in both
+            continue
         if x.status != "ok" or y.status != "ok":
             not_ok += 1
             continue
@@ -181,4 +242,7 @@ def diff_versions(store: LutStore, a: int, b: int, top: int = 10) -> Diff:
         only_in_a=len(set(ea) - set(eb)),
         only_in_b=len(set(eb) - set(ea)),
         not_ok_in_either=not_ok,
+        in_model=sum(is_in_model(eb[c.key_hash].key_json) for c in changes),
+        carried=carried,
+        models=_model_changes(_device_models(store, vb.fingerprint_hash, va.fingerprint_hash), ea, eb, top),
     )

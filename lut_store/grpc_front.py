@@ -3,6 +3,7 @@ health service, token auth, per-RPC logging and the agent's exposure rule."""
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import threading
 from collections.abc import Iterator
@@ -17,12 +18,14 @@ from lut_store.grpc_store import (
     BATCH_ENTRIES,
     ERROR_METADATA_KEY,
     WireError,
+    chunks,
     device_from_proto,
     device_to_proto,
     entry_from_proto,
     entry_to_proto,
     enum_name,
     json_object,
+    model_to_proto,
     required,
     version_from_proto,
     version_to_proto,
@@ -30,12 +33,12 @@ from lut_store.grpc_store import (
 from lut_store.interface import LutStore
 from lut_store.records import (
     VERSION_SOURCES,
-    BuildInProgress,
     CorruptExport,
     LeaseLost,
     NoSealedVersion,
     StoreError,
     UnknownDevice,
+    UnknownModel,
     UnknownVersion,
     VersionNotOpen,
 )
@@ -48,12 +51,13 @@ log = structlog.get_logger(__name__)
 
 SERVICE_NAME = lut_pb2.DESCRIPTOR.services_by_name["LutStoreService"].full_name
 _WORKERS = 16
+MAX_MODEL_BYTES = 1 << 30  # what one RegisterModel may upload (the agent's default cap too)
 _STATUS: dict[type[StoreError], grpc.StatusCode] = {
     UnknownDevice: grpc.StatusCode.NOT_FOUND,
     UnknownVersion: grpc.StatusCode.NOT_FOUND,
     NoSealedVersion: grpc.StatusCode.NOT_FOUND,
+    UnknownModel: grpc.StatusCode.NOT_FOUND,
     VersionNotOpen: grpc.StatusCode.FAILED_PRECONDITION,
-    BuildInProgress: grpc.StatusCode.ABORTED,
     LeaseLost: grpc.StatusCode.ABORTED,
     CorruptExport: grpc.StatusCode.INVALID_ARGUMENT,
     WireError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -128,7 +132,8 @@ class LutStoreServicer(lut_pb2_grpc.LutStoreServiceServicer):
 
     def Seal(self, request: lut_pb2.SealRequest, context: grpc.ServicerContext) -> lut_pb2.LutVersion:
         with self._store_errors(context):
-            return version_to_proto(self._store.seal(request.version_id))
+            owner = request.owner if request.HasField("owner") else None
+            return version_to_proto(self._store.seal(request.version_id, owner))
 
     def Abandon(self, request: lut_pb2.AbandonRequest, context: grpc.ServicerContext) -> lut_pb2.LutVersion:
         with self._store_errors(context):
@@ -173,6 +178,83 @@ class LutStoreServicer(lut_pb2_grpc.LutStoreServiceServicer):
                 request.parent_uid if request.HasField("parent_uid") else None,
             )
             return version_to_proto(version)
+
+    def RegisterModel(
+        self, request_iterator: Iterator[lut_pb2.RegisterModelRequest], context: grpc.ServicerContext
+    ) -> lut_pb2.RegisterModelResponse:
+        with self._store_errors(context):
+            header, onnx = _receive_model(request_iterator)
+            done = self._store.register_model(
+                header.fingerprint_hash,
+                header.name,
+                onnx,
+                header.batch_size,
+                list(header.kernel_hashes),
+                header.used_at_unix_s if header.HasField("used_at_unix_s") else None,
+            )
+            return lut_pb2.RegisterModelResponse(
+                model=model_to_proto(done.model), evicted=[model_to_proto(m) for m in done.evicted]
+            )
+
+    def ListModels(
+        self, request: lut_pb2.ListModelsRequest, context: grpc.ServicerContext
+    ) -> lut_pb2.ListModelsResponse:
+        with self._store_errors(context):
+            models = self._store.registered_models(required(request.fingerprint_hash, "fingerprint_hash"))
+            return lut_pb2.ListModelsResponse(models=[model_to_proto(m) for m in models])
+
+    def ModelBytes(
+        self, request: lut_pb2.ModelBytesRequest, context: grpc.ServicerContext
+    ) -> Iterator[lut_pb2.ModelBytesChunk]:
+        with self._store_errors(context):
+            onnx = self._store.model_bytes(required(request.model_sha256, "model_sha256"))
+            for piece in chunks(onnx):
+                yield lut_pb2.ModelBytesChunk(onnx_chunk=piece)
+
+    def GetModelLimit(
+        self, request: lut_pb2.GetModelLimitRequest, context: grpc.ServicerContext
+    ) -> lut_pb2.ModelLimitResponse:
+        with self._store_errors(context):
+            return lut_pb2.ModelLimitResponse(limit=self._store.model_limit())
+
+    def SetModelLimit(
+        self, request: lut_pb2.SetModelLimitRequest, context: grpc.ServicerContext
+    ) -> lut_pb2.ModelLimitResponse:
+        with self._store_errors(context):
+            evicted = self._store.set_model_limit(request.limit)
+            return lut_pb2.ModelLimitResponse(limit=request.limit, evicted=[model_to_proto(m) for m in evicted])
+
+
+def _receive_model(requests: Iterator[lut_pb2.RegisterModelRequest]) -> tuple[lut_pb2.RegisterModelHeader, bytes]:
+    """The header and the bytes of one RegisterModel upload, checked against each other."""
+    header: lut_pb2.RegisterModelHeader | None = None
+    pieces: list[bytes] = []
+    received = 0
+    for part in requests:
+        which = part.WhichOneof("part")
+        if header is None:
+            if which != "header":
+                raise WireError(f"the first message must be a header, got {which or 'an empty message'}")
+            header = part.header
+            required(header.fingerprint_hash, "header.fingerprint_hash")
+            required(header.name, "header.name")
+            if header.size_bytes > MAX_MODEL_BYTES:
+                raise WireError(f"header.size_bytes {header.size_bytes:,} is over {MAX_MODEL_BYTES:,}")
+        elif which == "onnx_chunk":
+            received += len(part.onnx_chunk)
+            if received > header.size_bytes:
+                raise WireError(f"more bytes than header.size_bytes {header.size_bytes:,}")
+            pieces.append(part.onnx_chunk)
+        else:
+            raise WireError(f"a second {which or 'empty message'} after the header")
+    if header is None:
+        raise WireError("empty upload: send a header, then the model's bytes")
+    onnx = b"".join(pieces)
+    if len(onnx) != header.size_bytes:
+        raise WireError(f"upload truncated: {len(onnx):,} of header.size_bytes {header.size_bytes:,} received")
+    if hashlib.sha256(onnx).hexdigest() != header.model_sha256:
+        raise WireError(f"the bytes hash to {hashlib.sha256(onnx).hexdigest()}, not header.model_sha256")
+    return header, onnx
 
 
 class LutServer:

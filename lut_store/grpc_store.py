@@ -8,6 +8,7 @@ error raised by the server is raised here as the same class (the server names it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -22,16 +23,18 @@ from lut_store.records import (
     VERSION_SOURCES,
     VERSION_STATUSES,
     Build,
-    BuildInProgress,
     CorruptExport,
     Device,
     Entry,
     FingerprintMismatch,
     LeaseLost,
     Lookup,
+    ModelRegistration,
     NoSealedVersion,
+    RegisteredModel,
     StoreError,
     UnknownDevice,
+    UnknownModel,
     UnknownVersion,
     Version,
     VersionNotOpen,
@@ -41,6 +44,7 @@ from protos.hadmc.v1 import lut_pb2, lut_pb2_grpc
 
 ERROR_METADATA_KEY = "hadmc-error"
 BATCH_ENTRIES = 500
+CHUNK_BYTES = 1024 * 1024
 _ATTEMPTS = 3
 _BACKOFF_S = 0.5
 _ERRORS: dict[str, type[StoreError]] = {
@@ -51,10 +55,10 @@ _ERRORS: dict[str, type[StoreError]] = {
         UnknownVersion,
         NoSealedVersion,
         VersionNotOpen,
-        BuildInProgress,
         LeaseLost,
         CorruptExport,
         FingerprintMismatch,
+        UnknownModel,
     )
 }
 _HINTS = {
@@ -62,7 +66,7 @@ _HINTS = {
     grpc.StatusCode.DEADLINE_EXCEEDED: "check that `hadmc lut serve` runs there, or allow a longer timeout",
     grpc.StatusCode.UNAUTHENTICATED: "pass the token the server was started with",
 }
-_ENTRY_STATS = ("median_ms", "mean_ms", "p90_ms", "std_ms", "min_ms", "n")
+_ENTRY_OPTIONALS = ("median_ms", "mean_ms", "p90_ms", "std_ms", "min_ms", "n", "measured_in_uid")
 _VERSION_OPTIONALS = ("parent_id", "sealed_at_unix_s", "lease_owner", "lease_expires_unix_s")
 T = TypeVar("T")
 
@@ -174,7 +178,7 @@ def entry_to_proto(e: Entry) -> lut_pb2.LutEntry:
         settings_json=_dumps(e.settings),
         environment_json=_dumps(e.environment),
         reason=e.reason,
-        **_set(e, _ENTRY_STATS),
+        **_set(e, _ENTRY_OPTIONALS),
     )
 
 
@@ -188,12 +192,45 @@ def entry_from_proto(m: lut_pb2.LutEntry, field: str = "entry") -> Entry:
         settings=json_object(m.settings_json, f"{field}.settings_json"),
         environment=json_object(m.environment_json, f"{field}.environment_json"),
         reason=m.reason,
-        **{n: _optional(m, n) for n in _ENTRY_STATS},
+        **{n: _optional(m, n) for n in _ENTRY_OPTIONALS},
     )
     try:
         return Entry(**fields)
     except StoreError as exc:
         raise WireError(f"{field}: {exc}") from None
+
+
+def model_to_proto(m: RegisteredModel) -> lut_pb2.RegisteredModel:
+    return lut_pb2.RegisteredModel(
+        fingerprint_hash=m.fingerprint_hash,
+        model_sha256=m.model_sha256,
+        batch_size=m.batch_size,
+        name=m.name,
+        kernel_hashes=list(m.kernels),
+        size_bytes=m.size_bytes,
+        registered_at_unix_s=m.registered_at_unix_s,
+        last_used_unix_s=m.last_used_unix_s,
+    )
+
+
+def model_from_proto(m: lut_pb2.RegisteredModel, field: str = "model") -> RegisteredModel:
+    return RegisteredModel(
+        fingerprint_hash=required(m.fingerprint_hash, f"{field}.fingerprint_hash"),
+        model_sha256=required(m.model_sha256, f"{field}.model_sha256"),
+        batch_size=m.batch_size,
+        name=m.name,
+        kernels=tuple(m.kernel_hashes),
+        size_bytes=m.size_bytes,
+        registered_at_unix_s=m.registered_at_unix_s,
+        last_used_unix_s=m.last_used_unix_s,
+    )
+
+
+def chunks(data: bytes) -> Iterator[bytes]:
+    """`data` in pieces of CHUNK_BYTES (one empty piece for no data)."""
+    view = memoryview(data)
+    for start in range(0, max(len(data), 1), CHUNK_BYTES):
+        yield bytes(view[start : start + CHUNK_BYTES])
 
 
 # --- the client ----------------------------------------------------------------------------
@@ -307,8 +344,8 @@ class GrpcStore(LutStore):
             written += self._unary("AddEntries", request).written_entries
         return written
 
-    def seal(self, version_id: int) -> Version:
-        return version_from_proto(self._unary("Seal", lut_pb2.SealRequest(version_id=version_id)))
+    def seal(self, version_id: int, owner: str | None = None) -> Version:
+        return version_from_proto(self._unary("Seal", lut_pb2.SealRequest(version_id=version_id, owner=owner)))
 
     def abandon(self, version_id: int) -> Version:
         return version_from_proto(self._unary("Abandon", lut_pb2.AbandonRequest(version_id=version_id)))
@@ -350,6 +387,61 @@ class GrpcStore(LutStore):
             parent_uid=parent_uid,
         )
         return version_from_proto(self._unary("ImportVersion", request))
+
+    def register_model(
+        self,
+        fingerprint_hash: str,
+        name: str,
+        onnx: bytes,
+        batch_size: int,
+        kernels: Sequence[str],
+        used_at_unix_s: float | None = None,
+    ) -> ModelRegistration:
+        """The bytes go in chunks of CHUNK_BYTES after a header, so models of any size fit."""
+        header = lut_pb2.RegisterModelHeader(
+            fingerprint_hash=fingerprint_hash,
+            name=name,
+            model_sha256=hashlib.sha256(onnx).hexdigest(),
+            size_bytes=len(onnx),
+            batch_size=batch_size,
+            kernel_hashes=list(kernels),
+            used_at_unix_s=used_at_unix_s,
+        )
+
+        def stream() -> Iterator[lut_pb2.RegisterModelRequest]:
+            yield lut_pb2.RegisterModelRequest(header=header)
+            for piece in chunks(onnx):
+                yield lut_pb2.RegisterModelRequest(onnx_chunk=piece)
+
+        response = self._call(
+            "RegisterModel",
+            lambda timeout_s: self._stub.RegisterModel(stream(), timeout=timeout_s, metadata=self._metadata),
+        )
+        return ModelRegistration(
+            model_from_proto(response.model), tuple(model_from_proto(m, "evicted") for m in response.evicted)
+        )
+
+    def registered_models(self, fingerprint_hash: str) -> list[RegisteredModel]:
+        response = self._unary("ListModels", lut_pb2.ListModelsRequest(fingerprint_hash=fingerprint_hash))
+        return [model_from_proto(m) for m in response.models]
+
+    def model_bytes(self, model_sha256: str) -> bytes:
+        request = lut_pb2.ModelBytesRequest(model_sha256=model_sha256)
+
+        def read(timeout_s: float) -> bytes:
+            pieces = self._stub.ModelBytes(request, timeout=timeout_s, metadata=self._metadata)
+            return b"".join(p.onnx_chunk for p in pieces)
+
+        return self._call("ModelBytes", read)
+
+    def model_limit(self) -> int:
+        return self._unary("GetModelLimit", lut_pb2.GetModelLimitRequest()).limit
+
+    def set_model_limit(self, limit: int) -> list[RegisteredModel]:
+        if limit < 0:
+            raise StoreError(f"model limit {limit}: keep 0 or more models per device")
+        response = self._unary("SetModelLimit", lut_pb2.SetModelLimitRequest(limit=limit))
+        return [model_from_proto(m, "evicted") for m in response.evicted]
 
     def close(self) -> None:
         self._channel.close()

@@ -1,8 +1,16 @@
 """The interface every LUT store backend implements (lut_store/sqlstore.py, grpc_store.py).
 
-A version belongs to one device fingerprint and is open (being filled by one builder), sealed
-(immutable forever) or abandoned. "Latest" is the newest sealed version. Every lookup returns
-the version id with its values.
+A version belongs to one device fingerprint and is open (being filled by one holder under its
+lease), sealed (immutable forever) or abandoned. A fingerprint may have several open versions at
+once, one per holder (a nightly run, each search's predictor, a `lut build`), so no holder waits
+for another. "Latest" is the newest sealed version, and it never hides anything: sealing a
+version takes into it every entry of the then-latest sealed version of its fingerprint that it
+lacks (marked with the version it was measured in), so the latest holds every key measured in
+any sealed version of the fingerprint. Every lookup returns the version id with its values.
+
+The store also remembers the models a device's searches and compressions produced (their ONNX
+bytes by sha256), the most recently used few per device, so that re-profiling can measure
+their kernels in context again.
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ from lut_store.records import (
     Device,
     Entry,
     Lookup,
+    ModelRegistration,
     NoSealedVersion,
+    RegisteredModel,
     UnknownDevice,
     Version,
 )
@@ -46,14 +56,17 @@ class LutStore(ABC):
         parent_id: int | None = None,
         take_over_from: str | None = None,
     ) -> Build:
-        """Hold the fingerprint's open version for `owner`: resume one whose lease expired, that
-        `owner` already holds, or that `take_over_from` holds (a builder known to be dead);
-        else open a new one whose parent is `parent_id` or the latest sealed version.
-        Raises BuildInProgress when another builder holds it."""
+        """An open version of the fingerprint held by `owner` for `lease_s` (the database's clock).
+
+        The parent is `parent_id`, else the latest sealed version. Among the open versions of the
+        same `source` and parent, this resumes one `owner` holds, else one `take_over_from`
+        holds (a holder known to be dead), else one whose lease expired; otherwise it opens a
+        new version. Other holders' live versions are never touched, so this never waits."""
 
     @abstractmethod
     def renew_lease(self, version_id: int, owner: str, lease_s: float) -> None:
-        """Extend the lease; LeaseLost when another builder took the version."""
+        """Extend the lease to `lease_s` from now (0 releases it: any holder of the same source
+        and parent may resume the version at once); LeaseLost when another holder took it."""
 
     @abstractmethod
     def add_entries(self, version_id: int, entries: Sequence[Entry], owner: str | None = None) -> int:
@@ -61,7 +74,10 @@ class LutStore(ABC):
         `owner`, only while that owner holds the lease. VersionNotOpen for sealed versions."""
 
     @abstractmethod
-    def seal(self, version_id: int) -> Version: ...
+    def seal(self, version_id: int, owner: str | None = None) -> Version:
+        """Seal an open version (with `owner`, only while that owner holds it): in one
+        transaction, take in every entry of the latest sealed version of its fingerprint that
+        it lacks (its own entries stay as measured), then make it immutable and the latest."""
 
     @abstractmethod
     def abandon(self, version_id: int) -> Version: ...
@@ -86,6 +102,36 @@ class LutStore(ABC):
         self, device: Device, version: Version, entries: Sequence[Entry], parent_uid: str | None
     ) -> Version:
         """Write a whole version from elsewhere (same uid), in one transaction."""
+
+    @abstractmethod
+    def register_model(
+        self,
+        fingerprint_hash: str,
+        name: str,
+        onnx: bytes,
+        batch_size: int,
+        kernels: Sequence[str],
+        used_at_unix_s: float | None = None,
+    ) -> ModelRegistration:
+        """Remember a model for a device (its bytes by sha256), or update a remembered one's name,
+        kernels and last use (`used_at_unix_s`, default now); then evict the device's least
+        recently used models beyond `model_limit()`."""
+
+    @abstractmethod
+    def registered_models(self, fingerprint_hash: str) -> list[RegisteredModel]:
+        """A device's registered models, most recently used first."""
+
+    @abstractmethod
+    def model_bytes(self, model_sha256: str) -> bytes:
+        """The ONNX bytes of a registered model; UnknownModel when none has that sha256."""
+
+    @abstractmethod
+    def model_limit(self) -> int:
+        """How many models the store keeps per device."""
+
+    @abstractmethod
+    def set_model_limit(self, limit: int) -> list[RegisteredModel]:
+        """Keep `limit` models per device from now on; returns the models evicted to get there."""
 
     @abstractmethod
     def close(self) -> None: ...

@@ -7,7 +7,8 @@ from typing import Any
 
 VERSION_STATUSES = ("open", "sealed", "abandoned")
 VERSION_SOURCES = ("manual", "nightly", "search", "import")
-ENTRY_STATUSES = ("ok", "unsupported", "failed")
+# 'elided': the runtime ran no node of this in-model kernel (fused away, folded): 0 ms, measured.
+ENTRY_STATUSES = ("ok", "unsupported", "failed", "elided")
 
 
 class StoreError(RuntimeError):
@@ -30,12 +31,12 @@ class VersionNotOpen(StoreError):
     """A write to a sealed or abandoned version (sealed versions are immutable)."""
 
 
-class BuildInProgress(StoreError):
-    """Another build holds the open version of this fingerprint."""
-
-
 class LeaseLost(StoreError):
-    """This builder's lease on the open version expired and another builder took it."""
+    """This holder's lease on its open version expired and another holder took the version."""
+
+
+class UnknownModel(StoreError):
+    """No registered model with that sha256 in the store."""
 
 
 class CorruptExport(StoreError):
@@ -72,7 +73,8 @@ class Version:
 
 @dataclass(frozen=True)
 class Entry:
-    """One kernel's latency in one version. Status 'ok' carries stats; others carry a reason."""
+    """One kernel's latency in one version. Status 'ok' carries stats; others carry a reason
+    ('elided': no runtime node, so 0 ms inside its model, as measured)."""
 
     key_hash: str
     key_json: str
@@ -87,6 +89,9 @@ class Entry:
     settings: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
+    # Uid of the version this entry was measured in, when it was carried forward from there
+    # into a newer version (its age is measured_at_unix_s); None when measured in its own version.
+    measured_in_uid: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in ENTRY_STATUSES:
@@ -115,3 +120,29 @@ class Build:
     version: Version
     owner: str
     resumed: bool
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A model the store keeps fresh for one device: re-profiled in context (Benchmark with
+    per_kernel) by every nightly run. `kernels` are its kernels' in-model key hashes in graph
+    order, repeats included: its predicted latency from a version is the sum of their mean
+    latencies there (0 ms for an elided one)."""
+
+    fingerprint_hash: str
+    model_sha256: str
+    batch_size: int
+    name: str
+    kernels: tuple[str, ...]
+    size_bytes: int
+    registered_at_unix_s: float
+    last_used_unix_s: float
+
+
+@dataclass(frozen=True)
+class ModelRegistration:
+    """What registering a model did: the model as stored, and the least recently used models
+    of its device evicted to keep within the store's model limit."""
+
+    model: RegisteredModel
+    evicted: tuple[RegisteredModel, ...] = ()

@@ -1,12 +1,14 @@
 """SQL backends of the store: SQLite (default) and PostgreSQL, one implementation.
 
-The dialects differ only in connection set-up, placeholders, write locking and the schema's
-trigger syntax. Sealed versions are immutable twice over: the store refuses the write with a
-clear error, and database triggers refuse it for any other writer.
+The dialects differ only in connection set-up, placeholders, write locking, the clock leases
+are kept on (PostgreSQL's own; SQLite's writers all run on the machine that holds the file) and
+the schema's trigger and blob syntax. Sealed versions are immutable twice over: the store
+refuses the write with a clear error, and database triggers refuse it for any other writer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
@@ -21,18 +23,22 @@ from lut_store.interface import LutStore
 from lut_store.records import (
     VERSION_SOURCES,
     Build,
-    BuildInProgress,
     Device,
     Entry,
     LeaseLost,
     Lookup,
+    ModelRegistration,
+    RegisteredModel,
     StoreError,
+    UnknownModel,
     UnknownVersion,
     Version,
     VersionNotOpen,
 )
 
 _LOOKUP_CHUNK = 500
+DEFAULT_MODEL_LIMIT = 16
+_MODEL_LIMIT_SETTING = "models_per_device"
 
 _COMMON_TABLES = """
 CREATE TABLE devices (
@@ -75,7 +81,7 @@ CREATE TABLE entries (
 )
 """
 
-_SQLITE_TRIGGERS = """
+_SQLITE_ENTRY_TRIGGERS = """
 CREATE TRIGGER entries_insert_only_into_open BEFORE INSERT ON entries
 WHEN (SELECT status FROM versions WHERE id = NEW.version_id) IS NOT 'open'
 BEGIN SELECT RAISE(ABORT, 'lut version is not open: sealed versions are immutable'); END;
@@ -84,12 +90,18 @@ WHEN (SELECT status FROM versions WHERE id = OLD.version_id) IS NOT 'open'
 BEGIN SELECT RAISE(ABORT, 'lut version is not open: sealed versions are immutable'); END;
 CREATE TRIGGER entries_delete_only_from_open BEFORE DELETE ON entries
 WHEN (SELECT status FROM versions WHERE id = OLD.version_id) IS NOT 'open'
-BEGIN SELECT RAISE(ABORT, 'lut version is not open: sealed versions are immutable'); END;
+BEGIN SELECT RAISE(ABORT, 'lut version is not open: sealed versions are immutable'); END
+"""
+
+_SQLITE_TRIGGERS = (
+    _SQLITE_ENTRY_TRIGGERS.strip()
+    + """;
 CREATE TRIGGER sealed_versions_are_immutable BEFORE UPDATE ON versions WHEN OLD.status = 'sealed'
 BEGIN SELECT RAISE(ABORT, 'lut version is sealed: immutable'); END;
 CREATE TRIGGER sealed_versions_are_kept BEFORE DELETE ON versions WHEN OLD.status = 'sealed'
 BEGIN SELECT RAISE(ABORT, 'lut version is sealed: immutable'); END
 """
+)
 
 _POSTGRES_TRIGGERS = """
 CREATE FUNCTION hadmc_entries_only_in_open() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -115,13 +127,86 @@ CREATE TRIGGER sealed_versions_are_immutable BEFORE UPDATE OR DELETE ON versions
 FOR EACH ROW EXECUTE FUNCTION hadmc_sealed_versions_are_immutable()
 """
 
+# Several open versions per fingerprint (one per holder); entries carried forward into a newer
+# version name the version they were measured in; kernels the runtime elided inside a model are
+# entries too (status 'elided'); the models each device's LUT is kept fresh for.
+_CONCURRENT_VERSIONS_AND_MODELS = """
+DROP INDEX one_open_version_per_device;
+CREATE INDEX versions_by_device ON versions(fingerprint_hash, status);
+{entries_v2};
+CREATE TABLE model_blobs (
+    model_sha256 TEXT PRIMARY KEY,
+    onnx {blob_type} NOT NULL,
+    size_bytes BIGINT NOT NULL
+);
+CREATE TABLE registered_models (
+    fingerprint_hash TEXT NOT NULL REFERENCES devices(fingerprint_hash),
+    model_sha256 TEXT NOT NULL REFERENCES model_blobs(model_sha256),
+    batch_size INTEGER NOT NULL CHECK (batch_size >= 1),
+    name TEXT NOT NULL,
+    kernels_json TEXT NOT NULL,
+    registered_at_unix_s DOUBLE PRECISION NOT NULL,
+    last_used_unix_s DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (fingerprint_hash, model_sha256, batch_size)
+);
+CREATE TABLE store_settings (
+    name TEXT PRIMARY KEY,
+    value_json TEXT NOT NULL
+)
+"""
+
+# SQLite cannot change a CHECK constraint: the entries table is rebuilt (its triggers with it).
+_SQLITE_ENTRIES_V2 = """
+CREATE TABLE entries_v2 (
+    version_id BIGINT NOT NULL REFERENCES versions(id),
+    key_hash TEXT NOT NULL,
+    key_json TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'unsupported', 'failed', 'elided')),
+    median_ms DOUBLE PRECISION,
+    mean_ms DOUBLE PRECISION,
+    p90_ms DOUBLE PRECISION,
+    std_ms DOUBLE PRECISION,
+    min_ms DOUBLE PRECISION,
+    n INTEGER,
+    settings_json TEXT NOT NULL,
+    environment_json TEXT NOT NULL,
+    measured_at_unix_s DOUBLE PRECISION NOT NULL,
+    reason TEXT NOT NULL,
+    measured_in_uid TEXT,
+    PRIMARY KEY (version_id, key_hash),
+    CHECK (status <> 'ok' OR (median_ms > 0 AND n >= 2))
+);
+INSERT INTO entries_v2 SELECT *, NULL FROM entries;
+DROP TABLE entries;
+ALTER TABLE entries_v2 RENAME TO entries;
+""" + _SQLITE_ENTRY_TRIGGERS.strip()
+
+_POSTGRES_ENTRIES_V2 = """
+ALTER TABLE entries DROP CONSTRAINT entries_status_check;
+ALTER TABLE entries ADD CONSTRAINT entries_status_check CHECK (status IN ('ok', 'unsupported', 'failed', 'elided'));
+ALTER TABLE entries ADD COLUMN measured_in_uid TEXT
+"""
+
 _VERSION_COLUMNS = (
     "id, uid, fingerprint_hash, parent_id, status, source, created_at_unix_s, sealed_at_unix_s, "
     "settings_json, note, lease_owner, lease_expires_unix_s"
 )
 _ENTRY_COLUMNS = (
     "key_hash, key_json, status, measured_at_unix_s, median_ms, mean_ms, p90_ms, std_ms, min_ms, n, "
-    "settings_json, environment_json, reason"
+    "settings_json, environment_json, reason, measured_in_uid"
+)
+_ENTRY_MARKS = ", ".join("?" * 15)
+_MODEL_COLUMNS = (
+    "fingerprint_hash, model_sha256, batch_size, name, kernels_json, registered_at_unix_s, last_used_unix_s"
+)
+# The entries of a version (third ?) that another (first ?) lacks, copied into it, marked with the
+# version they were measured in: their own mark, else that version's uid (second ?).
+_TAKE_IN = (
+    "INSERT INTO entries (version_id, key_hash, key_json, status, measured_at_unix_s, median_ms, mean_ms, p90_ms, "
+    "std_ms, min_ms, n, settings_json, environment_json, reason, measured_in_uid) "
+    "SELECT ?, e.key_hash, e.key_json, e.status, e.measured_at_unix_s, e.median_ms, e.mean_ms, e.p90_ms, e.std_ms, "
+    "e.min_ms, e.n, e.settings_json, e.environment_json, e.reason, COALESCE(e.measured_in_uid, ?) FROM entries e "
+    "WHERE e.version_id = ? AND NOT EXISTS (SELECT 1 FROM entries o WHERE o.version_id = ? AND o.key_hash = e.key_hash)"
 )
 
 
@@ -173,6 +258,20 @@ def _entry(row: Sequence[Any]) -> Entry:
         settings=json.loads(row[10]),
         environment=json.loads(row[11]),
         reason=row[12],
+        measured_in_uid=row[13],
+    )
+
+
+def _model(row: Sequence[Any], size_bytes: int) -> RegisteredModel:
+    return RegisteredModel(
+        fingerprint_hash=row[0],
+        model_sha256=row[1],
+        batch_size=int(row[2]),
+        name=row[3],
+        kernels=tuple(json.loads(row[4])),
+        size_bytes=int(size_bytes),
+        registered_at_unix_s=row[5],
+        last_used_unix_s=row[6],
     )
 
 
@@ -192,6 +291,7 @@ def _entry_params(version_id: int, e: Entry) -> tuple:
         json.dumps(e.settings, sort_keys=True),
         json.dumps(e.environment, sort_keys=True),
         e.reason,
+        e.measured_in_uid,
     )
 
 
@@ -216,6 +316,10 @@ class SqlStore(LutStore):
         """A write transaction that holds the store's write lock; yields a cursor."""
         raise NotImplementedError
         yield
+
+    def _now(self, cur: Any) -> float:
+        """The clock leases, creations and seals are kept on (seconds since the Unix epoch)."""
+        return time.time()
 
     def _translate(self, exc: Exception) -> Exception:
         """A database error as a StoreError subclass where it is one of ours."""
@@ -298,44 +402,27 @@ class SqlStore(LutStore):
     ) -> Build:
         if source not in VERSION_SOURCES:
             raise StoreError(f"version source {source!r} is not one of {VERSION_SOURCES}")
-        now = time.time()
         with self._write() as cur:
             self._lock_device(cur, fingerprint_hash)
-            cur.execute(
-                self._sql(f"SELECT {_VERSION_COLUMNS} FROM versions WHERE fingerprint_hash = ? AND status = 'open'"),
-                (fingerprint_hash,),
-            )
-            row = cur.fetchone()
-            if row is not None:
-                v = _version(row)
-                held = v.lease_owner not in (None, owner, take_over_from)
-                if held and (v.lease_expires_unix_s or 0) > now:
-                    raise BuildInProgress(
-                        f"a build for device {fingerprint_hash[:16]} is in progress: version {v.id} held by "
-                        f"{v.lease_owner} for {v.lease_expires_unix_s - now:.0f} s more; wait or retry later"
-                    )
+            now = self._now(cur)
+            if parent_id is None:
+                latest = self._latest(cur, fingerprint_hash)
+                parent_id = latest[0] if latest else None
+            resumable = self._resumable(cur, fingerprint_hash, source, parent_id, (owner, take_over_from), now)
+            if resumable is not None:
                 cur.execute(
                     self._sql("UPDATE versions SET lease_owner = ?, lease_expires_unix_s = ? WHERE id = ?"),
-                    (owner, now + lease_s, v.id),
+                    (owner, now + lease_s, resumable),
                 )
-                return Build(self._fetch_version(cur, v.id), owner, resumed=True)
-            if parent_id is None:
-                cur.execute(
-                    self._sql(
-                        "SELECT id FROM versions WHERE fingerprint_hash = ? AND status = 'sealed' "
-                        "ORDER BY sealed_at_unix_s DESC, id DESC LIMIT 1"
-                    ),
-                    (fingerprint_hash,),
-                )
-                parent = cur.fetchone()
-                parent_id = int(parent[0]) if parent else None
+                return Build(self._fetch_version(cur, resumable), owner, resumed=True)
+            uid = uuid.uuid4().hex
             cur.execute(
                 self._sql(
                     "INSERT INTO versions (uid, fingerprint_hash, parent_id, status, source, created_at_unix_s, "
                     "settings_json, note, lease_owner, lease_expires_unix_s) VALUES (?, ?, ?, 'open', ?, ?, ?, ?, ?, ?)"
                 ),
                 (
-                    uuid.uuid4().hex,
+                    uid,
                     fingerprint_hash,
                     parent_id,
                     source,
@@ -346,13 +433,49 @@ class SqlStore(LutStore):
                     now + lease_s,
                 ),
             )
-            cur.execute(
-                self._sql("SELECT id FROM versions WHERE fingerprint_hash = ? AND status = 'open'"), (fingerprint_hash,)
-            )
+            cur.execute(self._sql("SELECT id FROM versions WHERE uid = ?"), (uid,))
             return Build(self._fetch_version(cur, int(cur.fetchone()[0])), owner, resumed=False)
 
+    def _resumable(
+        self,
+        cur: Any,
+        fingerprint_hash: str,
+        source: str,
+        parent_id: int | None,
+        holders: tuple[str, str | None],
+        now: float,
+    ) -> int | None:
+        """The open version of this source and parent to resume: one of `holders` holds (the
+        owner first, then a dead holder to take over), else the oldest whose lease expired."""
+        cur.execute(
+            self._sql(
+                "SELECT id, parent_id, lease_owner, lease_expires_unix_s FROM versions "
+                "WHERE fingerprint_hash = ? AND status = 'open' AND source = ? ORDER BY id"
+            ),
+            (fingerprint_hash, source),
+        )
+        same_parent = [r for r in cur.fetchall() if r[1] == parent_id]
+        for holder in holders:
+            for row in same_parent:
+                if holder is not None and row[2] == holder:
+                    return int(row[0])
+        expired = [r for r in same_parent if r[2] is None or (r[3] or 0) <= now]
+        return int(expired[0][0]) if expired else None
+
+    def _latest(self, cur: Any, fingerprint_hash: str) -> tuple[int, str, float] | None:
+        """(id, uid, sealed_at) of the fingerprint's newest sealed version, if any."""
+        cur.execute(
+            self._sql(
+                "SELECT id, uid, sealed_at_unix_s FROM versions WHERE fingerprint_hash = ? AND status = 'sealed' "
+                "ORDER BY sealed_at_unix_s DESC, id DESC LIMIT 1"
+            ),
+            (fingerprint_hash,),
+        )
+        row = cur.fetchone()
+        return (int(row[0]), row[1], row[2]) if row else None
+
     def _lock_device(self, cur: Any, fingerprint_hash: str) -> None:
-        """Check the device exists (the write transaction already serialises builds)."""
+        """Check the device exists (the write transaction already serialises writers)."""
         cur.execute(self._sql("SELECT 1 FROM devices WHERE fingerprint_hash = ?"), (fingerprint_hash,))
         if cur.fetchone() is None:
             raise StoreError(f"device {fingerprint_hash[:16]} is not in {self.url}: record it with ensure_device first")
@@ -365,7 +488,7 @@ class SqlStore(LutStore):
             )
         if owner is not None and v.lease_owner != owner:
             raise LeaseLost(
-                f"LUT version {version_id} is now held by {v.lease_owner}, not {owner}: this build's lease expired"
+                f"LUT version {version_id} is now held by {v.lease_owner}, not {owner}: this holder's lease expired"
             )
         return v
 
@@ -374,7 +497,7 @@ class SqlStore(LutStore):
             self._check_owner(cur, version_id, owner)
             cur.execute(
                 self._sql("UPDATE versions SET lease_expires_unix_s = ? WHERE id = ?"),
-                (time.time() + lease_s, version_id),
+                (self._now(cur) + lease_s, version_id),
             )
 
     def add_entries(self, version_id: int, entries: Sequence[Entry], owner: str | None = None) -> int:
@@ -389,29 +512,45 @@ class SqlStore(LutStore):
                     (version_id, *chunk),
                 )
             cur.executemany(
-                self._sql(f"INSERT INTO entries (version_id, {_ENTRY_COLUMNS}) VALUES ({', '.join('?' * 14)})"),
+                self._sql(f"INSERT INTO entries (version_id, {_ENTRY_COLUMNS}) VALUES ({_ENTRY_MARKS})"),
                 [_entry_params(version_id, e) for e in entries],
             )
         return len(entries)
 
-    def _set_status(self, version_id: int, status: str) -> Version:
+    def _take_in_latest(self, cur: Any, version_id: int, fingerprint_hash: str, sealed_at: float) -> float:
+        """Copy into `version_id` the entries of the fingerprint's latest sealed version that it
+        lacks; return a seal time that orders it after that version."""
+        latest = self._latest(cur, fingerprint_hash)
+        if latest is None or latest[0] == version_id:
+            return sealed_at
+        latest_id, latest_uid, latest_sealed_at = latest
+        cur.execute(self._sql(_TAKE_IN), (version_id, latest_uid, latest_id, version_id))
+        return max(sealed_at, (latest_sealed_at or 0.0) + 1e-6)
+
+    def seal(self, version_id: int, owner: str | None = None) -> Version:
         with self._write() as cur:
-            self._check_owner(cur, version_id, None)
-            sealed_at = time.time() if status == "sealed" else None
+            v = self._check_owner(cur, version_id, owner)
+            sealed_at = self._take_in_latest(cur, version_id, v.fingerprint_hash, self._now(cur))
             cur.execute(
                 self._sql(
-                    "UPDATE versions SET status = ?, sealed_at_unix_s = ?, lease_owner = NULL, "
+                    "UPDATE versions SET status = 'sealed', sealed_at_unix_s = ?, lease_owner = NULL, "
                     "lease_expires_unix_s = NULL WHERE id = ?"
                 ),
-                (status, sealed_at, version_id),
+                (sealed_at, version_id),
             )
         return self.version(version_id)
 
-    def seal(self, version_id: int) -> Version:
-        return self._set_status(version_id, "sealed")
-
     def abandon(self, version_id: int) -> Version:
-        return self._set_status(version_id, "abandoned")
+        with self._write() as cur:
+            self._check_owner(cur, version_id, None)
+            cur.execute(
+                self._sql(
+                    "UPDATE versions SET status = 'abandoned', lease_owner = NULL, lease_expires_unix_s = NULL "
+                    "WHERE id = ?"
+                ),
+                (version_id,),
+            )
+        return self.version(version_id)
 
     def version(self, version_id: int) -> Version:
         rows = self._query(f"SELECT {_VERSION_COLUMNS} FROM versions WHERE id = ?", (version_id,))
@@ -488,14 +627,118 @@ class SqlStore(LutStore):
             cur.execute(self._sql("SELECT id FROM versions WHERE uid = ?"), (version.uid,))
             new_id = int(cur.fetchone()[0])
             cur.executemany(
-                self._sql(f"INSERT INTO entries (version_id, {_ENTRY_COLUMNS}) VALUES ({', '.join('?' * 14)})"),
+                self._sql(f"INSERT INTO entries (version_id, {_ENTRY_COLUMNS}) VALUES ({_ENTRY_MARKS})"),
                 [_entry_params(new_id, e) for e in entries],
             )
+            sealed_at = version.sealed_at_unix_s or self._now(cur)
+            latest = self._latest(cur, device.fingerprint_hash)
+            if latest is not None and sealed_at >= (latest[2] or 0.0):  # it becomes the latest: hide nothing
+                sealed_at = self._take_in_latest(cur, new_id, device.fingerprint_hash, sealed_at)
             cur.execute(
                 self._sql("UPDATE versions SET status = 'sealed', sealed_at_unix_s = ? WHERE id = ?"),
-                (version.sealed_at_unix_s or time.time(), new_id),
+                (sealed_at, new_id),
             )
         return self.version(new_id)
+
+    # --- registered models -----------------------------------------------------------------
+    def register_model(
+        self,
+        fingerprint_hash: str,
+        name: str,
+        onnx: bytes,
+        batch_size: int,
+        kernels: Sequence[str],
+        used_at_unix_s: float | None = None,
+    ) -> ModelRegistration:
+        if batch_size < 1:
+            raise StoreError(f"model {name}: batch size {batch_size} must be at least 1")
+        if not onnx:
+            raise StoreError(f"model {name}: no ONNX bytes to register")
+        sha = hashlib.sha256(onnx).hexdigest()
+        with self._write() as cur:
+            self._lock_device(cur, fingerprint_hash)
+            now = self._now(cur)
+            used = now if used_at_unix_s is None else used_at_unix_s
+            cur.execute(self._sql("SELECT 1 FROM model_blobs WHERE model_sha256 = ?"), (sha,))
+            if cur.fetchone() is None:
+                cur.execute(self._sql("INSERT INTO model_blobs VALUES (?, ?, ?)"), (sha, onnx, len(onnx)))
+            where = "WHERE fingerprint_hash = ? AND model_sha256 = ? AND batch_size = ?"
+            key = (fingerprint_hash, sha, batch_size)
+            cur.execute(self._sql(f"SELECT registered_at_unix_s FROM registered_models {where}"), key)
+            row = cur.fetchone()
+            registered_at = row[0] if row else now
+            cur.execute(self._sql(f"DELETE FROM registered_models {where}"), key)
+            values = (*key, name, json.dumps(list(kernels)), registered_at, used)
+            marks = ", ".join("?" * len(values))
+            cur.execute(self._sql(f"INSERT INTO registered_models ({_MODEL_COLUMNS}) VALUES ({marks})"), values)
+            evicted = self._evict(cur, self._limit(cur), fingerprint_hash)
+        return ModelRegistration(_model(values, len(onnx)), tuple(evicted))
+
+    def _limit(self, cur: Any) -> int:
+        cur.execute(self._sql("SELECT value_json FROM store_settings WHERE name = ?"), (_MODEL_LIMIT_SETTING,))
+        row = cur.fetchone()
+        return int(json.loads(row[0])) if row else DEFAULT_MODEL_LIMIT
+
+    def _evict(self, cur: Any, limit: int, fingerprint_hash: str | None = None) -> list[RegisteredModel]:
+        """Forget each device's least recently used models beyond `limit`, and bytes no model uses."""
+        where, params = ("WHERE r.fingerprint_hash = ?", (fingerprint_hash,)) if fingerprint_hash else ("", ())
+        cols = ", ".join(f"r.{c.strip()}" for c in _MODEL_COLUMNS.split(","))
+        cur.execute(
+            self._sql(
+                f"SELECT {cols}, b.size_bytes FROM registered_models r JOIN model_blobs b "
+                f"ON b.model_sha256 = r.model_sha256 {where} "
+                "ORDER BY r.fingerprint_hash, r.last_used_unix_s DESC, r.registered_at_unix_s DESC, r.model_sha256"
+            ),
+            params,
+        )
+        kept: dict[str, int] = {}
+        evicted = []
+        for row in cur.fetchall():
+            kept[row[0]] = kept.get(row[0], 0) + 1
+            if kept[row[0]] > limit:
+                evicted.append(_model(row[:7], row[7]))
+        for m in evicted:
+            cur.execute(
+                self._sql(
+                    "DELETE FROM registered_models WHERE fingerprint_hash = ? AND model_sha256 = ? AND batch_size = ?"
+                ),
+                (m.fingerprint_hash, m.model_sha256, m.batch_size),
+            )
+        cur.execute(
+            "DELETE FROM model_blobs WHERE NOT EXISTS "
+            "(SELECT 1 FROM registered_models r WHERE r.model_sha256 = model_blobs.model_sha256)"
+        )
+        return evicted
+
+    def registered_models(self, fingerprint_hash: str) -> list[RegisteredModel]:
+        cols = ", ".join(f"r.{c.strip()}" for c in _MODEL_COLUMNS.split(","))
+        rows = self._query(
+            f"SELECT {cols}, b.size_bytes FROM registered_models r JOIN model_blobs b "
+            "ON b.model_sha256 = r.model_sha256 WHERE r.fingerprint_hash = ? "
+            "ORDER BY r.last_used_unix_s DESC, r.registered_at_unix_s DESC, r.model_sha256",
+            (fingerprint_hash,),
+        )
+        return [_model(r[:7], r[7]) for r in rows]
+
+    def model_bytes(self, model_sha256: str) -> bytes:
+        rows = self._query("SELECT onnx FROM model_blobs WHERE model_sha256 = ?", (model_sha256,))
+        if not rows:
+            raise UnknownModel(f"no registered model with sha256 {model_sha256[:16]} in {self.url}")
+        return bytes(rows[0][0])
+
+    def model_limit(self) -> int:
+        rows = self._query("SELECT value_json FROM store_settings WHERE name = ?", (_MODEL_LIMIT_SETTING,))
+        return int(json.loads(rows[0][0])) if rows else DEFAULT_MODEL_LIMIT
+
+    def set_model_limit(self, limit: int) -> list[RegisteredModel]:
+        if limit < 0:
+            raise StoreError(f"model limit {limit}: keep 0 or more models per device")
+        with self._write() as cur:
+            cur.execute(self._sql("DELETE FROM store_settings WHERE name = ?"), (_MODEL_LIMIT_SETTING,))
+            cur.execute(
+                self._sql("INSERT INTO store_settings VALUES (?, ?)"), (_MODEL_LIMIT_SETTING, json.dumps(limit))
+            )
+            return self._evict(cur, limit)
 
     def close(self) -> None:
         with self._lock:
@@ -508,6 +751,10 @@ class SqliteStore(SqlStore):
     busy_timeout_s = 30.0
     migrations = (
         ("0001_initial", _COMMON_TABLES.format(id_type="INTEGER PRIMARY KEY AUTOINCREMENT") + ";\n" + _SQLITE_TRIGGERS),
+        (
+            "0002_concurrent_versions_and_registered_models",
+            _CONCURRENT_VERSIONS_AND_MODELS.format(entries_v2=_SQLITE_ENTRIES_V2.strip(), blob_type="BLOB"),
+        ),
     )
 
     def __init__(self, path: Path, url: str | None = None) -> None:
@@ -563,6 +810,10 @@ class PostgresStore(SqlStore):
     placeholder = "%s"
     migrations = (
         ("0001_initial", _COMMON_TABLES.format(id_type="BIGSERIAL PRIMARY KEY") + ";\n" + _POSTGRES_TRIGGERS),
+        (
+            "0002_concurrent_versions_and_registered_models",
+            _CONCURRENT_VERSIONS_AND_MODELS.format(entries_v2=_POSTGRES_ENTRIES_V2.strip(), blob_type="BYTEA"),
+        ),
     )
 
     def __init__(self, url: str, timeout_s: float = 10.0) -> None:
@@ -579,6 +830,11 @@ class PostgresStore(SqlStore):
                 f"cannot connect to PostgreSQL at {_redact(self.url)} within {self._timeout_s:g} s: "
                 f"{str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__}"
             ) from None
+
+    def _now(self, cur: Any) -> float:
+        """The server's clock, so that leases mean the same to every client whatever its clock."""
+        cur.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())")
+        return float(cur.fetchone()[0])
 
     @contextmanager
     def _write(self) -> Iterator[Any]:

@@ -317,13 +317,15 @@ def test_an_agent_that_comes_back_within_the_retries(tmp_path, env, grid):
 
 
 def test_two_builds_of_one_fingerprint_never_mix(tmp_path, agent, grid):
-    from lut_store.records import BuildInProgress
-
+    """A build never waits for another one of its fingerprint, nor writes into its version."""
     with open_store(f"sqlite:///{tmp_path / 'lut.sqlite'}") as store:
         store.ensure_device("f" * 64, {})
-        store.acquire_build("f" * 64, "manual", "otherhost:1", lease_s=600)
-        with AgentClient(AgentTarget(agent.address)) as client, pytest.raises(BuildInProgress, match="otherhost:1"):
-            build_lut(store, "f" * 64, {}, load_grid(grid, ["fp32"]), [client])
+        other = store.acquire_build("f" * 64, "manual", "otherhost:1", lease_s=600)
+        with AgentClient(AgentTarget(agent.address)) as client:
+            report = build_lut(store, "f" * 64, {}, load_grid(grid, ["fp32"]), [client])
+        assert report.sealed and not report.resumed and report.version_id != other.version.id
+        untouched = store.version(other.version.id)
+        assert untouched.status == "open" and untouched.entry_count == 0 and untouched.lease_owner == "otherhost:1"
 
 
 def test_devices_file_resolves_names(tmp_path):

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import grpc
+import onnx
 import pytest
 
 from device_agent.config import ConfigError, NightlyConfig
 from device_agent.nightly import Nightly, State, last_scheduled, write_state
 from device_agent.server import Agent
 from host.agent_client import AgentClient, AgentError, AgentTarget
+from host.latency.predict import LatencyPredictor
 from lut_store.store import open_store
 from protos.hadmc.v1 import agent_pb2
 from tests.conftest import quick_config
+from tests.helpers import small_cnn
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = (
@@ -121,14 +126,22 @@ def test_reprofile_cli_against_a_daemon(tmp_path, nightly_setup):
         proc.wait(30)
 
 
-def test_a_fingerprint_change_reprofiles_at_start_with_the_old_version_as_parent(tmp_path, nightly_setup):
+def test_a_fingerprint_change_reprofiles_at_start_from_the_old_version_and_its_models(tmp_path, nightly_setup):
+    """After a driver update the at-start re-profile builds the new fingerprint's first version
+    from the old version's keys and the models registered under the old fingerprint, so a
+    search on the updated device predicts them without profiling anything."""
     nightly, store_url = nightly_setup
+    model = tmp_path / "model.onnx"
+    onnx.save(small_cnn(batch=1), model)
     two_threads = Agent(quick_config(nightly=nightly, intra_op_threads=2)).start()
     try:
         _wait_for_state(nightly.state_file)
-        with AgentClient(AgentTarget(two_threads.address)) as client:
+        with AgentClient(AgentTarget(two_threads.address)) as client, open_store(store_url) as store:
+            with LatencyPredictor.for_device(store, client) as searched:
+                searched.register(model)
             old = client.reprofile("before the update")
             old_fp = client.info().fingerprint_hash
+            assert old.models_measured == 1
     finally:
         two_threads.stop(grace_s=1.0)
     # Same device after a "driver update": its fingerprint differs (here: the thread count).
@@ -141,9 +154,55 @@ def test_a_fingerprint_change_reprofiles_at_start_with_the_old_version_as_parent
             latest = store.latest(new_fp)
             assert latest.parent_id == old.version_id and latest.source == "nightly"
             assert latest.note.startswith("fingerprint changed: intra_op_threads 2 -> 1")
-            assert {e.key_hash for e in store.entries(latest.id)} == {e.key_hash for e in store.entries(old.version_id)}
+            new_keys = {e.key_hash for e in store.entries(latest.id)}
+            assert new_keys == {e.key_hash for e in store.entries(old.version_id)}
+            assert all(e.measured_in_uid is None for e in store.entries(latest.id))  # nothing of the old device
+            [registered] = store.registered_models(new_fp)
+            assert registered.name == str(model.resolve()) and set(registered.kernels) <= new_keys
+            offline = LatencyPredictor(store, new_fp, store.device(new_fp).fingerprint)
+            assert offline.predict(model).version_ids == (latest.id,)
     finally:
         one_thread.stop(grace_s=1.0)
+
+
+def test_reprofile_measures_registered_models_in_context_and_names_those_it_skips(tmp_path, nightly_setup):
+    nightly, store_url = nightly_setup
+    model = tmp_path / "model.onnx"
+    onnx.save(small_cnn(batch=1, channels=16), model)
+    agent = Agent(quick_config(nightly=nightly)).start()
+    try:
+        first = _wait_for_state(nightly.state_file)["version_id"]
+        with AgentClient(AgentTarget(agent.address)) as client, open_store(store_url) as store:
+            fp = client.info().fingerprint_hash
+            with LatencyPredictor.for_device(store, client) as searched:
+                kernels = searched.register(model).model.kernels
+            search_version = store.latest(fp)
+            store.register_model(fp, "/runs/old/garbage.onnx", b"these bytes are no ONNX model", 1, ("k",))
+            damaged = store.register_model(fp, "/runs/old/damaged.onnx", small_cnn(batch=1).SerializeToString(), 1, ())
+            _damage_blob(store_url, damaged.model.model_sha256)
+            resp = client.reprofile("with models")
+            assert resp.sealed and resp.parent_version_id == search_version.id != first
+            assert resp.models_measured == 1 and resp.in_model_keys == len(set(kernels))
+            skipped = {m.name: m.reason for m in resp.skipped_models}
+            assert set(skipped) == {"/runs/old/garbage.onnx", "/runs/old/damaged.onnx"}
+            assert "invalid" in skipped["/runs/old/garbage.onnx"] and "damaged" in skipped["/runs/old/damaged.onnx"]
+            assert [m.name for m in resp.model_drift] == [str(model.resolve())] and resp.model_drift[0].ratio > 0
+            measured = store.lookup(resp.version_id, kernels).entries
+            assert set(measured) == set(kernels)
+            for entry in measured.values():
+                assert entry.measured_in_uid is None and entry.settings["method"] == "in-model"
+                assert entry.settings["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+            assert client.health() == "SERVING"
+    finally:
+        agent.stop(grace_s=1.0)
+
+
+def _damage_blob(store_url: str, model_sha256: str) -> None:
+    """Change a registered model's stored bytes behind the store's back (a damaged disk)."""
+    conn = sqlite3.connect(store_url[len("sqlite:///") :])
+    conn.execute("UPDATE model_blobs SET onnx = ? WHERE model_sha256 = ?", (b"flipped bits", model_sha256))
+    conn.commit()
+    conn.close()
 
 
 def _info(fp_hash: str = "f" * 64) -> agent_pb2.DeviceInfo:

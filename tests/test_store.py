@@ -16,7 +16,6 @@ from lut_store.exchange import diff_versions, export_version, import_version
 from lut_store.keys import ops
 from lut_store.keys.ops import NCHW, ConvSpec
 from lut_store.records import (
-    BuildInProgress,
     CorruptExport,
     Entry,
     LeaseLost,
@@ -63,10 +62,11 @@ def sealed_version(store, fp=FP, medians=(1.0, 2.0, 3.0, 4.0, 5.0), owner="build
 def test_migrations_are_recorded_and_applied_once(store_url):
     if store_url.startswith("grpc"):
         pytest.skip("migrations belong to the SQL store behind the gRPC front")
+    applied = ["0001_initial", "0002_concurrent_versions_and_registered_models"]
     with open_store(store_url) as first:
-        assert first.applied_migrations() == ["0001_initial"]
+        assert first.applied_migrations() == applied
     with open_store(store_url) as again:
-        assert again.applied_migrations() == ["0001_initial"]
+        assert again.applied_migrations() == applied
 
 
 def test_build_seal_latest_and_lookup(store):
@@ -126,19 +126,36 @@ def test_unknown_fingerprint_lists_known_devices(store):
         store.lookup(12345, ["x"])
 
 
-def test_second_builder_is_refused_then_resumes_after_lease_expiry(store):
+def test_each_holder_gets_its_own_version_and_an_expired_one_is_resumed_by_its_kind(store):
     store.ensure_device(FP, {})
     first = store.acquire_build(FP, "manual", "host-a:1", lease_s=0.5)
     store.add_entries(first.version.id, [ok_entry(KEYS[0])], "host-a:1")
-    with pytest.raises(BuildInProgress, match="held by host-a:1"):
-        store.acquire_build(FP, "manual", "host-b:2", lease_s=60)
-    time.sleep(0.6)
+    # Another holder, of this kind or another, never waits: it gets a version of its own.
     second = store.acquire_build(FP, "manual", "host-b:2", lease_s=60)
-    assert second.resumed and second.version.id == first.version.id
-    with pytest.raises(LeaseLost, match="held by host-b:2"):
+    search = store.acquire_build(FP, "search", "host-c:3", lease_s=0.1)
+    assert not second.resumed and not search.resumed
+    assert len({first.version.id, second.version.id, search.version.id}) == 3
+    time.sleep(0.6)
+    # Expired: resumed by a holder of the same source and parent only.
+    nightly = store.acquire_build(FP, "nightly", "host-d:4", lease_s=60)
+    assert not nightly.resumed and nightly.version.id not in (first.version.id, search.version.id)
+    third = store.acquire_build(FP, "manual", "host-e:5", lease_s=60)
+    assert third.resumed and third.version.id == first.version.id
+    with pytest.raises(LeaseLost, match="held by host-e:5"):
         store.add_entries(first.version.id, [ok_entry(KEYS[1])], "host-a:1")
-    store.add_entries(second.version.id, [ok_entry(KEYS[1])], "host-b:2")
-    assert store.version(second.version.id).entry_count == 2
+    with pytest.raises(LeaseLost, match="held by host-e:5"):
+        store.seal(first.version.id, "host-a:1")
+    store.add_entries(third.version.id, [ok_entry(KEYS[1])], "host-e:5")
+    assert store.version(third.version.id).entry_count == 2
+    # A released lease (0 s) is resumable at once by its kind: sealed_version's builder takes it.
+    store.renew_lease(second.version.id, "host-b:2", 0.0)
+    other_parent = sealed_version(store)
+    assert other_parent.id == second.version.id
+    # A holder of another parent never resumes an open version.
+    fresh = store.acquire_build(FP, "manual", "host-f:6", lease_s=60)
+    assert not fresh.resumed and fresh.version.parent_id == other_parent.id
+    again = store.acquire_build(FP, "manual", "host-f:6", lease_s=60, parent_id=None)
+    assert again.resumed and again.version.id == fresh.version.id
 
 
 def test_same_builder_resumes_its_open_version(store):

@@ -21,12 +21,12 @@ from lut_store.exchange import export_version, import_version
 from lut_store.grpc_front import LutServer
 from lut_store.grpc_store import BATCH_ENTRIES, ERROR_METADATA_KEY, entry_to_proto
 from lut_store.records import (
-    BuildInProgress,
     Entry,
     LeaseLost,
     NoSealedVersion,
     StoreError,
     UnknownDevice,
+    UnknownModel,
     UnknownVersion,
     VersionNotOpen,
 )
@@ -113,12 +113,13 @@ def test_store_errors_keep_their_class_and_status_code(server):
         with pytest.raises(UnknownVersion, match="no LUT version 999"):
             store.version(999)
         first = store.acquire_build(FP, "manual", "host-a:1", lease_s=0.3)
-        with pytest.raises(BuildInProgress, match="held by host-a:1"):
-            store.acquire_build(FP, "manual", "host-b:2", lease_s=60)
         time.sleep(0.4)
-        store.acquire_build(FP, "manual", "host-b:2", lease_s=60)
+        taken = store.acquire_build(FP, "manual", "host-b:2", lease_s=60)
+        assert taken.resumed and taken.version.id == first.version.id
         with pytest.raises(LeaseLost, match="held by host-b:2"):
             store.renew_lease(first.version.id, "host-a:1", lease_s=60)
+        with pytest.raises(UnknownModel, match="no registered model"):
+            store.model_bytes("0" * 64)
         store.ensure_device("c" * 64, {})
         with pytest.raises(NoSealedVersion, match="no sealed LUT version"):
             store.latest("c" * 64)
@@ -146,6 +147,16 @@ def test_store_errors_keep_their_class_and_status_code(server):
                 lambda: list(stub.Entries(lut_pb2.EntriesRequest(version_id=999), timeout=5)),
                 grpc.StatusCode.NOT_FOUND,
                 "UnknownVersion",
+            ),
+            (
+                lambda: list(stub.ModelBytes(lut_pb2.ModelBytesRequest(model_sha256="0" * 64), timeout=5)),
+                grpc.StatusCode.NOT_FOUND,
+                "UnknownModel",
+            ),
+            (
+                lambda: stub.Seal(lut_pb2.SealRequest(version_id=taken.version.id, owner="host-a:1"), timeout=5),
+                grpc.StatusCode.ABORTED,
+                "LeaseLost",
             ),
         ]:
             with pytest.raises(grpc.RpcError) as exc:
@@ -194,6 +205,31 @@ def test_bad_requests_are_invalid_argument_and_the_server_keeps_serving(server):
         assert store.version(build.version.id).entry_count == 0
         assert store.add_entries(build.version.id, [ok_entry(KEYS[0])]) == 1
         assert store.version(build.version.id).entry_count == 1
+
+
+def test_bad_model_uploads_are_invalid_argument_and_store_nothing(server):
+    with open_store(f"grpc://{server.address}") as store:
+        store.ensure_device(FP, {})
+    data = b"model bytes"
+    header = lut_pb2.RegisterModelHeader(
+        fingerprint_hash=FP, name="m.onnx", model_sha256="0" * 64, size_bytes=len(data), batch_size=1
+    )
+    chunk = lut_pb2.RegisterModelRequest(onnx_chunk=data)
+    with grpc.insecure_channel(server.address) as channel:
+        stub = lut_pb2_grpc.LutStoreServiceStub(channel)
+        for parts, message in [
+            ([chunk], "the first message must be a header, got onnx_chunk"),
+            ([lut_pb2.RegisterModelRequest(header=header), chunk], "the bytes hash to"),
+            ([lut_pb2.RegisterModelRequest(header=header)], "upload truncated: 0 of header.size_bytes 11"),
+            ([], "empty upload"),
+        ]:
+            with pytest.raises(grpc.RpcError) as exc:
+                stub.RegisterModel(iter(parts), timeout=5)
+            assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert exc.value.details().startswith(message)
+    with open_store(f"grpc://{server.address}") as store:
+        assert store.registered_models(FP) == []
+        assert store.register_model(FP, "m.onnx", data, 1, ("k",)).model.size_bytes == len(data)
 
 
 def test_large_writes_and_reads_are_batched(server):

@@ -6,9 +6,14 @@ keys are in-model keys: what the kernel costs inside a whole model, as the agent
 kernels' mean in-model latencies, each traceable to the LUT version it came from.
 
 Keys missing from the pinned version are profiled on the device at once, one candidate model per
-call, and written into this predictor's open version of the device's fingerprint (whose parent
-is the pinned version); `close()` copies the parent's other entries into it and seals it, so the
-newest sealed version holds everything known. With no device a miss is an error.
+call, and written into this predictor's own open version of the device's fingerprint (whose
+parent is the pinned version), under a lease a background thread renews; a nightly run or
+another search holding versions of the same fingerprint never blocks it. `close()` seals it, and
+sealing takes in every entry of the latest sealed version it lacks, so the newest sealed version
+holds everything known. With no device a miss is an error.
+
+`register()` remembers a model (a search's final model, its FP32 baseline) in the store for the
+device, so that the agent's nightly re-profile measures its kernels in context again.
 """
 
 from __future__ import annotations
@@ -26,14 +31,13 @@ from google.protobuf import json_format
 
 from host.device import Device
 from host.latency import LatencyError
-from lut_store.build import acquire, default_owner, entry_from_stats
+from lut_store.build import LeaseKeeper, acquire, default_owner, in_model_entries
 from lut_store.interface import LutStore
 from lut_store.keys.graph import Kernel, UnsupportedModel, model_kernels
-from lut_store.opkey import OpKey
 from lut_store.precision import Precision
 from lut_store.records import (
-    BuildInProgress,
     Entry,
+    ModelRegistration,
     NoSealedVersion,
     StoreError,
     UnknownDevice,
@@ -47,14 +51,15 @@ log = structlog.get_logger(__name__)
 @dataclass(frozen=True)
 class KernelEstimate:
     """One kernel's share of a prediction. `source`: 'lut' (found), 'profiled' (measured on
-    demand for this prediction) or 'elided' (the runtime removed it: 0 ms, measured)."""
+    demand for this prediction) or 'elided' (the runtime removed it: 0 ms, measured). Every
+    estimate names the LUT version it was read from or written to."""
 
     name: str
     kind: str
     precision: Precision
     key_hash: str
     latency_ms: float
-    version_id: int | None
+    version_id: int
     source: str
 
 
@@ -113,7 +118,7 @@ class LatencyPredictor:
     base: Version | None = field(init=False, default=None)
     open_version: Version | None = field(init=False, default=None)
     _cache: dict[str, _Known] = field(init=False, default_factory=dict)
-    _elided: set[str] = field(init=False, default_factory=set)
+    _keeper: LeaseKeeper | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         try:
@@ -147,40 +152,14 @@ class LatencyPredictor:
         )
         proto = model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(data)
         kernels = self.kernels(proto)
-        self._lookup({k.key.hash for k in kernels} - set(self._cache) - self._elided)
-        missing = list(
-            {
-                k.key.hash: k for k in kernels if k.key.hash not in self._cache and k.key.hash not in self._elided
-            }.values()
-        )
+        self._lookup({k.key.hash for k in kernels} - set(self._cache))
+        missing = list({k.key.hash: k for k in kernels if k.key.hash not in self._cache}.values())
         profiled: set[str] = set()
         measured_ms = None
         if missing:
             profiled, measured_ms = self._profile(data, kernels, missing)
-        estimates = []
-        for k in kernels:
-            if k.key.hash in self._elided:
-                estimates.append(KernelEstimate(k.name, k.key.kind, k.key.precision, k.key.hash, 0.0, None, "elided"))
-                continue
-            known = self._cache[k.key.hash]
-            if known.entry.status != "ok":
-                raise LatencyError(
-                    f"kernel {k.name} ({k.key.describe()}) cannot run on this device: "
-                    f"{known.entry.reason} (LUT version {known.version_id})"
-                )
-            source = "profiled" if k.key.hash in profiled else "lut"
-            estimates.append(
-                KernelEstimate(
-                    k.name,
-                    k.key.kind,
-                    k.key.precision,
-                    k.key.hash,
-                    float(known.entry.mean_ms or known.entry.median_ms),
-                    known.version_id,
-                    source,
-                )
-            )
-        versions = tuple(sorted({e.version_id for e in estimates if e.version_id is not None}))
+        estimates = [self._estimate(k, profiled) for k in kernels]
+        versions = tuple(sorted({e.version_id for e in estimates}))
         return Prediction(
             sum(e.latency_ms for e in estimates),
             tuple(estimates),
@@ -192,6 +171,19 @@ class LatencyPredictor:
             time.perf_counter() - t0,
             measured_ms,
         )
+
+    def _estimate(self, kernel: Kernel, profiled: set[str]) -> KernelEstimate:
+        known = self._cache[kernel.key.hash]
+        status = known.entry.status
+        if status not in ("ok", "elided"):
+            raise LatencyError(
+                f"kernel {kernel.name} ({kernel.key.describe()}) cannot run on this device: "
+                f"{known.entry.reason} (LUT version {known.version_id})"
+            )
+        latency_ms = float(known.entry.mean_ms or known.entry.median_ms) if status == "ok" else 0.0
+        source = "elided" if status == "elided" else ("profiled" if kernel.key.hash in profiled else "lut")
+        key = kernel.key
+        return KernelEstimate(kernel.name, key.kind, key.precision, key.hash, latency_ms, known.version_id, source)
 
     def _lookup(self, hashes: set[str]) -> None:
         for version in (self.open_version, self.base):
@@ -224,83 +216,88 @@ class LatencyPredictor:
                 f"the device's fingerprint is now {resp.fingerprint_hash[:16]}, not "
                 f"{self.fingerprint_hash[:16]}: its runtime changed; start a new prediction session"
             )
-        measured = {}
-        for item in resp.kernel_profile.kernels:
-            measured.setdefault(OpKey.from_proto(item.key).hash, item)
+        profile = in_model_entries(resp)
         ours = {k.key.hash for k in kernels}
-        if set(measured) != ours:
+        if set(profile.entries) != ours:
             raise LatencyError(
-                f"the agent split the model into {len(measured)} distinct kernels and this host into "
+                f"the agent split the model into {len(profile.entries)} distinct kernels and this host into "
                 f"{len(ours)} with other keys: agent and host run different hadmc versions"
             )
-        entries, elided = [], set()
-        for k in missing:
-            item = measured[k.key.hash]
-            if not item.HasField("latency"):
-                elided.add(k.key.hash)
-                continue
-            how = {
-                "method": "in-model",
-                "model_sha256": resp.model.sha256,
-                "scale": resp.kernel_profile.scale,
-                "profiled_runs": resp.kernel_profile.runs,
-                "runtime_nodes": list(item.runtime_nodes),
-                "below_resolution": item.below_resolution,
-            }
-            entries.append(entry_from_stats(k.key, item.latency, resp.environment, how))
-        if entries:
-            version = self._writable()
-            self.store.add_entries(version.id, entries, owner=self.owner)
-            for e in entries:
-                self._cache[e.key_hash] = _Known(e, version.id)
-        self._elided |= elided
-        log.info("latency.profiled", kernels=len(entries), elided=len(elided), model_ms=resp.latency.median_ms)
+        entries = [profile.entries[k.key.hash] for k in missing]
+        version = self._writable()
+        self.store.add_entries(version.id, entries, owner=self.owner)
+        for e in entries:
+            self._cache[e.key_hash] = _Known(e, version.id)
+        elided = sum(e.status == "elided" for e in entries)
+        log.info("latency.profiled", kernels=len(entries), elided=elided, model_ms=resp.latency.median_ms)
         return {e.key_hash for e in entries}, resp.latency.median_ms
 
     def _writable(self) -> Version:
-        """This predictor's open version (acquired on first write; its lease renewed)."""
+        """This predictor's open version, acquired on first write; a background thread renews its
+        lease while the predictor lives, however long it waits between predictions."""
         if self.open_version is None:
-            try:
-                build = acquire(
-                    self.store,
-                    self.fingerprint_hash,
-                    "search",
-                    self.owner,
-                    self.lease_s,
-                    settings={"method": "in-model", "batch_size": self.batch_size},
-                    note="kernels profiled on demand",
-                    parent_id=self.base.id if self.base else None,
-                )
-            except BuildInProgress as exc:
-                raise LatencyError(f"cannot store profiled kernels: {exc}") from None
+            build = acquire(
+                self.store,
+                self.fingerprint_hash,
+                "search",
+                self.owner,
+                self.lease_s,
+                settings={"method": "in-model", "batch_size": self.batch_size},
+                note="kernels profiled on demand",
+                parent_id=self.base.id if self.base else None,
+            )
             self.open_version = build.version
-        else:
-            self.store.renew_lease(self.open_version.id, self.owner, self.lease_s)
+            self._keeper = LeaseKeeper(self.store, build.version.id, self.owner, self.lease_s).start()
         return self.open_version
 
+    def register(self, model: Path, name: str | None = None) -> ModelRegistration:
+        """Remember `model` in the store for this device (by sha256, with its bytes and kernels;
+        `name`: default its path), so that re-profiling keeps its kernels fresh. It is predicted
+        first: kernels the LUT lacks are profiled now."""
+        data = Path(model).read_bytes()
+        prediction = self.predict(data)
+        kernels = tuple(k.key_hash for k in prediction.kernels)
+        done = self.store.register_model(
+            self.fingerprint_hash, name or str(Path(model).resolve()), data, self.batch_size, kernels
+        )
+        log.info(
+            "latency.registered", model=done.model.name, kernels=len(kernels), evicted=[m.name for m in done.evicted]
+        )
+        return done
+
     def close(self) -> Version | None:
-        """Seal the open version after copying in the parent's entries it lacks; return it."""
+        """Seal the open version (sealing takes in what the latest sealed version has and it
+        lacks); return it. An empty one is abandoned."""
         if self.open_version is None:
             return None
         version, self.open_version = self.open_version, None
+        keeper, self._keeper = self._keeper, None
+        keeper.stop()
         try:
-            have = {e.key_hash for e in self.store.entries(version.id)}
-            if not have:
+            if self.store.version(version.id).entry_count == 0:
                 self.store.abandon(version.id)
                 return None
-            if self.base is not None:
-                inherited = [e for e in self.store.entries(self.base.id) if e.key_hash not in have]
-                if inherited:
-                    self.store.add_entries(version.id, inherited, owner=self.owner)
-            sealed = self.store.seal(version.id)
+            sealed = self.store.seal(version.id, self.owner)
         except StoreError as exc:
             log.warning("latency.seal_failed", version=version.id, error=str(exc))
+            keeper.stop(release=True)
             raise
         log.info("latency.sealed", version=sealed.id, parent=sealed.parent_id, entries=sealed.entry_count)
         return sealed
 
+    def release(self) -> None:
+        """After a failure: stop renewing and release the lease of the open version, unsealed, so
+        that the next predictor of this device and parent resumes it (nothing measured is lost)."""
+        if self.open_version is None:
+            return
+        keeper, self._keeper, self.open_version = self._keeper, None, None
+        keeper.stop(release=True)
+
     def __enter__(self) -> LatencyPredictor:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.release()

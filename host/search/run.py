@@ -152,6 +152,8 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
         controllers = _controllers(bench, config, space, baseline, evaluator, out)
         rows = _run_controllers(config, controllers, evaluator, baseline, out, resume, shown)
         finals = {name: _final(bench, config, rows, baseline, out, name) for name in controllers}
+        for path in (reference.path, *(out / final.onnx for final in finals.values())):
+            bench.register(path)  # the device's nightly re-profile keeps their kernels fresh
     versions = {v for r in rows for v in r.lut_version_ids} | ({bench.sealed.id} if bench.sealed else set())
     summary = SearchSummary(
         baseline, finals, tuple(sorted(versions)), time.monotonic() - t_start, config.search.episodes

@@ -319,7 +319,7 @@ class ReprofileRequest(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class ReprofileResponse(_message.Message):
-    __slots__ = ("version_id", "parent_version_id", "sealed", "keys_total", "measured_ok", "unsupported", "failed", "missing", "drift_median_ratio", "drift_p5_ratio", "drift_p95_ratio", "store_url", "reason")
+    __slots__ = ("version_id", "parent_version_id", "sealed", "keys_total", "measured_ok", "unsupported", "failed", "missing", "drift_median_ratio", "drift_p5_ratio", "drift_p95_ratio", "store_url", "reason", "models_measured", "in_model_keys", "skipped_models", "model_drift", "carried_forward")
     VERSION_ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_VERSION_ID_FIELD_NUMBER: _ClassVar[int]
     SEALED_FIELD_NUMBER: _ClassVar[int]
@@ -333,6 +333,11 @@ class ReprofileResponse(_message.Message):
     DRIFT_P95_RATIO_FIELD_NUMBER: _ClassVar[int]
     STORE_URL_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    MODELS_MEASURED_FIELD_NUMBER: _ClassVar[int]
+    IN_MODEL_KEYS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DRIFT_FIELD_NUMBER: _ClassVar[int]
+    CARRIED_FORWARD_FIELD_NUMBER: _ClassVar[int]
     version_id: int
     parent_version_id: int
     sealed: bool
@@ -346,4 +351,33 @@ class ReprofileResponse(_message.Message):
     drift_p95_ratio: float
     store_url: str
     reason: str
-    def __init__(self, version_id: _Optional[int] = ..., parent_version_id: _Optional[int] = ..., sealed: _Optional[bool] = ..., keys_total: _Optional[int] = ..., measured_ok: _Optional[int] = ..., unsupported: _Optional[int] = ..., failed: _Optional[int] = ..., missing: _Optional[int] = ..., drift_median_ratio: _Optional[float] = ..., drift_p5_ratio: _Optional[float] = ..., drift_p95_ratio: _Optional[float] = ..., store_url: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    models_measured: int
+    in_model_keys: int
+    skipped_models: _containers.RepeatedCompositeFieldContainer[SkippedModel]
+    model_drift: _containers.RepeatedCompositeFieldContainer[ModelDrift]
+    carried_forward: int
+    def __init__(self, version_id: _Optional[int] = ..., parent_version_id: _Optional[int] = ..., sealed: _Optional[bool] = ..., keys_total: _Optional[int] = ..., measured_ok: _Optional[int] = ..., unsupported: _Optional[int] = ..., failed: _Optional[int] = ..., missing: _Optional[int] = ..., drift_median_ratio: _Optional[float] = ..., drift_p5_ratio: _Optional[float] = ..., drift_p95_ratio: _Optional[float] = ..., store_url: _Optional[str] = ..., reason: _Optional[str] = ..., models_measured: _Optional[int] = ..., in_model_keys: _Optional[int] = ..., skipped_models: _Optional[_Iterable[_Union[SkippedModel, _Mapping]]] = ..., model_drift: _Optional[_Iterable[_Union[ModelDrift, _Mapping]]] = ..., carried_forward: _Optional[int] = ...) -> None: ...
+
+class SkippedModel(_message.Message):
+    __slots__ = ("name", "model_sha256", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model_sha256: str
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., model_sha256: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ModelDrift(_message.Message):
+    __slots__ = ("name", "model_sha256", "parent_ms", "new_ms", "ratio")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PARENT_MS_FIELD_NUMBER: _ClassVar[int]
+    NEW_MS_FIELD_NUMBER: _ClassVar[int]
+    RATIO_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model_sha256: str
+    parent_ms: float
+    new_ms: float
+    ratio: float
+    def __init__(self, name: _Optional[str] = ..., model_sha256: _Optional[str] = ..., parent_ms: _Optional[float] = ..., new_ms: _Optional[float] = ..., ratio: _Optional[float] = ...) -> None: ...

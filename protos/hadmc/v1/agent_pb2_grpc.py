@@ -96,10 +96,14 @@ class DeviceAgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Reprofile(self, request, context):
-        """Re-profiles the keys of the last LUT version this agent made (plus its configured grids)
-        into a new sealed version of its current fingerprint in its [nightly] store, the previous
-        version as parent, and reports the drift. Runs through the job queue like any job.
-        FAILED_PRECONDITION when no store is configured or there is nothing to re-profile.
+        """Re-profiles the isolated keys of the last LUT version this agent made (plus its configured
+        grids) and measures in context (per-kernel benchmarks) the models registered for the device
+        in the store (after a fingerprint change, those of the previous fingerprint too), into a new
+        sealed version of its current fingerprint in its [nightly] store, the previous version as
+        parent; sealing carries forward every other entry of the latest version. Reports the drift,
+        the models skipped (with why) and those whose predicted latency moved most. Runs through the
+        job queue like any job. FAILED_PRECONDITION when no store is configured or there is nothing
+        to re-profile; ABORTED when another holder took the run's version (its lease was lost).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

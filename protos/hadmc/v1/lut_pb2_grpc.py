@@ -95,6 +95,31 @@ class LutStoreServiceStub:
                 request_serializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.ImportVersionRequest.SerializeToString,
                 response_deserializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.LutVersion.FromString,
                 _registered_method=True)
+        self.RegisterModel = channel.stream_unary(
+                '/hadmc.v1.LutStoreService/RegisterModel',
+                request_serializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.RegisterModelRequest.SerializeToString,
+                response_deserializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.RegisterModelResponse.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/hadmc.v1.LutStoreService/ListModels',
+                request_serializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.ModelBytes = channel.unary_stream(
+                '/hadmc.v1.LutStoreService/ModelBytes',
+                request_serializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.ModelBytesRequest.SerializeToString,
+                response_deserializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.ModelBytesChunk.FromString,
+                _registered_method=True)
+        self.GetModelLimit = channel.unary_unary(
+                '/hadmc.v1.LutStoreService/GetModelLimit',
+                request_serializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.GetModelLimitRequest.SerializeToString,
+                response_deserializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.ModelLimitResponse.FromString,
+                _registered_method=True)
+        self.SetModelLimit = channel.unary_unary(
+                '/hadmc.v1.LutStoreService/SetModelLimit',
+                request_serializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.SetModelLimitRequest.SerializeToString,
+                response_deserializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.ModelLimitResponse.FromString,
+                _registered_method=True)
 
 
 class LutStoreServiceServicer:
@@ -116,16 +141,19 @@ class LutStoreServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AcquireBuild(self, request, context):
-        """Holds the fingerprint's open version for `owner` (resuming an expired or own lease, or one
-        held by `take_over_from`), else opens a new one. ABORTED (BuildInProgress) when another
-        builder holds it; FAILED_PRECONDITION when the device is not recorded.
+        """An open version of the fingerprint held by `owner`. A fingerprint has one open version per
+        holder; among those of the same source and parent this resumes the owner's own, else the
+        one `take_over_from` holds, else one whose lease expired (on the store's clock); otherwise
+        it opens a new one. Never waits for another holder. FAILED_PRECONDITION when the device is
+        not recorded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RenewLease(self, request, context):
-        """Extends a builder's lease. ABORTED (LeaseLost) when another builder took the version.
+        """Extends a holder's lease (0 s releases it). ABORTED (LeaseLost) when another holder took
+        the version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -141,7 +169,10 @@ class LutStoreServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Seal(self, request, context):
-        """Seals an open version: it is immutable from then on. FAILED_PRECONDITION when not open.
+        """Seals an open version: in one transaction it takes in every entry of the fingerprint's
+        latest sealed version that it lacks (marked with `measured_in_uid`), then becomes immutable
+        and the latest. FAILED_PRECONDITION when not open; ABORTED (LeaseLost) when `owner` is set
+        and another holder holds the version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -184,8 +215,47 @@ class LutStoreServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ImportVersion(self, request, context):
-        """Writes a whole sealed version made elsewhere (same uid) in one transaction.
+        """Writes a whole sealed version made elsewhere (same uid) in one transaction; when it becomes
+        its fingerprint's latest, it takes in what the previous latest had and it lacks, as Seal.
         FAILED_PRECONDITION when a version with that uid is already in the store.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterModel(self, request_iterator, context):
+        """Remembers a model for a device so that re-profiling measures it in context: a header, then
+        the ONNX bytes in chunks. Registering it again updates its name, kernels and last use. The
+        device's least recently used models beyond the store's limit are evicted (and returned).
+        INVALID_ARGUMENT when the bytes do not match the header's size or sha256.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """A device's registered models, most recently used first (without their bytes).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ModelBytes(self, request, context):
+        """The ONNX bytes of a registered model, in chunks. NOT_FOUND (UnknownModel) for an unknown sha256.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModelLimit(self, request, context):
+        """How many models the store keeps per device.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetModelLimit(self, request, context):
+        """Sets how many models the store keeps per device, evicting the least recently used beyond it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -253,6 +323,31 @@ def add_LutStoreServiceServicer_to_server(servicer, server):
                     servicer.ImportVersion,
                     request_deserializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.ImportVersionRequest.FromString,
                     response_serializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.LutVersion.SerializeToString,
+            ),
+            'RegisterModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.RegisterModel,
+                    request_deserializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.RegisterModelRequest.FromString,
+                    response_serializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.RegisterModelResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.ListModelsRequest.FromString,
+                    response_serializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'ModelBytes': grpc.unary_stream_rpc_method_handler(
+                    servicer.ModelBytes,
+                    request_deserializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.ModelBytesRequest.FromString,
+                    response_serializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.ModelBytesChunk.SerializeToString,
+            ),
+            'GetModelLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelLimit,
+                    request_deserializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.GetModelLimitRequest.FromString,
+                    response_serializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.ModelLimitResponse.SerializeToString,
+            ),
+            'SetModelLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetModelLimit,
+                    request_deserializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.SetModelLimitRequest.FromString,
+                    response_serializer=protos_dot_hadmc_dot_v1_dot_lut__pb2.ModelLimitResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -580,6 +675,141 @@ class LutStoreService:
             '/hadmc.v1.LutStoreService/ImportVersion',
             protos_dot_hadmc_dot_v1_dot_lut__pb2.ImportVersionRequest.SerializeToString,
             protos_dot_hadmc_dot_v1_dot_lut__pb2.LutVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/hadmc.v1.LutStoreService/RegisterModel',
+            protos_dot_hadmc_dot_v1_dot_lut__pb2.RegisterModelRequest.SerializeToString,
+            protos_dot_hadmc_dot_v1_dot_lut__pb2.RegisterModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hadmc.v1.LutStoreService/ListModels',
+            protos_dot_hadmc_dot_v1_dot_lut__pb2.ListModelsRequest.SerializeToString,
+            protos_dot_hadmc_dot_v1_dot_lut__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelBytes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hadmc.v1.LutStoreService/ModelBytes',
+            protos_dot_hadmc_dot_v1_dot_lut__pb2.ModelBytesRequest.SerializeToString,
+            protos_dot_hadmc_dot_v1_dot_lut__pb2.ModelBytesChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hadmc.v1.LutStoreService/GetModelLimit',
+            protos_dot_hadmc_dot_v1_dot_lut__pb2.GetModelLimitRequest.SerializeToString,
+            protos_dot_hadmc_dot_v1_dot_lut__pb2.ModelLimitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetModelLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hadmc.v1.LutStoreService/SetModelLimit',
+            protos_dot_hadmc_dot_v1_dot_lut__pb2.SetModelLimitRequest.SerializeToString,
+            protos_dot_hadmc_dot_v1_dot_lut__pb2.ModelLimitResponse.FromString,
             options,
             channel_credentials,
             insecure,
