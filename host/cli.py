@@ -256,6 +256,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             "--timeout": args.timeout,
             "--lut-version": args.lut_version,
             "--offline": args.offline,
+            "--store-token-file": args.store_token_file,
+            "--store-tls-ca": args.store_tls_ca,
         }
         given = [flag for flag, value in flags.items() if value]
         if given:

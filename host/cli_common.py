@@ -64,16 +64,24 @@ def device_config(args: argparse.Namespace, name: str | None = None) -> DeviceCo
 
 
 def add_lut_args(p: argparse.ArgumentParser) -> None:
-    """--lut-version and --offline: which LUT a run's predictions start from."""
+    """--lut-version and --offline: which LUT a run's predictions start from; the credentials of a
+    grpc:// store."""
     p.add_argument("--lut-version", type=int, metavar="N", help="pin this LUT version (default: the newest sealed)")
     p.add_argument(
         "--offline", action="store_true", help="profile nothing on demand: a kernel the LUT lacks is an error"
     )
+    p.add_argument("--store-token-file", type=Path, help="token of a grpc:// store")
+    p.add_argument("--store-tls-ca", type=Path, help="CA certificate (PEM) of a grpc:// store")
 
 
 def lut_table(args: argparse.Namespace) -> dict[str, Any]:
-    """--lut-version and --offline as `[lut]` overrides (None: the config's own)."""
-    return {"version": args.lut_version, "offline": True if args.offline else None}
+    """The LUT args as `[lut]` overrides (None: the config's own)."""
+    return {
+        "version": args.lut_version,
+        "offline": True if args.offline else None,
+        "token_file": None if args.store_token_file is None else str(args.store_token_file),
+        "tls_ca": None if args.store_tls_ca is None else str(args.store_tls_ca),
+    }
 
 
 def device_table(args: argparse.Namespace) -> dict[str, Any]:

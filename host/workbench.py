@@ -40,9 +40,11 @@ from host.latency.variants import variant_model
 from host.models import build_model
 from host.progress import FitProgress, Progress
 from host.runs import Baseline, FinalModel, Latency
+from lut_store.interface import LutStore
 from lut_store.precision import Precision, device_precisions
 from lut_store.records import Version
 from lut_store.store import open_store
+from lut_store.tomlfile import ConfigError
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,18 @@ class LutSettings:
 
     version: int | None = None  # pin this version id; None: the newest sealed one of the device
     offline: bool = False  # no on-demand profiling: a kernel the LUT lacks is an error naming it
+    # A grpc:// store served by `hadmc lut serve`: the file holding its token, its TLS CA (PEM).
+    token_file: str = ""
+    tls_ca: str = ""
+
+    def open_store(self, url: str) -> LutStore:
+        """The store at `url` (empty: the default SQLite file), with this table's credentials."""
+        try:
+            token = Path(self.token_file).read_text().strip() if self.token_file else None
+            ca = Path(self.tls_ca).read_bytes() if self.tls_ca else None
+        except OSError as exc:
+            raise ConfigError(f"[lut] cannot read {exc.filename}: {exc.strerror}") from None
+        return open_store(url or None, token=token, tls_ca=ca)
 
     def __post_init__(self) -> None:
         if self.version is not None and self.version < 1:
@@ -117,7 +131,7 @@ class Workbench:
         next search of this device."""
         with (
             nullcontext(device) if device is not None else open_device(config.device) as agent,
-            open_store(config.store or None) as store,
+            config.lut.open_store(config.store) as store,
         ):
             # The device and the LUT answer before any training.
             predictor = LatencyPredictor.for_device(store, agent, pinned=config.lut.version, offline=config.lut.offline)

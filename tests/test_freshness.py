@@ -55,7 +55,7 @@ def test_after_a_search_and_a_nightly_run_the_final_model_predicts_offline_from_
         agent = Agent(quick_config(nightly=nightly)).start()
         try:
             out = tmp_path / "run"
-            config = load_search_config(None, {**TINY_SEARCH, "device": {"address": agent.address}, "store": url})
+            config = load_search_config(None, {**TINY_SEARCH, "device": {"name": agent.address}, "store": url})
             summary = run_search(config, out, progress=False)
             final = out / summary.controllers["random"].onnx
             with open_store(url) as store:
@@ -210,7 +210,7 @@ def test_a_store_that_goes_away_mid_search_is_a_clear_error_and_loses_nothing_se
         out = tmp_path / "run"
         episodes = TINY_SEARCH["search"] | {"episodes": 6}
         config = load_search_config(
-            None, {**TINY_SEARCH, "search": episodes, "device": {"address": agent.address}, "store": url}
+            None, {**TINY_SEARCH, "search": episodes, "device": {"name": agent.address}, "store": url}
         )
         threading.Thread(target=_stop_after_first_episode, args=(server, out / "episodes.jsonl"), daemon=True).start()
         with pytest.raises(StoreError) as failure:

@@ -47,7 +47,7 @@ def test_a_pinned_offline_search_reads_only_its_version(agent, tmp_path, monkeyp
     rows = [json.loads(line) for line in (tmp_path / "offline" / "episodes.jsonl").read_text().splitlines()]
     assert all(r["lut_version_ids"] == [sealed] and r["profiled_kernels"] == 0 for r in rows)
     recorded = json.loads((tmp_path / "offline" / "config.json").read_text())["lut"]
-    assert recorded == {"version": sealed, "offline": True}
+    assert recorded == {"version": sealed, "offline": True, "token_file": "", "tls_ca": ""}
     with pytest.raises(StoreError, match="999"):
         run_search(_config(agent, store, version=999), tmp_path / "absent", progress=False)
 
@@ -56,8 +56,9 @@ def test_lut_flags_reach_the_config(tmp_path):
     from host.cli import build_parser
     from host.cli_common import lut_table
 
-    args = build_parser().parse_args(["search", "--out", str(tmp_path), "--lut-version", "3", "--offline"])
-    assert lut_table(args) == {"version": 3, "offline": True}
+    argv = ["search", "--out", str(tmp_path), "--lut-version", "3", "--offline", "--store-tls-ca", "ca.pem"]
+    args = build_parser().parse_args(argv)
+    assert lut_table(args) == {"version": 3, "offline": True, "token_file": None, "tls_ca": "ca.pem"}
     assert load_search_config(None, {"lut": lut_table(args)}).lut.version == 3
     with pytest.raises(ValueError, match="version = 0"):
         load_search_config(None, {"lut": {"version": 0}})

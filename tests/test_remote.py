@@ -173,7 +173,12 @@ def test_search_and_compress_by_name_on_a_secured_agent_in_a_namespace(remote, t
     offline_out = tmp_path / "c-offline"
     pinned = ("--lut-version", str(newest), "--offline")
     assert main([*compress_args, *pinned, "--out", str(offline_out)]) == 0, capsys.readouterr().err
-    assert json.loads((offline_out / "config.json").read_text())["lut"] == {"version": newest, "offline": True}
+    assert json.loads((offline_out / "config.json").read_text())["lut"] == {
+        "version": newest,
+        "offline": True,
+        "token_file": "",
+        "tls_ca": "",
+    }
     assert json.loads((offline_out / "summary.json").read_text())["compressed"]["predicted_latency_ms"] > 0
 
 

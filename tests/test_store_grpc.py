@@ -331,3 +331,20 @@ def test_serve_store_process_writes_its_ready_file_and_stops_on_sigterm(tmp_path
     assert not ready.exists() and not Path(f"{ready}.tmp").exists()
     with SqliteStore(db) as written:
         assert written.latest(FP).entry_count == 5
+
+
+def test_a_run_config_reaches_a_token_and_tls_store(tmp_path, token_file):
+    """`[lut] token_file` and `tls_ca` (the run commands' --store-token-file / --store-tls-ca)."""
+    from host.workbench import LutSettings
+    from lut_store.tomlfile import ConfigError
+
+    cert, key = _self_signed(tmp_path)
+    with served(tmp_path, token_file=token_file, tls_cert=cert, tls_key=key) as server:
+        url = f"grpc://{server.address}"
+        with LutSettings(token_file=str(token_file), tls_ca=str(cert)).open_store(url) as store:
+            sealed = sealed_version(store)
+            assert store.latest(FP).id == sealed.id
+        with pytest.raises(StoreError, match="UNAUTHENTICATED"):
+            LutSettings(tls_ca=str(cert)).open_store(url)
+    with pytest.raises(ConfigError, match=r"\[lut\] cannot read .*missing\.pem"):
+        LutSettings(tls_ca=str(tmp_path / "missing.pem")).open_store("grpc://127.0.0.1:1")
