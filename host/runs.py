@@ -103,6 +103,15 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class SelectionFloor:
+    """The accuracy `fastest-within` measures candidates against (final/floor.json): the unpruned
+    network at its fastest precisions, fine-tuned at the selection's fidelity."""
+
+    policy: Policy
+    val_accuracy: float
+
+
+@dataclass(frozen=True)
 class FinalModel:
     """A compressed model fine-tuned, exported, verified and benchmarked in turn with the FP32
     reference (a search's final/NAME/result.json, a compress run's `compressed`)."""

@@ -70,11 +70,15 @@ MLP = {
 
 def test_search_run_directory(agent, tmp_path, monkeypatch):
     monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
-    config = load_search_config(
-        None, {**MLP, "device": {"name": agent.address}, "store": f"sqlite:///{tmp_path / 'lut.sqlite'}"}
-    )
+    select = {"top": 2, "epochs": 1, "rule": "fastest-within"}  # each final chosen among 2 episodes
+    store = f"sqlite:///{tmp_path / 'lut.sqlite'}"
+    config = load_search_config(None, {**MLP, "device": {"name": agent.address}, "store": store, "select": select})
     out = tmp_path / "run"
     summary = run_search(config, out, progress=False)
+    floor = json.loads((out / "final" / "floor.json").read_text())
+    assert 0 < floor["val_accuracy"] <= 1 and {a["keep_ratio"] for a in floor["policy"]["layers"].values()} == {1.0}
+    for final in summary.controllers.values():  # two candidates, one chosen, the final is its episode's
+        assert len(final.selection) == 2 and [c.episode for c in final.selection if c.chosen] == [final.episode]
     rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert sorted((r["controller"], r["episode"]) for r in rows) == sorted(
         (c, e) for c in MLP["search"]["controllers"] for e in range(2)

@@ -109,7 +109,9 @@ def test_fastest_within_picks_the_fastest_policy_close_enough_to_the_most_accura
     from host.search import select as module
 
     accuracy = {0.3: 0.930, 0.4: 0.952, 0.5: 0.955}
-    monkeypatch.setattr(module, "_fine_tuned_accuracy", lambda bench, row, distill: accuracy[_keep(row)])
+    monkeypatch.setattr(
+        module, "fine_tuned_accuracy", lambda bench, policy, distill, what: accuracy[policy.layers["a"].keep_ratio]
+    )
     rows = [_row(0, 3.0, 0.5, 0.3), _row(1, 2.5, 0.6, 0.4), _row(2, 2.0, 0.7, 0.5), _row(3, 1.0, 0.9, 0.9)]
     config = SelectConfig(top=3, rule="fastest-within", max_accuracy_drop=0.005)
     chosen, table = select(None, rows, config, DistillConfig(), RewardConfig(), RewardReference(1.0, 100))
@@ -119,15 +121,16 @@ def test_fastest_within_picks_the_fastest_policy_close_enough_to_the_most_accura
         (1, 0.952, True),
         (2, 0.955, False),
     ]
+    # Against the unpruned network's accuracy at that fidelity: 0.952 is 0.8 pt below 0.960, too far.
+    chosen, _ = select(None, rows, config, DistillConfig(), RewardConfig(), RewardReference(1.0, 100), 0.960)
+    assert chosen.episode == 2  # the fastest within 0.5 pt of 0.960 is 0.955
+    chosen, _ = select(None, rows, config, DistillConfig(), RewardConfig(), RewardReference(1.0, 100), 0.990)
+    assert chosen.episode == 2  # none is within 0.5 pt: the most accurate one
     config = SelectConfig(top=3, rule="reward")
     chosen, _ = select(None, rows, config, DistillConfig(), RewardConfig(latency_weight=1.0), RewardReference(1.0, 100))
     assert chosen.episode == 0  # 0.930 / 0.5 ms beats 0.952 / 0.6 ms on acc * L_base / L
     one, none = select(None, rows, SelectConfig(top=1), DistillConfig(), RewardConfig(), RewardReference(1.0, 100))
     assert one.episode == 0 and none == ()  # top 1: the best episode as it is, nothing fine-tuned
-
-
-def _keep(row: EpisodeRow) -> float:
-    return row.policy.layers["a"].keep_ratio
 
 
 def test_walk_replaces_a_ruled_out_precision_with_the_layers_fastest():

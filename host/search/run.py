@@ -31,6 +31,7 @@ from host.runs import (
     LutPrior,
     PrecisionSupport,
     SearchSummary,
+    SelectionFloor,
     read_config,
     read_record,
     write_config,
@@ -45,7 +46,7 @@ from host.search.ppo import PPOConfig
 from host.search.prior import dropped, lut_choices
 from host.search.registry import CONTROLLERS, make_controller
 from host.search.reward import RewardConfig, reward
-from host.search.select import SelectConfig, select
+from host.search.select import SelectConfig, fine_tuned_accuracy, select, unpruned_fastest
 from host.search.space import ParamCounter, SearchSpace, describe_layers
 from host.search.surrogate import RewardSurrogate, layer_sensitivity
 from host.workbench import BenchConfig, Workbench
@@ -149,9 +150,10 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
             config.episode_distill,
             config.search.episode_samples,
         )
-        controllers = _controllers(bench, config, space, baseline, evaluator, out)
+        controllers, space = _controllers(bench, config, space, baseline, evaluator, out)
         rows = _run_controllers(config, controllers, evaluator, baseline, out, resume, shown)
-        finals = {name: _final(bench, config, rows, baseline, out, name) for name in controllers}
+        floor = _selection_floor(bench, config, space, out)
+        finals = {name: _final(bench, config, rows, baseline, out, name, floor) for name in controllers}
         for path in (reference.path, *(out / final.onnx for final in finals.values())):
             bench.register(path)  # the device's nightly re-profile keeps their kernels fresh
     versions = {v for r in rows for v in r.lut_version_ids} | ({bench.sealed.id} if bench.sealed else set())
@@ -225,7 +227,7 @@ def _space(
 
 def _controllers(
     bench: Workbench, config: SearchConfig, space: SearchSpace, baseline: Baseline, evaluator: Evaluator, out: Path
-) -> dict[str, Controller]:
+) -> tuple[dict[str, Controller], SearchSpace]:
     """Each controller, under the config's constraint, over the space the LUT prior narrowed; PPO
     with its reward surrogate when it practises."""
     s = config.search
@@ -262,7 +264,25 @@ def _controllers(
             )
     except ValueError as exc:  # a budget no policy can meet
         raise ConfigError(str(exc)) from None
-    return controllers
+    return controllers, space
+
+
+def _selection_floor(bench: Workbench, config: SearchConfig, space: SearchSpace, out: Path) -> SelectionFloor | None:
+    """For `fastest-within`: the accuracy the unpruned network reaches at the selection's fidelity
+    with each layer at its fastest allowed precision (final/floor.json; measured once)."""
+    if config.select.top < 2 or config.select.rule != "fastest-within":
+        return None
+    path = out / "final" / "floor.json"
+    if path.exists():
+        return read_record(path, SelectionFloor)
+    policy = unpruned_fastest(space)
+    bench.progress.say(
+        f"selection floor: the unpruned network at its fastest precisions, {config.select.epochs} epochs ..."
+    )
+    distill = replace(config.final_distill, seed=config.search.seed, epochs=config.select.epochs)
+    floor = SelectionFloor(policy, fine_tuned_accuracy(bench, policy, distill, "the unpruned network"))
+    write_record(path, floor)
+    return floor
 
 
 def _prior_text(space: SearchSpace) -> str:
@@ -354,7 +374,13 @@ def _run_controllers(
 
 
 def _final(
-    bench: Workbench, config: SearchConfig, rows: list[EpisodeRow], baseline: Baseline, out: Path, name: str
+    bench: Workbench,
+    config: SearchConfig,
+    rows: list[EpisodeRow],
+    baseline: Baseline,
+    out: Path,
+    name: str,
+    floor: SelectionFloor | None,
 ) -> FinalModel:
     """The controller's best policy, fine-tuned fully, exported, verified and benchmarked in turn
     with the FP32 reference (final/NAME/; a finished one is read back)."""
@@ -368,7 +394,9 @@ def _final(
     own = [r for r in rows if r.controller == name]
     if config.select.top > 1:
         bench.progress.say(f"[{name}] choosing among its best {config.select.top} policies ({config.select.rule}) ...")
-    best, selection = select(bench, own, config.select, distill_config, config.reward, reference)
+    best, selection = select(
+        bench, own, config.select, distill_config, config.reward, reference, floor.val_accuracy if floor else None
+    )
     write_json(directory / "policy.json", json.loads(best.policy.to_json()))
     epochs = config.final_distill.epochs
     bench.progress.say(f"[{name}] final model: episode {best.episode}, fine-tuning {epochs} epochs ...")

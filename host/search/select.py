@@ -8,8 +8,9 @@ again, all alike (`epochs` on the whole training split), and the choice is made 
 
 - `reward`: the best reward recomputed with that accuracy;
 - `fastest-within`: the lowest predicted latency among the candidates whose accuracy is within
-  `max_accuracy_drop` of the most accurate candidate's (the objective "fastest model that keeps
-  the accuracy", judged among equals).
+  `max_accuracy_drop` of the unpruned network's at the same fidelity (each layer at its fastest
+  allowed precision; the search measures it once): the objective "fastest model that keeps the
+  teacher's accuracy", judged among equals.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from host.compress.distill import DistillConfig, distill_loader
+from host.compress.policy import Policy
 from host.runs import Candidate, EpisodeRow
 from host.search.loop import RewardReference
 from host.search.reward import RewardConfig, reward
+from host.search.space import SearchSpace
 from host.workbench import Workbench
 
 RULES = ("reward", "fastest-within")
@@ -58,12 +61,20 @@ def select(
     distill: DistillConfig,
     score: RewardConfig,
     reference: RewardReference,
+    floor_accuracy: float | None = None,
 ) -> tuple[EpisodeRow, tuple[Candidate, ...]]:
-    """The episode whose policy becomes the final model, and the candidates it was chosen from."""
+    """The episode whose policy becomes the final model, and the candidates it was chosen from.
+    `fastest-within` measures the drop from `floor_accuracy` (the unpruned network at the same
+    fidelity), else from the most accurate candidate; when no candidate is within it, the most
+    accurate one is chosen."""
     pool = candidates(rows, config.top)
     if len(pool) == 1:
         return pool[0], ()
-    accuracy = {row.episode: _fine_tuned_accuracy(bench, row, replace(distill, epochs=config.epochs)) for row in pool}
+    fidelity = replace(distill, epochs=config.epochs)
+    accuracy = {
+        row.episode: fine_tuned_accuracy(bench, row.policy, fidelity, f"the policy of episode {row.episode + 1}")
+        for row in pool
+    }
     if config.rule == "reward":
         chosen = max(
             pool,
@@ -77,16 +88,29 @@ def select(
             ),
         )
     else:
-        floor = max(accuracy.values()) - config.max_accuracy_drop
-        chosen = min((r for r in pool if accuracy[r.episode] >= floor), key=lambda r: r.predicted_latency_ms)
+        floor = (max(accuracy.values()) if floor_accuracy is None else floor_accuracy) - config.max_accuracy_drop
+        within = [r for r in pool if accuracy[r.episode] >= floor]
+        chosen = (
+            min(within, key=lambda r: r.predicted_latency_ms)
+            if within
+            else max(pool, key=lambda r: accuracy[r.episode])
+        )
     return chosen, tuple(
         Candidate(r.episode, r.predicted_latency_ms, r.val_accuracy, accuracy[r.episode], r is chosen) for r in pool
     )
 
 
-def _fine_tuned_accuracy(bench: Workbench, row: EpisodeRow, distill: DistillConfig) -> float:
-    student, _ = bench.compress(row.policy, bench.loaders.train)
+def fine_tuned_accuracy(bench: Workbench, policy: Policy, distill: DistillConfig, what: str) -> float:
+    """Validation accuracy of `policy` applied to the teacher and fine-tuned by `distill`."""
+    student, _ = bench.compress(policy, bench.loaders.train)
     loader = distill_loader(bench.distill_set(distill), bench.config.data.batch_size, bench.config.data.seed)
-    bench.progress.live(f"candidate of episode {row.episode + 1}: fine-tuning {distill.epochs} epochs ...", force=True)
-    bench.distill(student, distill, loader, bench.progress.fit("candidate", lines=False))
+    bench.progress.live(f"{what}: fine-tuning {distill.epochs} epochs ...", force=True)
+    bench.distill(student, distill, loader, bench.progress.fit("selection", lines=False))
     return bench.accuracy(student, "val")
+
+
+def unpruned_fastest(space: SearchSpace) -> Policy:
+    """Every layer unpruned at its fastest allowed precision: what the device runs of the teacher
+    without pruning (the `fastest-within` rule's reference)."""
+    n = len(space.layers)
+    return space.policy([1.0] * n, [space.allowed_at(t)[0] for t in range(n)])
