@@ -100,6 +100,8 @@ class Candidate:
     episode_val_accuracy: float  # after the episode's short fine-tune
     val_accuracy: float  # after the common, longer one
     chosen: bool
+    measured_latency_ms: float  # benchmarked on the device after the common fine-tune
+    speedup: float  # over the FP32 model, in interleaved rounds
 
 
 @dataclass(frozen=True)

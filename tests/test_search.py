@@ -79,6 +79,7 @@ def test_search_run_directory(agent, tmp_path, monkeypatch):
     assert 0 < floor["val_accuracy"] <= 1 and {a["keep_ratio"] for a in floor["policy"]["layers"].values()} == {1.0}
     for final in summary.controllers.values():  # two candidates, one chosen, the final is its episode's
         assert len(final.selection) == 2 and [c.episode for c in final.selection if c.chosen] == [final.episode]
+        assert all(c.speedup > 0 and c.measured_latency_ms > 0 for c in final.selection)  # measured, not predicted
     rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert sorted((r["controller"], r["episode"]) for r in rows) == sorted(
         (c, e) for c in MLP["search"]["controllers"] for e in range(2)

@@ -4,6 +4,8 @@ and selection among the best episodes at a common fine-tune (closed-form, no dev
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -19,7 +21,7 @@ from host.search.ppo import PPOConfig
 from host.search.prior import dropped, lut_choices
 from host.search.registry import make_controller
 from host.search.reward import RewardConfig
-from host.search.select import SelectConfig, candidates, select
+from host.search.select import SelectConfig, Selection, candidates, select
 from host.search.space import ParamCounter, SearchSpace, describe_layers
 from lut_store.precision import Precision
 
@@ -105,31 +107,37 @@ def test_candidates_are_the_best_distinct_policies():
     assert [r.episode for r in candidates(rows, 2)] == [1, 3]  # episode 2 repeats episode 1's policy
 
 
-def test_fastest_within_picks_the_fastest_policy_close_enough_to_the_most_accurate(monkeypatch):
+def test_fastest_within_picks_the_fastest_policy_close_enough_to_the_most_accurate(monkeypatch, tmp_path):
     from host.search import select as module
 
-    accuracy = {0.3: 0.930, 0.4: 0.952, 0.5: 0.955}
-    monkeypatch.setattr(
-        module, "fine_tuned_accuracy", lambda bench, policy, distill, what: accuracy[policy.layers["a"].keep_ratio]
-    )
+    # keep -> (accuracy after the common fine-tune, measured speedup); episode 0's prediction was the
+    # fastest, but the device measures episode 1's policy faster.
+    measured = {0.3: (0.930, 9.0), 0.4: (0.952, 8.5), 0.5: (0.955, 7.0), 0.6: (0.953, 9.5)}
+
+    def measure(bench, row, distill, reference, workdir):
+        accuracy, speedup = measured[row.policy.layers["a"].keep_ratio]
+        return module.Measured(accuracy, 1.0 / speedup, speedup)
+
+    monkeypatch.setattr(module, "_measure", measure)
     rows = [_row(0, 3.0, 0.5, 0.3), _row(1, 2.5, 0.6, 0.4), _row(2, 2.0, 0.7, 0.5), _row(3, 1.0, 0.9, 0.9)]
+    context = Selection(DistillConfig(), RewardConfig(), RewardReference(1.0, 100), tmp_path / "fp32.onnx")
     config = SelectConfig(top=3, rule="fastest-within", max_accuracy_drop=0.005)
-    chosen, table = select(None, rows, config, DistillConfig(), RewardConfig(), RewardReference(1.0, 100))
-    assert chosen.episode == 1  # 0.952 is within 0.5 pt of 0.955 and faster; 0.930 is not
-    assert [(c.episode, c.val_accuracy, c.chosen) for c in table] == [
-        (0, 0.930, False),
-        (1, 0.952, True),
-        (2, 0.955, False),
+    chosen, table = select(None, rows, config, context, tmp_path)
+    assert chosen.episode == 1  # 0.952 is within 0.5 pt of 0.955 and measured faster; 0.930 is not
+    assert [(c.episode, c.val_accuracy, c.speedup, c.chosen) for c in table] == [
+        (0, 0.930, 9.0, False),
+        (1, 0.952, 8.5, True),
+        (2, 0.955, 7.0, False),
     ]
     # Against the unpruned network's accuracy at that fidelity: 0.952 is 0.8 pt below 0.960, too far.
-    chosen, _ = select(None, rows, config, DistillConfig(), RewardConfig(), RewardReference(1.0, 100), 0.960)
-    assert chosen.episode == 2  # the fastest within 0.5 pt of 0.960 is 0.955
-    chosen, _ = select(None, rows, config, DistillConfig(), RewardConfig(), RewardReference(1.0, 100), 0.990)
+    chosen, _ = select(None, rows, config, replace(context, floor_accuracy=0.960), tmp_path)
+    assert chosen.episode == 2  # the only one within 0.5 pt of 0.960
+    chosen, _ = select(None, rows, config, replace(context, floor_accuracy=0.990), tmp_path)
     assert chosen.episode == 2  # none is within 0.5 pt: the most accurate one
-    config = SelectConfig(top=3, rule="reward")
-    chosen, _ = select(None, rows, config, DistillConfig(), RewardConfig(latency_weight=1.0), RewardReference(1.0, 100))
-    assert chosen.episode == 0  # 0.930 / 0.5 ms beats 0.952 / 0.6 ms on acc * L_base / L
-    one, none = select(None, rows, SelectConfig(top=1), DistillConfig(), RewardConfig(), RewardReference(1.0, 100))
+    rewarded = replace(context, score=RewardConfig(latency_weight=1.0))
+    chosen, _ = select(None, rows, SelectConfig(top=3, rule="reward"), rewarded, tmp_path)
+    assert chosen.episode == 0  # 0.930 x 9.0 beats 0.952 x 8.5 on acc * L_base / L (measured)
+    one, none = select(None, rows, SelectConfig(top=1), context, tmp_path)
     assert one.episode == 0 and none == ()  # top 1: the best episode as it is, nothing fine-tuned
 
 

@@ -46,7 +46,7 @@ from host.search.ppo import PPOConfig
 from host.search.prior import dropped, lut_choices
 from host.search.registry import CONTROLLERS, make_controller
 from host.search.reward import RewardConfig, reward
-from host.search.select import SelectConfig, fine_tuned_accuracy, select, unpruned_fastest
+from host.search.select import SelectConfig, Selection, fine_tuned, select, unpruned_fastest
 from host.search.space import ParamCounter, SearchSpace, describe_layers
 from host.search.surrogate import RewardSurrogate, layer_sensitivity
 from host.workbench import BenchConfig, Workbench
@@ -280,7 +280,7 @@ def _selection_floor(bench: Workbench, config: SearchConfig, space: SearchSpace,
         f"selection floor: the unpruned network at its fastest precisions, {config.select.epochs} epochs ..."
     )
     distill = replace(config.final_distill, seed=config.search.seed, epochs=config.select.epochs)
-    floor = SelectionFloor(policy, fine_tuned_accuracy(bench, policy, distill, "the unpruned network"))
+    floor = SelectionFloor(policy, bench.accuracy(fine_tuned(bench, policy, distill, "the unpruned network"), "val"))
     write_record(path, floor)
     return floor
 
@@ -394,9 +394,14 @@ def _final(
     own = [r for r in rows if r.controller == name]
     if config.select.top > 1:
         bench.progress.say(f"[{name}] choosing among its best {config.select.top} policies ({config.select.rule}) ...")
-    best, selection = select(
-        bench, own, config.select, distill_config, config.reward, reference, floor.val_accuracy if floor else None
+    context = Selection(
+        distill_config,
+        config.reward,
+        reference,
+        out / "final" / "baseline_fp32.onnx",
+        floor.val_accuracy if floor else None,
     )
+    best, selection = select(bench, own, config.select, context, out / "checkpoints")
     write_json(directory / "policy.json", json.loads(best.policy.to_json()))
     epochs = config.final_distill.epochs
     bench.progress.say(f"[{name}] final model: episode {best.episode}, fine-tuning {epochs} epochs ...")
