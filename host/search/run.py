@@ -382,8 +382,8 @@ def _final(
     name: str,
     floor: SelectionFloor | None,
 ) -> FinalModel:
-    """The controller's best policy, fine-tuned fully, exported, verified and benchmarked in turn
-    with the FP32 reference (final/NAME/; a finished one is read back)."""
+    """The controller's chosen policy (host/search/select.py), fine-tuned fully, exported, verified
+    and benchmarked in turn with the FP32 reference (final/NAME/; a finished one is read back)."""
     directory = out / "final" / name
     directory.mkdir(exist_ok=True)
     if (directory / "result.json").exists():
