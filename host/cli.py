@@ -170,6 +170,10 @@ def _number(value: float | None, spec: str) -> str:
     return "not measured" if value is None else format(value, spec)
 
 
+def _megabytes(size_bytes: int | None) -> str:
+    return "-" if size_bytes is None else f"{size_bytes / 1e6:.2f}"
+
+
 def cmd_policy_init(args: argparse.Namespace) -> int:
     import torch
 
@@ -195,21 +199,24 @@ def cmd_policy_init(args: argparse.Namespace) -> int:
 def _search_text(summary: Any, out: Path) -> str:
     base = summary.baseline
     header = (
-        f"{'':<10} {'val acc':>8} {'test acc':>9} {'onnxrt':>8} {'params':>11} {'pred ms':>8} "
-        f"{'meas ms':>8} {'speedup':>8} {'reward':>7}"
+        f"{'':<10} {'val acc':>8} {'test acc':>9} {'onnxrt':>8} {'agrees':>7} {'params':>11} {'file MB':>8} "
+        f"{'pred ms':>8} {'meas ms':>8} {'speedup':>8} {'reward':>7}"
     )
     measured = base.measured_latency.median_ms if base.measured_latency else None
     rows = [
         header,
         f"{'baseline':<10} {base.val_accuracy:>8.4f} {base.test_accuracy:>9.4f} "
-        f"{_number(base.test_accuracy_onnxruntime, '.4f'):>8} {base.params:>11,} "
-        f"{base.predicted_latency_ms:>8.3f} {_number(measured, '.3f'):>8} {1.0:>8.2f} {'':>7}",
+        f"{_number(base.test_accuracy_onnxruntime, '.4f'):>8} {'':>7} {base.params:>11,} "
+        f"{_megabytes(base.file_bytes):>8} {base.predicted_latency_ms:>8.3f} {_number(measured, '.3f'):>8} "
+        f"{1.0:>8.2f} {'':>7}",
     ]
     for name, c in summary.controllers.items():
         measured = c.measured_latency.median_ms if c.measured_latency else None
         rows.append(
             f"{name:<10} {c.val_accuracy:>8.4f} {c.test_accuracy:>9.4f} "
-            f"{_number(c.test_accuracy_onnxruntime, '.4f'):>8} {c.params:>11,} {c.predicted_latency_ms:>8.3f} "
+            f"{_number(c.test_accuracy_onnxruntime, '.4f'):>8} "
+            f"{_number(c.agreement and c.agreement.teacher_agreement, '.4f'):>7} {c.params:>11,} "
+            f"{_megabytes(c.file_bytes):>8} {c.predicted_latency_ms:>8.3f} "
             f"{_number(measured, '.3f'):>8} {_number(c.speedup, '.2f'):>8} {_number(c.reward, '.4f'):>7}"
         )
     rows.append(f"run directory {out} ({summary.wall_s / 60:.1f} min); report in {out / 'report.html'}")

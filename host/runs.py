@@ -89,6 +89,30 @@ class Baseline:
     fp32_size_bytes: int
     predicted_latency_ms: float
     measured_latency: Latency | None
+    file_bytes: int | None = None  # the exported ONNX file (None in older files)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """A final model against its teacher on the test split, both run by the device's runtime
+    (host/agreement.py): per-class lists are in class order."""
+
+    teacher_agreement: float  # share of inputs where the model predicts the teacher's class
+    recall: tuple[float, ...]
+    f1: tuple[float, ...]
+    teacher_recall: tuple[float, ...]
+    teacher_f1: tuple[float, ...]
+    chi2: float  # the two confusion matrices as two samples over (true, predicted) cells
+    chi2_p_value: float
+    chi2_dof: int
+
+    @property
+    def macro_f1(self) -> float:
+        return sum(self.f1) / len(self.f1)
+
+    @property
+    def teacher_macro_f1(self) -> float:
+        return sum(self.teacher_f1) / len(self.teacher_f1)
 
 
 @dataclass(frozen=True)
@@ -137,6 +161,8 @@ class FinalModel:
     episodes: int | None = None  # the search's budget per controller
     reward: float | None = None  # the reward of the final model (search only)
     selection: tuple[Candidate, ...] = ()  # the candidates it was chosen from (none: the best episode)
+    file_bytes: int | None = None  # the exported ONNX file (None in older files)
+    agreement: Agreement | None = None  # against the teacher on the test split (None: not measured)
 
 
 @dataclass(frozen=True)

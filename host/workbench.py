@@ -20,11 +20,13 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from host.agreement import agreement
 from host.compress.apply import Calibration, student_of
 from host.compress.distill import DistillConfig, DistillReport, distill, distill_dataset, distill_loader
 from host.compress.export import ExportedModel, export_onnx, export_policy_model
@@ -34,12 +36,12 @@ from host.compress.prune import layer_limits
 from host.compress.size import SizeReport, size_report
 from host.compress.train import TrainConfig, accuracy, trained_baseline
 from host.data import DataConfig, DataSplits, make_loaders, tensor_dataset
-from host.device import Device, DeviceConfig, PairedLatency, device_accuracy, open_device, paired_latency
+from host.device import Device, DeviceConfig, PairedLatency, device_classes, open_device, paired_latency
 from host.latency.predict import LatencyPredictor, Prediction
 from host.latency.variants import variant_model
 from host.models import build_model
 from host.progress import FitProgress, Progress
-from host.runs import Baseline, FinalModel, Latency
+from host.runs import Agreement, Baseline, FinalModel, Latency
 from lut_store.interface import LutStore
 from lut_store.precision import Precision, device_precisions
 from lut_store.records import Version
@@ -118,6 +120,7 @@ class Workbench:
         self._distill_sets: dict[bool, TensorDataset] = {}  # by DistillConfig.augment
         self.sealed: Version | None = None  # the LUT version sealed when the workbench closed
         self._teacher_logits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # split -> (logits, labels)
+        self._reference_classes: dict[Path, np.ndarray] = {}  # an FP32 reference's test-split classes
 
     @classmethod
     @contextmanager
@@ -270,11 +273,22 @@ class Workbench:
             float(kl),
         )
 
+    def device_classes(self, path: Path) -> np.ndarray:
+        """Test-split top-1 classes of an exported model as the device's runtime computes them."""
+        return device_classes(self.device, path, self.data.x_test, self.config.device.benchmark_batch)
+
     def device_accuracy(self, path: Path) -> float:
         """Test-split top-1 of an exported model as the device's runtime computes it."""
-        return device_accuracy(
-            self.device, path, self.data.x_test, self.data.y_test, self.config.device.benchmark_batch
-        )
+        return float((self.device_classes(path) == self.data.y_test).mean())
+
+    def agreement(self, path: Path, reference: Path) -> tuple[float, Agreement]:
+        """The exported model's test-split top-1 on the device, and its agreement with the FP32
+        `reference` there (the reference's classes are computed once)."""
+        if reference not in self._reference_classes:
+            self._reference_classes[reference] = self.device_classes(reference)
+        classes, labels = self.device_classes(path), self.data.y_test
+        found = agreement(labels, self._reference_classes[reference], classes, self.data.num_classes)
+        return float((classes == labels).mean()), found
 
     def paired(self, path: Path, reference: Path) -> PairedLatency:
         """Benchmark the model in turn with the FP32 reference (`[device] benchmark_rounds`)."""
@@ -302,6 +316,7 @@ class Workbench:
             4 * params,
             predicted.latency_ms,
             measured,
+            path.stat().st_size,
         )
 
     def final_model(
@@ -318,11 +333,12 @@ class Workbench:
         prediction = self.predict(exported)
         paired = self.paired(exported.path, reference)
         sizes = size_report(student, policy, before)
+        on_device, agrees = self.agreement(exported.path, reference)
         model = FinalModel(
             policy,
             self.accuracy(student, "val"),
             self.accuracy(student, "test"),
-            self.device_accuracy(exported.path),
+            on_device,
             sizes.params,
             sizes.params_reduction,
             sizes.fp32_bytes,
@@ -334,6 +350,8 @@ class Workbench:
             paired.speedup,
             paired.rounds,
             exported.path.name,
+            file_bytes=exported.path.stat().st_size,
+            agreement=agrees,
         )
         return FinalResult(model, exported, paired, report, sizes)
 

@@ -191,6 +191,13 @@ def test_int8_fake_quant_exports_as_qlinearconv_and_matches_onnxruntime(tmp_path
     expected = model(x).detach().numpy()
     got = session.run(None, {"input": x.numpy()})[0]
     assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
+    # The policy's export stores int8 weights as int8: its file is the effective size, within 10%.
+    from host.compress.export import export_policy_model
+    from host.compress.size import size_report
+
+    stored = export_policy_model(model, policy, tmp_path / "policy.onnx", (3, 64, 64)).path.stat().st_size
+    effective = size_report(model, policy, count_params(build_model("resnet18", 6, (3, 64, 64)))).effective_bytes
+    assert abs(stored / effective - 1) < 0.10, (stored, effective)
 
 
 def test_mobilenetv2_int8_export_stores_int8_weights_and_onnxruntime_computes_what_torch_does(tmp_path):

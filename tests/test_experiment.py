@@ -143,7 +143,15 @@ def test_controllers_over_two_seeds_through_the_cli(agent, tiny, tmp_path, capsy
         assert cell.n == 2 and cell.mean == pytest.approx(statistics.fmean(best))
         assert cell.std == pytest.approx(statistics.stdev(best))
         assert len(results.curves[f"{row.label[0]}/reward"].mean) == 2  # episodes
-    assert "±" in (out / "tables.md").read_text()
+    tables = (out / "tables.md").read_text()
+    assert "±" in tables and "Paired tests" in tables
+    # PPO against each other controller on each tested metric, paired over the two seeds.
+    assert {(t.b, t.metric) for t in results.tests} == {
+        (other, metric)
+        for other in (("dqn",), ("random",))
+        for metric in ("best_reward", "speedup", "test_accuracy_onnxruntime")
+    }
+    assert all(t.a == ("ppo",) and t.n == 2 and t.min_p == 0.5 and t.p_value >= 0.5 for t in results.tests)
     _common_outputs(out, "episode_curves")
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0 and "Controllers" in (out / "report.html").read_text()
@@ -292,6 +300,6 @@ def test_cells_show_counts_whole_and_the_spread_over_seeds():
     from host.experiment.results import Cell
 
     assert Cell.of([15.0]).text("#") == "15"
-    assert Cell.of([14.0, 15.0]).text("#") == "14.5 ± 0.7"
-    assert Cell.of([0.5, 0.7]).text("%") == "60.00% ± 14.14"
+    assert Cell.of([14.0, 15.0]).text("#") == "14.5 ± 0.7 [14.0, 15.0]"
+    assert Cell.of([0.5, 0.7]).text("%") == "60.00% ± 14.14 [50.00, 70.00]"
     assert Cell.of([float("nan")]).text("ms") == "nan"

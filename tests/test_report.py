@@ -57,6 +57,7 @@ BASELINE = {
     "fp32_size_bytes": 44_718_360,
     "predicted_latency_ms": 21.84,
     "measured_latency": _latency(22.41),
+    "file_bytes": 44_730_000,
 }
 
 FINALS = {
@@ -79,6 +80,17 @@ FINALS = {
         "episode": 7,
         "episodes": 10,
         "onnx": "final/ppo/model.onnx",
+        "file_bytes": 1_502_000,
+        "agreement": {
+            "teacher_agreement": 0.981,
+            "recall": [0.96] * 6,
+            "f1": [0.965] * 6,
+            "teacher_recall": [0.97] * 6,
+            "teacher_f1": [0.97] * 6,
+            "chi2": 3.2,
+            "chi2_p_value": 0.52,
+            "chi2_dof": 7,
+        },
     },
     "random": {
         "policy": _policy(0.55, "int8"),
@@ -229,17 +241,20 @@ def test_report_is_a_self_contained_file(report):
 
 def test_summary_rows_hold_the_numbers_formatted(report):
     _, text = report
-    # model, val, test torch, test ort, params, reduction, FP32 MB, eff MB, compression, predicted, median, p90,
-    # predicted speedup, measured speedup, reward, episodes
+    # model, val, test torch, test ort, agreement, macro F1, params, reduction, FP32 MB, eff MB, file MB,
+    # compression, predicted, median, p90, predicted speedup, measured speedup, reward, episodes
     assert _summary_row(text, "FP32 baseline") == [
         "FP32 baseline",
         "97.22%",
         "96.88%",
         "96.88%",
+        "-",
+        "0.9700",
         "11,179,590",
         "-",
         "44.72",
         "44.72",
+        "44.73",
         "-",
         "21.840",
         "22.410",
@@ -254,10 +269,13 @@ def test_summary_rows_hold_the_numbers_formatted(report):
         "96.94%",
         "96.53%",
         "96.47%",
+        "98.10%",
+        "0.9650",
         "1,402,118",
         "87.5%",
         "5.61",
         "1.43",
+        "1.50",
         "96.8%",
         "2.613",
         "2.781",
@@ -272,10 +290,13 @@ def test_summary_rows_hold_the_numbers_formatted(report):
         "96.11%",
         "95.83%",
         "not measured",
+        "not measured",
+        "not measured",
         "3,389,210",
         "69.7%",
         "13.56",
         "3.42",
+        "not measured",
         "92.4%",
         "5.907",
         "not measured",
@@ -285,7 +306,7 @@ def test_summary_rows_hold_the_numbers_formatted(report):
         "0.8412",
         "10",
     ]
-    assert _summary_row(text, "uniform")[9:15] == ["7.402", "7.950", "8.586", "2.95x", "2.82x", "0.7531"]
+    assert _summary_row(text, "uniform")[12:18] == ["7.402", "7.950", "8.586", "2.95x", "2.82x", "0.7531"]
     assert '<td class="na">not measured</td>' in text
     assert "Latency not measured on the device for: random." in text
 

@@ -1,5 +1,6 @@
 """An experiment's results as typed records: each seed's table rows and episode curves, and the
-table over seeds (mean +- sample std per cell), with its markdown form.
+table over seeds (mean +- sample std and a 95% bootstrap interval per cell, paired tests of the
+study's own method against every other row), with its markdown form.
 
 A row's label is one value per label column (e.g. ("AMC-style (amc)",) or (policy device,
 measured device)); its values are named metrics whose units the study's columns give.
@@ -12,6 +13,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from host.experiment.stats import PairedTest, mean_ci95, paired_test
 from host.runs import Baseline, FinalModel
 
 # How a unit shows a value: (scale, format, suffix).
@@ -52,6 +54,9 @@ class ModelMetrics:
     compression: float
     latency_ms: float | None
     speedup: float | None
+    file_bytes: int | None = None  # the exported ONNX file
+    teacher_agreement: float | None = None  # share of test inputs where it predicts the teacher's class
+    macro_f1: float | None = None
 
     @classmethod
     def of_baseline(cls, b: Baseline) -> ModelMetrics:
@@ -67,6 +72,7 @@ class ModelMetrics:
             0.0,
             latency,
             1.0 if latency is not None else None,
+            b.file_bytes,
         )
 
     @classmethod
@@ -82,6 +88,9 @@ class ModelMetrics:
             m.compression,
             m.measured_latency.median_ms if m.measured_latency else None,
             m.speedup,
+            m.file_bytes,
+            m.agreement.teacher_agreement if m.agreement else None,
+            m.agreement.macro_f1 if m.agreement else None,
         )
 
     def values(self) -> dict[str, float]:
@@ -95,9 +104,12 @@ MODEL_COLUMNS = (
     Column("params_reduction", "parameter reduction", "%"),
     Column("fp32_size_bytes", "FP32 size (MB)", "MB"),
     Column("effective_size_bytes", "effective size (MB)", "MB"),
+    Column("file_bytes", "ONNX file (MB)", "MB"),
     Column("compression", "compression", "%"),
     Column("latency_ms", "measured latency (ms)", "ms"),
     Column("speedup", "speedup", "x"),
+    Column("teacher_agreement", "agrees with the teacher (test)", "%"),
+    Column("macro_f1", "macro F1 (test)"),
 )
 
 
@@ -121,15 +133,25 @@ class SeedResult:
 
 @dataclass(frozen=True)
 class Cell:
-    """One metric over seeds: mean and sample standard deviation (0 with one seed)."""
+    """One metric over seeds: mean, sample standard deviation (0 with one seed) and the 95%
+    bootstrap interval of the mean (None with one seed)."""
 
     mean: float
     std: float
     n: int
+    ci95_low: float | None = None
+    ci95_high: float | None = None
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Cell:
-        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+        ci = mean_ci95(values)
+        return cls(
+            statistics.fmean(values),
+            statistics.stdev(values) if len(values) > 1 else 0.0,
+            len(values),
+            ci.low if ci else None,
+            ci.high if ci else None,
+        )
 
     def text(self, unit: str) -> str:
         scale, spec, suffix = UNITS[unit]
@@ -138,7 +160,12 @@ class Cell:
         # A whole count (one seed, or a whole mean) shows no decimals.
         mean_spec = ".0f" if unit == "#" and self.mean.is_integer() else spec
         mean = format(self.mean * scale, mean_spec) + suffix
-        return mean if self.n < 2 else f"{mean} ± {format(self.std * scale, spec)}"
+        if self.n < 2:
+            return mean
+        text = f"{mean} ± {format(self.std * scale, spec)}"
+        if self.ci95_low is None or self.ci95_high is None:
+            return text
+        return text + f" [{format(self.ci95_low * scale, spec)}, {format(self.ci95_high * scale, spec)}]"
 
 
 @dataclass(frozen=True)
@@ -169,6 +196,8 @@ class Results:
     rows: tuple[TableRow, ...]
     curves: Mapping[str, Curve]
     runs: tuple[str, ...]
+    reference: tuple[str, ...] | None = None  # the study's own method, tested against every other row
+    tests: tuple[PairedTest, ...] = ()
 
     @classmethod
     def aggregate(
@@ -179,10 +208,13 @@ class Results:
         labels: Sequence[str],
         columns: Sequence[Column],
         seeds: Sequence[SeedResult],
+        reference: tuple[str, ...] | None = None,
+        tested: Sequence[str] = (),
     ) -> Results:
         """Rows in first-seen order; each cell over the seeds that have it. Two rows of one seed
-        with one label would pool different things into one cell: that is an error."""
-        by_label: dict[tuple[str, ...], dict[str, list[float]]] = {}
+        with one label would pool different things into one cell: that is an error. With a
+        `reference` row, each `tested` metric of every other row is compared with it, paired by seed."""
+        by_label: dict[tuple[str, ...], dict[str, dict[int, float]]] = {}
         for result in seeds:
             seen = [row.label for row in result.rows]
             if len(set(seen)) != len(seen):
@@ -194,9 +226,10 @@ class Results:
             for row in result.rows:
                 metrics = by_label.setdefault(row.label, {})
                 for key, value in row.values.items():
-                    metrics.setdefault(key, []).append(value)
+                    metrics.setdefault(key, {})[result.seed] = value
         rows = tuple(
-            TableRow(label, {k: Cell.of(v) for k, v in metrics.items()}) for label, metrics in by_label.items()
+            TableRow(label, {k: Cell.of(list(v.values())) for k, v in metrics.items()})
+            for label, metrics in by_label.items()
         )
         series: dict[str, list[tuple[float, ...]]] = {}
         for result in seeds:
@@ -204,9 +237,12 @@ class Results:
                 series.setdefault(name, []).append(values)
         curves = {}
         for name, runs in series.items():
-            length = min(len(r) for r in runs)
-            cells = [Cell.of([r[i] for r in runs]) for i in range(length)]
-            curves[name] = Curve(tuple(c.mean for c in cells), tuple(c.std for c in cells), len(runs))
+            points = [[r[i] for r in runs] for i in range(min(len(r) for r in runs))]
+            curves[name] = Curve(
+                tuple(statistics.fmean(p) for p in points),
+                tuple(statistics.stdev(p) if len(p) > 1 else 0.0 for p in points),
+                len(runs),
+            )
         return cls(
             study,
             title,
@@ -217,6 +253,8 @@ class Results:
             rows,
             curves,
             tuple(run for r in seeds for run in r.runs),
+            reference,
+            _paired_tests(by_label, reference, tested),
         )
 
     def cell_text(self, row: TableRow, column: Column) -> str:
@@ -227,7 +265,7 @@ class Results:
         return cell.text(column.unit) + (f" (n={cell.n})" if cell.n != len(self.seeds) else "")
 
     def markdown(self) -> str:
-        """The table, mean +- sample std over the seeds when there are several."""
+        """The table, mean +- sample std [95% bootstrap interval] over the seeds when there are several."""
         head = [*self.labels, *(c.title for c in self.columns)]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in self.rows:
@@ -249,6 +287,53 @@ class Results:
             lines.append(f"| {d} | " + " | ".join(texts) + " |")
         return "\n".join(lines)
 
+    def tests_table(self) -> tuple[list[str], list[list[str]]]:
+        """The paired tests as a head and rows of text: a compared row each, a tested metric a column."""
+        columns = {c.key: c for c in self.columns}
+        keys = list(dict.fromkeys(t.metric for t in self.tests))
+        by_row: dict[tuple[str, ...], dict[str, PairedTest]] = {}
+        for t in self.tests:
+            by_row.setdefault(t.b, {})[t.metric] = t
+        head = [" / ".join(self.labels), *(columns[k].title for k in keys)]
+        rows = [
+            [
+                " / ".join(label),
+                *(t[k].text(UNITS[columns[k].unit][0]) if k in t else "not paired" for k in keys),
+            ]
+            for label, t in by_row.items()
+        ]
+        return head, rows
+
+    def tests_markdown(self) -> str:
+        """The paired tests as a markdown table (see `tests_table`); each cell is the reference minus the row."""
+        head, rows = self.tests_table()
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
     def seeds_text(self) -> str:
         n = len(self.seeds)
-        return f"{n} seed" + ("" if n == 1 else f"s ({', '.join(map(str, self.seeds))}); cells are mean ± sample std")
+        if n == 1:
+            return "1 seed"
+        seeds = ", ".join(map(str, self.seeds))
+        return f"{n} seeds ({seeds}); cells are mean ± sample std [95% bootstrap interval of the mean]"
+
+
+def _paired_tests(
+    by_label: Mapping[tuple[str, ...], Mapping[str, Mapping[int, float]]],
+    reference: tuple[str, ...] | None,
+    tested: Sequence[str],
+) -> tuple[PairedTest, ...]:
+    """`reference` against every other row on each `tested` metric, over the seeds both have."""
+    if reference is None or reference not in by_label:
+        return ()
+    ours = by_label[reference]
+    tests = []
+    for label, metrics in by_label.items():
+        if label == reference:
+            continue
+        for key in tested:
+            a, b = ours.get(key, {}), metrics.get(key, {})
+            test = paired_test(key, reference, label, [(a[s], b[s]) for s in sorted(a.keys() & b.keys())])
+            if test is not None:
+                tests.append(test)
+    return tuple(tests)

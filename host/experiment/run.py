@@ -96,7 +96,9 @@ def _run(experiment: Experiment, out: Path, progress: bool) -> Results:
         result = study.run_seed(experiment, seed, directory, progress)
         write_record(result_path, result)
         done.append(result)
-    results = Results.aggregate(study.name, study.title, study.rows_doc, study.labels, study.columns, done)
+    results = Results.aggregate(
+        study.name, study.title, study.rows_doc, study.labels, study.columns, done, study.reference, study.tested
+    )
     write_json(out / "results.json", to_doc(results))
     (out / "tables.md").write_text(tables_markdown(results))
     build_experiment_report(out)
@@ -109,5 +111,12 @@ def tables_markdown(results: Results) -> str:
         parts += ["Speedup over FP32 as a matrix:", results.matrix_markdown("speedup")]
         if any(c.key == "latency_ms" for c in results.columns):
             parts += ["Measured latency (ms) as a matrix:", results.matrix_markdown("latency_ms")]
+    if results.tests:
+        parts += [
+            f"Paired tests against {' / '.join(results.reference or ())}: each cell is its mean over seeds "
+            "minus the row's, with the exact two-sided p-value of a sign-flip permutation test (with n seeds "
+            "no p-value can be below 2/2^n).",
+            results.tests_markdown(),
+        ]
     parts.append("Runs (each with its report.html): " + ", ".join(results.runs))
     return "\n\n".join(parts) + "\n"

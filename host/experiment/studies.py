@@ -61,6 +61,7 @@ def _run_dir(path: Path, seed_dir: Path) -> str:
 
 # --- sota: the paper's Table 2 ------------------------------------------------------------
 
+MODEL_TESTED = ("speedup", "latency_ms", "test_accuracy_onnxruntime")
 SOTA_ROWS = (("amc", "AMC-style (amc)"), ("haq", "HAQ-style (haq)"))
 SEQUENTIAL = "AMC then HAQ (sequential)"
 HADMC = "hadmc (ppo)"
@@ -355,6 +356,8 @@ class Study:
     columns: tuple[Column, ...]
     run_seed: RunSeed
     prepare: Prepare | None = None  # resolves what needs the device, before any seed runs
+    reference: tuple[str, ...] | None = None  # the row every other is tested against, paired by seed
+    tested: tuple[str, ...] = ()  # the metrics those tests compare
 
 
 STUDY = {
@@ -368,6 +371,8 @@ STUDY = {
             MODEL_COLUMNS,
             sota,
             _prepare_sota,
+            reference=(HADMC,),
+            tested=MODEL_TESTED,
         ),
         Study(
             "ablation",
@@ -384,6 +389,8 @@ STUDY = {
             ("controller",),
             CONTROLLER_COLUMNS,
             controllers,
+            reference=("ppo",),
+            tested=("best_reward", "speedup", "test_accuracy_onnxruntime"),
         ),
         Study(
             "cross-dataset",

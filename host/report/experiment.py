@@ -41,6 +41,21 @@ def _table(results: Results) -> str:
     return f'<table class="num" id="results"><tr>{head}</tr>{body}</table>'
 
 
+def _tests(results: Results) -> str:
+    """The paired tests, one row a compared method; '' without them."""
+    if not results.tests:
+        return ""
+    ours = " / ".join(results.reference or ())
+    head, rows = results.tests_table()
+    cells = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return (
+        f"<h2>Paired tests against {_e(ours)}</h2><p>Each cell: the mean over seeds of {_e(ours)} minus the row, "
+        "the exact two-sided p-value of a sign-flip permutation test, and the smallest p-value that many seeds "
+        f'can give.</p><table class="num" id="tests"><tr>{"".join(f"<th>{_e(h)}</th>" for h in head)}</tr>'
+        f"{cells}</table>"
+    )
+
+
 def _figure(stem: str, png: bytes) -> str:
     data = base64.b64encode(png).decode("ascii")
     return (
@@ -61,6 +76,7 @@ def render(results: Results, experiment: dict, plots: dict[str, bytes]) -> str:
 <p>{_e(results.rows_doc)}</p>
 <h2>Results</h2>
 {_table(results)}
+{_tests(results)}
 {"".join(_figure(stem, png) for stem, png in plots.items())}
 <h2>Runs</h2>
 <p>Every search behind the table, each with its own report (episodes, policies, device, LUT versions):</p>

@@ -89,6 +89,8 @@ def _pct(value: float | None) -> str:
 
 def _summary_rows(run: RunData) -> list[list[str]]:
     base = run.baseline
+    # The teacher's macro F1 as the device runs it, measured beside every final model's.
+    teacher_f1 = next((r.agreement.teacher_macro_f1 for r in run.finals if r.agreement), None)
     rows = []
     for row in (base, *run.finals):
         is_base = row is base
@@ -101,10 +103,13 @@ def _summary_rows(run: RunData) -> list[list[str]]:
                 _pct(row.val_accuracy),
                 _pct(row.test_accuracy),
                 _pct(row.test_accuracy_onnxruntime),
+                _cell("-") if is_base else _pct(row.agreement and row.agreement.teacher_agreement),
+                _num(teacher_f1 if is_base else row.agreement and row.agreement.macro_f1, ".4f"),
                 _cell(f"{row.params:,}"),
                 _cell("-") if is_base else _num(None if params_cut is None else 100 * params_cut, ".1f", "%", "-"),
                 _cell(f"{row.fp32_size_bytes / MB:.2f}"),
                 _cell(f"{row.effective_size_bytes / MB:.2f}"),
+                _num(None if row.file_bytes is None else row.file_bytes / MB, ".2f"),
                 _cell("-") if is_base else _num(None if size_cut is None else 100 * size_cut, ".1f", "%", "-"),
                 _num(row.predicted_latency_ms, ".3f"),
                 _num(row.measured.median_ms, ".3f"),
@@ -119,12 +124,12 @@ def _summary_rows(run: RunData) -> list[list[str]]:
 
 
 SUMMARY_HEADER = (
-    "<tr><th rowspan=2>model</th><th colspan=3>accuracy</th><th colspan=2>parameters</th>"
-    "<th colspan=3>size</th><th colspan=3>latency, batch 1 (ms)</th><th colspan=2>speedup over FP32</th>"
-    "<th rowspan=2>reward</th><th rowspan=2>episodes</th></tr>"
-    "<tr><th>val</th><th>test (torch)</th><th>test (onnxruntime)</th><th>count</th><th>reduction</th>"
-    "<th>FP32 MB</th><th>effective MB</th><th>compression</th><th>predicted</th><th>measured median</th>"
-    "<th>measured p90</th><th>predicted</th><th>measured</th></tr>"
+    "<tr><th rowspan=2>model</th><th colspan=3>accuracy</th><th colspan=2>against the teacher (test)</th>"
+    "<th colspan=2>parameters</th><th colspan=4>size</th><th colspan=3>latency, batch 1 (ms)</th>"
+    "<th colspan=2>speedup over FP32</th><th rowspan=2>reward</th><th rowspan=2>episodes</th></tr>"
+    "<tr><th>val</th><th>test (torch)</th><th>test (onnxruntime)</th><th>agreement</th><th>macro F1</th>"
+    "<th>count</th><th>reduction</th><th>FP32 MB</th><th>effective MB</th><th>ONNX file MB</th><th>compression</th>"
+    "<th>predicted</th><th>measured median</th><th>measured p90</th><th>predicted</th><th>measured</th></tr>"
 )
 
 

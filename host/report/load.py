@@ -14,6 +14,7 @@ from typing import Any
 
 from host.compress.policy import Policy
 from host.runs import (
+    Agreement,
     Baseline,
     DeviceRecord,
     EpisodeLog,
@@ -71,6 +72,7 @@ class ModelRow:
     params: int
     fp32_size_bytes: int
     effective_size_bytes: int
+    file_bytes: int | None  # the exported ONNX file
     predicted_latency_ms: float
     measured: MeasuredLatency
     speedup: float | None
@@ -78,6 +80,7 @@ class ModelRow:
     episodes: int | None
     layers: tuple[LayerChoice, ...]
     onnx: str | None
+    agreement: Agreement | None = None  # against the teacher on the test split
 
     @classmethod
     def of_baseline(cls, b: Baseline) -> ModelRow:
@@ -91,6 +94,7 @@ class ModelRow:
             b.params,
             b.fp32_size_bytes,
             b.fp32_size_bytes,
+            b.file_bytes,
             b.predicted_latency_ms,
             measured,
             speedup,
@@ -110,6 +114,7 @@ class ModelRow:
             m.params,
             m.fp32_size_bytes,
             m.effective_size_bytes,
+            m.file_bytes,
             m.predicted_latency_ms,
             MeasuredLatency.of(m.measured_latency),
             m.speedup,
@@ -117,6 +122,7 @@ class ModelRow:
             m.episodes,
             _layers(m.policy),
             m.onnx,
+            m.agreement,
         )
 
 
