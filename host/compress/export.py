@@ -23,11 +23,14 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import onnx
+import structlog
 import torch
 from onnx import TensorProto, helper, numpy_helper, version_converter
 
 from host.compress.policy import Policy
 from lut_store.precision import Precision
+
+log = structlog.get_logger(__name__)
 
 INT4_OPSET = 21
 
@@ -186,6 +189,16 @@ def _to_int4(model: onnx.ModelProto, node: onnx.NodeProto) -> None:
     node.input[1] = f"{base}_dq"
 
 
+def _int8_levels(ratio: torch.Tensor, layer: str) -> torch.Tensor:
+    """Weights over their scale rounded to int8; values beyond [-128, 127] (a scale set before the
+    weights changed) are clipped, and how many is logged, rather than wrapped around."""
+    rounded = torch.round(ratio)
+    clipped = int(((rounded < -128) | (rounded > 127)).sum())
+    if clipped:
+        log.warning("export.int8_weights_clipped", layer=layer, clipped=clipped, of=rounded.numel())
+    return torch.clamp(rounded, -128, 127).to(torch.int8)
+
+
 def _int8_layer(model: onnx.ModelProto, node: onnx.NodeProto, layer: torch.nn.Module) -> None:
     """Feed `node` its weight as int8 levels and its bias as int32 levels, each through a
     DequantizeLinear (per output channel, axis 0 for Conv and for Gemm with transB, as exported)."""
@@ -193,7 +206,7 @@ def _int8_layer(model: onnx.ModelProto, node: onnx.NodeProto, layer: torch.nn.Mo
     with torch.no_grad():
         scale = weight_quant[0].scale(weight_quant.original)
         shape = (-1,) + (1,) * (layer.weight.dim() - 1)
-        levels = torch.round(layer.weight / scale.reshape(shape)).to(torch.int8)
+        levels = _int8_levels(layer.weight / scale.reshape(shape), node.name)
         tensors = [("weight", 1, levels, scale, np.int8)]
         if layer.bias is not None:
             bias_quant = layer.parametrizations.bias[0]
