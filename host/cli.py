@@ -219,6 +219,13 @@ def _search_text(summary: Any, out: Path) -> str:
             f"{_megabytes(c.file_bytes):>8} {c.predicted_latency_ms:>8.3f} "
             f"{_number(measured, '.3f'):>8} {_number(c.speedup, '.2f'):>8} {_number(c.reward, '.4f'):>7}"
         )
+    for name, a in summary.alternatives.items():
+        rows.append(
+            f"{name:<10} {'-':>8} {'-':>9} {a.test_accuracy_onnxruntime:>8.4f} "
+            f"{a.agreement.teacher_agreement:>7.4f} {a.params:>11,} {_megabytes(a.file_bytes):>8} "
+            f"{_number(a.predicted_latency_ms, '.3f'):>8} {a.measured_latency.median_ms:>8.3f} {a.speedup:>8.2f} "
+            f"{'-':>7}"
+        )
     rows.append(f"run directory {out} ({summary.wall_s / 60:.1f} min); report in {out / 'report.html'}")
     return "\n".join(rows)
 

@@ -214,6 +214,27 @@ class LutPrior:
 
 
 @dataclass(frozen=True)
+class Alternative:
+    """What a user gets in one command without hadmc (host/search/alternatives.py), verified and
+    benchmarked in turn with the FP32 reference like a final model."""
+
+    name: str  # "ort-ptq", "uniform+ptq"
+    description: str  # what was done, with the numbers that chose it
+    keep_ratio: float  # every prunable layer's (1.0: not pruned)
+    test_accuracy_onnxruntime: float
+    params: int
+    file_bytes: int
+    predicted_latency_ms: float | None  # None: the LUT cannot split this graph (`prediction_error` says why)
+    measured_latency: Latency
+    baseline_measured_latency: Latency
+    speedup: float
+    benchmark_rounds: tuple[Round, ...]
+    onnx: str  # relative to the run directory
+    agreement: Agreement
+    prediction_error: str = ""
+
+
+@dataclass(frozen=True)
 class SearchSummary:
     """A finished search (summary.json)."""
 
@@ -222,6 +243,7 @@ class SearchSummary:
     lut_version_ids: tuple[int, ...]
     wall_s: float
     episodes: int
+    alternatives: dict[str, Alternative] = field(default_factory=dict)  # the one-command baselines
 
 
 @dataclass(frozen=True)

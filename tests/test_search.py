@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -95,7 +96,23 @@ def test_search_run_directory(agent, tmp_path, monkeypatch):
         assert json.loads((out / "final" / name / "baseline_benchmark.json").read_text())["latency"]["n"] >= 2
     for f in ("config.json", "device.json", "baseline.json", "summary.json"):
         assert json.loads((out / f).read_text())
+    # Each final model's file and its agreement with the teacher, both as the device runs them.
+    for c in summary.controllers.values():
+        assert c.file_bytes == (out / c.onnx).stat().st_size and 0 < c.agreement.teacher_agreement <= 1
+        assert len(c.agreement.recall) == 2 and 0 <= c.agreement.chi2_p_value <= 1
+    # The one-command alternatives, measured beside them: onnxruntime's int8 of the teacher, and of
+    # the teacher pruned uniformly to the first controller's predicted latency.
+    ptq, uniform = summary.alternatives["ort-ptq"], summary.alternatives["uniform+ptq"]
+    assert ptq.keep_ratio == 1.0 and ptq.params == summary.baseline.params and uniform.params < ptq.params
+    ppo_ms = summary.controllers["ppo"].predicted_latency_ms
+    assert f"budget {ppo_ms:.4g} ms" in uniform.description
+    for a in (ptq, uniform):
+        ops = {n.op_type for n in onnx.load(out / a.onnx).graph.node}
+        assert "QuantizeLinear" in ops and a.file_bytes == (out / a.onnx).stat().st_size
+        assert a.test_accuracy_onnxruntime > 0.8 and a.speedup > 0 and len(a.benchmark_rounds) >= 1
+        assert a.speedup == pytest.approx(a.baseline_measured_latency.median_ms / a.measured_latency.median_ms)
     report = (out / "report.html").read_text()
+    assert "ort-ptq" in report and "uniform+ptq" in report
     assert "http://" not in report and "https://" not in report and report.count("data:image/png;base64,") == 4
     assert (
         all(name in report for name in MLP["search"]["controllers"])

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from host.experiment.stats import PairedTest, mean_ci95, paired_test
-from host.runs import Baseline, FinalModel
+from host.runs import Alternative, Baseline, FinalModel
 
 # How a unit shows a value: (scale, format, suffix).
 UNITS: dict[str, tuple[float, str, str]] = {
@@ -45,13 +45,13 @@ class ModelMetrics:
     on the device at batch 1 (median), speedup over the FP32 model measured in the same session.
     None: not measured (the row then lacks that metric)."""
 
-    test_accuracy: float
+    test_accuracy: float | None  # None: no torch model (onnxruntime's quantizer made it)
     test_accuracy_onnxruntime: float | None
     params: int
     params_reduction: float
     fp32_size_bytes: int
-    effective_size_bytes: int
-    compression: float
+    effective_size_bytes: int | None
+    compression: float | None
     latency_ms: float | None
     speedup: float | None
     file_bytes: int | None = None  # the exported ONNX file
@@ -73,6 +73,24 @@ class ModelMetrics:
             latency,
             1.0 if latency is not None else None,
             b.file_bytes,
+        )
+
+    @classmethod
+    def of_alternative(cls, a: Alternative, baseline_params: int) -> ModelMetrics:
+        """A one-command baseline of a search run (its effective size is not accounted)."""
+        return cls(
+            None,
+            a.test_accuracy_onnxruntime,
+            a.params,
+            1 - a.params / baseline_params,
+            4 * a.params,
+            None,
+            None,
+            a.measured_latency.median_ms,
+            a.speedup,
+            a.file_bytes,
+            a.agreement.teacher_agreement,
+            a.agreement.macro_f1,
         )
 
     @classmethod

@@ -92,26 +92,35 @@ def _summary_rows(run: RunData) -> list[list[str]]:
     # The teacher's macro F1 as the device runs it, measured beside every final model's.
     teacher_f1 = next((r.agreement.teacher_macro_f1 for r in run.finals if r.agreement), None)
     rows = []
-    for row in (base, *run.finals):
+    for row in (base, *run.finals, *run.alternatives):
         is_base = row is base
+        is_alternative = any(row is a for a in run.alternatives)  # no torch model: onnxruntime made it
         params_cut = 1 - row.params / base.params if base.params else None
-        size_cut = 1 - row.effective_size_bytes / base.fp32_size_bytes if base.fp32_size_bytes else None
-        predicted_speedup = base.predicted_latency_ms / row.predicted_latency_ms if row.predicted_latency_ms else None
+        size_cut = (
+            1 - row.effective_size_bytes / base.fp32_size_bytes
+            if base.fp32_size_bytes and row.effective_size_bytes is not None
+            else None
+        )
+        predicted_speedup = (
+            base.predicted_latency_ms / row.predicted_latency_ms
+            if row.predicted_latency_ms and base.predicted_latency_ms
+            else None
+        )
         rows.append(
             [
                 f"<td>{_e(row.name)}</td>",
-                _pct(row.val_accuracy),
-                _pct(row.test_accuracy),
+                _cell("-") if is_alternative else _pct(row.val_accuracy),
+                _cell("-") if is_alternative else _pct(row.test_accuracy),
                 _pct(row.test_accuracy_onnxruntime),
                 _cell("-") if is_base else _pct(row.agreement and row.agreement.teacher_agreement),
                 _num(teacher_f1 if is_base else row.agreement and row.agreement.macro_f1, ".4f"),
                 _cell(f"{row.params:,}"),
                 _cell("-") if is_base else _num(None if params_cut is None else 100 * params_cut, ".1f", "%", "-"),
                 _cell(f"{row.fp32_size_bytes / MB:.2f}"),
-                _cell(f"{row.effective_size_bytes / MB:.2f}"),
+                _num(None if row.effective_size_bytes is None else row.effective_size_bytes / MB, ".2f", "", "-"),
                 _num(None if row.file_bytes is None else row.file_bytes / MB, ".2f"),
                 _cell("-") if is_base else _num(None if size_cut is None else 100 * size_cut, ".1f", "%", "-"),
-                _num(row.predicted_latency_ms, ".3f"),
+                _num(row.predicted_latency_ms, ".3f", "", "not predicted"),
                 _num(row.measured.median_ms, ".3f"),
                 _num(row.measured.p90_ms, ".3f"),
                 _num(predicted_speedup, ".2f", "x", "-"),
@@ -131,6 +140,15 @@ SUMMARY_HEADER = (
     "<th>count</th><th>reduction</th><th>FP32 MB</th><th>effective MB</th><th>ONNX file MB</th><th>compression</th>"
     "<th>predicted</th><th>measured median</th><th>measured p90</th><th>predicted</th><th>measured</th></tr>"
 )
+
+
+def _alternatives_text(run: RunData) -> str:
+    """What each one-command baseline row is, from its record."""
+    if not run.alternatives:
+        return ""
+    return "The rows after the controllers are what a user gets in one command without hadmc: " + "; ".join(
+        f"<b>{_e(a.name)}</b>: {_e(a.description)}" for a in run.alternatives
+    )
 
 
 def summary_table(run: RunData) -> str:
@@ -283,7 +301,8 @@ def render(run: RunData, plots: dict[str, bytes]) -> str:
 <p class="sub">Episodes are scored on the validation split; test accuracy is of the final models only (after the
 full fine-tune), in torch and in onnxruntime on the exported model. Effective size counts each weight at its
 precision. Predicted latency comes from the LUT; measured latency from the agent's benchmark on the device.
-Speedups are over the FP32 baseline; "{NOT_MEASURED}" marks a measurement that could not be made.</p>
+Speedups are over the FP32 baseline; "{NOT_MEASURED}" marks a measurement that could not be made.
+{_alternatives_text(run)}</p>
 {figures.get("accuracy_vs_latency", "")}
 {figures.get("reward_per_episode", "")}
 {figures.get("per_layer_policy", "")}

@@ -15,6 +15,7 @@ from typing import Any
 from host.compress.policy import Policy
 from host.runs import (
     Agreement,
+    Alternative,
     Baseline,
     DeviceRecord,
     EpisodeLog,
@@ -71,9 +72,9 @@ class ModelRow:
     test_accuracy_onnxruntime: float | None
     params: int
     fp32_size_bytes: int
-    effective_size_bytes: int
+    effective_size_bytes: int | None  # None: not accounted (a quantizer other than hadmc's)
     file_bytes: int | None  # the exported ONNX file
-    predicted_latency_ms: float
+    predicted_latency_ms: float | None  # None: the LUT cannot split the graph
     measured: MeasuredLatency
     speedup: float | None
     reward: float | None
@@ -81,6 +82,7 @@ class ModelRow:
     layers: tuple[LayerChoice, ...]
     onnx: str | None
     agreement: Agreement | None = None  # against the teacher on the test split
+    description: str = ""  # a one-command baseline's: what was done
 
     @classmethod
     def of_baseline(cls, b: Baseline) -> ModelRow:
@@ -102,6 +104,28 @@ class ModelRow:
             None,
             (),
             None,
+        )
+
+    @classmethod
+    def of_alternative(cls, a: Alternative) -> ModelRow:
+        return cls(
+            a.name,
+            None,
+            None,
+            a.test_accuracy_onnxruntime,
+            a.params,
+            4 * a.params,
+            None,
+            a.file_bytes,
+            a.predicted_latency_ms,
+            MeasuredLatency.of(a.measured_latency),
+            a.speedup,
+            None,
+            None,
+            (),
+            a.onnx,
+            a.agreement,
+            a.description,
         )
 
     @classmethod
@@ -135,6 +159,7 @@ class RunData:
     data: str
     baseline: ModelRow
     finals: tuple[ModelRow, ...]
+    alternatives: tuple[ModelRow, ...]  # the one-command baselines measured beside the finals
     episodes: tuple[EpisodeRow, ...]
     skipped_last_line: int | None  # 1-based line number of a truncated last line of episodes.jsonl
     lut_version_ids: tuple[int, ...]
@@ -179,6 +204,7 @@ def load_run(run_dir: Path) -> RunData:
         data=summary.baseline.data,
         baseline=ModelRow.of_baseline(summary.baseline),
         finals=finals,
+        alternatives=tuple(ModelRow.of_alternative(a) for a in summary.alternatives.values()),
         episodes=tuple(episodes),
         skipped_last_line=skipped,
         lut_version_ids=summary.lut_version_ids,

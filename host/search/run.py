@@ -38,6 +38,7 @@ from host.runs import (
     write_json,
     write_record,
 )
+from host.search.alternatives import ALTERNATIVES, run_alternatives
 from host.search.budget import latency_estimator, latency_shares, search_constraint
 from host.search.controllers import Controller
 from host.search.evaluate import Evaluator
@@ -71,6 +72,8 @@ class SearchSettings:
     # Before the first episode, drop each layer's precisions the LUT shows to be dominated on the
     # reward's terms and give controllers the LUT's speed of each precision (host/search/prior.py).
     lut_prior: bool = True
+    # The one-command baselines measured beside the final models (host/search/alternatives.py).
+    alternatives: list[str] = field(default_factory=lambda: list(ALTERNATIVES))
     seed: int = 0
 
 
@@ -97,6 +100,9 @@ class SearchConfig(BenchConfig):
         s = self.search
         if s.episodes < 1:
             raise ConfigError(f"episodes = {s.episodes}: a search needs at least one episode")
+        odd = [a for a in s.alternatives if a not in ALTERNATIVES]
+        if odd:
+            raise ConfigError(f"alternatives {odd}: choose among {', '.join(ALTERNATIVES)} (or [] for none)")
         unknown = [c for c in s.controllers if c not in CONTROLLERS]
         if unknown or not s.controllers:
             raise ConfigError(f"controllers {unknown or '[]'}: choose among {', '.join(CONTROLLERS)}")
@@ -156,9 +162,16 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
         finals = {name: _final(bench, config, rows, baseline, out, name, floor) for name in controllers}
         for path in (reference.path, *(out / final.onnx for final in finals.values())):
             bench.register(path)  # the device's nightly re-profile keeps their kernels fresh
+        budget_ms = config.search.latency_budget_ms or next(iter(finals.values())).predicted_latency_ms
+        alternatives = run_alternatives(bench, config.search.alternatives, space, out, reference, budget_ms)
     versions = {v for r in rows for v in r.lut_version_ids} | ({bench.sealed.id} if bench.sealed else set())
     summary = SearchSummary(
-        baseline, finals, tuple(sorted(versions)), time.monotonic() - t_start, config.search.episodes
+        baseline,
+        finals,
+        tuple(sorted(versions)),
+        time.monotonic() - t_start,
+        config.search.episodes,
+        alternatives,
     )
     write_record(out / "summary.json", summary)
     from host.report import build_report
