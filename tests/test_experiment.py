@@ -14,7 +14,7 @@ from host.cli import main
 from host.experiment.config import PRESETS, load_experiment
 from host.experiment.results import Results
 from host.experiment.run import resume_experiment, run_experiment
-from host.experiment.studies import ABLATION, BASELINE, HADMC, SEQUENTIAL
+from host.experiment.studies import ABLATION, ALTERNATIVE_LABELS, BASELINE, HADMC, SEQUENTIAL
 from host.runs import from_doc
 from lut_store.tomlfile import ConfigError
 from tests.conftest import quick_config
@@ -67,9 +67,15 @@ def test_sota(agent, tiny, tmp_path):
     out = tmp_path / "sota"
     results = run_experiment(load_experiment("sota", "tiny", devices=[agent.address], store=tiny), out, progress=False)
     rows = _rows(results)
-    assert list(rows) == [(BASELINE,), ("AMC-style (amc)",), ("HAQ-style (haq)",), (SEQUENTIAL,), (HADMC,)]
-    for values in rows.values():
-        _models_agree(values)
+    alternatives = [(label,) for label in ALTERNATIVE_LABELS.values()]
+    methods = [(BASELINE,), ("AMC-style (amc)",), ("HAQ-style (haq)",), (SEQUENTIAL,), (HADMC,)]
+    assert list(rows) == methods + alternatives
+    for label in methods:
+        _models_agree(rows[label])
+    for label in alternatives:  # onnxruntime's quantizer: no torch model, measured like the rest
+        values = rows[label]
+        assert "test_accuracy" not in values and values["latency_ms"] > 0 and values["speedup"] > 0
+        assert 0 < values["test_accuracy_onnxruntime"] <= 1 and values["file_bytes"] > 0
     amc, haq, sequential = rows[("AMC-style (amc)",)], rows[("HAQ-style (haq)",)], rows[(SEQUENTIAL,)]
     assert amc["effective_size_bytes"] == amc["fp32_size_bytes"] and amc["params_reduction"] > 0  # FP32, pruned
     assert haq["params_reduction"] == 0  # no pruning
@@ -89,6 +95,7 @@ def test_sota(agent, tiny, tmp_path):
         PRESETS["tiny"]["experiment"]["sota_latency_fraction"] * fp32_ms, rel=0.05
     )
     _common_outputs(out, "model_bars")
+    _common_outputs(out, "measured_pareto")
 
 
 def test_ablation(agent, tiny, tmp_path):

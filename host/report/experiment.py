@@ -18,6 +18,8 @@ from host.runs import RunFileError, read_json, read_record
 
 CAPTIONS = {
     "model_bars": "Test accuracy (torch), measured speedup and compression of every row; error bars: std over seeds.",
+    "measured_pareto": "Measured latency on the device against test accuracy in onnxruntime, every row (mean over "
+    "seeds, bars: +-1 std); the dashed line joins the rows no other is both faster and more accurate than.",
     "episode_curves": "Reward and validation accuracy of each episode's policy after its short fine-tune; lines: "
     "mean over seeds, bands: +-1 std.",
     "device_matrix": "Each device's policy (rows) benchmarked on each device (columns): speedup over the FP32 model "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from host.experiment.results import Results
-from host.report.plots import PALETTE, _figure, _png
+from host.report.plots import PALETTE, _figure, _png, pareto_front
 
 BAR_METRICS = (
     ("test_accuracy", "test accuracy (%)", 100.0),
@@ -41,6 +41,38 @@ def model_bars(results: Results) -> bytes:
     axes[0].set_yticks(range(len(rows)))
     axes[0].set_yticklabels(names, fontsize=8)
     axes[0].invert_yaxis()
+    return _png(fig)
+
+
+def measured_pareto(results: Results) -> bytes:
+    """Every row's measured latency against its test accuracy in onnxruntime on the device (mean
+    over seeds, bars +-1 std), the rows no other beats joined: the trade-off each method reaches."""
+    rows = [
+        r for r in results.rows if r.cells.get("latency_ms") and r.cells.get("test_accuracy_onnxruntime") is not None
+    ]
+    fig = _figure(7.5, 4.8)
+    ax = fig.subplots()
+    points = [(r.cells["latency_ms"].mean, 100.0 * r.cells["test_accuracy_onnxruntime"].mean) for r in rows]
+    for i, (row, (x, y)) in enumerate(zip(rows, points, strict=True)):
+        acc = row.cells["test_accuracy_onnxruntime"]
+        ax.errorbar(
+            x,
+            y,
+            xerr=row.cells["latency_ms"].std or None,
+            yerr=100.0 * acc.std or None,
+            fmt="o",
+            color=PALETTE[i % len(PALETTE)],
+            capsize=3,
+            label=_label(row.label),
+        )
+    front = pareto_front(points)
+    if len(front) > 1:
+        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="grey", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("measured latency on the device (ms, log scale)")
+    ax.set_ylabel("test accuracy in onnxruntime (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
     return _png(fig)
 
 
@@ -123,6 +155,8 @@ def experiment_plots(results: Results) -> dict[str, bytes]:
         plots["device_matrix"] = device_matrix(results)
     elif {key for key, _, _ in BAR_METRICS} <= keys:
         plots["model_bars"] = model_bars(results)
+        if {"latency_ms", "test_accuracy_onnxruntime"} <= keys:
+            plots["measured_pareto"] = measured_pareto(results)
     if results.curves:
         plots["episode_curves"] = episode_curves(results)
     return plots
