@@ -126,6 +126,7 @@ class Candidate:
     chosen: bool
     measured_latency_ms: float  # benchmarked on the device after the common fine-tune
     speedup: float  # over the FP32 model, in interleaved rounds
+    val_kl: float | None = None  # KL(teacher || candidate) on the validation split after it
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ class FinalModel:
     selection: tuple[Candidate, ...] = ()  # the candidates it was chosen from (none: the best episode)
     file_bytes: int | None = None  # the exported ONNX file (None in older files)
     agreement: Agreement | None = None  # against the teacher on the test split (None: not measured)
+    val_kl: float | None = None  # KL(teacher || model) on the validation split
 
 
 @dataclass(frozen=True)

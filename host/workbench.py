@@ -334,9 +334,10 @@ class Workbench:
         paired = self.paired(exported.path, reference)
         sizes = size_report(student, policy, before)
         on_device, agrees = self.agreement(exported.path, reference)
+        val = self.fidelity(student, "val")
         model = FinalModel(
             policy,
-            self.accuracy(student, "val"),
+            val.accuracy,
             self.accuracy(student, "test"),
             on_device,
             sizes.params,
@@ -352,6 +353,7 @@ class Workbench:
             exported.path.name,
             file_bytes=exported.path.stat().st_size,
             agreement=agrees,
+            val_kl=val.kl,
         )
         return FinalResult(model, exported, paired, report, sizes)
 

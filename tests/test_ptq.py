@@ -90,3 +90,11 @@ def test_the_uniform_keep_is_the_largest_within_the_budget_found_by_bisection(tm
     assert (keep, ms) == (0.45, 4.5) and len(bench.asked) <= 5
     assert uniform_keep(_Bench(), _Space(), 100.0, tmp_path)[0] == 0.9
     assert uniform_keep(_Bench(), _Space(), 0.1, tmp_path)[0] == 0.2  # nothing fits: the smallest
+
+
+def test_the_quantized_model_declares_only_the_domains_it_uses(tmp_path):
+    fp32, _ = _mlp(tmp_path)
+    x = np.random.default_rng(0).normal(size=(16, 30)).astype(np.float32)
+    out = quantize_int8(fp32, tmp_path / "int8.onnx", calibration_batches(x, 16, 1))
+    graph = onnx.load(out)
+    assert {o.domain for o in graph.opset_import} <= {n.domain for n in graph.graph.node} | {"", "ai.onnx"}

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -254,6 +256,27 @@ def test_reward_form():
     assert reward(0.8, 2.0, 50, 2.0, 50, w) == pytest.approx(0.8)
     with pytest.raises(ValueError, match="never 0 ms"):
         reward(0.9, 0.0, 100, 4.0, 400, w)
+
+
+def test_the_reward_can_read_the_students_kl_from_its_teacher_instead_of_top1():
+    kl = RewardConfig(accuracy_signal="teacher-kl", accuracy_weight=4.0, latency_weight=1.0, size_weight=0.0)
+    assert kl.fidelity(0.5, 0.0) == 1.0 and kl.fidelity(0.9, 0.25) == pytest.approx(math.exp(-0.25))
+    assert RewardConfig().fidelity(0.9, 0.25) == 0.9  # top-1, the default
+    # Twice the speed does not pay for answering unlike the teacher (KL 0.15 -> 0.35) ...
+    safe = reward(kl.fidelity(0.93, 0.15), 0.40, 1, 4.0, 1, kl)
+    assert reward(kl.fidelity(0.93, 0.35), 0.28, 1, 4.0, 1, kl) < safe
+    # ... while top-1 from a one-epoch fine-tune, a few images apart, would take it.
+    top1 = RewardConfig(accuracy_weight=2.0, latency_weight=1.0, size_weight=0.0)
+    assert reward(0.88, 0.28, 1, 4.0, 1, top1) > reward(0.93, 0.40, 1, 4.0, 1, top1)
+    with pytest.raises(ValueError, match="needs the student's KL from its teacher, got None"):
+        kl.fidelity(0.9, None)
+    with pytest.raises(ValueError, match="accuracy_signal 'kl'; choose among top1, teacher-kl"):
+        RewardConfig(accuracy_signal="kl")
+    result = replace(_result(0.9, latency_ms=0.5), val_kl=0.2)
+    (episode,) = run_episodes(
+        make_controller("random", _space("mlp"), PPOConfig(), 0), lambda p, k: result, 1, BASE, kl
+    )
+    assert episode.reward == pytest.approx(math.exp(-0.2) ** 4 * (BASE.latency_ms / 0.5))
 
 
 def _synthetic(policy: Policy, episode: int) -> EpisodeResult:

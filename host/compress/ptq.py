@@ -68,4 +68,17 @@ def quantize_int8(fp32: Path, out: Path, batches: list[np.ndarray], per_channel:
             raise
         except Exception as exc:  # the quantizer's own errors name what it could not handle
             raise PtqError(f"onnxruntime's quantizer failed on {fp32.name}: {exc}") from None
+    _drop_unused_domains(out)
     return out
+
+
+def _drop_unused_domains(path: Path) -> None:
+    """The quantizer declares opset domains no node uses (e.g. ai.onnx.training); an agent
+    refuses models that import custom-op domains, so keep only those the graph needs."""
+    model = onnx.load(path)
+    used = {n.domain for n in model.graph.node} | {""}
+    kept = [o for o in model.opset_import if o.domain in used or o.domain == "ai.onnx"]
+    if len(kept) != len(model.opset_import):
+        del model.opset_import[:]
+        model.opset_import.extend(kept)
+        onnx.save(model, path)

@@ -127,7 +127,8 @@ class PPOController(Controller):
             return
         # The surrogate's score of this policy before it learns the outcome: its honest error.
         self.predicted = self.surrogate.reward(self.last_policy) if self.surrogate.fitted else None
-        self.surrogate.add(self.last_policy, result.val_accuracy, result.latency_ms)
+        fidelity = self.surrogate.weights.fidelity(result.val_accuracy, result.val_kl)
+        self.surrogate.add(self.last_policy, fidelity, result.latency_ms)
         if len(self.surrogate.observations) < self.config.surrogate_warmup:
             return
         for _ in range(self.config.surrogate_episodes):

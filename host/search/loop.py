@@ -55,7 +55,12 @@ def run_episodes(
         policy = controller.propose(index)
         result = evaluate(policy, index)
         r = reward(
-            result.val_accuracy, result.latency_ms, result.size_bytes, baseline.latency_ms, baseline.size_bytes, weights
+            weights.fidelity(result.val_accuracy, result.val_kl),
+            result.latency_ms,
+            result.size_bytes,
+            baseline.latency_ms,
+            baseline.size_bytes,
+            weights,
         )
         controller.observe(r, result)
         episode = Episode(index, policy, result, r, time.monotonic() - t0)

@@ -425,7 +425,7 @@ def _final(
     write_json(directory / "benchmark.json", made.paired.model_doc)
     write_json(directory / "baseline_benchmark.json", made.paired.baseline_doc)
     score = reward(
-        made.model.val_accuracy,
+        config.reward.fidelity(made.model.val_accuracy, made.model.val_kl),
         made.model.predicted_latency_ms,
         made.model.effective_size_bytes,
         baseline.predicted_latency_ms,

@@ -74,6 +74,7 @@ class Measured:
     """A candidate after the common fine-tune: its accuracy, and its speed measured on the device."""
 
     val_accuracy: float
+    val_kl: float  # KL(teacher || candidate) on the validation split
     measured_latency_ms: float
     speedup: float  # over the FP32 model, in interleaved rounds
 
@@ -99,7 +100,7 @@ def select(
         def score(r: EpisodeRow) -> float:
             m = measured[r.episode]
             return reward(
-                m.val_accuracy,
+                context.score.fidelity(m.val_accuracy, m.val_kl),
                 base.latency_ms / m.speedup,
                 r.size_bytes,
                 base.latency_ms,
@@ -129,6 +130,7 @@ def _candidate(row: EpisodeRow, m: Measured, chosen: bool) -> Candidate:
         chosen,
         m.measured_latency_ms,
         m.speedup,
+        m.val_kl,
     )
 
 
@@ -137,7 +139,8 @@ def _measure(bench: Workbench, row: EpisodeRow, distill: DistillConfig, referenc
     exported = bench.export(student, row.policy, workdir / f"candidate_{row.controller}_{row.episode}.onnx")
     bench.progress.live(f"the policy of episode {row.episode + 1}: measuring on the device ...", force=True)
     paired = bench.paired(exported.path, reference)
-    return Measured(bench.accuracy(student, "val"), paired.model.median_ms, paired.speedup)
+    fidelity = bench.fidelity(student, "val")
+    return Measured(fidelity.accuracy, fidelity.kl, paired.model.median_ms, paired.speedup)
 
 
 def fine_tuned(bench: Workbench, policy: Policy, distill: DistillConfig, what: str) -> nn.Module:

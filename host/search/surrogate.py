@@ -78,7 +78,7 @@ class Observation:
     """One real episode, as the surrogate learns from it."""
 
     policy: Policy
-    val_accuracy: float
+    val_accuracy: float  # the reward's accuracy term: top-1 or exp(-KL), per `RewardConfig.accuracy_signal`
     latency_ms: float
 
 
