@@ -116,7 +116,7 @@ def test_fastest_within_picks_the_fastest_policy_close_enough_to_the_most_accura
 
     def measure(bench, row, distill, reference, workdir):
         accuracy, speedup = measured[row.policy.layers["a"].keep_ratio]
-        return module.Measured(accuracy, 1.0 / speedup, speedup)
+        return module.Measured(accuracy, 0.1, 1.0 / speedup, speedup)
 
     monkeypatch.setattr(module, "_measure", measure)
     rows = [_row(0, 3.0, 0.5, 0.3), _row(1, 2.5, 0.6, 0.4), _row(2, 2.0, 0.7, 0.5), _row(3, 1.0, 0.9, 0.9)]
