@@ -79,7 +79,12 @@ def read_state(path: Path) -> State | None:
 def write_state(path: Path, state: State) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state.__dict__, sort_keys=True))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # only the agent's user reads it
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(state.__dict__, sort_keys=True))
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o600)  # a file left by an older agent keeps its mode through O_TRUNC
     tmp.replace(path)
 
 
@@ -177,7 +182,7 @@ class Nightly:
 
     def _previous(self, store: LutStore, state: State | None) -> int | None:
         """The last version this agent made, when it is in this store."""
-        if state is None or state.store_url != store.url:
+        if state is None or state.store_url != store.shown_url:
             return None
         try:
             return store.version(state.version_id).id
@@ -211,7 +216,11 @@ class Nightly:
         fingerprint change those registered under the previous fingerprint too; most recently
         used first."""
         models = {(m.model_sha256, m.batch_size): m for m in store.registered_models(self._info.fingerprint_hash)}
-        if state is not None and state.store_url == store.url and state.fingerprint_hash != self._info.fingerprint_hash:
+        if (
+            state is not None
+            and state.store_url == store.shown_url
+            and state.fingerprint_hash != self._info.fingerprint_hash
+        ):
             for m in store.registered_models(state.fingerprint_hash):
                 models.setdefault((m.model_sha256, m.batch_size), m)
         return sorted(models.values(), key=lambda m: -m.last_used_unix_s)
@@ -225,9 +234,16 @@ class Nightly:
             if not keys and not models:
                 raise NothingToReprofile(
                     "nothing to re-profile: no earlier LUT version of this device, no registered model in "
-                    f"{store.url} and no [nightly] grids"
+                    f"{store.shown_url} and no [nightly] grids"
                 )
-            log.info("nightly.start", reason=reason, keys=len(keys), models=len(models), parent=parent, store=store.url)
+            log.info(
+                "nightly.start",
+                reason=reason,
+                keys=len(keys),
+                models=len(models),
+                parent=parent,
+                store=store.shown_url,
+            )
             report = build_lut(
                 store,
                 self._info.fingerprint_hash,
@@ -237,12 +253,12 @@ class Nightly:
                 BuildPlan(source="nightly", note=reason, parent_id=parent, lease_s=self.config.lease_s),
                 models=models,
             )
-            response = _response(report, store.url, reason, parent)
+            response = _response(report, store.shown_url, reason, parent)
             if report.sealed:
                 write_state(
                     self.state_file,
                     State(
-                        store.url,
+                        store.shown_url,  # the state file never holds the store's password
                         report.version_id,
                         self._info.fingerprint_hash,
                         document(self._info.fingerprint),

@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lut_store.opkey import OpKey
 from lut_store.rpc import MAX_MESSAGE_BYTES
+from lut_store.secrets import check_token_channel
 from protos.hadmc.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 CHUNK_BYTES = 1024 * 1024
@@ -118,6 +119,7 @@ class AgentClient:
             ("grpc.initial_reconnect_backoff_ms", 500),
             ("grpc.max_reconnect_backoff_ms", 5000),
         ]
+        check_token_channel(target.address, target.token, target.tls_ca is not None)
         if target.tls_ca is not None:
             if target.tls_server_name:
                 options.append(("grpc.ssl_target_name_override", target.tls_server_name))

@@ -66,7 +66,7 @@ def cmd_lut_build(args: argparse.Namespace) -> int:
         store = stack.enter_context(_store(args))
         print(
             f"building a LUT of {len(keys)} keys for device {info.fingerprint_hash[:16]} on "
-            f"{len(clients)} device(s) into {store.url}",
+            f"{len(clients)} device(s) into {store.shown_url}",
             file=sys.stderr,
         )
         report = build_lut(

@@ -43,7 +43,7 @@ from lut_store.records import (
     VersionNotOpen,
 )
 from lut_store.rpc import bind, check_exposure, make_server, read_token
-from lut_store.sqlstore import _redact
+from lut_store.secrets import redact_url
 from lut_store.store import open_store
 from protos.hadmc.v1 import lut_pb2, lut_pb2_grpc
 
@@ -78,7 +78,7 @@ class LutStoreServicer(lut_pb2_grpc.LutStoreServiceServicer):
             yield
         except StoreError as exc:
             context.set_trailing_metadata(((ERROR_METADATA_KEY, type(exc).__name__),))
-            message = str(exc).replace(self._store.url, _redact(self._store.url))
+            message = str(exc).replace(self._store.url, redact_url(self._store.url))
             context.abort(_STATUS.get(type(exc), grpc.StatusCode.FAILED_PRECONDITION), message)
 
     def EnsureDevice(self, request: lut_pb2.EnsureDeviceRequest, context: grpc.ServicerContext) -> lut_pb2.LutDevice:
@@ -299,7 +299,7 @@ class LutServer:
         log.info(
             "lut.serving",
             address=self.address,
-            store=_redact(self.store.url),
+            store=redact_url(self.store.url),
             tls=self._tls_cert is not None,
             auth=self._token is not None,
         )

@@ -40,6 +40,7 @@ from lut_store.records import (
     VersionNotOpen,
 )
 from lut_store.rpc import MAX_MESSAGE_BYTES
+from lut_store.secrets import check_token_channel
 from protos.hadmc.v1 import lut_pb2, lut_pb2_grpc
 
 ERROR_METADATA_KEY = "hadmc-error"
@@ -247,6 +248,7 @@ class GrpcStore(LutStore):
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
+        check_token_channel(address, token, tls_ca is not None)
         if tls_ca is not None:
             self._channel = grpc.secure_channel(
                 address, grpc.ssl_channel_credentials(root_certificates=tls_ca), options=options
@@ -285,7 +287,9 @@ class GrpcStore(LutStore):
             return _ERRORS[name](exc.details() or "")
         tries = f" (after {attempts} attempts)" if attempts > 1 else ""
         hint = f"; {_HINTS[exc.code()]}" if exc.code() in _HINTS else ""
-        return StoreError(f"LUT store at {self.url}: {method}: {exc.code().name}: {exc.details() or ''}{tries}{hint}")
+        return StoreError(
+            f"LUT store at {self.shown_url}: {method}: {exc.code().name}: {exc.details() or ''}{tries}{hint}"
+        )
 
     def _unary(self, method: str, request: Any) -> Any:
         rpc = getattr(self._stub, method)

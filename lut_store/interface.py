@@ -30,12 +30,18 @@ from lut_store.records import (
     UnknownDevice,
     Version,
 )
+from lut_store.secrets import redact_url
 
 
 class LutStore(ABC):
     """Operations every backend provides; all writes are transactional."""
 
     url: str
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as messages, logs and files show it: any password or token masked."""
+        return redact_url(self.url)
 
     @abstractmethod
     def ensure_device(self, fingerprint_hash: str, fingerprint: Mapping[str, Any]) -> Device:
@@ -141,12 +147,14 @@ class LutStore(ABC):
         known = {d.fingerprint_hash for d in self.devices()}
         if fingerprint_hash not in known:
             listing = ", ".join(sorted(h[:16] for h in known)) or "none"
-            raise UnknownDevice(f"no device with fingerprint {fingerprint_hash[:16]} in {self.url}; known: {listing}")
+            raise UnknownDevice(
+                f"no device with fingerprint {fingerprint_hash[:16]} in {self.shown_url}; known: {listing}"
+            )
         for v in self.versions(fingerprint_hash):
             if v.status == "sealed":
                 return v
         raise NoSealedVersion(
-            f"device {fingerprint_hash[:16]} has no sealed LUT version in {self.url}; run `hadmc lut build` first"
+            f"device {fingerprint_hash[:16]} has no sealed LUT version in {self.shown_url}; run `hadmc lut build` first"
         )
 
     def device(self, fingerprint_hash: str) -> Device:
@@ -154,7 +162,7 @@ class LutStore(ABC):
             if d.fingerprint_hash == fingerprint_hash:
                 return d
         listing = ", ".join(sorted(d.fingerprint_hash[:16] for d in self.devices())) or "none"
-        raise UnknownDevice(f"no device with fingerprint {fingerprint_hash[:16]} in {self.url}; known: {listing}")
+        raise UnknownDevice(f"no device with fingerprint {fingerprint_hash[:16]} in {self.shown_url}; known: {listing}")
 
     def __enter__(self) -> LutStore:
         return self

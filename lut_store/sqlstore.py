@@ -35,6 +35,7 @@ from lut_store.records import (
     Version,
     VersionNotOpen,
 )
+from lut_store.secrets import redact_url
 
 _LOOKUP_CHUNK = 500
 DEFAULT_MODEL_LIMIT = 16
@@ -325,8 +326,8 @@ class SqlStore(LutStore):
         """A database error as a StoreError subclass where it is one of ours."""
         text = str(exc)
         if "immutable" in text or "not open" in text:
-            return VersionNotOpen(f"{self.url}: {text.strip().splitlines()[0]}")
-        return StoreError(f"{self.url}: {type(exc).__name__}: {text.strip().splitlines()[0] if text else ''}")
+            return VersionNotOpen(f"{self.shown_url}: {text.strip().splitlines()[0]}")
+        return StoreError(f"{self.shown_url}: {type(exc).__name__}: {text.strip().splitlines()[0] if text else ''}")
 
     # --- helpers ---------------------------------------------------------------------------
     def _sql(self, query: str) -> str:
@@ -363,7 +364,7 @@ class SqlStore(LutStore):
         cur.execute(self._sql(f"SELECT {_VERSION_COLUMNS} FROM versions WHERE id = ?"), (version_id,))
         row = cur.fetchone()
         if row is None:
-            raise UnknownVersion(f"no LUT version {version_id} in {self.url}")
+            raise UnknownVersion(f"no LUT version {version_id} in {self.shown_url}")
         return _version(row)
 
     # --- LutStore --------------------------------------------------------------------------
@@ -478,7 +479,9 @@ class SqlStore(LutStore):
         """Check the device exists (the write transaction already serialises writers)."""
         cur.execute(self._sql("SELECT 1 FROM devices WHERE fingerprint_hash = ?"), (fingerprint_hash,))
         if cur.fetchone() is None:
-            raise StoreError(f"device {fingerprint_hash[:16]} is not in {self.url}: record it with ensure_device first")
+            raise StoreError(
+                f"device {fingerprint_hash[:16]} is not in {self.shown_url}: record it with ensure_device first"
+            )
 
     def _check_owner(self, cur: Any, version_id: int, owner: str | None) -> Version:
         v = self._fetch_version(cur, version_id)
@@ -555,7 +558,7 @@ class SqlStore(LutStore):
     def version(self, version_id: int) -> Version:
         rows = self._query(f"SELECT {_VERSION_COLUMNS} FROM versions WHERE id = ?", (version_id,))
         if not rows:
-            raise UnknownVersion(f"no LUT version {version_id} in {self.url}; `hadmc lut list` shows them")
+            raise UnknownVersion(f"no LUT version {version_id} in {self.shown_url}; `hadmc lut list` shows them")
         count = self._query("SELECT COUNT(*) FROM entries WHERE version_id = ?", (version_id,))[0][0]
         return _version(rows[0], int(count))
 
@@ -598,7 +601,7 @@ class SqlStore(LutStore):
             cur.execute(self._sql("SELECT id FROM versions WHERE uid = ?"), (version.uid,))
             existing = cur.fetchone()
             if existing:
-                raise StoreError(f"version {version.uid} is already in {self.url} as version {existing[0]}")
+                raise StoreError(f"version {version.uid} is already in {self.shown_url} as version {existing[0]}")
             cur.execute(self._sql("SELECT 1 FROM devices WHERE fingerprint_hash = ?"), (device.fingerprint_hash,))
             if cur.fetchone() is None:
                 cur.execute(
@@ -723,7 +726,7 @@ class SqlStore(LutStore):
     def model_bytes(self, model_sha256: str) -> bytes:
         rows = self._query("SELECT onnx FROM model_blobs WHERE model_sha256 = ?", (model_sha256,))
         if not rows:
-            raise UnknownModel(f"no registered model with sha256 {model_sha256[:16]} in {self.url}")
+            raise UnknownModel(f"no registered model with sha256 {model_sha256[:16]} in {self.shown_url}")
         return bytes(rows[0][0])
 
     def model_limit(self) -> int:
@@ -827,7 +830,7 @@ class PostgresStore(SqlStore):
             return psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, int(self._timeout_s)))
         except psycopg.Error as exc:
             raise StoreError(
-                f"cannot connect to PostgreSQL at {_redact(self.url)} within {self._timeout_s:g} s: "
+                f"cannot connect to PostgreSQL at {redact_url(self.url)} within {self._timeout_s:g} s: "
                 f"{str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__}"
             ) from None
 
@@ -849,13 +852,3 @@ class PostgresStore(SqlStore):
                     yield cur
             except psycopg.Error as exc:
                 raise self._translate(exc) from None
-
-
-def _redact(url: str) -> str:
-    """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
-    head, sep, tail = url.partition("@")
-    if not sep or ":" not in head.split("//", 1)[-1]:
-        return url
-    scheme, _, cred = head.partition("//")
-    user = cred.split(":", 1)[0]
-    return f"{scheme}//{user}:***@{tail}"
