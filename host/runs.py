@@ -378,6 +378,16 @@ class EpisodeLog:
             os.fsync(f.fileno())
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """Atomically and durably: the old file or the new one, fsynced before it replaces the old."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def _write_lines(path: Path, docs: list[Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w") as f:

@@ -16,6 +16,7 @@ import torch
 
 from host.compress.prune import layer_limits
 from host.models import build_model
+from host.runs import RunFileError
 from host.search.ppo import PPOConfig, gae
 from host.search.registry import make_controller
 from host.search.run import load_search_config, run_search
@@ -131,6 +132,12 @@ def test_search_run_directory(agent, tmp_path, monkeypatch):
     assert "the last one, was truncated" in (out / "report.html").read_text()
     with pytest.raises(ConfigError, match="--resume"):
         run_search(config, out, progress=False)
+    # A damaged controller checkpoint stops --resume with the file named, nothing discarded.
+    episodes = (out / "episodes.jsonl").read_bytes()
+    (out / "checkpoints" / "random.pt").write_bytes(b"PK\x03\x04 torn by a full disk")
+    with pytest.raises(RunFileError, match=r"checkpoints/random.pt cannot be read .*delete the file"):
+        run_search(config, out, resume=True, progress=False)
+    assert (out / "episodes.jsonl").read_bytes() == episodes
 
 
 def test_a_killed_search_resumes_with_no_episode_lost_or_repeated(agent, tmp_path):

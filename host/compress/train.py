@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from host.progress import FitProgress
+from host.runs import write_bytes
 
 
 class CheckpointError(ValueError):
@@ -117,9 +119,9 @@ def load_checkpoint(model: nn.Module, path: Path) -> nn.Module:
 
 def save_checkpoint(model: nn.Module, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def trained_baseline(

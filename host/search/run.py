@@ -10,8 +10,9 @@ result.json), summary.json and report.html.
 
 from __future__ import annotations
 
+import io
 import json
-import os
+import pickle
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,10 +31,12 @@ from host.runs import (
     FinalModel,
     LutPrior,
     PrecisionSupport,
+    RunFileError,
     SearchSummary,
     SelectionFloor,
     read_config,
     read_record,
+    write_bytes,
     write_config,
     write_json,
     write_record,
@@ -344,9 +347,9 @@ class EpisodeRecorder:
         self.log.append(row)
         self.rows.append(row)
         if self.checkpoints is not None:
-            tmp = self.checkpoints / f"{self.name}.pt.tmp"
-            torch.save({"controller": self.controller.state_dict(), "episodes_done": episode.index + 1}, tmp)
-            os.replace(tmp, self.checkpoints / f"{self.name}.pt")
+            buffer = io.BytesIO()
+            torch.save({"controller": self.controller.state_dict(), "episodes_done": episode.index + 1}, buffer)
+            write_bytes(self.checkpoints / f"{self.name}.pt", buffer.getvalue())
         best = max(r.reward for r in self.rows if r.controller == self.name)
         self.shown.context = f"[{self.name}] episode {episode.index + 2}/{self.episodes} (best {best:.4f})"
         self.shown.say(
@@ -354,6 +357,19 @@ class EpisodeRecorder:
             f"(best {best:.4f}), val acc {result.val_accuracy:.4f}, {result.latency_ms:.3f} ms predicted, "
             f"{result.params:,} params, {episode.wall_s:.1f} s"
         )
+
+
+def _load_controller(controller: Controller, path: Path) -> int:
+    """Restore `controller` from its checkpoint; the number of episodes it accounts for."""
+    try:
+        state = torch.load(path, weights_only=True)
+        controller.load_state_dict(state["controller"])
+        return int(state["episodes_done"])
+    except (RuntimeError, EOFError, OSError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as exc:
+        raise RunFileError(
+            f"{path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}): "
+            "the run cannot resume this controller; delete the file to run its episodes again"
+        ) from None
 
 
 def _run_controllers(
@@ -370,9 +386,7 @@ def _run_controllers(
     for name, controller in controllers.items():
         ckpt = out / "checkpoints" / f"{name}.pt"
         if resume and ckpt.exists():
-            state = torch.load(ckpt, weights_only=True)
-            controller.load_state_dict(state["controller"])
-            done[name] = state["episodes_done"]
+            done[name] = _load_controller(controller, ckpt)
     log = EpisodeLog(out / "episodes.jsonl")
     rows = log.keep(done)
     episodes = config.search.episodes
