@@ -14,7 +14,30 @@ from lut_store.interface import LutStore
 from lut_store.records import CorruptExport, Device, Entry, RegisteredModel, StoreError, Version
 
 EXPORT_FORMAT = "hadmc-lut"
-EXPORT_FORMAT_VERSION = 1
+# v2: the checksum covers the header (fingerprint, version times, settings) as well as the entries;
+# v1 files (entries only) are still read.
+EXPORT_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
+HEADER_FIELDS = {"fingerprint_hash": str, "fingerprint": dict, "version": dict, "entries": int, "sha256": str}
+VERSION_FIELDS = {
+    "uid": str,
+    "source": str,
+    "created_at_unix_s": (int, float),
+    "sealed_at_unix_s": (int, float),
+    "settings": dict,
+    "note": str,
+}
+
+
+def _digest(header: dict[str, Any], lines: list[str]) -> str:
+    """SHA-256 over the header (v2: canonical JSON without its own `sha256`) and the entry lines."""
+    digest = hashlib.sha256()
+    if header.get("format_version", EXPORT_FORMAT_VERSION) >= 2:
+        covered = {k: v for k, v in header.items() if k != "sha256"}
+        digest.update(json.dumps(covered, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+    for line in lines:
+        digest.update(line.encode() + b"\n")
+    return digest.hexdigest()
 
 
 def _entry_line(e: Entry) -> str:
@@ -28,9 +51,6 @@ def export_version(store: LutStore, version_id: int, path: Path) -> dict[str, An
         raise StoreError(f"LUT version {version_id} is {version.status}; only sealed versions are exported")
     device = store.device(version.fingerprint_hash)
     lines = [_entry_line(e) for e in store.entries(version_id)]
-    digest = hashlib.sha256()
-    for line in lines:
-        digest.update(line.encode() + b"\n")
     parent_uid = store.version(version.parent_id).uid if version.parent_id is not None else None
     header = {
         "format": EXPORT_FORMAT,
@@ -48,8 +68,8 @@ def export_version(store: LutStore, version_id: int, path: Path) -> dict[str, An
             "exported_from_id": version.id,
         },
         "entries": len(lines),
-        "sha256": digest.hexdigest(),
     }
+    header["sha256"] = _digest(header, lines)
     tmp = Path(f"{path}.tmp")
     with tmp.open("w") as f:
         f.write(json.dumps(header, sort_keys=True) + "\n")
@@ -75,25 +95,37 @@ def read_export(path: Path) -> tuple[dict[str, Any], list[Entry]]:
         header = None
     if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
         raise CorruptExport(f"{path} is not a hadmc LUT export (no '{EXPORT_FORMAT}' header)")
-    if header.get("format_version") != EXPORT_FORMAT_VERSION:
+    if header.get("format_version") not in READABLE_FORMAT_VERSIONS:
         raise CorruptExport(
-            f"{path} has export format v{header.get('format_version')}, this hadmc reads v{EXPORT_FORMAT_VERSION}"
+            f"{path} has export format v{header.get('format_version')}, this hadmc reads "
+            + ", ".join(f"v{v}" for v in READABLE_FORMAT_VERSIONS)
         )
+    _check_fields(path, "header", header, HEADER_FIELDS)
+    _check_fields(path, "header's version", header["version"], VERSION_FIELDS)
     body = lines[1:]
-    if len(body) != header.get("entries"):
-        raise CorruptExport(
-            f"{path} is truncated or padded: {len(body)} entries, the header says {header.get('entries')}"
-        )
-    digest = hashlib.sha256()
-    for line in body:
-        digest.update(line.encode() + b"\n")
-    if digest.hexdigest() != header.get("sha256"):
-        raise CorruptExport(f"{path} fails its checksum: the entries were altered or damaged")
+    if len(body) != header["entries"]:
+        raise CorruptExport(f"{path} is truncated or padded: {len(body)} entries, the header says {header['entries']}")
+    if _digest(header, body) != header["sha256"]:
+        raise CorruptExport(f"{path} fails its checksum: its header or entries were altered or damaged")
     try:
         entries = [Entry(**json.loads(line)) for line in body]
     except (TypeError, json.JSONDecodeError, StoreError) as exc:
         raise CorruptExport(f"{path} has a malformed entry: {exc}") from None
+    for number, e in enumerate(entries, start=2):
+        if hashlib.sha256(e.key_json.encode()).hexdigest() != e.key_hash:
+            raise CorruptExport(
+                f"{path}: line {number}'s key_hash {e.key_hash[:16]} is not the hash of its key: "
+                "a latency would be filed under another kernel"
+            )
     return header, entries
+
+
+def _check_fields(path: Path, what: str, doc: dict[str, Any], fields: dict[str, Any]) -> None:
+    for name, kind in fields.items():
+        if name not in doc:
+            raise CorruptExport(f"{path}: the {what} has no '{name}'")
+        if not isinstance(doc[name], kind) or isinstance(doc[name], bool):
+            raise CorruptExport(f"{path}: the {what}'s '{name}' is {type(doc[name]).__name__}, not the expected type")
 
 
 def import_version(store: LutStore, path: Path) -> Version:

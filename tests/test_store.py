@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import sqlite3
 import subprocess
@@ -236,6 +237,18 @@ def test_export_then_import_elsewhere(store, tmp_path):
             import_version(other, path)
 
 
+def _rehashed_with_a_wrong_key_hash(text: str) -> str:
+    """An export whose first entry is filed under another key's hash, with a checksum that matches."""
+    from lut_store.exchange import _digest
+
+    head, first, *rest = text.rstrip("\n").split("\n")
+    header, entry = json.loads(head), json.loads(first)
+    entry["key_hash"] = "0" * 64
+    body = [json.dumps(entry, sort_keys=True, separators=(",", ":")), *rest]
+    header["sha256"] = _digest(header, body)
+    return "\n".join([json.dumps(header, sort_keys=True), *body]) + "\n"
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [
@@ -243,6 +256,10 @@ def test_export_then_import_elsewhere(store, tmp_path):
         (lambda t: t.rsplit("\n", 2)[0] + "\n", "truncated or padded"),
         (lambda t: t.replace('"median_ms":3.0', '"median_ms":0.3'), "checksum"),
         (lambda t: "garbage\n" + t, "not a hadmc LUT export"),
+        (lambda t: t.replace('"model": "test"', '"model": "evil"', 1), "checksum: its header or entries"),
+        (lambda t: t.replace('"sealed_at_unix_s":', '"sealed_at":', 1), "header's version has no 'sealed_at_unix_s'"),
+        (lambda t: t.replace('"fingerprint":', '"fp":', 1), "header has no 'fingerprint'"),
+        (_rehashed_with_a_wrong_key_hash, "line 2's key_hash .* is not the hash of its key"),
     ],
 )
 def test_corrupt_exports_are_refused_and_nothing_is_written(store, tmp_path, damage, message):
@@ -254,6 +271,21 @@ def test_corrupt_exports_are_refused_and_nothing_is_written(store, tmp_path, dam
         with pytest.raises(CorruptExport, match=message):
             import_version(other, path)
         assert other.versions() == [] and other.devices() == []
+
+
+def test_a_version_1_export_whose_checksum_covers_only_its_entries_still_imports(tmp_path):
+    from lut_store.exchange import _digest
+
+    with open_store(f"sqlite:///{tmp_path / 'a.sqlite'}") as store:
+        v = sealed_version(store)
+        path = tmp_path / "lut.jsonl"
+        export_version(store, v.id, path)
+    head, *body = path.read_text().rstrip("\n").split("\n")
+    header = {**json.loads(head), "format_version": 1}
+    header["sha256"] = _digest(header, body)
+    path.write_text("\n".join([json.dumps(header, sort_keys=True), *body]) + "\n")
+    with open_store(f"sqlite:///{tmp_path / 'b.sqlite'}") as other:
+        assert import_version(other, path).uid == v.uid
 
 
 def test_only_sealed_versions_are_exported(store, tmp_path):
