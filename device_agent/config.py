@@ -106,6 +106,10 @@ class AgentConfig:
     # The measurement worker (onnxruntime loaded, ~100 MB) exits after this long without jobs and
     # restarts (about a second) for the next one; 0 keeps it.
     worker_idle_exit_s: float = 60.0
+    # Scratch space (uploads, profiles, optimized models): each agent works in its own run-PID-*
+    # directory here, removed when it stops; at start it removes those of agents no longer running.
+    # Default: hadmc-agent-UID in the system's temporary directory.
+    work_dir: Path | None = None
     profile: MeasurementDefaults = MeasurementDefaults()
     benchmark: MeasurementDefaults = MeasurementDefaults(max_time_s=10.0, target_rel_ci=0.01, min_window_s=1.0)
     nightly: NightlyConfig = NightlyConfig()

@@ -50,6 +50,7 @@ class WorkerSettings:
     inter_op_threads: int
     max_tensor_elements: int
     own_pids: tuple[int, ...]
+    tmp_dir: str = ""  # the agent's scratch directory for the worker's temporary files ("": the system's)
 
 
 @dataclass(frozen=True)

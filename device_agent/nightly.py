@@ -124,7 +124,7 @@ class LocalProfiler:
         """One benchmark of `model` with the agent's benchmark settings (those a Benchmark call
         without settings gets); JobError naming the job's code when it cannot be made."""
         settings = resolve_settings(common_pb2.MeasurementSettings(), self._config.benchmark)
-        with tempfile.TemporaryDirectory(prefix="hadmc-nightly-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="hadmc-nightly-", dir=self._runner.tmp_dir) as tmp:
             path = Path(tmp) / "model.onnx"
             path.write_bytes(model)
             job = BenchmarkJob(str(path), batch_size, settings, per_kernel=per_kernel)

@@ -64,6 +64,11 @@ class MeasurementRunner:
         self._conn: Connection | None = None
 
     @property
+    def tmp_dir(self) -> str | None:
+        """The agent's scratch directory the worker writes under (None: the system's)."""
+        return self._settings.tmp_dir or None
+
+    @property
     def worker_pid(self) -> int | None:
         return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 

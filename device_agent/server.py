@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -259,6 +260,19 @@ def _device_info(config: AgentConfig, probe: ProbeResult, threads: int) -> agent
     return info
 
 
+def scratch_directory(work_dir: Path | None) -> tempfile.TemporaryDirectory:
+    """This agent's run-PID-* directory under `work_dir`, after removing those whose agent is no
+    longer running (killed with its worker, they would otherwise fill the disk over time)."""
+    base = Path(work_dir) if work_dir else Path(tempfile.gettempdir()) / f"hadmc-agent-{os.getuid()}"
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for child in base.glob("run-*-*"):
+        pid = child.name.split("-")[1]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(child, ignore_errors=True)
+            log.info("agent.scratch_removed", directory=str(child))
+    return tempfile.TemporaryDirectory(prefix=f"run-{os.getpid()}-", dir=base)
+
+
 class Agent:
     """A running agent: gRPC server, health service and measurement worker.
 
@@ -270,6 +284,7 @@ class Agent:
         self._token = read_token(config.token_file) if config.token_file is not None else None
         threads = config.intra_op_threads or psutil.cpu_count(logical=False) or 1
         self.intra_op_threads = threads
+        self._work_dir = scratch_directory(config.work_dir)
         ws = WorkerSettings(
             execution_provider=config.execution_provider,
             provider_options=dict(config.provider_options),
@@ -277,10 +292,10 @@ class Agent:
             inter_op_threads=config.inter_op_threads,
             max_tensor_elements=config.max_tensor_elements,
             own_pids=(os.getpid(),),
+            tmp_dir=self._work_dir.name,
         )
         kwargs = {"target": worker_target} if worker_target is not None else {}
         self.runner = MeasurementRunner(ws, config.max_queued_jobs, idle_exit_s=config.worker_idle_exit_s, **kwargs)
-        self._work_dir = tempfile.TemporaryDirectory(prefix="hadmc-agent-")
         self.health = health.HealthServicer()
         self.server: grpc.Server | None = None
         self.port = 0

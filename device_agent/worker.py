@@ -446,6 +446,9 @@ class CancelFlag:
 
 def worker_main(conn: Connection, cancelled: CancelFlag, ws: WorkerSettings) -> None:
     """Serve jobs from `conn` until it closes."""
+    if ws.tmp_dir:  # profiles and optimized models land in the agent's scratch, removed even after a kill
+        tempfile.tempdir = ws.tmp_dir
+        os.environ["TMPDIR"] = ws.tmp_dir
     try:
         worker = Worker(ws, cancelled)
     except Exception as exc:  # report any set-up failure to the daemon, then exit

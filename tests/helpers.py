@@ -80,3 +80,24 @@ def crash_on_benchmark(conn: Any, cancelled: Any, ws: Any) -> None:
             conn.send(worker.handle(job))
         except JobError as exc:
             conn.send(JobFailure(exc.code, str(exc)))
+
+
+def leave_temp_files_and_die(conn: Any, cancelled: Any, ws: Any) -> None:
+    """The real worker, except that a Benchmark job leaves a profile in its temporary directory
+    and the worker is killed (SIGKILL) before it can remove it."""
+    import tempfile
+    from pathlib import Path
+
+    from device_agent import worker
+    from device_agent.jobs import BenchmarkJob
+
+    real = worker.Worker.handle
+
+    def handle(self: Any, job: Any) -> Any:
+        if isinstance(job, BenchmarkJob):
+            Path(tempfile.mkdtemp(prefix="hadmc-kprof-"), "profile.json").write_text("{}")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, job)
+
+    worker.Worker.handle = handle
+    worker.worker_main(conn, cancelled, ws)

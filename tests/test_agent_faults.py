@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -95,3 +96,24 @@ def test_an_idle_worker_exits_and_comes_back_for_the_next_job():
             assert r.WhichOneof("outcome") == "stats"
     finally:
         quick_exit.stop(grace_s=1.0)
+
+
+def test_temporary_files_stay_in_the_agents_scratch_and_are_removed_even_after_a_kill(tmp_path):
+    scratch = tmp_path / "scratch"
+    stale = scratch / "run-999999999-x1"  # an agent that no longer runs (no such pid)
+    stale.mkdir(parents=True)
+    (stale / "upload-1.onnx").write_bytes(b"left by a killed agent")
+    other = scratch / "notes"  # not an agent's run directory: left alone
+    other.mkdir()
+    agent = Agent(quick_config(work_dir=scratch), worker_target="tests.helpers:leave_temp_files_and_die").start()
+    try:
+        assert not stale.exists() and other.exists()
+        (run,) = scratch.glob(f"run-{os.getpid()}-*")
+        with AgentClient(AgentTarget(agent.address)) as client:
+            with pytest.raises(AgentError, match="runtime crashed"):
+                client.benchmark(small_cnn().SerializeToString())
+            assert [p.name for p in run.glob("hadmc-kprof-*/profile.json")] == ["profile.json"]
+            assert client.health() == "SERVING"
+    finally:
+        agent.stop(grace_s=1.0)
+    assert not run.exists()
