@@ -272,10 +272,14 @@ class Nightly:
             return report, response
 
     def _run_logged(self, reason: str) -> None:
+        """One scheduled run; a failure is logged and the schedule goes on (tomorrow's run still
+        happens: the thread must not die of one bad grid or one bug)."""
         try:
             self.run_once(reason)
         except (StoreError, OSError, ValueError) as exc:
             log.error("nightly.failed", reason=reason, error=str(exc))
+        except Exception as exc:  # anything else is a bug: logged with its traceback, never silent
+            log.exception("nightly.crashed", reason=reason, error=f"{type(exc).__name__}: {exc}")
 
     def _loop(self) -> None:
         reason = self.due_at_start()

@@ -92,6 +92,17 @@ def test_grid_expansion_and_errors(grid):
         expand_grid({"precisions": ["int2"], "conv": [{}]}, ["fp32"])
     with pytest.raises(GridError, match="does not fit"):
         expand_grid({"conv": [{"batch": 1, "in_channels": 8, "size": 2, "kernel": 7, "padding": 0}]}, ["fp32"])
+    # Whatever a grid file holds, the answer is a GridError naming the entry, never a raw exception.
+    odd = [
+        ({"conv": [3]}, r"\[\[conv\]\] #1 is 3: each entry is a table"),
+        ({"precisions": "fp32", "conv": [{}]}, "give a list"),
+        ({"conv": [{"batch": 1, "in_channels": 8, "size": 8, "kernel": 3, "stride": 0}]}, r"\[\[conv\]\] #1"),
+        ({"conv": [{"batch": 1, "in_channels": "eight", "size": 8, "kernel": 3}]}, r"\[\[conv\]\] #1"),
+        ({"conv": [{"batch": -1, "in_channels": 8, "size": 8, "kernel": 3}]}, r"\[\[conv\]\] #1"),
+    ]
+    for doc, message in odd:
+        with pytest.raises(GridError, match=message):
+            expand_grid(doc, ["fp32"])
 
 
 def test_build_list_show_diff_export_import(tmp_path, env, grid, agent):

@@ -253,3 +253,18 @@ def test_reprofile_without_a_store_or_keys_is_failed_precondition(tmp_path):
 def test_bad_nightly_config(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         NightlyConfig(**kwargs)
+
+
+def test_a_failing_run_is_logged_and_never_ends_the_schedule(monkeypatch):
+    import structlog
+
+    nightly = object.__new__(Nightly)  # only the run wrapper is under test
+
+    def broken(reason):
+        raise KeyError("a bug in a grid expansion")
+
+    monkeypatch.setattr(nightly, "run_once", broken, raising=False)
+    with structlog.testing.capture_logs() as logs:
+        nightly._run_logged("scheduled run at 03:00")  # returns: the loop goes on to tomorrow's run
+    (entry,) = [e for e in logs if e["event"] == "nightly.crashed"]
+    assert "KeyError" in entry["error"] and entry["reason"] == "scheduled run at 03:00"

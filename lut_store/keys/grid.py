@@ -109,6 +109,8 @@ def expand_grid(doc: dict[str, Any], device_precisions: Sequence[str]) -> list[O
     """All keys a parsed grid describes, deduplicated, in file order."""
     precisions = doc.get("precisions", list(device_precisions))
     allowed = [p.value for p in Precision]
+    if not isinstance(precisions, list):
+        raise GridError(f'precisions = {precisions!r}: give a list, e.g. ["fp32", "int8"]')
     bad = [p for p in precisions if p not in allowed]
     if bad:
         raise GridError(f"unknown precisions {bad}; allowed: {allowed}")
@@ -123,14 +125,16 @@ def expand_grid(doc: dict[str, Any], device_precisions: Sequence[str]) -> list[O
                 + (f"; did you mean [[{near[0]}]]?" if near else f"; known: {', '.join(_BUILDERS)}")
             )
         for index, sweep in enumerate(sweeps if isinstance(sweeps, list) else [sweeps]):
+            if not isinstance(sweep, dict):
+                raise GridError(f"[[{table}]] #{index + 1} is {sweep!r}: each entry is a table of parameters")
             names = list(sweep)
             values = [_sweep(n, sweep[n]) for n in names]
             for combo in itertools.product(*values, precisions):
                 params = dict(zip(names, combo[:-1], strict=False))
                 try:
                     key = _BUILDERS[table](precision=combo[-1], **params)
-                except TypeError as exc:
-                    raise GridError(f"[[{table}]] #{index + 1}: {exc}") from None
+                except (TypeError, ValueError, ArithmeticError) as exc:  # a missing or impossible parameter
+                    raise GridError(f"[[{table}]] #{index + 1} {params}: {type(exc).__name__}: {exc}") from None
                 except OpKeyError as exc:
                     raise GridError(f"[[{table}]] #{index + 1} {params}: {exc}") from None
                 keys.setdefault(key.hash, key)
