@@ -10,6 +10,7 @@ in rounds interleaved with the FP32 model:
 - prediction: each final model's LUT prediction against its measured latency.
 
 Usage: python bench/search_vs_uniform.py [--seeds 5] [--model resnet18|mobilenetv2] [--out DIR] [--device HOST:PORT]
+       [--accuracy-tolerance 0.01]
 (uses $HADMC_HOME for the cached teacher and the LUT; a run directory per seed under --out)
 """
 
@@ -81,6 +82,12 @@ def main() -> int:
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--out", type=Path)
     parser.add_argument(
+        "--accuracy-tolerance",
+        type=float,
+        default=None,
+        help="search with [reward] accuracy_tolerance (fastest within it) instead of the demo's reward",
+    )
+    parser.add_argument(
         "--device", default="", help="NAME|HOST:PORT of an agent (default: an embedded agent, one thread)"
     )
     args = parser.parse_args()
@@ -91,6 +98,8 @@ def main() -> int:
     seeds = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         config = replace(_config(args.model), device=replace(DEMO.device, name=args.device)).with_search(seed=seed)
+        if args.accuracy_tolerance is not None:
+            config = replace(config, reward=replace(config.reward, accuracy_tolerance=args.accuracy_tolerance))
         run = out / f"seed{seed}"
         t0 = time.monotonic()
         summary = run_search(config, run, resume=(run / "config.json").exists(), progress=True)

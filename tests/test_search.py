@@ -140,6 +140,29 @@ def test_search_run_directory(agent, tmp_path, monkeypatch):
     assert (out / "episodes.jsonl").read_bytes() == episodes
 
 
+def test_a_tolerance_reward_measures_its_reference_first(agent, tmp_path, monkeypatch):
+    monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
+    overrides = {
+        **MLP,
+        "search": {**MLP["search"], "controllers": ["ppo"], "alternatives": []},
+        "reward": {"latency_weight": 1.0, "size_weight": 0.0, "accuracy_tolerance": 0.01},
+        "device": {"name": agent.address},
+        "store": f"sqlite:///{tmp_path / 'lut.sqlite'}",
+    }
+    out = tmp_path / "run"
+    summary = run_search(load_search_config(None, overrides), out, progress=False)
+    reference = json.loads((out / "checkpoints" / "accuracy_reference.json").read_text())
+    assert 0 < reference["val_accuracy"] <= 1
+    assert {a["keep_ratio"] for a in reference["policy"]["layers"].values()} == {1.0}
+    rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    floor = reference["val_accuracy"] - 0.01
+    for r in rows:  # speed alone within the tolerance, scaled down below it
+        speed = summary.baseline.predicted_latency_ms / r["predicted_latency_ms"]
+        factor = min(1.0, np.exp(-(floor - r["val_accuracy"]) / 0.01))
+        assert r["reward"] == pytest.approx(speed * factor)
+    assert summary.alternatives == {}
+
+
 def test_a_killed_search_resumes_with_no_episode_lost_or_repeated(agent, tmp_path):
     config = tmp_path / "search.toml"
     config.write_text(

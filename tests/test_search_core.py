@@ -258,6 +258,18 @@ def test_reward_form():
         reward(0.9, 0.0, 100, 4.0, 400, w)
 
 
+def test_a_tolerance_reward_pays_for_speed_only_within_the_tolerance():
+    w = RewardConfig(latency_weight=1.0, size_weight=0.0, accuracy_tolerance=0.01, accuracy_reference=0.95)
+    assert reward(0.95, 0.5, 1, 1.0, 1, w) == pytest.approx(2.0)
+    assert reward(0.941, 0.5, 1, 1.0, 1, w) == pytest.approx(2.0)  # within a point: speed alone counts
+    assert reward(0.92, 0.25, 1, 1.0, 1, w) == pytest.approx(4.0 * math.exp(-2.0))  # two points short
+    assert reward(0.92, 0.25, 1, 1.0, 1, w) < reward(0.945, 0.4, 1, 1.0, 1, w)
+    with pytest.raises(ValueError, match="needs accuracy_reference"):
+        reward(0.9, 1.0, 1, 1.0, 1, replace(w, accuracy_reference=0.0))
+    with pytest.raises(ValueError, match="accuracy_tolerance = 1.5"):
+        RewardConfig(accuracy_tolerance=1.5)
+
+
 def test_the_reward_can_read_the_students_kl_from_its_teacher_instead_of_top1():
     kl = RewardConfig(accuracy_signal="teacher-kl", accuracy_weight=4.0, latency_weight=1.0, size_weight=0.0)
     assert kl.fidelity(0.5, 0.0) == 1.0 and kl.fidelity(0.9, 0.25) == pytest.approx(math.exp(-0.25))

@@ -36,6 +36,13 @@ class RewardConfig:
     # images moves in steps of a third of a point and a one-epoch fine-tune's is mostly noise; the
     # KL averages every image's whole class distribution (see SIGNALS' use in `fidelity`).
     accuracy_signal: str = "top1"
+    # "Fastest within a tolerance" instead of a product: with accuracy_tolerance > 0 the accuracy term
+    # is 1 while acc >= accuracy_reference - accuracy_tolerance and falls as exp(-shortfall /
+    # accuracy_scale) below. The search sets accuracy_reference before the first episode: the
+    # unpruned network at its fastest precisions, scored like an episode (same fine-tune, same split).
+    accuracy_tolerance: float = 0.0
+    accuracy_scale: float = 0.01
+    accuracy_reference: float = 0.0
 
     def __post_init__(self) -> None:
         if min(self.latency_weight, self.size_weight, self.accuracy_weight) < 0:
@@ -45,6 +52,22 @@ class RewardConfig:
             )
         if self.accuracy_signal not in SIGNALS:
             raise ValueError(f"accuracy_signal {self.accuracy_signal!r}; choose among {', '.join(SIGNALS)}")
+        if not 0.0 <= self.accuracy_tolerance < 1.0 or self.accuracy_scale <= 0:
+            raise ValueError(
+                f"accuracy_tolerance = {self.accuracy_tolerance} must lie in [0, 1) (0.01: one point) and "
+                f"accuracy_scale = {self.accuracy_scale} must be positive"
+            )
+
+    def accuracy_term(self, acc: float) -> float:
+        """The reward's accuracy factor: acc^accuracy_weight, or the within-tolerance step."""
+        if self.accuracy_tolerance <= 0:
+            return acc**self.accuracy_weight
+        if self.accuracy_reference <= 0:
+            raise ValueError(
+                "accuracy_tolerance needs accuracy_reference: the search measures the unpruned network first"
+            )
+        shortfall = max(0.0, self.accuracy_reference - self.accuracy_tolerance - acc)
+        return math.exp(-shortfall / self.accuracy_scale)
 
     def fidelity(self, val_accuracy: float, val_kl: float | None) -> float:
         """The reward's `acc` for a student with this validation top-1 and KL from its teacher."""
@@ -64,7 +87,7 @@ def reward(
             "a latency that could not be predicted is an error, never 0 ms"
         )
     return (
-        acc**weights.accuracy_weight
+        weights.accuracy_term(acc)
         * (base_latency_ms / latency_ms) ** weights.latency_weight
         * (base_size_bytes / size_bytes) ** weights.size_weight
     )

@@ -42,7 +42,7 @@ from host.runs import (
     write_record,
 )
 from host.search.alternatives import ALTERNATIVES, run_alternatives
-from host.search.budget import latency_estimator, latency_shares, search_constraint
+from host.search.budget import LatencyEstimator, latency_estimator, latency_shares, search_constraint
 from host.search.controllers import Controller
 from host.search.evaluate import Evaluator
 from host.search.loop import Episode, RewardReference, run_episodes
@@ -159,7 +159,10 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
             config.episode_distill,
             config.search.episode_samples,
         )
-        controllers, space = _controllers(bench, config, space, baseline, evaluator, out)
+        counter = ParamCounter(bench.teacher, bench.example, config.compress.round_to)
+        space, estimator = _prior(bench, config, space, counter, out)
+        config = _accuracy_reference(config, space, evaluator, out)
+        controllers = _controllers(bench, config, space, baseline, evaluator, counter, estimator)
         rows = _run_controllers(config, controllers, evaluator, baseline, out, resume, shown)
         floor = _selection_floor(bench, config, space, out)
         finals = {name: _final(bench, config, rows, baseline, out, name, floor) for name in controllers}
@@ -241,13 +244,11 @@ def _space(
         raise ConfigError(str(exc)) from None
 
 
-def _controllers(
-    bench: Workbench, config: SearchConfig, space: SearchSpace, baseline: Baseline, evaluator: Evaluator, out: Path
-) -> tuple[dict[str, Controller], SearchSpace]:
-    """Each controller, under the config's constraint, over the space the LUT prior narrowed; PPO
-    with its reward surrogate when it practises."""
+def _prior(
+    bench: Workbench, config: SearchConfig, space: SearchSpace, counter: ParamCounter, out: Path
+) -> tuple[SearchSpace, LatencyEstimator | None]:
+    """The LUT's latency estimator when something needs it, and the space its prior narrowed."""
     s = config.search
-    counter = ParamCounter(bench.teacher, bench.example, config.compress.round_to)
     practise = "ppo" in s.controllers and config.ppo.surrogate_episodes > 0
     estimator = (
         latency_estimator(space, counter, bench, out / "checkpoints")
@@ -258,6 +259,39 @@ def _controllers(
         space = lut_choices(space, estimator, counter, size_matters=config.reward.size_weight > 0)
         write_record(out / "prior.json", LutPrior(dropped(space)))
         bench.progress.say(f"LUT prior: {_prior_text(space)}")
+    return space, estimator
+
+
+def _accuracy_reference(config: SearchConfig, space: SearchSpace, evaluator: Evaluator, out: Path) -> SearchConfig:
+    """With a tolerance reward: the unpruned network at its fastest allowed precisions scored like
+    an episode, as the reward's accuracy_reference (checkpoints/accuracy_reference.json, once)."""
+    if config.reward.accuracy_tolerance <= 0:
+        return config
+    path = out / "checkpoints" / "accuracy_reference.json"
+    if path.exists():
+        reference = read_record(path, SelectionFloor)
+    else:
+        policy = unpruned_fastest(space)
+        evaluator.bench.progress.say("the reward's reference: the unpruned network at its fastest precisions ...")
+        result = evaluator(policy, 0)
+        reference = SelectionFloor(policy, config.reward.fidelity(result.val_accuracy, result.val_kl))
+        write_record(path, reference)
+    return replace(config, reward=replace(config.reward, accuracy_reference=reference.val_accuracy))
+
+
+def _controllers(
+    bench: Workbench,
+    config: SearchConfig,
+    space: SearchSpace,
+    baseline: Baseline,
+    evaluator: Evaluator,
+    counter: ParamCounter,
+    estimator: LatencyEstimator | None,
+) -> dict[str, Controller]:
+    """Each controller, under the config's constraint, over the space the LUT prior narrowed; PPO
+    with its reward surrogate when it practises."""
+    s = config.search
+    practise = "ppo" in s.controllers and config.ppo.surrogate_episodes > 0
     controllers: dict[str, Controller] = {}
     try:
         constraint = search_constraint(s.max_params_fraction, s.latency_budget_ms, counter, baseline.params, estimator)
@@ -280,7 +314,7 @@ def _controllers(
             )
     except ValueError as exc:  # a budget no policy can meet
         raise ConfigError(str(exc)) from None
-    return controllers, space
+    return controllers
 
 
 def _selection_floor(bench: Workbench, config: SearchConfig, space: SearchSpace, out: Path) -> SelectionFloor | None:
