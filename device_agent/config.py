@@ -97,6 +97,8 @@ class AgentConfig:
     intra_op_threads: int = 0
     inter_op_threads: int = 1
     max_model_mib: float = 1024.0
+    # Input batches uploaded with one Benchmark (for accuracy on the device), all together.
+    max_inputs_mib: float = 256.0
     max_keys_per_request: int = 10000
     max_tensor_elements: int = 1 << 26
     max_queued_jobs: int = 8
@@ -121,7 +123,7 @@ class AgentConfig:
             )
         if self.intra_op_threads < 0 or self.inter_op_threads < 1:
             raise ConfigError("intra_op_threads must be >= 0 and inter_op_threads >= 1")
-        for name in ("max_model_mib", "key_timeout_s", "job_timeout_s"):
+        for name in ("max_model_mib", "max_inputs_mib", "key_timeout_s", "job_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
         if self.max_queued_jobs < 0 or self.max_keys_per_request < 1 or self.max_tensor_elements < 1:
@@ -136,6 +138,10 @@ class AgentConfig:
     @property
     def max_model_bytes(self) -> int:
         return int(self.max_model_mib * 1024 * 1024)
+
+    @property
+    def max_inputs_bytes(self) -> int:
+        return int(self.max_inputs_mib * 1024 * 1024)
 
 
 _SECTIONS = ("agent", "profile", "benchmark", "nightly")

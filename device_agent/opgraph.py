@@ -8,6 +8,7 @@ weight-only: int4 initializers through DequantizeLinear (opset 21) in front of t
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -284,9 +285,13 @@ def build_model(key: OpKey, max_tensor_elements: int, seed: int = 0) -> onnx.Mod
 
 
 def activation_feeds(
-    model: onnx.ModelProto, rng: np.random.Generator, batch_size: int | None = None
+    model: onnx.ModelProto,
+    rng: np.random.Generator,
+    batch_size: int | None = None,
+    max_elements: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Random inputs for every graph input; `batch_size` fills a symbolic batch axis."""
+    """Random inputs for every graph input; `batch_size` fills a symbolic batch axis. An input
+    over `max_elements` is refused before anything is allocated."""
     init_names = {t.name for t in model.graph.initializer}
     feeds = {}
     for vi in model.graph.input:
@@ -304,5 +309,11 @@ def activation_feeds(
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
         if dtype not in _NP_TYPES:
             raise KeyInvalid(f"input {vi.name!r} has element type {dtype}, which the agent cannot fill")
+        elements = math.prod(shape)
+        if max_elements is not None and elements > max_elements:
+            raise KeyInvalid(
+                f"input {vi.name!r} of shape {shape} would hold {elements:,} elements, over the agent's "
+                f"max_tensor_elements of {max_elements:,}: ask for a smaller batch"
+            )
         feeds[vi.name] = random_array(tuple(shape), dtype, rng)
     return feeds

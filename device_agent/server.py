@@ -160,7 +160,7 @@ class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
 
         Returns (None, []) when the client went away mid-upload.
         """
-        upload = _Upload(context, sink, cap)
+        upload = _Upload(context, sink, cap, self._config.max_inputs_bytes)
         try:
             for part in requests:
                 upload.add(part)
@@ -176,10 +176,11 @@ class _Upload:
     checked against the header's size, at most `cap`, and hash), then input batches. A bad part
     aborts the call with a status that says what was wrong."""
 
-    def __init__(self, context: grpc.ServicerContext, sink: Any, cap: int) -> None:
-        self.context, self.sink, self.cap = context, sink, cap
+    def __init__(self, context: grpc.ServicerContext, sink: Any, cap: int, inputs_cap: int) -> None:
+        self.context, self.sink, self.cap, self.inputs_cap = context, sink, cap, inputs_cap
         self.header: agent_pb2.BenchmarkHeader | None = None
         self.received = 0
+        self.input_bytes = 0
         self.digest = hashlib.sha256()
         self.batches: list[bytes] = []
 
@@ -192,7 +193,15 @@ class _Upload:
         elif which == "model_chunk":
             self._model_bytes(part.model_chunk)
         elif which == "inputs":
-            self.batches.append(part.inputs.SerializeToString())
+            data = part.inputs.SerializeToString()
+            self.input_bytes += len(data)
+            if self.input_bytes > self.inputs_cap:  # refused before it is held: one client cannot fill memory
+                self.context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"input batches of over {self.inputs_cap / 2**20:.1f} MiB in one upload: over the agent's "
+                    "max_inputs_mib; send fewer or smaller batches per call",
+                )
+            self.batches.append(data)
 
     def _start(self, part: agent_pb2.BenchmarkRequest, which: str | None) -> None:
         if which != "header":

@@ -268,7 +268,7 @@ class Worker:
             model = modelcheck.load_checked(data)
             batch = modelcheck.resolve_batch(model, job.batch_size)
             batches = self._decode_inputs(model, job.input_batches)
-            feeds = activation_feeds(model, np.random.default_rng(0), batch)
+            feeds = activation_feeds(model, np.random.default_rng(0), batch, self.ws.max_tensor_elements)
         except (modelcheck.ModelInvalid, KeyInvalid) as exc:
             raise JobError(INVALID, str(exc)) from None
         kernels = None

@@ -7,6 +7,7 @@ import threading
 import time
 
 import grpc
+import numpy as np
 import pytest
 
 from device_agent.server import Agent
@@ -117,3 +118,22 @@ def test_temporary_files_stay_in_the_agents_scratch_and_are_removed_even_after_a
     finally:
         agent.stop(grace_s=1.0)
     assert not run.exists()
+
+
+def test_one_client_cannot_make_the_agent_allocate_without_bound():
+    from onnx import numpy_helper
+
+    capped = Agent(quick_config(max_inputs_mib=0.05, max_tensor_elements=1 << 20)).start()
+    model = small_cnn().SerializeToString()
+    batch = numpy_helper.from_array(np.zeros((8, 3, 16, 16), np.float32), "x").SerializeToString()  # 24 KiB
+    try:
+        with AgentClient(AgentTarget(capped.address), retries=1) as client:
+            with pytest.raises(AgentError, match="over the agent's max_inputs_mib") as exc:
+                client.benchmark(model, inputs=[{"x": batch}] * 3)  # 72 KiB of inputs, 51 KiB allowed
+            assert exc.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            with pytest.raises(AgentError, match="over the agent's max_tensor_elements") as exc:
+                client.benchmark(model, batch_size=2**31)  # random inputs of 2^31 x 768 floats
+            assert exc.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert client.benchmark(model, inputs=[{"x": batch}]).latency.n >= 10  # still serving
+    finally:
+        capped.stop(grace_s=1.0)
