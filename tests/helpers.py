@@ -101,3 +101,17 @@ def leave_temp_files_and_die(conn: Any, cancelled: Any, ws: Any) -> None:
 
     worker.Worker.handle = handle
     worker.worker_main(conn, cancelled, ws)
+
+
+class LogRecorder:
+    """Stands in for a module's structlog logger (monkeypatch `module.log`): records every call as
+    (level, event, fields), whatever structlog's global configuration caches."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        def record(event: str, **fields: Any) -> None:
+            self.entries.append((level, event, fields))
+
+        return record

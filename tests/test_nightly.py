@@ -256,15 +256,17 @@ def test_bad_nightly_config(kwargs, message):
 
 
 def test_a_failing_run_is_logged_and_never_ends_the_schedule(monkeypatch):
-    import structlog
+    from device_agent import nightly as module
+    from tests.helpers import LogRecorder
 
+    logs = LogRecorder()
+    monkeypatch.setattr(module, "log", logs)
     nightly = object.__new__(Nightly)  # only the run wrapper is under test
 
     def broken(reason):
         raise KeyError("a bug in a grid expansion")
 
     monkeypatch.setattr(nightly, "run_once", broken, raising=False)
-    with structlog.testing.capture_logs() as logs:
-        nightly._run_logged("scheduled run at 03:00")  # returns: the loop goes on to tomorrow's run
-    (entry,) = [e for e in logs if e["event"] == "nightly.crashed"]
-    assert "KeyError" in entry["error"] and entry["reason"] == "scheduled run at 03:00"
+    nightly._run_logged("scheduled run at 03:00")  # returns: the loop goes on to tomorrow's run
+    ((level, _, fields),) = [e for e in logs.entries if e[1] == "nightly.crashed"]
+    assert level == "exception" and "KeyError" in fields["error"] and fields["reason"] == "scheduled run at 03:00"

@@ -7,7 +7,6 @@ import json
 import stat
 
 import pytest
-import structlog
 
 from device_agent.config import NightlyConfig
 from device_agent.server import Agent
@@ -66,23 +65,31 @@ def test_store_errors_show_no_password(postgres_server):
     assert "hunter2" not in str(err.value) and "postgres:***@" in str(err.value)
 
 
-def test_the_nightly_run_keeps_the_store_password_out_of_logs_responses_and_its_state_file(tmp_path, postgres_server):
+def test_the_nightly_run_keeps_the_store_password_out_of_logs_responses_and_its_state_file(
+    tmp_path, postgres_server, monkeypatch
+):
+    from device_agent import nightly as module
+    from tests.helpers import LogRecorder
+
+    logs = LogRecorder()  # structlog may cache its loggers: record the module's calls themselves
+    monkeypatch.setattr(module, "log", logs)
     url = postgres_server.new_database() + "?password=hunter2"
     grid = tmp_path / "grid.toml"
     grid.write_text(GRID)
     state_file = tmp_path / "nightly.json"
     nightly = NightlyConfig(store=url, grids=[str(grid)], state_file=state_file)
-    with structlog.testing.capture_logs() as logs:
-        agent = Agent(quick_config(nightly=nightly)).start()
-        try:
-            _wait_for_state(state_file)
-            with AgentClient(AgentTarget(agent.address)) as client:
-                response = client.reprofile("manual")
-                again = client.reprofile("again")  # the state file's masked URL still names this store
-        finally:
-            agent.stop(grace_s=1.0)
+    agent = Agent(quick_config(nightly=nightly)).start()
+    try:
+        _wait_for_state(state_file)
+        with AgentClient(AgentTarget(agent.address)) as client:
+            response = client.reprofile("manual")
+            again = client.reprofile("again")  # the state file's masked URL still names this store
+    finally:
+        agent.stop(grace_s=1.0)
     assert response.sealed and again.parent_version_id == response.version_id
     assert "hunter2" not in response.store_url and "password=***" in response.store_url
     assert "hunter2" not in state_file.read_text() and json.loads(state_file.read_text())["store_url"]
     assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
-    assert not [entry for entry in logs if "hunter2" in repr(entry)]
+    started = [fields for _, event, fields in logs.entries if event == "nightly.start"]
+    assert len(started) == 3 and all(fields["store"].endswith("password=***") for fields in started)
+    assert not [entry for entry in logs.entries if "hunter2" in repr(entry)]
