@@ -278,9 +278,14 @@ def write_record(path: Path, record: Any) -> None:
 
 def write_json(path: Path, doc: Any) -> None:
     """Atomically: the old file or the new one, never half of either."""
+    write_bytes(path, json.dumps(doc, indent=2).encode())
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Atomically and durably: the old file or the new one, fsynced before it replaces the old."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        f.write(json.dumps(doc, indent=2))
+    with tmp.open("wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -378,23 +383,8 @@ class EpisodeLog:
             os.fsync(f.fileno())
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Atomically and durably: the old file or the new one, fsynced before it replaces the old."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _write_lines(path: Path, docs: list[Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        f.write("".join(json.dumps(d) + "\n" for d in docs))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_bytes(path, "".join(json.dumps(d) + "\n" for d in docs).encode())
 
 
 # --- the typed reader ---------------------------------------------------------------------------

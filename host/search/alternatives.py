@@ -64,7 +64,7 @@ def _alternative(
         Made(
             reference.path,
             1.0,
-            sum(p.numel() for p in bench.teacher.parameters()),
+            count_params(bench.teacher),
             "onnxruntime quantize_static of the FP32 teacher (QDQ, per-channel int8 weights, uint8 "
             "activations, min-max calibration on the training split)",
         )
