@@ -187,6 +187,7 @@ class EpisodeRow:
     surrogate_episodes_so_far: int | None = None  # PPO practice episodes so far
     val_agreement: float | None = None  # share of validation inputs where the top-1 is the teacher's
     val_kl: float | None = None  # mean KL(teacher || student) on the validation split, nats
+    proposal: bool = False  # a warm start's proposal (host/search/allocate.py), not the controller's own
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from host.search.budget import LatencyEstimator
 from host.search.evaluate import EpisodeResult
 from host.search.loop import RewardReference, run_episodes
 from host.search.ppo import PPOConfig
-from host.search.registry import make_controller
+from host.search.registry import PPOStart, make_controller
 from host.search.reward import RewardConfig
 from host.search.space import ParamCounter, SearchSpace, describe_layers
 from host.search.surrogate import RewardSurrogate, layer_sensitivity
@@ -174,7 +174,7 @@ def test_ppo_practising_on_the_surrogate_beats_ppo_alone_and_random_search():
     best: dict[str, list[float]] = {"practice": [], "alone": [], "random": []}
     for seed in range(3):
         runs = {
-            "practice": make_controller("ppo", space, practice, seed, surrogate=_surrogate("resnet18")),
+            "practice": make_controller("ppo", space, practice, seed, start=PPOStart(_surrogate("resnet18"))),
             "alone": make_controller("ppo", space, alone, seed),
             "random": make_controller("random", space, alone, seed),
         }
@@ -197,14 +197,14 @@ def test_resume_with_practice_repeats_nothing_and_loses_nothing(tmp_path):
     base = RewardReference(truth.base_latency_ms, truth.base_size_bytes)
     config = PPOConfig(surrogate_episodes=5, surrogate_warmup=2, surrogate_batch=2)
     straight = run_episodes(
-        make_controller("ppo", space, config, 3, surrogate=_surrogate("mlp")), evaluate, 5, base, RewardConfig()
+        make_controller("ppo", space, config, 3, start=PPOStart(_surrogate("mlp"))), evaluate, 5, base, RewardConfig()
     )
-    first = make_controller("ppo", space, config, 3, surrogate=_surrogate("mlp"))
+    first = make_controller("ppo", space, config, 3, start=PPOStart(_surrogate("mlp")))
     seen = run_episodes(first, evaluate, 3, base, RewardConfig())
     assert first.practised == 10
     torch.save(first.state_dict(), tmp_path / "ppo.pt")
     torch.manual_seed(99)
-    resumed = make_controller("ppo", space, config, 7, surrogate=_surrogate("mlp"))
+    resumed = make_controller("ppo", space, config, 7, start=PPOStart(_surrogate("mlp")))
     resumed.load_state_dict(torch.load(tmp_path / "ppo.pt", weights_only=True))
     seen += run_episodes(resumed, evaluate, 5, base, RewardConfig(), start_episode=3)
     assert [e.policy for e in seen] == [e.policy for e in straight]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -104,6 +104,7 @@ class PPOController(Controller):
         seed: int,
         constraint: Constraint | None = None,
         surrogate: RewardSurrogate | None = None,
+        proposals: Sequence[Policy] = (),
     ) -> None:
         super().__init__(space, constraint)
         self.config = config
@@ -111,6 +112,18 @@ class PPOController(Controller):
         self.surrogate = surrogate if config.surrogate_episodes > 0 else None
         self.practised = 0  # surrogate episodes so far
         self.predicted: float | None = None  # the surrogate's reward for the last real policy
+        self.proposals = list(proposals)
+        self.proposal_rewards: list[float] = []
+        self.warm: bool = not self.proposals  # the agent acts (after imitating the best proposal)
+        self.last_was_proposal = False
+
+    def propose(self, episode: int) -> Policy:
+        """A warm start's proposals first (as the constraint bounds them), then the agent's policies."""
+        self.last_was_proposal = episode < len(self.proposals)
+        if self.last_was_proposal:
+            self.last_policy = walk(self.space, _replay(self.space, self.proposals[episode]), self.enforcer)
+            return self.last_policy
+        return super().propose(episode)
 
     def _choose(self, episode: int) -> Choose:
         def choose(t: int, free: bool, prev_keep: float, prev: Precision | None) -> tuple[float, Precision]:
@@ -121,14 +134,48 @@ class PPOController(Controller):
         return choose
 
     def observe(self, reward: float, result: EpisodeResult | None = None) -> None:
-        self.agent.finish_episode(reward)
+        if self.last_was_proposal:
+            self.proposal_rewards.append(reward)
+        else:
+            self.agent.finish_episode(reward)
         self.predicted = None
-        if self.surrogate is None or result is None:
-            return
+        learns = self.surrogate is not None and result is not None
+        if result is not None and self.surrogate is not None:
+            self._learn(result)
+        if not self.warm and len(self.proposal_rewards) == len(self.proposals):
+            best = max(range(len(self.proposals)), key=self.proposal_rewards.__getitem__)
+            self._imitate(self.proposals[best])
+            self.warm = True
+        if learns and self.warm:
+            self._practise()
+
+    def _imitate(self, policy: Policy) -> None:
+        """Start the agent from `policy`: its mean keep-ratio and precision at every layer."""
+        space, lo, hi = self.space, self.space.min_keep, self.space.max_keep
+        states, u, index, free, masks = [], [], [], [], []
+        prev_keep, prev = 1.0, None
+        for t, (layer, is_free) in enumerate(zip(space.layers, space.ratio_free(), strict=True)):
+            action = policy.layers[layer.name]
+            states.append(space.state(t, prev_keep, prev))
+            fraction = min(max((action.keep_ratio - lo) / (hi - lo), 0.02), 0.98) if hi > lo else 0.5
+            u.append(math.log(fraction / (1.0 - fraction)))
+            index.append(space.precisions.index(action.precision))
+            free.append(is_free)
+            masks.append(space.mask(t))
+            prev_keep, prev = action.keep_ratio, action.precision
+        self.agent.imitate(np.stack(states), np.array(u), np.array(index), np.array(free), np.stack(masks))
+
+    def _learn(self, result: EpisodeResult) -> None:
+        """Refit the surrogate on the last real episode (its score of the policy first)."""
+        assert self.surrogate is not None
         # The surrogate's score of this policy before it learns the outcome: its honest error.
         self.predicted = self.surrogate.reward(self.last_policy) if self.surrogate.fitted else None
         fidelity = self.surrogate.weights.fidelity(result.val_accuracy, result.val_kl)
         self.surrogate.add(self.last_policy, fidelity, result.latency_ms)
+
+    def _practise(self) -> None:
+        """From the warm-up's last real episode on: episodes scored by the surrogate."""
+        assert self.surrogate is not None
         if len(self.surrogate.observations) < self.config.surrogate_warmup:
             return
         for _ in range(self.config.surrogate_episodes):
@@ -139,12 +186,19 @@ class PPOController(Controller):
             self.agent.update()
 
     def episode_notes(self) -> dict[str, Any]:
-        if self.surrogate is None:
-            return {}
-        return {"surrogate_reward": self.predicted, "surrogate_episodes_so_far": self.practised}
+        notes: dict[str, Any] = {"proposal": self.last_was_proposal}
+        if self.surrogate is not None:
+            notes |= {"surrogate_reward": self.predicted, "surrogate_episodes_so_far": self.practised}
+        return notes
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"agent": self.agent.state_dict(), "practised": self.practised}
+        state: dict[str, Any] = {
+            "agent": self.agent.state_dict(),
+            "practised": self.practised,
+            "proposals": [p.to_json() for p in self.proposals],
+            "proposal_rewards": self.proposal_rewards,
+            "warm": self.warm,
+        }
         if self.surrogate is not None:
             state["surrogate"] = self.surrogate.state_dict()
         return state
@@ -152,8 +206,18 @@ class PPOController(Controller):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.agent.load_state_dict(state["agent"])
         self.practised = state.get("practised", 0)
+        if "proposals" in state:  # the run's own proposals, even if the LUT has changed since
+            self.proposals = [Policy.from_json(p) for p in state["proposals"]]
+            self.proposal_rewards = list(state["proposal_rewards"])
+            self.warm = state["warm"]
         if self.surrogate is not None and "surrogate" in state:
             self.surrogate.load_state_dict(state["surrogate"])
+
+
+def _replay(space: SearchSpace, policy: Policy) -> Choose:
+    """A `Choose` that takes `policy`'s action at every layer."""
+    actions = [policy.layers[layer.name] for layer in space.layers]
+    return lambda t, free, prev_keep, prev: (actions[t].keep_ratio, actions[t].precision)
 
 
 class RandomController(Controller):

@@ -18,6 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+IMITATION_STEPS = 300  # Adam steps of a warm start's behaviour cloning (one episode's states: well under a second)
+IMITATION_LR = 1e-2
+
 
 @dataclass(frozen=True)
 class PPOConfig:
@@ -220,6 +223,28 @@ class HybridPPO:
                 self.critic_opt.step()
         self.rollout = Rollout()
         self.episodes_in_rollout = 0
+
+    def imitate(
+        self, states: np.ndarray, u: np.ndarray, precision_index: np.ndarray, free: np.ndarray, masks: np.ndarray
+    ) -> float:
+        """Behaviour cloning onto one episode's actions (a warm start): the Gaussian mean of each
+        free step regresses onto its `u`, the precision head onto its choice; the spread, the
+        critic and the PPO optimiser are left as they are. Returns the final loss."""
+        states_t = torch.as_tensor(states, dtype=torch.float32)
+        u_t = torch.as_tensor(u, dtype=torch.float32)
+        index = torch.as_tensor(precision_index)
+        free_t = torch.as_tensor(free, dtype=torch.float32)
+        masks_t = torch.as_tensor(masks, dtype=torch.bool)
+        params = [p for n, p in self.net.named_parameters() if not n.startswith("critic") and n != "log_std"]
+        optimiser = torch.optim.Adam(params, lr=IMITATION_LR)
+        loss = torch.zeros(())
+        for _ in range(IMITATION_STEPS):
+            normal, cat = self.net.dists(states_t, masks_t)
+            loss = ((normal.mean - u_t) ** 2 * free_t).sum() / free_t.sum().clamp(min=1) - cat.log_prob(index).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        return float(loss.detach())
 
     def state_dict(self) -> dict[str, Any]:
         return {

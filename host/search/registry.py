@@ -6,8 +6,11 @@ A module of its own so that `controllers` (the interface and the plain controlle
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from host.compress.policy import Policy
 from host.search.baselines import AMCController, DDPGConfig, DQNConfig, DQNController, HAQController
 from host.search.controllers import Controller, PPOController, RandomController, UniformController
 from host.search.ppo import PPOConfig
@@ -20,6 +23,15 @@ if TYPE_CHECKING:
 CONTROLLERS = ("ppo", "random", "uniform", "amc", "haq", "dqn")
 
 
+@dataclass(frozen=True)
+class PPOStart:
+    """What PPO may start with: a reward surrogate to practise on between real episodes, and
+    proposals to play first (the best of them becomes its starting point)."""
+
+    surrogate: RewardSurrogate | None = None
+    proposals: Sequence[Policy] = ()
+
+
 def make_controller(
     name: str,
     space: SearchSpace,
@@ -28,13 +40,14 @@ def make_controller(
     constraint: Constraint | None = None,
     ddpg: DDPGConfig | None = None,
     dqn: DQNConfig | None = None,
-    surrogate: RewardSurrogate | None = None,
+    start: PPOStart | None = None,
 ) -> Controller:
     """A controller by name; `constraint` bounds every policy it proposes (optional, but `amc`
     needs a target and `haq` a latency budget). `ddpg` configures amc and haq, `dqn` the DQN
-    (their defaults when None); `surrogate` lets ppo practise between real episodes."""
+    (their defaults when None); `start` gives ppo its surrogate and warm start."""
     if name == "ppo":
-        return PPOController(space, ppo, seed, constraint, surrogate)
+        start = start or PPOStart()
+        return PPOController(space, ppo, seed, constraint, start.surrogate, start.proposals)
     if name == "random":
         return RandomController(space, seed, constraint)
     if name == "uniform":

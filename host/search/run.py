@@ -22,6 +22,7 @@ import torch
 
 from host.compress.distill import DistillConfig
 from host.compress.export import ExportedModel
+from host.compress.policy import Policy
 from host.progress import Progress
 from host.runs import (
     Baseline,
@@ -41,6 +42,7 @@ from host.runs import (
     write_json,
     write_record,
 )
+from host.search.allocate import Damage, groups_of, measure_damage, proposal_keeps, proposals
 from host.search.alternatives import ALTERNATIVES, run_alternatives
 from host.search.budget import LatencyEstimator, latency_estimator, latency_shares, search_constraint
 from host.search.controllers import Controller
@@ -48,7 +50,7 @@ from host.search.evaluate import Evaluator
 from host.search.loop import Episode, RewardReference, run_episodes
 from host.search.ppo import PPOConfig
 from host.search.prior import dropped, lut_choices
-from host.search.registry import CONTROLLERS, make_controller
+from host.search.registry import CONTROLLERS, PPOStart, make_controller
 from host.search.reward import RewardConfig, reward
 from host.search.select import SelectConfig, Selection, fine_tuned, select, unpruned_fastest
 from host.search.space import ParamCounter, SearchSpace, describe_layers
@@ -75,6 +77,9 @@ class SearchSettings:
     # Before the first episode, drop each layer's precisions the LUT shows to be dominated on the
     # reward's terms and give controllers the LUT's speed of each precision (host/search/prior.py).
     lut_prior: bool = True
+    # PPO's first episodes: this many sensitivity-aware proposals from the LUT (at most all but one
+    # episode), and PPO starts from the best of them (host/search/allocate.py); 0: from scratch.
+    warm_start: int = 3
     # The one-command baselines measured beside the final models (host/search/alternatives.py).
     alternatives: list[str] = field(default_factory=lambda: list(ALTERNATIVES))
     seed: int = 0
@@ -123,6 +128,8 @@ class SearchConfig(BenchConfig):
                 "controller amc prunes to a target: set max_params_fraction (e.g. 0.25 for 75% fewer "
                 "parameters) or latency_budget_ms"
             )
+        if s.warm_start < 0:
+            raise ConfigError(f"warm_start = {s.warm_start}: give a number of proposals (0: none)")
         if s.episode_samples < self.data.batch_size:
             raise ConfigError(
                 f"episode_samples = {s.episode_samples} is below [data] batch_size {self.data.batch_size}"
@@ -162,7 +169,7 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
         counter = ParamCounter(bench.teacher, bench.example, config.compress.round_to)
         space, estimator = _prior(bench, config, space, counter, out)
         config = _accuracy_reference(config, space, evaluator, out)
-        controllers = _controllers(bench, config, space, baseline, evaluator, counter, estimator)
+        controllers = _controllers(bench, config, space, baseline, evaluator, counter, estimator, out)
         rows = _run_controllers(config, controllers, evaluator, baseline, out, resume, shown)
         floor = _selection_floor(bench, config, space, out)
         finals = {name: _final(bench, config, rows, baseline, out, name, floor) for name in controllers}
@@ -252,7 +259,7 @@ def _prior(
     practise = "ppo" in s.controllers and config.ppo.surrogate_episodes > 0
     estimator = (
         latency_estimator(space, counter, bench, out / "checkpoints")
-        if s.latency_budget_ms or practise or s.lut_prior
+        if s.latency_budget_ms or practise or s.lut_prior or (s.warm_start and "ppo" in s.controllers)
         else None
     )
     if s.lut_prior and estimator is not None:
@@ -287,12 +294,14 @@ def _controllers(
     evaluator: Evaluator,
     counter: ParamCounter,
     estimator: LatencyEstimator | None,
+    out: Path,
 ) -> dict[str, Controller]:
     """Each controller, under the config's constraint, over the space the LUT prior narrowed; PPO
-    with its reward surrogate when it practises."""
+    with its reward surrogate when it practises, and its warm start."""
     s = config.search
     practise = "ppo" in s.controllers and config.ppo.surrogate_episodes > 0
     controllers: dict[str, Controller] = {}
+    proposals = _proposals(bench, config, space, evaluator, estimator, out) if "ppo" in s.controllers else []
     try:
         constraint = search_constraint(s.max_params_fraction, s.latency_budget_ms, counter, baseline.params, estimator)
         for i, name in enumerate(s.controllers):
@@ -310,11 +319,51 @@ def _controllers(
                     config.reward,
                 )
             controllers[name] = make_controller(
-                name, space, config.ppo, s.seed + 1000 * i, constraint, surrogate=surrogate
+                name,
+                space,
+                config.ppo,
+                s.seed + 1000 * i,
+                constraint,
+                start=PPOStart(surrogate, proposals) if name == "ppo" else None,
             )
     except ValueError as exc:  # a budget no policy can meet
         raise ConfigError(str(exc)) from None
     return controllers
+
+
+def _proposals(
+    bench: Workbench,
+    config: SearchConfig,
+    space: SearchSpace,
+    evaluator: Evaluator,
+    estimator: LatencyEstimator | None,
+    out: Path,
+) -> list[Policy]:
+    """PPO's warm start: each pruning group's damage measured once (checkpoints/damage.json), and
+    `warm_start` allocations of the LUT's milliseconds under uniform policies' damage."""
+    n = min(config.search.warm_start, config.search.episodes - 1)
+    if n <= 0 or estimator is None:
+        return []
+    path = out / "checkpoints" / "damage.json"
+    if path.exists():
+        damage = read_record(path, Damage)
+    else:
+        bench.progress.say("warm start: each pruning group's damage, pruned alone ...")
+        damage = measure_damage(
+            bench, space, evaluator.loader(0), (round((space.min_keep + space.max_keep) / 2, 4), space.min_keep)
+        )
+        write_record(path, damage)
+    policies = proposals(space, estimator, damage, proposal_keeps(space, n))
+    for policy in policies:
+        bench.progress.say(
+            f"warm start: {estimator(policy):.3f} ms predicted, keep-ratios {_keeps_text(space, policy)}"
+        )
+    return policies
+
+
+def _keeps_text(space: SearchSpace, policy: Policy) -> str:
+    """A policy's group keep-ratios in a line."""
+    return " ".join(f"{policy.layers[g].keep_ratio:.2f}" for g in groups_of(space))
 
 
 def _selection_floor(bench: Workbench, config: SearchConfig, space: SearchSpace, out: Path) -> SelectionFloor | None:
@@ -377,6 +426,7 @@ class EpisodeRecorder:
             notes.get("surrogate_episodes_so_far"),
             result.val_agreement,
             result.val_kl,
+            bool(notes.get("proposal")),
         )
         self.log.append(row)
         self.rows.append(row)

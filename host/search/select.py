@@ -3,15 +3,19 @@
 An episode's accuracy comes from a one-epoch fine-tune of a few hundred images: on ResNet18 the
 same policy scored 0.88 and 0.85 in two episodes, and policies whose episodes read 0.65 and 0.94
 both reached 0.94 after three epochs. So the best single episode is mostly the luckiest one.
-With `top` > 1, the controller's best `top` distinct policies (by episode reward) are fine-tuned
-again, all alike (`epochs` on the whole training split), benchmarked on the device in turn with
-the FP32 model, and the choice is made at that fidelity, with that measured speedup:
+With `top` > 1, `top` distinct policies are fine-tuned again, all alike (`epochs` on the whole
+training split), benchmarked on the device in turn with the FP32 model, and the choice is made at
+that fidelity, with that measured speedup:
 
-- `reward`: the best reward recomputed with that accuracy and speed;
-- `fastest-within`: the highest measured speedup among the candidates whose accuracy is within
-  `max_accuracy_drop` of the unpruned network's at the same fidelity (each layer at its fastest
-  allowed precision; the search measures it once): the objective "fastest model that keeps the
-  teacher's accuracy", judged among equals.
+- `reward`: the candidates are the best episodes by reward; the choice, the best reward
+  recomputed with that accuracy and speed;
+- `fastest-within`: the candidates are the fastest episodes (LUT prediction) whose accuracy is
+  within `pool_slack` of the controller's best episode; the choice, the highest measured speedup
+  among them whose accuracy is within `max_accuracy_drop` of the unpruned network's at the same
+  fidelity (each layer at its fastest allowed precision; the search measures it once): the
+  objective "fastest model that keeps the teacher's accuracy", judged among equals. (Candidates
+  by reward would skip the safe policies: a latency-first reward ranks an aggressive policy that
+  lost four points in its episode above one that kept them.)
 """
 
 from __future__ import annotations
@@ -40,14 +44,20 @@ class SelectConfig:
     epochs: int = 2  # their common fine-tune (final_distill's settings, this many epochs)
     rule: str = "reward"  # see the module docstring
     max_accuracy_drop: float = 0.005  # fastest-within: 0.005 = half a point
+    # fastest-within's candidates: the fastest episodes within this much validation accuracy of the
+    # controller's best episode (a one-epoch fine-tune's accuracy varies by about two points)
+    pool_slack: float = 0.02
 
     def __post_init__(self) -> None:
         if self.top < 1 or self.epochs < 1:
             raise ValueError(f"top = {self.top} and epochs = {self.epochs} must be at least 1")
         if self.rule not in RULES:
             raise ValueError(f"rule {self.rule!r}; choose among {', '.join(RULES)}")
-        if not 0.0 <= self.max_accuracy_drop < 1.0:
-            raise ValueError(f"max_accuracy_drop = {self.max_accuracy_drop}: give a fraction, e.g. 0.005")
+        if not 0.0 <= self.max_accuracy_drop < 1.0 or not 0.0 <= self.pool_slack < 1.0:
+            raise ValueError(
+                f"max_accuracy_drop = {self.max_accuracy_drop} and pool_slack = {self.pool_slack}: give "
+                "fractions, e.g. 0.005 for half a point"
+            )
 
 
 def candidates(rows: list[EpisodeRow], top: int) -> list[EpisodeRow]:
@@ -56,6 +66,23 @@ def candidates(rows: list[EpisodeRow], top: int) -> list[EpisodeRow]:
     for row in sorted(rows, key=lambda r: (-r.reward, r.episode)):
         best.setdefault(row.policy.to_json(), row)
     return list(best.values())[:top]
+
+
+def fastest_candidates(rows: list[EpisodeRow], top: int, slack: float) -> list[EpisodeRow]:
+    """The `top` fastest episodes (LUT prediction) whose validation accuracy is within `slack` of
+    the best episode's, one per distinct policy: `fastest-within`'s objective at episode fidelity.
+    Fewer within: the most accurate of the others make up the number."""
+    best_accuracy = max(r.val_accuracy for r in rows)
+    within = sorted(
+        (r for r in rows if r.val_accuracy >= best_accuracy - slack), key=lambda r: (r.predicted_latency_ms, r.episode)
+    )
+    rest = sorted(
+        (r for r in rows if r.val_accuracy < best_accuracy - slack), key=lambda r: (-r.val_accuracy, r.episode)
+    )
+    pool: dict[str, EpisodeRow] = {}
+    for row in [*within, *rest]:
+        pool.setdefault(row.policy.to_json(), row)
+    return list(pool.values())[:top]
 
 
 @dataclass(frozen=True)
@@ -89,7 +116,11 @@ def select(
     gaps between candidates. `fastest-within` takes the fastest candidate within
     `max_accuracy_drop` of `floor_accuracy` (the unpruned network at the same fidelity), else of
     the most accurate candidate; when none is within, the most accurate one."""
-    pool = candidates(rows, config.top)
+    pool = (
+        candidates(rows, config.top)
+        if config.rule == "reward"
+        else fastest_candidates(rows, config.top, config.pool_slack)
+    )
     if len(pool) == 1:
         return pool[0], ()
     fidelity = replace(context.distill, epochs=config.epochs)
