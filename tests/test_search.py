@@ -88,6 +88,17 @@ def test_search_run_directory(agent, tmp_path, monkeypatch):
     )
     for r in rows:
         assert r["predicted_latency_ms"] > 0 and 0 <= r["val_accuracy"] <= 1 and r["lut_version_ids"]
+    # PPO's warm start: the damage of each pruning group measured once, one proposal played first.
+    damage = json.loads((out / "checkpoints" / "damage.json").read_text())
+    assert damage["keeps"] == [0.55, 0.2] and damage["kl"] and all(min(v) >= 0 for v in damage["kl"].values())
+    assert [r["proposal"] for r in sorted(rows, key=lambda r: (r["controller"], r["episode"]))] == [
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+    ]
     for name, c in summary.controllers.items():
         assert (out / c.onnx).exists() and (out / "final" / name / "benchmark.json").exists()
         assert abs(c.test_accuracy - c.test_accuracy_onnxruntime) <= 0.02

@@ -69,9 +69,12 @@ def groups_of(space: SearchSpace) -> list[str]:
     return list(dict.fromkeys(layer.group for layer in space.layers if layer.group is not None))
 
 
-def fastest(space: SearchSpace) -> list[Precision]:
-    """Each layer's fastest allowed precision."""
-    return [space.allowed_at(t)[0] for t in range(len(space.layers))]
+def fastest(space: SearchSpace, estimator: LatencyEstimator) -> list[Precision]:
+    """Each layer's fastest allowed precision by the LUT (unpruned; the more precise on a tie)."""
+    return [
+        min(space.allowed_at(t), key=lambda p, name=layer.name: (estimator.full_ms[p][name], -p.weight_bits))
+        for t, layer in enumerate(space.layers)
+    ]
 
 
 def grouped_policy(space: SearchSpace, keeps: dict[str, float], precisions: Sequence[Precision]) -> Policy:
@@ -101,7 +104,7 @@ def allocate(space: SearchSpace, estimator: LatencyEstimator, damage: Damage, bu
     """The greedy allocation under a damage `budget`: from every group at the space's max_keep,
     step down the group whose next step saves the most predicted ms per unit of damage while the
     budget allows; every layer at its fastest allowed precision."""
-    precisions = fastest(space)
+    precisions = fastest(space, estimator)
     keeps = {group: space.max_keep for group in groups_of(space)}
     spent = damage.total(keeps)
     latency = estimator(grouped_policy(space, keeps, precisions))
