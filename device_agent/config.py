@@ -102,6 +102,9 @@ class AgentConfig:
     max_keys_per_request: int = 10000
     max_tensor_elements: int = 1 << 26
     max_queued_jobs: int = 8
+    # The measurement worker's resident memory beyond which its job is stopped (RESOURCE_EXHAUSTED)
+    # and a fresh worker started; 0: no limit. GPU memory is not counted.
+    max_worker_mib: float = 8192.0
     key_timeout_s: float = 60.0
     job_timeout_s: float = 600.0
     shutdown_grace_s: float = 10.0
@@ -126,6 +129,8 @@ class AgentConfig:
         for name in ("max_model_mib", "max_inputs_mib", "key_timeout_s", "job_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
+        if self.max_worker_mib < 0:
+            raise ConfigError(f"max_worker_mib = {self.max_worker_mib} must be >= 0 (0: no limit)")
         if self.max_queued_jobs < 0 or self.max_keys_per_request < 1 or self.max_tensor_elements < 1:
             raise ConfigError(
                 "max_queued_jobs >= 0, max_keys_per_request >= 1 and max_tensor_elements >= 1 are required"

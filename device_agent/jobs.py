@@ -36,8 +36,9 @@ INVALID, UNSUPPORTED, FAILED, INTERFERENCE, CANCELLED = (
     "interference",
     "cancelled",
 )
-# Set by the daemon's runner: past the hard timeout; the worker process died.
-TIMEOUT, CRASHED = "timeout", "crashed"
+# Set by the daemon's runner: past the hard timeout; the worker process died; it held more memory
+# than the agent allows a worker.
+TIMEOUT, CRASHED, EXHAUSTED = "timeout", "crashed", "exhausted"
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class WorkerSettings:
     max_tensor_elements: int
     own_pids: tuple[int, ...]
     tmp_dir: str = ""  # the agent's scratch directory for the worker's temporary files ("": the system's)
+    max_memory_mib: float = 0.0  # the worker's resident memory beyond which its job is stopped (0: no limit)
 
 
 @dataclass(frozen=True)

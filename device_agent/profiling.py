@@ -10,6 +10,7 @@ from device_agent.config import MeasurementDefaults
 from device_agent.jobs import (
     CANCELLED,
     CRASHED,
+    EXHAUSTED,
     FAILED,
     INTERFERENCE,
     INVALID,
@@ -28,6 +29,7 @@ _KEY_CODES = {
     UNSUPPORTED: agent_pb2.KeyError.CODE_UNSUPPORTED,
     FAILED: agent_pb2.KeyError.CODE_FAILED,
     CRASHED: agent_pb2.KeyError.CODE_FAILED,
+    EXHAUSTED: agent_pb2.KeyError.CODE_FAILED,
     TIMEOUT: agent_pb2.KeyError.CODE_TIMEOUT,
     INTERFERENCE: agent_pb2.KeyError.CODE_INTERFERENCE,
 }

@@ -20,9 +20,10 @@ from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Any
 
+import psutil
 import structlog
 
-from device_agent.jobs import CANCELLED, CRASHED, FAILED, TIMEOUT, JobError, JobFailure, WorkerSettings
+from device_agent.jobs import CANCELLED, CRASHED, EXHAUSTED, FAILED, TIMEOUT, JobError, JobFailure, WorkerSettings
 
 log = structlog.get_logger(__name__)
 
@@ -174,7 +175,8 @@ class MeasurementRunner:
         """Run one job (inside `slot`) and return the worker's reply.
 
         Raises JobError: the job's own failure, TIMEOUT past `timeout_s` (worker killed),
-        CRASHED when the worker dies, CANCELLED when `is_active` turns false.
+        CRASHED when the worker dies, EXHAUSTED past the memory limit (worker killed),
+        CANCELLED when `is_active` turns false.
         """
         if self._closed:
             raise RunnerClosed()
@@ -198,6 +200,7 @@ class MeasurementRunner:
                 if isinstance(reply, JobFailure):
                     raise JobError(reply.code, reply.message)
                 return reply
+            self._check_memory()
             now = time.monotonic()
             if cancel_deadline is None and (self._closed or not is_active()):
                 self._signal_cancel()
@@ -210,6 +213,25 @@ class MeasurementRunner:
                 log.warning("worker.killed", reason="timeout", timeout_s=timeout_s)
                 self._discard_worker()
                 raise JobError(TIMEOUT, f"the job ran past its {timeout_s:g} s timeout and was killed")
+
+    def _check_memory(self) -> None:
+        """Stop the worker when its resident memory passes the limit: checked every poll, so a
+        runaway model is stopped within one poll of passing it (systemd's MemoryMax bounds the rest)."""
+        limit_mib = self._settings.max_memory_mib
+        if limit_mib <= 0 or self._proc is None:
+            return
+        try:
+            rss_mib = psutil.Process(self._proc.pid).memory_info().rss / (1024 * 1024)
+        except psutil.Error:  # it exited: the next poll reads why
+            return
+        if rss_mib > limit_mib:
+            log.warning("worker.killed", reason="memory", rss_mib=round(rss_mib), max_worker_mib=limit_mib)
+            self._discard_worker()
+            raise JobError(
+                EXHAUSTED,
+                f"the job took {rss_mib:.0f} MiB of memory, past the agent's max_worker_mib = {limit_mib:g}; "
+                "the worker was stopped and a fresh one runs the next job",
+            )
 
     def _signal_cancel(self) -> None:
         proc = self._proc

@@ -23,6 +23,7 @@ from device_agent.config import AgentConfig
 from device_agent.jobs import (
     CANCELLED,
     CRASHED,
+    EXHAUSTED,
     FAILED,
     INTERFERENCE,
     INVALID,
@@ -49,6 +50,7 @@ _STATUS = {
     UNSUPPORTED: grpc.StatusCode.FAILED_PRECONDITION,
     FAILED: grpc.StatusCode.FAILED_PRECONDITION,
     CRASHED: grpc.StatusCode.INTERNAL,
+    EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
     INTERFERENCE: grpc.StatusCode.UNAVAILABLE,
     CANCELLED: grpc.StatusCode.CANCELLED,
@@ -302,6 +304,7 @@ class Agent:
             max_tensor_elements=config.max_tensor_elements,
             own_pids=(os.getpid(),),
             tmp_dir=self._work_dir.name,
+            max_memory_mib=config.max_worker_mib,
         )
         kwargs = {"target": worker_target} if worker_target is not None else {}
         self.runner = MeasurementRunner(ws, config.max_queued_jobs, idle_exit_s=config.worker_idle_exit_s, **kwargs)

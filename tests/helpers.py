@@ -115,3 +115,21 @@ class LogRecorder:
             self.entries.append((level, event, fields))
 
         return record
+
+
+def memory_hog(elements: int = 1 << 24) -> onnx.ModelProto:
+    """A small model whose run holds several large tensors at once: x (1, elements) scaled four
+    ways and concatenated (1 << 24 elements: 64 MiB in, 256 MiB out, over 400 MiB resident)."""
+    scales = [numpy_helper.from_array(np.array([s], np.float32), f"s{s}") for s in (1, 2, 3, 4)]
+    nodes = [helper.make_node("Mul", ["x", f"s{s}"], [f"m{s}"]) for s in (1, 2, 3, 4)]
+    nodes.append(helper.make_node("Concat", [f"m{s}" for s in (1, 2, 3, 4)], ["y"], axis=1))
+    graph = helper.make_graph(
+        nodes,
+        "hog",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, elements])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4 * elements])],
+        scales,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model

@@ -16,7 +16,7 @@ from lut_store.keys import ops
 from lut_store.keys.ops import NCHW, ConvSpec
 from protos.hadmc.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from tests.conftest import quick_config
-from tests.helpers import slow_matmul_chain, small_cnn
+from tests.helpers import memory_hog, slow_matmul_chain, small_cnn
 
 # min_runs = 10^6 keeps a kernel measuring for tens of seconds, until cancelled.
 LONG = common_pb2.MeasurementSettings(min_runs=1_000_000, max_runs=1_000_000)
@@ -137,3 +137,19 @@ def test_one_client_cannot_make_the_agent_allocate_without_bound():
             assert client.benchmark(model, inputs=[{"x": batch}]).latency.n >= 10  # still serving
     finally:
         capped.stop(grace_s=1.0)
+
+
+def test_a_worker_past_its_memory_limit_is_stopped_and_the_agent_serves_on():
+    bounded = Agent(quick_config(max_worker_mib=300.0)).start()
+    try:
+        with AgentClient(AgentTarget(bounded.address), retries=1) as client:
+            assert client.benchmark(small_cnn().SerializeToString()).latency.n >= 10  # well under the limit
+            first_pid = bounded.runner.worker_pid
+            with pytest.raises(AgentError, match=r"MiB of memory, past the agent's max_worker_mib = 300") as exc:
+                client.benchmark(memory_hog().SerializeToString())
+            assert exc.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert client.health() == "SERVING"
+            assert client.benchmark(small_cnn().SerializeToString()).latency.n >= 10
+            assert bounded.runner.worker_pid not in (None, first_pid)  # a fresh worker
+    finally:
+        bounded.stop(grace_s=1.0)

@@ -25,6 +25,7 @@ def test_toml_then_flags(tmp_path):
         ('[agent]\nintra_op_threads = "two"\n', "must be of type int"),
         ('[agent]\nexecution_provider = "tpu"\n', "execution_provider = 'tpu'"),
         ("[agent\n", "not valid TOML"),
+        ("[agent]\nmax_worker_mib = -1.0\n", r"max_worker_mib = -1.0 must be >= 0 \(0: no limit\)"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, text, message):
@@ -64,3 +65,10 @@ def test_shipped_example_config_loads_and_matches_the_defaults():
 
     shipped = load_agent_config(Path(__file__).resolve().parent.parent / "deploy" / "agent.toml")
     assert shipped == AgentConfig()
+
+
+def test_the_shipped_agent_config_loads_with_its_limits():
+    from pathlib import Path
+
+    cfg = load_agent_config(Path(__file__).resolve().parents[1] / "deploy" / "agent.toml")
+    assert cfg.max_worker_mib == 8192.0 and cfg.max_inputs_mib == 256.0 and cfg.max_queued_jobs == 8

@@ -145,6 +145,8 @@ def test_fastest_within_candidates_are_the_fastest_accurate_episodes():
         _row(4, 0.9, 0.96, 0.9),
         _row(5, 0.3, 0.90, 0.3),
     ]
+    # The two fastest within two points of the best episode, then the most accurate other one.
     assert [r.episode for r in fastest_candidates(rows, 3, 0.02)] == [2, 1, 4]
+    assert [r.episode for r in fastest_candidates(rows, 2, 0.02)] == [2, 4]
     # Too few within the slack: the most accurate of the others make up the number.
     assert [r.episode for r in fastest_candidates(rows, 5, 0.02)] == [2, 1, 4, 5, 0]

@@ -176,7 +176,10 @@ class PPOController(Controller):
     def _practise(self) -> None:
         """From the warm-up's last real episode on: episodes scored by the surrogate."""
         assert self.surrogate is not None
-        if len(self.surrogate.observations) < self.config.surrogate_warmup:
+        # After a warm start, from the agent's own `surrogate_warmup`-th episode: proposals alike
+        # in precision teach the surrogate nothing about precisions, and its guesses would pull the
+        # agent away from the best proposal before a real episode of its own.
+        if len(self.surrogate.observations) - len(self.proposals) < self.config.surrogate_warmup:
             return
         for _ in range(self.config.surrogate_episodes):
             policy = walk(self.space, self._choose(-1), self.enforcer)

@@ -79,7 +79,7 @@ class SearchSettings:
     lut_prior: bool = True
     # PPO's first episodes: this many sensitivity-aware proposals from the LUT (at most all but one
     # episode), and PPO starts from the best of them (host/search/allocate.py); 0: from scratch.
-    warm_start: int = 3
+    warm_start: int = 4
     # The one-command baselines measured beside the final models (host/search/alternatives.py).
     alternatives: list[str] = field(default_factory=lambda: list(ALTERNATIVES))
     seed: int = 0

@@ -9,8 +9,9 @@ that fidelity, with that measured speedup:
 
 - `reward`: the candidates are the best episodes by reward; the choice, the best reward
   recomputed with that accuracy and speed;
-- `fastest-within`: the candidates are the fastest episodes (LUT prediction) whose accuracy is
-  within `pool_slack` of the controller's best episode; the choice, the highest measured speedup
+- `fastest-within`: the candidates are the `top - 1` fastest episodes (LUT prediction) whose
+  accuracy is within `pool_slack` of the controller's best episode, and its most accurate other
+  episode; the choice, the highest measured speedup
   among them whose accuracy is within `max_accuracy_drop` of the unpruned network's at the same
   fidelity (each layer at its fastest allowed precision; the search measures it once): the
   objective "fastest model that keeps the teacher's accuracy", judged among equals. (Candidates
@@ -69,20 +70,21 @@ def candidates(rows: list[EpisodeRow], top: int) -> list[EpisodeRow]:
 
 
 def fastest_candidates(rows: list[EpisodeRow], top: int, slack: float) -> list[EpisodeRow]:
-    """The `top` fastest episodes (LUT prediction) whose validation accuracy is within `slack` of
-    the best episode's, one per distinct policy: `fastest-within`'s objective at episode fidelity.
-    Fewer within: the most accurate of the others make up the number."""
-    best_accuracy = max(r.val_accuracy for r in rows)
+    """`fastest-within`'s candidates, one per distinct policy: the `top - 1` fastest episodes (LUT
+    prediction) whose validation accuracy is within `slack` of the best episode's, and the most
+    accurate of the others, a safe choice should none of the fast ones keep the accuracy. Fewer
+    within: the most accurate make up the number."""
+    distinct: dict[str, EpisodeRow] = {}
+    for row in sorted(rows, key=lambda r: r.episode):
+        distinct.setdefault(row.policy.to_json(), row)
+    best_accuracy = max(r.val_accuracy for r in distinct.values())
     within = sorted(
-        (r for r in rows if r.val_accuracy >= best_accuracy - slack), key=lambda r: (r.predicted_latency_ms, r.episode)
+        (r for r in distinct.values() if r.val_accuracy >= best_accuracy - slack),
+        key=lambda r: (r.predicted_latency_ms, r.episode),
     )
-    rest = sorted(
-        (r for r in rows if r.val_accuracy < best_accuracy - slack), key=lambda r: (-r.val_accuracy, r.episode)
-    )
-    pool: dict[str, EpisodeRow] = {}
-    for row in [*within, *rest]:
-        pool.setdefault(row.policy.to_json(), row)
-    return list(pool.values())[:top]
+    pool = within[: max(top - 1, 1)]
+    rest = sorted((r for r in distinct.values() if r not in pool), key=lambda r: (-r.val_accuracy, r.episode))
+    return [*pool, *rest][:top]
 
 
 @dataclass(frozen=True)
