@@ -102,6 +102,10 @@ class AgentConfig:
     max_keys_per_request: int = 10000
     max_tensor_elements: int = 1 << 26
     max_queued_jobs: int = 8
+    # Benchmark uploads in progress at once (more: RESOURCE_EXHAUSTED), so slow clients cannot hold
+    # every RPC thread; each must finish uploading within upload_timeout_s or is cancelled.
+    max_uploads: int = 4
+    upload_timeout_s: float = 300.0
     # The measurement worker's resident memory beyond which its job is stopped (RESOURCE_EXHAUSTED)
     # and a fresh worker started; 0: no limit. GPU memory is not counted.
     max_worker_mib: float = 8192.0
@@ -126,14 +130,20 @@ class AgentConfig:
             )
         if self.intra_op_threads < 0 or self.inter_op_threads < 1:
             raise ConfigError("intra_op_threads must be >= 0 and inter_op_threads >= 1")
-        for name in ("max_model_mib", "max_inputs_mib", "key_timeout_s", "job_timeout_s"):
+        for name in ("max_model_mib", "max_inputs_mib", "key_timeout_s", "job_timeout_s", "upload_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
         if self.max_worker_mib < 0:
             raise ConfigError(f"max_worker_mib = {self.max_worker_mib} must be >= 0 (0: no limit)")
-        if self.max_queued_jobs < 0 or self.max_keys_per_request < 1 or self.max_tensor_elements < 1:
+        if (
+            self.max_queued_jobs < 0
+            or self.max_keys_per_request < 1
+            or self.max_tensor_elements < 1
+            or self.max_uploads < 1
+        ):
             raise ConfigError(
-                "max_queued_jobs >= 0, max_keys_per_request >= 1 and max_tensor_elements >= 1 are required"
+                "max_queued_jobs >= 0, max_keys_per_request >= 1, max_tensor_elements >= 1 and max_uploads >= 1 "
+                "are required"
             )
         try:
             check_exposure(self.listen, self.token_file, self.tls_cert, self.tls_key, self.insecure)

@@ -71,6 +71,7 @@ class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
         self._info = info
         self._work_dir = work_dir
         self._nightly = nightly
+        self._uploads = threading.BoundedSemaphore(config.max_uploads)
 
     def Reprofile(
         self, request: agent_pb2.ReprofileRequest, context: grpc.ServicerContext
@@ -127,10 +128,23 @@ class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
         self, request_iterator: Iterator[agent_pb2.BenchmarkRequest], context: grpc.ServicerContext
     ) -> agent_pb2.BenchmarkResponse:
         cap = self._config.max_model_bytes
+        if not self._uploads.acquire(blocking=False):  # slow uploads may not take every RPC thread
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self._config.max_uploads} uploads are in progress (the agent's max_uploads); try again later",
+            )
         fd, path = tempfile.mkstemp(prefix="upload-", suffix=".onnx", dir=self._work_dir)
+        # An upload that has not finished within upload_timeout_s is cancelled, stalled or not.
+        stall = threading.Timer(self._config.upload_timeout_s, context.cancel)
+        stall.daemon = True
+        stall.start()
         try:
-            with os.fdopen(fd, "wb") as sink:
-                header, batches = self._receive(request_iterator, context, sink, cap)
+            try:
+                with os.fdopen(fd, "wb") as sink:
+                    header, batches = self._receive(request_iterator, context, sink, cap)
+            finally:
+                stall.cancel()
+                self._uploads.release()
             if header is None:
                 return agent_pb2.BenchmarkResponse()  # the client left; nobody reads this
             try:
@@ -332,8 +346,8 @@ class Agent:
         self.info = _device_info(self.config, probe, self.intra_op_threads)
         self.runner.schedule_idle_exit()
         self.nightly = Nightly(self.config, self.runner, self.info)
-        # Threads: the queue, the running job, and headroom for info/health calls.
-        workers = self.config.max_queued_jobs + 8
+        # Threads: the queue, the running job, the uploads, and headroom for info/health calls.
+        workers = self.config.max_queued_jobs + self.config.max_uploads + 4
         server = make_server(workers, self._token, "rpc", max_concurrent_rpcs=workers)
         agent_pb2_grpc.add_DeviceAgentServicer_to_server(
             DeviceAgentService(self.config, self.runner, self.info, Path(self._work_dir.name), self.nightly), server

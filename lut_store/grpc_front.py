@@ -288,7 +288,8 @@ class LutServer:
         return f"{self.listen.rpartition(':')[0]}:{self.port}"
 
     def start(self) -> LutServer:
-        server = make_server(_WORKERS, self._token, "lut-rpc")
+        # Calls beyond twice the threads are refused (RESOURCE_EXHAUSTED), not queued without bound.
+        server = make_server(_WORKERS, self._token, "lut-rpc", max_concurrent_rpcs=2 * _WORKERS)
         lut_pb2_grpc.add_LutStoreServiceServicer_to_server(LutStoreServicer(self.store), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.port = bind(server, self.listen, self._tls_cert, self._tls_key)

@@ -393,12 +393,18 @@ class OpKey:
                 d.get("context", "isolated"),
                 d.get("neighbors", ""),
             )
-        except (KeyError, TypeError) as exc:
+        except OpKeyError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a field of the wrong shape or type
             raise OpKeyError(f"malformed key dict: {exc!r}") from exc
 
     @classmethod
     def from_json(cls, text: str) -> OpKey:
-        return cls.from_dict(json.loads(text))
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise OpKeyError(f"a key is not valid JSON: {exc}") from None
+        return cls.from_dict(doc)
 
     def to_proto(self) -> common_pb2.OpKey:
         msg = common_pb2.OpKey(

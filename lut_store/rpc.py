@@ -92,6 +92,12 @@ def make_server(
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            # Find peers that vanished without closing (a dead host holds its streams otherwise)
+            # and drop connections that stay idle; a client may ping at most every 10 s.
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.max_connection_idle_ms", 30 * 60_000),
         ],
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )

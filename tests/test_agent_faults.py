@@ -153,3 +153,41 @@ def test_a_worker_past_its_memory_limit_is_stopped_and_the_agent_serves_on():
             assert bounded.runner.worker_pid not in (None, first_pid)  # a fresh worker
     finally:
         bounded.stop(grace_s=1.0)
+
+
+def test_slow_uploads_cannot_hold_the_agent():
+    import queue
+
+    guarded = Agent(quick_config(max_uploads=2, upload_timeout_s=2.0)).start()
+    header = agent_pb2.BenchmarkRequest(header=agent_pb2.BenchmarkHeader(model_size_bytes=1000)).SerializeToString()
+    stalled = []
+    try:
+        for _ in range(2):  # slowloris: a header, then nothing
+            release: queue.Queue = queue.Queue()
+
+            def parts(release=release):
+                yield header
+                release.get()
+
+            channel = grpc.insecure_channel(guarded.address)
+            call = channel.stream_unary("/hadmc.v1.DeviceAgent/Benchmark").future(parts(), timeout=60)
+            stalled.append((call, release, channel))
+        time.sleep(0.5)
+        model = small_cnn().SerializeToString()
+        with AgentClient(AgentTarget(guarded.address), retries=1) as client:
+            with pytest.raises(AgentError, match="2 uploads are in progress") as exc:
+                client.benchmark(model)
+            assert exc.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert client.health() == "SERVING"  # the others are still served
+            (r,) = client.profile([ops.elementwise("Relu", (1, 8))])
+            assert r.WhichOneof("outcome") == "stats"
+            for call, _, _ in stalled:  # past upload_timeout_s the stalled uploads are cancelled
+                with pytest.raises(grpc.RpcError) as err:
+                    call.result(timeout=10)
+                assert err.value.code() == grpc.StatusCode.CANCELLED
+            assert client.benchmark(model).latency.n >= 10  # and their places are free again
+    finally:
+        for _, release, channel in stalled:
+            release.put(None)
+            channel.close()
+        guarded.stop(grace_s=1.0)

@@ -139,6 +139,9 @@ def test_fastest_within_picks_the_fastest_policy_close_enough_to_the_most_accura
     assert chosen.episode == 0  # 0.930 x 9.0 beats 0.952 x 8.5 on acc * L_base / L (measured)
     one, none = select(None, rows, SelectConfig(top=1), context, tmp_path)
     assert one.episode == 0 and none == ()  # top 1: the best episode as it is, nothing fine-tuned
+    measured[0.4] = (0.955, 8.5)  # as accurate as episode 2's policy, and faster
+    chosen, _ = select(None, rows, config, replace(context, floor_accuracy=0.990), tmp_path)
+    assert chosen.episode == 1  # none within: the most accurate, the faster of two equals
 
 
 def test_walk_replaces_a_ruled_out_precision_with_the_layers_fastest():

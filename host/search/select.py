@@ -117,7 +117,7 @@ def select(
     measured inside other models missed a final model by 11% on ResNet18 here, more than the
     gaps between candidates. `fastest-within` takes the fastest candidate within
     `max_accuracy_drop` of `floor_accuracy` (the unpruned network at the same fidelity), else of
-    the most accurate candidate; when none is within, the most accurate one."""
+    the most accurate candidate; when none is within, the most accurate one (the faster of equals)."""
     pool = (
         candidates(rows, config.top)
         if config.rule == "reward"
@@ -149,7 +149,7 @@ def select(
         chosen = (
             max(within, key=lambda r: measured[r.episode].speedup)
             if within
-            else max(pool, key=lambda r: measured[r.episode].val_accuracy)
+            else max(pool, key=lambda r: (measured[r.episode].val_accuracy, measured[r.episode].speedup))
         )
     return chosen, tuple(_candidate(r, measured[r.episode], r is chosen) for r in pool)
 
