@@ -93,7 +93,10 @@ class PPOController(Controller):
 
     With a `surrogate`, each real episode's outcome refits it and (from the config's
     `surrogate_warmup`-th real episode on) the agent practises `surrogate_episodes` episodes
-    scored by it before proposing the next real policy."""
+    scored by it before proposing the next real policy.
+
+    With `proposals` (a warm start, host/search/allocate.py), those are its first episodes; the
+    agent then clones the best of them by reward and samples from there."""
 
     name = "ppo"
 
@@ -139,14 +142,13 @@ class PPOController(Controller):
         else:
             self.agent.finish_episode(reward)
         self.predicted = None
-        learns = self.surrogate is not None and result is not None
-        if result is not None and self.surrogate is not None:
+        if self.surrogate is not None and result is not None:
             self._learn(result)
         if not self.warm and len(self.proposal_rewards) == len(self.proposals):
             best = max(range(len(self.proposals)), key=self.proposal_rewards.__getitem__)
             self._imitate(self.proposals[best])
             self.warm = True
-        if learns and self.warm:
+        if self.warm and self.surrogate is not None and result is not None:
             self._practise()
 
     def _imitate(self, policy: Policy) -> None:
