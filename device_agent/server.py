@@ -128,23 +128,10 @@ class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
         self, request_iterator: Iterator[agent_pb2.BenchmarkRequest], context: grpc.ServicerContext
     ) -> agent_pb2.BenchmarkResponse:
         cap = self._config.max_model_bytes
-        if not self._uploads.acquire(blocking=False):  # slow uploads may not take every RPC thread
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{self._config.max_uploads} uploads are in progress (the agent's max_uploads); try again later",
-            )
         fd, path = tempfile.mkstemp(prefix="upload-", suffix=".onnx", dir=self._work_dir)
-        # An upload that has not finished within upload_timeout_s is cancelled, stalled or not.
-        stall = threading.Timer(self._config.upload_timeout_s, context.cancel)
-        stall.daemon = True
-        stall.start()
         try:
-            try:
-                with os.fdopen(fd, "wb") as sink:
-                    header, batches = self._receive(request_iterator, context, sink, cap)
-            finally:
-                stall.cancel()
-                self._uploads.release()
+            with os.fdopen(fd, "wb") as sink:
+                header, batches = self._bounded_receive(request_iterator, context, sink, cap)
             if header is None:
                 return agent_pb2.BenchmarkResponse()  # the client left; nobody reads this
             try:
@@ -168,6 +155,25 @@ class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
             return response
         finally:
             Path(path).unlink(missing_ok=True)
+
+    def _bounded_receive(
+        self, requests: Iterator[agent_pb2.BenchmarkRequest], context: grpc.ServicerContext, sink: Any, cap: int
+    ) -> tuple[agent_pb2.BenchmarkHeader | None, list[bytes]]:
+        """`_receive` as one of at most `max_uploads` uploads at once, cancelled when it has not
+        arrived within `upload_timeout_s` (stalled or not): slow uploads cannot take every RPC thread."""
+        if not self._uploads.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self._config.max_uploads} uploads are in progress (the agent's max_uploads); try again later",
+            )
+        stall = threading.Timer(self._config.upload_timeout_s, context.cancel)
+        stall.daemon = True
+        stall.start()
+        try:
+            return self._receive(requests, context, sink, cap)
+        finally:
+            stall.cancel()
+            self._uploads.release()
 
     def _receive(
         self, requests: Iterator[agent_pb2.BenchmarkRequest], context: grpc.ServicerContext, sink: Any, cap: int

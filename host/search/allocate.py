@@ -111,7 +111,7 @@ def allocate(space: SearchSpace, estimator: LatencyEstimator, damage: Damage, bu
     while True:
         best: tuple[float, str, float, float] | None = None
         for group, keep in keeps.items():
-            step = _next_step(space, estimator, damage, keeps, group, precisions, latency)
+            step = _next_step(space, estimator, keeps, group, precisions, latency)
             if step is None:
                 continue
             lower, trial = step
@@ -131,7 +131,6 @@ def allocate(space: SearchSpace, estimator: LatencyEstimator, damage: Damage, bu
 def _next_step(
     space: SearchSpace,
     estimator: LatencyEstimator,
-    damage: Damage,
     keeps: dict[str, float],
     group: str,
     precisions: Sequence[Precision],
