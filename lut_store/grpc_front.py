@@ -33,10 +33,12 @@ from lut_store.grpc_store import (
 from lut_store.interface import LutStore
 from lut_store.records import (
     VERSION_SOURCES,
+    CommitOutcomeUnknown,
     CorruptExport,
     LeaseLost,
     NoSealedVersion,
     StoreError,
+    StoreUnavailable,
     UnknownDevice,
     UnknownModel,
     UnknownVersion,
@@ -61,6 +63,8 @@ _STATUS: dict[type[StoreError], grpc.StatusCode] = {
     LeaseLost: grpc.StatusCode.ABORTED,
     CorruptExport: grpc.StatusCode.INVALID_ARGUMENT,
     WireError: grpc.StatusCode.INVALID_ARGUMENT,
+    StoreUnavailable: grpc.StatusCode.UNAVAILABLE,  # nothing was written: the client may retry
+    CommitOutcomeUnknown: grpc.StatusCode.ABORTED,
 }
 
 

@@ -23,6 +23,7 @@ from lut_store.records import (
     VERSION_SOURCES,
     VERSION_STATUSES,
     Build,
+    CommitOutcomeUnknown,
     CorruptExport,
     Device,
     Entry,
@@ -33,6 +34,7 @@ from lut_store.records import (
     NoSealedVersion,
     RegisteredModel,
     StoreError,
+    StoreUnavailable,
     UnknownDevice,
     UnknownModel,
     UnknownVersion,
@@ -60,6 +62,8 @@ _ERRORS: dict[str, type[StoreError]] = {
         CorruptExport,
         FingerprintMismatch,
         UnknownModel,
+        StoreUnavailable,
+        CommitOutcomeUnknown,
     )
 }
 _HINTS = {

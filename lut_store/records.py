@@ -47,6 +47,14 @@ class FingerprintMismatch(StoreError):
     """A version made under another fingerprint than the device's current one."""
 
 
+class StoreUnavailable(StoreError):
+    """The store's database could not be reached within the reconnect budget; nothing was written."""
+
+
+class CommitOutcomeUnknown(StoreError):
+    """The connection was lost while a write was committing: it may or may not have been stored."""
+
+
 @dataclass(frozen=True)
 class Device:
     fingerprint_hash: str

@@ -14,15 +14,17 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import structlog
 
 from lut_store.interface import LutStore
 from lut_store.records import (
     VERSION_SOURCES,
     Build,
+    CommitOutcomeUnknown,
     Device,
     Entry,
     LeaseLost,
@@ -30,12 +32,16 @@ from lut_store.records import (
     ModelRegistration,
     RegisteredModel,
     StoreError,
+    StoreUnavailable,
     UnknownModel,
     UnknownVersion,
     Version,
     VersionNotOpen,
 )
 from lut_store.secrets import redact_url
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 _LOOKUP_CHUNK = 500
 DEFAULT_MODEL_LIMIT = 16
@@ -312,11 +318,11 @@ class SqlStore(LutStore):
     def _connect(self) -> Any:
         raise NotImplementedError
 
-    @contextmanager
-    def _write(self) -> Iterator[Any]:
-        """A write transaction that holds the store's write lock; yields a cursor."""
+    def _transaction(self, body: Callable[[Any], T]) -> T:
+        """`body(cursor)` in one write transaction that holds the store's write lock; its result.
+        The body may run more than once (PostgreSQL retries it on a new connection), so it reads
+        what it needs inside the transaction and has no other side effects."""
         raise NotImplementedError
-        yield
 
     def _now(self, cur: Any) -> float:
         """The clock leases, creations and seals are kept on (seconds since the Unix epoch)."""
@@ -343,19 +349,23 @@ class SqlStore(LutStore):
                 raise self._translate(exc) from None
 
     def _migrate(self) -> None:
-        with self._write() as cur:
-            cur.execute(
+        self._transaction(
+            lambda cur: cur.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(name TEXT PRIMARY KEY, applied_at_unix_s DOUBLE PRECISION NOT NULL)"
             )
+        )
         for name, script in self.migrations:
-            with self._write() as cur:
+
+            def apply(cur: Any, name: str = name, script: str = script) -> None:
                 cur.execute(self._sql("SELECT 1 FROM schema_migrations WHERE name = ?"), (name,))
                 if cur.fetchone():
-                    continue
+                    return
                 for statement in _split(script):
                     cur.execute(statement)
-                cur.execute(self._sql("INSERT INTO schema_migrations VALUES (?, ?)"), (name, time.time()))
+                cur.execute(self._sql("INSERT INTO schema_migrations VALUES (?, ?)"), (name, self._now(cur)))
+
+            self._transaction(apply)
 
     def applied_migrations(self) -> list[str]:
         return [r[0] for r in self._query("SELECT name FROM schema_migrations ORDER BY name")]
@@ -369,7 +379,7 @@ class SqlStore(LutStore):
 
     # --- LutStore --------------------------------------------------------------------------
     def ensure_device(self, fingerprint_hash: str, fingerprint: Mapping[str, Any]) -> Device:
-        with self._write() as cur:
+        def body(cur: Any) -> Device:
             cur.execute(
                 self._sql("SELECT fingerprint_json, first_seen_unix_s FROM devices WHERE fingerprint_hash = ?"),
                 (fingerprint_hash,),
@@ -377,12 +387,14 @@ class SqlStore(LutStore):
             row = cur.fetchone()
             if row is not None:
                 return Device(fingerprint_hash, json.loads(row[0]), row[1])
-            now = time.time()
+            now = self._now(cur)
             cur.execute(
                 self._sql("INSERT INTO devices VALUES (?, ?, ?)"),
                 (fingerprint_hash, json.dumps(dict(fingerprint), sort_keys=True), now),
             )
             return Device(fingerprint_hash, dict(fingerprint), now)
+
+        return self._transaction(body)
 
     def devices(self) -> list[Device]:
         rows = self._query(
@@ -403,13 +415,15 @@ class SqlStore(LutStore):
     ) -> Build:
         if source not in VERSION_SOURCES:
             raise StoreError(f"version source {source!r} is not one of {VERSION_SOURCES}")
-        with self._write() as cur:
+
+        def body(cur: Any) -> Build:
             self._lock_device(cur, fingerprint_hash)
             now = self._now(cur)
-            if parent_id is None:
+            parent = parent_id
+            if parent is None:
                 latest = self._latest(cur, fingerprint_hash)
-                parent_id = latest[0] if latest else None
-            resumable = self._resumable(cur, fingerprint_hash, source, parent_id, (owner, take_over_from), now)
+                parent = latest[0] if latest else None
+            resumable = self._resumable(cur, fingerprint_hash, source, parent, (owner, take_over_from), now)
             if resumable is not None:
                 cur.execute(
                     self._sql("UPDATE versions SET lease_owner = ?, lease_expires_unix_s = ? WHERE id = ?"),
@@ -425,7 +439,7 @@ class SqlStore(LutStore):
                 (
                     uid,
                     fingerprint_hash,
-                    parent_id,
+                    parent,
                     source,
                     now,
                     json.dumps(dict(settings or {}), sort_keys=True),
@@ -436,6 +450,8 @@ class SqlStore(LutStore):
             )
             cur.execute(self._sql("SELECT id FROM versions WHERE uid = ?"), (uid,))
             return Build(self._fetch_version(cur, int(cur.fetchone()[0])), owner, resumed=False)
+
+        return self._transaction(body)
 
     def _resumable(
         self,
@@ -496,15 +512,17 @@ class SqlStore(LutStore):
         return v
 
     def renew_lease(self, version_id: int, owner: str, lease_s: float) -> None:
-        with self._write() as cur:
+        def body(cur: Any) -> None:
             self._check_owner(cur, version_id, owner)
             cur.execute(
                 self._sql("UPDATE versions SET lease_expires_unix_s = ? WHERE id = ?"),
                 (self._now(cur) + lease_s, version_id),
             )
 
+        self._transaction(body)
+
     def add_entries(self, version_id: int, entries: Sequence[Entry], owner: str | None = None) -> int:
-        with self._write() as cur:
+        def body(cur: Any) -> None:
             self._check_owner(cur, version_id, owner)
             keys = [e.key_hash for e in entries]
             for start in range(0, len(keys), _LOOKUP_CHUNK):
@@ -518,6 +536,8 @@ class SqlStore(LutStore):
                 self._sql(f"INSERT INTO entries (version_id, {_ENTRY_COLUMNS}) VALUES ({_ENTRY_MARKS})"),
                 [_entry_params(version_id, e) for e in entries],
             )
+
+        self._transaction(body)
         return len(entries)
 
     def _take_in_latest(self, cur: Any, version_id: int, fingerprint_hash: str, sealed_at: float) -> float:
@@ -531,7 +551,7 @@ class SqlStore(LutStore):
         return max(sealed_at, (latest_sealed_at or 0.0) + 1e-6)
 
     def seal(self, version_id: int, owner: str | None = None) -> Version:
-        with self._write() as cur:
+        def body(cur: Any) -> None:
             v = self._check_owner(cur, version_id, owner)
             sealed_at = self._take_in_latest(cur, version_id, v.fingerprint_hash, self._now(cur))
             cur.execute(
@@ -541,10 +561,12 @@ class SqlStore(LutStore):
                 ),
                 (sealed_at, version_id),
             )
+
+        self._transaction(body)
         return self.version(version_id)
 
     def abandon(self, version_id: int) -> Version:
-        with self._write() as cur:
+        def body(cur: Any) -> None:
             self._check_owner(cur, version_id, None)
             cur.execute(
                 self._sql(
@@ -553,6 +575,8 @@ class SqlStore(LutStore):
                 ),
                 (version_id,),
             )
+
+        self._transaction(body)
         return self.version(version_id)
 
     def version(self, version_id: int) -> Version:
@@ -597,7 +621,7 @@ class SqlStore(LutStore):
     def import_version(
         self, device: Device, version: Version, entries: Sequence[Entry], parent_uid: str | None
     ) -> Version:
-        with self._write() as cur:
+        def body(cur: Any) -> int:
             cur.execute(self._sql("SELECT id FROM versions WHERE uid = ?"), (version.uid,))
             existing = cur.fetchone()
             if existing:
@@ -641,7 +665,9 @@ class SqlStore(LutStore):
                 self._sql("UPDATE versions SET status = 'sealed', sealed_at_unix_s = ? WHERE id = ?"),
                 (sealed_at, new_id),
             )
-        return self.version(new_id)
+            return new_id
+
+        return self.version(self._transaction(body))
 
     # --- registered models -----------------------------------------------------------------
     def register_model(
@@ -658,7 +684,8 @@ class SqlStore(LutStore):
         if not onnx:
             raise StoreError(f"model {name}: no ONNX bytes to register")
         sha = hashlib.sha256(onnx).hexdigest()
-        with self._write() as cur:
+
+        def body(cur: Any) -> ModelRegistration:
             self._lock_device(cur, fingerprint_hash)
             now = self._now(cur)
             used = now if used_at_unix_s is None else used_at_unix_s
@@ -675,7 +702,9 @@ class SqlStore(LutStore):
             marks = ", ".join("?" * len(values))
             cur.execute(self._sql(f"INSERT INTO registered_models ({_MODEL_COLUMNS}) VALUES ({marks})"), values)
             evicted = self._evict(cur, self._limit(cur), fingerprint_hash)
-        return ModelRegistration(_model(values, len(onnx)), tuple(evicted))
+            return ModelRegistration(_model(values, len(onnx)), tuple(evicted))
+
+        return self._transaction(body)
 
     def _limit(self, cur: Any) -> int:
         cur.execute(self._sql("SELECT value_json FROM store_settings WHERE name = ?"), (_MODEL_LIMIT_SETTING,))
@@ -736,12 +765,15 @@ class SqlStore(LutStore):
     def set_model_limit(self, limit: int) -> list[RegisteredModel]:
         if limit < 0:
             raise StoreError(f"model limit {limit}: keep 0 or more models per device")
-        with self._write() as cur:
+
+        def body(cur: Any) -> list[RegisteredModel]:
             cur.execute(self._sql("DELETE FROM store_settings WHERE name = ?"), (_MODEL_LIMIT_SETTING,))
             cur.execute(
                 self._sql("INSERT INTO store_settings VALUES (?, ?)"), (_MODEL_LIMIT_SETTING, json.dumps(limit))
             )
             return self._evict(cur, limit)
+
+        return self._transaction(body)
 
     def close(self) -> None:
         with self._lock:
@@ -781,8 +813,7 @@ class SqliteStore(SqlStore):
             ) from None
         return conn
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Cursor]:
+    def _transaction(self, body: Callable[[sqlite3.Cursor], T]) -> T:
         with self._lock:
             cur = self._conn.cursor()
             try:
@@ -790,18 +821,23 @@ class SqliteStore(SqlStore):
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot write to the SQLite store {self.path}: {exc}") from None
             try:
-                yield cur
+                result = body(cur)
+                cur.execute("COMMIT")
             except BaseException as exc:
-                self._conn.rollback()
+                if self._conn.in_transaction:
+                    self._conn.rollback()
                 if isinstance(exc, sqlite3.Error):
                     raise self._translate(exc) from None
                 raise
-            else:
-                try:
-                    cur.execute("COMMIT")
-                except sqlite3.Error as exc:
-                    self._conn.rollback()
-                    raise self._translate(exc) from None
+            return result
+
+    def _translate(self, exc: Exception) -> Exception:
+        if "disk is full" in str(exc) or "disk I/O error" in str(exc):
+            return StoreError(
+                f"cannot write to the SQLite store {self.path}: {exc}; nothing of this write was stored "
+                "and what the store held is intact: free space on its disk and run again"
+            )
+        return super()._translate(exc)
 
     def integrity_check(self) -> str:
         return self._query("PRAGMA integrity_check")[0][0]
@@ -819,36 +855,100 @@ class PostgresStore(SqlStore):
         ),
     )
 
-    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = 10.0,
+        reconnect_s: float = 60.0,
+        statement_timeout_s: float = 120.0,
+        lock_timeout_s: float = 60.0,
+    ) -> None:
+        """`timeout_s`: one connection attempt; `reconnect_s`: how long a call that lost its
+        connection (a server restart, a failover) keeps reconnecting before it fails; a statement
+        runs at most `statement_timeout_s`, and waits at most `lock_timeout_s` for another
+        writer's lock."""
         self._timeout_s = timeout_s
+        self.reconnect_s = reconnect_s
+        self._timeouts_ms = (int(statement_timeout_s * 1000), int(lock_timeout_s * 1000))
         super().__init__(url)
 
     def _connect(self) -> Any:
         import psycopg
 
         try:
-            return psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, int(self._timeout_s)))
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, int(self._timeout_s)))
+            conn.execute(f"SET statement_timeout = {self._timeouts_ms[0]}")
+            conn.execute(f"SET lock_timeout = {self._timeouts_ms[1]}")
         except psycopg.Error as exc:
             raise StoreError(
                 f"cannot connect to PostgreSQL at {redact_url(self.url)} within {self._timeout_s:g} s: "
                 f"{str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__}"
             ) from None
+        return conn
+
+    def _lost(self) -> bool:
+        return bool(self._conn.closed or self._conn.broken)
+
+    def _reconnect(self, deadline: float) -> None:
+        """A new connection, tried with backoff until `deadline` (time.monotonic())."""
+        backoff_s, attempts = 0.1, 0
+        while True:
+            attempts += 1
+            try:
+                self._conn = self._connect()
+                log.info("store.reconnected", url=self.shown_url, attempts=attempts)
+                return
+            except StoreError as exc:
+                if time.monotonic() + backoff_s > deadline:
+                    raise StoreUnavailable(
+                        f"lost the connection to {self.shown_url} and could not reconnect within "
+                        f"{self.reconnect_s:g} s ({attempts} attempts): {exc}"
+                    ) from None
+            time.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, 2.0)
+
+    def _retrying(self, op: Callable[[], T]) -> T:
+        """`op()`, run again on a new connection when it failed because the connection was lost
+        (never after a commit was sent: that raises CommitOutcomeUnknown)."""
+        with self._lock:
+            deadline = time.monotonic() + self.reconnect_s
+            while True:
+                if self._lost():
+                    self._reconnect(deadline)
+                try:
+                    return op()
+                except StoreError as exc:
+                    if isinstance(exc, CommitOutcomeUnknown) or not self._lost():
+                        raise
+                    log.warning("store.connection_lost", url=self.shown_url, error=str(exc))
+
+    def _query(self, query: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self._retrying(lambda: super(PostgresStore, self)._query(query, params))
 
     def _now(self, cur: Any) -> float:
         """The server's clock, so that leases mean the same to every client whatever its clock."""
         cur.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())")
         return float(cur.fetchone()[0])
 
-    @contextmanager
-    def _write(self) -> Iterator[Any]:
+    def _transaction(self, body: Callable[[Any], T]) -> T:
         import psycopg
 
-        with self._lock:
+        def attempt() -> T:
+            committing = False
             try:
                 with self._conn.transaction():
                     cur = self._conn.cursor()
                     # One writer at a time, as SQLite's BEGIN IMMEDIATE: builds never interleave.
                     cur.execute("SELECT pg_advisory_xact_lock(731337)")
-                    yield cur
+                    result = body(cur)
+                    committing = True
+                return result
             except psycopg.Error as exc:
+                if committing and self._lost():
+                    raise CommitOutcomeUnknown(
+                        f"{self.shown_url}: the connection was lost while committing; the write may or may "
+                        "not have been stored: check with `hadmc lut list` before repeating it"
+                    ) from None
                 raise self._translate(exc) from None
+
+        return self._retrying(attempt)

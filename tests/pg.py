@@ -30,20 +30,11 @@ class PostgresServer:
             shutil.chown(self.dir, "postgres", "postgres")
         data = self.dir / "data"
         self._run("initdb", "-A", "trust", "-U", "postgres", "-D", str(data))
-        self._run(
-            "pg_ctl",
-            "start",
-            "-w",
-            "-t",
-            "60",
-            "-D",
-            str(data),
-            "-l",
-            str(self.dir / "log"),
-            "-o",
-            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync={'on' if fsync else 'off'}",
-        )
         self.data = data
+        self._options = (
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync={'on' if fsync else 'off'}"
+        )
+        self.start()
 
     def _run(self, *cmd: str) -> None:
         subprocess.run([*self._as, *cmd], check=True, capture_output=True, timeout=120)
@@ -59,6 +50,21 @@ class PostgresServer:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
+
+    def restart(self) -> None:
+        """A fast restart: every connection is cut, as in a server upgrade or a failover."""
+        self._ctl("restart", "-m", "fast")
+
+    def halt(self) -> None:
+        """Stop the server, keeping its data; `start` brings it back."""
+        self._run("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data))
+
+    def start(self) -> None:
+        self._ctl("start")
+
+    def _ctl(self, action: str, *flags: str) -> None:
+        log = str(self.dir / "log")
+        self._run("pg_ctl", action, *flags, "-w", "-t", "60", "-D", str(self.data), "-l", log, "-o", self._options)
 
     def stop(self) -> None:
         try:

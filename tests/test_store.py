@@ -237,6 +237,28 @@ def test_export_then_import_elsewhere(store, tmp_path):
             import_version(other, path)
 
 
+def test_an_import_beside_an_open_build_of_the_same_device(store, tmp_path):
+    """An import lands while a build of the same fingerprint is open: each keeps its own entries,
+    the build's lease is untouched, and the build sealed after it takes in what it lacks."""
+    with open_store(f"sqlite:///{tmp_path / 'elsewhere.sqlite'}") as elsewhere:
+        exported = sealed_version(elsewhere, medians=(1.0, 2.0, 3.0, 4.0, 5.0))
+        export_version(elsewhere, exported.id, tmp_path / "lut.jsonl")
+    store.ensure_device(FP, {"cpu": {"model": "test"}})
+    build = store.acquire_build(FP, "nightly", "nightly-1", lease_s=60)
+    store.add_entries(build.version.id, [ok_entry(KEYS[0], 7.0)], "nightly-1")
+    imported = import_version(store, tmp_path / "lut.jsonl")
+    assert imported.status == "sealed" and store.latest(FP).id == imported.id
+    store.renew_lease(build.version.id, "nightly-1", 60)  # still the build's holder
+    store.add_entries(build.version.id, [ok_entry(KEYS[1], 8.0)], "nightly-1")
+    sealed = store.seal(build.version.id, "nightly-1")
+    assert store.latest(FP).id == sealed.id and sealed.sealed_at_unix_s > imported.sealed_at_unix_s
+    medians = {e.key_hash: e.median_ms for e in store.entries(sealed.id)}
+    assert [medians[k.hash] for k in KEYS] == [7.0, 8.0, 3.0, 4.0, 5.0]
+    assert [e.median_ms for e in store.entries(imported.id)] == [
+        m for _, m in sorted(zip([k.hash for k in KEYS], [1.0, 2.0, 3.0, 4.0, 5.0], strict=True))
+    ]
+
+
 def _rehashed_with_a_wrong_key_hash(text: str) -> str:
     """An export whose first entry is filed under another key's hash, with a checksum that matches."""
     from lut_store.exchange import _digest
