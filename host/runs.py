@@ -283,13 +283,19 @@ def write_json(path: Path, doc: Any) -> None:
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    """Atomically and durably: the old file or the new one, fsynced before it replaces the old."""
+    """Atomically and durably: the old file or the new one, fsynced before it replaces the old.
+    A write that fails (a full disk) leaves the old file and no temporary one behind."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        kept = "the previous one is intact" if path.exists() else "nothing was written"
+        raise RunFileError(f"cannot write {path}: {exc.strerror or exc}; {kept}") from None
 
 
 def read_json(path: Path) -> Any:
@@ -378,10 +384,23 @@ class EpisodeLog:
         return rows
 
     def append(self, row: EpisodeRow) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(to_doc(row)) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """One whole line or none: a failed append (a full disk) is cut back off the file."""
+        data = memoryview((json.dumps(to_doc(row)) + "\n").encode())
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                while data:
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)
+            except OSError as exc:
+                os.ftruncate(fd, start)
+                raise RunFileError(
+                    f"cannot append episode {row.episode} of {row.controller} to {self.path}: "
+                    f"{exc.strerror or exc}; the episodes before it are intact"
+                ) from None
+        finally:
+            os.close(fd)
 
 
 def _write_lines(path: Path, docs: list[Any]) -> None:

@@ -1,6 +1,6 @@
-"""Store faults with real parts: a PostgreSQL restarted under a store, under `lut serve` and under a
-running search; `lut serve` killed with SIGKILL mid-import; a full disk under the SQLite store; a
-stepped clock in one writer. Each case checks that nothing stored is lost."""
+"""Faults with real parts: a PostgreSQL restarted under a store, under `lut serve` and under a
+running search; `lut serve` killed with SIGKILL mid-import; a full disk under the SQLite store and
+under a run directory; a stepped clock in one writer. Each case checks that nothing stored is lost."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from lut_store.exchange import export_version, import_version
+from lut_store.precision import Precision
 from lut_store.records import CommitOutcomeUnknown, Entry, StoreError, StoreUnavailable
 from lut_store.sqlstore import PostgresStore, SqliteStore
 from lut_store.store import open_store
@@ -301,3 +302,44 @@ def test_stepped_clock_in_one_writer_steals_no_lease_and_reorders_no_version(pg,
         monkeypatch.setattr(time, "time", lambda: real_time() - 86400)
         seen = b.ensure_device("e" * 64, {"cpu": {"model": "new"}})
         assert abs(seen.first_seen_unix_s - real_time()) < 60  # the server's clock, not b's
+
+
+def test_full_disk_under_a_run_directory(small_disk):
+    from host.compress.policy import LayerAction, Policy
+    from host.runs import EpisodeLog, EpisodeRow, RunFileError, read_json, write_json
+
+    write_json(small_disk / "summary.json", {"kept": True})
+    log = EpisodeLog(small_disk / "episodes.jsonl")
+    policy = Policy("mlp", {"a": LayerAction(0.5, Precision.INT8)})
+    row = EpisodeRow("ppo", 0, policy, 1.0, 0.9, 100, 100, 1.0, (1,), 1.0, seconds={"pad": 0.0})
+    log.append(row)
+    fill(small_disk / "ballast")
+    with pytest.raises(RunFileError, match=r"cannot write .*summary.json: No space left on device; the previous"):
+        write_json(small_disk / "summary.json", {"kept": False, "pad": "x" * 100_000})
+    assert read_json(small_disk / "summary.json") == {"kept": True}
+    assert not (small_disk / "summary.json.tmp").exists()
+    big = EpisodeRow("ppo", 1, policy, 1.0, 0.9, 100, 100, 1.0, (1,), 1.0, seconds={"x" * 100_000: 0.0})
+    with pytest.raises(RunFileError, match="cannot append episode 1 of ppo .*the episodes before it are intact"):
+        log.append(big)
+    (small_disk / "ballast").unlink()
+    log.append(EpisodeRow("ppo", 1, policy, 1.0, 0.9, 100, 100, 1.0, (1,), 1.0))
+    rows, torn = log.read()
+    assert [r.episode for r in rows] == [0, 1] and torn is None  # no half line was left between them
+
+
+def test_a_search_into_a_full_disk_stops_with_a_clear_error(small_disk, tmp_path):
+    from host.cli import EXIT_ERROR
+
+    fill(small_disk / "ballast")
+    env = {**os.environ, "HADMC_HOME": str(tmp_path / "home")}
+    result = subprocess.run(
+        [sys.executable, "-m", "host.cli", "search", "--out", str(small_disk / "run"), "--episodes", "1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == EXIT_ERROR, result.stderr
+    assert "hadmc: error: cannot write" in result.stderr and "No space left on device" in result.stderr
+    assert "Traceback" not in result.stderr
