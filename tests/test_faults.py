@@ -76,7 +76,7 @@ def write_batches(store, version_id: int, batches: int, size: int, done: list[in
         done.append(b)
 
 
-def test_postgres_restart_under_a_store_loses_nothing(pg):
+def test_postgres_restart_under_a_store_loses_nothing(pg, record_property):
     url = pg.new_database()
     with PostgresStore(url, reconnect_s=30) as store:
         vid = open_build(store)
@@ -89,10 +89,11 @@ def test_postgres_restart_under_a_store_loses_nothing(pg):
         writer.join(120)
         assert not writer.is_alive() and done == list(range(60))
         sealed = store.seal(vid, "writer")  # on the new connection
+        record_property("entries_lost", 60 * 200 - sealed.entry_count)
         assert sealed.entry_count == 60 * 200 and store.latest(FP).id == vid
 
 
-def test_postgres_down_past_the_reconnect_budget_is_unavailable_then_recovers(pg):
+def test_postgres_down_past_the_reconnect_budget_is_unavailable_then_recovers(pg, record_property):
     url = pg.new_database()
     with PostgresStore(url, reconnect_s=2) as store:
         vid = open_build(store)
@@ -108,7 +109,9 @@ def test_postgres_down_past_the_reconnect_budget_is_unavailable_then_recovers(pg
         finally:
             pg.start()
         store.add_entries(vid, entries("after", 10), "writer")
-        assert store.seal(vid, "writer").entry_count == 20
+        sealed = store.seal(vid, "writer")
+        record_property("entries_lost", 20 - sealed.entry_count)
+        assert sealed.entry_count == 20
 
 
 @contextmanager
@@ -133,7 +136,7 @@ def served(store_url: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen, s
         proc.wait(30)
 
 
-def test_postgres_restart_under_lut_serve_loses_nothing(pg, tmp_path):
+def test_postgres_restart_under_lut_serve_loses_nothing(pg, tmp_path, record_property):
     url = pg.new_database()
     with served(url, tmp_path) as (proc, address), open_store(f"grpc://{address}", timeout_s=30) as store:
         vid = open_build(store)
@@ -148,10 +151,11 @@ def test_postgres_restart_under_lut_serve_loses_nothing(pg, tmp_path):
         assert store.seal(vid, "writer").entry_count == 40 * 200
         assert proc.poll() is None  # it served on
     with PostgresStore(url) as direct:
+        record_property("entries_lost", 40 * 200 - direct.latest(FP).entry_count)
         assert direct.latest(FP).entry_count == 40 * 200
 
 
-def test_postgres_restart_under_a_running_search(pg, agent, tmp_path, monkeypatch):
+def test_postgres_restart_under_a_running_search(pg, agent, tmp_path, monkeypatch, record_property):
     """The search profiles kernels into its open version, renews its lease and seals at the end,
     all through the store; PostgreSQL restarts once the first kernels are stored."""
     from host.search.run import load_search_config, run_search
@@ -187,12 +191,13 @@ def test_postgres_restart_under_a_running_search(pg, agent, tmp_path, monkeypatc
     assert not searching.is_alive() and not failure, failure
     with PostgresStore(url) as store:
         [sealed] = [v for v in store.versions(None) if v.source == "search"]
+        record_property("entries_lost", max(0, stored_before - sealed.entry_count))
         assert sealed.status == "sealed" and sealed.entry_count >= stored_before
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["controllers"]["ppo"]["measured_latency"]["median_ms"] > 0
 
 
-def test_lut_serve_killed_mid_import_shows_no_partial_version(tmp_path):
+def test_lut_serve_killed_mid_import_shows_no_partial_version(tmp_path, record_property):
     """SIGKILL while the import's transaction is being written (its WAL growing): afterwards the
     store is intact, holds no trace of the import, and the same file imports whole."""
     source = tmp_path / "source.sqlite"
@@ -230,6 +235,7 @@ def test_lut_serve_killed_mid_import_shows_no_partial_version(tmp_path):
         assert after.integrity_check() == "ok"
         assert [v.uid for v in after.versions()] == []  # the open transaction rolled back whole
         imported = import_version(after, tmp_path / "lut.jsonl")
+        record_property("entries_lost", 30000 - imported.entry_count)
         assert imported.uid == sealed.uid and imported.entry_count == 30000
 
 
@@ -261,7 +267,7 @@ def fill(path: Path) -> None:
         os.close(fd)
 
 
-def test_full_disk_under_the_sqlite_store(small_disk):
+def test_full_disk_under_the_sqlite_store(small_disk, record_property):
     with SqliteStore(small_disk / "lut.sqlite") as store:
         vid = open_build(store)
         store.add_entries(vid, entries("kept", 200), "writer")
@@ -278,6 +284,7 @@ def test_full_disk_under_the_sqlite_store(small_disk):
         assert store.latest(FP).id == first.id and first.entry_count == 200
         (small_disk / "ballast").unlink()
         assert store.integrity_check() == "ok"
+        record_property("entries_lost", 200 - len(list(store.entries(first.id))))
         assert len(list(store.entries(first.id))) == 200
         assert store.seal(second, "writer").status == "sealed"
 
@@ -304,7 +311,7 @@ def test_stepped_clock_in_one_writer_steals_no_lease_and_reorders_no_version(pg,
         assert abs(seen.first_seen_unix_s - real_time()) < 60  # the server's clock, not b's
 
 
-def test_full_disk_under_a_run_directory(small_disk):
+def test_full_disk_under_a_run_directory(small_disk, record_property):
     from host.compress.policy import LayerAction, Policy
     from host.runs import EpisodeLog, EpisodeRow, RunFileError, read_json, write_json
 
@@ -324,6 +331,7 @@ def test_full_disk_under_a_run_directory(small_disk):
     (small_disk / "ballast").unlink()
     log.append(EpisodeRow("ppo", 1, policy, 1.0, 0.9, 100, 100, 1.0, (1,), 1.0))
     rows, torn = log.read()
+    record_property("entries_lost", 2 - len(rows))
     assert [r.episode for r in rows] == [0, 1] and torn is None  # no half line was left between them
 
 
