@@ -111,6 +111,9 @@ class AgentConfig:
     max_worker_mib: float = 8192.0
     key_timeout_s: float = 60.0
     job_timeout_s: float = 600.0
+    # How long one Profile call may keep the device; the keys it has not reached by then are left
+    # to another call (DEADLINE_EXCEEDED), so one client cannot hold the device for hours.
+    max_profile_s: float = 1800.0
     shutdown_grace_s: float = 10.0
     # The measurement worker (onnxruntime loaded, ~100 MB) exits after this long without jobs and
     # restarts (about a second) for the next one; 0 keeps it.
@@ -130,7 +133,8 @@ class AgentConfig:
             )
         if self.intra_op_threads < 0 or self.inter_op_threads < 1:
             raise ConfigError("intra_op_threads must be >= 0 and inter_op_threads >= 1")
-        for name in ("max_model_mib", "max_inputs_mib", "key_timeout_s", "job_timeout_s", "upload_timeout_s"):
+        positive = ("max_model_mib", "max_inputs_mib", "key_timeout_s", "job_timeout_s", "upload_timeout_s")
+        for name in (*positive, "max_profile_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
         if self.max_worker_mib < 0:

@@ -9,6 +9,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,9 +112,17 @@ class DeviceAgentService(agent_pb2_grpc.DeviceAgentServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
             with self._runner.slot(context.is_active):
+                deadline = time.monotonic() + self._config.max_profile_s
                 for index, msg in enumerate(request.keys):
                     if not context.is_active():
                         return
+                    if time.monotonic() > deadline:
+                        context.abort(
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"this call has held the device for the agent's max_profile_s of "
+                            f"{self._config.max_profile_s:g} s; "
+                            f"keys {index}..{len(request.keys) - 1} were not measured: send them in another call",
+                        )
                     yield profile_one(self._runner, index, msg, settings, self._config.key_timeout_s, context.is_active)
         except QueueFull as exc:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))

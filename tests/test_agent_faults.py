@@ -191,3 +191,22 @@ def test_slow_uploads_cannot_hold_the_agent():
             release.put(None)
             channel.close()
         guarded.stop(grace_s=1.0)
+
+
+def test_one_profile_call_cannot_hold_the_device_past_its_budget():
+    budgeted = Agent(quick_config(max_profile_s=0.3)).start()
+    keys = [ops.conv(NCHW(1, 64, 48 + i, 48), ConvSpec(64, 3)).to_proto() for i in range(120)]
+    try:
+        with AgentClient(AgentTarget(budgeted.address), timeout_s=60.0) as client:
+            got = []
+            with pytest.raises(AgentError) as exc:  # no client deadline: the agent's budget ends it
+                for result in client.profile(keys, timeout_s=600):
+                    got.append(result.index)
+            assert exc.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and "max_profile_s of 0.3 s" in str(exc.value)
+            assert 0 < len(got) < len(keys) and got == list(range(len(got)))
+            assert f"keys {len(got)}..{len(keys) - 1} were not measured" in str(exc.value)
+            assert client.health() == "SERVING"
+            rest = list(client.profile(keys[len(got) : len(got) + 2]))  # the next call is served
+            assert [r.index for r in rest] == [0, 1]
+    finally:
+        budgeted.stop(grace_s=1.0)
