@@ -79,6 +79,8 @@ CASES = (
          "resource limits", "RESOURCE_EXHAUSTED; a fresh worker"),
     Case("test_agent_faults.py::test_slow_uploads_cannot_hold_the_agent", "bad input", "resource limits",
          "RESOURCE_EXHAUSTED for one upload too many; health answers"),
+    Case("test_agent_faults.py::test_one_profile_call_cannot_hold_the_device_past_its_budget", "bad input",
+         "resource limits", "DEADLINE_EXCEEDED naming the keys left; the next call served"),
     Case("test_agent.py::test_bad_keys_get_precise_errors_and_the_batch_goes_on", "bad input", "exceptions",
          "a per-key error; the batch goes on"),
     Case("test_agent.py::test_bad_uploads_get_precise_status_codes", "bad input", "exceptions",

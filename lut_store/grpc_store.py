@@ -93,7 +93,7 @@ def json_object(text: str, field: str) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError; an integer past the digit limit; deep nesting
         raise WireError(f"{field} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise WireError(f"{field} is not a JSON object but {type(value).__name__}")

@@ -1,22 +1,40 @@
 """Property-based tests (hypothesis): a well-formed op key canonicalises and round-trips through
 JSON and protobuf with its hash; malformed and mutated keys fail as OpKeyError and nothing else;
-random and mutated requests to a real agent never crash it and never come back UNKNOWN."""
+random and mutated requests to a real agent (Profile, Benchmark, Reprofile) and to every RPC of
+the `lut serve` front never crash them, never come back UNKNOWN and never lose what is stored."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
 import grpc
 import pytest
+from google.protobuf import message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from device_agent.config import MeasurementDefaults, NightlyConfig
 from device_agent.server import Agent
 from host.agent_client import AgentClient, AgentTarget
+from lut_store.grpc_front import LutServer
+from lut_store.grpc_store import entry_to_proto, version_to_proto
 from lut_store.keys import ops
 from lut_store.keys.ops import NCHW, ConvSpec
 from lut_store.opkey import OpKey, OpKeyError
-from protos.hadmc.v1 import agent_pb2, common_pb2
+from lut_store.records import Version
+from lut_store.sqlstore import SqliteStore
+from lut_store.store import open_store
+from protos.hadmc.v1 import agent_pb2, common_pb2, lut_pb2
 from tests.conftest import quick_config
 from tests.helpers import small_cnn
+from tests.test_store import FP, FP2, ok_entry, sealed_version
+from tests.test_store import KEYS as STORE_KEYS
 
 PRECISIONS = st.sampled_from(["fp32", "fp16", "int8", "int4"])
 SMALL = st.integers(1, 12)
@@ -135,13 +153,16 @@ QUICK = common_pb2.MeasurementSettings(warmup_runs=1, min_runs=5, max_runs=5, ma
 
 def _call(agent: Agent, method: str, payloads: list[bytes]) -> grpc.StatusCode:
     """Send raw request bytes to one of the agent's methods (Profile: one request, a stream of
-    results; Benchmark: a stream of requests); the status it answers with."""
+    results; Benchmark: a stream of requests; Reprofile: one request, one response); the status
+    it answers with."""
     with grpc.insecure_channel(agent.address) as channel:
         path = f"/hadmc.v1.DeviceAgent/{method}"
         try:
             if method == "Profile":
                 for _ in channel.unary_stream(path)(payloads[0], timeout=60):
                     pass
+            elif method == "Reprofile":
+                channel.unary_unary(path)(payloads[0], timeout=60)
             else:
                 channel.stream_unary(path)(iter(payloads), timeout=60)
         except grpc.RpcError as exc:
@@ -187,3 +208,271 @@ def test_mutated_benchmark_uploads_never_crash_the_agent_or_answer_unknown(fuzze
     assert code != grpc.StatusCode.UNKNOWN
     with AgentClient(AgentTarget(fuzzed_agent.address), retries=1) as client:
         assert client.health() == "SERVING"
+
+
+# --- Reprofile: the nightly trigger of an agent that has a store --------------------------
+TINY_GRID = 'precisions = ["fp32"]\n[[gemm]]\nbatch = 1\nin_features = 8\nout_features = 4\n'
+FAST = MeasurementDefaults(
+    warmup_runs=1, min_runs=5, max_runs=5, max_time_s=0.05, max_attempts=1, interference_max_cores=64.0, min_window_s=0
+)
+
+
+@pytest.fixture(scope="module")
+def reprofiling_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Agent, str]]:
+    """An agent with a [nightly] SQLite store and a one-key grid, its at-start run done."""
+    from tests.test_nightly import _wait_for_state
+
+    tmp = tmp_path_factory.mktemp("reprofile")
+    grid = tmp / "grid.toml"
+    grid.write_text(TINY_GRID)
+    store_url = f"sqlite:///{tmp / 'lut.sqlite'}"
+    nightly = NightlyConfig(store=store_url, grids=[str(grid)], state_file=tmp / "nightly.json")
+    running = Agent(quick_config(nightly=nightly, profile=FAST, benchmark=FAST)).start()
+    try:
+        _wait_for_state(nightly.state_file)  # first start with a grid: the agent runs once by itself
+        yield running, store_url
+    finally:
+        running.stop(grace_s=1.0)
+
+
+def _sealed(store_url: str) -> dict[int, tuple[Version, list]]:
+    """Every sealed version of the store with its entries."""
+    with open_store(store_url) as store:
+        return {v.id: (v, list(store.entries(v.id))) for v in store.versions() if v.status == "sealed"}
+
+
+REASONS = st.text(max_size=40) | st.sampled_from(["", "manual", "\x00", "é" * 5000, "{" * 2000])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=SLOW)
+@given(REASONS, st.data())
+def test_mutated_reprofile_requests_never_crash_the_agent_or_lose_a_version(reprofiling_agent, reason, data):
+    agent, store_url = reprofiling_agent
+    wire = bytearray(agent_pb2.ReprofileRequest(reason=reason).SerializeToString())
+    how = data.draw(st.sampled_from(["as is", "flipped", "trailing bytes", "random"]))
+    if how == "flipped" and wire:
+        for _ in range(data.draw(st.integers(1, 3))):
+            wire[data.draw(st.integers(0, len(wire) - 1))] = data.draw(st.integers(0, 255))
+    elif how == "trailing bytes":  # unknown fields, or a field cut short
+        wire += data.draw(st.binary(min_size=1, max_size=12))
+    elif how == "random":
+        wire = bytearray(data.draw(st.binary(max_size=48)))
+    try:
+        agent_pb2.ReprofileRequest.FromString(bytes(wire))
+        decodes = True
+    except Exception as exc:  # protobuf's DecodeError: the daemon must refuse it cleanly
+        assert type(exc).__name__ == "DecodeError"
+        decodes = False
+    before = _sealed(store_url)
+    code = _call(agent, "Reprofile", [bytes(wire)])
+    assert code != grpc.StatusCode.UNKNOWN
+    if decodes:  # any reason at all is a run
+        assert code == grpc.StatusCode.OK
+    after = _sealed(store_url)
+    assert {vid: after.get(vid) for vid in before} == before  # nothing sealed was lost or changed
+    with AgentClient(AgentTarget(agent.address), retries=1) as client:
+        assert client.health() == "SERVING"
+
+
+# --- every RPC of the `lut serve` front ---------------------------------------------------
+LUT_SERVICE = lut_pb2.DESCRIPTOR.services_by_name["LutStoreService"]
+MODEL = b"fuzzed model bytes"
+# Strings a store must take or refuse cleanly: JSON that is no object, non-finite numbers, an
+# integer past Python's digit limit, nesting past the recursion limit, long text.
+HOSTILE = [
+    "",
+    "{}",
+    "[]",
+    "null",
+    "NaN",
+    '{"a": NaN}',
+    '{"a": 1e999}',
+    "{",
+    '{"a": ' + "7" * 5000 + "}",
+    "[" * 50_000,
+    '{"a": ' * 50_000,
+    FP,
+    FP2,
+    "holder",
+    "x" * 70_000,
+]
+
+
+class Front:
+    """A served store with a sealed version, an open one held by 'holder' and a registered model."""
+
+    def __init__(self, server: LutServer, sealed: Version, entries: list, open_id: int, model_sha256: str) -> None:
+        self.server = server
+        self.sealed = sealed
+        self.entries = entries
+        self.open_id = open_id
+        self.model_sha256 = model_sha256
+
+    def __repr__(self) -> str:  # short in hypothesis' report of a failing example
+        return f"Front({self.server.address}, sealed={self.sealed.id}, open={self.open_id})"
+
+
+@pytest.fixture()
+def front(tmp_path) -> Iterator[Front]:
+    with SqliteStore(tmp_path / "served.sqlite") as backing:
+        sealed = sealed_version(backing)
+        held = backing.acquire_build(FP, "search", "holder", lease_s=600)
+        backing.add_entries(held.version.id, [ok_entry(STORE_KEYS[0], 7.0)], "holder")
+        backing.register_model(FP, "fuzzed.onnx", MODEL, 1, (STORE_KEYS[0].hash,))
+        server = LutServer(backing).start()
+        try:
+            entries = list(backing.entries(sealed.id))
+            yield Front(server, sealed, entries, held.version.id, hashlib.sha256(MODEL).hexdigest())
+        finally:
+            server.stop(grace_s=1.0)
+
+
+def _valid_requests(front: Front, method: str) -> list[Message]:
+    """A well-formed request of `method` against the front's records (a list: RegisterModel's stream)."""
+    sealed = front.sealed
+    imported = dataclasses.replace(sealed, uid="f" * 32, source="import")
+    header = lut_pb2.RegisterModelHeader(
+        fingerprint_hash=FP,
+        name="again.onnx",
+        model_sha256=front.model_sha256,
+        size_bytes=len(MODEL),
+        batch_size=1,
+        kernel_hashes=[STORE_KEYS[1].hash],
+    )
+    requests: dict[str, Message | list[Message]] = {
+        "EnsureDevice": lut_pb2.EnsureDeviceRequest(fingerprint_hash=FP2, fingerprint_json='{"cpu": {"model": "x"}}'),
+        "ListDevices": lut_pb2.ListDevicesRequest(),
+        "AcquireBuild": lut_pb2.AcquireBuildRequest(
+            fingerprint_hash=FP, source=lut_pb2.LUT_VERSION_SOURCE_SEARCH, owner="fuzzer", lease_s=60
+        ),
+        "RenewLease": lut_pb2.RenewLeaseRequest(version_id=front.open_id, owner="holder", lease_s=60),
+        "AddEntries": lut_pb2.AddEntriesRequest(
+            version_id=front.open_id, entries=[entry_to_proto(ok_entry(STORE_KEYS[1]))], owner="holder"
+        ),
+        "Seal": lut_pb2.SealRequest(version_id=front.open_id, owner="holder"),
+        "Abandon": lut_pb2.AbandonRequest(version_id=front.open_id),
+        "GetVersion": lut_pb2.GetVersionRequest(version_id=sealed.id),
+        "ListVersions": lut_pb2.ListVersionsRequest(fingerprint_hash=FP),
+        "Entries": lut_pb2.EntriesRequest(version_id=sealed.id),
+        "Lookup": lut_pb2.LookupRequest(version_id=sealed.id, key_hashes=[k.hash for k in STORE_KEYS[:2]]),
+        "ImportVersion": lut_pb2.ImportVersionRequest(
+            device=lut_pb2.LutDevice(fingerprint_hash=FP, fingerprint_json="{}", first_seen_unix_s=1.0),
+            version=version_to_proto(imported),
+            entries=[entry_to_proto(e) for e in front.entries],
+            parent_uid=sealed.uid,
+        ),
+        "RegisterModel": [lut_pb2.RegisterModelRequest(header=header), lut_pb2.RegisterModelRequest(onnx_chunk=MODEL)],
+        "ListModels": lut_pb2.ListModelsRequest(fingerprint_hash=FP),
+        "ModelBytes": lut_pb2.ModelBytesRequest(model_sha256=front.model_sha256),
+        "GetModelLimit": lut_pb2.GetModelLimitRequest(),
+        "SetModelLimit": lut_pb2.SetModelLimitRequest(limit=4),
+    }
+    found = requests[method]
+    return found if isinstance(found, list) else [found]
+
+
+def _scalars(front: Front) -> dict[int, st.SearchStrategy[Any]]:
+    """Junk for each scalar field type: edge values, ids and names of the front's records, random ones."""
+    ids = st.sampled_from([front.sealed.id, front.open_id, 0, -1, 2**63 - 1, -(2**63)])
+    names = st.sampled_from([*HOSTILE, front.sealed.uid, front.model_sha256])
+    return {
+        FieldDescriptor.TYPE_INT64: ids | st.integers(-(2**63), 2**63 - 1),
+        FieldDescriptor.TYPE_INT32: st.sampled_from([0, -1, 2**31 - 1, -(2**31)]) | st.integers(-(2**31), 2**31 - 1),
+        FieldDescriptor.TYPE_UINT64: st.sampled_from([0, 1, 2**63, 2**64 - 1]) | st.integers(0, 2**64 - 1),
+        FieldDescriptor.TYPE_UINT32: st.sampled_from([0, 1, 2**32 - 1]) | st.integers(0, 2**32 - 1),
+        FieldDescriptor.TYPE_DOUBLE: st.floats(),
+        FieldDescriptor.TYPE_BOOL: st.booleans(),
+        FieldDescriptor.TYPE_ENUM: st.integers(-2, 6),  # proto3 enums are open: unknown numbers arrive too
+        FieldDescriptor.TYPE_STRING: names | st.text(max_size=16),
+        FieldDescriptor.TYPE_BYTES: st.just(MODEL) | st.binary(max_size=32),
+    }
+
+
+def _junk_message(data: st.DataObject, descriptor: Descriptor, front: Front, depth: int = 0) -> Message:
+    """A message of `descriptor` whose fields (each set or not) hold junk, nested messages too."""
+    message = message_factory.GetMessageClass(descriptor)()
+    for field in descriptor.fields:
+        if depth < 2 and data.draw(st.booleans()):
+            _set_junk(data, message, field, front, depth)
+    return message
+
+
+def _set_junk(data: st.DataObject, message: Message, field: FieldDescriptor, front: Front, depth: int) -> None:
+    def value() -> Any:
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            return _junk_message(data, field.message_type, front, depth + 1)
+        return data.draw(_scalars(front)[field.type])
+
+    message.ClearField(field.name)
+    if field.is_repeated:
+        target = getattr(message, field.name)
+        for _ in range(data.draw(st.integers(0, 3))):
+            item = value()
+            target.add().CopyFrom(item) if field.type == FieldDescriptor.TYPE_MESSAGE else target.append(item)
+    elif field.type == FieldDescriptor.TYPE_MESSAGE:
+        getattr(message, field.name).CopyFrom(value())
+    else:
+        setattr(message, field.name, value())
+
+
+def _mutated(data: st.DataObject, front: Front, valid: Message) -> bytes:
+    """`valid` as sent, with junk fields, all junk, with flipped bytes, or random bytes instead."""
+    how = data.draw(st.sampled_from(["as is", "junk fields", "all junk", "flipped", "random"]))
+    fields = list(valid.DESCRIPTOR.fields)
+    if how == "junk fields" and fields:
+        message = type(valid)()
+        message.CopyFrom(valid)
+        for field in data.draw(st.lists(st.sampled_from(fields), min_size=1, max_size=3, unique_by=lambda f: f.number)):
+            _set_junk(data, message, field, front, 0)
+        return message.SerializeToString()
+    if how == "all junk":
+        return _junk_message(data, valid.DESCRIPTOR, front).SerializeToString()
+    wire = bytearray(valid.SerializeToString())
+    if how == "flipped" and wire:
+        for _ in range(data.draw(st.integers(1, 4))):
+            wire[data.draw(st.integers(0, len(wire) - 1))] = data.draw(st.integers(0, 255))
+    elif how == "random" or (how != "as is" and not wire):
+        wire = bytearray(data.draw(st.binary(max_size=64)))
+    return bytes(wire)
+
+
+def _lut_call(channel: grpc.Channel, method: MethodDescriptor, payloads: list[bytes]) -> tuple[grpc.StatusCode, str]:
+    """Send raw request bytes to one RPC of the front (reading any response stream to its end)."""
+    path = f"/{LUT_SERVICE.full_name}/{method.name}"
+    try:
+        if method.client_streaming:
+            channel.stream_unary(path)(iter(payloads), timeout=30)
+        elif method.server_streaming:
+            for _ in channel.unary_stream(path)(payloads[0], timeout=30):
+                pass
+        else:
+            channel.unary_unary(path)(payloads[0], timeout=30)
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+@pytest.mark.parametrize("method", list(LUT_SERVICE.methods), ids=lambda m: m.name)
+@settings(max_examples=30, deadline=None, suppress_health_check=SLOW)
+@given(data=st.data())
+def test_mutated_requests_to_every_lut_front_rpc_never_answer_unknown_or_lose_a_sealed_version(front, method, data):
+    valid = _valid_requests(front, method.name)
+    if method.client_streaming:  # any order of the valid parts, repeats and gaps included, each maybe mutated
+        order = data.draw(st.just(list(range(len(valid)))) | st.lists(st.integers(0, len(valid) - 1), max_size=4))
+        payloads = [_mutated(data, front, valid[i]) for i in order]
+    else:
+        payloads = [_mutated(data, front, valid[0])]
+    with grpc.insecure_channel(front.server.address) as channel:
+        code, details = _lut_call(channel, method, payloads)
+        assert code != grpc.StatusCode.UNKNOWN, details
+        if code == grpc.StatusCode.INTERNAL:  # only grpc's own refusal of bytes that are no request
+            assert details == "Exception deserializing request!"
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=LUT_SERVICE.full_name), timeout=5
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        listed = channel.unary_unary(f"/{LUT_SERVICE.full_name}/ListDevices")(b"", timeout=5)
+        assert FP in {d.fingerprint_hash for d in lut_pb2.ListDevicesResponse.FromString(listed).devices}
+    store = front.server.store
+    assert store.version(front.sealed.id) == front.sealed
+    assert list(store.entries(front.sealed.id)) == front.entries
