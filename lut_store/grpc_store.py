@@ -73,6 +73,9 @@ _HINTS = {
 }
 _ENTRY_OPTIONALS = ("median_ms", "mean_ms", "p90_ms", "std_ms", "min_ms", "n", "measured_in_uid")
 _VERSION_OPTIONALS = ("parent_id", "sealed_at_unix_s", "lease_owner", "lease_expires_unix_s")
+# Far below the interpreter's recursion limit, which json.dumps and json.loads run into: a
+# document parsed here can always be stored and read back (real ones nest a few levels).
+MAX_JSON_DEPTH = 64
 T = TypeVar("T")
 
 
@@ -87,8 +90,17 @@ def required(value: str, field: str) -> str:
     return value
 
 
+def _nesting(value: Any) -> int:
+    """How many levels of dicts and lists `value` has (0 for a scalar), counted without recursion."""
+    depth, level = 0, [value]
+    while containers := [v for v in level if isinstance(v, dict | list)]:
+        depth += 1
+        level = [c for v in containers for c in (v.values() if isinstance(v, dict) else v)]
+    return depth
+
+
 def json_object(text: str, field: str) -> dict[str, Any]:
-    """A `*_json` field as a dict ('' is {})."""
+    """A `*_json` field as a dict ('' is {}), nested at most MAX_JSON_DEPTH levels."""
     if not text:
         return {}
     try:
@@ -97,6 +109,8 @@ def json_object(text: str, field: str) -> dict[str, Any]:
         raise WireError(f"{field} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise WireError(f"{field} is not a JSON object but {type(value).__name__}")
+    if _nesting(value) > MAX_JSON_DEPTH:
+        raise WireError(f"{field} nests deeper than {MAX_JSON_DEPTH} levels")
     return value
 
 

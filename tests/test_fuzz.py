@@ -16,7 +16,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from device_agent.config import MeasurementDefaults, NightlyConfig
@@ -30,7 +30,7 @@ from lut_store.opkey import OpKey, OpKeyError
 from lut_store.records import Version
 from lut_store.sqlstore import SqliteStore
 from lut_store.store import open_store
-from protos.hadmc.v1 import agent_pb2, common_pb2, lut_pb2
+from protos.hadmc.v1 import agent_pb2, common_pb2, lut_pb2, lut_pb2_grpc
 from tests.conftest import quick_config
 from tests.helpers import small_cnn
 from tests.test_store import FP, FP2, ok_entry, sealed_version
@@ -219,7 +219,8 @@ FAST = MeasurementDefaults(
 
 @pytest.fixture(scope="module")
 def reprofiling_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Agent, str]]:
-    """An agent with a [nightly] SQLite store and a one-key grid, its at-start run done."""
+    """An agent with a [nightly] SQLite store (holding another device's version) and a one-key
+    grid, its at-start run done."""
     from tests.test_nightly import _wait_for_state
 
     tmp = tmp_path_factory.mktemp("reprofile")
@@ -227,6 +228,8 @@ def reprofiling_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
     grid.write_text(TINY_GRID)
     store_url = f"sqlite:///{tmp / 'lut.sqlite'}"
     nightly = NightlyConfig(store=store_url, grids=[str(grid)], state_file=tmp / "nightly.json")
+    with open_store(store_url) as store:
+        sealed_version(store, fp=FP2)  # another device's version, there before the agent
     running = Agent(quick_config(nightly=nightly, profile=FAST, benchmark=FAST)).start()
     try:
         _wait_for_state(nightly.state_file)  # first start with a grid: the agent runs once by itself
@@ -244,7 +247,7 @@ def _sealed(store_url: str) -> dict[int, tuple[Version, list]]:
 REASONS = st.text(max_size=40) | st.sampled_from(["", "manual", "\x00", "é" * 5000, "{" * 2000])
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=SLOW)
+@settings(max_examples=40, deadline=None, suppress_health_check=SLOW)
 @given(REASONS, st.data())
 def test_mutated_reprofile_requests_never_crash_the_agent_or_lose_a_version(reprofiling_agent, reason, data):
     agent, store_url = reprofiling_agent
@@ -253,8 +256,8 @@ def test_mutated_reprofile_requests_never_crash_the_agent_or_lose_a_version(repr
     if how == "flipped" and wire:
         for _ in range(data.draw(st.integers(1, 3))):
             wire[data.draw(st.integers(0, len(wire) - 1))] = data.draw(st.integers(0, 255))
-    elif how == "trailing bytes":  # unknown fields, or a field cut short
-        wire += data.draw(st.binary(min_size=1, max_size=12))
+    elif how == "trailing bytes":  # well-formed unknown fields, or bytes that cut a field short
+        wire += data.draw(st.sampled_from([b"\x10\x01", b"\x1a\x03abc", b"\xf8\x01\x00"]) | st.binary(max_size=12))
     elif how == "random":
         wire = bytearray(data.draw(st.binary(max_size=48)))
     try:
@@ -265,11 +268,14 @@ def test_mutated_reprofile_requests_never_crash_the_agent_or_lose_a_version(repr
         decodes = False
     before = _sealed(store_url)
     code = _call(agent, "Reprofile", [bytes(wire)])
+    event(code.name)
     assert code != grpc.StatusCode.UNKNOWN
-    if decodes:  # any reason at all is a run
-        assert code == grpc.StatusCode.OK
     after = _sealed(store_url)
     assert {vid: after.get(vid) for vid in before} == before  # nothing sealed was lost or changed
+    if decodes:  # any reason at all is a run, sealed into one new version
+        assert code == grpc.StatusCode.OK and len(after) == len(before) + 1
+    else:  # refused by grpc before the handler ran
+        assert code == grpc.StatusCode.INTERNAL
     with AgentClient(AgentTarget(agent.address), retries=1) as client:
         assert client.health() == "SERVING"
 
@@ -277,10 +283,10 @@ def test_mutated_reprofile_requests_never_crash_the_agent_or_lose_a_version(repr
 # --- every RPC of the `lut serve` front ---------------------------------------------------
 LUT_SERVICE = lut_pb2.DESCRIPTOR.services_by_name["LutStoreService"]
 MODEL = b"fuzzed model bytes"
-# Strings a store must take or refuse cleanly: JSON that is no object, non-finite numbers, an
-# integer past Python's digit limit, nesting past the recursion limit, long text.
-HOSTILE = [
-    "",
+# JSON a `*_json` field may hold that a store must take or refuse cleanly: no object, non-finite
+# numbers, cut short, nested deeper than real documents, an integer past Python's digit limit,
+# nesting near and past the recursion limit.
+HOSTILE_JSON = [
     "{}",
     "[]",
     "null",
@@ -288,14 +294,14 @@ HOSTILE = [
     '{"a": NaN}',
     '{"a": 1e999}',
     "{",
+    '{"a": ' * 65 + "1" + "}" * 65,
+    '{"a": ' * 980 + "1" + "}" * 980,
     '{"a": ' + "7" * 5000 + "}",
     "[" * 50_000,
     '{"a": ' * 50_000,
-    FP,
-    FP2,
-    "holder",
-    "x" * 70_000,
 ]
+# Other strings: empty, known devices and holders, a NUL, long text.
+NAMES = ["", FP, FP2, "holder", "\x00", "x" * 70_000]
 
 
 class Front:
@@ -371,10 +377,13 @@ def _valid_requests(front: Front, method: str) -> list[Message]:
     return found if isinstance(found, list) else [found]
 
 
-def _scalars(front: Front) -> dict[int, st.SearchStrategy[Any]]:
-    """Junk for each scalar field type: edge values, ids and names of the front's records, random ones."""
+def _scalar(front: Front, field: FieldDescriptor) -> st.SearchStrategy[Any]:
+    """Junk for a scalar field: edge values, ids and names of the front's records, random values."""
+    if field.type == FieldDescriptor.TYPE_STRING:
+        if field.name.endswith("_json"):
+            return st.sampled_from(HOSTILE_JSON) | st.text(max_size=16)
+        return st.sampled_from([*NAMES, *HOSTILE_JSON, front.sealed.uid, front.model_sha256]) | st.text(max_size=16)
     ids = st.sampled_from([front.sealed.id, front.open_id, 0, -1, 2**63 - 1, -(2**63)])
-    names = st.sampled_from([*HOSTILE, front.sealed.uid, front.model_sha256])
     return {
         FieldDescriptor.TYPE_INT64: ids | st.integers(-(2**63), 2**63 - 1),
         FieldDescriptor.TYPE_INT32: st.sampled_from([0, -1, 2**31 - 1, -(2**31)]) | st.integers(-(2**31), 2**31 - 1),
@@ -383,9 +392,8 @@ def _scalars(front: Front) -> dict[int, st.SearchStrategy[Any]]:
         FieldDescriptor.TYPE_DOUBLE: st.floats(),
         FieldDescriptor.TYPE_BOOL: st.booleans(),
         FieldDescriptor.TYPE_ENUM: st.integers(-2, 6),  # proto3 enums are open: unknown numbers arrive too
-        FieldDescriptor.TYPE_STRING: names | st.text(max_size=16),
         FieldDescriptor.TYPE_BYTES: st.just(MODEL) | st.binary(max_size=32),
-    }
+    }[field.type]
 
 
 def _junk_message(data: st.DataObject, descriptor: Descriptor, front: Front, depth: int = 0) -> Message:
@@ -401,14 +409,16 @@ def _set_junk(data: st.DataObject, message: Message, field: FieldDescriptor, fro
     def value() -> Any:
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             return _junk_message(data, field.message_type, front, depth + 1)
-        return data.draw(_scalars(front)[field.type])
+        return data.draw(_scalar(front, field))
 
     message.ClearField(field.name)
     if field.is_repeated:
         target = getattr(message, field.name)
         for _ in range(data.draw(st.integers(0, 3))):
-            item = value()
-            target.add().CopyFrom(item) if field.type == FieldDescriptor.TYPE_MESSAGE else target.append(item)
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                target.add().CopyFrom(value())
+            else:
+                target.append(value())
     elif field.type == FieldDescriptor.TYPE_MESSAGE:
         getattr(message, field.name).CopyFrom(value())
     else:
@@ -453,7 +463,7 @@ def _lut_call(channel: grpc.Channel, method: MethodDescriptor, payloads: list[by
 
 
 @pytest.mark.parametrize("method", list(LUT_SERVICE.methods), ids=lambda m: m.name)
-@settings(max_examples=30, deadline=None, suppress_health_check=SLOW)
+@settings(max_examples=40, deadline=None, suppress_health_check=SLOW)
 @given(data=st.data())
 def test_mutated_requests_to_every_lut_front_rpc_never_answer_unknown_or_lose_a_sealed_version(front, method, data):
     valid = _valid_requests(front, method.name)
@@ -464,6 +474,7 @@ def test_mutated_requests_to_every_lut_front_rpc_never_answer_unknown_or_lose_a_
         payloads = [_mutated(data, front, valid[0])]
     with grpc.insecure_channel(front.server.address) as channel:
         code, details = _lut_call(channel, method, payloads)
+        event(code.name)
         assert code != grpc.StatusCode.UNKNOWN, details
         if code == grpc.StatusCode.INTERNAL:  # only grpc's own refusal of bytes that are no request
             assert details == "Exception deserializing request!"
@@ -476,3 +487,39 @@ def test_mutated_requests_to_every_lut_front_rpc_never_answer_unknown_or_lose_a_
     store = front.server.store
     assert store.version(front.sealed.id) == front.sealed
     assert list(store.entries(front.sealed.id)) == front.entries
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        ['{"a": ' + "7" * 5000 + "}"],
+        ["[" * 50_000, '{"a": ' * 50_000],
+        ['{"a": ' * depth + "1" + "}" * depth for depth in range(900, 1001)],
+    ],
+    ids=["long integer", "past the recursion limit", "near the recursion limit"],
+)
+def test_json_past_the_parsers_limits_is_invalid_argument(front, texts):
+    """Found by the fuzzing above: json.loads raises ValueError (not JSONDecodeError) for an
+    integer past Python's digit limit and RecursionError for deeper nesting than the recursion
+    limit, and a document just under it parsed but json.dumps ran out of stack storing it (which
+    depths did depends on the stack's depth at the call): each came back UNKNOWN."""
+    source = lut_pb2.LUT_VERSION_SOURCE_SEARCH
+    with grpc.insecure_channel(front.server.address) as channel:
+        stub = lut_pb2_grpc.LutStoreServiceStub(channel)
+        for text in texts:
+            for method, request, field in [
+                (
+                    stub.EnsureDevice,
+                    lut_pb2.EnsureDeviceRequest(fingerprint_hash=FP2, fingerprint_json=text),
+                    "fingerprint_json",
+                ),
+                (
+                    stub.AcquireBuild,
+                    lut_pb2.AcquireBuildRequest(fingerprint_hash=FP, source=source, owner="o", settings_json=text),
+                    "settings_json",
+                ),
+            ]:
+                with pytest.raises(grpc.RpcError) as exc:
+                    method(request, timeout=5)
+                assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert exc.value.details().startswith(field)
