@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -217,6 +218,11 @@ _TAKE_IN = (
 )
 
 
+def _check_lease(lease_s: float) -> None:
+    if not (isinstance(lease_s, (int, float)) and math.isfinite(lease_s) and lease_s > 0):
+        raise StoreError(f"lease_s = {lease_s!r}: a lease lasts a finite, positive number of seconds")
+
+
 def _split(script: str) -> list[str]:
     """Statements of a migration script. Trigger bodies hold ';' so they end at 'END;'/'END $$;'."""
     statements, current = [], []
@@ -415,6 +421,7 @@ class SqlStore(LutStore):
     ) -> Build:
         if source not in VERSION_SOURCES:
             raise StoreError(f"version source {source!r} is not one of {VERSION_SOURCES}")
+        _check_lease(lease_s)
 
         def body(cur: Any) -> Build:
             self._lock_device(cur, fingerprint_hash)
@@ -512,6 +519,8 @@ class SqlStore(LutStore):
         return v
 
     def renew_lease(self, version_id: int, owner: str, lease_s: float) -> None:
+        _check_lease(lease_s)
+
         def body(cur: Any) -> None:
             self._check_owner(cur, version_id, owner)
             cur.execute(

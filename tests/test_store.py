@@ -127,6 +127,17 @@ def test_unknown_fingerprint_lists_known_devices(store):
         store.lookup(12345, ["x"])
 
 
+@pytest.mark.parametrize("lease_s", [float("nan"), float("inf"), 0.0, -5.0])
+def test_a_lease_is_a_finite_positive_time(store, lease_s):
+    store.ensure_device(FP, {"cpu": {"model": "test"}})
+    with pytest.raises(StoreError, match="lease_s = .*finite, positive"):
+        store.acquire_build(FP, "manual", "builder", lease_s=lease_s)
+    build = store.acquire_build(FP, "manual", "builder", lease_s=60)
+    with pytest.raises(StoreError, match="lease_s = .*finite, positive"):
+        store.renew_lease(build.version.id, "builder", lease_s)
+    assert store.version(build.version.id).lease_expires_unix_s > time.time()
+
+
 def test_each_holder_gets_its_own_version_and_an_expired_one_is_resumed_by_its_kind(store):
     store.ensure_device(FP, {})
     first = store.acquire_build(FP, "manual", "host-a:1", lease_s=0.5)
