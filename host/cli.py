@@ -15,10 +15,13 @@ from host.cli_common import (
     CliError,
     add_device_args,
     add_lut_args,
+    add_model_args,
     device_config,
     device_table,
     emit,
+    factory_kwargs,
     lut_table,
+    model_overrides,
 )
 from lut_store.precision import Precision
 
@@ -148,7 +151,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from host.compress.run import load_compress_config, run_compress
     from host.runs import to_doc
 
-    overrides = {"device": device_table(args), "lut": lut_table(args), "store": args.store}
+    overrides = {"device": device_table(args), "lut": lut_table(args), "store": args.store, **model_overrides(args)}
     config = load_compress_config(args.config, overrides)
     summary = run_compress(config, Policy.load(args.policy), args.out, progress=not args.json)
     base, c = summary.baseline, summary.compressed
@@ -178,12 +181,14 @@ def cmd_policy_init(args: argparse.Namespace) -> int:
     import torch
 
     from host.compress.policy import LayerAction, Policy
-    from host.compress.prune import layer_limits
+    from host.compress.prune import in_execution_order, layer_limits
     from host.models import build_model
 
     shape = tuple(int(d) for d in args.input_shape.split(","))
-    limits = layer_limits(build_model(args.model, args.classes, shape), torch.zeros((1, *shape)))
-    names = [lim.name for lim in limits]
+    kwargs = factory_kwargs(args.factory_kwargs) or {}
+    model, example = build_model(args.model, args.classes, shape, kwargs), torch.zeros((1, *shape))
+    limits = layer_limits(model, example)
+    names = in_execution_order(model, example, [lim.name for lim in limits])
     precision = Precision(args.precision)
     overrides = {lim.name: LayerAction(1.0, precision) for lim in limits if lim.group is None}
     if args.edge_precision:
@@ -240,6 +245,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         "device": device_table(args),
         "lut": lut_table(args),
         "store": args.store,
+        **model_overrides(args),
         "search": {
             "episodes": args.episodes,
             "controllers": args.controllers.split(",") if args.controllers else None,
@@ -368,6 +374,7 @@ def _add_compress_parsers(sub: Any) -> None:
     compress.add_argument("--config", type=Path, help="TOML config (model, [data], [baseline], [distill], device)")
     compress.add_argument("--policy", type=Path, required=True, help="policy JSON (hadmc policy init writes one)")
     compress.add_argument("--out", type=Path, required=True, help="output directory")
+    add_model_args(compress)
     add_device_args(compress, required=False, timeout_s=None)
     compress.add_argument("--store", help="LUT store URL (default: the SQLite file under $HADMC_HOME)")
     add_lut_args(compress)
@@ -376,7 +383,10 @@ def _add_compress_parsers(sub: Any) -> None:
 
     policy = sub.add_parser("policy", help="compression policies").add_subparsers(dest="policy_command", required=True)
     init = policy.add_parser("init", help="write a uniform policy for a model")
-    init.add_argument("--model", default="resnet18")
+    init.add_argument(
+        "--model", default="resnet18", help="a built-in name, or package.module:factory / file.py:factory"
+    )
+    init.add_argument("--factory-kwargs", help="the factory's keyword arguments as a JSON object")
     init.add_argument("--classes", type=int, default=6)
     init.add_argument("--input-shape", default="3,64,64", help="without the batch axis, e.g. 3,64,64 or 30")
     init.add_argument("--keep", type=float, default=0.5, help="keep-ratio of every prunable layer")
@@ -396,6 +406,7 @@ def _add_search_parsers(sub: Any) -> None:
     search.add_argument("--controllers", help="comma-separated, e.g. ppo,random,uniform")
     search.add_argument("--episodes", type=int, help="episodes per controller")
     search.add_argument("--out", type=Path, required=True, help="run directory")
+    add_model_args(search)
     search.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     search.add_argument("--json", action="store_true", help="one JSON document on stdout")
     search.set_defaults(func=cmd_search)

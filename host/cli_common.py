@@ -98,3 +98,28 @@ def device_table(args: argparse.Namespace) -> dict[str, Any]:
 
 def _text(path: Path | None) -> str:
     return "" if path is None else str(path)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--model, --factory-kwargs and --weights: the config's model, overridden."""
+    p.add_argument("--model", help="a built-in name, or your own: package.module:factory or file.py:factory")
+    p.add_argument("--factory-kwargs", help="the factory's keyword arguments as a JSON object")
+    p.add_argument("--weights", help="the trained teacher's state_dict (torch.save): loaded, not retrained")
+
+
+def factory_kwargs(text: str | None) -> dict[str, Any] | None:
+    """--factory-kwargs as a dict (None when not given)."""
+    if text is None:
+        return None
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--factory-kwargs is not JSON: {exc}") from None
+    if not isinstance(kwargs, dict):
+        raise CliError("--factory-kwargs must be a JSON object, e.g. '{\"width\": 32}'")
+    return kwargs
+
+
+def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys --model, --factory-kwargs and --weights set (None: keep the config's)."""
+    return {"model": args.model, "factory_kwargs": factory_kwargs(args.factory_kwargs), "weights": args.weights}

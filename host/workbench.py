@@ -17,8 +17,9 @@ import copy
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -28,18 +29,25 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from host.agreement import agreement
 from host.compress.apply import Calibration, student_of
-from host.compress.distill import DistillConfig, DistillReport, distill, distill_dataset, distill_loader
+from host.compress.distill import (
+    DistillConfig,
+    DistillReport,
+    distill,
+    distill_dataset,
+    distill_loader,
+    feature_taps,
+)
 from host.compress.export import ExportedModel, export_onnx, export_policy_model
 from host.compress.fold import fold_batchnorm
 from host.compress.policy import LayerLimits, Policy, validate
 from host.compress.prune import layer_limits
 from host.compress.size import SizeReport, size_report
-from host.compress.train import TrainConfig, accuracy, trained_baseline
+from host.compress.train import TrainConfig, accuracy, load_weights, trained_baseline
 from host.data import DataConfig, DataSplits, make_loaders, tensor_dataset
 from host.device import Device, DeviceConfig, PairedLatency, device_classes, open_device, paired_latency
 from host.latency.predict import LatencyPredictor, Prediction
 from host.latency.variants import variant_model
-from host.models import build_model
+from host.models import ModelError, build_model, model_id
 from host.progress import FitProgress, Progress
 from host.runs import Agreement, Baseline, FinalModel, Latency
 from lut_store.interface import LutStore
@@ -92,7 +100,12 @@ class LutSettings:
 class BenchConfig:
     """What a workbench is built from: the model, its data and teacher, the device and the LUT store."""
 
+    # A built-in name, or your own: "package.module:factory" / "path/to/file.py:factory" (host/models).
     model: str = "resnet18"
+    factory_kwargs: dict[str, Any] = field(default_factory=dict)  # the factory's keyword arguments
+    weights: str = ""  # a trained teacher's state_dict (torch.save): loaded and evaluated, not retrained
+    input_shape: list[int] = field(default_factory=list)  # checked against the data's when given
+    kd_layers: list[str] = field(default_factory=list)  # distillation taps; default: found (feature_taps)
     store: str = ""  # LUT store URL; empty: the SQLite file under $HADMC_HOME
     data: DataConfig = DataConfig()
     baseline: TrainConfig = TrainConfig()
@@ -114,6 +127,12 @@ class Workbench:
         self.progress = progress
         self.loaders = make_loaders(data, batch_size=config.data.batch_size, seed=config.data.seed)
         self.input_shape = tuple(data.input_shape)
+        if config.input_shape and tuple(config.input_shape) != self.input_shape:
+            raise ConfigError(
+                f"input_shape = {list(config.input_shape)}, but the data {data.name} gives inputs of shape "
+                f"{list(self.input_shape)}"
+            )
+        self._kd_layers: tuple[str, ...] | None = None
         self._teacher: nn.Module | None = None
         self.teacher_cached: bool | None = None  # whether the teacher came from the baseline cache
         self._limits: list[LayerLimits] | None = None
@@ -155,31 +174,55 @@ class Workbench:
     def fresh_model(self, seed: int = 0) -> nn.Module:
         """An untrained model of the workbench's architecture (weights from `seed`)."""
         torch.manual_seed(seed)
-        return build_model(self.config.model, self.data.num_classes, self.input_shape)
+        return self._build()
+
+    def _build(self) -> nn.Module:
+        return build_model(self.config.model, self.data.num_classes, self.input_shape, self.config.factory_kwargs)
 
     @property
     def teacher(self) -> nn.Module:
-        """The FP32 baseline, from the cache or trained now (in eval mode)."""
+        """The FP32 teacher (in eval mode): the given `weights`, else the baseline from the cache
+        or trained now."""
         if self._teacher is None:
             config = self.config
-            self.progress.say(f"baseline {config.model} on {self.data.name} ...")
-            self._teacher, self.teacher_cached = trained_baseline(
-                lambda: build_model(config.model, self.data.num_classes, self.input_shape),
-                config.model,
-                f"{self.data.cache_id}-s{config.data.seed}",
-                self.loaders.train,
-                config.baseline,
-                self.progress.fit("baseline"),
-            )
+            if config.weights:
+                self.progress.say(f"teacher {config.model} from {config.weights} ...")
+                self._teacher, self.teacher_cached = load_weights(self._build(), Path(config.weights)), False
+            else:
+                self.progress.say(f"baseline {config.model} on {self.data.name} ...")
+                self._teacher, self.teacher_cached = trained_baseline(
+                    self._build,
+                    model_id(config.model, config.factory_kwargs),
+                    f"{self.data.cache_id}-s{config.data.seed}",
+                    self.loaders.train,
+                    config.baseline,
+                    self.progress.fit("baseline"),
+                )
             self._teacher.eval()
         return self._teacher
+
+    @property
+    def kd_layers(self) -> tuple[str, ...]:
+        """The modules whose outputs distillation aligns: `kd_layers`, else the stage ends found."""
+        if self._kd_layers is None:
+            model = self._build()
+            if self.config.kd_layers:
+                modules = dict(model.named_modules())
+                unknown = [n for n in self.config.kd_layers if n not in modules or not n]
+                if unknown:
+                    raise ModelError(
+                        f"kd_layers {unknown} are not modules of {self.config.model}; "
+                        f"its modules include: {', '.join(list(n for n in modules if n)[:12])}"
+                    )
+                self._kd_layers = tuple(self.config.kd_layers)
+            else:
+                self._kd_layers = feature_taps(model, self.example)
+        return self._kd_layers
 
     def layer_limits(self) -> list[LayerLimits]:
         """Every prunable layer with its pruning group, in the model's order."""
         if self._limits is None:
-            self._limits = layer_limits(
-                build_model(self.config.model, self.data.num_classes, self.input_shape), self.example
-            )
+            self._limits = layer_limits(self._build(), self.example)
         return self._limits
 
     def device_precisions(self) -> tuple[Precision, ...]:
@@ -205,7 +248,13 @@ class Workbench:
         """An untrained model per `policy`, for latency only (ranges from random data)."""
         config = self.config
         return variant_model(
-            config.model, policy, self.data.num_classes, self.input_shape, config.compress.round_to, seed
+            config.model,
+            policy,
+            self.data.num_classes,
+            self.input_shape,
+            config.compress.round_to,
+            seed,
+            config.factory_kwargs,
         )
 
     def export(self, model: nn.Module, policy: Policy, path: Path) -> ExportedModel:
@@ -243,14 +292,14 @@ class Workbench:
         """The training split with the teacher's outputs stored, unless `config` augments (made once each)."""
         if config.augment not in self._distill_sets:
             train = tensor_dataset(self.data, "train")
-            self._distill_sets[config.augment] = distill_dataset(self.teacher, self.config.model, train, config)
+            self._distill_sets[config.augment] = distill_dataset(self.teacher, self.kd_layers, train, config)
         return self._distill_sets[config.augment]
 
     def distill(
         self, student: nn.Module, config: DistillConfig, loader: DataLoader, fit: FitProgress | None = None
     ) -> DistillReport:
         """Fine-tune `student` in place from the teacher (feature-aligned distillation)."""
-        return distill(student, self.teacher, self.config.model, loader, config, fit)
+        return distill(student, self.teacher, self.kd_layers, loader, config, fit)
 
     def accuracy(self, model: nn.Module, split: str) -> float:
         """Top-1 in torch on "val" or "test"."""

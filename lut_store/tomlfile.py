@@ -50,6 +50,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where} must be a table")
+        if typing.get_args(tp)[1] is Any:  # passed on as written (e.g. a model factory's arguments)
+            return {str(k): v for k, v in value.items()}
         return {str(k): str(v) for k, v in value.items()}
     return _scalar(tp, value, where)
 

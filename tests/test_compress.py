@@ -19,6 +19,7 @@ from host.models import build_model
 from lut_store.precision import Precision
 
 EX = torch.zeros(1, 3, 64, 64)
+RESNET_TAPS = ("layer1", "layer2", "layer3", "layer4")
 
 
 def uniform(name: str, keep: float, precision: Precision, model=None) -> tuple[Policy, list]:
@@ -299,7 +300,11 @@ def test_distillation_reduces_the_loss_and_leaves_no_adapter_in_the_student():
     names_before = {n for n, _ in student.named_modules()}
     data = torch.utils.data.TensorDataset(torch.randn(64, 3, 64, 64), torch.randint(0, 6, (64,)))
     report = distill(
-        student, teacher, "resnet18", torch.utils.data.DataLoader(data, batch_size=32), DistillConfig(epochs=3, lr=1e-3)
+        student,
+        teacher,
+        RESNET_TAPS,
+        torch.utils.data.DataLoader(data, batch_size=32),
+        DistillConfig(epochs=3, lr=1e-3),
     )
     assert report.epoch_loss[-1] < 0.9 * report.epoch_loss[0]
     assert report.epoch_feature[-1] < report.epoch_feature[0]
@@ -321,7 +326,7 @@ def test_stored_teacher_outputs_train_the_student_as_the_live_teacher_does():
     prune(student, policy, EX)
     twin = copy.deepcopy(student)
     data = torch.utils.data.TensorDataset(torch.randn(48, 3, 64, 64), torch.randint(0, 6, (48,)))
-    stored = with_teacher_outputs(teacher, "resnet18", data, batch_size=20)
+    stored = with_teacher_outputs(teacher, RESNET_TAPS, data, batch_size=20)
     assert [tuple(t.shape[1:]) for t in stored.tensors[2:]] == [
         (6,),
         (64, 16, 16),
@@ -330,16 +335,16 @@ def test_stored_teacher_outputs_train_the_student_as_the_live_teacher_does():
         (512, 2, 2),
     ]
     config = DistillConfig(epochs=2, lr=1e-3)
-    live = distill(student, teacher, "resnet18", distill_loader(data, 16, seed=3), config)
-    kept = distill(twin, teacher, "resnet18", distill_loader(stored, 16, seed=3), config)
+    live = distill(student, teacher, RESNET_TAPS, distill_loader(data, 16, seed=3), config)
+    kept = distill(twin, teacher, RESNET_TAPS, distill_loader(stored, 16, seed=3), config)
     assert kept.epoch_loss == pytest.approx(live.epoch_loss, rel=1e-4)
     assert all(
         torch.allclose(a, b, atol=1e-4)
         for a, b in zip(student.state_dict().values(), twin.state_dict().values(), strict=True)
     )
     with pytest.raises(ValueError, match="augmentation"):
-        distill(twin, teacher, "resnet18", distill_loader(stored, 16, seed=3), DistillConfig(epochs=1, augment=True))
-    assert with_teacher_outputs(teacher, "resnet18", data, max_bytes=1000) is data  # too big to store
+        distill(twin, teacher, RESNET_TAPS, distill_loader(stored, 16, seed=3), DistillConfig(epochs=1, augment=True))
+    assert with_teacher_outputs(teacher, RESNET_TAPS, data, max_bytes=1000) is data  # too big to store
 
 
 def test_size_accounting_counts_each_layer_at_its_precisions_storage_bits():

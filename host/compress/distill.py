@@ -27,12 +27,74 @@ from torch.utils.data import DataLoader, TensorDataset
 from host.compress.train import augment_images
 from host.progress import FitProgress
 
-# Modules whose outputs are the stage features, per model.
-STAGES: dict[str, tuple[str, ...]] = {
-    "resnet18": ("layer1", "layer2", "layer3", "layer4"),
-    "mobilenetv2": ("features.3", "features.6", "features.13", "features.18"),
-    "mlp": ("body",),
-}
+
+def feature_taps(model: nn.Module, example: torch.Tensor, most: int = 4) -> tuple[str, ...]:
+    """The modules whose outputs end the stages of `model`, at most the last `most` of them.
+
+    Feature maps: among the modules of one nesting depth (the depth that sees the most changes
+    of spatial resolution, the shallowest on a tie), the last to finish at each resolution, in
+    execution order. Token sequences (transformers): the blocks of the longest run of sibling
+    modules of one class, evenly spaced. Flat features: the last module before the classifier.
+    Modules called more than once in a forward are never taps (their output is ambiguous)."""
+    finished = _finished_outputs(model, example)
+    maps = [(n, s) for n, s in finished if len(s) == 4 and s[2] * s[3] > 1]
+    if maps:
+        best: list[str] = []
+        for depth in sorted({n.count(".") for n, _ in maps}):
+            level = [(n, s[2:]) for n, s in maps if n.count(".") == depth]
+            ends = [n for (n, r), (_, nxt) in zip(level, [*level[1:], ("", None)], strict=True) if nxt != r]
+            if len(ends) > len(best):
+                best = ends
+        return tuple(best[-most:])
+    tokens = {n for n, s in finished if len(s) == 3}
+    if tokens:
+        return _evenly(_longest_sibling_run(model, tokens), most)
+    flat = [n for n, s in finished if len(s) == 2]
+    return tuple(flat[-2:-1])  # the last flat output is the classifier's
+
+
+def _finished_outputs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, output shape) of every submodule called once in a forward, in the order they finish."""
+    names = {m: n for n, m in model.named_modules() if n}
+    calls: dict[str, int] = {}
+    finished: list[tuple[str, tuple[int, ...]]] = []
+
+    def hook(module: nn.Module, args: tuple, out: Any) -> None:
+        calls[names[module]] = calls.get(names[module], 0) + 1
+        if isinstance(out, torch.Tensor):
+            finished.append((names[module], tuple(out.shape)))
+
+    handles = [m.register_forward_hook(hook) for m in names]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return [(n, s) for n, s in finished if calls[n] == 1]
+
+
+def _longest_sibling_run(model: nn.Module, candidates: set[str]) -> list[str]:
+    best: list[str] = []
+    for parent_name, parent in model.named_modules():
+        children = [(f"{parent_name}.{n}" if parent_name else n, c) for n, c in parent.named_children()]
+        run: list[str] = []
+        for i, (name, child) in enumerate(children):
+            same = i > 0 and type(child) is type(children[i - 1][1])
+            run = [*run, name] if same and run else [name]
+            if name in candidates and len([r for r in run if r in candidates]) > len(best):
+                best = [r for r in run if r in candidates]
+    return best
+
+
+def _evenly(names: Sequence[str], most: int) -> tuple[str, ...]:
+    if len(names) <= most:
+        return tuple(names)
+    step = len(names) / most
+    return tuple(names[round(len(names) - 1 - i * step)] for i in reversed(range(most)))
 
 
 @dataclass(frozen=True)
@@ -86,9 +148,10 @@ class _Capture:
 
 
 def _adapter(student_shape: torch.Size, teacher_shape: torch.Size) -> nn.Module:
+    """1x1 convolution for feature maps, Linear over the last axis for flat or token features."""
     if len(student_shape) == 4:
         return nn.Conv2d(student_shape[1], teacher_shape[1], 1, bias=False)
-    return nn.Linear(student_shape[1], teacher_shape[1], bias=False)
+    return nn.Linear(student_shape[-1], teacher_shape[-1], bias=False)
 
 
 def distillation_loss(
@@ -109,12 +172,16 @@ def distillation_loss(
 
 
 def with_teacher_outputs(
-    teacher: nn.Module, model_name: str, dataset: TensorDataset, batch_size: int = 256, max_bytes: int = 1 << 30
+    teacher: nn.Module,
+    stages: Sequence[str],
+    dataset: TensorDataset,
+    batch_size: int = 256,
+    max_bytes: int = 1 << 30,
 ) -> TensorDataset:
-    """(inputs, labels) with the frozen teacher's logits and stage features of every sample
-    appended; `dataset` itself when those would take more than `max_bytes` (the teacher then
-    runs every batch)."""
-    stages = STAGES[model_name]
+    """(inputs, labels) with the frozen teacher's logits and the outputs of its `stages` modules
+    for every sample appended; `dataset` itself when those would take more than `max_bytes` (the
+    teacher then runs every batch)."""
+    stages = tuple(stages)
     x, y = dataset.tensors[:2]
     teacher.eval()
     capture = _Capture(teacher, stages)
@@ -134,11 +201,11 @@ def with_teacher_outputs(
 
 
 def distill_dataset(
-    teacher: nn.Module, model_name: str, dataset: TensorDataset, config: DistillConfig
+    teacher: nn.Module, stages: Sequence[str], dataset: TensorDataset, config: DistillConfig
 ) -> TensorDataset:
     """The training set distillation with `config` reads: with the teacher's outputs stored,
     unless `config.augment` (the teacher must then see each augmented batch)."""
-    return dataset if config.augment else with_teacher_outputs(teacher, model_name, dataset)
+    return dataset if config.augment else with_teacher_outputs(teacher, stages, dataset)
 
 
 def distill_loader(dataset: TensorDataset, batch_size: int, seed: int) -> DataLoader:
@@ -149,15 +216,16 @@ def distill_loader(dataset: TensorDataset, batch_size: int, seed: int) -> DataLo
 def distill(
     student: nn.Module,
     teacher: nn.Module,
-    model_name: str,
+    stages: Sequence[str],
     loader: torch.utils.data.DataLoader,
     config: DistillConfig,
     progress: FitProgress | None = None,
 ) -> DistillReport:
-    """Train `student` in place from the frozen `teacher`; returns the per-epoch mean losses.
-    Batches carry the teacher's outputs when the loader's data set came from
-    `with_teacher_outputs` (not with augmentation: the teacher must see the augmented inputs)."""
-    stages = STAGES[model_name]
+    """Train `student` in place from the frozen `teacher`, aligning the outputs of the `stages`
+    modules; returns the per-epoch mean losses. Batches carry the teacher's outputs when the
+    loader's data set came from `with_teacher_outputs` (not with augmentation: the teacher must
+    see the augmented inputs)."""
+    stages = tuple(stages)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -229,7 +297,8 @@ class _Run:
             s_logits = self.student(x)
             ce, kd = distillation_loss(s_logits, t_logits, y, config.temperature)
             feat = sum(
-                F.mse_loss(self.adapters[n.replace(".", "_")](self.s_cap.outputs[n]), t_features[n]) for n in stages
+                (F.mse_loss(self.adapters[n.replace(".", "_")](self.s_cap.outputs[n]), t_features[n]) for n in stages),
+                torch.zeros(()),
             )
             loss = config.alpha * ce + (1 - config.alpha) * kd + config.beta * feat
             opt.zero_grad(set_to_none=True)

@@ -132,8 +132,9 @@ def validate(policy: Policy, model_name: str, limits: Sequence[LayerLimits]) -> 
         if lim.group is None:
             if action.keep_ratio != 1.0:
                 raise PolicyError(
-                    f"layer {name}: keep_ratio = {action.keep_ratio}, but its width is fixed "
-                    "(classifier output); allowed: 1.0"
+                    f"layer {name}: keep_ratio = {action.keep_ratio}, but its width is fixed (the classifier's "
+                    "output, or a layer that cannot be pruned safely, e.g. through a grouped convolution); "
+                    "allowed: 1.0"
                 )
             continue
         if not lim.min_keep_ratio <= action.keep_ratio <= lim.max_keep_ratio:

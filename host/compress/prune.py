@@ -12,11 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from host.compress.policy import LayerLimits, Policy
+
+log = structlog.get_logger(__name__)
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 
@@ -33,14 +36,24 @@ def _graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph
     return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
 
 
+def _grouped_conv(module: nn.Module) -> bool:
+    """A grouped convolution that is not depthwise: Torch-Pruning cannot prune through it safely."""
+    return isinstance(module, nn.Conv2d) and 1 < module.groups != module.out_channels
+
+
 def layer_limits(model: nn.Module, example_inputs: torch.Tensor, min_keep_ratio: float = 0.1) -> list[LayerLimits]:
-    """Every Conv2d/Linear by name, with the root of the group its output channels prune with."""
+    """Every Conv2d/Linear by name, with the root of the group its output channels prune with;
+    None (a fixed width) for the classifier and for groups that cannot be pruned safely (those
+    through a grouped, non-depthwise convolution: they are logged and kept whole)."""
     names = {m: n for n, m in model.named_modules()}
     head = classifier_of(model)
     graph = _graph(model, example_inputs)
     group_of: dict[str, str] = {}
     for group in graph.get_all_groups(ignored_layers=[head], root_module_types=list(PRUNABLE_TYPES)):
         root = names[group[0].dep.target.module]
+        if any(_grouped_conv(dep.target.module) for dep, _ in group):
+            log.info("prune.kept_whole", group=root, reason="it runs through a grouped convolution")
+            continue
         for dep, _ in group:
             module = dep.target.module
             if isinstance(module, PRUNABLE_TYPES) and graph.is_out_channel_pruning_fn(dep.handler):
@@ -52,6 +65,26 @@ def layer_limits(model: nn.Module, example_inputs: torch.Tensor, min_keep_ratio:
             group = None if module is head else group_of.get(name)
             limits.append(LayerLimits(name, width, group, min_keep_ratio))
     return limits
+
+
+def in_execution_order(model: nn.Module, example_inputs: torch.Tensor, names: Sequence[str]) -> list[str]:
+    """`names` (modules of `model`) in the order a forward calls them first; those it never calls
+    last, in the given order."""
+    wanted = set(names)
+    order: list[str] = []
+    handles = [
+        module.register_forward_pre_hook(lambda m, args, name=name: order.append(name))
+        for name, module in model.named_modules()
+        if name in wanted
+    ]
+    try:
+        with torch.no_grad():
+            model.eval()(example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    seen = list(dict.fromkeys(order))
+    return seen + [n for n in names if n not in set(seen)]
 
 
 def kept_channels(channels: int, keep_ratio: float, round_to: int) -> int:
@@ -70,6 +103,7 @@ class PruneResult:
     history: list[Any]
     params_before: int
     params_after: int
+    kept_whole: tuple[str, ...] = ()  # groups the policy prunes that could not be pruned safely
 
 
 def count_params(model: nn.Module) -> int:
@@ -81,6 +115,7 @@ def prune(model: nn.Module, policy: Policy, example_inputs: torch.Tensor, round_
     names = dict(model.named_modules())
     limits = {lim.name: lim for lim in layer_limits(model, example_inputs)}
     ratios: dict[nn.Module, float] = {}
+    expected: dict[str, int] = {}
     for name, action in policy.layers.items():
         lim = limits[name]
         if lim.group is None:
@@ -89,6 +124,7 @@ def prune(model: nn.Module, policy: Policy, example_inputs: torch.Tensor, round_
         kept = kept_channels(channels, action.keep_ratio, round_to)
         if kept < channels:  # the ratio Torch-Pruning turns back into exactly `kept` channels
             ratios[names[lim.group]] = 1.0 - (kept + 0.5) / channels
+            expected[lim.group] = kept
     before = count_params(model)
     if not ratios:
         return PruneResult(model, [], before, before)
@@ -102,7 +138,15 @@ def prune(model: nn.Module, policy: Policy, example_inputs: torch.Tensor, round_
         round_to=round_to,
     )
     pruner.step()
-    return PruneResult(model, pruner.pruning_history(), before, count_params(model))
+    widths = {
+        n: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+        for n, m in model.named_modules()
+        if n in expected
+    }
+    kept_whole = tuple(n for n, kept in expected.items() if widths[n] != kept)
+    if kept_whole:
+        log.warning("prune.kept_whole", groups=list(kept_whole), reason="the dependency graph cannot prune them safely")
+    return PruneResult(model, pruner.pruning_history(), before, count_params(model), kept_whole)
 
 
 def replay(model: nn.Module, history: Sequence[Any], example_inputs: torch.Tensor) -> nn.Module:

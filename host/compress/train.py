@@ -117,6 +117,49 @@ def load_checkpoint(model: nn.Module, path: Path) -> nn.Module:
     return model
 
 
+def load_weights(model: nn.Module, path: Path) -> nn.Module:
+    """Load a user's trained weights: a state_dict saved with torch.save (read with
+    weights_only=True), or a dict holding one under "state_dict", "model_state_dict" or "model".
+    Weights that do not fit the architecture name the first missing, unexpected and mis-shaped
+    tensors."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"weights {path} do not exist") from None
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(
+            f"weights {path} cannot be read as tensors ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "save them with torch.save(model.state_dict(), path)"
+        ) from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            f"weights {path} hold a {type(state).__name__}, not a state_dict of tensors; "
+            "save them with torch.save(model.state_dict(), path)"
+        )
+    expected = model.state_dict()
+    problems = [
+        ("missing", [k for k in expected if k not in state]),
+        ("unexpected", [k for k in state if k not in expected]),
+        (
+            "mis-shaped",
+            [
+                f"{k} {list(state[k].shape)} (the model's: {list(v.shape)})"
+                for k, v in expected.items()
+                if k in state and state[k].shape != v.shape
+            ],
+        ),
+    ]
+    found = [f"{kind}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}" for kind, names in problems if names]
+    if found:
+        raise CheckpointError(f"weights {path} do not fit the model; {'; '.join(found)}")
+    model.load_state_dict(state)
+    return model
+
+
 def save_checkpoint(model: nn.Module, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()

@@ -7,8 +7,9 @@ candidate's latency before fine-tuning it, and benchmarks can make many variants
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,12 +22,18 @@ from lut_store.precision import Precision
 
 
 def variant_model(
-    model_name: str, policy: Policy, num_classes: int, input_shape: tuple[int, ...], round_to: int = 8, seed: int = 0
+    model_name: str,
+    policy: Policy,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    round_to: int = 8,
+    seed: int = 0,
+    factory_kwargs: Mapping[str, Any] | None = None,
 ) -> torch.nn.Module:
     """An untrained model (weights from `seed`) compressed per `policy`: activation ranges from
     random data, BN folded as it was initialised (there is nothing to re-estimate)."""
     torch.manual_seed(seed)
-    model = build_model(model_name, num_classes, input_shape).eval()
+    model = build_model(model_name, num_classes, input_shape, factory_kwargs).eval()
     apply_policy(model, policy, torch.zeros((1, *input_shape)), round_to, random_calibration(input_shape, seed))
     return model.eval()
 
