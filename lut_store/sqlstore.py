@@ -218,9 +218,11 @@ _TAKE_IN = (
 )
 
 
-def _check_lease(lease_s: float) -> None:
-    if not (isinstance(lease_s, (int, float)) and math.isfinite(lease_s) and lease_s > 0):
-        raise StoreError(f"lease_s = {lease_s!r}: a lease lasts a finite, positive number of seconds")
+def _check_lease(lease_s: float, release: bool = False) -> None:
+    """A lease lasts a finite, positive time; a renewal of 0 s lets it go (`release`)."""
+    if not (isinstance(lease_s, (int, float)) and math.isfinite(lease_s) and (lease_s > 0 or release and lease_s == 0)):
+        what = "a finite number of seconds, positive (or 0 to let it go)" if release else "a finite, positive time"
+        raise StoreError(f"lease_s = {lease_s!r}: a lease lasts {what}")
 
 
 def _split(script: str) -> list[str]:
@@ -519,7 +521,7 @@ class SqlStore(LutStore):
         return v
 
     def renew_lease(self, version_id: int, owner: str, lease_s: float) -> None:
-        _check_lease(lease_s)
+        _check_lease(lease_s, release=True)
 
         def body(cur: Any) -> None:
             self._check_owner(cur, version_id, owner)
