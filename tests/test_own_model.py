@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -64,6 +65,54 @@ class Branchy(nn.Module):
 
 def branchy(num_classes, width=16, groups=4):
     return Branchy(num_classes, width, groups=groups)
+
+
+class Attention(nn.Module):
+    """timm's layout: one qkv Linear, heads in `num_heads`, an output projection."""
+
+    def __init__(self, dim, num_heads, tokens):
+        super().__init__()
+        self.num_heads, self.head_dim, self.tokens = num_heads, dim // num_heads, tokens
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        qkv = self.qkv(x).reshape(-1, self.tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = torch.softmax((q @ k.transpose(-2, -1)) * self.head_dim**-0.5, dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(-1, self.tokens, self.num_heads * self.head_dim))
+
+
+class Encoder(nn.Module):
+    def __init__(self, dim, num_heads, tokens):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, tokens)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyViT(nn.Module):
+    """2x2 patches of an 8x8 image: 16 tokens, no class token (mean pooling), three encoders."""
+
+    def __init__(self, num_classes, dim=32, num_heads=4, depth=3):
+        super().__init__()
+        self.embed = nn.Conv2d(1, dim, 2, stride=2)
+        self.pos = nn.Parameter(torch.zeros(1, 16, dim))
+        self.encoders = nn.Sequential(*(Encoder(dim, num_heads, 16) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.encoders(self.embed(x).flatten(2).transpose(1, 2) + self.pos)
+        return self.head(self.norm(x).mean(1))
+
+
+def tiny_vit(num_classes, dim=32, num_heads=4):
+    return TinyViT(num_classes, dim, num_heads)
 
 
 def not_a_model():
@@ -215,45 +264,84 @@ def test_policy_init_for_a_model_of_ones_own_lists_its_layers_in_execution_order
     assert "Traceback" not in bad.stderr
 
 
-def test_compress_a_model_of_ones_own_with_its_weights(nets, tmp_path, agent, monkeypatch):
+def _trained_teacher(nets: str, factory: str, tmp_path: Path) -> tuple[torch.nn.Module, Any]:
+    """The user's own training, done here: a few epochs on digits, saved as teacher.pt."""
+    from host.compress.train import TrainConfig, train
+    from host.data import DataConfig, make_loaders
+
+    loaders = make_loaders(DataConfig(name="digits").load(), batch_size=64, seed=0)
+    torch.manual_seed(0)
+    teacher = build_model(f"{nets}:{factory}", 10, (1, 8, 8))
+    train(teacher, loaders.train, TrainConfig(epochs=8, lr=3e-3))
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    return teacher.eval(), loaders
+
+
+# What 8 epochs on digits reach (a transformer learns slowly from 1,400 8x8 images).
+TEACHER_FLOOR = {"branchy": 0.8, "tiny_vit": 0.6}
+
+
+@pytest.mark.parametrize("factory", ["branchy", "tiny_vit"])
+def test_compress_a_model_of_ones_own_with_its_weights(nets, tmp_path, agent, monkeypatch, factory):
     """The user's trained weights are the teacher (loaded and evaluated, not retrained); keep 0.5
     + int8, distilled through the stage taps found; onnxruntime on the device agrees with torch."""
     from host.agent_client import AgentClient, AgentTarget
     from host.compress.policy import LayerAction, Policy
     from host.compress.prune import layer_limits
     from host.compress.run import load_compress_config, run_compress
-    from host.compress.train import TrainConfig, accuracy, cache_dir, train
-    from host.data import DataConfig, make_loaders
+    from host.compress.train import accuracy, cache_dir
     from lut_store.precision import Precision
 
     monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
-    data = DataConfig(name="digits").load()
-    loaders = make_loaders(data, batch_size=64, seed=0)
-    torch.manual_seed(0)
-    teacher = build_model(f"{nets}:branchy", 10, (1, 8, 8))
-    train(teacher, loaders.train, TrainConfig(epochs=6, lr=3e-3))
-    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    teacher, loaders = _trained_teacher(nets, factory, tmp_path)
     config_file = tmp_path / "compress.toml"
+    kwargs = "factory_kwargs = { width = 16 }\n" if factory == "branchy" else ""
     config_file.write_text(
-        'model = "nets.py:branchy"\nweights = "teacher.pt"\ninput_shape = [1, 8, 8]\n'
-        'factory_kwargs = { width = 16 }\n[data]\nname = "digits"\n[distill]\nepochs = 6\nlr = 1e-3\n'
+        f'model = "nets.py:{factory}"\nweights = "teacher.pt"\ninput_shape = [1, 8, 8]\n{kwargs}'
+        '[data]\nname = "digits"\n[distill]\nepochs = 6\nlr = 1e-3\n'
     )
     config = load_compress_config(config_file)
-    assert config.factory_kwargs == {"width": 16}  # a TOML table, values kept as written
     limits = layer_limits(teacher, torch.zeros((1, 1, 8, 8)))
     fixed = {lim.name: LayerAction(1.0, Precision.INT8) for lim in limits if lim.group is None}
-    policy = Policy.uniform("nets.py:branchy", [lim.name for lim in limits], 0.5, Precision.INT8, fixed)
+    policy = Policy.uniform(f"nets.py:{factory}", [lim.name for lim in limits], 0.5, Precision.INT8, fixed)
     with AgentClient(AgentTarget(agent.address)) as client:
         summary = run_compress(config, policy, tmp_path / "out", progress=False, device=client)
     base, c = summary.baseline, summary.compressed
-    assert base.test_accuracy == pytest.approx(accuracy(teacher.eval(), loaders.test))  # the given weights
+    assert base.test_accuracy == pytest.approx(accuracy(teacher, loaders.test))  # the given weights
     assert not cache_dir().exists() or not any(cache_dir().iterdir())  # nothing was trained or cached
-    assert base.test_accuracy > 0.8
+    assert base.test_accuracy > TEACHER_FLOOR[factory]
     assert abs(c.test_accuracy_onnxruntime - c.test_accuracy) <= 0.01
-    assert c.params_reduction > 0.3 and c.test_accuracy > base.test_accuracy - 0.1  # grouped-conv layers kept whole
+    assert c.params_reduction > 0.3 and c.test_accuracy > base.test_accuracy - 0.15  # grouped-conv layers kept whole
     assert c.measured_latency.n >= 10 and c.speedup > 0
     assert summary.distill_loss[-1] < summary.distill_loss[0]
     assert json.loads((tmp_path / "out" / "config.json").read_text())["weights"] == "teacher.pt"
+
+
+@pytest.mark.parametrize("factory", ["branchy", "tiny_vit"])
+def test_a_two_episode_search_on_a_model_of_ones_own(nets, tmp_path, agent, monkeypatch, factory):
+    from host.search.run import load_search_config, run_search
+
+    monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
+    _trained_teacher(nets, factory, tmp_path)
+    search = {"controllers": ["ppo"], "episodes": 2, "episode_samples": 256, "alternatives": []}
+    config = load_search_config(
+        None,
+        {
+            "model": f"nets.py:{factory}",
+            "weights": "teacher.pt",
+            "data": {"name": "digits"},
+            "search": search,
+            "final_distill": {"epochs": 2},
+            "device": {"name": agent.address},
+        },
+    )
+    summary = run_search(config, tmp_path / "run", progress=False)
+    final = summary.controllers["ppo"]
+    assert summary.baseline.test_accuracy > TEACHER_FLOOR[factory]  # the loaded teacher, evaluated
+    assert abs(final.test_accuracy - final.test_accuracy_onnxruntime) <= 0.02
+    assert final.measured_latency.median_ms > 0 and final.params <= summary.baseline.params
+    rows = (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()
+    assert len(rows) == 2
 
 
 def test_config_errors_for_a_model_of_ones_own(nets, tmp_path, agent, monkeypatch):
@@ -291,3 +379,127 @@ def test_the_built_in_models_stage_taps_are_found_from_their_structure():
         ("mlp", (30,), ("body",)),
     ):
         assert feature_taps(build_model(name, 6, shape), torch.zeros((1, *shape))) == taps
+
+
+DATA = '''
+import torch
+from torch.utils.data import TensorDataset
+
+
+def blobs(n=120, seed=0):
+    """Three Gaussian blobs in 1x8x8 'images'."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    x = torch.randn(n, 1, 8, 8, generator=g) * 0.5 + labels.float()[:, None, None, None]
+    data = TensorDataset(x, labels)
+    data.classes = ["low", "mid", "high"]
+    cut = n // 5
+    return data, TensorDataset(x[:cut], labels[:cut]), TensorDataset(x[cut : 2 * cut], labels[cut : 2 * cut])
+
+
+def as_dict(n=60):
+    train, val, test = blobs(n)
+    return {"train": train, "val": val, "test": test}
+
+
+def as_list():
+    return list(blobs())
+
+
+def empty_val():
+    train, _, test = blobs()
+    return train, TensorDataset(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long)), test
+
+
+def ragged():
+    train, val, _ = blobs()
+    return train, val, TensorDataset(torch.zeros(4, 1, 4, 4), torch.zeros(4, dtype=torch.long))
+
+
+def negative():
+    train, val, test = blobs()
+    return train, val, TensorDataset(torch.zeros(4, 1, 8, 8), -torch.ones(4, dtype=torch.long))
+'''
+
+
+def test_a_data_set_of_ones_own(tmp_path, monkeypatch):
+    from host.data import DataConfig, DataError
+
+    (tmp_path / "mydata.py").write_text(DATA)
+    monkeypatch.chdir(tmp_path)
+    data = DataConfig(name="mydata.py:blobs", factory_kwargs={"n": 90}, seed=3).load()
+    assert data.classes == ("low", "mid", "high") and data.input_shape == (1, 8, 8) and len(data.y_train) == 90
+    assert data.x_train.dtype.name == "float32" and data.y_val.dtype.name == "int64" and len(data.y_test) == 18
+    assert DataConfig(name="mydata.py:as_dict").load().classes == ("low", "mid", "high")
+    again = DataConfig(name="mydata.py:blobs", factory_kwargs={"n": 90}, seed=3).load()
+    assert again.cache_id == data.cache_id  # the baseline cache knows it again
+    for name, message in (
+        ("mydata.py:as_list", "returned a list; return \\(train, val, test\\) datasets or a dict"),
+        ("mydata.py:empty_val", "the val split is empty"),
+        ("mydata.py:ragged", "the splits' inputs differ in shape"),
+        ("mydata.py:negative", r"test\[0\] has label -1; classes count from 0"),
+        ("mydata.py:nothing", "mydata.py has no 'nothing'"),
+    ):
+        with pytest.raises(DataError, match=message):
+            DataConfig(name=name).load()
+    with pytest.raises(DataError, match="the factory raised TypeError: .*unexpected keyword argument 'm'"):
+        DataConfig(name="mydata.py:blobs", factory_kwargs={"m": 1}).load()
+    with pytest.raises(DataError, match="takes no option factory_kwargs"):
+        DataConfig(name="digits", factory_kwargs={"m": 1}).load()
+
+
+def test_a_transformer_of_ones_own_prunes_whole_heads_and_its_mlp(nets):
+    groups, _, kept = _pruned(f"{nets}:tiny_vit", {})
+    assert groups["encoders.0.attn.qkv"] == "encoders.0.attn.qkv" and groups["encoders.1.mlp.0"] == "encoders.1.mlp.0"
+    model = build_model(f"{nets}:tiny_vit", 10, (1, 8, 8))
+    assert feature_taps(model, torch.zeros((1, 1, 8, 8))) == ("encoders.0", "encoders.1", "encoders.2")
+    from host.compress.apply import apply_policy, random_calibration
+    from host.compress.policy import Policy
+    from host.compress.prune import layer_limits
+    from lut_store.precision import Precision
+
+    limits = layer_limits(model, torch.zeros((1, 1, 8, 8)))
+    fixed = {lim.name: 1.0 for lim in limits if lim.group is None}
+    layers = {lim.name: fixed.get(lim.name, 0.5) for lim in limits}
+    layers["encoders.1.attn.qkv"] = 0.3  # 4 heads at 0.3: one head, never none
+    policy = Policy.uniform(f"{nets}:tiny_vit", list(layers), 1.0, Precision.INT8)
+    policy = Policy(policy.model, {n: a.__class__(layers[n], Precision.INT8) for n, a in policy.layers.items()})
+    apply_policy(model, policy, torch.zeros((1, 1, 8, 8)), 8, random_calibration((1, 8, 8)))
+    heads = [e.attn.num_heads for e in model.encoders]
+    assert heads == [2, 1, 2] and model.encoders[0].attn.qkv.out_features == 3 * 2 * 8
+    assert model.encoders[0].mlp[0].out_features == 32 and kept < 0.5
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_the_built_in_vit_prunes_heads_exports_int8_and_is_keyed(tmp_path):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from host.compress.apply import apply_policy, random_calibration
+    from host.compress.export import export_policy_model
+    from host.compress.policy import LayerAction, Policy
+    from host.compress.prune import count_params, layer_limits
+    from lut_store.keys.graph import model_kernels
+    from lut_store.precision import Precision
+
+    model, example = build_model("vit", 6, (3, 64, 64)).eval(), torch.zeros((1, 3, 64, 64))
+    assert feature_taps(model, example) == ("blocks.0", "blocks.1", "blocks.2", "blocks.3")
+    limits = layer_limits(model, example)
+    fixed = {lim.name: LayerAction(1.0, Precision.INT8) for lim in limits if lim.group is None}
+    policy = Policy.uniform("vit", [lim.name for lim in limits], 0.5, Precision.INT8, fixed)
+    before = count_params(model)
+    apply_policy(model, policy, example, 8, random_calibration((3, 64, 64)))
+    block = model.blocks[0]
+    assert (block.attn.num_heads, block.mlp[0].out_features, block.norm1.normalized_shape) == (2, 128, (64,))
+    assert count_params(model) < 0.3 * before
+    exported = export_policy_model(model.eval(), policy, tmp_path / "vit.onnx", (3, 64, 64))
+    proto = onnx.load(exported.path)
+    int8_matmuls = [n for n in proto.graph.node if n.op_type == "MatMul" and n.input[1].endswith("_weight_dq")]
+    assert len(int8_matmuls) == 16  # the blocks' Linears, int8 weights
+    assert len(model_kernels(proto).kernels) > 0  # every kernel has a LUT key
+    session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((32, 3, 64, 64)).astype(np.float32)
+    torch_out, ort_out = model(torch.from_numpy(x)).detach().numpy(), session.run(None, {"input": x})[0]
+    assert np.abs(ort_out - torch_out).max() < 0.05  # a few steps of the int8 output grid at most
+    assert (ort_out.argmax(1) == torch_out.argmax(1)).mean() >= 0.9

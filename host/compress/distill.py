@@ -38,7 +38,9 @@ def feature_taps(model: nn.Module, example: torch.Tensor, most: int = 4) -> tupl
     Modules called more than once in a forward are never taps (their output is ambiguous)."""
     finished = _finished_outputs(model, example)
     maps = [(n, s) for n, s in finished if len(s) == 4 and s[2] * s[3] > 1]
-    if maps:
+    last_map = max((i for i, (_, s) in enumerate(finished) if len(s) == 4 and s[2] * s[3] > 1), default=-1)
+    last_tokens = max((i for i, (_, s) in enumerate(finished) if len(s) == 3), default=-1)
+    if maps and last_map > last_tokens:  # a CNN (a transformer's patch embedding comes first)
         best: list[str] = []
         for depth in sorted({n.count(".") for n, _ in maps}):
             level = [(n, s[2:]) for n, s in maps if n.count(".") == depth]

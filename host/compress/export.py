@@ -101,13 +101,30 @@ def _source_initializer(model: onnx.ModelProto, name: str) -> str:
     return name
 
 
+def _scope_module(node_name: str) -> str:
+    """The module a node was exported from, read off its TorchScript scope name, where a
+    container's child follows the container as "name.index": "/blocks/blocks.1/attn/qkv/MatMul"
+    -> "blocks.1.attn.qkv", "/enc/enc.0/mlp/mlp.2/MatMul" -> "enc.0.mlp.2"."""
+    path: list[str] = []
+    for part in node_name.strip("/").split("/")[:-1]:
+        if path and part.startswith(path[-1] + "."):
+            path[-1] = part
+        else:
+            path.append(part)
+    return ".".join(path)
+
+
 def _layer_nodes(model: onnx.ModelProto, layers: set[str]) -> dict[str, onnx.NodeProto]:
-    """The Conv/Gemm/MatMul node of each named layer, found by its weight initializer name."""
+    """The Conv/Gemm/MatMul node of each named layer, found by its weight initializer name (or,
+    for a Linear over tokens, whose transposed weight the exporter names anonymously, by the
+    node's scope)."""
     found = {}
     for node in model.graph.node:
         if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1:
             source = _source_initializer(model, node.input[1])
             name = source.removesuffix(".parametrizations.weight.original").removesuffix(".weight")
+            if name not in layers and node.op_type == "MatMul" and _constant(model, node.input[1]) is not None:
+                name = _scope_module(node.name)
             if name in layers:
                 node.name = node.name or f"{name}.op"
                 found[name] = node
@@ -199,39 +216,52 @@ def _int8_levels(ratio: torch.Tensor, layer: str) -> torch.Tensor:
     return torch.clamp(rounded, -128, 127).to(torch.int8)
 
 
+def _bias_add(model: onnx.ModelProto, node: onnx.NodeProto) -> tuple[onnx.NodeProto, int]:
+    """The Add that adds a MatMul's bias (a Linear over tokens exports as MatMul + Add), and the
+    input slot of the bias in it."""
+    for add in model.graph.node:
+        if add.op_type == "Add" and node.output[0] in add.input:
+            return add, 1 - list(add.input).index(node.output[0])
+    raise ValueError(f"node {node.name}: the Add of its layer's bias is not in the exported graph")
+
+
 def _int8_layer(model: onnx.ModelProto, node: onnx.NodeProto, layer: torch.nn.Module) -> None:
     """Feed `node` its weight as int8 levels and its bias as int32 levels, each through a
-    DequantizeLinear (per output channel, axis 0 for Conv and for Gemm with transB, as exported)."""
+    DequantizeLinear per output channel: axis 0 for Conv and Gemm with transB, as exported; for
+    a MatMul (a Linear over tokens) the weight is stored transposed (axis 1) and the bias is the
+    following Add's."""
     weight_quant = layer.parametrizations.weight
+    matmul = node.op_type == "MatMul"
     with torch.no_grad():
         scale = weight_quant[0].scale(weight_quant.original)
         shape = (-1,) + (1,) * (layer.weight.dim() - 1)
         levels = _int8_levels(layer.weight / scale.reshape(shape), node.name)
-        tensors = [("weight", 1, levels, scale, np.int8)]
+        tensors = [("weight", node, 1, levels.T.contiguous() if matmul else levels, scale, np.int8, int(matmul))]
         if layer.bias is not None:
             bias_quant = layer.parametrizations.bias[0]
-            tensors.append(("bias", 2, bias_quant.levels(layer.bias).to(torch.int32), bias_quant.scale(), np.int32))
-    index = list(model.graph.node).index(node)
-    for kind, slot, values, value_scale, dtype in tensors:
+            target, slot = _bias_add(model, node) if matmul else (node, 2)
+            bias = bias_quant.levels(layer.bias).to(torch.int32)
+            tensors.append(("bias", target, slot, bias, bias_quant.scale(), np.int32, 0))
+    for kind, target, slot, values, value_scale, dtype, axis in tensors:
         base = f"{node.name}_{kind}"
         model.graph.initializer.extend(
             [
                 numpy_helper.from_array(values.numpy(), f"{base}_q"),
                 numpy_helper.from_array(value_scale.numpy().astype(np.float32), f"{base}_scale"),
-                numpy_helper.from_array(np.zeros(values.shape[0], dtype), f"{base}_zero"),
+                numpy_helper.from_array(np.zeros(values.shape[axis], dtype), f"{base}_zero"),
             ]
         )
         model.graph.node.insert(
-            index,
+            list(model.graph.node).index(target),
             helper.make_node(
                 "DequantizeLinear",
                 [f"{base}_q", f"{base}_scale", f"{base}_zero"],
                 [f"{base}_dq"],
-                axis=0,
+                axis=axis,
                 name=f"{node.name}_dequant_{kind}",
             ),
         )
-        node.input[slot] = f"{base}_dq"
+        target.input[slot] = f"{base}_dq"
 
 
 @dataclass(frozen=True)

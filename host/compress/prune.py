@@ -97,6 +97,54 @@ def kept_channels(channels: int, keep_ratio: float, round_to: int) -> int:
     return min(channels, max(kept - kept % step, step))
 
 
+def attention_heads(model: nn.Module) -> dict[str, nn.Module]:
+    """The multi-head attention modules by the name of their `qkv` layer: modules with an integer
+    `num_heads`, a Linear `qkv` (queries, keys and values of every head, in that order) and a
+    Linear `proj` over the heads' outputs (the timm/DeiT layout). Their `qkv` prunes whole heads."""
+    found = {}
+    for name, module in model.named_modules():
+        heads, qkv, proj = (
+            getattr(module, "num_heads", None),
+            getattr(module, "qkv", None),
+            getattr(module, "proj", None),
+        )
+        if (
+            isinstance(heads, int)
+            and isinstance(qkv, nn.Linear)
+            and isinstance(proj, nn.Linear)
+            and qkv.out_features % (3 * heads) == 0
+            and proj.in_features == qkv.out_features // 3
+        ):
+            found[f"{name}.qkv" if name else "qkv"] = module
+    return found
+
+
+def kept_heads(heads: int, keep_ratio: float) -> int:
+    """Heads `prune` keeps of `heads` at `keep_ratio`: rounded down, at least one."""
+    return heads if keep_ratio >= 1.0 else max(1, int(heads * keep_ratio + 1e-9))
+
+
+def _prune_heads(attention: nn.Module, keep: int) -> None:
+    """Keep the `keep` heads of largest L1 weight (their q, k and v rows and proj columns)."""
+    heads, qkv, proj = attention.num_heads, attention.qkv, attention.proj
+    dim = qkv.out_features // (3 * heads)
+    weight = qkv.weight.detach().view(3, heads, dim, -1).abs().sum((0, 2, 3))
+    weight += proj.weight.detach().view(proj.out_features, heads, dim).abs().sum((0, 2))
+    kept = torch.topk(weight, keep).indices.sort().values
+    per_head = (kept[:, None] * dim + torch.arange(dim)[None, :]).reshape(-1)
+    rows = torch.cat([s * heads * dim + per_head for s in range(3)])
+    new_qkv = nn.Linear(qkv.in_features, len(rows), bias=qkv.bias is not None)
+    new_proj = nn.Linear(len(per_head), proj.out_features, bias=proj.bias is not None)
+    with torch.no_grad():
+        new_qkv.weight.copy_(qkv.weight[rows])
+        new_proj.weight.copy_(proj.weight[:, per_head])
+        if qkv.bias is not None:
+            new_qkv.bias.copy_(qkv.bias[rows])
+        if proj.bias is not None:
+            new_proj.bias.copy_(proj.bias)
+    attention.qkv, attention.proj, attention.num_heads = new_qkv, new_proj, keep
+
+
 @dataclass(frozen=True)
 class PruneResult:
     model: nn.Module
@@ -111,23 +159,29 @@ def count_params(model: nn.Module) -> int:
 
 
 def prune(model: nn.Module, policy: Policy, example_inputs: torch.Tensor, round_to: int = 8) -> PruneResult:
-    """Remove channels in place per the policy's keep-ratios (policy already validated)."""
-    names = dict(model.named_modules())
+    """Remove channels in place per the policy's keep-ratios (policy already validated); an
+    attention's `qkv` keep-ratio removes whole heads."""
     limits = {lim.name: lim for lim in layer_limits(model, example_inputs)}
+    before = count_params(model)
+    attentions = attention_heads(model)
+    for name, attention in attentions.items():
+        keep = kept_heads(attention.num_heads, policy.layers[name].keep_ratio)
+        if keep < attention.num_heads:
+            _prune_heads(attention, keep)
+    names = dict(model.named_modules())
     ratios: dict[nn.Module, float] = {}
     expected: dict[str, int] = {}
     for name, action in policy.layers.items():
         lim = limits[name]
-        if lim.group is None:
+        if lim.group is None or name in attentions:
             continue
         channels = limits[lim.group].out_channels
         kept = kept_channels(channels, action.keep_ratio, round_to)
         if kept < channels:  # the ratio Torch-Pruning turns back into exactly `kept` channels
             ratios[names[lim.group]] = 1.0 - (kept + 0.5) / channels
             expected[lim.group] = kept
-    before = count_params(model)
     if not ratios:
-        return PruneResult(model, [], before, before)
+        return PruneResult(model, [], before, count_params(model))
     pruner = tp.pruner.MetaPruner(
         model,
         example_inputs,

@@ -9,19 +9,18 @@ working directory). `factory(**factory_kwargs)` must return an `nn.Module` that 
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import inspect
 import json
 import math
 import re
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from host.factory import load_factory
 
 
 class ModelError(ValueError):
@@ -46,10 +45,19 @@ def _mlp(num_classes: int, input_shape: Sequence[int]) -> nn.Module:
     return MLP(in_features=math.prod(input_shape), num_classes=num_classes)
 
 
+def _vit(num_classes: int, input_shape: Sequence[int]) -> nn.Module:
+    from host.models.vit import ViT
+
+    if len(input_shape) != 3 or input_shape[1] != input_shape[2] or input_shape[1] % 8:
+        raise ModelError(f"vit takes square images whose side is a multiple of 8, not inputs of shape {input_shape}")
+    return ViT(num_classes, in_channels=input_shape[0], image_size=input_shape[1])
+
+
 MODELS: dict[str, Callable[[int, Sequence[int]], nn.Module]] = {
     "resnet18": _resnet18,
     "mobilenetv2": _mobilenet_v2,
     "mlp": _mlp,
+    "vit": _vit,
 }
 
 
@@ -58,46 +66,10 @@ def is_factory(name: str) -> bool:
     return name not in MODELS and ":" in name
 
 
-def _module_of(name: str, where: str) -> Any:
-    if where.endswith(".py") or "/" in where:
-        path = Path(where).expanduser()
-        if not path.is_file():
-            raise ModelError(f"model {name!r}: {path} is not a file")
-        module_name = "hadmc_user_model_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        if spec is None or spec.loader is None:
-            raise ModelError(f"model {name!r}: {path} cannot be imported as Python")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception as exc:  # the user's code: whatever it raises is reported
-            sys.modules.pop(module_name, None)
-            raise ModelError(f"model {name!r}: importing {path} failed: {type(exc).__name__}: {exc}") from None
-        return module
-    try:
-        return importlib.import_module(where)
-    except Exception as exc:  # an ImportError, or whatever the user's module raises
-        raise ModelError(f"model {name!r}: module {where!r} does not import: {type(exc).__name__}: {exc}") from None
-
-
-def load_factory(name: str) -> Callable[..., Any]:
-    """The callable `name` ("module:attr" or "file.py:attr") names."""
-    where, _, attr = name.rpartition(":")
-    if not where or not attr:
-        raise ModelError(f"model {name!r}: write 'package.module:factory' or 'path/to/file.py:factory'")
-    factory = getattr(_module_of(name, where), attr, None)
-    if factory is None:
-        raise ModelError(f"model {name!r}: {where} has no {attr!r}")
-    if not callable(factory):
-        raise ModelError(f"model {name!r}: {attr} is a {type(factory).__name__}, not a callable")
-    return factory
-
-
 def _from_factory(
     name: str, num_classes: int, input_shape: tuple[int, ...], factory_kwargs: Mapping[str, Any]
 ) -> nn.Module:
-    factory = load_factory(name)
+    factory = load_factory(name, ModelError, "model")
     kwargs = dict(factory_kwargs)
     try:
         params = inspect.signature(factory).parameters
