@@ -223,6 +223,11 @@ class Workbench:
         """Every prunable layer with its pruning group, in the model's order."""
         if self._limits is None:
             self._limits = layer_limits(self._build(), self.example)
+            if all(lim.group is None for lim in self._limits):
+                self.progress.say(
+                    f"{self.config.model} has nothing to prune (no layer's width can change safely): "
+                    "only precisions are chosen"
+                )
         return self._limits
 
     def device_precisions(self) -> tuple[Precision, ...]:

@@ -115,6 +115,33 @@ def tiny_vit(num_classes, dim=32, num_heads=4):
     return TinyViT(num_classes, dim, num_heads)
 
 
+class Gate(nn.Module):
+    def forward(self, x):
+        return x * 2 if x.mean() > 0 else x  # data-dependent: a trace keeps one branch
+
+
+class Gated(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.gate = Gate()
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.head(self.gate(self.conv(x)).mean((2, 3)))
+
+
+class Linear(nn.Module):
+    """Nothing to prune: one classifier over the flattened image."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.head = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        return self.head(x.flatten(1))
+
+
 def not_a_model():
     return "a string"
 
@@ -278,7 +305,7 @@ def _trained_teacher(nets: str, factory: str, tmp_path: Path) -> tuple[torch.nn.
 
 
 # What 8 epochs on digits reach (a transformer learns slowly from 1,400 8x8 images).
-TEACHER_FLOOR = {"branchy": 0.8, "tiny_vit": 0.6}
+TEACHER_FLOOR = {"branchy": 0.8, "tiny_vit": 0.6, "Linear": 0.8}
 
 
 @pytest.mark.parametrize("factory", ["branchy", "tiny_vit"])
@@ -317,7 +344,7 @@ def test_compress_a_model_of_ones_own_with_its_weights(nets, tmp_path, agent, mo
     assert json.loads((tmp_path / "out" / "config.json").read_text())["weights"] == "teacher.pt"
 
 
-@pytest.mark.parametrize("factory", ["branchy", "tiny_vit"])
+@pytest.mark.parametrize("factory", ["branchy", "tiny_vit", "Linear"])  # Linear: nothing to prune
 def test_a_two_episode_search_on_a_model_of_ones_own(nets, tmp_path, agent, monkeypatch, factory):
     from host.search.run import load_search_config, run_search
 
@@ -342,6 +369,8 @@ def test_a_two_episode_search_on_a_model_of_ones_own(nets, tmp_path, agent, monk
     assert final.measured_latency.median_ms > 0 and final.params <= summary.baseline.params
     rows = (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()
     assert len(rows) == 2
+    if factory == "Linear":  # precisions only
+        assert {a.keep_ratio for a in final.policy.layers.values()} == {1.0}
 
 
 def test_config_errors_for_a_model_of_ones_own(nets, tmp_path, agent, monkeypatch):
@@ -503,3 +532,11 @@ def test_the_built_in_vit_prunes_heads_exports_int8_and_is_keyed(tmp_path):
     torch_out, ort_out = model(torch.from_numpy(x)).detach().numpy(), session.run(None, {"input": x})[0]
     assert np.abs(ort_out - torch_out).max() < 0.05  # a few steps of the int8 output grid at most
     assert (ort_out.argmax(1) == torch_out.argmax(1)).mean() >= 0.9
+
+
+def test_a_model_that_branches_on_its_data_cannot_be_exported_and_the_module_is_named(nets, tmp_path):
+    from host.compress.export import ExportError, export_onnx
+
+    model = build_model("nets.py:Gated", 10, (1, 8, 8))
+    with pytest.raises(ExportError, match="module 'gate' branches on its input data"):
+        export_onnx(model, tmp_path / "gated.onnx", (1, 8, 8))

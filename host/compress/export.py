@@ -17,6 +17,7 @@ baked), then those layers are rewritten in the ONNX graph.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,20 +71,50 @@ def _export_copy(model: torch.nn.Module, policy: Policy) -> torch.nn.Module:
     return clone
 
 
+class ExportError(ValueError):
+    """A model the ONNX exporter cannot trace faithfully; the message names the module."""
+
+
 def export_onnx(model: torch.nn.Module, path: Path, input_shape: tuple[int, ...], opset: int = 17) -> None:
     """ONNX with a dynamic batch axis; `input_shape` without the batch (TorchScript exporter:
-    one file; fake quantization becomes QDQ)."""
+    one file; fake quantization becomes QDQ). A module whose forward branches on its data (the
+    trace would keep one branch) or that the exporter fails on is an ExportError naming it."""
     model.eval()
-    torch.onnx.export(
-        model,
-        (torch.zeros((1, *input_shape)),),
-        str(path),
-        opset_version=opset,
-        dynamo=False,
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-    )
+    names = {m: n or type(model).__name__ for n, m in model.named_modules()}
+    running: list[str] = []
+
+    def leave(module: torch.nn.Module, args: tuple, out: object) -> None:  # None: the output stays
+        running.pop()
+
+    hooks = [m.register_forward_pre_hook(lambda m, args: running.append(names[m])) for m in names]
+    hooks += [m.register_forward_hook(leave) for m in names]
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*Python boolean", category=torch.jit.TracerWarning)
+            torch.onnx.export(
+                model,
+                (torch.zeros((1, *input_shape)),),
+                str(path),
+                opset_version=opset,
+                dynamo=False,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            )
+    except Exception as exc:  # the exporter's own errors vary by op and version
+        where = running[-1] if running else type(model).__name__
+        chain = [exc]
+        while chain[-1].__cause__ or chain[-1].__context__:
+            chain.append(chain[-1].__cause__ or chain[-1].__context__)
+        if any(isinstance(e, torch.jit.TracerWarning) for e in chain):  # raised inside Tensor.__bool__
+            raise ExportError(
+                f"module {where!r} branches on its input data (a tensor used as a Python bool): an ONNX trace "
+                "would keep one branch; write the choice with tensor ops (torch.where) or make it depend on shapes"
+            ) from None
+        raise ExportError(f"exporting to ONNX failed in module {where!r}: {type(exc).__name__}: {exc}") from None
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def _source_initializer(model: onnx.ModelProto, name: str) -> str:

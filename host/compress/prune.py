@@ -8,6 +8,7 @@ pruned checkpoint can be reloaded.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,9 @@ def classifier_of(model: nn.Module) -> nn.Module:
 
 
 def _graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
-    return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    # Parameters outside any layer (a ViT's class token and position embedding) prune along
+    # their last non-singleton axis, the embedding's: Torch-Pruning's default, not worth a warning.
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
 
 
 def _grouped_conv(module: nn.Module) -> bool:
@@ -182,15 +185,17 @@ def prune(model: nn.Module, policy: Policy, example_inputs: torch.Tensor, round_
             expected[lim.group] = kept
     if not ratios:
         return PruneResult(model, [], before, count_params(model))
-    pruner = tp.pruner.MetaPruner(
-        model,
-        example_inputs,
-        importance=tp.importance.MagnitudeImportance(p=1),
-        pruning_ratio=0.0,
-        pruning_ratio_dict=ratios,
-        ignored_layers=[classifier_of(model)],
-        round_to=round_to,
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")  # see _graph
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example_inputs,
+            importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=0.0,
+            pruning_ratio_dict=ratios,
+            ignored_layers=[classifier_of(model)],
+            round_to=round_to,
+        )
     pruner.step()
     widths = {
         n: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
