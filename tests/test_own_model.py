@@ -115,6 +115,25 @@ def tiny_vit(num_classes, dim=32, num_heads=4):
     return TinyViT(num_classes, dim, num_heads)
 
 
+class Shuffled(nn.Module):
+    """ShuffleNet's unit: grouped 1x1, channel shuffle, depthwise 3x3, grouped 1x1."""
+
+    def __init__(self, num_classes, groups=4):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 32, 3, padding=1)
+        self.squeeze = nn.Conv2d(32, 32, 1, groups=groups)
+        self.depthwise = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.expand = nn.Conv2d(32, 32, 1, groups=groups)
+        self.groups = groups
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.squeeze(torch.relu(self.stem(x))))
+        b, c, h, w = x.shape
+        x = x.reshape(b, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+        return self.head(torch.relu(self.expand(self.depthwise(x))).mean((2, 3)))
+
+
 class Gate(nn.Module):
     def forward(self, x):
         return x * 2 if x.mean() > 0 else x  # data-dependent: a trace keeps one branch
@@ -198,11 +217,20 @@ def test_a_model_from_a_file_prunes_through_concatenation_and_squeeze_excite(net
     assert model_id(f"{nets}:branchy", {"width": 16}) != model_id(f"{nets}:branchy", {"width": 8})
 
 
-def test_layers_through_a_grouped_convolution_are_kept_whole_not_mangled(nets):
+def test_grouped_convolutions_prune_in_line_or_stay_whole(nets):
     groups, widths, _ = _pruned(f"{nets}:branchy", {"width": 16, "groups": 4})
-    whole = ("left.0", "right.0", "grouped.0", "se.expand")  # the concatenation feeds the grouped conv
-    assert all(groups[n] is None for n in whole) and all(groups[n] == n for n in ("stem.0", "se.reduce", "down.0"))
-    assert [widths[n] for n in whole] == [16, 16, 32, 32] and widths["stem.0"] == 8 and widths["down.0"] == 32
+    # The concatenation feeds the grouped conv: pruning a branch would cut its channel groups out
+    # of line, so both branches stay whole; the grouped conv's own outputs (with SE) prune.
+    assert groups["left.0"] is None and groups["right.0"] is None and widths["left.0"] == widths["right.0"] == 16
+    assert groups["grouped.0"] == groups["se.expand"] == "se.expand" and widths["grouped.0"] == 16
+    assert all(groups[n] == n for n in ("stem.0", "se.reduce", "down.0")) and widths["stem.0"] == 8
+
+
+def test_a_channel_shuffle_keeps_its_groups_whole(nets):
+    groups, widths, _ = _pruned(f"{nets}:Shuffled", {})
+    assert groups["squeeze"] is None and groups["depthwise"] is None  # behind the shuffle's reshape
+    assert groups["stem"] == "stem" and widths["stem"] == 16  # the grouped 1x1 loses 4 inputs per group
+    assert groups["expand"] == "expand" and widths["expand"] == 16
 
 
 def test_stage_taps_of_a_model_of_ones_own(nets):

@@ -8,6 +8,7 @@ pruned checkpoint can be reloaded.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,14 +41,70 @@ def _graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph
 
 
 def _grouped_conv(module: nn.Module) -> bool:
-    """A grouped convolution that is not depthwise: Torch-Pruning cannot prune through it safely."""
+    """A grouped convolution that is not depthwise."""
     return isinstance(module, nn.Conv2d) and 1 < module.groups != module.out_channels
+
+
+# Operations that move channels to other positions: pruned through, they would misalign the
+# channel groups of a grouped convolution.
+_REARRANGING = frozenset(
+    {
+        tp.ops.OPTYPE.CONCAT,
+        tp.ops.OPTYPE.SPLIT,
+        tp.ops.OPTYPE.SLICE,
+        tp.ops.OPTYPE.RESHAPE,
+        tp.ops.OPTYPE.UNBIND,
+        tp.ops.OPTYPE.EXPAND,
+    }
+)
+
+
+def _width(module: nn.Module) -> int:
+    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+
+def _metapruner(model: nn.Module, example_inputs: torch.Tensor, ratios: dict[nn.Module, float]) -> Any:
+    """Torch-Pruning's pruner for `ratios` (group root -> share of channels to remove). The ratios
+    give exact kept counts, already rounded by `kept_channels`: Torch-Pruning's own rounding
+    would apply per channel group of a grouped convolution and refuse to prune it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")  # see _graph
+        return tp.pruner.MetaPruner(
+            model,
+            example_inputs,
+            importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=0.0,
+            pruning_ratio_dict=ratios,
+            ignored_layers=[classifier_of(model)],
+        )
+
+
+def _prunes_safely(model: nn.Module, example_inputs: torch.Tensor, root: str, round_to: int = 8) -> bool:
+    """Whether the group rooted at `root` prunes to half its width, alone, on a copy of the model,
+    and the copy still runs: how groups through a grouped convolution are vetted."""
+    trial = copy.deepcopy(model)
+    module = trial.get_submodule(root)
+    width = _width(module)
+    kept = kept_channels(width, 0.5, round_to)
+    try:
+        _metapruner(trial, example_inputs, {module: 1.0 - (kept + 0.5) / width}).step()
+        with torch.no_grad():
+            trial.eval()(example_inputs)
+    except Exception as exc:  # Torch-Pruning's index errors, shape errors in the forward
+        log.info("prune.kept_whole", group=root, reason=f"{type(exc).__name__}: {str(exc)[:120]}")
+        return False
+    if _width(module) != kept:
+        log.info("prune.kept_whole", group=root, reason="the dependency graph left it unpruned")
+    return _width(module) == kept
 
 
 def layer_limits(model: nn.Module, example_inputs: torch.Tensor, min_keep_ratio: float = 0.1) -> list[LayerLimits]:
     """Every Conv2d/Linear by name, with the root of the group its output channels prune with;
-    None (a fixed width) for the classifier and for groups that cannot be pruned safely (those
-    through a grouped, non-depthwise convolution: they are logged and kept whole)."""
+    None (a fixed width) for the classifier and for groups that cannot be pruned safely. A group
+    through a grouped (not depthwise) convolution is kept whole (and logged) when its channels
+    also pass a concatenation, split or reshape (a channel shuffle): the convolution's channel
+    groups would then be cut out of line. Otherwise it is pruned once on a copy first, and kept
+    whole unless that works."""
     names = {m: n for n, m in model.named_modules()}
     head = classifier_of(model)
     graph = _graph(model, example_inputs)
@@ -55,8 +112,13 @@ def layer_limits(model: nn.Module, example_inputs: torch.Tensor, min_keep_ratio:
     for group in graph.get_all_groups(ignored_layers=[head], root_module_types=list(PRUNABLE_TYPES)):
         root = names[group[0].dep.target.module]
         if any(_grouped_conv(dep.target.module) for dep, _ in group):
-            log.info("prune.kept_whole", group=root, reason="it runs through a grouped convolution")
-            continue
+            rearranged = {dep.target.type for dep, _ in group} & _REARRANGING
+            if rearranged:
+                kinds = sorted(t.name.lower() for t in rearranged)
+                log.info("prune.kept_whole", group=root, reason=f"a grouped convolution behind {', '.join(kinds)}")
+                continue
+            if not _prunes_safely(model, example_inputs, root):
+                continue
         for dep, _ in group:
             module = dep.target.module
             if isinstance(module, PRUNABLE_TYPES) and graph.is_out_channel_pruning_fn(dep.handler):
@@ -185,17 +247,7 @@ def prune(model: nn.Module, policy: Policy, example_inputs: torch.Tensor, round_
             expected[lim.group] = kept
     if not ratios:
         return PruneResult(model, [], before, count_params(model))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")  # see _graph
-        pruner = tp.pruner.MetaPruner(
-            model,
-            example_inputs,
-            importance=tp.importance.MagnitudeImportance(p=1),
-            pruning_ratio=0.0,
-            pruning_ratio_dict=ratios,
-            ignored_layers=[classifier_of(model)],
-            round_to=round_to,
-        )
+    pruner = _metapruner(model, example_inputs, ratios)
     pruner.step()
     widths = {
         n: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
