@@ -249,7 +249,7 @@ def test_stage_taps_of_a_model_of_ones_own(nets):
         ("no_such_package.models:net", {}, "module 'no_such_package.models' does not import: ModuleNotFoundError"),
         ("nets.py:branchy", {"depth": 3}, "unexpected keyword argument 'depth'"),
         ("nets.py:branchy", {"groups": 5}, "the factory raised ValueError: in_channels must be divisible by groups"),
-        ("resnet19", {}, "unknown model 'resnet19'; choices: mlp, mobilenetv2, resnet18, or your own"),
+        ("resnet19", {}, "unknown model 'resnet19'; choices: mlp, mobilenetv2, resnet18, vit, or your own"),
         ("mlp", {"width": 3}, "factory_kwargs are for a model factory"),
     ],
 )
@@ -528,7 +528,8 @@ def test_a_transformer_of_ones_own_prunes_whole_heads_and_its_mlp(nets):
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
-def test_the_built_in_vit_prunes_heads_exports_int8_and_is_keyed(tmp_path):
+@pytest.mark.parametrize("precision", ["int8", "fp16", "int4"])
+def test_the_built_in_vit_prunes_heads_exports_and_is_keyed(tmp_path, precision):
     import numpy as np
     import onnx
     import onnxruntime as ort
@@ -543,8 +544,8 @@ def test_the_built_in_vit_prunes_heads_exports_int8_and_is_keyed(tmp_path):
     model, example = build_model("vit", 6, (3, 64, 64)).eval(), torch.zeros((1, 3, 64, 64))
     assert feature_taps(model, example) == ("blocks.0", "blocks.1", "blocks.2", "blocks.3")
     limits = layer_limits(model, example)
-    fixed = {lim.name: LayerAction(1.0, Precision.INT8) for lim in limits if lim.group is None}
-    policy = Policy.uniform("vit", [lim.name for lim in limits], 0.5, Precision.INT8, fixed)
+    fixed = {lim.name: LayerAction(1.0, Precision(precision)) for lim in limits if lim.group is None}
+    policy = Policy.uniform("vit", [lim.name for lim in limits], 0.5, Precision(precision), fixed)
     before = count_params(model)
     apply_policy(model, policy, example, 8, random_calibration((3, 64, 64)))
     block = model.blocks[0]
@@ -552,8 +553,11 @@ def test_the_built_in_vit_prunes_heads_exports_int8_and_is_keyed(tmp_path):
     assert count_params(model) < 0.3 * before
     exported = export_policy_model(model.eval(), policy, tmp_path / "vit.onnx", (3, 64, 64))
     proto = onnx.load(exported.path)
-    int8_matmuls = [n for n in proto.graph.node if n.op_type == "MatMul" and n.input[1].endswith("_weight_dq")]
-    assert len(int8_matmuls) == 16  # the blocks' Linears, int8 weights
+    matmuls = [n for n in proto.graph.node if n.op_type == "MatMul"]
+    if precision == "fp16":  # between two Casts
+        assert sum("__fp16_" in n.input[0] for n in matmuls) == 16
+    else:  # int8 or int4 weights through a DequantizeLinear
+        assert sum(n.input[1].endswith("_weight_dq") for n in matmuls) == 16
     assert len(model_kernels(proto).kernels) > 0  # every kernel has a LUT key
     session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((32, 3, 64, 64)).astype(np.float32)
