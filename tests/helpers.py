@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
+import time
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from lut_store.records import Entry
 
 
 def small_cnn(
@@ -133,3 +138,23 @@ def memory_hog(elements: int = 1 << 24) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+def synthetic_entries(prefix: str, n: int, pad: int = 0) -> list[Entry]:
+    """`n` entries whose keys are named by `prefix` (their key hashes are true, as imports check)."""
+    keys = [json.dumps({"k": f"{prefix}-{i}", "pad": "x" * pad}) for i in range(n)]
+    return [
+        Entry(
+            key_hash=hashlib.sha256(key.encode()).hexdigest(),
+            key_json=key,
+            status="ok",
+            measured_at_unix_s=time.time(),
+            median_ms=1.0 + i,
+            mean_ms=1.0 + i,
+            p90_ms=1.1 + i,
+            std_ms=0.1,
+            min_ms=0.9,
+            n=10,
+        )
+        for i, key in enumerate(keys)
+    ]

@@ -1,10 +1,9 @@
 """`python -m tests.store_writer URL VERSION_ID PREFIX BATCHES BATCH_SIZE`: one writer process."""
 
 import sys
-import time
 
-from lut_store.records import Entry
 from lut_store.store import open_store
+from tests.helpers import synthetic_entries
 
 
 def main() -> None:
@@ -17,22 +16,7 @@ def main() -> None:
     )
     with open_store(url) as store:
         for b in range(batches):
-            entries = [
-                Entry(
-                    key_hash=f"{prefix}-{b}-{i}",
-                    key_json="{}",
-                    status="ok",
-                    measured_at_unix_s=time.time(),
-                    median_ms=1.0 + i,
-                    mean_ms=1.0 + i,
-                    p90_ms=1.1 + i,
-                    std_ms=0.1,
-                    min_ms=0.9,
-                    n=10,
-                )
-                for i in range(size)
-            ]
-            store.add_entries(version_id, entries)
+            store.add_entries(version_id, synthetic_entries(f"{prefix}-{b}", size))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ under a run directory; a stepped clock in one writer. Each case checks that noth
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -21,9 +20,10 @@ import pytest
 
 from lut_store.exchange import export_version, import_version
 from lut_store.precision import Precision
-from lut_store.records import CommitOutcomeUnknown, Entry, StoreError, StoreUnavailable
+from lut_store.records import CommitOutcomeUnknown, StoreError, StoreUnavailable
 from lut_store.sqlstore import PostgresStore, SqliteStore
 from lut_store.store import open_store
+from tests.helpers import synthetic_entries as entries
 from tests.pg import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,56 +38,42 @@ def pg() -> Iterator[PostgresServer]:
     server.stop()
 
 
-def entries(prefix: str, n: int, pad: int = 0) -> list[Entry]:
-    """`n` entries whose keys are named by `prefix` (their key hashes are true, as imports check)."""
-    keys = [json.dumps({"k": f"{prefix}-{i}", "pad": "x" * pad}) for i in range(n)]
-    return [
-        Entry(
-            key_hash=hashlib.sha256(key.encode()).hexdigest(),
-            key_json=key,
-            status="ok",
-            measured_at_unix_s=time.time(),
-            median_ms=1.0 + i,
-            mean_ms=1.0 + i,
-            p90_ms=1.1 + i,
-            std_ms=0.1,
-            min_ms=0.9,
-            n=10,
-        )
-        for i, key in enumerate(keys)
-    ]
-
-
 def open_build(store, owner: str = "writer", source: str = "manual") -> int:
     store.ensure_device(FP, {"cpu": {"model": "test"}})
     return store.acquire_build(FP, source, owner, lease_s=600).version.id
 
 
-def write_batches(store, version_id: int, batches: int, size: int, done: list[int], owner: str = "writer") -> None:
-    """Write batch after batch; a write whose commit was cut is written again (add_entries replaces
-    by key, so a second write of a batch that did land changes nothing)."""
-    for b in range(batches):
-        while True:
-            try:
-                store.add_entries(version_id, entries(f"b{b}", size), owner)
-                break
-            except CommitOutcomeUnknown:
-                continue
-        done.append(b)
+def write_across_a_restart(pg: PostgresServer, store, version_id: int, batches: int) -> list[int]:
+    """Batches of 200 entries written by a thread while PostgreSQL restarts under it (after the
+    fifth batch, mid-transaction or between two); the batches written. A write whose commit was
+    cut is written again: add_entries replaces by key, so a batch that did land changes nothing."""
+    done: list[int] = []
+
+    def write() -> None:
+        for b in range(batches):
+            while True:
+                try:
+                    store.add_entries(version_id, entries(f"b{b}", 200), "writer")
+                    break
+                except CommitOutcomeUnknown:
+                    continue
+            done.append(b)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    while len(done) < 5 and writer.is_alive():
+        time.sleep(0.01)
+    pg.restart()
+    writer.join(120)
+    assert not writer.is_alive()
+    return done
 
 
 def test_postgres_restart_under_a_store_loses_nothing(pg, record_property):
     url = pg.new_database()
     with PostgresStore(url, reconnect_s=30) as store:
         vid = open_build(store)
-        done: list[int] = []
-        writer = threading.Thread(target=write_batches, args=(store, vid, 60, 200, done))
-        writer.start()
-        while len(done) < 5:
-            time.sleep(0.01)
-        pg.restart()  # every connection is cut, mid-transaction or between two
-        writer.join(120)
-        assert not writer.is_alive() and done == list(range(60))
+        assert write_across_a_restart(pg, store, vid, 60) == list(range(60))
         sealed = store.seal(vid, "writer")  # on the new connection
         record_property("entries_lost", 60 * 200 - sealed.entry_count)
         assert sealed.entry_count == 60 * 200 and store.latest(FP).id == vid
@@ -140,14 +126,7 @@ def test_postgres_restart_under_lut_serve_loses_nothing(pg, tmp_path, record_pro
     url = pg.new_database()
     with served(url, tmp_path) as (proc, address), open_store(f"grpc://{address}", timeout_s=30) as store:
         vid = open_build(store)
-        done: list[int] = []
-        writer = threading.Thread(target=write_batches, args=(store, vid, 40, 200, done))
-        writer.start()
-        while len(done) < 5:
-            time.sleep(0.01)
-        pg.restart()
-        writer.join(120)
-        assert not writer.is_alive() and done == list(range(40))
+        assert write_across_a_restart(pg, store, vid, 40) == list(range(40))
         assert store.seal(vid, "writer").entry_count == 40 * 200
         assert proc.poll() is None  # it served on
     with PostgresStore(url) as direct:
