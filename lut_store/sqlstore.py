@@ -826,8 +826,8 @@ class SqliteStore(SqlStore):
 
     def _transaction(self, body: Callable[[sqlite3.Cursor], T]) -> T:
         with self._lock:
-            cur = self._conn.cursor()
             try:
+                cur = self._conn.cursor()  # a closed store's is a ProgrammingError: a StoreError here
                 cur.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot write to the SQLite store {self.path}: {exc}") from None

@@ -572,3 +572,32 @@ def test_a_model_that_branches_on_its_data_cannot_be_exported_and_the_module_is_
     model = build_model("nets.py:Gated", 10, (1, 8, 8))
     with pytest.raises(ExportError, match="module 'gate' branches on its input data"):
         export_onnx(model, tmp_path / "gated.onnx", (1, 8, 8))
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, shape",
+    [
+        ("nets.py:branchy", {"groups": 1}, (1, 8, 8)),
+        ("nets.py:branchy", {"groups": 4}, (1, 8, 8)),
+        ("nets.py:Shuffled", {}, (1, 8, 8)),
+        ("nets.py:tiny_vit", {}, (1, 8, 8)),
+        ("vit", {}, (3, 64, 64)),
+    ],
+)
+def test_the_parameter_count_from_channels_matches_the_pruned_model(nets, name, kwargs, shape):
+    """What size constraints bisect on (`ParamCounter`, from channel counts) against the model
+    `prune` makes: grouped convolutions, whole heads and LayerNorms included."""
+    from host.compress.policy import LayerAction, Policy
+    from host.compress.prune import count_params, layer_limits, prune
+    from host.search.space import ParamCounter
+    from lut_store.precision import Precision
+
+    example = torch.zeros((1, *shape))
+    model = build_model(name, 10, shape, kwargs)
+    counter = ParamCounter(model, example)
+    limits = layer_limits(model, example)
+    for keep in (0.75, 0.5, 0.3):
+        layers = {lim.name: LayerAction(1.0 if lim.group is None else keep, Precision.FP32) for lim in limits}
+        policy = Policy(name, layers)
+        pruned = prune(build_model(name, 10, shape, kwargs), policy, example).model
+        assert counter(policy) == pytest.approx(count_params(pruned), rel=0.002 if name == "vit" else 0)

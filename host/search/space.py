@@ -8,6 +8,7 @@ while every layer still picks its own precision. The classifier's width is fixed
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,7 +18,14 @@ import torch_pruning as tp
 from torch import nn
 
 from host.compress.policy import LayerAction, LayerLimits, Policy
-from host.compress.prune import PRUNABLE_TYPES, classifier_of, kept_channels, layer_limits
+from host.compress.prune import (
+    PRUNABLE_TYPES,
+    attention_heads,
+    classifier_of,
+    kept_channels,
+    kept_heads,
+    layer_limits,
+)
 from lut_store.precision import Precision
 
 KINDS = ("conv", "depthwise", "linear")
@@ -206,13 +214,64 @@ def describe_layers(
 
 @dataclass(frozen=True)
 class _ParamTerm:
-    """count = factor * width(out_group) * width(in_group); a width is the full one when its group is None."""
+    """count = factor * width(out_group) * width(in_group) / groups; a width is the full one when
+    its group is None (`groups`: a grouped convolution's)."""
 
     factor: int
     out_group: str | None
     out_channels: int
     in_group: str | None
     in_channels: int
+    groups: int = 1
+    # Inputs from several groups (behind a concatenation): (group, channels) each; the rest is fixed.
+    in_parts: tuple[tuple[str, int], ...] = ()
+
+
+def _channel_groups(
+    model: nn.Module, example: torch.Tensor, names: dict[nn.Module, str]
+) -> tuple[dict[nn.Module, str], dict[nn.Module, dict[str, int]], dict[int, tuple[str, int]]]:
+    """Torch-Pruning's groups as the root each module's output channels prune with, the roots its
+    input channels prune with (several behind a concatenation) and how many channels each, and
+    (by id) the root and axis of each parameter outside a layer (a ViT's class token)."""
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    out_group: dict[nn.Module, str] = {}
+    in_parts: dict[nn.Module, dict[str, int]] = {}
+    roots: dict[int, str] = {}
+    groups = graph.get_all_groups(ignored_layers=[classifier_of(model)], root_module_types=list(PRUNABLE_TYPES))
+    for group in groups:
+        root = names[group[0].dep.target.module]
+        for dep, idxs in group:
+            if dep.target.type == tp.ops.OPTYPE.PARAMETER:
+                roots.setdefault(id(dep.target.module), root)
+            elif graph.is_out_channel_pruning_fn(dep.handler):
+                out_group.setdefault(dep.target.module, root)
+            else:
+                in_parts.setdefault(dep.target.module, {}).setdefault(root, len(idxs))
+    params = {id(p): (roots[id(p)], dim) for p, dim in graph.unwrapped_parameters if id(p) in roots}
+    return out_group, in_parts, params
+
+
+def _layer_terms(module: nn.Module, out_g: str | None, in_g: str | None) -> list[_ParamTerm] | None:
+    """A layer's parameter terms, its weight's first; None for a module that is not a layer."""
+    if isinstance(module, nn.Conv2d):
+        k = module.weight[0, 0].numel()
+        if module.groups == 1:
+            terms = [_ParamTerm(k, out_g, module.out_channels, in_g, module.in_channels)]
+        elif module.groups == module.out_channels:  # depthwise: each output sees its own input
+            terms = [_ParamTerm(k * (module.in_channels // module.groups), out_g, module.out_channels, None, 1)]
+        else:  # grouped: each output sees its group's inputs
+            terms = [_ParamTerm(k, out_g, module.out_channels, in_g, module.in_channels, module.groups)]
+    elif isinstance(module, nn.Linear):
+        terms = [_ParamTerm(1, out_g, module.out_features, in_g, module.in_features)]
+    elif isinstance(module, nn.BatchNorm2d):
+        return [_ParamTerm(2 if module.affine else 0, out_g, module.num_features, None, 1)]
+    elif isinstance(module, nn.LayerNorm):  # over the embedding: it prunes with its group
+        return [_ParamTerm(len(list(module.parameters(recurse=False))), out_g, module.normalized_shape[-1], None, 1)]
+    else:
+        return None
+    if module.bias is not None:
+        terms.append(_ParamTerm(1, out_g, module.bias.numel(), None, 1))
+    return terms
 
 
 class ParamCounter:
@@ -223,16 +282,9 @@ class ParamCounter:
         self.round_to = round_to
         # A group's ratio is its member layers' (the group is keyed by its Torch-Pruning root).
         self.group_of = {lim.name: lim.group for lim in layer_limits(model, example) if lim.group is not None}
+        self.heads = {name: attention.num_heads for name, attention in attention_heads(model).items()}
         names = {m: n for n, m in model.named_modules()}
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-        out_group: dict[nn.Module, str] = {}
-        in_group: dict[nn.Module, str] = {}
-        groups = graph.get_all_groups(ignored_layers=[classifier_of(model)], root_module_types=list(PRUNABLE_TYPES))
-        for group in groups:
-            root = names[group[0].dep.target.module]
-            for dep, _ in group:
-                side = out_group if graph.is_out_channel_pruning_fn(dep.handler) else in_group
-                side.setdefault(dep.target.module, root)
+        out_group, in_parts, param_group = _channel_groups(model, example, names)
         self.terms: list[_ParamTerm] = []
         self.layer_terms: dict[str, _ParamTerm] = {}  # each Conv2d/Linear's weight term, by module name
         self.fixed = 0
@@ -240,34 +292,36 @@ class ParamCounter:
             own = list(module.parameters(recurse=False))
             if not own:
                 continue
-            out_g, in_g = out_group.get(module), in_group.get(module)
-            if isinstance(module, nn.Conv2d):
-                k = module.weight[0, 0].numel()
-                per_group_in = module.in_channels // module.groups
-                if module.groups == 1:
-                    self.terms.append(_ParamTerm(k, out_g, module.out_channels, in_g, module.in_channels))
-                else:  # depthwise: each output channel sees its own input channel
-                    self.terms.append(_ParamTerm(k * per_group_in, out_g, module.out_channels, None, 1))
-                self.layer_terms[names[module]] = self.terms[-1]
-                bias = module.bias is not None
-            elif isinstance(module, nn.Linear):
-                self.terms.append(_ParamTerm(1, out_g, module.out_features, in_g, module.in_features))
-                self.layer_terms[names[module]] = self.terms[-1]
-                bias = module.bias is not None
-            elif isinstance(module, nn.BatchNorm2d):
-                self.terms.append(_ParamTerm(2 if module.affine else 0, out_g, module.num_features, None, 1))
-                bias = False
-            else:
-                self.fixed += sum(p.numel() for p in own)
+            parts = in_parts.get(module, {})
+            terms = _layer_terms(module, out_group.get(module), next(iter(parts)) if len(parts) == 1 else None)
+            if len(parts) > 1 and terms is not None:
+                terms[0] = dataclasses.replace(terms[0], in_parts=tuple(parts.items()))
+            if terms is None:  # parameters outside layers: pruned along one axis with their group, or fixed
+                for p in own:
+                    if id(p) in param_group:
+                        group, dim = param_group[id(p)]
+                        self.terms.append(_ParamTerm(p.numel() // p.shape[dim], group, p.shape[dim], None, 1))
+                    else:
+                        self.fixed += p.numel()
                 continue
-            if bias:
-                self.terms.append(_ParamTerm(1, out_g, own[-1].numel(), None, 1))
+            if isinstance(module, PRUNABLE_TYPES):
+                self.layer_terms[names[module]] = terms[0]
+            self.terms += terms
 
     def _kept(self, keep: dict[str, float], term: _ParamTerm) -> int:
         def width(group: str | None, channels: int) -> int:
-            return channels if group is None else kept_channels(channels, keep.get(group, 1.0), self.round_to)
+            if group is None:
+                return channels
+            if group in self.heads:  # an attention's qkv group keeps whole heads
+                heads = self.heads[group]
+                return channels // heads * kept_heads(heads, keep.get(group, 1.0))
+            return kept_channels(channels, keep.get(group, 1.0), self.round_to)
 
-        return term.factor * width(term.out_group, term.out_channels) * width(term.in_group, term.in_channels)
+        out, into = width(term.out_group, term.out_channels), width(term.in_group, term.in_channels)
+        if term.in_parts:  # each part by its own group's ratio, the rest (if any) whole
+            covered = sum(c for _, c in term.in_parts)
+            into = sum(width(g, c) for g, c in term.in_parts) + term.in_channels - covered
+        return term.factor * out * into // term.groups
 
     def _group_keep(self, policy: Policy) -> dict[str, float]:
         return {group: policy.layers[name].keep_ratio for name, group in self.group_of.items()}
@@ -284,4 +338,7 @@ class ParamCounter:
     def kept_fraction(self, policy: Policy) -> dict[str, float]:
         """Per Conv2d/Linear layer, the fraction of its weights (and so of its multiply-adds) kept."""
         kept = self.kept_weights(policy)
-        return {name: kept[name] / (t.factor * t.out_channels * t.in_channels) for name, t in self.layer_terms.items()}
+        return {
+            name: kept[name] * t.groups / (t.factor * t.out_channels * t.in_channels)
+            for name, t in self.layer_terms.items()
+        }
