@@ -11,13 +11,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# Files already imported, by (resolved path, modification time): a search builds its model for
+# every latency variant, and the file is executed once (again only when it changes).
+_FILE_MODULES: dict[tuple[str, int], Any] = {}
+
 
 def _module_of(name: str, where: str, error: type[Exception], what: str) -> Any:
     if where.endswith(".py") or "/" in where:
         path = Path(where).expanduser()
         if not path.is_file():
             raise error(f"{what} {name!r}: {path} is not a file")
-        module_name = "hadmc_user_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+        key = (str(path.resolve()), path.stat().st_mtime_ns)
+        if key in _FILE_MODULES:
+            return _FILE_MODULES[key]
+        module_name = "hadmc_user_" + hashlib.sha256(key[0].encode()).hexdigest()[:12]
         spec = importlib.util.spec_from_file_location(module_name, path)
         if spec is None or spec.loader is None:
             raise error(f"{what} {name!r}: {path} cannot be imported as Python")
@@ -28,6 +35,7 @@ def _module_of(name: str, where: str, error: type[Exception], what: str) -> Any:
         except Exception as exc:  # the user's code: whatever it raises is reported
             sys.modules.pop(module_name, None)
             raise error(f"{what} {name!r}: importing {path} failed: {type(exc).__name__}: {exc}") from None
+        _FILE_MODULES[key] = module
         return module
     try:
         return importlib.import_module(where)
