@@ -18,7 +18,7 @@ for the naive isolated sum, plus a predicted-vs-measured scatter PNG (--plot).
 Targets on our 2-core CPU: >= 95% within +-10%, Spearman >= 0.95.
 
 Usage: python bench/lut_fidelity.py [--variants 30] [--models resnet18,mobilenetv2] [--threads 1]
-       [--plot fidelity.png] [--seed 0]
+       [--runtime onnxruntime|openvino] [--plot fidelity.png] [--seed 0]
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ def main() -> int:
     parser.add_argument("--variants", type=int, default=30)
     parser.add_argument("--models", default="resnet18,mobilenetv2")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runtime", default="onnxruntime", help="the embedded agent's: onnxruntime or openvino")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--explain", type=int, default=3, help="explain the N worst predictions kernel by kernel")
@@ -97,10 +98,18 @@ def main() -> int:
     t0 = time.monotonic()
     with (
         tempfile.TemporaryDirectory(prefix="hadmc-fidelity-") as tmp_name,
-        open_device(DeviceConfig(threads=args.threads)) as device,
+        open_device(DeviceConfig(threads=args.threads, runtime=args.runtime)) as device,
         open_store(f"sqlite:///{Path(tmp_name) / 'lut.sqlite'}") as store,
     ):
-        precisions = device_precisions(device.info())
+        info = device.info()
+        fp = info.fingerprint
+        report["device"] = {
+            "cpu": fp.cpu.model,
+            "runtime": f"{fp.runtime} {fp.runtime_version}",
+            "device": fp.execution_provider,
+            "inference_precision": fp.inference_precision,
+        }
+        precisions = device_precisions(info)
         variants = export_variants(args.models.split(","), args.variants, precisions, rng, Path(tmp_name))
         report["export_s"] = time.monotonic() - t0
         predictor = LatencyPredictor.for_device(store, device)

@@ -3,7 +3,10 @@
 ```toml
 [agent]
 listen = "127.0.0.1:50051"
-execution_provider = "auto"      # auto | cpu | cuda | tensorrt
+runtime = "onnxruntime"          # onnxruntime | openvino (pip install 'hadmc[openvino]')
+execution_provider = "auto"      # onnxruntime: auto | cpu | cuda | tensorrt
+openvino_device = "CPU"          # openvino: CPU | GPU | NPU ...
+inference_precision = "default"  # openvino: default | f32 | bf16 | f16
 intra_op_threads = 0             # 0: the number of physical cores
 
 [profile]                        # measurement defaults of Profile (per kernel)
@@ -17,6 +20,7 @@ max_time_s = 10.0
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +28,9 @@ from typing import Any
 
 from lut_store.rpc import check_exposure
 from lut_store.tomlfile import ConfigError, from_mapping, read_toml
+
+RUNTIMES = ("onnxruntime", "openvino")
+PRECISION_HINTS = ("default", "f32", "bf16", "f16")
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,13 @@ class AgentConfig:
     tls_key: Path | None = None
     # Allow listening beyond loopback without TLS (a token is still required).
     insecure: bool = False
+    # What executes every measurement: "onnxruntime", or "openvino" (an optional extra).
+    runtime: str = "onnxruntime"
     execution_provider: str = "auto"
+    # OpenVINO only: its device, and its inference precision hint ("default": the device's own
+    # choice, bf16 on CPUs with AVX-512 BF16 or AMX).
+    openvino_device: str = "CPU"
+    inference_precision: str = "default"
     provider_options: dict[str, str] = field(default_factory=dict)
     intra_op_threads: int = 0
     inter_op_threads: int = 1
@@ -127,6 +140,7 @@ class AgentConfig:
     nightly: NightlyConfig = NightlyConfig()
 
     def __post_init__(self) -> None:
+        self._check_runtime()
         if self.execution_provider not in ("auto", "cpu", "cuda", "tensorrt"):
             raise ConfigError(
                 f"execution_provider = {self.execution_provider!r}; allowed: 'auto', 'cpu', 'cuda', 'tensorrt'"
@@ -153,6 +167,21 @@ class AgentConfig:
             check_exposure(self.listen, self.token_file, self.tls_cert, self.tls_key, self.insecure)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+
+    def _check_runtime(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"runtime = {self.runtime!r}; allowed: {', '.join(map(repr, RUNTIMES))}")
+        if self.inference_precision not in PRECISION_HINTS:
+            raise ConfigError(
+                f"inference_precision = {self.inference_precision!r}; allowed: {', '.join(map(repr, PRECISION_HINTS))}"
+            )
+        if self.runtime == "onnxruntime" and self.inference_precision not in ("default", "f32"):
+            raise ConfigError(
+                f"inference_precision = {self.inference_precision!r} is an OpenVINO setting; onnxruntime computes "
+                "float layers at the model's own precision (set runtime = 'openvino', or leave it 'default')"
+            )
+        if self.runtime == "openvino" and importlib.util.find_spec("openvino") is None:
+            raise ConfigError("runtime = 'openvino' needs OpenVINO on this device: pip install 'hadmc[openvino]'")
 
     @property
     def max_model_bytes(self) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 
+from device_agent.jobs import RuntimeFacts
 from lut_store.fingerprint import HASHED_FIELDS, document, fingerprint_hash
 from protos.hadmc.v1 import agent_pb2
 
@@ -118,17 +119,20 @@ def _gpus(fp: agent_pb2.Fingerprint) -> None:
         pynvml.nvmlShutdown()
 
 
-def collect(probe: object, intra_op_threads: int, inter_op_threads: int) -> agent_pb2.Fingerprint:
-    """The fingerprint from host facts plus the worker's probe of onnxruntime (a ProbeResult)."""
+def collect(facts: RuntimeFacts, intra_op_threads: int, inter_op_threads: int) -> agent_pb2.Fingerprint:
+    """The fingerprint from host facts plus what the worker's probe found of its runtime."""
     fp = agent_pb2.Fingerprint(
         agent_version=agent_version(),
         profiler_version=PROFILER_VERSION,
         cpu=cpu_info(),
         memory_total_bytes=psutil.virtual_memory().total,
-        onnxruntime_version=probe.onnxruntime_version,
-        available_providers=probe.available_providers,
-        execution_provider=probe.execution_provider,
-        provider_options=probe.provider_options,
+        runtime=facts.runtime,
+        runtime_version=facts.version,
+        inference_precision=facts.inference_precision,
+        onnxruntime_version=facts.version if facts.runtime == "onnxruntime" else "",
+        available_providers=facts.available,
+        execution_provider=facts.device,
+        provider_options=facts.options,
         intra_op_threads=intra_op_threads,
         inter_op_threads=inter_op_threads,
         os=f"{platform.system()} {platform.release()}".strip(),

@@ -43,7 +43,7 @@ TIMEOUT, CRASHED, EXHAUSTED = "timeout", "crashed", "exhausted"
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """How the worker sets up onnxruntime; fixed for the worker's life."""
+    """How the worker sets up its runtime; fixed for the worker's life."""
 
     execution_provider: str
     provider_options: dict[str, str]
@@ -53,6 +53,9 @@ class WorkerSettings:
     own_pids: tuple[int, ...]
     tmp_dir: str = ""  # the agent's scratch directory for the worker's temporary files ("": the system's)
     max_memory_mib: float = 0.0  # the worker's resident memory beyond which its job is stopped (0: no limit)
+    runtime: str = "onnxruntime"  # or "openvino"
+    openvino_device: str = "CPU"
+    inference_precision: str = "default"  # OpenVINO's precision hint: default | f32 | bf16 | f16
 
 
 @dataclass(frozen=True)
@@ -83,13 +86,27 @@ class JobFailure:
 
 
 @dataclass(frozen=True)
+class RuntimeFacts:
+    """What the probe reports of the runtime and the fingerprint hashes."""
+
+    runtime: str  # "onnxruntime" | "openvino"
+    version: str
+    available: list[str]  # onnxruntime's execution providers, or OpenVINO's devices
+    device: str  # the execution provider, or the OpenVINO device, that measures
+    options: dict[str, str]  # what every session / compiled model is created with
+    inference_precision: str  # what float layers compute in: "f32", "bf16", "f16"
+
+
+@dataclass(frozen=True)
 class ProbeResult:
-    onnxruntime_version: str
-    available_providers: list[str]
-    execution_provider: str
-    provider_options: dict[str, str]
+    facts: RuntimeFacts
     # (precision, supported, note)
     precisions: list[tuple[Precision, bool, str]] = field(default_factory=list)
+
+
+def short(exc: BaseException) -> str:
+    """An exception's text as one line of at most 500 characters, for job results."""
+    return " ".join(str(exc).split())[:500]
 
 
 class JobError(Exception):

@@ -1,67 +1,35 @@
-"""Per-kernel latencies inside a whole model, from onnxruntime's per-node profiler.
+"""Per-kernel latencies inside a whole model, from the runtime's per-node profiler (onnxruntime's
+profiler, OpenVINO's performance counters: see device_agent/runtimes).
 
 Kernels timed alone miss whole-model latency by 10-30% (hot caches, layout conversions),
 while the per-node profile of the whole model sums to within ~5% of it. So a kernel's
 in-model latency is the time of the runtime nodes attributed to it (see
 lut_store.keys.graph), per run.
 
-The profiler adds a nearly constant time to every node it times (about 1.9 us on our CPU): on
+The profiler adds a nearly constant time to every node it times (about 1.9 us for onnxruntime on
+our CPU): on
 24 random ResNet18/MobileNetV2 variants, whole latency = 1.00 x profiled sum - 1.8 us x nodes
 fitted with 2% MAPE, while one scale factor per model left 20%. So the agent measures that
 per-node overhead once per worker (two chains of small convolutions, 20 and 120 nodes: the
 slope of profiled minus unprofiled time), subtracts it from every node, and then scales the
 kernels of the model by the small factor (~1) that makes their mean latencies sum to the
 model's median latency measured without the profiler in the same job (means add up across
-kernels; medians do not).
+kernels; medians do not). Time of runtime nodes that fit no kernel is reported beside the
+kernels (`unattributed_ms`), so the kernels never silently claim or lose it.
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from lut_store.keys.graph import ModelKernels, UnsupportedModel, attribute_runtime_nodes
+from device_agent.runtimes import Backend, NodeTimes
+from lut_store.keys.graph import ModelKernels, UnsupportedModel, attribute_nodes
 from protos.hadmc.v1 import agent_pb2, common_pb2
 
 MAX_PROFILED_RUNS = 200
-
-
-@dataclass(frozen=True)
-class Sessions:
-    """How this worker makes onnxruntime sessions: `make_session(model, options)` (model bytes or
-    a path), `make_options()` for fresh session options, and `cancelled()`, polled between runs."""
-
-    make_session: Callable[[Any, Any], Any]
-    make_options: Callable[[], Any]
-    cancelled: Callable[[], bool]
-
-
-def _runs(events: list[dict[str, Any]], node_index: dict[str, int], skip: int) -> np.ndarray:
-    """Microseconds per (run, runtime node) from the profiler's events, warm-up runs skipped."""
-    runs = sorted(
-        (e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"
-    )[skip:]
-    if not runs:
-        raise UnsupportedModel("the runtime's profiler recorded no model runs")
-    starts = np.array([r[0] for r in runs])
-    table = np.zeros((len(runs), len(node_index)))
-    for e in events:
-        name = e.get("name", "")
-        if e.get("cat") != "Node" or not name.endswith("_kernel_time"):
-            continue
-        node = node_index.get(name[: -len("_kernel_time")])
-        run = int(np.searchsorted(starts, e["ts"], side="right")) - 1
-        if node is not None and run >= 0 and e["ts"] <= runs[run][1]:
-            table[run, node] += e["dur"]
-    return table
 
 
 def _stats(samples_ms: np.ndarray, whole: common_pb2.LatencyStats) -> common_pb2.LatencyStats:
@@ -79,27 +47,6 @@ def _stats(samples_ms: np.ndarray, whole: common_pb2.LatencyStats) -> common_pb2
         other_cpu_cores=whole.other_cpu_cores,
         settings=whole.settings,
     )
-
-
-def _profiled(
-    session: Any, run_once: Callable[[], None], warmup_runs: int, runs: int, cancelled: Callable[[], bool]
-) -> list[dict[str, Any]]:
-    """Run a profiling session; return the profiler's events."""
-    for _ in range(warmup_runs + runs):
-        if cancelled():
-            session.end_profiling()
-            raise InterruptedError("cancelled")
-        run_once()
-    return json.loads(Path(session.end_profiling()).read_text())
-
-
-def _profiling_options(make_options: Callable[[], Any], tmp: Path, optimized: Path | None = None) -> Any:
-    options = make_options()
-    options.enable_profiling = True
-    options.profile_file_prefix = str(tmp / "profile")
-    if optimized is not None:
-        options.optimized_model_filepath = str(optimized)
-    return options
 
 
 def _conv_chain(nodes: int) -> bytes:
@@ -121,9 +68,7 @@ def _conv_chain(nodes: int) -> bytes:
 
 
 def node_overhead_ms(
-    sessions: Sessions,
-    run_factory: Callable[[Any, dict[str, Any]], Callable[[], None]],
-    median_ms: Callable[[Callable[[], None]], float],
+    backend: Backend, median_ms: Callable[[Callable[[], None]], float], cancelled: Callable[[], bool]
 ) -> float:
     """The time the profiler adds to each node it times: the slope, over chains of 20 and 120
     small convolutions, of (profiled node sum - unprofiled latency)."""
@@ -131,16 +76,9 @@ def node_overhead_ms(
     excess = {}
     for nodes in (20, 120):
         data = _conv_chain(nodes)
-        plain = median_ms(run_factory(sessions.make_session(data, sessions.make_options()), feeds))
-        with tempfile.TemporaryDirectory(prefix="hadmc-kprof-") as tmp:
-            sess = sessions.make_session(data, _profiling_options(sessions.make_options, Path(tmp)))
-            events = _profiled(sess, run_factory(sess, feeds), 20, 200, sessions.cancelled)
-        node_ms = (
-            sum(e["dur"] for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"))
-            / 1000.0
-        )
-        runs = sum(1 for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
-        excess[nodes] = node_ms / runs - plain
+        plain = median_ms(backend.load(data).runner(feeds))
+        times = backend.profile_nodes(data, None, feeds, None, 20, 200, cancelled)
+        excess[nodes] = float(times.table_us.sum(axis=1).mean()) / 1000.0 - plain
     return max((excess[120] - excess[20]) / 100.0, 0.0)
 
 
@@ -169,39 +107,36 @@ def kernel_times_ms(
 
 
 def profile_kernels(
-    mk: ModelKernels,
-    model: str,
-    sessions: Sessions,
-    run_once_for: Callable[[Any], Callable[[], None]],
-    whole: common_pb2.LatencyStats,
-    overhead_ms: float,
-    warmup_runs: int,
+    mk: ModelKernels, times: NodeTimes, whole: common_pb2.LatencyStats, overhead_ms: float
 ) -> agent_pb2.KernelProfile:
-    """Profile `model` (a path) in a second session and split `whole`'s median over its kernels.
-
-    `run_once_for(session)` returns a run-once closure; `whole` is the latency measured without
-    the profiler; `overhead_ms` is what the profiler adds to each node (see node_overhead_ms).
-    """
-    runs = int(min(max(whole.n, 20), MAX_PROFILED_RUNS))
-    with tempfile.TemporaryDirectory(prefix="hadmc-kprof-") as tmp_name:
-        tmp = Path(tmp_name)
-        sess = sessions.make_session(model, _profiling_options(sessions.make_options, tmp, tmp / "optimized.onnx"))
-        events = _profiled(sess, run_once_for(sess), warmup_runs, runs, sessions.cancelled)
-        runtime_graph = onnx.load(tmp / "optimized.onnx", load_external_data=False)
-    owner = attribute_runtime_nodes(mk, runtime_graph)
-    names = list(owner)
-    table = _runs(events, {n: i for i, n in enumerate(names)}, skip=warmup_runs)
-    profiled_sum_ms = float(table.sum(axis=1).mean()) / 1000.0
+    """Split `whole`'s median (measured without the profiler) over the model's kernels, from the
+    runtime's node times; `overhead_ms` is what the profiler adds to each node
+    (see node_overhead_ms)."""
+    owner, lost = attribute_nodes(mk, times.nodes)
+    names = [n.name for n in times.nodes]
+    table = times.table_us
     members: dict[int, list[int]] = {}
     for i, n in enumerate(names):
-        members.setdefault(owner[n], []).append(i)
+        if n in owner:
+            members.setdefault(owner[n], []).append(i)
+    lost_cols = [names.index(n) for n in lost if table[:, names.index(n)].any()]
     per_kernel, below = kernel_times_ms(table, members, len(mk.kernels), overhead_ms)
-    corrected_ms = float(per_kernel.sum(axis=1).mean())
+    lost_ms = 0.0
+    if lost_cols:
+        lost_ms = max(float(table[:, lost_cols].sum(axis=1).mean()) / 1000.0 - overhead_ms * len(lost_cols), 0.0)
+    corrected_ms = float(per_kernel.sum(axis=1).mean()) + lost_ms
     if corrected_ms <= 0:
         raise UnsupportedModel("the runtime's profiler recorded no node times for this model")
     scale = whole.median_ms / corrected_ms
     profile = agent_pb2.KernelProfile(
-        runs=table.shape[0], profiled_sum_ms=profiled_sum_ms, scale=scale, node_overhead_ms=overhead_ms
+        runs=table.shape[0],
+        profiled_sum_ms=float(table.sum(axis=1).mean()) / 1000.0,
+        scale=scale,
+        node_overhead_ms=overhead_ms,
+        unattributed_nodes=[names[i] for i in lost_cols],
+        unattributed_ms=lost_ms * scale,
+        profiled_run_ms=float(times.run_ms.mean()),
+        attributed_ms=corrected_ms,
     )
     for k, kernel in enumerate(mk.kernels):
         cols = members.get(k, [])

@@ -41,6 +41,7 @@ from device_agent.profiling import BadRequest, profile_one, resolve_settings
 from device_agent.runner import MeasurementRunner, QueueFull, RunnerClosed
 from lut_store.records import LeaseLost, StoreError
 from lut_store.rpc import bind, make_server, read_token
+from lut_store.tomlfile import ConfigError
 from protos.hadmc.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 log = structlog.get_logger(__name__)
@@ -283,7 +284,7 @@ class _Upload:
 
 
 def _device_info(config: AgentConfig, probe: ProbeResult, threads: int) -> agent_pb2.DeviceInfo:
-    fp = fingerprint.collect(probe, threads, config.inter_op_threads)
+    fp = fingerprint.collect(probe.facts, threads, config.inter_op_threads)
     info = agent_pb2.DeviceInfo(fingerprint=fp, fingerprint_hash=fingerprint.hash_of(fp))
     for precision, supported, note in probe.precisions:
         info.precisions.add(precision=precision.proto, supported=supported, note=note)
@@ -334,6 +335,9 @@ class Agent:
             own_pids=(os.getpid(),),
             tmp_dir=self._work_dir.name,
             max_memory_mib=config.max_worker_mib,
+            runtime=config.runtime,
+            openvino_device=config.openvino_device,
+            inference_precision=config.inference_precision,
         )
         kwargs = {"target": worker_target} if worker_target is not None else {}
         self.runner = MeasurementRunner(ws, config.max_queued_jobs, idle_exit_s=config.worker_idle_exit_s, **kwargs)
@@ -357,7 +361,10 @@ class Agent:
             raise
 
     def _start(self) -> Agent:
-        probe = self.runner.call(ProbeJob(), self.config.job_timeout_s, lambda: True)
+        try:
+            probe = self.runner.call(ProbeJob(), self.config.job_timeout_s, lambda: True)
+        except JobError as exc:  # the runtime the config names cannot be set up on this device
+            raise ConfigError(f"the agent cannot start: {exc}") from None
         self.info = _device_info(self.config, probe, self.intra_op_threads)
         self.runner.schedule_idle_exit()
         self.nightly = Nightly(self.config, self.runner, self.info)
@@ -378,7 +385,9 @@ class Agent:
             "agent.serving",
             address=self.address,
             fingerprint=self.info.fingerprint_hash[:16],
+            runtime=self.info.fingerprint.runtime,
             provider=self.info.fingerprint.execution_provider,
+            inference_precision=self.info.fingerprint.inference_precision,
             threads=self.intra_op_threads,
             tls=self.config.tls_cert is not None,
             auth=self.config.token_file is not None,

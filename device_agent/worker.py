@@ -1,6 +1,7 @@
-"""The measurement worker: a child process that owns onnxruntime and runs one job at a time.
+"""The measurement worker: a child process that owns the runtime (onnxruntime or OpenVINO, see
+device_agent/runtimes) and runs one job at a time.
 
-The daemon never imports onnxruntime itself; a model that crashes the runtime kills only this
+The daemon never imports a runtime itself; a model that crashes the runtime kills only this
 process, and the daemon starts a fresh one (see runner.py). Jobs and replies are small typed
 records sent over a pipe; measurement results travel as serialized protobuf messages.
 """
@@ -31,95 +32,8 @@ from device_agent.jobs import (
     ProfileJob,
     Settings,
     WorkerSettings,
+    short,
 )
-
-_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
-
-
-class Runtime:
-    """onnxruntime set up for this device: provider, threads, IOBinding device."""
-
-    def __init__(self, ws: WorkerSettings) -> None:
-        import onnxruntime as ort
-
-        ort.set_default_logger_severity(4)
-        self.ort = ort
-        self.ws = ws
-        available = ort.get_available_providers()
-        choice = ws.execution_provider
-        if choice == "auto":
-            choice = "cuda" if "CUDAExecutionProvider" in available else "cpu"
-        provider = _PROVIDERS[choice]
-        if provider not in available:
-            raise RuntimeError(
-                f"execution provider {provider} is not available in this onnxruntime "
-                f"(available: {', '.join(available)}); install onnxruntime-gpu or choose 'cpu'"
-            )
-        self.provider = provider
-        self.available = available
-        self.device_type = "cpu" if provider == "CPUExecutionProvider" else "cuda"
-        self.device_id = int(ws.provider_options.get("device_id", 0))
-        self.providers: list[Any] = [(provider, dict(ws.provider_options))]
-        if provider != "CPUExecutionProvider":
-            self.providers.append("CPUExecutionProvider")
-        self.nvml_handle = _nvml_handle(self.device_id)
-
-    def session_options(self, optimized_path: Path | None = None) -> Any:
-        so = self.ort.SessionOptions()
-        so.intra_op_num_threads = self.ws.intra_op_threads
-        so.inter_op_num_threads = self.ws.inter_op_threads
-        so.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 4  # failures are reported in results, not on the daemon's stderr
-        if optimized_path is not None:
-            so.optimized_model_filepath = str(optimized_path)
-        return so
-
-    def session(self, model: bytes | str, options: Any = None) -> Any:
-        """Create a session (default options: `session_options()`); runtime errors become
-        JobErrors with the right code."""
-        from onnxruntime.capi import onnxruntime_pybind11_state as st
-
-        try:
-            return self.ort.InferenceSession(model, options or self.session_options(), providers=self.providers)
-        except (st.NotImplemented, st.EPFail) as exc:
-            raise JobError(UNSUPPORTED, f"{self.provider} cannot run it: {_short(exc)}") from None
-        except (st.InvalidGraph, st.InvalidArgument, st.InvalidProtobuf, st.NoModel) as exc:
-            raise JobError(INVALID, f"onnxruntime rejects the graph: {_short(exc)}") from None
-        except (st.Fail, st.RuntimeException) as exc:
-            raise JobError(FAILED, f"onnxruntime could not load it: {_short(exc)}") from None
-
-    def runner(self, sess: Any, feeds: dict[str, Any]) -> Callable[[], None]:
-        """A closure running the session once with device-resident, pre-bound inputs."""
-        ort = self.ort
-        io = sess.io_binding()
-        for name, arr in feeds.items():
-            io.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr, self.device_type, self.device_id))
-        for out in sess.get_outputs():
-            io.bind_output(out.name, self.device_type, self.device_id)
-        if self.device_type == "cpu":
-            return lambda: sess.run_with_iobinding(io)
-
-        def run_and_sync() -> None:
-            sess.run_with_iobinding(io)
-            io.synchronize_outputs()
-
-        return run_and_sync
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().replace("\n", " ")
-    return text[:500]
-
-
-def _nvml_handle(index: int) -> Any | None:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return pynvml.nvmlDeviceGetHandleByIndex(index)
-    except Exception:  # no NVML library, no driver, no GPU: all normal on a CPU box
-        return None
 
 
 class PeakRss:
@@ -145,13 +59,24 @@ class PeakRss:
         return self._status("VmHWM") if self.readable else None
 
 
+def open_backend(ws: WorkerSettings) -> Any:
+    """The runtime backend `ws.runtime` names, set up for this device (device_agent/runtimes)."""
+    if ws.runtime == "openvino":
+        from device_agent.runtimes.ov import OpenVinoBackend
+
+        return OpenVinoBackend(ws)
+    from device_agent.runtimes.ort import OrtBackend
+
+    return OrtBackend(ws)
+
+
 class Worker:
     def __init__(self, ws: WorkerSettings, cancelled: Callable[[], bool]) -> None:
         from device_agent.fingerprint import read_power_mode
         from device_agent.measure import EnvironmentReader
 
         self.ws = ws
-        self.rt = Runtime(ws)
+        self.rt = open_backend(ws)
         self.cancelled = cancelled
         self.env = EnvironmentReader(self.rt.nvml_handle, read_power_mode())
         self._node_overhead_ms: float | None = None  # the profiler's cost per node, measured on first use
@@ -179,13 +104,14 @@ class Worker:
         except InterferenceError as exc:
             raise JobError(INTERFERENCE, str(exc)) from None
 
-    def _first_run(self, sess: Any, feeds: dict[str, Any], what: str) -> Callable[[], None]:
+    @staticmethod
+    def _first_run(loaded: Any, feeds: dict[str, Any], what: str) -> Callable[[], None]:
         """Bind the inputs and run once; a failure here is the job's, reported as FAILED."""
-        run_once = self.rt.runner(sess, feeds)
         try:
+            run_once = loaded.runner(feeds)
             run_once()
-        except Exception as exc:  # onnxruntime raises its own exception types at run time
-            raise JobError(FAILED, f"{what} failed to run: {_short(exc)}") from None
+        except Exception as exc:  # runtimes raise their own exception types at run time
+            raise JobError(FAILED, f"{what} failed to run: {short(exc)}") from None
         return run_once
 
     def profile(self, job: ProfileJob) -> tuple[bytes, bytes]:
@@ -206,8 +132,8 @@ class Worker:
             raise JobError(INVALID, str(exc)) from None
         except KeyUnsupported as exc:
             raise JobError(UNSUPPORTED, str(exc)) from None
-        sess = self.rt.session(model.SerializeToString())
-        run_once = self._first_run(sess, activation_feeds(model, np.random.default_rng(1)), "the kernel")
+        loaded = self.rt.load(model.SerializeToString())
+        run_once = self._first_run(loaded, activation_feeds(model, np.random.default_rng(1)), "the kernel")
         stats = self._measure(run_once, job.settings)
         return stats.SerializeToString(), self.env.read().SerializeToString()
 
@@ -219,18 +145,11 @@ class Worker:
         for precision in Precision:
             key = conv(NCHW(1, 16, 8, 8), ConvSpec(16, 3), fuse=("relu",), precision=precision)
             precisions.append((precision, *self._probe_precision(key)))
-        return ProbeResult(
-            onnxruntime_version=self.rt.ort.__version__,
-            available_providers=list(self.rt.available),
-            execution_provider=self.rt.provider,
-            provider_options={k: str(v) for k, v in self.ws.provider_options.items()},
-            precisions=precisions,
-        )
+        return ProbeResult(facts=self.rt.facts, precisions=precisions)
 
     def _probe_precision(self, key: Any) -> tuple[bool, str]:
         """Run a small conv at the key's precision; say what the runtime made of it."""
         import numpy as np
-        import onnx
 
         from device_agent.opgraph import (
             KeyInvalid,
@@ -243,17 +162,13 @@ class Worker:
             model = build_model(key, self.ws.max_tensor_elements)
         except (KeyUnsupported, KeyInvalid) as exc:
             return False, str(exc)
-        with tempfile.TemporaryDirectory(prefix="hadmc-probe-") as tmp:
-            optimized = Path(tmp) / "optimized.onnx"
-            try:
-                sess = self.rt.session(model.SerializeToString(), self.rt.session_options(optimized))
-                sess.run(None, activation_feeds(model, np.random.default_rng(0)))
-            except JobError as exc:
-                return False, str(exc)
-            except Exception as exc:  # a run-time failure means the precision does not run
-                return False, f"fails to run: {_short(exc)}"
-            ops = sorted({n.op_type for n in onnx.load(optimized).graph.node}) if optimized.exists() else []
-        return True, f"runs on {self.rt.provider} as: {', '.join(ops) or 'unknown (no optimized graph)'}"
+        try:
+            feeds = activation_feeds(model, np.random.default_rng(0))
+            return True, self.rt.executed_as(model.SerializeToString(), feeds)
+        except JobError as exc:
+            return False, str(exc)
+        except Exception as exc:  # a run-time failure means the precision does not run
+            return False, f"fails to run: {short(exc)}"
 
     def benchmark(self, job: BenchmarkJob) -> bytes:
         import numpy as np
@@ -283,9 +198,9 @@ class Worker:
         del model, data
         rss = PeakRss()
         t0 = time.perf_counter()
-        sess = self.rt.session(str(path))
+        loaded = self.rt.load(str(path), batch, for_profile=job.per_kernel)
         load_ms = (time.perf_counter() - t0) * 1000
-        run_once = self._first_run(sess, feeds, f"the model at batch {batch}")
+        run_once = self._first_run(loaded, feeds, f"the model at batch {batch}")
         stats = self._measure(run_once, job.settings)
         response = agent_pb2.BenchmarkResponse(
             latency=stats,
@@ -294,12 +209,14 @@ class Worker:
             model=summary,
             batch_size=batch,
             environment=self.env.read(),
-            execution_provider=self.rt.provider,
+            execution_provider=self.rt.label,
         )
         self._record_memory(response.memory, rss)
         if kernels is not None:
-            response.kernel_profile.CopyFrom(self._kernel_profile(kernels, str(path), feeds, stats, job.settings))
-        self._add_outputs(response, sess, list(job.output_names), batches)
+            response.kernel_profile.CopyFrom(
+                self._kernel_profile(kernels, str(path), loaded, feeds, stats, job.settings)
+            )
+        self._add_outputs(response, loaded, list(job.output_names), batches)
         return response.SerializeToString()
 
     def _record_memory(self, memory: Any, rss: PeakRss) -> None:
@@ -317,21 +234,23 @@ class Worker:
             memory.unreadable.append("gpu_used_bytes")
 
     @staticmethod
-    def _add_outputs(response: Any, sess: Any, names: list[str], batches: list[dict[str, Any]]) -> None:
+    def _add_outputs(response: Any, loaded: Any, names: list[str], batches: list[dict[str, Any]]) -> None:
         """Run each uploaded input batch; add the outputs named (default: all) to `response`."""
         import numpy as np
         from onnx import numpy_helper
 
-        names = names or [o.name for o in sess.get_outputs()]
-        known = {o.name for o in sess.get_outputs()}
+        known = loaded.output_names()
+        names = names or known
         unknown = [n for n in names if n not in known]
         if unknown:
             raise JobError(INVALID, f"unknown output names {unknown}; the model has {sorted(known)}")
         for feeds_k in batches:
             try:
-                values = sess.run(names, feeds_k)
-            except Exception as exc:  # onnxruntime raises its own exception types at run time
-                raise JobError(INVALID, f"running an uploaded input batch failed: {_short(exc)}") from None
+                values = loaded.run(names, feeds_k)
+            except JobError:
+                raise
+            except Exception as exc:  # runtimes raise their own exception types at run time
+                raise JobError(INVALID, f"running an uploaded input batch failed: {short(exc)}") from None
             out = response.outputs.add()
             for name, value in zip(names, values, strict=True):
                 out.tensors.add(
@@ -339,26 +258,21 @@ class Worker:
                 )
 
     def _kernel_profile(
-        self, kernels: Any, model_path: str, feeds: dict[str, Any], whole: Any, settings: Settings
+        self, kernels: Any, model_path: str, loaded: Any, feeds: dict[str, Any], whole: Any, settings: Settings
     ) -> Any:
-        from device_agent.kernelprofile import Sessions, node_overhead_ms, profile_kernels
+        from device_agent.kernelprofile import MAX_PROFILED_RUNS, node_overhead_ms, profile_kernels
         from lut_store.keys.graph import UnsupportedModel
 
-        sessions = Sessions(self.rt.session, self.rt.session_options, self.cancelled)
         try:
             if self._node_overhead_ms is None:
                 self._node_overhead_ms = node_overhead_ms(
-                    sessions, self.rt.runner, lambda run_once: self._measure(run_once, settings).median_ms
+                    self.rt, lambda run_once: self._measure(run_once, settings).median_ms, self.cancelled
                 )
-            return profile_kernels(
-                kernels,
-                model_path,
-                sessions,
-                lambda sess: self._first_run(sess, feeds, "the model under the profiler"),
-                whole,
-                self._node_overhead_ms,
-                settings.warmup_runs,
+            runs = int(min(max(whole.n, 20), MAX_PROFILED_RUNS))
+            times = self.rt.profile_nodes(
+                model_path, loaded, feeds, kernels.batch_size, settings.warmup_runs, runs, self.cancelled
             )
+            return profile_kernels(kernels, times, whole, self._node_overhead_ms)
         except InterruptedError:
             raise JobError(CANCELLED, "cancelled") from None
         except UnsupportedModel as exc:
@@ -466,7 +380,7 @@ def worker_main(conn: Connection, cancelled: CancelFlag, ws: WorkerSettings) -> 
         except JobError as exc:
             reply = JobFailure(exc.code, str(exc))
         except Exception as exc:  # any other failure ends this job, not the worker
-            reply = JobFailure(FAILED, f"{type(exc).__name__}: {_short(exc)}")
+            reply = JobFailure(FAILED, f"{type(exc).__name__}: {short(exc)}")
         conn.send(reply)
 
 

@@ -37,7 +37,10 @@ def cmd_agent_serve(args: argparse.Namespace) -> int:
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,
         "insecure": True if args.insecure else None,
+        "runtime": args.runtime,
         "execution_provider": args.execution_provider,
+        "openvino_device": args.openvino_device,
+        "inference_precision": args.inference_precision,
         "intra_op_threads": args.threads,
     }
     return serve_agent(args.config, overrides, args.ready_file)
@@ -54,7 +57,8 @@ def cmd_agent_info(args: argparse.Namespace) -> int:
         f"fingerprint  {info.fingerprint_hash[:16]}",
         f"cpu          {fp.cpu.model} ({fp.cpu.physical_cores} cores / {fp.cpu.logical_cores} threads)",
         f"gpus         {', '.join(g.name for g in fp.gpus) or 'none'}",
-        f"runtime      onnxruntime {fp.onnxruntime_version}, {fp.execution_provider}, {fp.intra_op_threads} threads",
+        f"runtime      {fp.runtime} {fp.runtime_version}, {fp.execution_provider}, {fp.intra_op_threads} threads, "
+        f"float layers in {fp.inference_precision}",
     ]
     for p in info.precisions:
         lines.append(f"{Precision.from_proto(p.precision):<12} {'yes' if p.supported else 'no '}  {p.note}")
@@ -325,8 +329,14 @@ def _add_agent_parsers(sub: Any) -> None:
     serve.add_argument("--tls-cert", type=Path, help="TLS certificate chain (PEM)")
     serve.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
     serve.add_argument("--insecure", action="store_true", help="allow a non-loopback listen address without TLS")
-    serve.add_argument("--execution-provider", choices=("auto", "cpu", "cuda", "tensorrt"))
-    serve.add_argument("--threads", type=int, help="onnxruntime intra-op threads (0: physical cores)")
+    serve.add_argument("--runtime", help="what runs the models: onnxruntime (default) or openvino")
+    serve.add_argument("--execution-provider", choices=("auto", "cpu", "cuda", "tensorrt"), help="onnxruntime's")
+    serve.add_argument("--openvino-device", metavar="NAME", help="OpenVINO's device: CPU (default), GPU, NPU ...")
+    serve.add_argument(
+        "--inference-precision",
+        help="OpenVINO's precision hint: default (the device's choice, bf16 on CPUs that have it), f32, bf16, f16",
+    )
+    serve.add_argument("--threads", type=int, help="intra-op threads (0: physical cores)")
     serve.add_argument("--ready-file", type=Path, help="write the bound HOST:PORT here once serving")
     serve.set_defaults(func=cmd_agent_serve)
 

@@ -68,6 +68,9 @@ class DeviceConfig:
     timeout_s: float = 60.0  # per call (a benchmark may take up to 15 min, a re-profile an hour)
     agent_config: str = ""  # agent TOML of an embedded agent (empty: the defaults)
     threads: int = 1  # intra-op threads of an embedded agent (0: as agent_config says; default all cores)
+    # The runtime of an embedded agent, "onnxruntime" or "openvino" (empty: as agent_config says); a
+    # named device runs what its agent was started with.
+    runtime: str = ""
     benchmark_rounds: int = 3  # interleaved benchmarks of each final model and the FP32 model
     benchmark_batch: int = 1
 
@@ -77,6 +80,11 @@ class DeviceConfig:
                 f"threads = {self.threads} must be at least 0, benchmark_rounds = {self.benchmark_rounds} and "
                 f"benchmark_batch = {self.benchmark_batch} at least 1"
             )
+        if self.runtime and self.name:
+            raise ValueError(
+                f"runtime = {self.runtime!r} is for an embedded agent; device {self.name!r} runs what its agent "
+                "was started with (hadmc agent serve --runtime ...)"
+            )
         if self.reconnect_s < 0 or self.timeout_s <= 0:
             raise ValueError(
                 f"reconnect_s = {self.reconnect_s} must be at least 0 and timeout_s = {self.timeout_s} positive"
@@ -84,7 +92,7 @@ class DeviceConfig:
 
     def describe(self) -> str:
         """The device in a sentence, for messages."""
-        return self.name or f"embedded agent, {self.threads} threads"
+        return self.name or f"embedded {self.runtime or 'onnxruntime'} agent, {self.threads} threads"
 
 
 @contextmanager
@@ -98,7 +106,7 @@ def open_device(config: DeviceConfig) -> Iterator[Device]:
 
     if not config.name:
         agent_config = Path(config.agent_config) if config.agent_config else None
-        with embedded_agent_with(agent_config, config.threads or None) as target:
+        with embedded_agent_with(agent_config, config.threads or None, config.runtime or None) as target:
             endpoint = Endpoint("embedded", target.address, False, False)
             with AgentClient(target, timeout_s=config.timeout_s, endpoint=endpoint) as client:
                 yield client

@@ -32,9 +32,10 @@ def embedded_agent(config: AgentConfig | None = None) -> Iterator[AgentTarget]:
 
 
 def embedded_agent_with(
-    config_file: Path | None = None, intra_op_threads: int | None = None
+    config_file: Path | None = None, intra_op_threads: int | None = None, runtime: str | None = None
 ) -> AbstractContextManager[AgentTarget]:
-    """An embedded agent from plain arguments: an agent TOML file (None: the defaults) and the
-    onnxruntime intra-op thread count (None: the file's; 0: the physical cores)."""
-    overrides = {"listen": "127.0.0.1:0", "intra_op_threads": intra_op_threads}
+    """An embedded agent from plain arguments: an agent TOML file (None: the defaults), the
+    intra-op thread count (None: the file's; 0: the physical cores) and the runtime (None: the
+    file's)."""
+    overrides = {"listen": "127.0.0.1:0", "intra_op_threads": intra_op_threads, "runtime": runtime}
     return embedded_agent(load_agent_config(config_file, overrides))

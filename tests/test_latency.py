@@ -19,7 +19,7 @@ from host.compress.policy import LayerAction, Policy
 from host.latency import LatencyError
 from host.latency.predict import LatencyPredictor
 from host.latency.variants import export_variant, model_limits, random_policy
-from lut_store.keys.graph import UnsupportedModel, attribute_runtime_nodes, model_kernels
+from lut_store.keys.graph import UnsupportedModel, attribute_nodes, model_kernels, onnx_runtime_nodes
 from lut_store.opkey import OpKey
 from lut_store.precision import Precision
 from lut_store.records import FingerprintMismatch
@@ -76,8 +76,8 @@ def test_resnet18_kernels_are_its_fused_layers(models):
 def test_kernel_mapping_matches_the_runtime_graph(models, tmp_path, name):
     mk = model_kernels(onnx.load(models[name]))
     runtime = _runtime_graph(models[name], tmp_path)
-    owner = attribute_runtime_nodes(mk, runtime)
-    assert set(owner) == {n.name for n in runtime.graph.node}  # every runtime node has a kernel
+    owner, lost = attribute_nodes(mk, onnx_runtime_nodes(runtime))
+    assert not lost and set(owner) == {n.name for n in runtime.graph.node}  # every runtime node has a kernel
     convs_of: dict[int, list[str]] = {}
     for node in runtime.graph.node:
         if node.op_type in CONV_OPS:

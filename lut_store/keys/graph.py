@@ -8,9 +8,10 @@ operators plus the precision it runs at (int8 when it reads a DequantizeLinear's
 its weight is an int4 tensor, fp16 when its input is float16, also when a Cast turns a quantized
 neighbour's output into float16), so the agent can also build it on its own.
 
-`attribute_runtime_nodes` maps the nodes of onnxruntime's optimized graph (fused, re-laid-out:
-FusedConv, QLinearConv, NCHWc Conv, inserted reorders and transposes) back to those kernels, by
-the tensor and node names the optimizer keeps; inserted nodes go to the kernel they feed.
+`attribute_nodes` maps the nodes a runtime executes (onnxruntime's optimized graph, fused and
+re-laid-out: FusedConv, QLinearConv, NCHWc Conv, inserted reorders and transposes; or OpenVINO's
+runtime model, whose nodes list the original layers they fused) back to those kernels, by the
+tensor and node names the optimizer keeps; inserted nodes go to the kernel they feed.
 """
 
 from __future__ import annotations
@@ -488,41 +489,59 @@ def _neighbors(g: _Graph, unit: list[int], unit_of: Mapping[int, int], precision
     return f"in:{','.join(sorted(feeding)) or 'io'}|out:{','.join(sorted(fed)) or 'io'}"
 
 
+@dataclass(frozen=True)
+class RuntimeNode:
+    """A node of the graph a runtime executes, as attribution needs it: its name, the original
+    node or tensor names it may derive from (most specific first), and the tensors it reads and
+    writes (in the runtime's own naming; those that keep an original name tie it to a kernel)."""
+
+    name: str
+    origins: tuple[str, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
 def _name_candidates(name: str) -> list[str]:
     """Original tensor or node names an optimizer-made node name may carry."""
     base = name.removeprefix("InsertedPrecisionFreeCast_")
     out = [base]
-    for suffix in ("_nchwc",):
+    for suffix in ("_nchwc", "/WithoutBiases"):
         if base.endswith(suffix):
             out.append(base[: -len(suffix)])
     out += [_TOKEN_SUFFIX.sub("", c) for c in list(out)]
     return out
 
 
-def _owner_by_name(mk: ModelKernels, node: onnx.NodeProto) -> int | None:
-    """The kernel a runtime node's name derives from, else the one that produced one of its
-    outputs in the original graph."""
-    # The name first: a fused node keeps its compute node's name (or output's, for NCHWc)
-    # even when it also absorbed a neighbour's add and activation and writes their output.
-    for c in _name_candidates(node.name):
-        if c in mk.node_kernel:
-            return mk.node_kernel[c]
-        if c in mk.tensor_kernel:
-            return mk.tensor_kernel[c]
-    for t in node.output:
-        clean = t.removeprefix("InsertedPrecisionFreeCast_")
-        if clean in mk.tensor_kernel:
-            return mk.tensor_kernel[clean]
+def onnx_runtime_nodes(optimized: onnx.ModelProto) -> list[RuntimeNode]:
+    """The nodes of onnxruntime's optimized graph: a fused node keeps its compute node's name (or
+    its output's, for NCHWc), even when it also absorbed a neighbour's add and activation and
+    writes their output, so the name comes before the outputs."""
+    nodes = []
+    for n in optimized.graph.node:
+        outputs = tuple(t.removeprefix("InsertedPrecisionFreeCast_") for t in n.output if t)
+        nodes.append(RuntimeNode(n.name, (*_name_candidates(n.name), *outputs), tuple(n.input), outputs))
+    return nodes
+
+
+def _owner_by_name(mk: ModelKernels, node: RuntimeNode) -> int | None:
+    """The kernel the first of a runtime node's origins that names an original node or tensor
+    belongs to."""
+    for c in node.origins:
+        for candidate in _name_candidates(c):
+            if candidate in mk.node_kernel:
+                return mk.node_kernel[candidate]
+            if candidate in mk.tensor_kernel:
+                return mk.tensor_kernel[candidate]
     return None
 
 
-def _owner_by_neighbours(mk: ModelKernels, nodes: Sequence[onnx.NodeProto], owner: dict[int, int]) -> None:
+def _owner_by_neighbours(mk: ModelKernels, nodes: Sequence[RuntimeNode], owner: dict[int, int]) -> None:
     """Give unowned nodes (inserted by the optimizer) the kernel they feed, or failing that the
     one feeding them, until no more can be placed."""
-    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    producer = {o: i for i, n in enumerate(nodes) for o in n.outputs if o}
     consumers: dict[str, list[int]] = {}
     for i, n in enumerate(nodes):
-        for t in n.input:
+        for t in n.inputs:
             consumers.setdefault(t, []).append(i)
     changed = True
     while changed and len(owner) < len(nodes):
@@ -530,9 +549,9 @@ def _owner_by_neighbours(mk: ModelKernels, nodes: Sequence[onnx.NodeProto], owne
         for i, n in enumerate(nodes):
             if i in owner:
                 continue
-            downstream = [owner[c] for o in n.output for c in consumers.get(o, []) if c in owner]
-            upstream = [owner[producer[t]] for t in n.input if t in producer and producer[t] in owner]
-            for t in n.input:  # a node reading only original tensors of one kernel
+            downstream = [owner[c] for o in n.outputs for c in consumers.get(o, []) if c in owner]
+            upstream = [owner[producer[t]] for t in n.inputs if t in producer and producer[t] in owner]
+            for t in n.inputs:  # a node reading only original tensors of one kernel
                 if t in mk.tensor_kernel and not upstream:
                     upstream.append(mk.tensor_kernel[t])
             choice = downstream or upstream
@@ -541,18 +560,15 @@ def _owner_by_neighbours(mk: ModelKernels, nodes: Sequence[onnx.NodeProto], owne
                 changed = True
 
 
-def attribute_runtime_nodes(mk: ModelKernels, optimized: onnx.ModelProto) -> dict[str, int]:
-    """Kernel index of every node of the runtime's optimized graph (by node name).
+def attribute_nodes(mk: ModelKernels, nodes: Sequence[RuntimeNode]) -> tuple[dict[str, int], list[str]]:
+    """Kernel index of every runtime node that fits one (by name), and the names of those that
+    fit none.
 
-    A node belongs to the kernel its name derives from, else to the kernel that produced one of
+    A node belongs to the kernel its origins name, else to the kernel that produced one of
     its outputs in the original graph; inserted nodes (layout reorders, transposes, requantizers)
-    go to the kernel they feed, or failing that the one feeding them. Raises UnsupportedModel
-    naming the nodes that fit nowhere.
+    go to the kernel they feed, or failing that the one feeding them.
     """
-    nodes = list(optimized.graph.node)
     owner = {i: k for i, n in enumerate(nodes) if (k := _owner_by_name(mk, n)) is not None}
     _owner_by_neighbours(mk, nodes, owner)
-    lost = [f"{nodes[i].op_type} {nodes[i].name!r}" for i in range(len(nodes)) if i not in owner]
-    if lost:
-        raise UnsupportedModel(f"runtime nodes that map to no kernel: {', '.join(lost[:5])}")
-    return {nodes[i].name: k for i, k in owner.items()}
+    lost = [nodes[i].name for i in range(len(nodes)) if i not in owner]
+    return {nodes[i].name: k for i, k in owner.items()}, lost

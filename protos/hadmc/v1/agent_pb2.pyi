@@ -37,7 +37,7 @@ class GpuInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., compute_capability: _Optional[str] = ...) -> None: ...
 
 class Fingerprint(_message.Message):
-    __slots__ = ("agent_version", "profiler_version", "cpu", "memory_total_bytes", "gpus", "gpu_driver_version", "cuda_version", "onnxruntime_version", "available_providers", "execution_provider", "provider_options", "intra_op_threads", "inter_op_threads", "os", "kernel", "power_mode", "hostname", "hashed_fields", "notes")
+    __slots__ = ("agent_version", "profiler_version", "cpu", "memory_total_bytes", "gpus", "gpu_driver_version", "cuda_version", "onnxruntime_version", "available_providers", "execution_provider", "provider_options", "intra_op_threads", "inter_op_threads", "os", "kernel", "power_mode", "hostname", "hashed_fields", "notes", "runtime", "runtime_version", "inference_precision")
     class ProviderOptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,9 @@ class Fingerprint(_message.Message):
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     HASHED_FIELDS_FIELD_NUMBER: _ClassVar[int]
     NOTES_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_PRECISION_FIELD_NUMBER: _ClassVar[int]
     agent_version: str
     profiler_version: str
     cpu: CpuInfo
@@ -90,7 +93,10 @@ class Fingerprint(_message.Message):
     hostname: str
     hashed_fields: _containers.RepeatedScalarFieldContainer[str]
     notes: _containers.ScalarMap[str, str]
-    def __init__(self, agent_version: _Optional[str] = ..., profiler_version: _Optional[str] = ..., cpu: _Optional[_Union[CpuInfo, _Mapping]] = ..., memory_total_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., gpu_driver_version: _Optional[str] = ..., cuda_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., execution_provider: _Optional[str] = ..., provider_options: _Optional[_Mapping[str, str]] = ..., intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., os: _Optional[str] = ..., kernel: _Optional[str] = ..., power_mode: _Optional[str] = ..., hostname: _Optional[str] = ..., hashed_fields: _Optional[_Iterable[str]] = ..., notes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    runtime: str
+    runtime_version: str
+    inference_precision: str
+    def __init__(self, agent_version: _Optional[str] = ..., profiler_version: _Optional[str] = ..., cpu: _Optional[_Union[CpuInfo, _Mapping]] = ..., memory_total_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., gpu_driver_version: _Optional[str] = ..., cuda_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., execution_provider: _Optional[str] = ..., provider_options: _Optional[_Mapping[str, str]] = ..., intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., os: _Optional[str] = ..., kernel: _Optional[str] = ..., power_mode: _Optional[str] = ..., hostname: _Optional[str] = ..., hashed_fields: _Optional[_Iterable[str]] = ..., notes: _Optional[_Mapping[str, str]] = ..., runtime: _Optional[str] = ..., runtime_version: _Optional[str] = ..., inference_precision: _Optional[str] = ...) -> None: ...
 
 class PrecisionSupport(_message.Message):
     __slots__ = ("precision", "supported", "note")
@@ -299,18 +305,26 @@ class KernelLatency(_message.Message):
     def __init__(self, name: _Optional[str] = ..., key: _Optional[_Union[_common_pb2.OpKey, _Mapping]] = ..., latency: _Optional[_Union[_common_pb2.LatencyStats, _Mapping]] = ..., runtime_nodes: _Optional[_Iterable[str]] = ..., below_resolution: _Optional[bool] = ...) -> None: ...
 
 class KernelProfile(_message.Message):
-    __slots__ = ("kernels", "runs", "profiled_sum_ms", "scale", "node_overhead_ms")
+    __slots__ = ("kernels", "runs", "profiled_sum_ms", "scale", "node_overhead_ms", "unattributed_nodes", "unattributed_ms", "profiled_run_ms", "attributed_ms")
     KERNELS_FIELD_NUMBER: _ClassVar[int]
     RUNS_FIELD_NUMBER: _ClassVar[int]
     PROFILED_SUM_MS_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     NODE_OVERHEAD_MS_FIELD_NUMBER: _ClassVar[int]
+    UNATTRIBUTED_NODES_FIELD_NUMBER: _ClassVar[int]
+    UNATTRIBUTED_MS_FIELD_NUMBER: _ClassVar[int]
+    PROFILED_RUN_MS_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTED_MS_FIELD_NUMBER: _ClassVar[int]
     kernels: _containers.RepeatedCompositeFieldContainer[KernelLatency]
     runs: int
     profiled_sum_ms: float
     scale: float
     node_overhead_ms: float
-    def __init__(self, kernels: _Optional[_Iterable[_Union[KernelLatency, _Mapping]]] = ..., runs: _Optional[int] = ..., profiled_sum_ms: _Optional[float] = ..., scale: _Optional[float] = ..., node_overhead_ms: _Optional[float] = ...) -> None: ...
+    unattributed_nodes: _containers.RepeatedScalarFieldContainer[str]
+    unattributed_ms: float
+    profiled_run_ms: float
+    attributed_ms: float
+    def __init__(self, kernels: _Optional[_Iterable[_Union[KernelLatency, _Mapping]]] = ..., runs: _Optional[int] = ..., profiled_sum_ms: _Optional[float] = ..., scale: _Optional[float] = ..., node_overhead_ms: _Optional[float] = ..., unattributed_nodes: _Optional[_Iterable[str]] = ..., unattributed_ms: _Optional[float] = ..., profiled_run_ms: _Optional[float] = ..., attributed_ms: _Optional[float] = ...) -> None: ...
 
 class ReprofileRequest(_message.Message):
     __slots__ = ("reason",)
