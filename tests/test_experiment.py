@@ -22,8 +22,8 @@ from tests.conftest import quick_config
 
 @pytest.fixture(scope="module")
 def agent2():
-    """A second device on this machine: 2 intra-op threads, so another fingerprint."""
-    running = Agent(quick_config(intra_op_threads=2)).start()
+    """A second device on this machine: OpenVINO, so another fingerprint."""
+    running = Agent(quick_config(runtime="openvino")).start()
     yield running
     running.stop(grace_s=1.0)
 
@@ -204,9 +204,20 @@ def test_cross_device(agent, agent2, tiny, tmp_path):
     experiment = load_experiment("cross-device", "tiny", config, devices=[agent.address, agent2.address], store=tiny)
     results = run_experiment(experiment, out, progress=False)
     devices = list(dict.fromkeys(row.label[1] for row in results.rows))
-    assert len(devices) == 2 and "1 thread" in devices[0] and "2 threads" in devices[1]
+    assert len(devices) == 2 and devices[0].startswith("onnxruntime CPU") and devices[1].startswith("openvino CPU")
     rows = _rows(results)
     assert set(rows) == {(policy, on) for policy in (BASELINE, *devices) for on in devices}
+    for policy, on in rows:  # every off-diagonal cell measures the claim
+        values = rows[(policy, on)]
+        if policy in (BASELINE, on):
+            assert "latency_vs_own_policy" not in values
+            continue
+        own = rows[(on, on)]
+        assert values["latency_vs_own_policy"] == pytest.approx(values["latency_ms"] / own["latency_ms"])
+        rival = values["test_accuracy_onnxruntime"] >= own["test_accuracy_onnxruntime"] - 0.005
+        assert ("own_policy_best" in values) == rival
+        if rival:
+            assert values["own_policy_best"] == float(values["latency_vs_own_policy"] >= 1.0)
     for values in rows.values():
         assert values["latency_ms"] > 0 and values["predicted_latency_ms"] > 0
         assert values["speedup"] > 0
@@ -222,6 +233,16 @@ def test_cross_device(agent, agent2, tiny, tmp_path):
     assert not (tmp_path / "same").exists()  # found before any work
 
 
+def test_cross_device_on_embedded_agents_of_each_runtime(tmp_path):
+    from host.experiment.studies import _devices
+
+    config = tmp_path / "config.toml"
+    config.write_text('[experiment]\ndevice_runtimes = ["onnxruntime", "openvino"]\n[device]\nthreads = 1\n')
+    devices = _devices(load_experiment("cross-device", "tiny", config))
+    assert [(d.name, d.runtime, d.threads) for d in devices] == [("", "onnxruntime", 1), ("", "openvino", 1)]
+    assert devices[1].describe() == "embedded openvino agent, 1 threads"
+
+
 @pytest.mark.parametrize(
     "study, doc, message",
     [
@@ -229,6 +250,12 @@ def test_cross_device(agent, agent2, tiny, tmp_path):
         ("sota", "[experiment]\nsota_latency_fraction = 0.0", "haq, which needs a latency budget"),
         ("ablation", '[search]\ncontrollers = ["ppo"]', "each study runs its own controllers"),
         ("cross-device", "[experiment]\ndevice_threads = [1]", "needs at least two devices"),
+        ("cross-device", '[experiment]\ndevice_runtimes = ["openvino"]', "needs at least two devices"),
+        (
+            "cross-device",
+            '[experiment]\ndevices = ["a:1", "b:2"]\ndevice_runtimes = ["onnxruntime", "openvino"]',
+            "devices and device_runtimes both given",
+        ),
         ("ablation", "[experiment]\nseeds = 0", "at least one seed"),
         ("ablation", "[search]\nmax_params_fraction = 0.3\nlatency_budget_ms = 1.0", "not both"),
     ],

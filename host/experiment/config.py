@@ -47,6 +47,9 @@ class ExperimentConfig:
     cases: list[Case] = field(default_factory=_paper_cases)  # cross-dataset
     devices: list[str] = field(default_factory=list)  # cross-device: names in the devices file, or HOST:PORT
     device_threads: list[int] = field(default_factory=lambda: [1, 2])  # cross-device without devices: embedded agents
+    # cross-device without devices: embedded agents, one per runtime ("onnxruntime", "openvino"), at the
+    # search's [device] threads; takes the place of device_threads.
+    device_runtimes: list[str] = field(default_factory=list)
 
     def check(self) -> None:
         if self.seeds < 1:
@@ -88,10 +91,17 @@ class Experiment:
                     "study sota runs haq, which needs a latency budget: set latency_budget_ms, or "
                     "[experiment] sota_latency_fraction (e.g. 0.5 of the FP32 model's LUT latency)"
                 )
-        if self.study == "cross-device" and len(self.settings.devices or self.settings.device_threads) < 2:
+        embedded = self.settings.device_runtimes or self.settings.device_threads
+        if self.study == "cross-device" and len(self.settings.devices or embedded) < 2:
             raise ConfigError(
                 "study cross-device needs at least two devices: give --device twice (or [experiment] "
-                "devices), or [experiment] device_threads = [1, 2] for embedded agents"
+                "devices), or [experiment] device_runtimes = ['onnxruntime', 'openvino'] or device_threads = [1, 2] "
+                "for embedded agents"
+            )
+        if self.settings.devices and self.settings.device_runtimes:
+            raise ConfigError(
+                "[experiment] devices and device_runtimes both given: a named device runs what its agent was started "
+                "with; give one of them"
             )
 
     def to_doc(self) -> dict[str, Any]:

@@ -272,10 +272,13 @@ CROSS_DATASET_DOC = (
 
 
 def _devices(experiment: Experiment) -> list[DeviceConfig]:
-    """The [experiment] devices, else embedded agents with each of `device_threads`."""
+    """The [experiment] devices, else embedded agents with each of `device_runtimes`, else with
+    each of `device_threads`."""
     settings, base = experiment.settings, experiment.search.device
     if settings.devices:
         return [replace(base, name=name) for name in settings.devices]
+    if settings.device_runtimes:
+        return [replace(base, name="", runtime=runtime) for runtime in settings.device_runtimes]
     return [replace(base, name="", threads=threads) for threads in settings.device_threads]
 
 
@@ -297,7 +300,10 @@ def device_labels(experiment: Experiment) -> list[str]:
         seen[info.fingerprint_hash] = where
         provider = fingerprint.execution_provider.removesuffix("ExecutionProvider")
         threads = fingerprint.intra_op_threads
-        labels.append(f"{provider}, {threads} thread{'s' if threads != 1 else ''} [{info.fingerprint_hash[:8]}]")
+        labels.append(
+            f"{fingerprint.runtime} {provider} {fingerprint.inference_precision}, {threads} "
+            f"thread{'s' if threads != 1 else ''} [{info.fingerprint_hash[:8]}]"
+        )
     return labels
 
 
@@ -322,23 +328,43 @@ def cross_device(experiment: Experiment, seed: int, directory: Path, progress: b
     for device, on in zip(devices, labels, strict=True):
         _say(progress, f"[cross-device] measuring every policy on {on} ...")
         with Workbench.open(replace(experiment.search, device=device)) as bench:
+            measured = {}
             for name, path in ((BASELINE, fp32), *models):
                 paired = bench.paired(path, fp32)
-                values = {
+                measured[name] = {
                     "latency_ms": paired.model.median_ms,
                     "speedup": paired.speedup,
                     "predicted_latency_ms": bench.predict(path).latency_ms,
                     "test_accuracy_onnxruntime": bench.device_accuracy(path),
                 }
-                rows.append(Row((name, on), values))
+        rows += [Row((name, on), {**values, **_against_own(measured, name, on)}) for name, values in measured.items()]
     return SeedResult(seed, tuple(rows), {}, tuple(runs))
+
+
+# Within this many points of test accuracy, two policies count as equally accurate.
+EQUAL_ACCURACY = 0.005
+
+
+def _against_own(measured: dict[str, dict[str, float]], name: str, on: str) -> dict[str, float]:
+    """How policy `name` fares on device `on` against the policy searched for `on`: its latency
+    over the own policy's (above 1: the own policy is faster), and whether the claim "the own
+    policy is the best for this device at equal accuracy" holds in this cell (1 or 0; the claim
+    is not at stake where the other policy is less accurate, or for the own policy itself)."""
+    own, this = measured.get(on), measured[name]
+    if own is None or name in (on, BASELINE):
+        return {}
+    ratio = this["latency_ms"] / own["latency_ms"]
+    at_stake = this["test_accuracy_onnxruntime"] >= own["test_accuracy_onnxruntime"] - EQUAL_ACCURACY
+    return {"latency_vs_own_policy": ratio, **({"own_policy_best": float(ratio >= 1.0)} if at_stake else {})}
 
 
 DEVICE_COLUMNS = (
     Column("latency_ms", "measured latency (ms)", "ms"),
     Column("speedup", "speedup over FP32 on that device", "x"),
     Column("predicted_latency_ms", "predicted latency (that device's LUT, ms)", "ms"),
-    Column("test_accuracy_onnxruntime", "test accuracy (onnxruntime on that device)", "%"),
+    Column("test_accuracy_onnxruntime", "test accuracy (on that device's runtime)", "%"),
+    Column("latency_vs_own_policy", "latency / that device's own policy's latency", "x"),
+    Column("own_policy_best", "own policy fastest at equal accuracy (1 holds, 0 fails)", "#"),
 )
 
 CROSS_DEVICE_DOC = (
@@ -347,7 +373,11 @@ CROSS_DEVICE_DOC = (
     "FP32 model, is benchmarked on every device, in turn with the FP32 model (benchmark_rounds rounds; speedup: "
     "the ratio of the median rounds; the FP32 row against itself shows the noise): row 'policy searched for' X, "
     "column 'measured on' Y. The hardware-aware claim holds where each column's lowest measured latency lies on its "
-    "diagonal. Read speedups down a column with care: each row's is against its own FP32 rounds, and a large FP32 "
+    "diagonal; per cell, 'latency / own policy' is measured (above 1: the device's own policy is faster) and "
+    "'own policy fastest' says whether the claim holds there (1) or not (0) against every policy at most 0.5 "
+    "points less accurate (a less accurate policy leaves the cell empty: it is not a rival at equal accuracy). "
+    "Each device's FP32 reference is the FP32 model as that device runs it by default (OpenVINO: bf16 where the "
+    "CPU has it). Read speedups down a column with care: each row's is against its own FP32 rounds, and a large FP32 "
     "model's latency can drift more between rows than a small model's does."
 )
 
