@@ -1,7 +1,10 @@
 """Build the ONNX graph for an op key, at the key's precision.
 
 fp32 builds the operators as given. fp16 turns float activations and weights into float16 (the
-provider may insert casts around fp32 kernels: that is measured, not hidden). int8 runs
+provider may insert casts around fp32 kernels: that is measured, not hidden). bf16 does the same
+with bfloat16 behind a Cast from the float32 inputs and before one back to float32 (numpy has no
+bfloat16 to feed), at opset 22 at least, where Conv takes bfloat16: an exported bf16 layer is
+built the same way. int8 runs
 onnxruntime's own static quantizer (QDQ, uint8 activations x per-channel int8 weights). int4 is
 weight-only: int4 initializers through DequantizeLinear (opset 21) in front of the operator.
 """
@@ -21,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper, shape_inference
 from lut_store.opkey import OpKey, TensorSpec, parse_ref
 
 INT4_OPSET = 21
+BF16_OPSET = 22
 _NP_TYPES = {
     "float32": np.float32,
     "float16": np.float16,
@@ -102,8 +106,9 @@ def check_limits(key: OpKey, max_tensor_elements: int) -> None:
 
 
 def build_float_model(key: OpKey, rng: np.random.Generator) -> onnx.ModelProto:
-    """The key's operators at fp32 (or fp16 for precision 'fp16'), outputs typed by inference."""
-    precision = "fp16" if key.precision == "fp16" else "fp32"
+    """The key's operators at fp32 (or fp16 for precision 'fp16' and 'bf16'), outputs typed by
+    inference."""
+    precision = "fp16" if key.precision in ("fp16", "bf16") else "fp32"
     graph_inputs, initializers = [], []
     float32_only = _float32_only(key)
     for k, spec in enumerate(key.inputs):
@@ -281,7 +286,51 @@ def build_model(key: OpKey, max_tensor_elements: int, seed: int = 0) -> onnx.Mod
         return quantize_int8(model, rng)
     if key.precision == "int4":
         return quantize_int4_weights(model)
+    if key.precision == "bf16":
+        return to_bfloat16(model)
     return model
+
+
+def to_bfloat16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """An fp16 graph computing in bfloat16 instead: float16 initializers become bfloat16, each
+    float16 input is fed float32 through a Cast, each float16 output leaves through a Cast back."""
+    from onnx import version_converter
+
+    if model.opset_import[0].version < BF16_OPSET:
+        try:
+            model = version_converter.convert_version(model, BF16_OPSET)
+        except Exception as exc:  # the converter raises several types for an operator it cannot move
+            raise KeyUnsupported(f"bf16: cannot move the graph to opset {BF16_OPSET}: {_first_line(exc)}") from None
+    for k, t in enumerate(model.graph.initializer):
+        if t.data_type == TensorProto.FLOAT16:
+            value = numpy_helper.to_array(t).astype(np.float32).astype(ml_dtypes.bfloat16)
+            model.graph.initializer[k].CopyFrom(numpy_helper.from_array(value, t.name))
+    del model.graph.value_info[:]  # float16 types inferred for the fp16 graph
+    nodes = list(model.graph.node)
+    for node in nodes:
+        for attr in node.attribute:
+            if attr.name == "to" and attr.i == TensorProto.FLOAT16:
+                attr.i = TensorProto.BFLOAT16
+    first = [_float_boundary(vi, nodes, inward=True) for vi in model.graph.input]
+    last = [_float_boundary(vi, nodes, inward=False) for vi in model.graph.output]
+    del model.graph.node[:]
+    model.graph.node.extend([n for n in first if n] + nodes + [n for n in last if n])
+    return model
+
+
+def _float_boundary(vi: onnx.ValueInfoProto, nodes: list[onnx.NodeProto], inward: bool) -> onnx.NodeProto | None:
+    """A float16 graph input (`inward`) or output made float32: the Cast between it and the
+    bfloat16 tensor the nodes now read or write under another name."""
+    if vi.type.tensor_type.elem_type != TensorProto.FLOAT16:
+        return None
+    vi.type.tensor_type.elem_type = TensorProto.FLOAT
+    inner = f"{vi.name}__bf16"
+    for node in nodes:
+        ports = node.input if inward else node.output
+        ports[:] = [inner if t == vi.name else t for t in ports]
+    if inward:
+        return helper.make_node("Cast", [vi.name], [inner], to=TensorProto.BFLOAT16, name=f"{vi.name}_to_bf16")
+    return helper.make_node("Cast", [inner], [vi.name], to=TensorProto.FLOAT, name=f"{vi.name}_to_fp32")
 
 
 def activation_feeds(

@@ -12,11 +12,13 @@ class Precision(str, Enum):
     """A precision the pipeline runs. Each member is also its key string (`Precision.INT8 ==
     "int8"`), so policy documents, op keys and their hashes read as they always did, and
     `Precision("int8")` parses one (an unknown name is a ValueError listing the allowed ones).
-    bf16 is not here yet: it arrives with a second runtime."""
+    bf16 runs where a runtime executes it (OpenVINO on CPUs with AVX-512 BF16 or AMX); the device
+    probe says where it does not."""
 
     # name in keys and documents, weight storage bits, activations' number type, wire enum
     FP32 = ("fp32", 32, "fp32", common_pb2.PRECISION_FP32)
     FP16 = ("fp16", 16, "fp16", common_pb2.PRECISION_FP16)
+    BF16 = ("bf16", 16, "bf16", common_pb2.PRECISION_BF16)
     INT8 = ("int8", 8, "int8", common_pb2.PRECISION_INT8)  # W8A8: activations quantized too
     INT4W = ("int4", 4, "fp32", common_pb2.PRECISION_INT4)  # weight-only: float activations
 

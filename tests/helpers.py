@@ -13,7 +13,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from lut_store.precision import Precision
 from lut_store.records import Entry
+
+# What onnxruntime's CPU provider runs: every precision but bf16 (it has no bfloat16 Conv).
+ORT_CPU = tuple(p for p in Precision if p is not Precision.BF16)
 
 
 def small_cnn(

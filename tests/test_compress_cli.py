@@ -70,7 +70,7 @@ def test_policy_init_writes_a_valid_uniform_policy(tmp_path):
         ),
         (
             lambda doc: {**doc, "layers": {**doc["layers"], "conv1": {"keep_ratio": 0.5, "precision": "int3"}}},
-            "layer conv1: unknown precision 'int3'; allowed: fp32, fp16, int8, int4",
+            "layer conv1: unknown precision 'int3'; allowed: fp32, fp16, bf16, int8, int4",
         ),
     ],
 )

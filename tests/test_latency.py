@@ -25,7 +25,7 @@ from lut_store.precision import Precision
 from lut_store.records import FingerprintMismatch
 from lut_store.store import open_store
 from tests.conftest import quick_config
-from tests.helpers import slow_matmul_chain, small_cnn
+from tests.helpers import ORT_CPU, slow_matmul_chain, small_cnn
 
 CONV_OPS = {"Conv", "FusedConv", "QLinearConv"}
 
@@ -38,7 +38,7 @@ def _variant(tmp_path: Path, model: str, keep: float, precision: Precision, name
 def _mixed(tmp_path: Path, model: str, seed: int) -> Path:
     import random
 
-    policy = random_policy(model, model_limits(model), random.Random(seed), (0.25, 0.5, 1.0), tuple(Precision))
+    policy = random_policy(model, model_limits(model), random.Random(seed), (0.25, 0.5, 1.0), ORT_CPU)
     return export_variant(model, policy, tmp_path / f"{model}_{seed}.onnx", seed=seed)
 
 

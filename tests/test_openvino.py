@@ -29,7 +29,7 @@ from lut_store.keys.ops import NCHW, ConvSpec
 from lut_store.opkey import OpKey
 from lut_store.precision import Precision
 from lut_store.tomlfile import ConfigError
-from protos.hadmc.v1 import common_pb2
+from protos.hadmc.v1 import agent_pb2, common_pb2
 from tests.conftest import quick_config
 from tests.helpers import small_cnn
 
@@ -45,6 +45,15 @@ def ov_agent() -> Iterator[Agent]:
 def ov_client(ov_agent: Agent) -> Iterator[AgentClient]:
     with AgentClient(AgentTarget(ov_agent.address), timeout_s=120.0) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def ov_f32_client() -> Iterator[AgentClient]:
+    """OpenVINO told to compute float layers in f32: bf16 layers are then the model's own choice."""
+    running = Agent(quick_config(runtime="openvino", inference_precision="f32")).start()
+    with AgentClient(AgentTarget(running.address), timeout_s=120.0) as c:
+        yield c
+    running.stop(grace_s=1.0)
 
 
 def test_the_fingerprint_names_runtime_device_and_precision(ov_client, client):
@@ -222,3 +231,57 @@ def test_a_precision_hint_the_device_cannot_run_is_refused_at_start():
 def test_runtime_settings_are_checked(overrides, message):
     with pytest.raises(ConfigError, match=message):
         AgentConfig(**overrides)
+
+
+def _bf16_capable() -> bool:
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def test_bf16_is_a_precision_where_the_runtime_runs_it(ov_f32_client, client):
+    notes = {Precision.from_proto(p.precision): p for p in ov_f32_client.info().precisions}
+    assert ov_f32_client.info().fingerprint.inference_precision == "f32"
+    assert notes[Precision.FP32].supported and "Convolution f32" in notes[Precision.FP32].note
+    assert notes[Precision.BF16].supported
+    if _bf16_capable():  # a bf16 layer runs as a bf16 kernel although the rest runs in f32
+        assert "Convolution bf16" in notes[Precision.BF16].note
+    ort_bf16 = next(p for p in client.info().precisions if p.precision == common_pb2.PRECISION_BF16)
+    assert not ort_bf16.supported and "CPUExecutionProvider" in ort_bf16.note  # no bf16 Conv in onnxruntime
+    key = ops.conv(NCHW(1, 16, 8, 8), ConvSpec(16, 3), fuse=("relu",), precision=Precision.BF16)
+    [on_ov] = ov_f32_client.profile([key])
+    assert on_ov.WhichOneof("outcome") == "stats" and on_ov.stats.median_ms > 0
+    [on_ort] = client.profile([key])
+    assert on_ort.error.code == agent_pb2.KeyError.CODE_UNSUPPORTED
+
+
+def test_a_bf16_layer_is_exported_keyed_measured_and_agrees_with_torch(ov_f32_client, tmp_path):
+    import torch
+
+    from host.compress.export import export_policy_model
+    from host.compress.policy import LayerAction, Policy
+    from host.latency.variants import variant_model
+
+    limits = model_limits("resnet18")
+    layers = {lim.name: LayerAction(1.0, Precision.FP32) for lim in limits}
+    for name in ("layer1.0.conv1", "layer2.0.conv2", "layer3.1.conv1"):
+        layers[name] = LayerAction(1.0, Precision.BF16)
+    layers["layer4.0.conv1"] = LayerAction(0.5, Precision.INT8)
+    policy = Policy("resnet18", layers)
+    net = variant_model("resnet18", policy, 6, (3, 64, 64))
+    path = export_policy_model(net, policy, tmp_path / "bf16.onnx", (3, 64, 64)).path
+    model = onnx.load(path)
+    assert model.opset_import[0].version >= 22
+    kernels = {k.name: k.key for k in model_kernels(model).kernels}
+    assert kernels["/layer1/layer1.0/conv1/Conv"].precision == "bf16"
+    assert sum(k.precision == "bf16" for k in kernels.values()) == 3
+    x = np.random.default_rng(0).standard_normal((8, 3, 64, 64)).astype(np.float32)
+    resp = ov_f32_client.benchmark(
+        path, batch_size=1, per_kernel=True, inputs=[{"input": numpy_helper.from_array(x).SerializeToString()}]
+    )
+    agent_keys = [OpKey.from_proto(k.key) for k in resp.kernel_profile.kernels]
+    assert [k.hash for k in agent_keys] == [k.hash for k in kernels.values()]
+    assert not resp.kernel_profile.unattributed_nodes
+    on_device = numpy_helper.to_array(TensorProto.FromString(resp.outputs[0].tensors[0].tensor_proto))
+    with torch.no_grad():
+        in_torch = net(torch.from_numpy(x)).numpy()
+    # torch rounds the bf16 layers' weights and inputs as the device's bf16 kernels do.
+    np.testing.assert_allclose(on_device, in_torch, atol=0.05 * float(np.abs(in_torch).max()))

@@ -23,6 +23,7 @@ from host.search.run import load_search_config, run_search
 from host.search.space import SearchSpace, describe_layers
 from lut_store.precision import Precision
 from lut_store.tomlfile import ConfigError
+from tests.helpers import ORT_CPU
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +42,7 @@ def test_gae_closed_form():
     assert np.allclose(adv2, [1.0, 0.0])
 
 
-def _space(model: str, precisions: tuple[Precision, ...] = tuple(Precision)) -> tuple[SearchSpace, list]:
+def _space(model: str, precisions: tuple[Precision, ...] = ORT_CPU) -> tuple[SearchSpace, list]:
     net = build_model(model, 6, (3, 64, 64))
     example = torch.zeros((1, 3, 64, 64))
     limits = layer_limits(net, example)
@@ -278,7 +279,7 @@ def test_a_params_target_and_a_latency_budget_bound_every_policy(agent, tmp_path
     config = load_search_config(None, base)
     with Workbench.open(config) as bench:
         net = bench.fresh_model()
-        space = SearchSpace("mlp", describe_layers(net, bench.example), tuple(Precision))
+        space = SearchSpace("mlp", describe_layers(net, bench.example), ORT_CPU)
         estimate = latency_estimator(space, ParamCounter(net, bench.example), bench, tmp_path)
         # The teacher against itself: its own accuracy, full agreement, no divergence.
         itself = bench.fidelity(bench.teacher, "val")

@@ -145,9 +145,9 @@ def test_state_features_are_normalised():
 
 
 def test_bad_spaces_are_refused():
-    with pytest.raises(ValueError, match="unknown precision 'int2'; allowed: fp32, fp16, int8, int4"):
+    with pytest.raises(ValueError, match="unknown precision 'int2'; allowed: fp32, fp16, bf16, int8, int4"):
         _space("mlp", precisions=(INT8, "int2"))
-    with pytest.raises(ValueError, match="give at least one of fp32, fp16, int8, int4"):
+    with pytest.raises(ValueError, match="give at least one of fp32, fp16, bf16, int8, int4"):
         _space("mlp", precisions=())
     with pytest.raises(ValueError, match="keep-ratio range"):
         SearchSpace("mlp", (), (INT8,), min_keep=0.9, max_keep=0.2)

@@ -25,6 +25,7 @@ from host.search.reward import RewardConfig
 from host.search.space import ParamCounter, SearchSpace, describe_layers
 from host.search.surrogate import RewardSurrogate, layer_sensitivity
 from lut_store.precision import Precision
+from tests.helpers import ORT_CPU
 
 SHAPE = (3, 64, 64)
 EXAMPLE = torch.zeros((1, *SHAPE))
@@ -39,7 +40,7 @@ def _net(name: str) -> torch.nn.Module:
 @functools.cache
 def _parts(name: str) -> tuple[SearchSpace, ParamCounter, LatencyEstimator]:
     net = _net(name)
-    space = SearchSpace(name, describe_layers(net, EXAMPLE, layer_limits(net, EXAMPLE)), tuple(Precision))
+    space = SearchSpace(name, describe_layers(net, EXAMPLE, layer_limits(net, EXAMPLE)), ORT_CPU)
     counter = ParamCounter(net, EXAMPLE)
     names = [layer.name for layer in space.layers]
     flops = {layer.name: layer.flops / 1e6 for layer in space.layers}

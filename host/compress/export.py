@@ -8,6 +8,9 @@
   float32 bytes.
 - fp16: float16 weights and a float16 kernel between Casts (CPU provider: it inserts casts
   to fp32 kernels, no gain; CUDA / TensorRT: fp16 kernels).
+- bf16: the same with bfloat16, the model moved to opset 22 (where Conv takes bfloat16): OpenVINO
+  runs it as a bf16 kernel on CPUs with AVX-512 BF16 or AMX; onnxruntime's CPU provider has no
+  bf16 Conv (its probe reports bf16 unsupported).
 - int4 (weight-only): int4 weights (per-channel, opset-21 DequantizeLinear) in front of a float kernel:
   half the int8 storage (an eighth of float32); the CPU provider dequantizes them every run.
 The torch model is exported with its fp16 and int4 weights already rounded (parametrizations
@@ -34,6 +37,8 @@ from lut_store.precision import Precision
 log = structlog.get_logger(__name__)
 
 INT4_OPSET = 21
+BF16_OPSET = 22
+_HALF = {Precision.FP16: TensorProto.FLOAT16, Precision.BF16: TensorProto.BFLOAT16}
 
 
 def _plain(module: torch.nn.Module) -> torch.nn.Module:
@@ -60,11 +65,11 @@ def _plain(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def _export_copy(model: torch.nn.Module, policy: Policy) -> torch.nn.Module:
-    """A copy whose fp16 and int4 layers are plain modules with their rounded weights. (Removing a
+    """A copy whose fp16, bf16 and int4 layers are plain modules with their rounded weights. (Removing a
     parametrization from a deep copy would remove it from the original's shared class too.)"""
     clone = copy.deepcopy(model).eval()
     for name, action in policy.layers.items():
-        if action.precision in (Precision.FP16, Precision.INT4W):
+        if action.precision in (Precision.FP16, Precision.BF16, Precision.INT4W):
             parent_name, _, attr = name.rpartition(".")
             parent = clone.get_submodule(parent_name) if parent_name else clone
             setattr(parent, attr, _plain(getattr(parent, attr)))
@@ -189,18 +194,21 @@ def _prune_unused(model: onnx.ModelProto) -> None:
         model.graph.initializer.remove(t)
 
 
-def _to_fp16(model: onnx.ModelProto, node: onnx.NodeProto) -> None:
+def _to_half(model: onnx.ModelProto, node: onnx.NodeProto, precision: Precision) -> None:
+    """The node computes in float16 or bfloat16: its float weights stored so, Casts around it."""
+    elem, tag = _HALF[precision], precision.value
+    np_type = helper.tensor_dtype_to_np_dtype(elem)
     for idx in range(1, len(node.input)):
         value = _constant(model, node.input[idx])
         if value is not None and value.dtype == np.float32:
-            name = f"{node.name}_param{idx}_fp16"
-            model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float16), name))
+            name = f"{node.name}_param{idx}_{tag}"
+            model.graph.initializer.append(numpy_helper.from_array(value.astype(np_type), name))
             node.input[idx] = name
     x, y = node.input[0], node.output[0]
-    node.input[0], node.output[0] = f"{x}__fp16_{node.name}", f"{y}__fp16"
+    node.input[0], node.output[0] = f"{x}__{tag}_{node.name}", f"{y}__{tag}"
     index = list(model.graph.node).index(node)
     model.graph.node.insert(
-        index, helper.make_node("Cast", [x], [node.input[0]], to=TensorProto.FLOAT16, name=f"{node.name}_to_fp16")
+        index, helper.make_node("Cast", [x], [node.input[0]], to=elem, name=f"{node.name}_to_{tag}")
     )
     model.graph.node.insert(
         index + 2, helper.make_node("Cast", [node.output[0]], [y], to=TensorProto.FLOAT, name=f"{node.name}_to_fp32")
@@ -311,14 +319,17 @@ def export_policy_model(
     layers = {p: {n for n, a in policy.layers.items() if a.precision is p} for p in Precision}
     export_onnx(_export_copy(model, policy), path, input_shape, opset)
     graph = onnx.load(path)
-    if layers[Precision.INT4W] and graph.opset_import[0].version < INT4_OPSET:
-        graph = version_converter.convert_version(graph, INT4_OPSET)
+    needs = {Precision.INT4W: INT4_OPSET, Precision.BF16: BF16_OPSET}
+    opset_needed = max((opset for p, opset in needs.items() if layers[p]), default=0)
+    if graph.opset_import[0].version < opset_needed:
+        graph = version_converter.convert_version(graph, opset_needed)
     nodes = _layer_nodes(graph, set(policy.layers))
     modules = dict(model.named_modules())
     for name in layers[Precision.INT8]:
         _int8_layer(graph, nodes[name], modules[name])
-    for name in layers[Precision.FP16]:
-        _to_fp16(graph, nodes[name])
+    for precision in _HALF:
+        for name in layers[precision]:
+            _to_half(graph, nodes[name], precision)
     for name in layers[Precision.INT4W]:
         _to_int4(graph, nodes[name])
     _prune_unused(graph)

@@ -92,7 +92,7 @@ class Policy:
 def _refuse_bits(layer: str, action: Any) -> None:
     """Policies name precisions; one written with the old `"bits": B` says what to write instead."""
     if isinstance(action, Mapping) and "bits" in action:
-        named = {p.weight_bits: p.value for p in Precision}.get(action["bits"])
+        named = {p.weight_bits: p.value for p in reversed(Precision)}.get(action["bits"])  # 16: fp16
         instead = f'"precision": "{named}"' if named else f'"precision": one of {", ".join(Precision)}'
         raise PolicyError(f'layer {layer}: "bits": {action["bits"]!r} is the old form; write {instead} instead')
 

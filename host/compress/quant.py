@@ -5,7 +5,7 @@
   affine uint8, biases int32 at the scale input_scale * weight_scale; exports as
   QuantizeLinear / DequantizeLinear pairs that onnxruntime fuses into QLinearConv / QGemm.
 - int4 (weight-only): weights per-channel symmetric in [-8, 7], activations in float.
-- fp16: weights and inputs rounded through float16.
+- fp16, bf16: weights and inputs rounded through float16 or bfloat16.
 - fp32: untouched.
 Gradients pass straight through the rounding (torch's fake-quantize ops implement the STE).
 Parametrizations keep module names, so the policy's layer names stay valid.
@@ -55,10 +55,14 @@ class WeightFakeQuant(nn.Module):
 
 
 class HalfRound(nn.Module):
-    """Round through float16 (what a float16 kernel sees)."""
+    """Round through a 16-bit float type (what a float16 or bfloat16 kernel sees)."""
+
+    def __init__(self, dtype: torch.dtype = torch.float16) -> None:
+        super().__init__()
+        self.dtype = dtype
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w + (w.half().float() - w).detach()
+        return w + (w.to(self.dtype).float() - w).detach()
 
 
 class ActFakeQuant(nn.Module):
@@ -189,8 +193,12 @@ def _quantize_output(module: nn.Module, args: tuple[torch.Tensor, ...], out: tor
     return module.out_quant(out)
 
 
+_HALF_TYPES = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
+
+
 def _half_input(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    return (args[0] + (args[0].half().float() - args[0]).detach(), *args[1:])
+    x = args[0]
+    return (x + (x.to(module.half_dtype).float() - x).detach(), *args[1:])
 
 
 def apply_fake_quant(model: nn.Module, policy: Policy) -> nn.Module:
@@ -202,8 +210,9 @@ def apply_fake_quant(model: nn.Module, policy: Policy) -> nn.Module:
         module = modules[name]
         if action.precision in (Precision.INT8, Precision.INT4W):
             parametrize.register_parametrization(module, "weight", WeightFakeQuant(action.precision.weight_bits))
-        elif action.precision is Precision.FP16:
-            parametrize.register_parametrization(module, "weight", HalfRound())
+        elif action.precision in _HALF_TYPES:
+            parametrize.register_parametrization(module, "weight", HalfRound(_HALF_TYPES[action.precision]))
+            module.half_dtype = _HALF_TYPES[action.precision]
             module.register_forward_pre_hook(_half_input)
     for name, bounds, source in plan:
         module = modules[name]

@@ -19,6 +19,7 @@ BASELINE_COLOUR = "black"
 PRECISION_COLOURS = {
     Precision.FP32: "#7f7f7f",
     Precision.FP16: "#17becf",
+    Precision.BF16: "#2ca02c",
     Precision.INT8: "#1f77b4",
     Precision.INT4W: "#d62728",
 }

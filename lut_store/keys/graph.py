@@ -77,6 +77,8 @@ _NP_TO_DTYPE = {
     np.dtype(np.bool_): "bool",
 }
 _MAX_CONSTANT_VALUES = 64
+# A kernel reading a 16-bit float computes at that precision.
+_HALF_PRECISIONS = {onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}
 _TOKEN_SUFFIX = re.compile(r"(_token_\d+)+$")
 
 
@@ -104,6 +106,8 @@ class ModelKernels:
 
 
 def _onnx_dtype(elem_type: int) -> str:
+    if elem_type == onnx.TensorProto.BFLOAT16:  # numpy has no bfloat16 of its own
+        return "bfloat16"
     try:
         return _NP_TO_DTYPE[np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))]
     except (KeyError, TypeError, ValueError):
@@ -326,9 +330,8 @@ def _precision(g: _Graph, unit: list[int], anchor: onnx.NodeProto) -> str:
         if w.op_type == "DequantizeLinear" and w.input[0] in g.init:
             if g.init[w.input[0]].data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
                 return "int4"
-    if data and g.types.get(data) is not None and g.types[data].elem_type == onnx.TensorProto.FLOAT16:
-        return "fp16"
-    return "fp32"
+    elem = g.types[data].elem_type if data and g.types.get(data) is not None else None
+    return _HALF_PRECISIONS.get(elem, "fp32")
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, object]:
@@ -349,8 +352,8 @@ def _attrs(node: onnx.NodeProto) -> dict[str, object]:
 
 
 def _float32(dtype: str, precision: str) -> str:
-    """Keys describe the float chain; fp16 is the key's precision, not its tensor type."""
-    return "float32" if precision == "fp16" and dtype == "float16" else dtype
+    """Keys describe the float chain; fp16 and bf16 are the key's precision, not its tensor type."""
+    return "float32" if (precision, dtype) in (("fp16", "float16"), ("bf16", "bfloat16")) else dtype
 
 
 def _keyable_domain(node: onnx.NodeProto) -> str:
