@@ -92,7 +92,8 @@ class DeviceConfig:
 
     def describe(self) -> str:
         """The device in a sentence, for messages."""
-        return self.name or f"embedded {self.runtime or 'onnxruntime'} agent, {self.threads} threads"
+        threads = f"{self.threads} thread{'s' if self.threads != 1 else ''}"
+        return self.name or f"embedded {self.runtime or 'onnxruntime'} agent, {threads}"
 
 
 @contextmanager

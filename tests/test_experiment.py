@@ -240,7 +240,7 @@ def test_cross_device_on_embedded_agents_of_each_runtime(tmp_path):
     config.write_text('[experiment]\ndevice_runtimes = ["onnxruntime", "openvino"]\n[device]\nthreads = 1\n')
     devices = _devices(load_experiment("cross-device", "tiny", config))
     assert [(d.name, d.runtime, d.threads) for d in devices] == [("", "onnxruntime", 1), ("", "openvino", 1)]
-    assert devices[1].describe() == "embedded openvino agent, 1 threads"
+    assert devices[1].describe() == "embedded openvino agent, 1 thread"
 
 
 @pytest.mark.parametrize(
