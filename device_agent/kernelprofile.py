@@ -114,12 +114,13 @@ def profile_kernels(
     (see node_overhead_ms)."""
     owner, lost = attribute_nodes(mk, times.nodes)
     names = [n.name for n in times.nodes]
+    column = {n: i for i, n in enumerate(names)}
     table = times.table_us
     members: dict[int, list[int]] = {}
     for i, n in enumerate(names):
         if n in owner:
             members.setdefault(owner[n], []).append(i)
-    lost_cols = [names.index(n) for n in lost if table[:, names.index(n)].any()]
+    lost_cols = [column[n] for n in lost if table[:, column[n]].any()]
     per_kernel, below = kernel_times_ms(table, members, len(mk.kernels), overhead_ms)
     lost_ms = 0.0
     if lost_cols:

@@ -522,7 +522,7 @@ def onnx_runtime_nodes(optimized: onnx.ModelProto) -> list[RuntimeNode]:
     nodes = []
     for n in optimized.graph.node:
         outputs = tuple(t.removeprefix("InsertedPrecisionFreeCast_") for t in n.output if t)
-        nodes.append(RuntimeNode(n.name, (*_name_candidates(n.name), *outputs), tuple(n.input), outputs))
+        nodes.append(RuntimeNode(n.name, (n.name, *outputs), tuple(n.input), outputs))
     return nodes
 
 
