@@ -207,8 +207,11 @@ def test_cross_device(agent, agent2, tiny, tmp_path):
     assert len(devices) == 2 and devices[0].startswith("onnxruntime CPU") and devices[1].startswith("openvino CPU")
     rows = _rows(results)
     assert set(rows) == {(policy, on) for policy in (BASELINE, *devices) for on in devices}
-    for policy, on in rows:  # every off-diagonal cell measures the claim
+    for policy, on in rows:  # every off-diagonal cell measures the claim, or says the device cannot run it
         values = rows[(policy, on)]
+        if values["runs_on_device"] == 0:  # a bf16 layer from OpenVINO's search, on onnxruntime
+            assert policy == devices[1] and on == devices[0] and set(values) == {"runs_on_device"}
+            continue
         if policy in (BASELINE, on):
             assert "latency_vs_own_policy" not in values
             continue
@@ -219,6 +222,8 @@ def test_cross_device(agent, agent2, tiny, tmp_path):
         if rival:
             assert values["own_policy_best"] == float(values["latency_vs_own_policy"] >= 1.0)
     for values in rows.values():
+        if values["runs_on_device"] == 0:
+            continue
         assert values["latency_ms"] > 0 and values["predicted_latency_ms"] > 0
         assert values["speedup"] > 0
     for on in devices:  # the FP32 model measured in turn with itself: a speedup of 1 but for the noise
@@ -231,6 +236,26 @@ def test_cross_device(agent, agent2, tiny, tmp_path):
     with pytest.raises(ConfigError, match="have the same fingerprint"):
         run_experiment(same, tmp_path / "same", progress=False)
     assert not (tmp_path / "same").exists()  # found before any work
+
+
+def test_a_policy_the_device_cannot_run_is_recorded_not_sent(agent, tiny, tmp_path):
+    from host.compress.policy import LayerAction, Policy
+    from host.experiment.studies import measure_on
+    from host.workbench import Workbench
+    from lut_store.precision import Precision
+
+    experiment = load_experiment("sota", "tiny", devices=[agent.address], store=tiny)
+    with Workbench.open(experiment.search) as bench:
+        assert Precision.BF16 not in bench.device_precisions()  # onnxruntime's CPU provider has no bf16 kernels
+        fp32 = bench.export_reference(tmp_path / "fp32.onnx").path
+        layers = {lim.name: LayerAction(1.0, Precision.FP32) for lim in bench.layer_limits()}
+        layers[next(iter(layers))] = LayerAction(1.0, Precision.BF16)
+        policy = Policy(experiment.search.model, layers)
+        bf16 = bench.export(bench.variant(policy), policy, tmp_path / "bf16.onnx").path
+        rows = measure_on(bench, "ort", fp32, [("ov", bf16, {Precision.BF16, Precision.FP32})], progress=False)
+    by_label = {row.label: row.values for row in rows}
+    assert by_label[("ov", "ort")] == {"runs_on_device": 0.0}
+    assert by_label[(BASELINE, "ort")]["runs_on_device"] == 1.0 and by_label[(BASELINE, "ort")]["latency_ms"] > 0
 
 
 def test_cross_device_on_embedded_agents_of_each_runtime(tmp_path):

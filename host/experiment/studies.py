@@ -321,24 +321,50 @@ def cross_device(experiment: Experiment, seed: int, directory: Path, progress: b
         out = directory / f"device{i}"
         _say(progress, f"[cross-device] searching for {label} ...")
         search = _search(config, out, progress)
-        models.append((label, out / search.controllers["ppo"].onnx))
+        final = search.controllers["ppo"]
+        precisions = {action.precision for action in final.policy.layers.values()}
+        models.append((label, out / final.onnx, precisions))
         runs.append(_run_dir(out, directory))
     fp32 = directory / "device0" / "final" / "baseline_fp32.onnx"
     rows = []
     for device, on in zip(devices, labels, strict=True):
         _say(progress, f"[cross-device] measuring every policy on {on} ...")
         with Workbench.open(replace(experiment.search, device=device)) as bench:
-            measured = {}
-            for name, path in ((BASELINE, fp32), *models):
-                paired = bench.paired(path, fp32)
-                measured[name] = {
-                    "latency_ms": paired.model.median_ms,
-                    "speedup": paired.speedup,
-                    "predicted_latency_ms": bench.predict(path).latency_ms,
-                    "test_accuracy_onnxruntime": bench.device_accuracy(path),
-                }
-        rows += [Row((name, on), {**values, **_against_own(measured, name, on)}) for name, values in measured.items()]
+            rows += measure_on(bench, on, fp32, models, progress)
     return SeedResult(seed, tuple(rows), {}, tuple(runs))
+
+
+# A final model: the label of the device it was searched for, its ONNX file, the precisions its layers use.
+FinalModel = tuple[str, Path, set[Precision]]
+
+
+def measure_on(bench: Workbench, on: str, fp32: Path, models: list[FinalModel], progress: bool) -> list[Row]:
+    """The FP32 model and every final model on device `on` (that bench's), a row each: measured
+    latency paired with the FP32 model, predicted latency, accuracy on the device, and each against
+    the device's own policy. A model with a precision the device does not run is not sent there."""
+    measured, lacking = {}, {}
+    for name, path, precisions in ((BASELINE, fp32, {Precision.FP32}), *models):
+        missing = precisions - set(bench.device_precisions())
+        if missing:  # e.g. a bf16 layer on onnxruntime's CPU provider, which has no bf16 kernels
+            _say(progress, f"[cross-device] {on} cannot run {name}'s policy: no {_names(missing)} there")
+            lacking[name] = {"runs_on_device": 0.0}
+            continue
+        paired = bench.paired(path, fp32)
+        measured[name] = {
+            "latency_ms": paired.model.median_ms,
+            "speedup": paired.speedup,
+            "predicted_latency_ms": bench.predict(path).latency_ms,
+            "test_accuracy_onnxruntime": bench.device_accuracy(path),
+            "runs_on_device": 1.0,
+        }
+    return [
+        Row((name, on), lacking.get(name) or {**measured[name], **_against_own(measured, name, on)})
+        for name in (BASELINE, *(label for label, _, _ in models))
+    ]
+
+
+def _names(precisions: set[Precision]) -> str:
+    return ", ".join(sorted(p.value for p in precisions))
 
 
 # Within this many points of test accuracy, two policies count as equally accurate.
@@ -365,6 +391,7 @@ DEVICE_COLUMNS = (
     Column("test_accuracy_onnxruntime", "test accuracy (on that device's runtime)", "%"),
     Column("latency_vs_own_policy", "latency / that device's own policy's latency", "x"),
     Column("own_policy_best", "own policy fastest at equal accuracy (1 holds, 0 fails)", "#"),
+    Column("runs_on_device", "runs there (1; 0: a precision that device lacks)", "#"),
 )
 
 CROSS_DEVICE_DOC = (
@@ -375,7 +402,9 @@ CROSS_DEVICE_DOC = (
     "column 'measured on' Y. The hardware-aware claim holds where each column's lowest measured latency lies on its "
     "diagonal; per cell, 'latency / own policy' is measured (above 1: the device's own policy is faster) and "
     "'own policy fastest' says whether the claim holds there (1) or not (0) against every policy at most 0.5 "
-    "points less accurate (a less accurate policy leaves the cell empty: it is not a rival at equal accuracy). "
+    "points less accurate (a less accurate policy leaves the cell empty: it is not a rival at equal accuracy). A "
+    "policy with a precision a device does not run (bf16 layers on onnxruntime's CPU provider) is not run there: "
+    "its cell says so (runs there: 0) and it is no rival. "
     "Each device's FP32 reference is the FP32 model as that device runs it by default (OpenVINO: bf16 where the "
     "CPU has it). Read speedups down a column with care: each row's is against its own FP32 rounds, and a large FP32 "
     "model's latency can drift more between rows than a small model's does."
