@@ -208,13 +208,13 @@ def cmd_policy_init(args: argparse.Namespace) -> int:
 def _search_text(summary: Any, out: Path) -> str:
     base = summary.baseline
     header = (
-        f"{'':<10} {'val acc':>8} {'test acc':>9} {'onnxrt':>8} {'agrees':>7} {'params':>11} {'file MB':>8} "
+        f"{'':<16} {'val acc':>8} {'test acc':>9} {'onnxrt':>8} {'agrees':>7} {'params':>11} {'file MB':>8} "
         f"{'pred ms':>8} {'meas ms':>8} {'speedup':>8} {'reward':>7}"
     )
     measured = base.measured_latency.median_ms if base.measured_latency else None
     rows = [
         header,
-        f"{'baseline':<10} {base.val_accuracy:>8.4f} {base.test_accuracy:>9.4f} "
+        f"{'baseline':<16} {base.val_accuracy:>8.4f} {base.test_accuracy:>9.4f} "
         f"{_number(base.test_accuracy_onnxruntime, '.4f'):>8} {'':>7} {base.params:>11,} "
         f"{_megabytes(base.file_bytes):>8} {base.predicted_latency_ms:>8.3f} {_number(measured, '.3f'):>8} "
         f"{1.0:>8.2f} {'':>7}",
@@ -222,7 +222,7 @@ def _search_text(summary: Any, out: Path) -> str:
     for name, c in summary.controllers.items():
         measured = c.measured_latency.median_ms if c.measured_latency else None
         rows.append(
-            f"{name:<10} {c.val_accuracy:>8.4f} {c.test_accuracy:>9.4f} "
+            f"{name:<16} {c.val_accuracy:>8.4f} {c.test_accuracy:>9.4f} "
             f"{_number(c.test_accuracy_onnxruntime, '.4f'):>8} "
             f"{_number(c.agreement and c.agreement.teacher_agreement, '.4f'):>7} {c.params:>11,} "
             f"{_megabytes(c.file_bytes):>8} {c.predicted_latency_ms:>8.3f} "
@@ -230,7 +230,7 @@ def _search_text(summary: Any, out: Path) -> str:
         )
     for name, a in summary.alternatives.items():
         rows.append(
-            f"{name:<10} {'-':>8} {'-':>9} {a.test_accuracy_onnxruntime:>8.4f} "
+            f"{name:<16} {'-':>8} {'-':>9} {a.test_accuracy_onnxruntime:>8.4f} "
             f"{a.agreement.teacher_agreement:>7.4f} {a.params:>11,} {_megabytes(a.file_bytes):>8} "
             f"{_number(a.predicted_latency_ms, '.3f'):>8} {a.measured_latency.median_ms:>8.3f} {a.speedup:>8.2f} "
             f"{'-':>7}"

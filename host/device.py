@@ -153,12 +153,18 @@ class PairedLatency:
 
 
 def paired_latency(
-    device: Device, model_path: Path, baseline_path: Path, rounds: int = 3, batch: int = 1
+    device: Device,
+    model_path: Path,
+    baseline_path: Path,
+    rounds: int = 3,
+    batch: int = 1,
+    baseline_device: Device | None = None,
 ) -> PairedLatency:
     """Benchmark the model and the reference in turn, `rounds` times each. A CPU shared with other
     tenants drifts by tens of percent within minutes, unseen by the agent's interference check
     (the FP32 ResNet18 at one thread took 4.0 to 6.8 ms within one search here), so a speedup is
-    a ratio of measurements taken side by side, with every round kept."""
+    a ratio of measurements taken side by side, with every round kept. The reference runs on
+    `baseline_device` when given (another runtime on the same machine), else on `device`."""
     from host.agent_client import message_dict
 
     if rounds < 1:
@@ -166,7 +172,7 @@ def paired_latency(
     model_runs, baseline_runs = [], []
     for _ in range(rounds):
         model_runs.append(device.benchmark(model_path, batch_size=batch))
-        baseline_runs.append(device.benchmark(baseline_path, batch_size=batch))
+        baseline_runs.append((baseline_device or device).benchmark(baseline_path, batch_size=batch))
 
     def middle(runs: list[agent_pb2.BenchmarkResponse]) -> agent_pb2.BenchmarkResponse:
         return sorted(runs, key=lambda r: r.latency.median_ms)[(len(runs) - 1) // 2]

@@ -327,20 +327,21 @@ class Workbench:
             float(kl),
         )
 
-    def device_classes(self, path: Path) -> np.ndarray:
-        """Test-split top-1 classes of an exported model as the device's runtime computes them."""
-        return device_classes(self.device, path, self.data.x_test, self.config.device.benchmark_batch)
+    def device_classes(self, path: Path, on: Device | None = None) -> np.ndarray:
+        """Test-split top-1 classes of an exported model as the device's runtime computes them
+        (or device `on`'s)."""
+        return device_classes(on or self.device, path, self.data.x_test, self.config.device.benchmark_batch)
 
     def device_accuracy(self, path: Path) -> float:
         """Test-split top-1 of an exported model as the device's runtime computes it."""
         return float((self.device_classes(path) == self.data.y_test).mean())
 
-    def agreement(self, path: Path, reference: Path) -> tuple[float, Agreement]:
-        """The exported model's test-split top-1 on the device, and its agreement with the FP32
-        `reference` there (the reference's classes are computed once)."""
+    def agreement(self, path: Path, reference: Path, on: Device | None = None) -> tuple[float, Agreement]:
+        """The exported model's test-split top-1 on the device (or on device `on`), and its
+        agreement with the FP32 `reference` on the device (its classes are computed once)."""
         if reference not in self._reference_classes:
             self._reference_classes[reference] = self.device_classes(reference)
-        classes, labels = self.device_classes(path), self.data.y_test
+        classes, labels = self.device_classes(path, on), self.data.y_test
         found = agreement(labels, self._reference_classes[reference], classes, self.data.num_classes)
         return float((classes == labels).mean()), found
 

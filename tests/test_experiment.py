@@ -16,6 +16,7 @@ from host.experiment.results import Results
 from host.experiment.run import resume_experiment, run_experiment
 from host.experiment.studies import ABLATION, ALTERNATIVE_LABELS, BASELINE, HADMC, SEQUENTIAL
 from host.runs import from_doc
+from host.search.alternatives import DEFAULT_ALTERNATIVES
 from lut_store.tomlfile import ConfigError
 from tests.conftest import quick_config
 
@@ -67,7 +68,7 @@ def test_sota(agent, tiny, tmp_path):
     out = tmp_path / "sota"
     results = run_experiment(load_experiment("sota", "tiny", devices=[agent.address], store=tiny), out, progress=False)
     rows = _rows(results)
-    alternatives = [(label,) for label in ALTERNATIVE_LABELS.values()]
+    alternatives = [(ALTERNATIVE_LABELS[name],) for name in DEFAULT_ALTERNATIVES]
     methods = [(BASELINE,), ("AMC-style (amc)",), ("HAQ-style (haq)",), (SEQUENTIAL,), (HADMC,)]
     assert list(rows) == methods + alternatives
     for label in methods:

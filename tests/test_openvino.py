@@ -285,3 +285,83 @@ def test_a_bf16_layer_is_exported_keyed_measured_and_agrees_with_torch(ov_f32_cl
         in_torch = net(torch.from_numpy(x)).numpy()
     # torch rounds the bf16 layers' weights and inputs as the device's bf16 kernels do.
     np.testing.assert_allclose(on_device, in_torch, atol=0.05 * float(np.abs(in_torch).max()))
+
+
+def test_openvino_default_is_the_fp32_model_on_openvino_beside_the_search(agent, ov_agent, tmp_path, monkeypatch):
+    from host.search.run import load_search_config, run_search
+
+    monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
+    doc = {
+        "model": "mlp",
+        "data": {"name": "breast-cancer"},
+        "search": {
+            "controllers": ["uniform"],
+            "episodes": 1,
+            "episode_samples": 64,
+            "alternatives": ["openvino-default"],
+            "openvino_device": ov_agent.address,
+        },
+        "baseline": {"epochs": 2},
+        "final_distill": {"epochs": 1},
+        "device": {"name": agent.address},
+        "store": f"sqlite:///{tmp_path / 'lut.sqlite'}",
+    }
+    out = tmp_path / "run"
+    summary = run_search(load_search_config(None, doc), out, progress=False)
+    assert list(summary.alternatives) == ["openvino-default"]
+    a = summary.alternatives["openvino-default"]
+    reference = out / "final" / "baseline_fp32.onnx"
+    assert a.onnx == "final/baseline_fp32.onnx" and a.file_bytes == reference.stat().st_size  # the model unchanged
+    assert a.keep_ratio == 1.0 and a.params == summary.baseline.params
+    precision = AgentClient(AgentTarget(ov_agent.address)).info().fingerprint.inference_precision
+    assert f"float layers computed in {precision}" in a.description
+    assert a.predicted_latency_ms is None and "OpenVINO agent" in a.prediction_error  # no LUT of that device here
+    assert len(a.benchmark_rounds) == 3
+    assert a.speedup == pytest.approx(a.baseline_measured_latency.median_ms / a.measured_latency.median_ms)
+    # The same network on another runtime: the teacher's classes but for bf16 rounding.
+    assert a.agreement.teacher_agreement >= 0.95
+    assert abs(a.test_accuracy_onnxruntime - summary.baseline.test_accuracy_onnxruntime) <= 0.03
+    assert "openvino-default" in (out / "report.html").read_text()
+
+
+class _Elsewhere:
+    """The search device's client, claiming another CPU (a unit test of the same-machine check)."""
+
+    def __init__(self, client: AgentClient) -> None:
+        self.client = client
+
+    def info(self) -> agent_pb2.DeviceInfo:
+        info = agent_pb2.DeviceInfo()
+        info.CopyFrom(self.client.info())
+        info.fingerprint.cpu.model = "Some Other CPU"
+        return info
+
+
+def test_openvino_default_refuses_what_cannot_give_it(agent, ov_agent, client):
+    from types import SimpleNamespace
+
+    from host.device import DeviceConfig
+    from host.search.alternatives import check_openvino_default
+    from host.search.run import load_search_config
+
+    named = {"device": {"name": agent.address}, "search": {"alternatives": ["openvino-default"]}}
+    with pytest.raises(ConfigError, match=r"name an OpenVINO agent on that machine in \[search\] openvino_device"):
+        load_search_config(None, named)
+    with pytest.raises(ConfigError, match="add it to alternatives"):
+        load_search_config(None, {"search": {"openvino_device": ov_agent.address}})
+
+    def bench(device: object, threads: int = 1) -> SimpleNamespace:
+        return SimpleNamespace(config=SimpleNamespace(device=DeviceConfig(threads=threads)), device=device)
+
+    check_openvino_default(bench(client), ov_agent.address)  # the same machine: accepted
+    check_openvino_default(bench(client), "")  # an embedded OpenVINO agent beside an embedded search device
+    with pytest.raises(ConfigError, match="needs an OpenVINO agent; .* runs onnxruntime"):
+        check_openvino_default(bench(client), agent.address)
+    with pytest.raises(ConfigError, match="not on the search device's .*cpu.model: 'Some Other CPU'"):
+        check_openvino_default(bench(_Elsewhere(client)), ov_agent.address)
+    f32 = Agent(quick_config(runtime="openvino", inference_precision="f32")).start()
+    try:
+        with pytest.raises(ConfigError, match="inference_precision = 'f32': start it with the default"):
+            check_openvino_default(bench(client), f32.address)
+    finally:
+        f32.stop(grace_s=1.0)

@@ -68,6 +68,7 @@ HADMC = "hadmc (ppo)"
 ALTERNATIVE_LABELS = {
     "ort-ptq": "onnxruntime int8 of the teacher (ort-ptq)",
     "uniform+ptq": "uniform pruning at the budget, then onnxruntime int8 (uniform+ptq)",
+    "openvino-default": "the FP32 teacher on OpenVINO's defaults (openvino-default)",
 }
 
 

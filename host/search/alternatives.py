@@ -7,12 +7,15 @@ final models on the same device in the same run (final/NAME/):
   folded, no fine-tuning, then the same quantizer. The keep-ratio is the largest on a 0.05 grid
   of the search's keep range whose uniform int8 model the LUT predicts within the budget:
   `latency_budget_ms`, else the predicted latency of the search's first controller's final model
-  (hadmc's answer), so the two are compared at one speed.
+  (hadmc's answer), so the two are compared at one speed;
+- `openvino-default` (opt-in): the FP32 reference as OpenVINO runs it by default (bf16 where the
+  CPU has it) on an OpenVINO agent on the search device's machine (`[search] openvino_device`,
+  else an embedded one), benchmarked in turn with the reference on the search's device.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +23,17 @@ import numpy as np
 from host.compress.export import ExportedModel
 from host.compress.prune import count_params
 from host.compress.ptq import calibration_batches, quantize_int8
+from host.device import DeviceConfig, open_device, paired_latency
 from host.latency import LatencyError
 from host.runs import Alternative, read_record, write_record
 from host.search.space import SearchSpace
 from host.workbench import Workbench
 from lut_store.precision import Precision
+from lut_store.tomlfile import ConfigError
+from protos.hadmc.v1 import agent_pb2
 
-ALTERNATIVES = ("ort-ptq", "uniform+ptq")
+ALTERNATIVES = ("ort-ptq", "uniform+ptq", "openvino-default")
+DEFAULT_ALTERNATIVES = ("ort-ptq", "uniform+ptq")
 KEEP_STEP = 0.05
 
 
@@ -47,18 +54,30 @@ def run_alternatives(
     out: Path,
     reference: ExportedModel,
     budget_ms: float,
+    openvino: str = "",
 ) -> dict[str, Alternative]:
-    """Each named alternative made, verified and measured (a finished one is read back)."""
-    return {name: _alternative(bench, name, space, out, reference, budget_ms) for name in names}
+    """Each named alternative made, verified and measured (a finished one is read back);
+    `openvino` names the OpenVINO agent of `openvino-default` (empty: an embedded one)."""
+    return {name: _alternative(bench, name, space, out, reference, budget_ms, openvino) for name in names}
 
 
 def _alternative(
-    bench: Workbench, name: str, space: SearchSpace, out: Path, reference: ExportedModel, budget_ms: float
+    bench: Workbench,
+    name: str,
+    space: SearchSpace,
+    out: Path,
+    reference: ExportedModel,
+    budget_ms: float,
+    openvino: str,
 ) -> Alternative:
     directory = out / "final" / name
     if (directory / "result.json").exists():
         return read_record(directory / "result.json", Alternative)
     directory.mkdir(exist_ok=True)
+    if name == "openvino-default":
+        alternative = _openvino_default(bench, openvino, out, reference)
+        write_record(directory / "result.json", alternative)
+        return alternative
     bench.progress.say(f"[{name}] the one-command alternative: onnxruntime's int8 quantizer ...")
     made = (
         Made(
@@ -103,6 +122,76 @@ def _alternative(
     )
     write_record(directory / "result.json", alternative)
     return alternative
+
+
+def openvino_device(device: DeviceConfig, name: str) -> DeviceConfig:
+    """The OpenVINO agent of `openvino-default`: the device `name` (`[search] openvino_device`),
+    else an embedded one with the search device's threads (beside an embedded search device)."""
+    return replace(device, name=name, runtime="") if name else replace(device, runtime="openvino")
+
+
+def check_openvino_default(bench: Workbench, name: str) -> None:
+    """Refuse, before the search, an OpenVINO agent that cannot give `openvino-default`: another
+    runtime, a precision hint other than the default, or another kind of machine than the
+    search device's (the alternative compares runtimes on one machine)."""
+    config = openvino_device(bench.config.device, name)
+    with open_device(config) as device:
+        theirs = device.info().fingerprint
+    ours = bench.device.info().fingerprint
+    where = config.describe()
+    if theirs.runtime != "openvino":
+        raise ConfigError(
+            f"openvino-default needs an OpenVINO agent; {where} runs {theirs.runtime} (start one with "
+            "hadmc agent serve --runtime openvino)"
+        )
+    if "INFERENCE_PRECISION_HINT" in theirs.provider_options:
+        raise ConfigError(
+            f"openvino-default is OpenVINO's default execution; {where} was started with inference_precision = "
+            f"{theirs.provider_options['INFERENCE_PRECISION_HINT']!r}: start it with the default"
+        )
+    machine = ("cpu.model", "cpu.architecture", "memory_total_bytes", "kernel")
+    mine, other = (_facts(f) for f in (ours, theirs))
+    if mine != other:
+        differ = ", ".join(f"{k}: {a!r} vs {b!r}" for k, a, b in zip(machine, mine, other, strict=True) if a != b)
+        raise ConfigError(
+            f"openvino-default compares runtimes on one machine, and {where} is not on the search device's "
+            f"({differ}); name an OpenVINO agent on that machine in [search] openvino_device"
+        )
+
+
+def _facts(f: agent_pb2.Fingerprint) -> tuple[str, str, int, str]:
+    return f.cpu.model, f.cpu.architecture, f.memory_total_bytes, f.kernel
+
+
+def _openvino_default(bench: Workbench, name: str, out: Path, reference: ExportedModel) -> Alternative:
+    """The FP32 reference on the OpenVINO agent, measured in turn with it on the search's device."""
+    config = openvino_device(bench.config.device, name)
+    bench.progress.say(f"[openvino-default] the FP32 model as OpenVINO runs it by default ({config.describe()}) ...")
+    settings = bench.config.device
+    with open_device(config) as device:
+        info = device.info()
+        accuracy, agrees = bench.agreement(reference.path, reference.path, on=device)
+        paired = paired_latency(
+            device, reference.path, reference.path, settings.benchmark_rounds, settings.benchmark_batch, bench.device
+        )
+    f = info.fingerprint
+    return Alternative(
+        "openvino-default",
+        f"the FP32 teacher (the reference ONNX, unchanged) on OpenVINO {f.runtime_version} {config.describe()} "
+        f"with its default settings: float layers computed in {f.inference_precision}",
+        1.0,
+        accuracy,
+        count_params(bench.teacher),
+        reference.path.stat().st_size,
+        None,
+        paired.model,
+        paired.baseline,
+        paired.speedup,
+        paired.rounds,
+        str(reference.path.relative_to(out)),
+        agrees,
+        "measured on the OpenVINO agent; the LUT is the search device's",
+    )
 
 
 def _uniform_fp32(bench: Workbench, space: SearchSpace, directory: Path, budget_ms: float) -> Made:

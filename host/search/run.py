@@ -43,7 +43,7 @@ from host.runs import (
     write_record,
 )
 from host.search.allocate import Damage, groups_of, measure_damage, proposal_keeps, proposals
-from host.search.alternatives import ALTERNATIVES, run_alternatives
+from host.search.alternatives import ALTERNATIVES, DEFAULT_ALTERNATIVES, check_openvino_default, run_alternatives
 from host.search.budget import LatencyEstimator, latency_estimator, latency_shares, search_constraint
 from host.search.controllers import Controller
 from host.search.evaluate import Evaluator
@@ -81,7 +81,10 @@ class SearchSettings:
     # episode), and PPO starts from the best of them (host/search/allocate.py); 0: from scratch.
     warm_start: int = 4
     # The one-command baselines measured beside the final models (host/search/alternatives.py).
-    alternatives: list[str] = field(default_factory=lambda: list(ALTERNATIVES))
+    alternatives: list[str] = field(default_factory=lambda: list(DEFAULT_ALTERNATIVES))
+    # The OpenVINO agent of the openvino-default alternative, on the search device's machine: a
+    # devices-file name or HOST:PORT (empty: an embedded one, beside an embedded search device).
+    openvino_device: str = ""
     seed: int = 0
 
 
@@ -111,6 +114,13 @@ class SearchConfig(BenchConfig):
         odd = [a for a in s.alternatives if a not in ALTERNATIVES]
         if odd:
             raise ConfigError(f"alternatives {odd}: choose among {', '.join(ALTERNATIVES)} (or [] for none)")
+        if "openvino-default" in s.alternatives and self.device.name and not s.openvino_device:
+            raise ConfigError(
+                f"alternative openvino-default runs the FP32 model on OpenVINO beside device {self.device.name!r}: "
+                "name an OpenVINO agent on that machine in [search] openvino_device"
+            )
+        if s.openvino_device and "openvino-default" not in s.alternatives:
+            raise ConfigError("openvino_device is the OpenVINO agent of openvino-default: add it to alternatives")
         unknown = [c for c in s.controllers if c not in CONTROLLERS]
         if unknown or not s.controllers:
             raise ConfigError(f"controllers {unknown or '[]'}: choose among {', '.join(CONTROLLERS)}")
@@ -158,6 +168,8 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
         reference = bench.export_reference(out / "final" / "baseline_fp32.onnx")
         baseline = _baseline(bench, reference, out)
         precisions = _device(bench, config, out)
+        if "openvino-default" in config.search.alternatives:
+            check_openvino_default(bench, config.search.openvino_device)
         space = _space(bench, config, precisions, reference)
         evaluator = Evaluator(
             bench,
@@ -176,7 +188,9 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
         for path in (reference.path, *(out / final.onnx for final in finals.values())):
             bench.register(path)  # the device's nightly re-profile keeps their kernels fresh
         budget_ms = config.search.latency_budget_ms or next(iter(finals.values())).predicted_latency_ms
-        alternatives = run_alternatives(bench, config.search.alternatives, space, out, reference, budget_ms)
+        alternatives = run_alternatives(
+            bench, config.search.alternatives, space, out, reference, budget_ms, config.search.openvino_device
+        )
     versions = {v for r in rows for v in r.lut_version_ids} | ({bench.sealed.id} if bench.sealed else set())
     summary = SearchSummary(
         baseline,
