@@ -177,8 +177,8 @@ def _openvino_default(bench: Workbench, name: str, out: Path, reference: Exporte
     f = info.fingerprint
     return Alternative(
         "openvino-default",
-        f"the FP32 teacher (the reference ONNX, unchanged) on OpenVINO {f.runtime_version} {config.describe()} "
-        f"with its default settings: float layers computed in {f.inference_precision}",
+        f"the FP32 teacher (the reference ONNX, unchanged) run by OpenVINO {f.runtime_version.split('-')[0]} "
+        f"with its default settings ({config.describe()}): float layers computed in {f.inference_precision}",
         1.0,
         accuracy,
         count_params(bench.teacher),
