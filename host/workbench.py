@@ -41,6 +41,7 @@ from host.compress.export import ExportedModel, export_onnx, export_policy_model
 from host.compress.fold import fold_batchnorm
 from host.compress.policy import LayerLimits, Policy, validate
 from host.compress.prune import layer_limits
+from host.compress.quant import runtime_arithmetic
 from host.compress.size import SizeReport, size_report
 from host.compress.train import TrainConfig, accuracy, load_weights, trained_baseline
 from host.data import DataConfig, DataSplits, make_loaders, tensor_dataset
@@ -307,7 +308,11 @@ class Workbench:
         return distill(student, self.teacher, self.kd_layers, loader, config, fit)
 
     def accuracy(self, model: nn.Module, split: str) -> float:
-        """Top-1 in torch on "val" or "test"."""
+        """Top-1 in torch on "val" or "test". On "test", int8 layers compute what onnxruntime's
+        integer kernels do (`runtime_arithmetic`), so the accuracy reported is the runtime's."""
+        if split == "test":
+            with runtime_arithmetic(model):
+                return accuracy(model, self.loaders.test)
         return accuracy(model, getattr(self.loaders, split))
 
     def fidelity(self, model: nn.Module, split: str) -> Fidelity:

@@ -215,11 +215,11 @@ def test_corrupt_cached_baseline_is_named(tmp_path):
     assert result.returncode == 1 and f"checkpoint {target} cannot be loaded" in result.stderr, result.stderr
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(2400)
+@pytest.mark.timeout(1200)
 def test_mobilenetv2_int8_onnxruntime_parity_on_synthetic_neu_det(tmp_path, agent, monkeypatch):
-    """About 4 minutes on 2 cores: run with `pytest -m slow`. (The gap was 0.0-0.56 points while a
-    projection's output was quantized twice in torch and once, merged, in onnxruntime.)"""
+    """A trained int8 MobileNetV2: torch's test accuracy is the device's, image for image. (The gap
+    was 0.0-0.56 points while a projection's output was quantized twice in torch and once, merged,
+    in onnxruntime; up to float accumulation's missed levels after that.)"""
     from host.agent_client import AgentClient, AgentTarget
     from host.compress.distill import DistillConfig
     from host.compress.run import CompressConfig, run_compress
@@ -231,7 +231,7 @@ def test_mobilenetv2_int8_onnxruntime_parity_on_synthetic_neu_det(tmp_path, agen
         model="mobilenetv2",
         data=DataConfig(name="synthetic-neu-det"),
         baseline=TrainConfig(epochs=15, lr=2e-3, weight_decay=5e-4, augment=True),
-        distill=DistillConfig(epochs=10, augment=True),
+        distill=DistillConfig(epochs=3, augment=True),
     )
     from host.compress.policy import Policy
 
@@ -240,4 +240,4 @@ def test_mobilenetv2_int8_onnxruntime_parity_on_synthetic_neu_det(tmp_path, agen
         summary = run_compress(config, policy, tmp_path / "out", progress=False, device=client)
     base, c = summary.baseline, summary.compressed
     assert base.test_accuracy > 0.85
-    assert abs(c.test_accuracy_onnxruntime - c.test_accuracy) <= 0.005
+    assert c.test_accuracy_onnxruntime == c.test_accuracy  # torch computes the runtime's int8 arithmetic

@@ -19,11 +19,17 @@ exports as the Q -> DQ pair onnxruntime needs to fuse). Two different quantizers
 tensor would round twice in torch, while onnxruntime merges such a chain into one rounding on
 the intersected range (its DoubleQDQPairsRemover): MobileNetV2's projection convs lost up to
 0.56 accuracy points that way.
+
+Fake quantization accumulates in float, so a layer's output misses a level now and then;
+within `runtime_arithmetic` (eval only) int8 Conv2d and Linear layers compute onnxruntime's
+integer arithmetic instead, and torch's logits equal the runtime's bit for bit.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.fx
@@ -185,12 +191,64 @@ def _plan_int8(model: nn.Module, layers: set[str]) -> list[tuple[str, tuple[floa
     return plan
 
 
+def _runtime(module: nn.Module) -> bool:
+    """Whether the layer computes as onnxruntime does (`runtime_arithmetic`, eval, not exporting)."""
+    return module.runtime_exact and not module.training and not torch.onnx.is_in_onnx_export()
+
+
 def _quantize_input(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    return (module.act_quant(args[0], observe=not module.shares_input_quant), *args[1:])
+    x = args[0]
+    if _runtime(module) and not module.shares_input_quant:
+        # QuantizeLinear divides by the scale (torch's fake quantization multiplies by its inverse).
+        scale, zero = module.act_quant.qparams()
+        return (torch.clamp(torch.round(x / scale), -zero, 255 - zero) * scale, *args[1:])
+    return (module.act_quant(x, observe=not module.shares_input_quant), *args[1:])
 
 
 def _quantize_output(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
-    return module.out_quant(out)
+    return _runtime_output(module, args[0]) if _runtime(module) else module.out_quant(out)
+
+
+def _runtime_output(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's output as onnxruntime's QLinearConv / QGemm computes it from `x` (on its input
+    quantizer's grid): int8 weight levels times input levels plus the int32 bias levels, summed
+    exactly (float64 holds every such sum) and wrapped to int32; converted to float32, times the
+    float32 multiplier (s_x * s_w) / s_y, clamped to the output's uint8 range and rounded half to
+    even. Float convolution rounds differently, so its outputs differ by one level now and then."""
+    x_scale, _ = module.act_quant.qparams()
+    weight = module.parametrizations.weight
+    w_scale = weight[0].scale(weight.original)
+    per_channel = (-1,) + (1,) * (module.weight.dim() - 1)
+    w = torch.round(module.weight / w_scale.reshape(per_channel)).double()  # the exported int8 levels
+    xq = torch.round(x / x_scale).double()  # input level minus its zero point
+    if isinstance(module, nn.Conv2d):
+        acc = F.conv2d(xq, w, None, module.stride, module.padding, module.dilation, module.groups)
+        channel = (1, -1, 1, 1)
+    else:
+        acc = F.linear(xq, w)
+        channel = (-1,)
+    if module.bias is not None:
+        acc = acc + module.parametrizations.bias[0].levels(module.bias).reshape(channel)
+    acc = torch.remainder(acc + 2**31, 2**32) - 2**31  # int32 arithmetic wraps around
+    y_scale, y_zero = module.out_quant.qparams()
+    multiplier = (x_scale * w_scale / y_scale).reshape(channel)
+    return torch.clamp(torch.round(acc.float() * multiplier), -y_zero, 255 - y_zero) * y_scale
+
+
+@contextmanager
+def runtime_arithmetic(model: nn.Module) -> Iterator[nn.Module]:
+    """Within, the model's int8 Conv2d and Linear layers compute in eval what onnxruntime's
+    integer kernels compute, to the last level: the torch accuracy of an int8 model is then the
+    device's. Several times slower than fake quantization (float64 accumulators), so it is kept
+    for the test split's reports."""
+    layers = [m for m in model.modules() if hasattr(m, "runtime_exact") and isinstance(m, (nn.Conv2d, nn.Linear))]
+    for layer in layers:
+        layer.runtime_exact = True
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.runtime_exact = False
 
 
 _HALF_TYPES = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
@@ -218,6 +276,7 @@ def apply_fake_quant(model: nn.Module, policy: Policy) -> nn.Module:
         module = modules[name]
         module.out_quant = ActFakeQuant(bounds=bounds)
         module.shares_input_quant = source is not None
+        module.runtime_exact = False  # set within `runtime_arithmetic`
         module.act_quant = modules[source].out_quant if source is not None else ActFakeQuant()
         module.register_forward_pre_hook(_quantize_input)
         module.register_forward_hook(_quantize_output)
