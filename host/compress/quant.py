@@ -210,27 +210,38 @@ def _quantize_output(module: nn.Module, args: tuple[torch.Tensor, ...], out: tor
 
 
 def _runtime_output(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's output as onnxruntime's QLinearConv / QGemm computes it from `x` (on its input
-    quantizer's grid): int8 weight levels times input levels plus the int32 bias levels, summed
-    exactly (float64 holds every such sum) and wrapped to int32; converted to float32, times the
-    float32 multiplier (s_x * s_w) / s_y, clamped to the output's uint8 range and rounded half to
-    even. Float convolution rounds differently, so its outputs differ by one level now and then."""
+    """The layer's output as onnxruntime computes it from `x` (on its input quantizer's grid):
+    int8 weight levels times input levels, summed exactly (float64 holds every such sum) and
+    wrapped to int32, then
+    - Conv and Gemm (QLinearConv, QGemm): plus the int32 bias levels, converted to float32, times
+      the float32 multiplier (s_x * s_w) / s_y, clamped to the output's uint8 range and rounded
+      half to even;
+    - a Linear over tokens (MatMul + Add: MatMulIntegerToFloat): converted to float32, times
+      s_x * s_w, plus the bias in float, then quantized as QuantizeLinear does (a division).
+    Float accumulation rounds differently, so its outputs differ by one level now and then."""
     x_scale, _ = module.act_quant.qparams()
     weight = module.parametrizations.weight
     w_scale = weight[0].scale(weight.original)
     per_channel = (-1,) + (1,) * (module.weight.dim() - 1)
     w = torch.round(module.weight / w_scale.reshape(per_channel)).double()  # the exported int8 levels
     xq = torch.round(x / x_scale).double()  # input level minus its zero point
+    tokens = isinstance(module, nn.Linear) and x.dim() > 2
     if isinstance(module, nn.Conv2d):
         acc = F.conv2d(xq, w, None, module.stride, module.padding, module.dilation, module.groups)
         channel = (1, -1, 1, 1)
     else:
         acc = F.linear(xq, w)
         channel = (-1,)
-    if module.bias is not None:
-        acc = acc + module.parametrizations.bias[0].levels(module.bias).reshape(channel)
+    bias = module.parametrizations.bias[0] if module.bias is not None else None
+    if bias is not None and not tokens:
+        acc = acc + bias.levels(module.bias).reshape(channel)
     acc = torch.remainder(acc + 2**31, 2**32) - 2**31  # int32 arithmetic wraps around
     y_scale, y_zero = module.out_quant.qparams()
+    if tokens:
+        y = acc.float() * (x_scale * w_scale)
+        if bias is not None:
+            y = y + bias.levels(module.bias).float() * bias.scale()
+        return torch.clamp(torch.round(y / y_scale), -y_zero, 255 - y_zero) * y_scale
     multiplier = (x_scale * w_scale / y_scale).reshape(channel)
     return torch.clamp(torch.round(acc.float() * multiplier), -y_zero, 255 - y_zero) * y_scale
 
