@@ -13,13 +13,6 @@ For each prediction, `foreign_share` is the part of its latency that came from e
 inside other models: with share 0 the prediction is that model's own profile re-used, so the
 figures are also reported for variants with foreign_share >= 0.5 (true transfer).
 
-A shared CPU's speed drifts by tens of percent within minutes, and a LUT entry keeps the speed of
-the minute it was measured in. To tell that drift from the LUT's own error, a fixed reference
-variant of the same model is benchmarked right after each fill profile and right before each
-evaluation benchmark; `in_model_lut_drift_adjusted` scales every kernel of a prediction by the
-reference's latency now over its latency when that kernel's entry was measured. It is a diagnosis
-of the machine, not a prediction the product makes: `in_model_lut` is the LUT's fidelity.
-
 Reports share within +-10% and +-5%, MAPE and Spearman rank correlation for the in-model LUT and
 for the naive isolated sum, plus a predicted-vs-measured scatter PNG (--plot).
 Targets on our 2-core CPU: >= 95% within +-10%, Spearman >= 0.95.
@@ -118,24 +111,13 @@ def main() -> int:
         }
         precisions = device_precisions(info)
         variants = export_variants(args.models.split(","), args.variants, precisions, rng, Path(tmp_name))
-        references = {
-            name: export_variant(
-                name,
-                random_policy(name, model_limits(name), rng, KEEP_RATIOS, precisions),
-                Path(tmp_name) / f"{name}_reference.onnx",
-                seed=10_000,
-            )
-            for name in args.models.split(",")
-        }
         report["export_s"] = time.monotonic() - t0
         predictor = LatencyPredictor.for_device(store, device)
-        t1 = time.monotonic()
-        reference_at_fill = fill(predictor, device, variants, references, rng)
-        report["fill_s"] = time.monotonic() - t1
+        report["fill_s"] = fill(predictor, variants, rng)
         predictor.client = None  # evaluation predicts from the LUT alone
         sources = {e.key_hash: e.settings.get("model_sha256") for e in store.entries(predictor.open_version.id)}
         t2 = time.monotonic()
-        rows = evaluate(device, predictor, variants, sources, references, reference_at_fill, rng)
+        rows = evaluate(device, predictor, variants, sources, rng)
         report["evaluate_s"] = time.monotonic() - t2
         report["worst_variants"] = explain_worst(device, predictor, variants, rows, sources, args.explain)
         predictor.close()
@@ -161,23 +143,14 @@ def export_variants(
     return variants
 
 
-def fill(
-    predictor: LatencyPredictor,
-    device: Device,
-    variants: list[tuple[str, Path]],
-    references: dict[str, Path],
-    rng: random.Random,
-) -> dict[str, float]:
-    """Profile every variant in-model once, in random order, each followed by a benchmark of its
-    model's reference variant; that reference latency (ms) by the profiled variant's sha256."""
+def fill(predictor: LatencyPredictor, variants: list[tuple[str, Path]], rng: random.Random) -> float:
+    """Profile every variant in-model once, in random order; the seconds it took."""
     order = list(range(len(variants)))
     rng.shuffle(order)
-    reference_ms = {}
+    t0 = time.monotonic()
     for i in order:
-        name, path = variants[i]
-        sha = predictor.predict(path).model_sha256
-        reference_ms[sha] = device.benchmark(references[name], batch_size=1).latency.median_ms
-    return reference_ms
+        predictor.predict(variants[i][1])
+    return time.monotonic() - t0
 
 
 def evaluate(
@@ -185,32 +158,23 @@ def evaluate(
     predictor: LatencyPredictor,
     variants: list[tuple[str, Path]],
     sources: dict[str, str],
-    references: dict[str, Path],
-    reference_at_fill: dict[str, float],
     rng: random.Random,
 ) -> list[dict]:
-    """Per variant, interleaved in random order: the LUT's prediction, its model's reference
-    variant benchmarked, a fresh measurement, and the isolated-kernel sum."""
+    """Per variant, interleaved in random order: the LUT's prediction, a fresh measurement and
+    the isolated-kernel sum."""
     order = list(range(len(variants)))
     rng.shuffle(order)
     rows, iso_cache = [], {}
     for i in order:
         name, path = variants[i]
         pred = predictor.predict(path)
-        reference_now = device.benchmark(references[name], batch_size=1).latency.median_ms
         measured = device.benchmark(path, batch_size=1).latency
         foreign = sum(k.latency_ms for k in pred.kernels if sources.get(k.key_hash) != pred.model_sha256)
-        drift_adjusted = sum(
-            k.latency_ms * reference_now / reference_at_fill.get(sources.get(k.key_hash), reference_now)
-            for k in pred.kernels
-        )
         rows.append(
             {
                 "model": name,
                 "variant": path.stem,
                 "predicted_ms": pred.latency_ms,
-                "drift_adjusted_ms": drift_adjusted,
-                "reference_ms": reference_now,
                 "measured_ms": measured.median_ms,
                 "measured_stable": measured.stable,
                 "foreign_share": foreign / pred.latency_ms,
@@ -233,11 +197,6 @@ def summarise(rows: list[dict], models: list[str]) -> dict:
     return {
         "in_model_lut": {
             g: fidelity([r["predicted_ms"] for r in rs], [r["measured_ms"] for r in rs])
-            for g, rs in groups.items()
-            if rs
-        },
-        "in_model_lut_drift_adjusted": {
-            g: fidelity([r["drift_adjusted_ms"] for r in rs], [r["measured_ms"] for r in rs])
             for g, rs in groups.items()
             if rs
         },
