@@ -309,7 +309,8 @@ class Workbench:
 
     def accuracy(self, model: nn.Module, split: str) -> float:
         """Top-1 in torch on "val" or "test". On "test", int8 layers compute what onnxruntime's
-        integer kernels do (`runtime_arithmetic`), so the accuracy reported is the runtime's."""
+        integer kernels do (`runtime_arithmetic`): an int8 CNN's accuracy is then the runtime's
+        (float layers between them still round as torch's kernels do)."""
         if split == "test":
             with runtime_arithmetic(model):
                 return accuracy(model, self.loaders.test)
