@@ -129,8 +129,10 @@ SOTA_DOC = (
     "HAQ search (same episodes) chooses only the precisions. hadmc: PPO over the joint action. The last rows are "
     "what a user gets in one command: onnxruntime's static int8 quantizer (per-channel, calibrated on the training "
     "split) on the FP32 teacher, and on the teacher pruned uniformly to the largest keep-ratio whose int8 model the "
-    "LUT predicts within the budget (BatchNorm re-estimated, no fine-tuning); they have no torch model and no "
-    "effective-size accounting, so those cells are empty. Speedup: over the FP32 model measured in the same session."
+    "LUT predicts within the budget (BatchNorm re-estimated, no fine-tuning), and, where [search] alternatives "
+    "names openvino-default, the FP32 teacher as OpenVINO runs it by default on the same machine (its speedup is "
+    "over the FP32 model on the search's device); they have no torch model and no effective-size accounting, so "
+    "those cells are empty. Speedup: over the FP32 model measured in the same session."
 )
 
 
