@@ -25,8 +25,9 @@ from lut_store.keys.graph import RuntimeNode
 # What a device must list in OPTIMIZATION_CAPABILITIES to run a precision hint.
 _CAPABILITY = {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}
 # The counters are whole microseconds, truncated: half of one, added to every executed node, is the
-# unbiased estimate (it brought the node sums of 15 ResNet18/MobileNetV2 variants from 75-99% of
-# the run's wall time to 88-102% on our CPU; the rest is the run's own overhead, outside any node).
+# unbiased estimate (bench/openvino_profile.py: it brought the node sums of 8 ResNet18/MobileNetV2
+# variants from 66-94% of the run's wall time to 76-95% on our CPU; the rest is the run's own
+# overhead, outside any node).
 _TRUNCATION_US = 0.5
 _NOT_TIMED = frozenset({"Input", "Output", "Const", "Parameter", "Result", "Constant"})
 # Words in OpenVINO's messages that mean "this runtime cannot run it" rather than "bad model".
@@ -169,7 +170,7 @@ class OpenVinoBackend:
 
     def load(self, model: bytes | str, batch: int | None = None, for_profile: bool = False) -> OpenVinoModel:
         """With `for_profile`, compiled with PERF_COUNT (about 0.05 us per node on our CPU): two
-        compilations of one model can differ by 10-20% in speed, so the profile is taken on the
+        compilations of one model can differ by 10-20% on a busy machine, so the profile is taken on the
         compiled model that was measured."""
         compiled = self.compile(self._fixed_batch(self.read(model), batch), {"PERF_COUNT": for_profile})
         return OpenVinoModel(self, model, compiled, for_profile)
