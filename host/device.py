@@ -165,24 +165,48 @@ def paired_latency(
     (the FP32 ResNet18 at one thread took 4.0 to 6.8 ms within one search here), so a speedup is
     a ratio of measurements taken side by side, with every round kept. The reference runs on
     `baseline_device` when given (another runtime on the same machine), else on `device`."""
+    return paired_latencies(device, [model_path], baseline_path, rounds, batch, baseline_device)[0]
+
+
+def paired_latencies(
+    device: Device,
+    model_paths: Sequence[Path],
+    baseline_path: Path,
+    rounds: int = 3,
+    batch: int = 1,
+    baseline_device: Device | None = None,
+) -> list[PairedLatency]:
+    """`paired_latency` for several models in the same rounds: each round benchmarks every model,
+    then the reference once. Models compared with one another are then measured side by side,
+    and the reference's runs are shared (one per round instead of one per model and round)."""
     from host.agent_client import message_dict
 
     if rounds < 1:
         raise ValueError(f"rounds = {rounds}: a speedup needs at least one measurement of each model")
-    model_runs, baseline_runs = [], []
+    model_runs: list[list[agent_pb2.BenchmarkResponse]] = [[] for _ in model_paths]
+    baseline_runs = []
     for _ in range(rounds):
-        model_runs.append(device.benchmark(model_path, batch_size=batch))
+        for runs, path in zip(model_runs, model_paths, strict=True):
+            runs.append(device.benchmark(path, batch_size=batch))
         baseline_runs.append((baseline_device or device).benchmark(baseline_path, batch_size=batch))
 
     def middle(runs: list[agent_pb2.BenchmarkResponse]) -> agent_pb2.BenchmarkResponse:
         return sorted(runs, key=lambda r: r.latency.median_ms)[(len(runs) - 1) // 2]
 
-    model, baseline = middle(model_runs), middle(baseline_runs)
-    return PairedLatency(
-        baseline.latency.median_ms / model.latency.median_ms,
-        Latency.of(model.latency),
-        Latency.of(baseline.latency),
-        message_dict(model),
-        message_dict(baseline),
-        tuple(Round(m.latency.median_ms, b.latency.median_ms) for m, b in zip(model_runs, baseline_runs, strict=True)),
-    )
+    baseline = middle(baseline_runs)
+    paired = []
+    for runs in model_runs:
+        model = middle(runs)
+        paired.append(
+            PairedLatency(
+                baseline.latency.median_ms / model.latency.median_ms,
+                Latency.of(model.latency),
+                Latency.of(baseline.latency),
+                message_dict(model),
+                message_dict(baseline),
+                tuple(
+                    Round(m.latency.median_ms, b.latency.median_ms) for m, b in zip(runs, baseline_runs, strict=True)
+                ),
+            )
+        )
+    return paired

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +45,15 @@ from host.compress.quant import runtime_arithmetic
 from host.compress.size import SizeReport, size_report
 from host.compress.train import TrainConfig, accuracy, load_weights, trained_baseline
 from host.data import DataConfig, DataSplits, make_loaders, tensor_dataset
-from host.device import Device, DeviceConfig, PairedLatency, device_classes, open_device, paired_latency
+from host.device import (
+    Device,
+    DeviceConfig,
+    PairedLatency,
+    device_classes,
+    open_device,
+    paired_latencies,
+    paired_latency,
+)
 from host.latency.predict import LatencyPredictor, Prediction
 from host.latency.variants import variant_model
 from host.models import ModelError, build_model, model_id
@@ -355,6 +363,11 @@ class Workbench:
         """Benchmark the model in turn with the FP32 reference (`[device] benchmark_rounds`)."""
         device = self.config.device
         return paired_latency(self.device, path, reference, device.benchmark_rounds, device.benchmark_batch)
+
+    def paired_many(self, paths: Sequence[Path], reference: Path) -> list[PairedLatency]:
+        """Benchmark the models in the same rounds, each round ending with the FP32 reference."""
+        device = self.config.device
+        return paired_latencies(self.device, paths, reference, device.benchmark_rounds, device.benchmark_batch)
 
     # --- whole results -----------------------------------------------------------------------
 

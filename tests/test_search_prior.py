@@ -114,9 +114,9 @@ def test_fastest_within_picks_the_fastest_policy_close_enough_to_the_most_accura
     # fastest, but the device measures episode 1's policy faster.
     measured = {0.3: (0.930, 9.0), 0.4: (0.952, 8.5), 0.5: (0.955, 7.0), 0.6: (0.953, 9.5)}
 
-    def measure(bench, row, distill, reference, workdir):
-        accuracy, speedup = measured[row.policy.layers["a"].keep_ratio]
-        return module.Measured(accuracy, 0.1, 1.0 / speedup, speedup)
+    def measure(bench, pool, distill, reference, workdir):
+        scores = {row.episode: measured[row.policy.layers["a"].keep_ratio] for row in pool}
+        return {episode: module.Measured(a, 0.1, 1.0 / s, s) for episode, (a, s) in scores.items()}
 
     monkeypatch.setattr(module, "_measure", measure)
     rows = [_row(0, 3.0, 0.5, 0.3), _row(1, 2.5, 0.6, 0.4), _row(2, 2.0, 0.7, 0.5), _row(3, 1.0, 0.9, 0.9)]
@@ -142,6 +142,30 @@ def test_fastest_within_picks_the_fastest_policy_close_enough_to_the_most_accura
     measured[0.4] = (0.955, 8.5)  # as accurate as episode 2's policy, and faster
     chosen, _ = select(None, rows, config, replace(context, floor_accuracy=0.990), tmp_path)
     assert chosen.episode == 1  # none within: the most accurate, the faster of two equals
+
+
+def test_candidates_are_measured_in_shared_rounds_each_ending_with_the_reference(tmp_path):
+    from pathlib import Path
+
+    from host.device import paired_latencies
+    from protos.hadmc.v1 import agent_pb2, common_pb2
+
+    # the reference drifts from 10 to 12 ms over the rounds; candidate a runs at a fifth of it, b at half
+    ms = {"a.onnx": [2.0, 2.2, 2.4], "b.onnx": [5.0, 5.5, 6.0], "ref.onnx": [10.0, 11.0, 12.0]}
+    calls: list[str] = []
+
+    class Device:
+        def benchmark(self, path: Path, batch_size: int = 0) -> agent_pb2.BenchmarkResponse:
+            calls.append(path.name)
+            median = ms[path.name][sum(c == path.name for c in calls) - 1]
+            return agent_pb2.BenchmarkResponse(latency=common_pb2.LatencyStats(median_ms=median, n=10))
+
+    a, b = paired_latencies(Device(), [Path("a.onnx"), Path("b.onnx")], Path("ref.onnx"), rounds=3)
+    assert calls == ["a.onnx", "b.onnx", "ref.onnx"] * 3  # one reference run per round, shared
+    assert a.speedup == pytest.approx(11.0 / 2.2) and b.speedup == pytest.approx(11.0 / 5.5)
+    assert [r.model_ms for r in a.rounds] == [2.0, 2.2, 2.4] and [r.baseline_ms for r in b.rounds] == [10.0, 11.0, 12.0]
+    with pytest.raises(ValueError, match="rounds = 0"):
+        paired_latencies(Device(), [Path("a.onnx")], Path("ref.onnx"), rounds=0)
 
 
 def test_walk_replaces_a_ruled_out_precision_with_the_layers_fastest():

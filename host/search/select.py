@@ -4,8 +4,8 @@ An episode's accuracy comes from a one-epoch fine-tune of a few hundred images: 
 same policy scored 0.88 and 0.85 in two episodes, and policies whose episodes read 0.65 and 0.94
 both reached 0.94 after three epochs. So the best single episode is mostly the luckiest one.
 With `top` > 1, `top` distinct policies are fine-tuned again, all alike (`epochs` on the whole
-training split), benchmarked on the device in turn with the FP32 model, and the choice is made at
-that fidelity, with that measured speedup:
+training split), benchmarked on the device in the same rounds (each round: every candidate, then
+the FP32 model), and the choice is made at that fidelity, with that measured speedup:
 
 - `reward`: the candidates are the best episodes by reward; the choice, the best reward
   recomputed with that accuracy and speed;
@@ -125,8 +125,7 @@ def select(
     )
     if len(pool) == 1:
         return pool[0], ()
-    fidelity = replace(context.distill, epochs=config.epochs)
-    measured = {row.episode: _measure(bench, row, fidelity, context.reference_onnx, workdir) for row in pool}
+    measured = _measure(bench, pool, replace(context.distill, epochs=config.epochs), context.reference_onnx, workdir)
     if config.rule == "reward":
         base = context.reward_reference
 
@@ -167,13 +166,23 @@ def _candidate(row: EpisodeRow, m: Measured, chosen: bool) -> Candidate:
     )
 
 
-def _measure(bench: Workbench, row: EpisodeRow, distill: DistillConfig, reference: Path, workdir: Path) -> Measured:
-    student = fine_tuned(bench, row.policy, distill, f"the policy of episode {row.episode + 1}")
-    exported = bench.export(student, row.policy, workdir / f"candidate_{row.controller}_{row.episode}.onnx")
-    bench.progress.live(f"the policy of episode {row.episode + 1}: measuring on the device ...", force=True)
-    paired = bench.paired(exported.path, reference)
-    fidelity = bench.fidelity(student, "val")
-    return Measured(fidelity.accuracy, fidelity.kl, paired.model.median_ms, paired.speedup)
+def _measure(
+    bench: Workbench, pool: list[EpisodeRow], distill: DistillConfig, reference: Path, workdir: Path
+) -> dict[int, Measured]:
+    """Each candidate fine-tuned alike and scored on validation; then all of them benchmarked on
+    the device in the same rounds, each round ending with the FP32 reference."""
+    paths, scores = [], []
+    for row in pool:
+        student = fine_tuned(bench, row.policy, distill, f"the policy of episode {row.episode + 1}")
+        exported = bench.export(student, row.policy, workdir / f"candidate_{row.controller}_{row.episode}.onnx")
+        paths.append(exported.path)
+        scores.append(bench.fidelity(student, "val"))
+    bench.progress.live(f"{len(pool)} candidates: measuring on the device in turn ...", force=True)
+    paired = bench.paired_many(paths, reference)
+    return {
+        row.episode: Measured(f.accuracy, f.kl, p.model.median_ms, p.speedup)
+        for row, f, p in zip(pool, scores, paired, strict=True)
+    }
 
 
 def fine_tuned(bench: Workbench, policy: Policy, distill: DistillConfig, what: str) -> nn.Module:
