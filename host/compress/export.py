@@ -65,14 +65,28 @@ def _plain(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def _export_copy(model: torch.nn.Module, policy: Policy) -> torch.nn.Module:
-    """A copy whose fp16, bf16 and int4 layers are plain modules with their rounded weights. (Removing a
-    parametrization from a deep copy would remove it from the original's shared class too.)"""
+    """A copy whose fp16, bf16 and int4 layers are plain modules with their rounded weights (removing a
+    parametrization from a deep copy would remove it from the original's shared class too), and
+    without the clipping activations an int8 layer's output quantizer already enforces.
+
+    Such an activation (ReLU6 after an int8 convolution) would export as a float Clip between the
+    layer's DequantizeLinear and the next layer's QuantizeLinear, and onnxruntime keeps it there
+    unless the quantizer's scale is a scalar: MobileNetV2's unpruned int8 export ran at 0.63 ms that
+    way, 0.40 ms without the Clips (onnxruntime's own quantizer: 0.37 ms). The output quantizer
+    observes the range after the activation, so its grid lies within it: the integer levels the
+    next int8 layer reads are the same; a float layer reading them may see the top level one ulp
+    above the activation's bound."""
     clone = copy.deepcopy(model).eval()
+
+    def replace(name: str, module: torch.nn.Module) -> None:
+        parent_name, _, attr = name.rpartition(".")
+        setattr(clone.get_submodule(parent_name) if parent_name else clone, attr, module)
+
     for name, action in policy.layers.items():
         if action.precision in (Precision.FP16, Precision.BF16, Precision.INT4W):
-            parent_name, _, attr = name.rpartition(".")
-            parent = clone.get_submodule(parent_name) if parent_name else clone
-            setattr(parent, attr, _plain(getattr(parent, attr)))
+            replace(name, _plain(clone.get_submodule(name)))
+        elif action.precision is Precision.INT8 and getattr(clone.get_submodule(name), "redundant_activation", None):
+            replace(clone.get_submodule(name).redundant_activation, torch.nn.Identity())
     return clone
 
 

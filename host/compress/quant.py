@@ -28,8 +28,10 @@ integer arithmetic instead, and torch's logits equal the runtime's bit for bit.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.fx
@@ -158,34 +160,49 @@ def _passes_through(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_function" and node.target in _PASS_THROUGH_FUNCTIONS
 
 
-def _plan_int8(model: nn.Module, layers: set[str]) -> list[tuple[str, tuple[float, float], str | None]]:
-    """(layer, activation range its output quantizer observes, layer whose output quantizer
-    already quantized its input or None), in execution order."""
+@dataclass(frozen=True)
+class Int8Plan:
+    """One int8 layer's quantizers: the range its output quantizer observes (that of the clipping
+    activation after it, if any), the layer whose output quantizer already quantized its input
+    (None: its own input quantizer), and that activation's module when it is called only there:
+    the output quantizer's grid lies within its range, so the export can leave it out."""
+
+    layer: str
+    bounds: tuple[float, float]
+    source: str | None
+    activation: str | None
+
+
+def _plan_int8(model: nn.Module, layers: set[str]) -> list[Int8Plan]:
+    """Each int8 layer's plan, in execution order."""
     traced = torch.fx.symbolic_trace(model)
     modules = dict(model.named_modules())
+    calls = Counter(n.target for n in traced.graph.nodes if n.op == "call_module")
     quantized_by: dict[torch.fx.Node, tuple[str, tuple[float, float]]] = {}
     plan = []
     for node in traced.graph.nodes:
         if node.op == "call_module" and node.target in layers:
             source = quantized_by.get(node.args[0]) if node.args else None
-            bounds = (-math.inf, math.inf)
+            bounds, activation = (-math.inf, math.inf), None
             follower = node
             while len(follower.users) == 1:
                 follower = next(iter(follower.users))
                 act = _activation_range(follower, modules)
                 if act is not None:
                     bounds = act
+                    if follower.op == "call_module" and calls[follower.target] == 1:
+                        activation = str(follower.target)
                     break
                 if not _passes_through(follower, modules):
                     break
             quantized_by[node] = (node.target, bounds)
-            plan.append((node.target, bounds, source[0] if source else None))
+            plan.append(Int8Plan(node.target, bounds, source[0] if source else None, activation))
         elif node.args and isinstance(node.args[0], torch.fx.Node) and node.args[0] in quantized_by:
             source, bounds = quantized_by[node.args[0]]
             act = _activation_range(node, modules)
             if (act is not None and act[0] <= bounds[0] and bounds[1] <= act[1]) or _passes_through(node, modules):
                 quantized_by[node] = (source, bounds)
-    missing = layers - {name for name, _, _ in plan}
+    missing = layers - {p.layer for p in plan}
     if missing:
         raise ValueError(f"layers {sorted(missing)[:5]} are not called as modules in the traced model")
     return plan
@@ -197,8 +214,12 @@ def _runtime(module: nn.Module) -> bool:
 
 
 def _quantize_input(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    if module.shares_input_quant and not torch.onnx.is_in_onnx_export():
+        # Already on the producer's grid: quantizing again is the identity, values and gradients
+        # alike (a tenth of an int8 student's training step). The export keeps the Q -> DQ pair.
+        return args
     x = args[0]
-    if _runtime(module) and not module.shares_input_quant:
+    if _runtime(module):
         # QuantizeLinear divides by the scale (torch's fake quantization multiplies by its inverse).
         scale, zero = module.act_quant.qparams()
         return (torch.clamp(torch.round(x / scale), -zero, 255 - zero) * scale, *args[1:])
@@ -283,12 +304,13 @@ def apply_fake_quant(model: nn.Module, policy: Policy) -> nn.Module:
             parametrize.register_parametrization(module, "weight", HalfRound(_HALF_TYPES[action.precision]))
             module.half_dtype = _HALF_TYPES[action.precision]
             module.register_forward_pre_hook(_half_input)
-    for name, bounds, source in plan:
-        module = modules[name]
-        module.out_quant = ActFakeQuant(bounds=bounds)
-        module.shares_input_quant = source is not None
+    for p in plan:
+        module = modules[p.layer]
+        module.out_quant = ActFakeQuant(bounds=p.bounds)
+        module.shares_input_quant = p.source is not None
         module.runtime_exact = False  # set within `runtime_arithmetic`
-        module.act_quant = modules[source].out_quant if source is not None else ActFakeQuant()
+        module.act_quant = modules[p.source].out_quant if p.source is not None else ActFakeQuant()
+        module.redundant_activation = p.activation
         module.register_forward_pre_hook(_quantize_input)
         module.register_forward_hook(_quantize_output)
         if module.bias is not None:
