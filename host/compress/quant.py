@@ -164,13 +164,19 @@ def _passes_through(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
 class Int8Plan:
     """One int8 layer's quantizers: the range its output quantizer observes (that of the clipping
     activation after it, if any), the layer whose output quantizer already quantized its input
-    (None: its own input quantizer), and that activation's module when it is called only there:
-    the output quantizer's grid lies within its range, so the export can leave it out."""
+    (None: its own input quantizer), and that activation's module when it is called only there
+    and only int8 layers read it: the output quantizer's grid lies within its range and the
+    readers take the same levels, so the export can leave it out."""
 
     layer: str
     bounds: tuple[float, float]
     source: str | None
     activation: str | None
+
+
+def _read_by_int8(node: torch.fx.Node, layers: set[str]) -> bool:
+    """Whether every reader of the node's output is an int8 layer (it re-quantizes on the same grid)."""
+    return bool(node.users) and all(u.op == "call_module" and u.target in layers for u in node.users)
 
 
 def _plan_int8(model: nn.Module, layers: set[str]) -> list[Int8Plan]:
@@ -190,7 +196,7 @@ def _plan_int8(model: nn.Module, layers: set[str]) -> list[Int8Plan]:
                 act = _activation_range(follower, modules)
                 if act is not None:
                     bounds = act
-                    if follower.op == "call_module" and calls[follower.target] == 1:
+                    if follower.op == "call_module" and calls[follower.target] == 1 and _read_by_int8(follower, layers):
                         activation = str(follower.target)
                     break
                 if not _passes_through(follower, modules):
