@@ -16,9 +16,9 @@ from host.search.reward import RewardConfig
 from host.search.run import SearchConfig, SearchSettings, run_search
 from host.search.select import SelectConfig
 
-# The paper's search at a budget that finishes in about 15 minutes on 2 cores from a fresh
-# HADMC_HOME (baseline training and an empty LUT included; 15.2 minutes measured with PPO's warm
-# start on a 2-core AMD EPYC): 10 episodes per controller, episode
+# The paper's search at a budget that finishes within 15 minutes on 2 cores from a fresh
+# HADMC_HOME (baseline training and an empty LUT included; 13.7 minutes measured on a 2-core AMD
+# EPYC): 10 episodes per controller, episode
 # fine-tunes on 576 images, 10-epoch final fine-tunes. `examples/search-paper.toml` is the paper's
 # budget (15 episodes, 1,152 images, 20 epochs). PPO learns faster than the paper's 1e-4 / 3e-4
 # (actor / critic): in 15 episodes those barely move it. Measured on a surrogate of this search's
