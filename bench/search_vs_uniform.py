@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from device_agent.fingerprint import cpu_info
 from host.compress.train import TrainConfig
 from host.demo import DEMO
 from host.runs import FinalModel, SearchSummary
@@ -33,6 +33,7 @@ from host.search.run import SearchConfig, run_search
 
 UNIFORM_ACCURACY_SLACK = 0.003  # ppo's test accuracy may trail uniform's by this much
 TEACHER_ACCURACY_DROP = 0.005  # ... and the teacher's by this much, against random
+UNIFORM_MARGIN = 1.3  # MobileNetV2's criterion: this much faster than uniform, near the teacher
 
 
 def _model_row(model: FinalModel) -> dict:
@@ -63,6 +64,9 @@ def _verdicts(summary: SearchSummary) -> dict:
         "beats_random": ppo.speedup > random.speedup
         and ppo.test_accuracy_onnxruntime >= teacher - TEACHER_ACCURACY_DROP,
         "predictions_within_10pct": all(abs(_model_row(m)["prediction_error"] or 1.0) <= 0.10 for m in c.values()),
+        # the MobileNetV2 criterion: 1.3x the uniform grid's speedup, within half a point of the teacher
+        "beats_uniform_by_1_3x": ppo.speedup >= UNIFORM_MARGIN * uniform.speedup
+        and ppo.test_accuracy_onnxruntime >= teacher - TEACHER_ACCURACY_DROP,
     }
 
 
@@ -114,11 +118,12 @@ def main() -> int:
             }
         )
     result = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_info().model,
         "model": args.model,
         "seeds": seeds,
         "wins_vs_uniform": sum(s["beats_uniform"] for s in seeds),
         "wins_vs_random": sum(s["beats_random"] for s in seeds),
+        "wins_vs_uniform_by_1_3x": sum(s["beats_uniform_by_1_3x"] for s in seeds),
         "predictions_within_10pct": sum(s["predictions_within_10pct"] for s in seeds),
         "speedup_median": {
             name: statistics.median(s["models"][name]["speedup"] for s in seeds)
