@@ -7,6 +7,8 @@ in rounds interleaved with the FP32 model:
 - ppo vs uniform: a win is a measured speedup >= uniform's with test accuracy >= uniform's - 0.3 pt;
 - ppo vs random: a win is a measured speedup > random's with a test-accuracy drop from the
   teacher <= 0.5 pt;
+- ppo vs uniform by 1.3x (the MobileNetV2 criterion): a measured speedup >= 1.3 x uniform's with a
+  test-accuracy drop from the teacher <= 0.5 pt;
 - prediction: each final model's LUT prediction against its measured latency.
 
 Usage: python bench/search_vs_uniform.py [--seeds 5] [--model resnet18|mobilenetv2] [--out DIR] [--device HOST:PORT]
