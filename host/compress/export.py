@@ -72,7 +72,8 @@ def _export_copy(model: torch.nn.Module, policy: Policy) -> torch.nn.Module:
     Such an activation (ReLU6 after an int8 convolution) would export as a float Clip between the
     layer's DequantizeLinear and the next layer's QuantizeLinear, and onnxruntime keeps it there
     unless the quantizer's scale is a scalar: MobileNetV2's unpruned int8 export ran at 0.63 ms that
-    way, 0.40 ms without the Clips (onnxruntime's own quantizer: 0.37 ms). The output quantizer
+    way, about 0.39 ms without the Clips (`bench/int8_export.py`; onnxruntime's own quantizer:
+    about 0.36 ms). The output quantizer
     observes the range after the activation, so its grid lies within it, and only int8 layers read
     the activation (`Int8Plan`): the levels they read are the same without it. (Before a float
     layer the Clip stays: that layer would read the top level one ulp above the bound, and its
