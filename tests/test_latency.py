@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import threading
 from pathlib import Path
 
@@ -156,8 +157,10 @@ def test_small_fidelity_check(client, tmp_path):
     """Entries measured in earlier models predict fresh measurements of new models built from
     the same kernels (other weights, another file), within a loose bound; the full check with
     random variants is bench/lut_fidelity.py. A busy CI machine can slow the profile or the
-    benchmark alone, so a miss is profiled and measured again from an empty store (up to three
-    tries): a systematic error misses every time, a noisy moment does not."""
+    benchmark alone, so a miss is profiled and measured again from an empty store (up to five
+    tries; each measurement the middle of three benchmarks): a systematic error misses every
+    time, a noisy moment does not. On this shared 2-core VM one model's median moved by up to 25%
+    between benchmarks seconds apart, and three tries in a row once missed by 34-49%."""
     limits = model_limits("resnet18")
     layers = {
         lim.name: LayerAction(1.0 if lim.group is None else 0.5, Precision.INT8 if i % 3 == 0 else Precision.FP32)
@@ -167,7 +170,7 @@ def test_small_fidelity_check(client, tmp_path):
     profiled = export_variant("resnet18", policy, tmp_path / "a.onnx", seed=1)
     others = [export_variant("resnet18", policy, tmp_path / f"b{seed}.onnx", seed=seed) for seed in (2, 3)]
     errors: list[float] = []
-    for attempt in range(3):
+    for attempt in range(5):
         with open_store(f"sqlite:///{tmp_path / f'lut{attempt}.sqlite'}") as store:
             predictor = LatencyPredictor.for_device(store, client)
             predictor.predict(profiled)
@@ -176,7 +179,7 @@ def test_small_fidelity_check(client, tmp_path):
             for other in others:
                 pred = predictor.predict(other)
                 assert pred.profiled_kernels == 0
-                measured = client.benchmark(other, batch_size=1).latency.median_ms
+                measured = statistics.median(client.benchmark(other, batch_size=1).latency.median_ms for _ in range(3))
                 worst = max(worst, abs(pred.latency_ms - measured) / measured)
         errors.append(worst)
         if worst < 0.25:
