@@ -52,7 +52,6 @@ from host.device import (
     device_classes,
     open_device,
     paired_latencies,
-    paired_latency,
 )
 from host.latency.predict import LatencyPredictor, Prediction
 from host.latency.variants import variant_model
@@ -361,8 +360,7 @@ class Workbench:
 
     def paired(self, path: Path, reference: Path) -> PairedLatency:
         """Benchmark the model in turn with the FP32 reference (`[device] benchmark_rounds`)."""
-        device = self.config.device
-        return paired_latency(self.device, path, reference, device.benchmark_rounds, device.benchmark_batch)
+        return self.paired_many([path], reference)[0]
 
     def paired_many(self, paths: Sequence[Path], reference: Path) -> list[PairedLatency]:
         """Benchmark the models in the same rounds, each round ending with the FP32 reference."""

@@ -222,7 +222,7 @@ def _runtime(module: nn.Module) -> bool:
 def _quantize_input(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     if module.shares_input_quant and not torch.onnx.is_in_onnx_export():
         # Already on the producer's grid: quantizing again is the identity, values and gradients
-        # alike (a tenth of an int8 student's training step). The export keeps the Q -> DQ pair.
+        # alike. The export keeps the Q -> DQ pair.
         return args
     x = args[0]
     if _runtime(module):
