@@ -9,7 +9,11 @@ in rounds interleaved with the FP32 model:
   teacher <= 0.5 pt;
 - ppo vs uniform by 1.3x (the MobileNetV2 criterion): a measured speedup >= 1.3 x uniform's with a
   test-accuracy drop from the teacher <= 0.5 pt;
-- prediction: each final model's LUT prediction against its measured latency.
+- prediction: each final model's LUT prediction against its measured latency;
+- ppo vs uniform at the demo's objective ("fastest within 0.5 pt of the teacher", as its selection
+  reads it): ppo meets the objective on test, and uniform misses it or ppo is at least as fast. A
+  feasible model beats an infeasible one, however fast. Reported beside the first verdict, which
+  stays the issue's criterion.
 
 Usage: python bench/search_vs_uniform.py [--seeds 5] [--model resnet18|mobilenetv2] [--out DIR] [--device HOST:PORT]
        [--accuracy-tolerance 0.01]
@@ -38,10 +42,11 @@ TEACHER_ACCURACY_DROP = 0.005  # ... and the teacher's by this much, against ran
 UNIFORM_MARGIN = 1.3  # MobileNetV2's criterion: this much faster than uniform, near the teacher
 
 
-def _model_row(model: FinalModel) -> dict:
+def _model_row(model: FinalModel, teacher: float) -> dict:
     measured = model.measured_latency.median_ms if model.measured_latency else None
     return {
         "test_accuracy": model.test_accuracy_onnxruntime,
+        "drop_from_teacher_pt": 100 * (teacher - model.test_accuracy_onnxruntime),
         "test_accuracy_torch": model.test_accuracy,
         "speedup": model.speedup,
         "measured_ms": measured,
@@ -60,12 +65,19 @@ def _verdicts(summary: SearchSummary) -> dict:
     c = summary.controllers
     ppo, uniform, random = c["ppo"], c["uniform"], c["random"]
     teacher = summary.baseline.test_accuracy_onnxruntime
+
+    def meets(model: FinalModel) -> bool:
+        return model.test_accuracy_onnxruntime >= teacher - TEACHER_ACCURACY_DROP
+
     return {
         "beats_uniform": ppo.speedup >= uniform.speedup
         and ppo.test_accuracy_onnxruntime >= uniform.test_accuracy_onnxruntime - UNIFORM_ACCURACY_SLACK,
         "beats_random": ppo.speedup > random.speedup
         and ppo.test_accuracy_onnxruntime >= teacher - TEACHER_ACCURACY_DROP,
-        "predictions_within_10pct": all(abs(_model_row(m)["prediction_error"] or 1.0) <= 0.10 for m in c.values()),
+        "predictions_within_10pct": all(
+            abs(_model_row(m, teacher)["prediction_error"] or 1.0) <= 0.10 for m in c.values()
+        ),
+        "beats_uniform_at_objective": meets(ppo) and (not meets(uniform) or ppo.speedup >= uniform.speedup),
         # the MobileNetV2 criterion: 1.3x the uniform grid's speedup, within half a point of the teacher
         "beats_uniform_by_1_3x": ppo.speedup >= UNIFORM_MARGIN * uniform.speedup
         and ppo.test_accuracy_onnxruntime >= teacher - TEACHER_ACCURACY_DROP,
@@ -109,7 +121,8 @@ def main() -> int:
         run = out / f"seed{seed}"
         t0 = time.monotonic()
         summary = run_search(config, run, resume=(run / "config.json").exists(), progress=True)
-        rows = {name: _model_row(m) for name, m in summary.controllers.items()}
+        teacher = summary.baseline.test_accuracy_onnxruntime
+        rows = {name: _model_row(m, teacher) for name, m in summary.controllers.items()}
         seeds.append(
             {
                 "seed": seed,
@@ -125,6 +138,7 @@ def main() -> int:
         "seeds": seeds,
         "wins_vs_uniform": sum(s["beats_uniform"] for s in seeds),
         "wins_vs_random": sum(s["beats_random"] for s in seeds),
+        "wins_vs_uniform_at_objective": sum(s["beats_uniform_at_objective"] for s in seeds),
         "wins_vs_uniform_by_1_3x": sum(s["beats_uniform_by_1_3x"] for s in seeds),
         "predictions_within_10pct": sum(s["predictions_within_10pct"] for s in seeds),
         "speedup_median": {

@@ -117,11 +117,12 @@ class Agreement:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One of a controller's best episodes, fine-tuned again to choose its final model."""
+    """One of a controller's best episodes, fine-tuned again to choose its final model; or the
+    selection floor (episode None), the unpruned network the episodes are measured against."""
 
-    episode: int
-    predicted_latency_ms: float
-    episode_val_accuracy: float  # after the episode's short fine-tune
+    episode: int | None  # None: the selection floor, no episode
+    predicted_latency_ms: float | None  # the LUT's prediction (None: not predicted)
+    episode_val_accuracy: float | None  # after the episode's short fine-tune (None: the floor)
     val_accuracy: float  # after the common, longer one
     chosen: bool
     measured_latency_ms: float  # benchmarked on the device after the common fine-tune
@@ -132,10 +133,15 @@ class Candidate:
 @dataclass(frozen=True)
 class SelectionFloor:
     """The accuracy `fastest-within` measures candidates against (final/floor.json): the unpruned
-    network at its fastest precisions, fine-tuned at the selection's fidelity."""
+    network at its fastest precisions, fine-tuned at the selection's fidelity. Exported, it is a
+    candidate of every controller too: the choice when no pruned policy keeps the accuracy."""
 
     policy: Policy
     val_accuracy: float
+    val_kl: float | None = None  # KL(teacher || it) on the validation split
+    onnx: str = ""  # the exported model, relative to the run directory ("": older runs, measured again)
+    predicted_latency_ms: float | None = None
+    val_images: int | None = None  # the validation split it was scored on
 
 
 @dataclass(frozen=True)
@@ -158,7 +164,7 @@ class FinalModel:
     speedup: float | None
     benchmark_rounds: tuple[Round, ...]
     onnx: str  # relative to the run directory
-    episode: int | None = None  # the search episode whose policy this is
+    episode: int | None = None  # the search episode whose policy this is (None: the selection floor's)
     episodes: int | None = None  # the search's budget per controller
     reward: float | None = None  # the reward of the final model (search only)
     selection: tuple[Candidate, ...] = ()  # the candidates it was chosen from (none: the best episode)

@@ -71,6 +71,17 @@ MLP = {
 }
 
 
+def _check_selection(out, summary) -> None:
+    """fastest-within's floor (the unpruned network, exported) and each controller's candidates."""
+    floor = json.loads((out / "final" / "floor.json").read_text())
+    assert 0 < floor["val_accuracy"] <= 1 and {a["keep_ratio"] for a in floor["policy"]["layers"].values()} == {1.0}
+    assert floor["onnx"] == "final/floor.onnx" and (out / floor["onnx"]).exists() and floor["predicted_latency_ms"] > 0
+    for final in summary.controllers.values():  # two episodes and the unpruned network; the final is the chosen one
+        assert len(final.selection) == 3 and final.selection[-1].episode is None  # the floor: no episode
+        assert [c.episode for c in final.selection if c.chosen] == [final.episode] and final.selection[-1].val_kl
+        assert all(c.speedup > 0 and c.measured_latency_ms > 0 for c in final.selection)  # measured, not predicted
+
+
 def test_search_run_directory(agent, tmp_path, monkeypatch):
     monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
     select = {"top": 2, "epochs": 1, "rule": "fastest-within"}  # each final chosen among 2 episodes
@@ -78,11 +89,7 @@ def test_search_run_directory(agent, tmp_path, monkeypatch):
     config = load_search_config(None, {**MLP, "device": {"name": agent.address}, "store": store, "select": select})
     out = tmp_path / "run"
     summary = run_search(config, out, progress=False)
-    floor = json.loads((out / "final" / "floor.json").read_text())
-    assert 0 < floor["val_accuracy"] <= 1 and {a["keep_ratio"] for a in floor["policy"]["layers"].values()} == {1.0}
-    for final in summary.controllers.values():  # two candidates, one chosen, the final is its episode's
-        assert len(final.selection) == 2 and [c.episode for c in final.selection if c.chosen] == [final.episode]
-        assert all(c.speedup > 0 and c.measured_latency_ms > 0 for c in final.selection)  # measured, not predicted
+    _check_selection(out, summary)
     rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert sorted((r["controller"], r["episode"]) for r in rows) == sorted(
         (c, e) for c in MLP["search"]["controllers"] for e in range(2)
@@ -92,14 +99,7 @@ def test_search_run_directory(agent, tmp_path, monkeypatch):
     # PPO's warm start: the damage of each pruning group measured once, one proposal played first.
     damage = json.loads((out / "checkpoints" / "damage.json").read_text())
     assert damage["keeps"] == [0.55, 0.2] and damage["kl"] and all(min(v) >= 0 for v in damage["kl"].values())
-    assert [r["proposal"] for r in sorted(rows, key=lambda r: (r["controller"], r["episode"]))] == [
-        True,
-        False,
-        False,
-        False,
-        False,
-        False,
-    ]
+    assert [r["proposal"] for r in sorted(rows, key=lambda r: (r["controller"], r["episode"]))] == [True] + [False] * 5
     for name, c in summary.controllers.items():
         assert (out / c.onnx).exists() and (out / "final" / name / "benchmark.json").exists()
         assert abs(c.test_accuracy - c.test_accuracy_onnxruntime) <= 0.02

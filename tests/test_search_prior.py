@@ -13,7 +13,7 @@ import torch
 from host.compress.distill import DistillConfig
 from host.compress.policy import LayerAction, Policy
 from host.models import build_model
-from host.runs import EpisodeRow
+from host.runs import EpisodeRow, SelectionFloor
 from host.search.budget import LatencyEstimator
 from host.search.controllers import walk
 from host.search.loop import RewardReference
@@ -21,7 +21,7 @@ from host.search.ppo import PPOConfig
 from host.search.prior import dropped, lut_choices
 from host.search.registry import make_controller
 from host.search.reward import RewardConfig
-from host.search.select import SelectConfig, Selection, candidates, select
+from host.search.select import SelectConfig, Selection, candidates, fastest_unpruned, select
 from host.search.space import ParamCounter, SearchSpace, describe_layers
 from lut_store.precision import Precision
 
@@ -113,35 +113,58 @@ def test_fastest_within_picks_the_fastest_policy_close_enough_to_the_most_accura
     # keep -> (accuracy after the common fine-tune, measured speedup); episode 0's prediction was the
     # fastest, but the device measures episode 1's policy faster.
     measured = {0.3: (0.930, 9.0), 0.4: (0.952, 8.5), 0.5: (0.955, 7.0), 0.6: (0.953, 9.5)}
+    floor_speedup = {"value": 4.0}  # the unpruned network, measured in the same rounds
 
-    def measure(bench, pool, distill, reference, workdir):
+    def measure(bench, pool, distill, reference, workdir, floor, floor_onnx):
         scores = {row.episode: measured[row.policy.layers["a"].keep_ratio] for row in pool}
-        return {episode: module.Measured(a, 0.1, 1.0 / s, s) for episode, (a, s) in scores.items()}
+        ours = {episode: module.Measured(a, 0.1, 1.0 / s, s) for episode, (a, s) in scores.items()}
+        if floor_onnx is None:
+            return ours, None
+        return ours, module.Measured(floor.val_accuracy, 0.05, 1.0 / floor_speedup["value"], floor_speedup["value"])
 
     monkeypatch.setattr(module, "_measure", measure)
     rows = [_row(0, 3.0, 0.5, 0.3), _row(1, 2.5, 0.6, 0.4), _row(2, 2.0, 0.7, 0.5), _row(3, 1.0, 0.9, 0.9)]
     context = Selection(DistillConfig(), RewardConfig(), RewardReference(1.0, 100), tmp_path / "fp32.onnx")
     config = SelectConfig(top=3, rule="fastest-within", max_accuracy_drop=0.005)
-    chosen, table = select(None, rows, config, context, tmp_path)
+    chosen = select(None, rows, config, context, tmp_path)
     assert chosen.episode == 1  # 0.952 is within 0.5 pt of 0.955 and measured faster; 0.930 is not
-    assert [(c.episode, c.val_accuracy, c.speedup, c.chosen) for c in table] == [
+    assert [(c.episode, c.val_accuracy, c.speedup, c.chosen) for c in chosen.candidates] == [
         (0, 0.930, 9.0, False),
         (1, 0.952, 8.5, True),
         (2, 0.955, 7.0, False),
     ]
+    unpruned = Policy("mlp", {"a": _action(1.0), "b": _action(1.0)})
+
+    def against(accuracy: float, exported: bool = False, val_images: int | None = None) -> Selection:
+        floor = SelectionFloor(unpruned, accuracy, 0.05, "floor.onnx", 1.5, val_images)
+        return replace(context, floor=floor, floor_onnx=tmp_path / "floor.onnx" if exported else None)
+
     # Against the unpruned network's accuracy at that fidelity: 0.952 is 0.8 pt below 0.960, too far.
-    chosen, _ = select(None, rows, config, replace(context, floor_accuracy=0.960), tmp_path)
-    assert chosen.episode == 2  # the only one within 0.5 pt of 0.960
-    chosen, _ = select(None, rows, config, replace(context, floor_accuracy=0.990), tmp_path)
-    assert chosen.episode == 2  # none is within 0.5 pt: the most accurate one
+    assert select(None, rows, config, against(0.960), tmp_path).episode == 2  # the only one within 0.5 pt of 0.960
+    assert select(None, rows, config, against(0.990), tmp_path).episode == 2  # none is within 0.5 pt: the most accurate
+    # The unpruned network exported: a candidate itself, chosen when nothing pruned keeps the accuracy
+    # (MobileNetV2), and when it is faster than whatever does.
+    chosen = select(None, rows, config, against(0.990, exported=True), tmp_path)
+    assert chosen.episode is None and chosen.policy == unpruned
+    assert [(c.episode, c.chosen) for c in chosen.candidates][-1] == (None, True)
+    assert chosen.candidates[-1].predicted_latency_ms == 1.5 and chosen.candidates[-1].episode_val_accuracy is None
+    # within: episode 2's 7.0x beats the floor's 4.0x
+    assert select(None, rows, config, against(0.960, exported=True), tmp_path).episode == 2
+    # None within 0.5 pt of 0.965, but the most accurate (0.955) is short by less than two sd of the
+    # difference on 288 images (3.1 pt): it cannot be told from one within, and it runs faster.
+    assert select(None, rows, config, against(0.965, exported=True), tmp_path).episode is None  # sd unknown
+    assert select(None, rows, config, against(0.965, exported=True, val_images=288), tmp_path).episode == 2
+    assert select(None, rows, config, against(0.990, exported=True, val_images=288), tmp_path).episode is None
+    floor_speedup["value"] = 7.5
+    assert select(None, rows, config, against(0.960, exported=True), tmp_path).episode is None  # the floor runs faster
     rewarded = replace(context, score=RewardConfig(latency_weight=1.0))
-    chosen, _ = select(None, rows, SelectConfig(top=3, rule="reward"), rewarded, tmp_path)
+    chosen = select(None, rows, SelectConfig(top=3, rule="reward"), rewarded, tmp_path)
     assert chosen.episode == 0  # 0.930 x 9.0 beats 0.952 x 8.5 on acc * L_base / L (measured)
-    one, none = select(None, rows, SelectConfig(top=1), context, tmp_path)
-    assert one.episode == 0 and none == ()  # top 1: the best episode as it is, nothing fine-tuned
+    one = select(None, rows, SelectConfig(top=1), context, tmp_path)
+    assert one.episode == 0 and one.candidates == ()  # top 1: the best episode as it is, nothing fine-tuned
     measured[0.4] = (0.955, 8.5)  # as accurate as episode 2's policy, and faster
-    chosen, _ = select(None, rows, config, replace(context, floor_accuracy=0.990), tmp_path)
-    assert chosen.episode == 1  # none within: the most accurate, the faster of two equals
+    # none within: the most accurate, the faster of two equals
+    assert select(None, rows, config, against(0.990), tmp_path).episode == 1
 
 
 def test_candidates_are_measured_in_shared_rounds_each_ending_with_the_reference(tmp_path):
@@ -180,3 +203,50 @@ def test_bad_select_settings_are_refused():
         SelectConfig(rule="slowest")
     with pytest.raises(ValueError, match="must be at least 1"):
         SelectConfig(top=0)
+
+
+def test_the_floor_is_the_unpruned_precision_plan_the_device_measures_fastest(tmp_path):
+    from types import SimpleNamespace
+
+    space, counter = _mlp()
+    narrowed = lut_choices(space, _estimator(space, counter, CPU), counter, size_matters=False)
+    measured: list[list[str]] = []
+
+    class Bench:
+        progress = SimpleNamespace(live=lambda *a, **k: None)
+
+        def __init__(self, speedups: dict[tuple[Precision, ...], float]) -> None:
+            self.speedups, self.files = speedups, {}
+
+        def variant(self, policy: Policy) -> Policy:
+            return policy  # latency only: the untrained model stands for the policy
+
+        def export(self, model: Policy, policy: Policy, path):
+            self.files[path] = tuple(a.precision for a in policy.layers.values())
+            return SimpleNamespace(path=path)
+
+        def paired_many(self, paths, reference):
+            measured.append([p.name for p in paths])
+            return [SimpleNamespace(speedup=self.speedups[self.files[p]]) for p in paths]
+
+    # The LUT's per-layer choice mixes int8 and fp32 (the last layer); measured, the conversions
+    # between them cost more than the last layer's int8 kernel loses.
+    mixed, all8 = (INT8, INT8, FP32), (INT8, INT8, INT8)
+    bench = Bench({mixed: 1.2, (FP32, FP32, FP32): 1.0, all8: 1.7})
+    floor = fastest_unpruned(bench, narrowed, tmp_path / "fp32.onnx", tmp_path)
+    assert [a.precision for a in floor.layers.values()] == list(all8) and {
+        a.keep_ratio for a in floor.layers.values()
+    } == {1.0}
+    assert len(measured) == 1 and len(measured[0]) == 3  # mixed, all fp32, all int8: in the same rounds
+    bench = Bench({mixed: 1.9, (FP32, FP32, FP32): 1.0, all8: 1.7})
+    assert [
+        a.precision for a in fastest_unpruned(bench, narrowed, tmp_path / "r.onnx", tmp_path).layers.values()
+    ] == list(mixed)
+    # One precision for every layer: nothing to compare, nothing measured.
+    gpu = {p: (0.4, 0.4, 0.4) if p is INT8 else (1.0, 1.0, 1.0) for p in (FP32, FP16, INT8, INT4)}
+    uniform = lut_choices(space, _estimator(space, counter, gpu), counter, size_matters=False)
+    measured.clear()
+    assert {
+        a.precision for a in fastest_unpruned(Bench({}), uniform, tmp_path / "r.onnx", tmp_path).layers.values()
+    } == {INT8}
+    assert measured == []

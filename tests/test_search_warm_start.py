@@ -150,3 +150,10 @@ def test_fastest_within_candidates_are_the_fastest_accurate_episodes():
     assert [r.episode for r in fastest_candidates(rows, 2, 0.02)] == [2, 4]
     # Too few within the slack: the most accurate of the others make up the number.
     assert [r.episode for r in fastest_candidates(rows, 5, 0.02)] == [2, 1, 4, 5, 0]
+    # A dominated episode (slower and less accurate than episode 2) comes last, however accurate:
+    # it would take the place of a faster policy that is at least as good.
+    rows.append(_row(6, 0.45, 0.935, 0.45))
+    assert [r.episode for r in fastest_candidates(rows, 6, 0.02)] == [2, 1, 4, 5, 0, 6]
+    # A ResNet18 search here: episode 8 took the place of episode 2's 0.38 ms policy.
+    warm = [_row(0, 0.65, 0.972, 0.85), _row(1, 0.47, 0.934, 0.75), _row(2, 0.38, 0.92, 0.6), _row(8, 0.88, 0.93, 0.7)]
+    assert [r.episode for r in fastest_candidates(warm, 3, 0.02)] == [0, 1, 2]  # not 8: episode 1 is faster and better

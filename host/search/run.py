@@ -52,7 +52,7 @@ from host.search.ppo import PPOConfig
 from host.search.prior import dropped, lut_choices
 from host.search.registry import CONTROLLERS, PPOStart, make_controller
 from host.search.reward import RewardConfig, reward
-from host.search.select import SelectConfig, Selection, fine_tuned, select, unpruned_fastest
+from host.search.select import SelectConfig, Selection, fastest_unpruned, fine_tuned, select, unpruned_fastest
 from host.search.space import ParamCounter, SearchSpace, describe_layers
 from host.search.surrogate import RewardSurrogate, layer_sensitivity
 from host.workbench import BenchConfig, Workbench
@@ -381,19 +381,33 @@ def _keeps_text(space: SearchSpace, policy: Policy) -> str:
 
 
 def _selection_floor(bench: Workbench, config: SearchConfig, space: SearchSpace, out: Path) -> SelectionFloor | None:
-    """For `fastest-within`: the accuracy the unpruned network reaches at the selection's fidelity
-    with each layer at its fastest allowed precision (final/floor.json; measured once)."""
+    """For `fastest-within`: the unpruned network at its fastest allowed precisions, fine-tuned at
+    the selection's fidelity, scored on validation and exported, a candidate of every controller
+    (final/floor.json and final/floor.onnx; measured once)."""
     if config.select.top < 2 or config.select.rule != "fastest-within":
         return None
     path = out / "final" / "floor.json"
     if path.exists():
-        return read_record(path, SelectionFloor)
-    policy = unpruned_fastest(space)
+        floor = read_record(path, SelectionFloor)
+        if floor.onnx and (out / floor.onnx).exists():
+            return floor
+    policy = fastest_unpruned(bench, space, out / "final" / "baseline_fp32.onnx", out / "checkpoints")
     bench.progress.say(
         f"selection floor: the unpruned network at its fastest precisions, {config.select.epochs} epochs ..."
     )
     distill = replace(config.final_distill, seed=config.search.seed, epochs=config.select.epochs)
-    floor = SelectionFloor(policy, bench.accuracy(fine_tuned(bench, policy, distill, "the unpruned network"), "val"))
+    student = fine_tuned(bench, policy, distill, "the unpruned network")
+    scored = bench.fidelity(student, "val")
+    exported = bench.export(student, policy, out / "final" / "floor.onnx")
+    predicted = bench.predict(exported).latency_ms
+    floor = SelectionFloor(
+        policy,
+        scored.accuracy,
+        scored.kl,
+        str(exported.path.relative_to(out)),
+        predicted,
+        len(bench.loaders.val.dataset),
+    )
     write_record(path, floor)
     return floor
 
@@ -524,15 +538,17 @@ def _final(
         config.reward,
         reference,
         out / "final" / "baseline_fp32.onnx",
-        floor.val_accuracy if floor else None,
+        floor,
+        out / floor.onnx if floor else None,
     )
-    best, selection = select(bench, own, config.select, context, out / "checkpoints")
-    write_json(directory / "policy.json", json.loads(best.policy.to_json()))
+    chosen = select(bench, own, config.select, context, out / "checkpoints")
+    write_json(directory / "policy.json", json.loads(chosen.policy.to_json()))
     epochs = config.final_distill.epochs
-    bench.progress.say(f"[{name}] final model: episode {best.episode}, fine-tuning {epochs} epochs ...")
+    origin = "the selection floor" if chosen.episode is None else f"episode {chosen.episode}"
+    bench.progress.say(f"[{name}] final model: {origin}, fine-tuning {epochs} epochs ...")
     train_set = bench.distill_set(distill_config)
     made = bench.final_model(
-        best.policy, distill_config, train_set, directory / "model.onnx", out / "final" / "baseline_fp32.onnx"
+        chosen.policy, distill_config, train_set, directory / "model.onnx", out / "final" / "baseline_fp32.onnx"
     )
     write_json(directory / "benchmark.json", made.paired.model_doc)
     write_json(directory / "baseline_benchmark.json", made.paired.baseline_doc)
@@ -547,10 +563,10 @@ def _final(
     model = replace(
         made.model,
         onnx=str(made.exported.path.relative_to(out)),
-        episode=best.episode,
+        episode=chosen.episode,
         episodes=config.search.episodes,
         reward=score,
-        selection=selection,
+        selection=chosen.candidates,
     )
     write_record(directory / "result.json", model)
     return model
