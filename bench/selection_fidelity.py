@@ -39,14 +39,14 @@ from host.search.select import fine_tuned
 from host.workbench import Workbench
 
 
-def _policies(run: Path, summary: SearchSummary, with_candidates: bool) -> dict[str, tuple[Policy, float]]:
-    """Label -> (policy, LUT-predicted ms): each distinct policy once, under its first label."""
+def _policies(run: Path, summary: SearchSummary, with_candidates: bool) -> dict[str, tuple[Policy, float | None]]:
+    """Label -> (policy, LUT-predicted ms or None): each distinct policy once, under its first label."""
     episodes: dict[tuple[str, int], tuple[Policy, float]] = {}
     for line in (run / "episodes.jsonl").read_text().splitlines():
         row = json.loads(line)
         policy = Policy.from_json(json.dumps(row["policy"]))
         episodes[(row["controller"], row["episode"])] = (policy, row["predicted_latency_ms"])
-    found: dict[str, tuple[str, Policy, float]] = {}
+    found: dict[str, tuple[str, Policy, float | None]] = {}
     for name, final in summary.controllers.items():
         origin = "the selection floor" if final.episode is None else f"episode {final.episode}"
         labelled = [(f"{name} final ({origin})", final.policy, final.predicted_latency_ms)]
@@ -61,7 +61,8 @@ def _policies(run: Path, summary: SearchSummary, with_candidates: bool) -> dict[
     floor_path = run / "final" / "floor.json"
     if floor_path.exists():
         floor = read_record(floor_path, SelectionFloor)
-        found.setdefault(floor.policy.to_json(), ("selection floor (unpruned, fastest precisions)", floor.policy, 0.0))
+        label = "selection floor (unpruned, fastest precisions)"
+        found.setdefault(floor.policy.to_json(), (label, floor.policy, floor.predicted_latency_ms))
     return {label: (policy, predicted) for label, policy, predicted in found.values()}
 
 
@@ -104,7 +105,7 @@ def main() -> int:
             rows.append(
                 {
                     "policy": label,
-                    "predicted_ms": predicted_ms or None,
+                    "predicted_ms": predicted_ms,
                     "selection_val_accuracy": _spread([f.accuracy for f in cheap]),
                     "selection_val_kl": _spread([f.kl for f in cheap]),
                     "final_test_accuracy": _spread(final),
