@@ -83,7 +83,10 @@ def _f32(x: float) -> float:
     """Round a float through float32, the precision of ONNX float attributes."""
     if not math.isfinite(x):
         raise OpKeyError(f"non-finite float {x!r} in key")
-    return struct.unpack("<f", struct.pack("<f", float(x)))[0]
+    try:
+        return struct.unpack("<f", struct.pack("<f", float(x)))[0]
+    except OverflowError:
+        raise OpKeyError(f"float {x!r} in key is beyond float32's range") from None
 
 
 def _canonical_attr(name: str, value: Any) -> AttrValue:

@@ -84,6 +84,8 @@ def test_canonical_form_is_the_stored_contract():
         (lambda: OpKey((TensorSpec((1, 4)),), (OpNode("Relu", ("i0",)),), "int3"), "unknown precision"),
         (lambda: OpKey((TensorSpec((1, 4)),), (OpNode("Relu", ("i0",), domain="my.custom"),)), "not allowed"),
         (lambda: OpKey((TensorSpec((1, 4)),), (OpNode("Re lu", ("i0",)),)), "not an operator name"),
+        # a double just above float32's largest value (found by tests/test_fuzz.py on mutated bytes)
+        (lambda: OpNode("Gemm", ("i0", "i1"), {"alpha": 3.402823669209385e38}), "beyond float32's range"),
     ],
 )
 def test_malformed_keys_are_refused_with_a_named_reason(build, message):
