@@ -52,7 +52,7 @@ from host.search.ppo import PPOConfig
 from host.search.prior import dropped, lut_choices
 from host.search.registry import CONTROLLERS, PPOStart, make_controller
 from host.search.reward import RewardConfig, reward
-from host.search.select import SelectConfig, Selection, fastest_unpruned, fine_tuned, select, unpruned_fastest
+from host.search.select import SelectConfig, Selection, fastest_unpruned, fine_tuned, select, unpruned_per_layer
 from host.search.space import ParamCounter, SearchSpace, describe_layers
 from host.search.surrogate import RewardSurrogate, layer_sensitivity
 from host.workbench import BenchConfig, Workbench
@@ -292,7 +292,7 @@ def _accuracy_reference(config: SearchConfig, space: SearchSpace, evaluator: Eva
     if path.exists():
         reference = read_record(path, SelectionFloor)
     else:
-        policy = unpruned_fastest(space)
+        policy = unpruned_per_layer(space)
         evaluator.bench.progress.say("the reward's reference: the unpruned network at its fastest precisions ...")
         result = evaluator(policy, 0)
         reference = SelectionFloor(policy, config.reward.fidelity(result.val_accuracy, result.val_kl))
