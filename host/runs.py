@@ -197,6 +197,17 @@ class EpisodeRow:
 
 
 @dataclass(frozen=True)
+class EpisodeFailure:
+    """One line of failures.jsonl: an episode whose evaluation failed (its Ray task retried once
+    and failed again); it has no line in episodes.jsonl and the controller learnt nothing from it."""
+
+    controller: str
+    episode: int
+    policy: Policy
+    reason: str
+
+
+@dataclass(frozen=True)
 class PrecisionSupport:
     precision: str
     supported: bool
@@ -353,14 +364,15 @@ def read_config(path: Path, cls: type[R]) -> R:
     return from_mapping(cls, {k: v for k, v in doc.items() if k != "schema"})
 
 
-class EpisodeLog:
-    """episodes.jsonl: one EpisodeRow a line, appended and fsynced before the controller's
-    checkpoint that accounts for it is written."""
+class EpisodeLog(typing.Generic[R]):
+    """episodes.jsonl (or failures.jsonl, with `record=EpisodeFailure`): one record a line,
+    appended and fsynced before the controller's checkpoint that accounts for it is written."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, record: type[R] = EpisodeRow) -> None:
         self.path = path
+        self.record = record
 
-    def read(self) -> tuple[list[EpisodeRow], int | None]:
+    def read(self) -> tuple[list[R], int | None]:
         """The rows, and the 1-based number of a truncated last line that was skipped (a run
         killed mid-write) or None. A bad line anywhere else is an error: the file is damaged."""
         try:
@@ -368,7 +380,7 @@ class EpisodeLog:
         except FileNotFoundError:
             raise RunFileError(f"{self.path} is missing: this is not a search run directory") from None
         numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
-        rows: list[EpisodeRow] = []
+        rows: list[R] = []
         for k, (number, line) in enumerate(numbered):
             try:
                 doc = json.loads(line)
@@ -379,17 +391,17 @@ class EpisodeLog:
                     f"{self.path}: line {number} is not valid JSON ({exc}); only the last line may be "
                     "truncated (by a killed run)"
                 ) from None
-            rows.append(from_doc(EpisodeRow, doc, f"{self.path}: line {number}"))
+            rows.append(from_doc(self.record, doc, f"{self.path}: line {number}"))
         return rows, None
 
-    def keep(self, done: Mapping[str, int]) -> list[EpisodeRow]:
+    def keep(self, done: Mapping[str, int]) -> list[R]:
         """Keep the episodes the controllers' checkpoints account for (`done`: controller ->
         episodes checkpointed); a later or torn line goes. The file is rewritten atomically."""
         rows = [r for r in self.read()[0] if r.episode < done.get(r.controller, 0)] if self.path.exists() else []
         _write_lines(self.path, [to_doc(r) for r in rows])
         return rows
 
-    def append(self, row: EpisodeRow) -> None:
+    def append(self, row: R) -> None:
         """One whole line or none: a failed append (a full disk) is cut back off the file."""
         data = memoryview((json.dumps(to_doc(row)) + "\n").encode())
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -326,19 +326,13 @@ class Workbench:
     def fidelity(self, model: nn.Module, split: str) -> Fidelity:
         """Top-1, agreement with the teacher's top-1 and KL(teacher || model) on "val" or "test":
         the last two measure how close the model stays to its teacher, more smoothly than top-1."""
+        return fidelity_of(model, getattr(self.loaders, split), self.teacher_logits(split)[0])
+
+    def teacher_logits(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's logits on a split and the split's labels (computed once)."""
         if split not in self._teacher_logits:
             self._teacher_logits[split] = _logits(self.teacher, getattr(self.loaders, split))
-        teacher, labels = self._teacher_logits[split]
-        logits, _ = _logits(model, getattr(self.loaders, split))
-        kl = torch.nn.functional.kl_div(
-            logits.log_softmax(1), teacher.log_softmax(1), log_target=True, reduction="batchmean"
-        )
-        n = len(labels)
-        return Fidelity(
-            int((logits.argmax(1) == labels).sum()) / n,
-            int((logits.argmax(1) == teacher.argmax(1)).sum()) / n,
-            float(kl),
-        )
+        return self._teacher_logits[split]
 
     def device_classes(self, path: Path, on: Device | None = None) -> np.ndarray:
         """Test-split top-1 classes of an exported model as the device's runtime computes them
@@ -437,6 +431,20 @@ class Fidelity:
     accuracy: float
     agreement: float  # share of inputs where its top-1 is the teacher's
     kl: float  # mean KL(teacher || model) of the class distributions, nats
+
+
+def fidelity_of(model: nn.Module, loader: DataLoader, teacher_logits: torch.Tensor) -> Fidelity:
+    """`model`'s Fidelity on the (unshuffled) `loader`, whose teacher gave `teacher_logits`."""
+    logits, labels = _logits(model, loader)
+    kl = torch.nn.functional.kl_div(
+        logits.log_softmax(1), teacher_logits.log_softmax(1), log_target=True, reduction="batchmean"
+    )
+    n = len(labels)
+    return Fidelity(
+        int((logits.argmax(1) == labels).sum()) / n,
+        int((logits.argmax(1) == teacher_logits.argmax(1)).sum()) / n,
+        float(kl),
+    )
 
 
 def _logits(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,6 @@ want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[host,dev,openvino]'
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[host,dev,openvino,ray]'
   echo "$want" > "$stamp"
 fi

@@ -18,7 +18,7 @@ from host.search.baselines import (
     lower_precisions,
 )
 from host.search.evaluate import EpisodeResult
-from host.search.loop import run_episodes
+from host.search.loop import Recorder, one_by_one, run_episodes
 from host.search.ppo import PPOConfig
 from host.search.registry import CONTROLLERS, make_controller
 from host.search.reward import Constraint, latency_constraint, params_constraint
@@ -74,7 +74,7 @@ def test_amc_prunes_at_fp32_and_meets_a_params_target(model):
     constraint, count, base = _params_target(model, 0.25)
     space = _space(model)
     controller = _make("amc", space, constraint=constraint)
-    for episode in run_episodes(controller, _synthetic, 5, BASE, W):  # 2 random, 3 from the actor
+    for episode in run_episodes(controller, one_by_one(_synthetic), 5, BASE, W):  # 2 random, 3 from the actor
         policy = episode.policy
         validate(policy, model, _model(model)[1])
         assert {a.precision for a in policy.layers.values()} == {FP32}
@@ -90,7 +90,7 @@ def test_amc_meets_a_latency_budget_at_fp32():
     # Keep-ratio 0.2 everywhere gives 0.2 x full at FP32: the budget is met without lower
     # precisions, which AMC never uses (an enforcer assuming int8 later layers would miss it).
     controller = _make("amc", space, constraint=latency_constraint(latency_ms, 0.3 * full))
-    for episode in run_episodes(controller, _synthetic, 5, BASE, W):
+    for episode in run_episodes(controller, one_by_one(_synthetic), 5, BASE, W):
         assert {a.precision for a in episode.policy.layers.values()} == {FP32}
         assert latency_ms(episode.policy) <= 0.3 * full
 
@@ -100,7 +100,7 @@ def test_haq_keeps_every_channel_and_meets_the_latency_budget():
     latency_ms, full = _latency(space)
     controller = _make("haq", space, constraint=latency_constraint(latency_ms, 0.4 * full))
     seen = set()
-    for episode in run_episodes(controller, _synthetic, 5, BASE, W):
+    for episode in run_episodes(controller, one_by_one(_synthetic), 5, BASE, W):
         policy = episode.policy
         validate(policy, "resnet18", _model("resnet18")[1])
         assert {a.keep_ratio for a in policy.layers.values()} == {1.0}
@@ -142,7 +142,7 @@ def test_haq_makes_precisions_cheaper_on_the_device_not_narrower():
     controller = _make("haq", space, constraint=budget)
     assert controller.costliest_first == [INT4, FP32, INT8]
     assert lower_precisions(space, [INT4, INT4, INT4], budget, controller.costliest_first) == [FP32, INT8, INT8]
-    for episode in run_episodes(controller, _synthetic, 4, BASE, W):
+    for episode in run_episodes(controller, one_by_one(_synthetic), 4, BASE, W):
         assert cost(episode.policy) <= 2.0
     with pytest.raises(ValueError, match="int8 on every layer, the cheapest, gives 0.9"):
         _make("haq", space, constraint=Constraint("latency_ms", 0.5, cost))
@@ -154,7 +154,7 @@ def test_dqn_acts_on_the_joint_grid(model):
     _, limits = _model(model)
     controller = _make("dqn", space)
     assert controller.joint == [(0.2, FP16), (0.2, INT8), (0.55, FP16), (0.55, INT8), (0.9, FP16), (0.9, INT8)]
-    for episode in run_episodes(controller, _synthetic, 5, BASE, W):
+    for episode in run_episodes(controller, one_by_one(_synthetic), 5, BASE, W):
         validate(episode.policy, model, limits)
         for lim in limits:
             action = episode.policy.layers[lim.name]
@@ -165,7 +165,7 @@ def test_dqn_acts_on_the_joint_grid(model):
 def test_dqn_meets_a_params_target():
     constraint, count, base = _params_target("resnet18", 0.25)
     controller = _make("dqn", _space("resnet18"), constraint=constraint)
-    for episode in run_episodes(controller, _synthetic, 4, BASE, W):
+    for episode in run_episodes(controller, one_by_one(_synthetic), 4, BASE, W):
         assert count(episode.policy) <= 0.25 * base
 
 
@@ -175,11 +175,11 @@ def test_every_baseline_spends_exactly_the_budget(name):
     calls, seen = [], []
     episodes = run_episodes(
         _make(name, space, constraint=LOOSE),
-        lambda p, k: calls.append(k) or _synthetic(p, k),
+        one_by_one(lambda p, k: calls.append(k) or _synthetic(p, k)),
         9,
         BASE,
         W,
-        on_episode=seen.append,
+        record=Recorder(seen.append),
     )
     assert calls == list(range(9)) and [e.index for e in seen] == calls and seen == episodes
 
@@ -251,9 +251,12 @@ def test_baselines_learn_a_per_layer_pattern(name, margin):
         learner = _make(
             name, space, seed, LOOSE if name != "dqn" else None, ddpg=DDPGConfig(hidden=64), dqn=DQNConfig()
         )
-        rewards = [e.reward for e in run_episodes(learner, evaluate, 50, BASE, W)]
+        rewards = [e.reward for e in run_episodes(learner, one_by_one(evaluate), 50, BASE, W)]
         random = [
-            e.reward for e in run_episodes(make_controller("random", space, PPOConfig(), seed), evaluate, 50, BASE, W)
+            e.reward
+            for e in run_episodes(
+                make_controller("random", space, PPOConfig(), seed), one_by_one(evaluate), 50, BASE, W
+            )
         ]
         assert np.mean(rewards[-10:]) > np.mean(random) + margin
         assert np.mean(rewards[-10:]) > np.mean(rewards[:5]) + margin  # the first 5: random warm-up
@@ -266,15 +269,15 @@ def test_baselines_learn_a_per_layer_pattern(name, margin):
 def test_resume_from_a_weights_only_checkpoint_repeats_nothing_and_loses_nothing(name, tmp_path):
     space = _space("resnet18")
     constraint = _params_target("resnet18", 0.25)[0] if name != "haq" else LOOSE
-    straight = run_episodes(_make(name, space, 5, constraint), _synthetic, 6, BASE, W)
+    straight = run_episodes(_make(name, space, 5, constraint), one_by_one(_synthetic), 6, BASE, W)
     first = _make(name, space, 5, constraint)
-    seen = run_episodes(first, _synthetic, 3, BASE, W)  # 2 warm-up episodes, then one update
+    seen = run_episodes(first, one_by_one(_synthetic), 3, BASE, W)  # 2 warm-up episodes, then one update
     torch.save({"controller": first.state_dict()}, tmp_path / "controller.pt")
     torch.manual_seed(1234)  # a resumed process starts with other global generators
     np.random.seed(1234)
     resumed = _make(name, space, 99, constraint)
     resumed.load_state_dict(torch.load(tmp_path / "controller.pt", weights_only=True)["controller"])
-    seen += run_episodes(resumed, _synthetic, 6, BASE, W, start_episode=3)
+    seen += run_episodes(resumed, one_by_one(_synthetic), 6, BASE, W, start_episode=3)
     assert [e.index for e in seen] == list(range(6))
     assert [e.policy for e in seen] == [e.policy for e in straight]
     assert [e.reward for e in seen] == [e.reward for e in straight]
@@ -284,7 +287,7 @@ def test_resume_from_a_weights_only_checkpoint_repeats_nothing_and_loses_nothing
 def test_a_checkpoint_from_another_configuration_is_refused():
     space = _space("mlp")
     first = _make("dqn", space)
-    run_episodes(first, _synthetic, 2, BASE, W)  # 6 transitions
+    run_episodes(first, one_by_one(_synthetic), 2, BASE, W)  # 6 transitions
     smaller = _make("dqn", space, dqn=replace(SMALL_DQN, buffer_episodes=1))  # room for 3
     with pytest.raises(ValueError, match="resume with the configuration the run was started with"):
         smaller.load_state_dict(first.state_dict())

@@ -17,7 +17,7 @@ from host.compress.policy import Policy, validate
 from host.compress.prune import layer_limits, prune
 from host.models import build_model
 from host.search.evaluate import EpisodeResult
-from host.search.loop import RewardReference, run_episodes
+from host.search.loop import Recorder, RewardReference, one_by_one, run_episodes
 from host.search.ppo import PPOConfig, clipped_surrogate, gae
 from host.search.registry import make_controller
 from host.search.reward import (
@@ -286,7 +286,7 @@ def test_the_reward_can_read_the_students_kl_from_its_teacher_instead_of_top1():
         RewardConfig(accuracy_signal="kl")
     result = replace(_result(0.9, latency_ms=0.5), val_kl=0.2)
     (episode,) = run_episodes(
-        make_controller("random", _space("mlp"), PPOConfig(), 0), lambda p, k: result, 1, BASE, kl
+        make_controller("random", _space("mlp"), PPOConfig(), 0), one_by_one(lambda p, k: result), 1, BASE, kl
     )
     assert episode.reward == pytest.approx(math.exp(-0.2) ** 4 * (BASE.latency_ms / 0.5))
 
@@ -301,15 +301,15 @@ def _synthetic(policy: Policy, episode: int) -> EpisodeResult:
 def test_resume_repeats_nothing_and_loses_nothing(name, tmp_path):
     space = _space("resnet18")
     config = PPOConfig(update_every=2)  # the checkpoint falls between two updates
-    straight = run_episodes(make_controller(name, space, config, seed=5), _synthetic, 5, BASE, W)
+    straight = run_episodes(make_controller(name, space, config, seed=5), one_by_one(_synthetic), 5, BASE, W)
     first = make_controller(name, space, config, seed=5)
-    seen = run_episodes(first, _synthetic, 3, BASE, W)
+    seen = run_episodes(first, one_by_one(_synthetic), 3, BASE, W)
     torch.save(first.state_dict(), tmp_path / "controller.pt")
     torch.manual_seed(1234)  # a resumed process starts with other global generators
     np.random.seed(1234)
     resumed = make_controller(name, space, config, seed=99)
     resumed.load_state_dict(torch.load(tmp_path / "controller.pt", weights_only=True))
-    seen += run_episodes(resumed, _synthetic, 5, BASE, W, start_episode=3)
+    seen += run_episodes(resumed, one_by_one(_synthetic), 5, BASE, W, start_episode=3)
     assert [e.index for e in seen] == list(range(5))
     assert [e.policy for e in seen] == [e.policy for e in straight]
     assert [e.reward for e in seen] == [e.reward for e in straight]
@@ -321,7 +321,12 @@ def test_every_controller_spends_exactly_the_budget(name):
     calls, seen = [], []
     controller = make_controller(name, space, PPOConfig(), seed=0)
     episodes = run_episodes(
-        controller, lambda p, k: calls.append(k) or _synthetic(p, k), 14, BASE, W, on_episode=seen.append
+        controller,
+        one_by_one(lambda p, k: calls.append(k) or _synthetic(p, k)),
+        14,
+        BASE,
+        W,
+        record=Recorder(seen.append),
     )
     assert calls == list(range(14)) and [e.index for e in seen] == calls and seen == episodes
     assert all(
@@ -345,9 +350,9 @@ def test_bad_budgets_and_names_are_refused():
     controller = make_controller("random", _space("mlp"), PPOConfig(), seed=0)
     for episodes in (0, -3):
         with pytest.raises(ValueError, match="at least one episode"):
-            run_episodes(controller, _synthetic, episodes, BASE, W)
+            run_episodes(controller, one_by_one(_synthetic), episodes, BASE, W)
     with pytest.raises(ValueError, match="outside the budget"):
-        run_episodes(controller, _synthetic, 5, BASE, W, start_episode=6)
+        run_episodes(controller, one_by_one(_synthetic), 5, BASE, W, start_episode=6)
     with pytest.raises(ValueError, match="unknown controller 'grid'; choices: ppo, random, uniform"):
         make_controller("grid", _space("mlp"), PPOConfig(), 0)
 
@@ -373,7 +378,10 @@ def test_ppo_learns_a_per_layer_pattern_that_random_search_misses():
     for seed in range(3):
         for name, bests in best.items():
             rewards = [
-                e.reward for e in run_episodes(make_controller(name, space, PPOConfig(), seed), evaluate, 60, BASE, W)
+                e.reward
+                for e in run_episodes(
+                    make_controller(name, space, PPOConfig(), seed), one_by_one(evaluate), 60, BASE, W
+                )
             ]
             bests.append(max(rewards))
             if name == "ppo":

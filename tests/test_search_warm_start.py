@@ -17,7 +17,7 @@ from host.runs import EpisodeRow
 from host.search.allocate import Damage, allocate, grouped_policy, groups_of, proposal_keeps, proposals
 from host.search.budget import LatencyEstimator
 from host.search.evaluate import EpisodeResult
-from host.search.loop import RewardReference, run_episodes
+from host.search.loop import RewardReference, one_by_one, run_episodes
 from host.search.ppo import PPOConfig
 from host.search.registry import PPOStart, make_controller
 from host.search.reward import RewardConfig
@@ -114,7 +114,7 @@ def test_ppo_plays_its_proposals_then_starts_from_the_best_and_resumes_across_th
     base, w = RewardReference(1.0, 100), RewardConfig(latency_weight=0.0, size_weight=0.0)
     config = PPOConfig(init_log_std=-3.0)  # a narrow spread: its mean shows where it starts
     straight = run_episodes(
-        make_controller("ppo", space, config, 5, start=PPOStart(proposals=made)), evaluate, 5, base, w
+        make_controller("ppo", space, config, 5, start=PPOStart(proposals=made)), one_by_one(evaluate), 5, base, w
     )
     assert [e.policy for e in straight[:3]] == made
     best = {g: made[1].layers[g].keep_ratio for g in groups_of(space)}
@@ -123,11 +123,11 @@ def test_ppo_plays_its_proposals_then_starts_from_the_best_and_resumes_across_th
     assert straight[3].policy != made[1]  # ... and samples around it
 
     first = make_controller("ppo", space, config, 5, start=PPOStart(proposals=made))
-    seen = run_episodes(first, evaluate, 2, base, w)  # killed in the middle of the warm start
+    seen = run_episodes(first, one_by_one(evaluate), 2, base, w)  # killed in the middle of the warm start
     torch.save(first.state_dict(), tmp_path / "ppo.pt")
     resumed = make_controller("ppo", space, config, 5)  # the proposals come from the checkpoint
     resumed.load_state_dict(torch.load(tmp_path / "ppo.pt", weights_only=True))
-    seen += run_episodes(resumed, evaluate, 5, base, w, start_episode=2)
+    seen += run_episodes(resumed, one_by_one(evaluate), 5, base, w, start_episode=2)
     assert [e.policy for e in seen] == [e.policy for e in straight]
 
 

@@ -18,7 +18,7 @@ from host.compress.size import size_report
 from host.models import build_model
 from host.search.budget import LatencyEstimator
 from host.search.evaluate import EpisodeResult
-from host.search.loop import RewardReference, run_episodes
+from host.search.loop import RewardReference, one_by_one, run_episodes
 from host.search.ppo import PPOConfig
 from host.search.registry import PPOStart, make_controller
 from host.search.reward import RewardConfig
@@ -180,7 +180,9 @@ def test_ppo_practising_on_the_surrogate_beats_ppo_alone_and_random_search():
             "random": make_controller("random", space, alone, seed),
         }
         for label, controller in runs.items():
-            best[label].append(max(e.reward for e in run_episodes(controller, evaluate, 15, base, RewardConfig())))
+            best[label].append(
+                max(e.reward for e in run_episodes(controller, one_by_one(evaluate), 15, base, RewardConfig()))
+            )
     assert all(
         p > max(a, r) + 0.05 for p, a, r in zip(best["practice"], best["alone"], best["random"], strict=False)
     ), best
@@ -198,15 +200,19 @@ def test_resume_with_practice_repeats_nothing_and_loses_nothing(tmp_path):
     base = RewardReference(truth.base_latency_ms, truth.base_size_bytes)
     config = PPOConfig(surrogate_episodes=5, surrogate_warmup=2, surrogate_batch=2)
     straight = run_episodes(
-        make_controller("ppo", space, config, 3, start=PPOStart(_surrogate("mlp"))), evaluate, 5, base, RewardConfig()
+        make_controller("ppo", space, config, 3, start=PPOStart(_surrogate("mlp"))),
+        one_by_one(evaluate),
+        5,
+        base,
+        RewardConfig(),
     )
     first = make_controller("ppo", space, config, 3, start=PPOStart(_surrogate("mlp")))
-    seen = run_episodes(first, evaluate, 3, base, RewardConfig())
+    seen = run_episodes(first, one_by_one(evaluate), 3, base, RewardConfig())
     assert first.practised == 10
     torch.save(first.state_dict(), tmp_path / "ppo.pt")
     torch.manual_seed(99)
     resumed = make_controller("ppo", space, config, 7, start=PPOStart(_surrogate("mlp")))
     resumed.load_state_dict(torch.load(tmp_path / "ppo.pt", weights_only=True))
-    seen += run_episodes(resumed, evaluate, 5, base, RewardConfig(), start_episode=3)
+    seen += run_episodes(resumed, one_by_one(evaluate), 5, base, RewardConfig(), start_episode=3)
     assert [e.policy for e in seen] == [e.policy for e in straight]
     assert [e.reward for e in seen] == [e.reward for e in straight]

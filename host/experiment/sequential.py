@@ -22,7 +22,7 @@ from host.progress import Progress
 from host.runs import EpisodeLog
 from host.search.budget import latency_estimator, latency_shares
 from host.search.evaluate import Evaluator
-from host.search.loop import RewardReference, run_episodes
+from host.search.loop import RewardReference, one_by_one, run_episodes
 from host.search.registry import make_controller
 from host.search.reward import latency_constraint
 from host.search.run import EpisodeRecorder, SearchConfig, precisions_to_search
@@ -91,7 +91,9 @@ def search_precisions(config: SearchConfig, base: Policy, out: Path, progress: b
         log = EpisodeLog(out / "episodes.jsonl")
         record = EpisodeRecorder(CONTROLLER, controller, log, config.search.episodes, shown, log.keep({}))
         shown.context = f"[{CONTROLLER}] episode 1/{config.search.episodes}"
-        episodes = run_episodes(controller, evaluator, config.search.episodes, reference, config.reward, 0, record)
+        episodes = run_episodes(
+            controller, one_by_one(evaluator), config.search.episodes, reference, config.reward, 0, record.recorder()
+        )
     return max(episodes, key=lambda e: e.reward).policy
 
 

@@ -24,6 +24,7 @@ the constraint puts on it is part of the environment.
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -205,7 +206,8 @@ class _StepLearner(Controller):
         self.batch_size = batch_size
         self.rng = np.random.default_rng(seed)
         self.episodes_done = 0
-        self.steps: list[tuple[np.ndarray, np.ndarray]] = []  # this episode's (state, action as stored)
+        # Each open episode's (state, action as stored) steps, oldest first (host/search/controllers.py).
+        self.steps: deque[list[tuple[np.ndarray, np.ndarray]]] = deque()
 
     @property
     def warming_up(self) -> bool:
@@ -221,29 +223,33 @@ class _StepLearner(Controller):
         raise NotImplementedError
 
     def _choose(self, episode: int) -> Choose:
-        self.steps = []
+        steps: list[tuple[np.ndarray, np.ndarray]] = []
+        self.steps.append(steps)
 
         def choose(t: int, free: bool, prev_keep: float, prev: Precision | None) -> tuple[float, Precision]:
             if not self._decides(free):
                 return 1.0, Precision.FP32
             state = self.space.state(t, prev_keep, prev)
             stored, keep, precision = self._act(state)
-            self.steps.append((state, stored))
+            steps.append((state, stored))
             return keep, precision
 
         return choose
 
-    def observe(self, reward: float, result: EpisodeResult | None = None) -> None:
+    def _observe(self, episode: int, policy: Policy, reward: float, result: EpisodeResult | None) -> None:
+        steps = self.steps.popleft()
         buffer = self.model.replay_buffer
-        for i, (state, action) in enumerate(self.steps):
-            last = i == len(self.steps) - 1
-            following = state if last else self.steps[i + 1][0]  # AMC: the last state is its own successor
+        for i, (state, action) in enumerate(steps):
+            last = i == len(steps) - 1
+            following = state if last else steps[i + 1][0]  # AMC: the last state is its own successor
             buffer.add(state[None], following[None], action[None], np.array([reward]), np.array([last]), [{}])
-        if self.steps and not self.warming_up:
-            self.model.train(self.updates_per_step * len(self.steps), self.batch_size)
+        if steps and not self.warming_up:
+            self.model.train(self.updates_per_step * len(steps), self.batch_size)
             self._after_update()
         self.episodes_done += 1
-        self.steps = []
+
+    def _abandon(self, episode: int) -> None:
+        self.steps.popleft()
 
     def _after_update(self) -> None:
         pass
@@ -386,13 +392,12 @@ class HAQController(_DDPGLearner):
         n = len(self.narrowest_first)
         return 1.0, self.narrowest_first[min(int(a * n), n - 1)]
 
-    def propose(self, episode: int) -> Policy:
+    def _propose(self, episode: int) -> Policy:
         policy = walk(self.space, self._choose(episode), None)
         precisions = lower_precisions(
             self.space, [a.precision for a in policy.layers.values()], self.constraint, self.costliest_first
         )
-        self.last_policy = self.space.policy([1.0] * len(precisions), precisions)
-        return self.last_policy
+        return self.space.policy([1.0] * len(precisions), precisions)
 
 
 def lower_precisions(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -57,26 +58,51 @@ def walk(space: SearchSpace, choose: Choose, enforcer: Enforcer | None) -> Polic
 
 
 class Controller:
-    """Proposes one policy per episode and learns from its reward."""
+    """Proposes one policy per episode and learns from its reward. Several episodes may be
+    proposed before their rewards arrive (a batch evaluated in parallel, host/search/scale.py):
+    `observe` and `abandon` then take them oldest first."""
 
     name = ""
 
     def __init__(self, space: SearchSpace, constraint: Constraint | None = None) -> None:
         self.space = space
         self.enforcer = Enforcer(space, constraint) if constraint is not None else None
+        self.open: deque[tuple[int, Policy]] = deque()  # (episode, policy) proposed, not yet observed
 
     def propose(self, episode: int) -> Policy:
-        self.last_policy = walk(self.space, self._choose(episode), self.enforcer)
-        return self.last_policy
+        policy = self._propose(episode)
+        self.open.append((episode, policy))
+        return policy
+
+    def _propose(self, episode: int) -> Policy:
+        return walk(self.space, self._choose(episode), self.enforcer)
 
     def _choose(self, episode: int) -> Choose:
         raise NotImplementedError
 
+    def batch_limit(self, start: int, wanted: int) -> int:
+        """How many episodes from `start` (at most `wanted`) may be proposed before any of their
+        rewards is known."""
+        return wanted
+
     def observe(self, reward: float, result: EpisodeResult | None = None) -> None:
-        """The reward of the policy proposed last (and its measured outcome, when known)."""
+        """The reward of the oldest open episode (and its measured outcome, when known)."""
+        episode, policy = self.open.popleft()
+        self._observe(episode, policy, reward, result)
+
+    def _observe(self, episode: int, policy: Policy, reward: float, result: EpisodeResult | None) -> None:
+        pass
+
+    def abandon(self) -> None:
+        """The oldest open episode could not be scored: nothing is learnt from it."""
+        episode, _ = self.open.popleft()
+        self._abandon(episode)
+
+    def _abandon(self, episode: int) -> None:
+        pass
 
     def episode_notes(self) -> dict[str, Any]:
-        """What the controller adds to the last episode's line in episodes.jsonl."""
+        """What the controller adds to the last observed episode's line in episodes.jsonl."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -118,17 +144,23 @@ class PPOController(Controller):
         self.proposals = list(proposals)
         self.proposal_rewards: list[float] = []
         self.warm: bool = not self.proposals  # the agent acts (after imitating the best proposal)
-        self.last_was_proposal = False
+        self.notes: dict[str, Any] = {}  # the last observed episode's
 
-    def propose(self, episode: int) -> Policy:
+    def _propose(self, episode: int) -> Policy:
         """A warm start's proposals first (as the constraint bounds them), then the agent's policies."""
-        self.last_was_proposal = episode < len(self.proposals)
-        if self.last_was_proposal:
-            self.last_policy = walk(self.space, _replay(self.space, self.proposals[episode]), self.enforcer)
-            return self.last_policy
-        return super().propose(episode)
+        if episode < len(self.proposals):
+            return walk(self.space, _replay(self.space, self.proposals[episode]), self.enforcer)
+        return super()._propose(episode)
+
+    def batch_limit(self, start: int, wanted: int) -> int:
+        """A batch holds proposals or the agent's episodes, not both: the agent acts only after
+        imitating the best proposal."""
+        left = len(self.proposals) - start
+        return min(wanted, left) if left > 0 else wanted
 
     def _choose(self, episode: int) -> Choose:
+        self.agent.begin_episode()
+
         def choose(t: int, free: bool, prev_keep: float, prev: Precision | None) -> tuple[float, Precision]:
             u, index = self.agent.act(self.space.state(t, prev_keep, prev), free, self.space.mask(t))
             squashed = self.space.min_keep + (self.space.max_keep - self.space.min_keep) / (1.0 + math.exp(-u))
@@ -136,20 +168,36 @@ class PPOController(Controller):
 
         return choose
 
-    def observe(self, reward: float, result: EpisodeResult | None = None) -> None:
-        if self.last_was_proposal:
+    def _observe(self, episode: int, policy: Policy, reward: float, result: EpisodeResult | None) -> None:
+        proposal = episode < len(self.proposals)
+        if proposal:
             self.proposal_rewards.append(reward)
         else:
             self.agent.finish_episode(reward)
         self.predicted = None
         if self.surrogate is not None and result is not None:
-            self._learn(result)
+            self._learn(policy, result)
+        self._after_proposals()
+        # Practice walks act on the agent too: only once no real episode of a batch is open.
+        if self.warm and self.surrogate is not None and result is not None and not self.agent.open_episodes:
+            self._practise()
+        self.notes = {"proposal": proposal}
+        if self.surrogate is not None:
+            self.notes |= {"surrogate_reward": self.predicted, "surrogate_episodes_so_far": self.practised}
+
+    def _abandon(self, episode: int) -> None:
+        if episode < len(self.proposals):
+            self.proposal_rewards.append(-math.inf)  # never the best proposal
+            self._after_proposals()
+        else:
+            self.agent.abandon_episode()
+
+    def _after_proposals(self) -> None:
+        """Once every proposal is scored: the agent imitates the best one and starts acting."""
         if not self.warm and len(self.proposal_rewards) == len(self.proposals):
             best = max(range(len(self.proposals)), key=self.proposal_rewards.__getitem__)
             self._imitate(self.proposals[best])
             self.warm = True
-        if self.warm and self.surrogate is not None and result is not None:
-            self._practise()
 
     def _imitate(self, policy: Policy) -> None:
         """Start the agent from `policy`: its mean keep-ratio and precision at every layer."""
@@ -167,13 +215,13 @@ class PPOController(Controller):
             prev_keep, prev = action.keep_ratio, action.precision
         self.agent.imitate(np.stack(states), np.array(u), np.array(index), np.array(free), np.stack(masks))
 
-    def _learn(self, result: EpisodeResult) -> None:
-        """Refit the surrogate on the last real episode (its score of the policy first)."""
+    def _learn(self, policy: Policy, result: EpisodeResult) -> None:
+        """Refit the surrogate on a real episode (its score of the policy first)."""
         assert self.surrogate is not None
         # The surrogate's score of this policy before it learns the outcome: its honest error.
-        self.predicted = self.surrogate.reward(self.last_policy) if self.surrogate.fitted else None
+        self.predicted = self.surrogate.reward(policy) if self.surrogate.fitted else None
         fidelity = self.surrogate.weights.fidelity(result.val_accuracy, result.val_kl)
-        self.surrogate.add(self.last_policy, fidelity, result.latency_ms)
+        self.surrogate.add(policy, fidelity, result.latency_ms)
 
     def _practise(self) -> None:
         """From the warm-up's last real episode on: episodes scored by the surrogate."""
@@ -191,10 +239,7 @@ class PPOController(Controller):
             self.agent.update()
 
     def episode_notes(self) -> dict[str, Any]:
-        notes: dict[str, Any] = {"proposal": self.last_was_proposal}
-        if self.surrogate is not None:
-            notes |= {"surrogate_reward": self.predicted, "surrogate_episodes_so_far": self.practised}
-        return notes
+        return self.notes
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {

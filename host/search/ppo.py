@@ -157,6 +157,21 @@ class HybridPPO:
         self.generator = torch.Generator().manual_seed(seed)
         self.rollout = Rollout()
         self.episodes_in_rollout = 0
+        # The first step of each episode begun and not yet finished, oldest first: a batch of
+        # episodes is acted before its rewards arrive (as with several environments).
+        self.open_episodes: list[int] = []
+
+    def begin_episode(self) -> None:
+        """The steps acted from now on are a new episode's."""
+        self.open_episodes.append(len(self.rollout))
+
+    def _oldest_open(self) -> tuple[int, int]:
+        """The step range [start, end) of the oldest open episode."""
+        if not self.open_episodes:
+            raise ValueError("no episode is open: begin_episode() before acting")
+        start = self.open_episodes[0]
+        end = self.open_episodes[1] if len(self.open_episodes) > 1 else len(self.rollout)
+        return start, end
 
     def act(self, state: np.ndarray, free: bool, mask: np.ndarray) -> tuple[float, int]:
         """Sample (u, precision index among those `mask` allows) for one step and record it."""
@@ -182,13 +197,22 @@ class HybridPPO:
         return float(u), index
 
     def finish_episode(self, reward: float, update_every: int | None = None) -> None:
-        """The episode's reward on its last step; update every `update_every` episodes (the
-        config's when None)."""
-        self.rollout.rewards[-1] = reward
-        self.rollout.dones[-1] = True
+        """The oldest open episode's reward, on its last step; update every `update_every`
+        episodes (the config's when None) once no episode is open."""
+        _, end = self._oldest_open()
+        self.open_episodes.pop(0)
+        self.rollout.rewards[end - 1] = reward
+        self.rollout.dones[end - 1] = True
         self.episodes_in_rollout += 1
-        if self.episodes_in_rollout >= (update_every or self.config.update_every):
+        if self.episodes_in_rollout >= (update_every or self.config.update_every) and not self.open_episodes:
             self.update()
+
+    def abandon_episode(self) -> None:
+        """Forget the oldest open episode (it could not be scored): its steps leave the rollout."""
+        start, end = self._oldest_open()
+        self.open_episodes = [s - (end - start) for s in self.open_episodes[1:]]
+        for steps in self.rollout.__dict__.values():
+            del steps[start:end]
 
     def update(self) -> None:
         c, r = self.config, self.rollout
@@ -254,6 +278,7 @@ class HybridPPO:
             "generator": self.generator.get_state(),
             "rollout": {**self.rollout.__dict__, "states": [x.tolist() for x in self.rollout.states]},
             "episodes_in_rollout": self.episodes_in_rollout,
+            "open_episodes": list(self.open_episodes),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -265,3 +290,4 @@ class HybridPPO:
         rollout["states"] = [np.asarray(x, dtype=np.float32) for x in rollout["states"]]
         self.rollout = Rollout(**rollout)
         self.episodes_in_rollout = state["episodes_in_rollout"]
+        self.open_episodes = list(state.get("open_episodes", []))

@@ -27,6 +27,7 @@ from host.progress import Progress
 from host.runs import (
     Baseline,
     DeviceRecord,
+    EpisodeFailure,
     EpisodeLog,
     EpisodeRow,
     FinalModel,
@@ -47,11 +48,12 @@ from host.search.alternatives import ALTERNATIVES, DEFAULT_ALTERNATIVES, check_o
 from host.search.budget import LatencyEstimator, latency_estimator, latency_shares, search_constraint
 from host.search.controllers import Controller
 from host.search.evaluate import Evaluator
-from host.search.loop import Episode, RewardReference, run_episodes
+from host.search.loop import Episode, Failed, Recorder, RewardReference, run_episodes
 from host.search.ppo import PPOConfig
 from host.search.prior import dropped, lut_choices
 from host.search.registry import CONTROLLERS, PPOStart, make_controller
 from host.search.reward import RewardConfig, reward
+from host.search.scale import ScaleSettings, open_scorer
 from host.search.select import SelectConfig, Selection, fastest_unpruned, fine_tuned, select, unpruned_per_layer
 from host.search.space import ParamCounter, SearchSpace, describe_layers
 from host.search.surrogate import RewardSurrogate, layer_sensitivity
@@ -86,6 +88,8 @@ class SearchSettings:
     # devices-file name or HOST:PORT (empty: an embedded one, beside an embedded search device).
     openvino_device: str = ""
     seed: int = 0
+    # Episodes proposed together and scored concurrently by the [scale] backend (1: one at a time).
+    parallel_episodes: int = 1
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ class SearchConfig(BenchConfig):
     reward: RewardConfig = RewardConfig()
     select: SelectConfig = SelectConfig()
     ppo: PPOConfig = PPOConfig()
+    scale: ScaleSettings = ScaleSettings()
 
     def with_search(self, **changes: Any) -> SearchConfig:
         """This config with [search] settings replaced (controllers, seed, ...)."""
@@ -109,8 +114,7 @@ class SearchConfig(BenchConfig):
     def check(self) -> None:
         """Every problem that can be found before any work, each with what to do."""
         s = self.search
-        if s.episodes < 1:
-            raise ConfigError(f"episodes = {s.episodes}: a search needs at least one episode")
+        self._check_budget()
         odd = [a for a in s.alternatives if a not in ALTERNATIVES]
         if odd:
             raise ConfigError(f"alternatives {odd}: choose among {', '.join(ALTERNATIVES)} (or [] for none)")
@@ -138,12 +142,21 @@ class SearchConfig(BenchConfig):
                 "controller amc prunes to a target: set max_params_fraction (e.g. 0.25 for 75% fewer "
                 "parameters) or latency_budget_ms"
             )
+
+    def _check_budget(self) -> None:
+        """The episodes, their batches and samples, and where they run."""
+        s = self.search
+        if s.episodes < 1:
+            raise ConfigError(f"episodes = {s.episodes}: a search needs at least one episode")
+        if not 1 <= s.parallel_episodes <= s.episodes:
+            raise ConfigError(f"parallel_episodes = {s.parallel_episodes}: give 1 .. the episode budget ({s.episodes})")
         if s.warm_start < 0:
             raise ConfigError(f"warm_start = {s.warm_start}: give a number of proposals (0: none)")
         if s.episode_samples < self.data.batch_size:
             raise ConfigError(
                 f"episode_samples = {s.episode_samples} is below [data] batch_size {self.data.batch_size}"
             )
+        self.scale.check()
 
 
 def load_search_config(path: Path | None, overrides: dict[str, Any] | None = None) -> SearchConfig:
@@ -423,18 +436,22 @@ def _prior_text(space: SearchSpace) -> str:
 
 @dataclass
 class EpisodeRecorder:
-    """Records one controller's episodes: a line in episodes.jsonl, then (with `checkpoints`) the
-    controller's checkpoint that accounts for it, then the progress line."""
+    """Records one controller's episodes: a line in episodes.jsonl for each (failures.jsonl for
+    one that failed), the progress line, and after each batch (with `checkpoints`) the
+    controller's checkpoint that accounts for them."""
 
     name: str
     controller: Controller
-    log: EpisodeLog
+    log: EpisodeLog[EpisodeRow]
     episodes: int
     shown: Progress
     rows: list[EpisodeRow]
     checkpoints: Path | None = None
 
-    def __call__(self, episode: Episode) -> None:
+    def recorder(self) -> Recorder:
+        return Recorder(self.episode, self.failed, self.batch_done)
+
+    def episode(self, episode: Episode) -> None:
         result = episode.result
         notes = self.controller.episode_notes()
         row = EpisodeRow(
@@ -458,10 +475,6 @@ class EpisodeRecorder:
         )
         self.log.append(row)
         self.rows.append(row)
-        if self.checkpoints is not None:
-            buffer = io.BytesIO()
-            torch.save({"controller": self.controller.state_dict(), "episodes_done": episode.index + 1}, buffer)
-            write_bytes(self.checkpoints / f"{self.name}.pt", buffer.getvalue())
         best = max(r.reward for r in self.rows if r.controller == self.name)
         self.shown.context = f"[{self.name}] episode {episode.index + 2}/{self.episodes} (best {best:.4f})"
         self.shown.say(
@@ -469,6 +482,17 @@ class EpisodeRecorder:
             f"(best {best:.4f}), val acc {result.val_accuracy:.4f}, {result.latency_ms:.3f} ms predicted, "
             f"{result.params:,} params, {episode.wall_s:.1f} s"
         )
+
+    def failed(self, failed: Failed) -> None:
+        failures = EpisodeLog(self.log.path.with_name("failures.jsonl"), EpisodeFailure)
+        failures.append(EpisodeFailure(self.name, failed.index, failed.policy, failed.reason))
+        self.shown.say(f"[{self.name}] episode {failed.index + 1}/{self.episodes} FAILED, not scored: {failed.reason}")
+
+    def batch_done(self, episodes_done: int) -> None:
+        if self.checkpoints is not None:
+            buffer = io.BytesIO()
+            torch.save({"controller": self.controller.state_dict(), "episodes_done": episodes_done}, buffer)
+            write_bytes(self.checkpoints / f"{self.name}.pt", buffer.getvalue())
 
 
 def _load_controller(controller: Controller, path: Path) -> int:
@@ -493,7 +517,8 @@ def _run_controllers(
     resume: bool,
     shown: Progress,
 ) -> list[EpisodeRow]:
-    """Every controller's episodes after those its checkpoint holds; all rows, old and new."""
+    """Every controller's episodes after those its checkpoint holds, in batches of
+    `parallel_episodes` scored by the `[scale]` backend; all rows, old and new."""
     done: dict[str, int] = {}
     for name, controller in controllers.items():
         ckpt = out / "checkpoints" / f"{name}.pt"
@@ -501,14 +526,22 @@ def _run_controllers(
             done[name] = _load_controller(controller, ckpt)
     log = EpisodeLog(out / "episodes.jsonl")
     rows = log.keep(done)
+    EpisodeLog(out / "failures.jsonl", EpisodeFailure).keep(done)
     episodes = config.search.episodes
-    for name, controller in controllers.items():
-        record = EpisodeRecorder(name, controller, log, episodes, shown, rows, out / "checkpoints")
-        start = done.get(name, 0)
-        best = [r.reward for r in rows if r.controller == name]
-        shown.context = f"[{name}] episode {start + 1}/{episodes}" + (f" (best {max(best):.4f})" if best else "")
-        reference = RewardReference(baseline.predicted_latency_ms, baseline.fp32_size_bytes)
-        run_episodes(controller, evaluator, episodes, reference, config.reward, start, record)
+    if all(done.get(name, 0) >= episodes for name in controllers):
+        return rows
+    scorer = open_scorer(evaluator, config.scale)
+    try:
+        for name, controller in controllers.items():
+            record = EpisodeRecorder(name, controller, log, episodes, shown, rows, out / "checkpoints")
+            start = done.get(name, 0)
+            best = [r.reward for r in rows if r.controller == name]
+            shown.context = f"[{name}] episode {start + 1}/{episodes}" + (f" (best {max(best):.4f})" if best else "")
+            reference = RewardReference(baseline.predicted_latency_ms, baseline.fp32_size_bytes)
+            parallel = config.search.parallel_episodes
+            run_episodes(controller, scorer, episodes, reference, config.reward, start, record.recorder(), parallel)
+    finally:
+        scorer.close()
     return rows
 
 

@@ -1,0 +1,213 @@
+"""How a batch of episodes is scored: here, one after another, or in parallel on Ray.
+
+`[scale] backend`:
+- "local" (the default): in this process, episode after episode, as a search always did. Ray is
+  never imported.
+- "ray": each episode's fine-tune is a Ray task, on a Ray that hadmc starts on this machine
+  (`num_cpus`) or on an existing cluster (`ray_address = "auto"` or `"ray://head:10001"`). The
+  teacher, its distillation set and the validation split go to the object store once; a worker
+  reads them once and keeps them. Each task has `cpus_per_task` CPUs and as many torch threads.
+  A task whose worker dies is retried once, then its episode is recorded as failed, with the
+  reason, in failures.jsonl (the controller learns nothing from it).
+
+Measurements stay honest by two phases per batch:
+1. latency: every candidate is compressed and exported here and its latency predicted from the
+   LUT; kernels the LUT lacks are profiled on the device, one job at a time through the agent's
+   queue, while no fine-tune runs;
+2. the fine-tunes, in parallel.
+With a remote device (neither embedded nor on this machine) the phases overlap: a candidate's
+fine-tune starts as soon as its latency is known. That assumes no Ray node runs on the device's
+machine.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from host.compress.policy import Policy
+from host.search.evaluate import EpisodeResult, Evaluator, FinetuneContext, Prepared, Tuned, Unscored
+from lut_store.tomlfile import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+BACKENDS = ("local", "ray")
+TASK_RETRIES = 1  # a task whose worker dies runs once more, then its episode is recorded as failed
+CONNECT_TIMEOUT_S = 5.0
+RAY_EXTRA = "pip install 'hadmc[ray]'"
+
+Scorer = Callable[[Sequence[tuple[int, Policy]]], list[EpisodeResult | Unscored]]
+
+
+class ScaleError(RuntimeError):
+    """The Ray cluster cannot be used (unreachable, or lost mid-run): the run stops; what its
+    checkpoints hold is kept, and `--resume` continues from the last whole batch."""
+
+
+@dataclass(frozen=True)
+class ScaleSettings:
+    """`[scale]`: where a batch's fine-tunes run (see the module docstring)."""
+
+    backend: str = "local"
+    ray_address: str = ""  # backend "ray": "" starts a Ray here; "auto" or "ray://host:port" joins a cluster
+    num_cpus: int = 0  # a Ray started here: its CPUs (0: all of this machine's)
+    cpus_per_task: int = 1  # each fine-tune's CPUs and torch threads
+
+    def check(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"[scale] backend = {self.backend!r}: choose among {', '.join(BACKENDS)}")
+        if self.backend == "local" and self.ray_address:
+            raise ConfigError(f'[scale] ray_address = {self.ray_address!r} is for backend = "ray"')
+        if self.num_cpus < 0 or self.cpus_per_task < 1:
+            raise ConfigError(
+                f"[scale] num_cpus = {self.num_cpus} (0: all) and cpus_per_task = {self.cpus_per_task} "
+                "(at least 1) must be counts of CPUs"
+            )
+        if self.ray_address and self.num_cpus:
+            raise ConfigError("[scale] num_cpus sizes a Ray started here; a cluster at ray_address has its own")
+        if self.backend == "ray":
+            import_ray()
+
+
+def import_ray() -> Any:
+    """The ray module, or a ConfigError naming the extra to install."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(f'[scale] backend = "ray" needs Ray, which is not installed: {RAY_EXTRA}') from None
+    return ray
+
+
+def is_local_address(address: str) -> bool:
+    """Whether a device address (host:port) names this machine."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host in ("localhost", socket.gethostname(), ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_reachable(address: str) -> None:
+    """Fail fast, naming the address, when a Ray cluster's port does not answer."""
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f'[scale] ray_address = {address!r}: give "auto" or "ray://host:port"')
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ScaleError(
+            f"the Ray cluster at {address} does not answer ({exc.strerror or exc}); start it "
+            "(ray start --head) or fix [scale] ray_address"
+        ) from None
+
+
+class LocalScorer:
+    """Episode after episode, in this process."""
+
+    def __init__(self, evaluator: Evaluator) -> None:
+        self.evaluator = evaluator
+
+    def __call__(self, batch: Sequence[tuple[int, Policy]]) -> list[EpisodeResult | Unscored]:
+        return [self.evaluator(policy, episode) for episode, policy in batch]
+
+    def close(self) -> None:
+        pass
+
+
+class RayScorer:
+    """Phase one here, phase two as Ray tasks (see the module docstring)."""
+
+    def __init__(self, evaluator: Evaluator, settings: ScaleSettings, device_is_remote: bool) -> None:
+        ray = import_ray()
+        self.ray, self.evaluator, self.overlap = ray, evaluator, device_is_remote
+        self.started = not ray.is_initialized()
+        if self.started:
+            if settings.ray_address and settings.ray_address != "auto":
+                check_reachable(settings.ray_address)
+            try:
+                ray.init(
+                    address=settings.ray_address or None,
+                    num_cpus=(settings.num_cpus or os.cpu_count()) if not settings.ray_address else None,
+                    include_dashboard=False,
+                    logging_level="ERROR",
+                    log_to_driver=False,
+                )
+            except ConnectionError as exc:
+                raise ScaleError(f"cannot join the Ray cluster at {settings.ray_address}: {exc}") from None
+        self.task = ray.remote(_finetune).options(num_cpus=settings.cpus_per_task, max_retries=TASK_RETRIES)
+        self.context = [ray.put(evaluator.context())]  # in a list: the task resolves it, once per worker
+
+    def __call__(self, batch: Sequence[tuple[int, Policy]]) -> list[EpisodeResult | Unscored]:
+        prepared: list[Prepared] = []
+        refs: list[Any] = []
+        for episode, policy in batch:
+            prepared.append(self.evaluator.prepare(policy, episode))
+            if self.overlap:
+                refs.append(self._submit(prepared[-1]))
+        if not self.overlap:
+            refs = [self._submit(p) for p in prepared]
+        self.evaluator.bench.progress.live(f"fine-tuning {len(batch)} candidates on Ray ...", force=True)
+        return [self._outcome(p, ref) for p, ref in zip(prepared, refs, strict=True)]
+
+    def _submit(self, prepared: Prepared) -> Any:
+        state = prepared.student.state_dict()
+        return self.task.remote(self.context, prepared.policy, state, prepared.episode, prepared.loader_state)
+
+    def _outcome(self, prepared: Prepared, ref: Any) -> EpisodeResult | Unscored:
+        ray = self.ray
+        try:
+            tuned = ray.get(ref)
+        except (ConnectionError, ray.exceptions.RaySystemError) as exc:
+            raise ScaleError(
+                f"the Ray cluster was lost during episode {prepared.episode} ({type(exc).__name__}: "
+                f"{_first_line(exc)}); the episodes before its batch are kept: run again with --resume"
+            ) from None
+        except ray.exceptions.RayError as exc:
+            return Unscored(f"{type(exc).__name__} after {1 + TASK_RETRIES} attempt(s): {_first_line(exc)}")
+        return prepared.result(tuned)
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+_CONTEXTS: dict[str, FinetuneContext] = {}  # a worker's fine-tune contexts, by object id
+
+
+def _finetune(
+    context: list[Any], policy: Policy, state: dict[str, torch.Tensor], episode: int, loader_state: torch.Tensor
+) -> Tuned:
+    """A Ray task: phase two of one episode, with as many torch threads as the task has CPUs."""
+    import ray
+    import torch
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    torch.set_num_threads(max(1, int(cpus)))
+    key = context[0].hex()
+    if key not in _CONTEXTS:
+        _CONTEXTS.clear()  # a new search's context replaces the last one's
+        _CONTEXTS[key] = ray.get(context[0])
+    found = _CONTEXTS[key]
+    return found.finetune(found.student(policy, state), episode, loader_state)
+
+
+def open_scorer(evaluator: Evaluator, settings: ScaleSettings) -> LocalScorer | RayScorer:
+    """The scorer `settings` ask for, on the evaluator's workbench."""
+    if settings.backend == "local":
+        return LocalScorer(evaluator)
+    endpoint = evaluator.bench.device.endpoint
+    remote = endpoint.name != "embedded" and not is_local_address(endpoint.address)
+    return RayScorer(evaluator, settings, remote)
