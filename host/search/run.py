@@ -176,6 +176,7 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
     """The whole search; returns summary.json's record."""
     t_start = time.monotonic()
     config = _start(config, out, resume)
+    config.scale.preflight()
     shown = Progress(progress)
     with Workbench.open(config, shown) as bench:
         reference = bench.export_reference(out / "final" / "baseline_fp32.onnx")
@@ -526,7 +527,8 @@ def _run_controllers(
             done[name] = _load_controller(controller, ckpt)
     log = EpisodeLog(out / "episodes.jsonl")
     rows = log.keep(done)
-    EpisodeLog(out / "failures.jsonl", EpisodeFailure).keep(done)
+    if (out / "failures.jsonl").exists():
+        EpisodeLog(out / "failures.jsonl", EpisodeFailure).keep(done)
     episodes = config.search.episodes
     if all(done.get(name, 0) >= episodes for name in controllers):
         return rows

@@ -44,7 +44,7 @@ RAY_EXTRA = "pip install 'hadmc[ray]'"
 Scorer = Callable[[Sequence[tuple[int, Policy]]], list[EpisodeResult | Unscored]]
 
 
-class ScaleError(RuntimeError):
+class ScaleError(ConnectionError):
     """The Ray cluster cannot be used (unreachable, or lost mid-run): the run stops; what its
     checkpoints hold is kept, and `--resume` continues from the last whole batch."""
 
@@ -72,6 +72,11 @@ class ScaleSettings:
             raise ConfigError("[scale] num_cpus sizes a Ray started here; a cluster at ray_address has its own")
         if self.backend == "ray":
             import_ray()
+
+    def preflight(self) -> None:
+        """Before any work: a cluster named by address must answer (fail fast, naming it)."""
+        if self.backend == "ray" and self.ray_address not in ("", "auto"):
+            check_reachable(self.ray_address)
 
 
 def import_ray() -> Any:
@@ -130,11 +135,10 @@ class RayScorer:
         self.ray, self.evaluator, self.overlap = ray, evaluator, device_is_remote
         self.started = not ray.is_initialized()
         if self.started:
-            if settings.ray_address and settings.ray_address != "auto":
-                check_reachable(settings.ray_address)
+            settings.preflight()
             try:
                 ray.init(
-                    address=settings.ray_address or None,
+                    address=settings.ray_address or "local",  # "local": our own, never a cluster found by chance
                     num_cpus=(settings.num_cpus or os.cpu_count()) if not settings.ray_address else None,
                     include_dashboard=False,
                     logging_level="ERROR",

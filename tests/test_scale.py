@@ -1,0 +1,297 @@
+"""Batched episodes and the Ray backend: controllers proposing a batch before its rewards arrive,
+failed episodes, the [scale] settings and their errors, and whole searches on a real Ray (one
+started by hadmc, and a two-node cluster on this machine) with a worker and the search killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from host.compress.policy import Policy
+from host.models import build_model
+from host.search.evaluate import EpisodeResult, Unscored
+from host.search.loop import Recorder, RewardReference, one_by_one, run_episodes
+from host.search.ppo import PPOConfig
+from host.search.registry import PPOStart, make_controller
+from host.search.reward import RewardConfig
+from host.search.run import load_search_config, run_search
+from host.search.space import SearchSpace, describe_layers
+from lut_store.precision import Precision
+from lut_store.tomlfile import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = RewardReference(latency_ms=1.0, size_bytes=100)
+W = RewardConfig()
+
+
+def _space() -> SearchSpace:
+    from host.compress.prune import layer_limits
+
+    net = build_model("resnet18", 6, (3, 64, 64))
+    example = torch.zeros((1, 3, 64, 64))
+    return SearchSpace(
+        "resnet18",
+        describe_layers(net, example, layer_limits(net, example)),
+        (Precision.FP32, Precision.FP16, Precision.INT8, Precision.INT4W),
+    )
+
+
+SPACE = _space()
+
+
+def _synthetic(policy: Policy, episode: int) -> EpisodeResult:
+    keeps = np.array([a.keep_ratio for a in policy.layers.values()])
+    int8 = np.array([a.precision is Precision.INT8 for a in policy.layers.values()])
+    return EpisodeResult(float(np.mean(keeps) * np.mean(int8)), float(np.mean(keeps)) + 0.1, 0, 100, (), 0)
+
+
+# ---- batches without a device ----
+
+
+@pytest.mark.parametrize("name", ["ppo", "random", "uniform", "dqn"])
+def test_a_batched_run_is_reproducible_and_resumes_at_batch_granularity(name, tmp_path):
+    batches = []
+
+    def make():
+        return make_controller(name, SPACE, PPOConfig(), seed=3)
+
+    straight = run_episodes(
+        make(), one_by_one(_synthetic), 7, BASE, W, record=Recorder(batch_done=batches.append), parallel=3
+    )
+    assert batches == [3, 6, 7] and [e.index for e in straight] == list(range(7))
+    again = run_episodes(make(), one_by_one(_synthetic), 7, BASE, W, parallel=3)
+    assert [e.policy for e in again] == [e.policy for e in straight]
+    first = make()
+    seen = run_episodes(first, one_by_one(_synthetic), 3, BASE, W, parallel=3)  # killed after its first batch
+    torch.save(first.state_dict(), tmp_path / "c.pt")
+    resumed = make()
+    resumed.load_state_dict(torch.load(tmp_path / "c.pt", weights_only=False))
+    seen += run_episodes(resumed, one_by_one(_synthetic), 7, BASE, W, start_episode=3, parallel=3)
+    assert [e.policy for e in seen] == [e.policy for e in straight]
+    assert [e.reward for e in seen] == [e.reward for e in straight]
+
+
+def test_ppo_learns_a_batch_in_episode_order_and_updates_once_it_is_whole():
+    controller = make_controller("ppo", SPACE, PPOConfig(), seed=0)
+    agent = controller.agent
+    policies = [controller.propose(i) for i in range(3)]
+    steps = len(SPACE.layers)
+    assert agent.open_episodes == [0, steps, 2 * steps] and len(agent.rollout) == 3 * steps
+    controller.observe(0.5, _synthetic(policies[0], 0))
+    assert agent.rollout.rewards[steps - 1] == 0.5 and agent.rollout.dones[steps - 1]
+    assert len(agent.rollout) == 3 * steps  # no update while episodes of the batch are open
+    controller.abandon()  # the second could not be scored: its steps leave the rollout
+    assert len(agent.rollout) == 2 * steps and agent.open_episodes == [steps]
+    controller.observe(0.25, _synthetic(policies[2], 2))
+    assert len(agent.rollout) == 0 and agent.open_episodes == []  # the batch is whole: one update
+
+
+def test_a_batch_never_mixes_the_warm_start_with_the_agents_episodes():
+    proposals = [SPACE.policy([0.9] * len(SPACE.layers), [Precision.INT8] * len(SPACE.layers))] * 3
+    controller = make_controller("ppo", SPACE, PPOConfig(), seed=0, start=PPOStart(proposals=proposals))
+    batches = []
+    episodes = run_episodes(
+        controller, one_by_one(_synthetic), 7, BASE, W, record=Recorder(batch_done=batches.append), parallel=2
+    )
+    assert batches == [2, 3, 5, 7] and [e.policy for e in episodes[:3]] == proposals and controller.warm
+
+
+@pytest.mark.parametrize("name", ["ppo", "random", "dqn", "amc"])
+def test_a_failed_episode_is_recorded_and_not_learnt_from(name):
+    from host.search.reward import params_constraint
+    from host.search.space import ParamCounter
+
+    net = build_model("resnet18", 6, (3, 64, 64))
+    counter = ParamCounter(net, torch.zeros((1, 3, 64, 64)), 8)
+    base = sum(p.numel() for p in net.parameters())
+    constraint = params_constraint(counter, base, 0.5) if name == "amc" else None
+    controller = make_controller(name, SPACE, PPOConfig(), seed=1, constraint=constraint)
+
+    def score(batch):
+        return [Unscored("WorkerCrashedError: killed") if i == 1 else _synthetic(p, i) for i, p in batch]
+
+    failed, seen = [], []
+    episodes = run_episodes(controller, score, 4, BASE, W, record=Recorder(seen.append, failed.append), parallel=2)
+    assert [e.index for e in episodes] == [0, 2, 3] and seen == episodes
+    assert [(f.index, f.reason) for f in failed] == [(1, "WorkerCrashedError: killed")]
+    assert not controller.open
+
+
+@pytest.mark.parametrize(
+    ("scale", "search", "message"),
+    [
+        ({}, {"parallel_episodes": 0}, r"parallel_episodes = 0: give 1 \.\. the episode budget \(4\)"),
+        ({}, {"parallel_episodes": 5}, r"parallel_episodes = 5: give 1 \.\. the episode budget \(4\)"),
+        ({"backend": "spark"}, {}, r"backend = 'spark': choose among local, ray"),
+        ({"ray_address": "auto"}, {}, r"ray_address = 'auto' is for backend = \"ray\""),
+        ({"backend": "ray", "cpus_per_task": 0}, {}, "cpus_per_task = 0"),
+        ({"backend": "ray", "ray_address": "auto", "num_cpus": 2}, {}, "num_cpus sizes a Ray started here"),
+    ],
+)
+def test_scale_config_errors(scale, search, message):
+    with pytest.raises(ConfigError, match=message):
+        load_search_config(None, {"search": {"episodes": 4, **search}, "scale": scale})
+
+
+def test_ray_missing_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    with pytest.raises(ConfigError, match=r"needs Ray, which is not installed: pip install 'hadmc\[ray\]'"):
+        load_search_config(None, {"scale": {"backend": "ray"}})
+
+
+def test_an_unreachable_ray_address_fails_fast_naming_it(tmp_path):
+    pytest.importorskip("ray")
+    from host.search.scale import ScaleError
+
+    config = load_search_config(None, {"scale": {"backend": "ray", "ray_address": "ray://127.0.0.1:1"}})
+    t0 = time.monotonic()
+    with pytest.raises(ScaleError, match=r"the Ray cluster at ray://127\.0\.0\.1:1 does not answer"):
+        run_search(config, tmp_path / "run", progress=False)
+    assert time.monotonic() - t0 < 10 and not (tmp_path / "run" / "episodes.jsonl").exists()
+    with pytest.raises(ConfigError, match=r"ray_address = 'head': give \"auto\" or \"ray://host:port\""):
+        run_search(load_search_config(None, {"scale": {"backend": "ray", "ray_address": "head"}}), tmp_path / "r2")
+
+
+# ---- whole searches on a real Ray ----
+
+TINY = {
+    "model": "mlp",
+    "data": {"name": "breast-cancer"},
+    "search": {
+        "controllers": ["ppo"],
+        "episodes": 4,
+        "episode_samples": 64,
+        "warm_start": 0,
+        "parallel_episodes": 2,
+        "alternatives": [],
+    },
+    "baseline": {"epochs": 2},
+    "final_distill": {"epochs": 1},
+    "select": {"top": 1},
+}
+
+
+def _tiny(agent, tmp_path, scale: dict, **search) -> dict:
+    """A tiny search's overrides on the test agent, with `scale` and `search` changes."""
+    return {
+        **TINY,
+        "search": {**TINY["search"], **search},
+        "scale": scale,
+        "device": {"name": agent.address},
+        "store": f"sqlite:///{tmp_path / 'lut.sqlite'}",
+    }
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+
+
+def _toml(overrides: dict) -> str:
+    """`overrides` as a search TOML (tables of scalars and lists of strings)."""
+    lines = [f"{k} = {json.dumps(v)}" for k, v in overrides.items() if not isinstance(v, dict)]
+    for table, values in overrides.items():
+        if isinstance(values, dict):
+            lines += [f"[{table}]", *(f"{k} = {json.dumps(v)}" for k, v in values.items())]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_ray_search_killed_and_resumed_records_the_episodes_of_a_local_one(agent, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
+    run_search(load_search_config(None, _tiny(agent, tmp_path, {})), tmp_path / "local", progress=False)
+    # The same search on a Ray that hadmc starts, in a process killed after its first batch.
+    config = tmp_path / "search.toml"
+    config.write_text(_toml(_tiny(agent, tmp_path, {"backend": "ray", "num_cpus": 2})))
+    out = tmp_path / "ray"
+    env = {**os.environ, "HADMC_HOME": str(tmp_path / "home")}
+    argv = [sys.executable, "-m", "host.cli", "search", "--config", str(config), "--out", str(out)]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: set[psutil.Process] = set()
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (out / "checkpoints" / "ppo.pt").exists():
+        children |= set(psutil.Process(proc.pid).children(recursive=True))
+        time.sleep(0.1)
+    children |= set(psutil.Process(proc.pid).children(recursive=True))
+    proc.kill()
+    proc.wait()
+    for child in children:  # the killed driver's Ray: nothing of it survives into the resumed run
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    first = _rows(out)[:2]  # a line of the next batch, if written before the kill, is not checkpointed yet
+    assert [r["episode"] for r in first] == [0, 1], "killed after its first batch of two"
+    done = subprocess.run([*argv, "--resume", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    local, resumed = _rows(tmp_path / "local"), _rows(out)
+    assert resumed[:2] == first and [r["episode"] for r in resumed] == [0, 1, 2, 3]
+    assert [r["policy"] for r in resumed] == [r["policy"] for r in local]  # the same proposals, in order
+    assert [r["val_accuracy"] for r in resumed] == pytest.approx([r["val_accuracy"] for r in local], abs=0.03)
+    assert all(r["seconds"]["finetune_s"] > 0 and r["seconds"]["latency_s"] > 0 for r in resumed)
+    assert json.loads(done.stdout)["controllers"]["ppo"]["measured_latency"]["median_ms"] > 0
+    assert not (out / "failures.jsonl").exists()
+
+
+def _kill_finetunes(count: int, stop: threading.Event, killed: list[int]) -> None:
+    """Kill the first `count` Ray workers seen running a fine-tune task (SIGKILL, mid-task)."""
+    while not stop.is_set() and len(killed) < count:
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if "ray::_finetune" in cmdline and proc.info["pid"] not in killed:
+                os.kill(proc.info["pid"], signal.SIGKILL)
+                killed.append(proc.info["pid"])
+                break
+        time.sleep(0.02)
+
+
+def _search_killing(count: int, config, out: Path) -> list[int]:
+    """Run a search while its first `count` fine-tune workers are killed; their pids."""
+    stop, killed = threading.Event(), []
+    watcher = threading.Thread(target=_kill_finetunes, args=(count, stop, killed))
+    watcher.start()
+    try:
+        run_search(config, out, progress=False)
+    finally:
+        stop.set()
+        watcher.join()
+    return killed
+
+
+def test_a_two_node_cluster_runs_a_search_and_a_killed_worker_is_retried(agent, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    import ray
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        # Fine-tunes long enough to be caught running.
+        overrides = _tiny(agent, tmp_path, {"backend": "ray", "ray_address": cluster.address}, episodes=2)
+        overrides["episode_distill"] = {"epochs": 40, "lr": 3e-4}
+        killed = _search_killing(1, load_search_config(None, overrides), tmp_path / "run")
+        assert len(killed) == 1, "no fine-tune was caught running"
+        assert [r["episode"] for r in _rows(tmp_path / "run")] == [0, 1]  # retried: nothing lost
+        assert not (tmp_path / "run" / "failures.jsonl").exists() and not ray.is_initialized()
+        # One batch at a time, the first task killed twice (it and its one retry): its episode is
+        # recorded as failed, with the reason, and the search goes on.
+        overrides["search"]["parallel_episodes"] = 1
+        killed = _search_killing(2, load_search_config(None, overrides), tmp_path / "twice")
+        assert len(killed) == 2
+        failures = [json.loads(line) for line in (tmp_path / "twice" / "failures.jsonl").read_text().splitlines()]
+        assert [f["episode"] for f in failures] == [0] and "after 2 attempt(s)" in failures[0]["reason"]
+        assert [r["episode"] for r in _rows(tmp_path / "twice")] == [1]
+    finally:
+        cluster.shutdown()
