@@ -253,7 +253,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         "search": {
             "episodes": args.episodes,
             "controllers": args.controllers.split(",") if args.controllers else None,
+            "parallel_episodes": args.parallel_episodes,
         },
+        "scale": {"backend": args.backend, "ray_address": args.ray_address},
     }
     config = load_search_config(args.config, overrides)
     summary = run_search(config, args.out, resume=args.resume, progress=not args.json)
@@ -415,6 +417,11 @@ def _add_search_parsers(sub: Any) -> None:
     search.add_argument("--store", help="LUT store URL (default: the SQLite file under $HADMC_HOME)")
     search.add_argument("--controllers", help="comma-separated, e.g. ppo,random,uniform")
     search.add_argument("--episodes", type=int, help="episodes per controller")
+    search.add_argument(
+        "--parallel-episodes", type=int, help="episodes proposed together and scored concurrently ([search])"
+    )
+    search.add_argument("--backend", choices=["local", "ray"], help="where fine-tunes run ([scale] backend)")
+    search.add_argument("--ray-address", help='a Ray cluster to join: "auto" or "ray://host:port" ([scale])')
     search.add_argument("--out", type=Path, required=True, help="run directory")
     add_model_args(search)
     search.add_argument("--resume", action="store_true", help="continue a killed run in --out")

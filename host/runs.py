@@ -15,6 +15,7 @@ import dataclasses
 import enum
 import json
 import os
+import threading
 import types
 import typing
 from collections.abc import Mapping
@@ -301,8 +302,10 @@ def write_json(path: Path, doc: Any) -> None:
 
 def write_bytes(path: Path, data: bytes) -> None:
     """Atomically and durably: the old file or the new one, fsynced before it replaces the old.
-    A write that fails (a full disk) leaves the old file and no temporary one behind."""
-    tmp = path.with_name(path.name + ".tmp")
+    A write that fails (a full disk) leaves the old file and no temporary one behind. Writers of
+    one path in several processes (parallel seeds caching one teacher) each use their own
+    temporary file: the last rename wins, whole."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
         with tmp.open("wb") as f:
             f.write(data)

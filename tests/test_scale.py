@@ -291,7 +291,63 @@ def test_a_two_node_cluster_runs_a_search_and_a_killed_worker_is_retried(agent, 
         killed = _search_killing(2, load_search_config(None, overrides), tmp_path / "twice")
         assert len(killed) == 2
         failures = [json.loads(line) for line in (tmp_path / "twice" / "failures.jsonl").read_text().splitlines()]
-        assert [f["episode"] for f in failures] == [0] and "after 2 attempt(s)" in failures[0]["reason"]
+        assert [f["episode"] for f in failures] == [0] and "WorkerCrashedError after 2 attempts" in failures[0][
+            "reason"
+        ]
         assert [r["episode"] for r in _rows(tmp_path / "twice")] == [1]
     finally:
         cluster.shutdown()
+
+
+def test_an_experiments_seeds_run_as_ray_tasks_against_a_remote_device(agent, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray")
+    from host.experiment.config import load_experiment
+    from host.experiment.run import run_experiment
+
+    monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
+    config = tmp_path / "experiment.toml"
+    # The test agent listens on 127.0.0.1: "remote" says no Ray node runs on its machine (as for a
+    # device behind an SSH tunnel), so the seeds may run beside one another.
+    config.write_text(
+        '[scale]\nbackend = "ray"\nnum_cpus = 2\ndevice_location = "remote"\n'
+        "[search]\nalternatives = []\n[select]\ntop = 1\n"
+        '[[experiment.cases]]\nmodel = "mlp"\n[experiment.cases.data]\nname = "breast-cancer"\n'
+    )
+    experiment = load_experiment(
+        "cross-dataset", "tiny", config, seeds=2, devices=[agent.address], store=f"sqlite:///{tmp_path / 'l.sqlite'}"
+    )
+    results = run_experiment(experiment, tmp_path / "e", progress=True)
+    assert "seeds 0, 1 as Ray tasks" in capsys.readouterr().err
+    assert results.seeds == (0, 1) and all((tmp_path / "e" / f"seed{s}" / "result.json").exists() for s in (0, 1))
+    seeds = [json.loads((tmp_path / "e" / f"seed{s}" / "result.json").read_text()) for s in (0, 1)]
+    assert seeds[0] != seeds[1]  # two searches, not one twice
+
+
+def test_a_controller_whose_every_episode_failed_stops_the_search(agent, tmp_path, monkeypatch):
+    from host.search import run
+
+    class Failing:
+        def __call__(self, batch):
+            return [Unscored("RayTaskError: out of memory") for _ in batch]
+
+        def close(self):
+            pass
+
+    monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(run, "open_scorer", lambda evaluator, settings: Failing())
+    with pytest.raises(run.RunFileError, match=r"\[ppo\] no episode was scored: every one failed"):
+        run_search(load_search_config(None, _tiny(agent, tmp_path, {})), tmp_path / "run", progress=False)
+    failures = (tmp_path / "run" / "failures.jsonl").read_text().splitlines()
+    assert [json.loads(line)["reason"] for line in failures] == ["RayTaskError: out of memory"] * 4
+
+
+def test_processes_writing_one_file_at_once_each_leave_it_whole(tmp_path):
+    """Parallel seeds cache one teacher: every writer's rename must find its own temporary file."""
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom host.runs import write_bytes\n"
+        "for i in range(200):\n    write_bytes(Path(sys.argv[1]), sys.argv[2].encode() * 1000)\n"
+    )
+    target = tmp_path / "teacher.pt"
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(target), tag], cwd=ROOT) for tag in "ab"]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert target.read_bytes() in (b"a" * 1000, b"b" * 1000) and not list(tmp_path.glob("*.tmp"))

@@ -542,6 +542,10 @@ def _run_controllers(
             reference = RewardReference(baseline.predicted_latency_ms, baseline.fp32_size_bytes)
             parallel = config.search.parallel_episodes
             run_episodes(controller, scorer, episodes, reference, config.reward, start, record.recorder(), parallel)
+            if not any(r.controller == name for r in rows):
+                raise RunFileError(
+                    f"[{name}] no episode was scored: every one failed (reasons in {out / 'failures.jsonl'})"
+                )
     finally:
         scorer.close()
     return rows

@@ -8,16 +8,18 @@
   teacher, its distillation set and the validation split go to the object store once; a worker
   reads them once and keeps them. Each task has `cpus_per_task` CPUs and as many torch threads.
   A task whose worker dies is retried once, then its episode is recorded as failed, with the
-  reason, in failures.jsonl (the controller learns nothing from it).
+  reason, in failures.jsonl (the controller learns nothing from it); so is a task whose fine-tune
+  raised (not retried: it would raise again).
 
 Measurements stay honest by two phases per batch:
 1. latency: every candidate is compressed and exported here and its latency predicted from the
    LUT; kernels the LUT lacks are profiled on the device, one job at a time through the agent's
    queue, while no fine-tune runs;
 2. the fine-tunes, in parallel.
-With a remote device (neither embedded nor on this machine) the phases overlap: a candidate's
-fine-tune starts as soon as its latency is known. That assumes no Ray node runs on the device's
-machine.
+With a remote device (neither embedded nor on this machine; `device_location` overrides the
+guess) the phases overlap: a candidate's fine-tune starts as soon as its latency is known, and
+`hadmc experiment` runs its seeds as Ray tasks too. That assumes no Ray node runs on the
+device's machine.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from host.compress.policy import Policy
@@ -37,11 +41,10 @@ if TYPE_CHECKING:
     import torch
 
 BACKENDS = ("local", "ray")
+LOCATIONS = ("auto", "local", "remote")
 TASK_RETRIES = 1  # a task whose worker dies runs once more, then its episode is recorded as failed
 CONNECT_TIMEOUT_S = 5.0
 RAY_EXTRA = "pip install 'hadmc[ray]'"
-
-Scorer = Callable[[Sequence[tuple[int, Policy]]], list[EpisodeResult | Unscored]]
 
 
 class ScaleError(ConnectionError):
@@ -57,6 +60,10 @@ class ScaleSettings:
     ray_address: str = ""  # backend "ray": "" starts a Ray here; "auto" or "ray://host:port" joins a cluster
     num_cpus: int = 0  # a Ray started here: its CPUs (0: all of this machine's)
     cpus_per_task: int = 1  # each fine-tune's CPUs and torch threads
+    # Where the device is, for the rule that nothing runs beside its measurements: "auto" (local
+    # when embedded or at this machine's address), "local", or "remote" (no Ray node on its
+    # machine: e.g. a Jetson reached through an SSH tunnel on localhost).
+    device_location: str = "auto"
 
     def check(self) -> None:
         if self.backend not in BACKENDS:
@@ -70,6 +77,10 @@ class ScaleSettings:
             )
         if self.ray_address and self.num_cpus:
             raise ConfigError("[scale] num_cpus sizes a Ray started here; a cluster at ray_address has its own")
+        if self.device_location not in LOCATIONS:
+            raise ConfigError(
+                f"[scale] device_location = {self.device_location!r}: choose among {', '.join(LOCATIONS)}"
+            )
         if self.backend == "ray":
             import_ray()
 
@@ -114,6 +125,38 @@ def check_reachable(address: str) -> None:
         ) from None
 
 
+def device_is_remote(settings: ScaleSettings, embedded: bool, address: str) -> bool:
+    """Whether the device's machine is free of this run's fine-tunes (see `device_location`)."""
+    if settings.device_location != "auto":
+        return settings.device_location == "remote"
+    return not embedded and not is_local_address(address)
+
+
+@contextmanager
+def ray_session(settings: ScaleSettings) -> Iterator[Any]:
+    """The ray module, connected as `settings` say (a Ray already connected, in a worker or a
+    test, is used as it is); a Ray started here is shut down on leaving."""
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    settings.preflight()
+    try:
+        ray.init(
+            address=settings.ray_address or "local",  # "local": our own, never a cluster found by chance
+            num_cpus=(settings.num_cpus or os.cpu_count()) if not settings.ray_address else None,
+            include_dashboard=False,
+            logging_level="ERROR",
+            log_to_driver=False,
+        )
+    except ConnectionError as exc:
+        raise ScaleError(f"cannot join the Ray cluster at {settings.ray_address}: {exc}") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
 class LocalScorer:
     """Episode after episode, in this process."""
 
@@ -130,24 +173,17 @@ class LocalScorer:
 class RayScorer:
     """Phase one here, phase two as Ray tasks (see the module docstring)."""
 
-    def __init__(self, evaluator: Evaluator, settings: ScaleSettings, device_is_remote: bool) -> None:
-        ray = import_ray()
-        self.ray, self.evaluator, self.overlap = ray, evaluator, device_is_remote
-        self.started = not ray.is_initialized()
-        if self.started:
-            settings.preflight()
-            try:
-                ray.init(
-                    address=settings.ray_address or "local",  # "local": our own, never a cluster found by chance
-                    num_cpus=(settings.num_cpus or os.cpu_count()) if not settings.ray_address else None,
-                    include_dashboard=False,
-                    logging_level="ERROR",
-                    log_to_driver=False,
-                )
-            except ConnectionError as exc:
-                raise ScaleError(f"cannot join the Ray cluster at {settings.ray_address}: {exc}") from None
+    def __init__(self, evaluator: Evaluator, settings: ScaleSettings, overlap: bool) -> None:
+        self.stack = ExitStack()
+        ray = self.stack.enter_context(ray_session(settings))
+        self.ray, self.evaluator, self.overlap = ray, evaluator, overlap
         self.task = ray.remote(_finetune).options(num_cpus=settings.cpus_per_task, max_retries=TASK_RETRIES)
         self.context = [ray.put(evaluator.context())]  # in a list: the task resolves it, once per worker
+        # Every worker slot starts its process and reads the context now, before phase one of the
+        # first batch measures anything on the device.
+        slots = max(1, int(ray.cluster_resources().get("CPU", 1) // settings.cpus_per_task))
+        warm = ray.remote(_warm).options(num_cpus=settings.cpus_per_task, max_retries=TASK_RETRIES)
+        ray.get([warm.remote(self.context) for _ in range(slots)])
 
     def __call__(self, batch: Sequence[tuple[int, Policy]]) -> list[EpisodeResult | Unscored]:
         prepared: list[Prepared] = []
@@ -175,12 +211,22 @@ class RayScorer:
                 f"{_first_line(exc)}); the episodes before its batch are kept: run again with --resume"
             ) from None
         except ray.exceptions.RayError as exc:
-            return Unscored(f"{type(exc).__name__} after {1 + TASK_RETRIES} attempt(s): {_first_line(exc)}")
+            # A worker that died is retried; an error the fine-tune raised is not (it would again).
+            tries = "" if isinstance(exc, ray.exceptions.RayTaskError) else f" after {1 + TASK_RETRIES} attempts"
+            name, _, rest = failure_reason(exc).partition(": ")
+            return Unscored(f"{name}{tries}: {rest}")
         return prepared.result(tuned)
 
     def close(self) -> None:
-        if self.started:
-            self.ray.shutdown()
+        self.stack.close()
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What failed, in a line: a task's own exception rather than Ray's traceback around it."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(exc).__name__}: {type(cause).__name__}: {_first_line(cause)}"
+    return f"{type(exc).__name__}: {_first_line(exc)}"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -191,21 +237,37 @@ def _first_line(exc: BaseException) -> str:
 _CONTEXTS: dict[str, FinetuneContext] = {}  # a worker's fine-tune contexts, by object id
 
 
+def _context(context: list[Any]) -> FinetuneContext:
+    """The fine-tune context behind `context[0]`, fetched once per worker process."""
+    import ray
+
+    key = context[0].hex()
+    if key not in _CONTEXTS:
+        _CONTEXTS.clear()  # a new search's context replaces the last one's
+        _CONTEXTS[key] = ray.get(context[0])
+    return _CONTEXTS[key]
+
+
+def _warm(context: list[Any]) -> int:
+    """A Ray task: start a worker and fetch the context; its process id."""
+    _context(context)
+    return os.getpid()
+
+
 def _finetune(
     context: list[Any], policy: Policy, state: dict[str, torch.Tensor], episode: int, loader_state: torch.Tensor
 ) -> Tuned:
-    """A Ray task: phase two of one episode, with as many torch threads as the task has CPUs."""
+    """A Ray task: phase two of one episode (the student rebuilt from its state, fine-tuned and
+    scored), with as many torch threads as the task has CPUs."""
     import ray
     import torch
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     torch.set_num_threads(max(1, int(cpus)))
-    key = context[0].hex()
-    if key not in _CONTEXTS:
-        _CONTEXTS.clear()  # a new search's context replaces the last one's
-        _CONTEXTS[key] = ray.get(context[0])
-    found = _CONTEXTS[key]
-    return found.finetune(found.student(policy, state), episode, loader_state)
+    t0 = time.monotonic()
+    found = _context(context)
+    tuned = found.finetune(found.student(policy, state), episode, loader_state)
+    return replace(tuned, seconds=time.monotonic() - t0)  # the student's rebuild included
 
 
 def open_scorer(evaluator: Evaluator, settings: ScaleSettings) -> LocalScorer | RayScorer:
@@ -213,5 +275,4 @@ def open_scorer(evaluator: Evaluator, settings: ScaleSettings) -> LocalScorer | 
     if settings.backend == "local":
         return LocalScorer(evaluator)
     endpoint = evaluator.bench.device.endpoint
-    remote = endpoint.name != "embedded" and not is_local_address(endpoint.address)
-    return RayScorer(evaluator, settings, remote)
+    return RayScorer(evaluator, settings, device_is_remote(settings, endpoint.name == "embedded", endpoint.address))
