@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import exact_int8_or_skip
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -240,4 +242,5 @@ def test_mobilenetv2_int8_onnxruntime_parity_on_synthetic_neu_det(tmp_path, agen
         summary = run_compress(config, policy, tmp_path / "out", progress=False, device=client)
     base, c = summary.baseline, summary.compressed
     assert base.test_accuracy > 0.85
+    exact_int8_or_skip()
     assert c.test_accuracy_onnxruntime == c.test_accuracy  # torch computes the runtime's int8 arithmetic

@@ -216,13 +216,16 @@ def test_a_ray_search_killed_and_resumed_records_the_episodes_of_a_local_one(age
     out = tmp_path / "ray"
     env = {**os.environ, "HADMC_HOME": str(tmp_path / "home")}
     argv = [sys.executable, "-m", "host.cli", "search", "--config", str(config), "--out", str(out)]
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "first.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
     children: set[psutil.Process] = set()
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not (out / "checkpoints" / "ppo.pt").exists():
+    while time.monotonic() < deadline and not (out / "checkpoints" / "ppo.pt").exists() and proc.poll() is None:
         children |= set(psutil.Process(proc.pid).children(recursive=True))
         time.sleep(0.1)
-    children |= set(psutil.Process(proc.pid).children(recursive=True))
+    if proc.poll() is None:
+        children |= set(psutil.Process(proc.pid).children(recursive=True))
     proc.kill()
     proc.wait()
     for child in children:  # the killed driver's Ray: nothing of it survives into the resumed run
@@ -231,7 +234,7 @@ def test_a_ray_search_killed_and_resumed_records_the_episodes_of_a_local_one(age
         except psutil.NoSuchProcess:
             pass
     first = _rows(out)[:2]  # a line of the next batch, if written before the kill, is not checkpointed yet
-    assert [r["episode"] for r in first] == [0, 1], "killed after its first batch of two"
+    assert [r["episode"] for r in first] == [0, 1], log.read_text()[-3000:]
     done = subprocess.run([*argv, "--resume", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     local, resumed = _rows(tmp_path / "local"), _rows(out)
@@ -351,3 +354,54 @@ def test_processes_writing_one_file_at_once_each_leave_it_whole(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", script, str(target), tag], cwd=ROOT) for tag in "ab"]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     assert target.read_bytes() in (b"a" * 1000, b"b" * 1000) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_the_local_backend_never_imports_ray():
+    code = (
+        "import sys\nimport host.cli, host.search.run, host.experiment.run, host.search.scale\n"
+        "print('ray' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-1000:]
+
+
+def test_a_lost_head_stops_the_run_cleanly_and_resume_continues(agent, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    import socket
+
+    from ray.cluster_utils import Cluster
+
+    from host.search.scale import ScaleError
+
+    monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAY_CLIENT_RECONNECT_GRACE_PERIOD", "3")  # Ray client's wait for a lost server
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    head = {"num_cpus": 2, "include_dashboard": False, "ray_client_server_port": port}
+    overrides = _tiny(agent, tmp_path, {"backend": "ray", "ray_address": f"ray://127.0.0.1:{port}"})
+    overrides["episode_distill"] = {"epochs": 40, "lr": 3e-4}  # batches long enough to lose the head in
+    config, out = load_search_config(None, overrides), tmp_path / "run"
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    try:
+
+        def lose_the_head_after_the_first_batch():
+            deadline = time.monotonic() + 240
+            while not (out / "checkpoints" / "ppo.pt").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            cluster.shutdown()
+
+        killer = threading.Thread(target=lose_the_head_after_the_first_batch)
+        killer.start()
+        with pytest.raises(ScaleError, match=r"the Ray cluster was lost during episodes 2\.\.3 .*--resume"):
+            run_search(config, out, progress=False)
+        killer.join()
+    finally:
+        cluster.shutdown()
+    assert [r["episode"] for r in _rows(out)] == [0, 1]  # the first batch, kept
+    cluster = Cluster(initialize_head=True, head_node_args=head)  # the head back, at its address
+    try:
+        run_search(config, out, resume=True, progress=False)
+    finally:
+        cluster.shutdown()
+    assert [r["episode"] for r in _rows(out)] == [0, 1, 2, 3]

@@ -14,6 +14,7 @@ import io
 import json
 import pickle
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ from host.search.ppo import PPOConfig
 from host.search.prior import dropped, lut_choices
 from host.search.registry import CONTROLLERS, PPOStart, make_controller
 from host.search.reward import RewardConfig, reward
-from host.search.scale import ScaleSettings, open_scorer
+from host.search.scale import ScaleSettings, open_scorer, ray_session
 from host.search.select import SelectConfig, Selection, fastest_unpruned, fine_tuned, select, unpruned_per_layer
 from host.search.space import ParamCounter, SearchSpace, describe_layers
 from host.search.surrogate import RewardSurrogate, layer_sensitivity
@@ -178,7 +179,12 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
     config = _start(config, out, resume)
     config.scale.preflight()
     shown = Progress(progress)
-    with Workbench.open(config, shown) as bench:
+    ray = ExitStack()
+    if config.scale.backend == "ray":
+        # Started first: Ray's daemons are then forked from a process without gRPC channels or
+        # torch threads, and stopped (below) before the final models are measured.
+        ray.enter_context(ray_session(config.scale))
+    with ray, Workbench.open(config, shown) as bench:
         reference = bench.export_reference(out / "final" / "baseline_fp32.onnx")
         baseline = _baseline(bench, reference, out)
         precisions = _device(bench, config, out)
@@ -197,6 +203,7 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
         config = _accuracy_reference(config, space, evaluator, out)
         controllers = _controllers(bench, config, space, baseline, evaluator, counter, estimator, out)
         rows = _run_controllers(config, controllers, evaluator, baseline, out, resume, shown)
+        ray.close()
         floor = _selection_floor(bench, config, space, out)
         finals = {name: _final(bench, config, rows, baseline, out, name, floor) for name in controllers}
         for path in (reference.path, *(out / final.onnx for final in finals.values())):

@@ -186,16 +186,25 @@ class RayScorer:
         ray.get([warm.remote(self.context) for _ in range(slots)])
 
     def __call__(self, batch: Sequence[tuple[int, Policy]]) -> list[EpisodeResult | Unscored]:
-        prepared: list[Prepared] = []
-        refs: list[Any] = []
-        for episode, policy in batch:
-            prepared.append(self.evaluator.prepare(policy, episode))
-            if self.overlap:
-                refs.append(self._submit(prepared[-1]))
-        if not self.overlap:
-            refs = [self._submit(p) for p in prepared]
-        self.evaluator.bench.progress.live(f"fine-tuning {len(batch)} candidates on Ray ...", force=True)
-        return [self._outcome(p, ref) for p, ref in zip(prepared, refs, strict=True)]
+        try:
+            prepared: list[Prepared] = []
+            refs: list[Any] = []
+            for episode, policy in batch:
+                prepared.append(self.evaluator.prepare(policy, episode))
+                if self.overlap:
+                    refs.append(self._submit(prepared[-1]))
+            if not self.overlap:
+                refs = [self._submit(p) for p in prepared]
+            self.evaluator.bench.progress.live(f"fine-tuning {len(batch)} candidates on Ray ...", force=True)
+            return [self._outcome(p, ref) for p, ref in zip(prepared, refs, strict=True)]
+        except (ConnectionError, self.ray.exceptions.RaySystemError, self.ray.exceptions.LocalRayletDiedError) as exc:
+            if isinstance(exc, ScaleError):
+                raise
+            raise ScaleError(
+                f"the Ray cluster was lost during episodes {batch[0][0]}..{batch[-1][0]} "
+                f"({type(exc).__name__}: {_first_line(exc)}); the episodes before them are kept: "
+                "run again with --resume"
+            ) from None
 
     def _submit(self, prepared: Prepared) -> Any:
         state = prepared.student.state_dict()
@@ -205,11 +214,8 @@ class RayScorer:
         ray = self.ray
         try:
             tuned = ray.get(ref)
-        except (ConnectionError, ray.exceptions.RaySystemError) as exc:
-            raise ScaleError(
-                f"the Ray cluster was lost during episode {prepared.episode} ({type(exc).__name__}: "
-                f"{_first_line(exc)}); the episodes before its batch are kept: run again with --resume"
-            ) from None
+        except (ConnectionError, ray.exceptions.RaySystemError, ray.exceptions.LocalRayletDiedError):
+            raise  # the cluster, not this task: the batch stops (__call__)
         except ray.exceptions.RayError as exc:
             # A worker that died is retried; an error the fine-tune raised is not (it would again).
             tries = "" if isinstance(exc, ray.exceptions.RayTaskError) else f" after {1 + TASK_RETRIES} attempts"
