@@ -365,6 +365,22 @@ def test_the_local_backend_never_imports_ray():
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-1000:]
 
 
+def _wait_for_port(port: int) -> None:
+    """Until the Ray client server of a just-started head answers."""
+    import socket
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.mark.slow  # a minute: two Ray heads started, one lost mid-run
 def test_a_lost_head_stops_the_run_cleanly_and_resume_continues(agent, tmp_path, monkeypatch):
     pytest.importorskip("ray")
     import socket
@@ -384,6 +400,7 @@ def test_a_lost_head_stops_the_run_cleanly_and_resume_continues(agent, tmp_path,
     config, out = load_search_config(None, overrides), tmp_path / "run"
     cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
+        _wait_for_port(port)
 
         def lose_the_head_after_the_first_batch():
             deadline = time.monotonic() + 240
@@ -401,6 +418,7 @@ def test_a_lost_head_stops_the_run_cleanly_and_resume_continues(agent, tmp_path,
     assert [r["episode"] for r in _rows(out)] == [0, 1]  # the first batch, kept
     cluster = Cluster(initialize_head=True, head_node_args=head)  # the head back, at its address
     try:
+        _wait_for_port(port)
         run_search(config, out, resume=True, progress=False)
     finally:
         cluster.shutdown()
