@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import exact_int8_or_skip
+from tests.helpers import exact_int8_or_skip, ort_int8_saturates
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,7 +127,8 @@ def test_compress_end_to_end_on_real_digits_with_onnxruntime_parity(tmp_path, ag
         summary = run_compress(config, policy, tmp_path / "out", progress=False, device=client)
     base, c = summary.baseline, summary.compressed
     assert base.test_accuracy > 0.9
-    assert abs(c.test_accuracy_onnxruntime - c.test_accuracy) <= 0.005
+    # int8 parity within half a point, where onnxruntime's int8 kernels are exact (tests/helpers.py)
+    assert ort_int8_saturates() or abs(c.test_accuracy_onnxruntime - c.test_accuracy) <= 0.005
     assert abs(base.test_accuracy_onnxruntime - base.test_accuracy) <= 0.005
     assert c.test_accuracy > base.test_accuracy - 0.05
     assert 0.6 < c.params_reduction < 0.8  # the 64-wide input and the head stay
@@ -228,6 +229,7 @@ def test_mobilenetv2_int8_onnxruntime_parity_on_synthetic_neu_det(tmp_path, agen
     from host.compress.train import TrainConfig
     from host.data import DataConfig
 
+    exact_int8_or_skip()  # before minutes of training: the whole test is the exact comparison
     monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
     config = CompressConfig(
         model="mobilenetv2",
@@ -242,5 +244,4 @@ def test_mobilenetv2_int8_onnxruntime_parity_on_synthetic_neu_det(tmp_path, agen
         summary = run_compress(config, policy, tmp_path / "out", progress=False, device=client)
     base, c = summary.baseline, summary.compressed
     assert base.test_accuracy > 0.85
-    exact_int8_or_skip()
     assert c.test_accuracy_onnxruntime == c.test_accuracy  # torch computes the runtime's int8 arithmetic

@@ -326,6 +326,32 @@ def test_an_experiments_seeds_run_as_ray_tasks_against_a_remote_device(agent, tm
     assert seeds[0] != seeds[1]  # two searches, not one twice
 
 
+def _square_or_fail(x: int) -> int:
+    if x == 3:
+        raise ValueError("three is refused")
+    return x * x
+
+
+def test_experiment_tasks_report_each_result_and_name_what_failed(tmp_path):
+    """The runner behind parallel seeds and cross-dataset cases: results as they finish, a failed
+    task named after the others finish."""
+    pytest.importorskip("ray")
+    from host.experiment.config import load_experiment
+    from host.experiment.parallel import run_tasks
+    from host.search.scale import ScaleError
+
+    config = tmp_path / "e.toml"
+    config.write_text('[scale]\nbackend = "ray"\nnum_cpus = 2\n')
+    experiment = load_experiment("cross-dataset", "tiny", config)
+    seen = {}
+    calls = [(f"x{i}", (i,)) for i in (1, 2, 3, 4)]
+    with pytest.raises(
+        ScaleError, match=r"1 task\(s\) failed on Ray \(x3: RayTaskError: ValueError: three is refused\)"
+    ):
+        run_tasks(experiment, _square_or_fail, calls, seen.__setitem__)
+    assert seen == {"x1": 1, "x2": 4, "x4": 16}
+
+
 def test_a_controller_whose_every_episode_failed_stops_the_search(agent, tmp_path, monkeypatch):
     from host.search import run
 

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from host.experiment.config import Experiment
+from host.experiment.parallel import on_ray, run_tasks
 from host.experiment.results import Results, SeedResult
 from host.experiment.studies import STUDY
 from host.runs import read_json, read_record, to_doc, write_json, write_record
@@ -91,8 +92,19 @@ def _run(experiment: Experiment, out: Path, progress: bool) -> Results:
         else:
             directory.mkdir(exist_ok=True)
             todo.append((seed, directory))
-    if len(todo) > 1 and _seeds_in_parallel(experiment):
-        done |= _seeds_on_ray(experiment, todo, progress)
+    if len(todo) > 1 and on_ray(experiment):
+        if progress:
+            seeds = ", ".join(str(seed) for seed, _ in todo)
+            print(f"[{study.name}] seeds {seeds} as Ray tasks ...", file=sys.stderr, flush=True)
+
+        def finished(label: str, result: SeedResult) -> None:
+            write_record(out / label / "result.json", result)
+            if progress:
+                print(f"[{study.name}] {label} done", file=sys.stderr, flush=True)
+
+        calls = [(directory.name, (experiment, seed, directory, False)) for seed, directory in todo]
+        found = run_tasks(experiment, study.run_seed, calls, finished)
+        done |= {seed: found[directory.name] for seed, directory in todo}
     for seed, directory in todo:
         if seed in done:
             continue
@@ -120,62 +132,6 @@ def _run(experiment: Experiment, out: Path, progress: bool) -> Results:
     (out / "tables.md").write_text(tables_markdown(results))
     build_experiment_report(out)
     return results
-
-
-def _seeds_in_parallel(experiment: Experiment) -> bool:
-    """Seeds run as Ray tasks with `[scale] backend = "ray"` when every device the study measures
-    on is remote: seeds on one machine with the device would fine-tune beside its measurements."""
-    from host.fleet import resolve
-    from host.search.scale import device_is_remote
-
-    scale, device = experiment.search.scale, experiment.search.device
-    if scale.backend != "ray":
-        return False
-    names = experiment.settings.devices or ([device.name] if device.name else [])
-    if not names:  # embedded agents: each seed's would measure on the machine its task ran on
-        return False
-    files = Path(device.devices_file).expanduser() if device.devices_file else None
-    return all(device_is_remote(scale, False, resolve(name, files).address) for name in names)
-
-
-def _seeds_on_ray(experiment: Experiment, todo: list[tuple[int, Path]], progress: bool) -> dict[int, SeedResult]:
-    """Each seed of `todo` a Ray task (its searches score their batches on the same Ray); each
-    result.json is written as its seed finishes. A seed whose task fails twice is left for
-    `--resume`, and the run stops naming it once the others are done."""
-    import os
-
-    from host.search.scale import TASK_RETRIES, ScaleError, failure_reason, ray_session
-
-    study = STUDY[experiment.study]
-    scale = experiment.search.scale
-    env = {k: v for k, v in os.environ.items() if k == "HADMC_HOME"}  # the teacher cache and default LUT
-    done: dict[int, SeedResult] = {}
-    failed: list[str] = []
-    with ray_session(scale) as ray:
-        task = ray.remote(study.run_seed).options(
-            num_cpus=scale.cpus_per_task, max_retries=TASK_RETRIES, runtime_env={"env_vars": env}
-        )
-        pending = {task.remote(experiment, seed, directory, False): (seed, directory) for seed, directory in todo}
-        if progress:
-            seeds = ", ".join(str(seed) for seed, _ in todo)
-            print(f"[{study.name}] seeds {seeds} as Ray tasks ...", file=sys.stderr, flush=True)
-        while pending:
-            (ready,), _ = ray.wait(list(pending), num_returns=1)
-            seed, directory = pending.pop(ready)
-            try:
-                done[seed] = ray.get(ready)
-            except ray.exceptions.RayError as exc:
-                failed.append(f"seed {seed}: {failure_reason(exc)}")
-                continue
-            write_record(directory / "result.json", done[seed])
-            if progress:
-                print(f"[{study.name}] seed {seed} done", file=sys.stderr, flush=True)
-    if failed:
-        raise ScaleError(
-            f"{len(failed)} seed(s) failed on Ray ({'; '.join(failed)}); the finished seeds are kept: "
-            "run again with --resume"
-        )
-    return done
 
 
 def tables_markdown(results: Results) -> str:

@@ -19,6 +19,7 @@ from host.compress.policy import LayerAction, Policy
 from host.compress.run import CompressConfig, run_compress
 from host.device import Device, DeviceConfig, open_device
 from host.experiment.config import Experiment
+from host.experiment.parallel import on_ray, run_tasks
 from host.experiment.results import MODEL_COLUMNS, Column, ModelMetrics, Row, SeedResult
 from host.experiment.sequential import search_precisions
 from host.progress import Progress
@@ -250,14 +251,24 @@ CONTROLLERS_DOC = (
 
 
 def cross_dataset(experiment: Experiment, seed: int, directory: Path, progress: bool) -> SeedResult:
-    rows, runs = [], []
+    """Each case's search (as Ray tasks where the experiment's work may run there, host/experiment/parallel.py)."""
+    jobs = []
     for i, case in enumerate(experiment.settings.cases):
         config = replace(experiment.search, model=case.model, data=case.data).with_search(
             controllers=["ppo"], seed=seed
         )
-        out = directory / f"case{i}-{case.data.name}-{case.model}"
-        _say(progress, f"[cross-dataset] {case.model} on {case.data.name} ...")
-        search = _search(config, out, progress)
+        jobs.append((config, directory / f"case{i}-{case.data.name}-{case.model}"))
+    if len(jobs) > 1 and on_ray(experiment):
+        _say(progress, f"[cross-dataset] {len(jobs)} cases as Ray tasks ...")
+        found = run_tasks(experiment, _search, [(out.name, (config, out, False)) for config, out in jobs])
+        searches = [found[out.name] for _, out in jobs]
+    else:
+        searches = []
+        for config, out in jobs:
+            _say(progress, f"[cross-dataset] {config.model} on {config.data.name} ...")
+            searches.append(_search(config, out, progress))
+    rows, runs = [], []
+    for case, (_, out), search in zip(experiment.settings.cases, jobs, searches, strict=True):
         data_label = f"{case.data.name} ({case.data.path})" if case.data.path else case.data.name
         rows.append(Row((data_label, case.model, BASELINE), ModelMetrics.of_baseline(search.baseline).values()))
         rows.append(Row((data_label, case.model, HADMC), ModelMetrics.of_final(search.controllers["ppo"]).values()))

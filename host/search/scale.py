@@ -230,8 +230,8 @@ class RayScorer:
 def failure_reason(exc: BaseException) -> str:
     """What failed, in a line: a task's own exception rather than Ray's traceback around it."""
     cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException):
-        return f"{type(exc).__name__}: {type(cause).__name__}: {_first_line(cause)}"
+    if isinstance(cause, BaseException):  # RayTaskError(ValueError) -> RayTaskError: ValueError: ...
+        return f"{type(exc).__name__.split('(')[0]}: {type(cause).__name__}: {_first_line(cause)}"
     return f"{type(exc).__name__}: {_first_line(exc)}"
 
 
