@@ -177,7 +177,6 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
     """The whole search; returns summary.json's record."""
     t_start = time.monotonic()
     config = _start(config, out, resume)
-    config.scale.preflight()
     shown = Progress(progress)
     ray = ExitStack()
     if config.scale.backend == "ray":

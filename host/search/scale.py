@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from host.compress.policy import Policy
 from host.search.evaluate import EpisodeResult, Evaluator, FinetuneContext, Prepared, Tuned, Unscored
+from host.search.loop import one_by_one
 from lut_store.tomlfile import ConfigError
 
 if TYPE_CHECKING:
@@ -161,10 +162,10 @@ class LocalScorer:
     """Episode after episode, in this process."""
 
     def __init__(self, evaluator: Evaluator) -> None:
-        self.evaluator = evaluator
+        self.score = one_by_one(evaluator)
 
     def __call__(self, batch: Sequence[tuple[int, Policy]]) -> list[EpisodeResult | Unscored]:
-        return [self.evaluator(policy, episode) for episode, policy in batch]
+        return self.score(batch)
 
     def close(self) -> None:
         pass
