@@ -175,6 +175,22 @@ class FinalModel:
 
 
 @dataclass(frozen=True)
+class HiReLCCycle:
+    """What the hirelc controller adds to an episode (one active-learning cycle) in episodes.jsonl."""
+
+    cycle: int
+    estimator: str  # what scored the low-level agents' candidates: "logit-mse" or "surrogate"
+    surrogate_accuracy: float | None  # the surrogate's accuracy for this policy before learning it
+    surrogate_mae: float | None  # its mean absolute error over the cycles it predicted so far
+    replay_buffer: int  # real outcomes the surrogate has learnt from
+    retained_fraction: float  # Eq. (21), parameter-weighted over every kernel
+    compression_ratio: float  # Eq. (22): 1 / retained_fraction
+    block_targets: dict[str, float]  # the high-level agents' target fraction per block
+    block_strategies: dict[str, str]
+    block_fractions: dict[str, float]  # the realized fraction per block
+
+
+@dataclass(frozen=True)
 class EpisodeRow:
     """One line of episodes.jsonl: a policy scored during the search (validation split)."""
 
@@ -195,6 +211,7 @@ class EpisodeRow:
     val_agreement: float | None = None  # share of validation inputs where the top-1 is the teacher's
     val_kl: float | None = None  # mean KL(teacher || student) on the validation split, nats
     proposal: bool = False  # a warm start's proposal (host/search/allocate.py), not the controller's own
+    hirelc: HiReLCCycle | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from host.compress.policy import Policy
 from host.search.baselines import AMCController, DDPGConfig, DQNConfig, DQNController, HAQController
 from host.search.controllers import Controller, PPOController, RandomController, UniformController
+from host.search.hirelc.controller import HiReLCController, HiReLCStart
 from host.search.ppo import PPOConfig
 from host.search.reward import Constraint
 from host.search.space import SearchSpace
@@ -20,7 +21,7 @@ from host.search.space import SearchSpace
 if TYPE_CHECKING:
     from host.search.surrogate import RewardSurrogate
 
-CONTROLLERS = ("ppo", "random", "uniform", "amc", "haq", "dqn")
+CONTROLLERS = ("ppo", "random", "uniform", "amc", "haq", "dqn", "hirelc")
 
 
 @dataclass(frozen=True)
@@ -40,13 +41,14 @@ def make_controller(
     constraint: Constraint | None = None,
     ddpg: DDPGConfig | None = None,
     dqn: DQNConfig | None = None,
-    start: PPOStart | None = None,
+    start: PPOStart | HiReLCStart | None = None,
 ) -> Controller:
     """A controller by name; `constraint` bounds every policy it proposes (optional, but `amc`
     needs a target and `haq` a latency budget). `ddpg` configures amc and haq, `dqn` the DQN
-    (their defaults when None); `start` gives ppo its surrogate and warm start."""
+    (their defaults when None); `start` gives ppo its surrogate and warm start, hirelc its settings
+    and what the search measured for it (blocks, sensitivity, proxy)."""
     if name == "ppo":
-        start = start or PPOStart()
+        start = start if isinstance(start, PPOStart) else PPOStart()
         return PPOController(space, ppo, seed, constraint, start.surrogate, start.proposals)
     if name == "random":
         return RandomController(space, seed, constraint)
@@ -57,4 +59,8 @@ def make_controller(
     if name in ("amc", "haq"):
         learner = AMCController if name == "amc" else HAQController
         return learner(space, constraint, ddpg or DDPGConfig(), seed)
+    if name == "hirelc":
+        if not isinstance(start, HiReLCStart):
+            raise ValueError("controller hirelc needs its settings and the search's measurements (blocks, proxy)")
+        return HiReLCController(space, start, seed, constraint)
     raise ValueError(f"unknown controller {name!r}; choices: {', '.join(CONTROLLERS)}")

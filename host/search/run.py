@@ -10,6 +10,7 @@ result.json), summary.json and report.html.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import pickle
@@ -49,6 +50,9 @@ from host.search.alternatives import ALTERNATIVES, DEFAULT_ALTERNATIVES, check_o
 from host.search.budget import LatencyEstimator, latency_estimator, latency_shares, search_constraint
 from host.search.controllers import Controller
 from host.search.evaluate import Evaluator
+from host.search.hirelc.blocks import find_blocks, fisher_sensitivity, take
+from host.search.hirelc.controller import HiReLCConfig, HiReLCStart
+from host.search.hirelc.proxy import LogitProxy
 from host.search.loop import Episode, Failed, Recorder, RewardReference, run_episodes
 from host.search.ppo import PPOConfig
 from host.search.prior import dropped, lut_choices
@@ -107,6 +111,7 @@ class SearchConfig(BenchConfig):
     select: SelectConfig = SelectConfig()
     ppo: PPOConfig = PPOConfig()
     scale: ScaleSettings = ScaleSettings()
+    hirelc: HiReLCConfig = HiReLCConfig()
 
     def with_search(self, **changes: Any) -> SearchConfig:
         """This config with [search] settings replaced (controllers, seed, ...)."""
@@ -126,6 +131,10 @@ class SearchConfig(BenchConfig):
             )
         if s.openvino_device and "openvino-default" not in s.alternatives:
             raise ConfigError("openvino_device is the OpenVINO agent of openvino-default: add it to alternatives")
+        try:
+            self.hirelc.check()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         unknown = [c for c in s.controllers if c not in CONTROLLERS]
         if unknown or not s.controllers:
             raise ConfigError(f"controllers {unknown or '[]'}: choose among {', '.join(CONTROLLERS)}")
@@ -291,9 +300,10 @@ def _prior(
     """The LUT's latency estimator when something needs it, and the space its prior narrowed."""
     s = config.search
     practise = "ppo" in s.controllers and config.ppo.surrogate_episodes > 0
+    hirelc = "hirelc" in s.controllers and config.hirelc.latency_weight > 0
     estimator = (
         latency_estimator(space, counter, bench, out / "checkpoints")
-        if s.latency_budget_ms or practise or s.lut_prior or (s.warm_start and "ppo" in s.controllers)
+        if s.latency_budget_ms or practise or hirelc or s.lut_prior or (s.warm_start and "ppo" in s.controllers)
         else None
     )
     if s.lut_prior and estimator is not None:
@@ -352,17 +362,51 @@ def _controllers(
                     baseline.fp32_size_bytes,
                     config.reward,
                 )
-            controllers[name] = make_controller(
-                name,
-                space,
-                config.ppo,
-                s.seed + 1000 * i,
-                constraint,
-                start=PPOStart(surrogate, proposals) if name == "ppo" else None,
-            )
+            start: PPOStart | HiReLCStart | None = None
+            if name == "ppo":
+                start = PPOStart(surrogate, proposals)
+            elif name == "hirelc":
+                start = _hirelc_start(bench, config, space, evaluator, baseline, estimator)
+            controllers[name] = make_controller(name, space, config.ppo, s.seed + 1000 * i, constraint, start=start)
     except ValueError as exc:  # a budget no policy can meet
         raise ConfigError(str(exc)) from None
     return controllers
+
+
+def _hirelc_start(
+    bench: Workbench,
+    config: SearchConfig,
+    space: SearchSpace,
+    evaluator: Evaluator,
+    baseline: Baseline,
+    estimator: LatencyEstimator | None,
+) -> HiReLCStart:
+    """HiReLC's blocks, their Fisher sensitivity and the logit proxy's cached calibration set,
+    from the first training images; an error when the uncompressed model, its BatchNorm folded,
+    already loses more validation accuracy than the allowed drop."""
+    c = config.hirelc
+    blocks = find_blocks(bench.teacher, space)
+    x, y = take(evaluator.loader(0), max(c.fisher_samples, c.calibration_samples))
+    sensitivity = fisher_sensitivity(bench.teacher, [(x, y)], blocks, c.fisher_samples)
+    unpruned = Policy.uniform(config.model, [layer.name for layer in space.layers], 1.0, Precision.FP32)
+    folded, _ = bench.compress(unpruned, evaluator.loader(0))
+    drop = baseline.val_accuracy - bench.fidelity(folded, "val").accuracy
+    if drop > c.max_drop:
+        raise ConfigError(
+            f"hirelc.max_drop = {c.max_drop}, but the uncompressed model with its BatchNorm folded already loses "
+            f"{drop:.4f} validation accuracy: raise max_drop"
+        )
+    proxy = LogitProxy(copy.deepcopy(bench.teacher), x[: c.calibration_samples], config.compress.round_to)
+    return HiReLCStart(
+        c,
+        blocks,
+        sensitivity,
+        proxy,
+        estimator,
+        baseline.predicted_latency_ms,
+        baseline.val_accuracy,
+        config.search.episodes,
+    )
 
 
 def _proposals(
@@ -479,6 +523,7 @@ class EpisodeRecorder:
             result.val_agreement,
             result.val_kl,
             bool(notes.get("proposal")),
+            notes.get("hirelc"),
         )
         self.log.append(row)
         self.rows.append(row)
