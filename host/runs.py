@@ -172,6 +172,8 @@ class FinalModel:
     file_bytes: int | None = None  # the exported ONNX file (None in older files)
     agreement: Agreement | None = None  # against the teacher on the test split (None: not measured)
     val_kl: float | None = None  # KL(teacher || model) on the validation split
+    # HiReLC's effective parameter-storage compression ratio (host/compress/size.py; None in older files)
+    storage_compression_ratio: float | None = None
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from host.compress.fold import fold_batchnorm
 from host.compress.policy import LayerLimits, Policy, validate
 from host.compress.prune import layer_limits
 from host.compress.quant import runtime_arithmetic
-from host.compress.size import SizeReport, size_report
+from host.compress.size import SizeReport, size_report, storage_compression_ratio
 from host.compress.train import TrainConfig, accuracy, load_weights, trained_baseline
 from host.data import DataConfig, DataSplits, make_loaders, tensor_dataset
 from host.device import (
@@ -328,6 +328,11 @@ class Workbench:
         the last two measure how close the model stays to its teacher, more smoothly than top-1."""
         return fidelity_of(model, getattr(self.loaders, split), self.teacher_logits(split)[0])
 
+    def weight_counts(self) -> dict[str, int]:
+        """Each prunable layer's FP32 weight count in the uncompressed model."""
+        modules = dict(self.teacher.named_modules())
+        return {lim.name: modules[lim.name].weight.numel() for lim in self.layer_limits()}
+
     def teacher_logits(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher's logits on a split and the split's labels (computed once)."""
         if split not in self._teacher_logits:
@@ -420,6 +425,7 @@ class Workbench:
             file_bytes=exported.path.stat().st_size,
             agreement=agrees,
             val_kl=val.kl,
+            storage_compression_ratio=storage_compression_ratio(policy, self.weight_counts()),
         )
         return FinalResult(model, exported, paired, report, sizes)
 

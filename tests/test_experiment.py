@@ -14,7 +14,7 @@ from host.cli import main
 from host.experiment.config import PRESETS, load_experiment
 from host.experiment.results import Results
 from host.experiment.run import resume_experiment, run_experiment
-from host.experiment.studies import ABLATION, ALTERNATIVE_LABELS, BASELINE, HADMC, SEQUENTIAL
+from host.experiment.studies import ABLATION, ALTERNATIVE_LABELS, BASELINE, HADMC, HIRELC_VARIANTS, SEQUENTIAL
 from host.runs import from_doc
 from host.search.alternatives import DEFAULT_ALTERNATIVES
 from lut_store.tomlfile import ConfigError
@@ -141,7 +141,8 @@ def test_controllers_over_two_seeds_through_the_cli(agent, tiny, tmp_path, capsy
     ]
     assert main(argv) == 0
     results = from_doc(Results, json.loads(capsys.readouterr().out), "stdout")
-    assert [row.label for row in results.rows] == [("ppo",), ("dqn",), ("random",)] and results.seeds == (0, 1)
+    labels = [("ppo",), ("hirelc",), ("dqn",), ("random",)]
+    assert [row.label for row in results.rows] == labels and results.seeds == (0, 1)
     per_seed = [json.loads((out / f"seed{s}" / "result.json").read_text()) for s in (0, 1)]
     for row in results.rows:
         best = [
@@ -156,7 +157,7 @@ def test_controllers_over_two_seeds_through_the_cli(agent, tiny, tmp_path, capsy
     # PPO against each other controller on each tested metric, paired over the two seeds.
     assert {(t.b, t.metric) for t in results.tests} == {
         (other, metric)
-        for other in (("dqn",), ("random",))
+        for other in (("hirelc",), ("dqn",), ("random",))
         for metric in ("best_reward", "speedup", "test_accuracy_onnxruntime")
     }
     assert all(t.a == ("ppo",) and t.n == 2 and t.min_p == 0.5 and t.p_value >= 0.5 for t in results.tests)
@@ -177,6 +178,27 @@ def test_controllers_over_two_seeds_through_the_cli(agent, tiny, tmp_path, capsy
         run_experiment(load_experiment("sota", "tiny"), out, progress=False)
     with pytest.raises(ConfigError, match="already holds a 'controllers' experiment: pass --resume"):
         run_experiment(load_experiment("controllers", "tiny"), out, progress=False)
+
+
+def test_hirelc_ablation(agent, tiny, tmp_path):
+    out = tmp_path / "hirelc"
+    results = run_experiment(
+        load_experiment("hirelc-ablation", "tiny", devices=[agent.address], store=tiny), out, progress=False
+    )
+    rows = _rows(results)
+    assert list(rows) == [(v,) for v in HIRELC_VARIANTS]
+    for i, ((variant,), values) in enumerate(rows.items()):
+        summary = json.loads((out / "seed0" / f"variant{i}" / "summary.json").read_text())
+        fp32 = summary["baseline"]["test_accuracy_onnxruntime"]
+        assert values["accuracy_drop"] == pytest.approx(fp32 - values["test_accuracy_onnxruntime"]), variant
+        assert values["storage_compression_ratio"] > 1 and values["speedup"] > 0, variant
+    configs = [json.loads((out / "seed0" / f"variant{i}" / "config.json").read_text())["hirelc"] for i in range(5)]
+    assert [c["hierarchy"] for c in configs] == [True, False, True, True, True]
+    assert configs[2]["lla_members"] == ["ppo"] and configs[3]["lla_members"] == ["a2c"] * 3
+    assert [c["sensitivity"] for c in configs] == [True, True, True, True, False]
+    # Without the high-level agents every block gets the global target.
+    rows_flat = [json.loads(line) for line in (out / "seed0" / "variant1" / "episodes.jsonl").read_text().splitlines()]
+    assert all(set(r["hirelc"]["block_targets"].values()) == {0.25} for r in rows_flat)
 
 
 def test_cross_dataset(agent, tiny, tmp_path):
@@ -298,7 +320,8 @@ def test_cli_errors(tmp_path, capsys):
         main(["experiment", "tables", "--out", str(tmp_path / "x")])
     assert (
         exc.value.code == 2
-        and "choose from 'sota', 'ablation', 'controllers', 'cross-dataset', 'cross-device'" in capsys.readouterr().err
+        and "choose from 'sota', 'ablation', 'controllers', 'hirelc-ablation', 'cross-dataset', 'cross-device'"
+        in capsys.readouterr().err
     )
     with pytest.raises(ConfigError, match="unknown study 'tables'; choices: sota, ablation"):
         load_experiment("tables")

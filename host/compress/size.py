@@ -7,7 +7,7 @@ number in both."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from torch import nn
@@ -48,6 +48,26 @@ def effective_bytes(params: int, layer_weights: Iterable[tuple[Precision, int]])
     rounded up to whole bytes."""
     bits = 32 * params - sum((32 - precision.weight_bits) * weights for precision, weights in layer_weights)
     return (bits + 7) // 8
+
+
+def retained_fraction(bits: float, keep_ratio: float) -> float:
+    """A kernel's effective parameter storage against FP32 (HiReLC's Eq. 21): its storage bits
+    over 32 times its kept output channels; input channels a pruned producer removes, biases and
+    norms are not counted."""
+    if not 0 < bits <= 32 or not 0 < keep_ratio <= 1:
+        raise ValueError(f"bits = {bits} must lie in (0, 32] and keep_ratio = {keep_ratio} in (0, 1]")
+    return bits / 32 * keep_ratio
+
+
+def storage_compression_ratio(policy: Policy, weights: Mapping[str, int]) -> float:
+    """HiReLC's effective parameter-storage compression ratio (Eq. 22): the policy layers' FP32
+    weight counts (`weights`, the uncompressed model's) over the same counts times each layer's
+    `retained_fraction`."""
+    total = sum(weights[name] for name in policy.layers)
+    kept = sum(
+        weights[name] * retained_fraction(a.precision.weight_bits, a.keep_ratio) for name, a in policy.layers.items()
+    )
+    return total / kept
 
 
 def size_report(model: nn.Module, policy: Policy, baseline_params: int) -> SizeReport:

@@ -137,6 +137,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "baseline": {"epochs": 2},
         "episode_distill": {"epochs": 1},
         "final_distill": {"epochs": 1},
+        "hirelc": {"lla_timesteps": 10, "hla_timesteps": 20, "hla_burst": 10, "surrogate_min": 1},
         "experiment": {
             "sota_latency_fraction": 1.5,
             "cases": [
@@ -174,7 +175,7 @@ def load_experiment(
     if "controllers" in doc.get("search", {}):
         raise ConfigError(
             "[search] controllers: each study runs its own controllers (sota: amc, haq, ppo; controllers: "
-            "ppo, dqn, random; the others: ppo); remove the key"
+            "ppo, hirelc, dqn, random; hirelc-ablation: hirelc; the others: ppo); remove the key"
         )
     doc = _merged(PRESETS[preset], doc)
     settings = doc.pop("experiment", {})

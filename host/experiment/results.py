@@ -57,6 +57,7 @@ class ModelMetrics:
     file_bytes: int | None = None  # the exported ONNX file
     teacher_agreement: float | None = None  # share of test inputs where it predicts the teacher's class
     macro_f1: float | None = None
+    storage_compression_ratio: float | None = None  # HiReLC's CR (host/compress/size.py)
 
     @classmethod
     def of_baseline(cls, b: Baseline) -> ModelMetrics:
@@ -109,6 +110,7 @@ class ModelMetrics:
             m.file_bytes,
             m.agreement.teacher_agreement if m.agreement else None,
             m.agreement.macro_f1 if m.agreement else None,
+            m.storage_compression_ratio,
         )
 
     def values(self) -> dict[str, float]:

@@ -191,9 +191,9 @@ ABLATION_DOC = (
 )
 
 
-# --- controllers: PPO vs DQN (and random search) ------------------------------------------
+# --- controllers: PPO vs HiReLC vs DQN (and random search) ------------------------------------
 
-CONTROLLERS = ("ppo", "dqn", "random")
+CONTROLLERS = ("ppo", "hirelc", "dqn", "random")
 CONTROLLER_COLUMNS = (
     Column("best_reward", "best reward"),
     Column("mean_reward", "mean reward"),
@@ -203,6 +203,7 @@ CONTROLLER_COLUMNS = (
     Column("test_accuracy_onnxruntime", "final test accuracy (onnxruntime)", "%"),
     Column("latency_ms", "final measured latency (ms)", "ms"),
     Column("speedup", "final speedup", "x"),
+    Column("storage_compression_ratio", "final effective storage compression (HiReLC's CR)", "x"),
 )
 
 
@@ -230,6 +231,7 @@ def controllers(experiment: Experiment, seed: int, directory: Path, progress: bo
                     "test_accuracy_onnxruntime": final.test_accuracy_onnxruntime,
                     "latency_ms": final.latency_ms,
                     "speedup": final.speedup,
+                    "storage_compression_ratio": final.storage_compression_ratio,
                 },
             )
         )
@@ -240,10 +242,69 @@ def controllers(experiment: Experiment, seed: int, directory: Path, progress: bo
 
 
 CONTROLLERS_DOC = (
-    "One search, the same episodes for each controller: PPO over the joint action (hadmc), a DQN over a "
+    "One search, the same episodes for each controller: PPO over the joint action (hadmc), HiReLC's hierarchical "
+    "ensembles (one active-learning cycle an episode), a DQN over a "
     "discretised joint action (keep-ratio bins x precisions) and random search. Rewards are of each episode's "
     "policy after its short fine-tune, on the validation split; the final columns are of the controller's best "
     "policy after the full fine-tune, on the test split, measured on the device."
+)
+
+
+# --- hirelc-ablation: HiReLC's parts removed one at a time --------------------------------------
+
+HIRELC_VARIANTS: dict[str, dict[str, object]] = {
+    "full": {},
+    "no HLA (uniform budgets)": {"hierarchy": False},
+    "single policy": {"lla_members": ["ppo"], "lla_styles": ["moderate"]},
+    "homogeneous A2C": {"lla_members": ["a2c", "a2c", "a2c"]},
+    "sensitivity off": {"sensitivity": False},
+}
+HIRELC_COLUMNS = (
+    Column("best_reward", "best reward"),
+    Column("best_val_accuracy", "validation accuracy of the best episode", "%"),
+    Column("test_accuracy_onnxruntime", "final test accuracy (onnxruntime)", "%"),
+    Column("accuracy_drop", "final drop against the FP32 baseline (onnxruntime)", "%"),
+    Column("speedup", "final speedup", "x"),
+    Column("storage_compression_ratio", "final effective storage compression (HiReLC's CR)", "x"),
+    Column("surrogate_mae", "surrogate MAE after the last cycle", "%"),
+)
+
+
+def hirelc_ablation(experiment: Experiment, seed: int, directory: Path, progress: bool) -> SeedResult:
+    from host.report.load import load_run
+
+    rows, runs = [], []
+    for index, (variant, changes) in enumerate(HIRELC_VARIANTS.items()):
+        base = experiment.search.with_search(controllers=["hirelc"], seed=seed)
+        config = replace(base, hirelc=replace(base.hirelc, **changes))
+        out = directory / f"variant{index}"
+        _say(progress, f"[hirelc-ablation] seed {seed}: {variant}")
+        summary = _search(config, out, progress)
+        episodes = load_run(out).episodes
+        best = max(episodes, key=lambda e: e.reward)
+        final = summary.controllers["hirelc"]
+        ort = final.test_accuracy_onnxruntime
+        fp32 = summary.baseline.test_accuracy_onnxruntime
+        last = max(episodes, key=lambda e: e.episode).hirelc
+        values = {
+            "best_reward": best.reward,
+            "best_val_accuracy": best.val_accuracy,
+            "test_accuracy_onnxruntime": ort,
+            "accuracy_drop": fp32 - ort if ort is not None and fp32 is not None else None,
+            "speedup": final.speedup,
+            "storage_compression_ratio": final.storage_compression_ratio,
+            "surrogate_mae": last.surrogate_mae if last else None,
+        }
+        rows.append(Row((variant,), {k: float(v) for k, v in values.items() if v is not None}))
+        runs.append(_run_dir(out, directory))
+    return SeedResult(seed, tuple(rows), {}, tuple(runs))
+
+
+HIRELC_DOC = (
+    "HiReLC's ablations, one search each with the same budget: the full controller; the high-level agents "
+    "removed (every block gets the global target); a single PPO policy per block instead of the ensemble; an "
+    "ensemble of three A2C policies; the Fisher sensitivity set to 0 (no penalty, no tier correction). Finals are "
+    "fine-tuned fully and measured on the device; a variant's missing cell was not measured."
 )
 
 
@@ -475,6 +536,16 @@ STUDY = {
             controllers,
             reference=("ppo",),
             tested=("best_reward", "speedup", "test_accuracy_onnxruntime"),
+        ),
+        Study(
+            "hirelc-ablation",
+            "HiReLC ablation: hierarchy, ensemble and sensitivity",
+            HIRELC_DOC,
+            ("variant",),
+            HIRELC_COLUMNS,
+            hirelc_ablation,
+            reference=("full",),
+            tested=("best_reward", "test_accuracy_onnxruntime"),
         ),
         Study(
             "cross-dataset",

@@ -162,7 +162,7 @@ class HiReLCController(Controller):
         self.bits = sorted({p.weight_bits for p in space.precisions})
         self._check_types()
         self.global_target = 1.0 / config.target_compression
-        floor = min(self.bits) / eq.FP32_BITS * space.min_keep
+        floor = eq.retained_fraction(min(self.bits), space.min_keep)
         if floor > self.global_target:
             raise ValueError(
                 f"hirelc.target_compression {config.target_compression} is out of reach: the smallest policy "

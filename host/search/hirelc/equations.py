@@ -15,7 +15,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-FP32_BITS = 32
+from host.compress.size import retained_fraction as retained_fraction  # Eq. (21), with the size accounting
+
 STABILITY_WINDOW = 5  # rewards the stability term looks back over
 BUDGET_DECAY = 5.0  # Eq. (27): exp(-BUDGET_DECAY * |deviation|); 0.61 at a deviation of 0.1
 # Eq. (25): (drop / allowed drop, reward) breakpoints, linear between them, the last slope beyond.
@@ -28,13 +29,6 @@ STRATEGIES = ("auto", "pruning", "quantization")
 # below LOW one tier more aggressive.
 SENSITIVITY_HIGH = 0.7
 SENSITIVITY_LOW = 0.3
-
-
-def retained_fraction(bits: float, keep_ratio: float) -> float:
-    """Eq. (21): a kernel's effective parameter storage against FP32."""
-    if not 0 < bits <= FP32_BITS or not 0 < keep_ratio <= 1:
-        raise ValueError(f"bits = {bits} must lie in (0, 32] and keep_ratio = {keep_ratio} in (0, 1]")
-    return bits / FP32_BITS * keep_ratio
 
 
 def weighted_fraction(params: Sequence[int], fractions: Sequence[float]) -> float:
