@@ -359,3 +359,5 @@ def test_a_hirelc_search_runs_end_to_end(agent, tmp_path, monkeypatch):
     assert all(r["hirelc"] is None for r in rows if r["controller"] == "random")
     final = summary.controllers["hirelc"]
     assert (out / final.onnx).exists() and final.measured_latency is not None
+    assert final.storage_compression_ratio > 1 and summary.controllers["random"].storage_compression_ratio > 1
+    assert (out / "plots" / "hirelc_budgets.png").exists() and "HiReLC: budgets" in (out / "report.html").read_text()

@@ -47,6 +47,15 @@ FIGURES = {
             "The shaded band is within 10% of the measurement."
         ),
     ),
+    "hirelc_budgets": (
+        "HiReLC: budgets per block and cycle",
+        (
+            "Top: each block's retained-size fraction (storage bits / 32 times kept channels, weighted by "
+            "parameters) as the low-level agents' consensus realized it, one bar per cycle, and the target the "
+            "high-level agents gave it (black). Bottom: the effective storage compression of each cycle's policy "
+            "and the surrogate's mean absolute error on the cycles it predicted before learning them."
+        ),
+    ),
 }
 
 CSS = """
@@ -306,6 +315,7 @@ Speedups are over the FP32 baseline; "{NOT_MEASURED}" marks a measurement that c
 {figures.get("accuracy_vs_latency", "")}
 {figures.get("reward_per_episode", "")}
 {figures.get("per_layer_policy", "")}
+{figures.get("hirelc_budgets", "")}
 {policies_detail}
 {figures.get("predicted_vs_measured", "")}
 <h2>Device</h2>

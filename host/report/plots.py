@@ -270,11 +270,61 @@ def predicted_vs_measured(run: RunData) -> bytes:
     return _png(fig)
 
 
+def hirelc_budgets(run: RunData) -> bytes:
+    """(e) HiReLC's cycles: each block's target retained-size fraction from the high-level agents
+    and the fraction its kernels realized, per cycle; and the effective storage compression and the
+    surrogate's mean absolute error by cycle."""
+    cycles = [e.hirelc for e in sorted(run.episodes, key=lambda e: e.episode) if e.hirelc is not None]
+    blocks = list(cycles[0].block_targets) if cycles else []
+    fig = _figure(max(7.5, 0.5 * len(blocks) + 3), 5.6)
+    top, bottom = fig.subplots(2, 1, height_ratios=(3, 2))
+    if not cycles:
+        _empty(top, "no hirelc cycle")
+        _empty(bottom, "")
+        return _png(fig)
+    width = 0.8 / len(cycles)
+    for i, cycle in enumerate(cycles):
+        x = [b + (i - (len(cycles) - 1) / 2) * width for b in range(len(blocks))]
+        colour = _viridis(i, len(cycles))
+        top.bar(x, [cycle.block_fractions[b] for b in blocks], width, color=colour, label=f"cycle {cycle.cycle + 1}")
+        top.scatter(x, [cycle.block_targets[b] for b in blocks], marker="_", s=120, color="black", zorder=3)
+    top.set_xticks(range(len(blocks)))
+    top.set_xticklabels(blocks, rotation=60, fontsize=7)
+    top.set_ylabel("retained-size fraction")
+    top.set_title("Per block: realized fraction (bars) and the high-level target (black)", fontsize=9, loc="left")
+    top.legend(fontsize=7, ncol=min(len(cycles), 6))
+    top.grid(axis="y", alpha=0.3)
+    steps = [c.cycle + 1 for c in cycles]
+    bottom.plot(steps, [c.compression_ratio for c in cycles], "o-", color="tab:blue", label="storage compression (x)")
+    bottom.set_xlabel("cycle")
+    bottom.set_ylabel("compression (x)")
+    mae = [(c.cycle + 1, 100 * c.surrogate_mae) for c in cycles if c.surrogate_mae is not None]
+    twin = bottom.twinx()
+    if mae:
+        twin.plot(*zip(*mae, strict=True), "s--", color="tab:red", label="surrogate MAE (points)")
+        twin.legend(fontsize=7, loc="upper right")
+    twin.set_ylabel("surrogate MAE (accuracy points)")
+    bottom.legend(fontsize=7, loc="upper left")
+    bottom.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _viridis(i: int, n: int) -> Any:
+    """The i-th of n colours along viridis."""
+    import matplotlib
+
+    return matplotlib.colormaps["viridis"](i / max(n - 1, 1))
+
+
 def all_plots(run: RunData) -> dict[str, bytes]:
-    """Every figure of the report by file stem, in the order the report shows them."""
-    return {
+    """Every figure of the report by file stem, in the order the report shows them (HiReLC's only
+    for a run with hirelc cycles)."""
+    plots = {
         "accuracy_vs_latency": accuracy_vs_latency(run),
         "reward_per_episode": reward_per_episode(run),
         "per_layer_policy": per_layer_policy(run),
         "predicted_vs_measured": predicted_vs_measured(run),
     }
+    if any(e.hirelc is not None for e in run.episodes):
+        plots["hirelc_budgets"] = hirelc_budgets(run)
+    return plots
