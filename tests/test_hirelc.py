@@ -20,7 +20,7 @@ from host.models import build_model
 from host.search.evaluate import EpisodeResult
 from host.search.hirelc import equations as eq
 from host.search.hirelc.blocks import Block, find_blocks, fisher_sensitivity
-from host.search.hirelc.controller import HiReLCConfig, HiReLCController, HiReLCStart
+from host.search.hirelc.controller import HiReLCConfig, HiReLCController, HiReLCStart, check_allowed_drop
 from host.search.hirelc.proxy import AccuracySurrogate, LogitProxy, compressed_weight, kernel_features
 from host.search.loop import RewardReference, one_by_one, run_episodes
 from host.search.reward import RewardConfig
@@ -320,6 +320,12 @@ def test_ablation_switches_change_the_search():
 def test_bad_settings_are_named(changes, message):
     with pytest.raises(ConfigError, match=message):
         load_search_config(None, {"search": {"controllers": ["hirelc"]}, "hirelc": changes})
+
+
+def test_an_allowed_drop_the_folded_model_already_exceeds_is_refused():
+    check_allowed_drop(0.95, 0.94, 0.02)
+    with pytest.raises(ValueError, match=r"already loses 0.0300 validation accuracy \(0.9500 -> 0.9200\): raise"):
+        check_allowed_drop(0.95, 0.92, 0.02)
 
 
 def test_what_the_device_cannot_meet_is_refused():

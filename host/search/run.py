@@ -51,7 +51,7 @@ from host.search.budget import LatencyEstimator, latency_estimator, latency_shar
 from host.search.controllers import Controller
 from host.search.evaluate import Evaluator
 from host.search.hirelc.blocks import find_blocks, fisher_sensitivity, take
-from host.search.hirelc.controller import HiReLCConfig, HiReLCStart
+from host.search.hirelc.controller import HiReLCConfig, HiReLCStart, check_allowed_drop
 from host.search.hirelc.proxy import LogitProxy
 from host.search.loop import Episode, Failed, Recorder, RewardReference, run_episodes
 from host.search.ppo import PPOConfig
@@ -368,7 +368,7 @@ def _controllers(
             elif name == "hirelc":
                 start = _hirelc_start(bench, config, space, evaluator, baseline, estimator)
             controllers[name] = make_controller(name, space, config.ppo, s.seed + 1000 * i, constraint, start=start)
-    except ValueError as exc:  # a budget no policy can meet
+    except ValueError as exc:  # a budget no policy can meet, or a setting hirelc refuses
         raise ConfigError(str(exc)) from None
     return controllers
 
@@ -390,12 +390,7 @@ def _hirelc_start(
     sensitivity = fisher_sensitivity(bench.teacher, [(x, y)], blocks, c.fisher_samples)
     unpruned = Policy.uniform(config.model, [layer.name for layer in space.layers], 1.0, Precision.FP32)
     folded, _ = bench.compress(unpruned, evaluator.loader(0))
-    drop = baseline.val_accuracy - bench.fidelity(folded, "val").accuracy
-    if drop > c.max_drop:
-        raise ConfigError(
-            f"hirelc.max_drop = {c.max_drop}, but the uncompressed model with its BatchNorm folded already loses "
-            f"{drop:.4f} validation accuracy: raise max_drop"
-        )
+    check_allowed_drop(baseline.val_accuracy, bench.fidelity(folded, "val").accuracy, c.max_drop)
     proxy = LogitProxy(copy.deepcopy(bench.teacher), x[: c.calibration_samples], config.compress.round_to)
     return HiReLCStart(
         c,

@@ -144,6 +144,16 @@ class HiReLCStart:
     cycles: int
 
 
+def check_allowed_drop(base_accuracy: float, folded_accuracy: float, max_drop: float) -> None:
+    """An allowed drop the uncompressed model already exceeds, its BatchNorm folded, is an error."""
+    drop = base_accuracy - folded_accuracy
+    if drop > max_drop:
+        raise ValueError(
+            f"hirelc.max_drop = {max_drop}, but the uncompressed model with its BatchNorm folded already loses "
+            f"{drop:.4f} validation accuracy ({base_accuracy:.4f} -> {folded_accuracy:.4f}): raise max_drop"
+        )
+
+
 def is_float(precision: Precision) -> bool:
     return precision not in _INT
 
