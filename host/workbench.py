@@ -311,8 +311,9 @@ class Workbench:
     def distill(
         self, student: nn.Module, config: DistillConfig, loader: DataLoader, fit: FitProgress | None = None
     ) -> DistillReport:
-        """Fine-tune `student` in place from the teacher (feature-aligned distillation)."""
-        return distill(student, self.teacher, self.kd_layers, loader, config, fit)
+        """Fine-tune `student` in place from the teacher (feature-aligned distillation); with
+        `config.patience`, stopped early on validation accuracy."""
+        return distill(student, self.teacher, self.kd_layers, loader, config, fit, lambda m: self.accuracy(m, "val"))
 
     def accuracy(self, model: nn.Module, split: str) -> float:
         """Top-1 in torch on "val" or "test". On "test", int8 layers compute what onnxruntime's

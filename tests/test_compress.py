@@ -359,6 +359,32 @@ def test_distillation_reduces_the_loss_and_leaves_no_adapter_in_the_student():
     assert all(not p.requires_grad for p in teacher.parameters())
 
 
+def test_early_stopping_keeps_the_best_epochs_weights():
+    """A scripted validation score: best at epoch 2, then two epochs without a gain stop the run
+    after epoch 4 (patience 2), and the student holds epoch 2's weights."""
+    from host.compress.distill import DistillConfig, distill
+
+    torch.manual_seed(0)
+    teacher = build_model("mlp", 3, (8,))
+    student = build_model("mlp", 3, (8,))
+    data = torch.utils.data.TensorDataset(torch.randn(32, 8), torch.randint(0, 3, (32,)))
+    scores, snapshots = iter([0.5, 0.8, 0.7, 0.8, 0.9]), []
+
+    def score(model):
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(scores)
+
+    loader = torch.utils.data.DataLoader(data, batch_size=16)
+    report = distill(student, teacher, (), loader, DistillConfig(epochs=5, lr=1e-2, patience=2), score=score)
+    assert report.epoch_score == [0.5, 0.8, 0.7, 0.8] and report.best_epoch == 2 and len(report.epoch_loss) == 4
+    assert all(torch.equal(v, snapshots[1][k]) for k, v in student.state_dict().items())
+    assert not all(torch.equal(v, snapshots[3][k]) for k, v in student.state_dict().items())
+    with pytest.raises(ValueError, match="early stopping .* needs a validation score"):
+        distill(student, teacher, (), loader, DistillConfig(epochs=2, patience=1))
+    with pytest.raises(ValueError, match="patience = -1 not negative"):
+        DistillConfig(patience=-1)
+
+
 def test_stored_teacher_outputs_train_the_student_as_the_live_teacher_does():
     """Without augmentation the frozen teacher's outputs are computed once: same batches, same
     losses and weights as running it every batch; with augmentation stored outputs are refused."""

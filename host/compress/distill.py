@@ -113,6 +113,14 @@ class DistillConfig:
     beta: float = 1.0
     augment: bool = False  # see TrainConfig.augment
     seed: int = 0
+    # Early stopping: after each epoch the student is scored on validation; training stops once
+    # `patience` epochs in a row have not beaten the best score, and the best epoch's weights are
+    # kept (0: every epoch, the last one's weights).
+    patience: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.patience < 0:
+            raise ValueError(f"epochs = {self.epochs} must be at least 1 and patience = {self.patience} not negative")
 
 
 @dataclass
@@ -121,6 +129,8 @@ class DistillReport:
     epoch_ce: list[float] = field(default_factory=list)
     epoch_kd: list[float] = field(default_factory=list)
     epoch_feature: list[float] = field(default_factory=list)
+    epoch_score: list[float] = field(default_factory=list)  # validation, with early stopping
+    best_epoch: int | None = None  # 1-based, whose weights were kept (early stopping only)
 
     def series(self) -> tuple[list[float], list[float], list[float], list[float]]:
         """The per-epoch lists in `_Run.epoch`'s order: loss, CE, KD, feature."""
@@ -222,11 +232,15 @@ def distill(
     loader: torch.utils.data.DataLoader,
     config: DistillConfig,
     progress: FitProgress | None = None,
+    score: Callable[[nn.Module], float] | None = None,
 ) -> DistillReport:
     """Train `student` in place from the frozen `teacher`, aligning the outputs of the `stages`
     modules; returns the per-epoch mean losses. Batches carry the teacher's outputs when the
     loader's data set came from `with_teacher_outputs` (not with augmentation: the teacher must
-    see the augmented inputs)."""
+    see the augmented inputs). With `config.patience`, `score` (higher is better, e.g. validation
+    accuracy) decides when to stop and which epoch's weights to keep."""
+    if config.patience and score is None:
+        raise ValueError("early stopping (patience > 0) needs a validation score")
     stages = tuple(stages)
     teacher.eval()
     for p in teacher.parameters():
@@ -253,6 +267,7 @@ def distill(
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs * len(loader)))
         run = _Run(student, teacher, stages, adapters, t_cap, s_cap, config, torch.Generator().manual_seed(config.seed))
         report = DistillReport()
+        best: dict[str, torch.Tensor] | None = None
         student.train()
         for epoch in range(config.epochs):
             losses = run.epoch(loader, opt, sched, progress, epoch)
@@ -260,6 +275,16 @@ def distill(
                 series.append(value)
             if progress:
                 progress.epoch(epoch + 1, config.epochs, report.epoch_loss[-1])
+            if config.patience and score is not None:
+                report.epoch_score.append(score(student.eval()))
+                student.train()
+                if report.best_epoch is None or report.epoch_score[-1] > report.epoch_score[report.best_epoch - 1]:
+                    report.best_epoch = epoch + 1
+                    best = {k: v.detach().clone() for k, v in student.state_dict().items()}
+                elif epoch + 1 - report.best_epoch >= config.patience:
+                    break
+        if best is not None:
+            student.load_state_dict(best)
         student.eval()
         return report
     finally:

@@ -20,6 +20,7 @@ from host.compress.apply import random_calibration, student_of
 from host.compress.distill import DistillConfig, distill
 from host.compress.policy import Policy
 from host.compress.size import SizeReport, size_report
+from host.compress.train import accuracy
 from host.latency.predict import Prediction
 from host.workbench import Fidelity, Workbench, fidelity_of
 
@@ -117,8 +118,9 @@ class FinetuneContext:
         loader = episode_loader(self.train_set, self.samples, self.batch_size, self.distill_config.seed, episode)
         assert loader.generator is not None
         loader.generator.set_state(loader_state)
-        distill(student, self.teacher, self.kd_layers, loader, replace(self.distill_config, seed=episode))
         val = DataLoader(self.val_set, batch_size=self.batch_size)
+        config = replace(self.distill_config, seed=episode)
+        distill(student, self.teacher, self.kd_layers, loader, config, score=lambda m: accuracy(m, val))
         return Tuned(fidelity_of(student, val, self.teacher_val_logits), time.monotonic() - t0)
 
 
