@@ -12,7 +12,7 @@ import torch
 
 from host.compress.export import export_onnx
 from host.compress.fold import fold_batchnorm, recalibrate_batchnorm
-from host.compress.policy import LayerAction, Policy, PolicyError, validate
+from host.compress.policy import LayerAction, LayerLimits, Policy, PolicyError, validate
 from host.compress.prune import count_params, layer_limits, prune, replay
 from host.compress.quant import apply_fake_quant, runtime_arithmetic
 from host.models import build_model
@@ -303,6 +303,97 @@ def test_weight_only_int4_and_fp16_fake_quant():
     m16 = apply_fake_quant(build_model("resnet18", 6, (3, 64, 64)), half)
     w16 = m16.conv1.weight
     assert torch.equal(w16, w16.half().float())
+
+
+def test_each_granularity_quantizes_as_defined():
+    """Closed forms: uniform (one max-abs scale), per-channel (one per row), learned (a trained
+    scale per row, levels within +-7 at 4 bits), log (powers of two of the max-abs, signs kept)."""
+    from host.compress.quant import LogWeightFakeQuant, WeightFakeQuant
+
+    w = torch.tensor([[0.7, -0.35, 0.1, 0.0], [2.8, 1.4, -0.05, 0.3]])
+    uniform_q = WeightFakeQuant(4, "uniform")(w)
+    s = 2.8 / 7
+    assert torch.allclose(uniform_q, torch.round(w / s).clamp(-8, 7) * s)
+    per_channel = WeightFakeQuant(4, "per-channel")(w)
+    rows = torch.tensor([[0.7 / 7], [2.8 / 7]])
+    assert torch.allclose(per_channel, torch.round(w / rows) * rows)
+    learned = WeightFakeQuant(4, "learned", w)
+    assert torch.allclose(learned(w), per_channel)  # starts at max-abs
+    with torch.no_grad():
+        learned.learned_scale.copy_(torch.tensor([0.05, 0.1]))
+    expected = torch.round(w / torch.tensor([[0.05], [0.1]])).clamp(-7, 7) * torch.tensor([[0.05], [0.1]])
+    assert torch.allclose(learned(w), expected)  # sign-magnitude: never -8
+    w.requires_grad_(True)
+    learned(w).sum().backward()
+    assert learned.learned_scale.grad is not None and learned.learned_scale.grad.abs().sum() > 0  # it trains
+    log = LogWeightFakeQuant(4)  # s = 2.8, magnitudes 2.8 * 2^-k, k = 0..6
+    q = log(w.detach())
+    assert torch.allclose(q[1], torch.tensor([2.8, 1.4, -2.8 / 64, 2.8 / 8]))  # 0.05 -> 2^-6 (nearest in log2)
+    assert torch.allclose(q[0], torch.tensor([0.7, -0.35, 2.8 / 32, 0.0]))  # 0.1 -> 2^-5; 0 stays 0
+    book = log.codebook(w.detach())
+    assert len(book) == 15 and all(bool((book - v).abs().min() < 1e-7) for v in q.flatten())
+    with pytest.raises(ValueError, match="not a linear grid"):
+        WeightFakeQuant(4, "log")
+
+
+@pytest.mark.parametrize(
+    ("precision", "granularity", "weight_type"),
+    [
+        (Precision.INT8, "uniform", onnx.TensorProto.INT8),
+        (Precision.INT8, "learned", onnx.TensorProto.INT8),
+        (Precision.INT4W, "uniform", onnx.TensorProto.INT4),
+        (Precision.INT4W, "learned", onnx.TensorProto.INT4),
+        (Precision.INT4W, "log", onnx.TensorProto.UINT4),
+    ],
+)
+def test_each_granularity_exports_what_torch_computes(tmp_path, precision, granularity, weight_type):
+    """The exported file stores the low-bit weights (int8/int4 levels, or 4-bit codes into a log
+    codebook) and onnxruntime computes what the fake-quantized torch model does; the kernels'
+    keys say what runs (a log layer: a float kernel, its codebook folded at load)."""
+    from host.compress.apply import random_calibration, student_of
+    from host.compress.export import export_policy_model
+    from lut_store.keys.graph import model_kernels
+
+    torch.manual_seed(0)
+    net = build_model("mlp", 3, (10,)).eval()
+    example = torch.zeros((1, 10))
+    names = [lim.name for lim in layer_limits(net, example)]
+    policy = Policy("mlp", {n: LayerAction(1.0, precision, granularity) for n in names})
+    student, _ = student_of(net, policy, example, 8, random_calibration((10,)))
+    if granularity == "learned":  # a trained scale, off the max-abs one
+        with torch.no_grad():
+            for n in names:
+                scale = dict(student.named_modules())[n].parametrizations.weight[0].learned_scale
+                scale.mul_(0.8)
+    path = tmp_path / "m.onnx"
+    exported = export_policy_model(student.eval(), policy, path, (10,))
+    graph = onnx.load(path)
+    suffix = {"log": "_weight_codes"}.get(granularity, "_weight_q" if precision is Precision.INT8 else "_weight_int4")
+    stored = [t for t in graph.graph.initializer if t.name.endswith(suffix)]
+    assert len(stored) == len(names) and {t.data_type for t in stored} == {weight_type}
+    assert not any(t.data_type == onnx.TensorProto.FLOAT and t.dims == [256, 10] for t in graph.graph.initializer)
+    if granularity == "uniform":  # one scale for the tensor
+        scales = [t for t in graph.graph.initializer if t.name.endswith("weight_scale")]
+        assert scales and all(list(t.dims) == [] for t in scales)
+    x = torch.randn(16, 10)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        expected = student(x).numpy()
+    assert np.abs(got - expected).max() < 1e-4 * max(1.0, np.abs(expected).max())
+    anchors = set(exported.layer_nodes.values())
+    runs = {k.key.precision for k in model_kernels(graph).kernels if k.name in anchors}
+    assert runs == ({Precision.FP32} if granularity == "log" else {precision})
+
+
+def test_a_granularity_the_precision_cannot_export_is_refused():
+    limits = [LayerLimits("fc", 4, None)]
+    validate(Policy("m", {"fc": LayerAction(1.0, Precision.INT4W, "log")}), "m", limits)
+    with pytest.raises(
+        PolicyError, match=r"granularity 'log' at int8; allowed there: \['uniform', 'per-channel', 'learned'\]"
+    ):
+        validate(Policy("m", {"fc": LayerAction(1.0, Precision.INT8, "log")}), "m", limits)
+    with pytest.raises(PolicyError, match=r"granularity 'uniform' at fp16; allowed there: \['per-channel'\]"):
+        validate(Policy("m", {"fc": LayerAction(1.0, Precision.FP16, "uniform")}), "m", limits)
 
 
 def test_int8_calibration_needs_data_for_every_activation_quantizer():

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from host.compress.policy import LayerAction, Policy, validate
+from host.compress.policy import LayerAction, Policy, granularities_of, validate
 from host.compress.prune import layer_limits
 from host.models import build_model
 from host.search.evaluate import EpisodeResult
@@ -210,8 +210,9 @@ def test_logit_proxy_is_zero_uncompressed_and_restores_the_weights():
 def test_surrogate_waits_for_its_threshold_then_learns_the_trend():
     names = ["a", "b"]
     surrogate = AccuracySurrogate(names, min_samples=3, seed=0)
-    assert kernel_features(LayerAction(0.5, INT4)) == [4 / 32, 0.5, 0.0, 0.0, 1.0]
-    assert kernel_features(LayerAction(1.0, FP16)) == [0.5, 1.0, 1.0, 0.0, 0.0]
+    assert kernel_features(LayerAction(0.5, INT4, "uniform")) == [4 / 32, 0.5, 0.0, 0.0, 1.0]
+    assert kernel_features(LayerAction(0.5, INT4, "learned")) == [4 / 32, 0.5, 0.0, 1.0, 1.0]
+    assert kernel_features(LayerAction(1.0, FP16)) == [0.5, 1.0, 1.0, 2 / 3, 0.0]  # per-channel: index 2 of 0..3
     for keep in (0.2, 0.5, 0.8):
         surrogate.add({n: LayerAction(keep, INT8) for n in names}, 0.5 + 0.5 * keep)
         assert surrogate.active == (keep == 0.8)
@@ -289,6 +290,18 @@ def test_a_resumed_controller_repeats_the_uninterrupted_cycles():
     assert len(set(straight)) > 1  # the cycles do search
 
 
+def test_granularities_are_chosen_where_the_precision_exports_them():
+    _, space, start = _mlp_setup(cycles=2)
+    forced = HiReLCController(space, replace(start, config=replace(QUICK, granularity_override="log")), seed=0)
+    policy = forced.propose(0)
+    assert {(a.precision, a.granularity) for a in policy.layers.values()} == {(INT4, "log")}
+    free = HiReLCController(space, start, seed=1)
+    for episode in range(2):
+        for action in free.propose(episode).layers.values():
+            assert action.granularity in granularities_of(action.precision)
+        free.observe(1.0, _device(free.open[0][1], episode))
+
+
 def test_ablation_switches_change_the_search():
     _, space, start = _mlp_setup(cycles=1)
     flat = HiReLCController(space, replace(start, config=replace(QUICK, hierarchy=False)), seed=0)
@@ -311,7 +324,7 @@ def test_ablation_switches_change_the_search():
         ({"vote": "fixed", "vote_weights": [1.0, 1.0]}, "one non-negative weight per LLA member"),
         ({"vote": "fixed", "vote_weights": [0.0, 0.0, 0.0]}, "positive sum"),
         ({"vote": "median"}, "vote 'median'"),
-        ({"granularity_override": "log"}, "granularity_override 'log': the exporter runs per-channel"),
+        ({"granularity_override": "cubic"}, "granularity_override 'cubic': choose among uniform, log, per-channel"),
         ({"type_override": "posit"}, "type_override 'posit'"),
         ({"max_drop": 0.0}, "max_drop 0.0"),
         ({"target_compression": 0.5}, "target_compression 0.5"),
@@ -333,6 +346,8 @@ def test_what_the_device_cannot_meet_is_refused():
     with pytest.raises(ValueError, match="type_override 'float': the device runs no float precision here"):
         HiReLCController(int_only, replace(start, config=replace(QUICK, type_override="float")), seed=0)
     _, space, start = _mlp_setup(precisions=(FP32, INT8))
+    with pytest.raises(ValueError, match="granularity_override 'log' needs int4, which the device does not run here"):
+        HiReLCController(space, replace(start, config=replace(QUICK, granularity_override="log")), seed=0)
     with pytest.raises(ValueError, match=r"target_compression 40.0 is out of reach: .* compresses 20.00x"):
         HiReLCController(space, replace(start, config=replace(QUICK, target_compression=40.0)), seed=0)
 

@@ -231,34 +231,70 @@ def _to_half(model: onnx.ModelProto, node: onnx.NodeProto, precision: Precision)
     )
 
 
-def _to_int4(model: onnx.ModelProto, node: onnx.NodeProto) -> None:
+def _graph_weight(model: onnx.ModelProto, node: onnx.NodeProto) -> tuple[np.ndarray, int]:
+    """A layer's weight as the graph holds it, and its output-channel axis (a MatMul's weight is
+    stored transposed, a Gemm's without transB too)."""
     w = _constant(model, node.input[1])
     if w is None:
         raise ValueError(f"node {node.name}: its weight is not a constant of the graph")
     axis = 0 if node.op_type != "MatMul" else w.ndim - 1
     if node.op_type == "Gemm" and not next((a.i for a in node.attribute if a.name == "transB"), 0):
         axis = 1
-    reduce = tuple(a for a in range(w.ndim) if a != axis)
-    scale = np.maximum(np.abs(w).max(axis=reduce), 1e-8) / 7.0
+    return w, axis
+
+
+def _feed_weight(model: onnx.ModelProto, node: onnx.NodeProto, made: onnx.NodeProto, inits: list) -> None:
+    """Insert `made` (it computes the weight from the `inits` initializers) before `node`."""
+    model.graph.initializer.extend(inits)
+    model.graph.node.insert(list(model.graph.node).index(node), made)
+    node.input[1] = made.output[0]
+
+
+def _to_int4(model: onnx.ModelProto, node: onnx.NodeProto, quantizer: torch.nn.Module, weight: torch.Tensor) -> None:
+    """int4 levels through a DequantizeLinear: per output channel at the quantizer's scales, or one
+    scale for the tensor (uniform)."""
+    w, axis = _graph_weight(model, node)
+    scale = quantizer.scale(weight).detach().numpy().astype(np.float32)
+    per_tensor = quantizer.granularity == "uniform"
     shape = [1] * w.ndim
     shape[axis] = -1
-    q = np.clip(np.round(w / scale.reshape(shape)), -8, 7).astype(ml_dtypes.int4)
+    step = scale[0] if per_tensor else scale.reshape(shape)
+    q = np.clip(np.round(w / step), -8, 7).astype(ml_dtypes.int4)
     base = f"{node.name}_weight"
-    model.graph.initializer.extend(
-        [numpy_helper.from_array(q, f"{base}_int4"), numpy_helper.from_array(scale.astype(np.float32), f"{base}_scale")]
+    attrs = {} if per_tensor else {"axis": axis}
+    inits = [
+        numpy_helper.from_array(q, f"{base}_int4"),
+        numpy_helper.from_array(np.asarray(step if per_tensor else scale), f"{base}_scale"),
+    ]
+    made = helper.make_node(
+        "DequantizeLinear", [f"{base}_int4", f"{base}_scale"], [f"{base}_dq"], name=f"{node.name}_dequant_int4", **attrs
     )
-    index = list(model.graph.node).index(node)
+    _feed_weight(model, node, made, inits)
+
+
+def _to_codebook(
+    model: onnx.ModelProto, node: onnx.NodeProto, quantizer: torch.nn.Module, weight: torch.Tensor
+) -> None:
+    """A log-grid weight as 4-bit codes into its codebook (Cast + Gather, which the runtime folds
+    into a float weight when it loads the model): the file stores the codes."""
+    w, _ = _graph_weight(model, node)
+    book = quantizer.codebook(weight).detach().numpy().astype(np.float32)
+    codes = np.abs(w[..., None] - book).argmin(axis=-1)
+    if not np.allclose(book[codes], w, rtol=1e-6, atol=0):
+        raise ValueError(f"node {node.name}: its weight is not on its log grid")
+    base = f"{node.name}_weight"
+    inits = [
+        numpy_helper.from_array(codes.astype(ml_dtypes.uint4), f"{base}_codes"),
+        numpy_helper.from_array(book, f"{base}_codebook"),
+    ]
     model.graph.node.insert(
-        index,
-        helper.make_node(
-            "DequantizeLinear",
-            [f"{base}_int4", f"{base}_scale"],
-            [f"{base}_dq"],
-            axis=axis,
-            name=f"{node.name}_dequant_int4",
-        ),
+        list(model.graph.node).index(node),
+        helper.make_node("Cast", [f"{base}_codes"], [f"{base}_index"], to=TensorProto.INT64, name=f"{node.name}_codes"),
     )
-    node.input[1] = f"{base}_dq"
+    made = helper.make_node(
+        "Gather", [f"{base}_codebook", f"{base}_index"], [f"{base}_log"], axis=0, name=f"{node.name}_codebook"
+    )
+    _feed_weight(model, node, made, inits)
 
 
 def _int8_levels(ratio: torch.Tensor, layer: str) -> torch.Tensor:
@@ -287,6 +323,7 @@ def _int8_layer(model: onnx.ModelProto, node: onnx.NodeProto, layer: torch.nn.Mo
     following Add's."""
     weight_quant = layer.parametrizations.weight
     matmul = node.op_type == "MatMul"
+    per_tensor = weight_quant[0].granularity == "uniform"
     with torch.no_grad():
         scale = weight_quant[0].scale(weight_quant.original)
         shape = (-1,) + (1,) * (layer.weight.dim() - 1)
@@ -299,11 +336,18 @@ def _int8_layer(model: onnx.ModelProto, node: onnx.NodeProto, layer: torch.nn.Mo
             tensors.append(("bias", target, slot, bias, bias_quant.scale(), np.int32, 0))
     for kind, target, slot, values, value_scale, dtype, axis in tensors:
         base = f"{node.name}_{kind}"
+        scales = value_scale.detach().numpy().astype(np.float32)
+        # Uniform: one scale (and zero point) for the tensor, a scalar; else one per output channel.
+        scales, zeros = (
+            (scales.reshape(-1)[0], np.zeros((), dtype))
+            if per_tensor
+            else (scales, np.zeros(values.shape[axis], dtype))
+        )
         model.graph.initializer.extend(
             [
                 numpy_helper.from_array(values.numpy(), f"{base}_q"),
-                numpy_helper.from_array(value_scale.numpy().astype(np.float32), f"{base}_scale"),
-                numpy_helper.from_array(np.zeros(values.shape[axis], dtype), f"{base}_zero"),
+                numpy_helper.from_array(np.asarray(scales), f"{base}_scale"),
+                numpy_helper.from_array(zeros, f"{base}_zero"),
             ]
         )
         model.graph.node.insert(
@@ -347,7 +391,9 @@ def export_policy_model(
         for name in layers[precision]:
             _to_half(graph, nodes[name], precision)
     for name in layers[Precision.INT4W]:
-        _to_int4(graph, nodes[name])
+        weight = modules[name].parametrizations.weight
+        convert = _to_codebook if weight[0].granularity == "log" else _to_int4
+        convert(graph, nodes[name], weight[0], weight.original)
     _prune_unused(graph)
     onnx.checker.check_model(graph)
     onnx.save(graph, path)

@@ -14,7 +14,22 @@ from typing import Any
 
 from lut_store.precision import Precision
 
-GRANULARITIES = ("per-channel",)
+# How a layer's weights are quantized (HiReLC's four, in its order: its surrogate reads index / 3):
+# uniform: one max-abs scale for the tensor; log: powers of two of a max-abs scale, sign kept;
+# per-channel: a max-abs scale per output channel; learned: per-channel scales trained with the
+# weights (sign-magnitude levels, +-(2^(b-1) - 1)).
+GRANULARITIES = ("uniform", "log", "per-channel", "learned")
+DEFAULT_GRANULARITY = "per-channel"
+_QUANTIZED = {
+    Precision.INT8: ("uniform", "per-channel", "learned"),  # QLinearConv needs a linear grid
+    Precision.INT4W: GRANULARITIES,  # weight-only: a log grid exports as a codebook
+}
+
+
+def granularities_of(precision: Precision) -> tuple[str, ...]:
+    """The granularities a precision exports; a float precision quantizes no weight and takes only
+    the default."""
+    return _QUANTIZED.get(precision, (DEFAULT_GRANULARITY,))
 
 
 class PolicyError(ValueError):
@@ -27,7 +42,7 @@ class LayerAction:
 
     keep_ratio: float = 1.0
     precision: Precision = Precision.FP32
-    granularity: str = "per-channel"
+    granularity: str = DEFAULT_GRANULARITY
 
 
 @dataclass(frozen=True)
@@ -127,8 +142,12 @@ def validate(policy: Policy, model_name: str, limits: Sequence[LayerLimits]) -> 
             raise PolicyError(
                 f"layer {name}: precision = {action.precision!r} is not a Precision; allowed: {', '.join(Precision)}"
             )
-        if action.granularity not in GRANULARITIES:
-            raise PolicyError(f"layer {name}: granularity {action.granularity!r}; allowed: {list(GRANULARITIES)}")
+        allowed = granularities_of(action.precision)
+        if action.granularity not in allowed:
+            raise PolicyError(
+                f"layer {name}: granularity {action.granularity!r} at {action.precision}; "
+                f"allowed there: {list(allowed)}"
+            )
         if lim.group is None:
             if action.keep_ratio != 1.0:
                 raise PolicyError(

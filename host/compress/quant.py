@@ -1,10 +1,12 @@
 """Per-layer fake quantization for training, exportable as ONNX QDQ as it is.
 
-- int8: weights per-channel symmetric int8, input activations per-tensor affine uint8
+- int8: weights symmetric int8 (by the layer's granularity: a scale per output channel, one per
+  tensor, or learnt per channel; `WeightFakeQuant`), input activations per-tensor affine uint8
   (U8S8: int8 x int8, i.e. S8S8, gave no speedup over U8S8 on our CPU), outputs per-tensor
   affine uint8, biases int32 at the scale input_scale * weight_scale; exports as
   QuantizeLinear / DequantizeLinear pairs that onnxruntime fuses into QLinearConv / QGemm.
-- int4 (weight-only): weights per-channel symmetric in [-8, 7], activations in float.
+- int4 (weight-only): weights symmetric in [-7, 7] by the same granularities, or on a log grid
+  (`LogWeightFakeQuant`), activations in float.
 - fp16, bf16: weights and inputs rounded through float16 or bfloat16.
 - fp32: untouched.
 Gradients pass straight through the rounding (torch's fake-quantize ops implement the STE).
@@ -46,20 +48,75 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 class WeightFakeQuant(nn.Module):
-    """Per-output-channel symmetric fake quantization of a weight tensor."""
+    """Symmetric fake quantization of a weight tensor on a linear grid, by granularity:
+    per-channel (a max-abs scale per output channel), uniform (one max-abs scale for the tensor) or
+    learned (a scale per output channel trained with the weights, LSQ's gradient, initialised at
+    max-abs; sign-magnitude levels +-(2^(bits-1) - 1), so the export needs no -2^(bits-1))."""
+
+    def __init__(self, bits: int, granularity: str = "per-channel", weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if granularity not in ("uniform", "per-channel", "learned"):
+            raise ValueError(f"granularity {granularity!r} is not a linear grid; use LogWeightFakeQuant")
+        self.bits = bits
+        self.granularity = granularity
+        self.qmax = 2 ** (bits - 1) - 1
+        if granularity == "learned":
+            if weight is None:
+                raise ValueError("a learned scale starts from the weight it quantizes")
+            self.learned_scale = nn.Parameter(self._max_abs(weight))
+
+    def _max_abs(self, w: torch.Tensor) -> torch.Tensor:
+        reduce = tuple(range(1, w.dim()))
+        return (w.detach().abs().amax(dim=reduce) / self.qmax).clamp(min=1e-8)
+
+    def scale(self, w: torch.Tensor) -> torch.Tensor:
+        """One scale per output channel (uniform: the tensor's, repeated)."""
+        if self.granularity == "learned":
+            return self.learned_scale.abs().clamp(min=1e-8)
+        if self.granularity == "uniform":
+            return (w.detach().abs().max() / self.qmax).clamp(min=1e-8).expand(w.shape[0])
+        return self._max_abs(w)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.granularity == "learned" and not torch.onnx.is_in_onnx_export():
+            zero = torch.zeros(w.shape[0], device=w.device)
+            grad_factor = 1.0 / math.sqrt(w[0].numel() * self.qmax)  # LSQ's step-size gradient scale
+            scale = self.scale(w)
+            return torch._fake_quantize_learnable_per_channel_affine(
+                w, scale, zero, 0, -self.qmax, self.qmax, grad_factor
+            )
+        zero = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
+        # (A learned layer exports through this op too; the export then writes its levels, within +-qmax.)
+        return torch.fake_quantize_per_channel_affine(w, self.scale(w).detach(), zero, 0, -self.qmax - 1, self.qmax)
+
+
+class LogWeightFakeQuant(nn.Module):
+    """Log-domain fake quantization: magnitudes rounded to powers of two of the tensor's max-abs
+    scale s, s * 2^-k for k in 0 .. 2^(bits-1) - 2, signs kept, exact zeros zero: 2^bits - 1
+    values, one codebook (`codebook`). Gradients pass straight through."""
 
     def __init__(self, bits: int) -> None:
         super().__init__()
         self.bits = bits
-        self.qmax = 2 ** (bits - 1) - 1
+        self.granularity = "log"
+        self.magnitudes = 2 ** (bits - 1) - 1
 
     def scale(self, w: torch.Tensor) -> torch.Tensor:
-        reduce = tuple(range(1, w.dim()))
-        return (w.detach().abs().amax(dim=reduce) / self.qmax).clamp(min=1e-8)
+        return w.detach().abs().max().clamp(min=1e-8)
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        s = self.scale(w)
+        exponent = torch.round(torch.log2(w.abs().clamp(min=1e-30) / s)).clamp(-(self.magnitudes - 1), 0)
+        return torch.where(w == 0, torch.zeros_like(w), torch.sign(w) * s * torch.exp2(exponent))
+
+    def codebook(self, w: torch.Tensor) -> torch.Tensor:
+        """Every value `quantize` can give for `w`: zero, then the positive and the negative magnitudes."""
+        s = self.scale(w)
+        magnitudes = s * torch.exp2(-torch.arange(self.magnitudes, dtype=w.dtype))
+        return torch.cat([torch.zeros(1, dtype=w.dtype), magnitudes, -magnitudes])
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        zero = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
-        return torch.fake_quantize_per_channel_affine(w, self.scale(w), zero, 0, -self.qmax - 1, self.qmax)
+        return w + (self.quantize(w.detach()) - w).detach()
 
 
 class HalfRound(nn.Module):
@@ -71,6 +128,13 @@ class HalfRound(nn.Module):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w + (w.to(self.dtype).float() - w).detach()
+
+
+def weight_quantizer(precision: Precision, granularity: str, weight: torch.Tensor) -> nn.Module:
+    """The fake quantizer of an int8 or int4 layer's weight at `granularity`."""
+    if granularity == "log":
+        return LogWeightFakeQuant(precision.weight_bits)
+    return WeightFakeQuant(precision.weight_bits, granularity, weight)
 
 
 class ActFakeQuant(nn.Module):
@@ -305,7 +369,8 @@ def apply_fake_quant(model: nn.Module, policy: Policy) -> nn.Module:
     for name, action in policy.layers.items():
         module = modules[name]
         if action.precision in (Precision.INT8, Precision.INT4W):
-            parametrize.register_parametrization(module, "weight", WeightFakeQuant(action.precision.weight_bits))
+            quantizer = weight_quantizer(action.precision, action.granularity, module.weight)
+            parametrize.register_parametrization(module, "weight", quantizer)
         elif action.precision in _HALF_TYPES:
             parametrize.register_parametrization(module, "weight", HalfRound(_HALF_TYPES[action.precision]))
             module.half_dtype = _HALF_TYPES[action.precision]

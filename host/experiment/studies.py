@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from host.compress.distill import DistillConfig
-from host.compress.policy import LayerAction, Policy
+from host.compress.policy import DEFAULT_GRANULARITY, LayerAction, Policy
 from host.compress.run import CompressConfig, run_compress
 from host.device import Device, DeviceConfig, open_device
 from host.experiment.config import Experiment
@@ -156,7 +156,9 @@ def ablated(policy: Policy, prune: bool, quantize: bool) -> Policy:
         policy.model,
         {
             name: LayerAction(
-                a.keep_ratio if prune else 1.0, a.precision if quantize else Precision.FP32, a.granularity
+                a.keep_ratio if prune else 1.0,
+                a.precision if quantize else Precision.FP32,
+                a.granularity if quantize else DEFAULT_GRANULARITY,
             )
             for name, a in policy.layers.items()
         },

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from host.compress.policy import GRANULARITIES, LayerAction, Policy
+from host.compress.policy import DEFAULT_GRANULARITY, GRANULARITIES, LayerAction, Policy, granularities_of
 from host.runs import HiReLCCycle
 from host.search.controllers import Controller, _replay, walk
 from host.search.hirelc import equations as eq
@@ -95,7 +95,7 @@ class HiReLCConfig:
             raise ValueError(f"hirelc.type_override {self.type_override!r}: choose among {', '.join(TYPES)} or ''")
         if self.granularity_override not in ("", *GRANULARITIES):
             raise ValueError(
-                f"hirelc.granularity_override {self.granularity_override!r}: the exporter runs "
+                f"hirelc.granularity_override {self.granularity_override!r}: choose among "
                 f"{', '.join(GRANULARITIES)} (or '' to choose per kernel)"
             )
 
@@ -225,14 +225,20 @@ class HiReLCController(Controller):
         )
 
     def _check_types(self) -> None:
-        """A forced type the device runs at no layer is an error naming what it runs."""
+        """A forced type or granularity the device runs at no layer is an error naming what it runs."""
+        runs = {p for t in range(len(self.space.layers)) for p in self.space.allowed_at(t)}
+        names = ", ".join(p.value for p in self.space.precisions)
         wanted = self.config.type_override
-        if wanted and not any(
-            is_float(p) == (wanted == "float") for t in range(len(self.space.layers)) for p in self.space.allowed_at(t)
-        ):
+        if wanted and not any(is_float(p) == (wanted == "float") for p in runs):
             raise ValueError(
-                f"hirelc.type_override {wanted!r}: the device runs no {wanted} precision here "
-                f"(it runs {', '.join(p.value for p in self.space.precisions)})"
+                f"hirelc.type_override {wanted!r}: the device runs no {wanted} precision here (it runs {names})"
+            )
+        forced = self.config.granularity_override
+        if forced and not any(forced in granularities_of(p) for p in runs):
+            takes = [p.value for p in Precision if forced in granularities_of(p)]
+            raise ValueError(
+                f"hirelc.granularity_override {forced!r} needs {' or '.join(takes)}, which the device does not run "
+                f"here (it runs {names})"
             )
 
     # --- budgets (the high-level tier) ------------------------------------------------------
@@ -304,6 +310,8 @@ class HiReLCController(Controller):
             bits = eq.interpolate(b_i, c.resolution, *budget.bits)
             want = c.type_override or TYPES[type_i]
             allowed = self.space.allowed_at(t)
+            if c.granularity_override:  # where a precision takes the forced granularity, one of those
+                allowed = [p for p in allowed if c.granularity_override in granularities_of(p)] or allowed
             typed = [p for p in allowed if is_float(p) == (want == "float")] or list(allowed)
             precision = min(typed, key=lambda p: (abs(p.weight_bits - bits), -p.weight_bits))
             group = self.space.layers[t].group
@@ -312,6 +320,8 @@ class HiReLCController(Controller):
             else:
                 keep = groups.setdefault(group, round(eq.interpolate(k_i, c.resolution, *budget.keep), 4))
             granularity = c.granularity_override or GRANULARITIES[gran_i]
+            if granularity not in granularities_of(precision):  # a float precision quantizes no weight
+                granularity = DEFAULT_GRANULARITY
             actions[name] = LayerAction(keep, precision, granularity)
         return actions, groups
 

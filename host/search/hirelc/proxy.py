@@ -1,7 +1,8 @@
 """HiReLC's two estimates of a configuration's accuracy between real fine-tunes (Sec. 3.6):
 
 - `LogitProxy`, the cold-start proxy (Eq. 23): the model with some kernels compressed (output
-  channels masked by L2 norm as in Eq. 18, weights rounded to their precision as in Eq. 19) run on
+  channels masked by L2 norm as in Eq. 18, weights rounded to their precision and granularity as
+  in Eqs. 19-20) run on
   a cached calibration set; the mean squared error of its logits against the uncompressed model's,
   divided by the mean squared logit (a relative error, so one allowance suits any model);
 - `AccuracySurrogate`, the MLP (Eq. 24): five features per kernel (bits / 32, keep-ratio, type
@@ -21,7 +22,7 @@ from torch import nn
 
 from host.compress.policy import GRANULARITIES, LayerAction
 from host.compress.prune import kept_channels
-from host.compress.quant import WeightFakeQuant
+from host.compress.quant import weight_quantizer
 from lut_store.precision import Precision
 
 _HALF = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
@@ -38,7 +39,7 @@ def compressed_weight(weight: torch.Tensor, action: LayerAction, round_to: int) 
         mask[norms.topk(kept).indices] = True
         w[~mask] = 0.0
     if action.precision in (Precision.INT8, Precision.INT4W):
-        w = WeightFakeQuant(action.precision.weight_bits)(w)
+        w = weight_quantizer(action.precision, action.granularity, w)(w).detach()
     elif action.precision in _HALF:
         w = w.to(_HALF[action.precision]).float()
     return w
