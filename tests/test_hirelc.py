@@ -207,6 +207,28 @@ def test_logit_proxy_is_zero_uncompressed_and_restores_the_weights():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
+@pytest.mark.parametrize("name", ["resnet18", "vit"])
+def test_the_proxy_replays_only_downstream_and_gets_the_full_forwards_numbers(name):
+    torch.manual_seed(0)
+    shape = (3, 64, 64)
+    model = build_model(name, 6, shape).eval()
+    names = [lim.name for lim in layer_limits(model, torch.zeros((1, *shape)))]
+    x = torch.randn(4, *shape)
+    proxy = LogitProxy(model, x, round_to=8)
+    assert proxy.replay is not None  # traced: replayed from the first changed kernel
+    for kernel in (names[0], names[len(names) // 2], names[-2]):
+        action = {kernel: LayerAction(0.5, INT4, "log")}
+        with torch.no_grad():
+            weight = dict(model.named_modules())[kernel].weight
+            original = weight.clone()
+            weight.copy_(compressed_weight(weight, action[kernel], 8))
+            full = model(x)
+            weight.copy_(original)
+        expected = float((full - proxy.reference).pow(2).mean()) / proxy.scale
+        assert proxy(action) == pytest.approx(expected, rel=1e-6) and expected > 0
+        assert torch.equal(dict(model.named_modules())[kernel].weight, original)
+
+
 def test_surrogate_waits_for_its_threshold_then_learns_the_trend():
     names = ["a", "b"]
     surrogate = AccuracySurrogate(names, min_samples=3, seed=0)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.fx
 from torch import nn
 
 from host.compress.policy import GRANULARITIES, LayerAction
@@ -45,16 +46,77 @@ def compressed_weight(weight: torch.Tensor, action: LayerAction, round_to: int) 
     return w
 
 
+def _detached(value: Any) -> Any:
+    """A copy of a node's output that later in-place operations cannot change."""
+    return value.detach().clone() if isinstance(value, torch.Tensor) else value
+
+
+class _Replay:
+    """The model as a traced graph with every node's output on the inputs cached, so a forward
+    with some kernels changed recomputes only what lies downstream of them (the same numbers as a
+    full forward, a fraction of its cost for a late block)."""
+
+    def __init__(self, model: nn.Module, inputs: torch.Tensor) -> None:
+        self.graph = torch.fx.symbolic_trace(model)
+        self.modules = dict(self.graph.named_modules())
+        self.inputs = inputs
+        self.cache: dict[torch.fx.Node, Any] = {}
+        self.reference = self.run(None)
+
+    def run(self, changed: set[str] | None) -> torch.Tensor:
+        """The logits with the kernels `changed` as they now are (None: compute and cache all)."""
+        env: dict[torch.fx.Node, Any] = {}
+        dirty: set[torch.fx.Node] = set()
+        for node in self.graph.graph.nodes:
+            if node.op == "placeholder":
+                env[node] = self.inputs
+                continue
+            stale = changed is None or any(d in dirty for d in node.all_input_nodes)
+            if changed is not None and node.op == "call_module" and node.target in changed:
+                stale = True
+            if not stale:
+                env[node] = self.cache[node]
+                continue
+            dirty.add(node)
+            # A recomputed node reads copies of cached values: an in-place operation must not change the cache.
+            args = torch.fx.node.map_arg(node.args, lambda n: env[n] if n in dirty else _detached(env[n]))
+            kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n] if n in dirty else _detached(env[n]))
+            if node.op == "output":
+                return args[0]
+            env[node] = self._call(node, args, kwargs)
+            if changed is None:
+                self.cache[node] = _detached(env[node])
+        raise ValueError("the traced model has no output")
+
+    def _call(self, node: torch.fx.Node, args: Any, kwargs: Any) -> Any:
+        if node.op == "call_module":
+            return self.modules[node.target](*args, **kwargs)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        value: Any = self.graph  # get_attr: a parameter or buffer by its dotted name
+        for part in str(node.target).split("."):
+            value = getattr(value, part)
+        return value
+
+
 class LogitProxy:
-    """The relative logit error of compressing some kernels (the rest as they are), memoised."""
+    """The relative logit error of compressing some kernels (the rest as they are), memoised. A
+    model torch.fx can trace is replayed from the first changed kernel on; any other runs whole."""
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, round_to: int) -> None:
-        self.model = model
+        self.model = model.eval()
         self.inputs = inputs
         self.round_to = round_to
-        self.modules = dict(model.named_modules())
         with torch.no_grad():
-            self.reference = model.eval()(inputs)
+            try:
+                self.replay: _Replay | None = _Replay(model, inputs)
+                self.reference = self.replay.reference
+            except (torch.fx.proxy.TraceError, TypeError, NotImplementedError):
+                self.replay = None
+                self.reference = model(inputs)
+        self.modules = self.replay.modules if self.replay else dict(model.named_modules())
         self.scale = float(self.reference.pow(2).mean()) or 1.0
         self._cache: dict[tuple, float] = {}
 
@@ -72,7 +134,7 @@ class LogitProxy:
                     weight = self.modules[name].weight
                     saved[name] = weight.detach().clone()
                     weight.copy_(compressed_weight(weight, action, self.round_to))
-                logits = self.model.eval()(self.inputs)
+                logits = self.replay.run(set(actions)) if self.replay else self.model(self.inputs)
         finally:
             with torch.no_grad():
                 for name, original in saved.items():
