@@ -159,6 +159,9 @@ def is_float(precision: Precision) -> bool:
 
 
 class HiReLCController(Controller):
+    """One cycle per episode (the module docstring); state: both tiers' ensembles, the surrogate
+    and its replay buffer, the feedback and the last consensus."""
+
     name = "hirelc"
 
     def __init__(self, space: SearchSpace, start: HiReLCStart, seed: int, constraint: Constraint | None = None) -> None:
