@@ -196,16 +196,20 @@ ABLATION_DOC = (
 # --- controllers: PPO vs HiReLC vs DQN (and random search) ------------------------------------
 
 CONTROLLERS = ("ppo", "hirelc", "dqn", "random")
+BEST_REWARD = Column("best_reward", "best reward")
+FINAL_ORT_ACCURACY = Column("test_accuracy_onnxruntime", "final test accuracy (onnxruntime)", "%")
+FINAL_SPEEDUP = Column("speedup", "final speedup", "x")
+FINAL_STORAGE_CR = Column("storage_compression_ratio", "final effective storage compression (HiReLC's CR)", "x")
 CONTROLLER_COLUMNS = (
-    Column("best_reward", "best reward"),
+    BEST_REWARD,
     Column("mean_reward", "mean reward"),
     Column("best_episode", "episode of the best (1-based)", "#"),
     Column("best_val_accuracy", "its validation accuracy", "%"),
     Column("test_accuracy", "final test accuracy (torch)", "%"),
-    Column("test_accuracy_onnxruntime", "final test accuracy (onnxruntime)", "%"),
+    FINAL_ORT_ACCURACY,
     Column("latency_ms", "final measured latency (ms)", "ms"),
-    Column("speedup", "final speedup", "x"),
-    Column("storage_compression_ratio", "final effective storage compression (HiReLC's CR)", "x"),
+    FINAL_SPEEDUP,
+    FINAL_STORAGE_CR,
 )
 
 
@@ -262,12 +266,12 @@ HIRELC_VARIANTS: dict[str, dict[str, object]] = {
     "sensitivity off": {"sensitivity": False},
 }
 HIRELC_COLUMNS = (
-    Column("best_reward", "best reward"),
+    BEST_REWARD,
     Column("best_val_accuracy", "validation accuracy of the best episode", "%"),
-    Column("test_accuracy_onnxruntime", "final test accuracy (onnxruntime)", "%"),
+    FINAL_ORT_ACCURACY,
     Column("accuracy_drop", "final drop against the FP32 baseline (onnxruntime)", "%"),
-    Column("speedup", "final speedup", "x"),
-    Column("storage_compression_ratio", "final effective storage compression (HiReLC's CR)", "x"),
+    FINAL_SPEEDUP,
+    FINAL_STORAGE_CR,
     Column("surrogate_mae", "surrogate MAE after the last cycle", "%"),
 )
 
