@@ -535,7 +535,7 @@ STUDY = {
         ),
         Study(
             "controllers",
-            "Controllers: PPO vs DQN vs random search",
+            "Controllers: PPO vs HiReLC vs DQN vs random search",
             CONTROLLERS_DOC,
             ("controller",),
             CONTROLLER_COLUMNS,
