@@ -13,6 +13,9 @@
   bf16 Conv (its probe reports bf16 unsupported).
 - int4 (weight-only): int4 weights (per-channel, opset-21 DequantizeLinear) in front of a float kernel:
   half the int8 storage (an eighth of float32); the CPU provider dequantizes them every run.
+Granularities (host/compress/policy.py): `uniform` writes one scale (a scalar) for the tensor,
+`learned` the trained per-channel scales, and an int4 `log` layer is written as 4-bit codes into its
+codebook (Cast + Gather), which onnxruntime folds into a float32 weight when the session loads.
 The torch model is exported with its fp16 and int4 weights already rounded (parametrizations
 baked), then those layers are rewritten in the ONNX graph.
 """
