@@ -298,7 +298,7 @@ def test_a_checkpoint_from_another_configuration_is_refused():
 
 def test_bad_input_is_refused():
     space = _space("resnet18")
-    assert CONTROLLERS[-3:] == ("amc", "haq", "dqn")
+    assert {"amc", "haq", "dqn"} <= set(CONTROLLERS)
     with pytest.raises(ValueError, match=r"amc prunes to a target: pass constraint=params_constraint"):
         make_controller("amc", space, PPOConfig(), 0)
     with pytest.raises(ValueError, match=r"haq .* latency budget: pass constraint=latency_constraint"):
