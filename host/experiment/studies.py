@@ -280,8 +280,8 @@ def hirelc_ablation(experiment: Experiment, seed: int, directory: Path, progress
     from host.report.load import load_run
 
     rows, runs = [], []
+    base = experiment.search.with_search(controllers=["hirelc"], seed=seed)
     for index, (variant, changes) in enumerate(HIRELC_VARIANTS.items()):
-        base = experiment.search.with_search(controllers=["hirelc"], seed=seed)
         config = replace(base, hirelc=replace(base.hirelc, **changes))
         out = directory / f"variant{index}"
         _say(progress, f"[hirelc-ablation] seed {seed}: {variant}")

@@ -260,9 +260,9 @@ class Ensemble:
 
     def learn(self, timesteps: int, cycle: int) -> None:
         """Each member trains `timesteps` more steps on its env (a fresh rollout each cycle)."""
+        if timesteps <= 0:
+            return
         for i, (member, env) in enumerate(zip(self.members, self.envs, strict=True)):
-            if timesteps <= 0:
-                continue
             with seeded(self.seed + 7919 * (cycle + 1) + 104729 * i):
                 member.learn(total_timesteps=timesteps, reset_num_timesteps=True)
             history = getattr(env, "history", [])
