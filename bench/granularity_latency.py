@@ -1,4 +1,4 @@
-"""What each weight granularity costs at run time, and what HiReLC's proxy replay saves. Prints one
+"""What each weight granularity (and fp8) costs at run time, and what HiReLC's proxy replay saves. Prints one
 JSON document.
 
 1. A model (untrained: latency does not depend on the weights' values) with every layer at one
@@ -41,6 +41,8 @@ SETTINGS = (
     (Precision.INT4W, "log"),
     (Precision.INT8, "per-channel"),
     (Precision.INT8, "uniform"),
+    (Precision.FP8, "per-channel"),
+    (Precision.FP8, "uniform"),
 )
 
 

@@ -5,8 +5,9 @@ provider may insert casts around fp32 kernels: that is measured, not hidden). bf
 with bfloat16 behind a Cast from the float32 inputs and before one back to float32 (numpy has no
 bfloat16 to feed), at opset 22 at least, where Conv takes bfloat16: an exported bf16 layer is
 built the same way. int8 runs
-onnxruntime's own static quantizer (QDQ, uint8 activations x per-channel int8 weights). int4 is
-weight-only: int4 initializers through DequantizeLinear (opset 21) in front of the operator.
+onnxruntime's own static quantizer (QDQ, uint8 activations x per-channel int8 weights). int4 and
+fp8 are weight-only: int4 or float8 E4M3 initializers (a max-abs scale per output channel) through
+a DequantizeLinear (opset 21) in front of the operator.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from lut_store.opkey import OpKey, TensorSpec, parse_ref
 
-INT4_OPSET = 21
+WEIGHT_ONLY_OPSET = 21  # int4 and float8 DequantizeLinear
 BF16_OPSET = 22
 _NP_TYPES = {
     "float32": np.float32,
@@ -225,15 +226,31 @@ def _int4_axis(node: onnx.NodeProto, input_index: int, rank: int) -> int:
     return 0
 
 
-def quantize_int4_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Replace every float weight of rank >= 2 by int4 + per-channel scale + DequantizeLinear."""
+def _int4_levels(w: np.ndarray, reduce_axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    scale = np.maximum(np.abs(w).max(axis=reduce_axes), 1e-8) / 7.0
+    return scale, np.clip(np.round(w / np.expand_dims(scale, reduce_axes)), -8, 7).astype(ml_dtypes.int4)
+
+
+def _fp8_values(w: np.ndarray, reduce_axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    scale = np.maximum(np.abs(w).max(axis=reduce_axes), 1e-12) / 448.0
+    return scale, np.clip(w / np.expand_dims(scale, reduce_axes), -448, 448).astype(ml_dtypes.float8_e4m3fn)
+
+
+_WEIGHT_ONLY = {"int4": _int4_levels, "fp8": _fp8_values}
+
+
+def quantize_weights(model: onnx.ModelProto, precision: str) -> onnx.ModelProto:
+    """Replace every float weight of rank >= 2 by int4 levels or float8 E4M3 values, a per-channel
+    scale and a DequantizeLinear (`precision`: "int4" or "fp8")."""
     from onnx import version_converter
 
-    if model.opset_import[0].version < INT4_OPSET:
+    if model.opset_import[0].version < WEIGHT_ONLY_OPSET:
         try:
-            model = version_converter.convert_version(model, INT4_OPSET)
+            model = version_converter.convert_version(model, WEIGHT_ONLY_OPSET)
         except Exception as exc:  # the converter raises bare RuntimeErrors of several kinds
-            raise KeyUnsupported(f"int4: cannot move the graph to opset {INT4_OPSET}: {_first_line(exc)}") from None
+            raise KeyUnsupported(
+                f"{precision}: cannot move the graph to opset {WEIGHT_ONLY_OPSET}: {_first_line(exc)}"
+            ) from None
     inits = {t.name: t for t in model.graph.initializer}
     new_nodes, replaced = [], {}
     for node in model.graph.node:
@@ -243,22 +260,18 @@ def quantize_int4_weights(model: onnx.ModelProto) -> onnx.ModelProto:
                 continue
             w = numpy_helper.to_array(t)
             axis = _int4_axis(node, idx, w.ndim)
-            reduce_axes = tuple(a for a in range(w.ndim) if a != axis)
-            scale = np.maximum(np.abs(w).max(axis=reduce_axes), 1e-8) / 7.0
-            shape = [1] * w.ndim
-            shape[axis] = -1
-            q = np.clip(np.round(w / scale.reshape(shape)), -8, 7).astype(ml_dtypes.int4)
+            scale, q = _WEIGHT_ONLY[precision](w, tuple(a for a in range(w.ndim) if a != axis))
             model.graph.initializer.remove(t)
             model.graph.initializer.extend(
                 [
-                    numpy_helper.from_array(q, f"{name}_q4"),
+                    numpy_helper.from_array(q, f"{name}_{precision}"),
                     numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"),
                 ]
             )
             new_nodes.append(
                 helper.make_node(
                     "DequantizeLinear",
-                    [f"{name}_q4", f"{name}_scale"],
+                    [f"{name}_{precision}", f"{name}_scale"],
                     [f"{name}_dq"],
                     name=f"{name}_dequant",
                     axis=axis,
@@ -266,7 +279,7 @@ def quantize_int4_weights(model: onnx.ModelProto) -> onnx.ModelProto:
             )
             replaced[name] = f"{name}_dq"
     if not replaced:
-        raise KeyUnsupported("int4 is weight-only, and this kernel has no float weight of rank >= 2")
+        raise KeyUnsupported(f"{precision} is weight-only, and this kernel has no float weight of rank >= 2")
     for node in model.graph.node:
         for idx, name in enumerate(node.input):
             if name in replaced:
@@ -284,8 +297,8 @@ def build_model(key: OpKey, max_tensor_elements: int, seed: int = 0) -> onnx.Mod
     model = build_float_model(key, rng)
     if key.precision == "int8":
         return quantize_int8(model, rng)
-    if key.precision == "int4":
-        return quantize_int4_weights(model)
+    if key.precision in _WEIGHT_ONLY:
+        return quantize_weights(model, key.precision)
     if key.precision == "bf16":
         return to_bfloat16(model)
     return model

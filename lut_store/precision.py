@@ -12,8 +12,9 @@ class Precision(str, Enum):
     """A precision the pipeline runs. Each member is also its key string (`Precision.INT8 ==
     "int8"`), so policy documents, op keys and their hashes read as they always did, and
     `Precision("int8")` parses one (an unknown name is a ValueError listing the allowed ones).
-    bf16 runs where a runtime executes it (OpenVINO on CPUs with AVX-512 BF16 or AMX); the device
-    probe says where it does not."""
+    bf16 runs where a runtime executes it (OpenVINO on CPUs with AVX-512 BF16 or AMX), fp8 (E4M3
+    weights through a DequantizeLinear) where the runtime accepts float8 tensors; the device probe
+    says where either does not."""
 
     # name in keys and documents, weight storage bits, activations' number type, wire enum
     FP32 = ("fp32", 32, "fp32", common_pb2.PRECISION_FP32)
@@ -21,6 +22,7 @@ class Precision(str, Enum):
     BF16 = ("bf16", 16, "bf16", common_pb2.PRECISION_BF16)
     INT8 = ("int8", 8, "int8", common_pb2.PRECISION_INT8)  # W8A8: activations quantized too
     INT4W = ("int4", 4, "fp32", common_pb2.PRECISION_INT4)  # weight-only: float activations
+    FP8 = ("fp8", 8, "fp32", common_pb2.PRECISION_FP8)  # E4M3 weights, weight-only
 
     weight_bits: int  # bits per stored weight
     proto: int  # the common_pb2.Precision value
@@ -65,6 +67,6 @@ class Precision(str, Enum):
 
 
 def device_precisions(info: agent_pb2.DeviceInfo) -> tuple[Precision, ...]:
-    """The precisions a device's probe found running, widest first (declaration order)."""
+    """The precisions a device's probe found running, in declaration order (the wire's)."""
     runs = {Precision.from_proto(p.precision) for p in info.precisions if p.supported}
     return tuple(p for p in Precision if p in runs)

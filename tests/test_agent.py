@@ -82,13 +82,13 @@ def test_profile_measures_every_required_kernel(client):
 def test_precisions_are_measured_or_reported_unsupported(client):
     conv = ops.conv(NCHW(1, 32, 16, 16), ConvSpec(32, 3), fuse=("relu",))
     relu = ops.elementwise("Relu", (1, 32, 16, 16))
-    keys = [OpKey(conv.inputs, conv.nodes, p) for p in ("fp32", "fp16", "int8", "int4")]
-    keys.append(OpKey(relu.inputs, relu.nodes, "int4"))
+    keys = [OpKey(conv.inputs, conv.nodes, p) for p in ("fp32", "fp16", "int8", "int4", "fp8")]
+    keys += [OpKey(relu.inputs, relu.nodes, p) for p in ("int4", "fp8")]
     results = list(client.profile(keys))
-    assert all(r.WhichOneof("outcome") == "stats" for r in results[:4]), [r.error.message for r in results]
-    assert len({r.key_hash for r in results}) == 5
-    assert results[4].error.code == KeyError_.CODE_UNSUPPORTED
-    assert "weight-only" in results[4].error.message
+    assert all(r.WhichOneof("outcome") == "stats" for r in results[:5]), [r.error.message for r in results]
+    assert len({r.key_hash for r in results}) == 7
+    assert [r.error.code for r in results[5:]] == [KeyError_.CODE_UNSUPPORTED] * 2
+    assert "int4 is weight-only" in results[5].error.message and "fp8 is weight-only" in results[6].error.message
 
 
 def test_bad_keys_get_precise_errors_and_the_batch_goes_on(client):

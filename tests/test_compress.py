@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 
+import ml_dtypes
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -336,6 +337,31 @@ def test_each_granularity_quantizes_as_defined():
         WeightFakeQuant(4, "log")
 
 
+def test_fp8_rounds_each_channel_onto_e4m3_as_the_export_and_the_runtime_do():
+    """Closed form: a row's max-abs maps to 448, E4M3's largest value; a ratio rounds to the nearest
+    E4M3 value (3 mantissa bits: a spacing of 32 between 256 and 448, 2^-9 at the bottom of the
+    subnormals), ties to even; numpy's ml_dtypes cast agrees bit for bit."""
+    from host.compress.quant import Fp8WeightFakeQuant
+
+    w = torch.tensor([[448.0, 300.0, -272.0, 1.0 / 1024], [2.0, -0.5, 0.01, 0.0]])
+    q = Fp8WeightFakeQuant("per-channel")(w)
+    assert q[0].tolist() == [448.0, 288.0, -256.0, 0.0]  # 300 -> 288; a tie (272) -> even (256); 2^-10 -> 0
+    step = 2.0 / 448  # row 1: 2.0 -> 448; 0.01 -> 2.24 -> 2.25 (a spacing of 1/4 between 2 and 4)
+    assert torch.allclose(q[1], torch.tensor([448.0, -112.0, 2.25, 0.0]) * step)
+    x = torch.randn(64, 9) * 3
+    fq = Fp8WeightFakeQuant("per-channel")
+    scale = fq.scale(x).reshape(-1, 1)
+    numpy_cast = (x / scale).numpy().astype(ml_dtypes.float8_e4m3fn).astype(np.float32)
+    assert torch.equal(fq(x), torch.from_numpy(numpy_cast) * scale)
+    one_scale = Fp8WeightFakeQuant("uniform")
+    assert torch.equal(one_scale.scale(x), torch.full((64,), float(x.abs().max()) / 448))
+    grad = torch.zeros_like(x, requires_grad=True)
+    (fq(x + grad) * 2).sum().backward()
+    assert torch.equal(grad.grad, torch.full_like(x, 2.0))  # straight through
+    with pytest.raises(ValueError, match="fp8 takes uniform or per-channel"):
+        Fp8WeightFakeQuant("log")
+
+
 @pytest.mark.parametrize(
     ("precision", "granularity", "weight_type"),
     [
@@ -344,11 +370,13 @@ def test_each_granularity_quantizes_as_defined():
         (Precision.INT4W, "uniform", onnx.TensorProto.INT4),
         (Precision.INT4W, "learned", onnx.TensorProto.INT4),
         (Precision.INT4W, "log", onnx.TensorProto.UINT4),
+        (Precision.FP8, "uniform", onnx.TensorProto.FLOAT8E4M3FN),
+        (Precision.FP8, "per-channel", onnx.TensorProto.FLOAT8E4M3FN),
     ],
 )
 def test_each_granularity_exports_what_torch_computes(tmp_path, precision, granularity, weight_type):
-    """The exported file stores the low-bit weights (int8/int4 levels, or 4-bit codes into a log
-    codebook) and onnxruntime computes what the fake-quantized torch model does; the kernels'
+    """The exported file stores the low-bit weights (int8/int4 levels, float8 E4M3 values, or 4-bit
+    codes into a log codebook) and onnxruntime computes what the fake-quantized torch model does; the kernels'
     keys say what runs (a log layer: a float kernel, its codebook folded at load)."""
     from host.compress.apply import random_calibration, student_of
     from host.compress.export import export_policy_model
@@ -368,7 +396,8 @@ def test_each_granularity_exports_what_torch_computes(tmp_path, precision, granu
     path = tmp_path / "m.onnx"
     exported = export_policy_model(student.eval(), policy, path, (10,))
     graph = onnx.load(path)
-    suffix = {"log": "_weight_codes"}.get(granularity, "_weight_q" if precision is Precision.INT8 else "_weight_int4")
+    stored_as = "_weight_q" if precision is Precision.INT8 else f"_weight_{precision}"
+    suffix = {"log": "_weight_codes"}.get(granularity, stored_as)
     stored = [t for t in graph.graph.initializer if t.name.endswith(suffix)]
     assert len(stored) == len(names) and {t.data_type for t in stored} == {weight_type}
     assert not any(t.data_type == onnx.TensorProto.FLOAT and t.dims == [256, 10] for t in graph.graph.initializer)
@@ -575,8 +604,8 @@ def test_mixed_precision_export_runs_each_layer_at_its_precision(tmp_path):
     torch.manual_seed(0)
     model = build_model("resnet18", 6, (3, 64, 64))
     names = [lim.name for lim in layer_limits(model, EX)]
-    mix = (Precision.INT4W, Precision.FP16, Precision.INT8, Precision.FP32)
-    policy = Policy("resnet18", {n: LayerAction(1.0, mix[i % 4]) for i, n in enumerate(names)})
+    mix = (Precision.INT4W, Precision.FP16, Precision.INT8, Precision.FP32, Precision.FP8)
+    policy = Policy("resnet18", {n: LayerAction(1.0, mix[i % 5]) for i, n in enumerate(names)})
     fold_batchnorm(model)
     apply_fake_quant(model, policy)
     model.train()
@@ -585,10 +614,11 @@ def test_mixed_precision_export_runs_each_layer_at_its_precision(tmp_path):
     path = tmp_path / "mixed.onnx"
     exported = export_policy_model(model, policy, path, (3, 64, 64))
     assert exported.layers_per_precision == {
-        Precision.INT4W: 6,
-        Precision.INT8: 5,
-        Precision.FP16: 5,
-        Precision.FP32: 5,
+        Precision.INT4W: 5,
+        Precision.INT8: 4,
+        Precision.FP16: 4,
+        Precision.FP32: 4,
+        Precision.FP8: 4,
         Precision.BF16: 0,
     }
     graph = onnx.load(path)
@@ -598,9 +628,10 @@ def test_mixed_precision_export_runs_each_layer_at_its_precision(tmp_path):
     assert all(compute.get(node) in ("Conv", "Gemm") for node in exported.layer_nodes.values())
     assert compute[exported.layer_nodes["fc"]] == "Gemm"
     types = collections.Counter(t.data_type for t in graph.graph.initializer)
-    assert types[onnx.TensorProto.INT4] == 6 and graph.opset_import[0].version == 21
-    assert types[onnx.TensorProto.FLOAT16] >= 5
-    assert sum(n.op_type == "Cast" and n.name.endswith(("_to_fp16", "_to_fp32")) for n in graph.graph.node) == 2 * 5
+    assert types[onnx.TensorProto.INT4] == 5 and graph.opset_import[0].version == 21
+    assert types[onnx.TensorProto.FLOAT8E4M3FN] == 4
+    assert types[onnx.TensorProto.FLOAT16] >= 4
+    assert sum(n.op_type == "Cast" and n.name.endswith(("_to_fp16", "_to_fp32")) for n in graph.graph.node) == 2 * 4
     assert model.conv1.weight.shape == (64, 3, 7, 7)  # the torch model is left as it was
     x = torch.randn(4, 3, 64, 64)
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]

@@ -36,7 +36,7 @@ from tests.helpers import small_cnn
 from tests.test_store import FP, FP2, ok_entry, sealed_version
 from tests.test_store import KEYS as STORE_KEYS
 
-PRECISIONS = st.sampled_from(["fp32", "fp16", "int8", "int4"])
+PRECISIONS = st.sampled_from(["fp32", "fp16", "int8", "int4", "fp8"])
 SMALL = st.integers(1, 12)
 
 

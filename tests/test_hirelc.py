@@ -14,13 +14,14 @@ import pytest
 import torch
 from torch import nn
 
-from host.compress.policy import LayerAction, Policy, granularities_of, validate
+from host.compress.policy import GRANULARITIES, LayerAction, Policy, granularities_of, validate
 from host.compress.prune import layer_limits
 from host.models import build_model
 from host.search.evaluate import EpisodeResult
 from host.search.hirelc import equations as eq
+from host.search.hirelc.agents import LayerBudget
 from host.search.hirelc.blocks import Block, find_blocks, fisher_sensitivity
-from host.search.hirelc.controller import HiReLCConfig, HiReLCController, HiReLCStart, check_allowed_drop
+from host.search.hirelc.controller import TYPES, HiReLCConfig, HiReLCController, HiReLCStart, check_allowed_drop
 from host.search.hirelc.proxy import AccuracySurrogate, LogitProxy, compressed_weight, kernel_features
 from host.search.loop import RewardReference, one_by_one, run_episodes
 from host.search.reward import RewardConfig
@@ -322,6 +323,26 @@ def test_granularities_are_chosen_where_the_precision_exports_them():
         for action in free.propose(episode).layers.values():
             assert action.granularity in granularities_of(action.precision)
         free.observe(1.0, _device(free.open[0][1], episode))
+
+
+def test_the_float_type_at_8_bits_is_fp8_where_the_device_runs_it():
+    """A kernel's (bit level, type, granularity) decodes to the nearest precision of that type: at 8
+    bits FLOAT is fp8 (uniform or per-channel as chosen; a log choice falls back to the default)
+    and INT is int8; without fp8, FLOAT at 8 bits is fp16."""
+    eight = LayerBudget(0.25, (8.0, 8.0), (1.0, 1.0), 0.02, "auto")
+    float_, int_ = TYPES.index("float"), TYPES.index("int")
+    for precisions, floating in (((FP32, FP16, INT8, INT4, Precision.FP8), Precision.FP8), ((FP32, FP16, INT8), FP16)):
+        _, space, start = _mlp_setup(precisions=precisions, cycles=1)
+        controller = HiReLCController(space, start, seed=0)
+        block = start.blocks[0]
+        for type_i, gran, expected in (
+            (float_, "uniform", (floating, "uniform" if floating is Precision.FP8 else "per-channel")),
+            (float_, "log", (floating, "per-channel")),
+            (int_, "uniform", (INT8, "uniform")),
+        ):
+            action = [0, 0, type_i, GRANULARITIES.index(gran)] * len(block.kernels)
+            actions, _ = controller._decode(block, action, eight, {})
+            assert {(a.precision, a.granularity) for a in actions.values()} == {expected}
 
 
 def test_ablation_switches_change_the_search():

@@ -107,6 +107,23 @@ def test_an_fp16_layer_behind_an_int8_layer_is_fp16(tmp_path):
     assert fp16.precision == "fp16" and fp16.neighbors.startswith("in:int8|")
 
 
+@pytest.mark.parametrize("precision", ["int4", "fp8"])
+def test_a_weight_only_kernel_keys_as_the_type_of_its_stored_weight(precision):
+    """The agent's kernel at a weight-only precision keys as that precision (its weight type behind
+    a DequantizeLinear says which); a float8 type other than E4M3FN is named, not keyed as fp32."""
+    from device_agent.opgraph import build_model
+    from lut_store.keys.ops import NCHW, ConvSpec, conv
+
+    model = build_model(conv(NCHW(1, 16, 8, 8), ConvSpec(16, 3), fuse=("relu",), precision=precision), 1 << 24)
+    (kernel,) = model_kernels(model).kernels
+    assert kernel.key.precision == precision
+    weight = next(t for t in model.graph.initializer if t.name.endswith(f"_{precision}"))
+    if precision == "fp8":
+        weight.data_type = TensorProto.FLOAT8E5M2  # the same bytes, read as another float8
+        with pytest.raises(UnsupportedModel, match="FLOAT8E5M2.*only float8 weights a key describes are FLOAT8E4M3FN"):
+            model_kernels(model)
+
+
 def test_in_model_keys_round_trip_and_isolated_hashes_are_unchanged(models):
     key = model_kernels(onnx.load(models["mobilenetv2_mixed"])).kernels[3].key
     assert OpKey.from_proto(key.to_proto()) == key and OpKey.from_json(key.canonical_json()).hash == key.hash

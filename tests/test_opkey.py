@@ -38,6 +38,7 @@ def test_attribute_order_and_float_precision_do_not_change_the_hash():
         ops.conv(NCHW(2, 32, 15, 15), ConvSpec(32, 3, stride=2, groups=32), fuse=("relu",), precision="int8"),
         ops.gemm(1, 512, 6, precision="fp16"),
         ops.matmul((1, 128), (128, 64), precision="int4"),
+        ops.gemm(1, 64, 10, precision="fp8"),
         ops.pool("max", NCHW(1, 64, 32, 32), 3, stride=2, padding=1),
         ops.concat([(1, 32, 8, 8), (1, 16, 8, 8)]),
         OpKey((TensorSpec((2, 6)), TensorSpec((2,), "int64", "constant", (3, 4))), (OpNode("Reshape", ("i0", "i1")),)),

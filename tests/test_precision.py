@@ -13,7 +13,7 @@ from protos.hadmc.v1 import agent_pb2, common_pb2
 
 
 def test_a_precision_is_its_key_string():
-    assert [p.value for p in Precision] == ["fp32", "fp16", "bf16", "int8", "int4"]
+    assert [p.value for p in Precision] == ["fp32", "fp16", "bf16", "int8", "int4", "fp8"]
     assert Precision.INT8 == "int8" and Precision("int4") is Precision.INT4W
     assert json.dumps({"precision": Precision.INT4W}) == '{"precision": "int4"}'
     assert f"{Precision.FP16:<6}|" == "fp16  |" and str(Precision.INT4W) == "int4"
@@ -28,15 +28,16 @@ def test_op_key_hashes_do_not_change_with_the_type():
 
 
 def test_each_precision_says_what_it_stores_and_computes_in():
-    assert [p.weight_bits for p in Precision] == [32, 16, 16, 8, 4]
+    assert [p.weight_bits for p in Precision] == [32, 16, 16, 8, 4, 8]
     assert [p.activations for p in Precision] == [
         Precision.FP32,
         Precision.FP16,
         Precision.BF16,
         Precision.INT8,
         Precision.FP32,
+        Precision.FP32,
     ]
-    assert [p for p in Precision if p.weight_only] == [Precision.INT4W]
+    assert [p for p in Precision if p.weight_only] == [Precision.INT4W, Precision.FP8]
 
 
 def test_the_wire_enum_both_ways():
@@ -46,13 +47,13 @@ def test_the_wire_enum_both_ways():
         Precision.from_proto(common_pb2.PRECISION_UNSPECIFIED)
 
 
-@pytest.mark.parametrize("name", ["int16", "INT8", 8, "fp8"])
+@pytest.mark.parametrize("name", ["int16", "INT8", 8, "fp8_e5m2"])
 def test_an_unknown_name_lists_the_allowed_ones(name):
-    with pytest.raises(ValueError, match=r"unknown precision .*; allowed: fp32, fp16, bf16, int8, int4"):
+    with pytest.raises(ValueError, match=r"unknown precision .*; allowed: fp32, fp16, bf16, int8, int4, fp8"):
         Precision(name)
 
 
-def test_the_device_probe_gives_its_running_precisions_widest_first():
+def test_the_device_probe_gives_its_running_precisions_in_declaration_order():
     info = agent_pb2.DeviceInfo()
     for p, supported in ((Precision.INT8, True), (Precision.INT4W, False), (Precision.FP32, True)):
         info.precisions.add(precision=p.proto, supported=supported)

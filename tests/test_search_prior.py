@@ -68,6 +68,21 @@ def test_when_size_counts_a_smaller_precision_stays_and_a_device_with_fp16_kerne
     assert narrowed.allowed[0] == (INT8, FP16, FP32)  # int8 is 12% faster than fp16, fp16 more precise: both stay
 
 
+def test_fp8_stays_only_where_it_is_faster_than_int8_even_when_size_counts():
+    """fp8 stores as many bits as int8: dequantized every run (a CPU provider) it is dominated
+    wherever int8 runs; on a device whose FP8 kernels beat int8 it stays."""
+    net = build_model("mlp", 2, (30,))
+    example = torch.zeros((1, 30))
+    space = SearchSpace("mlp", describe_layers(net, example), (FP32, INT8, Precision.FP8))
+    counter = ParamCounter(net, example)
+    cpu = {FP32: CPU[FP32], INT8: CPU[INT8], Precision.FP8: (1.4, 2.7, 0.19)}
+    sized = lut_choices(space, _estimator(space, counter, cpu), counter, size_matters=True)
+    assert all(Precision.FP8 not in allowed for allowed in sized.allowed)
+    fp8_kernels = {FP32: (1.0, 1.0, 1.0), INT8: (0.5, 0.5, 0.5), Precision.FP8: (0.3, 0.3, 0.3)}
+    kept = lut_choices(space, _estimator(space, counter, fp8_kernels), counter, size_matters=True)
+    assert all(allowed[0] is Precision.FP8 for allowed in kept.allowed)
+
+
 def test_every_controller_keeps_to_the_allowed_precisions():
     space, counter = _mlp()
     narrowed = lut_choices(space, _estimator(space, counter, CPU), counter, size_matters=False)

@@ -39,7 +39,7 @@ from lut_store.precision import Precision
 
 log = structlog.get_logger(__name__)
 
-INT4_OPSET = 21
+WEIGHT_ONLY_OPSET = 21  # int4 and float8 DequantizeLinear
 BF16_OPSET = 22
 _HALF = {Precision.FP16: TensorProto.FLOAT16, Precision.BF16: TensorProto.BFLOAT16}
 
@@ -68,7 +68,7 @@ def _plain(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def _export_copy(model: torch.nn.Module, policy: Policy) -> torch.nn.Module:
-    """A copy whose fp16, bf16 and int4 layers are plain modules with their rounded weights (removing a
+    """A copy whose fp16, bf16, int4 and fp8 layers are plain modules with their rounded weights (removing a
     parametrization from a deep copy would remove it from the original's shared class too), and
     without the clipping activations an int8 layer's output quantizer already enforces.
 
@@ -88,7 +88,7 @@ def _export_copy(model: torch.nn.Module, policy: Policy) -> torch.nn.Module:
         setattr(clone.get_submodule(parent_name) if parent_name else clone, attr, module)
 
     for name, action in policy.layers.items():
-        if action.precision in (Precision.FP16, Precision.BF16, Precision.INT4W):
+        if action.precision in (Precision.FP16, Precision.BF16, Precision.INT4W, Precision.FP8):
             replace(name, _plain(clone.get_submodule(name)))
         elif action.precision is Precision.INT8 and getattr(clone.get_submodule(name), "redundant_activation", None):
             replace(clone.get_submodule(name).redundant_activation, torch.nn.Identity())
@@ -253,24 +253,34 @@ def _feed_weight(model: onnx.ModelProto, node: onnx.NodeProto, made: onnx.NodePr
     node.input[1] = made.output[0]
 
 
-def _to_int4(model: onnx.ModelProto, node: onnx.NodeProto, quantizer: torch.nn.Module, weight: torch.Tensor) -> None:
-    """int4 levels through a DequantizeLinear: per output channel at the quantizer's scales, or one
-    scale for the tensor (uniform)."""
+def _to_weight_only(
+    model: onnx.ModelProto, node: onnx.NodeProto, quantizer: torch.nn.Module, weight: torch.Tensor, precision: Precision
+) -> None:
+    """int4 levels or float8 E4M3 values through a DequantizeLinear: per output channel at the
+    quantizer's scales, or one scale for the tensor (uniform)."""
     w, axis = _graph_weight(model, node)
     scale = quantizer.scale(weight).detach().numpy().astype(np.float32)
     per_tensor = quantizer.granularity == "uniform"
     shape = [1] * w.ndim
     shape[axis] = -1
     step = scale[0] if per_tensor else scale.reshape(shape)
-    q = np.clip(np.round(w / step), -8, 7).astype(ml_dtypes.int4)
+    if precision is Precision.FP8:
+        # The weight is already on the grid: the ratio is an E4M3 value up to float rounding.
+        q = np.clip(w / step, -quantizer.E4M3_MAX, quantizer.E4M3_MAX).astype(ml_dtypes.float8_e4m3fn)
+    else:
+        q = np.clip(np.round(w / step), -8, 7).astype(ml_dtypes.int4)
     base = f"{node.name}_weight"
     attrs = {} if per_tensor else {"axis": axis}
     inits = [
-        numpy_helper.from_array(q, f"{base}_int4"),
+        numpy_helper.from_array(q, f"{base}_{precision.value}"),
         numpy_helper.from_array(np.asarray(step if per_tensor else scale), f"{base}_scale"),
     ]
     made = helper.make_node(
-        "DequantizeLinear", [f"{base}_int4", f"{base}_scale"], [f"{base}_dq"], name=f"{node.name}_dequant_int4", **attrs
+        "DequantizeLinear",
+        [f"{base}_{precision.value}", f"{base}_scale"],
+        [f"{base}_dq"],
+        name=f"{node.name}_dequant_{precision.value}",
+        **attrs,
     )
     _feed_weight(model, node, made, inits)
 
@@ -382,7 +392,7 @@ def export_policy_model(
     layers = {p: {n for n, a in policy.layers.items() if a.precision is p} for p in Precision}
     export_onnx(_export_copy(model, policy), path, input_shape, opset)
     graph = onnx.load(path)
-    needs = {Precision.INT4W: INT4_OPSET, Precision.BF16: BF16_OPSET}
+    needs = {Precision.INT4W: WEIGHT_ONLY_OPSET, Precision.FP8: WEIGHT_ONLY_OPSET, Precision.BF16: BF16_OPSET}
     opset_needed = max((opset for p, opset in needs.items() if layers[p]), default=0)
     if graph.opset_import[0].version < opset_needed:
         graph = version_converter.convert_version(graph, opset_needed)
@@ -393,10 +403,13 @@ def export_policy_model(
     for precision in _HALF:
         for name in layers[precision]:
             _to_half(graph, nodes[name], precision)
-    for name in layers[Precision.INT4W]:
-        weight = modules[name].parametrizations.weight
-        convert = _to_codebook if weight[0].granularity == "log" else _to_int4
-        convert(graph, nodes[name], weight[0], weight.original)
+    for precision in (Precision.INT4W, Precision.FP8):
+        for name in layers[precision]:
+            weight = modules[name].parametrizations.weight
+            if weight[0].granularity == "log":
+                _to_codebook(graph, nodes[name], weight[0], weight.original)
+            else:
+                _to_weight_only(graph, nodes[name], weight[0], weight.original, precision)
     _prune_unused(graph)
     onnx.checker.check_model(graph)
     onnx.save(graph, path)

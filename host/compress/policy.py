@@ -23,13 +23,19 @@ DEFAULT_GRANULARITY = "per-channel"
 _QUANTIZED = {
     Precision.INT8: ("uniform", "per-channel", "learned"),  # QLinearConv needs a linear grid
     Precision.INT4W: GRANULARITIES,  # weight-only: a log grid exports as a codebook
+    Precision.FP8: ("uniform", "per-channel"),  # a max-abs scale onto E4M3's own (float) grid
 }
 
 
 def granularities_of(precision: Precision) -> tuple[str, ...]:
-    """The granularities a precision exports; a float precision quantizes no weight and takes only
+    """The granularities a precision exports; fp32, fp16 and bf16 quantize no weight and take only
     the default."""
     return _QUANTIZED.get(precision, (DEFAULT_GRANULARITY,))
+
+
+def quantizes_weights(precision: Precision) -> bool:
+    """Whether a layer at `precision` has a weight quantizer (a scale, a granularity)."""
+    return precision in _QUANTIZED
 
 
 class PolicyError(ValueError):

@@ -7,6 +7,8 @@
   QuantizeLinear / DequantizeLinear pairs that onnxruntime fuses into QLinearConv / QGemm.
 - int4 (weight-only): weights symmetric in [-7, 7] by the same granularities, or on a log grid
   (`LogWeightFakeQuant`), activations in float.
+- fp8 (weight-only): weights over a max-abs scale (per output channel or per tensor) rounded to
+  float8 E4M3 (`Fp8WeightFakeQuant`), activations in float.
 - fp16, bf16: weights and inputs rounded through float16 or bfloat16.
 - fp32: untouched.
 Gradients pass straight through the rounding (torch's fake-quantize ops implement the STE).
@@ -41,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from host.compress.policy import Policy
+from host.compress.policy import Policy, quantizes_weights
 from lut_store.precision import Precision
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -90,6 +92,35 @@ class WeightFakeQuant(nn.Module):
         return torch.fake_quantize_per_channel_affine(w, self.scale(w).detach(), zero, 0, -self.qmax - 1, self.qmax)
 
 
+class Fp8WeightFakeQuant(nn.Module):
+    """float8 E4M3 (FN) fake quantization of a weight: each output channel's (uniform: the tensor's)
+    max-abs maps to E4M3's largest value, 448, and the weight over its scale is rounded to the
+    nearest E4M3 value (ties to even, as the export's and the runtime's casts round). Gradients
+    pass straight through."""
+
+    E4M3_MAX = 448.0
+
+    def __init__(self, granularity: str = "per-channel") -> None:
+        super().__init__()
+        if granularity not in ("uniform", "per-channel"):
+            raise ValueError(f"granularity {granularity!r}: fp8 takes uniform or per-channel")
+        self.granularity = granularity
+
+    def scale(self, w: torch.Tensor) -> torch.Tensor:
+        """One scale per output channel (uniform: the tensor's, repeated)."""
+        if self.granularity == "uniform":
+            return (w.detach().abs().max() / self.E4M3_MAX).clamp(min=1e-12).expand(w.shape[0])
+        return (w.detach().abs().amax(dim=tuple(range(1, w.dim()))) / self.E4M3_MAX).clamp(min=1e-12)
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        step = self.scale(w).reshape((-1,) + (1,) * (w.dim() - 1))
+        ratio = (w / step).clamp(-self.E4M3_MAX, self.E4M3_MAX)
+        return ratio.to(torch.float8_e4m3fn).to(w.dtype) * step
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w + (self.quantize(w.detach()) - w).detach()
+
+
 class LogWeightFakeQuant(nn.Module):
     """Log-domain fake quantization: magnitudes rounded to powers of two of the tensor's max-abs
     scale s, s * 2^-k for k in 0 .. 2^(bits-1) - 2, signs kept, exact zeros zero: 2^bits - 1
@@ -131,7 +162,9 @@ class HalfRound(nn.Module):
 
 
 def weight_quantizer(precision: Precision, granularity: str, weight: torch.Tensor) -> nn.Module:
-    """The fake quantizer of an int8 or int4 layer's weight at `granularity`."""
+    """The fake quantizer of an int8, int4 or fp8 layer's weight at `granularity`."""
+    if precision is Precision.FP8:
+        return Fp8WeightFakeQuant(granularity)
     if granularity == "log":
         return LogWeightFakeQuant(precision.weight_bits)
     return WeightFakeQuant(precision.weight_bits, granularity, weight)
@@ -368,7 +401,7 @@ def apply_fake_quant(model: nn.Module, policy: Policy) -> nn.Module:
     plan = _plan_int8(model, int8) if int8 else []
     for name, action in policy.layers.items():
         module = modules[name]
-        if action.precision in (Precision.INT8, Precision.INT4W):
+        if quantizes_weights(action.precision):
             quantizer = weight_quantizer(action.precision, action.granularity, module.weight)
             parametrize.register_parametrization(module, "weight", quantizer)
         elif action.precision in _HALF_TYPES:

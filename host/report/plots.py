@@ -22,6 +22,7 @@ PRECISION_COLOURS = {
     Precision.BF16: "#2ca02c",
     Precision.INT8: "#1f77b4",
     Precision.INT4W: "#d62728",
+    Precision.FP8: "#ff7f0e",
 }
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
 DPI = 110

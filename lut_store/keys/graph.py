@@ -4,9 +4,10 @@ One function for host and agent, so their keys cannot drift apart. A kernel is a
 operator (the anchor: Conv, Gemm, MatMul, a pool, ...) with what the runtime fuses into it: the
 QuantizeLinear/DequantizeLinear/Cast that set its precision, the weight's constant subgraph, and
 an epilogue of element-wise ops (batch-norm, add, relu, clip, ...). Its key is the float chain of
-operators plus the precision it runs at (int8 when it reads a DequantizeLinear's output, int4 when
-its weight is an int4 tensor, fp16 when its input is float16, also when a Cast turns a quantized
-neighbour's output into float16), so the agent can also build it on its own.
+operators plus the precision it runs at (int8 when it reads a DequantizeLinear's output, int4 or
+fp8 when its weight is an int4 or float8 E4M3 tensor behind a DequantizeLinear, fp16 when its
+input is float16, also when a Cast turns a quantized neighbour's output into float16), so the
+agent can also build it on its own.
 
 `attribute_nodes` maps the nodes a runtime executes (onnxruntime's optimized graph, fused and
 re-laid-out: FusedConv, QLinearConv, NCHWc Conv, inserted reorders and transposes; or OpenVINO's
@@ -79,6 +80,12 @@ _NP_TO_DTYPE = {
 _MAX_CONSTANT_VALUES = 64
 # A kernel reading a 16-bit float computes at that precision.
 _HALF_PRECISIONS = {onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}
+_OTHER_FLOAT8 = {
+    onnx.TensorProto.FLOAT8E4M3FNUZ,
+    onnx.TensorProto.FLOAT8E5M2,
+    onnx.TensorProto.FLOAT8E5M2FNUZ,
+    onnx.TensorProto.FLOAT8E8M0,
+}
 _TOKEN_SUFFIX = re.compile(r"(_token_\d+)+$")
 
 
@@ -328,8 +335,16 @@ def _precision(g: _Graph, unit: list[int], anchor: onnx.NodeProto) -> str:
     if len(anchor.input) > 1 and anchor.input[1] in g.producer:
         w = g.nodes[g.producer[anchor.input[1]]]
         if w.op_type == "DequantizeLinear" and w.input[0] in g.init:
-            if g.init[w.input[0]].data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+            stored = g.init[w.input[0]].data_type
+            if stored in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
                 return "int4"
+            if stored == onnx.TensorProto.FLOAT8E4M3FN:
+                return "fp8"
+            if stored in _OTHER_FLOAT8:
+                raise UnsupportedModel(
+                    f"{anchor.op_type} node {anchor.name!r}: its weight is {onnx.TensorProto.DataType.Name(stored)}; "
+                    "the only float8 weights a key describes are FLOAT8E4M3FN (fp8)"
+                )
     elem = g.types[data].elem_type if data and g.types.get(data) is not None else None
     return _HALF_PRECISIONS.get(elem, "fp32")
 

@@ -21,7 +21,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from host.compress.policy import GRANULARITIES, LayerAction
+from host.compress.policy import GRANULARITIES, LayerAction, quantizes_weights
 from host.compress.prune import kept_channels
 from host.compress.quant import weight_quantizer
 from lut_store.precision import Precision
@@ -39,7 +39,7 @@ def compressed_weight(weight: torch.Tensor, action: LayerAction, round_to: int) 
         mask = torch.zeros(w.shape[0], dtype=torch.bool)
         mask[norms.topk(kept).indices] = True
         w[~mask] = 0.0
-    if action.precision in (Precision.INT8, Precision.INT4W):
+    if quantizes_weights(action.precision):
         w = weight_quantizer(action.precision, action.granularity, w)(w).detach()
     elif action.precision in _HALF:
         w = w.to(_HALF[action.precision]).float()

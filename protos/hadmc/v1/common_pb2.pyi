@@ -15,6 +15,7 @@ class Precision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PRECISION_INT8: _ClassVar[Precision]
     PRECISION_INT4: _ClassVar[Precision]
     PRECISION_BF16: _ClassVar[Precision]
+    PRECISION_FP8: _ClassVar[Precision]
 
 class TensorRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -33,6 +34,7 @@ PRECISION_FP16: Precision
 PRECISION_INT8: Precision
 PRECISION_INT4: Precision
 PRECISION_BF16: Precision
+PRECISION_FP8: Precision
 TENSOR_ROLE_UNSPECIFIED: TensorRole
 TENSOR_ROLE_ACTIVATION: TensorRole
 TENSOR_ROLE_WEIGHT: TensorRole
