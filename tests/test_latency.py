@@ -94,34 +94,20 @@ def test_kernel_mapping_matches_the_runtime_graph(models, tmp_path, name):
     assert int8 == {i for i in conv_kernels if mk.kernels[i].key.precision == "int8"}
 
 
-def test_an_fp16_layer_behind_an_int8_layer_is_fp16(tmp_path):
-    """The int8 layer's output quantizer sits before the fp16 layer's input Cast: the kernel
-    reads float16, so it is an fp16 kernel (it was keyed int8)."""
+@pytest.mark.parametrize("precision", [Precision.FP16, Precision.FP8, Precision.INT4W])
+def test_a_float_or_weight_only_layer_behind_an_int8_layer_keys_as_its_own_precision(tmp_path, precision):
+    """The int8 layer's output quantizer sits before an fp16 layer's input Cast: the kernel reads
+    float16, so it is an fp16 kernel. An int4 or fp8 layer reads the int8 layer's dequantized
+    output and its own dequantized weight: a float kernel keyed by its weight. (Both were keyed
+    int8 once.)"""
     layers = {lim.name: LayerAction(1.0, Precision.FP32) for lim in model_limits("mobilenetv2")}
     layers["features.1.block.1.0"] = LayerAction(1.0, Precision.INT8)
-    layers["features.2.block.0.0"] = LayerAction(1.0, Precision.FP16)
+    layers["features.2.block.0.0"] = LayerAction(1.0, precision)
     path = export_variant("mobilenetv2", Policy("mobilenetv2", layers), tmp_path / "m.onnx")
     kernels = {k.name: k.key for k in model_kernels(onnx.load(path)).kernels}
     assert kernels["/features/features.1/block/block.1/block.1.0/Conv"].precision == "int8"
-    fp16 = kernels["/features/features.2/block/block.0/block.0.0/Conv"]
-    assert fp16.precision == "fp16" and fp16.neighbors.startswith("in:int8|")
-
-
-@pytest.mark.parametrize("precision", ["int4", "fp8"])
-def test_a_weight_only_kernel_keys_as_the_type_of_its_stored_weight(precision):
-    """The agent's kernel at a weight-only precision keys as that precision (its weight type behind
-    a DequantizeLinear says which); a float8 type other than E4M3FN is named, not keyed as fp32."""
-    from device_agent.opgraph import build_model
-    from lut_store.keys.ops import NCHW, ConvSpec, conv
-
-    model = build_model(conv(NCHW(1, 16, 8, 8), ConvSpec(16, 3), fuse=("relu",), precision=precision), 1 << 24)
-    (kernel,) = model_kernels(model).kernels
-    assert kernel.key.precision == precision
-    weight = next(t for t in model.graph.initializer if t.name.endswith(f"_{precision}"))
-    if precision == "fp8":
-        weight.data_type = TensorProto.FLOAT8E5M2  # the same bytes, read as another float8
-        with pytest.raises(UnsupportedModel, match="FLOAT8E5M2.*only float8 weights a key describes are FLOAT8E4M3FN"):
-            model_kernels(model)
+    behind = kernels["/features/features.2/block/block.0/block.0.0/Conv"]
+    assert behind.precision == precision and behind.neighbors.startswith("in:int8|")
 
 
 def test_in_model_keys_round_trip_and_isolated_hashes_are_unchanged(models):

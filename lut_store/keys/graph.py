@@ -4,10 +4,10 @@ One function for host and agent, so their keys cannot drift apart. A kernel is a
 operator (the anchor: Conv, Gemm, MatMul, a pool, ...) with what the runtime fuses into it: the
 QuantizeLinear/DequantizeLinear/Cast that set its precision, the weight's constant subgraph, and
 an epilogue of element-wise ops (batch-norm, add, relu, clip, ...). Its key is the float chain of
-operators plus the precision it runs at (int8 when it reads a DequantizeLinear's output, int4 or
-fp8 when its weight is an int4 or float8 E4M3 tensor behind a DequantizeLinear, fp16 when its
-input is float16, also when a Cast turns a quantized neighbour's output into float16), so the
-agent can also build it on its own.
+operators plus the precision it runs at (int4 or fp8 when its weight is an int4 or float8 E4M3
+tensor behind a DequantizeLinear, whatever it reads; else int8 when it reads a DequantizeLinear's
+output, fp16 when its input is float16, also when a Cast turns a quantized neighbour's output into
+float16), so the agent can also build it on its own.
 
 `attribute_nodes` maps the nodes a runtime executes (onnxruntime's optimized graph, fused and
 re-laid-out: FusedConv, QLinearConv, NCHWc Conv, inserted reorders and transposes; or OpenVINO's
@@ -322,16 +322,9 @@ def _source(g: _Graph, tensor: str, members: set[int]) -> str:
 
 
 def _precision(g: _Graph, unit: list[int], anchor: onnx.NodeProto) -> str:
+    """The weight's stored type first (an int4 or float8 weight is a float kernel reading a
+    dequantized weight, even behind an int8 neighbour's output DequantizeLinear), then the input's."""
     members = set(unit)
-    data = anchor.input[0] if anchor.input else ""
-    t = data
-    while t in g.producer and g.producer[t] in members:
-        node = g.nodes[g.producer[t]]
-        if node.op_type == "DequantizeLinear":
-            return "int8"
-        if node.op_type == "Cast" or node.op_type not in _PRECISION_OPS | _NO_OPS:
-            break  # a Cast sets the type the kernel reads (fp16 behind an int8 neighbour's output quantizer)
-        t = node.input[0]
     if len(anchor.input) > 1 and anchor.input[1] in g.producer:
         w = g.nodes[g.producer[anchor.input[1]]]
         if w.op_type == "DequantizeLinear" and w.input[0] in g.init:
@@ -345,6 +338,15 @@ def _precision(g: _Graph, unit: list[int], anchor: onnx.NodeProto) -> str:
                     f"{anchor.op_type} node {anchor.name!r}: its weight is {onnx.TensorProto.DataType.Name(stored)}; "
                     "the only float8 weights a key describes are FLOAT8E4M3FN (fp8)"
                 )
+    data = anchor.input[0] if anchor.input else ""
+    t = data
+    while t in g.producer and g.producer[t] in members:
+        node = g.nodes[g.producer[t]]
+        if node.op_type == "DequantizeLinear":
+            return "int8"
+        if node.op_type == "Cast" or node.op_type not in _PRECISION_OPS | _NO_OPS:
+            break  # a Cast sets the type the kernel reads (fp16 behind an int8 neighbour's output quantizer)
+        t = node.input[0]
     elem = g.types[data].elem_type if data and g.types.get(data) is not None else None
     return _HALF_PRECISIONS.get(elem, "fp32")
 
