@@ -102,6 +102,9 @@ class ProbeResult:
     facts: RuntimeFacts
     # (precision, supported, note)
     precisions: list[tuple[Precision, bool, str]] = field(default_factory=list)
+    # The widest int8 weights the int8 kernels sum exactly (8, or 7 where they saturate); None:
+    # int8 does not run, or the check could not.
+    int8_exact_weight_bits: int | None = None
 
 
 def short(exc: BaseException) -> str:

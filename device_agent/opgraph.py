@@ -176,6 +176,40 @@ def _calibration(model: onnx.ModelProto, rng: np.random.Generator) -> Iterator[d
         yield feeds
 
 
+def int8_saturation_check(channels: int = 64) -> tuple[onnx.ModelProto, dict[str, np.ndarray], float]:
+    """A QDQ 1x1 convolution the runtime fuses into an int8 kernel (QLinearConv, OpenVINO's
+    `Convolution u8`), its input and its exact output: `channels` products of uint8 255 x int8 127
+    sum to 2,072,640, which requantizes (scale 10,000) to 207 -> 2,070,000. Kernels that add pairs
+    of uint8 x int8 products in int16 with saturation (x86 without VNNI: vpmaddubsw) clip each pair
+    to 32,767 and give 105 -> 1,050,000; with 7-bit weights (|w| <= 64) no pair can saturate."""
+    consts = {
+        "one": np.array(1.0, np.float32),
+        "zero": np.array(0, np.uint8),
+        "w": np.full((8, channels, 1, 1), 127, np.int8),
+        "w_scale": np.ones(8, np.float32),
+        "w_zero": np.zeros(8, np.int8),
+        "y_scale": np.array(10_000.0, np.float32),
+    }
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "one", "zero"], ["x_q"]),
+        helper.make_node("DequantizeLinear", ["x_q", "one", "zero"], ["x_dq"]),
+        helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["w_dq"], axis=0),
+        helper.make_node("Conv", ["x_dq", "w_dq"], ["conv"]),
+        helper.make_node("QuantizeLinear", ["conv", "y_scale", "zero"], ["y_q"]),
+        helper.make_node("DequantizeLinear", ["y_q", "y_scale", "zero"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "int8_saturation",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 1, 1])],
+        [numpy_helper.from_array(v, n) for n, v in consts.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    exact = round(channels * 255 * 127 / 10_000) * 10_000.0
+    return model, {"x": np.full((1, channels, 1, 1), 255.0, np.float32)}, exact
+
+
 def quantize_int8(model: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto:
     """QDQ int8 with onnxruntime's static quantizer (uint8 activations, per-channel int8 weights)."""
     from onnxruntime.quantization import (

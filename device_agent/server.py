@@ -39,6 +39,7 @@ from device_agent.jobs import (
 from device_agent.nightly import Nightly
 from device_agent.profiling import BadRequest, profile_one, resolve_settings
 from device_agent.runner import MeasurementRunner, QueueFull, RunnerClosed
+from lut_store.precision import Precision
 from lut_store.records import LeaseLost, StoreError
 from lut_store.rpc import bind, make_server, read_token
 from lut_store.tomlfile import ConfigError
@@ -287,7 +288,9 @@ def _device_info(config: AgentConfig, probe: ProbeResult, threads: int) -> agent
     fp = fingerprint.collect(probe.facts, threads, config.inter_op_threads)
     info = agent_pb2.DeviceInfo(fingerprint=fp, fingerprint_hash=fingerprint.hash_of(fp))
     for precision, supported, note in probe.precisions:
-        info.precisions.add(precision=precision.proto, supported=supported, note=note)
+        entry = info.precisions.add(precision=precision.proto, supported=supported, note=note)
+        if precision is Precision.INT8 and probe.int8_exact_weight_bits is not None:
+            entry.exact_weight_bits = probe.int8_exact_weight_bits
     info.limits.CopyFrom(
         agent_pb2.AgentLimits(
             max_model_bytes=config.max_model_bytes,

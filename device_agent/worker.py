@@ -142,10 +142,31 @@ class Worker:
         from lut_store.precision import Precision
 
         precisions = []
+        weight_bits = None
         for precision in Precision:
             key = conv(NCHW(1, 16, 8, 8), ConvSpec(16, 3), fuse=("relu",), precision=precision)
-            precisions.append((precision, *self._probe_precision(key)))
-        return ProbeResult(facts=self.rt.facts, precisions=precisions)
+            supported, note = self._probe_precision(key)
+            if precision is Precision.INT8 and supported:
+                weight_bits, said = self._int8_exact_weight_bits()
+                note += said
+            precisions.append((precision, supported, note))
+        return ProbeResult(facts=self.rt.facts, precisions=precisions, int8_exact_weight_bits=weight_bits)
+
+    def _int8_exact_weight_bits(self) -> tuple[int | None, str]:
+        """8 where the int8 kernels sum the products of 8-bit weights exactly, 7 where they do not
+        (`opgraph.int8_saturation_check`), None where the check cannot run; and what to add to the
+        int8 note."""
+        from device_agent.opgraph import int8_saturation_check
+
+        model, feeds, exact = int8_saturation_check()
+        try:
+            loaded = self.rt.load(model.SerializeToString())
+            got = loaded.run(loaded.output_names(), feeds)[0]
+        except Exception as exc:  # runtimes raise their own exception types
+            return None, f"; the int8 exactness check failed to run: {short(exc)}"
+        if bool((got == exact).all()):
+            return 8, ""
+        return 7, "; exact only with 7-bit weights (pairs of u8 x s8 products saturate at int16)"
 
     def _probe_precision(self, key: Any) -> tuple[bool, str]:
         """Run a small conv at the key's precision; say what the runtime made of it."""

@@ -59,7 +59,7 @@ from host.models import ModelError, build_model, model_id
 from host.progress import FitProgress, Progress
 from host.runs import Agreement, Baseline, FinalModel, Latency
 from lut_store.interface import LutStore
-from lut_store.precision import Precision, device_precisions
+from lut_store.precision import Precision, device_precisions, int8_exact_weight_bits
 from lut_store.records import Version
 from lut_store.store import open_store
 from lut_store.tomlfile import ConfigError
@@ -72,11 +72,18 @@ class CompressSettings:
     round_to: int = 8  # kept channels are a multiple of this
     calibration_batches: int = 2  # training batches that set int8 activation ranges
     opset: int = 17
+    # Bits of int8 layers' weights: 0 takes the device's (8, or 7 where its probe finds that its
+    # int8 kernels saturate); 7 or 8 forces it.
+    int8_weight_bits: int = 0
 
     def __post_init__(self) -> None:
         if self.round_to < 1 or self.calibration_batches < 1:
             raise ValueError(
                 f"round_to = {self.round_to} and calibration_batches = {self.calibration_batches} must be at least 1"
+            )
+        if self.int8_weight_bits not in (0, 7, 8):
+            raise ValueError(
+                f"int8_weight_bits = {self.int8_weight_bits}: 0 (what the device computes exactly), 7 or 8"
             )
 
 
@@ -242,6 +249,11 @@ class Workbench:
         """The precisions the device's runtime runs (its probe at start), widest first."""
         return device_precisions(self.device.info())
 
+    def int8_weight_bits(self) -> int:
+        """The bits of int8 layers' weights: `[compress] int8_weight_bits`, else the widest the
+        device's int8 kernels sum exactly (8 where its probe does not say)."""
+        return self.config.compress.int8_weight_bits or int8_exact_weight_bits(self.device.info()) or 8
+
     def validate(self, policy: Policy) -> None:
         validate(policy, self.config.model, self.layer_limits())
 
@@ -254,7 +266,12 @@ class Workbench:
         fake-quantized and calibrated (not fine-tuned); with the teacher's parameter count."""
         count = calibration_batches or self.config.compress.calibration_batches
         return student_of(
-            self.teacher, policy, self.example, self.config.compress.round_to, Calibration(batches, count)
+            self.teacher,
+            policy,
+            self.example,
+            self.config.compress.round_to,
+            Calibration(batches, count),
+            self.int8_weight_bits(),
         )
 
     def variant(self, policy: Policy, seed: int = 0) -> nn.Module:

@@ -70,3 +70,13 @@ def device_precisions(info: agent_pb2.DeviceInfo) -> tuple[Precision, ...]:
     """The precisions a device's probe found running, in declaration order (the wire's)."""
     runs = {Precision.from_proto(p.precision) for p in info.precisions if p.supported}
     return tuple(p for p in Precision if p in runs)
+
+
+def int8_exact_weight_bits(info: agent_pb2.DeviceInfo) -> int | None:
+    """The widest int8 weights the device's int8 kernels sum exactly, as its probe measured: 8,
+    or 7 where pairs of uint8 x int8 products saturate at int16; None where int8 does not run or
+    the probe did not say (an older agent)."""
+    for p in info.precisions:
+        if p.precision == Precision.INT8.proto and p.supported and p.HasField("exact_weight_bits"):
+            return p.exact_weight_bits
+    return None

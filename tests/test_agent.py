@@ -17,8 +17,9 @@ from host.agent_client import AgentClient, AgentError, AgentTarget
 from lut_store.keys import ops
 from lut_store.keys.ops import NCHW, ConvSpec
 from lut_store.opkey import OpKey, OpNode, TensorSpec
+from lut_store.precision import int8_exact_weight_bits
 from protos.hadmc.v1 import agent_pb2, agent_pb2_grpc, common_pb2
-from tests.helpers import small_cnn
+from tests.helpers import exact_int8_weight_bits, small_cnn
 
 KeyError_ = agent_pb2.KeyError
 
@@ -35,6 +36,9 @@ def test_device_info_describes_this_machine(client):
     supported = {p.precision: p for p in info.precisions}
     assert supported[common_pb2.PRECISION_FP32].supported
     assert "Conv" in supported[common_pb2.PRECISION_FP32].note
+    # The int8 kernels' exactness, as the probe measured it and as this test measures it.
+    assert int8_exact_weight_bits(info) == exact_int8_weight_bits()
+    assert not supported[common_pb2.PRECISION_FP32].HasField("exact_weight_bits")
     assert info.limits.max_model_bytes > 0 and info.default_settings.min_runs == 10
 
 

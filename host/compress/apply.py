@@ -30,10 +30,16 @@ class Calibration:
 
 
 def apply_policy(
-    model: nn.Module, policy: Policy, example: torch.Tensor, round_to: int, calibration: Calibration
+    model: nn.Module,
+    policy: Policy,
+    example: torch.Tensor,
+    round_to: int,
+    calibration: Calibration,
+    int8_weight_bits: int = 8,
 ) -> int:
     """Compress `model` in place per `policy` (already validated); return its parameter count
-    before pruning. The model is left fake-quantized and calibrated, not fine-tuned."""
+    before pruning. The model is left fake-quantized and calibrated, not fine-tuned; int8 layers'
+    weights take `int8_weight_bits` (7 for devices whose int8 kernels saturate)."""
     for p in model.parameters():  # a frozen teacher's copy: Torch-Pruning skips frozen layers
         p.requires_grad_(True)
     before = count_params(model)
@@ -41,17 +47,22 @@ def apply_policy(
     if calibration.recalibrate_bn:
         recalibrate_batchnorm(model, calibration.batches)
     fold_batchnorm(model)
-    apply_fake_quant(model, policy)
+    apply_fake_quant(model, policy, int8_weight_bits)
     calibrate(model, calibration.count, calibration.batches)
     return before
 
 
 def student_of(
-    teacher: nn.Module, policy: Policy, example: torch.Tensor, round_to: int, calibration: Calibration
+    teacher: nn.Module,
+    policy: Policy,
+    example: torch.Tensor,
+    round_to: int,
+    calibration: Calibration,
+    int8_weight_bits: int = 8,
 ) -> tuple[nn.Module, int]:
     """A compressed copy of the teacher (the teacher is untouched) and the teacher's parameter count."""
     student = copy.deepcopy(teacher)
-    return student, apply_policy(student, policy, example, round_to, calibration)
+    return student, apply_policy(student, policy, example, round_to, calibration, int8_weight_bits)
 
 
 def random_calibration(input_shape: tuple[int, ...], seed: int = 0) -> Calibration:

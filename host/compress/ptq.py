@@ -41,8 +41,12 @@ def calibration_batches(x: np.ndarray, batch_size: int, count: int) -> list[np.n
     return [np.ascontiguousarray(x[i * batch_size : (i + 1) * batch_size], dtype=np.float32) for i in range(count)]
 
 
-def quantize_int8(fp32: Path, out: Path, batches: list[np.ndarray], per_channel: bool = True) -> Path:
-    """`fp32` quantized by onnxruntime to static int8 at `out`, calibrated on `batches`."""
+def quantize_int8(
+    fp32: Path, out: Path, batches: list[np.ndarray], per_channel: bool = True, weight_bits: int = 8
+) -> Path:
+    """`fp32` quantized by onnxruntime to static int8 at `out`, calibrated on `batches`; with
+    `weight_bits` 7 the weights take 7 bits (the quantizer's `reduce_range`, which onnxruntime
+    recommends for x86 CPUs without VNNI)."""
     try:
         model = onnx.load(fp32)
     except Exception as exc:  # onnx raises DecodeError, OSError, ... for a file that is not a model
@@ -63,6 +67,7 @@ def quantize_int8(fp32: Path, out: Path, batches: list[np.ndarray], per_channel:
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
+                reduce_range=weight_bits == 7,
             )
         except PtqError:
             raise

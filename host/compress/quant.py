@@ -88,8 +88,13 @@ class WeightFakeQuant(nn.Module):
                 w, scale, zero, 0, -self.qmax, self.qmax, grad_factor
             )
         zero = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
+        low, high = -self.qmax - 1, self.qmax
+        if torch.onnx.is_in_onnx_export() and self.bits < 8:
+            # ONNX's QuantizeLinear takes 8-bit ranges only: the traced node is a placeholder that
+            # the export replaces by the stored levels (`export._int8_layer`), within +-qmax.
+            low, high = -128, 127
         # (A learned layer exports through this op too; the export then writes its levels, within +-qmax.)
-        return torch.fake_quantize_per_channel_affine(w, self.scale(w).detach(), zero, 0, -self.qmax - 1, self.qmax)
+        return torch.fake_quantize_per_channel_affine(w, self.scale(w).detach(), zero, 0, low, high)
 
 
 class Fp8WeightFakeQuant(nn.Module):
@@ -161,13 +166,17 @@ class HalfRound(nn.Module):
         return w + (w.to(self.dtype).float() - w).detach()
 
 
-def weight_quantizer(precision: Precision, granularity: str, weight: torch.Tensor) -> nn.Module:
-    """The fake quantizer of an int8, int4 or fp8 layer's weight at `granularity`."""
+def weight_quantizer(
+    precision: Precision, granularity: str, weight: torch.Tensor, int8_weight_bits: int = 8
+) -> nn.Module:
+    """The fake quantizer of an int8, int4 or fp8 layer's weight at `granularity`; int8 weights
+    take `int8_weight_bits` (7: levels within [-64, 63], stored as int8)."""
     if precision is Precision.FP8:
         return Fp8WeightFakeQuant(granularity)
     if granularity == "log":
         return LogWeightFakeQuant(precision.weight_bits)
-    return WeightFakeQuant(precision.weight_bits, granularity, weight)
+    bits = int8_weight_bits if precision is Precision.INT8 else precision.weight_bits
+    return WeightFakeQuant(bits, granularity, weight)
 
 
 class ActFakeQuant(nn.Module):
@@ -394,15 +403,17 @@ def _half_input(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torc
     return (x + (x.to(module.half_dtype).float() - x).detach(), *args[1:])
 
 
-def apply_fake_quant(model: nn.Module, policy: Policy) -> nn.Module:
-    """Attach each layer's quantizers in place (the policy is already validated)."""
+def apply_fake_quant(model: nn.Module, policy: Policy, int8_weight_bits: int = 8) -> nn.Module:
+    """Attach each layer's quantizers in place (the policy is already validated); int8 weights
+    take `int8_weight_bits`: 7 keeps every pair of uint8 x int8 products within int16, which the
+    int8 kernels of x86 CPUs without VNNI saturate at."""
     modules = dict(model.named_modules())
     int8 = {name for name, action in policy.layers.items() if action.precision is Precision.INT8}
     plan = _plan_int8(model, int8) if int8 else []
     for name, action in policy.layers.items():
         module = modules[name]
         if quantizes_weights(action.precision):
-            quantizer = weight_quantizer(action.precision, action.granularity, module.weight)
+            quantizer = weight_quantizer(action.precision, action.granularity, module.weight, int8_weight_bits)
             parametrize.register_parametrization(module, "weight", quantizer)
         elif action.precision in _HALF_TYPES:
             parametrize.register_parametrization(module, "weight", HalfRound(_HALF_TYPES[action.precision]))

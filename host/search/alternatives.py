@@ -97,6 +97,7 @@ def _alternative(
         made.fp32,
         directory / "model.onnx",
         calibration_batches(x, config.data.batch_size, config.compress.calibration_batches),
+        weight_bits=bench.int8_weight_bits(),
     )
     accuracy, agrees = bench.agreement(path, reference.path)
     paired = bench.paired(path, reference.path)

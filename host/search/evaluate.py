@@ -102,12 +102,15 @@ class FinetuneContext:
     distill_config: DistillConfig
     input_shape: tuple[int, ...]
     round_to: int
+    int8_weight_bits: int
 
     def student(self, policy: Policy, state: dict[str, torch.Tensor]) -> nn.Module:
         """The student `policy` makes of the teacher, holding `state` (its state_dict after
         compression: fake-quantized modules travel as state, not pickled)."""
         example = torch.zeros((1, *self.input_shape))
-        student, _ = student_of(self.teacher, policy, example, self.round_to, random_calibration(self.input_shape))
+        student, _ = student_of(
+            self.teacher, policy, example, self.round_to, random_calibration(self.input_shape), self.int8_weight_bits
+        )
         student.load_state_dict(state)
         return student
 
@@ -192,4 +195,5 @@ class Evaluator:
             self.distill_config,
             bench.input_shape,
             bench.config.compress.round_to,
+            bench.int8_weight_bits(),
         )

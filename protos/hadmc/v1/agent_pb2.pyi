@@ -99,14 +99,16 @@ class Fingerprint(_message.Message):
     def __init__(self, agent_version: _Optional[str] = ..., profiler_version: _Optional[str] = ..., cpu: _Optional[_Union[CpuInfo, _Mapping]] = ..., memory_total_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., gpu_driver_version: _Optional[str] = ..., cuda_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., execution_provider: _Optional[str] = ..., provider_options: _Optional[_Mapping[str, str]] = ..., intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., os: _Optional[str] = ..., kernel: _Optional[str] = ..., power_mode: _Optional[str] = ..., hostname: _Optional[str] = ..., hashed_fields: _Optional[_Iterable[str]] = ..., notes: _Optional[_Mapping[str, str]] = ..., runtime: _Optional[str] = ..., runtime_version: _Optional[str] = ..., inference_precision: _Optional[str] = ...) -> None: ...
 
 class PrecisionSupport(_message.Message):
-    __slots__ = ("precision", "supported", "note")
+    __slots__ = ("precision", "supported", "note", "exact_weight_bits")
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     SUPPORTED_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    EXACT_WEIGHT_BITS_FIELD_NUMBER: _ClassVar[int]
     precision: _common_pb2.Precision
     supported: bool
     note: str
-    def __init__(self, precision: _Optional[_Union[_common_pb2.Precision, str]] = ..., supported: _Optional[bool] = ..., note: _Optional[str] = ...) -> None: ...
+    exact_weight_bits: int
+    def __init__(self, precision: _Optional[_Union[_common_pb2.Precision, str]] = ..., supported: _Optional[bool] = ..., note: _Optional[str] = ..., exact_weight_bits: _Optional[int] = ...) -> None: ...
 
 class AgentLimits(_message.Message):
     __slots__ = ("max_model_bytes", "max_keys_per_request", "max_tensor_elements", "max_queued_jobs", "job_timeout_s")
