@@ -248,7 +248,7 @@ def quantize_int8(model: onnx.ModelProto, rng: np.random.Generator) -> onnx.Mode
     return quantized
 
 
-def _int4_axis(node: onnx.NodeProto, input_index: int, rank: int) -> int:
+def _weight_axis(node: onnx.NodeProto, input_index: int, rank: int) -> int:
     """The output-channel axis of a weight, for per-channel scales."""
     if node.op_type == "MatMul":
         return rank - 1
@@ -293,7 +293,7 @@ def quantize_weights(model: onnx.ModelProto, precision: str) -> onnx.ModelProto:
             if t is None or name in replaced or t.data_type != TensorProto.FLOAT or len(t.dims) < 2:
                 continue
             w = numpy_helper.to_array(t)
-            axis = _int4_axis(node, idx, w.ndim)
+            axis = _weight_axis(node, idx, w.ndim)
             scale, q = _WEIGHT_ONLY[precision](w, tuple(a for a in range(w.ndim) if a != axis))
             model.graph.initializer.remove(t)
             model.graph.initializer.extend(
