@@ -151,6 +151,7 @@ class Workbench:
         self._teacher: nn.Module | None = None
         self.teacher_cached: bool | None = None  # whether the teacher came from the baseline cache
         self._limits: list[LayerLimits] | None = None
+        self._int8_weight_bits: int | None = None
         self._distill_sets: dict[bool, TensorDataset] = {}  # by DistillConfig.augment
         self.sealed: Version | None = None  # the LUT version sealed when the workbench closed
         self._teacher_logits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # split -> (logits, labels)
@@ -251,8 +252,11 @@ class Workbench:
 
     def int8_weight_bits(self) -> int:
         """The bits of int8 layers' weights: `[compress] int8_weight_bits`, else the widest the
-        device's int8 kernels sum exactly (8 where its probe does not say)."""
-        return self.config.compress.int8_weight_bits or int8_exact_weight_bits(self.device.info()) or 8
+        device's int8 kernels sum exactly (8 where its probe does not say); asked once."""
+        if self._int8_weight_bits is None:
+            forced = self.config.compress.int8_weight_bits
+            self._int8_weight_bits = forced or int8_exact_weight_bits(self.device.info()) or 8
+        return self._int8_weight_bits
 
     def validate(self, policy: Policy) -> None:
         validate(policy, self.config.model, self.layer_limits())
