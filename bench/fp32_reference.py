@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from device_agent.fingerprint import cpu_info
 from host.compress.distill import distill_loader
 from host.compress.fold import fold_batchnorm
 from host.compress.policy import Policy
@@ -141,7 +141,7 @@ def main() -> int:
     print(
         json.dumps(
             {
-                "cpu": platform.processor() or platform.machine(),
+                "cpu": cpu_info().model,
                 "speedup_over_reference_on_device": device,
                 "in_process_one_thread": _in_process(models, reference, x_val, args.rounds),
                 "subnormal_values": subnormals,
