@@ -4,12 +4,13 @@ JSON document.
 1. A model (untrained: latency does not depend on the weights' values) with every layer at one
    (precision, granularity), exported by hadmc and timed in onnxruntime's CPU provider, one thread:
    `--rounds` interleaved rounds of `--runs` runs each, median, min and max per setting, with the
-   exported file's size.
+   exported file's size; with `--openvino`, each model also in OpenVINO's CPU plugin (f32 hint,
+   one thread).
 2. HiReLC's logit proxy (host/search/hirelc/proxy.py) on `--samples` inputs, one kernel changed at
    the first, middle and second-to-last layer: the seconds of a replay from that kernel against a
    full forward, `--repeats` each.
 
-Usage: python bench/granularity_latency.py [--model resnet18] [--rounds 5] [--runs 30] [--samples 8]
+Usage: python bench/granularity_latency.py [--model resnet18] [--rounds 5] [--runs 30] [--samples 8] [--openvino]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,38 +48,57 @@ SETTINGS = (
 )
 
 
-def latencies(model_name: str, shape: tuple[int, ...], rounds: int, runs: int) -> dict[str, dict[str, float]]:
+def _runners(path: Path, label: str, openvino: bool) -> dict[str, Callable[[np.ndarray], object]]:
+    """One-thread runners of an exported model: onnxruntime's CPU provider, and OpenVINO's CPU at
+    the f32 hint when asked (`openvino <label>`)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    runners: dict[str, Callable[[np.ndarray], object]] = {label: lambda x: session.run(None, {"input": x})}
+    if openvino:
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1}
+        request = core.compile_model(core.read_model(str(path)), "CPU", config).create_infer_request()
+        runners[f"openvino {label}"] = lambda x: request.infer({0: x})
+    return runners
+
+
+def latencies(
+    model_name: str, shape: tuple[int, ...], rounds: int, runs: int, openvino: bool
+) -> dict[str, dict[str, float]]:
     torch.manual_seed(0)
     net = build_model(model_name, 6, shape).eval()
     example = torch.zeros((1, *shape))
     names = [lim.name for lim in layer_limits(net, example)]
-    sessions = {}
+    runners: dict[str, Callable[[np.ndarray], object]] = {}
+    sizes: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for precision, granularity in SETTINGS:
             policy = Policy(model_name, {n: LayerAction(1.0, precision, granularity) for n in names})
             student, _ = student_of(net, policy, example, 8, random_calibration(shape))
             path = Path(tmp) / f"{precision}-{granularity}.onnx"
             export_policy_model(student.eval(), policy, path, shape)
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = 1
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            sessions[f"{precision} {granularity}"] = (session, path.stat().st_size)
+            made = _runners(path, f"{precision} {granularity}", openvino)
+            runners.update(made)
+            sizes.update(dict.fromkeys(made, path.stat().st_size))
     x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
-    times: dict[str, list[float]] = {label: [] for label in sessions}
+    times: dict[str, list[float]] = {label: [] for label in runners}
     for _ in range(rounds):
-        for label, (session, _) in sessions.items():
+        for label, run in runners.items():
             for _ in range(5):
-                session.run(None, {"input": x})
+                run(x)
             t0 = time.perf_counter()
             for _ in range(runs):
-                session.run(None, {"input": x})
+                run(x)
             times[label].append((time.perf_counter() - t0) / runs * 1000)
     return {
         label: {
             "median_ms": statistics.median(ms),
             "min_ms": min(ms),
             "max_ms": max(ms),
-            "file_bytes": sessions[label][1],
+            "file_bytes": sizes[label],
         }
         for label, ms in times.items()
     }
@@ -117,6 +138,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--openvino", action="store_true", help="also time each model in OpenVINO (f32 hint)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     shape = (3, args.size, args.size)
@@ -127,7 +149,7 @@ def main() -> None:
                 "onnxruntime": ort.__version__,
                 "model": args.model,
                 "input_shape": shape,
-                "latency": latencies(args.model, shape, args.rounds, args.runs),
+                "latency": latencies(args.model, shape, args.rounds, args.runs, args.openvino),
                 "proxy_replay": replay(args.model, shape, args.samples, args.repeats),
             },
             indent=2,

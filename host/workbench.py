@@ -247,7 +247,7 @@ class Workbench:
         return self._limits
 
     def device_precisions(self) -> tuple[Precision, ...]:
-        """The precisions the device's runtime runs (its probe at start), widest first."""
+        """The precisions the device's runtime runs (its probe at start), in declaration order."""
         return device_precisions(self.device.info())
 
     def int8_weight_bits(self) -> int:
