@@ -326,6 +326,65 @@ def test_an_experiments_seeds_run_as_ray_tasks_against_a_remote_device(agent, tm
     assert seeds[0] != seeds[1]  # two searches, not one twice
 
 
+@pytest.mark.parametrize("study", ["hirelc-ablation", "ablation"])
+def test_a_seeds_independent_work_runs_as_ray_tasks(study, agent, tmp_path, monkeypatch, capsys):
+    """One seed on a remote device: hirelc-ablation's five searches at once, or the ablation's six
+    fine-tunes of the policy its search found."""
+    pytest.importorskip("ray")
+    from host.experiment.config import load_experiment
+    from host.experiment.run import run_experiment
+    from host.experiment.studies import ABLATION, HIRELC_VARIANTS
+
+    monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
+    config = tmp_path / "experiment.toml"
+    config.write_text('[scale]\nbackend = "ray"\nnum_cpus = 2\ndevice_location = "remote"\n')
+    experiment = load_experiment(
+        study, "tiny", config, devices=[agent.address], store=f"sqlite:///{tmp_path / 'l.sqlite'}"
+    )
+    results = run_experiment(experiment, tmp_path / "e", progress=True)
+    said, seed = capsys.readouterr().err, tmp_path / "e" / "seed0"
+    if study == "hirelc-ablation":
+        assert "[hirelc-ablation] 5 searches as Ray tasks: seed 0: full;" in said
+        assert [row.label for row in results.rows] == [(v,) for v in HIRELC_VARIANTS]
+        configs = [json.loads((seed / f"variant{i}" / "config.json").read_text()) for i in range(5)]
+        assert [c["hirelc"]["sensitivity"] for c in configs] == [True, True, True, True, False]
+        assert all((seed / f"variant{i}" / "summary.json").exists() for i in range(5))
+    else:
+        assert "[ablation] 6 fine-tunes as Ray tasks" in said
+        assert [row.label[0] for row in results.rows][1:] == [label for label, *_ in ABLATION]
+        found = json.loads((seed / "search" / "summary.json").read_text())["controllers"]["ppo"]["policy"]["layers"]
+        pqd = json.loads((seed / "pqd" / "summary.json").read_text())["compressed"]["policy"]["layers"]
+        assert pqd == found  # the full row is the policy the search found
+        assert {
+            a["precision"]
+            for a in json.loads((seed / "p" / "summary.json").read_text())["compressed"]["policy"]["layers"].values()
+        } == {"fp32"}
+
+
+@pytest.mark.parametrize(
+    "addresses, separate",
+    [
+        (["127.0.0.1:50051", "127.0.0.1:50052"], False),
+        (["localhost:50051", "127.0.0.1:50052"], False),  # two names of this machine
+        (["jetson-1.lab:50051", "JETSON-1.lab:50052"], False),
+        (["jetson-1.lab:50051", "jetson-2.lab:50051"], True),
+        (["[fd00::1]:50051", "jetson-2:50051", "127.0.0.1:1"], True),
+        (["box", "jetson-2.lab:1"], True),  # a name from the devices file
+        (["box", "jetson-1.lab:2"], False),
+    ],
+)
+def test_cross_device_searches_overlap_only_on_separate_machines(addresses, separate, tmp_path):
+    from host.experiment.config import load_experiment
+    from host.experiment.parallel import on_separate_machines
+
+    devices = tmp_path / "devices.toml"
+    devices.write_text('[devices.box]\naddress = "jetson-1.lab:50051"\n')
+    config = tmp_path / "e.toml"
+    config.write_text(f'[device]\ndevices_file = "{devices}"\n')
+    experiment = load_experiment("cross-device", "tiny", config, devices=addresses)
+    assert on_separate_machines(experiment) is separate
+
+
 def _square_or_fail(x: int) -> int:
     if x == 3:
         raise ValueError("three is refused")

@@ -1,5 +1,7 @@
-"""An experiment's independent work as Ray tasks: its seeds, and within a seed the searches of
-cross-dataset's cases (`[scale] backend = "ray"`, host/search/scale.py).
+"""An experiment's independent work as Ray tasks: its seeds, and within a seed its independent
+work: cross-dataset's cases, hirelc-ablation's variants and cross-device's devices (when each is
+on a machine of its own) as searches, the ablation's rows as fine-tunes (`[scale] backend = "ray"`,
+host/search/scale.py).
 
 Only when every device the study measures on is remote (no Ray node on its machine): work on one
 machine with the device would fine-tune beside its measurements, and embedded agents would measure
@@ -30,6 +32,20 @@ def on_ray(experiment: Experiment) -> bool:
         return False
     files = Path(device.devices_file).expanduser() if device.devices_file else None
     return all(device_is_remote(scale, False, resolve(name, files).address) for name in names)
+
+
+def on_separate_machines(experiment: Experiment) -> bool:
+    """Whether the experiment's devices are agents on as many machines, told apart by their
+    addresses' hosts (every name of this machine counting as one): searches for them may then
+    measure at the same time."""
+    from host.fleet import resolve
+    from host.search.scale import is_local_address
+
+    device = experiment.search.device
+    files = Path(device.devices_file).expanduser() if device.devices_file else None
+    addresses = [resolve(name, files).address for name in experiment.settings.devices]
+    hosts = ["" if is_local_address(a) else a.rpartition(":")[0].strip("[]").lower() for a in addresses]
+    return len(set(hosts)) == len(hosts)
 
 
 def run_tasks(

@@ -19,7 +19,7 @@ from host.compress.policy import DEFAULT_GRANULARITY, LayerAction, Policy
 from host.compress.run import CompressConfig, run_compress
 from host.device import Device, DeviceConfig, open_device
 from host.experiment.config import Experiment
-from host.experiment.parallel import on_ray, run_tasks
+from host.experiment.parallel import on_ray, on_separate_machines, run_tasks
 from host.experiment.results import MODEL_COLUMNS, Column, ModelMetrics, Row, SeedResult
 from host.experiment.sequential import search_precisions
 from host.progress import Progress
@@ -41,6 +41,27 @@ def _search(config: SearchConfig, out: Path, progress: bool) -> SearchSummary:
     if (out / "summary.json").exists():
         return read_record(out / "summary.json", SearchSummary)
     return run_search(config, out, resume=(out / "config.json").exists(), progress=progress)
+
+
+def _searches(
+    experiment: Experiment,
+    study: str,
+    jobs: list[tuple[str, SearchConfig, Path]],
+    progress: bool,
+    parallel: bool = True,
+) -> list[SearchSummary]:
+    """One seed's independent searches, (label, config, out) each: as Ray tasks where the
+    experiment's work may run there (host/experiment/parallel.py) and `parallel` allows, else one
+    after another."""
+    if parallel and len(jobs) > 1 and on_ray(experiment):
+        _say(progress, f"[{study}] {len(jobs)} searches as Ray tasks: {'; '.join(label for label, _, _ in jobs)} ...")
+        found = run_tasks(experiment, _search, [(out.name, (config, out, False)) for _, config, out in jobs])
+        return [found[out.name] for _, _, out in jobs]
+    searches = []
+    for label, config, out in jobs:
+        _say(progress, f"[{study}] {label} ...")
+        searches.append(_search(config, out, progress))
+    return searches
 
 
 def _compress(
@@ -172,13 +193,23 @@ def ablation(experiment: Experiment, seed: int, directory: Path, progress: bool)
     kd = replace(config.final_distill, seed=seed)
     ce = replace(kd, alpha=1.0, beta=0.0)  # cross-entropy only: no logit or feature distillation
     rows = [Row((BASELINE,), ModelMetrics.of_baseline(search.baseline).values())]
-    with open_device(config.device) as device:
-        for label, slug, prune, quantize, distil in ABLATION:
-            _say(progress, f"[ablation] {label} ...")
-            done = _compress(
-                config, ablated(policy, prune, quantize), kd if distil else ce, directory / slug, device, progress
-            )
-            rows.append(Row((label,), ModelMetrics.of_final(done.compressed).values()))
+    jobs = [
+        (label, (config, ablated(policy, prune, quantize), kd if distil else ce, directory / slug))
+        for label, slug, prune, quantize, distil in ABLATION
+    ]
+    if on_ray(experiment):
+        _say(progress, f"[ablation] {len(jobs)} fine-tunes as Ray tasks ...")
+        found = run_tasks(experiment, _compress, [(label, (*args, None, False)) for label, args in jobs])
+        done = [found[label] for label, _ in jobs]
+    else:
+        done = []
+        with open_device(config.device) as device:
+            for label, args in jobs:
+                _say(progress, f"[ablation] {label} ...")
+                done.append(_compress(*args, device, progress))
+    rows += [
+        Row((label,), ModelMetrics.of_final(d.compressed).values()) for (label, _), d in zip(jobs, done, strict=True)
+    ]
     return SeedResult(seed, tuple(rows), {}, (_run_dir(directory / "search", directory),))
 
 
@@ -281,11 +312,16 @@ def hirelc_ablation(experiment: Experiment, seed: int, directory: Path, progress
 
     rows, runs = [], []
     base = experiment.search.with_search(controllers=["hirelc"], seed=seed)
-    for index, (variant, changes) in enumerate(HIRELC_VARIANTS.items()):
-        config = replace(base, hirelc=replace(base.hirelc, **changes))
-        out = directory / f"variant{index}"
-        _say(progress, f"[hirelc-ablation] seed {seed}: {variant}")
-        summary = _search(config, out, progress)
+    jobs = [
+        (
+            f"seed {seed}: {variant}",
+            replace(base, hirelc=replace(base.hirelc, **changes)),
+            directory / f"variant{index}",
+        )
+        for index, (variant, changes) in enumerate(HIRELC_VARIANTS.items())
+    ]
+    summaries = _searches(experiment, "hirelc-ablation", jobs, progress)
+    for variant, (_, _, out), summary in zip(HIRELC_VARIANTS, jobs, summaries, strict=True):
         episodes = load_run(out).episodes
         best = max(episodes, key=lambda e: e.reward)
         final = summary.controllers["hirelc"]
@@ -319,23 +355,17 @@ HIRELC_DOC = (
 
 def cross_dataset(experiment: Experiment, seed: int, directory: Path, progress: bool) -> SeedResult:
     """Each case's search (as Ray tasks where the experiment's work may run there, host/experiment/parallel.py)."""
-    jobs = []
-    for i, case in enumerate(experiment.settings.cases):
-        config = replace(experiment.search, model=case.model, data=case.data).with_search(
-            controllers=["ppo"], seed=seed
+    jobs = [
+        (
+            f"{case.model} on {case.data.name}",
+            replace(experiment.search, model=case.model, data=case.data).with_search(controllers=["ppo"], seed=seed),
+            directory / f"case{i}-{case.data.name}-{case.model}",
         )
-        jobs.append((config, directory / f"case{i}-{case.data.name}-{case.model}"))
-    if len(jobs) > 1 and on_ray(experiment):
-        _say(progress, f"[cross-dataset] {len(jobs)} cases as Ray tasks ...")
-        found = run_tasks(experiment, _search, [(out.name, (config, out, False)) for config, out in jobs])
-        searches = [found[out.name] for _, out in jobs]
-    else:
-        searches = []
-        for config, out in jobs:
-            _say(progress, f"[cross-dataset] {config.model} on {config.data.name} ...")
-            searches.append(_search(config, out, progress))
+        for i, case in enumerate(experiment.settings.cases)
+    ]
+    searches = _searches(experiment, "cross-dataset", jobs, progress)
     rows, runs = [], []
-    for case, (_, out), search in zip(experiment.settings.cases, jobs, searches, strict=True):
+    for case, (_, _, out), search in zip(experiment.settings.cases, jobs, searches, strict=True):
         data_label = f"{case.data.name} ({case.data.path})" if case.data.path else case.data.name
         rows.append(Row((data_label, case.model, BASELINE), ModelMetrics.of_baseline(search.baseline).values()))
         rows.append(Row((data_label, case.model, HADMC), ModelMetrics.of_final(search.controllers["ppo"]).values()))
@@ -395,13 +425,21 @@ def _prepare_cross_device(experiment: Experiment, progress: bool) -> Experiment:
 
 
 def cross_device(experiment: Experiment, seed: int, directory: Path, progress: bool) -> SeedResult:
+    """Each device's search (as Ray tasks when every device is remote, host/experiment/parallel.py),
+    then every final policy measured on every device, one device at a time."""
     devices, labels = _devices(experiment), device_labels(experiment)
+    jobs = [
+        (
+            f"search for {label}",
+            replace(experiment.search, device=device).with_search(controllers=["ppo"], seed=seed),
+            directory / f"device{i}",
+        )
+        for i, (device, label) in enumerate(zip(devices, labels, strict=True))
+    ]
+    # Two agents on one machine would disturb each other's measurements.
+    searches = _searches(experiment, "cross-device", jobs, progress, parallel=on_separate_machines(experiment))
     models, runs = [], []
-    for i, (device, label) in enumerate(zip(devices, labels, strict=True)):
-        config = replace(experiment.search, device=device).with_search(controllers=["ppo"], seed=seed)
-        out = directory / f"device{i}"
-        _say(progress, f"[cross-device] searching for {label} ...")
-        search = _search(config, out, progress)
+    for label, (_, _, out), search in zip(labels, jobs, searches, strict=True):
         final = search.controllers["ppo"]
         precisions = {action.precision for action in final.policy.layers.values()}
         models.append((label, out / final.onnx, precisions))
