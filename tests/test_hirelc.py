@@ -23,7 +23,7 @@ from host.search.hirelc.agents import LayerBudget
 from host.search.hirelc.blocks import Block, find_blocks, fisher_sensitivity
 from host.search.hirelc.controller import TYPES, HiReLCConfig, HiReLCController, HiReLCStart, check_allowed_drop
 from host.search.hirelc.proxy import AccuracySurrogate, LogitProxy, compressed_weight, kernel_features
-from host.search.loop import RewardReference, one_by_one, run_episodes
+from host.search.loop import Recorder, RewardReference, one_by_one, run_episodes
 from host.search.reward import RewardConfig
 from host.search.run import load_search_config, run_search
 from host.search.space import SearchSpace, describe_layers
@@ -311,6 +311,39 @@ def test_a_resumed_controller_repeats_the_uninterrupted_cycles():
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
     assert _run(resumed, 4, start=2) == straight[2:]
     assert len(set(straight)) > 1  # the cycles do search
+
+
+def test_a_batch_is_one_cycle_its_consensus_then_draws_and_resumes_whole():
+    """parallel_episodes = 3: each batch is one cycle (the consensus, then two draws from the same
+    ensembles); every outcome trains the surrogate, the consensus's is the feedback; a run killed
+    after its first batch resumes to the same episodes."""
+    _, space, start = _mlp_setup(cycles=2)
+    controller = HiReLCController(space, start, seed=5)
+    cycles, outcomes = [], []
+
+    def seen(episode) -> None:
+        cycles.append(controller.notes["hirelc"].cycle)
+        outcomes.append(episode.result.val_accuracy)
+
+    def run(c: HiReLCController, episodes: int, first: int = 0, record: Recorder | None = None) -> list[str]:
+        done = run_episodes(
+            c, one_by_one(_device), episodes, RewardReference(3.1, 4000), RewardConfig(), first, record, parallel=3
+        )
+        return [e.policy.to_json() for e in done]
+
+    straight = run(controller, 6, record=Recorder(seen))
+    assert cycles == [0, 0, 0, 1, 1, 1] and controller.cycle == 2
+    assert len(set(straight[:3])) == 3 and len(set(straight[3:])) == 3  # the draws differ from the consensus
+    assert len(controller.surrogate.buffer) == 6  # every candidate's outcome
+    assert controller.feedback.drop == pytest.approx(start.base_accuracy - outcomes[3])  # the consensus's
+    first = HiReLCController(space, start, seed=5)
+    assert run(first, 3) == straight[:3]
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = HiReLCController(space, start, seed=5)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    assert run(resumed, 6, first=3) == straight[3:]
 
 
 def test_granularities_are_chosen_where_the_precision_exports_them():

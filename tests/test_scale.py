@@ -246,6 +246,21 @@ def test_a_ray_search_killed_and_resumed_records_the_episodes_of_a_local_one(age
     assert not (out / "failures.jsonl").exists()
 
 
+def test_a_hirelc_search_scores_each_cycles_candidates_on_ray(agent, tmp_path, monkeypatch):
+    """hirelc with parallel_episodes = 2: two cycles of two candidates (the consensus and a draw),
+    each pair fine-tuned at once on a Ray that hadmc starts."""
+    pytest.importorskip("ray")
+    monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
+    overrides = _tiny(agent, tmp_path, {"backend": "ray", "num_cpus": 2}, controllers=["hirelc"])
+    overrides["hirelc"] = {"lla_timesteps": 10, "hla_timesteps": 20, "hla_burst": 10, "surrogate_min": 1}
+    summary = run_search(load_search_config(None, overrides), tmp_path / "run", progress=False)
+    rows = _rows(tmp_path / "run")
+    assert [r["hirelc"]["cycle"] for r in rows] == [0, 0, 1, 1]
+    assert [r["hirelc"]["replay_buffer"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["policy"] != rows[1]["policy"] and rows[2]["policy"] != rows[3]["policy"]
+    assert summary.controllers["hirelc"].measured_latency is not None
+
+
 def _kill_finetunes(count: int, stop: threading.Event, killed: list[int]) -> None:
     """Kill the first `count` Ray workers seen running a fine-tune task (SIGKILL, mid-task)."""
     while not stop.is_set() and len(killed) < count:

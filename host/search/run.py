@@ -400,7 +400,7 @@ def _hirelc_start(
         estimator,
         baseline.predicted_latency_ms,
         baseline.val_accuracy,
-        config.search.episodes,
+        -(-config.search.episodes // config.search.parallel_episodes),  # a cycle per batch
     )
 
 

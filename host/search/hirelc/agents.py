@@ -268,11 +268,11 @@ class Ensemble:
             history = getattr(env, "history", [])
             self.recent[i] = list(history[-eq.STABILITY_WINDOW :])
 
-    def actions(self, observation: np.ndarray, deterministic: bool, cycle: int) -> list[list[int]]:
-        """Each member's action for `observation`."""
+    def actions(self, observation: np.ndarray, deterministic: bool, cycle: int, draw: int = 0) -> list[list[int]]:
+        """Each member's action for `observation` (stochastic ones seeded by cycle and `draw`)."""
         out = []
         for i, member in enumerate(self.members):
-            with seeded(self.seed + 31 * (cycle + 1) + i):
+            with seeded(self.seed + 31 * (cycle + 1) + i + 7919 * draw):
                 action, _ = member.predict(observation, deterministic=deterministic)
             out.append([int(a) for a in np.asarray(action).ravel()])
         return out

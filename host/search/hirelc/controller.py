@@ -1,13 +1,17 @@
-"""The `hirelc` controller: one active-learning cycle per episode (HiReLC Sec. 3.7).
+"""The `hirelc` controller: one active-learning cycle per batch of episodes (HiReLC Sec. 3.7; with
+`parallel_episodes = 1`, the paper's one policy per cycle).
 
-Each `propose` is a cycle: the high-level ensemble (re)trains on its budget environment with the
+A batch's first `propose` is a cycle: the high-level ensemble (re)trains on its budget environment with the
 previous cycle's feedback and votes each block's `LayerBudget` (stochastic actions, deterministic in
 the last cycle); block by block, in execution order, the block's low-level ensemble trains against
 the logit-MSE proxy (or, once the replay buffer holds `surrogate_min` outcomes, the MLP surrogate)
 and votes its kernels' actions. The episode loop then compresses, fine-tunes and measures that
 policy for real; `observe` adds the outcome to the replay buffer, refits the surrogate (its error on
 the new outcome, measured before the refit, is the reported MAE) and feeds the drop and the realized
-fraction back to the high-level agents.
+fraction back to the high-level agents. A batch's further candidates, scored in parallel with the
+consensus (host/search/scale.py), are draws from the same trained ensembles (each member's
+stochastic action, voted): their outcomes train the surrogate too, and the search's selection sees
+them like any episode, but the cycle's feedback stays the consensus's.
 
 Kernels of one pruning group share a keep-ratio, so a kernel whose group an earlier kernel has
 decided takes that ratio (as `walk` does); the classifier keeps its width.
@@ -47,6 +51,7 @@ if TYPE_CHECKING:
 TYPES = ("int", "float")
 VOTES = ("uniform", "fixed", "confidence")
 _INT = (Precision.INT8, Precision.INT4W)
+DRAWS = 8  # tries for a cycle's further candidate that differs from those already open
 
 
 @dataclass(frozen=True)
@@ -159,8 +164,8 @@ def is_float(precision: Precision) -> bool:
 
 
 class HiReLCController(Controller):
-    """One cycle per episode (the module docstring); state: both tiers' ensembles, the surrogate
-    and its replay buffer, the feedback and the last consensus."""
+    """One cycle per batch (the module docstring); state: both tiers' ensembles, the surrogate
+    and its replay buffer, the feedback, the last consensus and the cycle count."""
 
     name = "hirelc"
 
@@ -190,6 +195,10 @@ class HiReLCController(Controller):
         self.errors: list[tuple[float, float]] = []  # (surrogate's prediction, measured accuracy)
         self.predicted: float | None = None
         self.notes: dict[str, Any] = {}
+        self.cycle: int | None = 0  # the cycle a batch's candidates belong to
+        self.consensus_episode = -1  # the cycle's first candidate: its outcome is the feedback
+        self.draws = 0  # candidates drawn so far (each draw's actions are seeded by its number)
+        self.observations: list[Any] = [None] * len(start.blocks)  # each block's observation this cycle
         self.lla = [self._block_ensemble(i, block) for i, block in enumerate(start.blocks)]
         self.hla = Ensemble(
             config.hla_members,
@@ -357,11 +366,21 @@ class HiReLCController(Controller):
     # --- the cycle ------------------------------------------------------------------------
 
     def batch_limit(self, start: int, wanted: int) -> int:
-        """A cycle needs the previous cycle's measured outcome."""
-        return 1
+        """A batch is one cycle's candidates (a cycle needs the previous cycle's measured outcome)."""
+        return wanted
 
     def _propose(self, episode: int) -> Policy:
-        c, cycle = self.config, episode
+        """The first proposal of a batch runs a cycle and returns its consensus; each later one is
+        a draw from the cycle's trained ensembles."""
+        if self.cycle is None:  # a checkpoint from before batched cycles: one cycle per episode
+            self.cycle = episode
+        if self.open:
+            return self._draw()
+        self.consensus_episode = episode
+        return self._cycle(self.cycle)
+
+    def _cycle(self, cycle: int) -> Policy:
+        c = self.config
         last = cycle >= self.start.cycles - 1
         self.feedback.progress = cycle / max(self.start.cycles - 1, 1)
         if c.hierarchy:
@@ -386,19 +405,44 @@ class HiReLCController(Controller):
             for env in ensemble.envs:
                 env.task = task  # type: ignore[attr-defined]
             ensemble.learn(c.lla_timesteps, cycle)
-            observation = task.observation(1.0, 0.0, 0.0, [1.0] * len(block.kernels))
-            votes = ensemble.actions(observation, deterministic=True, cycle=cycle)
+            self.observations[i] = task.observation(1.0, 0.0, 0.0, [1.0] * len(block.kernels))
+            votes = ensemble.actions(self.observations[i], deterministic=True, cycle=cycle)
             weights = ensemble.weights(c.vote, c.vote_weights, c.temperature)
             consensus = eq.vote(votes, weights, ordinal * len(block.kernels))
             actions, groups = self._decode(block, consensus, budget, groups)
             context.update(actions)
         self.current = context
+        return self._policy(context)
+
+    def _policy(self, context: dict[str, LayerAction]) -> Policy:
         policy = Policy(self.space.model, {layer.name: context[layer.name] for layer in self.space.layers})
         if self.enforcer is not None:
             policy = walk(self.space, _replay(self.space, policy), self.enforcer)
         return policy
 
+    def _draw(self) -> Policy:
+        """Another candidate of this cycle: block by block, the vote of each member's stochastic
+        action under the cycle's budgets; a draw that repeats an open candidate is drawn again
+        (up to DRAWS times)."""
+        c, ordinal = self.config, [True, True, False, False]
+        taken = [p for _, p in self.open]
+        for _ in range(DRAWS):
+            self.draws += 1
+            context, groups = dict(self.current), {}
+            for i, (block, budget, ensemble) in enumerate(zip(self.start.blocks, self.budgets, self.lla, strict=True)):
+                votes = ensemble.actions(self.observations[i], deterministic=False, cycle=self.cycle, draw=self.draws)
+                weights = ensemble.weights(c.vote, c.vote_weights, c.temperature)
+                actions, groups = self._decode(
+                    block, eq.vote(votes, weights, ordinal * len(block.kernels)), budget, groups
+                )
+                context.update(actions)
+            policy = self._policy(context)
+            if all(policy != t for t in taken):
+                break
+        return policy
+
     def _observe(self, episode: int, policy: Policy, reward: float, result: EpisodeResult | None) -> None:
+        """Every candidate's outcome trains the surrogate; the consensus's is the cycle's feedback."""
         names = [layer.name for layer in self.space.layers]
         fraction, _ = self._fraction(dict(policy.layers), names)
         estimator = "surrogate" if self.surrogate.active else "logit-mse"
@@ -408,12 +452,15 @@ class HiReLCController(Controller):
                 self.predicted = self.surrogate(policy.layers)
                 self.errors.append((self.predicted, result.val_accuracy))
             self.surrogate.add(policy.layers, result.val_accuracy)
-            drop = self.start.base_accuracy - result.val_accuracy
-            self.feedback.drop, self.feedback.fraction = drop, fraction
+            if episode == self.consensus_episode:
+                drop = self.start.base_accuracy - result.val_accuracy
+                self.feedback.drop, self.feedback.fraction = drop, fraction
         blocks = self.start.blocks
+        cycle = self.cycle
+        self._end_of_batch()
         self.notes = {
             "hirelc": HiReLCCycle(
-                episode,
+                cycle,
                 estimator,
                 self.predicted,
                 mean_absolute_error(self.errors),
@@ -426,6 +473,14 @@ class HiReLCController(Controller):
             )
         }
 
+    def _abandon(self, episode: int) -> None:
+        self._end_of_batch()
+
+    def _end_of_batch(self) -> None:
+        """The cycle ends with its last candidate's outcome."""
+        if not self.open and self.cycle is not None:
+            self.cycle += 1
+
     def episode_notes(self) -> dict[str, Any]:
         return self.notes
 
@@ -437,6 +492,8 @@ class HiReLCController(Controller):
             "errors": [list(e) for e in self.errors],
             "feedback": [self.feedback.drop, self.feedback.fraction, self.feedback.progress],
             "current": Policy(self.space.model, self.current).to_json(),
+            "cycle": self.cycle,
+            "draws": self.draws,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -447,3 +504,4 @@ class HiReLCController(Controller):
         self.errors = [(float(p), float(m)) for p, m in state["errors"]]
         self.feedback.drop, self.feedback.fraction, self.feedback.progress = state["feedback"]
         self.current = dict(Policy.from_json(state["current"]).layers)
+        self.cycle, self.draws = state.get("cycle"), state.get("draws", 0)
