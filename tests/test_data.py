@@ -24,6 +24,7 @@ from host.data import (
     synthetic_neu_det,
 )
 from host.data.splits import Normalisation, stratified_indices
+from host.data.synthetic import synthetic_neu_det_holdout
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +107,20 @@ def test_synthetic_neu_det_is_deterministic_for_a_seed() -> None:
         assert np.array_equal(first.split(which)[0], second.split(which)[0])
         assert np.array_equal(first.split(which)[1], second.split(which)[1])
     assert not np.allclose(first.x_train, other.x_train)
+
+
+def test_the_holdout_draws_fresh_images_of_the_same_classes(neu: DataSplits) -> None:
+    x_raw, y = synthetic_neu_det_holdout(0, 20)
+    assert x_raw.shape == (120, 3, 64, 64) and np.array_equal(np.bincount(y), [20] * 6)
+    assert np.array_equal(x_raw, synthetic_neu_det_holdout(0, 20)[0])  # deterministic for a seed
+    assert not np.allclose(x_raw, synthetic_neu_det_holdout(1, 20)[0])
+    x = neu.normalisation.apply(x_raw)
+    seen = np.concatenate([neu.x_train, neu.x_val, neu.x_test]).reshape(1800, -1)
+    nearest = np.abs(x.reshape(120, 1, -1)[:, :, ::97] - seen[None, :, ::97]).max(axis=2).min(axis=1)
+    assert nearest.min() > 0.1  # none is one of the 1,800
+    assert abs(float(x.mean())) < 0.1 and 0.8 < float(x.std()) < 1.2  # the same distribution's statistics
+    with pytest.raises(DataError, match="per_class must be at least 1"):
+        synthetic_neu_det_holdout(0, 0)
 
 
 def test_a_linear_model_on_raw_pixels_stays_far_below_a_cnn(neu: DataSplits) -> None:
