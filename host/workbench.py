@@ -93,6 +93,9 @@ class LutSettings:
 
     version: int | None = None  # pin this version id; None: the newest sealed one of the device
     offline: bool = False  # no on-demand profiling: a kernel the LUT lacks is an error naming it
+    # A search whose FP32 model the LUT predicts this far (relative) from its measurement at the
+    # start profiles every kernel afresh: the device has changed since the LUT was measured. 0: never.
+    max_drift: float = 0.10
     # A grpc:// store served by `hadmc lut serve`: the file holding its token, its TLS CA (PEM).
     token_file: str = ""
     tls_ca: str = ""
@@ -109,6 +112,8 @@ class LutSettings:
     def __post_init__(self) -> None:
         if self.version is not None and self.version < 1:
             raise ValueError(f"version = {self.version}: LUT version ids start at 1")
+        if not 0 <= self.max_drift < 10:
+            raise ValueError(f"max_drift = {self.max_drift}: a fraction (0.1: 10%), or 0 to never re-profile")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -26,6 +27,7 @@ from lut_store.keys.grid import load_grid
 from lut_store.records import StoreError
 from lut_store.sqlstore import SqliteStore
 from lut_store.store import open_store
+from lut_store.tomlfile import ConfigError
 from tests.conftest import quick_config
 from tests.helpers import small_cnn
 from tests.test_nightly import GRID, _wait_for_state
@@ -160,6 +162,54 @@ def test_a_nightly_run_a_search_and_a_lut_build_of_one_device_all_progress_and_l
                 assert searching.predict(model).version_ids == (sealed_search.id,)
     finally:
         agent.stop(grace_s=1.0)
+
+
+def _slowed(url: str, fingerprint: str, factor: float) -> int:
+    """A newest sealed version of `fingerprint` with every latency `factor` times its newest one's:
+    the LUT of a device that has since changed. Its id."""
+    from lut_store.build import acquire
+
+    with open_store(url) as store:
+        newest = store.latest(fingerprint)
+        scaled = [
+            replace(e, median_ms=e.median_ms * factor, mean_ms=e.mean_ms * factor) if e.status == "ok" else e
+            for e in store.entries(newest.id)
+        ]
+        build = acquire(store, fingerprint, "manual", "test-owner", 60.0, parent_id=newest.id)
+        store.add_entries(build.version.id, scaled, owner="test-owner")
+        return store.seal(build.version.id, "test-owner").id
+
+
+def test_a_search_on_a_lut_the_device_has_drifted_from_profiles_afresh(agent, client, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
+    url = f"sqlite:///{tmp_path / 'lut.sqlite'}"
+    config = load_search_config(None, {**TINY_SEARCH, "device": {"name": agent.address}, "store": url})
+    run_search(config, tmp_path / "first", progress=False)
+    stale = _slowed(url, client.info().fingerprint_hash, 3.0)
+    run_search(config, tmp_path / "second", progress=True)
+    said = capsys.readouterr().err
+    assert f"the LUT (version {stale}) predicts the FP32 model at" in said and "profiles every kernel afresh" in said
+    baseline = json.loads((tmp_path / "second" / "baseline.json").read_text())
+    assert 0.5 < baseline["predicted_latency_ms"] / baseline["measured_latency"]["median_ms"] < 2.0  # was ~3x
+    rows = [json.loads(line) for line in (tmp_path / "second" / "episodes.jsonl").read_text().splitlines()]
+    assert all(stale not in r["lut_version_ids"] for r in rows)  # no episode read the stale version
+    # Told not to (max_drift = 0), or pinned, a search uses the LUT as it is.
+    stale = _slowed(url, client.info().fingerprint_hash, 3.0)
+    off = replace(config, lut=replace(config.lut, max_drift=0.0)).with_search(episodes=1)
+    run_search(off, tmp_path / "off", progress=True)
+    assert "afresh" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "off" / "episodes.jsonl").read_text().splitlines()[0])["lut_version_ids"] == [stale]
+    pinned = replace(config, lut=replace(config.lut, version=stale)).with_search(episodes=1)
+    run_search(pinned, tmp_path / "pinned", progress=True)
+    said = capsys.readouterr().err
+    assert "warning: the LUT" in said and "pinned or offline, so its latencies are used as they are" in said
+
+
+@pytest.mark.parametrize("value", [-0.1, 10.0])
+def test_max_drift_is_a_fraction_or_0(value):
+    assert load_search_config(None, {"lut": {"max_drift": 0.0}}).lut.max_drift == 0.0
+    with pytest.raises(ConfigError, match=rf"max_drift = {value}: a fraction \(0.1: 10%\), or 0 to never re-profile"):
+        load_search_config(None, {"lut": {"max_drift": value}})
 
 
 def test_a_search_started_while_the_nightly_run_holds_its_version_does_not_die(client, tmp_path):

@@ -47,7 +47,7 @@ def test_a_pinned_offline_search_reads_only_its_version(agent, tmp_path, monkeyp
     rows = [json.loads(line) for line in (tmp_path / "offline" / "episodes.jsonl").read_text().splitlines()]
     assert all(r["lut_version_ids"] == [sealed] and r["profiled_kernels"] == 0 for r in rows)
     recorded = json.loads((tmp_path / "offline" / "config.json").read_text())["lut"]
-    assert recorded == {"version": sealed, "offline": True, "token_file": "", "tls_ca": ""}
+    assert recorded == {"version": sealed, "offline": True, "max_drift": 0.1, "token_file": "", "tls_ca": ""}
     with pytest.raises(StoreError, match="999"):
         run_search(_config(agent, store, version=999), tmp_path / "absent", progress=False)
 

@@ -116,6 +116,7 @@ class LatencyPredictor:
     lease_s: float = 600.0
     owner: str = field(default_factory=default_owner)
     base: Version | None = field(init=False, default=None)
+    base_trusted: bool = field(init=False, default=True)  # False: `distrust_base`
     open_version: Version | None = field(init=False, default=None)
     _cache: dict[str, _Known] = field(init=False, default_factory=dict)
     _keeper: LeaseKeeper | None = field(init=False, default=None)
@@ -185,8 +186,16 @@ class LatencyPredictor:
         key = kernel.key
         return KernelEstimate(kernel.name, key.kind, key.precision, key.hash, latency_ms, known.version_id, source)
 
+    def distrust_base(self) -> None:
+        """Predict only from kernels profiled by this predictor: the base version was measured
+        while the device ran otherwise (a driver, firmware or load since). It stays the parent, and
+        sealing carries its entries that were not measured again forward."""
+        self.base_trusted = False
+        mine = self.open_version.id if self.open_version is not None else None
+        self._cache = {h: known for h, known in self._cache.items() if known.version_id == mine}
+
     def _lookup(self, hashes: set[str]) -> None:
-        for version in (self.open_version, self.base):
+        for version in (self.open_version, self.base if self.base_trusted else None):
             if version is None or not hashes:
                 continue
             found = self.store.lookup(version.id, hashes).entries
