@@ -176,6 +176,7 @@ def test_search_and_compress_by_name_on_a_secured_agent_in_a_namespace(remote, t
     assert json.loads((offline_out / "config.json").read_text())["lut"] == {
         "version": newest,
         "offline": True,
+        "max_drift": 0.1,
         "token_file": "",
         "tls_ca": "",
     }

@@ -52,6 +52,7 @@ TYPES = ("int", "float")
 VOTES = ("uniform", "fixed", "confidence")
 _INT = (Precision.INT8, Precision.INT4W)
 DRAWS = 8  # tries for a cycle's further candidate that differs from those already open
+ORDINAL = [True, True, False, False]  # a kernel action's parts: bit and keep levels vote as ordinals
 
 
 @dataclass(frozen=True)
@@ -389,7 +390,6 @@ class HiReLCController(Controller):
         else:
             self.budgets = [self._uniform_budget()] * len(self.start.blocks)
         context, groups = dict(self.current), {}
-        ordinal = [True, True, False, False]
         for i, (block, budget, ensemble) in enumerate(zip(self.start.blocks, self.budgets, self.lla, strict=True)):
             frozen_groups, frozen_context = dict(groups), dict(context)
             task = BlockTask(
@@ -408,7 +408,7 @@ class HiReLCController(Controller):
             self.observations[i] = task.observation(1.0, 0.0, 0.0, [1.0] * len(block.kernels))
             votes = ensemble.actions(self.observations[i], deterministic=True, cycle=cycle)
             weights = ensemble.weights(c.vote, c.vote_weights, c.temperature)
-            consensus = eq.vote(votes, weights, ordinal * len(block.kernels))
+            consensus = eq.vote(votes, weights, ORDINAL * len(block.kernels))
             actions, groups = self._decode(block, consensus, budget, groups)
             context.update(actions)
         self.current = context
@@ -424,7 +424,7 @@ class HiReLCController(Controller):
         """Another candidate of this cycle: block by block, the vote of each member's stochastic
         action under the cycle's budgets; a draw that repeats an open candidate is drawn again
         (up to DRAWS times)."""
-        c, ordinal = self.config, [True, True, False, False]
+        c = self.config
         taken = [p for _, p in self.open]
         for _ in range(DRAWS):
             self.draws += 1
@@ -433,7 +433,7 @@ class HiReLCController(Controller):
                 votes = ensemble.actions(self.observations[i], deterministic=False, cycle=self.cycle, draw=self.draws)
                 weights = ensemble.weights(c.vote, c.vote_weights, c.temperature)
                 actions, groups = self._decode(
-                    block, eq.vote(votes, weights, ordinal * len(block.kernels)), budget, groups
+                    block, eq.vote(votes, weights, ORDINAL * len(block.kernels)), budget, groups
                 )
                 context.update(actions)
             policy = self._policy(context)
