@@ -40,11 +40,12 @@ def on_separate_machines(experiment: Experiment) -> bool:
     measure at the same time."""
     from host.fleet import resolve
     from host.search.scale import is_local_address
+    from lut_store.rpc import split_address
 
     device = experiment.search.device
     files = Path(device.devices_file).expanduser() if device.devices_file else None
     addresses = [resolve(name, files).address for name in experiment.settings.devices]
-    hosts = ["" if is_local_address(a) else a.rpartition(":")[0].strip("[]").lower() for a in addresses]
+    hosts = ["" if is_local_address(a) else split_address(a)[0].lower() for a in addresses]
     return len(set(hosts)) == len(hosts)
 
 
