@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import structlog
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -63,6 +64,8 @@ from lut_store.precision import Precision, device_precisions, int8_exact_weight_
 from lut_store.records import Version
 from lut_store.store import open_store
 from lut_store.tomlfile import ConfigError
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -321,6 +324,31 @@ class Workbench:
     def predict(self, model: ExportedModel | Path) -> Prediction:
         """Latency from the device's LUT; kernels it lacks are profiled on the device now."""
         return self.predictor.predict(model.path if isinstance(model, ExportedModel) else model)
+
+    def check_lut_drift(self, reference: Path, measured_ms: float) -> bool:
+        """When the LUT predicts the FP32 model at `reference` further than `[lut] max_drift` from
+        `measured_ms`, its measurement on the device, the device has changed since the LUT was
+        measured: from now on every kernel is profiled afresh (the FP32 model's first), and this
+        returns True. A pinned or offline LUT is only warned about."""
+        lut, predictor = self.config.lut, self.predictor
+        if not lut.max_drift or predictor.base is None or not predictor.base_trusted:
+            return False
+        predicted = self.predict(reference).latency_ms
+        drift = predicted / measured_ms - 1
+        if abs(drift) <= lut.max_drift:
+            return False
+        said = (
+            f"the LUT (version {predictor.base.id}) predicts the FP32 model at {predicted:.3f} ms, the device "
+            f"measures {measured_ms:.3f} ms ({drift:+.0%}, past [lut] max_drift = {lut.max_drift:g})"
+        )
+        if lut.version is not None or lut.offline:
+            self.progress.say(f"warning: {said}; the LUT is pinned or offline, so its latencies are used as they are")
+            return False
+        self.progress.say(f"{said}: the device has changed since; every kernel is profiled afresh")
+        log.warning("lut.drift", version=predictor.base.id, predicted_ms=predicted, measured_ms=measured_ms)
+        predictor.distrust_base()
+        self.predict(reference)
+        return True
 
     def register(self, path: Path) -> None:
         """Remember an exported model (a final model, the FP32 reference) in the store for this

@@ -188,7 +188,7 @@ def test_a_search_on_a_lut_the_device_has_drifted_from_profiles_afresh(agent, cl
     stale = _slowed(url, client.info().fingerprint_hash, 3.0)
     run_search(config, tmp_path / "second", progress=True)
     said = capsys.readouterr().err
-    assert f"the LUT (version {stale}) predicts the FP32 model at" in said and "profiles every kernel afresh" in said
+    assert f"the LUT (version {stale}) predicts the FP32 model at" in said and "every kernel is profiled afresh" in said
     baseline = json.loads((tmp_path / "second" / "baseline.json").read_text())
     assert 0.5 < baseline["predicted_latency_ms"] / baseline["measured_latency"]["median_ms"] < 2.0  # was ~3x
     rows = [json.loads(line) for line in (tmp_path / "second" / "episodes.jsonl").read_text().splitlines()]
@@ -203,6 +203,24 @@ def test_a_search_on_a_lut_the_device_has_drifted_from_profiles_afresh(agent, cl
     run_search(pinned, tmp_path / "pinned", progress=True)
     said = capsys.readouterr().err
     assert "warning: the LUT" in said and "pinned or offline, so its latencies are used as they are" in said
+
+
+def test_sota_reads_its_budget_from_a_lut_checked_against_the_device(agent, client, tmp_path, monkeypatch, capsys):
+    """Sota bounds every method by a fraction of the FP32 model's predicted latency: read from a
+    stale LUT, that budget would be 3x off; its searches then keep the LUT it was read from."""
+    from host.experiment.config import load_experiment
+    from host.experiment.studies import _prepare_sota
+
+    monkeypatch.setenv("HADMC_HOME", str(tmp_path / "home"))
+    url = f"sqlite:///{tmp_path / 'lut.sqlite'}"
+    experiment = load_experiment("sota", "tiny", devices=[agent.address], store=url)
+    first = _prepare_sota(experiment, progress=False)  # profiles the FP32 model's kernels
+    stale = _slowed(url, client.info().fingerprint_hash, 3.0)
+    second = _prepare_sota(experiment, progress=True)
+    said = capsys.readouterr().err
+    assert f"the LUT (version {stale}) predicts the FP32 model at" in said and "every kernel is profiled afresh" in said
+    assert 0.5 < second.search.search.latency_budget_ms / first.search.search.latency_budget_ms < 2.0
+    assert experiment.search.lut.max_drift == 0.10 and second.search.lut.max_drift == 0.0
 
 
 @pytest.mark.parametrize("value", [-0.1, 10.0])

@@ -163,6 +163,37 @@ def test_an_unreachable_ray_address_fails_fast_naming_it(tmp_path):
         run_search(load_search_config(None, {"scale": {"backend": "ray", "ray_address": "head"}}), tmp_path / "r2")
 
 
+class _SlowStartingRay:
+    """Ray's module as a busy machine shows it: its local node misses Ray's 30 s `late` times."""
+
+    def __init__(self, late: int) -> None:
+        self.late, self.inits, self.shutdowns = late, 0, 0
+
+    def init(self, **kwargs) -> None:
+        self.inits += 1
+        if self.inits <= self.late:
+            raise Exception("The current node timed out during startup. This could happen because ...")
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+def test_a_local_ray_node_that_starts_late_is_started_once_more():
+    from host.search.scale import ScaleError, ScaleSettings, _start_ray
+
+    once = _SlowStartingRay(late=1)
+    _start_ray(once, ScaleSettings(backend="ray"))
+    assert (once.inits, once.shutdowns) == (2, 1)
+    never = _SlowStartingRay(late=5)
+    with pytest.raises(ScaleError, match=r"Ray's node on this machine did not start in 2 tries: The current node"):
+        _start_ray(never, ScaleSettings(backend="ray"))
+    assert (never.inits, never.shutdowns) == (2, 2)
+    joining = _SlowStartingRay(late=1)  # a cluster's own node is not ours to restart
+    with pytest.raises(Exception, match="timed out during startup"):
+        _start_ray(joining, ScaleSettings(backend="ray", ray_address="auto"))
+    assert joining.inits == 1
+
+
 # ---- whole searches on a real Ray ----
 
 TINY = {

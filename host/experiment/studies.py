@@ -23,7 +23,7 @@ from host.experiment.parallel import on_ray, on_separate_machines, run_tasks
 from host.experiment.results import MODEL_COLUMNS, Column, ModelMetrics, Row, SeedResult
 from host.experiment.sequential import search_precisions
 from host.progress import Progress
-from host.runs import CompressSummary, SearchSummary, read_record, write_json
+from host.runs import CompressSummary, Latency, SearchSummary, read_record, write_json
 from host.search.run import SearchConfig, run_search
 from host.workbench import Workbench
 from lut_store.precision import Precision
@@ -94,30 +94,36 @@ ALTERNATIVE_LABELS = {
 }
 
 
-def _fp32_latency_ms(config: SearchConfig) -> float:
-    """The FP32 model's latency as the device's LUT predicts it (kernels it lacks are profiled)."""
+def _fp32_latency_ms(config: SearchConfig, progress: bool) -> float:
+    """The FP32 model's latency as the device's LUT predicts it (kernels it lacks are profiled),
+    the LUT first checked against the model's measurement (`Workbench.check_lut_drift`)."""
     from host.compress.export import export_onnx
 
-    with tempfile.TemporaryDirectory() as tmp, Workbench.open(config) as bench:
+    with tempfile.TemporaryDirectory() as tmp, Workbench.open(config, Progress(progress)) as bench:
         path = Path(tmp) / "fp32.onnx"
         export_onnx(bench.fresh_model().eval(), path, bench.input_shape)
+        measured = Latency.of(bench.device.benchmark(path, batch_size=config.device.benchmark_batch).latency)
+        bench.check_lut_drift(path, measured.median_ms)
         latency_ms = bench.predict(path).latency_ms
     return latency_ms
 
 
 def _prepare_sota(experiment: Experiment, progress: bool) -> Experiment:
-    """The latency budget in ms: the config's, else the fraction of the FP32 model's LUT latency."""
+    """The latency budget in ms: the config's, else the fraction of the FP32 model's LUT latency.
+    The searches then keep the LUT that budget was read from: it was checked against the device
+    just now, and a second check could re-profile it on noise alone and move the reference."""
     search = experiment.search
     if search.search.latency_budget_ms:
         return experiment
-    fp32_ms = _fp32_latency_ms(search)
+    fp32_ms = _fp32_latency_ms(search, progress)
     budget_ms = experiment.settings.sota_latency_fraction * fp32_ms
     _say(
         progress,
         f"[sota] latency budget {budget_ms:.4f} ms = {experiment.settings.sota_latency_fraction:g} x "
         f"{fp32_ms:.4f} ms (the FP32 model on the device's LUT)",
     )
-    return replace(experiment, search=search.with_search(latency_budget_ms=budget_ms))
+    checked = replace(search, lut=replace(search.lut, max_drift=0.0))
+    return replace(experiment, search=checked.with_search(latency_budget_ms=budget_ms))
 
 
 def sota(experiment: Experiment, seed: int, directory: Path, progress: bool) -> SeedResult:

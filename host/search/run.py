@@ -197,7 +197,7 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
         ray.enter_context(ray_session(config.scale))
     with ray, Workbench.open(config, shown) as bench:
         reference = bench.export_reference(out / "final" / "baseline_fp32.onnx")
-        baseline = _fresh_lut(bench, config, _baseline(bench, reference, out), reference, out, shown)
+        baseline = _fresh_lut(bench, _baseline(bench, reference, out), reference, out)
         precisions = _device(bench, config, out)
         if "openvino-default" in config.search.alternatives:
             check_openvino_default(bench, config.search.openvino_device)
@@ -264,31 +264,12 @@ def _baseline(bench: Workbench, reference: ExportedModel, out: Path) -> Baseline
     return baseline
 
 
-def _fresh_lut(
-    bench: Workbench, config: SearchConfig, baseline: Baseline, reference: ExportedModel, out: Path, shown: Progress
-) -> Baseline:
-    """When the LUT predicts the FP32 model further than `[lut] max_drift` from its measurement,
-    the device has changed since the LUT was measured: the search then profiles every kernel
-    afresh (the FP32 model's first, its prediction rewritten in baseline.json). A pinned or
-    offline LUT is only warned about. On resume the check reads the LUT as it is now."""
-    limit, predictor = config.lut.max_drift, bench.predictor
-    if not limit or predictor.base is None or not predictor.base_trusted:
-        return baseline
+def _fresh_lut(bench: Workbench, baseline: Baseline, reference: ExportedModel, out: Path) -> Baseline:
+    """The baseline on a LUT checked against the device (`Workbench.check_lut_drift`); after a re-profile
+    its prediction is rewritten in baseline.json. On resume the check reads the LUT as it is now."""
     measured = baseline.measured_latency.median_ms
-    predicted = bench.predict(reference.path).latency_ms
-    drift = predicted / measured - 1
-    if abs(drift) <= limit:
+    if not bench.check_lut_drift(reference.path, measured):
         return baseline
-    said = (
-        f"the LUT (version {predictor.base.id}) predicts the FP32 model at {predicted:.3f} ms, the device "
-        f"measures {measured:.3f} ms ({drift:+.0%}, past [lut] max_drift = {limit:g})"
-    )
-    if config.lut.version is not None or config.lut.offline:
-        shown.say(f"warning: {said}; the LUT is pinned or offline, so its latencies are used as they are")
-        return baseline
-    shown.say(f"{said}: the device has changed since; this search profiles every kernel afresh")
-    log.warning("search.lut_drift", version=predictor.base.id, predicted_ms=predicted, measured_ms=measured)
-    predictor.distrust_base()
     fresh = replace(baseline, predicted_latency_ms=bench.predict(reference.path).latency_ms)
     write_record(out / "baseline.json", fresh)
     return fresh

@@ -33,6 +33,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from host.compress.policy import Policy
 from host.search.evaluate import EpisodeResult, Evaluator, FinetuneContext, Prepared, Tuned, Unscored
 from host.search.loop import one_by_one
@@ -45,7 +47,10 @@ BACKENDS = ("local", "ray")
 LOCATIONS = ("auto", "local", "remote")
 TASK_RETRIES = 1  # a task whose worker dies runs once more, then its episode is recorded as failed
 CONNECT_TIMEOUT_S = 5.0
+START_TRIES = 2  # Ray gives a local node 30 s to start; on a busy machine one more try usually does
 RAY_EXTRA = "pip install 'hadmc[ray]'"
+
+log = structlog.get_logger(__name__)
 
 
 class ScaleError(ConnectionError):
@@ -142,20 +147,35 @@ def ray_session(settings: ScaleSettings) -> Iterator[Any]:
         yield ray
         return
     settings.preflight()
-    try:
-        ray.init(
-            address=settings.ray_address or "local",  # "local": our own, never a cluster found by chance
-            num_cpus=(settings.num_cpus or os.cpu_count()) if not settings.ray_address else None,
-            include_dashboard=False,
-            logging_level="ERROR",
-            log_to_driver=False,
-        )
-    except ConnectionError as exc:
-        raise ScaleError(f"cannot join the Ray cluster at {settings.ray_address}: {exc}") from None
+    _start_ray(ray, settings)
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _start_ray(ray: Any, settings: ScaleSettings) -> None:
+    """Start a Ray node here, or join `settings.ray_address`'s cluster. A local node that did not
+    start in Ray's fixed 30 s (a busy machine) is shut down and started once more."""
+    for attempt in range(1, START_TRIES + 1):
+        try:
+            ray.init(
+                address=settings.ray_address or "local",  # "local": our own, never a cluster found by chance
+                num_cpus=(settings.num_cpus or os.cpu_count()) if not settings.ray_address else None,
+                include_dashboard=False,
+                logging_level="ERROR",
+                log_to_driver=False,
+            )
+            return
+        except ConnectionError as exc:
+            raise ScaleError(f"cannot join the Ray cluster at {settings.ray_address}: {exc}") from None
+        except Exception as exc:  # Ray raises a bare Exception when its node does not start
+            if settings.ray_address or "timed out during startup" not in str(exc):
+                raise
+            ray.shutdown()
+            if attempt == START_TRIES:
+                raise ScaleError(f"Ray's node on this machine did not start in {START_TRIES} tries: {exc}") from None
+            log.warning("ray.start_retry", attempt=attempt, reason=str(exc))
 
 
 class LocalScorer:
