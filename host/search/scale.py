@@ -24,7 +24,6 @@ device's machine.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 import time
@@ -38,6 +37,7 @@ import structlog
 from host.compress.policy import Policy
 from host.search.evaluate import EpisodeResult, Evaluator, FinetuneContext, Prepared, Tuned, Unscored
 from host.search.loop import one_by_one
+from lut_store.rpc import is_loopback
 from lut_store.tomlfile import ConfigError
 
 if TYPE_CHECKING:
@@ -108,12 +108,7 @@ def import_ray() -> Any:
 def is_local_address(address: str) -> bool:
     """Whether a device address (host:port) names this machine."""
     host = address.rsplit(":", 1)[0].strip("[]")
-    if host in ("localhost", socket.gethostname(), ""):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return host in (socket.gethostname(), "") or is_loopback(host)
 
 
 def check_reachable(address: str) -> None:
