@@ -13,6 +13,7 @@ does not depend on the weights). With one embedded agent and one set of settings
 The fill's benchmark scored as a "prediction" of the evaluation's (`measurement_repeatability`)
 says how far two measurements of one model, taken when the LUT was filled and when it was
 evaluated, disagree on their own: the part of the LUT's misses that is the machine's, not the LUT's.
+The variants whose two measurements agree within 5% are also reported as a group of their own.
 For each prediction, `foreign_share` is the part of its latency that came from entries measured
 inside other models: with share 0 the prediction is that model's own profile re-used, so the
 figures are also reported for variants with foreign_share >= 0.5 (true transfer).
@@ -49,6 +50,9 @@ from lut_store.precision import Precision, device_precisions
 from lut_store.store import open_store
 
 KEEP_RATIOS = (0.25, 0.5, 0.75, 1.0)
+# Variants the machine measured alike at the fill and at the evaluation: the LUT's own error.
+STEADY_TOLERANCE = 0.05
+STEADY = f"steady machine (fill and evaluation measurements within {STEADY_TOLERANCE:.0%})"
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -205,6 +209,7 @@ def summarise(rows: list[dict], models: list[str]) -> dict:
         "all": rows,
         **{m: [r for r in rows if r["model"] == m] for m in models},
         "transfer (foreign_share >= 0.5)": [r for r in rows if r["foreign_share"] >= 0.5],
+        STEADY: [r for r in rows if abs(r["fill_measured_ms"] / r["measured_ms"] - 1) <= STEADY_TOLERANCE],
     }
     iso = {g: [r for r in rs if r["isolated_sum_ms"] is not None] for g, rs in groups.items()}
     return {
