@@ -20,7 +20,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import structlog
 import torch
 
 from host.compress.distill import DistillConfig
@@ -66,8 +65,6 @@ from host.search.surrogate import RewardSurrogate, layer_sensitivity
 from host.workbench import BenchConfig, Workbench
 from lut_store.precision import Precision
 from lut_store.tomlfile import ConfigError, from_mapping, read_toml
-
-log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
