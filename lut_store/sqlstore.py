@@ -808,21 +808,37 @@ class SqliteStore(SqlStore):
         super().__init__(url or f"sqlite:///{self.path}")
 
     def _connect(self) -> sqlite3.Connection:
+        """Processes that open a new file at once race to switch it to WAL, and SQLite answers the
+        losers "database is locked" without waiting: they try again until the busy timeout."""
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
+            try:
+                return self._open()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise self._cannot_open(exc) from None
+                time.sleep(0.05)
+            except (sqlite3.Error, OSError) as exc:
+                raise self._cannot_open(exc) from None
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = NORMAL")
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(
-                f"cannot open the SQLite store {self.path}: {exc}; check that the file and its "
-                "directory exist and are writable, or pass --store"
-            ) from None
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    def _cannot_open(self, exc: Exception) -> StoreError:
+        return StoreError(
+            f"cannot open the SQLite store {self.path}: {exc}; check that the file and its "
+            "directory exist and are writable, or pass --store"
+        )
 
     def _transaction(self, body: Callable[[sqlite3.Cursor], T]) -> T:
         with self._lock:

@@ -26,6 +26,7 @@ from lut_store.records import (
     UnknownVersion,
     VersionNotOpen,
 )
+from lut_store.sqlstore import SqliteStore
 from lut_store.store import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,6 +224,35 @@ def test_four_writer_processes_lose_no_entry(store, store_url):
     ]
     assert [p.wait(120) for p in procs] == [0, 0, 0, 0]
     assert store.version(build.version.id).entry_count == 4 * 25 * 8
+
+
+def _open_at(path: str, start: float, results) -> None:
+    while time.time() < start:
+        pass
+    try:
+        SqliteStore(Path(path)).close()
+        results.put("ok")
+    except StoreError as exc:
+        results.put(str(exc))
+
+
+def test_processes_that_open_a_new_sqlite_store_at_once_all_open_it(tmp_path):
+    """They race to switch the new file to WAL; SQLite told the losers "database is locked" at
+    once (4 of 30 rounds before the retry)."""
+    import multiprocessing
+
+    fork = multiprocessing.get_context("fork")
+    for round_no in range(20):
+        results = fork.Queue()
+        start = time.time() + 0.2
+        procs = [
+            fork.Process(target=_open_at, args=(str(tmp_path / f"{round_no}.sqlite"), start, results)) for _ in range(3)
+        ]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(60)
+        assert [results.get(timeout=5) for _ in procs] == ["ok"] * 3, f"round {round_no}"
 
 
 def test_diff_summarises_per_key_ratios(store):
