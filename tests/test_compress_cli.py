@@ -233,6 +233,7 @@ def test_corrupt_cached_baseline_is_named(tmp_path):
     assert result.returncode == 1 and f"checkpoint {target} cannot be loaded" in result.stderr, result.stderr
 
 
+@pytest.mark.slow  # trains MobileNetV2 for 2-3.5 min; bit-for-bit tests on random models run by default
 @pytest.mark.timeout(1200)
 def test_mobilenetv2_int8_onnxruntime_parity_on_synthetic_neu_det(tmp_path, agent, monkeypatch):
     """A trained int8 MobileNetV2: torch's test accuracy is the device's, image for image. (The gap
