@@ -233,10 +233,10 @@ def test_corrupt_cached_baseline_is_named(tmp_path):
     assert result.returncode == 1 and f"checkpoint {target} cannot be loaded" in result.stderr, result.stderr
 
 
-@pytest.mark.slow  # trains MobileNetV2 for 2-3.5 min; bit-for-bit tests on random models run by default
-@pytest.mark.timeout(1200)
+@pytest.mark.timeout(600)
 def test_mobilenetv2_int8_onnxruntime_parity_on_synthetic_neu_det(tmp_path, agent, monkeypatch):
-    """A trained int8 MobileNetV2: torch's test accuracy is the device's, image for image. (The gap
+    """A trained int8 MobileNetV2 (5 epochs, about 80% test accuracy, 1.5 min on 2 cores): torch's
+    test accuracy is the device's, image for image. (The gap
     was 0.0-0.56 points while a projection's output was quantized twice in torch and once, merged,
     in onnxruntime; up to float accumulation's missed levels after that.)"""
     from host.agent_client import AgentClient, AgentTarget
@@ -249,8 +249,8 @@ def test_mobilenetv2_int8_onnxruntime_parity_on_synthetic_neu_det(tmp_path, agen
     config = CompressConfig(
         model="mobilenetv2",
         data=DataConfig(name="synthetic-neu-det"),
-        baseline=TrainConfig(epochs=15, lr=2e-3, weight_decay=5e-4, augment=True),
-        distill=DistillConfig(epochs=3, augment=True),
+        baseline=TrainConfig(epochs=5, lr=3e-3, weight_decay=5e-4, augment=True),
+        distill=DistillConfig(epochs=1, augment=True),
     )
     from host.compress.policy import Policy
 
@@ -258,5 +258,5 @@ def test_mobilenetv2_int8_onnxruntime_parity_on_synthetic_neu_det(tmp_path, agen
     with AgentClient(AgentTarget(agent.address)) as client:
         summary = run_compress(config, policy, tmp_path / "out", progress=False, device=client)
     base, c = summary.baseline, summary.compressed
-    assert base.test_accuracy > 0.85
+    assert base.test_accuracy > 0.7
     assert c.test_accuracy_onnxruntime == c.test_accuracy  # torch computes the runtime's int8 arithmetic
