@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from host.agent_client import Endpoint
 from host.compress.policy import Policy, PolicyError
+from lut_store.precision import Precision
 
 SCHEMA = 2  # 1: the files hadmc wrote before records carried a schema
 R = TypeVar("R")
@@ -251,6 +252,20 @@ class LutPrior:
     dominated there on the reward's terms."""
 
     dropped: dict[str, list[str]]
+
+
+@dataclass(frozen=True)
+class LutSpace:
+    """The part of the search space read off the LUT at the start (space.json): each layer's share
+    of the FP32 latency and, with the LUT prior, its allowed precisions and speed features. A
+    resumed search reads it back: the controllers it restores go on in the space they were
+    checkpointed in, even when the LUT has changed since (a nightly re-profile, a drift re-profile)."""
+
+    layers: tuple[str, ...]
+    precisions: tuple[Precision, ...]
+    latency_share: tuple[float, ...]
+    allowed: tuple[tuple[Precision, ...], ...]
+    speed: tuple[tuple[float, ...], ...]
 
 
 @dataclass(frozen=True)

@@ -208,9 +208,22 @@ def test_a_killed_search_resumes_with_no_episode_lost_or_repeated(agent, tmp_pat
     proc.kill()
     proc.wait()
     assert len(lines) >= 3, "the search made too little progress to test resuming"
+    before = {(r["controller"], r["episode"]) for r in _complete_rows(out / "episodes.jsonl")}
+    # The space as the start saw it is what a resumed search uses, not what the LUT says now: one
+    # precision per layer is written here, and every episode after the resume must keep to it.
+    space = json.loads((out / "space.json").read_text())
+    one = [allowed[:1] for allowed in space["allowed"]]
+    space["allowed"] = one
+    space["speed"] = [[float(p == kept[0]) for p in space["precisions"]] for kept in one]
+    (out / "space.json").write_text(json.dumps(space))
     done = subprocess.run([*argv, "--resume", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    resumed = [r for r in rows if (r["controller"], r["episode"]) not in before]
+    assert resumed, "every episode was done before the kill"
+    names = space["layers"]
+    for r in resumed:
+        assert [r["policy"]["layers"][name]["precision"] for name in names] == [kept[0] for kept in one], r
     assert sorted((r["controller"], r["episode"]) for r in rows) == [
         (c, e) for c in ("ppo", "random") for e in range(4)
     ]
@@ -220,6 +233,17 @@ def test_a_killed_search_resumes_with_no_episode_lost_or_repeated(agent, tmp_pat
     assert [r["surrogate_episodes_so_far"] for r in ppo] == [0, 0, 0, 4]
     assert ppo[0]["surrogate_reward"] is None and all(r["surrogate_reward"] > 0 for r in ppo[1:])
     assert set(json.loads(done.stdout)["controllers"]) == {"ppo", "random"}
+
+
+def _complete_rows(path: Path) -> list[dict]:
+    """The rows of an episode log, less a last line cut short by a kill."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return rows
 
 
 def test_an_unreachable_device_fails_fast_naming_it(tmp_path, monkeypatch):

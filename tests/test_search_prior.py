@@ -265,3 +265,21 @@ def test_the_floor_is_the_unpruned_precision_plan_the_device_measures_fastest(tm
         a.precision for a in fastest_unpruned(Bench({}), uniform, tmp_path / "r.onnx", tmp_path).layers.values()
     } == {INT8}
     assert measured == []
+
+
+def test_a_resumed_search_keeps_the_space_it_started_with(tmp_path):
+    from host.runs import RunFileError
+    from host.search.run import _as_started
+
+    space, counter = _mlp()
+    started = _as_started(lut_choices(space, _estimator(space, counter, CPU), counter, False), tmp_path, False)
+    # Since the start, the device's fp16 kernels became the fastest: the LUT now says otherwise.
+    now = lut_choices(space, _estimator(space, counter, {**CPU, FP16: (0.1, 0.2, 0.01)}), counter, False)
+    assert now.allowed != started.allowed
+    assert _as_started(now, tmp_path, True) == started
+    assert _as_started(now, tmp_path, False) == now  # a new search writes its own
+    other = replace(now, precisions=(FP32, INT8), allowed=(), speed=())
+    with pytest.raises(
+        RunFileError, match=r"started over precisions \['fp32', 'fp16', 'int8', 'int4'\] .* start a new"
+    ):
+        _as_started(other, tmp_path, True)

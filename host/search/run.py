@@ -34,6 +34,7 @@ from host.runs import (
     EpisodeRow,
     FinalModel,
     LutPrior,
+    LutSpace,
     PrecisionSupport,
     RunFileError,
     SearchSummary,
@@ -207,7 +208,7 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, progress: 
             config.search.episode_samples,
         )
         counter = ParamCounter(bench.teacher, bench.example, config.compress.round_to)
-        space, estimator = _prior(bench, config, space, counter, out)
+        space, estimator = _prior(bench, config, space, counter, out, resume)
         config = _accuracy_reference(config, space, evaluator, out)
         controllers = _controllers(bench, config, space, baseline, evaluator, counter, estimator, out)
         rows = _run_controllers(config, controllers, evaluator, baseline, out, resume, shown)
@@ -306,9 +307,10 @@ def _space(
 
 
 def _prior(
-    bench: Workbench, config: SearchConfig, space: SearchSpace, counter: ParamCounter, out: Path
+    bench: Workbench, config: SearchConfig, space: SearchSpace, counter: ParamCounter, out: Path, resume: bool
 ) -> tuple[SearchSpace, LatencyEstimator | None]:
-    """The LUT's latency estimator when something needs it, and the space its prior narrowed."""
+    """The LUT's latency estimator when something needs it, and the space its prior narrowed (on
+    resume: the space as the run's start saw it, `_as_started`)."""
     s = config.search
     practise = "ppo" in s.controllers and config.ppo.surrogate_episodes > 0
     hirelc = "hirelc" in s.controllers and config.hirelc.latency_weight > 0
@@ -319,9 +321,33 @@ def _prior(
     )
     if s.lut_prior and estimator is not None:
         space = lut_choices(space, estimator, counter, size_matters=config.reward.size_weight > 0)
+    space = _as_started(space, out, resume)
+    if space.allowed:
         write_record(out / "prior.json", LutPrior(dropped(space)))
         bench.progress.say(f"LUT prior: {_prior_text(space)}")
     return space, estimator
+
+
+def _as_started(space: SearchSpace, out: Path, resume: bool) -> SearchSpace:
+    """`space` with its LUT-derived part written to space.json; on resume, that part read back
+    instead (the LUT may have changed since the start: the restored controllers' states and masks
+    must not)."""
+    path = out / "space.json"
+    layers = tuple(layer.name for layer in space.layers)
+    if not (resume and path.exists()):
+        write_record(path, LutSpace(layers, space.precisions, space.latency_share, space.allowed, space.speed))
+        return space
+    started = read_record(path, LutSpace)
+    if started.layers != layers or started.precisions != space.precisions:
+        raise RunFileError(
+            f"{path}: this search started over precisions {[p.value for p in started.precisions]} and "
+            f"{len(started.layers)} layers; it now has {[p.value for p in space.precisions]} and {len(layers)} "
+            "(the device or the model changed since): start a new search"
+        )
+    try:
+        return replace(space, latency_share=started.latency_share, allowed=started.allowed, speed=started.speed)
+    except ValueError as exc:
+        raise RunFileError(f"{path}: {exc}") from None
 
 
 def _accuracy_reference(config: SearchConfig, space: SearchSpace, evaluator: Evaluator, out: Path) -> SearchConfig:
