@@ -235,10 +235,10 @@ def test_corrupt_cached_baseline_is_named(tmp_path):
 
 @pytest.mark.timeout(600)
 def test_mobilenetv2_int8_onnxruntime_parity_on_synthetic_neu_det(tmp_path, agent, monkeypatch):
-    """A trained int8 MobileNetV2 (5 epochs, about 80% test accuracy, 1.5 min on 2 cores): torch's
-    test accuracy is the device's, image for image. (The gap
-    was 0.0-0.56 points while a projection's output was quantized twice in torch and once, merged,
-    in onnxruntime; up to float accumulation's missed levels after that.)"""
+    """A trained int8 MobileNetV2 (5 epochs, 79% test accuracy, 65-85 s on 2 cores): torch's test
+    accuracy is the device's, image for image. (The gap was 0.0-0.56 points while a projection's
+    output was quantized twice in torch and once, merged, in onnxruntime; up to float
+    accumulation's missed levels after that.)"""
     from host.agent_client import AgentClient, AgentTarget
     from host.compress.distill import DistillConfig
     from host.compress.run import CompressConfig, run_compress
