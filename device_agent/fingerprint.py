@@ -119,7 +119,9 @@ def _gpus(fp: agent_pb2.Fingerprint) -> None:
         pynvml.nvmlShutdown()
 
 
-def collect(facts: RuntimeFacts, intra_op_threads: int, inter_op_threads: int) -> agent_pb2.Fingerprint:
+def collect(
+    facts: RuntimeFacts, intra_op_threads: int, inter_op_threads: int, latency_statistic: str = "median"
+) -> agent_pb2.Fingerprint:
     """The fingerprint from host facts plus what the worker's probe found of its runtime."""
     fp = agent_pb2.Fingerprint(
         agent_version=agent_version(),
@@ -138,7 +140,8 @@ def collect(facts: RuntimeFacts, intra_op_threads: int, inter_op_threads: int) -
         os=f"{platform.system()} {platform.release()}".strip(),
         kernel=platform.version(),
         hostname=socket.gethostname(),
-        hashed_fields=HASHED_FIELDS,
+        hashed_fields=(*HASHED_FIELDS, *(("latency_statistic",) if latency_statistic != "median" else ())),
+        latency_statistic=latency_statistic,
     )
     _gpus(fp)
     power = read_power_mode()

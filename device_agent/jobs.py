@@ -56,6 +56,7 @@ class WorkerSettings:
     runtime: str = "onnxruntime"  # or "openvino"
     openvino_device: str = "CPU"
     inference_precision: str = "default"  # OpenVINO's precision hint: default | f32 | bf16 | f16
+    latency_statistic: str = "median"  # the latency of record: median | p10
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,10 @@ MAX_PROFILED_RUNS = 200
 
 def _stats(samples_ms: np.ndarray, whole: common_pb2.LatencyStats) -> common_pb2.LatencyStats:
     return common_pb2.LatencyStats(
+        latency_ms=float(samples_ms.mean()),
         median_ms=float(np.median(samples_ms)),
         mean_ms=float(samples_ms.mean()),
+        p10_ms=float(np.percentile(samples_ms, 10)),
         p90_ms=float(np.percentile(samples_ms, 90)),
         p99_ms=float(np.percentile(samples_ms, 99)),
         std_ms=float(samples_ms.std(ddof=1)),
@@ -107,11 +109,12 @@ def kernel_times_ms(
 
 
 def profile_kernels(
-    mk: ModelKernels, times: NodeTimes, whole: common_pb2.LatencyStats, overhead_ms: float
+    mk: ModelKernels, times: NodeTimes, whole: common_pb2.LatencyStats, overhead_ms: float, statistic: str = "median"
 ) -> agent_pb2.KernelProfile:
-    """Split `whole`'s median (measured without the profiler) over the model's kernels, from the
-    runtime's node times; `overhead_ms` is what the profiler adds to each node
-    (see node_overhead_ms)."""
+    """Split `whole`'s latency of record (measured without the profiler) over the model's kernels,
+    from the runtime's node times; `overhead_ms` is what the profiler adds to each node
+    (see node_overhead_ms). With `statistic` "p10" the kernels' shares come from the faster half of
+    the profiled runs, those that other tenants' work did not slow."""
     owner, lost = attribute_nodes(mk, times.nodes)
     names = [n.name for n in times.nodes]
     column = {n: i for i, n in enumerate(names)}
@@ -121,6 +124,9 @@ def profile_kernels(
         if n in owner:
             members.setdefault(owner[n], []).append(i)
     lost_cols = [column[n] for n in lost if table[:, column[n]].any()]
+    if statistic == "p10":
+        run_ms = table.sum(axis=1)
+        table = table[run_ms <= np.median(run_ms)]
     per_kernel, below = kernel_times_ms(table, members, len(mk.kernels), overhead_ms)
     lost_ms = 0.0
     if lost_cols:
@@ -128,7 +134,7 @@ def profile_kernels(
     corrected_ms = float(per_kernel.sum(axis=1).mean()) + lost_ms
     if corrected_ms <= 0:
         raise UnsupportedModel("the runtime's profiler recorded no node times for this model")
-    scale = whole.median_ms / corrected_ms
+    scale = (whole.latency_ms or whole.median_ms) / corrected_ms
     profile = agent_pb2.KernelProfile(
         runs=table.shape[0],
         profiled_sum_ms=float(table.sum(axis=1).mean()) / 1000.0,

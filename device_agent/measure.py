@@ -128,9 +128,14 @@ def _window(run_once: Callable[[], None], s: Settings, monitor: CpuMonitor, canc
 
 
 def measure(
-    run_once: Callable[[], None], s: Settings, own_pids: tuple[int, ...], cancelled: Callable[[], bool]
+    run_once: Callable[[], None],
+    s: Settings,
+    own_pids: tuple[int, ...],
+    cancelled: Callable[[], bool],
+    statistic: str = "median",
 ) -> common_pb2.LatencyStats:
-    """Warm up, then measure windows until one is undisturbed; return its statistics.
+    """Warm up, then measure windows until one is undisturbed; return its statistics, with
+    `statistic` ("median" or "p10") of the window as the latency of record.
 
     Raises InterferenceError when every window (s.max_attempts) was disturbed.
     """
@@ -144,9 +149,12 @@ def measure(
         w = _window(run_once, s, monitor, cancelled)
         if w.other_cores <= s.interference_max_cores:
             x = w.samples_ms
+            median_ms, p10_ms = float(np.median(x)), float(np.percentile(x, 10))
             return common_pb2.LatencyStats(
-                median_ms=float(np.median(x)),
+                latency_ms=p10_ms if statistic == "p10" else median_ms,
+                median_ms=median_ms,
                 mean_ms=float(x.mean()),
+                p10_ms=p10_ms,
                 p90_ms=float(np.percentile(x, 90)),
                 p99_ms=float(np.percentile(x, 99)),
                 std_ms=float(x.std(ddof=1)),

@@ -285,7 +285,7 @@ class _Upload:
 
 
 def _device_info(config: AgentConfig, probe: ProbeResult, threads: int) -> agent_pb2.DeviceInfo:
-    fp = fingerprint.collect(probe.facts, threads, config.inter_op_threads)
+    fp = fingerprint.collect(probe.facts, threads, config.inter_op_threads, config.latency_statistic)
     info = agent_pb2.DeviceInfo(fingerprint=fp, fingerprint_hash=fingerprint.hash_of(fp))
     for precision, supported, note in probe.precisions:
         entry = info.precisions.add(precision=precision.proto, supported=supported, note=note)
@@ -341,6 +341,7 @@ class Agent:
             runtime=config.runtime,
             openvino_device=config.openvino_device,
             inference_precision=config.inference_precision,
+            latency_statistic=config.latency_statistic,
         )
         kwargs = {"target": worker_target} if worker_target is not None else {}
         self.runner = MeasurementRunner(ws, config.max_queued_jobs, idle_exit_s=config.worker_idle_exit_s, **kwargs)

@@ -98,7 +98,9 @@ class Worker:
         )
 
         try:
-            return measure(run_once, settings, (*self.ws.own_pids, os.getpid()), self.cancelled)
+            return measure(
+                run_once, settings, (*self.ws.own_pids, os.getpid()), self.cancelled, self.ws.latency_statistic
+            )
         except MeasurementCancelled:
             raise JobError(CANCELLED, "cancelled") from None
         except InterferenceError as exc:
@@ -225,7 +227,7 @@ class Worker:
         stats = self._measure(run_once, job.settings)
         response = agent_pb2.BenchmarkResponse(
             latency=stats,
-            throughput_per_s=batch * 1000.0 / stats.median_ms,
+            throughput_per_s=batch * 1000.0 / stats.latency_ms,
             session_load_ms=load_ms,
             model=summary,
             batch_size=batch,
@@ -293,7 +295,7 @@ class Worker:
             times = self.rt.profile_nodes(
                 model_path, loaded, feeds, kernels.batch_size, settings.warmup_runs, runs, self.cancelled
             )
-            return profile_kernels(kernels, times, whole, self._node_overhead_ms)
+            return profile_kernels(kernels, times, whole, self._node_overhead_ms, self.ws.latency_statistic)
         except InterruptedError:
             raise JobError(CANCELLED, "cancelled") from None
         except UnsupportedModel as exc:

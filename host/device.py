@@ -190,8 +190,11 @@ def paired_latencies(
             runs.append(device.benchmark(path, batch_size=batch))
         baseline_runs.append((baseline_device or device).benchmark(baseline_path, batch_size=batch))
 
+    def ms(run: agent_pb2.BenchmarkResponse) -> float:
+        return Latency.of(run.latency).record_ms
+
     def middle(runs: list[agent_pb2.BenchmarkResponse]) -> agent_pb2.BenchmarkResponse:
-        return sorted(runs, key=lambda r: r.latency.median_ms)[(len(runs) - 1) // 2]
+        return sorted(runs, key=ms)[(len(runs) - 1) // 2]
 
     baseline = middle(baseline_runs)
     paired = []
@@ -199,14 +202,12 @@ def paired_latencies(
         model = middle(runs)
         paired.append(
             PairedLatency(
-                baseline.latency.median_ms / model.latency.median_ms,
+                ms(baseline) / ms(model),
                 Latency.of(model.latency),
                 Latency.of(baseline.latency),
                 message_dict(model),
                 message_dict(baseline),
-                tuple(
-                    Round(m.latency.median_ms, b.latency.median_ms) for m, b in zip(runs, baseline_runs, strict=True)
-                ),
+                tuple(Round(ms(m), ms(b)) for m, b in zip(runs, baseline_runs, strict=True)),
             )
         )
     return paired

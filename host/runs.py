@@ -52,6 +52,14 @@ class Latency:
     n: int
     rel_ci95: float
     stable: bool
+    p10_ms: float | None = None  # None: measured by an agent older than the field
+    latency_ms: float | None = None  # the agent's latency of record (None: as above, the median)
+
+    @property
+    def record_ms(self) -> float:
+        """The latency of record: what speedups and comparisons use (the median, or the 10th
+        percentile on an agent set to latency_statistic = "p10")."""
+        return self.median_ms if self.latency_ms is None else self.latency_ms
 
     @classmethod
     def of(cls, stats: Any) -> Latency:
@@ -67,12 +75,14 @@ class Latency:
             stats.n,
             stats.rel_ci95,
             stats.stable,
+            stats.p10_ms or None,
+            stats.latency_ms or None,
         )
 
 
 @dataclass(frozen=True)
 class Round:
-    """One interleaved round: the model's and the FP32 reference's median, ms."""
+    """One interleaved round: the model's and the FP32 reference's latency of record, ms."""
 
     model_ms: float
     baseline_ms: float

@@ -182,6 +182,8 @@ def entry_from_stats(
     env = json_format.MessageToDict(environment, preserving_proto_field_name=True)
     settings = json_format.MessageToDict(stats.settings, preserving_proto_field_name=True)
     settings.update(
+        latency_ms=stats.latency_ms,
+        p10_ms=stats.p10_ms,
         p90_ms=stats.p90_ms,
         p99_ms=stats.p99_ms,
         max_ms=stats.max_ms,

@@ -35,6 +35,9 @@ HASHED_FIELDS = (
     "inter_op_threads",
     "power_mode",
 )
+# Fields added after devices were fingerprinted, with the value every earlier device had: hashed
+# only when set to another value, so the hashes (and LUTs) of those devices stay theirs.
+LATER_HASHED_FIELDS = {"latency_statistic": "median"}
 
 
 def document(fp: agent_pb2.Fingerprint) -> dict[str, Any]:
@@ -52,7 +55,11 @@ def _get(doc: Mapping[str, Any], dotted: str) -> Any:
 
 def hashed_subset(doc: Mapping[str, Any]) -> dict[str, Any]:
     """The latency-relevant fields of a fingerprint document, by dotted name."""
-    return {name: _get(doc, name) for name in HASHED_FIELDS}
+    subset = {name: _get(doc, name) for name in HASHED_FIELDS}
+    for name, earlier in LATER_HASHED_FIELDS.items():
+        if _get(doc, name) not in (None, "", earlier):
+            subset[name] = _get(doc, name)
+    return subset
 
 
 def fingerprint_hash(doc: Mapping[str, Any]) -> str:
@@ -64,4 +71,4 @@ def fingerprint_hash(doc: Mapping[str, Any]) -> str:
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Hashed fields whose values differ between two documents: name -> (old, new)."""
     a, b = hashed_subset(old), hashed_subset(new)
-    return {k: (a[k], b[k]) for k in HASHED_FIELDS if a[k] != b[k]}
+    return {k: (a.get(k), b.get(k)) for k in (*HASHED_FIELDS, *LATER_HASHED_FIELDS) if a.get(k) != b.get(k)}

@@ -77,7 +77,8 @@ def test_profile_measures_every_required_kernel(client):
         s = r.stats
         assert r.key_hash == key.hash
         assert s.n >= 10 and s.median_ms > 0
-        assert s.min_ms <= s.median_ms <= s.p90_ms <= s.p99_ms <= s.max_ms
+        assert s.min_ms <= s.p10_ms <= s.median_ms <= s.p90_ms <= s.p99_ms <= s.max_ms
+        assert s.latency_ms == s.median_ms  # the default latency of record
         assert s.settings.min_runs == 10 and s.settings.max_time_s == pytest.approx(0.3)
         assert r.environment.measured_at_unix_s > time.time() - 600
         assert "cpu_temp_c" in r.environment.unreadable or r.environment.HasField("cpu_temp_c")

@@ -62,7 +62,7 @@ class ModelMetrics:
     @classmethod
     def of_baseline(cls, b: Baseline) -> ModelMetrics:
         """The FP32 baseline of a search run."""
-        latency = b.measured_latency.median_ms if b.measured_latency else None
+        latency = b.measured_latency.record_ms if b.measured_latency else None
         return cls(
             b.test_accuracy,
             b.test_accuracy_onnxruntime,
@@ -87,7 +87,7 @@ class ModelMetrics:
             4 * a.params,
             None,
             None,
-            a.measured_latency.median_ms,
+            a.measured_latency.record_ms,
             a.speedup,
             a.file_bytes,
             a.agreement.teacher_agreement,
@@ -105,7 +105,7 @@ class ModelMetrics:
             m.fp32_size_bytes,
             m.effective_size_bytes,
             m.compression,
-            m.measured_latency.median_ms if m.measured_latency else None,
+            m.measured_latency.record_ms if m.measured_latency else None,
             m.speedup,
             m.file_bytes,
             m.agreement.teacher_agreement if m.agreement else None,

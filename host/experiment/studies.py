@@ -103,7 +103,7 @@ def _fp32_latency_ms(config: SearchConfig, progress: bool) -> float:
         path = Path(tmp) / "fp32.onnx"
         export_onnx(bench.fresh_model().eval(), path, bench.input_shape)
         measured = Latency.of(bench.device.benchmark(path, batch_size=config.device.benchmark_batch).latency)
-        bench.check_lut_drift(path, measured.median_ms)
+        bench.check_lut_drift(path, measured.record_ms)
         latency_ms = bench.predict(path).latency_ms
     return latency_ms
 
@@ -476,7 +476,7 @@ def measure_on(bench: Workbench, on: str, fp32: Path, models: list[FinalModel], 
             continue
         paired = bench.paired(path, fp32)
         measured[name] = {
-            "latency_ms": paired.model.median_ms,
+            "latency_ms": paired.model.record_ms,
             "speedup": paired.speedup,
             "predicted_latency_ms": bench.predict(path).latency_ms,
             "test_accuracy_onnxruntime": bench.device_accuracy(path),

@@ -31,6 +31,7 @@ from google.protobuf import json_format
 
 from host.device import Device
 from host.latency import LatencyError
+from host.runs import Latency
 from lut_store.build import LeaseKeeper, acquire, default_owner, in_model_entries
 from lut_store.interface import LutStore
 from lut_store.keys.graph import Kernel, UnsupportedModel, model_kernels
@@ -73,7 +74,7 @@ class Prediction:
     batch_size: int
     model_sha256: str
     seconds: float = 0.0
-    measured_ms: float | None = None  # the device's whole-model median, when profiled for this call
+    measured_ms: float | None = None  # the device's whole-model latency of record, when profiled for this call
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -238,8 +239,9 @@ class LatencyPredictor:
         for e in entries:
             self._cache[e.key_hash] = _Known(e, version.id)
         elided = sum(e.status == "elided" for e in entries)
-        log.info("latency.profiled", kernels=len(entries), elided=elided, model_ms=resp.latency.median_ms)
-        return {e.key_hash for e in entries}, resp.latency.median_ms
+        model_ms = Latency.of(resp.latency).record_ms
+        log.info("latency.profiled", kernels=len(entries), elided=elided, model_ms=model_ms)
+        return {e.key_hash for e in entries}, model_ms
 
     def _writable(self) -> Version:
         """This predictor's open version, acquired on first write; a background thread renews its

@@ -43,7 +43,8 @@ FIGURES = {
         "Predicted vs measured latency",
         (
             "Predicted: the sum of the LUT latencies of the model's kernels. Measured: the "
-            "agent's benchmark of the exported ONNX model on the device (median, bar to p90). "
+            "agent's benchmark of the exported ONNX model on the device (its latency of record: the "
+            "median, or the 10th percentile on an agent set to it; bar to p90). "
             "The shaded band is within 10% of the measurement."
         ),
     ),
@@ -130,7 +131,7 @@ def _summary_rows(run: RunData) -> list[list[str]]:
                 _num(None if row.file_bytes is None else row.file_bytes / MB, ".2f"),
                 _cell("-") if is_base else _num(None if size_cut is None else 100 * size_cut, ".1f", "%", "-"),
                 _num(row.predicted_latency_ms, ".3f", "", "not predicted"),
-                _num(row.measured.median_ms, ".3f"),
+                _num(row.measured.latency_ms, ".3f"),
                 _num(row.measured.p90_ms, ".3f"),
                 _num(predicted_speedup, ".2f", "x", "-"),
                 _num(row.speedup, ".2f", "x"),
@@ -147,7 +148,7 @@ SUMMARY_HEADER = (
     "<th colspan=2>speedup over FP32</th><th rowspan=2>reward</th><th rowspan=2>episodes</th></tr>"
     "<tr><th>val</th><th>test (torch)</th><th>test (onnxruntime)</th><th>agreement</th><th>macro F1</th>"
     "<th>count</th><th>reduction</th><th>FP32 MB</th><th>effective MB</th><th>ONNX file MB</th><th>compression</th>"
-    "<th>predicted</th><th>measured median</th><th>measured p90</th><th>predicted</th><th>measured</th></tr>"
+    "<th>predicted</th><th>measured</th><th>measured p90</th><th>predicted</th><th>measured</th></tr>"
 )
 
 
@@ -274,7 +275,7 @@ def _warnings(run: RunData) -> list[str]:
         )
     if not run.episodes:
         out.append("episodes.jsonl holds no episodes.")
-    unmeasured = [r.name for r in (run.baseline, *run.finals) if r.measured.median_ms is None]
+    unmeasured = [r.name for r in (run.baseline, *run.finals) if r.measured.latency_ms is None]
     if unmeasured:
         out.append("Latency not measured on the device for: " + ", ".join(unmeasured) + ".")
     return out

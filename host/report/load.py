@@ -36,9 +36,10 @@ class ReportError(ValueError):
 
 @dataclass(frozen=True)
 class MeasuredLatency:
-    """Latency statistics of one benchmark on the device (ms); a field is None when not measured."""
+    """Latency statistics of one benchmark on the device (ms); a field is None when not measured.
+    `latency_ms` is the latency of record: the median, or the 10th percentile on an agent set to it."""
 
-    median_ms: float | None
+    latency_ms: float | None
     p90_ms: float | None
     p99_ms: float | None
     mean_ms: float | None
@@ -49,7 +50,7 @@ class MeasuredLatency:
     def of(cls, latency: Latency | None) -> MeasuredLatency:
         if latency is None:
             return cls(None, None, None, None, None, None)
-        return cls(latency.median_ms, latency.p90_ms, latency.p99_ms, latency.mean_ms, latency.std_ms, latency.n)
+        return cls(latency.record_ms, latency.p90_ms, latency.p99_ms, latency.mean_ms, latency.std_ms, latency.n)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class ModelRow:
     @classmethod
     def of_baseline(cls, b: Baseline) -> ModelRow:
         measured = MeasuredLatency.of(b.measured_latency)
-        speedup = 1.0 if measured.median_ms is not None else None
+        speedup = 1.0 if measured.latency_ms is not None else None
         return cls(
             "FP32 baseline",
             b.val_accuracy,

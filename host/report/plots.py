@@ -218,23 +218,23 @@ def per_layer_policy(run: RunData) -> bytes:
 
 
 def predicted_vs_measured(run: RunData) -> bytes:
-    """(d) Predicted (LUT) vs measured (device median, bar to p90) latency of the baseline and the
+    """(d) Predicted (LUT) vs measured (the device's latency of record, bar to p90) latency of the baseline and the
     final models, with y = x and a +-10% band; models that were not measured are listed."""
     fig = _figure(6.0, 5.6)
     ax = fig.add_subplot()
     colours = {**controller_colours(run.controllers), run.baseline.name: BASELINE_COLOUR}
     rows: list[ModelRow] = [run.baseline, *run.finals]
-    # (name, predicted, measured median, measured p90 or None) of every model that was measured
+    # (name, predicted, measured, measured p90 or None) of every model that was measured
     measured = [
-        (r.name, r.predicted_latency_ms, r.measured.median_ms, r.measured.p90_ms)
+        (r.name, r.predicted_latency_ms, r.measured.latency_ms, r.measured.p90_ms)
         for r in rows
-        if r.measured.median_ms is not None
+        if r.measured.latency_ms is not None
     ]
-    missing = [r.name for r in rows if r.measured.median_ms is None]
-    for name, predicted, median, p90 in measured:
-        xerr = [[0.0], [max(0.0, p90 - median)]] if p90 is not None else None
+    missing = [r.name for r in rows if r.measured.latency_ms is None]
+    for name, predicted, got_ms, p90 in measured:
+        xerr = [[0.0], [max(0.0, p90 - got_ms)]] if p90 is not None else None
         ax.errorbar(
-            [median],
+            [got_ms],
             [predicted],
             xerr=xerr,
             fmt="o",
@@ -243,9 +243,9 @@ def predicted_vs_measured(run: RunData) -> bytes:
             color=colours.get(name, BASELINE_COLOUR),
             label=name,
         )
-        ax.annotate(name, (median, predicted), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.annotate(name, (got_ms, predicted), textcoords="offset points", xytext=(6, 6), fontsize=8)
     if measured:
-        hi = 1.15 * max(max(predicted, median, p90 or 0.0) for _, predicted, median, p90 in measured)
+        hi = 1.15 * max(max(predicted, got_ms, p90 or 0.0) for _, predicted, got_ms, p90 in measured)
         ax.plot([0, hi], [0, hi], color="black", lw=1, label="predicted = measured")
         ax.fill_between([0, hi], [0, 0.9 * hi], [0, 1.1 * hi], color="tab:green", alpha=0.12, label="within 10%")
         ax.set_xlim(0, hi)
@@ -264,7 +264,7 @@ def predicted_vs_measured(run: RunData) -> bytes:
             fontsize=8,
             color="#a00000",
         )
-    ax.set_xlabel("measured latency on the device (ms; median, bar to p90)")
+    ax.set_xlabel("measured latency on the device (ms; latency of record, bar to p90)")
     ax.set_ylabel("predicted latency from the LUT (ms)")
     ax.set_title("Predicted vs measured latency, batch 1")
     ax.grid(alpha=0.3)

@@ -265,7 +265,7 @@ def _baseline(bench: Workbench, reference: ExportedModel, out: Path) -> Baseline
 def _fresh_lut(bench: Workbench, baseline: Baseline, reference: ExportedModel, out: Path) -> Baseline:
     """The baseline on a LUT checked against the device (`Workbench.check_lut_drift`); after a re-profile
     its prediction is rewritten in baseline.json. On resume the check reads the LUT as it is now."""
-    measured = baseline.measured_latency.median_ms
+    measured = baseline.measured_latency.record_ms
     if not bench.check_lut_drift(reference.path, measured):
         return baseline
     fresh = replace(baseline, predicted_latency_ms=bench.predict(reference.path).latency_ms)

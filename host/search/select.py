@@ -246,13 +246,13 @@ def _measure(
     bench.progress.live(f"{len(paths)} candidates: measuring on the device in turn ...", force=True)
     paired = bench.paired_many(paths, reference)
     measured = {
-        row.episode: Measured(f.accuracy, f.kl, p.model.median_ms, p.speedup)
+        row.episode: Measured(f.accuracy, f.kl, p.model.record_ms, p.speedup)
         for row, f, p in zip(pool, scores, paired[: len(pool)], strict=True)
     }
     if not with_floor:
         return measured, None
     p = paired[-1]
-    return measured, Measured(floor.val_accuracy, floor.val_kl, p.model.median_ms, p.speedup)
+    return measured, Measured(floor.val_accuracy, floor.val_kl, p.model.record_ms, p.speedup)
 
 
 def fine_tuned(bench: Workbench, policy: Policy, distill: DistillConfig, what: str) -> nn.Module:

@@ -37,7 +37,7 @@ class GpuInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., compute_capability: _Optional[str] = ...) -> None: ...
 
 class Fingerprint(_message.Message):
-    __slots__ = ("agent_version", "profiler_version", "cpu", "memory_total_bytes", "gpus", "gpu_driver_version", "cuda_version", "onnxruntime_version", "available_providers", "execution_provider", "provider_options", "intra_op_threads", "inter_op_threads", "os", "kernel", "power_mode", "hostname", "hashed_fields", "notes", "runtime", "runtime_version", "inference_precision")
+    __slots__ = ("agent_version", "profiler_version", "cpu", "memory_total_bytes", "gpus", "gpu_driver_version", "cuda_version", "onnxruntime_version", "available_providers", "execution_provider", "provider_options", "intra_op_threads", "inter_op_threads", "os", "kernel", "power_mode", "hostname", "hashed_fields", "notes", "runtime", "runtime_version", "inference_precision", "latency_statistic")
     class ProviderOptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class Fingerprint(_message.Message):
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_STATISTIC_FIELD_NUMBER: _ClassVar[int]
     agent_version: str
     profiler_version: str
     cpu: CpuInfo
@@ -96,7 +97,8 @@ class Fingerprint(_message.Message):
     runtime: str
     runtime_version: str
     inference_precision: str
-    def __init__(self, agent_version: _Optional[str] = ..., profiler_version: _Optional[str] = ..., cpu: _Optional[_Union[CpuInfo, _Mapping]] = ..., memory_total_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., gpu_driver_version: _Optional[str] = ..., cuda_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., execution_provider: _Optional[str] = ..., provider_options: _Optional[_Mapping[str, str]] = ..., intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., os: _Optional[str] = ..., kernel: _Optional[str] = ..., power_mode: _Optional[str] = ..., hostname: _Optional[str] = ..., hashed_fields: _Optional[_Iterable[str]] = ..., notes: _Optional[_Mapping[str, str]] = ..., runtime: _Optional[str] = ..., runtime_version: _Optional[str] = ..., inference_precision: _Optional[str] = ...) -> None: ...
+    latency_statistic: str
+    def __init__(self, agent_version: _Optional[str] = ..., profiler_version: _Optional[str] = ..., cpu: _Optional[_Union[CpuInfo, _Mapping]] = ..., memory_total_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., gpu_driver_version: _Optional[str] = ..., cuda_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., execution_provider: _Optional[str] = ..., provider_options: _Optional[_Mapping[str, str]] = ..., intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., os: _Optional[str] = ..., kernel: _Optional[str] = ..., power_mode: _Optional[str] = ..., hostname: _Optional[str] = ..., hashed_fields: _Optional[_Iterable[str]] = ..., notes: _Optional[_Mapping[str, str]] = ..., runtime: _Optional[str] = ..., runtime_version: _Optional[str] = ..., inference_precision: _Optional[str] = ..., latency_statistic: _Optional[str] = ...) -> None: ...
 
 class PrecisionSupport(_message.Message):
     __slots__ = ("precision", "supported", "note", "exact_weight_bits")

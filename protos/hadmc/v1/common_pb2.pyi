@@ -135,7 +135,7 @@ class MeasurementSettings(_message.Message):
     def __init__(self, warmup_runs: _Optional[int] = ..., min_runs: _Optional[int] = ..., max_runs: _Optional[int] = ..., max_time_s: _Optional[float] = ..., target_rel_ci: _Optional[float] = ..., max_attempts: _Optional[int] = ..., interference_max_cores: _Optional[float] = ..., min_window_s: _Optional[float] = ...) -> None: ...
 
 class LatencyStats(_message.Message):
-    __slots__ = ("median_ms", "mean_ms", "p90_ms", "p99_ms", "std_ms", "min_ms", "max_ms", "n", "rel_ci95", "stable", "attempts", "other_cpu_cores", "settings")
+    __slots__ = ("median_ms", "mean_ms", "p90_ms", "p99_ms", "std_ms", "min_ms", "max_ms", "n", "rel_ci95", "stable", "attempts", "other_cpu_cores", "settings", "p10_ms", "latency_ms")
     MEDIAN_MS_FIELD_NUMBER: _ClassVar[int]
     MEAN_MS_FIELD_NUMBER: _ClassVar[int]
     P90_MS_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +149,8 @@ class LatencyStats(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     OTHER_CPU_CORES_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    P10_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     median_ms: float
     mean_ms: float
     p90_ms: float
@@ -162,7 +164,9 @@ class LatencyStats(_message.Message):
     attempts: int
     other_cpu_cores: float
     settings: MeasurementSettings
-    def __init__(self, median_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., std_ms: _Optional[float] = ..., min_ms: _Optional[float] = ..., max_ms: _Optional[float] = ..., n: _Optional[int] = ..., rel_ci95: _Optional[float] = ..., stable: _Optional[bool] = ..., attempts: _Optional[int] = ..., other_cpu_cores: _Optional[float] = ..., settings: _Optional[_Union[MeasurementSettings, _Mapping]] = ...) -> None: ...
+    p10_ms: float
+    latency_ms: float
+    def __init__(self, median_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., std_ms: _Optional[float] = ..., min_ms: _Optional[float] = ..., max_ms: _Optional[float] = ..., n: _Optional[int] = ..., rel_ci95: _Optional[float] = ..., stable: _Optional[bool] = ..., attempts: _Optional[int] = ..., other_cpu_cores: _Optional[float] = ..., settings: _Optional[_Union[MeasurementSettings, _Mapping]] = ..., p10_ms: _Optional[float] = ..., latency_ms: _Optional[float] = ...) -> None: ...
 
 class MeasurementEnvironment(_message.Message):
     __slots__ = ("measured_at_unix_s", "cpu_freq_mhz", "cpu_governor", "cpu_temp_c", "gpu_sm_clock_mhz", "gpu_mem_clock_mhz", "gpu_temp_c", "power_mode", "throttle_reasons", "unreadable")
