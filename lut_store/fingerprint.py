@@ -70,5 +70,11 @@ def fingerprint_hash(doc: Mapping[str, Any]) -> str:
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Hashed fields whose values differ between two documents: name -> (old, new)."""
-    a, b = hashed_subset(old), hashed_subset(new)
-    return {k: (a.get(k), b.get(k)) for k in (*HASHED_FIELDS, *LATER_HASHED_FIELDS) if a.get(k) != b.get(k)}
+    names = (*HASHED_FIELDS, *LATER_HASHED_FIELDS)
+
+    def values(doc: Mapping[str, Any]) -> dict[str, Any]:
+        subset = hashed_subset(doc)  # a later field left out holds its earlier value
+        return {k: subset.get(k, LATER_HASHED_FIELDS.get(k)) for k in names}
+
+    a, b = values(old), values(new)
+    return {k: (a[k], b[k]) for k in names if a[k] != b[k]}

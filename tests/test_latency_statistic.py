@@ -48,7 +48,8 @@ def test_devices_measured_before_the_field_keep_their_hash_and_p10_gets_its_own(
     p10 = {**doc, "latency_statistic": "p10"}
     assert fingerprint_hash(doc) == fingerprint_hash(median) == fingerprint_hash({**doc, "latency_statistic": ""})
     assert fingerprint_hash(p10) != fingerprint_hash(doc)
-    assert differences(median, p10) == {"latency_statistic": (None, "p10")}
+    assert differences(doc, p10) == {"latency_statistic": ("median", "p10")}
+    assert differences(doc, median) == {}
 
 
 @pytest.fixture(scope="module")
