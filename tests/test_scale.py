@@ -375,7 +375,9 @@ def test_an_experiments_seeds_run_as_ray_tasks_against_a_remote_device(agent, tm
     assert seeds[0] != seeds[1]  # two searches, not one twice
 
 
-@pytest.mark.parametrize("study", ["hirelc-ablation", "ablation"])
+# hirelc-ablation's five searches as Ray tasks (about 30 s) run with -m slow: the default run keeps
+# the ablation's fine-tunes as Ray tasks, and an experiment's seeds as Ray searches (above).
+@pytest.mark.parametrize("study", [pytest.param("hirelc-ablation", marks=pytest.mark.slow), "ablation"])
 def test_a_seeds_independent_work_runs_as_ray_tasks(study, agent, tmp_path, monkeypatch, capsys):
     """One seed on a remote device: hirelc-ablation's five searches at once, or the ablation's six
     fine-tunes of the policy its search found."""
