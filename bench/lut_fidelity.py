@@ -51,6 +51,7 @@ from host import logs
 from host.device import Device, DeviceConfig, open_device
 from host.latency.predict import LatencyPredictor
 from host.latency.variants import export_variant, model_limits, random_policy
+from host.runs import Latency
 from lut_store.keys.graph import model_kernels
 from lut_store.precision import Precision, device_precisions
 from lut_store.store import open_store
@@ -80,11 +81,6 @@ def fidelity(pred: list[float], meas: list[float]) -> dict[str, float]:
     }
 
 
-def record_ms(stats) -> float:
-    """The agent's latency of record (agents older than the field report the median only)."""
-    return stats.latency_ms or stats.median_ms
-
-
 def isolated_sum(client: Device, model_path: Path, cache: dict[str, float]) -> float | None:
     """The naive LUT: every kernel profiled alone, summed (None when one cannot be measured)."""
     import onnx
@@ -95,7 +91,7 @@ def isolated_sum(client: Device, model_path: Path, cache: dict[str, float]) -> f
         chunk = todo[start : start + 64]
         for result in client.profile(chunk):
             cache[chunk[result.index].hash] = (
-                record_ms(result.stats) if result.WhichOneof("outcome") == "stats" else float("nan")
+                Latency.of(result.stats).record_ms if result.WhichOneof("outcome") == "stats" else float("nan")
             )
     total = sum(cache[k.hash] for k in keys)
     return None if np.isnan(total) else total
@@ -191,7 +187,7 @@ def fill(
         path = variants[i][1]
         predictor.predict(path)
         latency = device.benchmark(path, batch_size=1).latency
-        measured[path.stem] = (record_ms(latency), latency.p10_ms)
+        measured[path.stem] = (Latency.of(latency).record_ms, latency.p10_ms)
     return time.monotonic() - t0, measured
 
 
@@ -217,7 +213,7 @@ def evaluate(
                 "model": name,
                 "variant": path.stem,
                 "predicted_ms": pred.latency_ms,
-                "measured_ms": record_ms(measured),
+                "measured_ms": Latency.of(measured).record_ms,
                 "measured_p10_ms": measured.p10_ms,
                 "measured_stable": measured.stable,
                 "foreign_share": foreign / pred.latency_ms,

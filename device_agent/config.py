@@ -110,7 +110,7 @@ class AgentConfig:
     inference_precision: str = "default"
     # Which statistic of a measurement window is the latency of record: "median", or "p10" where
     # other tenants of a shared CPU slow a share of the runs unseen by the interference check (the
-    # median then moves by tens of percent between minutes, the 10th percentile by a few).
+    # median then moves by tens of percent between minutes, the 10th percentile less).
     latency_statistic: str = "median"
     provider_options: dict[str, str] = field(default_factory=dict)
     intra_op_threads: int = 0
