@@ -20,6 +20,8 @@ from host.compress.policy import LayerAction, Policy
 from host.latency import LatencyError
 from host.latency.predict import LatencyPredictor
 from host.latency.variants import export_variant, model_limits, random_policy
+from host.runs import Latency
+from lut_store.build import in_model_entries
 from lut_store.keys.graph import UnsupportedModel, attribute_nodes, model_kernels, onnx_runtime_nodes
 from lut_store.opkey import OpKey
 from lut_store.precision import Precision
@@ -154,6 +156,56 @@ def test_on_demand_profiling_fills_the_store_and_seals(agent, client, models, st
             later.predict(models["resnet18_fp32"])
         newest = store.latest(sealed.fingerprint_hash)
         assert newest.parent_id == sealed.id and newest.entry_count > sealed.entry_count
+
+
+class _SlowedMoments:
+    """The real agent, with each per-kernel benchmark reported `factor` times slower (the next of
+    `factors`): a moment when other tenants slowed the device, made deterministic."""
+
+    def __init__(self, client: AgentClient, factors: list[float]) -> None:
+        self.client, self.factors, self.last = client, factors, None
+
+    def info(self, timeout_s: float | None = None):
+        return self.client.info()
+
+    def benchmark(self, model, batch_size: int = 1, per_kernel: bool = False):
+        resp = self.client.benchmark(model, batch_size=batch_size, per_kernel=per_kernel)
+        factor = self.factors.pop(0)
+        for stats in (resp.latency, *(k.latency for k in resp.kernel_profile.kernels)):
+            for name in ("latency_ms", "median_ms", "mean_ms", "p10_ms"):
+                setattr(stats, name, getattr(stats, name) * factor)
+        self.last = resp
+        return resp
+
+
+def test_remeasure_keeps_the_fastest_pass_of_a_model_and_nothing_else(client, models, tmp_path):
+    path, other = models["resnet18_small"], models["resnet18_fp32"]
+    with open_store(f"sqlite:///{tmp_path / 'lut.sqlite'}") as store:
+        device = _SlowedMoments(client, [1.5, 1.0, 2.0, 1.0])
+        predictor = LatencyPredictor.for_device(store, device)
+        slowed = predictor.predict(path)
+        foreign = predictor.predict(other)  # profiled at 1.0; shares no kernel with `path`
+        assert not {k.key_hash for k in slowed.kernels} & {k.key_hash for k in foreign.kernels}
+        # A slower moment than the stored pass changes nothing.
+        slower_ms = predictor.remeasure(path)
+        assert slower_ms == pytest.approx(Latency.of(device.last.latency).record_ms)
+        assert predictor.predict(path).latency_ms == slowed.latency_ms
+        # A faster one replaces the model's entries with that pass's, all of them.
+        faster_ms = predictor.remeasure(path)
+        fresh = in_model_entries(device.last).entries
+        after = predictor.predict(path)
+        assert faster_ms < slowed.measured_ms and after.latency_ms < slowed.latency_ms
+        assert [k.latency_ms for k in after.kernels] == [fresh[k.key_hash].mean_ms for k in after.kernels]
+        assert {k.version_id for k in after.kernels} == {predictor.open_version.id}
+        assert predictor.predict(other).latency_ms == foreign.latency_ms
+        sealed = predictor.close()
+        assert store.lookup(sealed.id, {k.key_hash for k in after.kernels}).entries.keys() == fresh.keys()
+        # Entries of a sealed version are not this session's to replace; measuring still reports.
+        later = LatencyPredictor.for_device(store, _SlowedMoments(client, [0.5]))
+        assert later.remeasure(path) > 0 and later.predict(path).latency_ms == after.latency_ms
+        assert later.open_version is None
+        with pytest.raises(LatencyError, match="offline"):
+            LatencyPredictor.for_device(store, client, offline=True).remeasure(path)
 
 
 def test_small_fidelity_check(client, tmp_path):
