@@ -81,8 +81,13 @@ class NightlyConfig:
     # Where the last run is remembered (default: under $HADMC_HOME or the user data directory).
     state_file: Path | None = None
     lease_s: float = 300.0
+    # Registered models are measured this many times, spread between the keys; each keeps its
+    # fastest pass, the model's latency when other tenants of the machine do not slow it.
+    model_passes: int = 3
 
     def __post_init__(self) -> None:
+        if not 1 <= self.model_passes <= 20:
+            raise ConfigError(f"nightly.model_passes = {self.model_passes} must be between 1 and 20")
         if self.at:
             hour, sep, minute = self.at.partition(":")
             if not (sep and hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60):

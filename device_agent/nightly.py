@@ -250,7 +250,13 @@ class Nightly:
                 document(self._info.fingerprint),
                 keys,
                 [LocalProfiler(self._runner, self._agent_config, self._stop)],
-                BuildPlan(source="nightly", note=reason, parent_id=parent, lease_s=self.config.lease_s),
+                BuildPlan(
+                    source="nightly",
+                    note=reason,
+                    parent_id=parent,
+                    lease_s=self.config.lease_s,
+                    model_passes=self.config.model_passes,
+                ),
                 models=models,
             )
             response = _response(report, store.shown_url, reason, parent)

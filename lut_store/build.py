@@ -1,6 +1,7 @@
 """Building a LUT version: profile keys on one or more devices of one fingerprint, measure
-registered models in context, write the results into the builder's own open version as they
-arrive, seal when every key is measured.
+registered models in context (in `model_passes` passes between the keys, each model keeping its
+fastest), write the results into the builder's own open version as they arrive, seal when every
+key is measured.
 
 Each builder holds its own open version under a lease that a background thread renews
 (`LeaseKeeper`), so builders, nightly runs and searches of one fingerprint never wait for each
@@ -280,6 +281,13 @@ class BuildPlan:
     chunk_keys: int = 32
     retries: int = 3
     retry_wait_s: float = 5.0
+    # Registered models are measured this many times, spread over the build; each keeps its
+    # fastest pass (a CPU shared with other tenants slows single measurements for minutes).
+    model_passes: int = 1
+
+    def __post_init__(self) -> None:
+        if self.model_passes < 1:
+            raise ValueError(f"model_passes = {self.model_passes}: at least one pass measures the models")
 
 
 class _Progress:
@@ -402,14 +410,17 @@ def _model_bytes(store: LutStore, model: RegisteredModel) -> bytes:
     return onnx
 
 
-def _profile_model(profiler: Profiler, model: RegisteredModel, onnx: bytes, fingerprint_hash: str) -> InModelProfile:
-    """One per-kernel benchmark of a registered model; raises (anything) when it cannot be made."""
+def _profile_model(
+    profiler: Profiler, model: RegisteredModel, onnx: bytes, fingerprint_hash: str
+) -> tuple[InModelProfile, float]:
+    """One per-kernel benchmark of a registered model, and the model's latency of record in it (ms);
+    raises (anything) when it cannot be made."""
     resp = profiler.benchmark(onnx, batch_size=model.batch_size, per_kernel=True)
     if resp.fingerprint_hash and resp.fingerprint_hash != fingerprint_hash:
         raise ValueError(f"the device's fingerprint is now {resp.fingerprint_hash[:16]}, not {fingerprint_hash[:16]}")
     if not resp.kernel_profile.kernels:
         raise ValueError("the device returned no per-kernel profile")
-    return in_model_entries(resp)
+    return in_model_entries(resp), resp.latency.latency_ms or resp.latency.median_ms  # older agents: median
 
 
 @dataclass
@@ -419,30 +430,53 @@ class _ModelsMeasured:
     skipped: list[ModelSkip] = field(default_factory=list)
 
 
-def _measure_models(
-    profilers: Sequence[Profiler], models: Sequence[RegisteredModel], writer: _Writer, fingerprint_hash: str
-) -> _ModelsMeasured:
-    """Benchmark each model kernel by kernel (round robin over the profilers) and store its
-    in-model entries, all of a model at once; a model that cannot be measured is named in the
-    result with the reason and skipped. Each measured model is registered for `fingerprint_hash`
-    (after a fingerprint change, it is kept fresh for the new one from then on)."""
-    done = _ModelsMeasured()
-    for i, model in enumerate(models):
-        try:
-            onnx = _model_bytes(writer.store, model)
-            profile = _profile_model(profilers[i % len(profilers)], model, onnx, fingerprint_hash)
-        except Exception as exc:  # whatever kept this model from being measured: skip it, report why
-            done.skipped.append(ModelSkip(model.name, model.model_sha256, str(exc) or type(exc).__name__))
-            log.warning("lut.build.model_skipped", version=writer.version_id, model=model.name, reason=str(exc))
-            continue
-        writer.write_model(list(profile.entries.values()))
-        if model.fingerprint_hash != fingerprint_hash or model.kernels != profile.kernels:
-            writer.store.register_model(
-                fingerprint_hash, model.name, onnx, model.batch_size, profile.kernels, model.last_used_unix_s
-            )
-        done.count += 1
-        done.keys |= set(profile.entries)
-    return done
+class _ModelPasses:
+    """Registered models measured kernel by kernel in passes (round robin over the profilers); each
+    model keeps the entries of the pass that measured it fastest, all of them at once. Each
+    measured model is registered for the build's fingerprint (after a fingerprint change, it is
+    kept fresh for the new one from then on)."""
+
+    def __init__(
+        self, profilers: Sequence[Profiler], models: Sequence[RegisteredModel], writer: _Writer, fingerprint_hash: str
+    ) -> None:
+        self.profilers, self.models, self.writer, self.fingerprint_hash = profilers, models, writer, fingerprint_hash
+        self.fastest_ms: dict[int, float] = {}
+        self.failures: dict[int, str] = {}
+        self.keys: set[str] = set()
+
+    def measure_pass(self) -> None:
+        for i, model in enumerate(self.models):
+            try:
+                onnx = _model_bytes(self.writer.store, model)
+                profile, model_ms = _profile_model(
+                    self.profilers[i % len(self.profilers)], model, onnx, self.fingerprint_hash
+                )
+            except Exception as exc:  # whatever kept this model from being measured: skip it, report why
+                self.failures[i] = str(exc) or type(exc).__name__
+                log.warning(
+                    "lut.build.model_skipped", version=self.writer.version_id, model=model.name, reason=self.failures[i]
+                )
+                continue
+            if model_ms >= self.fastest_ms.get(i, float("inf")):
+                continue
+            self.writer.write_model(list(profile.entries.values()))
+            first = i not in self.fastest_ms
+            self.fastest_ms[i] = model_ms
+            self.keys |= set(profile.entries)
+            if first and (model.fingerprint_hash != self.fingerprint_hash or model.kernels != profile.kernels):
+                self.writer.store.register_model(
+                    self.fingerprint_hash, model.name, onnx, model.batch_size, profile.kernels, model.last_used_unix_s
+                )
+
+    def result(self) -> _ModelsMeasured:
+        """Models measured in any pass count; a model no pass could measure is skipped, with the
+        reason its last pass gave."""
+        skipped = [
+            ModelSkip(m.name, m.model_sha256, self.failures[i])
+            for i, m in enumerate(self.models)
+            if i not in self.fastest_ms
+        ]
+        return _ModelsMeasured(len(self.fastest_ms), self.keys, skipped)
 
 
 def build_lut(
@@ -489,9 +523,15 @@ def build_lut(
     bar.step(len(unique) - len(todo))
     writer = _Writer(store, vid, plan, bar)
     keeper = LeaseKeeper(store, vid, plan.owner, plan.lease_s).start()
+    passes = _ModelPasses(profilers, models, writer, fingerprint_hash)
     try:
-        missing = _measure(profilers, todo, writer)
-        measured = _measure_models(profilers, models, writer, fingerprint_hash)
+        # Key profiling between the models' passes spreads each model's measurements over the build.
+        missing: dict[str, str] = {}
+        for p in range(plan.model_passes):
+            missing |= _measure(profilers, todo[p :: plan.model_passes], writer)
+            if models:
+                passes.measure_pass()
+        measured = passes.result()
     except BaseException:
         keeper.stop(release=True)
         raise

@@ -197,6 +197,57 @@ def test_reprofile_measures_registered_models_in_context_and_names_those_it_skip
         agent.stop(grace_s=1.0)
 
 
+class _SlowedPasses:
+    """The real agent, each per-kernel benchmark reported `factor` times slower (the next of
+    `factors`): moments when other tenants slowed the device, made deterministic."""
+
+    def __init__(self, client: AgentClient, factors: list[float]) -> None:
+        self.client, self.factors, self.responses = client, factors, []
+
+    def profile(self, keys, settings=None, timeout_s=None):
+        return self.client.profile(keys, settings, timeout_s)
+
+    def benchmark(self, model, batch_size: int = 1, per_kernel: bool = False):
+        resp = self.client.benchmark(model, batch_size=batch_size, per_kernel=per_kernel)
+        factor = self.factors.pop(0)
+        measured = [k.latency for k in resp.kernel_profile.kernels if k.HasField("latency")]  # not the elided
+        for stats in (resp.latency, *measured):
+            for name in ("latency_ms", "median_ms", "mean_ms", "p10_ms"):
+                setattr(stats, name, getattr(stats, name) * factor)
+        self.responses.append(resp)
+        return resp
+
+
+def test_a_build_measures_registered_models_in_passes_and_keeps_each_ones_fastest(tmp_path, client):
+    from lut_store.build import BuildPlan, build_lut, in_model_entries
+    from lut_store.fingerprint import document
+
+    data = small_cnn(batch=1, channels=16).SerializeToString()
+    info = client.info()
+    with open_store(f"sqlite:///{tmp_path / 'lut.sqlite'}") as store:
+        store.ensure_device(info.fingerprint_hash, document(info.fingerprint))
+        store.register_model(info.fingerprint_hash, "cnn", data, 1, ())
+        [model] = store.registered_models(info.fingerprint_hash)
+        slowed = _SlowedPasses(client, [4.0, 8.0, 1.0])
+        report = build_lut(
+            store,
+            info.fingerprint_hash,
+            document(info.fingerprint),
+            [],
+            [slowed],
+            BuildPlan(model_passes=3),
+            models=[model],
+        )
+        assert report.sealed and report.models_measured == 1 and not report.skipped_models
+        fastest = in_model_entries(slowed.responses[2]).entries
+        stored = store.lookup(report.version_id, set(fastest)).entries
+        assert {h: e.mean_ms for h, e in stored.items()} == {h: e.mean_ms for h, e in fastest.items()}
+        [registered] = store.registered_models(info.fingerprint_hash)
+        assert registered.kernels == in_model_entries(slowed.responses[0]).kernels
+    with pytest.raises(ValueError, match="model_passes = 0"):
+        BuildPlan(model_passes=0)
+
+
 def _damage_blob(store_url: str, model_sha256: str) -> None:
     """Change a registered model's stored bytes behind the store's back (a damaged disk)."""
     conn = sqlite3.connect(store_url[len("sqlite:///") :])
@@ -248,6 +299,7 @@ def test_reprofile_without_a_store_or_keys_is_failed_precondition(tmp_path):
     [
         ({"at": "25:00", "store": "sqlite:///x"}, "not a time of day"),
         ({"at": "03:00"}, "nightly.store is not"),
+        ({"model_passes": 0}, "model_passes = 0 must be between 1 and 20"),
     ],
 )
 def test_bad_nightly_config(kwargs, message):
