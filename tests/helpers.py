@@ -200,3 +200,28 @@ def exact_int8_weight_bits() -> int:
     """The int8 weight bits onnxruntime's int8 kernels compute exactly on this CPU: 7 where pairs
     of products saturate (measured here independently of the agent's probe), else 8."""
     return 7 if ort_int8_saturates() else 8
+
+
+class SlowedMoments:
+    """A real agent whose per-kernel benchmarks are reported `factor` times slower (the next of
+    `factors`, one per benchmark): moments when other tenants slowed the device, made
+    deterministic. `responses`: what each benchmark returned, slowed."""
+
+    def __init__(self, client: Any, factors: list[float]) -> None:
+        self.client, self.factors, self.responses = client, factors, []
+
+    def info(self, timeout_s: float | None = None) -> Any:
+        return self.client.info()
+
+    def profile(self, keys: Any, settings: Any = None, timeout_s: float | None = None) -> Any:
+        return self.client.profile(keys, settings, timeout_s)
+
+    def benchmark(self, model: Any, batch_size: int = 1, per_kernel: bool = False) -> Any:
+        resp = self.client.benchmark(model, batch_size=batch_size, per_kernel=per_kernel)
+        factor = self.factors.pop(0)
+        measured = [k.latency for k in resp.kernel_profile.kernels if k.HasField("latency")]  # not the elided
+        for stats in (resp.latency, *measured):
+            for name in ("latency_ms", "median_ms", "mean_ms", "p10_ms"):
+                setattr(stats, name, getattr(stats, name) * factor)
+        self.responses.append(resp)
+        return resp

@@ -28,7 +28,7 @@ from lut_store.precision import Precision
 from lut_store.records import FingerprintMismatch
 from lut_store.store import open_store
 from tests.conftest import quick_config
-from tests.helpers import ORT_CPU, slow_matmul_chain, small_cnn
+from tests.helpers import ORT_CPU, SlowedMoments, slow_matmul_chain, small_cnn
 
 CONV_OPS = {"Conv", "FusedConv", "QLinearConv"}
 
@@ -158,42 +158,21 @@ def test_on_demand_profiling_fills_the_store_and_seals(agent, client, models, st
         assert newest.parent_id == sealed.id and newest.entry_count > sealed.entry_count
 
 
-class _SlowedMoments:
-    """The real agent, with each per-kernel benchmark reported `factor` times slower (the next of
-    `factors`): a moment when other tenants slowed the device, made deterministic."""
-
-    def __init__(self, client: AgentClient, factors: list[float]) -> None:
-        self.client, self.factors, self.last = client, factors, None
-
-    def info(self, timeout_s: float | None = None):
-        return self.client.info()
-
-    def benchmark(self, model, batch_size: int = 1, per_kernel: bool = False):
-        resp = self.client.benchmark(model, batch_size=batch_size, per_kernel=per_kernel)
-        factor = self.factors.pop(0)
-        measured = [k.latency for k in resp.kernel_profile.kernels if k.HasField("latency")]  # not the elided
-        for stats in (resp.latency, *measured):
-            for name in ("latency_ms", "median_ms", "mean_ms", "p10_ms"):
-                setattr(stats, name, getattr(stats, name) * factor)
-        self.last = resp
-        return resp
-
-
 def test_remeasure_keeps_the_fastest_pass_of_a_model_and_nothing_else(client, models, tmp_path):
     path, other = models["resnet18_small"], models["resnet18_fp32"]
     with open_store(f"sqlite:///{tmp_path / 'lut.sqlite'}") as store:
-        device = _SlowedMoments(client, [4.0, 1.0, 8.0, 1.0])
+        device = SlowedMoments(client, [4.0, 1.0, 8.0, 1.0])
         predictor = LatencyPredictor.for_device(store, device)
         slowed = predictor.predict(path)
         foreign = predictor.predict(other)  # profiled at 1.0; shares no kernel with `path`
         assert not {k.key_hash for k in slowed.kernels} & {k.key_hash for k in foreign.kernels}
         # A slower moment than the stored pass changes nothing.
         slower_ms = predictor.remeasure(path)
-        assert slower_ms == pytest.approx(Latency.of(device.last.latency).record_ms)
+        assert slower_ms == pytest.approx(Latency.of(device.responses[-1].latency).record_ms)
         assert predictor.predict(path).latency_ms == slowed.latency_ms
         # A faster one replaces the model's entries with that pass's, all of them.
         faster_ms = predictor.remeasure(path)
-        fresh = in_model_entries(device.last).entries
+        fresh = in_model_entries(device.responses[-1]).entries
         after = predictor.predict(path)
         assert faster_ms < slowed.measured_ms and after.latency_ms < slowed.latency_ms
         assert [k.latency_ms for k in after.kernels] == [fresh[k.key_hash].mean_ms for k in after.kernels]
@@ -202,7 +181,7 @@ def test_remeasure_keeps_the_fastest_pass_of_a_model_and_nothing_else(client, mo
         sealed = predictor.close()
         assert store.lookup(sealed.id, {k.key_hash for k in after.kernels}).entries.keys() == fresh.keys()
         # Entries of a sealed version are not this session's to replace; measuring still reports.
-        later = LatencyPredictor.for_device(store, _SlowedMoments(client, [0.5]))
+        later = LatencyPredictor.for_device(store, SlowedMoments(client, [0.5]))
         assert later.remeasure(path) > 0 and later.predict(path).latency_ms == after.latency_ms
         assert later.open_version is None
         with pytest.raises(LatencyError, match="offline"):

@@ -24,7 +24,7 @@ from host.latency.predict import LatencyPredictor
 from lut_store.store import open_store
 from protos.hadmc.v1 import agent_pb2
 from tests.conftest import quick_config
-from tests.helpers import small_cnn
+from tests.helpers import SlowedMoments, small_cnn
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = (
@@ -197,27 +197,6 @@ def test_reprofile_measures_registered_models_in_context_and_names_those_it_skip
         agent.stop(grace_s=1.0)
 
 
-class _SlowedPasses:
-    """The real agent, each per-kernel benchmark reported `factor` times slower (the next of
-    `factors`): moments when other tenants slowed the device, made deterministic."""
-
-    def __init__(self, client: AgentClient, factors: list[float]) -> None:
-        self.client, self.factors, self.responses = client, factors, []
-
-    def profile(self, keys, settings=None, timeout_s=None):
-        return self.client.profile(keys, settings, timeout_s)
-
-    def benchmark(self, model, batch_size: int = 1, per_kernel: bool = False):
-        resp = self.client.benchmark(model, batch_size=batch_size, per_kernel=per_kernel)
-        factor = self.factors.pop(0)
-        measured = [k.latency for k in resp.kernel_profile.kernels if k.HasField("latency")]  # not the elided
-        for stats in (resp.latency, *measured):
-            for name in ("latency_ms", "median_ms", "mean_ms", "p10_ms"):
-                setattr(stats, name, getattr(stats, name) * factor)
-        self.responses.append(resp)
-        return resp
-
-
 def test_a_build_measures_registered_models_in_passes_and_keeps_each_ones_fastest(tmp_path, client):
     from lut_store.build import BuildPlan, build_lut, in_model_entries
     from lut_store.fingerprint import document
@@ -228,7 +207,7 @@ def test_a_build_measures_registered_models_in_passes_and_keeps_each_ones_fastes
         store.ensure_device(info.fingerprint_hash, document(info.fingerprint))
         store.register_model(info.fingerprint_hash, "cnn", data, 1, ())
         [model] = store.registered_models(info.fingerprint_hash)
-        slowed = _SlowedPasses(client, [4.0, 8.0, 1.0])
+        slowed = SlowedMoments(client, [4.0, 8.0, 1.0])
         report = build_lut(
             store,
             info.fingerprint_hash,
