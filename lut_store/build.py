@@ -479,6 +479,21 @@ class _ModelPasses:
         return _ModelsMeasured(len(self.fastest_ms), self.keys, skipped)
 
 
+def _measure_all(
+    profilers: Sequence[Profiler], todo: Sequence[OpKey], passes: _ModelPasses
+) -> tuple[dict[str, str], _ModelsMeasured]:
+    """The keys in slices, a pass over the models after each: key profiling between the passes
+    spreads each model's measurements over the build. The keys left unmeasured (with reasons) and
+    the models measured."""
+    missing: dict[str, str] = {}
+    count = passes.writer.plan.model_passes
+    for p in range(count):
+        missing |= _measure(profilers, todo[p::count], passes.writer)
+        if passes.models:
+            passes.measure_pass()
+    return missing, passes.result()
+
+
 def build_lut(
     store: LutStore,
     fingerprint_hash: str,
@@ -523,15 +538,8 @@ def build_lut(
     bar.step(len(unique) - len(todo))
     writer = _Writer(store, vid, plan, bar)
     keeper = LeaseKeeper(store, vid, plan.owner, plan.lease_s).start()
-    passes = _ModelPasses(profilers, models, writer, fingerprint_hash)
     try:
-        # Key profiling between the models' passes spreads each model's measurements over the build.
-        missing: dict[str, str] = {}
-        for p in range(plan.model_passes):
-            missing |= _measure(profilers, todo[p :: plan.model_passes], writer)
-            if models:
-                passes.measure_pass()
-        measured = passes.result()
+        missing, measured = _measure_all(profilers, todo, _ModelPasses(profilers, models, writer, fingerprint_hash))
     except BaseException:
         keeper.stop(release=True)
         raise
