@@ -228,10 +228,10 @@ def evaluate(
         for i in rng.sample(range(len(variants)), len(variants)):
             path = variants[i][1]
             measured = device.benchmark(path, batch_size=1).latency
-            row = rows[path.stem]
-            row["measured_rounds_ms"].append(Latency.of(measured).record_ms)
-            if Latency.of(measured).record_ms <= min(row["measured_rounds_ms"]):
-                row["measured_ms"] = Latency.of(measured).record_ms
+            ms, row = Latency.of(measured).record_ms, rows[path.stem]
+            row["measured_rounds_ms"].append(ms)
+            if ms <= min(row["measured_rounds_ms"]):
+                row["measured_ms"] = ms
                 row["measured_p10_ms"] = measured.p10_ms
                 row["measured_stable"] = measured.stable
     return list(rows.values())

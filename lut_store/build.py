@@ -442,16 +442,21 @@ class _ModelPasses:
         self.profilers, self.models, self.writer, self.fingerprint_hash = profilers, models, writer, fingerprint_hash
         self.fastest_ms: dict[int, float] = {}
         self.failures: dict[int, str] = {}
+        self.unusable: set[int] = set()  # stored bytes gone or damaged: no later pass can measure them
         self.keys: set[str] = set()
 
     def measure_pass(self) -> None:
         for i, model in enumerate(self.models):
+            if i in self.unusable:
+                continue
             try:
                 onnx = _model_bytes(self.writer.store, model)
                 profile, model_ms = _profile_model(
                     self.profilers[i % len(self.profilers)], model, onnx, self.fingerprint_hash
                 )
             except Exception as exc:  # whatever kept this model from being measured: skip it, report why
+                if isinstance(exc, _UnusableBytes):
+                    self.unusable.add(i)
                 self.failures[i] = str(exc) or type(exc).__name__
                 log.warning(
                     "lut.build.model_skipped", version=self.writer.version_id, model=model.name, reason=self.failures[i]
