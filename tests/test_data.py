@@ -76,10 +76,33 @@ def test_synthetic_neu_det_sizes_and_class_balance(neu: DataSplits) -> None:
         == ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
     )
     assert neu.input_shape == (3, 64, 64)
-    assert (len(neu.y_train), len(neu.y_val), len(neu.y_test)) == (1152, 288, 360)
-    assert len(neu.y_train) + len(neu.y_val) == 1440
-    for y, per_class in ((neu.y_train, 192), (neu.y_val, 48), (neu.y_test, 60)):
+    assert (len(neu.y_train), len(neu.y_val), len(neu.y_test)) == (1152, 720, 1800)
+    for y, per_class in ((neu.y_train, 192), (neu.y_val, 120), (neu.y_test, 300)):
         assert np.bincount(y, minlength=6).tolist() == [per_class] * 6
+
+
+def test_the_papers_split_is_the_first_draw_and_the_extra_images_are_fresh(neu: DataSplits) -> None:
+    """With no extra images the split is NEU-DET's (1,152 / 288 / 360); the defaults add fresh
+    images to val and test only, after those: the training split, and so a cached teacher, is the
+    same, and no extra image is one of the 1,800, of the other split's extras or of the holdout."""
+    paper = synthetic_neu_det(seed=0, extra_val_per_class=0, extra_test_per_class=0)
+    assert (len(paper.y_train), len(paper.y_val), len(paper.y_test)) == (1152, 288, 360)
+    assert np.array_equal(paper.x_train, neu.x_train) and paper.cache_id == neu.cache_id
+    assert np.array_equal(paper.x_val, neu.x_val[:288]) and np.array_equal(paper.x_test, neu.x_test[:360])
+    holdout = neu.normalisation.apply(synthetic_neu_det_holdout(0, 20)[0])
+    for extra, others in (
+        (neu.x_val[288:], [paper.x_train, paper.x_val, paper.x_test, neu.x_test[360:], holdout]),
+        (neu.x_test[360:], [paper.x_train, paper.x_val, paper.x_test, holdout]),
+    ):
+        assert _nearest(extra[::10], np.concatenate(others)) > 0.1
+    with pytest.raises(DataError, match="extra_val_per_class = -1"):
+        synthetic_neu_det(seed=0, image_size=16, extra_val_per_class=-1)
+
+
+def _nearest(x: np.ndarray, seen: np.ndarray) -> float:
+    """The smallest max-abs distance (on a fixed subsample of pixels) between an image of `x` and one of `seen`."""
+    a, b = x.reshape(len(x), 1, -1)[:, :, ::97], seen.reshape(1, len(seen), -1)[:, :, ::97]
+    return float(np.abs(a - b).max(axis=2).min())
 
 
 def test_synthetic_neu_det_values(neu: DataSplits) -> None:
@@ -115,9 +138,7 @@ def test_the_holdout_draws_fresh_images_of_the_same_classes(neu: DataSplits) -> 
     assert np.array_equal(x_raw, synthetic_neu_det_holdout(0, 20)[0])  # deterministic for a seed
     assert not np.allclose(x_raw, synthetic_neu_det_holdout(1, 20)[0])
     x = neu.normalisation.apply(x_raw)
-    seen = np.concatenate([neu.x_train, neu.x_val, neu.x_test]).reshape(1800, -1)
-    nearest = np.abs(x.reshape(120, 1, -1)[:, :, ::97] - seen[None, :, ::97]).max(axis=2).min(axis=1)
-    assert nearest.min() > 0.1  # none is one of the 1,800
+    assert _nearest(x, np.concatenate([neu.x_train, neu.x_val, neu.x_test])) > 0.1  # none is in the splits
     assert abs(float(x.mean())) < 0.1 and 0.8 < float(x.std()) < 1.2  # the same distribution's statistics
     with pytest.raises(DataError, match="per_class must be at least 1"):
         synthetic_neu_det_holdout(0, 0)
@@ -141,7 +162,7 @@ def test_loaders_shuffle_train_by_seed_only(neu: DataSplits) -> None:
     assert first_labels(0, "train") == first_labels(0, "train")
     assert first_labels(0, "train") != first_labels(1, "train")
     assert first_labels(0, "test") == neu.y_test[:32].tolist() == first_labels(1, "test")
-    assert sum(len(b) for _, b in make_loaders(neu, batch_size=100).val) == 288
+    assert sum(len(b) for _, b in make_loaders(neu, batch_size=100).val) == 720
 
 
 # --- image folders -----------------------------------------------------------------------------

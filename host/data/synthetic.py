@@ -10,6 +10,7 @@ poorly while a CNN learns the task (bench/data_difficulty.py measures both).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
@@ -20,28 +21,53 @@ NEU_CLASSES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_s
 IMAGES_PER_CLASS = 300
 # 60 of 300 per class: 1,440 train / 360 test as in the paper.
 TEST_FRACTION = 0.2
+# Fresh images per class added to the validation and test splits, so that half a point is more
+# than one or two images: 288 / 360 images make one image 0.35 / 0.28 points, 720 / 1,800 make it
+# 0.14 / 0.06. The training split (and so a cached teacher) is the same either way.
+EXTRA_VAL_PER_CLASS = 72
+EXTRA_TEST_PER_CLASS = 240
+# Which children of the seed draw what: one per class for the 1,800 images, one for their split,
+# then one per class for each of: `synthetic_neu_det_holdout`, the extra validation images, the
+# extra test images.
+_N = len(NEU_CLASSES)
+_IMAGES, _SPLIT, _HOLDOUT, _EXTRA_VAL, _EXTRA_TEST = 0, _N, _N + 1, 2 * _N + 1, 3 * _N + 1
 
 
-def synthetic_neu_det(seed: int = 0, image_size: int = 64, val_fraction: float = 0.2) -> DataSplits:
-    """1,800 images (3, image_size, image_size): 1,440 train+val / 360 test, val carved from train.
+def synthetic_neu_det(
+    seed: int = 0,
+    image_size: int = 64,
+    val_fraction: float = 0.2,
+    extra_val_per_class: int = EXTRA_VAL_PER_CLASS,
+    extra_test_per_class: int = EXTRA_TEST_PER_CLASS,
+) -> DataSplits:
+    """1,800 images (3, image_size, image_size) split as NEU-DET, 1,440 train+val / 360 test with
+    val carved from train, then `extra_val_per_class` and `extra_test_per_class` fresh images of
+    each class added to val and test (0 and 0: the paper's split).
 
-    With the default val_fraction: 1,152 train / 288 val / 360 test, balanced per class.
+    With the defaults: 1,152 train / 720 val / 1,800 test, balanced per class.
     Pixels are grey levels in [0, 1] replicated to 3 channels, then normalised with the training
     split's mean and std (one scalar each, in `normalisation`; about 0.50 and 0.15 at 64x64).
     Deterministic for a seed.
     """
     if image_size < 16:
         raise DataError(f"image_size must be at least 16 pixels, got {image_size}")
-    *class_streams, split_stream = np.random.SeedSequence(seed).spawn(len(NEU_CLASSES) + 1)
-    grey = np.concatenate(
-        [
-            _render(np.random.default_rng(stream), name, IMAGES_PER_CLASS, image_size)
-            for stream, name in zip(class_streams, NEU_CLASSES, strict=True)
-        ]
-    )
-    labels = np.repeat(np.arange(len(NEU_CLASSES)), IMAGES_PER_CLASS)
-    x_raw = np.repeat(grey[:, None], 3, axis=1)
-    indices = stratified_indices(labels, int(split_stream.generate_state(1)[0]), val_fraction, TEST_FRACTION)
+    if extra_val_per_class < 0 or extra_test_per_class < 0:
+        raise DataError(
+            f"extra_val_per_class = {extra_val_per_class} and extra_test_per_class = {extra_test_per_class}: "
+            "give 0 or more"
+        )
+    x_raw, labels = _drawn(seed, _IMAGES, IMAGES_PER_CLASS, image_size)
+    split_seed = int(_children(seed, _SPLIT, 1)[0].generate_state(1)[0])
+    indices = stratified_indices(labels, split_seed, val_fraction, TEST_FRACTION)
+    for split, first, per_class in (
+        ("val", _EXTRA_VAL, extra_val_per_class),
+        ("test", _EXTRA_TEST, extra_test_per_class),
+    ):
+        if per_class:
+            x_new, y_new = _drawn(seed, first, per_class, image_size)
+            added = np.arange(len(labels), len(labels) + len(y_new))
+            x_raw, labels = np.concatenate([x_raw, x_new]), np.concatenate([labels, y_new])
+            indices = replace(indices, **{split: np.concatenate([getattr(indices, split), added])})
     return build_splits(
         "synthetic-neu-det",
         NEU_CLASSES,
@@ -55,19 +81,30 @@ def synthetic_neu_det(seed: int = 0, image_size: int = 64, val_fraction: float =
 
 def synthetic_neu_det_holdout(seed: int, per_class: int, image_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """`per_class` more images of each class from the same generator and `seed`, none of them among
-    `synthetic_neu_det(seed)`'s 1,800 (their random streams are other children of the seed's):
+    `synthetic_neu_det(seed)`'s splits (their random streams are other children of the seed's):
     raw inputs (grey levels replicated to 3 channels; normalise them with the splits'
-    `normalisation`) and labels. For measuring accuracy where 360 test images are too few."""
+    `normalisation`) and labels. For measuring accuracy beyond the test split."""
     if per_class < 1:
         raise DataError(f"per_class must be at least 1, got {per_class}")
-    streams = np.random.SeedSequence(seed).spawn(2 * len(NEU_CLASSES) + 1)[len(NEU_CLASSES) + 1 :]
+    return _drawn(seed, _HOLDOUT, per_class, image_size)
+
+
+def _children(seed: int, first: int, count: int) -> list[np.random.SeedSequence]:
+    """Children `first` .. `first + count - 1` of the seed (the same ones however many are drawn)."""
+    return np.random.SeedSequence(seed).spawn(first + count)[first:]
+
+
+def _drawn(seed: int, first: int, per_class: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """`per_class` images of each class from the seed's children `first` .. `first + 5`: raw
+    inputs (grey levels replicated to 3 channels) and labels."""
+    streams = _children(seed, first, _N)
     grey = np.concatenate(
         [
-            _render(np.random.default_rng(stream), name, per_class, image_size)
+            _render(np.random.default_rng(stream), name, per_class, size)
             for stream, name in zip(streams, NEU_CLASSES, strict=True)
         ]
     )
-    return np.repeat(grey[:, None], 3, axis=1), np.repeat(np.arange(len(NEU_CLASSES)), per_class)
+    return np.repeat(grey[:, None], 3, axis=1), np.repeat(np.arange(_N), per_class)
 
 
 def _render(rng: np.random.Generator, name: str, n: int, size: int) -> np.ndarray:
