@@ -15,10 +15,11 @@ in rounds interleaved with the FP32 model:
   feasible model beats an infeasible one, however fast. Reported beside the first verdict, which
   stays the issue's criterion.
 
-The 360 test images make one image 0.28 points, so "0.3 pt" is one image. With the built-in data,
-every final model (and the FP32 teacher) is also scored in onnxruntime, here, on `--holdout`
-images per class that the generator draws afresh (none among the run's 1,800; 600 a class: 3,600
-images, 0.03 points each), and the same verdicts are given on them (`heldout`).
+The built-in data's 1,800 test images make one image 0.06 points (the paper's 360 made it 0.28:
+"0.3 pt" was one image). With the built-in data, every final model (and the FP32 teacher) is also
+scored in onnxruntime, here, on `--holdout` images per class that the generator draws afresh
+(none among the run's splits; 600 a class: 3,600 images, 0.03 points each), and the same verdicts
+are given on them (`heldout`).
 
 Usage: python bench/search_vs_uniform.py [--seeds 5] [--model resnet18|mobilenetv2] [--out DIR] [--device HOST:PORT]
        [--accuracy-tolerance 0.01] [--holdout 600]

@@ -13,6 +13,7 @@ from sklearn.linear_model import RidgeClassifierCV
 from host.data import (
     DATASETS,
     NEU_CLASSES,
+    DataConfig,
     DataError,
     DataSplits,
     breast_cancer,
@@ -95,8 +96,14 @@ def test_the_papers_split_is_the_first_draw_and_the_extra_images_are_fresh(neu: 
         (neu.x_test[360:], [paper.x_train, paper.x_val, paper.x_test, holdout]),
     ):
         assert _nearest(extra[::10], np.concatenate(others)) > 0.1
-    with pytest.raises(DataError, match="extra_val_per_class = -1"):
-        synthetic_neu_det(seed=0, image_size=16, extra_val_per_class=-1)
+    small = {"image_size": 16, "extra_val_per_class": 0, "extra_test_per_class": 6}
+    data = DataConfig(name="synthetic-neu-det", factory_kwargs=small).load()  # as [data] factory_kwargs sets them
+    assert (len(data.y_val), len(data.y_test), data.input_shape) == (288, 396, (3, 16, 16))
+    for bad in ({"extra_val_per_class": -1}, {"extra_test_per_class": "many"}):
+        with pytest.raises(DataError, match="give whole numbers, 0 or more"):
+            DataConfig(name="synthetic-neu-det", factory_kwargs={**small, **bad}).load()
+    with pytest.raises(DataError, match="takes no option extra_images"):
+        DataConfig(name="synthetic-neu-det", factory_kwargs={"extra_images": 1}).load()
 
 
 def _nearest(x: np.ndarray, seen: np.ndarray) -> float:

@@ -502,7 +502,7 @@ def test_a_data_set_of_ones_own(tmp_path, monkeypatch):
             DataConfig(name=name).load()
     with pytest.raises(DataError, match="the factory raised TypeError: .*unexpected keyword argument 'm'"):
         DataConfig(name="mydata.py:blobs", factory_kwargs={"m": 1}).load()
-    with pytest.raises(DataError, match="takes no option factory_kwargs"):
+    with pytest.raises(DataError, match="data set 'digits' takes no option m; options: seed"):
         DataConfig(name="digits", factory_kwargs={"m": 1}).load()
 
 

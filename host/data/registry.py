@@ -32,13 +32,18 @@ DATASETS: dict[str, Callable[..., DataSplits]] = {
 }
 
 
-def load_dataset(name: str, **options: object) -> DataSplits:
-    """The data set `name` built with `options` (the loader's keyword arguments)."""
+def load_dataset(name: str, **options: Any) -> DataSplits:
+    """The data set `name` built with `options` (the loader's keyword arguments; a built-in loader
+    also takes those in `factory_kwargs`, e.g. synthetic-neu-det's `image_size`)."""
     if name not in DATASETS and ":" in name:
         return _from_factory(name, options)
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; choices: {', '.join(DATASETS)}")
     loader = DATASETS[name]
+    options = {
+        **{k: v for k, v in options.items() if k != "factory_kwargs"},
+        **dict(options.get("factory_kwargs") or {}),
+    }
     parameters = inspect.signature(loader).parameters
     unknown = sorted(set(options) - set(parameters))
     if unknown:
@@ -110,7 +115,7 @@ class DataConfig:
     name: str = "synthetic-neu-det"  # or one's own: "package.module:factory" / "file.py:factory"
     path: str = ""  # image folder or CSV file (neu-det-folder, csv)
     label_column: str = ""  # csv
-    factory_kwargs: dict[str, Any] = field(default_factory=dict)  # a data factory's keyword arguments
+    factory_kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments of a factory or built-in loader
     seed: int = 0  # split and shuffling order
     batch_size: int = 32
 

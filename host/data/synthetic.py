@@ -51,10 +51,10 @@ def synthetic_neu_det(
     """
     if image_size < 16:
         raise DataError(f"image_size must be at least 16 pixels, got {image_size}")
-    if extra_val_per_class < 0 or extra_test_per_class < 0:
+    if not all(isinstance(n, int) and n >= 0 for n in (extra_val_per_class, extra_test_per_class)):
         raise DataError(
             f"extra_val_per_class = {extra_val_per_class} and extra_test_per_class = {extra_test_per_class}: "
-            "give 0 or more"
+            "give whole numbers, 0 or more"
         )
     x_raw, labels = _drawn(seed, _IMAGES, IMAGES_PER_CLASS, image_size)
     split_seed = int(_children(seed, _SPLIT, 1)[0].generate_state(1)[0])
