@@ -222,7 +222,10 @@ def test_cross_device(agent, agent2, tiny, tmp_path):
     # The 64x64 images' wide first layer: the breast-cancer MLP's kernels are so small that the
     # 2-thread agent's profile can elide every one of them (a 0 ms model the reward refuses).
     config = tmp_path / "config.toml"
-    config.write_text('[data]\nname = "synthetic-neu-det"\n')
+    # The paper's split (no extra validation and test images): this test is about devices, not data.
+    config.write_text(
+        '[data]\nname = "synthetic-neu-det"\nfactory_kwargs = { extra_val_per_class = 0, extra_test_per_class = 0 }\n'
+    )
     out = tmp_path / "cross-device"
     experiment = load_experiment("cross-device", "tiny", config, devices=[agent.address, agent2.address], store=tiny)
     results = run_experiment(experiment, out, progress=False)
